@@ -1,0 +1,1 @@
+//! Jail management: `mountpoints` file, mount table, bind mounts, chroot/enter.
