@@ -12,6 +12,8 @@ pub enum JailCmd {
 
 pub fn run(cmd: JailCmd, _global: &Global) -> anyhow::Result<u8> {
     match cmd {
-        JailCmd::Status { jail } => anyhow::bail!("{}: jail status is not implemented yet", jail.display()),
+        JailCmd::Status { jail } => {
+            anyhow::bail!("{}: jail status is not implemented yet", jail.display())
+        }
     }
 }

@@ -63,7 +63,11 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(argv) {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { exit::FATAL } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::FATAL
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return ExitCode::from(code);
         }

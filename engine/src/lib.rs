@@ -2,4 +2,15 @@
 //!
 //! The engine never prints; it reports progress through [`progress::Progress`].
 
+pub mod cache;
+pub mod entry;
+pub mod error;
+pub mod fsx;
+pub mod hash;
 pub mod jail;
+pub mod journal;
+pub mod manifest;
+pub mod progress;
+pub mod scan;
+
+pub use error::{Error, Result};

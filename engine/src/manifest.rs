@@ -1,0 +1,347 @@
+//! The manifest: a sorted list of entries in a line-oriented text format, like BSD `mtree`.
+//!
+//! ```text
+//! #jailsync-manifest 1
+//! #stamp 1700000000.123456789
+//! . dir mode=755 uid=0 gid=0 mtime=1700000000.000000000 ...
+//! bin/ls file mode=755 uid=0 gid=0 size=142312 mtime=... blake3=<64 hex> ino=.. dev=.. nlink=1 ctime=..
+//! lib/libz.so link mode=777 ... target=libz.so.1
+//! ```
+//! One entry per line: the path (`.` for the root), the type (`file dir link fifo char block
+//! socket`), then `key=value` fields in any order. Paths and values escape every byte outside
+//! `!`..`~`, plus `\` and `=`, as `\ooo` (three octal digits), so names with spaces, newlines or
+//! invalid UTF-8 round-trip. Fields: `mode` (octal, incl. setuid/setgid/sticky), `uid`, `gid`,
+//! `size`, `mtime`/`ctime` (`sec.nsec`), `ino`, `dev`, `nlink`, `blocks`, `rdev` (devices),
+//! `target` (symlinks), `blake3` (files whose content is known), and `xattr.NAME=VALUE` (one per
+//! attribute). Hard-link groups are the entries sharing `dev`+`ino`. `#stamp` is when the stats
+//! were taken; unknown `#` lines are ignored, and a higher format version is refused.
+
+use std::fs;
+use std::io::{self, BufRead, BufWriter, Write};
+use std::path::Path;
+
+use crate::entry::{Entry, Kind};
+use crate::error::{Error, IoContext, Result};
+use crate::hash::{from_hex, to_hex};
+
+pub const FORMAT_VERSION: u32 = 1;
+const MAGIC: &str = "#jailsync-manifest";
+
+/// A manifest in memory.
+#[derive(Default)]
+pub struct Manifest {
+    /// When the stats were taken (seconds, nanoseconds).
+    pub stamp: (i64, u32),
+    /// Sorted by path.
+    pub entries: Vec<Entry>,
+}
+
+pub fn escape(out: &mut Vec<u8>, b: &[u8]) {
+    for &c in b {
+        if (0x21..=0x7e).contains(&c) && c != b'\\' && c != b'=' {
+            out.push(c);
+        } else {
+            out.push(b'\\');
+            out.push(b'0' + (c >> 6));
+            out.push(b'0' + ((c >> 3) & 7));
+            out.push(b'0' + (c & 7));
+        }
+    }
+}
+
+pub fn unescape(s: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'\\' {
+            let d = s.get(i + 1..i + 4)?;
+            if !d.iter().all(|c| (b'0'..=b'7').contains(c)) {
+                return None;
+            }
+            let v = (d[0] - b'0') as u32 * 64 + (d[1] - b'0') as u32 * 8 + (d[2] - b'0') as u32;
+            out.push(u8::try_from(v).ok()?);
+            i += 4;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+fn write_entry(out: &mut Vec<u8>, e: &Entry, stat_fields: bool) {
+    if e.path.is_empty() {
+        out.push(b'.');
+    } else {
+        escape(out, &e.path);
+    }
+    let _ = write!(
+        out,
+        " {} mode={:o} uid={} gid={} mtime={}.{:09}",
+        e.kind.name(),
+        e.mode,
+        e.uid,
+        e.gid,
+        e.mtime,
+        e.mtime_nsec
+    );
+    if e.kind == Kind::File {
+        let _ = write!(out, " size={}", e.size);
+        if let Some(h) = &e.hash {
+            let _ = write!(out, " blake3={}", to_hex(h));
+        }
+    }
+    if matches!(e.kind, Kind::Char | Kind::Block) {
+        let _ = write!(out, " rdev={}", e.rdev);
+    }
+    if let Some(t) = &e.target {
+        out.extend_from_slice(b" target=");
+        escape(out, t);
+    }
+    if e.kind == Kind::File && e.nlink > 1 || stat_fields {
+        let _ = write!(out, " ino={} dev={} nlink={}", e.ino, e.dev, e.nlink);
+    }
+    if stat_fields {
+        let _ = write!(
+            out,
+            " ctime={}.{:09} blocks={}",
+            e.ctime, e.ctime_nsec, e.blocks
+        );
+    }
+    if let Some(x) = &e.xattrs {
+        for (k, v) in x.iter() {
+            out.extend_from_slice(b" xattr.");
+            escape(out, k);
+            out.push(b'=');
+            escape(out, v);
+        }
+    }
+    out.push(b'\n');
+}
+
+/// Serializes a manifest. `stat_fields` adds what only a stat cache needs (ctime, blocks, and
+/// inode numbers of singly-linked files).
+pub fn to_bytes(m: &Manifest, stat_fields: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.entries.len() * 128 + 64);
+    let _ = writeln!(out, "{MAGIC} {FORMAT_VERSION}");
+    let _ = writeln!(out, "#stamp {}.{:09}", m.stamp.0, m.stamp.1);
+    for e in &m.entries {
+        write_entry(&mut out, e, stat_fields);
+    }
+    out
+}
+
+/// Writes a manifest to a file atomically (temp file, fsync, rename).
+pub fn write_file(path: &Path, m: &Manifest, stat_fields: bool) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("manifest"),
+        std::process::id()
+    ));
+    let f = fs::File::create(&tmp).at(&tmp)?;
+    let mut w = BufWriter::new(f);
+    w.write_all(&to_bytes(m, stat_fields)).at(&tmp)?;
+    let f = w.into_inner().map_err(|e| e.into_error()).at(&tmp)?;
+    f.sync_data().at(&tmp)?;
+    fs::rename(&tmp, path).at(path)?;
+    Ok(())
+}
+
+fn num<T: std::str::FromStr>(v: &[u8]) -> Option<T> {
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+fn time(v: &[u8]) -> Option<(i64, u32)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (a, b) = s.split_once('.').unwrap_or((s, "0"));
+    let ns: u32 = b.parse().ok()?;
+    if ns >= 1_000_000_000 {
+        return None;
+    }
+    Some((a.parse().ok()?, ns))
+}
+
+fn parse_line(line: &[u8]) -> std::result::Result<Entry, String> {
+    let mut toks = line.split(|&b| b == b' ').filter(|t| !t.is_empty());
+    let p = toks.next().ok_or("empty line")?;
+    let path = if p == b"." {
+        Vec::new()
+    } else {
+        unescape(p).ok_or("bad escape in path")?
+    };
+    if path.first() == Some(&b'/')
+        || path
+            .split(|&b| b == b'/')
+            .any(|c| c.is_empty() || c == b".." || c == b".")
+            && !path.is_empty()
+        || path.contains(&0)
+    {
+        return Err(format!(
+            "path {:?} is not a clean relative path",
+            String::from_utf8_lossy(&path)
+        ));
+    }
+    let kind = toks
+        .next()
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .and_then(Kind::from_name)
+        .ok_or("missing or unknown type")?;
+    let mut e = Entry {
+        path: path.into_boxed_slice(),
+        kind,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        mtime: 0,
+        mtime_nsec: 0,
+        ctime: 0,
+        ctime_nsec: 0,
+        ino: 0,
+        dev: 0,
+        nlink: 1,
+        rdev: 0,
+        blocks: u64::MAX,
+        target: None,
+        hash: None,
+        xattrs: None,
+    };
+    let mut xattrs = Vec::new();
+    let mut seen_mode = false;
+    for t in toks {
+        let eq = t
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or("field without '='")?;
+        let (k, v) = (&t[..eq], &t[eq + 1..]);
+        let bad = || format!("bad value for {}", String::from_utf8_lossy(k));
+        match k {
+            b"mode" => {
+                e.mode = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| u32::from_str_radix(s, 8).ok())
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(bad)?;
+                seen_mode = true;
+            }
+            b"uid" => e.uid = num(v).ok_or_else(bad)?,
+            b"gid" => e.gid = num(v).ok_or_else(bad)?,
+            b"size" => e.size = num(v).ok_or_else(bad)?,
+            b"ino" => e.ino = num(v).ok_or_else(bad)?,
+            b"dev" => e.dev = num(v).ok_or_else(bad)?,
+            b"nlink" => e.nlink = num(v).ok_or_else(bad)?,
+            b"rdev" => e.rdev = num(v).ok_or_else(bad)?,
+            b"blocks" => e.blocks = num(v).ok_or_else(bad)?,
+            b"mtime" => (e.mtime, e.mtime_nsec) = time(v).ok_or_else(bad)?,
+            b"ctime" => (e.ctime, e.ctime_nsec) = time(v).ok_or_else(bad)?,
+            b"blake3" => {
+                e.hash = Some(
+                    std::str::from_utf8(v)
+                        .ok()
+                        .and_then(from_hex)
+                        .ok_or_else(bad)?,
+                )
+            }
+            b"target" => e.target = Some(unescape(v).ok_or_else(bad)?.into_boxed_slice()),
+            _ if k.starts_with(b"xattr.") => {
+                let name = unescape(&k[6..]).ok_or_else(bad)?;
+                let val = unescape(v).ok_or_else(bad)?;
+                xattrs.push((name.into_boxed_slice(), val.into_boxed_slice()));
+            }
+            // Fields from a newer minor revision are ignored.
+            _ => {}
+        }
+    }
+    if !seen_mode {
+        return Err("missing mode".into());
+    }
+    if kind == Kind::Symlink && e.target.is_none() {
+        return Err("symlink without target".into());
+    }
+    if e.blocks == u64::MAX {
+        // Unknown allocation: assume dense.
+        e.blocks = e.size.div_ceil(512);
+    }
+    if !xattrs.is_empty() {
+        xattrs.sort();
+        e.xattrs = Some(xattrs.into_boxed_slice());
+    }
+    Ok(e)
+}
+
+/// Parses a manifest. Errors name the file and line; a manifest from a newer format version is
+/// refused rather than half-understood.
+pub fn parse(path: &Path, data: &[u8]) -> Result<Manifest> {
+    let err = |line: usize, why: String| Error::Manifest {
+        path: path.into(),
+        line,
+        why,
+    };
+    let mut m = Manifest::default();
+    let mut lines = data.split(|&b| b == b'\n').enumerate();
+    let header = lines.next().map(|(_, l)| l).unwrap_or(b"");
+    let header = std::str::from_utf8(header).unwrap_or("");
+    let ver = header
+        .strip_prefix(MAGIC)
+        .map(str::trim)
+        .ok_or_else(|| err(1, "not a jailsync manifest (missing header)".into()))?;
+    let ver: u32 = ver
+        .parse()
+        .map_err(|_| err(1, format!("bad format version {ver:?}")))?;
+    if ver > FORMAT_VERSION {
+        return Err(err(
+            1,
+            format!(
+                "format version {ver} is newer than this jailsync understands ({FORMAT_VERSION})"
+            ),
+        ));
+    }
+    for (i, line) in lines {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix(b"#") {
+            if let Some(v) = rest.strip_prefix(b"stamp ") {
+                m.stamp = time(v).ok_or_else(|| err(i + 1, "bad stamp".into()))?;
+            }
+            continue;
+        }
+        m.entries.push(parse_line(line).map_err(|w| err(i + 1, w))?);
+    }
+    let sorted = m.entries.windows(2).all(|w| w[0].path < w[1].path);
+    if !sorted {
+        m.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        if let Some(w) = m.entries.windows(2).find(|w| w[0].path == w[1].path) {
+            return Err(err(
+                0,
+                format!("duplicate path {}", crate::entry::display_path(&w[0].path)),
+            ));
+        }
+    }
+    Ok(m)
+}
+
+pub fn read_file(path: &Path) -> Result<Manifest> {
+    let data = fs::read(path).at(path)?;
+    parse(path, &data)
+}
+
+/// Like `read_file` but a missing file is an empty manifest.
+pub fn read_optional(path: &Path) -> Result<Option<Manifest>> {
+    match fs::read(path) {
+        Ok(d) => parse(path, &d).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Reads lines from any reader (used by tests and `verify -`).
+pub fn read_from(path: &Path, r: impl BufRead) -> Result<Manifest> {
+    let mut data = Vec::new();
+    let mut r = r;
+    r.read_to_end(&mut data).at(path)?;
+    parse(path, &data)
+}

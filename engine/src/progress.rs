@@ -1,0 +1,37 @@
+//! Progress reporting. The engine never prints; the CLI implements this trait (indicatif).
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Scan,
+    Hash,
+    Stage,
+    Commit,
+    Prune,
+    Finalize,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Scan => "scan",
+            Phase::Hash => "hash",
+            Phase::Stage => "stage",
+            Phase::Commit => "commit",
+            Phase::Prune => "prune",
+            Phase::Finalize => "finalize",
+        }
+    }
+}
+
+/// Called from worker threads; implementations must be cheap and thread-safe.
+pub trait Progress: Sync {
+    /// A phase starts; `total` is the number of items (0 when unknown).
+    fn start(&self, _phase: Phase, _total: u64) {}
+    /// `n` more items of the current phase are done (`bytes` of data among them).
+    fn advance(&self, _n: u64, _bytes: u64) {}
+    fn finish(&self, _phase: Phase) {}
+}
+
+/// Reports nothing.
+pub struct Silent;
+impl Progress for Silent {}

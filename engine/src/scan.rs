@@ -1,0 +1,264 @@
+//! The parallel walker.
+//!
+//! Each directory is one task on a dedicated rayon pool (not the one that hashes, so a burst of
+//! big files cannot starve the walk). Rayon's per-thread LIFO deques with stealing keep the walk
+//! depth-first, which bounds the number of directory fds held open at once, while idle threads
+//! steal whole subtrees from the far end. A task lists its directory with `getdents`, `lstat`s
+//! every name relative to the directory fd (no path resolution per file), reads symlink targets
+//! and xattrs, and hands its entries back in one batch (per-task buffers, one lock per
+//! directory). The result is sorted by path bytes, which puts every parent before its children.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use rayon::prelude::*;
+use rustix::fs::{self as rfs, Mode, OFlags};
+
+use crate::entry::{join, Entry, Kind};
+use crate::error::{Error, IoContext, Result};
+use crate::fsx;
+
+/// `--exclude` patterns with rsync-like meaning: a pattern with no `/` matches a name at any
+/// depth; one with a `/` matches the whole relative path (a leading `/` anchors it at the root);
+/// a trailing `/` matches directories only. Excluded paths are neither copied nor deleted.
+#[derive(Clone, Default)]
+pub struct Excludes {
+    names: Option<GlobSet>,
+    paths: Option<GlobSet>,
+    dir_names: Option<GlobSet>,
+    dir_paths: Option<GlobSet>,
+}
+
+impl Excludes {
+    pub fn new(patterns: &[String]) -> std::result::Result<Self, globset::Error> {
+        let (mut names, mut paths, mut dnames, mut dpaths) = (vec![], vec![], vec![], vec![]);
+        for p in patterns {
+            let (p, dir_only) = match p.strip_suffix('/') {
+                Some(s) => (s, true),
+                None => (p.as_str(), false),
+            };
+            let anchored = p.contains('/');
+            let p = p.trim_start_matches('/');
+            let g: Glob = GlobBuilder::new(p).literal_separator(true).build()?;
+            match (anchored, dir_only) {
+                (false, false) => names.push(g),
+                (true, false) => paths.push(g),
+                (false, true) => dnames.push(g),
+                (true, true) => dpaths.push(g),
+            }
+        }
+        let build = |v: Vec<Glob>| -> std::result::Result<Option<GlobSet>, globset::Error> {
+            if v.is_empty() {
+                return Ok(None);
+            }
+            let mut b = GlobSetBuilder::new();
+            for g in v {
+                b.add(g);
+            }
+            b.build().map(Some)
+        };
+        Ok(Excludes {
+            names: build(names)?,
+            paths: build(paths)?,
+            dir_names: build(dnames)?,
+            dir_paths: build(dpaths)?,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_none()
+            && self.paths.is_none()
+            && self.dir_names.is_none()
+            && self.dir_paths.is_none()
+    }
+
+    pub fn matches(&self, path: &[u8], name: &[u8], is_dir: bool) -> bool {
+        let m = |s: &Option<GlobSet>, b: &[u8]| s.as_ref().is_some_and(|s| s.is_match(fsx::os(b)));
+        m(&self.names, name)
+            || m(&self.paths, path)
+            || (is_dir && (m(&self.dir_names, name) || m(&self.dir_paths, path)))
+    }
+}
+
+pub struct ScanOpts<'a> {
+    pub excludes: &'a Excludes,
+    pub xattrs: bool,
+}
+
+/// What a walk found.
+#[derive(Default)]
+pub struct Scan {
+    /// Sorted by path; the root is first with an empty path.
+    pub entries: Vec<Entry>,
+    /// Entries that could not be read, with the cause.
+    pub errors: Vec<(Box<[u8]>, io::Error)>,
+    /// Directories whose listing is incomplete: nothing below them may be treated as absent.
+    pub incomplete: Vec<Box<[u8]>>,
+    /// Temporary names left by an interrupted run.
+    pub leftovers: Vec<Box<[u8]>>,
+}
+
+struct Ctx<'a> {
+    opts: &'a ScanOpts<'a>,
+    out: Mutex<Scan>,
+}
+
+/// Walks the tree at `root` on `pool`.
+pub fn scan_tree(root: &Path, pool: &rayon::ThreadPool, opts: &ScanOpts<'_>) -> Result<Scan> {
+    let fd = fsx::open_root(root).at(root)?;
+    let st = fsx::fstat(fd.as_fd()).at(root)?;
+    let mut top = entry_from_stat(Vec::new().into(), &st);
+    if top.kind != Kind::Dir {
+        return Err(Error::bad(root, "not a directory"));
+    }
+    if opts.xattrs {
+        top.xattrs = fsx::read_xattrs_at(fd.as_fd(), b".").at(root)?;
+    }
+    let ctx = Ctx {
+        opts,
+        out: Mutex::new(Scan::default()),
+    };
+    let fd = Arc::new(fd);
+    pool.scope(|s| walk_dir(s, fd, Vec::new(), &ctx));
+    let mut scan = ctx.out.into_inner().expect("walker panicked");
+    scan.entries.push(top);
+    scan.entries
+        .par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    scan.leftovers.sort();
+    Ok(scan)
+}
+
+fn walk_dir<'s>(s: &rayon::Scope<'s>, dir: Arc<OwnedFd>, rel: Vec<u8>, ctx: &'s Ctx<'s>) {
+    let mut local: Vec<Entry> = Vec::new();
+    let mut errors: Vec<(Box<[u8]>, io::Error)> = Vec::new();
+    let mut leftovers = Vec::new();
+    let mut incomplete = false;
+    let names = match fsx::list_dir(dir.as_fd()) {
+        Ok(n) => n,
+        Err(e) => {
+            let mut out = ctx.out.lock().expect("poisoned");
+            out.errors.push((rel.clone().into(), e));
+            out.incomplete.push(rel.into());
+            return;
+        }
+    };
+    for name in names {
+        let path = join(&rel, &name);
+        if fsx::is_tmp_name(&name) {
+            leftovers.push(path.into_boxed_slice());
+            continue;
+        }
+        let cname = match fsx::cstr(&name) {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push((path.into(), e));
+                continue;
+            }
+        };
+        let st = match fsx::lstat_at(dir.as_fd(), &cname) {
+            Ok(st) => st,
+            // Vanished between listing and stat: it is simply not there.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                errors.push((path.into(), e));
+                incomplete = true;
+                continue;
+            }
+        };
+        let mut e = entry_from_stat(path.into_boxed_slice(), &st);
+        let is_dir = e.kind == Kind::Dir;
+        if !ctx.opts.excludes.is_empty() && ctx.opts.excludes.matches(&e.path, &name, is_dir) {
+            continue;
+        }
+        if e.kind == Kind::Symlink {
+            match fsx::read_link_at(dir.as_fd(), &cname) {
+                Ok(t) => e.target = Some(t.into_boxed_slice()),
+                Err(err) => {
+                    errors.push((e.path.clone(), err));
+                    continue;
+                }
+            }
+        }
+        if ctx.opts.xattrs {
+            match fsx::read_xattrs_at(dir.as_fd(), &name) {
+                Ok(x) => e.xattrs = x,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => {
+                    errors.push((e.path.clone(), err));
+                    continue;
+                }
+            }
+        }
+        if is_dir {
+            match rfs::openat(
+                dir.as_fd(),
+                cname.as_c_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(sub) => {
+                    let sub = Arc::new(sub);
+                    let child_rel = e.path.to_vec();
+                    s.spawn(move |s| walk_dir(s, sub, child_rel, ctx));
+                }
+                Err(err) => {
+                    let mut out = ctx.out.lock().expect("poisoned");
+                    out.errors.push((e.path.clone(), io::Error::from(err)));
+                    out.incomplete.push(e.path.clone());
+                }
+            }
+        }
+        local.push(e);
+    }
+    let mut out = ctx.out.lock().expect("poisoned");
+    out.entries.append(&mut local);
+    out.errors.append(&mut errors);
+    out.leftovers.append(&mut leftovers);
+    if incomplete {
+        out.incomplete.push(rel.into());
+    }
+}
+
+// stat field widths differ between targets; the casts are no-ops only on some.
+#[allow(clippy::unnecessary_cast)]
+pub fn entry_from_stat(path: Box<[u8]>, st: &rfs::Stat) -> Entry {
+    let kind = fsx::kind_of(st.st_mode as u32);
+    Entry {
+        path,
+        kind,
+        mode: st.st_mode as u32 & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size: if kind == Kind::File || kind == Kind::Symlink {
+            st.st_size as u64
+        } else {
+            0
+        },
+        mtime: st.st_mtime as i64,
+        mtime_nsec: st.st_mtime_nsec as u32,
+        ctime: st.st_ctime as i64,
+        ctime_nsec: st.st_ctime_nsec as u32,
+        ino: st.st_ino as u64,
+        dev: st.st_dev as u64,
+        nlink: st.st_nlink as u32,
+        rdev: if matches!(kind, Kind::Char | Kind::Block) {
+            st.st_rdev as u64
+        } else {
+            0
+        },
+        blocks: st.st_blocks as u64,
+        target: None,
+        hash: None,
+        xattrs: None,
+    }
+}
+
+/// Is `path` at or below one of the (sorted) `dirs`?
+pub fn under_any(dirs: &[Box<[u8]>], path: &[u8]) -> bool {
+    dirs.iter().any(|d| {
+        d.is_empty() || (path.starts_with(d) && (path.len() == d.len() || path[d.len()] == b'/'))
+    })
+}
