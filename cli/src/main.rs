@@ -4,6 +4,8 @@
 //! Invoked as `mkjail`, `umkjail` or `sync_pkg` it behaves like the seed's scripts.
 
 mod jail_cmd;
+mod output;
+mod sync_cmd;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -53,13 +55,45 @@ pub struct Global {
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
+    /// Make DST identical to SRC: new files first, old ones last, nothing ever missing.
+    Sync(sync_cmd::SyncCmd),
+    /// The seed's sync_pkg: sync each package tree of a jail onto the live root.
+    Upgrade(sync_cmd::UpgradeCmd),
+    /// Check that DST matches a tree or a manifest exactly (exit 1 with differences).
+    Verify(sync_cmd::VerifyCmd),
+    /// Write a manifest of a tree (blake3 per file, full metadata), for `verify`.
+    Manifest(sync_cmd::ManifestCmd),
     /// Jail lifecycle: init, mount, umount, status, enter.
     #[command(subcommand)]
     Jail(jail_cmd::JailCmd),
 }
 
+/// Invoked under one of the seed's script names, behave like it: `mkjail` is `jail mount`,
+/// `umkjail` is `jail umount`, `sync_pkg` is `upgrade`, on `$JAIL` (default /usr/pkg_jail).
+/// Further arguments are passed on.
+fn seed_argv(argv: Vec<OsString>) -> Vec<OsString> {
+    let name = argv
+        .first()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    let sub: &[&str] = match name {
+        "mkjail" => &["jail", "mount"],
+        "umkjail" => &["jail", "umount"],
+        "sync_pkg" => &["upgrade"],
+        _ => return argv,
+    };
+    let jail = std::env::var_os("JAIL").unwrap_or_else(|| "/usr/pkg_jail".into());
+    let mut out: Vec<OsString> = vec!["jailsync".into()];
+    out.extend(sub.iter().map(OsString::from));
+    out.push(jail);
+    out.extend(argv.into_iter().skip(1));
+    out
+}
+
 fn main() -> ExitCode {
-    let argv: Vec<OsString> = std::env::args_os().collect();
+    let argv = seed_argv(std::env::args_os().collect());
     let cli = match Cli::try_parse_from(argv) {
         Ok(c) => c,
         Err(e) => {
@@ -73,6 +107,10 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.cmd {
+        Cmd::Sync(c) => sync_cmd::run_sync(c, &cli.global),
+        Cmd::Upgrade(c) => sync_cmd::run_upgrade(c, &cli.global),
+        Cmd::Verify(c) => sync_cmd::run_verify(c, &cli.global),
+        Cmd::Manifest(c) => sync_cmd::run_manifest(c, &cli.global),
         Cmd::Jail(j) => jail_cmd::run(j, &cli.global),
     };
     match result {

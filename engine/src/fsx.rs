@@ -47,6 +47,16 @@ pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
     .map_err(errno)
 }
 
+/// Opens a destination root, refusing a symlink as its last component.
+pub fn open_root_nofollow(path: &Path) -> io::Result<OwnedFd> {
+    rfs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(errno)
+}
+
 /// Opens the directory `rel` (relative, may be empty for the root itself) beneath `root`,
 /// refusing every symlink on the way.
 pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<OwnedFd> {

@@ -2,6 +2,7 @@
 //!
 //! The engine never prints; it reports progress through [`progress::Progress`].
 
+pub mod apply;
 pub mod cache;
 pub mod entry;
 pub mod error;
@@ -10,7 +11,9 @@ pub mod hash;
 pub mod jail;
 pub mod journal;
 pub mod manifest;
+pub mod plan;
 pub mod progress;
 pub mod scan;
+pub mod sync;
 
 pub use error::{Error, Result};

@@ -107,6 +107,9 @@ fn write_entry(out: &mut Vec<u8>, e: &Entry, stat_fields: bool) {
             " ctime={}.{:09} blocks={}",
             e.ctime, e.ctime_nsec, e.blocks
         );
+    } else if e.is_sparse() {
+        // Holes are part of what a tree promises (sparse files stay sparse).
+        let _ = write!(out, " blocks={}", e.blocks);
     }
     if let Some(x) = &e.xattrs {
         for (k, v) in x.iter() {
@@ -131,8 +134,10 @@ pub fn to_bytes(m: &Manifest, stat_fields: bool) -> Vec<u8> {
     out
 }
 
-/// Writes a manifest to a file atomically (temp file, fsync, rename).
-pub fn write_file(path: &Path, m: &Manifest, stat_fields: bool) -> Result<()> {
+/// Writes a manifest to a file atomically (temp file, rename). Not fsynced: a cache lost in a
+/// crash costs one re-hash, and a torn one fails to parse and is ignored; a user's manifest
+/// (`jailsync manifest -o`) is flushed by [`write_file_durable`].
+fn write_impl(path: &Path, m: &Manifest, stat_fields: bool, durable: bool) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp{}",
@@ -145,9 +150,19 @@ pub fn write_file(path: &Path, m: &Manifest, stat_fields: bool) -> Result<()> {
     let mut w = BufWriter::new(f);
     w.write_all(&to_bytes(m, stat_fields)).at(&tmp)?;
     let f = w.into_inner().map_err(|e| e.into_error()).at(&tmp)?;
-    f.sync_data().at(&tmp)?;
+    if durable {
+        f.sync_data().at(&tmp)?;
+    }
     fs::rename(&tmp, path).at(path)?;
     Ok(())
+}
+
+pub fn write_file_durable(path: &Path, m: &Manifest, stat_fields: bool) -> Result<()> {
+    write_impl(path, m, stat_fields, true)
+}
+
+pub fn write_file(path: &Path, m: &Manifest, stat_fields: bool) -> Result<()> {
+    write_impl(path, m, stat_fields, false)
 }
 
 fn num<T: std::str::FromStr>(v: &[u8]) -> Option<T> {

@@ -1,0 +1,228 @@
+//! Output: itemized change lines, JSON lines, the human summary, and progress bars.
+
+use std::io::{self, Write};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use jailsync_engine::entry::{display_path, Entry, Kind};
+use jailsync_engine::plan::{itemize, Action, Counts, Op, Plan};
+use jailsync_engine::progress::{Phase, Progress};
+use serde_json::{json, Value};
+
+/// A path for JSON: a string when it is UTF-8, else `{"bytes": base64}`.
+pub fn json_path(p: &[u8]) -> Value {
+    match std::str::from_utf8(p) {
+        Ok(s) => Value::String(if s.is_empty() { ".".into() } else { s.into() }),
+        Err(_) => json!({ "bytes": base64::engine::general_purpose::STANDARD.encode(p) }),
+    }
+}
+
+/// The path part of an itemized line: directories end in `/`, symlinks show their target.
+pub fn item_name(a: &Action, src: &[Entry], dst: &[Entry], prefix: &[u8]) -> String {
+    let e = if a.src != u32::MAX {
+        &src[a.src as usize]
+    } else {
+        &dst[a.dst as usize]
+    };
+    let mut full = prefix.to_vec();
+    if !prefix.is_empty() && !e.path.is_empty() {
+        full.push(b'/');
+    }
+    full.extend_from_slice(&e.path);
+    let mut s = display_path(&full);
+    if e.kind == Kind::Dir {
+        s.push('/');
+    }
+    if e.kind == Kind::Symlink && a.op != Op::Delete {
+        s.push_str(" -> ");
+        s.push_str(&display_path(e.target.as_deref().unwrap_or_default()));
+    }
+    s
+}
+
+/// Writes the itemized lines (or JSON change objects) of a plan. `prefix` is the tree's
+/// relative name in an `upgrade` (empty for `sync`).
+pub fn print_changes(
+    out: &mut impl Write,
+    plan: &Plan,
+    src: &[Entry],
+    dst: &[Entry],
+    prefix: &[u8],
+    json: bool,
+) -> io::Result<()> {
+    for a in &plan.actions {
+        let code = itemize(a, src, dst);
+        if json {
+            let e = if a.src != u32::MAX {
+                &src[a.src as usize]
+            } else {
+                &dst[a.dst as usize]
+            };
+            let mut full = prefix.to_vec();
+            if !prefix.is_empty() && !e.path.is_empty() {
+                full.push(b'/');
+            }
+            full.extend_from_slice(&e.path);
+            let v = json!({
+                "type": "change",
+                "item": code,
+                "op": op_name(a.op),
+                "kind": e.kind.name(),
+                "path": json_path(&full),
+            });
+            writeln!(out, "{v}")?;
+        } else {
+            writeln!(out, "{code} {}", item_name(a, src, dst, prefix))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Create => "create",
+        Op::Replace => "replace",
+        Op::Exchange => "exchange",
+        Op::Meta => "metadata",
+        Op::Delete => "delete",
+    }
+}
+
+pub fn add_counts(a: &mut Counts, b: Counts) {
+    a.created += b.created;
+    a.updated += b.updated;
+    a.type_changed += b.type_changed;
+    a.metadata += b.metadata;
+    a.deleted += b.deleted;
+}
+
+pub fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+pub struct Summary {
+    pub counts: Counts,
+    pub bytes_written: u64,
+    pub elapsed: Duration,
+    pub switch_window: Duration,
+    pub errors: usize,
+    pub dry_run: bool,
+    pub hashed_bytes: u64,
+    pub cache_hits: usize,
+}
+
+impl Summary {
+    pub fn json(&self) -> Value {
+        json!({
+            "type": "summary",
+            "dry_run": self.dry_run,
+            "created": self.counts.created,
+            "updated": self.counts.updated,
+            "type_changed": self.counts.type_changed,
+            "metadata": self.counts.metadata,
+            "deleted": self.counts.deleted,
+            "changes": self.counts.total(),
+            "bytes_written": self.bytes_written,
+            "bytes_hashed": self.hashed_bytes,
+            "cache_hits": self.cache_hits,
+            "elapsed_ms": self.elapsed.as_secs_f64() * 1000.0,
+            "switch_window_ms": self.switch_window.as_secs_f64() * 1000.0,
+            "errors": self.errors,
+        })
+    }
+
+    pub fn human(&self) -> String {
+        let c = &self.counts;
+        let verb = if self.dry_run {
+            "would change"
+        } else {
+            "changed"
+        };
+        format!(
+            "{verb}: {} created, {} updated, {} type changes, {} metadata only, {} deleted; \
+             {} written in {:.2} s (switch window {:.1} ms){}",
+            c.created,
+            c.updated,
+            c.type_changed,
+            c.metadata,
+            c.deleted,
+            human_bytes(self.bytes_written),
+            self.elapsed.as_secs_f64(),
+            self.switch_window.as_secs_f64() * 1000.0,
+            if self.errors > 0 {
+                format!("; {} errors", self.errors)
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
+/// Progress bars on stderr, one per phase; only when stderr is a terminal.
+pub struct Bars {
+    bar: Mutex<Option<ProgressBar>>,
+}
+
+impl Bars {
+    pub fn new() -> Bars {
+        Bars {
+            bar: Mutex::new(None),
+        }
+    }
+
+    /// Whether bars should be drawn at all.
+    pub fn wanted(quiet: bool, json: bool) -> bool {
+        use std::io::IsTerminal;
+        !quiet && !json && io::stderr().is_terminal()
+    }
+}
+
+impl Progress for Bars {
+    fn start(&self, phase: Phase, total: u64) {
+        let pb = if total > 0 {
+            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::new_spinner()
+        };
+        let style = if total > 0 {
+            ProgressStyle::with_template(
+                "{prefix:>8} [{bar:30}] {pos}/{len} {binary_bytes} {elapsed}",
+            )
+        } else {
+            ProgressStyle::with_template("{prefix:>8} {spinner} {elapsed}")
+        };
+        if let Ok(s) = style {
+            pb.set_style(s.progress_chars("=> "));
+        }
+        pb.set_prefix(phase.name());
+        pb.enable_steady_tick(Duration::from_millis(120));
+        if let Some(old) = self.bar.lock().expect("poisoned").replace(pb) {
+            old.finish_and_clear();
+        }
+    }
+
+    fn advance(&self, n: u64, _bytes: u64) {
+        if let Some(pb) = &*self.bar.lock().expect("poisoned") {
+            pb.inc(n);
+        }
+    }
+
+    fn finish(&self, _phase: Phase) {
+        if let Some(pb) = self.bar.lock().expect("poisoned").take() {
+            pb.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! `sync`, `upgrade`, `verify` and `manifest`.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use jailsync_engine::entry::display_path;
+use jailsync_engine::manifest;
+use jailsync_engine::plan::Counts;
+use jailsync_engine::progress::{Progress, Silent};
+use jailsync_engine::scan::Excludes;
+use jailsync_engine::sync::{self, Pools, SyncOpts, Tree};
+
+use crate::output::{self, Bars, Summary};
+use crate::{exit, Global};
+
+/// Options shared by `sync` and `upgrade`.
+#[derive(Args, Debug, Clone)]
+pub struct SyncArgs {
+    /// Show what would change; change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Print one rsync-style line per change on stdout.
+    #[arg(short, long)]
+    pub itemize: bool,
+    /// Ignore cached hashes: hash every file that must be compared.
+    #[arg(short, long)]
+    pub checksum: bool,
+    /// Leave paths matching GLOB alone (neither copied nor deleted). Repeatable. No `/`: any
+    /// name at any depth; with `/`: the whole relative path (leading `/` anchors); trailing `/`:
+    /// directories only.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Worker threads for walking, hashing and writing (default: twice the cores, 4..16).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub threads: usize,
+    /// Make the result durable: fsync data before each rename and every touched directory.
+    #[arg(long)]
+    pub fsync: bool,
+    /// Sync into the target of a destination that is a symlink.
+    #[arg(long)]
+    pub follow_dst: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SyncCmd {
+    /// The tree to copy from (e.g. the jail's usr/pkg).
+    pub src: PathBuf,
+    /// The tree to make identical to SRC (created if missing).
+    pub dst: PathBuf,
+    #[command(flatten)]
+    pub args: SyncArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct UpgradeCmd {
+    /// The jail holding the rebuilt packages.
+    pub jail: PathBuf,
+    /// The live system's root.
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// A tree to sync, relative to JAIL and ROOT (repeatable; default: `tree` lines of
+    /// JAIL/jailsync.conf, else usr/pkg and var/db/pkg). The package database goes last.
+    #[arg(long, value_name = "REL")]
+    pub tree: Vec<PathBuf>,
+    #[command(flatten)]
+    pub args: SyncArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyCmd {
+    /// A tree, or a manifest written by `jailsync manifest`.
+    pub src: PathBuf,
+    /// The tree to check.
+    pub dst: PathBuf,
+    /// Ignore cached hashes.
+    #[arg(short, long)]
+    pub checksum: bool,
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ManifestCmd {
+    /// The tree to describe.
+    pub tree: PathBuf,
+    /// Where to write it (default: stdout).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Ignore cached hashes.
+    #[arg(short, long)]
+    pub checksum: bool,
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+}
+
+fn engine_opts(a: &SyncArgs) -> Result<SyncOpts> {
+    Ok(SyncOpts {
+        excludes: Excludes::new(&a.exclude).context("bad --exclude pattern")?,
+        checksum: a.checksum,
+        dry_run: a.dry_run,
+        fsync: a.fsync,
+        threads: a.threads,
+        ..SyncOpts::default()
+    })
+}
+
+fn progress(g: &Global) -> Box<dyn Progress> {
+    if Bars::wanted(g.quiet, g.json) {
+        Box::new(Bars::new())
+    } else {
+        Box::new(Silent)
+    }
+}
+
+pub fn run_sync(c: SyncCmd, g: &Global) -> Result<u8> {
+    let pairs = vec![(c.src, c.dst, Vec::new())];
+    run_pairs(pairs, &c.args, g)
+}
+
+/// The trees of an upgrade: `--tree`, else `tree REL` lines of JAIL/jailsync.conf, else the
+/// seed's two. Any tree ending in `db/pkg` is moved last: the database must never list a
+/// package whose files are not in place yet.
+pub fn upgrade_trees(jail: &Path, given: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut trees: Vec<PathBuf> = given.to_vec();
+    if trees.is_empty() {
+        let conf = jail.join("jailsync.conf");
+        match std::fs::read_to_string(&conf) {
+            Ok(text) => {
+                for (n, line) in text.lines().enumerate() {
+                    let line = line.trim();
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    match line.split_once(char::is_whitespace) {
+                        Some(("tree", rel)) => trees.push(PathBuf::from(rel.trim())),
+                        _ => bail!(
+                            "{}:{}: expected `tree REL`, found {line:?}",
+                            conf.display(),
+                            n + 1
+                        ),
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| conf.display().to_string()),
+        }
+    }
+    if trees.is_empty() {
+        trees = vec!["usr/pkg".into(), "var/db/pkg".into()];
+    }
+    for t in &trees {
+        let bad = t.is_absolute()
+            || t.components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)));
+        if bad || t.as_os_str().is_empty() {
+            bail!(
+                "{}: a tree must be a relative path without `..`",
+                t.display()
+            );
+        }
+    }
+    let (db, mut rest): (Vec<PathBuf>, Vec<PathBuf>) =
+        trees.into_iter().partition(|t| t.ends_with("db/pkg"));
+    rest.extend(db);
+    Ok(rest)
+}
+
+pub fn run_upgrade(c: UpgradeCmd, g: &Global) -> Result<u8> {
+    let trees = upgrade_trees(&c.jail, &c.tree)?;
+    let pairs = trees
+        .iter()
+        .map(|t| {
+            use std::os::unix::ffi::OsStrExt;
+            (
+                c.jail.join(t),
+                c.root.join(t),
+                t.as_os_str().as_bytes().to_vec(),
+            )
+        })
+        .collect();
+    run_pairs(pairs, &c.args, g)
+}
+
+fn run_pairs(pairs: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global) -> Result<u8> {
+    let t0 = Instant::now();
+    let opts = engine_opts(a)?;
+    let mut checked = Vec::new();
+    for (s, d, prefix) in pairs {
+        let (sc, dc) = sync::check_pair(&s, &d, a.follow_dst)?;
+        // Work on the destination as named unless following a symlink was asked for.
+        let d = if a.follow_dst { dc } else { d };
+        checked.push((sc, d, prefix));
+    }
+    let all: Vec<&Path> = checked
+        .iter()
+        .flat_map(|(s, d, _)| [s.as_path(), d.as_path()])
+        .collect();
+    let state = sync::open_state(&g.state_dir, &all)?;
+    let pools = Pools::new(opts.threads);
+    let prog = progress(g);
+    let mut trees: Vec<Tree> = Vec::new();
+    for (s, d, _) in &checked {
+        trees.push(sync::prepare(s, d, Some(&state), &opts, &pools, &*prog)?);
+    }
+    let report = if a.dry_run {
+        None
+    } else {
+        Some(sync::apply_all(
+            &trees,
+            Some(&state),
+            &opts,
+            &pools,
+            &*prog,
+        )?)
+    };
+
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let mut counts = Counts::default();
+    let mut errors = 0;
+    for (k, t) in trees.iter().enumerate() {
+        output::add_counts(&mut counts, Counts::of(&t.plan));
+        if a.itemize || g.json || g.verbose > 0 {
+            output::print_changes(&mut out, &t.plan, &t.src, &t.dst, &checked[k].2, g.json)?;
+        }
+        for (p, e) in &t.scan_errors {
+            errors += 1;
+            report_error(&mut out, g, &p.display().to_string(), "scan", e)?;
+        }
+        if let Some(r) = &report {
+            let o = &r.outcomes[k];
+            for e in &o.errors {
+                errors += 1;
+                let p = t.dst_path.join(jailsync_engine::fsx::os(&e.path));
+                report_error(
+                    &mut out,
+                    g,
+                    &p.display().to_string(),
+                    e.phase.name(),
+                    &e.error,
+                )?;
+            }
+            if g.verbose > 0 && !g.json {
+                for p in &o.kept {
+                    eprintln!(
+                        "jailsync: kept {}: not empty (holds excluded or new entries)",
+                        t.dst_path.join(jailsync_engine::fsx::os(p)).display()
+                    );
+                }
+            }
+        }
+    }
+    let summary = Summary {
+        counts,
+        bytes_written: report.as_ref().map_or(0, |r| r.bytes_written()),
+        elapsed: t0.elapsed(),
+        switch_window: report
+            .as_ref()
+            .map_or(Default::default(), |r| r.switch_window),
+        errors,
+        dry_run: a.dry_run,
+        hashed_bytes: trees.iter().map(|t| t.hashed_bytes).sum(),
+        cache_hits: trees.iter().map(|t| t.cache_hits).sum(),
+    };
+    if g.json {
+        writeln!(out, "{}", summary.json())?;
+    }
+    out.flush()?;
+    if !g.quiet && !g.json {
+        eprintln!("{}", summary.human());
+    }
+    Ok(if errors > 0 { exit::PARTIAL } else { exit::OK })
+}
+
+fn report_error(
+    out: &mut impl Write,
+    g: &Global,
+    path: &str,
+    phase: &str,
+    e: &io::Error,
+) -> io::Result<()> {
+    if g.json {
+        let v = serde_json::json!({"type": "error", "path": path, "phase": phase, "error": e.to_string()});
+        writeln!(out, "{v}")?;
+    }
+    eprintln!("jailsync: {path}: {e} (while {phase})");
+    Ok(())
+}
+
+pub fn run_verify(c: VerifyCmd, g: &Global) -> Result<u8> {
+    let opts = SyncOpts {
+        excludes: Excludes::new(&c.exclude).context("bad --exclude pattern")?,
+        checksum: c.checksum,
+        dry_run: true,
+        ..SyncOpts::default()
+    };
+    if !c.dst.is_dir() {
+        bail!("{}: not a directory", c.dst.display());
+    }
+    let pools = Pools::new(0);
+    let prog = progress(g);
+    // State is only read and written for caches here; a read-only state dir is no error.
+    let state = sync::open_state(&g.state_dir, &[&c.dst]).ok();
+    let tree = if c.src.is_dir() {
+        sync::check_pair(&c.src, &c.dst, true)?;
+        sync::prepare(&c.src, &c.dst, state.as_ref(), &opts, &pools, &*prog)?
+    } else {
+        let m = manifest::read_file(&c.src)?;
+        sync::prepare_from_manifest(&c.src, m, &c.dst, state.as_ref(), &opts, &pools, &*prog)?
+    };
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    output::print_changes(&mut out, &tree.plan, &tree.src, &tree.dst, b"", g.json)?;
+    for (p, e) in &tree.scan_errors {
+        report_error(&mut out, g, &p.display().to_string(), "scan", e)?;
+    }
+    let differ = !tree.plan.is_empty() || !tree.scan_errors.is_empty();
+    if g.json {
+        let v = serde_json::json!({
+            "type": "summary",
+            "match": !differ,
+            "differences": tree.plan.actions.len(),
+            "errors": tree.scan_errors.len(),
+        });
+        writeln!(out, "{v}")?;
+    }
+    out.flush()?;
+    if !g.quiet && !g.json {
+        if differ {
+            eprintln!(
+                "{}: {} differences from {}",
+                c.dst.display(),
+                tree.plan.actions.len(),
+                c.src.display()
+            );
+        } else if g.verbose > 0 {
+            eprintln!("{}: matches {}", c.dst.display(), c.src.display());
+        }
+    }
+    Ok(if differ { exit::PARTIAL } else { exit::OK })
+}
+
+pub fn run_manifest(c: ManifestCmd, g: &Global) -> Result<u8> {
+    let opts = SyncOpts {
+        excludes: Excludes::new(&c.exclude).context("bad --exclude pattern")?,
+        checksum: c.checksum,
+        ..SyncOpts::default()
+    };
+    let pools = Pools::new(0);
+    let prog = progress(g);
+    let state = sync::open_state(&g.state_dir, &[&c.tree]).ok();
+    let (m, errors) = sync::scan_and_hash(&c.tree, state.as_ref(), &opts, &pools, &*prog)?;
+    for (p, e) in &errors {
+        eprintln!("jailsync: {}: {e}", p.display());
+    }
+    match &c.output {
+        Some(p) => manifest::write_file_durable(p, &m, false)?,
+        None => {
+            let stdout = io::stdout();
+            let mut l = stdout.lock();
+            l.write_all(&manifest::to_bytes(&m, false))?;
+            l.flush()?;
+        }
+    }
+    if !g.quiet && !g.json {
+        if let Some(p) = &c.output {
+            eprintln!(
+                "{}: {} entries written to {}",
+                display_path(c.tree.as_os_str().as_encoded_bytes()),
+                m.entries.len(),
+                p.display()
+            );
+        }
+    }
+    Ok(if errors.is_empty() {
+        exit::OK
+    } else {
+        exit::PARTIAL
+    })
+}

@@ -1,0 +1,588 @@
+//! The staged pipeline: stage -> commit -> prune -> finalize.
+//!
+//! - **Stage** writes every new object under a temporary name (`.jailsync-tmp-*`) in the
+//!   directory of its target, metadata set on the open fd before anyone can see it; a new
+//!   directory is built whole under one temporary name. Files are copied by several workers
+//!   (the time goes to creating inodes in the kernel, so more workers than cores still pay).
+//!   Nothing visible in the live tree changes in this phase, so it may take as long as it likes.
+//! - **Commit** renames staged objects over their targets in one short burst — data and
+//!   libraries first, then new directories, then executables, so a program never starts
+//!   against its old libraries' replacements half-done — exchanges type changes with
+//!   `RENAME_EXCHANGE`, and applies metadata-only changes. The burst's duration is the "switch
+//!   window".
+//! - **Prune** removes orphans (deepest first) and the old objects that exchanges moved aside.
+//! - **Finalize** sets directory modes and times bottom-up (adding and removing children moved
+//!   their mtimes), with an fsync of each touched directory when durability is asked for.
+//!
+//! Every call on the destination is relative to a directory fd opened beneath its root with
+//! symlinks refused (see [`crate::fsx`]); the source is only ever opened for reading.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use crate::entry::{join, Entry, Kind};
+use crate::fsx::{self, split_parent, MetaOpts};
+use crate::plan::{Action, Op, Plan, NONE};
+use crate::progress::{Phase, Progress};
+
+#[derive(Clone, Copy, Debug)]
+pub struct ApplyOpts {
+    pub meta: MetaOpts,
+    /// fsync data before each rename and each touched directory after.
+    pub fsync: bool,
+}
+
+/// An entry that could not be synced, with the phase and the cause.
+#[derive(Debug)]
+pub struct EntryError {
+    pub path: Box<[u8]>,
+    pub phase: Phase,
+    pub error: io::Error,
+}
+
+/// What a tree's apply did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub bytes_written: u64,
+    pub switch_window: Duration,
+    pub errors: Vec<EntryError>,
+    /// Directories left in place because they still hold entries (excluded ones, or entries
+    /// created by someone else during the run).
+    pub kept: Vec<Box<[u8]>>,
+}
+
+/// One tree being applied. Phases are separate methods so `upgrade` can stage every tree
+/// before committing any.
+pub struct Apply<'a> {
+    src_root: OwnedFd,
+    dst_root: OwnedFd,
+    src: &'a [Entry],
+    dst: &'a [Entry],
+    plan: &'a Plan,
+    opts: ApplyOpts,
+    /// Per action: where it was staged (relative to the destination root), if it was.
+    staged: Vec<Option<Box<[u8]>>>,
+    /// Per action: it failed; later phases leave it alone.
+    failed: Vec<bool>,
+    /// Staging names that hold old objects after an exchange.
+    moved_aside: Vec<Box<[u8]>>,
+    pub outcome: Outcome,
+}
+
+/// Remembers the last directory opened, since actions come in path order.
+struct DirCache<'r> {
+    root: BorrowedFd<'r>,
+    last: Option<(Vec<u8>, OwnedFd)>,
+}
+
+impl<'r> DirCache<'r> {
+    fn new(root: BorrowedFd<'r>) -> Self {
+        DirCache { root, last: None }
+    }
+
+    fn get(&mut self, rel: &[u8]) -> io::Result<BorrowedFd<'_>> {
+        let hit = self.last.as_ref().is_some_and(|(p, _)| p == rel);
+        if !hit {
+            let fd = fsx::open_dir_beneath(self.root, rel)?;
+            self.last = Some((rel.to_vec(), fd));
+        }
+        Ok(self.last.as_ref().expect("just set").1.as_fd())
+    }
+}
+
+fn tmp_name(k: usize) -> Vec<u8> {
+    let mut n = fsx::TMP_PREFIX.to_vec();
+    n.extend_from_slice(format!("{}-{k}", std::process::id()).as_bytes());
+    n
+}
+
+fn err_other(msg: &str) -> io::Error {
+    io::Error::other(msg.to_string())
+}
+
+impl<'a> Apply<'a> {
+    pub fn new(
+        src_root: OwnedFd,
+        dst_root: OwnedFd,
+        src: &'a [Entry],
+        dst: &'a [Entry],
+        plan: &'a Plan,
+        opts: ApplyOpts,
+    ) -> Self {
+        let n = plan.actions.len();
+        Apply {
+            src_root,
+            dst_root,
+            src,
+            dst,
+            plan,
+            opts,
+            staged: vec![None; n],
+            failed: vec![false; n],
+            moved_aside: Vec::new(),
+            outcome: Outcome::default(),
+        }
+    }
+
+    fn path(&self, a: &Action) -> &'a [u8] {
+        self.plan.path(a, self.src, self.dst)
+    }
+
+    fn fail(&mut self, k: usize, phase: Phase, error: io::Error) {
+        self.failed[k] = true;
+        let path = self.path(&self.plan.actions[k]).into();
+        self.outcome.errors.push(EntryError { path, phase, error });
+    }
+
+    /// Works out every staging location, then creates the objects there.
+    pub fn stage(&mut self, pool: &rayon::ThreadPool, progress: &dyn Progress) {
+        let actions = &self.plan.actions;
+        let staged_ops = |a: &Action| matches!(a.op, Op::Create | Op::Replace | Op::Exchange);
+        // Staging locations. A new directory's location is remembered so that what is inside
+        // it is placed beneath that location under its final name.
+        let mut dir_loc: HashMap<&[u8], Box<[u8]>> = HashMap::new();
+        for (k, a) in actions.iter().enumerate() {
+            if !staged_ops(a) {
+                continue;
+            }
+            let s = &self.src[a.src as usize];
+            let (parent, name) = split_parent(&s.path);
+            let loc: Box<[u8]> = if a.inside {
+                match dir_loc.get(parent) {
+                    Some(p) => join(p, name).into(),
+                    None => continue, // parent failed to plan a location; reported below
+                }
+            } else {
+                join(parent, &tmp_name(k)).into()
+            };
+            if s.kind == Kind::Dir {
+                dir_loc.insert(&s.path, loc.clone());
+            }
+            self.staged[k] = Some(loc);
+        }
+        let total = actions.iter().filter(|a| staged_ops(a)).count() as u64;
+        progress.start(Phase::Stage, total);
+
+        // 1. New directories, parents first (path order), private until finalized.
+        let mut cache = DirCache::new(self.dst_root.as_fd());
+        let mut dir_failures = Vec::new();
+        for (k, a) in actions.iter().enumerate() {
+            if !staged_ops(a) || self.src[a.src as usize].kind != Kind::Dir {
+                continue;
+            }
+            let Some(loc) = &self.staged[k] else {
+                dir_failures.push((k, err_other("parent directory could not be staged")));
+                continue;
+            };
+            let (p, n) = split_parent(loc);
+            let r = cache.get(p).and_then(|d| fsx::mkdir_at(d, n, 0o700));
+            if let Err(e) = r {
+                dir_failures.push((k, e));
+            }
+            progress.advance(1, 0);
+        }
+        drop(cache);
+        for (k, e) in dir_failures {
+            self.fail(k, Phase::Stage, e);
+        }
+
+        // 2. Files, symlinks and nodes (hard-link followers wait for their leader).
+        let work: Vec<usize> = (0..actions.len())
+            .filter(|&k| {
+                let a = &actions[k];
+                staged_ops(a)
+                    && !self.failed[k]
+                    && self.staged[k].is_some()
+                    && a.link_to == NONE
+                    && self.src[a.src as usize].kind != Kind::Dir
+            })
+            .collect();
+        let bytes = AtomicU64::new(0);
+        let errors: Mutex<Vec<(usize, io::Error)>> = Mutex::new(Vec::new());
+        {
+            let this = &*self;
+            pool.install(|| {
+                work.par_chunks(32).for_each(|chunk| {
+                    let mut scache = DirCache::new(this.src_root.as_fd());
+                    let mut dcache = DirCache::new(this.dst_root.as_fd());
+                    for &k in chunk {
+                        match this.stage_one(k, &mut scache, &mut dcache) {
+                            Ok(n) => {
+                                bytes.fetch_add(n, Ordering::Relaxed);
+                                progress.advance(1, n);
+                            }
+                            Err(e) => errors.lock().expect("poisoned").push((k, e)),
+                        }
+                    }
+                });
+            });
+        }
+        self.outcome.bytes_written += bytes.into_inner();
+        for (k, e) in errors.into_inner().expect("poisoned") {
+            self.fail(k, Phase::Stage, e);
+        }
+
+        // 3. Hard-link followers: linked to their leader's staged inode.
+        let src_to_action: HashMap<u32, usize> = actions
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.src != NONE && staged_ops(a))
+            .map(|(k, a)| (a.src, k))
+            .collect();
+        let mut link_failures = Vec::new();
+        let mut cache = DirCache::new(self.dst_root.as_fd());
+        for (k, a) in actions.iter().enumerate() {
+            if a.link_to == NONE || !staged_ops(a) || self.failed[k] {
+                continue;
+            }
+            let Some(loc) = &self.staged[k] else { continue };
+            let leader = src_to_action[&a.link_to];
+            let r = match (&self.staged[leader], self.failed[leader]) {
+                (Some(lloc), false) => {
+                    let (lp, ln) = split_parent(lloc);
+                    let (p, n) = split_parent(loc);
+                    fsx::open_dir_beneath(self.dst_root.as_fd(), lp).and_then(|ld| {
+                        let d = cache.get(p)?;
+                        fsx::link_at(ld.as_fd(), ln, d, n)
+                    })
+                }
+                _ => Err(err_other("its hard-link leader could not be staged")),
+            };
+            if let Err(e) = r {
+                link_failures.push((k, e));
+            }
+            progress.advance(1, 0);
+        }
+        drop(cache);
+        for (k, e) in link_failures {
+            self.fail(k, Phase::Stage, e);
+        }
+
+        // 4. New directories' metadata, deepest first, now that their contents are in place.
+        let mut meta_failures = Vec::new();
+        let mut cache = DirCache::new(self.dst_root.as_fd());
+        for (k, a) in actions.iter().enumerate().rev() {
+            if !staged_ops(a) || self.failed[k] || self.src[a.src as usize].kind != Kind::Dir {
+                continue;
+            }
+            let Some(loc) = &self.staged[k] else { continue };
+            let (p, n) = split_parent(loc);
+            let s = &self.src[a.src as usize];
+            let r = cache.get(p).and_then(|d| {
+                fsx::set_meta_at(d, n, s, self.opts.meta)?;
+                if self.opts.fsync {
+                    let sub = fsx::open_dir_beneath(d, n)?;
+                    fsx::fsync(sub.as_fd())?;
+                }
+                Ok(())
+            });
+            if let Err(e) = r {
+                meta_failures.push((k, e));
+            }
+        }
+        drop(cache);
+        for (k, e) in meta_failures {
+            self.fail(k, Phase::Stage, e);
+        }
+        progress.finish(Phase::Stage);
+    }
+
+    /// Creates one non-directory at its staging location. Returns bytes written.
+    fn stage_one(&self, k: usize, scache: &mut DirCache, dcache: &mut DirCache) -> io::Result<u64> {
+        let a = &self.plan.actions[k];
+        let s = &self.src[a.src as usize];
+        let loc = self.staged[k].as_ref().expect("has a location");
+        let (p, n) = split_parent(loc);
+        match s.kind {
+            Kind::File => {
+                let (sp, sn) = split_parent(&s.path);
+                let sdir = scache.get(sp)?;
+                let ddir = dcache.get(p)?;
+                self.copy_file(sdir, sn, ddir, n, s)
+            }
+            Kind::Symlink => {
+                let d = dcache.get(p)?;
+                let t = s.target.as_deref().unwrap_or_default();
+                fsx::symlink_at(t, d, n)?;
+                fsx::set_meta_at(d, n, s, self.opts.meta)?;
+                Ok(0)
+            }
+            Kind::Fifo | Kind::Char | Kind::Block | Kind::Socket => {
+                let d = dcache.get(p)?;
+                fsx::mknod_at(d, n, s)?;
+                fsx::set_meta_at(d, n, s, self.opts.meta)?;
+                Ok(0)
+            }
+            Kind::Dir => unreachable!("directories are staged separately"),
+        }
+    }
+
+    /// Copies a source file, refusing to install a copy torn by a writer in the jail: the
+    /// source's size, mtime and ctime must be what the scan saw and must not move during the
+    /// copy (one retry for a change during the copy).
+    fn copy_file(
+        &self,
+        sdir: BorrowedFd<'_>,
+        sname: &[u8],
+        ddir: BorrowedFd<'_>,
+        dname: &[u8],
+        e: &Entry,
+    ) -> io::Result<u64> {
+        for attempt in 0..2 {
+            let sfd = fsx::open_read_at(sdir, sname)?;
+            let before = fsx::fstat(sfd.as_fd())?;
+            if fsx::kind_of(before.st_mode) != Kind::File
+                || before.st_size as u64 != e.size
+                || before.st_mtime != e.mtime
+                || before.st_mtime_nsec as u32 != e.mtime_nsec
+            {
+                return Err(err_other(
+                    "source changed since it was scanned; left as it was (run again)",
+                ));
+            }
+            let dfd = fsx::create_excl_at(ddir, dname)?;
+            let r = fsx::copy_data(sfd.as_fd(), dfd.as_fd(), e.size, e.is_sparse());
+            let after = fsx::fstat(sfd.as_fd())?;
+            let stable = before.st_size == after.st_size
+                && before.st_mtime == after.st_mtime
+                && before.st_mtime_nsec == after.st_mtime_nsec
+                && before.st_ctime == after.st_ctime
+                && before.st_ctime_nsec == after.st_ctime_nsec;
+            match r {
+                Ok(n) if stable => {
+                    fsx::set_meta_fd(dfd.as_fd(), e, self.opts.meta)?;
+                    if self.opts.fsync {
+                        fsx::fsync(dfd.as_fd())?;
+                    }
+                    return Ok(n);
+                }
+                Ok(_) => {
+                    drop(dfd);
+                    fsx::unlink_at(ddir, dname)?;
+                    if attempt == 1 {
+                        return Err(err_other(
+                            "source changed while being copied; left as it was",
+                        ));
+                    }
+                }
+                Err(err) => {
+                    drop(dfd);
+                    let _ = fsx::unlink_at(ddir, dname);
+                    return Err(err);
+                }
+            }
+        }
+        unreachable!()
+    }
+
+    /// Publishes staged objects in one burst, then applies metadata-only changes.
+    pub fn commit(&mut self, progress: &dyn Progress) {
+        let actions = &self.plan.actions;
+        // Order: plain data first, then new directories, then executables.
+        let rank = |a: &Action| {
+            let s = &self.src[a.src as usize];
+            match s.kind {
+                Kind::Dir => 1,
+                Kind::File if s.is_executable() => 2,
+                _ => 0,
+            }
+        };
+        let mut order: Vec<usize> = (0..actions.len())
+            .filter(|&k| {
+                let a = &actions[k];
+                matches!(a.op, Op::Create | Op::Replace | Op::Exchange)
+                    && !a.inside
+                    && !self.failed[k]
+                    && self.staged[k].is_some()
+            })
+            .collect();
+        order.sort_by_key(|&k| rank(&actions[k]));
+        let metas: Vec<usize> = (0..actions.len())
+            .filter(|&k| {
+                actions[k].op == Op::Meta && self.src[actions[k].src as usize].kind != Kind::Dir
+            })
+            .collect();
+        progress.start(Phase::Commit, (order.len() + metas.len()) as u64);
+        let mut failures = Vec::new();
+        let mut cache = DirCache::new(self.dst_root.as_fd());
+        let t0 = Instant::now();
+        for &k in &order {
+            let a = &actions[k];
+            let loc = self.staged[k].as_ref().expect("staged");
+            let (p, tmp) = split_parent(loc);
+            let name = split_parent(&self.src[a.src as usize].path).1;
+            let r = cache.get(p).and_then(|d| match a.op {
+                Op::Create => fsx::rename_noreplace_at(d, tmp, name),
+                Op::Replace => fsx::rename_at(d, tmp, d, name),
+                _ => fsx::exchange_at(d, tmp, name),
+            });
+            match r {
+                Ok(()) if a.op == Op::Exchange => self.moved_aside.push(loc.clone()),
+                Ok(()) => {}
+                Err(e) => failures.push((k, e)),
+            }
+            progress.advance(1, 0);
+        }
+        for &k in &metas {
+            let a = &actions[k];
+            let s = &self.src[a.src as usize];
+            let (p, n) = split_parent(&s.path);
+            if let Err(e) = cache
+                .get(p)
+                .and_then(|d| fsx::set_meta_at(d, n, s, self.opts.meta))
+            {
+                failures.push((k, e));
+            }
+            progress.advance(1, 0);
+        }
+        self.outcome.switch_window = t0.elapsed();
+        drop(cache);
+        for (k, e) in failures {
+            self.fail(k, Phase::Commit, e);
+        }
+        progress.finish(Phase::Commit);
+    }
+
+    /// Removes orphans deepest first, and what exchanges moved aside.
+    pub fn prune(&mut self, progress: &dyn Progress) {
+        let actions = &self.plan.actions;
+        let deletes: Vec<usize> = (0..actions.len())
+            .rev()
+            .filter(|&k| actions[k].op == Op::Delete && !actions[k].covered)
+            .collect();
+        progress.start(
+            Phase::Prune,
+            (deletes.len() + self.moved_aside.len()) as u64,
+        );
+        let mut cache = DirCache::new(self.dst_root.as_fd());
+        let mut failures = Vec::new();
+        for loc in std::mem::take(&mut self.moved_aside) {
+            let (p, n) = split_parent(&loc);
+            if let Err(e) = cache.get(p).and_then(|d| fsx::remove_tree_at(d, n)) {
+                self.outcome.errors.push(EntryError {
+                    path: loc.clone(),
+                    phase: Phase::Prune,
+                    error: e,
+                });
+            }
+            progress.advance(1, 0);
+        }
+        // Orphans whose directory is being removed too are unlinked where they are; deepest
+        // first keeps every directory empty by the time its own turn comes.
+        for &k in &deletes {
+            let d = &self.dst[actions[k].dst as usize];
+            let (p, n) = split_parent(&d.path);
+            let r = cache.get(p).and_then(|dir| {
+                if d.kind == Kind::Dir {
+                    fsx::rmdir_at(dir, n)
+                } else {
+                    fsx::unlink_at(dir, n)
+                }
+            });
+            match r {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                    self.outcome.kept.push(d.path.clone())
+                }
+                // The parent is gone (removed or never openable): nothing left to remove.
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {}
+                Err(e) => failures.push((k, e)),
+            }
+            progress.advance(1, 0);
+        }
+        drop(cache);
+        for (k, e) in failures {
+            self.fail(k, Phase::Prune, e);
+        }
+        progress.finish(Phase::Prune);
+    }
+
+    /// Sets directory metadata bottom-up where contents or metadata changed.
+    pub fn finalize(&mut self, progress: &dyn Progress) {
+        let actions = &self.plan.actions;
+        let mut touched: HashSet<&[u8]> = HashSet::new();
+        for a in actions.iter().filter(|a| !a.inside) {
+            let p = self.plan.path(a, self.src, self.dst);
+            touched.insert(split_parent(p).0);
+            if a.op == Op::Meta && self.src[a.src as usize].kind == Kind::Dir {
+                touched.insert(p);
+            }
+        }
+        // Only directories that exist in both trees; new ones were finished while staged.
+        let mut dirs: Vec<(&[u8], usize)> = Vec::new();
+        let mut j = 0;
+        for (i, s) in self.src.iter().enumerate() {
+            if s.kind != Kind::Dir || !touched.contains(&s.path[..]) {
+                continue;
+            }
+            while j < self.dst.len() && self.dst[j].path < s.path {
+                j += 1;
+            }
+            if j < self.dst.len() && self.dst[j].path == s.path && self.dst[j].kind == Kind::Dir {
+                dirs.push((&s.path, i));
+            }
+        }
+        progress.start(Phase::Finalize, dirs.len() as u64);
+        let mut cache = DirCache::new(self.dst_root.as_fd());
+        for &(path, i) in dirs.iter().rev() {
+            let s = &self.src[i];
+            let r = if path.is_empty() {
+                fsx::set_meta_fd(self.dst_root.as_fd(), s, self.opts.meta).and_then(|()| {
+                    if self.opts.fsync {
+                        fsx::fsync(self.dst_root.as_fd())
+                    } else {
+                        Ok(())
+                    }
+                })
+            } else {
+                let (p, n) = split_parent(path);
+                cache.get(p).and_then(|d| {
+                    fsx::set_meta_at(d, n, s, self.opts.meta)?;
+                    if self.opts.fsync {
+                        let sub = fsx::open_dir_beneath(d, n)?;
+                        fsx::fsync(sub.as_fd())?;
+                    }
+                    Ok(())
+                })
+            };
+            if let Err(e) = r {
+                self.outcome.errors.push(EntryError {
+                    path: path.into(),
+                    phase: Phase::Finalize,
+                    error: e,
+                });
+            }
+            progress.advance(1, 0);
+        }
+        progress.finish(Phase::Finalize);
+    }
+
+    /// Was action `k` carried out?
+    pub fn done(&self, k: usize) -> bool {
+        !self.failed[k]
+    }
+}
+
+/// Removes temporary names a killed run left in the destination.
+pub fn clean_leftovers(dst_root: BorrowedFd<'_>, leftovers: &[Box<[u8]>]) -> Vec<EntryError> {
+    let mut errs = Vec::new();
+    for l in leftovers {
+        let (p, n) = split_parent(l);
+        let r = fsx::open_dir_beneath(dst_root, p).and_then(|d| fsx::remove_tree_at(d.as_fd(), n));
+        if let Err(e) = r {
+            errs.push(EntryError {
+                path: l.clone(),
+                phase: Phase::Stage,
+                error: e,
+            });
+        }
+    }
+    errs
+}

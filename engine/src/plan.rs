@@ -1,0 +1,461 @@
+//! The delta: what must happen to the destination so that it equals the source.
+//!
+//! Both entry lists are sorted by path bytes, so one merge-join pairs them. Each pair becomes at
+//! most one [`Action`]:
+//! - **Create**: only in the source.
+//! - **Replace**: a new object (content, symlink target, device number or hard-link grouping
+//!   differs, or a non-directory became another non-directory) staged beside the target and
+//!   renamed over it — `rename` replaces a non-directory atomically.
+//! - **Exchange**: a directory became a non-directory or the other way round; `rename` cannot do
+//!   that, `renameat2(RENAME_EXCHANGE)` can, so the path never vanishes.
+//! - **Meta**: same content, other mode/owner/mtime/xattrs: set in place, never rewritten.
+//! - **Delete**: only in the destination.
+//!
+//! A new directory (created or exchanged in) is built whole under a temporary name and published
+//! with one rename; everything below it is *inside* and has no commit step of its own.
+//!
+//! Content equality is by blake3, never by size and mtime: the caller hashes every same-size
+//! pair first ([`hash_needs`]). Hard links: a source group (entries sharing dev+ino) is in place
+//! only if the destination has exactly the same paths sharing one inode; otherwise the whole
+//! group is restaged as one new inode with one leader copied and the rest linked to it.
+
+use std::collections::HashMap;
+
+use crate::entry::{Entry, Kind};
+
+pub const NONE: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Create,
+    Replace,
+    Exchange,
+    Meta,
+    Delete,
+}
+
+/// What differs, for itemized output (rsync's `YXcstpoguax`).
+pub mod change {
+    pub const NEW: u16 = 1;
+    pub const CONTENT: u16 = 2;
+    pub const SIZE: u16 = 4;
+    pub const TIME: u16 = 8;
+    pub const PERMS: u16 = 16;
+    pub const OWNER: u16 = 32;
+    pub const GROUP: u16 = 64;
+    pub const XATTR: u16 = 128;
+    pub const TYPE: u16 = 256;
+    pub const LINK: u16 = 512;
+    pub const TARGET: u16 = 1024;
+}
+
+#[derive(Clone, Debug)]
+pub struct Action {
+    pub op: Op,
+    /// Index into the source entries, or [`NONE`].
+    pub src: u32,
+    /// Index into the destination entries, or [`NONE`].
+    pub dst: u32,
+    /// [`change`] bits.
+    pub changes: u16,
+    /// Staged inside a new directory's temporary subtree: published with it.
+    pub inside: bool,
+    /// A delete below a directory that is exchanged out: removed with it.
+    pub covered: bool,
+    /// For a hard-link follower: the source index of its group's leader (copied once).
+    pub link_to: u32,
+}
+
+/// What to compare and set.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanOpts {
+    pub owner: bool,
+    pub xattrs: bool,
+}
+
+pub struct Plan {
+    /// Sorted by path.
+    pub actions: Vec<Action>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+
+    pub fn path<'a>(&self, a: &Action, src: &'a [Entry], dst: &'a [Entry]) -> &'a [u8] {
+        if a.src != NONE {
+            &src[a.src as usize].path
+        } else {
+            &dst[a.dst as usize].path
+        }
+    }
+}
+
+/// Indices of source and destination files that must be hashed before planning: every pair of
+/// regular files of equal, non-zero size whose hash is not yet known.
+pub fn hash_needs(src: &[Entry], dst: &[Entry]) -> (Vec<usize>, Vec<usize>) {
+    let (mut s, mut d) = (Vec::new(), Vec::new());
+    merge(src, dst, |i, j| {
+        if let (Some(i), Some(j)) = (i, j) {
+            let (a, b) = (&src[i], &dst[j]);
+            if a.kind == Kind::File && b.kind == Kind::File && a.size == b.size && a.size > 0 {
+                if a.hash.is_none() {
+                    s.push(i);
+                }
+                if b.hash.is_none() {
+                    d.push(j);
+                }
+            }
+        }
+    });
+    (s, d)
+}
+
+/// Calls `f` for every path in either list, in order, with its index on each side.
+fn merge(src: &[Entry], dst: &[Entry], mut f: impl FnMut(Option<usize>, Option<usize>)) {
+    let (mut i, mut j) = (0, 0);
+    while i < src.len() || j < dst.len() {
+        let ord = match (src.get(i), dst.get(j)) {
+            (Some(a), Some(b)) => a.path.cmp(&b.path),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match ord {
+            std::cmp::Ordering::Less => {
+                f(Some(i), None);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                f(None, Some(j));
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                f(Some(i), Some(j));
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+}
+
+fn parent(p: &[u8]) -> Option<&[u8]> {
+    if p.is_empty() {
+        None
+    } else {
+        Some(crate::fsx::split_parent(p).0)
+    }
+}
+
+/// Metadata differences between a source entry and a destination entry of the same kind.
+pub fn meta_changes(s: &Entry, d: &Entry, o: PlanOpts) -> u16 {
+    let mut c = 0;
+    // Symlink permission bits mean nothing on Linux and cannot be set.
+    if s.kind != Kind::Symlink && s.mode != d.mode {
+        c |= change::PERMS;
+    }
+    if o.owner && s.uid != d.uid {
+        c |= change::OWNER;
+    }
+    if o.owner && s.gid != d.gid {
+        c |= change::GROUP;
+    }
+    if !s.same_mtime(d) {
+        c |= change::TIME;
+    }
+    if o.xattrs && s.xattrs != d.xattrs {
+        c |= change::XATTR;
+    }
+    c
+}
+
+/// Source hard-link groups: leader index per multiply-linked file (the first path of the group).
+fn groups(entries: &[Entry]) -> HashMap<(u64, u64), Vec<usize>> {
+    let mut g: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        if e.is_multi_linked() {
+            g.entry((e.dev, e.ino)).or_default().push(i);
+        }
+    }
+    g.retain(|_, v| v.len() > 1);
+    g
+}
+
+/// Computes the plan. `src` and `dst` are sorted by path and start with the root (`""`).
+pub fn plan(src: &[Entry], dst: &[Entry], o: PlanOpts) -> Plan {
+    let sgroups = groups(src);
+    let dgroups = groups(dst);
+    let dst_index: HashMap<&[u8], usize> = dst
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.kind == Kind::File)
+        .map(|(i, e)| (&e.path[..], i))
+        .collect();
+
+    // Per source file: Some(leader) if it belongs to a group whose destination linking differs.
+    let mut src_group_of: HashMap<usize, usize> = HashMap::new();
+    let mut group_ok: HashMap<usize, bool> = HashMap::new();
+    for members in sgroups.values() {
+        let leader = members[0];
+        let mut ok = true;
+        let mut key = None;
+        for &m in members {
+            src_group_of.insert(m, leader);
+            match dst_index.get(&src[m].path[..]) {
+                Some(&j) => {
+                    let k = (dst[j].dev, dst[j].ino);
+                    if key.is_some_and(|x| x != k) {
+                        ok = false;
+                    }
+                    key = Some(k);
+                }
+                None => ok = false,
+            }
+        }
+        if ok {
+            let k = key.expect("group has members");
+            ok = dgroups.get(&k).is_some_and(|v| v.len() == members.len());
+        }
+        group_ok.insert(leader, ok);
+    }
+
+    let mut actions: Vec<Action> = Vec::new();
+    // Source dirs that are new (published whole) or inside such a subtree.
+    let mut new_dirs: HashMap<&[u8], ()> = HashMap::new();
+    // Destination dirs exchanged out for a non-directory.
+    let mut gone_dirs: HashMap<&[u8], ()> = HashMap::new();
+    let is_under =
+        |set: &HashMap<&[u8], ()>, p: &[u8]| parent(p).is_some_and(|q| set.contains_key(q));
+    // A group's content differs from what the destination holds: decided once per group.
+    let mut group_content: HashMap<usize, bool> = HashMap::new();
+
+    merge(src, dst, |i, j| {
+        let mk = |op, changes| Action {
+            op,
+            src: i.map_or(NONE, |x| x as u32),
+            dst: j.map_or(NONE, |x| x as u32),
+            changes,
+            inside: false,
+            covered: false,
+            link_to: NONE,
+        };
+        match (i, j) {
+            (Some(i), None) => {
+                let s = &src[i];
+                let inside = is_under(&new_dirs, &s.path);
+                if s.kind == Kind::Dir {
+                    new_dirs.insert(&s.path, ());
+                }
+                let mut a = mk(Op::Create, change::NEW);
+                a.inside = inside;
+                actions.push(a);
+            }
+            (None, Some(j)) => {
+                let d = &dst[j];
+                let covered = is_under(&gone_dirs, &d.path);
+                if covered && d.kind == Kind::Dir {
+                    gone_dirs.insert(&d.path, ());
+                }
+                let mut a = mk(Op::Delete, 0);
+                a.covered = covered;
+                actions.push(a);
+            }
+            (Some(i), Some(j)) => {
+                let (s, d) = (&src[i], &dst[j]);
+                if s.kind != d.kind {
+                    let op = if s.kind == Kind::Dir || d.kind == Kind::Dir {
+                        Op::Exchange
+                    } else {
+                        Op::Replace
+                    };
+                    if s.kind == Kind::Dir {
+                        new_dirs.insert(&s.path, ());
+                    }
+                    if d.kind == Kind::Dir {
+                        gone_dirs.insert(&d.path, ());
+                    }
+                    actions.push(mk(op, change::NEW | change::TYPE));
+                    return;
+                }
+                let meta = meta_changes(s, d, o);
+                let mut content = 0;
+                match s.kind {
+                    Kind::File => {
+                        if s.size != d.size {
+                            content |= change::CONTENT | change::SIZE;
+                        } else if s.size > 0 && (s.hash.is_none() || s.hash != d.hash) {
+                            content |= change::CONTENT;
+                        } else if s.is_sparse() && !d.is_sparse() {
+                            // Same bytes, but the destination lost its holes.
+                            content |= change::CONTENT;
+                        }
+                        let linked = match src_group_of.get(&i) {
+                            Some(&leader) => !group_ok[&leader],
+                            // A single source file must not share its inode in the tree.
+                            None => d.is_multi_linked() && dgroups.contains_key(&(d.dev, d.ino)),
+                        };
+                        if linked {
+                            content |= change::LINK;
+                        }
+                        if let Some(&leader) = src_group_of.get(&i) {
+                            // Every member of a group shares one inode: if any member's content
+                            // differs, all are restaged together.
+                            let differs = group_content.entry(leader).or_insert(false);
+                            *differs |= content & change::CONTENT != 0;
+                        }
+                    }
+                    Kind::Symlink if s.target != d.target => content |= change::TARGET,
+                    Kind::Char | Kind::Block if s.rdev != d.rdev => content |= change::CONTENT,
+                    _ => {}
+                }
+                if content != 0 {
+                    actions.push(mk(Op::Replace, content | meta));
+                } else if meta != 0 {
+                    actions.push(mk(Op::Meta, meta));
+                }
+            }
+            (None, None) => unreachable!(),
+        }
+    });
+
+    // Second pass for hard links: a group is restaged whole when any member needs it.
+    let restage: HashMap<usize, bool> = group_ok
+        .iter()
+        .map(|(&l, &ok)| (l, !ok || group_content.get(&l).copied().unwrap_or(false)))
+        .collect();
+    let mut acted: HashMap<u32, usize> = HashMap::new();
+    for (k, a) in actions.iter().enumerate() {
+        if a.src != NONE {
+            acted.insert(a.src, k);
+        }
+    }
+    let mut extra = Vec::new();
+    for (&leader, &members_restage) in &restage {
+        if !members_restage {
+            continue;
+        }
+        let members = &sgroups[&(src[leader].dev, src[leader].ino)];
+        for &m in members {
+            match acted.get(&(m as u32)) {
+                Some(&k) => {
+                    let a = &mut actions[k];
+                    if a.op == Op::Meta {
+                        a.op = Op::Replace;
+                        a.changes |= change::LINK;
+                    }
+                }
+                None => {
+                    // Unchanged member of a group being restaged: it joins the new inode.
+                    let j = dst_index[&src[m].path[..]];
+                    extra.push(Action {
+                        op: Op::Replace,
+                        src: m as u32,
+                        dst: j as u32,
+                        changes: change::LINK,
+                        inside: false,
+                        covered: false,
+                        link_to: NONE,
+                    });
+                }
+            }
+        }
+    }
+    if !extra.is_empty() {
+        actions.extend(extra);
+        actions.sort_by(|a, b| {
+            let pa = if a.src != NONE {
+                &src[a.src as usize].path
+            } else {
+                &dst[a.dst as usize].path
+            };
+            let pb = if b.src != NONE {
+                &src[b.src as usize].path
+            } else {
+                &dst[b.dst as usize].path
+            };
+            pa.cmp(pb)
+        });
+    }
+    // Followers link to the first member (in path order) that is itself staged.
+    let mut first_staged: HashMap<usize, u32> = HashMap::new();
+    for a in actions.iter_mut() {
+        if a.src == NONE || !matches!(a.op, Op::Create | Op::Replace) {
+            continue;
+        }
+        if let Some(&leader) = src_group_of.get(&(a.src as usize)) {
+            match first_staged.get(&leader) {
+                Some(&f) => a.link_to = f,
+                None => {
+                    first_staged.insert(leader, a.src);
+                }
+            }
+        }
+    }
+    Plan { actions }
+}
+
+/// The 11-character rsync-style change code of an action (`*deleting  ` for deletes).
+pub fn itemize(a: &Action, src: &[Entry], dst: &[Entry]) -> String {
+    if a.op == Op::Delete {
+        return "*deleting  ".into();
+    }
+    let s = &src[a.src as usize];
+    let k = s.kind.itemize_char();
+    let y = match (a.op, s.kind) {
+        (Op::Meta, _) => '.',
+        (_, Kind::File) => '>',
+        _ => 'c',
+    };
+    if a.changes & change::NEW != 0 {
+        return format!("{y}{k}+++++++++");
+    }
+    let c = a.changes;
+    let bit = |m: u16, ch: char| if c & m != 0 { ch } else { '.' };
+    let _ = dst;
+    format!(
+        "{y}{k}{}{}{}{}{}{}.{}{}",
+        if c & (change::CONTENT | change::TARGET) != 0 {
+            'c'
+        } else {
+            '.'
+        },
+        bit(change::SIZE, 's'),
+        bit(change::TIME, 't'),
+        bit(change::PERMS, 'p'),
+        bit(change::OWNER, 'o'),
+        bit(change::GROUP, 'g'),
+        '.',
+        bit(change::XATTR, 'x'),
+    )
+}
+
+/// Counts per kind of change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub created: u64,
+    pub updated: u64,
+    pub type_changed: u64,
+    pub metadata: u64,
+    pub deleted: u64,
+}
+
+impl Counts {
+    pub fn of(plan: &Plan) -> Counts {
+        let mut c = Counts::default();
+        for a in &plan.actions {
+            match a.op {
+                Op::Create => c.created += 1,
+                Op::Replace if a.changes & change::TYPE != 0 => c.type_changed += 1,
+                Op::Exchange => c.type_changed += 1,
+                Op::Replace => c.updated += 1,
+                Op::Meta => c.metadata += 1,
+                Op::Delete => c.deleted += 1,
+            }
+        }
+        c
+    }
+
+    pub fn total(&self) -> u64 {
+        self.created + self.updated + self.type_changed + self.metadata + self.deleted
+    }
+}

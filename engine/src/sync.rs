@@ -1,0 +1,597 @@
+//! Orchestration: one or more (source, destination) tree pairs through scan, hash, plan and the
+//! staged pipeline.
+//!
+//! `sync` is one pair; `upgrade` is several, and the order across pairs matters: every tree is
+//! staged before any is committed (a failure while staging leaves the live system untouched),
+//! commits run in the order given (the package database last, so it never lists a package whose
+//! files are not yet in place), and orphans are pruned only after every commit.
+
+use std::fs;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use crate::apply::{clean_leftovers, Apply, ApplyOpts, EntryError, Outcome};
+use crate::cache;
+use crate::entry::{Entry, Kind};
+use crate::error::{Error, IoContext, Result};
+use crate::fsx::{self, MetaOpts};
+use crate::hash;
+use crate::journal::{check_outside, Lock, StateDir};
+use crate::manifest::{self, Manifest};
+use crate::plan::{self, Op, Plan, PlanOpts};
+use crate::progress::{Phase, Progress};
+use crate::scan::{self, Excludes, Scan, ScanOpts};
+
+#[derive(Clone)]
+pub struct SyncOpts {
+    pub excludes: Excludes,
+    /// Ignore cached hashes: hash every file that needs comparing.
+    pub checksum: bool,
+    pub dry_run: bool,
+    pub fsync: bool,
+    /// Workers for walking and staging; 0 picks a default.
+    pub threads: usize,
+    /// Set owners (only possible as root).
+    pub owner: bool,
+    pub xattrs: bool,
+}
+
+impl Default for SyncOpts {
+    fn default() -> Self {
+        SyncOpts {
+            excludes: Excludes::default(),
+            checksum: false,
+            dry_run: false,
+            fsync: false,
+            threads: 0,
+            owner: fsx::geteuid_is_root(),
+            xattrs: true,
+        }
+    }
+}
+
+/// Thread pools, made once per process. Walking and hashing use different pools so a burst of
+/// big files to hash cannot starve the walk; the staging workers outnumber the cores because
+/// creating inodes mostly waits in the kernel.
+pub struct Pools {
+    pub walk: rayon::ThreadPool,
+    pub work: rayon::ThreadPool,
+}
+
+impl Pools {
+    pub fn new(threads: usize) -> Pools {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let n = if threads == 0 {
+            (cores * 2).clamp(4, 16)
+        } else {
+            threads
+        };
+        let mk = |n: usize, name: &'static str| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .thread_name(move |i| format!("jailsync-{name}-{i}"))
+                .build()
+                .expect("thread pool")
+        };
+        Pools {
+            walk: mk(n, "walk"),
+            work: mk(n, "work"),
+        }
+    }
+}
+
+/// One (source, destination) pair after scanning and planning.
+pub struct Tree {
+    pub src_path: PathBuf,
+    pub dst_path: PathBuf,
+    pub src: Vec<Entry>,
+    pub dst: Vec<Entry>,
+    pub plan: Plan,
+    /// Entries that could not be read while scanning or hashing (source or destination).
+    pub scan_errors: Vec<(PathBuf, io::Error)>,
+    pub src_stamp: (i64, u32),
+    pub dst_stamp: (i64, u32),
+    pub hashed_bytes: u64,
+    pub cache_hits: usize,
+    dst_leftovers: Vec<Box<[u8]>>,
+    _lock: Option<Lock>,
+}
+
+/// What a whole run did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub outcomes: Vec<Outcome>,
+    pub elapsed: Duration,
+    pub switch_window: Duration,
+}
+
+impl Report {
+    pub fn bytes_written(&self) -> u64 {
+        self.outcomes.iter().map(|o| o.bytes_written).sum()
+    }
+    pub fn error_count(&self) -> usize {
+        self.outcomes.iter().map(|o| o.errors.len()).sum()
+    }
+}
+
+/// Checks a (source, destination) pair before anything is touched.
+pub fn check_pair(src: &Path, dst: &Path, follow_dst: bool) -> Result<(PathBuf, PathBuf)> {
+    let smd = fs::metadata(src).at(src)?;
+    if !smd.is_dir() {
+        return Err(Error::bad(src, "source is not a directory"));
+    }
+    let src_c = fs::canonicalize(src).at(src)?;
+    match fs::symlink_metadata(dst) {
+        Ok(md) if md.file_type().is_symlink() && !follow_dst => {
+            return Err(Error::bad(
+                dst,
+                "destination is a symlink (pass --follow-dst to sync into its target)",
+            ))
+        }
+        Ok(_) => {
+            if !fs::metadata(dst).at(dst)?.is_dir() {
+                return Err(Error::bad(dst, "destination exists and is not a directory"));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(dst, e)),
+    }
+    // The destination may not exist yet: resolve its nearest existing ancestor.
+    let dst_c = canonical_maybe_missing(dst)?;
+    if src_c == dst_c {
+        return Err(Error::bad(
+            dst,
+            "source and destination are the same directory",
+        ));
+    }
+    if dst_c.starts_with(&src_c) {
+        return Err(Error::bad(
+            dst,
+            format!("destination is inside the source {}", src_c.display()),
+        ));
+    }
+    if src_c.starts_with(&dst_c) {
+        return Err(Error::bad(
+            src,
+            format!("source is inside the destination {}", dst_c.display()),
+        ));
+    }
+    Ok((src_c, dst_c))
+}
+
+fn canonical_maybe_missing(p: &Path) -> Result<PathBuf> {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().at(p)?.join(p)
+    };
+    let mut tail = Vec::new();
+    let mut cur = abs.as_path();
+    loop {
+        match fs::canonicalize(cur) {
+            Ok(c) => {
+                let mut out = c;
+                for t in tail.iter().rev() {
+                    out.push(t);
+                }
+                return Ok(out);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let name = cur
+                    .file_name()
+                    .ok_or_else(|| Error::io(p, e))?
+                    .to_os_string();
+                tail.push(name);
+                cur = cur.parent().unwrap_or(Path::new("/"));
+            }
+            Err(e) => return Err(Error::io(p, e)),
+        }
+    }
+}
+
+/// Scans both trees, hashes what must be compared, and plans. Takes the destination's lock
+/// (unless `state` is `None`, as for `verify`).
+pub fn prepare(
+    src_path: &Path,
+    dst_path: &Path,
+    state: Option<&StateDir>,
+    opts: &SyncOpts,
+    pools: &Pools,
+    progress: &dyn Progress,
+) -> Result<Tree> {
+    let lock = match state {
+        Some(s) if !opts.dry_run => Some(Lock::acquire(s, dst_path)?),
+        _ => None,
+    };
+    if !dst_path.exists() && !opts.dry_run {
+        fs::create_dir_all(dst_path).at(dst_path)?;
+    }
+    let sopts = ScanOpts {
+        excludes: &opts.excludes,
+        xattrs: opts.xattrs,
+    };
+    progress.start(Phase::Scan, 0);
+    let src_stamp = cache::now();
+    let (s, d) = rayon::join(
+        || scan::scan_tree(src_path, &pools.walk, &sopts),
+        || {
+            if dst_path.exists() {
+                scan::scan_tree(dst_path, &pools.walk, &sopts).map(Some)
+            } else {
+                Ok(None)
+            }
+        },
+    );
+    let dst_stamp = src_stamp;
+    let mut s = s?;
+    let mut d = match d? {
+        Some(d) => d,
+        None => empty_scan(&s),
+    };
+    progress.finish(Phase::Scan);
+
+    let mut protect: Vec<Box<[u8]>> = s.incomplete.clone();
+    protect.extend(s.errors.iter().map(|(p, _)| p.clone()));
+    let mut scan_errors = Vec::new();
+    take_errors(&mut scan_errors, src_path, &mut s);
+    take_errors(&mut scan_errors, dst_path, &mut d);
+
+    // Stat caches: reuse only what the racy-git rules allow (see `cache`).
+    let mut cache_hits = 0;
+    if let (Some(state), false) = (state, opts.checksum) {
+        for (tree, entries) in [(src_path, &mut s.entries), (dst_path, &mut d.entries)] {
+            if let Ok(p) = state.cache_path(tree) {
+                // A corrupt or future-version cache is ignored: it can only cost a re-hash.
+                if let Ok(Some(m)) = manifest::read_optional(&p) {
+                    cache_hits += cache::fill_from(entries, &m);
+                }
+            }
+        }
+    }
+
+    let (sn, dn) = plan::hash_needs(&s.entries, &d.entries);
+    let total = (sn.len() + dn.len()) as u64;
+    progress.start(Phase::Hash, total);
+    let mut hashed_bytes = 0;
+    for (root, entries, need) in [
+        (src_path, &mut s.entries, sn),
+        (dst_path, &mut d.entries, dn),
+    ] {
+        let (bytes, errs) = hash_entries(root, entries, &need, &pools.work, progress)?;
+        hashed_bytes += bytes;
+        scan_errors.extend(errs);
+    }
+    progress.finish(Phase::Hash);
+
+    let popts = PlanOpts {
+        owner: opts.owner,
+        xattrs: opts.xattrs,
+    };
+    let mut plan = plan::plan(&s.entries, &d.entries, popts);
+    protect_unreadable(&mut plan, &d.entries, &protect);
+    Ok(Tree {
+        src_path: src_path.into(),
+        dst_path: dst_path.into(),
+        src: s.entries,
+        dst: d.entries,
+        plan,
+        scan_errors,
+        src_stamp,
+        dst_stamp,
+        hashed_bytes,
+        cache_hits,
+        dst_leftovers: d.leftovers,
+        _lock: lock,
+    })
+}
+
+/// Like [`prepare`] for `verify` against a manifest: the manifest's entries stand for the
+/// source (their hashes as recorded); only the destination is scanned and hashed.
+pub fn prepare_from_manifest(
+    manifest_path: &Path,
+    m: Manifest,
+    dst_path: &Path,
+    state: Option<&StateDir>,
+    opts: &SyncOpts,
+    pools: &Pools,
+    progress: &dyn Progress,
+) -> Result<Tree> {
+    if m.entries
+        .first()
+        .is_none_or(|e| !e.path.is_empty() || e.kind != Kind::Dir)
+    {
+        return Err(Error::Manifest {
+            path: manifest_path.into(),
+            line: 0,
+            why: "no root directory entry `.`".into(),
+        });
+    }
+    let sopts = ScanOpts {
+        excludes: &opts.excludes,
+        xattrs: opts.xattrs,
+    };
+    let stamp = cache::now();
+    progress.start(Phase::Scan, 0);
+    let mut d = scan::scan_tree(dst_path, &pools.walk, &sopts)?;
+    progress.finish(Phase::Scan);
+    let mut scan_errors = Vec::new();
+    take_errors(&mut scan_errors, dst_path, &mut d);
+    let mut cache_hits = 0;
+    if let (Some(state), false) = (state, opts.checksum) {
+        if let Ok(Ok(Some(c))) = state
+            .cache_path(dst_path)
+            .map(|p| manifest::read_optional(&p))
+        {
+            cache_hits += cache::fill_from(&mut d.entries, &c);
+        }
+    }
+    let src: Vec<Entry> = if opts.excludes.is_empty() {
+        m.entries
+    } else {
+        m.entries
+            .into_iter()
+            .filter(|e| {
+                let name = fsx::split_parent(&e.path).1;
+                e.path.is_empty() || !opts.excludes.matches(&e.path, name, e.kind == Kind::Dir)
+            })
+            .collect()
+    };
+    let (_, dn) = plan::hash_needs(&src, &d.entries);
+    progress.start(Phase::Hash, dn.len() as u64);
+    let (hashed_bytes, errs) = hash_entries(dst_path, &mut d.entries, &dn, &pools.work, progress)?;
+    progress.finish(Phase::Hash);
+    scan_errors.extend(errs);
+    let popts = PlanOpts {
+        owner: opts.owner,
+        xattrs: opts.xattrs,
+    };
+    let plan = plan::plan(&src, &d.entries, popts);
+    Ok(Tree {
+        src_path: manifest_path.into(),
+        dst_path: dst_path.into(),
+        src,
+        dst: d.entries,
+        plan,
+        scan_errors,
+        src_stamp: m.stamp,
+        dst_stamp: stamp,
+        hashed_bytes,
+        cache_hits,
+        dst_leftovers: Vec::new(),
+        _lock: None,
+    })
+}
+
+/// A destination that does not exist yet (dry run): an empty directory.
+fn empty_scan(src: &Scan) -> Scan {
+    let mut root = src.entries[0].clone();
+    root.mode = 0;
+    root.mtime = 0;
+    root.xattrs = None;
+    Scan {
+        entries: vec![root],
+        ..Scan::default()
+    }
+}
+
+fn take_errors(out: &mut Vec<(PathBuf, io::Error)>, root: &Path, s: &mut Scan) {
+    for (p, e) in s.errors.drain(..) {
+        out.push((root.join(fsx::os(&p)), e));
+    }
+}
+
+/// An unreadable source entry must not make its destination counterpart look like an orphan,
+/// and nothing below a source directory that could not be listed may be deleted.
+fn protect_unreadable(plan: &mut Plan, dst: &[Entry], protect: &[Box<[u8]>]) {
+    if protect.is_empty() {
+        return;
+    }
+    plan.actions
+        .retain(|a| a.op != Op::Delete || !scan::under_any(protect, &dst[a.dst as usize].path));
+}
+
+/// Hashes `need` (indices into `entries`) in parallel across files. A file that cannot be read
+/// keeps no hash (so it compares as different) and is reported.
+fn hash_entries(
+    root: &Path,
+    entries: &mut [Entry],
+    need: &[usize],
+    pool: &rayon::ThreadPool,
+    progress: &dyn Progress,
+) -> Result<(u64, Vec<(PathBuf, io::Error)>)> {
+    if need.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let rootfd = fsx::open_root(root).at(root)?;
+    let results: Vec<(usize, io::Result<(crate::entry::Hash, u64)>)> = pool.install(|| {
+        need.par_iter()
+            .with_min_len(8)
+            .map(|&i| {
+                let e = &entries[i];
+                let r = fsx::open_read_rel(rootfd.as_fd(), &e.path).and_then(|fd| {
+                    let r = hash::hash_fd(fd.as_fd(), e.size)?;
+                    // Changed since the scan: the hash stands for nothing we know.
+                    let st = fsx::fstat(fd.as_fd())?;
+                    if st.st_size as u64 != e.size
+                        || st.st_mtime != e.mtime
+                        || st.st_mtime_nsec as u32 != e.mtime_nsec
+                        || st.st_ctime != e.ctime
+                        || st.st_ctime_nsec as u32 != e.ctime_nsec
+                    {
+                        return Err(io::Error::other("changed while being hashed"));
+                    }
+                    Ok(r)
+                });
+                progress.advance(1, e.size);
+                (i, r)
+            })
+            .collect()
+    });
+    let mut bytes = 0;
+    let mut errs = Vec::new();
+    for (i, r) in results {
+        match r {
+            Ok((h, n)) => {
+                entries[i].hash = Some(h);
+                bytes += n;
+            }
+            Err(e) => errs.push((root.join(fsx::os(&entries[i].path)), e)),
+        }
+    }
+    Ok((bytes, errs))
+}
+
+/// Applies prepared trees: stage all, commit all in order, prune all, finalize all; then
+/// stores the stat caches.
+pub fn apply_all(
+    trees: &[Tree],
+    state: Option<&StateDir>,
+    opts: &SyncOpts,
+    pools: &Pools,
+    progress: &dyn Progress,
+) -> Result<Report> {
+    let t0 = Instant::now();
+    let aopts = ApplyOpts {
+        meta: MetaOpts {
+            owner: opts.owner,
+            xattrs: opts.xattrs,
+        },
+        fsync: opts.fsync,
+    };
+    let mut applies = Vec::new();
+    let mut pre_errors: Vec<Vec<EntryError>> = Vec::new();
+    for t in trees {
+        let sfd = fsx::open_root(&t.src_path).at(&t.src_path)?;
+        let dfd = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
+        pre_errors.push(clean_leftovers(dfd.as_fd(), &t.dst_leftovers));
+        applies.push(Apply::new(sfd, dfd, &t.src, &t.dst, &t.plan, aopts));
+    }
+    for a in applies.iter_mut() {
+        a.stage(&pools.work, progress);
+    }
+    let mut window = Duration::ZERO;
+    for a in applies.iter_mut() {
+        a.commit(progress);
+        window += a.outcome.switch_window;
+    }
+    for a in applies.iter_mut() {
+        a.prune(progress);
+    }
+    for a in applies.iter_mut() {
+        a.finalize(progress);
+    }
+    let mut report = Report {
+        switch_window: window,
+        ..Report::default()
+    };
+    for ((a, t), pre) in applies.into_iter().zip(trees).zip(pre_errors) {
+        if let Some(state) = state {
+            store_caches(state, t, &a);
+        }
+        let mut o = a.outcome;
+        o.errors.splice(0..0, pre);
+        report.outcomes.push(o);
+    }
+    report.elapsed = t0.elapsed();
+    Ok(report)
+}
+
+/// Stores the stat caches. The source's entries are as scanned. The destination keeps only
+/// entries this run did not touch: a rewritten file's new stat is not known without another
+/// look, and guessing would break the rule that a cached hash describes what was read.
+fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>) {
+    let _ = a;
+    let src_m = cache::to_store(&t.src, t.src_stamp);
+    let touched: std::collections::HashSet<u32> = t
+        .plan
+        .actions
+        .iter()
+        .filter(|x| x.dst != plan::NONE)
+        .map(|x| x.dst)
+        .collect();
+    let kept: Vec<Entry> = t
+        .dst
+        .iter()
+        .enumerate()
+        .filter(|(j, e)| e.kind == Kind::File && !touched.contains(&(*j as u32)))
+        .map(|(_, e)| e.clone())
+        .collect();
+    let dst_m = cache::to_store(&kept, t.dst_stamp);
+    // A cache that cannot be written only costs a re-hash next time.
+    for (tree, m) in [(&t.src_path, src_m), (&t.dst_path, dst_m)] {
+        if let Ok(p) = state.cache_path(tree) {
+            let _ = manifest::write_file(&p, &m, true);
+        }
+    }
+}
+
+/// Writes the stat cache of a tree scanned on its own (`manifest`, `verify`).
+pub fn store_cache(state: &StateDir, tree: &Path, entries: &[Entry], stamp: (i64, u32)) {
+    if let Ok(p) = state.cache_path(tree) {
+        let _ = manifest::write_file(&p, &cache::to_store(entries, stamp), true);
+    }
+}
+
+/// Scans one tree and hashes every regular file (reusing the cache where allowed).
+pub fn scan_and_hash(
+    root: &Path,
+    state: Option<&StateDir>,
+    opts: &SyncOpts,
+    pools: &Pools,
+    progress: &dyn Progress,
+) -> Result<(Manifest, Vec<(PathBuf, io::Error)>)> {
+    let sopts = ScanOpts {
+        excludes: &opts.excludes,
+        xattrs: opts.xattrs,
+    };
+    let stamp = cache::now();
+    progress.start(Phase::Scan, 0);
+    let mut s = scan::scan_tree(root, &pools.walk, &sopts)?;
+    progress.finish(Phase::Scan);
+    let mut errors = Vec::new();
+    take_errors(&mut errors, root, &mut s);
+    if let (Some(state), false) = (state, opts.checksum) {
+        if let Ok(p) = state.cache_path(root) {
+            if let Ok(Some(m)) = manifest::read_optional(&p) {
+                cache::fill_from(&mut s.entries, &m);
+            }
+        }
+    }
+    let need: Vec<usize> = s
+        .entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.kind == Kind::File && e.hash.is_none())
+        .map(|(i, _)| i)
+        .collect();
+    progress.start(Phase::Hash, need.len() as u64);
+    let (_, errs) = hash_entries(root, &mut s.entries, &need, &pools.work, progress)?;
+    progress.finish(Phase::Hash);
+    errors.extend(errs);
+    if let Some(state) = state {
+        store_cache(state, root, &s.entries, stamp);
+    }
+    Ok((
+        Manifest {
+            stamp,
+            entries: s.entries,
+        },
+        errors,
+    ))
+}
+
+/// Makes sure the state directory is usable and outside every tree.
+pub fn open_state(dir: &Path, trees: &[&Path]) -> Result<StateDir> {
+    let st = StateDir::open(dir)?;
+    let canon: Vec<PathBuf> = trees
+        .iter()
+        .filter_map(|t| canonical_maybe_missing(t).ok())
+        .collect();
+    let refs: Vec<&Path> = canon.iter().map(|p| p.as_path()).collect();
+    check_outside(dir, &refs)?;
+    Ok(st)
+}
