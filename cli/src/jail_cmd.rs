@@ -1,19 +1,377 @@
 //! `jailsync jail …`: the seed's mkjail/umkjail, done right.
+//!
+//! Exit codes: 0 done; 1 some mount point failed (the others were handled), or for `status`,
+//! the jail is not fully mounted; 2 refused (nothing changed) or fatal.
 
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 use clap::Subcommand;
+use jailsync_engine::jail::{self, Action, InitOptions, Jail, Outcome, State};
+use serde_json::{json, Value};
 
-use crate::Global;
+use crate::output::json_path;
+use crate::{exit, Global};
 
 #[derive(Subcommand, Debug)]
 pub enum JailCmd {
-    /// Show the state of each mount point of a jail.
-    Status { jail: std::path::PathBuf },
+    /// Create the working directories, the `.jail` marker and the `mountpoints` file.
+    Init {
+        jail: PathBuf,
+        /// First line of `.jail`, shown in front of the prompt inside the jail.
+        #[arg(long, default_value = jail::DEFAULT_MARKER)]
+        marker: String,
+        /// Copy this mountpoints file (default: the seed's list, as far as this host has it).
+        #[arg(long, value_name = "FILE")]
+        mountpoints: Option<PathBuf>,
+        /// Overwrite an existing `.jail` and `mountpoints`.
+        #[arg(long)]
+        force: bool,
+        /// Look host paths up below DIR instead of `/`.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        host_root: PathBuf,
+    },
+    /// Mount each line of JAIL/mountpoints (read-only unless `rw`), unless already mounted.
+    Mount {
+        jail: PathBuf,
+        /// Mount host paths from below DIR instead of `/`.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        host_root: PathBuf,
+    },
+    /// Unmount everything mounted below JAIL, deepest first. Never removes files.
+    Umount {
+        jail: PathBuf,
+        /// Detach mounts that stay busy (they go away when their last user does).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show each mount point's state; exit 1 unless all are mounted as listed.
+    Status {
+        jail: PathBuf,
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        host_root: PathBuf,
+    },
+    /// Mount if needed, chroot, and run a shell (or CMD) with PS1 and JAIL set.
+    Enter {
+        jail: PathBuf,
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        host_root: PathBuf,
+        /// Command and arguments to run instead of a shell (after `--`).
+        #[arg(last = true, value_name = "CMD")]
+        cmd: Vec<OsString>,
+    },
 }
 
-pub fn run(cmd: JailCmd, _global: &Global) -> anyhow::Result<u8> {
+pub fn run(cmd: JailCmd, global: &Global) -> anyhow::Result<u8> {
     match cmd {
-        JailCmd::Status { jail } => {
-            anyhow::bail!("{}: jail status is not implemented yet", jail.display())
+        JailCmd::Init {
+            jail,
+            marker,
+            mountpoints,
+            force,
+            host_root,
+        } => init(
+            &jail,
+            &marker,
+            mountpoints.as_deref(),
+            force,
+            &host_root,
+            global,
+        ),
+        JailCmd::Mount { jail, host_root } => {
+            let jail = Jail::open(&jail)?;
+            let done = jail::mount(&jail, &host_root)?;
+            report_mount(&done, global, &mut std::io::stdout().lock(), true)
+        }
+        JailCmd::Umount { jail, force } => umount(&jail, force, global),
+        JailCmd::Status { jail, host_root } => {
+            status(&jail, &host_root, global).or_else(|e| {
+                match e.downcast_ref::<std::io::Error>() {
+                    // `status | head` closing the pipe early is not a failure.
+                    Some(io) if io.kind() == std::io::ErrorKind::BrokenPipe => Ok(exit::OK),
+                    _ => Err(e),
+                }
+            })
+        }
+        JailCmd::Enter {
+            jail,
+            host_root,
+            cmd,
+        } => {
+            let jail = Jail::open(&jail)?;
+            let done = jail::mount(&jail, &host_root)?;
+            // Stdout belongs to the command; the mount report goes to stderr, and only
+            // when asked for or when something failed.
+            let code = report_mount(&done, global, &mut std::io::stderr().lock(), false)?;
+            if code != exit::OK {
+                anyhow::bail!(
+                    "{}: not entering a partly mounted jail",
+                    jail.root.display()
+                );
+            }
+            Err(jail::enter(&jail, &cmd).into())
         }
     }
+}
+
+fn jp(p: &Path) -> Value {
+    json_path(p.as_os_str().as_bytes())
+}
+
+/// The path as the `mountpoints` file spells it, for human output.
+fn rel(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn mode(read_only: bool) -> &'static str {
+    if read_only {
+        "ro"
+    } else {
+        "rw"
+    }
+}
+
+fn init(
+    path: &Path,
+    marker: &str,
+    mountpoints: Option<&Path>,
+    force: bool,
+    host_root: &Path,
+    global: &Global,
+) -> anyhow::Result<u8> {
+    let opts = InitOptions {
+        marker,
+        mountpoints,
+        force,
+        host_root,
+    };
+    let done = jail::init(path, &opts)?;
+    if global.json {
+        let v = json!({
+            "type": "init",
+            "jail": jp(&done.root),
+            "created": done.created.iter().map(|p| jp(p)).collect::<Vec<_>>(),
+            "written": done.written.iter().map(|p| jp(p)).collect::<Vec<_>>(),
+            "left_out": done.left_out,
+        });
+        println!("{v}");
+    } else if !global.quiet {
+        println!(
+            "{}: created {} director{}, wrote {}",
+            done.root.display(),
+            done.created.len(),
+            if done.created.len() == 1 { "y" } else { "ies" },
+            done.written
+                .iter()
+                .filter_map(|p| p.file_name())
+                .map(|n| n.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        );
+        if !done.left_out.is_empty() && global.verbose > 0 {
+            println!(
+                "left out of mountpoints (not on this host): {}",
+                done.left_out.join(" ")
+            );
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// Prints what `mount` did; returns 1 if a line failed. `chatty` prints every change
+/// (not only failures) without `-v`.
+fn report_mount(
+    done: &[jail::Done],
+    global: &Global,
+    out: &mut impl Write,
+    chatty: bool,
+) -> anyhow::Result<u8> {
+    let mut failed = 0;
+    let mut changed = 0;
+    for d in done {
+        let path = rel(&d.entry.path);
+        match &d.action {
+            Action::Failed(e) => {
+                failed += 1;
+                eprintln!("jailsync: error: {e}");
+            }
+            Action::Skipped if !global.quiet && !global.json => {
+                eprintln!(
+                    "jailsync: warning: {}: not on the host, skipped",
+                    d.host.display()
+                );
+            }
+            Action::Mounted { .. } | Action::Remounted { .. } | Action::Linked => changed += 1,
+            _ => {}
+        }
+        if global.json {
+            let mut v = json!({
+                "type": "mount",
+                "path": jp(&d.entry.path),
+                "target": jp(&d.target),
+                "host": jp(&d.host),
+                "action": d.action.name(),
+            });
+            match &d.action {
+                Action::Mounted { read_only }
+                | Action::AlreadyMounted { read_only }
+                | Action::Remounted { read_only } => v["mode"] = mode(*read_only).into(),
+                Action::Failed(e) => v["error"] = e.to_string().into(),
+                _ => {}
+            }
+            writeln!(out, "{v}")?;
+            continue;
+        }
+        let show = match &d.action {
+            Action::Failed(_) | Action::Skipped => false,
+            Action::AlreadyMounted { .. } | Action::AlreadyLinked => global.verbose > 0,
+            _ => chatty || global.verbose > 0,
+        };
+        if show && !global.quiet {
+            let detail = match &d.action {
+                Action::Mounted { read_only }
+                | Action::AlreadyMounted { read_only }
+                | Action::Remounted { read_only } => {
+                    format!("{} <- {}", mode(*read_only), d.host.display())
+                }
+                _ => format!("-> {}", d.target.display()),
+            };
+            writeln!(out, "{:<16} {path} {detail}", d.action.name())?;
+        }
+    }
+    if global.json {
+        let v = json!({
+            "type": "summary",
+            "lines": done.len(),
+            "changed": changed,
+            "failed": failed,
+        });
+        writeln!(out, "{v}")?;
+    }
+    Ok(if failed > 0 { exit::PARTIAL } else { exit::OK })
+}
+
+fn umount(path: &Path, force: bool, global: &Global) -> anyhow::Result<u8> {
+    let jail = Jail::open(path)?;
+    let done = jail::umount(&jail, force)?;
+    let mut failed = 0;
+    for u in &done {
+        let (name, err) = match &u.outcome {
+            Outcome::Unmounted => ("unmounted", None),
+            Outcome::Detached => ("detached", None),
+            Outcome::Failed(e) => {
+                failed += 1;
+                ("failed", Some(e.to_string()))
+            }
+        };
+        if global.json {
+            let mut v = json!({"type": "umount", "target": jp(&u.target), "action": name});
+            if let Some(e) = &err {
+                v["error"] = e.as_str().into();
+            }
+            println!("{v}");
+        } else if let Some(e) = err {
+            eprintln!("jailsync: error: {e}");
+        } else if !global.quiet {
+            println!("{name:<16} {}", u.target.display());
+        }
+    }
+    if global.json {
+        let v = json!({"type": "summary", "unmounted": done.len() - failed, "failed": failed});
+        println!("{v}");
+    }
+    Ok(if failed > 0 { exit::PARTIAL } else { exit::OK })
+}
+
+fn status(path: &Path, host_root: &Path, global: &Global) -> anyhow::Result<u8> {
+    let jail = Jail::open(path)?;
+    let st = jail::status(&jail, host_root)
+        .with_context(|| format!("status of {}", jail.root.display()))?;
+    let mut out = std::io::stdout().lock();
+    for p in &st.entries {
+        // A host symlink is recreated, not mounted: it has no mode to want.
+        let want = match p.host_kind {
+            jail::Host::Link(_) => None,
+            _ => Some(mode(!p.entry.read_write)),
+        };
+        if global.json {
+            let mut v = json!({
+                "type": "mountpoint",
+                "path": jp(&p.entry.path),
+                "line": p.entry.line,
+                "target": jp(&p.target),
+                "host": jp(&p.host),
+                "state": p.state.name(),
+                "want": want,
+                "mode": p.state.read_only().map(mode),
+            });
+            match &p.state {
+                State::Foreign { source, .. } => v["source"] = source.as_str().into(),
+                State::Occupied { why } => v["why"] = why.as_str().into(),
+                _ => {}
+            }
+            writeln!(out, "{v}")?;
+        } else {
+            let have = p.state.read_only().map(mode).unwrap_or("-");
+            let detail = match &p.state {
+                State::Foreign { source, .. } => {
+                    format!(" (from {source}, want {})", p.host.display())
+                }
+                State::Stale { .. } => format!(" ({} is gone)", p.host.display()),
+                State::Occupied { why } => format!(" ({} {why})", p.target.display()),
+                State::Mounted { read_only } if *read_only == p.entry.read_write => {
+                    format!(" (want {})", mode(!p.entry.read_write))
+                }
+                _ => String::new(),
+            };
+            writeln!(
+                out,
+                "{:<12} {have:<2} {}{detail}",
+                p.state.name(),
+                rel(&p.entry.path)
+            )?;
+        }
+    }
+    for u in &st.unlisted {
+        if global.json {
+            let v = json!({
+                "type": "unlisted",
+                "target": jp(&u.target),
+                "source": u.source,
+                "mode": mode(u.read_only),
+            });
+            writeln!(out, "{v}")?;
+        } else {
+            writeln!(
+                out,
+                "{:<12} {:<2} {} (from {}, not in mountpoints)",
+                "unlisted",
+                mode(u.read_only),
+                u.target.display(),
+                u.source
+            )?;
+        }
+    }
+    let complete = st.complete();
+    if global.json {
+        let count = |name: &str| st.entries.iter().filter(|p| p.state.name() == name).count();
+        let v = json!({
+            "type": "summary",
+            "jail": jp(&jail.root),
+            "complete": complete,
+            "mounted": count("mounted"),
+            "linked": count("linked"),
+            "not_mounted": count("not-mounted") + count("not-linked"),
+            "foreign": count("foreign"),
+            "stale": count("stale"),
+            "occupied": count("occupied"),
+            "host_missing": count("host-missing"),
+            "unlisted": st.unlisted.len(),
+        });
+        writeln!(out, "{v}")?;
+    }
+    Ok(if complete { exit::OK } else { exit::PARTIAL })
 }
