@@ -22,35 +22,46 @@ thread_local! {
 
 /// Hashes an open file to its end. Returns the hash and the number of bytes read.
 pub fn hash_fd(fd: BorrowedFd<'_>, size_hint: u64) -> io::Result<(Hash, u64)> {
+    // The buffer is taken out of the thread-local, not borrowed: while `update_rayon` waits for
+    // its halves, rayon may run another hash on this same thread.
+    let mut buf = BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let r = hash_with(fd, size_hint, &mut buf);
     BUF.with(|b| {
-        let mut buf = b.borrow_mut();
-        let want = if size_hint >= PARALLEL_MIN {
-            SLICE
+        let mut cur = b.borrow_mut();
+        if cur.len() < buf.len() {
+            *cur = buf;
+        }
+    });
+    r
+}
+
+fn hash_with(fd: BorrowedFd<'_>, size_hint: u64, buf: &mut Vec<u8>) -> io::Result<(Hash, u64)> {
+    let want = if size_hint >= PARALLEL_MIN {
+        SLICE
+    } else {
+        (size_hint as usize + 1).clamp(16 << 10, 1 << 20)
+    };
+    if buf.len() < want {
+        buf.resize(want, 0);
+    }
+    let mut h = blake3::Hasher::new();
+    let mut off = 0u64;
+    loop {
+        let n = read_full(fd, &mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        if n >= (1 << 20) && size_hint >= PARALLEL_MIN {
+            h.update_rayon(&buf[..n]);
         } else {
-            (size_hint as usize + 1).clamp(16 << 10, 1 << 20)
-        };
-        if buf.len() < want {
-            buf.resize(want, 0);
+            h.update(&buf[..n]);
         }
-        let mut h = blake3::Hasher::new();
-        let mut off = 0u64;
-        loop {
-            let n = read_full(fd, &mut buf[..want], off)?;
-            if n == 0 {
-                break;
-            }
-            if n >= (1 << 20) && size_hint >= PARALLEL_MIN {
-                h.update_rayon(&buf[..n]);
-            } else {
-                h.update(&buf[..n]);
-            }
-            off += n as u64;
-            if n < want {
-                break;
-            }
+        off += n as u64;
+        if n < want {
+            break;
         }
-        Ok((*h.finalize().as_bytes(), off))
-    })
+    }
+    Ok((*h.finalize().as_bytes(), off))
 }
 
 fn read_full(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> io::Result<usize> {
