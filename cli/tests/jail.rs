@@ -156,6 +156,7 @@ touch "$J/usr/bin/new" 2>"$T/ro.err"; echo ro_write=$?
 echo ro_err=$(cat "$T/ro.err")
 echo more >> "$J/etc/conf.txt" 2>/dev/null; echo ro_file_write=$?
 echo rw > "$J/data/new"; echo rw_write=$?
+touch "$J/var/ok"; echo jail_fs_write=$?
 echo rw_on_host=$(cat "$H/data/new")
 echo skipped=$(grep -c "missing/dir.*skipped" "$T/mount.err")
 "#);
@@ -180,6 +181,11 @@ echo skipped=$(grep -c "missing/dir.*skipped" "$T/mount.err")
     );
     assert_eq!(r.get("rw_write"), "0", "{r}");
     assert_eq!(r.get("rw_on_host"), "rw");
+    assert_eq!(
+        r.get("jail_fs_write"),
+        "0",
+        "only the mounts are read-only\n{r}"
+    );
     assert_eq!(r.get("skipped"), "1", "missing host path is reported\n{r}");
 }
 

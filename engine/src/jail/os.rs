@@ -21,15 +21,50 @@ pub enum Unmount {
 #[cfg(target_os = "linux")]
 mod imp {
     use super::*;
-    use rustix::fs::{statvfs, StatVfsMountFlags as Sv};
+    use rustix::fs::{
+        fstat, fstatvfs, openat, openat2, FileType, Mode, OFlags, ResolveFlags,
+        StatVfsMountFlags as Sv, CWD,
+    };
+    use rustix::io::Errno;
     use rustix::mount::{mount_bind, mount_remount, unmount as umount2, MountFlags, UnmountFlags};
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::path::PathBuf;
+
+    /// A directory (or file) opened without following any symlink on its way, named by its
+    /// `/proc/self/fd` link. mount(2) follows symlinks in the paths it is given, so a link
+    /// swapped into the jail between our check and the call could redirect a mount onto the
+    /// host; the magic link instead resolves to exactly what was opened.
+    struct Pinned {
+        _fd: OwnedFd,
+        path: PathBuf,
+        flags: Sv,
+    }
+
+    fn pin(path: &Path) -> io::Result<Pinned> {
+        let how = OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let fd = match openat2(CWD, path, how, Mode::empty(), ResolveFlags::NO_SYMLINKS) {
+            // Kernels before 5.6: only the last component can be checked.
+            Err(Errno::NOSYS) => openat(CWD, path, how, Mode::empty())?,
+            r => r?,
+        };
+        // O_NOFOLLOW with O_PATH opens a final symlink itself rather than failing.
+        if FileType::from_raw_mode(fstat(&fd)?.st_mode) == FileType::Symlink {
+            return Err(Errno::LOOP.into());
+        }
+        let flags = fstatvfs(&fd)?.f_flag;
+        Ok(Pinned {
+            path: PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+            _fd: fd,
+            flags,
+        })
+    }
 
     pub fn bind(source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
-        mount_bind(source, target)?;
+        mount_bind(source, &pin(target)?.path)?;
         if read_only {
             if let Err(e) = set_read_only(target, true) {
                 // Never leave a read-write view of something asked to be read-only.
-                let _ = umount2(target, UnmountFlags::DETACH);
+                let _ = umount2(target, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW);
                 return Err(e);
             }
         }
@@ -37,9 +72,11 @@ mod imp {
     }
 
     pub fn set_read_only(target: &Path, read_only: bool) -> io::Result<()> {
+        // Pinned after the bind, so the handle is the new mount's root, not the directory
+        // under it (remounting that would change the jail's own filesystem).
+        let t = pin(target)?;
         // A bind remount replaces all per-mount flags; keep the ones the mount already has
         // (nosuid, nodev, …), which the kernel also requires when they are locked.
-        let have = statvfs(target)?.f_flag;
         let mut flags = MountFlags::BIND;
         for (sv, ms) in [
             (Sv::NOSUID, MountFlags::NOSUID),
@@ -49,14 +86,14 @@ mod imp {
             (Sv::NODIRATIME, MountFlags::NODIRATIME),
             (Sv::RELATIME, MountFlags::RELATIME),
         ] {
-            if have.contains(sv) {
+            if t.flags.contains(sv) {
                 flags |= ms;
             }
         }
         if read_only {
             flags |= MountFlags::RDONLY;
         }
-        Ok(mount_remount(target, flags, "")?)
+        Ok(mount_remount(&t.path, flags, "")?)
     }
 
     pub fn unmount(target: &Path, how: Unmount) -> io::Result<()> {
