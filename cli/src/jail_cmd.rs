@@ -247,6 +247,7 @@ fn report_mount(
             "type": "summary",
             "lines": done.len(),
             "changed": changed,
+            "skipped": done.iter().filter(|d| matches!(d.action, Action::Skipped)).count(),
             "failed": failed,
         });
         writeln!(out, "{v}")?;

@@ -478,3 +478,28 @@ echo after=$(count)
     assert_eq!(r.get("umk"), "0", "{r}");
     assert_eq!(r.get("after"), "0", "{r}");
 }
+
+#[test]
+fn mount_point_is_never_created_inside_another_mount() {
+    let Some(e) = env() else { return };
+    fs::create_dir_all(e.h.join("opt/thing")).unwrap();
+    let r = e.ns(r#"
+init >/dev/null
+echo "opt/thing" >> "$J/mountpoints"
+mkdir "$J/opt" && mount --bind "$H/other" "$J/opt"
+"$JS" --json jail mount "$J" --host-root "$H" >"$T/out" 2>"$T/err"; echo mount=$?
+echo failed=$(grep -c '"action":"failed"' "$T/out")
+echo why=$(grep -o 'would be created inside the mount at [^,"]*' "$T/out")
+test -e "$H/other/thing" || echo host_untouched=yes
+echo count=$(count)
+"#);
+    assert_eq!(
+        r.get("mount"),
+        "1",
+        "the other lines are mounted, this one fails\n{r}"
+    );
+    assert_eq!(r.get("failed"), "1", "{r}");
+    assert!(r.get("why").ends_with("/jail/opt"), "{r}");
+    assert_eq!(r.get("host_untouched"), "yes", "{r}");
+    assert_eq!(r.get("count"), "5", "4 lines + the bind at opt\n{r}");
+}
