@@ -173,16 +173,28 @@ fn parse_xattr_names(buf: &[u8]) -> Vec<&[u8]> {
 /// Reads all extended attributes of `name` in `dir` (not following a symlink).
 pub fn read_xattrs_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<Xattrs>> {
     let p = proc_path(dir, name);
-    read_xattrs_path(&p)
+    read_xattrs_path(&p, false)
 }
 
-fn read_xattrs_path(p: &CStr) -> io::Result<Option<Xattrs>> {
+/// `follow`: `p` is a `/proc/self/fd/N` magic link to the object itself (an open fd, maybe
+/// `O_PATH`), which the `l*` calls would not follow: they would act on the link and fail.
+fn read_xattrs_path(p: &CStr, follow: bool) -> io::Result<Option<Xattrs>> {
     let mut buf = vec![0u8; 256];
     let n = loop {
-        match rfs::llistxattr(p, &mut buf[..]) {
+        let r = if follow {
+            rfs::listxattr(p, &mut buf[..])
+        } else {
+            rfs::llistxattr(p, &mut buf[..])
+        };
+        match r {
             Ok(n) => break n,
             Err(rustix::io::Errno::RANGE) => {
-                let need = rfs::llistxattr_query(p).map_err(errno)?;
+                let need = if follow {
+                    rfs::listxattr_query(p)
+                } else {
+                    rfs::llistxattr_query(p)
+                }
+                .map_err(errno)?;
                 buf.resize(need.max(buf.len() * 2), 0);
             }
             Err(rustix::io::Errno::NOTSUP) => return Ok(None),
@@ -198,10 +210,20 @@ fn read_xattrs_path(p: &CStr) -> io::Result<Option<Xattrs>> {
         let cname = cstr(xname)?;
         let mut val = vec![0u8; 256];
         let got = loop {
-            match rfs::lgetxattr(p, cname.as_c_str(), &mut val[..]) {
+            let r = if follow {
+                rfs::getxattr(p, cname.as_c_str(), &mut val[..])
+            } else {
+                rfs::lgetxattr(p, cname.as_c_str(), &mut val[..])
+            };
+            match r {
                 Ok(n) => break Some(n),
                 Err(rustix::io::Errno::RANGE) => {
-                    let need = rfs::lgetxattr_query(p, cname.as_c_str()).map_err(errno)?;
+                    let need = if follow {
+                        rfs::getxattr_query(p, cname.as_c_str())
+                    } else {
+                        rfs::lgetxattr_query(p, cname.as_c_str())
+                    }
+                    .map_err(errno)?;
                     val.resize(need.max(val.len() * 2), 0);
                 }
                 // Removed between list and get: it no longer exists.
@@ -221,15 +243,20 @@ fn read_xattrs_path(p: &CStr) -> io::Result<Option<Xattrs>> {
     Ok(Some(out.into_boxed_slice()))
 }
 
-/// Makes the xattrs of the object at `p` exactly `want`.
-fn write_xattrs_path(p: &CStr, want: Option<&Xattrs>) -> io::Result<()> {
-    let have = read_xattrs_path(p)?;
+/// Makes the xattrs of the object at `p` exactly `want` (`follow` as in [`read_xattrs_path`]).
+fn write_xattrs_path(p: &CStr, want: Option<&Xattrs>, follow: bool) -> io::Result<()> {
+    let have = read_xattrs_path(p, follow)?;
     let want: &[Xattr] = want.map(|w| &w[..]).unwrap_or(&[]);
     if let Some(have) = &have {
         for (name, _) in have.iter() {
             if !want.iter().any(|(n, _)| n == name) {
                 let c = cstr(name)?;
-                match rfs::lremovexattr(p, c.as_c_str()) {
+                let r = if follow {
+                    rfs::removexattr(p, c.as_c_str())
+                } else {
+                    rfs::lremovexattr(p, c.as_c_str())
+                };
+                match r {
                     Ok(()) | Err(rustix::io::Errno::NODATA) => {}
                     Err(e) => return Err(errno(e)),
                 }
@@ -243,7 +270,12 @@ fn write_xattrs_path(p: &CStr, want: Option<&Xattrs>) -> io::Result<()> {
             }
         }
         let c = cstr(name)?;
-        rfs::lsetxattr(p, c.as_c_str(), value, rfs::XattrFlags::empty()).map_err(errno)?;
+        if follow {
+            rfs::setxattr(p, c.as_c_str(), value, rfs::XattrFlags::empty())
+        } else {
+            rfs::lsetxattr(p, c.as_c_str(), value, rfs::XattrFlags::empty())
+        }
+        .map_err(errno)?;
     }
     Ok(())
 }
@@ -285,7 +317,7 @@ pub fn set_meta_fd(fd: BorrowedFd<'_>, e: &Entry, o: MetaOpts) -> io::Result<()>
     }
     rfs::fchmod(fd, Mode::from_raw_mode((e.mode & 0o7777) as _)).map_err(errno)?;
     if o.xattrs {
-        write_xattrs_path(&fd_proc_path(fd), e.xattrs.as_ref())?;
+        write_xattrs_path(&fd_proc_path(fd), e.xattrs.as_ref(), true)?;
     }
     rfs::futimens(fd, &times_of(e)).map_err(errno)
 }
@@ -316,7 +348,7 @@ pub fn set_meta_at(dir: BorrowedFd<'_>, name: &[u8], e: &Entry, o: MetaOpts) -> 
                 .map_err(errno)?;
             }
             if o.xattrs {
-                write_xattrs_path(&proc_path(dir, name), e.xattrs.as_ref())?;
+                write_xattrs_path(&proc_path(dir, name), e.xattrs.as_ref(), false)?;
             }
             rfs::utimensat(dir, c.as_c_str(), &times_of(e), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(errno)
@@ -350,7 +382,7 @@ pub fn set_meta_at(dir: BorrowedFd<'_>, name: &[u8], e: &Entry, o: MetaOpts) -> 
             )
             .map_err(errno)?;
             if o.xattrs {
-                write_xattrs_path(&p, e.xattrs.as_ref())?;
+                write_xattrs_path(&p, e.xattrs.as_ref(), true)?;
             }
             rfs::utimensat(CWD, p.as_c_str(), &times_of(e), AtFlags::empty()).map_err(errno)
         }
