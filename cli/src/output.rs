@@ -171,6 +171,68 @@ impl Summary {
     }
 }
 
+/// Wraps a progress reporter and records how long each phase took (shown with `-v`).
+pub struct Timed<P: Progress> {
+    inner: P,
+    t0: std::time::Instant,
+    marks: Mutex<Vec<(Phase, Duration, Option<Duration>)>>,
+}
+
+impl<P: Progress> Timed<P> {
+    pub fn new(inner: P) -> Self {
+        Timed {
+            inner,
+            t0: std::time::Instant::now(),
+            marks: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// `scan 0.12 s, hash 0.03 s, ...` (a phase run once per tree is summed).
+    pub fn report(&self) -> String {
+        let marks = self.marks.lock().expect("poisoned");
+        let mut sums: Vec<(Phase, Duration)> = Vec::new();
+        for (p, start, end) in marks.iter() {
+            let d = end.unwrap_or(*start) - *start;
+            match sums.iter_mut().find(|(q, _)| q == p) {
+                Some((_, t)) => *t += d,
+                None => sums.push((*p, d)),
+            }
+        }
+        sums.iter()
+            .map(|(p, d)| format!("{} {:.3} s", p.name(), d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl<P: Progress> Progress for Timed<P> {
+    fn start(&self, phase: Phase, total: u64) {
+        let now = self.t0.elapsed();
+        self.marks
+            .lock()
+            .expect("poisoned")
+            .push((phase, now, None));
+        self.inner.start(phase, total);
+    }
+    fn advance(&self, n: u64, bytes: u64) {
+        self.inner.advance(n, bytes);
+    }
+    fn finish(&self, phase: Phase) {
+        let now = self.t0.elapsed();
+        if let Some(m) = self
+            .marks
+            .lock()
+            .expect("poisoned")
+            .iter_mut()
+            .rev()
+            .find(|m| m.0 == phase && m.2.is_none())
+        {
+            m.2 = Some(now);
+        }
+        self.inner.finish(phase);
+    }
+}
+
 /// Progress bars on stderr, one per phase; only when stderr is a terminal.
 pub struct Bars {
     bar: Mutex<Option<ProgressBar>>,

@@ -13,7 +13,7 @@ use jailsync_engine::progress::{Progress, Silent};
 use jailsync_engine::scan::Excludes;
 use jailsync_engine::sync::{self, Pools, SyncOpts, Tree};
 
-use crate::output::{self, Bars, Summary};
+use crate::output::{self, Bars, Summary, Timed};
 use crate::{exit, Global};
 
 /// Options shared by `sync` and `upgrade`.
@@ -107,12 +107,13 @@ fn engine_opts(a: &SyncArgs) -> Result<SyncOpts> {
     })
 }
 
-fn progress(g: &Global) -> Box<dyn Progress> {
-    if Bars::wanted(g.quiet, g.json) {
+fn progress(g: &Global) -> Box<Timed<Box<dyn Progress>>> {
+    let inner: Box<dyn Progress> = if Bars::wanted(g.quiet, g.json) {
         Box::new(Bars::new())
     } else {
         Box::new(Silent)
-    }
+    };
+    Box::new(Timed::new(inner))
 }
 
 pub fn run_sync(c: SyncCmd, g: &Global) -> Result<u8> {
@@ -271,6 +272,9 @@ fn run_pairs(pairs: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global) 
     out.flush()?;
     if !g.quiet && !g.json {
         eprintln!("{}", summary.human());
+        if g.verbose > 0 {
+            eprintln!("phases: {}", prog.report());
+        }
     }
     Ok(if errors > 0 { exit::PARTIAL } else { exit::OK })
 }

@@ -32,6 +32,18 @@ pub trait Progress: Sync {
     fn finish(&self, _phase: Phase) {}
 }
 
+impl<P: Progress + ?Sized> Progress for Box<P> {
+    fn start(&self, phase: Phase, total: u64) {
+        (**self).start(phase, total)
+    }
+    fn advance(&self, n: u64, bytes: u64) {
+        (**self).advance(n, bytes)
+    }
+    fn finish(&self, phase: Phase) {
+        (**self).finish(phase)
+    }
+}
+
 /// Reports nothing.
 pub struct Silent;
 impl Progress for Silent {}
