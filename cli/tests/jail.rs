@@ -377,6 +377,11 @@ fn bad_input_is_refused_with_exit_2() {
             "ln -s ../.. \"$J/usr/up\"",
             "points out of the jail",
         ),
+        (
+            "usr/bin\nalias/tool\nusr/bin/tool\n",
+            "ln -sfn usr/bin \"$H/alias\"; ln -s usr/bin \"$J/alias\"",
+            "the same place as line 2",
+        ),
         // Host root inside the jail: the host path is the jail's own directory.
         ("usr\n", "H=\"$J\"", "is inside the jail"),
     ];

@@ -74,7 +74,19 @@ pub fn plan(jail: &Jail, host_root: &Path) -> Result<Vec<Probe>> {
                 p.host.display()
             )),
             State::Occupied { why } => Some(format!("{} {why}", p.target.display())),
-            _ => None,
+            // Through a jail symlink, two lines can name one place; mounting both would stack.
+            State::HostMissing => None,
+            _ => probes
+                .iter()
+                .find(|q: &&Probe| q.target == p.target && q.state != State::HostMissing)
+                .map(|q| {
+                    format!(
+                        "{} is the same place as line {} ({})",
+                        p.target.display(),
+                        q.entry.line,
+                        q.entry.path.display()
+                    )
+                }),
         };
         if let Some(why) = conflict {
             return Err(Error::Line {
@@ -86,7 +98,7 @@ pub fn plan(jail: &Jail, host_root: &Path) -> Result<Vec<Probe>> {
         probes.push(p);
     }
     // Parents first, so a child is mounted on top of its parent's mount, not hidden under it.
-    probes.sort_by_key(|p| p.entry.path.components().count());
+    probes.sort_by_key(|p| p.target.components().count());
     Ok(probes)
 }
 
