@@ -309,6 +309,9 @@ fn status(path: &Path, host_root: &Path, global: &Global) -> anyhow::Result<u8> 
                 "want": want,
                 "mode": p.state.read_only().map(mode),
             });
+            if p.stacked > 0 {
+                v["stacked"] = p.stacked.into();
+            }
             match &p.state {
                 State::Foreign { source, .. } => v["source"] = source.as_str().into(),
                 State::Occupied { why } => v["why"] = why.as_str().into(),
@@ -327,6 +330,10 @@ fn status(path: &Path, host_root: &Path, global: &Global) -> anyhow::Result<u8> 
                     format!(" (want {})", mode(!p.entry.read_write))
                 }
                 _ => String::new(),
+            };
+            let detail = match p.stacked {
+                0 => detail,
+                n => format!("{detail} (on top of {n} more)"),
             };
             writeln!(
                 out,

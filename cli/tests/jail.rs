@@ -151,6 +151,9 @@ echo count1=$(count)
 mnt >/dev/null 2>&1; echo mount2=$?
 echo count2=$(count)
 echo tool=$(cat "$J/usr/bin/tool")
+mount --bind "$H/usr/bin" "$J/usr/bin"
+echo stacked=$("$JS" --json jail status "$J" --host-root "$H" | grep '"path":"usr/bin"' | grep -o '"stacked":[0-9]*' | cut -d: -f2)
+umount "$J/usr/bin"
 echo link=$(readlink "$J/bin")
 touch "$J/usr/bin/new" 2>"$T/ro.err"; echo ro_write=$?
 echo ro_err=$(cat "$T/ro.err")
@@ -169,6 +172,11 @@ echo skipped=$(grep -c "missing/dir.*skipped" "$T/mount.err")
         r.get("count2"),
         "4",
         "mounting twice must not stack mounts\n{r}"
+    );
+    assert_eq!(
+        r.get("stacked"),
+        "1",
+        "a second mount on top is reported\n{r}"
     );
     assert_eq!(r.get("tool"), "hello");
     assert_eq!(r.get("link"), "usr/bin");
@@ -213,6 +221,7 @@ fn status_json_mounted_unlisted_and_stale() {
 init >/dev/null
 echo before
 "$JS" --json jail status "$J" --host-root "$H"; echo before_rc=$?
+mount --bind "$H/usr/lib" "$J/usr/lib"
 mnt >/dev/null 2>&1
 mount -t tmpfs tmpfs "$J/tmp"
 echo mounted
@@ -238,6 +247,14 @@ echo stale
     );
     assert_eq!(by_path(&m, "bin")["state"], "linked");
     assert_eq!(by_path(&m, "etc/conf.txt")["state"], "mounted");
+    // Mounted once by hand (rw), then jailsync left it alone but made it read-only.
+    let lib = by_path(&m, "usr/lib");
+    assert_eq!(
+        (&lib["state"], &lib["mode"]),
+        (&"mounted".into(), &"ro".into()),
+        "{r}"
+    );
+    assert_eq!(lib["stacked"], Value::Null, "{r}");
     assert_eq!(by_path(&m, "missing/dir")["state"], "host-missing");
     let unlisted: Vec<_> = m.iter().filter(|o| o["type"] == "unlisted").collect();
     assert_eq!(unlisted.len(), 1, "{r}");

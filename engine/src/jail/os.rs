@@ -5,6 +5,9 @@
 //! NetBSD has null mounts (`mount_null -o ro`), done in one call; that side shells out to
 //! the system tools, which already know the `struct null_args` layout, and has no mount table
 //! reader yet (it would use getmntinfo(3)), so it is a place to grow, not a finished port.
+//!
+//! The Linux side uses rustix rather than nix: the engine already depends on it for
+//! `openat2`, and it covers mount, umount2, fstatvfs and chroot without `unsafe` here.
 
 use std::io;
 use std::path::Path;

@@ -84,6 +84,9 @@ pub struct Probe {
     pub target: PathBuf,
     pub host_kind: Host,
     pub state: State,
+    /// Mounts hidden under the visible one at `target` (the seed's mkjail, run twice, stacks
+    /// a second mount on the first; `umount` removes them all).
+    pub stacked: usize,
 }
 
 /// Reads the state of `entry`. Refuses (with the line) an entry whose target would leave
@@ -175,12 +178,19 @@ pub fn probe(
             },
         },
     };
+    let stacked = table
+        .mounts
+        .iter()
+        .filter(|m| m.target == target)
+        .count()
+        .saturating_sub(1);
     Ok(Probe {
         entry: entry.clone(),
         host,
         target,
         host_kind,
         state,
+        stacked,
     })
 }
 
