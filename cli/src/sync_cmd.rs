@@ -224,7 +224,7 @@ fn run_pairs(pairs: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global) 
     let mut errors = 0;
     for (k, t) in trees.iter().enumerate() {
         output::add_counts(&mut counts, Counts::of(&t.plan));
-        if a.itemize || g.json || g.verbose > 0 {
+        if a.itemize || g.json {
             output::print_changes(&mut out, &t.plan, &t.src, &t.dst, &checked[k].2, g.json)?;
         }
         for (p, e) in &t.scan_errors {

@@ -28,7 +28,7 @@ use rayon::prelude::*;
 
 use crate::entry::{join, Entry, Kind};
 use crate::fsx::{self, split_parent, MetaOpts};
-use crate::plan::{Action, Op, Plan, NONE};
+use crate::plan::{change, Action, Op, Plan, NONE};
 use crate::progress::{Phase, Progress};
 
 #[derive(Clone, Copy, Debug)]
@@ -381,10 +381,14 @@ impl<'a> Apply<'a> {
         unreachable!()
     }
 
-    /// Publishes staged objects in one burst, then applies metadata-only changes.
-    pub fn commit(&mut self, progress: &dyn Progress) {
+    /// Applies metadata-only changes, then publishes staged objects in one burst.
+    ///
+    /// Metadata changes are in place and atomic per call, so they go first and outside the
+    /// switch window. The burst runs in waves — data, libraries and symlinks; then new
+    /// directories; then executables — each wave spread over the workers (renames in different
+    /// directories do not contend, and the window shrinks with them).
+    pub fn commit(&mut self, pool: &rayon::ThreadPool, progress: &dyn Progress) {
         let actions = &self.plan.actions;
-        // Order: plain data first, then new directories, then executables.
         let rank = |a: &Action| {
             let s = &self.src[a.src as usize];
             match s.kind {
@@ -393,57 +397,79 @@ impl<'a> Apply<'a> {
                 _ => 0,
             }
         };
-        let mut order: Vec<usize> = (0..actions.len())
-            .filter(|&k| {
-                let a = &actions[k];
-                matches!(a.op, Op::Create | Op::Replace | Op::Exchange)
-                    && !a.inside
-                    && !self.failed[k]
-                    && self.staged[k].is_some()
-            })
-            .collect();
-        order.sort_by_key(|&k| rank(&actions[k]));
+        let mut waves: [Vec<usize>; 3] = Default::default();
+        for (k, a) in actions.iter().enumerate() {
+            if matches!(a.op, Op::Create | Op::Replace | Op::Exchange)
+                && !a.inside
+                && !self.failed[k]
+                && self.staged[k].is_some()
+            {
+                waves[rank(a)].push(k);
+            }
+        }
         let metas: Vec<usize> = (0..actions.len())
             .filter(|&k| {
                 actions[k].op == Op::Meta && self.src[actions[k].src as usize].kind != Kind::Dir
             })
             .collect();
-        progress.start(Phase::Commit, (order.len() + metas.len()) as u64);
-        let mut failures = Vec::new();
-        let mut cache = DirCache::new(self.dst_root.as_fd());
-        let t0 = Instant::now();
-        for &k in &order {
-            let a = &actions[k];
-            let loc = self.staged[k].as_ref().expect("staged");
-            let (p, tmp) = split_parent(loc);
-            let name = split_parent(&self.src[a.src as usize].path).1;
-            let r = cache.get(p).and_then(|d| match a.op {
-                Op::Create => fsx::rename_noreplace_at(d, tmp, name),
-                Op::Replace => fsx::rename_at(d, tmp, d, name),
-                _ => fsx::exchange_at(d, tmp, name),
+        let total = waves.iter().map(Vec::len).sum::<usize>() + metas.len();
+        progress.start(Phase::Commit, total as u64);
+        let failures: Mutex<Vec<(usize, io::Error)>> = Mutex::new(Vec::new());
+        let moved: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+        let this = &*self;
+        pool.install(|| {
+            metas.par_chunks(64).for_each(|chunk| {
+                let mut cache = DirCache::new(this.dst_root.as_fd());
+                for &k in chunk {
+                    let a = &actions[k];
+                    let s = &this.src[a.src as usize];
+                    let (p, n) = split_parent(&s.path);
+                    let r = cache.get(p).and_then(|d| {
+                        if a.changes & !change::TIME == 0 {
+                            // Only the mtime moved (the common case in an upgrade): one call.
+                            fsx::set_times_at(d, n, s)
+                        } else {
+                            fsx::set_meta_at(d, n, s, this.opts.meta)
+                        }
+                    });
+                    if let Err(e) = r {
+                        failures.lock().expect("poisoned").push((k, e));
+                    }
+                    progress.advance(1, 0);
+                }
             });
-            match r {
-                Ok(()) if a.op == Op::Exchange => self.moved_aside.push(loc.clone()),
-                Ok(()) => {}
-                Err(e) => failures.push((k, e)),
+        });
+        let t0 = Instant::now();
+        pool.install(|| {
+            for wave in &waves {
+                wave.par_chunks(64).for_each(|chunk| {
+                    let mut cache = DirCache::new(this.dst_root.as_fd());
+                    for &k in chunk {
+                        let a = &actions[k];
+                        let loc = this.staged[k].as_ref().expect("staged");
+                        let (p, tmp) = split_parent(loc);
+                        let name = split_parent(&this.src[a.src as usize].path).1;
+                        let r = cache.get(p).and_then(|d| match a.op {
+                            Op::Create => fsx::rename_noreplace_at(d, tmp, name),
+                            Op::Replace => fsx::rename_at(d, tmp, d, name),
+                            _ => fsx::exchange_at(d, tmp, name),
+                        });
+                        match r {
+                            Ok(()) if a.op == Op::Exchange => {
+                                moved.lock().expect("poisoned").push(loc.clone())
+                            }
+                            Ok(()) => {}
+                            Err(e) => failures.lock().expect("poisoned").push((k, e)),
+                        }
+                        progress.advance(1, 0);
+                    }
+                });
             }
-            progress.advance(1, 0);
-        }
-        for &k in &metas {
-            let a = &actions[k];
-            let s = &self.src[a.src as usize];
-            let (p, n) = split_parent(&s.path);
-            if let Err(e) = cache
-                .get(p)
-                .and_then(|d| fsx::set_meta_at(d, n, s, self.opts.meta))
-            {
-                failures.push((k, e));
-            }
-            progress.advance(1, 0);
-        }
+        });
         self.outcome.switch_window = t0.elapsed();
-        drop(cache);
-        for (k, e) in failures {
+        self.moved_aside
+            .extend(moved.into_inner().expect("poisoned"));
+        for (k, e) in failures.into_inner().expect("poisoned") {
             self.fail(k, Phase::Commit, e);
         }
         progress.finish(Phase::Commit);

@@ -366,6 +366,12 @@ pub fn set_meta_fd(fd: BorrowedFd<'_>, e: &Entry, o: MetaOpts) -> io::Result<()>
     rfs::futimens(fd, &times_of(e)).map_err(errno)
 }
 
+/// Sets only the mtime of `name` in `dir`, never following a symlink.
+pub fn set_times_at(dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> io::Result<()> {
+    let c = cstr(name)?;
+    rfs::utimensat(dir, c.as_c_str(), &times_of(e), AtFlags::SYMLINK_NOFOLLOW).map_err(errno)
+}
+
 /// Sets metadata on the entry `name` in `dir`, which must be of kind `e.kind`; never follows a
 /// symlink and never opens a device or fifo for I/O.
 pub fn set_meta_at(dir: BorrowedFd<'_>, name: &[u8], e: &Entry, o: MetaOpts) -> io::Result<()> {

@@ -475,7 +475,7 @@ pub fn apply_all(
     }
     let mut window = Duration::ZERO;
     for a in applies.iter_mut() {
-        a.commit(progress);
+        a.commit(&pools.work, progress);
         window += a.outcome.switch_window;
     }
     for a in applies.iter_mut() {
