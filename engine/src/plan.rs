@@ -376,10 +376,11 @@ pub fn plan(src: &[Entry], dst: &[Entry], o: PlanOpts) -> Plan {
             pa.cmp(pb)
         });
     }
-    // Followers link to the first member (in path order) that is itself staged.
+    // Followers link to the first member (in path order) that is itself staged — including a
+    // member that replaces a directory (Exchange), else it would be staged as a lone copy.
     let mut first_staged: HashMap<usize, u32> = HashMap::new();
     for a in actions.iter_mut() {
-        if a.src == NONE || !matches!(a.op, Op::Create | Op::Replace) {
+        if a.src == NONE || !matches!(a.op, Op::Create | Op::Replace | Op::Exchange) {
             continue;
         }
         if let Some(&leader) = src_group_of.get(&(a.src as usize)) {
