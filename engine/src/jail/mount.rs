@@ -140,10 +140,7 @@ fn apply(jail: &Jail, p: &Probe) -> Result<Action> {
             make_mount_point(jail, &p.target, *kind == Host::Dir)?;
             os::bind(&p.host, &p.target, want_ro).map_err(|e| Error::Io {
                 path: p.target.clone(),
-                source: std::io::Error::new(
-                    e.kind(),
-                    format!("mounting {}: {e}", p.host.display()),
-                ),
+                cause: std::io::Error::new(e.kind(), format!("mounting {}: {e}", p.host.display())),
             })?;
             Ok(Action::Mounted { read_only: want_ro })
         }
