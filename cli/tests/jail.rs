@@ -329,7 +329,11 @@ init >/dev/null
 mnt >/dev/null 2>&1
 (cd "$J/data" && exec sleep 30) &
 holder=$!
-sleep 0.2
+# Wait until the holder really sits in the mount (a slow machine may take a while).
+i=0
+while [ "$(readlink /proc/$holder/cwd)" != "$J/data" ] && [ $i -lt 200 ]; do
+    sleep 0.05; i=$((i+1))
+done
 "$JS" jail umount "$J" >/dev/null 2>"$T/err"; echo plain=$?
 echo err=$(cat "$T/err")
 echo left=$(count)
