@@ -1,0 +1,407 @@
+//! Invariant 1, "never lacks": a path present in both the old destination and the source
+//! exists at every instant of a sync. Checked two ways:
+//!
+//! - **strace**: every `unlink`/`rmdir`/`rename` the sync makes is recorded (with `-y`, so
+//!   fd-relative calls name their directory); no common path may be removed, or renamed away
+//!   other than by `RENAME_EXCHANGE` with a staged (`.jailsync-tmp-`) name.
+//! - **watcher**: while a large sync runs, the test `lstat`s every common path in a tight loop
+//!   and fails on the first one missing; it also checks sampled files are always complete, old
+//!   or new content (invariant 2).
+//!
+//! Both checks are proven able to fail: the same check is run against a naive
+//! delete-then-copy (`rm -rf` + `cp -a`) and against `rsync --delete`, which removes a
+//! directory before putting a file in its place, and must report violations there
+//! (`*_catches_*` tests below).
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Old destination and new source sharing many paths, with every kind of change: content
+/// updates, metadata-only changes, type changes in every direction (incl. non-empty dirs),
+/// hard-link splits and merges, symlink retargets, deletions and creations.
+fn fixture(e: &Env, bulk: usize, size: usize) {
+    for i in 0..bulk {
+        let p = format!("bulk/d{:02}/f{i:05}", i % 40);
+        e.dst.file(&p, vec![b'o'; size]);
+        e.src.file(&p, vec![b'n'; size]);
+    }
+    for i in 0..bulk / 4 {
+        let p = format!("meta/f{i:05}");
+        e.dst.file(&p, b"same");
+        e.src.file(&p, b"same").mode(&p, 0o600);
+    }
+    // Type changes.
+    e.dst.file("t/f2d", b"file");
+    e.src.file("t/f2d/x", b"dir now");
+    e.dst.file("t/d2f/a/b", b"deep").file("t/d2f/c", b"c");
+    e.src.file("t/d2f", b"file now");
+    e.dst.file("t/f2l", b"file");
+    e.src.symlink("t/f2l", "d2f");
+    e.dst.symlink("t/l2f", "x");
+    e.src.file("t/l2f", b"file now");
+    e.dst.file("t/d2l/x", b"x");
+    e.src.symlink("t/d2l", "f2d");
+    e.dst.symlink("t/l2d", "x");
+    e.src.file("t/l2d/y", b"y");
+    // Hard links.
+    e.dst.file("h/split1", b"s").hardlink("h/split2", "h/split1");
+    e.src.file("h/split1", b"s").file("h/split2", b"s");
+    e.dst.file("h/merge1", b"m").file("h/merge2", b"m");
+    e.src.file("h/merge1", b"m").hardlink("h/merge2", "h/merge1");
+    // Symlinks, creations, deletions.
+    e.dst.symlink("l/retarget", "old");
+    e.src.symlink("l/retarget", "new");
+    e.dst.file("gone/a", b"a").file("gone2", b"g");
+    e.src.file("new/b", b"b").file("new2", b"n");
+}
+
+/// Paths (relative) present in both trees.
+fn common_paths(a: &Path, b: &Path) -> Vec<Vec<u8>> {
+    let (la, lb) = (listing(a), listing(b));
+    la.0.keys()
+        .filter(|p| lb.0.contains_key(*p))
+        .cloned()
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// strace.
+
+/// One recorded call that succeeded, with its path arguments resolved.
+#[derive(Debug)]
+struct Call {
+    name: String,
+    paths: Vec<PathBuf>,
+    exchange: bool,
+}
+
+/// Splits the argument list of an strace line into raw tokens.
+fn args(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let start = i;
+        if b[i] == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                if b[i] == b'\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i += 1;
+        } else {
+            while i < b.len() && b[i] != b',' {
+                if b[i] == b'<' {
+                    while i < b.len() && b[i] != b'>' {
+                        i += 1;
+                    }
+                }
+                i += 1;
+            }
+        }
+        out.push(s[start..i.min(s.len())].trim().to_string());
+        while i < b.len() && (b[i] == b',' || b[i] == b' ') {
+            i += 1;
+        }
+    }
+    out
+}
+
+fn unquote(t: &str) -> Option<String> {
+    let t = t.strip_prefix('"')?.strip_suffix('"')?;
+    Some(t.replace("\\\"", "\"").replace("\\\\", "\\"))
+}
+
+/// `5</a/dir>` → `/a/dir`; `AT_FDCWD` → the cwd.
+fn dirfd(t: &str) -> Option<PathBuf> {
+    if t == "AT_FDCWD" {
+        return Some(std::env::current_dir().unwrap());
+    }
+    let open = t.find('<')?;
+    let p = t[open + 1..].strip_suffix('>')?;
+    Some(PathBuf::from(p.strip_suffix(" (deleted)").unwrap_or(p)))
+}
+
+/// Parses an strace `-f -y -o` file into the successful calls, joining interrupted lines.
+fn parse_trace(text: &str) -> Vec<Call> {
+    let mut pending: HashMap<String, String> = HashMap::new();
+    let mut calls = Vec::new();
+    for line in text.lines() {
+        let Some((pid, rest)) = line.split_once(' ') else { continue };
+        let rest = rest.trim_start();
+        let full = if let Some(head) = rest.strip_suffix(" <unfinished ...>") {
+            pending.insert(pid.to_string(), head.to_string());
+            continue;
+        } else if rest.starts_with("<... ") {
+            let Some(head) = pending.remove(pid) else { continue };
+            let Some(idx) = rest.find(" resumed>") else { continue };
+            format!("{head}{}", &rest[idx + " resumed>".len()..])
+        } else {
+            rest.to_string()
+        };
+        let Some(open) = full.find('(') else { continue };
+        let name = full[..open].to_string();
+        if !["unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2"].contains(&&*name) {
+            continue;
+        }
+        let Some(close) = full.rfind(") = ") else { continue };
+        if full[close + 4..].trim() != "0" {
+            continue; // failed: removed nothing
+        }
+        let a = args(&full[open + 1..close]);
+        let mut paths = Vec::new();
+        let exchange = full[..close].contains("RENAME_EXCHANGE");
+        match &*name {
+            "unlink" | "rmdir" => paths.push(PathBuf::from(unquote(&a[0]).unwrap())),
+            "rename" => {
+                paths.push(PathBuf::from(unquote(&a[0]).unwrap()));
+                paths.push(PathBuf::from(unquote(&a[1]).unwrap()));
+            }
+            "unlinkat" => paths.push(dirfd(&a[0]).unwrap().join(unquote(&a[1]).unwrap())),
+            _ => {
+                paths.push(dirfd(&a[0]).unwrap().join(unquote(&a[1]).unwrap()));
+                paths.push(dirfd(&a[2]).unwrap().join(unquote(&a[3]).unwrap()));
+            }
+        }
+        calls.push(Call {
+            name,
+            paths,
+            exchange,
+        });
+    }
+    calls
+}
+
+/// Runs `cmd` under strace; returns the successful unlink/rmdir/rename calls.
+fn traced(cmd: &mut Command, out: &Path) -> Vec<Call> {
+    let prog = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let o = Command::new("strace")
+        .args(["-f", "-qq", "-y", "-s", "65535", "-e", "signal=none", "-e"])
+        .arg("trace=unlink,unlinkat,rename,renameat,renameat2,rmdir")
+        .arg("-o")
+        .arg(out)
+        .arg(prog)
+        .args(args)
+        .output()
+        .expect("run strace");
+    assert!(
+        o.status.success(),
+        "traced command failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    parse_trace(&std::fs::read_to_string(out).unwrap())
+}
+
+/// Calls that made a common path (absolute, under `dst`) vanish, as printable lines.
+fn violations(calls: &[Call], dst: &Path, common: &[Vec<u8>]) -> Vec<String> {
+    let set: HashSet<PathBuf> = common
+        .iter()
+        .map(|p| {
+            if p.is_empty() {
+                dst.to_path_buf()
+            } else {
+                dst.join(OsStr::from_bytes(p))
+            }
+        })
+        .collect();
+    let staged = |p: &Path| {
+        p.file_name()
+            .is_some_and(|n| n.as_bytes().starts_with(b".jailsync-tmp-"))
+    };
+    let mut v = Vec::new();
+    for c in calls {
+        let bad = match &*c.name {
+            "unlink" | "unlinkat" | "rmdir" => set.contains(&c.paths[0]),
+            // The source of a rename leaves its place, unless it swaps with a staged name.
+            _ if c.exchange => {
+                (set.contains(&c.paths[0]) || set.contains(&c.paths[1]))
+                    && !(staged(&c.paths[0]) || staged(&c.paths[1]))
+            }
+            _ => set.contains(&c.paths[0]),
+        };
+        if bad {
+            v.push(format!("{c:?}"));
+        }
+    }
+    v
+}
+
+fn need_strace() -> bool {
+    if !have("strace") {
+        eprintln!("skipped: strace not installed (.ci/run installs it)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn strace_no_common_path_removed_or_renamed_away() {
+    if !need_strace() {
+        return;
+    }
+    let e = Env::new().with_dst();
+    fixture(&e, 200, 64);
+    let common = common_paths(e.src(), e.dst());
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--state-dir")
+        .arg(e.state())
+        .arg("sync")
+        .arg(e.src())
+        .arg(e.dst());
+    let calls = traced(&mut cmd, &e.tmp.path().join("trace"));
+    // The trace must have seen the engine at work, or the check below proves nothing.
+    assert!(calls.iter().any(|c| c.exchange), "no RENAME_EXCHANGE traced: {calls:?}");
+    assert!(calls.iter().any(|c| c.name.starts_with("rename") && !c.exchange));
+    assert!(calls.iter().any(|c| c.name == "unlinkat"));
+    let v = violations(&calls, e.dst(), &common);
+    assert!(v.is_empty(), "common paths removed or renamed away:\n{}", v.join("\n"));
+    assert_same(e.src(), e.dst());
+}
+
+/// Proves the strace check can fail: `rsync --delete` (rmdir before it puts a file where a
+/// directory was) and a naive `rm -rf` + `cp -a` on the same fixture are caught.
+#[test]
+fn strace_check_catches_rsync_and_naive_copy() {
+    if !need_strace() {
+        return;
+    }
+    let e = Env::new().with_dst();
+    fixture(&e, 20, 16);
+    let common = common_paths(e.src(), e.dst());
+    if have("rsync") {
+        let mut src = e.src().as_os_str().to_owned();
+        src.push("/");
+        let mut cmd = Command::new("rsync");
+        cmd.args(["-aH", "--delete"]).arg(src).arg(e.dst());
+        let calls = traced(&mut cmd, &e.tmp.path().join("trace-rsync"));
+        let v = violations(&calls, e.dst(), &common);
+        assert!(!v.is_empty(), "the check missed rsync's remove-then-replace");
+    }
+    let e = Env::new().with_dst();
+    fixture(&e, 20, 16);
+    let common = common_paths(e.src(), e.dst());
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"rm -rf "$2" && cp -a "$1" "$2""#)
+        .arg("sh")
+        .arg(e.src())
+        .arg(e.dst());
+    let calls = traced(&mut cmd, &e.tmp.path().join("trace-naive"));
+    let v = violations(&calls, e.dst(), &common);
+    assert!(v.len() > 20, "the check missed a delete-then-copy: {v:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrent watcher.
+
+struct Watch {
+    missing: Vec<String>,
+    torn: Vec<String>,
+    rounds: usize,
+}
+
+/// While `child` runs, lstat every path in `paths` in a loop; for `(path, old, new)` in
+/// `contents`, read the file and require one of the two contents, whole.
+fn watch(
+    mut child: std::process::Child,
+    paths: &[PathBuf],
+    contents: &[(PathBuf, Vec<u8>, Vec<u8>)],
+) -> Watch {
+    let mut w = Watch {
+        missing: Vec::new(),
+        torn: Vec::new(),
+        rounds: 0,
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = child.try_wait().expect("wait").is_some();
+        for p in paths {
+            if let Err(e) = std::fs::symlink_metadata(p) {
+                if e.kind() == std::io::ErrorKind::NotFound && w.missing.len() < 20 {
+                    w.missing.push(p.display().to_string());
+                }
+            }
+        }
+        for (p, old, new) in contents {
+            match std::fs::read(p) {
+                Ok(b) if &b == old || &b == new => {}
+                Ok(b) => w.torn.push(format!("{}: {} bytes", p.display(), b.len())),
+                Err(_) => {} // a missing path is reported above
+            }
+        }
+        w.rounds += 1;
+        if done || Instant::now() > deadline {
+            break;
+        }
+    }
+    let st = child.wait().expect("wait");
+    assert!(st.success() || !w.missing.is_empty(), "watched command failed: {st}");
+    w
+}
+
+fn watch_paths(e: &Env) -> (Vec<PathBuf>, Vec<(PathBuf, Vec<u8>, Vec<u8>)>) {
+    let common = common_paths(e.src(), e.dst());
+    let paths: Vec<PathBuf> = common.iter().map(|p| e.dst.path(p)).collect();
+    let mut contents = Vec::new();
+    let files = common
+        .iter()
+        .filter(|p| p.starts_with(b"bulk/") && p.len() > b"bulk/d00".len());
+    for p in files.step_by(97) {
+        let old = std::fs::read(e.dst.path(p)).unwrap();
+        let new = std::fs::read(e.src.path(p)).unwrap();
+        contents.push((e.dst.path(p), old, new));
+    }
+    (paths, contents)
+}
+
+#[test]
+fn watcher_sees_every_common_path_throughout_a_large_sync() {
+    let e = Env::new().with_dst();
+    // ~3000 files of 8 KiB changing content: long enough for many watcher rounds.
+    fixture(&e, 3000, 8192);
+    let (paths, contents) = watch_paths(&e);
+    let child = Command::new(BIN)
+        .arg("--state-dir")
+        .arg(e.state())
+        .args(["sync", "--threads", "2"])
+        .arg(e.src())
+        .arg(e.dst())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn jailsync");
+    let w = watch(child, &paths, &contents);
+    eprintln!("watcher: {} rounds over {} paths", w.rounds, paths.len());
+    assert!(w.missing.is_empty(), "paths missing during sync: {:?}", w.missing);
+    assert!(w.torn.is_empty(), "torn files during sync: {:?}", w.torn);
+    assert_same(e.src(), e.dst());
+}
+
+/// Proves the watcher can fail: a naive delete-then-copy of the same tree is caught.
+#[test]
+fn watcher_catches_naive_delete_then_copy() {
+    let e = Env::new().with_dst();
+    fixture(&e, 3000, 8192);
+    let (paths, contents) = watch_paths(&e);
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"rm -rf "$2" && cp -a "$1" "$2""#)
+        .arg("sh")
+        .arg(e.src())
+        .arg(e.dst())
+        .spawn()
+        .expect("spawn sh");
+    let w = watch(child, &paths, &contents);
+    assert!(!w.missing.is_empty(), "the watcher missed a delete-then-copy");
+}
