@@ -63,6 +63,10 @@ pub enum Cmd {
     Verify(sync_cmd::VerifyCmd),
     /// Write a manifest of a tree (blake3 per file, full metadata), for `verify`.
     Manifest(sync_cmd::ManifestCmd),
+    /// Undo the last sync of DST exactly (never lacking, whole or old).
+    Rollback(sync_cmd::RollbackCmd),
+    /// List the syncs of DST that can be rolled back.
+    History(sync_cmd::HistoryCmd),
     /// Jail lifecycle: init, mount, umount, status, enter.
     #[command(subcommand)]
     Jail(jail_cmd::JailCmd),
@@ -111,6 +115,8 @@ fn main() -> ExitCode {
         Cmd::Upgrade(c) => sync_cmd::run_upgrade(c, &cli.global),
         Cmd::Verify(c) => sync_cmd::run_verify(c, &cli.global),
         Cmd::Manifest(c) => sync_cmd::run_manifest(c, &cli.global),
+        Cmd::Rollback(c) => sync_cmd::run_rollback(c, &cli.global),
+        Cmd::History(c) => sync_cmd::run_history(c, &cli.global),
         Cmd::Jail(j) => jail_cmd::run(j, &cli.global),
     };
     match result {

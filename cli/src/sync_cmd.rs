@@ -42,6 +42,34 @@ pub struct SyncArgs {
     /// Sync into the target of a destination that is a symlink.
     #[arg(long)]
     pub follow_dst: bool,
+    /// Do not keep the replaced entries for `jailsync rollback`.
+    #[arg(long)]
+    pub no_rollback: bool,
+    /// Rollback generations to keep per destination.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub keep: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackCmd {
+    /// Destination(s) whose last sync to undo (for an upgrade: ROOT/usr/pkg ROOT/var/db/pkg).
+    #[arg(required = true)]
+    pub dst: Vec<PathBuf>,
+    /// Roll back to this generation instead of the newest (see `history`).
+    #[arg(long, value_name = "N")]
+    pub gen: Option<u64>,
+    /// Show what would change; change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Print one rsync-style line per change on stdout.
+    #[arg(short, long)]
+    pub itemize: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryCmd {
+    /// The destination whose rollback generations to list.
+    pub dst: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -103,6 +131,9 @@ fn engine_opts(a: &SyncArgs) -> Result<SyncOpts> {
         dry_run: a.dry_run,
         fsync: a.fsync,
         threads: a.threads,
+        rollback: !a.no_rollback,
+        keep: a.keep,
+        exclude_patterns: a.exclude.clone(),
         ..SyncOpts::default()
     })
 }
@@ -191,9 +222,10 @@ fn run_pairs(pairs: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global) 
     let mut checked = Vec::new();
     for (s, d, prefix) in pairs {
         let (sc, dc) = sync::check_pair(&s, &d, a.follow_dst)?;
-        // Work on the destination as named unless following a symlink was asked for.
-        let d = if a.follow_dst { dc } else { d };
-        checked.push((sc, d, prefix));
+        // Canonical paths: state (caches, locks, rollback) is keyed by them, and a symlinked
+        // destination was refused above unless --follow-dst.
+        let _ = d;
+        checked.push((sc, dc, prefix));
     }
     let all: Vec<&Path> = checked
         .iter()
@@ -251,6 +283,13 @@ fn run_pairs(pairs: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global) 
                         t.dst_path.join(jailsync_engine::fsx::os(p)).display()
                     );
                 }
+            }
+        }
+    }
+    if let Some(r) = &report {
+        if !g.quiet {
+            for n in &r.notes {
+                eprintln!("jailsync: note: {n}");
             }
         }
     }
@@ -384,4 +423,103 @@ pub fn run_manifest(c: ManifestCmd, g: &Global) -> Result<u8> {
     } else {
         exit::PARTIAL
     })
+}
+
+pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
+    let opts = SyncOpts {
+        dry_run: c.dry_run,
+        ..SyncOpts::default()
+    };
+    let pools = Pools::new(0);
+    let prog = progress(g);
+    let mut errors = 0;
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    for dst in &c.dst {
+        let meta = std::fs::symlink_metadata(dst).with_context(|| dst.display().to_string())?;
+        if !meta.is_dir() {
+            bail!("{}: not a directory", dst.display());
+        }
+        let dst = std::fs::canonicalize(dst).with_context(|| dst.display().to_string())?;
+        let state = sync::open_state(&g.state_dir, &[&dst])?;
+        let r = jailsync_engine::rollback::rollback(&state, &dst, c.gen, &opts, &pools, &*prog)?;
+        if c.itemize || g.json {
+            output::print_changes(&mut out, &r.plan, &r.old, &r.cur, b"", g.json)?;
+        }
+        if let Some(o) = &r.outcome {
+            for e in &o.errors {
+                errors += 1;
+                let p = dst.join(jailsync_engine::fsx::os(&e.path));
+                report_error(
+                    &mut out,
+                    g,
+                    &p.display().to_string(),
+                    e.phase.name(),
+                    &e.error,
+                )?;
+            }
+        }
+        if g.json {
+            let v = serde_json::json!({
+                "type": "summary",
+                "path": dst.display().to_string(),
+                "generation": r.generation.id,
+                "dry_run": c.dry_run,
+                "changes": r.plan.actions.len(),
+                "errors": errors,
+            });
+            writeln!(out, "{v}")?;
+        } else if !g.quiet {
+            eprintln!(
+                "{}: {} generation {} ({} changes){}",
+                dst.display(),
+                if c.dry_run {
+                    "would roll back to"
+                } else {
+                    "rolled back to"
+                },
+                r.generation.id,
+                r.plan.actions.len(),
+                if errors > 0 {
+                    format!(", {errors} errors")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    out.flush()?;
+    Ok(if errors > 0 { exit::PARTIAL } else { exit::OK })
+}
+
+pub fn run_history(c: HistoryCmd, g: &Global) -> Result<u8> {
+    let dst = std::fs::canonicalize(&c.dst).with_context(|| c.dst.display().to_string())?;
+    let state = sync::open_state(&g.state_dir, &[&dst])?;
+    let store = jailsync_engine::rollback::store_dir(&state, &dst)?;
+    let gens = jailsync_engine::rollback::list(&store)?;
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    for gen in gens.iter().rev() {
+        let when = jailsync_engine::journal::format_time(gen.time);
+        if g.json {
+            let v = serde_json::json!({
+                "type": "generation",
+                "id": gen.id,
+                "time": when,
+                "changes": gen.changes,
+                "source": gen.source,
+            });
+            writeln!(out, "{v}")?;
+        } else {
+            writeln!(
+                out,
+                "{:>6}  {when}  {:>7} changes  from {}",
+                gen.id, gen.changes, gen.source
+            )?;
+        }
+    }
+    if gens.is_empty() && !g.quiet && !g.json {
+        eprintln!("{}: nothing to roll back", dst.display());
+    }
+    Ok(exit::OK)
 }

@@ -72,6 +72,10 @@ pub struct Apply<'a> {
     failed: Vec<bool>,
     /// Staging names that hold old objects after an exchange.
     moved_aside: Vec<Box<[u8]>>,
+    /// Where a source file's content is, relative to the source root, when not at its own path
+    /// (rollback reads old content from its store). Its mtime is then not checked: a store
+    /// link shares an inode whose metadata may have moved since.
+    src_map: Option<HashMap<u32, Box<[u8]>>>,
     pub outcome: Outcome,
 }
 
@@ -126,8 +130,15 @@ impl<'a> Apply<'a> {
             staged: vec![None; n],
             failed: vec![false; n],
             moved_aside: Vec::new(),
+            src_map: None,
             outcome: Outcome::default(),
         }
+    }
+
+    /// Reads file content from other places than the source entries' paths (see `src_map`).
+    pub fn with_source_map(mut self, map: HashMap<u32, Box<[u8]>>) -> Self {
+        self.src_map = Some(map);
+        self
     }
 
     fn path(&self, a: &Action) -> &'a [u8] {
@@ -301,7 +312,13 @@ impl<'a> Apply<'a> {
         let (p, n) = split_parent(loc);
         match s.kind {
             Kind::File => {
-                let (sp, sn) = split_parent(&s.path);
+                let mapped = self.src_map.as_ref().map(|m| m.get(&a.src));
+                let from: &[u8] = match mapped {
+                    Some(Some(p)) => p,
+                    Some(None) => return Err(err_other("its old content was not kept")),
+                    None => &s.path,
+                };
+                let (sp, sn) = split_parent(from);
                 let sdir = scache.get(sp)?;
                 let ddir = dcache.get(p)?;
                 self.copy_file(sdir, sn, ddir, n, s)
@@ -339,8 +356,8 @@ impl<'a> Apply<'a> {
             let before = fsx::fstat(sfd.as_fd())?;
             if fsx::kind_of(before.st_mode) != Kind::File
                 || before.st_size as u64 != e.size
-                || before.st_mtime != e.mtime
-                || before.st_mtime_nsec as u32 != e.mtime_nsec
+                || (self.src_map.is_none()
+                    && (before.st_mtime != e.mtime || before.st_mtime_nsec as u32 != e.mtime_nsec))
             {
                 return Err(err_other(
                     "source changed since it was scanned; left as it was (run again)",

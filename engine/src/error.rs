@@ -5,12 +5,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    // The cause is part of the message and deliberately not a `source()`: printing the chain
+    // (anyhow's `{:#}`) would repeat it.
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: io::Error },
     /// A path the user gave cannot be used as asked.
     #[error("{path}: {why}")]
     BadInput { path: PathBuf, why: String },
@@ -32,7 +30,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 

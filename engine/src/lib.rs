@@ -13,6 +13,7 @@ pub mod journal;
 pub mod manifest;
 pub mod plan;
 pub mod progress;
+pub mod rollback;
 pub mod scan;
 pub mod sync;
 

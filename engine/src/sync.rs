@@ -38,6 +38,12 @@ pub struct SyncOpts {
     /// Set owners (only possible as root).
     pub owner: bool,
     pub xattrs: bool,
+    /// Record a rollback generation before committing.
+    pub rollback: bool,
+    /// Rollback generations to keep per destination.
+    pub keep: usize,
+    /// The `--exclude` patterns as given (recorded with a rollback generation).
+    pub exclude_patterns: Vec<String>,
 }
 
 impl Default for SyncOpts {
@@ -50,6 +56,9 @@ impl Default for SyncOpts {
             threads: 0,
             owner: fsx::geteuid_is_root(),
             xattrs: true,
+            rollback: true,
+            keep: 3,
+            exclude_patterns: Vec::new(),
         }
     }
 }
@@ -105,6 +114,10 @@ pub struct Tree {
 #[derive(Debug, Default)]
 pub struct Report {
     pub outcomes: Vec<Outcome>,
+    /// Rollback generations recorded, per tree (None: nothing to record or rollback off).
+    pub generations: Vec<Option<crate::rollback::Generation>>,
+    /// Things the user should know that are not errors of an entry.
+    pub notes: Vec<String>,
     pub elapsed: Duration,
     pub switch_window: Duration,
 }
@@ -473,6 +486,33 @@ pub fn apply_all(
     for a in applies.iter_mut() {
         a.stage(&pools.work, progress);
     }
+    // The old versions are kept before anything is committed, so a rollback works even after
+    // a run killed in the middle of its commits.
+    let mut notes = Vec::new();
+    let mut generations = Vec::new();
+    let mut stores = Vec::new();
+    for t in trees {
+        let mut g = None;
+        if let (Some(state), true, false) = (state, opts.rollback, t.plan.is_empty()) {
+            let r = crate::rollback::store_dir(state, &t.dst_path).and_then(|store| {
+                let gen = crate::rollback::preserve(
+                    &store,
+                    &t.dst_path,
+                    &t.dst,
+                    &t.plan,
+                    &t.src_path,
+                    &opts.exclude_patterns,
+                )?;
+                stores.push(store);
+                Ok(gen)
+            });
+            match r {
+                Ok(gen) => g = Some(gen),
+                Err(e) => notes.push(format!("no rollback recorded: {e}")),
+            }
+        }
+        generations.push(g);
+    }
     let mut window = Duration::ZERO;
     for a in applies.iter_mut() {
         a.commit(&pools.work, progress);
@@ -484,8 +524,15 @@ pub fn apply_all(
     for a in applies.iter_mut() {
         a.finalize(progress);
     }
+    for store in &stores {
+        if let Err(e) = crate::rollback::prune_generations(store, opts.keep.max(1)) {
+            notes.push(format!("old rollback generations not pruned: {e}"));
+        }
+    }
     let mut report = Report {
         switch_window: window,
+        generations,
+        notes,
         ..Report::default()
     };
     for ((a, t), pre) in applies.into_iter().zip(trees).zip(pre_errors) {
