@@ -633,12 +633,13 @@ pub fn scan_and_hash(
 
 /// Makes sure the state directory is usable and outside every tree.
 pub fn open_state(dir: &Path, trees: &[&Path]) -> Result<StateDir> {
-    let st = StateDir::open(dir)?;
     let canon: Vec<PathBuf> = trees
         .iter()
         .filter_map(|t| canonical_maybe_missing(t).ok())
         .collect();
     let refs: Vec<&Path> = canon.iter().map(|p| p.as_path()).collect();
-    check_outside(dir, &refs)?;
-    Ok(st)
+    // Checked before the state dir is created: a refused run must leave no trace in a tree.
+    let state_c = canonical_maybe_missing(dir).unwrap_or_else(|_| dir.to_path_buf());
+    check_outside(&state_c, &refs)?;
+    StateDir::open(dir)
 }
