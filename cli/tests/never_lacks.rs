@@ -52,10 +52,14 @@ fn fixture(e: &Env, bulk: usize, size: usize) {
     e.dst.symlink("t/l2d", "x");
     e.src.file("t/l2d/y", b"y");
     // Hard links.
-    e.dst.file("h/split1", b"s").hardlink("h/split2", "h/split1");
+    e.dst
+        .file("h/split1", b"s")
+        .hardlink("h/split2", "h/split1");
     e.src.file("h/split1", b"s").file("h/split2", b"s");
     e.dst.file("h/merge1", b"m").file("h/merge2", b"m");
-    e.src.file("h/merge1", b"m").hardlink("h/merge2", "h/merge1");
+    e.src
+        .file("h/merge1", b"m")
+        .hardlink("h/merge2", "h/merge1");
     // Symlinks, creations, deletions.
     e.dst.symlink("l/retarget", "old");
     e.src.symlink("l/retarget", "new");
@@ -137,24 +141,41 @@ fn parse_trace(text: &str) -> Vec<Call> {
     let mut pending: HashMap<String, String> = HashMap::new();
     let mut calls = Vec::new();
     for line in text.lines() {
-        let Some((pid, rest)) = line.split_once(' ') else { continue };
+        let Some((pid, rest)) = line.split_once(' ') else {
+            continue;
+        };
         let rest = rest.trim_start();
         let full = if let Some(head) = rest.strip_suffix(" <unfinished ...>") {
             pending.insert(pid.to_string(), head.to_string());
             continue;
         } else if rest.starts_with("<... ") {
-            let Some(head) = pending.remove(pid) else { continue };
-            let Some(idx) = rest.find(" resumed>") else { continue };
+            let Some(head) = pending.remove(pid) else {
+                continue;
+            };
+            let Some(idx) = rest.find(" resumed>") else {
+                continue;
+            };
             format!("{head}{}", &rest[idx + " resumed>".len()..])
         } else {
             rest.to_string()
         };
         let Some(open) = full.find('(') else { continue };
         let name = full[..open].to_string();
-        if !["unlink", "unlinkat", "rmdir", "rename", "renameat", "renameat2"].contains(&&*name) {
+        if ![
+            "unlink",
+            "unlinkat",
+            "rmdir",
+            "rename",
+            "renameat",
+            "renameat2",
+        ]
+        .contains(&&*name)
+        {
             continue;
         }
-        let Some(close) = full.rfind(") = ") else { continue };
+        let Some(close) = full.rfind(") = ") else {
+            continue;
+        };
         if full[close + 4..].trim() != "0" {
             continue; // failed: removed nothing
         }
@@ -261,11 +282,20 @@ fn strace_no_common_path_removed_or_renamed_away() {
         .arg(e.dst());
     let calls = traced(&mut cmd, &e.tmp.path().join("trace"));
     // The trace must have seen the engine at work, or the check below proves nothing.
-    assert!(calls.iter().any(|c| c.exchange), "no RENAME_EXCHANGE traced: {calls:?}");
-    assert!(calls.iter().any(|c| c.name.starts_with("rename") && !c.exchange));
+    assert!(
+        calls.iter().any(|c| c.exchange),
+        "no RENAME_EXCHANGE traced: {calls:?}"
+    );
+    assert!(calls
+        .iter()
+        .any(|c| c.name.starts_with("rename") && !c.exchange));
     assert!(calls.iter().any(|c| c.name == "unlinkat"));
     let v = violations(&calls, e.dst(), &common);
-    assert!(v.is_empty(), "common paths removed or renamed away:\n{}", v.join("\n"));
+    assert!(
+        v.is_empty(),
+        "common paths removed or renamed away:\n{}",
+        v.join("\n")
+    );
     assert_same(e.src(), e.dst());
 }
 
@@ -286,7 +316,10 @@ fn strace_check_catches_rsync_and_naive_copy() {
         cmd.args(["-aH", "--delete"]).arg(src).arg(e.dst());
         let calls = traced(&mut cmd, &e.tmp.path().join("trace-rsync"));
         let v = violations(&calls, e.dst(), &common);
-        assert!(!v.is_empty(), "the check missed rsync's remove-then-replace");
+        assert!(
+            !v.is_empty(),
+            "the check missed rsync's remove-then-replace"
+        );
     }
     let e = Env::new().with_dst();
     fixture(&e, 20, 16);
@@ -346,7 +379,10 @@ fn watch(
         }
     }
     let st = child.wait().expect("wait");
-    assert!(st.success() || !w.missing.is_empty(), "watched command failed: {st}");
+    assert!(
+        st.success() || !w.missing.is_empty(),
+        "watched command failed: {st}"
+    );
     w
 }
 
@@ -383,7 +419,11 @@ fn watcher_sees_every_common_path_throughout_a_large_sync() {
         .expect("spawn jailsync");
     let w = watch(child, &paths, &contents);
     eprintln!("watcher: {} rounds over {} paths", w.rounds, paths.len());
-    assert!(w.missing.is_empty(), "paths missing during sync: {:?}", w.missing);
+    assert!(
+        w.missing.is_empty(),
+        "paths missing during sync: {:?}",
+        w.missing
+    );
     assert!(w.torn.is_empty(), "torn files during sync: {:?}", w.torn);
     assert_same(e.src(), e.dst());
 }
@@ -403,5 +443,8 @@ fn watcher_catches_naive_delete_then_copy() {
         .spawn()
         .expect("spawn sh");
     let w = watch(child, &paths, &contents);
-    assert!(!w.missing.is_empty(), "the watcher missed a delete-then-copy");
+    assert!(
+        !w.missing.is_empty(),
+        "the watcher missed a delete-then-copy"
+    );
 }

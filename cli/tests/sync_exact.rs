@@ -27,10 +27,19 @@ fn regular_files_empty_small_large_sparse() {
     e.sync(&[]);
     e.assert_synced();
     let l = listing(e.dst());
-    assert!(l.get("sparse").unwrap().sparse, "sparse file lost its holes");
-    assert!(l.get("allhole").unwrap().sparse, "all-hole file lost its holes");
+    assert!(
+        l.get("sparse").unwrap().sparse,
+        "sparse file lost its holes"
+    );
+    assert!(
+        l.get("allhole").unwrap().sparse,
+        "all-hole file lost its holes"
+    );
     let blocks = lstat(e.dst(), "sparse").unwrap().st_blocks;
-    assert!(blocks * 512 < 1 << 20, "sparse copy allocates {blocks} blocks");
+    assert!(
+        blocks * 512 < 1 << 20,
+        "sparse copy allocates {blocks} blocks"
+    );
 
     // A dense destination file with the same bytes as a sparse source is made sparse again.
     let e = Env::new().with_dst();
@@ -79,20 +88,32 @@ fn symlinks_relative_absolute_dangling() {
 fn destination_symlinks_are_replaced_never_followed() {
     let e = Env::new().with_dst();
     let outside = Tree::new(e.tmp.path().join("outside"));
-    outside.file("keep", b"outside file").dir("sub").file("sub/x", b"x");
+    outside
+        .file("keep", b"outside file")
+        .dir("sub")
+        .file("sub/x", b"x");
     let before = listing(&outside.root);
 
     // Where the source has a directory, the destination has a symlink to a directory outside.
-    e.src.dir("sub").file("sub/x", b"from src").file("sub/new", b"n");
+    e.src
+        .dir("sub")
+        .file("sub/x", b"from src")
+        .file("sub/new", b"n");
     e.dst.symlink("sub", outside.root.as_os_str().as_bytes());
     // Where the source has a file, the destination has a symlink to an outside file.
     e.src.file("keep", b"from src");
-    e.dst.symlink("keep", outside.path("keep").as_os_str().as_bytes());
+    e.dst
+        .symlink("keep", outside.path("keep").as_os_str().as_bytes());
     // A destination symlink that only the destination has: deleted, its target kept.
-    e.dst.symlink("orphan", outside.path("sub").as_os_str().as_bytes());
+    e.dst
+        .symlink("orphan", outside.path("sub").as_os_str().as_bytes());
     e.sync(&[]);
     e.assert_synced();
-    assert_eq!(listing(&outside.root), before, "something outside DST changed");
+    assert_eq!(
+        listing(&outside.root),
+        before,
+        "something outside DST changed"
+    );
 }
 
 #[test]
@@ -104,7 +125,9 @@ fn hard_link_groups_created_split_merged() {
         .hardlink("new/b", "new/a")
         .hardlink("other/c", "new/a");
     // Split: linked in the old tree, separate in the new.
-    e.dst.file("split/a", b"same").hardlink("split/b", "split/a");
+    e.dst
+        .file("split/a", b"same")
+        .hardlink("split/b", "split/a");
     e.src.file("split/a", b"same").file("split/b", b"same");
     // Merged: separate in the old tree, linked in the new.
     e.dst.file("merge/a", b"m").file("merge/b", b"m");
@@ -326,7 +349,11 @@ fn paths_deeper_than_path_max() {
     let p = e.pending();
     assert!(p.is_empty(), "second sync still plans:\n{p}");
     expect_code(
-        &e.js([OsStr::new("verify"), e.src().as_os_str(), e.dst().as_os_str()]),
+        &e.js([
+            OsStr::new("verify"),
+            e.src().as_os_str(),
+            e.dst().as_os_str(),
+        ]),
         0,
     );
     eprintln!("rsync oracle skipped: rsync refuses paths longer than its MAXPATHLEN (4096)");
@@ -409,7 +436,10 @@ fn unchanged_content_with_new_mtime_or_mode_is_not_rewritten() {
 
     // Same without any cache: a pre-existing destination with equal bytes.
     let e = Env::new().with_dst();
-    e.src.file("x", b"same bytes").mtime("x", T, 9).mode("x", 0o640);
+    e.src
+        .file("x", b"same bytes")
+        .mtime("x", T, 9)
+        .mode("x", 0o640);
     e.dst.file("x", b"same bytes");
     let i = ino(e.dst(), "x");
     e.sync(&[]);
@@ -483,7 +513,12 @@ fn verify_tree_and_manifest() {
         expect_code(&o, 1);
         let out = stdout(&o);
         let lines: Vec<&str> = out.lines().collect();
-        assert!(lines.iter().any(|l| l.ends_with(" a") && l.starts_with(">f")), "{out}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.ends_with(" a") && l.starts_with(">f")),
+            "{out}"
+        );
         assert!(lines.contains(&".f...p..... d/b"), "{out}");
         assert!(lines.contains(&"*deleting   extra"), "{out}");
         assert!(lines.contains(&"cL+++++++++ l -> a"), "{out}");
@@ -528,15 +563,27 @@ fn upgrade_default_trees_and_tree_option() {
     let out = stdout(&o);
     assert_same(&jail.path("usr/pkg"), &root.path("usr/pkg"));
     assert_same(&jail.path("var/db/pkg"), &root.path("var/db/pkg"));
-    assert!(out.contains(">f") && out.contains("usr/pkg/bin/tool"), "{out}");
+    assert!(
+        out.contains(">f") && out.contains("usr/pkg/bin/tool"),
+        "{out}"
+    );
     assert!(out.contains("*deleting   usr/pkg/lib/old.so"), "{out}");
-    assert_eq!(std::fs::read(root.path("etc/other/conf")).unwrap(), b"live conf");
-    assert_eq!(std::fs::read(root.path("usr/local/x")).unwrap(), b"live only");
+    assert_eq!(
+        std::fs::read(root.path("etc/other/conf")).unwrap(),
+        b"live conf"
+    );
+    assert_eq!(
+        std::fs::read(root.path("usr/local/x")).unwrap(),
+        b"live only"
+    );
 
     let o = up(&["--tree", "etc/other", "-i"]);
     expect_code(&o, 0);
     assert_same(&jail.path("etc/other"), &root.path("etc/other"));
-    assert_eq!(std::fs::read(root.path("usr/local/x")).unwrap(), b"live only");
+    assert_eq!(
+        std::fs::read(root.path("usr/local/x")).unwrap(),
+        b"live only"
+    );
 
     // Trees named in JAIL/jailsync.conf.
     jail.file("jailsync.conf", b"# trees\ntree usr/local\n");

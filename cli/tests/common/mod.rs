@@ -55,11 +55,7 @@ fn cstr(b: &[u8]) -> CString {
 
 fn check(r: libc::c_int, what: &str, path: &[u8]) -> libc::c_int {
     if r < 0 {
-        panic!(
-            "{what} {}: {}",
-            esc(path),
-            io::Error::last_os_error()
-        );
+        panic!("{what} {}: {}", esc(path), io::Error::last_os_error());
     }
     r
 }
@@ -90,7 +86,10 @@ fn open_path(p: &Path) -> OwnedFd {
 /// 0755 when `create`), returning it and the last component (`.` for the root itself).
 fn parent_of(root: &Path, rel: &[u8], create: bool) -> (OwnedFd, Vec<u8>) {
     let mut cur = open_path(root);
-    let comps: Vec<&[u8]> = rel.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+    let comps: Vec<&[u8]> = rel
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
     let Some((last, dirs)) = comps.split_last() else {
         return (cur, b".".to_vec());
     };
@@ -693,7 +692,12 @@ fn record(dir: &OwnedFd, name: &[u8], st: &libc::stat) -> Rec {
             let mut buf = vec![0u8; 8192];
             // SAFETY: valid fd, C string, buffer.
             let n = unsafe {
-                libc::readlinkat(dir.as_raw_fd(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+                libc::readlinkat(
+                    dir.as_raw_fd(),
+                    c.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
             };
             check(n as libc::c_int, "readlink", name);
             buf.truncate(n as usize);
@@ -729,8 +733,7 @@ fn xattrs(dir: &OwnedFd, name: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
     buf.truncate(n as usize);
     let mut out = Vec::new();
     for k in buf.split(|&b| b == 0).filter(|k| !k.is_empty()) {
-        if !(k.starts_with(b"user.") || k.starts_with(b"security.") || k.starts_with(b"trusted."))
-        {
+        if !(k.starts_with(b"user.") || k.starts_with(b"security.") || k.starts_with(b"trusted.")) {
             continue;
         }
         let kc = cstr(k);
@@ -861,7 +864,11 @@ impl Env {
         assert_same(self.src(), self.dst());
         let p = self.pending();
         assert!(p.is_empty(), "second sync still plans:\n{p}");
-        let v = self.js([OsStr::new("verify"), self.src().as_os_str(), self.dst().as_os_str()]);
+        let v = self.js([
+            OsStr::new("verify"),
+            self.src().as_os_str(),
+            self.dst().as_os_str(),
+        ]);
         expect_code(&v, 0);
         self.assert_rsync_agrees();
     }
