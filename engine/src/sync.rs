@@ -286,6 +286,7 @@ pub fn prepare(
     };
     let mut plan = plan::plan(&s.entries, &d.entries, popts);
     protect_unreadable(&mut plan, &d.entries, &protect);
+    keep_excluded_parents(&mut plan, &d.entries, &d.holds_excluded);
     Ok(Tree {
         src_path: src_path.into(),
         dst_path: dst_path.into(),
@@ -397,6 +398,23 @@ fn take_errors(out: &mut Vec<(PathBuf, io::Error)>, root: &Path, s: &mut Scan) {
     }
 }
 
+/// A destination directory holding an excluded entry is not deleted (nor are its ancestors):
+/// the excluded entry must survive, and planning the delete would repeat on every run.
+fn keep_excluded_parents(plan: &mut Plan, dst: &[Entry], holds: &[Box<[u8]>]) {
+    if holds.is_empty() {
+        return;
+    }
+    let mut keep: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+    for h in holds {
+        let mut p: &[u8] = h;
+        while !p.is_empty() && keep.insert(p) {
+            p = fsx::split_parent(p).0;
+        }
+    }
+    plan.actions
+        .retain(|a| a.op != Op::Delete || !keep.contains(&dst[a.dst as usize].path[..]));
+}
+
 /// An unreadable source entry must not make its destination counterpart look like an orphan,
 /// and nothing below a source directory that could not be listed may be deleted.
 fn protect_unreadable(plan: &mut Plan, dst: &[Entry], protect: &[Box<[u8]>]) {
@@ -483,11 +501,8 @@ pub fn apply_all(
         pre_errors.push(clean_leftovers(dfd.as_fd(), &t.dst_leftovers));
         applies.push(Apply::new(sfd, dfd, &t.src, &t.dst, &t.plan, aopts));
     }
-    for a in applies.iter_mut() {
-        a.stage(&pools.work, progress);
-    }
-    // The old versions are kept before anything is committed, so a rollback works even after
-    // a run killed in the middle of its commits.
+    // The old versions are kept before anything is touched (staging already moves directory
+    // mtimes), so a rollback works after a run killed at any point.
     let mut notes = Vec::new();
     let mut generations = Vec::new();
     let mut stores = Vec::new();
@@ -512,6 +527,9 @@ pub fn apply_all(
             }
         }
         generations.push(g);
+    }
+    for a in applies.iter_mut() {
+        a.stage(&pools.work, progress);
     }
     let mut window = Duration::ZERO;
     for a in applies.iter_mut() {
