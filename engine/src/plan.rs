@@ -289,10 +289,18 @@ pub fn plan(src: &[Entry], dst: &[Entry], o: PlanOpts) -> Plan {
                             // Same bytes, but the destination lost its holes.
                             content |= change::CONTENT;
                         }
+                        // An inode also linked from outside the destination must not have
+                        // its metadata set in place: that would change the outside file too
+                        // (invariant 3). It gets a new inode instead.
+                        let group_len = sgroups.get(&(s.dev, s.ino)).map_or(1, |v| v.len());
+                        let outside = meta != 0 && d.nlink as usize > group_len;
                         let linked = match src_group_of.get(&i) {
                             Some(&leader) => !group_ok[&leader],
                             // A single source file must not share its inode in the tree.
-                            None => d.is_multi_linked() && dgroups.contains_key(&(d.dev, d.ino)),
+                            None => {
+                                d.is_multi_linked()
+                                    && (dgroups.contains_key(&(d.dev, d.ino)) || outside)
+                            }
                         };
                         if linked {
                             content |= change::LINK;
@@ -301,7 +309,7 @@ pub fn plan(src: &[Entry], dst: &[Entry], o: PlanOpts) -> Plan {
                             // Every member of a group shares one inode: if any member's content
                             // differs, all are restaged together.
                             let differs = group_content.entry(leader).or_insert(false);
-                            *differs |= content & change::CONTENT != 0;
+                            *differs |= content & change::CONTENT != 0 || outside;
                         }
                     }
                     Kind::Symlink if s.target != d.target => content |= change::TARGET,
