@@ -99,6 +99,9 @@ pub struct Scan {
     pub incomplete: Vec<Box<[u8]>>,
     /// Temporary names left by an interrupted run.
     pub leftovers: Vec<Box<[u8]>>,
+    /// Directories that directly hold an excluded entry: they, and their ancestors, must not
+    /// be deleted (an excluded path is neither copied nor deleted).
+    pub holds_excluded: Vec<Box<[u8]>>,
 }
 
 struct Ctx<'a> {
@@ -136,6 +139,7 @@ fn walk_dir<'s>(s: &rayon::Scope<'s>, dir: Arc<OwnedFd>, rel: Vec<u8>, ctx: &'s 
     let mut errors: Vec<(Box<[u8]>, io::Error)> = Vec::new();
     let mut leftovers = Vec::new();
     let mut incomplete = false;
+    let mut holds_excluded = false;
     let names = match fsx::list_dir(dir.as_fd()) {
         Ok(n) => n,
         Err(e) => {
@@ -171,6 +175,7 @@ fn walk_dir<'s>(s: &rayon::Scope<'s>, dir: Arc<OwnedFd>, rel: Vec<u8>, ctx: &'s 
         let mut e = entry_from_stat(path.into_boxed_slice(), &st);
         let is_dir = e.kind == Kind::Dir;
         if !ctx.opts.excludes.is_empty() && ctx.opts.excludes.matches(&e.path, &name, is_dir) {
+            holds_excluded = true;
             continue;
         }
         if e.kind == Kind::Symlink {
@@ -217,6 +222,9 @@ fn walk_dir<'s>(s: &rayon::Scope<'s>, dir: Arc<OwnedFd>, rel: Vec<u8>, ctx: &'s 
     out.entries.append(&mut local);
     out.errors.append(&mut errors);
     out.leftovers.append(&mut leftovers);
+    if holds_excluded {
+        out.holds_excluded.push(rel.clone().into());
+    }
     if incomplete {
         out.incomplete.push(rel.into());
     }
