@@ -120,13 +120,7 @@ fn exit_2_on_bad_input() {
             "DST inside SRC",
             vec![e.src().as_os_str(), inside.as_os_str()],
         ),
-        (
-            "SRC inside DST",
-            vec![
-                sub.as_os_str(),
-                e.src().as_os_str(),
-            ],
-        ),
+        ("SRC inside DST", vec![sub.as_os_str(), e.src().as_os_str()]),
         ("DST a symlink", vec![e.src().as_os_str(), link.as_os_str()]),
         ("SRC a file", vec![file.as_os_str(), e.dst().as_os_str()]),
         ("DST a file", vec![e.src().as_os_str(), file.as_os_str()]),

@@ -619,3 +619,134 @@ fn excluded_paths_are_neither_copied_nor_deleted() {
     let p = e.sync(&["-n", "-i", "--exclude", "cache", "--exclude", "*.log"]);
     assert_eq!(p, "");
 }
+
+#[test]
+fn removed_trees_with_symlinks_to_outside_are_not_followed() {
+    let e = Env::new().with_dst();
+    let outside = Tree::new(e.tmp.path().join("outside"));
+    outside.file("dir/precious", b"p").file("file", b"f");
+    let before = listing(&outside.root);
+    let (od, of) = (outside.path("dir"), outside.path("file"));
+    // A directory exchanged out for a file, holding symlinks to outside.
+    e.dst
+        .symlink("x/escape-dir", od.as_os_str().as_bytes())
+        .symlink("x/escape-file", of.as_os_str().as_bytes())
+        .file("x/sub/y", b"y")
+        .symlink("x/sub/up", "../../..");
+    e.src.file("x", b"now a file");
+    // A directory only the destination has, holding the same.
+    e.dst
+        .symlink("gone/escape-dir", od.as_os_str().as_bytes())
+        .symlink("gone/deeper/escape-file", of.as_os_str().as_bytes());
+    e.sync(&[]);
+    e.assert_synced();
+    assert_eq!(
+        listing(&outside.root),
+        before,
+        "something outside DST changed"
+    );
+}
+
+#[test]
+fn deep_trees_are_removed_and_exchanged() {
+    let e = Env::new().with_dst();
+    let mut deep = b"x".to_vec();
+    for _ in 0..100 {
+        deep.extend_from_slice(b"/");
+        deep.extend_from_slice(&[b'q'; 60]);
+    }
+    let mut gone = b"gone".to_vec();
+    gone.extend_from_slice(&deep[1..]);
+    deep.extend_from_slice(b"/f");
+    gone.extend_from_slice(b"/f");
+    e.dst.file(&deep, b"deep").file(&gone, b"gone");
+    e.src.file("x", b"x is a file now");
+    e.sync(&[]);
+    assert_same(e.src(), e.dst());
+    assert_eq!(e.pending(), "");
+}
+
+#[test]
+fn metadata_change_does_not_reach_a_hard_link_outside_dst() {
+    let e = Env::new().with_dst();
+    let outside = Tree::new(e.tmp.path().join("outside"));
+    outside
+        .file("f", b"shared")
+        .mode("f", 0o644)
+        .mtime("f", T, 0);
+    e.dst.hardlink("f", "../outside/f");
+    e.src.file("f", b"shared").mode("f", 0o600).mtime("f", T, 5);
+    let before = listing(&outside.root);
+    e.sync(&[]);
+    e.assert_synced();
+    assert_eq!(listing(&outside.root), before, "a file outside DST changed");
+}
+
+#[test]
+fn stale_temporary_names_are_cleaned_and_user_files_so_named_are_synced() {
+    let e = Env::new().with_dst();
+    // Left by a killed run.
+    e.dst
+        .file(".jailsync-tmp-999-0", b"partial")
+        .dir(".jailsync-tmp-999-1/x");
+    e.src.file("a", b"a");
+    e.sync(&[]);
+    e.assert_synced();
+}
+
+#[test]
+fn sockets_are_recreated() {
+    let e = Env::new().with_dst();
+    let _l = std::os::unix::net::UnixListener::bind(e.src.path("sock")).unwrap();
+    e.src.mode("sock", 0o640).mtime("sock", T, 3);
+    e.sync(&[]);
+    assert_same(e.src(), e.dst());
+    assert_eq!(e.pending(), "");
+}
+
+#[test]
+fn excluded_entries_keep_their_deleted_parents() {
+    let e = Env::new().with_dst();
+    e.src.file("a", b"a");
+    e.dst
+        .file("old/cache/x", b"excluded")
+        .file("old/y", b"deleted");
+    let out = e.sync(&["-i", "--exclude", "cache"]);
+    assert!(out.contains("*deleting   old/y"), "{out}");
+    let l = listing(e.dst());
+    assert!(l.get("old/cache/x").is_some(), "excluded file deleted");
+    assert!(l.get("old/y").is_none());
+    assert_eq!(e.sync(&["-n", "-i", "--exclude", "cache"]), "");
+}
+
+#[test]
+fn metadata_change_does_not_reach_a_hard_link_group_linked_outside_dst() {
+    let e = Env::new().with_dst();
+    let outside = Tree::new(e.tmp.path().join("outside"));
+    outside
+        .file("f", b"shared")
+        .mode("f", 0o644)
+        .mtime("f", T, 0);
+    e.dst
+        .hardlink("a", "../outside/f")
+        .hardlink("b", "../outside/f");
+    e.src
+        .file("a", b"shared")
+        .hardlink("b", "a")
+        .mode("a", 0o600)
+        .mtime("a", T, 5);
+    let before = listing(&outside.root);
+    e.sync(&[]);
+    e.assert_synced();
+    assert_eq!(listing(&outside.root), before, "a file outside DST changed");
+    // An unchanged inode linked from outside is left alone (no rewrite, verify agrees).
+    let e = Env::new().with_dst();
+    let outside = Tree::new(e.tmp.path().join("outside"));
+    outside.file("f", b"shared").mtime("f", T, 0);
+    e.dst.hardlink("a", "../outside/f");
+    e.src.file("a", b"shared").mtime("a", T, 0);
+    let i = ino(e.dst(), "a");
+    e.sync(&[]);
+    e.assert_synced();
+    assert_eq!(ino(e.dst(), "a"), i);
+}
