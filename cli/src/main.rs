@@ -122,8 +122,25 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("jailsync: error: {e:#}");
+            eprintln!("jailsync: error: {}", error_chain(&e));
             ExitCode::from(exit::FATAL)
         }
     }
+}
+
+/// The error and its causes, `: `-separated, skipping a cause the text already ends with: an
+/// engine error prints its io cause itself and also reports it as its source.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for c in e.chain() {
+        let t = c.to_string();
+        if s.ends_with(&t) {
+            continue;
+        }
+        if !s.is_empty() {
+            s.push_str(": ");
+        }
+        s.push_str(&t);
+    }
+    s
 }
