@@ -201,3 +201,255 @@ fn crash_loop() {
     }
     eprintln!("crash_loop: {iters} iterations, interrupted states seen: {hist:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. Bad input.
+
+/// Runs `jailsync ARGS` and asserts exit 2 with a message naming `path` and `cause`.
+#[track_caller]
+fn refused(e: &Env, args: &[&OsStr], path: &str, cause: &str) {
+    let o = e.js(args);
+    expect_code(&o, 2);
+    let err = stderr(&o);
+    assert!(
+        err.contains(path) && err.contains(cause),
+        "message should name {path:?} and say {cause:?}:\n{err}"
+    );
+}
+
+#[test]
+fn bad_input_refused_untouched() {
+    let e = Env::new().with_dst();
+    e.src.file("a", "new").dir("sub").file("sub/f", "x");
+    e.dst.file("a", "old").file("orphan", "o").dir("inner");
+    let t = e.tmp.path();
+    let (src, dst) = (e.src().as_os_str(), e.dst().as_os_str());
+    let (ls, ld) = (listing(e.src()), listing(e.dst()));
+    let untouched = |what: &str| {
+        assert_eq!(listing(e.src()), ls, "{what}: source changed");
+        assert_eq!(listing(e.dst()), ld, "{what}: destination changed");
+    };
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+
+    let nope = t.join("nope");
+    refused(&e, &[OsStr::new("sync"), nope.as_os_str(), dst], &s(&nope), "No such file");
+    let err = stderr(&e.js([OsStr::new("sync"), nope.as_os_str(), dst]));
+    assert_eq!(err.matches("No such file").count(), 1, "cause repeated:
+{err}");
+    untouched("missing source");
+
+    let f = e.src.path("a");
+    refused(&e, &[OsStr::new("sync"), f.as_os_str(), dst], &s(&f), "not a directory");
+    untouched("source is a file");
+
+    refused(&e, &[OsStr::new("sync"), src, src], &s(e.src()), "same directory");
+    let alias = t.join("alias");
+    std::os::unix::fs::symlink(e.src(), &alias).unwrap();
+    refused(&e, &[OsStr::new("sync"), alias.as_os_str(), src], &s(e.src()), "same directory");
+    untouched("source is the destination");
+
+    let inside = e.src.path("sub/new");
+    refused(&e, &[OsStr::new("sync"), src, inside.as_os_str()], "sub/new", "inside the source");
+    assert!(!inside.exists(), "destination inside the source was created");
+    untouched("destination inside the source");
+
+    let inner = e.dst.path("inner");
+    refused(&e, &[OsStr::new("sync"), inner.as_os_str(), dst], &s(&inner), "inside the destination");
+    untouched("source inside the destination");
+
+    // DST a symlink to elsewhere: refused, then accepted with --follow-dst.
+    let elsewhere = Tree::new(t.join("elsewhere"));
+    elsewhere.file("keep", "k");
+    let le = listing(&elsewhere.root);
+    let dlink = t.join("dlink");
+    std::os::unix::fs::symlink(&elsewhere.root, &dlink).unwrap();
+    refused(&e, &[OsStr::new("sync"), src, dlink.as_os_str()], &s(&dlink), "symlink");
+    assert_eq!(listing(&elsewhere.root), le, "symlinked destination's target changed");
+    untouched("destination is a symlink");
+    let o = e.js([OsStr::new("sync"), OsStr::new("--follow-dst"), src, dlink.as_os_str()]);
+    expect_code(&o, 0);
+    assert_same(e.src(), &elsewhere.root);
+    assert!(dlink.symlink_metadata().unwrap().file_type().is_symlink());
+
+    // State dir unusable: a regular file; inside the destination; inside the source.
+    let sfile = t.join("statefile");
+    std::fs::write(&sfile, "not a dir").unwrap();
+    for state in [sfile.clone(), e.dst.path("state"), e.src.path("state")] {
+        let o = run([
+            OsStr::new("--state-dir"),
+            state.as_os_str(),
+            OsStr::new("sync"),
+            src,
+            dst,
+        ]);
+        expect_code(&o, 2);
+        let err = stderr(&o);
+        assert!(err.contains(&s(&state)), "message should name the state dir:\n{err}");
+        untouched(&format!("state dir {}", state.display()));
+    }
+    assert_eq!(std::fs::read(&sfile).unwrap(), b"not a dir");
+}
+
+#[test]
+fn bad_manifest_refused_corrupt_cache_ignored() {
+    let e = Env::new();
+    e.src.file("a", "one").file("b", "two").dir("d").file("d/c", "three");
+    e.sync(&[]);
+    let m = e.tmp.path().join("m");
+    let o = e.js([OsStr::new("manifest"), e.src().as_os_str(), OsStr::new("-o"), m.as_os_str()]);
+    expect_code(&o, 0);
+    let good = std::fs::read_to_string(&m).unwrap();
+    let verify = |text: &str| {
+        std::fs::write(&m, text).unwrap();
+        e.js([OsStr::new("verify"), m.as_os_str(), e.dst().as_os_str()])
+    };
+    expect_code(&verify(&good), 0);
+    let ms = m.to_str().unwrap();
+
+    // Future version, garbage, a bad field, a path escaping the tree: exit 2, file:line.
+    let future = good.replacen("#jailsync-manifest 1", "#jailsync-manifest 99", 1);
+    let lines: Vec<&str> = good.lines().collect();
+    let bad_at = |n: usize, repl: &str| {
+        let mut l = lines.clone();
+        l[n - 1] = repl;
+        l.join("\n") + "\n"
+    };
+    let n_last = lines.len();
+    let cases = [
+        (future, format!("{ms}:1:"), "newer"),
+        ("garbage\n".to_string(), format!("{ms}:1:"), "manifest"),
+        (
+            bad_at(n_last, "a file mode=99999 uid=0 gid=0 mtime=1.0"),
+            format!("{ms}:{n_last}:"),
+            "mode",
+        ),
+        (
+            bad_at(n_last, "../etc/passwd file mode=644 uid=0 gid=0 mtime=1.0 size=1"),
+            format!("{ms}:{n_last}:"),
+            "not a clean relative path",
+        ),
+        (
+            bad_at(n_last, "/etc/passwd file mode=644 uid=0 gid=0 mtime=1.0 size=1"),
+            format!("{ms}:{n_last}:"),
+            "not a clean relative path",
+        ),
+        (
+            good[..good.len() - 30].to_string(),
+            format!("{ms}:{n_last}:"),
+            "",
+        ),
+    ];
+    for (text, at, why) in &cases {
+        let o = verify(text);
+        expect_code(&o, 2);
+        let err = stderr(&o);
+        assert!(
+            err.contains(at.as_str()) && err.contains(why),
+            "verify of a bad manifest should name {at} ({why}):\n{err}"
+        );
+    }
+
+    // Corrupt, truncated and future-version stat caches: ignored, the sync stays exact.
+    let caches = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(e.state().join("trees"))
+            .unwrap()
+            .map(|d| d.unwrap().path().join("cache"))
+            .filter(|p| p.exists())
+            .collect()
+    };
+    let cs = caches();
+    assert!(cs.len() >= 2, "expected stat caches for both trees: {cs:?}");
+    let corruptions: [&dyn Fn(&str) -> String; 3] = [
+        &|_| "\u{0}\u{1}garbage\nmore".to_string(),
+        &|c| c[..c.len() / 2].to_string(),
+        &|c| c.replacen("#jailsync-manifest 1", "#jailsync-manifest 7", 1),
+    ];
+    for (k, corrupt) in corruptions.iter().enumerate() {
+        for c in &cs {
+            let text = std::fs::read_to_string(c).unwrap_or_default();
+            std::fs::write(c, corrupt(&text)).unwrap();
+        }
+        // Same sizes, new contents: only a (wrongly trusted) cache could hide the change.
+        e.src.file("a", format!("on{k}")).file("d/c", format!("thre{k}"));
+        e.sync(&[]);
+        e.assert_synced();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Concurrent runs.
+
+/// The pid in the lock file of a destination, once some run has written it.
+fn lock_holder(state: &Path) -> Option<u32> {
+    let trees = std::fs::read_dir(state.join("trees")).ok()?;
+    for t in trees.flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("lock")) {
+            if let Some(pid) = s.split_whitespace().next().and_then(|p| p.parse().ok()) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn concurrent_run_refused_then_stale_lock_taken_over() {
+    let e = Env::new();
+    let mut rng = Rng::new(5);
+    for i in 0..3000 {
+        e.src.file(format!("d{}/f{i}", i % 30), rng.bytes(200));
+    }
+    let state = e.state();
+    let args = sync_args(e.src(), e.dst(), &[]);
+    // The first run is caught holding the lock and frozen (SIGSTOP), so "slow" is certain.
+    let mut first = None;
+    for _ in 0..10 {
+        remove_tree(e.dst());
+        remove_tree(&state);
+        let mut child = cmd(&state, &args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let t0 = Instant::now();
+        while lock_holder(&state) != Some(pid) && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        if child.try_wait().unwrap().is_none() && lock_holder(&state) == Some(pid) {
+            first = Some(child);
+            break;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut first = first.expect("could not catch a run holding its lock");
+    let pid = first.id();
+
+    let t0 = Instant::now();
+    let o = run([OsStr::new("--state-dir"), state.as_os_str()]
+        .into_iter()
+        .chain(args.iter().copied()));
+    let took = t0.elapsed();
+    expect_code(&o, 2);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("locked by pid {pid} since ")) && err.contains(e.dst().to_str().unwrap()),
+        "second run should name the holder and the destination:\n{err}"
+    );
+    let since = err.split(" since ").nth(1).unwrap_or("").trim();
+    assert!(since.len() >= 20 && since.ends_with('Z'), "lock time looks wrong: {since:?}");
+    assert!(took < Duration::from_secs(2), "second run waited {took:?} instead of failing at once");
+
+    // The holder dies mid-run; the lock is stale and the next run takes it over.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let o = run([OsStr::new("--state-dir"), state.as_os_str()]
+        .into_iter()
+        .chain(args.iter().copied()));
+    expect_code(&o, 0);
+    assert_same(e.src(), e.dst());
+    assert_ne!(lock_holder(&state), Some(pid), "lock file still names the dead holder");
+}
