@@ -487,6 +487,11 @@ impl<'a> Apply<'a> {
         self.moved_aside
             .extend(moved.into_inner().expect("poisoned"));
         for (k, e) in failures.into_inner().expect("poisoned") {
+            // A staged object that could not be published is removed in prune, with what the
+            // exchanges moved aside, instead of lingering under its temporary name.
+            if let Some(loc) = &self.staged[k] {
+                self.moved_aside.push(loc.clone());
+            }
             self.fail(k, Phase::Commit, e);
         }
         progress.finish(Phase::Commit);
