@@ -313,3 +313,72 @@ fn itemize_format() {
     let named: Vec<&str> = out.lines().filter(|l| l.contains("line")).collect();
     assert_eq!(named, [">f+++++++++ new\\nline"], "{out:?}");
 }
+
+/// Clears the immutable flag again, so the temp dir can be removed even if the test fails.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(p: std::path::PathBuf) -> Option<Immutable> {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(&p)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Immutable(p))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn exit_1_when_some_entries_fail() {
+    require_root!();
+    let e = Env::new().with_dst();
+    e.src.file("locked/f", b"new").file("ok", b"fine");
+    e.dst.file("locked/f", b"old");
+    let Some(_guard) = Immutable::set(e.dst.path("locked")) else {
+        eprintln!("skipped: chattr +i not supported here");
+        return;
+    };
+    let o = e.js(sync_args(&e, &["--json"]));
+    expect_code(&o, 1);
+    let lines = json_lines(&stdout(&o));
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert!(summary["errors"].as_u64().unwrap() >= 1, "{summary}");
+    let err = lines
+        .iter()
+        .find(|l| l["type"] == "error")
+        .expect("an error object");
+    assert!(err["path"].as_str().unwrap().contains("locked"), "{err}");
+    assert!(stderr(&o).contains("locked"), "error names no path: {}", stderr(&o));
+    // What could be done was done; the locked file is whole and old.
+    assert_eq!(std::fs::read(e.dst.path("ok")).unwrap(), b"fine");
+    assert_eq!(std::fs::read(e.dst.path("locked/f")).unwrap(), b"old");
+    let l = listing(e.dst());
+    assert!(
+        l.0.keys().all(|p| !p.windows(14).any(|w| w == b".jailsync-tmp-")),
+        "temporary names left behind: {l:?}"
+    );
+    drop(_guard);
+
+    // An immutable file: staging works, the commit's rename fails; the staged copy is removed.
+    let e = Env::new().with_dst();
+    e.src.file("f", b"new").file("g", b"g").mode("g", 0o600);
+    e.dst.file("f", b"old").file("g", b"g");
+    let _guard = Immutable::set(e.dst.path("f")).expect("chattr worked above");
+    let o = e.js(sync_args(&e, &["-i"]));
+    expect_code(&o, 1);
+    assert!(stderr(&o).contains("/f"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(e.dst.path("f")).unwrap(), b"old");
+    assert_eq!(listing(e.dst()).get("g").unwrap().mode, 0o600);
+    let l = listing(e.dst());
+    assert!(
+        l.0.keys().all(|p| !p.windows(14).any(|w| w == b".jailsync-tmp-")),
+        "temporary names left behind: {l:?}"
+    );
+}

@@ -168,6 +168,11 @@ fn parse_trace(text: &str) -> Vec<Call> {
             "rename",
             "renameat",
             "renameat2",
+            "openat",
+            "mkdirat",
+            "symlinkat",
+            "linkat",
+            "mknodat",
         ]
         .contains(&&*name)
         {
@@ -176,8 +181,11 @@ fn parse_trace(text: &str) -> Vec<Call> {
         let Some(close) = full.rfind(") = ") else {
             continue;
         };
-        if full[close + 4..].trim() != "0" {
-            continue; // failed: removed nothing
+        if full[close + 4..].trim_start().starts_with('-') {
+            continue; // failed: changed nothing
+        }
+        if name == "openat" && !full[..close].contains("O_CREAT") {
+            continue;
         }
         let a = args(&full[open + 1..close]);
         let mut paths = Vec::new();
@@ -188,7 +196,11 @@ fn parse_trace(text: &str) -> Vec<Call> {
                 paths.push(PathBuf::from(unquote(&a[0]).unwrap()));
                 paths.push(PathBuf::from(unquote(&a[1]).unwrap()));
             }
-            "unlinkat" => paths.push(dirfd(&a[0]).unwrap().join(unquote(&a[1]).unwrap())),
+            "unlinkat" | "openat" | "mkdirat" | "mknodat" => {
+                paths.push(dirfd(&a[0]).unwrap().join(unquote(&a[1]).unwrap()))
+            }
+            "symlinkat" => paths.push(dirfd(&a[1]).unwrap().join(unquote(&a[2]).unwrap())),
+            "linkat" => paths.push(dirfd(&a[2]).unwrap().join(unquote(&a[3]).unwrap())),
             _ => {
                 paths.push(dirfd(&a[0]).unwrap().join(unquote(&a[1]).unwrap()));
                 paths.push(dirfd(&a[2]).unwrap().join(unquote(&a[3]).unwrap()));
@@ -205,11 +217,16 @@ fn parse_trace(text: &str) -> Vec<Call> {
 
 /// Runs `cmd` under strace; returns the successful unlink/rmdir/rename calls.
 fn traced(cmd: &mut Command, out: &Path) -> Vec<Call> {
+    traced_with(cmd, out, "unlink,unlinkat,rename,renameat,renameat2,rmdir")
+}
+
+/// Runs `cmd` under strace, tracing `calls` (a comma list).
+fn traced_with(cmd: &mut Command, out: &Path, calls: &str) -> Vec<Call> {
     let prog = cmd.get_program().to_owned();
     let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
     let o = Command::new("strace")
         .args(["-f", "-qq", "-y", "-s", "65535", "-e", "signal=none", "-e"])
-        .arg("trace=unlink,unlinkat,rename,renameat,renameat2,rmdir")
+        .arg(format!("trace={calls}"))
         .arg("-o")
         .arg(out)
         .arg(prog)
@@ -244,6 +261,7 @@ fn violations(calls: &[Call], dst: &Path, common: &[Vec<u8>]) -> Vec<String> {
     for c in calls {
         let bad = match &*c.name {
             "unlink" | "unlinkat" | "rmdir" => set.contains(&c.paths[0]),
+            "openat" | "mkdirat" | "symlinkat" | "linkat" | "mknodat" => false,
             // The source of a rename leaves its place, unless it swaps with a staged name.
             _ if c.exchange => {
                 (set.contains(&c.paths[0]) || set.contains(&c.paths[1]))
@@ -447,4 +465,71 @@ fn watcher_catches_naive_delete_then_copy() {
         !w.missing.is_empty(),
         "the watcher missed a delete-then-copy"
     );
+}
+
+/// `upgrade`'s order (issue 2): every tree is staged before any is committed, the package
+/// database (`var/db/pkg`) is committed last, and orphans are pruned only after every commit.
+#[test]
+fn upgrade_stages_all_then_commits_db_last_then_prunes() {
+    if !need_strace() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let jail = Tree::new(tmp.path().join("jail"));
+    let root = Tree::new(tmp.path().join("root"));
+    for i in 0..30 {
+        jail.file(format!("usr/pkg/lib/l{i}"), format!("new {i}"));
+        root.file(format!("usr/pkg/lib/l{i}"), format!("old {i}"));
+        jail.file(format!("var/db/pkg/p{i}/+CONTENTS"), format!("new {i}"));
+        root.file(format!("var/db/pkg/p{i}/+CONTENTS"), format!("old {i}"));
+    }
+    jail.file("usr/pkg/newdir/x", b"x").file("usr/pkg/t/x", b"dir now");
+    root.file("usr/pkg/t", b"file").file("usr/pkg/orphan", b"o");
+    root.file("var/db/pkg/old-1/+CONTENTS", b"orphan package");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .arg("upgrade")
+        .arg(&jail.root)
+        .arg("--root")
+        .arg(&root.root);
+    let calls = traced_with(
+        &mut cmd,
+        &tmp.path().join("trace"),
+        "openat,mkdirat,symlinkat,linkat,mknodat,unlink,unlinkat,rename,renameat,renameat2,rmdir",
+    );
+    let staged = |p: &Path| p.as_os_str().as_bytes().windows(14).any(|w| w == b".jailsync-tmp-");
+    let (pkg, db) = (root.path("usr/pkg"), root.path("var/db/pkg"));
+    let (mut stage, mut commit_pkg, mut commit_db, mut prune) = (vec![], vec![], vec![], vec![]);
+    for (k, c) in calls.iter().enumerate() {
+        if !c.paths.iter().any(|p| p.starts_with(&root.root)) {
+            continue;
+        }
+        match &*c.name {
+            "openat" | "mkdirat" | "symlinkat" | "linkat" | "mknodat" => {
+                assert!(staged(&c.paths[0]), "created a live name directly: {c:?}");
+                stage.push(k);
+            }
+            "unlink" | "unlinkat" | "rmdir" => prune.push(k),
+            _ if staged(&c.paths[0]) && !staged(&c.paths[1]) => {
+                if c.paths[1].starts_with(&db) {
+                    commit_db.push(k)
+                } else if c.paths[1].starts_with(&pkg) {
+                    commit_pkg.push(k)
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(!stage.is_empty() && !commit_pkg.is_empty() && !commit_db.is_empty() && !prune.is_empty());
+    let first_commit = commit_pkg[0].min(commit_db[0]);
+    let last_commit = *commit_pkg.last().unwrap().max(commit_db.last().unwrap());
+    assert!(*stage.last().unwrap() < first_commit, "staging after a commit began");
+    assert!(
+        commit_pkg.last().unwrap() < &commit_db[0],
+        "var/db/pkg committed before usr/pkg was complete"
+    );
+    assert!(prune[0] > last_commit, "pruned before every commit was done");
+    assert_same(&jail.path("usr/pkg"), &root.path("usr/pkg"));
+    assert_same(&jail.path("var/db/pkg"), &root.path("var/db/pkg"));
 }
