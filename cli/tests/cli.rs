@@ -330,7 +330,10 @@ impl Immutable {
 
 impl Drop for Immutable {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -355,13 +358,18 @@ fn exit_1_when_some_entries_fail() {
         .find(|l| l["type"] == "error")
         .expect("an error object");
     assert!(err["path"].as_str().unwrap().contains("locked"), "{err}");
-    assert!(stderr(&o).contains("locked"), "error names no path: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("locked"),
+        "error names no path: {}",
+        stderr(&o)
+    );
     // What could be done was done; the locked file is whole and old.
     assert_eq!(std::fs::read(e.dst.path("ok")).unwrap(), b"fine");
     assert_eq!(std::fs::read(e.dst.path("locked/f")).unwrap(), b"old");
     let l = listing(e.dst());
     assert!(
-        l.0.keys().all(|p| !p.windows(14).any(|w| w == b".jailsync-tmp-")),
+        l.0.keys()
+            .all(|p| !p.windows(14).any(|w| w == b".jailsync-tmp-")),
         "temporary names left behind: {l:?}"
     );
     drop(_guard);
@@ -378,7 +386,8 @@ fn exit_1_when_some_entries_fail() {
     assert_eq!(listing(e.dst()).get("g").unwrap().mode, 0o600);
     let l = listing(e.dst());
     assert!(
-        l.0.keys().all(|p| !p.windows(14).any(|w| w == b".jailsync-tmp-")),
+        l.0.keys()
+            .all(|p| !p.windows(14).any(|w| w == b".jailsync-tmp-")),
         "temporary names left behind: {l:?}"
     );
 }

@@ -364,11 +364,7 @@ struct Watch {
 
 /// While `child` runs, lstat every path in `paths` in a loop; for `(path, old, new)` in
 /// `contents`, read the file and require one of the two contents, whole.
-fn watch(
-    mut child: std::process::Child,
-    paths: &[PathBuf],
-    contents: &[(PathBuf, Vec<u8>, Vec<u8>)],
-) -> Watch {
+fn watch(mut child: std::process::Child, paths: &[PathBuf], contents: &[Sample]) -> Watch {
     let mut w = Watch {
         missing: Vec::new(),
         torn: Vec::new(),
@@ -404,7 +400,10 @@ fn watch(
     w
 }
 
-fn watch_paths(e: &Env) -> (Vec<PathBuf>, Vec<(PathBuf, Vec<u8>, Vec<u8>)>) {
+/// A file to read while watching, with its old and new content.
+type Sample = (PathBuf, Vec<u8>, Vec<u8>);
+
+fn watch_paths(e: &Env) -> (Vec<PathBuf>, Vec<Sample>) {
     let common = common_paths(e.src(), e.dst());
     let paths: Vec<PathBuf> = common.iter().map(|p| e.dst.path(p)).collect();
     let mut contents = Vec::new();
@@ -483,7 +482,8 @@ fn upgrade_stages_all_then_commits_db_last_then_prunes() {
         jail.file(format!("var/db/pkg/p{i}/+CONTENTS"), format!("new {i}"));
         root.file(format!("var/db/pkg/p{i}/+CONTENTS"), format!("old {i}"));
     }
-    jail.file("usr/pkg/newdir/x", b"x").file("usr/pkg/t/x", b"dir now");
+    jail.file("usr/pkg/newdir/x", b"x")
+        .file("usr/pkg/t/x", b"dir now");
     root.file("usr/pkg/t", b"file").file("usr/pkg/orphan", b"o");
     root.file("var/db/pkg/old-1/+CONTENTS", b"orphan package");
     let mut cmd = Command::new(BIN);
@@ -498,7 +498,12 @@ fn upgrade_stages_all_then_commits_db_last_then_prunes() {
         &tmp.path().join("trace"),
         "openat,mkdirat,symlinkat,linkat,mknodat,unlink,unlinkat,rename,renameat,renameat2,rmdir",
     );
-    let staged = |p: &Path| p.as_os_str().as_bytes().windows(14).any(|w| w == b".jailsync-tmp-");
+    let staged = |p: &Path| {
+        p.as_os_str()
+            .as_bytes()
+            .windows(14)
+            .any(|w| w == b".jailsync-tmp-")
+    };
     let (pkg, db) = (root.path("usr/pkg"), root.path("var/db/pkg"));
     let (mut stage, mut commit_pkg, mut commit_db, mut prune) = (vec![], vec![], vec![], vec![]);
     for (k, c) in calls.iter().enumerate() {
@@ -521,15 +526,23 @@ fn upgrade_stages_all_then_commits_db_last_then_prunes() {
             _ => {}
         }
     }
-    assert!(!stage.is_empty() && !commit_pkg.is_empty() && !commit_db.is_empty() && !prune.is_empty());
+    assert!(
+        !stage.is_empty() && !commit_pkg.is_empty() && !commit_db.is_empty() && !prune.is_empty()
+    );
     let first_commit = commit_pkg[0].min(commit_db[0]);
     let last_commit = *commit_pkg.last().unwrap().max(commit_db.last().unwrap());
-    assert!(*stage.last().unwrap() < first_commit, "staging after a commit began");
+    assert!(
+        *stage.last().unwrap() < first_commit,
+        "staging after a commit began"
+    );
     assert!(
         commit_pkg.last().unwrap() < &commit_db[0],
         "var/db/pkg committed before usr/pkg was complete"
     );
-    assert!(prune[0] > last_commit, "pruned before every commit was done");
+    assert!(
+        prune[0] > last_commit,
+        "pruned before every commit was done"
+    );
     assert_same(&jail.path("usr/pkg"), &root.path("usr/pkg"));
     assert_same(&jail.path("var/db/pkg"), &root.path("var/db/pkg"));
 }

@@ -750,3 +750,144 @@ fn metadata_change_does_not_reach_a_hard_link_group_linked_outside_dst() {
     e.assert_synced();
     assert_eq!(ino(e.dst(), "a"), i);
 }
+
+/// The comparison itself can fail: each single difference the listing is meant to capture is
+/// made in a synced copy and must show; a sync then repairs it.
+#[test]
+fn listing_sees_every_kind_of_difference() {
+    require_root!();
+    let e = Env::new();
+    e.src
+        .file("f", b"content")
+        .mtime("f", T, 1)
+        .sparse("sp", 1 << 20, &[(0, b"x")])
+        .file("g", b"g")
+        .hardlink("h", "g")
+        .symlink("l", "f")
+        .mtime("l", T, 2)
+        .dir("d")
+        .mtime("d", T, 3)
+        .chardev("c", 1, 3)
+        .fifo("p")
+        .xattr("f", "trusted.t", b"1");
+    e.sync(&[]);
+    assert_same(e.src(), e.dst());
+    let dense = vec![0u8; 1 << 20];
+    let mut dense_x = dense.clone();
+    dense_x[0] = b'x';
+    type Mutation<'a> = (&'a str, Box<dyn Fn(&Tree)>);
+    let muts: Vec<Mutation> = vec![
+        (
+            "content",
+            Box::new(|t| {
+                t.file("f", b"CONTENT")
+                    .mtime("f", T, 1)
+                    .xattr("f", "trusted.t", b"1");
+            }),
+        ),
+        (
+            "mode",
+            Box::new(|t| {
+                t.mode("f", 0o4644);
+            }),
+        ),
+        (
+            "uid",
+            Box::new(|t| {
+                t.owner("f", 1, 0);
+            }),
+        ),
+        (
+            "gid",
+            Box::new(|t| {
+                t.owner("f", 0, 1);
+            }),
+        ),
+        (
+            "file mtime ns",
+            Box::new(|t| {
+                t.mtime("f", T, 2);
+            }),
+        ),
+        (
+            "dir mtime ns",
+            Box::new(|t| {
+                t.mtime("d", T, 4);
+            }),
+        ),
+        (
+            "symlink mtime ns",
+            Box::new(|t| {
+                t.mtime("l", T, 3);
+            }),
+        ),
+        (
+            "symlink target",
+            Box::new(|t| {
+                t.remove("l").symlink("l", "g").mtime("l", T, 2);
+            }),
+        ),
+        (
+            "xattr value",
+            Box::new(|t| {
+                t.xattr("f", "trusted.t", b"2");
+            }),
+        ),
+        (
+            "extra xattr",
+            Box::new(|t| {
+                t.xattr("d", "user.u", b"u");
+            }),
+        ),
+        (
+            "hard link split",
+            Box::new(|t| {
+                let (m, n) = {
+                    let st = lstat(&t.root, "h").unwrap();
+                    (st.st_mtime, st.st_mtime_nsec)
+                };
+                t.remove("h").file("h", b"g").mtime("h", m, n);
+            }),
+        ),
+        (
+            "device number",
+            Box::new(|t| {
+                t.remove("c").chardev("c", 1, 5);
+            }),
+        ),
+        (
+            "sparse lost",
+            Box::new(move |t| {
+                let st = lstat(&t.root, "sp").unwrap();
+                t.file("sp", &dense_x)
+                    .mtime("sp", st.st_mtime, st.st_mtime_nsec);
+            }),
+        ),
+        (
+            "type",
+            Box::new(|t| {
+                t.remove("p").file("p", b"");
+            }),
+        ),
+        (
+            "extra entry",
+            Box::new(|t| {
+                t.dir("d/new");
+            }),
+        ),
+    ];
+    for (what, m) in muts {
+        m(&e.dst);
+        if what != "dir mtime ns" && what != "extra entry" {
+            // Keep the parent's mtime, so only the intended difference is there.
+            let st = lstat(e.src(), "").unwrap();
+            e.dst.mtime("", st.st_mtime, st.st_mtime_nsec);
+        }
+        let (ls, ld) = (listing(e.src()), listing(e.dst()));
+        assert!(ls != ld, "listing misses a {what} difference");
+        let p = e.pending();
+        assert!(!p.is_empty(), "sync plans nothing for a {what} difference");
+        e.sync(&[]);
+        assert_same(e.src(), e.dst());
+    }
+}
