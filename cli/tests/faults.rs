@@ -232,29 +232,66 @@ fn bad_input_refused_untouched() {
     let s = |p: &Path| p.to_str().unwrap().to_string();
 
     let nope = t.join("nope");
-    refused(&e, &[OsStr::new("sync"), nope.as_os_str(), dst], &s(&nope), "No such file");
+    refused(
+        &e,
+        &[OsStr::new("sync"), nope.as_os_str(), dst],
+        &s(&nope),
+        "No such file",
+    );
     let err = stderr(&e.js([OsStr::new("sync"), nope.as_os_str(), dst]));
-    assert_eq!(err.matches("No such file").count(), 1, "cause repeated:
-{err}");
+    assert_eq!(
+        err.matches("No such file").count(),
+        1,
+        "cause repeated:
+{err}"
+    );
     untouched("missing source");
 
     let f = e.src.path("a");
-    refused(&e, &[OsStr::new("sync"), f.as_os_str(), dst], &s(&f), "not a directory");
+    refused(
+        &e,
+        &[OsStr::new("sync"), f.as_os_str(), dst],
+        &s(&f),
+        "not a directory",
+    );
     untouched("source is a file");
 
-    refused(&e, &[OsStr::new("sync"), src, src], &s(e.src()), "same directory");
+    refused(
+        &e,
+        &[OsStr::new("sync"), src, src],
+        &s(e.src()),
+        "same directory",
+    );
     let alias = t.join("alias");
     std::os::unix::fs::symlink(e.src(), &alias).unwrap();
-    refused(&e, &[OsStr::new("sync"), alias.as_os_str(), src], &s(e.src()), "same directory");
+    refused(
+        &e,
+        &[OsStr::new("sync"), alias.as_os_str(), src],
+        &s(e.src()),
+        "same directory",
+    );
     untouched("source is the destination");
 
     let inside = e.src.path("sub/new");
-    refused(&e, &[OsStr::new("sync"), src, inside.as_os_str()], "sub/new", "inside the source");
-    assert!(!inside.exists(), "destination inside the source was created");
+    refused(
+        &e,
+        &[OsStr::new("sync"), src, inside.as_os_str()],
+        "sub/new",
+        "inside the source",
+    );
+    assert!(
+        !inside.exists(),
+        "destination inside the source was created"
+    );
     untouched("destination inside the source");
 
     let inner = e.dst.path("inner");
-    refused(&e, &[OsStr::new("sync"), inner.as_os_str(), dst], &s(&inner), "inside the destination");
+    refused(
+        &e,
+        &[OsStr::new("sync"), inner.as_os_str(), dst],
+        &s(&inner),
+        "inside the destination",
+    );
     untouched("source inside the destination");
 
     // DST a symlink to elsewhere: refused, then accepted with --follow-dst.
@@ -263,10 +300,24 @@ fn bad_input_refused_untouched() {
     let le = listing(&elsewhere.root);
     let dlink = t.join("dlink");
     std::os::unix::fs::symlink(&elsewhere.root, &dlink).unwrap();
-    refused(&e, &[OsStr::new("sync"), src, dlink.as_os_str()], &s(&dlink), "symlink");
-    assert_eq!(listing(&elsewhere.root), le, "symlinked destination's target changed");
+    refused(
+        &e,
+        &[OsStr::new("sync"), src, dlink.as_os_str()],
+        &s(&dlink),
+        "symlink",
+    );
+    assert_eq!(
+        listing(&elsewhere.root),
+        le,
+        "symlinked destination's target changed"
+    );
     untouched("destination is a symlink");
-    let o = e.js([OsStr::new("sync"), OsStr::new("--follow-dst"), src, dlink.as_os_str()]);
+    let o = e.js([
+        OsStr::new("sync"),
+        OsStr::new("--follow-dst"),
+        src,
+        dlink.as_os_str(),
+    ]);
     expect_code(&o, 0);
     assert_same(e.src(), &elsewhere.root);
     assert!(dlink.symlink_metadata().unwrap().file_type().is_symlink());
@@ -284,7 +335,10 @@ fn bad_input_refused_untouched() {
         ]);
         expect_code(&o, 2);
         let err = stderr(&o);
-        assert!(err.contains(&s(&state)), "message should name the state dir:\n{err}");
+        assert!(
+            err.contains(&s(&state)),
+            "message should name the state dir:\n{err}"
+        );
         untouched(&format!("state dir {}", state.display()));
     }
     assert_eq!(std::fs::read(&sfile).unwrap(), b"not a dir");
@@ -293,10 +347,19 @@ fn bad_input_refused_untouched() {
 #[test]
 fn bad_manifest_refused_corrupt_cache_ignored() {
     let e = Env::new();
-    e.src.file("a", "one").file("b", "two").dir("d").file("d/c", "three");
+    e.src
+        .file("a", "one")
+        .file("b", "two")
+        .dir("d")
+        .file("d/c", "three");
     e.sync(&[]);
     let m = e.tmp.path().join("m");
-    let o = e.js([OsStr::new("manifest"), e.src().as_os_str(), OsStr::new("-o"), m.as_os_str()]);
+    let o = e.js([
+        OsStr::new("manifest"),
+        e.src().as_os_str(),
+        OsStr::new("-o"),
+        m.as_os_str(),
+    ]);
     expect_code(&o, 0);
     let good = std::fs::read_to_string(&m).unwrap();
     let verify = |text: &str| {
@@ -324,12 +387,18 @@ fn bad_manifest_refused_corrupt_cache_ignored() {
             "mode",
         ),
         (
-            bad_at(n_last, "../etc/passwd file mode=644 uid=0 gid=0 mtime=1.0 size=1"),
+            bad_at(
+                n_last,
+                "../etc/passwd file mode=644 uid=0 gid=0 mtime=1.0 size=1",
+            ),
             format!("{ms}:{n_last}:"),
             "not a clean relative path",
         ),
         (
-            bad_at(n_last, "/etc/passwd file mode=644 uid=0 gid=0 mtime=1.0 size=1"),
+            bad_at(
+                n_last,
+                "/etc/passwd file mode=644 uid=0 gid=0 mtime=1.0 size=1",
+            ),
             format!("{ms}:{n_last}:"),
             "not a clean relative path",
         ),
@@ -370,7 +439,9 @@ fn bad_manifest_refused_corrupt_cache_ignored() {
             std::fs::write(c, corrupt(&text)).unwrap();
         }
         // Same sizes, new contents: only a (wrongly trusted) cache could hide the change.
-        e.src.file("a", format!("on{k}")).file("d/c", format!("thre{k}"));
+        e.src
+            .file("a", format!("on{k}"))
+            .file("d/c", format!("thre{k}"));
         e.sync(&[]);
         e.assert_synced();
     }
@@ -436,12 +507,19 @@ fn concurrent_run_refused_then_stale_lock_taken_over() {
     expect_code(&o, 2);
     let err = stderr(&o);
     assert!(
-        err.contains(&format!("locked by pid {pid} since ")) && err.contains(e.dst().to_str().unwrap()),
+        err.contains(&format!("locked by pid {pid} since "))
+            && err.contains(e.dst().to_str().unwrap()),
         "second run should name the holder and the destination:\n{err}"
     );
     let since = err.split(" since ").nth(1).unwrap_or("").trim();
-    assert!(since.len() >= 20 && since.ends_with('Z'), "lock time looks wrong: {since:?}");
-    assert!(took < Duration::from_secs(2), "second run waited {took:?} instead of failing at once");
+    assert!(
+        since.len() >= 20 && since.ends_with('Z'),
+        "lock time looks wrong: {since:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "second run waited {took:?} instead of failing at once"
+    );
 
     // The holder dies mid-run; the lock is stale and the next run takes it over.
     first.kill().unwrap();
@@ -451,5 +529,173 @@ fn concurrent_run_refused_then_stale_lock_taken_over() {
         .chain(args.iter().copied()));
     expect_code(&o, 0);
     assert_same(e.src(), e.dst());
-    assert_ne!(lock_holder(&state), Some(pid), "lock file still names the dead holder");
+    assert_ne!(
+        lock_holder(&state),
+        Some(pid),
+        "lock file still names the dead holder"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Confinement: planted symlinks and a racing attacker.
+
+/// `renameat2(RENAME_EXCHANGE)` of two paths.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes()).unwrap();
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C strings.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+#[test]
+fn planted_symlink_replaced_not_followed() {
+    let e = Env::new().with_dst();
+    let outside = Tree::new(e.tmp.path().join("outside"));
+    outside
+        .file("sentinel", "do not touch")
+        .file("a", "outside a")
+        .file("sub/c", "outside c")
+        .file("orphan", "outside orphan");
+    e.src
+        .file("victim/a", "new a")
+        .file("victim/b", "new b")
+        .file("victim/sub/c", "new c");
+    e.src.file("plain/x", "x").file("asfile", "f");
+    // Where the jail has directories, the live tree holds symlinks to the outside dir: one at
+    // the top, one below a real directory, one where the jail has a file.
+    let b = |p: &Path| p.as_os_str().as_encoded_bytes().to_vec();
+    e.dst.symlink("victim", b(&outside.root));
+    e.dst
+        .dir("plain")
+        .symlink("plain/x", b(&outside.path("sentinel")));
+    e.dst.symlink("asfile", b(&outside.path("a")));
+    let (lo, ls) = (listing(&outside.root), listing(e.src()));
+    e.sync(&[]);
+    assert_eq!(
+        listing(&outside.root),
+        lo,
+        "written through a planted symlink"
+    );
+    assert_eq!(listing(e.src()), ls, "jail changed");
+    e.assert_synced();
+}
+
+/// An attacker keeps swapping live directories for symlinks to an outside directory (the
+/// outside one a copy of the live one, so any write, chmod, utime or delete through the link
+/// would show there) while syncs run.
+#[test]
+fn racing_symlink_swap_never_followed() {
+    let e = Env::new().with_dst();
+    let t = e.tmp.path().to_path_buf();
+    let mut rng = Rng::new(77);
+    for i in 0..150 {
+        e.dst.file(format!("victim/f{i}"), rng.bytes(100));
+        e.dst.file(format!("w/x/y/g{i}"), rng.bytes(100));
+    }
+    for i in 0..40 {
+        e.dst.file(format!("victim/orphan{i}"), "o");
+        e.dst.file(format!("w/x/y/orphan{i}"), "o");
+    }
+    let outside = t.join("outside");
+    copy_tree(&e.dst.path("victim"), &outside);
+    std::fs::write(outside.join("sentinel"), "do not touch").unwrap();
+    let lo = listing(&outside);
+    // Parking places for the real directories, inside DST but excluded from the sync.
+    std::os::unix::fs::symlink(&outside, e.dst.path(".park")).unwrap();
+    std::os::unix::fs::symlink(&outside, e.dst.path("w/x/.park")).unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swaps = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let racers: Vec<_> = [("victim", ".park"), ("w/x/y", "w/x/.park")]
+        .into_iter()
+        .enumerate()
+        .map(|(k, (live, park))| {
+            let (live, park) = (e.dst.path(live), e.dst.path(park));
+            let (stop, swaps) = (stop.clone(), swaps.clone());
+            std::thread::spawn(move || {
+                let mut rng = Rng::new(k as u64);
+                let mut swapped = false;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if exchange(&live, &park).is_ok() {
+                        swapped = !swapped;
+                        swaps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_micros(rng.below(200)));
+                }
+                // Leave the real directory in place.
+                if swapped {
+                    exchange(&live, &park).unwrap();
+                }
+            })
+        })
+        .collect();
+
+    let args = |extra: &'static [&'static str]| {
+        let mut v: Vec<std::ffi::OsString> =
+            vec!["sync".into(), "--exclude".into(), ".park".into()];
+        v.extend(extra.iter().map(|s| s.into()));
+        v.push(e.src().into());
+        v.push(e.dst().into());
+        v
+    };
+    let mut codes = BTreeMap::new();
+    for round in 0..8 {
+        // New contents every round, so every run has writes, renames, chmods and deletes to do.
+        for i in 0..150 {
+            e.src.file(format!("victim/f{i}"), rng.bytes(100 + round));
+            e.src.file(format!("w/x/y/g{i}"), rng.bytes(100 + round));
+            if round % 2 == 1 {
+                e.src.mode(format!("victim/f{i}"), 0o600);
+            }
+        }
+        let ls = listing(e.src());
+        let o = e.js(args(&[]));
+        let err = stderr(&o);
+        assert!(
+            o.status.code().is_some() && !err.contains("panicked"),
+            "round {round}: {err}"
+        );
+        *codes.entry(o.status.code()).or_insert(0) += 1;
+        assert_eq!(
+            listing(&outside),
+            lo,
+            "round {round}: the outside directory changed:\n{err}"
+        );
+        assert_eq!(listing(e.src()), ls, "round {round}: the jail changed");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in racers {
+        r.join().unwrap();
+    }
+    let swaps = swaps.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("racing_symlink_swap: {swaps} swaps, exit codes {codes:?}");
+    assert!(swaps > 100, "the racers hardly ran");
+    assert_eq!(listing(&outside), lo, "the outside directory changed");
+    // Once the attacker stops, a run converges. The parking places are excluded and, since
+    // the sync also renames the swapped names, may hold either a link or a directory now.
+    for park in [".park", "w/x/.park"] {
+        let p = e.dst.path(park);
+        if p.symlink_metadata().unwrap().is_dir() {
+            remove_tree(&p);
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    let o = e.js(args(&[]));
+    expect_code(&o, 0);
+    assert_same(e.src(), e.dst());
 }
