@@ -373,7 +373,7 @@ impl<'a> Apply<'a> {
                 && before.st_ctime_nsec == after.st_ctime_nsec;
             match r {
                 Ok(n) if stable => {
-                    fsx::set_meta_fd(dfd.as_fd(), e, self.opts.meta)?;
+                    fsx::set_meta_fresh_fd(dfd.as_fd(), e, self.opts.meta)?;
                     if self.opts.fsync {
                         fsx::fsync(dfd.as_fd())?;
                     }
@@ -498,7 +498,7 @@ impl<'a> Apply<'a> {
     }
 
     /// Removes orphans deepest first, and what exchanges moved aside.
-    pub fn prune(&mut self, progress: &dyn Progress) {
+    pub fn prune(&mut self, pool: &rayon::ThreadPool, progress: &dyn Progress) {
         let actions = &self.plan.actions;
         let deletes: Vec<usize> = (0..actions.len())
             .rev()
@@ -521,29 +521,45 @@ impl<'a> Apply<'a> {
             }
             progress.advance(1, 0);
         }
-        // Orphans whose directory is being removed too are unlinked where they are; deepest
-        // first keeps every directory empty by the time its own turn comes.
-        for &k in &deletes {
+        // Files first, spread over the workers (their order does not matter), then directories
+        // deepest first, each empty by the time its turn comes.
+        let (files, dirs): (Vec<usize>, Vec<usize>) = deletes
+            .iter()
+            .partition(|&&k| self.dst[actions[k].dst as usize].kind != Kind::Dir);
+        let outcomes: Mutex<Vec<(usize, io::Result<()>)>> = Mutex::new(Vec::new());
+        let this = &*self;
+        pool.install(|| {
+            files.par_chunks(64).for_each(|chunk| {
+                let mut cache = DirCache::new(this.dst_root.as_fd());
+                let mut local = Vec::with_capacity(chunk.len());
+                for &k in chunk {
+                    let d = &this.dst[actions[k].dst as usize];
+                    let (p, n) = split_parent(&d.path);
+                    local.push((k, cache.get(p).and_then(|dir| fsx::unlink_at(dir, n))));
+                    progress.advance(1, 0);
+                }
+                outcomes.lock().expect("poisoned").extend(local);
+            });
+        });
+        let mut results = outcomes.into_inner().expect("poisoned");
+        for &k in &dirs {
             let d = &self.dst[actions[k].dst as usize];
             let (p, n) = split_parent(&d.path);
-            let r = cache.get(p).and_then(|dir| {
-                if d.kind == Kind::Dir {
-                    fsx::rmdir_at(dir, n)
-                } else {
-                    fsx::unlink_at(dir, n)
-                }
-            });
+            results.push((k, cache.get(p).and_then(|dir| fsx::rmdir_at(dir, n))));
+            progress.advance(1, 0);
+        }
+        for (k, r) in results {
             match r {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
-                    self.outcome.kept.push(d.path.clone())
-                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => self
+                    .outcome
+                    .kept
+                    .push(self.dst[actions[k].dst as usize].path.clone()),
                 // The parent is gone (removed or never openable): nothing left to remove.
                 Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {}
                 Err(e) => failures.push((k, e)),
             }
-            progress.advance(1, 0);
         }
         drop(cache);
         for (k, e) in failures {
@@ -564,7 +580,7 @@ impl<'a> Apply<'a> {
             }
         }
         // Only directories that exist in both trees; new ones were finished while staged.
-        let mut dirs: Vec<(&[u8], usize)> = Vec::new();
+        let mut dirs: Vec<(&[u8], usize, usize)> = Vec::new();
         let mut j = 0;
         for (i, s) in self.src.iter().enumerate() {
             if s.kind != Kind::Dir || !touched.contains(&s.path[..]) {
@@ -574,12 +590,12 @@ impl<'a> Apply<'a> {
                 j += 1;
             }
             if j < self.dst.len() && self.dst[j].path == s.path && self.dst[j].kind == Kind::Dir {
-                dirs.push((&s.path, i));
+                dirs.push((&s.path, i, j));
             }
         }
         progress.start(Phase::Finalize, dirs.len() as u64);
         let mut cache = DirCache::new(self.dst_root.as_fd());
-        for &(path, i) in dirs.iter().rev() {
+        for &(path, i, j) in dirs.iter().rev() {
             let s = &self.src[i];
             let r = if path.is_empty() {
                 fsx::set_meta_fd(self.dst_root.as_fd(), s, self.opts.meta).and_then(|()| {
@@ -592,7 +608,16 @@ impl<'a> Apply<'a> {
             } else {
                 let (p, n) = split_parent(path);
                 cache.get(p).and_then(|d| {
-                    fsx::set_meta_at(d, n, s, self.opts.meta)?;
+                    // Usually only the mtime moved (children came and went): one call.
+                    let popts = crate::plan::PlanOpts {
+                        owner: self.opts.meta.owner,
+                        xattrs: self.opts.meta.xattrs,
+                    };
+                    if crate::plan::meta_changes(s, &self.dst[j], popts) & !change::TIME == 0 {
+                        fsx::set_times_at(d, n, s)?;
+                    } else {
+                        fsx::set_meta_at(d, n, s, self.opts.meta)?;
+                    }
                     if self.opts.fsync {
                         let sub = fsx::open_dir_beneath(d, n)?;
                         fsx::fsync(sub.as_fd())?;

@@ -77,6 +77,7 @@ pub fn preserve(
     plan: &Plan,
     source: &Path,
     excludes: &[String],
+    pool: &rayon::ThreadPool,
 ) -> Result<Generation> {
     fs::create_dir_all(store).at(store)?;
     let id = list(store)?.iter().map(|g| g.id).max().unwrap_or(0) + 1;
@@ -105,29 +106,45 @@ pub fn preserve(
 
     let root = fsx::open_root_nofollow(dst).at(dst)?;
     let fdir = fsx::open_root(&files).at(&files)?;
-    let mut last: Option<(Vec<u8>, std::os::fd::OwnedFd)> = None;
-    for a in &plan.actions {
-        let keep = a.dst != NONE && matches!(a.op, Op::Replace | Op::Exchange | Op::Delete);
-        if !keep {
-            continue;
-        }
-        let e = &old[a.dst as usize];
-        if e.kind == Kind::Dir {
-            continue; // recorded in the manifest; its children have their own actions
-        }
-        let (p, n) = split_parent(&e.path);
-        if last.as_ref().is_none_or(|(lp, _)| lp != p) {
-            let fd = fsx::open_dir_beneath(root.as_fd(), p).at(dst.join(fsx::os(p)))?;
-            last = Some((p.to_vec(), fd));
-        }
-        let d = &last.as_ref().expect("just set").1;
-        let name = a.dst.to_string();
-        match fsx::link_at(d.as_fd(), n, fdir.as_fd(), name.as_bytes()) {
-            Ok(()) => {}
-            // Gone already (someone removed it): nothing to keep.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => return Err(Error::io(dst.join(fsx::os(&e.path)), err)),
-        }
+    // Directories are recorded in the manifest; their children have their own actions.
+    let keep: Vec<u32> = plan
+        .actions
+        .iter()
+        .filter(|a| a.dst != NONE && matches!(a.op, Op::Replace | Op::Exchange | Op::Delete))
+        .filter(|a| old[a.dst as usize].kind != Kind::Dir)
+        .map(|a| a.dst)
+        .collect();
+    let first_err: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
+    pool.install(|| {
+        use rayon::prelude::*;
+        keep.par_chunks(64).for_each(|chunk| {
+            let mut last: Option<(&[u8], std::os::fd::OwnedFd)> = None;
+            for &j in chunk {
+                let e = &old[j as usize];
+                let (p, n) = split_parent(&e.path);
+                let r = (|| -> io::Result<()> {
+                    if last.as_ref().is_none_or(|(lp, _)| *lp != p) {
+                        last = Some((p, fsx::open_dir_beneath(root.as_fd(), p)?));
+                    }
+                    let d = &last.as_ref().expect("just set").1;
+                    fsx::link_at(d.as_fd(), n, fdir.as_fd(), j.to_string().as_bytes())
+                })();
+                match r {
+                    Ok(()) => {}
+                    // Gone already (someone removed it): nothing to keep.
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => {
+                        let mut f = first_err.lock().expect("poisoned");
+                        if f.is_none() {
+                            *f = Some(Error::io(dst.join(fsx::os(&e.path)), err));
+                        }
+                    }
+                }
+            }
+        });
+    });
+    if let Some(e) = first_err.into_inner().expect("poisoned") {
+        return Err(e);
     }
     let dir = store.join(format!("gen-{id:06}"));
     fs::rename(&partial, &dir).at(&dir)?;
@@ -343,7 +360,7 @@ pub fn rollback(
     let mut ap = Apply::new(sfd, dfd, &old, &cur.entries, &plan, aopts).with_source_map(map);
     ap.stage(&pools.work, progress);
     ap.commit(&pools.work, progress);
-    ap.prune(progress);
+    ap.prune(&pools.work, progress);
     ap.finalize(progress);
     let mut outcome = std::mem::take(&mut ap.outcome);
     drop(ap);

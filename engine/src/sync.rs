@@ -517,6 +517,7 @@ pub fn apply_all(
                     &t.plan,
                     &t.src_path,
                     &opts.exclude_patterns,
+                    &pools.work,
                 )?;
                 stores.push(store);
                 Ok(gen)
@@ -537,7 +538,7 @@ pub fn apply_all(
         window += a.outcome.switch_window;
     }
     for a in applies.iter_mut() {
-        a.prune(progress);
+        a.prune(&pools.work, progress);
     }
     for a in applies.iter_mut() {
         a.finalize(progress);
