@@ -421,8 +421,8 @@ fn watch_paths(e: &Env) -> (Vec<PathBuf>, Vec<Sample>) {
 #[test]
 fn watcher_sees_every_common_path_throughout_a_large_sync() {
     let e = Env::new().with_dst();
-    // ~3000 files of 8 KiB changing content: long enough for many watcher rounds.
-    fixture(&e, 3000, 8192);
+    // ~1500 files of 8 KiB changing content: long enough for many watcher rounds.
+    fixture(&e, 1500, 8192);
     let (paths, contents) = watch_paths(&e);
     let child = Command::new(BIN)
         .arg("--state-dir")
@@ -449,7 +449,7 @@ fn watcher_sees_every_common_path_throughout_a_large_sync() {
 #[test]
 fn watcher_catches_naive_delete_then_copy() {
     let e = Env::new().with_dst();
-    fixture(&e, 3000, 8192);
+    fixture(&e, 1500, 8192);
     let (paths, contents) = watch_paths(&e);
     let child = Command::new("sh")
         .arg("-c")

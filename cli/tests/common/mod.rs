@@ -187,6 +187,24 @@ impl Tree {
     /// A regular file with mode 0644 and the given content (replacing any file there).
     pub fn file(&self, rel: impl AsRef<[u8]>, content: impl AsRef<[u8]>) -> &Self {
         let rel = rel.as_ref();
+        // Fast path for short paths whose parent exists: one open by path (fixtures of
+        // thousands of files). The slow path below works at any depth.
+        if rel.len() < 2048 {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .mode(0o644)
+                .open(self.path(rel));
+            if let Ok(mut f) = f {
+                io::Write::write_all(&mut f, content.as_ref()).expect("write fixture file");
+                f.set_permissions(std::fs::Permissions::from_mode(0o644))
+                    .expect("chmod fixture file");
+                return self;
+            }
+        }
         let (d, n) = parent_of(&self.root, rel, true);
         let c = cstr(&n);
         // SAFETY: valid fd and C string; the fd is owned by the File below.
