@@ -20,6 +20,7 @@ enum Node {
         content: u8,
         mode: u8,
         time: u8,
+        attr: u8,
     },
     Dir {
         mode: u8,
@@ -27,6 +28,9 @@ enum Node {
     },
     Symlink {
         target: u8,
+        time: u8,
+    },
+    Fifo {
         time: u8,
     },
     /// A hard link to the n-th file created so far (modulo their count).
@@ -42,10 +46,12 @@ const TARGETS: [&str; 4] = ["a", "../b", "/etc", "c/a/b"];
 
 fn node() -> impl Strategy<Value = Node> {
     prop_oneof![
-        4 => (0..6u8, 0..4u8, 0..3u8).prop_map(|(content, mode, time)| Node::File { content, mode, time }),
+        4 => (0..6u8, 0..4u8, 0..3u8, 0..6u8)
+            .prop_map(|(content, mode, time, attr)| Node::File { content, mode, time, attr }),
         3 => (0..3u8, 0..3u8).prop_map(|(mode, time)| Node::Dir { mode, time }),
         2 => (0..4u8, 0..3u8).prop_map(|(target, time)| Node::Symlink { target, time }),
         2 => any::<u8>().prop_map(|to| Node::Link { to }),
+        1 => (0..3u8).prop_map(|time| Node::Fifo { time }),
     ]
 }
 
@@ -95,9 +101,28 @@ fn build(t: &Tree, recipe: &[(Vec<u8>, Node)]) -> Vec<String> {
                 content,
                 mode,
                 time,
+                attr,
             } => {
-                t.file(p, CONTENTS[content as usize])
-                    .mode(p, MODES[mode as usize])
+                t.file(p, CONTENTS[content as usize]);
+                // Owners and xattrs (root only): same bytes with other metadata.
+                if is_root() {
+                    match attr {
+                        1 => {
+                            t.owner(p, 1000, 1000);
+                        }
+                        2 => {
+                            t.owner(p, 0, 7);
+                        }
+                        3 => {
+                            t.xattr(p, "user.a", b"1");
+                        }
+                        4 => {
+                            t.xattr(p, "user.a", b"2").xattr(p, "trusted.b", b"x");
+                        }
+                        _ => {}
+                    }
+                }
+                t.mode(p, MODES[mode as usize])
                     .mtime(p, T + i64::from(time), 0);
                 files.push(p.clone());
                 made.insert(p.clone(), 'f');
@@ -112,6 +137,10 @@ fn build(t: &Tree, recipe: &[(Vec<u8>, Node)]) -> Vec<String> {
                 t.symlink(p, TARGETS[target as usize])
                     .mtime(p, T, i64::from(time) * 7);
                 made.insert(p.clone(), 'l');
+            }
+            Node::Fifo { time } => {
+                t.fifo(p).mtime(p, T, i64::from(time));
+                made.insert(p.clone(), 'p');
             }
             Node::Link { to } => {
                 if files.is_empty() {
