@@ -286,7 +286,12 @@ pub fn prepare(
     };
     let mut plan = plan::plan(&s.entries, &d.entries, popts);
     protect_unreadable(&mut plan, &d.entries, &protect);
-    keep_excluded_parents(&mut plan, &d.entries, &d.holds_excluded);
+    for p in keep_excluded_parents(&mut plan, &d.entries, &d.holds_excluded) {
+        scan_errors.push((
+            dst_path.join(fsx::os(&p)),
+            io::Error::other("not replaced by a non-directory: it holds excluded entries"),
+        ));
+    }
     Ok(Tree {
         src_path: src_path.into(),
         dst_path: dst_path.into(),
@@ -399,20 +404,61 @@ fn take_errors(out: &mut Vec<(PathBuf, io::Error)>, root: &Path, s: &mut Scan) {
 }
 
 /// A destination directory holding an excluded entry is not deleted (nor are its ancestors):
-/// the excluded entry must survive, and planning the delete would repeat on every run.
-fn keep_excluded_parents(plan: &mut Plan, dst: &[Entry], holds: &[Box<[u8]>]) {
+/// the excluded entry must survive, and planning the delete would repeat on every run. Nor is
+/// it exchanged for a non-directory, which would delete the excluded entry with it: it stays,
+/// what else it held is removed, and its path is returned to be reported.
+fn keep_excluded_parents(plan: &mut Plan, dst: &[Entry], holds: &[Box<[u8]>]) -> Vec<Box<[u8]>> {
+    use std::collections::{HashMap, HashSet};
     if holds.is_empty() {
-        return;
+        return Vec::new();
     }
-    let mut keep: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+    let mut keep: HashSet<&[u8]> = HashSet::new();
     for h in holds {
         let mut p: &[u8] = h;
         while !p.is_empty() && keep.insert(p) {
             p = fsx::split_parent(p).0;
         }
     }
-    plan.actions
-        .retain(|a| a.op != Op::Delete || !keep.contains(&dst[a.dst as usize].path[..]));
+    let dpath = |a: &plan::Action| &dst[a.dst as usize].path[..];
+    let refused: Vec<Box<[u8]>> = plan
+        .actions
+        .iter()
+        .filter(|a| {
+            a.op == Op::Exchange
+                && dst[a.dst as usize].kind == Kind::Dir
+                && keep.contains(dpath(a))
+        })
+        .map(|a| dpath(a).into())
+        .collect();
+    let dropped: HashSet<u32> = plan
+        .actions
+        .iter()
+        .filter(|a| a.op == Op::Exchange && refused.iter().any(|r| &r[..] == dpath(a)))
+        .map(|a| a.src)
+        .collect();
+    plan.actions.retain(|a| match a.op {
+        Op::Delete => !keep.contains(dpath(a)),
+        Op::Exchange => !dropped.contains(&a.src),
+        _ => true,
+    });
+    let mut leaders: HashMap<u32, u32> = HashMap::new();
+    for a in plan.actions.iter_mut() {
+        if a.op == Op::Delete && a.covered && scan::under_any(&refused, &dst[a.dst as usize].path)
+        {
+            a.covered = false;
+        }
+        // A hard-link group whose leader was dropped gets its next member as leader.
+        if a.link_to != plan::NONE && dropped.contains(&a.link_to) {
+            match leaders.get(&a.link_to) {
+                Some(&l) => a.link_to = l,
+                None => {
+                    leaders.insert(a.link_to, a.src);
+                    a.link_to = plan::NONE;
+                }
+            }
+        }
+    }
+    refused
 }
 
 /// An unreadable source entry must not make its destination counterpart look like an orphan,
