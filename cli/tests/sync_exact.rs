@@ -918,3 +918,30 @@ fn missing_destination_parents_are_created() {
     expect_code(&o, 0);
     assert_same(e.src(), &deep);
 }
+
+#[test]
+fn a_directory_holding_excluded_entries_is_not_exchanged_away() {
+    let e = Env::new().with_dst();
+    // `x` leads a hard-link group: its follower `z` must still be made.
+    e.src
+        .file("x", b"a file in the source")
+        .hardlink("z", "x")
+        .file("y", b"y");
+    e.dst.file("x/cache/keep", b"excluded").file("x/other", b"o");
+    let o = e.js(sync_args_ex(&e, &["-i", "--exclude", "cache"]));
+    expect_code(&o, 1);
+    assert!(stderr(&o).contains("excluded"), "{}", stderr(&o));
+    let l = listing(e.dst());
+    assert!(l.get("x/cache/keep").is_some(), "excluded entry deleted");
+    assert!(l.get("x/other").is_none(), "the rest of the directory stays");
+    assert!(l.get("y").is_some());
+    assert_eq!(std::fs::read(e.dst.path("z")).unwrap(), b"a file in the source");
+}
+
+fn sync_args_ex<'a>(e: &'a Env, extra: &'a [&'a str]) -> Vec<&'a OsStr> {
+    let mut a = vec![OsStr::new("sync")];
+    a.extend(extra.iter().map(OsStr::new));
+    a.push(e.src().as_os_str());
+    a.push(e.dst().as_os_str());
+    a
+}
