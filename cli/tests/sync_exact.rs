@@ -945,3 +945,34 @@ fn sync_args_ex<'a>(e: &'a Env, extra: &'a [&'a str]) -> Vec<&'a OsStr> {
     a.push(e.dst().as_os_str());
     a
 }
+
+#[test]
+fn exclude_pattern_forms() {
+    let e = Env::new().with_dst();
+    e.src
+        .file("m.o", b"o")
+        .file("deep/er/n.o", b"o")
+        .file("top/x", b"anchored away")
+        .file("sub/top/x", b"kept: not at the top")
+        .file("a/b/x", b"path away")
+        .file("c/a/b/x", b"kept?")
+        .file("build/x", b"dir away")
+        .file("src/build", b"a file named build: kept")
+        .file("keep.c", b"c");
+    let ex = [
+        "--exclude", "*.o", "--exclude", "/top", "--exclude", "a/b", "--exclude", "build/",
+    ];
+    let mut args = vec!["-i"];
+    args.extend(ex);
+    let out = e.sync(&args);
+    let l = listing(e.dst());
+    for gone in ["m.o", "deep/er/n.o", "top", "a/b", "build"] {
+        assert!(l.get(gone).is_none(), "{gone} not excluded:\n{out}");
+    }
+    for kept in ["sub/top/x", "src/build", "keep.c", "deep/er", "a"] {
+        assert!(l.get(kept).is_some(), "{kept} wrongly excluded:\n{out}");
+    }
+    let mut args = vec!["-n", "-i"];
+    args.extend(ex);
+    assert_eq!(e.sync(&args), "");
+}
