@@ -976,3 +976,59 @@ fn exclude_pattern_forms() {
     args.extend(ex);
     assert_eq!(e.sync(&args), "");
 }
+
+/// A manifest carries everything: odd names, every kind, owners, xattrs, deep paths.
+#[test]
+fn manifest_round_trip_of_everything() {
+    require_root!();
+    let e = Env::new();
+    for n in odd_names() {
+        let mut f = b"n/".to_vec();
+        f.extend_from_slice(&n);
+        e.src.file(&f, &n);
+    }
+    let mut deep = Vec::new();
+    for _ in 0..90 {
+        deep.extend_from_slice(&[b'z'; 50]);
+        deep.push(b'/');
+    }
+    deep.extend_from_slice(b"leaf");
+    e.src
+        .file(&deep, b"deep")
+        .file("x", b"x")
+        .xattr("x", "trusted.t", [0u8, b'\n', b' ', 255])
+        .xattr("x", "user.u", b"")
+        .owner("x", 123, 456)
+        .mode("x", 0o4750)
+        .mtime("x", T, 123)
+        .hardlink("x2", "x")
+        .symlink("l", "target with spaces\nand newline")
+        .mtime("l", T, 9)
+        .fifo("p")
+        .chardev("c", 1, 3)
+        .blockdev("b", 7, 1)
+        .sparse("s", 1 << 20, &[(4096, b"s")])
+        .dir("empty");
+    e.sync(&[]);
+    let m = e.tmp.path().join("m");
+    expect_code(
+        &e.js([OsStr::new("manifest"), e.src().as_os_str(), OsStr::new("-o"), m.as_os_str()]),
+        0,
+    );
+    let verify = || e.js([OsStr::new("verify"), m.as_os_str(), e.dst().as_os_str()]);
+    expect_code(&verify(), 0);
+    // Each of these differences must be caught through the manifest.
+    e.dst.xattr("x", "trusted.t", b"other");
+    expect_code(&verify(), 1);
+    e.sync(&[]);
+    e.dst.remove("l").symlink("l", "target with spaces\nand newlinE").mtime("l", T, 9);
+    expect_code(&verify(), 1);
+    e.sync(&[]);
+    e.dst.file(&deep, b"DEEP");
+    expect_code(&verify(), 1);
+    e.sync(&[]);
+    e.dst.owner("x", 123, 457);
+    expect_code(&verify(), 1);
+    e.sync(&[]);
+    expect_code(&verify(), 0);
+}
