@@ -699,3 +699,196 @@ fn racing_symlink_swap_never_followed() {
     expect_code(&o, 0);
     assert_same(e.src(), e.dst());
 }
+
+// ---------------------------------------------------------------------------------------------
+// 3. A jail file rewritten while it is copied.
+
+const CHUNK: usize = 1 << 20;
+
+/// Chunk `j` of version `v` of the rewritten file: every 8-byte word is `v << 32 | j`.
+fn version_chunk(v: u64, j: usize, buf: &mut [u8]) {
+    let w = (v << 32 | j as u64).to_le_bytes();
+    for c in buf.chunks_mut(8) {
+        c.copy_from_slice(&w[..c.len()]);
+    }
+}
+
+/// The version of each chunk of `data`, or None where a chunk is no version at all.
+fn chunk_versions(data: &[u8]) -> Vec<Option<u64>> {
+    let mut want = vec![0u8; CHUNK];
+    data.chunks(CHUNK)
+        .enumerate()
+        .map(|(j, c)| {
+            let v = u64::from_le_bytes(c.get(..8)?.try_into().unwrap()) >> 32;
+            version_chunk(v, j, &mut want);
+            (c == &want[..c.len()]).then_some(v)
+        })
+        .collect()
+}
+
+/// A writer rewriting a jail file in place, chunk by chunk, version after version (pausing
+/// `pause` between whole versions), logging when each chunk landed.
+struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// (version, chunk, just before the write, just after it).
+    log: std::sync::Arc<std::sync::Mutex<Vec<(u64, usize, Instant, Instant)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(path: &Path, chunks: usize, first: u64, pause: Duration) -> Writer {
+        use std::os::unix::fs::FileExt;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, l, p) = (stop.clone(), log.clone(), path.to_path_buf());
+        let thread = std::thread::spawn(move || {
+            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            let mut buf = vec![0u8; CHUNK];
+            let mut v = first;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                for j in 0..chunks {
+                    version_chunk(v, j, &mut buf);
+                    let t0 = Instant::now();
+                    f.write_all_at(&buf, (j * CHUNK) as u64).unwrap();
+                    l.lock().unwrap().push((v, j, t0, Instant::now()));
+                }
+                v += 1;
+                std::thread::sleep(pause);
+            }
+        });
+        Writer {
+            stop,
+            log,
+            thread: Some(thread),
+        }
+    }
+
+    /// At most how long the source held exactly `state` (a whole version, or a version partly
+    /// overwritten by the next), if it ever did: from just before the write that made it to
+    /// just after the write that ended it, so a stall of the writer anywhere counts.
+    fn held(&self, state: &[Option<u64>]) -> Option<Duration> {
+        let log = self.log.lock().unwrap();
+        let v = state[0]?;
+        let k = state.iter().take_while(|&&c| c == Some(v)).count();
+        if state[k..].iter().any(|&c| c.is_none() || c != state[k]) {
+            return None; // not "prefix of one version, rest of the previous"
+        }
+        if k < state.len() && state[k] != Some(v.wrapping_sub(1)) {
+            return None;
+        }
+        // The state began with the write of chunk k-1 of version v and ended with the next.
+        let i = log.iter().position(|&(lv, lj, _, _)| lv == v && lj == k - 1)?;
+        let end = log.get(i + 1).map_or_else(Instant::now, |e| e.3);
+        Some(end - log[i].2)
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn source_rewritten_during_copy_never_torn() {
+    let chunks = 24;
+    let e = Env::new().with_dst();
+    let mut rng = Rng::new(3);
+    let old_big = rng.bytes(chunks * CHUNK);
+    let old_hash = blake3::hash(&old_big);
+    e.dst.file("big", &old_big).file("small", "old small");
+    // Same size on both sides, so both are hashed before planning.
+    e.src.file("big", &old_big).file("small", "new small");
+    let big_src = e.src.path("big");
+    let big_dst = e.dst.path("big");
+    let sync = || e.js(sync_args(e.src(), e.dst(), &[]));
+
+    // Every copy of the file is made to last 300 ms (strace delays copy_file_range) while a
+    // writer rewrites it: no stable copy can be had. The old file stays, the run names the
+    // path and exits 1, and the other entries are synced.
+    if have("strace") {
+        let mut w = Writer::start(&big_src, chunks, 1 << 20, Duration::from_millis(20));
+        let mut c = std::process::Command::new("strace");
+        c.args([
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=copy_file_range",
+            "-e",
+            "inject=copy_file_range:delay_enter=300000",
+            BIN,
+            "--state-dir",
+        ])
+        .arg(e.state())
+        .args(sync_args(e.src(), e.dst(), &[]))
+        .env_remove("JAILSYNC_STATE_DIR");
+        let o = c.output().expect("run strace");
+        w.stop();
+        expect_code(&o, 1);
+        let err = stderr(&o);
+        assert!(
+            err.contains(big_src.to_str().unwrap()) || err.contains(big_dst.to_str().unwrap()),
+            "the unstable file should be named:\n{err}"
+        );
+        assert_eq!(
+            blake3::hash(&std::fs::read(&big_dst).unwrap()),
+            old_hash,
+            "old version replaced"
+        );
+        assert_eq!(std::fs::read(e.dst.path("small")).unwrap(), b"new small");
+    } else {
+        eprintln!("strace not installed: the forced-slow copy case is skipped");
+    }
+
+    // A writer pausing between whole versions: every run leaves the old file or a copy the
+    // source really held unchanged for longer than a copy takes (a whole version, or a
+    // half-rewritten one whose writer was descheduled); a torn copy is content the source
+    // never held still (24 MiB cannot be copied in under a millisecond).
+    let mut w = Writer::start(&big_src, chunks, 1, Duration::from_millis(40));
+    let mut got = Vec::new();
+    for round in 0..8 {
+        e.src.file("small", format!("round {round}"));
+        let o = sync();
+        let code = o.status.code();
+        assert!(
+            matches!(code, Some(0) | Some(1)),
+            "round {round}: {}",
+            stderr(&o)
+        );
+        if code == Some(1) {
+            assert!(stderr(&o).contains("big"), "round {round}: {}", stderr(&o));
+        }
+        let d = std::fs::read(&big_dst).unwrap();
+        if blake3::hash(&d) == old_hash {
+            got.push((code, None));
+            continue;
+        }
+        let state = chunk_versions(&d);
+        match w.held(&state) {
+            Some(_) if state.iter().all(|&c| c == state[0]) => got.push((code, state[0])),
+            Some(t) if t >= Duration::from_millis(1) => {
+                eprintln!("round {round}: copied a half-written version the writer left for {t:?}");
+                got.push((code, state[0]));
+            }
+            held => panic!(
+                "round {round}: torn copy installed (chunk versions {state:?}, held {held:?}):\n{}",
+                stderr(&o)
+            ),
+        }
+    }
+    w.stop();
+    eprintln!("source_rewritten: (exit, version installed) per round: {got:?}");
+
+    // Quiet again: a rerun converges.
+    e.sync(&[]);
+    e.assert_synced();
+}
