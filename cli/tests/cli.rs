@@ -391,3 +391,22 @@ fn exit_1_when_some_entries_fail() {
         "temporary names left behind: {l:?}"
     );
 }
+
+#[test]
+fn relative_paths_work_from_the_current_directory() {
+    let e = Env::new();
+    e.src.file("a/b", b"b");
+    let o = std::process::Command::new(BIN)
+        .current_dir(e.tmp.path())
+        .args(["--state-dir", "state", "sync", "src", "dst/"])
+        .output()
+        .unwrap();
+    expect_code(&o, 0);
+    assert_same(e.src(), e.dst());
+    let o = std::process::Command::new(BIN)
+        .current_dir(e.tmp.path().join("src"))
+        .args(["--state-dir", "../state", "verify", ".", "../dst"])
+        .output()
+        .unwrap();
+    expect_code(&o, 0);
+}

@@ -62,6 +62,9 @@ fn directories_including_empty_ones() {
         .mode("a/b", 0o700)
         .mode("x", 0o751);
     e.dst.dir("old/empty").dir("a/b").mode("a", 0o777);
+    // The roots' own metadata is synced too.
+    e.src.mode("", 0o750).mtime("", T, 11);
+    e.dst.mode("", 0o777);
     e.sync(&[]);
     e.assert_synced();
 }
@@ -208,7 +211,10 @@ fn special_mode_bits_and_numeric_owners() {
         .mode("suid", 0o755)
         .file("owned", b"x")
         .owner("owned", 1, 1)
-        .mode("owned", 0o600);
+        .mode("owned", 0o600)
+        .symlink("lnk2", "suid")
+        .owner("lnk2", 1, 1);
+    e.src.symlink("lnk2", "suid").owner("lnk2", 5, 6);
     e.sync(&[]);
     e.assert_synced();
 }
@@ -927,15 +933,23 @@ fn a_directory_holding_excluded_entries_is_not_exchanged_away() {
         .file("x", b"a file in the source")
         .hardlink("z", "x")
         .file("y", b"y");
-    e.dst.file("x/cache/keep", b"excluded").file("x/other", b"o");
+    e.dst
+        .file("x/cache/keep", b"excluded")
+        .file("x/other", b"o");
     let o = e.js(sync_args_ex(&e, &["-i", "--exclude", "cache"]));
     expect_code(&o, 1);
     assert!(stderr(&o).contains("excluded"), "{}", stderr(&o));
     let l = listing(e.dst());
     assert!(l.get("x/cache/keep").is_some(), "excluded entry deleted");
-    assert!(l.get("x/other").is_none(), "the rest of the directory stays");
+    assert!(
+        l.get("x/other").is_none(),
+        "the rest of the directory stays"
+    );
     assert!(l.get("y").is_some());
-    assert_eq!(std::fs::read(e.dst.path("z")).unwrap(), b"a file in the source");
+    assert_eq!(
+        std::fs::read(e.dst.path("z")).unwrap(),
+        b"a file in the source"
+    );
 }
 
 fn sync_args_ex<'a>(e: &'a Env, extra: &'a [&'a str]) -> Vec<&'a OsStr> {
@@ -960,7 +974,14 @@ fn exclude_pattern_forms() {
         .file("src/build", b"a file named build: kept")
         .file("keep.c", b"c");
     let ex = [
-        "--exclude", "*.o", "--exclude", "/top", "--exclude", "a/b", "--exclude", "build/",
+        "--exclude",
+        "*.o",
+        "--exclude",
+        "/top",
+        "--exclude",
+        "a/b",
+        "--exclude",
+        "build/",
     ];
     let mut args = vec!["-i"];
     args.extend(ex);
@@ -1012,7 +1033,12 @@ fn manifest_round_trip_of_everything() {
     e.sync(&[]);
     let m = e.tmp.path().join("m");
     expect_code(
-        &e.js([OsStr::new("manifest"), e.src().as_os_str(), OsStr::new("-o"), m.as_os_str()]),
+        &e.js([
+            OsStr::new("manifest"),
+            e.src().as_os_str(),
+            OsStr::new("-o"),
+            m.as_os_str(),
+        ]),
         0,
     );
     let verify = || e.js([OsStr::new("verify"), m.as_os_str(), e.dst().as_os_str()]);
@@ -1021,7 +1047,10 @@ fn manifest_round_trip_of_everything() {
     e.dst.xattr("x", "trusted.t", b"other");
     expect_code(&verify(), 1);
     e.sync(&[]);
-    e.dst.remove("l").symlink("l", "target with spaces\nand newlinE").mtime("l", T, 9);
+    e.dst
+        .remove("l")
+        .symlink("l", "target with spaces\nand newlinE")
+        .mtime("l", T, 9);
     expect_code(&verify(), 1);
     e.sync(&[]);
     e.dst.file(&deep, b"DEEP");
