@@ -777,7 +777,9 @@ impl Writer {
             return None;
         }
         // The state began with the write of chunk k-1 of version v and ended with the next.
-        let i = log.iter().position(|&(lv, lj, _, _)| lv == v && lj == k - 1)?;
+        let i = log
+            .iter()
+            .position(|&(lv, lj, _, _)| lv == v && lj == k - 1)?;
         let end = log.get(i + 1).map_or_else(Instant::now, |e| e.3);
         Some(end - log[i].2)
     }
@@ -890,5 +892,283 @@ fn source_rewritten_during_copy_never_torn() {
 
     // Quiet again: a rerun converges.
     e.sync(&[]);
+    e.assert_synced();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. A full disk, unreadable entries.
+
+/// The destination lives on an 8 MiB tmpfs in a private mount namespace; the jail does not fit.
+/// Per-entry errors, exit 1, every file old or new, the old version of a big file that could
+/// not be staged still in place, nothing pruned whose replacement failed, no temp files left;
+/// once the filesystem is big enough a rerun converges.
+#[test]
+fn enospc_on_small_tmpfs() {
+    if !is_root() || !have("unshare") || !have("nsenter") {
+        eprintln!("skipped: needs root, unshare and nsenter for a private tmpfs");
+        return;
+    }
+    let tmp = tempdir("enospc");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let Some(ns) = TmpfsNs::new(&mnt, "8m") else {
+        panic!("could not mount a tmpfs in a private mount namespace");
+    };
+    let mut rng = Rng::new(11);
+    // Old live tree (on the tmpfs): a 5 MiB file the jail changes (staging it needs 10 MiB at
+    // once: it can never be written), a type change whose new file is big, orphans, small
+    // files; new files of which only some fit.
+    let old = Tree::new(tmp.path().join("old"));
+    let src = Tree::new(tmp.path().join("src"));
+    let big_old = rng.bytes(5 << 20);
+    old.file("big", &big_old).mtime("big", 1_600_000_000, 0);
+    src.file("big", rng.bytes(5 << 20))
+        .mtime("big", 1_600_000_001, 0);
+    for i in 0..5 {
+        old.file(format!("tc/f{i}"), rng.bytes(1000));
+    }
+    src.file("tc", rng.bytes(2 << 20));
+    for i in 0..20 {
+        old.file(format!("orphans/o{i}"), rng.bytes(100));
+        old.file(format!("small/s{i}"), rng.bytes(500));
+        src.file(format!("small/s{i}"), rng.bytes(500));
+    }
+    for i in 0..4 {
+        src.file(format!("new/n{i}"), rng.bytes(1 << 20));
+    }
+    let dst_out = ns.outside("dst");
+    copy_tree(&old.root, &dst_out);
+    let (lo, ln) = (listing(&old.root), listing(&src.root));
+    let state = tmp.path().join("state");
+    let run_in_ns = || {
+        ns.command(BIN)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(sync_args(&src.root, &ns.inside("dst"), &[]))
+            .env_remove("JAILSYNC_STATE_DIR")
+            .output()
+            .expect("run in namespace")
+    };
+
+    for run in 0..2 {
+        let o = run_in_ns();
+        expect_code(&o, 1);
+        let err = stderr(&o);
+        let dst_in = ns.inside("dst");
+        let named = err
+            .lines()
+            .filter(|l| {
+                l.contains("No space left on device") && l.contains(dst_in.to_str().unwrap())
+            })
+            .count();
+        eprintln!("enospc run {run}:\n{err}");
+        assert!(
+            named >= 1,
+            "run {run}: expected per-entry ENOSPC errors naming paths:\n{err}"
+        );
+        let now = listing(&dst_out);
+        let bad = old_or_new(&lo, &ln, &now);
+        assert!(
+            bad.is_empty(),
+            "run {run}: invariants broken:\n{}\n{err}",
+            bad.join("\n")
+        );
+        let left = leftovers(&now);
+        assert!(
+            left.is_empty(),
+            "run {run}: temp files left behind: {left:?}\n{err}"
+        );
+        assert!(
+            std::fs::read(dst_out.join("big")).unwrap() == big_old,
+            "run {run}: the old big file is not intact"
+        );
+        // tc: if the new file could not be installed, the old directory keeps all its files.
+        if now.get("tc").is_some_and(|r| r.kind == 'd') {
+            for i in 0..5 {
+                assert!(
+                    now.get(format!("tc/f{i}")).is_some(),
+                    "run {run}: tc/f{i} pruned though tc was not replaced"
+                );
+            }
+        }
+    }
+
+    // Room enough now (remount bigger, in the namespace): a rerun converges exactly.
+    let st = ns
+        .command("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(ns.inside(""))
+        .status()
+        .unwrap();
+    assert!(st.success(), "remount");
+    let o = run_in_ns();
+    expect_code(&o, 0);
+    let now = listing(&dst_out);
+    assert!(now == ln, "did not converge:\n{}", ln.diff(&now));
+}
+
+/// Root reads everything, so the unreadable-entry case runs the binary as `nobody`
+/// (setpriv): a source file and a source directory it may not read. The rest is synced, the
+/// run exits 1 naming them, and their live counterparts are not deleted or replaced.
+#[test]
+fn eacces_on_single_entries() {
+    if !is_root() || !have("setpriv") {
+        eprintln!("skipped: needs root and setpriv to run as nobody");
+        return;
+    }
+    let tmp = tempdir("eacces");
+    let t = tmp.path();
+    let chmod = |p: &Path, m: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    chmod(t, 0o755);
+    let src = Tree::new(t.join("src"));
+    let dst = Tree::new(t.join("dst"));
+    src.file("ok", "new ok")
+        .file("secret", "new secret")
+        .file("closed/x", "new x");
+    src.file("sub/y", "new y");
+    dst.file("ok", "old ok")
+        .file("secret", "old secret")
+        .file("closed/x", "old x");
+    dst.file("closed/only_live", "keep me")
+        .file("sub/y", "old y");
+    src.mode("secret", 0o000).mode("closed", 0o000);
+    let state = t.join("state");
+    std::fs::create_dir(&state).unwrap();
+    let o = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&dst.root)
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(o.success());
+    let ls = listing(&src.root);
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(BIN)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(sync_args(&src.root, &dst.root, &[]))
+        .env_remove("JAILSYNC_STATE_DIR")
+        .output()
+        .unwrap();
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    for name in ["secret", "closed"] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(name) && l.contains("Permission denied")),
+            "{name} should be reported with its cause:\n{err}"
+        );
+    }
+    let read = |p: &str| {
+        std::fs::read_to_string(dst.path(p)).unwrap_or_else(|e| panic!("{p}: {e}\n{err}"))
+    };
+    assert_eq!(read("ok"), "new ok");
+    assert_eq!(read("sub/y"), "new y");
+    assert_eq!(
+        read("secret"),
+        "old secret",
+        "unreadable source replaced its live file"
+    );
+    assert_eq!(read("closed/x"), "old x");
+    assert_eq!(
+        read("closed/only_live"),
+        "keep me",
+        "deleted below an unlistable source dir"
+    );
+    assert_eq!(listing(&src.root), ls, "jail changed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. --fsync.
+
+/// Under strace: with `--fsync` every staged file is fsynced before the rename that publishes
+/// it, and every touched directory after the last rename; without it, nothing is.
+#[test]
+fn fsync_orders_data_then_rename_then_dirs() {
+    if !have("strace") {
+        eprintln!("skipped: strace not installed");
+        return;
+    }
+    let e = Env::new().with_dst();
+    e.dst
+        .file("a/changed", "old")
+        .file("top", "old top")
+        .file("a/gone", "x");
+    e.src
+        .file("a/changed", "new!")
+        .file("top", "new top")
+        .file("a/added", "added");
+    e.src.file("newdir/f1", "f1").file("newdir/sub/f2", "f2");
+    let log = e.tmp.path().join("strace.log");
+    let traced = |extra: &[&str]| {
+        let o = std::process::Command::new("strace")
+            .args(["-f", "-qq", "-y", "-s", "256", "-o"])
+            .arg(&log)
+            .args(["-e", "trace=fsync,fdatasync,rename,renameat,renameat2"])
+            .arg(BIN)
+            .arg("--state-dir")
+            .arg(e.state())
+            .args(sync_args(e.src(), e.dst(), extra))
+            .env_remove("JAILSYNC_STATE_DIR")
+            .output()
+            .expect("run strace");
+        expect_code(&o, 0);
+        std::fs::read_to_string(&log).unwrap()
+    };
+    let text = traced(&["--fsync"]);
+    let lines: Vec<&str> = text.lines().collect();
+    let dst = e.dst().to_str().unwrap().to_string();
+    // fsync'd paths (strace -y prints the fd's path), with their line numbers.
+    let fsyncs: Vec<(usize, &str)> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("fsync(") || l.contains("fdatasync("))
+        .filter_map(|(i, l)| {
+            let a = l.find('<')? + 1;
+            let b = a + l[a..].find('>')?;
+            Some((i, &l[a..b]))
+        })
+        .collect();
+    let renames: Vec<(usize, &str)> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("rename") && l.contains(".jailsync-tmp-") && l.contains("= 0"))
+        .map(|(i, l)| (i, *l))
+        .collect();
+    assert!(
+        renames.len() >= 4,
+        "expected the commit's renames in the trace:\n{text}"
+    );
+    // Each published temp name (file or new directory) was fsynced first, at that name.
+    for (i, l) in &renames {
+        let a = l.find('"').unwrap() + 1;
+        let tmp = &l[a..a + l[a..].find('"').unwrap()];
+        let dir_a = l.find('<').unwrap() + 1;
+        let dir = &l[dir_a..dir_a + l[dir_a..].find('>').unwrap()];
+        let full = format!("{dir}/{tmp}");
+        assert!(
+            fsyncs.iter().any(|(j, p)| j < i && *p == full),
+            "{full} renamed without an fsync before:\n{text}"
+        );
+    }
+    // Directories whose entries changed are fsynced after the last rename.
+    let last = renames.iter().map(|r| r.0).max().unwrap();
+    for d in [dst.clone(), format!("{dst}/a")] {
+        assert!(
+            fsyncs.iter().any(|(j, p)| *j > last && *p == d),
+            "directory {d} not fsynced after the commit:\n{text}"
+        );
+    }
+    // And without --fsync, no fsync at all.
+    e.src.file("top", "newer top");
+    let text = traced(&[]);
+    assert!(
+        !text.contains("fsync(") && !text.contains("fdatasync("),
+        "fsync without --fsync:\n{text}"
+    );
     e.assert_synced();
 }
