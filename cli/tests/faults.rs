@@ -1172,3 +1172,55 @@ fn fsync_orders_data_then_rename_then_dirs() {
     );
     e.assert_synced();
 }
+
+/// Live entries the kernel refuses to change (`chattr +i`: EPERM on rename, unlink, create):
+/// each is reported with its path and phase, the run exits 1, everything else is synced, no
+/// temp file is left, and nothing changes in the immutable places.
+#[test]
+fn immutable_live_entries_reported_rest_synced() {
+    let e = Env::new().with_dst();
+    e.src
+        .file("locked", "new")
+        .file("idir/x", "new x")
+        .file("ok", "ok");
+    e.dst.file("locked", "old").file("idir/orphan", "o");
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(e.dst.path("locked"))
+            .arg(e.dst.path("idir"))
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !is_root() || !chattr("+i") {
+        eprintln!("skipped: chattr +i unsupported here (needs root and ext4/xfs/btrfs)");
+        return;
+    }
+    let o = e.js(sync_args(e.src(), e.dst(), &[]));
+    let ok = chattr("-i");
+    assert!(ok, "chattr -i");
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    for p in ["locked", "idir/x", "idir/orphan"] {
+        let full = e.dst.path(p);
+        assert!(
+            err.lines().any(
+                |l| l.contains(full.to_str().unwrap()) && l.contains("Operation not permitted")
+            ),
+            "{p} should be reported:\n{err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(e.dst.path("locked")).unwrap(),
+        "old"
+    );
+    assert_eq!(
+        std::fs::read_to_string(e.dst.path("idir/orphan")).unwrap(),
+        "o"
+    );
+    assert_eq!(std::fs::read_to_string(e.dst.path("ok")).unwrap(), "ok");
+    let left = leftovers(&listing(e.dst()));
+    assert!(left.is_empty(), "temp files left: {left:?}");
+    e.sync(&[]);
+    e.assert_synced();
+}
