@@ -21,7 +21,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsx::{self, MetaOpts};
 use crate::hash;
 use crate::journal::{check_outside, Lock, StateDir};
-use crate::manifest::{self, Manifest};
+use crate::manifest::Manifest;
 use crate::plan::{self, Op, Plan, PlanOpts};
 use crate::progress::{Phase, Progress};
 use crate::scan::{self, Excludes, Scan, ScanOpts};
@@ -106,6 +106,10 @@ pub struct Tree {
     pub dst_stamp: (i64, u32),
     pub hashed_bytes: u64,
     pub cache_hits: usize,
+    /// Per side (source, destination): entries in the cache as loaded, and files hashed now.
+    /// A cache whose every entry was reused and nothing new hashed is not rewritten.
+    cache_loaded: [Option<usize>; 2],
+    hashed: [usize; 2],
     dst_leftovers: Vec<Box<[u8]>>,
     _lock: Option<Lock>,
 }
@@ -255,12 +259,17 @@ pub fn prepare(
 
     // Stat caches: reuse only what the racy-git rules allow (see `cache`).
     let mut cache_hits = 0;
+    let mut cache_loaded = [None, None];
     if let (Some(state), false) = (state, opts.checksum) {
-        for (tree, entries) in [(src_path, &mut s.entries), (dst_path, &mut d.entries)] {
+        for (k, (tree, entries)) in [(src_path, &mut s.entries), (dst_path, &mut d.entries)]
+            .into_iter()
+            .enumerate()
+        {
             if let Ok(p) = state.cache_path(tree) {
-                // A corrupt or future-version cache is ignored: it can only cost a re-hash.
-                if let Ok(Some(m)) = manifest::read_optional(&p) {
-                    cache_hits += cache::fill_from(entries, &m);
+                // A corrupt or other-version cache is ignored: it can only cost a re-hash.
+                if let Some(c) = cache::load(&p) {
+                    cache_hits += cache::fill_from(entries, &c);
+                    cache_loaded[k] = Some(c.entries.len());
                 }
             }
         }
@@ -270,6 +279,7 @@ pub fn prepare(
     let total = (sn.len() + dn.len()) as u64;
     progress.start(Phase::Hash, total);
     let mut hashed_bytes = 0;
+    let hashed = [sn.len(), dn.len()];
     for (root, entries, need) in [
         (src_path, &mut s.entries, sn),
         (dst_path, &mut d.entries, dn),
@@ -303,6 +313,8 @@ pub fn prepare(
         dst_stamp,
         hashed_bytes,
         cache_hits,
+        cache_loaded,
+        hashed,
         dst_leftovers: d.leftovers,
         _lock: lock,
     })
@@ -341,9 +353,10 @@ pub fn prepare_from_manifest(
     take_errors(&mut scan_errors, dst_path, &mut d);
     let mut cache_hits = 0;
     if let (Some(state), false) = (state, opts.checksum) {
-        if let Ok(Ok(Some(c))) = state
+        if let Some(c) = state
             .cache_path(dst_path)
-            .map(|p| manifest::read_optional(&p))
+            .ok()
+            .and_then(|p| cache::load(&p))
         {
             cache_hits += cache::fill_from(&mut d.entries, &c);
         }
@@ -380,6 +393,8 @@ pub fn prepare_from_manifest(
         dst_stamp: stamp,
         hashed_bytes,
         cache_hits,
+        cache_loaded: [None, None],
+        hashed: [0, 0],
         dst_leftovers: Vec::new(),
         _lock: None,
     })
@@ -424,9 +439,7 @@ fn keep_excluded_parents(plan: &mut Plan, dst: &[Entry], holds: &[Box<[u8]>]) ->
         .actions
         .iter()
         .filter(|a| {
-            a.op == Op::Exchange
-                && dst[a.dst as usize].kind == Kind::Dir
-                && keep.contains(dpath(a))
+            a.op == Op::Exchange && dst[a.dst as usize].kind == Kind::Dir && keep.contains(dpath(a))
         })
         .map(|a| dpath(a).into())
         .collect();
@@ -443,8 +456,7 @@ fn keep_excluded_parents(plan: &mut Plan, dst: &[Entry], holds: &[Box<[u8]>]) ->
     });
     let mut leaders: HashMap<u32, u32> = HashMap::new();
     for a in plan.actions.iter_mut() {
-        if a.op == Op::Delete && a.covered && scan::under_any(&refused, &dst[a.dst as usize].path)
-        {
+        if a.op == Op::Delete && a.covered && scan::under_any(&refused, &dst[a.dst as usize].path) {
             a.covered = false;
         }
         // A hard-link group whose leader was dropped gets its next member as leader.
@@ -617,7 +629,7 @@ pub fn apply_all(
 /// look, and guessing would break the rule that a cached hash describes what was read.
 fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>) {
     let _ = a;
-    let src_m = cache::to_store(&t.src, t.src_stamp);
+    let src_c = cache::to_store(&t.src, t.src_stamp);
     let touched: std::collections::HashSet<u32> = t
         .plan
         .actions
@@ -632,11 +644,19 @@ fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>) {
         .filter(|(j, e)| e.kind == Kind::File && !touched.contains(&(*j as u32)))
         .map(|(_, e)| e.clone())
         .collect();
-    let dst_m = cache::to_store(&kept, t.dst_stamp);
-    // A cache that cannot be written only costs a re-hash next time.
-    for (tree, m) in [(&t.src_path, src_m), (&t.dst_path, dst_m)] {
+    let dst_c = cache::to_store(&kept, t.dst_stamp);
+    // Unchanged caches are not rewritten (a no-op run writes nothing); one that cannot be
+    // written only costs a re-hash next time.
+    let sides = [
+        (&t.src_path, src_c, false),
+        (&t.dst_path, dst_c, !touched.is_empty()),
+    ];
+    for (k, (tree, c, changed)) in sides.into_iter().enumerate() {
+        if !changed && t.hashed[k] == 0 && t.cache_loaded[k] == Some(c.entries.len()) {
+            continue;
+        }
         if let Ok(p) = state.cache_path(tree) {
-            let _ = manifest::write_file(&p, &m, true);
+            let _ = cache::save(&p, &c);
         }
     }
 }
@@ -644,7 +664,7 @@ fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>) {
 /// Writes the stat cache of a tree scanned on its own (`manifest`, `verify`).
 pub fn store_cache(state: &StateDir, tree: &Path, entries: &[Entry], stamp: (i64, u32)) {
     if let Ok(p) = state.cache_path(tree) {
-        let _ = manifest::write_file(&p, &cache::to_store(entries, stamp), true);
+        let _ = cache::save(&p, &cache::to_store(entries, stamp));
     }
 }
 
@@ -667,10 +687,8 @@ pub fn scan_and_hash(
     let mut errors = Vec::new();
     take_errors(&mut errors, root, &mut s);
     if let (Some(state), false) = (state, opts.checksum) {
-        if let Ok(p) = state.cache_path(root) {
-            if let Ok(Some(m)) = manifest::read_optional(&p) {
-                cache::fill_from(&mut s.entries, &m);
-            }
+        if let Some(c) = state.cache_path(root).ok().and_then(|p| cache::load(&p)) {
+            cache::fill_from(&mut s.entries, &c);
         }
     }
     let need: Vec<usize> = s
