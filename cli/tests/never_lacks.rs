@@ -546,3 +546,38 @@ fn upgrade_stages_all_then_commits_db_last_then_prunes() {
     assert_same(&jail.path("usr/pkg"), &root.path("usr/pkg"));
     assert_same(&jail.path("var/db/pkg"), &root.path("var/db/pkg"));
 }
+
+proptest::proptest! {
+    // Each case runs one traced sync: keep the count small.
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 12,
+        failure_persistence: None,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// The strace check on random old/new trees: whatever changes (types, hard links), no
+    /// common path is removed or renamed away.
+    #[test]
+    fn strace_random_trees(old in common::gen::tree(), new in common::gen::tree()) {
+        if !have("strace") {
+            return Ok(());
+        }
+        let e = Env::new().with_dst();
+        let old_log = common::gen::build(&e.dst, &old);
+        let new_log = common::gen::build(&e.src, &new);
+        let common = common_paths(e.src(), e.dst());
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--state-dir").arg(e.state()).arg("sync").arg(e.src()).arg(e.dst());
+        let calls = traced(&mut cmd, &e.tmp.path().join("trace"));
+        let v = violations(&calls, e.dst(), &common);
+        proptest::prop_assert!(
+            v.is_empty(),
+            "old:\n  {}\nnew:\n  {}\nviolations:\n{}",
+            old_log.join("\n  "),
+            new_log.join("\n  "),
+            v.join("\n")
+        );
+        let (ls, ld) = (listing(e.src()), listing(e.dst()));
+        proptest::prop_assert!(ls == ld, "{}", ls.diff(&ld));
+    }
+}

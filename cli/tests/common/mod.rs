@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod gen;
+
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CString, OsStr};
 use std::fmt;
