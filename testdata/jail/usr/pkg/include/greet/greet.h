@@ -1,0 +1,2 @@
+int greet(const char *who);
+int greet_all(void);
