@@ -177,8 +177,19 @@ fn fifos_and_devices() {
         .mtime("fifo", T, 5)
         .mtime("null", T, 6);
     e.dst.chardev("renumbered", 4, 65).fifo("oldfifo");
+    // Metadata-only changes on nodes (set through O_PATH, never opening the device).
+    e.src
+        .chardev("meta", 1, 7)
+        .owner("meta", 3, 4)
+        .mode("meta", 0o640)
+        .xattr("meta", "trusted.dev", b"d")
+        .fifo("pmeta")
+        .mtime("pmeta", T, 8);
+    e.dst.chardev("meta", 1, 7).mode("meta", 0o666).fifo("pmeta");
+    let i = ino(e.dst(), "meta");
     e.sync(&[]);
     e.assert_synced();
+    assert_eq!(ino(e.dst(), "meta"), i, "a metadata change recreated the node");
 }
 
 #[test]
