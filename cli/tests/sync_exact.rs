@@ -185,11 +185,18 @@ fn fifos_and_devices() {
         .xattr("meta", "trusted.dev", b"d")
         .fifo("pmeta")
         .mtime("pmeta", T, 8);
-    e.dst.chardev("meta", 1, 7).mode("meta", 0o666).fifo("pmeta");
+    e.dst
+        .chardev("meta", 1, 7)
+        .mode("meta", 0o666)
+        .fifo("pmeta");
     let i = ino(e.dst(), "meta");
     e.sync(&[]);
     e.assert_synced();
-    assert_eq!(ino(e.dst(), "meta"), i, "a metadata change recreated the node");
+    assert_eq!(
+        ino(e.dst(), "meta"),
+        i,
+        "a metadata change recreated the node"
+    );
 }
 
 #[test]
