@@ -28,6 +28,10 @@ fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
     let cmd = args.next().ok_or(USAGE)?;
+    if cmd == "-h" || cmd == "--help" {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let (mut files, mut seed, mut scale, mut kind) = (27_000usize, 1u64, 1.0f64, None);
     let mut pos: Vec<PathBuf> = Vec::new();
     while let Some(a) = args.next() {
