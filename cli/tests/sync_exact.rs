@@ -150,6 +150,13 @@ fn hard_link_groups_created_split_merged() {
         .file("shrink/a", b"s")
         .hardlink("shrink/b", "shrink/a")
         .file("shrink/c", b"s");
+    // A member that replaces a directory (regression: it was copied alone, splitting the
+    // group), and one that replaces a symlink.
+    e.dst.file("tc/a/x", b"dir before").symlink("tc/c", "b");
+    e.src
+        .file("tc/b", b"group")
+        .hardlink("tc/a", "tc/b")
+        .hardlink("tc/c", "tc/b");
     // Two groups whose members swap.
     e.dst
         .file("swap/a", b"1")
