@@ -726,12 +726,14 @@ fn chunk_versions(data: &[u8]) -> Vec<Option<u64>> {
         .collect()
 }
 
+/// (version, chunk, just before the write, just after it).
+type ChunkWrite = (u64, usize, Instant, Instant);
+
 /// A writer rewriting a jail file in place, chunk by chunk, version after version (pausing
 /// `pause` between whole versions), logging when each chunk landed.
 struct Writer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// (version, chunk, just before the write, just after it).
-    log: std::sync::Arc<std::sync::Mutex<Vec<(u64, usize, Instant, Instant)>>>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<ChunkWrite>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
