@@ -410,3 +410,24 @@ fn relative_paths_work_from_the_current_directory() {
         .unwrap();
     expect_code(&o, 0);
 }
+
+#[test]
+fn options_that_must_not_change_the_result() {
+    for opts in [
+        &["--fsync"][..],
+        &["--threads", "1"],
+        &["--threads", "16"],
+        &["-c"],
+        &["-v"],
+        &["-q"],
+    ] {
+        let e = Env::new().with_dst();
+        changes(&e);
+        e.src
+            .file("h1", b"h")
+            .hardlink("h2", "h1")
+            .symlink("l", "h1");
+        e.sync(opts);
+        e.assert_synced();
+    }
+}
