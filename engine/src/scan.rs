@@ -102,6 +102,10 @@ pub struct Scan {
     /// Directories that directly hold an excluded entry: they, and their ancestors, must not
     /// be deleted (an excluded path is neither copied nor deleted).
     pub holds_excluded: Vec<Box<[u8]>>,
+    /// Names that were listed but gone before they could be read: a jail changing under the
+    /// scan (a build deleting and recreating a file). Their counterparts in the other tree
+    /// must not be taken for orphans on the strength of a moment's absence.
+    pub vanished: Vec<Box<[u8]>>,
 }
 
 struct Ctx<'a> {
@@ -138,6 +142,7 @@ fn walk_dir<'s>(s: &rayon::Scope<'s>, dir: Arc<OwnedFd>, rel: Vec<u8>, ctx: &'s 
     let mut local: Vec<Entry> = Vec::new();
     let mut errors: Vec<(Box<[u8]>, io::Error)> = Vec::new();
     let mut leftovers = Vec::new();
+    let mut vanished = Vec::new();
     let mut incomplete = false;
     let mut holds_excluded = false;
     let names = match fsx::list_dir(dir.as_fd()) {
@@ -164,8 +169,11 @@ fn walk_dir<'s>(s: &rayon::Scope<'s>, dir: Arc<OwnedFd>, rel: Vec<u8>, ctx: &'s 
         };
         let st = match fsx::lstat_at(dir.as_fd(), &cname) {
             Ok(st) => st,
-            // Vanished between listing and stat: it is simply not there.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            // Vanished between listing and stat: not there now, but maybe back in a moment.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                vanished.push(path.into_boxed_slice());
+                continue;
+            }
             Err(e) => {
                 errors.push((path.into(), e));
                 incomplete = true;
@@ -190,7 +198,10 @@ fn walk_dir<'s>(s: &rayon::Scope<'s>, dir: Arc<OwnedFd>, rel: Vec<u8>, ctx: &'s 
         if ctx.opts.xattrs {
             match fsx::read_xattrs_at(dir.as_fd(), &name) {
                 Ok(x) => e.xattrs = x,
-                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    vanished.push(e.path);
+                    continue;
+                }
                 Err(err) => {
                     errors.push((e.path.clone(), err));
                     continue;
@@ -222,6 +233,7 @@ fn walk_dir<'s>(s: &rayon::Scope<'s>, dir: Arc<OwnedFd>, rel: Vec<u8>, ctx: &'s 
     out.entries.append(&mut local);
     out.errors.append(&mut errors);
     out.leftovers.append(&mut leftovers);
+    out.vanished.append(&mut vanished);
     if holds_excluded {
         out.holds_excluded.push(rel.clone().into());
     }

@@ -253,7 +253,16 @@ pub fn prepare(
 
     let mut protect: Vec<Box<[u8]>> = s.incomplete.clone();
     protect.extend(s.errors.iter().map(|(p, _)| p.clone()));
+    // A source entry gone between listing and stat is reported and its live counterpart left
+    // as it was; a destination entry gone is simply not there.
+    protect.extend(s.vanished.iter().cloned());
     let mut scan_errors = Vec::new();
+    for p in &s.vanished {
+        scan_errors.push((
+            src_path.join(fsx::os(p)),
+            io::Error::other("vanished while being scanned; its live version is left (run again)"),
+        ));
+    }
     take_errors(&mut scan_errors, src_path, &mut s);
     take_errors(&mut scan_errors, dst_path, &mut d);
 
