@@ -1226,3 +1226,102 @@ fn immutable_live_entries_reported_rest_synced() {
     e.sync(&[]);
     e.assert_synced();
 }
+
+/// Jail files replaced (rename over), deleted and recreated, grown and shrunk while syncs
+/// run: every live file is always whole (one of the versions the jail ever had, or its old
+/// one), runs exit 0 or 1, and once the jail is quiet a rerun converges.
+#[test]
+fn source_files_replaced_and_vanishing_during_sync() {
+    let e = Env::new().with_dst();
+    let versions = |i: usize, v: u64| -> Vec<u8> {
+        // Every version is self-describing: a header and a size that depends on it.
+        let mut d = format!("file {i} version {v}\n").into_bytes();
+        d.resize(1000 + (v as usize % 7) * 20_000, b'0' + (v % 10) as u8);
+        d
+    };
+    let n = 200;
+    for i in 0..n {
+        e.dst.file(format!("f{i}"), format!("old {i}"));
+        e.src.file(format!("f{i}"), versions(i, 0));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Files that were ever absent from the jail for a moment: a listing that misses one is
+    // a genuine (if brief) deletion and may be mirrored.
+    let gone = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let src = e.src().to_path_buf();
+    let churner = {
+        let (stop, gone) = (stop.clone(), gone.clone());
+        std::thread::spawn(move || {
+            let mut rng = Rng::new(9);
+            let mut v = 1;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let i = rng.below(n as u64) as usize;
+                let p = src.join(format!("f{i}"));
+                match rng.below(3) {
+                    // Replaced whole by a rename.
+                    0 => {
+                        let t = src.join(format!(".new{i}"));
+                        std::fs::write(&t, versions(i, v)).unwrap();
+                        std::fs::rename(&t, &p).unwrap();
+                    }
+                    // Vanishes for a moment.
+                    1 => {
+                        gone.lock().unwrap().insert(i);
+                        let _ = std::fs::remove_file(&p);
+                        std::thread::sleep(Duration::from_micros(200));
+                        std::fs::write(&p, versions(i, v)).unwrap();
+                    }
+                    // Rewritten in place, growing or shrinking.
+                    _ => std::fs::write(&p, versions(i, v)).unwrap(),
+                }
+                v += 1;
+            }
+        })
+    };
+    let whole = |d: &[u8], i: usize| -> bool {
+        if d == format!("old {i}").as_bytes() {
+            return true;
+        }
+        let head = String::from_utf8_lossy(&d[..d.len().min(40)]).to_string();
+        let v = head
+            .strip_prefix(&format!("file {i} version "))
+            .and_then(|r| r.split('\n').next())
+            .and_then(|v| v.parse::<u64>().ok());
+        v.is_some_and(|v| d == versions(i, v))
+    };
+    let mut codes = BTreeMap::new();
+    for round in 0..6 {
+        let o = e.js([
+            OsStr::new("sync"),
+            OsStr::new("--exclude"),
+            OsStr::new(".new*"),
+            e.src().as_os_str(),
+            e.dst().as_os_str(),
+        ]);
+        let code = o.status.code();
+        assert!(
+            matches!(code, Some(0) | Some(1)),
+            "round {round}: {}",
+            stderr(&o)
+        );
+        *codes.entry(code).or_insert(0) += 1;
+        for i in 0..n {
+            let p = e.dst.path(format!("f{i}"));
+            let d = match std::fs::read(&p) {
+                Ok(d) => d,
+                Err(_) if gone.lock().unwrap().contains(&i) => continue,
+                Err(err) => panic!("round {round}: f{i} missing from the live tree: {err}"),
+            };
+            assert!(
+                whole(&d, i),
+                "round {round}: f{i} is torn ({} bytes)",
+                d.len()
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churner.join().unwrap();
+    eprintln!("source_files_replaced: exit codes {codes:?}");
+    e.sync(&[]);
+    e.assert_synced();
+}
