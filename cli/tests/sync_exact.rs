@@ -281,7 +281,17 @@ fn xattrs_user_security_trusted() {
         .xattr("", "user.root", b"r")
         .file("changed", b"c")
         .xattr("changed", "user.v", b"2")
-        .file("removed", b"r");
+        .file("removed", b"r")
+        .file("big", b"b")
+        .xattr("big", "user.big", vec![b'v'; 1000]);
+    // Many names: beyond the first listxattr buffer.
+    for i in 0..20 {
+        e.src.xattr(
+            "big",
+            &format!("user.name-{i:02}-{}", "n".repeat(24)),
+            [i as u8],
+        );
+    }
     e.dst
         .file("changed", b"c")
         .xattr("changed", "user.v", b"1")
