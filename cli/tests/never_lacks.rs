@@ -215,6 +215,10 @@ fn parse_trace(text: &str) -> Vec<Call> {
     calls
 }
 
+/// Every call that creates, removes or renames a name.
+const ALL_CALLS: &str =
+    "openat,mkdirat,symlinkat,linkat,mknodat,unlink,unlinkat,rename,renameat,renameat2,rmdir";
+
 /// Runs `cmd` under strace; returns the successful unlink/rmdir/rename calls.
 fn traced(cmd: &mut Command, out: &Path) -> Vec<Call> {
     traced_with(cmd, out, "unlink,unlinkat,rename,renameat,renameat2,rmdir")
@@ -298,7 +302,7 @@ fn strace_no_common_path_removed_or_renamed_away() {
         .arg("sync")
         .arg(e.src())
         .arg(e.dst());
-    let calls = traced(&mut cmd, &e.tmp.path().join("trace"));
+    let calls = traced_with(&mut cmd, &e.tmp.path().join("trace"), ALL_CALLS);
     // The trace must have seen the engine at work, or the check below proves nothing.
     assert!(
         calls.iter().any(|c| c.exchange),
@@ -308,6 +312,12 @@ fn strace_no_common_path_removed_or_renamed_away() {
         .iter()
         .any(|c| c.name.starts_with("rename") && !c.exchange));
     assert!(calls.iter().any(|c| c.name == "unlinkat"));
+    // Invariant 4: nothing is created, removed or renamed in the jail.
+    let in_src: Vec<&Call> = calls
+        .iter()
+        .filter(|c| c.paths.iter().any(|p| p.starts_with(e.src())))
+        .collect();
+    assert!(in_src.is_empty(), "the sync changed SRC: {in_src:?}");
     let v = violations(&calls, e.dst(), &common);
     assert!(
         v.is_empty(),
@@ -493,11 +503,7 @@ fn upgrade_stages_all_then_commits_db_last_then_prunes() {
         .arg(&jail.root)
         .arg("--root")
         .arg(&root.root);
-    let calls = traced_with(
-        &mut cmd,
-        &tmp.path().join("trace"),
-        "openat,mkdirat,symlinkat,linkat,mknodat,unlink,unlinkat,rename,renameat,renameat2,rmdir",
-    );
+    let calls = traced_with(&mut cmd, &tmp.path().join("trace"), ALL_CALLS);
     let staged = |p: &Path| {
         p.as_os_str()
             .as_bytes()

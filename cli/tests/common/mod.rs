@@ -860,15 +860,23 @@ impl Env {
         run(all)
     }
 
-    /// `sync EXTRA... SRC DST`, asserting exit 0; returns stdout.
+    /// `sync EXTRA... SRC DST`, asserting exit 0 and that SRC was left as it was (invariant
+    /// 4: the jail is read-only to a sync); returns stdout.
     #[track_caller]
     pub fn sync(&self, extra: &[&str]) -> String {
         let mut args: Vec<&OsStr> = vec![OsStr::new("sync")];
         args.extend(extra.iter().map(OsStr::new));
         args.push(self.src().as_os_str());
         args.push(self.dst().as_os_str());
+        let before = listing(self.src());
         let o = self.js(&args);
         expect_code(&o, 0);
+        let after = listing(self.src());
+        assert!(
+            before == after,
+            "sync changed SRC:\n{}",
+            before.diff(&after)
+        );
         stdout(&o)
     }
 
