@@ -81,7 +81,12 @@ fn crash_loop() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     let mut rng = Rng::from_env("crash_loop");
-    let tmp = fast_tempdir("crash");
+    // JAILSYNC_CRASH_DISK=1 runs on the default temp dir (a disk) instead of memory.
+    let tmp = if std::env::var_os("JAILSYNC_CRASH_DISK").is_some() {
+        tempdir("crash")
+    } else {
+        fast_tempdir("crash")
+    };
     let old = Tree::new(tmp.path().join("old"));
     let src = Tree::new(tmp.path().join("src"));
     churn(&old, &src, &mut rng, 3000, 4, 2 << 20);
@@ -128,20 +133,34 @@ fn crash_loop() {
                 .map_or((0.0, 0.0), |w| (w.1, w.2))
         };
         let (commit, prune, fin) = (win("commit").1, win("prune").1, win("finalize").1);
-        let (from_commit, delay) = match i % 6 {
-            0 => (false, rng.unit() * total),
+        #[derive(PartialEq)]
+        enum From {
+            Start,
+            Stage,
+            Commit,
+        }
+        let (from, delay) = match i % 6 {
+            0 => (From::Start, rng.unit() * total),
             1 => (
-                false,
+                From::Start,
                 win("scan").0 + rng.unit() * (win("scan").1 + win("hash").1),
             ),
-            2 => (false, win("stage").0 + rng.unit() * win("stage").1),
-            3 => (true, rng.unit() * commit),
-            4 => (true, commit + rng.unit() * prune),
-            _ => (true, commit + prune + rng.unit() * fin * 1.2),
+            // Staging is seen starting when a temp name appears beside big/b*.
+            2 => (From::Stage, rng.unit() * win("stage").1),
+            3 => (From::Commit, rng.unit() * commit),
+            4 => (From::Commit, commit + rng.unit() * prune),
+            _ => (From::Commit, commit + prune + rng.unit() * fin * 1.2),
         };
+        let big_dir = dst.join("big");
         let (st, killed, err) = run_and_kill_after(
             cmd(&state, sync_args(&src.root, &dst, &extra)),
-            || !from_commit || lstat(&dst, "big/b0").is_ok_and(|s| s.st_ino != b0),
+            || match from {
+                From::Start => true,
+                From::Stage => std::fs::read_dir(&big_dir).is_ok_and(|mut d| {
+                    d.any(|e| e.is_ok_and(|e| e.file_name().as_encoded_bytes().starts_with(TMP)))
+                }),
+                From::Commit => lstat(&dst, "big/b0").is_ok_and(|s| s.st_ino != b0),
+            },
             Duration::from_secs_f64(delay),
         );
         if !killed {

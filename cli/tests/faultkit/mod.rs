@@ -274,6 +274,30 @@ pub fn churn(old: &Tree, new: &Tree, rng: &mut Rng, slots: usize, big: usize, bi
     new.symlink("dir2link", "fresh");
     old.symlink("link2dir", "gone");
     put_many(new, "link2dir", 20, rng);
+    // Metadata the sync must also converge on after a crash: xattrs, setuid bits, owners,
+    // fifos and devices changing type or number.
+    let root = crate::common::is_root();
+    for i in 0..20 {
+        let x = format!("meta/x{i}");
+        old.file(&x, b"same").xattr(&x, "user.k", "v1");
+        new.file(&x, b"same")
+            .xattr(&x, "user.k", if i % 2 == 0 { "v2" } else { "v1" });
+        if root {
+            let q = format!("meta/s{i}");
+            old.file(&q, b"suid").owner(&q, 1000, 1000).mode(&q, 0o4755);
+            new.file(&q, b"suid")
+                .owner(&q, 0, if i % 2 == 0 { 0 } else { 1000 })
+                .mode(&q, 0o4755);
+        }
+    }
+    old.fifo("meta/p2f");
+    new.file("meta/p2f", "was a fifo");
+    old.file("meta/f2p", "becomes a fifo");
+    new.fifo("meta/f2p");
+    if root {
+        old.chardev("meta/dev", 1, 3);
+        new.chardev("meta/dev", 1, 5);
+    }
     // Big files rewritten at the same size: a torn one would show in its hash.
     for i in 0..big {
         let p = format!("big/b{i}");
