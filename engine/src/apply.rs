@@ -274,6 +274,8 @@ impl<'a> Apply<'a> {
         for (k, e) in link_failures {
             self.fail(k, Phase::Stage, e);
         }
+        // Before directory modes can make staged directories read-only.
+        self.discard_failed();
 
         // 4. New directories' metadata, deepest first, now that their contents are in place.
         let mut meta_failures = Vec::new();
@@ -301,7 +303,26 @@ impl<'a> Apply<'a> {
         for (k, e) in meta_failures {
             self.fail(k, Phase::Stage, e);
         }
+        self.discard_failed();
         progress.finish(Phase::Stage);
+    }
+
+    /// Removes what failed entries left at their staging locations — a file, link or node
+    /// whose metadata could not be set, a directory that could not be finished — so a failed
+    /// entry is neither published half-made (inside a new directory it already has its final
+    /// name) nor left under a temporary name. Best effort: the entry is reported already, and
+    /// the next run removes any temporary name left.
+    fn discard_failed(&self) {
+        let mut cache = DirCache::new(self.dst_root.as_fd());
+        for k in (0..self.plan.actions.len()).rev() {
+            if !self.failed[k] {
+                continue;
+            }
+            if let Some(loc) = &self.staged[k] {
+                let (p, n) = split_parent(loc);
+                let _ = cache.get(p).and_then(|d| fsx::remove_tree_at(d, n));
+            }
+        }
     }
 
     /// Creates one non-directory at its staging location. Returns bytes written.
