@@ -272,8 +272,8 @@ fn json_lines_parse_and_end_with_a_summary() {
     assert_eq!(bad["path"]["bytes"], "YmFkLf8tbmFtZQ==");
     // Nothing on stderr in JSON mode but errors.
     assert_eq!(stderr(&o), "");
-    // In sync: only the summary, with zero changes.
-    let o = e.js(sync_args(&e, &["--json"]));
+    // In sync: only the summary, with zero changes (also with -i and -v: JSON wins).
+    let o = e.js(sync_args(&e, &["--json", "-i", "-v"]));
     let lines = json_lines(&stdout(&o));
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["changes"], 0);
