@@ -1103,6 +1103,84 @@ fn eacces_on_single_entries() {
     assert_eq!(listing(&src.root), ls, "jail changed");
 }
 
+/// Entries whose metadata the kernel refuses while they are staged (as `nobody`, setting a
+/// `security.*` xattr is EPERM): a new file, a symlink, a new directory, and a file inside a
+/// new directory. Each is reported, nothing half-made is published, and no temporary name is
+/// left for the next run to clean.
+#[test]
+fn metadata_refused_while_staged_leaves_nothing() {
+    if !is_root() || !have("setpriv") {
+        eprintln!("skipped: needs root and setpriv to run as nobody");
+        return;
+    }
+    let tmp = tempdir("metafail");
+    let t = tmp.path();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(t, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let src = Tree::new(t.join("src"));
+    let dst = Tree::new(t.join("dst"));
+    src.file("plain", "p").file("f", "f").file("newdir/g", "g");
+    src.file("okdir/fine", "fine").file("okdir/bad", "bad");
+    src.file("old", "new content").symlink("lnk", "target");
+    dst.file("old", "old content");
+    let mut refused = Vec::new();
+    for p in ["f", "newdir", "okdir/bad", "old", "lnk"] {
+        let st = std::process::Command::new("setfattr")
+            .args(["-h", "-n", "security.jailsync-test", "-v", "1"])
+            .arg(src.path(p))
+            .status();
+        if !st.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: cannot set security.* xattrs here (setfattr, filesystem)");
+            return;
+        }
+        refused.push(p);
+    }
+    let state = t.join("state");
+    std::fs::create_dir(&state).unwrap();
+    let st = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&dst.root)
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(BIN)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(sync_args(&src.root, &dst.root, &[]))
+        .env_remove("JAILSYNC_STATE_DIR")
+        .output()
+        .unwrap();
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    for p in &refused {
+        let full = dst.path(p);
+        assert!(
+            err.lines().any(|l| l.contains(full.to_str().unwrap())),
+            "{p} should be reported:\n{err}"
+        );
+    }
+    let l = listing(&dst.root);
+    let left = leftovers(&l);
+    assert!(left.is_empty(), "temporary names left: {left:?}\n{err}");
+    for p in ["f", "newdir", "newdir/g", "okdir/bad", "lnk"] {
+        assert!(l.get(p).is_none(), "{p} published though it failed:\n{err}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(dst.path("old")).unwrap(),
+        "old content"
+    );
+    assert_eq!(std::fs::read_to_string(dst.path("plain")).unwrap(), "p");
+    assert_eq!(
+        std::fs::read_to_string(dst.path("okdir/fine")).unwrap(),
+        "fine"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. --fsync.
 
