@@ -114,16 +114,23 @@ pub fn to_store(entries: &[Entry], stamp: (i64, u32)) -> Cache {
 }
 
 // On disk: MAGIC, stamp (i64 s, u32 ns), count (u64), then per entry: path length (u32), path,
-// size, mtime s, mtime ns, ctime s, ctime ns, ino, dev, mode, blake3 — little-endian. Binary
-// because a no-op sync reads and writes it for every file of both trees, and text parsing was
-// a third of such a run. The user-facing format is the manifest; this is private state.
-const MAGIC: &[u8; 8] = b"JSCACHE1";
+// size, mtime s, mtime ns, ctime s, ctime ns, ino, dev, mode, blake3 — little-endian — and
+// last the blake3 of every byte before it. Binary because a no-op sync reads and writes it for
+// every file of both trees, and text parsing was a third of such a run. The user-facing format
+// is the manifest; this is private state. The trailing checksum is what lets a damaged cache
+// be ignored rather than believed: a flipped bit in a stored hash still parses, and would make
+// `verify` report an identical file as changed (or, against the other side's hash, hide one).
+const MAGIC: &[u8; 8] = b"JSCACHE2";
 
 /// Reads a cache; a missing, truncated, corrupt or other-version file is `None` (it can only
 /// cost a re-hash).
 pub fn load(path: &std::path::Path) -> Option<Cache> {
-    let data = std::fs::read(path).ok()?;
-    let mut r = Reader { d: &data, at: 0 };
+    let all = std::fs::read(path).ok()?;
+    let (data, sum) = all.split_at(all.len().checked_sub(32)?);
+    if blake3::hash(data).as_bytes() != sum {
+        return None;
+    }
+    let mut r = Reader { d: data, at: 0 };
     if r.take(8)? != MAGIC {
         return None;
     }
@@ -170,6 +177,8 @@ pub fn save(path: &std::path::Path, c: &Cache) -> std::io::Result<()> {
         out.extend_from_slice(&e.mode.to_le_bytes());
         out.extend_from_slice(&e.hash);
     }
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(sum.as_bytes());
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, &out)?;
     std::fs::rename(&tmp, path)
