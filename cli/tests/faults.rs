@@ -437,25 +437,33 @@ fn bad_manifest_refused_corrupt_cache_ignored() {
         );
     }
 
-    // Corrupt, truncated and future-version stat caches: ignored, the sync stays exact.
-    let caches = || -> Vec<std::path::PathBuf> {
+    // Corrupt, truncated and other-version stat caches: ignored, the sync stays exact.
+    let caches = || -> Vec<(String, std::path::PathBuf)> {
         std::fs::read_dir(e.state().join("trees"))
             .unwrap()
-            .map(|d| d.unwrap().path().join("cache"))
-            .filter(|p| p.exists())
+            .map(|d| d.unwrap().path())
+            .filter(|d| d.join("cache").exists())
+            .map(|d| {
+                let tree = std::fs::read_to_string(d.join("path")).unwrap_or_default();
+                (tree, d.join("cache"))
+            })
             .collect()
     };
-    let cs = caches();
-    assert!(cs.len() >= 2, "expected stat caches for both trees: {cs:?}");
-    let corruptions: [&dyn Fn(&str) -> String; 3] = [
-        &|_| "\u{0}\u{1}garbage\nmore".to_string(),
-        &|c| c[..c.len() / 2].to_string(),
-        &|c| c.replacen("#jailsync-manifest 1", "#jailsync-manifest 7", 1),
+    assert!(caches().len() >= 2, "expected stat caches for both trees");
+    let corruptions: [&dyn Fn(&[u8]) -> Vec<u8>; 3] = [
+        &|_| b"\0\x01garbage\nmore".to_vec(),
+        &|c| c[..c.len() / 2].to_vec(),
+        &|c| {
+            let mut c = c.to_vec();
+            let n = 8.min(c.len());
+            c[..n].copy_from_slice(&b"JSCACHE9"[..n]);
+            c
+        },
     ];
     for (k, corrupt) in corruptions.iter().enumerate() {
-        for c in &cs {
-            let text = std::fs::read_to_string(c).unwrap_or_default();
-            std::fs::write(c, corrupt(&text)).unwrap();
+        for (_, c) in caches() {
+            let data = std::fs::read(&c).unwrap();
+            std::fs::write(&c, corrupt(&data)).unwrap();
         }
         // Same sizes, new contents: only a (wrongly trusted) cache could hide the change.
         e.src
@@ -464,6 +472,22 @@ fn bad_manifest_refused_corrupt_cache_ignored() {
         e.sync(&[]);
         e.assert_synced();
     }
+    // One flipped bit at the end of the destination's cache (a cached hash, or whatever
+    // guards it) must not make an identical tree look different, nor a different one equal.
+    let dst_c = std::fs::canonicalize(e.dst()).unwrap();
+    let (_, c) = caches()
+        .into_iter()
+        .find(|(t, _)| Path::new(t) == dst_c)
+        .expect("a cache for the destination");
+    let mut data = std::fs::read(&c).unwrap();
+    *data.last_mut().unwrap() ^= 1;
+    std::fs::write(&c, &data).unwrap();
+    let v = e.js([
+        OsStr::new("verify"),
+        e.src().as_os_str(),
+        e.dst().as_os_str(),
+    ]);
+    expect_code(&v, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
