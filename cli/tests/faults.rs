@@ -340,6 +340,34 @@ fn bad_input_refused_untouched() {
     expect_code(&o, 0);
     assert_same(e.src(), &elsewhere.root);
     assert!(dlink.symlink_metadata().unwrap().file_type().is_symlink());
+    // --follow-dst still refuses a link into the source, or to the source itself.
+    let (l1, l2) = (t.join("l1"), t.join("l2"));
+    std::os::unix::fs::symlink(e.src.path("sub"), &l1).unwrap();
+    std::os::unix::fs::symlink(e.src(), &l2).unwrap();
+    let fdst = OsStr::new("--follow-dst");
+    refused(
+        &e,
+        &[OsStr::new("sync"), fdst, src, l1.as_os_str()],
+        &s(&l1),
+        "inside the source",
+    );
+    refused(
+        &e,
+        &[OsStr::new("sync"), fdst, src, l2.as_os_str()],
+        &s(&l2),
+        "same directory",
+    );
+    // A destination that is a file.
+    let dfile = t.join("dfile");
+    std::fs::write(&dfile, "f").unwrap();
+    refused(
+        &e,
+        &[OsStr::new("sync"), src, dfile.as_os_str()],
+        &s(&dfile),
+        "not a directory",
+    );
+    assert_eq!(std::fs::read(&dfile).unwrap(), b"f");
+    untouched("destination links and files");
 
     // State dir unusable: a regular file; inside the destination; inside the source.
     let sfile = t.join("statefile");
