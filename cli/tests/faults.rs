@@ -1573,3 +1573,111 @@ fn racing_symlink_swap_in_jail_never_followed() {
     e.sync(&[]);
     e.assert_synced();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 1b. Crash loop for `upgrade`: two trees, the package database committed last.
+
+/// Does `now` show any new content of `new` (not already in `old`)? All of it?
+fn progress_of(old: &Listing, new: &Listing, now: &Listing) -> (bool, bool) {
+    let (mut any, mut all) = (false, true);
+    for (p, n) in &new.0 {
+        let same = |r: &Rec| r.kind == n.kind && r.hash == n.hash && r.target == n.target;
+        if old.get(p).is_some_and(same) {
+            continue;
+        }
+        if now.get(p).is_some_and(same) {
+            any = true;
+        } else {
+            all = false;
+        }
+    }
+    (any, all)
+}
+
+/// Kills `upgrade` at random moments: each tree must hold old-or-new entries only with
+/// nothing missing, and no new package database entry may be visible before every new file of
+/// usr/pkg is; a rerun converges both trees.
+#[test]
+fn crash_loop_upgrade_db_last() {
+    let mut rng = Rng::from_env("crash_loop_upgrade");
+    let tmp = fast_tempdir("crashup");
+    let (jail, old_root) = (tmp.path().join("jail"), tmp.path().join("old"));
+    let trees = ["usr/pkg", "var/db/pkg"];
+    for (k, t) in trees.iter().enumerate() {
+        let (o, n) = (Tree::new(old_root.join(t)), Tree::new(jail.join(t)));
+        churn(
+            &o,
+            &n,
+            &mut rng,
+            if k == 0 { 1500 } else { 300 },
+            2,
+            1 << 20,
+        );
+    }
+    let lo: Vec<Listing> = trees.iter().map(|t| listing(&old_root.join(t))).collect();
+    let ln: Vec<Listing> = trees.iter().map(|t| listing(&jail.join(t))).collect();
+    let (root, state) = (tmp.path().join("root"), tmp.path().join("state"));
+    let args: Vec<&OsStr> = vec![
+        OsStr::new("upgrade"),
+        jail.as_os_str(),
+        OsStr::new("--root"),
+        root.as_os_str(),
+    ];
+    let reset = || {
+        remove_tree(&root);
+        remove_tree(&state);
+        copy_tree(&old_root, &root);
+    };
+    reset();
+    let t0 = Instant::now();
+    expect_code(&cmd(&state, &args).output().unwrap(), 0);
+    let total = t0.elapsed().as_secs_f64();
+    for (k, t) in trees.iter().enumerate() {
+        assert!(
+            listing(&root.join(t)) == ln[k],
+            "{t}: a full upgrade is not exact"
+        );
+    }
+    let mut hits = 0;
+    for i in 0..12 {
+        reset();
+        let b0 = lstat(&root, "usr/pkg/big/b0").unwrap().st_ino;
+        let from_commit = i % 2 == 1;
+        let delay = if from_commit {
+            rng.unit() * 0.03
+        } else {
+            rng.unit() * total
+        };
+        let (_, killed, err) = run_and_kill_after(
+            cmd(&state, &args),
+            || !from_commit || lstat(&root, "usr/pkg/big/b0").is_ok_and(|s| s.st_ino != b0),
+            Duration::from_secs_f64(delay),
+        );
+        let now: Vec<Listing> = trees.iter().map(|t| listing(&root.join(t))).collect();
+        for (k, t) in trees.iter().enumerate() {
+            let bad = old_or_new(&lo[k], &ln[k], &now[k]);
+            assert!(
+                bad.is_empty(),
+                "iteration {i} ({t}, killed {killed}): {}\n{err}",
+                bad.join("\n")
+            );
+        }
+        let (db_any, _) = progress_of(&lo[1], &ln[1], &now[1]);
+        let (pkg_any, pkg_all) = progress_of(&lo[0], &ln[0], &now[0]);
+        assert!(
+            !db_any || pkg_all,
+            "iteration {i}: the package database shows new entries before usr/pkg is complete"
+        );
+        hits += usize::from(pkg_any && !db_any);
+        expect_code(&cmd(&state, &args).output().unwrap(), 0);
+        for (k, t) in trees.iter().enumerate() {
+            let l = listing(&root.join(t));
+            assert!(
+                l == ln[k],
+                "iteration {i}: {t} did not converge:\n{}",
+                ln[k].diff(&l)
+            );
+        }
+    }
+    eprintln!("crash_loop_upgrade: {hits} kills between the usr/pkg and database commits");
+}
