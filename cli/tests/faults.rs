@@ -478,7 +478,8 @@ fn bad_manifest_refused_corrupt_cache_ignored() {
             .collect()
     };
     assert!(caches().len() >= 2, "expected stat caches for both trees");
-    let corruptions: [&dyn Fn(&[u8]) -> Vec<u8>; 3] = [
+    type Corrupt<'a> = &'a dyn Fn(&[u8]) -> Vec<u8>;
+    let corruptions: [Corrupt; 3] = [
         &|_| b"\0\x01garbage\nmore".to_vec(),
         &|c| c[..c.len() / 2].to_vec(),
         &|c| {
