@@ -175,6 +175,7 @@ fn hard_link_groups_created_split_merged() {
 #[test]
 fn fifos_and_devices() {
     require_root!();
+    require!(can_mknod(), "cannot make device nodes here");
     let e = Env::new().with_dst();
     e.src
         .fifo("fifo")
@@ -267,6 +268,7 @@ fn nanosecond_mtimes_on_files_dirs_symlinks() {
 #[test]
 fn xattrs_user_security_trusted() {
     require_root!();
+    require!(can_trusted_xattr(), "cannot set trusted.* xattrs here");
     let e = Env::new().with_dst();
     e.src
         .file("f", b"x")
@@ -802,6 +804,8 @@ fn metadata_change_does_not_reach_a_hard_link_group_linked_outside_dst() {
 #[test]
 fn listing_sees_every_kind_of_difference() {
     require_root!();
+    require!(can_mknod(), "cannot make device nodes here");
+    require!(can_trusted_xattr(), "cannot set trusted.* xattrs here");
     let e = Env::new();
     e.src
         .file("f", b"content")
@@ -1043,6 +1047,8 @@ fn exclude_pattern_forms() {
 #[test]
 fn manifest_round_trip_of_everything() {
     require_root!();
+    require!(can_mknod(), "cannot make device nodes here");
+    require!(can_trusted_xattr(), "cannot set trusted.* xattrs here");
     let e = Env::new();
     for n in odd_names() {
         let mut f = b"n/".to_vec();

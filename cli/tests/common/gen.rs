@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
-use super::{esc, is_root, Tree};
+use super::{can_trusted_xattr, esc, is_root, Tree};
 
 const T: i64 = 1_700_000_000;
 
@@ -103,7 +103,7 @@ pub fn build(t: &Tree, recipe: &[(Vec<u8>, Node)]) -> Vec<String> {
             } => {
                 t.file(p, CONTENTS[content as usize]);
                 // Owners and xattrs (root only): same bytes with other metadata.
-                if is_root() {
+                if is_root() && can_trusted_xattr() {
                     match attr {
                         1 => {
                             t.owner(p, 1000, 1000);

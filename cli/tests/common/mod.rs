@@ -40,6 +40,48 @@ macro_rules! require_root {
     };
 }
 
+/// Skips the calling test (with the printed reason) unless `cond` holds.
+#[macro_export]
+macro_rules! require {
+    ($cond:expr, $why:expr) => {
+        if !$cond {
+            eprintln!("skipped: {}", $why);
+            return;
+        }
+    };
+}
+
+/// Whether device nodes can be made here (root without CAP_MKNOD in a container cannot).
+pub fn can_mknod() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        let Ok(d) = tempfile::tempdir() else {
+            return false;
+        };
+        let p = cstr(d.path().join("c").as_os_str().as_bytes());
+        // SAFETY: valid C string.
+        unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) == 0 }
+    })
+}
+
+/// Whether `trusted.*` xattrs can be set here (needs CAP_SYS_ADMIN and filesystem support).
+pub fn can_trusted_xattr() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        let Ok(d) = tempfile::tempdir() else {
+            return false;
+        };
+        let f = d.path().join("f");
+        if std::fs::write(&f, b"").is_err() {
+            return false;
+        }
+        let p = cstr(f.as_os_str().as_bytes());
+        let k = cstr(b"trusted.probe");
+        // SAFETY: valid C strings and a one-byte buffer.
+        unsafe { libc::setxattr(p.as_ptr(), k.as_ptr(), b"1".as_ptr().cast(), 1, 0) == 0 }
+    })
+}
+
 /// Whether an external program is installed.
 pub fn have(prog: &str) -> bool {
     Command::new(prog)
