@@ -431,3 +431,41 @@ fn options_that_must_not_change_the_result() {
         e.assert_synced();
     }
 }
+
+#[test]
+fn verify_and_manifest_honour_excludes() {
+    let e = Env::new();
+    e.src.file("a", b"a").file("cache/x", b"x");
+    e.sync(&[]);
+    e.dst.file("cache/x", b"changed").file("cache/y", b"new");
+    let v = |extra: &[&str]| {
+        let mut a = vec![OsStr::new("verify")];
+        a.extend(extra.iter().map(OsStr::new));
+        a.extend([e.src().as_os_str(), e.dst().as_os_str()]);
+        e.js(&a)
+    };
+    expect_code(&v(&[]), 1);
+    expect_code(&v(&["--exclude", "cache"]), 0);
+    let m = e.tmp.path().join("m");
+    let o = e.js([
+        OsStr::new("manifest"),
+        e.src().as_os_str(),
+        OsStr::new("--exclude"),
+        OsStr::new("cache"),
+        OsStr::new("-o"),
+        m.as_os_str(),
+    ]);
+    expect_code(&o, 0);
+    let mut a = vec![
+        OsStr::new("verify"),
+        OsStr::new("--exclude"),
+        OsStr::new("cache"),
+    ];
+    a.extend([m.as_os_str(), e.dst().as_os_str()]);
+    expect_code(&e.js(&a), 0);
+    // Without the exclusion the extra entries under cache/ are differences.
+    expect_code(
+        &e.js([OsStr::new("verify"), m.as_os_str(), e.dst().as_os_str()]),
+        1,
+    );
+}
