@@ -1155,6 +1155,28 @@ fn eacces_on_single_entries() {
         "deleted below an unlistable source dir"
     );
     assert_eq!(listing(&src.root), ls, "jail changed");
+
+    // A state dir this user cannot use: refused before anything is touched.
+    let locked = t.join("rootonly");
+    std::fs::create_dir(&locked).unwrap();
+    chmod(&locked, 0o700);
+    let ld = listing(&dst.root);
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(BIN)
+        .arg("--state-dir")
+        .arg(&locked)
+        .args(sync_args(&src.root, &dst.root, &[]))
+        .env_remove("JAILSYNC_STATE_DIR")
+        .output()
+        .unwrap();
+    expect_code(&o, 2);
+    let err = stderr(&o);
+    assert!(
+        err.contains(locked.to_str().unwrap()) && err.contains("Permission denied"),
+        "the unusable state dir should be named with the cause:\n{err}"
+    );
+    assert_eq!(listing(&dst.root), ld, "destination touched");
 }
 
 /// Entries whose metadata the kernel refuses while they are staged (as `nobody`, setting a
