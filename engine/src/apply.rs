@@ -28,6 +28,7 @@ use rayon::prelude::*;
 
 use crate::entry::{join, Entry, Kind};
 use crate::fsx::{self, split_parent, MetaOpts};
+use crate::hash;
 use crate::plan::{change, Action, Op, Plan, NONE};
 use crate::progress::{Phase, Progress};
 
@@ -363,7 +364,8 @@ impl<'a> Apply<'a> {
 
     /// Copies a source file, refusing to install a copy torn by a writer in the jail: the
     /// source's size, mtime and ctime must be what the scan saw and must not move during the
-    /// copy (one retry for a change during the copy).
+    /// copy, and its content must hash the same before and after it (one retry for a change
+    /// during the copy).
     fn copy_file(
         &self,
         sdir: BorrowedFd<'_>,
@@ -384,14 +386,27 @@ impl<'a> Apply<'a> {
                     "source changed since it was scanned; left as it was (run again)",
                 ));
             }
+            // A writer through a shared mapping (a linker writing its output) changes content
+            // without moving mtime once its pages are dirty, so the stat check cannot see it:
+            // the source must also hash after the copy as it did before. "Before" is the
+            // scan's hash on the first attempt (no extra read; it may come from a stale cache,
+            // hence the retry hashes afresh).
+            let want = match e.hash {
+                Some(h) if attempt == 0 && self.src_map.is_none() => Some(h),
+                _ if e.size == 0 => None,
+                _ => Some(hash::hash_fd(sfd.as_fd(), e.size)?.0),
+            };
             let dfd = fsx::create_excl_at(ddir, dname)?;
             let r = fsx::copy_data(sfd.as_fd(), dfd.as_fd(), e.size, e.is_sparse());
             let after = fsx::fstat(sfd.as_fd())?;
-            let stable = before.st_size == after.st_size
+            let mut stable = before.st_size == after.st_size
                 && before.st_mtime == after.st_mtime
                 && before.st_mtime_nsec == after.st_mtime_nsec
                 && before.st_ctime == after.st_ctime
                 && before.st_ctime_nsec == after.st_ctime_nsec;
+            if let (true, Ok(_), Some(h)) = (stable, &r, want) {
+                stable = hash::hash_fd(sfd.as_fd(), e.size)?.0 == h;
+            }
             match r {
                 Ok(n) if stable => {
                     fsx::set_meta_fresh_fd(dfd.as_fd(), e, self.opts.meta)?;
