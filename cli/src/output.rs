@@ -19,8 +19,14 @@ pub fn json_path(p: &[u8]) -> Value {
     }
 }
 
-/// The path part of an itemized line: directories end in `/`, symlinks show their target.
-pub fn item_name(a: &Action, src: &[Entry], dst: &[Entry], prefix: &[u8]) -> String {
+/// The entry an action is about (the new one unless it is a delete) and its path as shown:
+/// prefixed with the tree's name inside an `upgrade`.
+fn subject<'e>(
+    a: &Action,
+    src: &'e [Entry],
+    dst: &'e [Entry],
+    prefix: &[u8],
+) -> (&'e Entry, Vec<u8>) {
     let e = if a.src != u32::MAX {
         &src[a.src as usize]
     } else {
@@ -31,6 +37,12 @@ pub fn item_name(a: &Action, src: &[Entry], dst: &[Entry], prefix: &[u8]) -> Str
         full.push(b'/');
     }
     full.extend_from_slice(&e.path);
+    (e, full)
+}
+
+/// The path part of an itemized line: directories end in `/`, symlinks show their target.
+pub fn item_name(a: &Action, src: &[Entry], dst: &[Entry], prefix: &[u8]) -> String {
+    let (e, full) = subject(a, src, dst, prefix);
     let mut s = display_path(&full);
     if e.kind == Kind::Dir {
         s.push('/');
@@ -55,16 +67,7 @@ pub fn print_changes(
     for a in &plan.actions {
         let code = itemize(a, src, dst);
         if json {
-            let e = if a.src != u32::MAX {
-                &src[a.src as usize]
-            } else {
-                &dst[a.dst as usize]
-            };
-            let mut full = prefix.to_vec();
-            if !prefix.is_empty() && !e.path.is_empty() {
-                full.push(b'/');
-            }
-            full.extend_from_slice(&e.path);
+            let (e, full) = subject(a, src, dst, prefix);
             let v = json!({
                 "type": "change",
                 "item": code,
