@@ -77,6 +77,8 @@ pub struct Apply<'a> {
     /// (rollback reads old content from its store). Its mtime is then not checked: a store
     /// link shares an inode whose metadata may have moved since.
     src_map: Option<HashMap<u32, Box<[u8]>>>,
+    /// Source entries whose scanned hash proved not to describe their content when copied.
+    stale: Mutex<Vec<u32>>,
     pub outcome: Outcome,
 }
 
@@ -132,6 +134,7 @@ impl<'a> Apply<'a> {
             failed: vec![false; n],
             moved_aside: Vec::new(),
             src_map: None,
+            stale: Mutex::new(Vec::new()),
             outcome: Outcome::default(),
         }
     }
@@ -343,7 +346,7 @@ impl<'a> Apply<'a> {
                 let (sp, sn) = split_parent(from);
                 let sdir = scache.get(sp)?;
                 let ddir = dcache.get(p)?;
-                self.copy_file(sdir, sn, ddir, n, s)
+                self.copy_file(sdir, sn, ddir, n, s, a.src)
             }
             Kind::Symlink => {
                 let d = dcache.get(p)?;
@@ -373,6 +376,7 @@ impl<'a> Apply<'a> {
         ddir: BorrowedFd<'_>,
         dname: &[u8],
         e: &Entry,
+        src_idx: u32,
     ) -> io::Result<u64> {
         for attempt in 0..2 {
             let sfd = fsx::open_read_at(sdir, sname)?;
@@ -406,6 +410,11 @@ impl<'a> Apply<'a> {
                 && before.st_ctime_nsec == after.st_ctime_nsec;
             if let (true, Ok(_), Some(h)) = (stable, &r, want) {
                 stable = hash::hash_fd(sfd.as_fd(), e.size)?.0 == h;
+                if !stable && attempt == 0 && e.hash == Some(h) {
+                    // Torn while hashed, or a cached hash outlived its content: either way it
+                    // must not be cached again.
+                    self.stale.lock().expect("poisoned").push(src_idx);
+                }
             }
             match r {
                 Ok(n) if stable => {
@@ -671,6 +680,12 @@ impl<'a> Apply<'a> {
             progress.advance(1, 0);
         }
         progress.finish(Phase::Finalize);
+    }
+
+    /// Source entries (indices) whose hash from the scan must not be cached: the content
+    /// found when copying them was another.
+    pub fn stale_hashes(&self) -> Vec<u32> {
+        self.stale.lock().expect("poisoned").clone()
     }
 
     /// Was action `k` carried out?

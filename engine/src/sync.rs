@@ -637,8 +637,21 @@ pub fn apply_all(
 /// entries this run did not touch: a rewritten file's new stat is not known without another
 /// look, and guessing would break the rule that a cached hash describes what was read.
 fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>) {
-    let _ = a;
-    let src_c = cache::to_store(&t.src, t.src_stamp);
+    // A source hash the copy found wrong (a writer through a mapping leaves mtime alone) is
+    // left out, so the next run hashes that file again.
+    let stale = a.stale_hashes();
+    let src_c = if stale.is_empty() {
+        cache::to_store(&t.src, t.src_stamp)
+    } else {
+        let fresh: Vec<Entry> = t
+            .src
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !stale.contains(&(*i as u32)))
+            .map(|(_, e)| e.clone())
+            .collect();
+        cache::to_store(&fresh, t.src_stamp)
+    };
     let touched: std::collections::HashSet<u32> = t
         .plan
         .actions
