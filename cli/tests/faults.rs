@@ -1708,3 +1708,76 @@ fn crash_loop_upgrade_db_last() {
     }
     eprintln!("crash_loop_upgrade: {hits} kills between the usr/pkg and database commits");
 }
+
+/// A jail file written through a shared mapping, as linkers write their output: once the
+/// pages are dirty the kernel no longer moves mtime, so only content can tell. While the
+/// writer runs, no torn copy may be installed; the run names the file and exits 1.
+#[test]
+fn source_written_through_mmap_never_torn() {
+    let chunks = 16;
+    let e = Env::new().with_dst();
+    let old: Vec<u8> = Rng::new(4).bytes(chunks * CHUNK);
+    e.dst.file("big", &old);
+    e.src.file("big", vec![0u8; chunks * CHUNK]);
+    let path = e.src.path("big");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), path.clone());
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            let len = chunks * CHUNK;
+            // SAFETY: a fresh shared mapping of a file we opened read-write, unmapped below.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    f.as_raw_fd(),
+                    0,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED);
+            // SAFETY: the mapping is `len` bytes and lives until munmap.
+            let m = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
+            let mut v = 1;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for j in 0..chunks {
+                    version_chunk(v, j, &mut m[j * CHUNK..(j + 1) * CHUNK]);
+                }
+                v += 1;
+            }
+            // SAFETY: as mapped above.
+            unsafe { libc::munmap(p, len) };
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let mut codes = Vec::new();
+    for round in 0..4 {
+        let o = e.js(sync_args(e.src(), e.dst(), &[]));
+        codes.push(o.status.code());
+        let d = std::fs::read(e.dst.path("big")).unwrap();
+        if d != old {
+            let vs = chunk_versions(&d);
+            assert!(
+                vs.iter().all(|&c| c.is_some() && c == vs[0]),
+                "round {round}: torn copy of a file being written through mmap installed \
+                 (chunk versions {vs:?}):\n{}",
+                stderr(&o)
+            );
+        } else {
+            expect_code(&o, 1);
+            assert!(stderr(&o).contains("big"), "round {round}: {}", stderr(&o));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    eprintln!("source_written_through_mmap: exit codes {codes:?}");
+    e.sync(&[]);
+    e.assert_synced();
+}
