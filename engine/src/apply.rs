@@ -379,7 +379,10 @@ impl<'a> Apply<'a> {
         src_idx: u32,
     ) -> io::Result<u64> {
         for attempt in 0..2 {
-            let sfd = fsx::open_read_at(sdir, sname)?;
+            // Errors are reported under the destination path; say that this one is the jail's.
+            let sfd = fsx::open_read_at(sdir, sname).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot open the source file: {e}"))
+            })?;
             let before = fsx::fstat(sfd.as_fd())?;
             if fsx::kind_of(before.st_mode) != Kind::File
                 || before.st_size as u64 != e.size
