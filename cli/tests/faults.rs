@@ -1109,7 +1109,10 @@ fn eacces_on_single_entries() {
         .file("closed/x", "old x");
     dst.file("closed/only_live", "keep me")
         .file("sub/y", "old y");
-    src.mode("secret", 0o000).mode("closed", 0o000);
+    src.file("newsecret", "n");
+    src.mode("secret", 0o000)
+        .mode("closed", 0o000)
+        .mode("newsecret", 0o000);
     let state = t.join("state");
     std::fs::create_dir(&state).unwrap();
     let o = std::process::Command::new("chown")
@@ -1138,6 +1141,14 @@ fn eacces_on_single_entries() {
             "{name} should be reported with its cause:\n{err}"
         );
     }
+    // A copy that fails on the jail's side says so (errors are keyed by the live path).
+    assert!(
+        err.lines().any(|l| l.contains("newsecret")
+            && l.contains("source")
+            && l.contains("Permission denied")),
+        "newsecret: the message should say the source could not be read:\n{err}"
+    );
+    assert!(!dst.path("newsecret").exists());
     let read = |p: &str| {
         std::fs::read_to_string(dst.path(p)).unwrap_or_else(|e| panic!("{p}: {e}\n{err}"))
     };
