@@ -1792,3 +1792,74 @@ fn source_written_through_mmap_never_torn() {
     e.sync(&[]);
     e.assert_synced();
 }
+
+/// An `upgrade` whose package database is being synced by someone else: refused at once with
+/// the holder named, before anything of its other trees is touched.
+#[test]
+fn upgrade_refused_while_its_database_is_synced() {
+    let tmp = tempdir("lockup");
+    let t = tmp.path();
+    let (jail, root, state) = (Tree::new(t.join("jail")), t.join("root"), t.join("state"));
+    let mut rng = Rng::new(8);
+    for i in 0..3000 {
+        jail.file(format!("var/db/pkg/p{}/f{i}", i % 30), rng.bytes(100));
+    }
+    jail.file("usr/pkg/bin/tool", "new tool");
+    let live = Tree::new(&root);
+    live.file("usr/pkg/bin/tool", "old tool")
+        .file("usr/pkg/orphan", "o");
+    let lpkg = listing(&root.join("usr/pkg"));
+    // A sync of the live database, frozen while it holds its lock.
+    let (jdb, ldb) = (jail.root.join("var/db/pkg"), root.join("var/db/pkg"));
+    let args = sync_args(&jdb, &ldb, &[]);
+    let mut holder = None;
+    for _ in 0..10 {
+        remove_tree(&ldb);
+        remove_tree(&state);
+        let mut child = cmd(&state, &args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while lock_holder(&state) != Some(child.id()) && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+        if child.try_wait().unwrap().is_none() && lock_holder(&state) == Some(child.id()) {
+            holder = Some(child);
+            break;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut holder = holder.expect("could not catch a sync holding its lock");
+    let t0 = Instant::now();
+    let o = cmd(
+        &state,
+        [
+            OsStr::new("upgrade"),
+            jail.root.as_os_str(),
+            OsStr::new("--root"),
+            root.as_os_str(),
+        ],
+    )
+    .output()
+    .unwrap();
+    let took = t0.elapsed();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    expect_code(&o, 2);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("locked by pid {} since ", holder.id())),
+        "the holder should be named:\n{err}"
+    );
+    assert!(took < Duration::from_secs(3), "refused only after {took:?}");
+    assert_eq!(
+        listing(&root.join("usr/pkg")),
+        lpkg,
+        "usr/pkg touched by a refused upgrade"
+    );
+}
