@@ -93,9 +93,9 @@ pub fn fill_from(entries: &mut [Entry], cache: &Cache) -> usize {
 }
 
 /// Builds the cache to store: hashed files whose stat rule 1 allows.
-pub fn to_store(entries: &[Entry], stamp: (i64, u32)) -> Cache {
+pub fn to_store<'a>(entries: impl IntoIterator<Item = &'a Entry>, stamp: (i64, u32)) -> Cache {
     let entries = entries
-        .iter()
+        .into_iter()
         .filter(|e| e.kind == Kind::File && cacheable(e, stamp))
         .filter_map(|e| {
             Some(Cached {

@@ -640,18 +640,15 @@ fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>) {
     // A source hash the copy found wrong (a writer through a mapping leaves mtime alone) is
     // left out, so the next run hashes that file again.
     let stale = a.stale_hashes();
-    let src_c = if stale.is_empty() {
-        cache::to_store(&t.src, t.src_stamp)
-    } else {
-        let fresh: Vec<Entry> = t
-            .src
+    // Built from references: cloning both trees' entries here was the run's peak memory.
+    let src_c = cache::to_store(
+        t.src
             .iter()
             .enumerate()
             .filter(|(i, _)| !stale.contains(&(*i as u32)))
-            .map(|(_, e)| e.clone())
-            .collect();
-        cache::to_store(&fresh, t.src_stamp)
-    };
+            .map(|(_, e)| e),
+        t.src_stamp,
+    );
     let touched: std::collections::HashSet<u32> = t
         .plan
         .actions
@@ -659,14 +656,14 @@ fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>) {
         .filter(|x| x.dst != plan::NONE)
         .map(|x| x.dst)
         .collect();
-    let kept: Vec<Entry> = t
-        .dst
-        .iter()
-        .enumerate()
-        .filter(|(j, e)| e.kind == Kind::File && !touched.contains(&(*j as u32)))
-        .map(|(_, e)| e.clone())
-        .collect();
-    let dst_c = cache::to_store(&kept, t.dst_stamp);
+    let dst_c = cache::to_store(
+        t.dst
+            .iter()
+            .enumerate()
+            .filter(|(j, e)| e.kind == Kind::File && !touched.contains(&(*j as u32)))
+            .map(|(_, e)| e),
+        t.dst_stamp,
+    );
     // Unchanged caches are not rewritten (a no-op run writes nothing); one that cannot be
     // written only costs a re-hash next time.
     let sides = [
