@@ -397,10 +397,12 @@ impl<'a> Apply<'a> {
             // without moving mtime once its pages are dirty, so the stat check cannot see it:
             // the source must also hash after the copy as it did before. "Before" is the
             // scan's hash on the first attempt (no extra read; it may come from a stale cache,
-            // hence the retry hashes afresh).
+            // hence the retry hashes afresh). A file with no dirty page now (written long ago,
+            // the usual case in a jail) cannot change without moving mtime: no hashing then.
+            let quiet = fsx::has_dirty_pages(sfd.as_fd()) == Some(false);
             let want = match e.hash {
+                _ if quiet || e.size == 0 => None,
                 Some(h) if attempt == 0 && self.src_map.is_none() => Some(h),
-                _ if e.size == 0 => None,
                 _ => Some(hash::hash_fd(sfd.as_fd(), e.size)?.0),
             };
             let dfd = fsx::create_excl_at(ddir, dname)?;

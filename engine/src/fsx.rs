@@ -583,6 +583,53 @@ pub fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
     rfs::fsync(fd).map_err(errno)
 }
 
+static NO_CACHESTAT: AtomicBool = AtomicBool::new(false);
+
+/// Whether any page of the open file is dirty or under writeback (`cachestat(2)`, Linux 6.5);
+/// `None` when the kernel cannot tell. A page can be written through a shared mapping without
+/// a fault — and so without moving mtime — only while it is dirty: once written back it is
+/// write-protected again, and the next write faults and updates the times.
+pub fn has_dirty_pages(fd: BorrowedFd<'_>) -> Option<bool> {
+    if NO_CACHESTAT.load(Ordering::Relaxed) {
+        return None;
+    }
+    // The number is shared by every architecture's unified syscall table.
+    const SYS_CACHESTAT: libc::c_long = 451;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    let range = Range { off: 0, len: 0 }; // len 0: to the end of the file
+    let mut st = Stat::default();
+    // SAFETY: valid fd; both structs have the kernel's layout and outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            fd.as_raw_fd(),
+            &range as *const Range,
+            &mut st as *mut Stat,
+            0 as libc::c_uint,
+        )
+    };
+    if r == 0 {
+        return Some(st.nr_dirty != 0 || st.nr_writeback != 0);
+    }
+    if io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+        NO_CACHESTAT.store(true, Ordering::Relaxed);
+    }
+    None
+}
+
 pub fn symlink_at(target: &[u8], dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     let t = cstr(target)?;
     let c = cstr(name)?;
