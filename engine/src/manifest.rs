@@ -138,6 +138,20 @@ pub fn to_bytes(m: &Manifest, stat_fields: bool) -> Vec<u8> {
 /// crash costs one re-hash, and a torn one fails to parse and is ignored; a user's manifest
 /// (`jailsync manifest -o`) is flushed by [`write_file_durable`].
 fn write_impl(path: &Path, m: &Manifest, stat_fields: bool, durable: bool) -> Result<()> {
+    // Only a regular file (or a new name) is replaced by a rename. `-o /dev/null`, a fifo,
+    // `/dev/stdout` or another symlink is written through, as a shell redirection would: a
+    // rename would put a regular file in place of the device or the link.
+    if let Ok(md) = fs::symlink_metadata(path) {
+        if !md.file_type().is_file() && !md.is_dir() {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(path)
+                .at(path)?;
+            f.write_all(&to_bytes(m, stat_fields)).at(path)?;
+            return Ok(());
+        }
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp{}",
