@@ -1877,3 +1877,54 @@ fn upgrade_refused_while_its_database_is_synced() {
         "usr/pkg touched by a refused upgrade"
     );
 }
+
+/// `manifest -o` onto something that is not a regular file (a null device node, a symlink)
+/// writes through it and leaves it what it was; a regular file is replaced atomically.
+#[test]
+fn manifest_output_onto_device_or_link_kept() {
+    if !is_root() {
+        eprintln!("skipped: needs root to make a device node");
+        return;
+    }
+    let e = Env::new();
+    e.src.file("a", "x");
+    let t = e.tmp.path();
+    let out = Tree::new(t.join("out"));
+    out.chardev("null", 1, 3)
+        .file("real", "old")
+        .symlink("lnk", "real");
+    for target in ["null", "lnk", "plain"] {
+        let p = out.path(target);
+        let o = e.js([
+            OsStr::new("manifest"),
+            e.src().as_os_str(),
+            OsStr::new("-o"),
+            p.as_os_str(),
+        ]);
+        expect_code(&o, 0);
+    }
+    let l = listing(&out.root);
+    assert_eq!(
+        l.get("null").map(|r| r.kind),
+        Some('c'),
+        "the device node was replaced"
+    );
+    assert_eq!(
+        l.get("lnk").map(|r| r.kind),
+        Some('l'),
+        "the symlink was replaced"
+    );
+    let real = std::fs::read_to_string(out.path("real")).unwrap();
+    assert!(
+        real.starts_with("#jailsync-manifest"),
+        "not written through the link: {real:?}"
+    );
+    let plain = std::fs::read_to_string(out.path("plain")).unwrap();
+    assert!(plain.starts_with("#jailsync-manifest"));
+    let stray: Vec<_> =
+        l.0.keys()
+            .filter(|k| k.starts_with(b"."))
+            .map(|k| esc(k))
+            .collect();
+    assert!(stray.is_empty(), "temporary files left: {stray:?}");
+}
