@@ -255,7 +255,8 @@ fn run_pairs(pairs: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global) 
     let mut counts = Counts::default();
     let mut errors = 0;
     for (k, t) in trees.iter().enumerate() {
-        output::add_counts(&mut counts, Counts::of(&t.plan));
+        let done: &[bool] = report.as_ref().map_or(&[], |r| &r.outcomes[k].done);
+        output::add_counts(&mut counts, Counts::of_done(&t.plan, done));
         if a.itemize || g.json {
             output::print_changes(&mut out, &t.plan, &t.src, &t.dst, &checked[k].2, g.json)?;
         }

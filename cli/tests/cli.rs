@@ -469,3 +469,27 @@ fn verify_and_manifest_honour_excludes() {
         1,
     );
 }
+
+/// The summary counts what was done: a delete refused by the filesystem is not counted.
+#[test]
+fn summary_counts_only_what_was_done() {
+    require_root!();
+    let e = Env::new().with_dst();
+    e.src.file("keep", b"k");
+    e.dst
+        .file("keep", b"k")
+        .file("gone1", b"1")
+        .file("gone2", b"2")
+        .file("stuck/f", b"s");
+    let Some(_guard) = Immutable::set(e.dst.path("stuck")) else {
+        eprintln!("skipped: chattr +i not supported here");
+        return;
+    };
+    let o = e.js(sync_args(&e, &["--json"]));
+    expect_code(&o, 1);
+    let lines = json_lines(&stdout(&o));
+    let summary = lines.last().unwrap();
+    // gone1, gone2 deleted; stuck/f and stuck/ refused (immutable directory).
+    assert_eq!(summary["deleted"], 2, "{summary}");
+    assert!(e.dst.path("stuck/f").exists());
+}

@@ -56,6 +56,9 @@ pub struct Outcome {
     /// Directories left in place because they still hold entries (excluded ones, or entries
     /// created by someone else during the run).
     pub kept: Vec<Box<[u8]>>,
+    /// Per planned action: false where it was not carried out (so summaries count what was
+    /// done, not what was planned). Empty until the run's last phase.
+    pub done: Vec<bool>,
 }
 
 /// One tree being applied. Phases are separate methods so `upgrade` can stage every tree
@@ -548,6 +551,24 @@ impl<'a> Apply<'a> {
     }
 
     /// Removes orphans deepest first, and what exchanges moved aside.
+    /// What the run did, with which actions were carried out.
+    pub fn into_outcome(mut self) -> Outcome {
+        let mut o = std::mem::take(&mut self.outcome);
+        o.done = self.failed.iter().map(|f| !f).collect();
+        for p in &o.kept {
+            // A directory kept because it is not empty was not deleted.
+            if let Some(k) = self
+                .plan
+                .actions
+                .iter()
+                .position(|a| a.op == Op::Delete && &self.dst[a.dst as usize].path == p)
+            {
+                o.done[k] = false;
+            }
+        }
+        o
+    }
+
     pub fn prune(&mut self, pool: &rayon::ThreadPool, progress: &dyn Progress) {
         let actions = &self.plan.actions;
         let deletes: Vec<usize> = (0..actions.len())

@@ -450,8 +450,16 @@ pub struct Counts {
 
 impl Counts {
     pub fn of(plan: &Plan) -> Counts {
+        Counts::of_done(plan, &[])
+    }
+
+    /// Counts the actions carried out (`done[k]`; all of them where `done` is empty).
+    pub fn of_done(plan: &Plan, done: &[bool]) -> Counts {
         let mut c = Counts::default();
-        for a in &plan.actions {
+        for (k, a) in plan.actions.iter().enumerate() {
+            if done.get(k) == Some(&false) {
+                continue;
+            }
             match a.op {
                 Op::Create => c.created += 1,
                 Op::Replace if a.changes & change::TYPE != 0 => c.type_changed += 1,

@@ -362,8 +362,7 @@ pub fn rollback(
     ap.commit(&pools.work, progress);
     ap.prune(&pools.work, progress);
     ap.finalize(progress);
-    let mut outcome = std::mem::take(&mut ap.outcome);
-    drop(ap);
+    let mut outcome = ap.into_outcome();
     outcome.errors.splice(0..0, pre);
     if outcome.errors.is_empty() {
         // Rolled back: this generation is spent.

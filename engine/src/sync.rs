@@ -625,7 +625,7 @@ pub fn apply_all(
         if let Some(state) = state {
             store_caches(state, t, &a);
         }
-        let mut o = a.outcome;
+        let mut o = a.into_outcome();
         o.errors.splice(0..0, pre);
         report.outcomes.push(o);
     }
