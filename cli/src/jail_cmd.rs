@@ -48,6 +48,8 @@ pub enum JailCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Delete the jail directory; refused while anything is mounted below it.
+    Remove { jail: PathBuf },
     /// Show each mount point's state; exit 1 unless all are mounted as listed.
     Status {
         jail: PathBuf,
@@ -87,6 +89,14 @@ pub fn run(cmd: JailCmd, global: &Global) -> anyhow::Result<u8> {
             report_mount(&done, global, &mut std::io::stdout().lock(), true)
         }
         JailCmd::Umount { jail, force } => umount(&jail, force, global),
+        JailCmd::Remove { jail } => {
+            let j = Jail::open(&jail)?;
+            jail::remove(&j)?;
+            if !global.quiet && !global.json {
+                eprintln!("removed {}", j.root.display());
+            }
+            Ok(exit::OK)
+        }
         JailCmd::Status { jail, host_root } => {
             status(&jail, &host_root, global).or_else(|e| {
                 match e.downcast_ref::<std::io::Error>() {

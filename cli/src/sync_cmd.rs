@@ -42,6 +42,9 @@ pub struct SyncArgs {
     /// Sync into the target of a destination that is a symlink.
     #[arg(long)]
     pub follow_dst: bool,
+    /// Neither compare nor copy extended attributes (one call per entry less while scanning).
+    #[arg(long)]
+    pub no_xattrs: bool,
     /// Do not keep the replaced entries for `jailsync rollback`.
     #[arg(long)]
     pub no_rollback: bool,
@@ -132,6 +135,7 @@ fn engine_opts(a: &SyncArgs) -> Result<SyncOpts> {
         fsync: a.fsync,
         threads: a.threads,
         rollback: !a.no_rollback,
+        xattrs: !a.no_xattrs,
         keep: a.keep,
         exclude_patterns: a.exclude.clone(),
         ..SyncOpts::default()

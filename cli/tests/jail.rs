@@ -529,3 +529,27 @@ echo count=$(count)
     assert_eq!(r.get("host_untouched"), "yes", "{r}");
     assert_eq!(r.get("count"), "5", "4 lines + the bind at opt\n{r}");
 }
+
+#[test]
+fn remove_is_refused_while_mounted_and_never_touches_the_host() {
+    let Some(e) = env() else { return };
+    let r = e.ns(r#"
+init >/dev/null && mnt >/dev/null
+"$JS" jail remove "$J"; echo busy_code=$?
+test -f "$H/usr/bin/tool" && echo host_intact=yes
+test -d "$J" && echo jail_kept=yes
+"$JS" jail umount "$J" >/dev/null
+"$JS" jail remove "$J"; echo code=$?
+test -e "$J" || echo jail_gone=yes
+test -f "$H/usr/bin/tool" && test -f "$H/data/keep" && echo host_after=yes
+mkdir "$T/plain"; "$JS" jail remove "$T/plain"; echo plain_code=$?
+"#);
+    assert_eq!(r.get("busy_code"), "2", "{r}");
+    assert!(r.err.contains("live mounts"), "{r}");
+    assert_eq!(r.get("host_intact"), "yes", "{r}");
+    assert_eq!(r.get("jail_kept"), "yes", "{r}");
+    assert_eq!(r.get("code"), "0", "{r}");
+    assert_eq!(r.get("jail_gone"), "yes", "{r}");
+    assert_eq!(r.get("host_after"), "yes", "{r}");
+    assert_eq!(r.get("plain_code"), "2", "not a jail: refused\n{r}");
+}

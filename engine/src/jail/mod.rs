@@ -25,6 +25,7 @@ pub mod mountinfo;
 pub mod mountpoints;
 pub mod os;
 pub mod probe;
+pub mod remove;
 pub mod status;
 pub mod umount;
 
@@ -37,6 +38,7 @@ pub use init::{init, InitOptions, Initialized, DEFAULT_MARKER};
 pub use mount::{mount, Action, Done};
 pub use mountpoints::{MountPoint, Mountpoints};
 pub use probe::{Host, Probe, State};
+pub use remove::remove;
 pub use status::{status, Status, Unlisted};
 pub use umount::{umount, Outcome, Unmounted};
 
