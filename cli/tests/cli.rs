@@ -493,3 +493,19 @@ fn summary_counts_only_what_was_done() {
     assert_eq!(summary["deleted"], 2, "{summary}");
     assert!(e.dst.path("stuck/f").exists());
 }
+
+/// Names that only start like our temporary names are synced; the exact reserved shape is
+/// refused with a message (exit 1), never dropped silently.
+#[test]
+fn temporary_name_prefix_is_not_swallowed() {
+    let e = Env::new().with_dst();
+    e.src
+        .file(".jailsync-tmp-notes", b"a")
+        .file(".jailsync-tmp-1-2", b"b")
+        .file("x", b"x");
+    let o = e.js(sync_args(&e, &[]));
+    expect_code(&o, 1);
+    assert!(stderr(&o).contains(".jailsync-tmp-1-2"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(e.dst.path(".jailsync-tmp-notes")).unwrap(), b"a");
+    assert_eq!(std::fs::read(e.dst.path("x")).unwrap(), b"x");
+}

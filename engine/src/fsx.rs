@@ -759,8 +759,16 @@ pub fn os(b: &[u8]) -> &OsStr {
     OsStr::from_bytes(b)
 }
 
+/// Is `name` one of the engine's temporary names (`.jailsync-tmp-<pid>-<n>`)? Only that exact
+/// shape counts, so an ordinary file that merely starts with the prefix is synced like any other.
 pub fn is_tmp_name(name: &[u8]) -> bool {
-    name.starts_with(TMP_PREFIX)
+    let Some(rest) = name.strip_prefix(TMP_PREFIX) else {
+        return false;
+    };
+    let mut parts = rest.split(|&b| b == b'-');
+    let digits =
+        |p: Option<&[u8]>| p.is_some_and(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));
+    digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
 }
 
 pub fn geteuid_is_root() -> bool {

@@ -251,6 +251,15 @@ pub fn prepare(
     };
     progress.finish(Phase::Scan);
 
+    // A jail entry named like our temporary files cannot be told apart from a leftover once in
+    // the live tree: it is refused (reported, its live counterpart left alone), never dropped
+    // silently.
+    for p in std::mem::take(&mut s.leftovers) {
+        s.errors.push((
+            p,
+            io::Error::other("name reserved for jailsync's temporary files; not synced"),
+        ));
+    }
     let mut protect: Vec<Box<[u8]>> = s.incomplete.clone();
     protect.extend(s.errors.iter().map(|(p, _)| p.clone()));
     // A source entry gone between listing and stat is reported and its live counterpart left
