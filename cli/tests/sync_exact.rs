@@ -1108,3 +1108,23 @@ fn manifest_round_trip_of_everything() {
     e.sync(&[]);
     expect_code(&verify(), 0);
 }
+
+/// A directory wider than one walker task (its lstats are split into chunks): every name is
+/// seen once, orphans among thousands go, excluded ones stay.
+#[test]
+fn wide_directory_split_across_walker_tasks() {
+    let e = Env::new().with_dst();
+    for i in 0..5000 {
+        e.src.file(format!("w/f{i:05}"), format!("{i}"));
+        if i % 3 == 0 {
+            e.dst.file(format!("w/f{i:05}"), b"old");
+        }
+    }
+    e.dst.file("w/orphan", b"x").file("w/keep.o", b"excluded");
+    e.sync(&["--exclude", "*.o"]);
+    let l = listing(e.dst());
+    assert!(l.get("w/orphan").is_none(), "orphan kept");
+    assert!(l.get("w/keep.o").is_some(), "excluded entry deleted");
+    assert_eq!(l.get("w/f04999").map(|x| x.size), Some(Some(4)));
+    assert_eq!(e.sync(&["-n", "-i", "--exclude", "*.o"]), "");
+}

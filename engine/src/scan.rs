@@ -135,17 +135,20 @@ pub fn scan_tree(root: &Path, pool: &rayon::ThreadPool, opts: &ScanOpts<'_>) -> 
     scan.entries
         .par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
     scan.leftovers.sort();
+    // A wide directory's chunks may each have reported it.
+    for v in [&mut scan.holds_excluded, &mut scan.incomplete] {
+        v.sort();
+        v.dedup();
+    }
     Ok(scan)
 }
 
+/// Above this many names a directory's `lstat`s are split into tasks of this size, so one
+/// wide directory (`lib/`, `share/man/man3`) does not keep the other workers idle.
+const WIDE: usize = 2048;
+
 fn walk_dir<'s>(s: &rayon::Scope<'s>, dir: Arc<OwnedFd>, rel: Vec<u8>, ctx: &'s Ctx<'s>) {
-    let mut local: Vec<Entry> = Vec::new();
-    let mut errors: Vec<(Box<[u8]>, io::Error)> = Vec::new();
-    let mut leftovers = Vec::new();
-    let mut vanished = Vec::new();
-    let mut incomplete = false;
-    let mut holds_excluded = false;
-    let names = match fsx::list_dir(dir.as_fd()) {
+    let mut names = match fsx::list_dir(dir.as_fd()) {
         Ok(n) => n,
         Err(e) => {
             let mut out = ctx.out.lock().expect("poisoned");
@@ -154,8 +157,32 @@ fn walk_dir<'s>(s: &rayon::Scope<'s>, dir: Arc<OwnedFd>, rel: Vec<u8>, ctx: &'s 
             return;
         }
     };
+    let rel: Arc<[u8]> = rel.into();
+    while names.len() > WIDE {
+        let chunk = names.split_off(names.len() - WIDE);
+        let (dir, rel) = (dir.clone(), rel.clone());
+        s.spawn(move |s| stat_names(s, &dir, &rel, chunk, ctx));
+    }
+    stat_names(s, &dir, &rel, names, ctx);
+}
+
+/// `lstat`s `names` in `dir` (at `rel`), spawning a walk for every subdirectory, and hands the
+/// entries over in one batch.
+fn stat_names<'s>(
+    s: &rayon::Scope<'s>,
+    dir: &Arc<OwnedFd>,
+    rel: &[u8],
+    names: Vec<Vec<u8>>,
+    ctx: &'s Ctx<'s>,
+) {
+    let mut local: Vec<Entry> = Vec::with_capacity(names.len());
+    let mut errors: Vec<(Box<[u8]>, io::Error)> = Vec::new();
+    let mut leftovers = Vec::new();
+    let mut vanished = Vec::new();
+    let mut incomplete = false;
+    let mut holds_excluded = false;
     for name in names {
-        let path = join(&rel, &name);
+        let path = join(rel, &name);
         if fsx::is_tmp_name(&name) {
             leftovers.push(path.into_boxed_slice());
             continue;
@@ -235,7 +262,7 @@ fn walk_dir<'s>(s: &rayon::Scope<'s>, dir: Arc<OwnedFd>, rel: Vec<u8>, ctx: &'s 
     out.leftovers.append(&mut leftovers);
     out.vanished.append(&mut vanished);
     if holds_excluded {
-        out.holds_excluded.push(rel.clone().into());
+        out.holds_excluded.push(rel.into());
     }
     if incomplete {
         out.incomplete.push(rel.into());
