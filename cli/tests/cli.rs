@@ -506,6 +506,9 @@ fn temporary_name_prefix_is_not_swallowed() {
     let o = e.js(sync_args(&e, &[]));
     expect_code(&o, 1);
     assert!(stderr(&o).contains(".jailsync-tmp-1-2"), "{}", stderr(&o));
-    assert_eq!(std::fs::read(e.dst.path(".jailsync-tmp-notes")).unwrap(), b"a");
+    assert_eq!(
+        std::fs::read(e.dst.path(".jailsync-tmp-notes")).unwrap(),
+        b"a"
+    );
     assert_eq!(std::fs::read(e.dst.path("x")).unwrap(), b"x");
 }
