@@ -349,6 +349,18 @@ impl<'a> Apply<'a> {
                 let (sp, sn) = split_parent(from);
                 let sdir = scache.get(sp)?;
                 let ddir = dcache.get(p)?;
+                if mapped.is_some() {
+                    // Rollback: the kept inode is the old file, complete and on this
+                    // filesystem; linking it back writes no data. Copy only across devices.
+                    match fsx::link_at(sdir, sn, ddir, n) {
+                        Ok(()) => {
+                            fsx::set_meta_at(ddir, n, s, self.opts.meta)?;
+                            return Ok(0);
+                        }
+                        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
                 self.copy_file(sdir, sn, ddir, n, s, a.src)
             }
             Kind::Symlink => {
