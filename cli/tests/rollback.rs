@@ -208,3 +208,34 @@ fn rollback_after_a_killed_sync() {
     }
     eprintln!("killed {iters} syncs, {rolled} rolled back from a generation");
 }
+
+/// A hard-link group split by a sync (one member rewritten, the other untouched) is rejoined by
+/// the rollback, with no staged name left behind.
+#[test]
+fn rollback_rejoins_a_split_hard_link_group() {
+    let t = tempfile::tempdir().unwrap();
+    let state = t.path().join("state");
+    let live = t.path().join("live");
+    let jail = t.path().join("jail");
+    write(&live.join("a"), b"shared");
+    fs::hard_link(live.join("a"), live.join("b")).unwrap();
+    let pristine = t.path().join("pristine");
+    sh(&format!("cp -a {} {}", s(&live), s(&pristine)));
+    sh(&format!("cp -a {} {}", s(&live), s(&jail)));
+    // In the jail, `a` is rewritten on its own: the group splits.
+    fs::remove_file(jail.join("a")).unwrap();
+    write(&jail.join("a"), b"new a");
+    sh(&format!("touch -r {0}/b {0}/a", s(&jail)));
+    ok(&state, &["sync", s(&jail), s(&live)]);
+    assert_eq!(rsync_diff(&jail, &live), "");
+    ok(&state, &["rollback", s(&live)]);
+    assert_eq!(rsync_diff(&pristine, &live), "", "group not rejoined");
+    let names: Vec<_> = fs::read_dir(&live)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with(".jailsync-")),
+        "left behind: {names:?}"
+    );
+}

@@ -533,7 +533,21 @@ impl<'a> Apply<'a> {
                         let name = split_parent(&this.src[a.src as usize].path).1;
                         let r = cache.get(p).and_then(|d| match a.op {
                             Op::Create => fsx::rename_noreplace_at(d, tmp, name),
-                            Op::Replace => fsx::rename_at(d, tmp, d, name),
+                            Op::Replace => {
+                                fsx::rename_at(d, tmp, d, name)?;
+                                // A rollback may link back the very inode the target still
+                                // is (a regrouped hard link); rename then succeeds without
+                                // moving anything and the staged name must go.
+                                if this.src_map.is_some() {
+                                    match fsx::unlink_at(d, tmp) {
+                                        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                                            return Err(e)
+                                        }
+                                        _ => {}
+                                    }
+                                }
+                                Ok(())
+                            }
                             _ => fsx::exchange_at(d, tmp, name),
                         });
                         match r {
