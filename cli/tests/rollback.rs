@@ -239,3 +239,57 @@ fn rollback_rejoins_a_split_hard_link_group() {
         "left behind: {names:?}"
     );
 }
+
+/// A sync killed midway and then run again to the end is one sync for rollback: a single
+/// rollback returns to the tree as it was before the killed run, not to the half-done state.
+#[test]
+fn one_rollback_undoes_a_killed_then_resumed_sync() {
+    let t = tempfile::tempdir().unwrap();
+    let (live0, jail) = fixture(t.path());
+    for i in 0..400 {
+        write(
+            &live0.join(format!("many/d{}/f{i}", i % 20)),
+            format!("old {i}").as_bytes(),
+        );
+        write(
+            &jail.join(format!("many/d{}/f{i}", i % 20)),
+            format!("new content {i}").as_bytes(),
+        );
+    }
+    let mut resumed = 0;
+    for i in 0..6u64 {
+        let live = t.path().join(format!("live{i}"));
+        let state = t.path().join(format!("state{i}"));
+        sh(&format!("cp -a {} {}", s(&live0), s(&live)));
+        let mut child = Command::new(bin())
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["sync", "--fsync", "-q", s(&jail), s(&live)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(40 + i * 53));
+        let _ = child.kill();
+        let _ = child.wait();
+        let before = ok(&state, &["history", s(&live)]).lines().count();
+        ok(&state, &["sync", "-q", s(&jail), s(&live)]);
+        assert_eq!(
+            rsync_diff(&jail, &live),
+            "",
+            "iteration {i}: resume did not converge"
+        );
+        let after = ok(&state, &["history", s(&live)]).lines().count();
+        assert_eq!(after, 1, "iteration {i}: one generation for the whole sync");
+        if before == 1 {
+            resumed += 1;
+        }
+        ok(&state, &["rollback", s(&live)]);
+        assert_eq!(
+            rsync_diff(&live0, &live),
+            "",
+            "iteration {i}: not back to the original"
+        );
+    }
+    eprintln!("{resumed} of 6 runs were killed after their generation was recorded");
+}

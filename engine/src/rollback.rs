@@ -80,7 +80,14 @@ pub fn preserve(
     pool: &rayon::ThreadPool,
 ) -> Result<Generation> {
     fs::create_dir_all(store).at(store)?;
-    let id = list(store)?.iter().map(|g| g.id).max().unwrap_or(0) + 1;
+    let gens = list(store)?;
+    if let Some(last) = gens.last() {
+        if !last.dir.join("done").exists() {
+            resume(last, dst, old, plan, pool)?;
+            return Ok(last.clone());
+        }
+    }
+    let id = gens.iter().map(|g| g.id).max().unwrap_or(0) + 1;
     let partial = store.join(format!("gen-{id:06}.partial"));
     // A leftover from a killed run of the same id: start over.
     if partial.exists() {
@@ -104,23 +111,45 @@ pub fn preserve(
     }
     fs::write(partial.join("info"), info).at(partial.join("info"))?;
 
-    let root = fsx::open_root_nofollow(dst).at(dst)?;
-    let fdir = fsx::open_root(&files).at(&files)?;
     // Directories are recorded in the manifest; their children have their own actions.
-    let keep: Vec<u32> = plan
-        .actions
+    let keep: Vec<(u32, &Entry)> = doomed(old, plan).map(|j| (j, &old[j as usize])).collect();
+    link_kept(dst, &files, &keep, pool)?;
+    let dir = store.join(format!("gen-{id:06}"));
+    fs::rename(&partial, &dir).at(&dir)?;
+    Ok(Generation {
+        id,
+        dir,
+        time,
+        changes: plan.actions.len() as u64,
+        source: source.display().to_string(),
+    })
+}
+
+/// Destination entries (indices into `old`) that `plan` replaces or removes and that are not
+/// directories (those live on in the manifest; their children have their own actions).
+fn doomed<'a>(old: &'a [Entry], plan: &'a Plan) -> impl Iterator<Item = u32> + 'a {
+    plan.actions
         .iter()
         .filter(|a| a.dst != NONE && matches!(a.op, Op::Replace | Op::Exchange | Op::Delete))
         .filter(|a| old[a.dst as usize].kind != Kind::Dir)
         .map(|a| a.dst)
-        .collect();
+}
+
+/// Hard-links each entry into `files/<index>`, in parallel. An entry already gone is skipped.
+fn link_kept(
+    dst: &Path,
+    files: &Path,
+    keep: &[(u32, &Entry)],
+    pool: &rayon::ThreadPool,
+) -> Result<()> {
+    let root = fsx::open_root_nofollow(dst).at(dst)?;
+    let fdir = fsx::open_root(files).at(files)?;
     let first_err: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
     pool.install(|| {
         use rayon::prelude::*;
         keep.par_chunks(64).for_each(|chunk| {
             let mut last: Option<(&[u8], std::os::fd::OwnedFd)> = None;
-            for &j in chunk {
-                let e = &old[j as usize];
+            for &(j, e) in chunk {
                 let (p, n) = split_parent(&e.path);
                 let r = (|| -> io::Result<()> {
                     if last.as_ref().is_none_or(|(lp, _)| *lp != p) {
@@ -131,8 +160,13 @@ pub fn preserve(
                 })();
                 match r {
                     Ok(()) => {}
-                    // Gone already (someone removed it): nothing to keep.
-                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    // Gone already (someone removed it): nothing to keep. Kept already (a
+                    // resumed run): the link is there.
+                    Err(err)
+                        if matches!(
+                            err.kind(),
+                            io::ErrorKind::NotFound | io::ErrorKind::AlreadyExists
+                        ) => {}
                     Err(err) => {
                         let mut f = first_err.lock().expect("poisoned");
                         if f.is_none() {
@@ -143,18 +177,55 @@ pub fn preserve(
             }
         });
     });
-    if let Some(e) = first_err.into_inner().expect("poisoned") {
-        return Err(e);
+    match first_err.into_inner().expect("poisoned") {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    let dir = store.join(format!("gen-{id:06}"));
-    fs::rename(&partial, &dir).at(&dir)?;
-    Ok(Generation {
-        id,
-        dir,
-        time,
-        changes: plan.actions.len() as u64,
-        source: source.display().to_string(),
-    })
+}
+
+/// Marks a generation's sync as finished. A generation without the mark belongs to a run that
+/// was killed: the next sync of the same destination continues it instead of starting another,
+/// so one rollback still returns to the tree as it was before the killed run.
+pub fn mark_done(g: &Generation) -> Result<()> {
+    let p = g.dir.join("done");
+    fs::write(&p, b"").at(&p)
+}
+
+/// A run that found nothing left to do completes a killed run's generation.
+pub fn finish_interrupted(store: &Path) -> Result<()> {
+    match list(store)?.last() {
+        Some(g) if !g.dir.join("done").exists() => mark_done(g),
+        _ => Ok(()),
+    }
+}
+
+/// Continues an unfinished generation: its manifest is the tree before the killed run; what
+/// this run replaces or removes and that is still the original object (same path, same inode)
+/// is kept under its original index.
+fn resume(
+    g: &Generation,
+    dst: &Path,
+    cur: &[Entry],
+    plan: &Plan,
+    pool: &rayon::ThreadPool,
+) -> Result<()> {
+    let m = manifest::read_file(&g.dir.join("manifest"))?;
+    let orig: HashMap<&[u8], (u32, u64, u64)> = m
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(j, e)| (&e.path[..], (j as u32, e.dev, e.ino)))
+        .collect();
+    let keep: Vec<(u32, &Entry)> = doomed(cur, plan)
+        .filter_map(|i| {
+            let e = &cur[i as usize];
+            match orig.get(&e.path[..]) {
+                Some(&(j, dev, ino)) if dev == e.dev && ino == e.ino => Some((j, e)),
+                _ => None,
+            }
+        })
+        .collect();
+    link_kept(dst, &g.dir.join("files"), &keep, pool)
 }
 
 /// Complete generations, oldest first. Interrupted ones are removed.

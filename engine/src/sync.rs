@@ -603,6 +603,17 @@ pub fn apply_all(
                 Err(e) => notes.push(format!("no rollback recorded: {e}")),
             }
         }
+        if let (Some(state), true) = (state, t.plan.is_empty() || !opts.rollback) {
+            // Nothing to do, or nothing recorded: a killed run before this one, if any, is
+            // complete now (a later run must not continue its generation).
+            let r = crate::rollback::store_dir(state, &t.dst_path)
+                .and_then(|store| crate::rollback::finish_interrupted(&store));
+            // Without rollback there may well be no store (that can be why it is off).
+            match r {
+                Err(e) if opts.rollback => notes.push(format!("rollback store not updated: {e}")),
+                _ => {}
+            }
+        }
         generations.push(g);
     }
     for a in applies.iter_mut() {
@@ -618,6 +629,11 @@ pub fn apply_all(
     }
     for a in applies.iter_mut() {
         a.finalize(progress);
+    }
+    for g in generations.iter().flatten() {
+        if let Err(e) = crate::rollback::mark_done(g) {
+            notes.push(format!("rollback generation not marked finished: {e}"));
+        }
     }
     for store in &stores {
         if let Err(e) = crate::rollback::prune_generations(store, opts.keep.max(1)) {
