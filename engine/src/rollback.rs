@@ -9,9 +9,11 @@
 //! complete before the first commit. Unchanged files keep their inode, so "same inode" means
 //! "same content" here — the engine never writes into a live file.
 //!
-//! Layout: `STORE/gen-<N>/{manifest,info,files/<index>}` where `<index>` is the entry's position
-//! in the manifest. A generation still named `gen-<N>.partial` was interrupted while being made
-//! and is discarded. The store is `STATE/trees/<key>/rollback` when the state directory shares
+//! Layout: `STORE/gen-<N>/{manifest,info,files/<index>,done}` where `<index>` is the entry's
+//! position in the manifest. A generation still named `gen-<N>.partial` was interrupted while
+//! being made and is discarded. `done` marks a generation whose sync ran to its end; a sync that
+//! finds the newest generation without it continues that generation (the killed run and its
+//! resumption are one sync to undo), keeping what it replaces under the original indices. The store is `STATE/trees/<key>/rollback` when the state directory shares
 //! the destination's filesystem, else `<parent of DST>/.jailsync-rollback/<key>`.
 
 use std::collections::HashMap;
