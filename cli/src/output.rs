@@ -65,7 +65,7 @@ pub fn print_changes(
     json: bool,
 ) -> io::Result<()> {
     for a in &plan.actions {
-        let code = itemize(a, src, dst);
+        let code = itemize(a, src);
         if json {
             let (e, full) = subject(a, src, dst, prefix);
             let v = json!({

@@ -228,7 +228,6 @@ fn run_pairs(pairs: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global) 
         let (sc, dc) = sync::check_pair(&s, &d, a.follow_dst)?;
         // Canonical paths: state (caches, locks, rollback) is keyed by them, and a symlinked
         // destination was refused above unless --follow-dst.
-        let _ = d;
         checked.push((sc, dc, prefix));
     }
     let all: Vec<&Path> = checked

@@ -404,7 +404,7 @@ pub fn plan(src: &[Entry], dst: &[Entry], o: PlanOpts) -> Plan {
 }
 
 /// The 11-character rsync-style change code of an action (`*deleting  ` for deletes).
-pub fn itemize(a: &Action, src: &[Entry], dst: &[Entry]) -> String {
+pub fn itemize(a: &Action, src: &[Entry]) -> String {
     if a.op == Op::Delete {
         return "*deleting  ".into();
     }
@@ -420,7 +420,6 @@ pub fn itemize(a: &Action, src: &[Entry], dst: &[Entry]) -> String {
     }
     let c = a.changes;
     let bit = |m: u16, ch: char| if c & m != 0 { ch } else { '.' };
-    let _ = dst;
     format!(
         "{y}{k}{}{}{}{}{}{}.{}{}",
         if c & (change::CONTENT | change::TARGET) != 0 {
