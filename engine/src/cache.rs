@@ -53,13 +53,6 @@ pub struct Cached {
     pub hash: Hash,
 }
 
-/// A tree's stat cache, sorted by path.
-#[derive(Default)]
-pub struct Cache {
-    pub stamp: (i64, u32),
-    pub entries: Vec<Cached>,
-}
-
 /// Rule 2: the cached hash, if `cached` describes exactly the inode `cur` describes now.
 pub fn reuse(cached: &Cached, cur: &Entry) -> Option<Hash> {
     let same = cur.kind == Kind::File
@@ -72,47 +65,6 @@ pub fn reuse(cached: &Cached, cur: &Entry) -> Option<Hash> {
     same.then_some(cached.hash)
 }
 
-/// Fills in hashes of `entries` (sorted) from a cache (sorted) where rule 2 allows.
-/// Returns how many were reused.
-pub fn fill_from(entries: &mut [Entry], cache: &Cache) -> usize {
-    let mut n = 0;
-    let mut j = 0;
-    let c = &cache.entries;
-    for e in entries.iter_mut().filter(|e| e.kind == Kind::File) {
-        while j < c.len() && c[j].path < e.path {
-            j += 1;
-        }
-        if j < c.len() && c[j].path == e.path {
-            if let Some(h) = reuse(&c[j], e) {
-                e.hash = Some(h);
-                n += 1;
-            }
-        }
-    }
-    n
-}
-
-/// Builds the cache to store: hashed files whose stat rule 1 allows.
-pub fn to_store<'a>(entries: impl IntoIterator<Item = &'a Entry>, stamp: (i64, u32)) -> Cache {
-    let entries = entries
-        .into_iter()
-        .filter(|e| e.kind == Kind::File && cacheable(e, stamp))
-        .filter_map(|e| {
-            Some(Cached {
-                path: e.path.clone(),
-                size: e.size,
-                mtime: (e.mtime, e.mtime_nsec),
-                ctime: (e.ctime, e.ctime_nsec),
-                ino: e.ino,
-                dev: e.dev,
-                mode: e.mode,
-                hash: e.hash?,
-            })
-        })
-        .collect();
-    Cache { stamp, entries }
-}
-
 // On disk: MAGIC, stamp (i64 s, u32 ns), count (u64), then per entry: path length (u32), path,
 // size, mtime s, mtime ns, ctime s, ctime ns, ino, dev, mode, blake3 — little-endian — and
 // last the blake3 of every byte before it. Binary because a no-op sync reads and writes it for
@@ -122,9 +74,10 @@ pub fn to_store<'a>(entries: impl IntoIterator<Item = &'a Entry>, stamp: (i64, u
 // `verify` report an identical file as changed (or, against the other side's hash, hide one).
 const MAGIC: &[u8; 8] = b"JSCACHE2";
 
-/// Reads a cache; a missing, truncated, corrupt or other-version file is `None` (it can only
-/// cost a re-hash).
-pub fn load(path: &std::path::Path) -> Option<Cache> {
+/// Fills hashes of `entries` (sorted) straight from the cache file, without building the cache
+/// in memory (a whole tree's cache was a large part of a run's peak). Returns the hashes reused
+/// and the records the file holds; `None` when the file is missing or not to be believed.
+pub fn fill_from_file(path: &std::path::Path, entries: &mut [Entry]) -> Option<(usize, usize)> {
     let all = std::fs::read(path).ok()?;
     let (data, sum) = all.split_at(all.len().checked_sub(32)?);
     if blake3::hash(data).as_bytes() != sum {
@@ -134,14 +87,21 @@ pub fn load(path: &std::path::Path) -> Option<Cache> {
     if r.take(8)? != MAGIC {
         return None;
     }
-    let stamp = (r.i64()?, r.u32()?);
+    let _stamp = (r.i64()?, r.u32()?);
     let n = r.u64()?;
-    let mut entries = Vec::with_capacity(n.min(1 << 24) as usize);
-    for _ in 0..n {
+    // Parse everything first: a file that turns out malformed halfway must fill nothing.
+    let mut fills: Vec<(usize, Hash)> = Vec::new();
+    let mut j = 0;
+    let mut prev: &[u8] = &[];
+    for k in 0..n {
         let len = r.u32()? as usize;
-        let path: Box<[u8]> = r.take(len)?.into();
-        entries.push(Cached {
-            path,
+        let path = r.take(len)?;
+        if k > 0 && path <= prev {
+            return None;
+        }
+        prev = path;
+        let c = Cached {
+            path: Box::default(),
             size: r.u64()?,
             mtime: (r.i64()?, r.u32()?),
             ctime: (r.i64()?, r.u32()?),
@@ -149,38 +109,68 @@ pub fn load(path: &std::path::Path) -> Option<Cache> {
             dev: r.u64()?,
             mode: r.u32()?,
             hash: r.take(32)?.try_into().ok()?,
-        });
+        };
+        while j < entries.len() && &entries[j].path[..] < path {
+            j += 1;
+        }
+        if j < entries.len() && &entries[j].path[..] == path {
+            if let Some(h) = reuse(&c, &entries[j]) {
+                fills.push((j, h));
+            }
+        }
     }
-    if r.at != data.len() || !entries.windows(2).all(|w| w[0].path < w[1].path) {
+    if r.at != data.len() {
         return None;
     }
-    Some(Cache { stamp, entries })
+    let hits = fills.len();
+    for (j, h) in fills {
+        entries[j].hash = Some(h);
+    }
+    Some((hits, n as usize))
 }
 
-/// Writes a cache atomically (temp file and rename; not fsynced, see [`load`]).
-pub fn save(path: &std::path::Path, c: &Cache) -> std::io::Result<()> {
-    let mut out = Vec::with_capacity(24 + c.entries.len() * 120);
+/// Encodes the cache of `entries` (sorted; hashed files that rule 1 allows) without building
+/// it in memory first. Returns the bytes to [`write_bytes`] and the number of records.
+pub fn encode<'a>(
+    entries: impl IntoIterator<Item = &'a Entry>,
+    stamp: (i64, u32),
+) -> (Vec<u8>, usize) {
+    let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&c.stamp.0.to_le_bytes());
-    out.extend_from_slice(&c.stamp.1.to_le_bytes());
-    out.extend_from_slice(&(c.entries.len() as u64).to_le_bytes());
-    for e in &c.entries {
+    out.extend_from_slice(&stamp.0.to_le_bytes());
+    out.extend_from_slice(&stamp.1.to_le_bytes());
+    let count_at = out.len();
+    out.extend_from_slice(&0u64.to_le_bytes());
+    let mut n = 0usize;
+    for e in entries {
+        let Some(hash) = e.hash else { continue };
+        if e.kind != Kind::File || !cacheable(e, stamp) {
+            continue;
+        }
         out.extend_from_slice(&(e.path.len() as u32).to_le_bytes());
         out.extend_from_slice(&e.path);
         out.extend_from_slice(&e.size.to_le_bytes());
-        out.extend_from_slice(&e.mtime.0.to_le_bytes());
-        out.extend_from_slice(&e.mtime.1.to_le_bytes());
-        out.extend_from_slice(&e.ctime.0.to_le_bytes());
-        out.extend_from_slice(&e.ctime.1.to_le_bytes());
+        out.extend_from_slice(&e.mtime.to_le_bytes());
+        out.extend_from_slice(&e.mtime_nsec.to_le_bytes());
+        out.extend_from_slice(&e.ctime.to_le_bytes());
+        out.extend_from_slice(&e.ctime_nsec.to_le_bytes());
         out.extend_from_slice(&e.ino.to_le_bytes());
         out.extend_from_slice(&e.dev.to_le_bytes());
         out.extend_from_slice(&e.mode.to_le_bytes());
-        out.extend_from_slice(&e.hash);
+        out.extend_from_slice(&hash);
+        n += 1;
     }
+    out[count_at..count_at + 8].copy_from_slice(&(n as u64).to_le_bytes());
     let sum = blake3::hash(&out);
     out.extend_from_slice(sum.as_bytes());
+    (out, n)
+}
+
+/// Writes encoded cache bytes atomically (temp file and rename; not fsynced: a cache lost in a
+/// crash costs a re-hash, and a torn one fails its checksum in [`fill_from_file`]).
+pub fn write_bytes(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, &out)?;
+    std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }
 
@@ -226,22 +216,29 @@ mod tests {
         let es = vec![entry(t.path(), "a"), entry(t.path(), "b")];
         // Taken long after the files were written: both may be stored (rule 1).
         let later = (es[0].mtime + 10, 0);
-        let c = to_store(&es, later);
-        assert_eq!(c.entries.len(), 2);
+        let (bytes, n) = encode(&es, later);
+        assert_eq!(n, 2);
         let p = t.path().join("cache");
-        save(&p, &c).unwrap();
-        let back = load(&p).expect("loads");
-        assert_eq!(back.entries.len(), 2);
+        write_bytes(&p, &bytes).unwrap();
         let mut fresh = vec![entry(t.path(), "a"), entry(t.path(), "b")];
         fresh.iter_mut().for_each(|e| e.hash = None);
-        assert_eq!(fill_from(&mut fresh, &back), 2);
+        assert_eq!(fill_from_file(&p, &mut fresh), Some((2, 2)));
         assert_eq!(fresh[0].hash, es[0].hash);
 
-        // Truncated, garbage, other version: ignored.
+        // Truncated, garbage, other version, one flipped bit: ignored, nothing filled.
         let data = std::fs::read(&p).unwrap();
-        for bad in [&data[..data.len() - 1], b"garbage".as_slice(), b"JSCACHE9"] {
+        let mut flipped = data.clone();
+        flipped[30] ^= 1;
+        for bad in [
+            &data[..data.len() - 1],
+            b"garbage".as_slice(),
+            b"JSCACHE9",
+            &flipped,
+        ] {
             std::fs::write(&p, bad).unwrap();
-            assert!(load(&p).is_none());
+            fresh.iter_mut().for_each(|e| e.hash = None);
+            assert!(fill_from_file(&p, &mut fresh).is_none());
+            assert!(fresh.iter().all(|e| e.hash.is_none()));
         }
     }
 
@@ -251,10 +248,13 @@ mod tests {
         std::fs::write(t.path().join("a"), b"one").unwrap();
         let e = entry(t.path(), "a");
         // Rule 1: a stat taken in the same tick as the write is not stored.
-        assert!(to_store(std::slice::from_ref(&e), (e.mtime, e.mtime_nsec))
-            .entries
-            .is_empty());
-        let c = to_store(std::slice::from_ref(&e), (e.mtime + 10, 0));
+        assert_eq!(
+            encode(std::slice::from_ref(&e), (e.mtime, e.mtime_nsec)).1,
+            0
+        );
+        let (bytes, _) = encode(std::slice::from_ref(&e), (e.mtime + 10, 0));
+        let p = t.path().join("cache");
+        write_bytes(&p, &bytes).unwrap();
         // Rule 2: same size, same mtime (set back), new content -> ctime moved -> no reuse.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(t.path().join("a"), b"ONE").unwrap();
@@ -282,8 +282,8 @@ mod tests {
         );
         now[0].hash = None;
         assert_eq!(
-            fill_from(&mut now, &c),
-            0,
+            fill_from_file(&p, &mut now),
+            Some((0, 1)),
             "a rewritten file must be hashed again"
         );
     }

@@ -285,9 +285,9 @@ pub fn prepare(
         {
             if let Ok(p) = state.cache_path(tree) {
                 // A corrupt or other-version cache is ignored: it can only cost a re-hash.
-                if let Some(c) = cache::load(&p) {
-                    cache_hits += cache::fill_from(entries, &c);
-                    cache_loaded[k] = Some(c.entries.len());
+                if let Some((hits, records)) = cache::fill_from_file(&p, entries) {
+                    cache_hits += hits;
+                    cache_loaded[k] = Some(records);
                 }
             }
         }
@@ -371,12 +371,10 @@ pub fn prepare_from_manifest(
     take_errors(&mut scan_errors, dst_path, &mut d);
     let mut cache_hits = 0;
     if let (Some(state), false) = (state, opts.checksum) {
-        if let Some(c) = state
-            .cache_path(dst_path)
-            .ok()
-            .and_then(|p| cache::load(&p))
-        {
-            cache_hits += cache::fill_from(&mut d.entries, &c);
+        if let Ok(p) = state.cache_path(dst_path) {
+            if let Some((hits, _)) = cache::fill_from_file(&p, &mut d.entries) {
+                cache_hits += hits;
+            }
         }
     }
     let src: Vec<Entry> = if opts.excludes.is_empty() {
@@ -666,7 +664,7 @@ fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>) {
     // left out, so the next run hashes that file again.
     let stale = a.stale_hashes();
     // Built from references: cloning both trees' entries here was the run's peak memory.
-    let src_c = cache::to_store(
+    let src_c = cache::encode(
         t.src
             .iter()
             .enumerate()
@@ -681,7 +679,7 @@ fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>) {
         .filter(|x| x.dst != plan::NONE)
         .map(|x| x.dst)
         .collect();
-    let dst_c = cache::to_store(
+    let dst_c = cache::encode(
         t.dst
             .iter()
             .enumerate()
@@ -695,12 +693,12 @@ fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>) {
         (&t.src_path, src_c, false),
         (&t.dst_path, dst_c, !touched.is_empty()),
     ];
-    for (k, (tree, c, changed)) in sides.into_iter().enumerate() {
-        if !changed && t.hashed[k] == 0 && t.cache_loaded[k] == Some(c.entries.len()) {
+    for (k, (tree, (bytes, records), changed)) in sides.into_iter().enumerate() {
+        if !changed && t.hashed[k] == 0 && t.cache_loaded[k] == Some(records) {
             continue;
         }
         if let Ok(p) = state.cache_path(tree) {
-            let _ = cache::save(&p, &c);
+            let _ = cache::write_bytes(&p, &bytes);
         }
     }
 }
@@ -708,7 +706,7 @@ fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>) {
 /// Writes the stat cache of a tree scanned on its own (`manifest`, `verify`).
 pub fn store_cache(state: &StateDir, tree: &Path, entries: &[Entry], stamp: (i64, u32)) {
     if let Ok(p) = state.cache_path(tree) {
-        let _ = cache::save(&p, &cache::to_store(entries, stamp));
+        let _ = cache::write_bytes(&p, &cache::encode(entries, stamp).0);
     }
 }
 
@@ -731,8 +729,8 @@ pub fn scan_and_hash(
     let mut errors = Vec::new();
     take_errors(&mut errors, root, &mut s);
     if let (Some(state), false) = (state, opts.checksum) {
-        if let Some(c) = state.cache_path(root).ok().and_then(|p| cache::load(&p)) {
-            cache::fill_from(&mut s.entries, &c);
+        if let Ok(p) = state.cache_path(root) {
+            cache::fill_from_file(&p, &mut s.entries);
         }
     }
     let need: Vec<usize> = s
