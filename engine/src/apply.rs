@@ -152,6 +152,12 @@ impl<'a> Apply<'a> {
         self.plan.path(a, self.src, self.dst)
     }
 
+    fn fail_all(&mut self, phase: Phase, failures: Vec<(usize, io::Error)>) {
+        for (k, e) in failures {
+            self.fail(k, phase, e);
+        }
+    }
+
     fn fail(&mut self, k: usize, phase: Phase, error: io::Error) {
         self.failed[k] = true;
         let path = self.path(&self.plan.actions[k]).into();
@@ -206,9 +212,7 @@ impl<'a> Apply<'a> {
             progress.advance(1, 0);
         }
         drop(cache);
-        for (k, e) in dir_failures {
-            self.fail(k, Phase::Stage, e);
-        }
+        self.fail_all(Phase::Stage, dir_failures);
 
         // 2. Files, symlinks and nodes (hard-link followers wait for their leader).
         let work: Vec<usize> = (0..actions.len())
@@ -242,9 +246,7 @@ impl<'a> Apply<'a> {
             });
         }
         self.outcome.bytes_written += bytes.into_inner();
-        for (k, e) in errors.into_inner().expect("poisoned") {
-            self.fail(k, Phase::Stage, e);
-        }
+        self.fail_all(Phase::Stage, errors.into_inner().expect("poisoned"));
 
         // 3. Hard-link followers: linked to their leader's staged inode.
         let src_to_action: HashMap<u32, usize> = actions
@@ -278,9 +280,7 @@ impl<'a> Apply<'a> {
             progress.advance(1, 0);
         }
         drop(cache);
-        for (k, e) in link_failures {
-            self.fail(k, Phase::Stage, e);
-        }
+        self.fail_all(Phase::Stage, link_failures);
         // Before directory modes can make staged directories read-only.
         self.discard_failed();
 
@@ -307,9 +307,7 @@ impl<'a> Apply<'a> {
             }
         }
         drop(cache);
-        for (k, e) in meta_failures {
-            self.fail(k, Phase::Stage, e);
-        }
+        self.fail_all(Phase::Stage, meta_failures);
         self.discard_failed();
         progress.finish(Phase::Stage);
     }
@@ -659,9 +657,7 @@ impl<'a> Apply<'a> {
             }
         }
         drop(cache);
-        for (k, e) in failures {
-            self.fail(k, Phase::Prune, e);
-        }
+        self.fail_all(Phase::Prune, failures);
         progress.finish(Phase::Prune);
     }
 
@@ -691,6 +687,10 @@ impl<'a> Apply<'a> {
             }
         }
         progress.start(Phase::Finalize, dirs.len() as u64);
+        let popts = crate::plan::PlanOpts {
+            owner: self.opts.meta.owner,
+            xattrs: self.opts.meta.xattrs,
+        };
         let mut cache = DirCache::new(self.dst_root.as_fd());
         for &(path, i, j) in dirs.iter().rev() {
             let s = &self.src[i];
@@ -706,10 +706,6 @@ impl<'a> Apply<'a> {
                 let (p, n) = split_parent(path);
                 cache.get(p).and_then(|d| {
                     // Usually only the mtime moved (children came and went): one call.
-                    let popts = crate::plan::PlanOpts {
-                        owner: self.opts.meta.owner,
-                        xattrs: self.opts.meta.xattrs,
-                    };
                     if crate::plan::meta_changes(s, &self.dst[j], popts) & !change::TIME == 0 {
                         fsx::set_times_at(d, n, s)?;
                     } else {

@@ -338,6 +338,35 @@ pub fn prepare(
     })
 }
 
+/// Scans one tree on its own and fills in the hashes its stat cache may vouch for. Returns the
+/// scan, when its stats were taken, the entries that could not be read, and the cache hits.
+type OneScan = (Scan, (i64, u32), Vec<(PathBuf, io::Error)>, usize);
+fn scan_one(
+    root: &Path,
+    state: Option<&StateDir>,
+    opts: &SyncOpts,
+    pools: &Pools,
+    progress: &dyn Progress,
+) -> Result<OneScan> {
+    let sopts = ScanOpts {
+        excludes: &opts.excludes,
+        xattrs: opts.xattrs,
+    };
+    let stamp = cache::now();
+    progress.start(Phase::Scan, 0);
+    let mut s = scan::scan_tree(root, &pools.walk, &sopts)?;
+    progress.finish(Phase::Scan);
+    let mut errors = Vec::new();
+    take_errors(&mut errors, root, &mut s);
+    let mut hits = 0;
+    if let (Some(state), false) = (state, opts.checksum) {
+        if let Ok(p) = state.cache_path(root) {
+            hits = cache::fill_from_file(&p, &mut s.entries).map_or(0, |(h, _)| h);
+        }
+    }
+    Ok((s, stamp, errors, hits))
+}
+
 /// Like [`prepare`] for `verify` against a manifest: the manifest's entries stand for the
 /// source (their hashes as recorded); only the destination is scanned and hashed.
 pub fn prepare_from_manifest(
@@ -359,24 +388,8 @@ pub fn prepare_from_manifest(
             why: "no root directory entry `.`".into(),
         });
     }
-    let sopts = ScanOpts {
-        excludes: &opts.excludes,
-        xattrs: opts.xattrs,
-    };
-    let stamp = cache::now();
-    progress.start(Phase::Scan, 0);
-    let mut d = scan::scan_tree(dst_path, &pools.walk, &sopts)?;
-    progress.finish(Phase::Scan);
-    let mut scan_errors = Vec::new();
-    take_errors(&mut scan_errors, dst_path, &mut d);
-    let mut cache_hits = 0;
-    if let (Some(state), false) = (state, opts.checksum) {
-        if let Ok(p) = state.cache_path(dst_path) {
-            if let Some((hits, _)) = cache::fill_from_file(&p, &mut d.entries) {
-                cache_hits += hits;
-            }
-        }
-    }
+    let (mut d, stamp, mut scan_errors, cache_hits) =
+        scan_one(dst_path, state, opts, pools, progress)?;
     let src: Vec<Entry> = if opts.excludes.is_empty() {
         m.entries
     } else {
@@ -718,21 +731,7 @@ pub fn scan_and_hash(
     pools: &Pools,
     progress: &dyn Progress,
 ) -> Result<(Manifest, Vec<(PathBuf, io::Error)>)> {
-    let sopts = ScanOpts {
-        excludes: &opts.excludes,
-        xattrs: opts.xattrs,
-    };
-    let stamp = cache::now();
-    progress.start(Phase::Scan, 0);
-    let mut s = scan::scan_tree(root, &pools.walk, &sopts)?;
-    progress.finish(Phase::Scan);
-    let mut errors = Vec::new();
-    take_errors(&mut errors, root, &mut s);
-    if let (Some(state), false) = (state, opts.checksum) {
-        if let Ok(p) = state.cache_path(root) {
-            cache::fill_from_file(&p, &mut s.entries);
-        }
-    }
+    let (mut s, stamp, mut errors, _) = scan_one(root, state, opts, pools, progress)?;
     let need: Vec<usize> = s
         .entries
         .iter()
