@@ -1128,3 +1128,29 @@ fn wide_directory_split_across_walker_tasks() {
     assert_eq!(l.get("w/f04999").map(|x| x.size), Some(Some(4)));
     assert_eq!(e.sync(&["-n", "-i", "--exclude", "*.o"]), "");
 }
+
+/// Thousands of subdirectories in one directory (like var/db/pkg) under a small open-file
+/// limit: queued walker tasks must not each hold a descriptor.
+#[test]
+fn many_subdirectories_under_a_low_fd_limit() {
+    let e = Env::new().with_dst();
+    for i in 0..3000 {
+        e.src
+            .file(format!("db/pkg-{i:04}/+CONTENTS"), format!("{i}"));
+    }
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\" --state-dir \"$1\" sync -q \"$2\" \"$3\"")
+        .arg(env!("CARGO_BIN_EXE_jailsync"))
+        .arg(e.state())
+        .arg(e.src())
+        .arg(e.dst())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(e.sync(&["-n", "-i"]), "");
+}

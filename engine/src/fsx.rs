@@ -774,18 +774,3 @@ pub fn is_tmp_name(name: &[u8]) -> bool {
 pub fn geteuid_is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
-
-/// Raises the soft open-file limit to the hard limit: the walker holds one fd per directory
-/// level in flight.
-pub fn raise_nofile_limit() {
-    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    if lim.current < lim.maximum {
-        let _ = rustix::process::setrlimit(
-            rustix::process::Resource::Nofile,
-            rustix::process::Rlimit {
-                current: lim.maximum,
-                maximum: lim.maximum,
-            },
-        );
-    }
-}

@@ -17,7 +17,7 @@
 //! were taken; unknown `#` lines are ignored, and a higher format version is refused.
 
 use std::fs;
-use std::io::{self, BufRead, BufWriter, Write};
+use std::io::{BufRead, BufWriter, Write};
 use std::path::Path;
 
 use crate::entry::{Entry, Kind};
@@ -356,15 +356,6 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<Manifest> {
 pub fn read_file(path: &Path) -> Result<Manifest> {
     let data = fs::read(path).at(path)?;
     parse(path, &data)
-}
-
-/// Like `read_file` but a missing file is an empty manifest.
-pub fn read_optional(path: &Path) -> Result<Option<Manifest>> {
-    match fs::read(path) {
-        Ok(d) => parse(path, &d).map(Some),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(path, e)),
-    }
 }
 
 /// Reads lines from any reader (used by tests and `verify -`).

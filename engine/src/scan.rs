@@ -166,6 +166,24 @@ fn walk_dir<'s>(s: &rayon::Scope<'s>, dir: Arc<OwnedFd>, rel: Vec<u8>, ctx: &'s 
     stat_names(s, &dir, &rel, names, ctx);
 }
 
+fn open_and_walk<'s>(
+    s: &rayon::Scope<'s>,
+    parent: &OwnedFd,
+    name: std::ffi::CString,
+    rel: Vec<u8>,
+    ctx: &'s Ctx<'s>,
+) {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rfs::openat(parent.as_fd(), name.as_c_str(), flags, Mode::empty()) {
+        Ok(sub) => walk_dir(s, Arc::new(sub), rel, ctx),
+        Err(err) => {
+            let mut out = ctx.out.lock().expect("poisoned");
+            out.errors.push((rel.clone().into(), io::Error::from(err)));
+            out.incomplete.push(rel.into());
+        }
+    }
+}
+
 /// `lstat`s `names` in `dir` (at `rel`), spawning a walk for every subdirectory, and hands the
 /// entries over in one batch.
 fn stat_names<'s>(
@@ -236,23 +254,10 @@ fn stat_names<'s>(
             }
         }
         if is_dir {
-            match rfs::openat(
-                dir.as_fd(),
-                cname.as_c_str(),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            ) {
-                Ok(sub) => {
-                    let sub = Arc::new(sub);
-                    let child_rel = e.path.to_vec();
-                    s.spawn(move |s| walk_dir(s, sub, child_rel, ctx));
-                }
-                Err(err) => {
-                    let mut out = ctx.out.lock().expect("poisoned");
-                    out.errors.push((e.path.clone(), io::Error::from(err)));
-                    out.incomplete.push(e.path.clone());
-                }
-            }
+            // Opened when the task runs, not now: a directory with thousands of subdirectories
+            // would otherwise hold one fd per queued task and run out of descriptors.
+            let (parent, child_rel) = (dir.clone(), e.path.to_vec());
+            s.spawn(move |s| open_and_walk(s, &parent, cname, child_rel, ctx));
         }
         local.push(e);
     }

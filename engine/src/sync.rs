@@ -130,9 +130,6 @@ impl Report {
     pub fn bytes_written(&self) -> u64 {
         self.outcomes.iter().map(|o| o.bytes_written).sum()
     }
-    pub fn error_count(&self) -> usize {
-        self.outcomes.iter().map(|o| o.errors.len()).sum()
-    }
 }
 
 /// Checks a (source, destination) pair before anything is touched.
