@@ -407,8 +407,8 @@ pub fn run_manifest(c: ManifestCmd, g: &Global) -> Result<u8> {
         Some(p) => manifest::write_file_durable(p, &m, false)?,
         None => {
             let stdout = io::stdout();
-            let mut l = stdout.lock();
-            l.write_all(&manifest::to_bytes(&m, false))?;
+            let mut l = io::BufWriter::with_capacity(1 << 16, stdout.lock());
+            manifest::write_to(&mut l, m.stamp, &m.entries, false)?;
             l.flush()?;
         }
     }

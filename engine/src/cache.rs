@@ -65,41 +65,74 @@ pub fn reuse(cached: &Cached, cur: &Entry) -> Option<Hash> {
     same.then_some(cached.hash)
 }
 
-// On disk: MAGIC, stamp (i64 s, u32 ns), count (u64), then per entry: path length (u32), path,
-// size, mtime s, mtime ns, ctime s, ctime ns, ino, dev, mode, blake3 — little-endian — and
-// last the blake3 of every byte before it. Binary because a no-op sync reads and writes it for
-// every file of both trees, and text parsing was a third of such a run. The user-facing format
-// is the manifest; this is private state. The trailing checksum is what lets a damaged cache
-// be ignored rather than believed: a flipped bit in a stored hash still parses, and would make
-// `verify` report an identical file as changed (or, against the other side's hash, hide one).
-const MAGIC: &[u8; 8] = b"JSCACHE2";
+// On disk: MAGIC, stamp (i64 s, u32 ns), then per entry: path length (u32), path, size,
+// mtime s, mtime ns, ctime s, ctime ns, ino, dev, mode, blake3 — little-endian — then END (a
+// length no path has), the record count (u64), and last the blake3 of every byte before it.
+// Binary because a no-op sync reads and writes it for every file of both trees, and text
+// parsing was a third of such a run. The count is at the end so the file is written as it is
+// encoded, never whole in memory. The user-facing format is the manifest; this is private
+// state. The trailing checksum is what lets a damaged cache be ignored rather than believed: a
+// flipped bit in a stored hash still parses, and would make `verify` report an identical file
+// as changed (or, against the other side's hash, hide one).
+const MAGIC: &[u8; 8] = b"JSCACHE3";
+const END: u32 = u32::MAX;
 
-/// Fills hashes of `entries` (sorted) straight from the cache file, without building the cache
-/// in memory (a whole tree's cache was a large part of a run's peak). Returns the hashes reused
-/// and the records the file holds; `None` when the file is missing or not to be believed.
+/// The entries a cache of `entries` keeps: hashed regular files that rule 1 allows.
+pub fn records<'a>(
+    entries: impl IntoIterator<Item = &'a Entry>,
+    stamp: (i64, u32),
+) -> impl Iterator<Item = &'a Entry> {
+    entries
+        .into_iter()
+        .filter(move |e| e.hash.is_some() && e.kind == Kind::File && cacheable(e, stamp))
+}
+
+/// Fills hashes of `entries` (sorted, none hashed yet) straight from the cache file, without
+/// holding the file in memory: one pass checks the checksum, a second fills. Returns the
+/// hashes reused and the records the file holds; `None` (and nothing filled) when the file is
+/// missing or not to be believed.
 pub fn fill_from_file(path: &std::path::Path, entries: &mut [Entry]) -> Option<(usize, usize)> {
-    let all = std::fs::read(path).ok()?;
-    let (data, sum) = all.split_at(all.len().checked_sub(32)?);
-    if blake3::hash(data).as_bytes() != sum {
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let body = len.checked_sub(32)?;
+    let mut h = blake3::Hasher::new();
+    std::io::copy(&mut (&mut f).take(body), &mut h).ok()?;
+    let mut sum = [0u8; 32];
+    f.read_exact(&mut sum).ok()?;
+    if h.finalize().as_bytes() != &sum {
         return None;
     }
-    let mut r = Reader { d: data, at: 0 };
-    if r.take(8)? != MAGIC {
+    f.seek(std::io::SeekFrom::Start(0)).ok()?;
+    let mut r = Reader {
+        r: std::io::BufReader::with_capacity(1 << 16, f.take(body)),
+        path: Vec::new(),
+    };
+    let res = fill(&mut r, entries);
+    if res.is_none() {
+        // Checked, then malformed: nothing it filled may stand.
+        entries.iter_mut().for_each(|e| e.hash = None);
+    }
+    res
+}
+
+fn fill<R: std::io::Read>(r: &mut Reader<R>, entries: &mut [Entry]) -> Option<(usize, usize)> {
+    if &r.array::<8>()? != MAGIC {
         return None;
     }
     let _stamp = (r.i64()?, r.u32()?);
-    let n = r.u64()?;
-    // Parse everything first: a file that turns out malformed halfway must fill nothing.
-    let mut fills: Vec<(usize, Hash)> = Vec::new();
-    let mut j = 0;
-    let mut prev: &[u8] = &[];
-    for k in 0..n {
-        let len = r.u32()? as usize;
-        let path = r.take(len)?;
-        if k > 0 && path <= prev {
+    let (mut j, mut hits, mut n) = (0, 0, 0u64);
+    let mut prev: Vec<u8> = Vec::new();
+    loop {
+        let len = r.u32()?;
+        if len == END {
+            break;
+        }
+        r.read_path(len as usize)?;
+        if n > 0 && r.path <= prev {
             return None;
         }
-        prev = path;
+        n += 1;
         let c = Cached {
             path: Box::default(),
             size: r.u64()?,
@@ -108,91 +141,132 @@ pub fn fill_from_file(path: &std::path::Path, entries: &mut [Entry]) -> Option<(
             ino: r.u64()?,
             dev: r.u64()?,
             mode: r.u32()?,
-            hash: r.take(32)?.try_into().ok()?,
+            hash: r.array::<32>()?,
         };
-        while j < entries.len() && &entries[j].path[..] < path {
+        while j < entries.len() && entries[j].path[..] < r.path[..] {
             j += 1;
         }
-        if j < entries.len() && &entries[j].path[..] == path {
+        if j < entries.len() && entries[j].path[..] == r.path[..] {
             if let Some(h) = reuse(&c, &entries[j]) {
-                fills.push((j, h));
+                entries[j].hash = Some(h);
+                hits += 1;
             }
         }
+        std::mem::swap(&mut prev, &mut r.path);
     }
-    if r.at != data.len() {
+    if r.u64()? != n || r.array::<1>().is_some() {
         return None;
-    }
-    let hits = fills.len();
-    for (j, h) in fills {
-        entries[j].hash = Some(h);
     }
     Some((hits, n as usize))
 }
 
-/// Encodes the cache of `entries` (sorted; hashed files that rule 1 allows) without building
-/// it in memory first. Returns the bytes to [`write_bytes`] and the number of records.
-pub fn encode<'a>(
-    entries: impl IntoIterator<Item = &'a Entry>,
+/// Writes the cache of `records` (sorted; see [`records`]) atomically: encoded straight into a
+/// temp file, then renamed (not fsynced: a cache lost in a crash costs a re-hash, and a torn
+/// one fails its checksum in [`fill_from_file`]). Returns the number of records.
+pub fn write_file<'a>(
+    path: &std::path::Path,
+    records: impl IntoIterator<Item = &'a Entry>,
     stamp: (i64, u32),
-) -> (Vec<u8>, usize) {
-    let mut out = Vec::new();
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&stamp.0.to_le_bytes());
-    out.extend_from_slice(&stamp.1.to_le_bytes());
-    let count_at = out.len();
-    out.extend_from_slice(&0u64.to_le_bytes());
-    let mut n = 0usize;
-    for e in entries {
-        let Some(hash) = e.hash else { continue };
-        if e.kind != Kind::File || !cacheable(e, stamp) {
-            continue;
+) -> std::io::Result<usize> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let r = (|| {
+        let f = std::fs::File::create(&tmp)?;
+        let mut w = Summed {
+            w: std::io::BufWriter::with_capacity(1 << 16, f),
+            h: blake3::Hasher::new(),
+        };
+        let n = encode(&mut w, records, stamp)?;
+        let sum = *w.h.finalize().as_bytes();
+        w.w.write_all(&sum)?;
+        w.w.into_inner().map_err(|e| e.into_error())?;
+        Ok(n)
+    })();
+    match r {
+        Ok(n) => std::fs::rename(&tmp, path).map(|()| n),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
         }
-        out.extend_from_slice(&(e.path.len() as u32).to_le_bytes());
-        out.extend_from_slice(&e.path);
-        out.extend_from_slice(&e.size.to_le_bytes());
-        out.extend_from_slice(&e.mtime.to_le_bytes());
-        out.extend_from_slice(&e.mtime_nsec.to_le_bytes());
-        out.extend_from_slice(&e.ctime.to_le_bytes());
-        out.extend_from_slice(&e.ctime_nsec.to_le_bytes());
-        out.extend_from_slice(&e.ino.to_le_bytes());
-        out.extend_from_slice(&e.dev.to_le_bytes());
-        out.extend_from_slice(&e.mode.to_le_bytes());
-        out.extend_from_slice(&hash);
+    }
+}
+
+fn encode<'a, W: std::io::Write>(
+    w: &mut W,
+    records: impl IntoIterator<Item = &'a Entry>,
+    stamp: (i64, u32),
+) -> std::io::Result<usize> {
+    w.write_all(MAGIC)?;
+    w.write_all(&stamp.0.to_le_bytes())?;
+    w.write_all(&stamp.1.to_le_bytes())?;
+    let mut n = 0usize;
+    let mut rec = Vec::with_capacity(256);
+    for e in records {
+        let Some(hash) = e.hash else { continue };
+        rec.clear();
+        rec.extend_from_slice(&(e.path.len() as u32).to_le_bytes());
+        rec.extend_from_slice(&e.path);
+        rec.extend_from_slice(&e.size.to_le_bytes());
+        rec.extend_from_slice(&e.mtime.to_le_bytes());
+        rec.extend_from_slice(&e.mtime_nsec.to_le_bytes());
+        rec.extend_from_slice(&e.ctime.to_le_bytes());
+        rec.extend_from_slice(&e.ctime_nsec.to_le_bytes());
+        rec.extend_from_slice(&e.ino.to_le_bytes());
+        rec.extend_from_slice(&e.dev.to_le_bytes());
+        rec.extend_from_slice(&e.mode.to_le_bytes());
+        rec.extend_from_slice(&hash);
+        w.write_all(&rec)?;
         n += 1;
     }
-    out[count_at..count_at + 8].copy_from_slice(&(n as u64).to_le_bytes());
-    let sum = blake3::hash(&out);
-    out.extend_from_slice(sum.as_bytes());
-    (out, n)
+    w.write_all(&END.to_le_bytes())?;
+    w.write_all(&(n as u64).to_le_bytes())?;
+    Ok(n)
 }
 
-/// Writes encoded cache bytes atomically (temp file and rename; not fsynced: a cache lost in a
-/// crash costs a re-hash, and a torn one fails its checksum in [`fill_from_file`]).
-pub fn write_bytes(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+/// A writer that hashes what passes through it (the cache's trailing checksum).
+struct Summed<W> {
+    w: W,
+    h: blake3::Hasher,
 }
 
-struct Reader<'a> {
-    d: &'a [u8],
-    at: usize,
+impl<W: std::io::Write> std::io::Write for Summed<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.w.write(b)?;
+        self.h.update(&b[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let s = self.d.get(self.at..self.at.checked_add(n)?)?;
-        self.at += n;
-        Some(s)
+struct Reader<R> {
+    r: R,
+    path: Vec<u8>,
+}
+
+impl<R: std::io::Read> Reader<R> {
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let mut b = [0u8; N];
+        self.r.read_exact(&mut b).ok()?;
+        Some(b)
+    }
+    fn read_path(&mut self, len: usize) -> Option<()> {
+        // No path is longer than PATH_MAX; a bigger length is damage, not a reason to allocate.
+        if len > 1 << 16 {
+            return None;
+        }
+        self.path.resize(len, 0);
+        self.r.read_exact(&mut self.path).ok()
     }
     fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+        self.array().map(u32::from_le_bytes)
     }
     fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+        self.array().map(u64::from_le_bytes)
     }
     fn i64(&mut self) -> Option<i64> {
-        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
+        self.array().map(i64::from_le_bytes)
     }
 }
 
@@ -216,10 +290,8 @@ mod tests {
         let es = vec![entry(t.path(), "a"), entry(t.path(), "b")];
         // Taken long after the files were written: both may be stored (rule 1).
         let later = (es[0].mtime + 10, 0);
-        let (bytes, n) = encode(&es, later);
-        assert_eq!(n, 2);
         let p = t.path().join("cache");
-        write_bytes(&p, &bytes).unwrap();
+        assert_eq!(write_file(&p, records(&es, later), later).unwrap(), 2);
         let mut fresh = vec![entry(t.path(), "a"), entry(t.path(), "b")];
         fresh.iter_mut().for_each(|e| e.hash = None);
         assert_eq!(fill_from_file(&p, &mut fresh), Some((2, 2)));
@@ -240,6 +312,18 @@ mod tests {
             assert!(fill_from_file(&p, &mut fresh).is_none());
             assert!(fresh.iter().all(|e| e.hash.is_none()));
         }
+
+        // A correct checksum over a malformed body (the count disagrees, found only after
+        // the first record was already filled): still nothing filled.
+        let mut body = data[..data.len() - 32].to_vec();
+        let at = body.len() - 8;
+        body[at..].copy_from_slice(&7u64.to_le_bytes());
+        let sum = *blake3::hash(&body).as_bytes();
+        body.extend_from_slice(&sum);
+        std::fs::write(&p, &body).unwrap();
+        fresh.iter_mut().for_each(|e| e.hash = None);
+        assert!(fill_from_file(&p, &mut fresh).is_none());
+        assert!(fresh.iter().all(|e| e.hash.is_none()));
     }
 
     #[test]
@@ -248,13 +332,11 @@ mod tests {
         std::fs::write(t.path().join("a"), b"one").unwrap();
         let e = entry(t.path(), "a");
         // Rule 1: a stat taken in the same tick as the write is not stored.
-        assert_eq!(
-            encode(std::slice::from_ref(&e), (e.mtime, e.mtime_nsec)).1,
-            0
-        );
-        let (bytes, _) = encode(std::slice::from_ref(&e), (e.mtime + 10, 0));
         let p = t.path().join("cache");
-        write_bytes(&p, &bytes).unwrap();
+        let stamp = (e.mtime, e.mtime_nsec);
+        assert_eq!(records(std::slice::from_ref(&e), stamp).count(), 0);
+        let later = (e.mtime + 10, 0);
+        write_file(&p, records(std::slice::from_ref(&e), later), later).unwrap();
         // Rule 2: same size, same mtime (set back), new content -> ctime moved -> no reuse.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(t.path().join("a"), b"ONE").unwrap();

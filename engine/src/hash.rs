@@ -3,8 +3,10 @@
 //! Across many files we parallelize across files (the caller's `par_iter`); inside one file only
 //! when it is big. Everything is read with `pread` into a per-thread buffer rather than mapped:
 //! a jail file truncated by a build while mapped would kill us with SIGBUS, and for the sizes
-//! package trees hold the copy into a warm buffer costs little. Big files are read in 4 MiB
-//! slices, each hashed with `update_rayon` so both cores work on one large library.
+//! package trees hold the copy into a warm buffer costs little. Big files are read in 1 MiB
+//! slices, each hashed with `update_rayon` so both cores work on one large library. Buffers are
+//! small and freed after the hash phase ([`release_buffers`]): they would otherwise stay for
+//! the whole run beside the entry lists, which is most of what the process holds.
 
 use std::cell::RefCell;
 use std::io;
@@ -14,7 +16,9 @@ use crate::entry::Hash;
 
 /// Below this a file is hashed on one thread; above it each slice is split across threads.
 const PARALLEL_MIN: u64 = 4 << 20;
-const SLICE: usize = 4 << 20;
+const SLICE: usize = 1 << 20;
+/// Buffer for a file hashed on one thread.
+const SMALL_MAX: usize = 256 << 10;
 
 thread_local! {
     static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -35,11 +39,16 @@ pub fn hash_fd(fd: BorrowedFd<'_>, size_hint: u64) -> io::Result<(Hash, u64)> {
     r
 }
 
+/// Frees the read buffers the threads of `pool` keep between files.
+pub fn release_buffers(pool: &rayon::ThreadPool) {
+    pool.broadcast(|_| BUF.with(|b| drop(std::mem::take(&mut *b.borrow_mut()))));
+}
+
 fn hash_with(fd: BorrowedFd<'_>, size_hint: u64, buf: &mut Vec<u8>) -> io::Result<(Hash, u64)> {
     let want = if size_hint >= PARALLEL_MIN {
         SLICE
     } else {
-        (size_hint as usize + 1).clamp(16 << 10, 1 << 20)
+        (size_hint as usize + 1).clamp(16 << 10, SMALL_MAX)
     };
     if buf.len() < want {
         buf.resize(want, 0);
@@ -51,7 +60,7 @@ fn hash_with(fd: BorrowedFd<'_>, size_hint: u64, buf: &mut Vec<u8>) -> io::Resul
         if n == 0 {
             break;
         }
-        if n >= (1 << 20) && size_hint >= PARALLEL_MIN {
+        if n >= SLICE && size_hint >= PARALLEL_MIN {
             h.update_rayon(&buf[..n]);
         } else {
             h.update(&buf[..n]);

@@ -122,33 +122,49 @@ fn write_entry(out: &mut Vec<u8>, e: &Entry, stat_fields: bool) {
     out.push(b'\n');
 }
 
-/// Serializes a manifest. `stat_fields` adds what only a stat cache needs (ctime, blocks, and
+/// Streams a manifest of `entries` to `w` one line at a time, so a large tree's manifest is
+/// never whole in memory. `stat_fields` adds what only a stat cache needs (ctime, blocks, and
 /// inode numbers of singly-linked files).
-pub fn to_bytes(m: &Manifest, stat_fields: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(m.entries.len() * 128 + 64);
-    let _ = writeln!(out, "{MAGIC} {FORMAT_VERSION}");
-    let _ = writeln!(out, "#stamp {}.{:09}", m.stamp.0, m.stamp.1);
-    for e in &m.entries {
-        write_entry(&mut out, e, stat_fields);
+pub fn write_to<W: Write>(
+    w: &mut W,
+    stamp: (i64, u32),
+    entries: &[Entry],
+    stat_fields: bool,
+) -> std::io::Result<()> {
+    writeln!(w, "{MAGIC} {FORMAT_VERSION}")?;
+    writeln!(w, "#stamp {}.{:09}", stamp.0, stamp.1)?;
+    let mut line = Vec::with_capacity(256);
+    for e in entries {
+        line.clear();
+        write_entry(&mut line, e, stat_fields);
+        w.write_all(&line)?;
     }
-    out
+    Ok(())
 }
 
 /// Writes a manifest to a file atomically (temp file, rename). Not fsynced: a cache lost in a
 /// crash costs one re-hash, and a torn one fails to parse and is ignored; a user's manifest
 /// (`jailsync manifest -o`) is flushed by [`write_file_durable`].
-fn write_impl(path: &Path, m: &Manifest, stat_fields: bool, durable: bool) -> Result<()> {
+fn write_impl(
+    path: &Path,
+    stamp: (i64, u32),
+    entries: &[Entry],
+    stat_fields: bool,
+    durable: bool,
+) -> Result<()> {
     // Only a regular file (or a new name) is replaced by a rename. `-o /dev/null`, a fifo,
     // `/dev/stdout` or another symlink is written through, as a shell redirection would: a
     // rename would put a regular file in place of the device or the link.
     if let Ok(md) = fs::symlink_metadata(path) {
         if !md.file_type().is_file() && !md.is_dir() {
-            let mut f = fs::OpenOptions::new()
+            let f = fs::OpenOptions::new()
                 .write(true)
                 .truncate(true)
                 .open(path)
                 .at(path)?;
-            f.write_all(&to_bytes(m, stat_fields)).at(path)?;
+            let mut w = BufWriter::with_capacity(1 << 16, f);
+            write_to(&mut w, stamp, entries, stat_fields).at(path)?;
+            w.flush().at(path)?;
             return Ok(());
         }
     }
@@ -161,8 +177,8 @@ fn write_impl(path: &Path, m: &Manifest, stat_fields: bool, durable: bool) -> Re
         std::process::id()
     ));
     let f = fs::File::create(&tmp).at(&tmp)?;
-    let mut w = BufWriter::new(f);
-    w.write_all(&to_bytes(m, stat_fields)).at(&tmp)?;
+    let mut w = BufWriter::with_capacity(1 << 16, f);
+    write_to(&mut w, stamp, entries, stat_fields).at(&tmp)?;
     let f = w.into_inner().map_err(|e| e.into_error()).at(&tmp)?;
     if durable {
         f.sync_data().at(&tmp)?;
@@ -172,11 +188,21 @@ fn write_impl(path: &Path, m: &Manifest, stat_fields: bool, durable: bool) -> Re
 }
 
 pub fn write_file_durable(path: &Path, m: &Manifest, stat_fields: bool) -> Result<()> {
-    write_impl(path, m, stat_fields, true)
+    write_impl(path, m.stamp, &m.entries, stat_fields, true)
 }
 
 pub fn write_file(path: &Path, m: &Manifest, stat_fields: bool) -> Result<()> {
-    write_impl(path, m, stat_fields, false)
+    write_impl(path, m.stamp, &m.entries, stat_fields, false)
+}
+
+/// [`write_file`] from borrowed entries (no copy of a large tree's list).
+pub fn write_entries(
+    path: &Path,
+    stamp: (i64, u32),
+    entries: &[Entry],
+    stat_fields: bool,
+) -> Result<()> {
+    write_impl(path, stamp, entries, stat_fields, false)
 }
 
 fn num<T: std::str::FromStr>(v: &[u8]) -> Option<T> {

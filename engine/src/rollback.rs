@@ -28,7 +28,7 @@ use crate::entry::{Entry, Kind};
 use crate::error::{Error, IoContext, Result};
 use crate::fsx::{self, split_parent, MetaOpts};
 use crate::journal::{Lock, StateDir};
-use crate::manifest::{self, Manifest};
+use crate::manifest;
 use crate::plan::{self, Op, Plan, PlanOpts, NONE};
 use crate::progress::{Phase, Progress};
 use crate::scan::{self, Excludes, ScanOpts};
@@ -97,12 +97,9 @@ pub fn preserve(
     }
     let files = partial.join("files");
     fs::create_dir_all(&files).at(&files)?;
-    let m = Manifest {
-        stamp: crate::cache::now(),
-        entries: old.to_vec(),
-    };
-    manifest::write_file(&partial.join("manifest"), &m, true)?;
-    let time = m.stamp.0;
+    let stamp = crate::cache::now();
+    manifest::write_entries(&partial.join("manifest"), stamp, old, true)?;
+    let time = stamp.0;
     let mut info = format!(
         "time {time}\nchanges {}\nsource {}\n",
         plan.actions.len(),

@@ -546,6 +546,7 @@ fn hash_entries(
             })
             .collect()
     });
+    hash::release_buffers(pool);
     let mut bytes = 0;
     let mut errs = Vec::new();
     for (i, r) in results {
@@ -673,15 +674,15 @@ fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>) {
     // A source hash the copy found wrong (a writer through a mapping leaves mtime alone) is
     // left out, so the next run hashes that file again.
     let stale = a.stale_hashes();
-    // Built from references: cloning both trees' entries here was the run's peak memory.
-    let src_c = cache::encode(
-        t.src
+    let src = || {
+        let kept = t
+            .src
             .iter()
             .enumerate()
             .filter(|(i, _)| !stale.contains(&(*i as u32)))
-            .map(|(_, e)| e),
-        t.src_stamp,
-    );
+            .map(|(_, e)| e);
+        cache::records(kept, t.src_stamp)
+    };
     let touched: std::collections::HashSet<u32> = t
         .plan
         .actions
@@ -689,26 +690,27 @@ fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>) {
         .filter(|x| x.dst != plan::NONE)
         .map(|x| x.dst)
         .collect();
-    let dst_c = cache::encode(
-        t.dst
+    let dst = || {
+        let kept = t
+            .dst
             .iter()
             .enumerate()
-            .filter(|(j, e)| e.kind == Kind::File && !touched.contains(&(*j as u32)))
-            .map(|(_, e)| e),
-        t.dst_stamp,
-    );
+            .filter(|(j, _)| !touched.contains(&(*j as u32)))
+            .map(|(_, e)| e);
+        cache::records(kept, t.dst_stamp)
+    };
     // Unchanged caches are not rewritten (a no-op run writes nothing); one that cannot be
-    // written only costs a re-hash next time.
-    let sides = [
-        (&t.src_path, src_c, false),
-        (&t.dst_path, dst_c, !touched.is_empty()),
-    ];
-    for (k, (tree, (bytes, records), changed)) in sides.into_iter().enumerate() {
-        if !changed && t.hashed[k] == 0 && t.cache_loaded[k] == Some(records) {
-            continue;
+    // written only costs a re-hash next time. Both are encoded straight into their files.
+    let unchanged =
+        |k: usize, records: usize| t.hashed[k] == 0 && t.cache_loaded[k] == Some(records);
+    if !unchanged(0, src().count()) {
+        if let Ok(p) = state.cache_path(&t.src_path) {
+            let _ = cache::write_file(&p, src(), t.src_stamp);
         }
-        if let Ok(p) = state.cache_path(tree) {
-            let _ = cache::write_bytes(&p, &bytes);
+    }
+    if !touched.is_empty() || !unchanged(1, dst().count()) {
+        if let Ok(p) = state.cache_path(&t.dst_path) {
+            let _ = cache::write_file(&p, dst(), t.dst_stamp);
         }
     }
 }
@@ -716,7 +718,7 @@ fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>) {
 /// Writes the stat cache of a tree scanned on its own (`manifest`, `verify`).
 pub fn store_cache(state: &StateDir, tree: &Path, entries: &[Entry], stamp: (i64, u32)) {
     if let Ok(p) = state.cache_path(tree) {
-        let _ = cache::write_bytes(&p, &cache::encode(entries, stamp).0);
+        let _ = cache::write_file(&p, cache::records(entries, stamp), stamp);
     }
 }
 
