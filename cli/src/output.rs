@@ -49,7 +49,7 @@ pub fn item_name(a: &Action, src: &[Entry], dst: &[Entry], prefix: &[u8]) -> Str
     }
     if e.kind == Kind::Symlink && a.op != Op::Delete {
         s.push_str(" -> ");
-        s.push_str(&display_path(e.target.as_deref().unwrap_or_default()));
+        s.push_str(&display_path(e.target().unwrap_or_default()));
     }
     s
 }

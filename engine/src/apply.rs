@@ -363,7 +363,7 @@ impl<'a> Apply<'a> {
             }
             Kind::Symlink => {
                 let d = dcache.get(p)?;
-                let t = s.target.as_deref().unwrap_or_default();
+                let t = s.target().unwrap_or_default();
                 fsx::symlink_at(t, d, n)?;
                 fsx::set_meta_at(d, n, s, self.opts.meta)?;
                 Ok(0)

@@ -6,8 +6,9 @@ pub type Xattr = (Box<[u8]>, Box<[u8]>);
 /// Extended attributes, sorted by name.
 pub type Xattrs = Box<[Xattr]>;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
+    #[default]
     File,
     Dir,
     Symlink,
@@ -58,38 +59,90 @@ impl Kind {
 /// Content hash (blake3).
 pub type Hash = [u8; 32];
 
-#[derive(Clone, Debug)]
+/// Kept small: a run holds one for every object of both trees, so its size is most of the
+/// run's memory (see the size test below).
+#[derive(Clone, Debug, Default)]
 pub struct Entry {
     /// Path relative to the tree root, `/`-separated, no `.` or `..`; empty for the root.
     pub path: Box<[u8]>,
-    pub kind: Kind,
+    pub hash: Option<Hash>,
+    pub size: u64,
+    pub mtime: i64,
+    pub ctime: i64,
+    pub ino: u64,
+    pub dev: u64,
+    /// What few entries have (symlink target, xattrs, device number), behind one pointer.
+    extra: Option<Box<Extra>>,
     /// Permission bits including setuid/setgid/sticky (`mode & 0o7777`).
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    pub size: u64,
-    pub mtime: i64,
-    pub mtime_nsec: u32,
-    pub ctime: i64,
-    pub ctime_nsec: u32,
-    pub ino: u64,
-    pub dev: u64,
     pub nlink: u32,
-    pub rdev: u64,
-    /// Allocated 512-byte blocks: less than the size means the file has holes.
-    pub blocks: u64,
-    pub target: Option<Box<[u8]>>,
-    pub hash: Option<Hash>,
-    pub xattrs: Option<Xattrs>,
+    pub mtime_nsec: u32,
+    pub ctime_nsec: u32,
+    pub kind: Kind,
+    /// A regular file with holes (fewer blocks allocated than its size needs).
+    pub sparse: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Extra {
+    target: Option<Box<[u8]>>,
+    xattrs: Option<Xattrs>,
+    rdev: u64,
 }
 
 impl Entry {
+    /// An entry with every other field zero (and no extras).
+    pub fn new(path: Box<[u8]>, kind: Kind) -> Entry {
+        Entry {
+            path,
+            kind,
+            ..Entry::default()
+        }
+    }
+
     pub fn name(&self) -> &[u8] {
         crate::fsx::split_parent(&self.path).1
     }
 
     pub fn is_sparse(&self) -> bool {
-        self.kind == Kind::File && self.blocks.saturating_mul(512) < self.size
+        self.kind == Kind::File && self.sparse
+    }
+
+    /// A symlink's target.
+    pub fn target(&self) -> Option<&[u8]> {
+        self.extra.as_ref()?.target.as_deref()
+    }
+
+    /// Extended attributes, sorted by name (`None`: none read).
+    pub fn xattrs(&self) -> Option<&Xattrs> {
+        self.extra.as_ref()?.xattrs.as_ref()
+    }
+
+    /// A device's number (0 for everything else).
+    pub fn rdev(&self) -> u64 {
+        self.extra.as_ref().map_or(0, |x| x.rdev)
+    }
+
+    pub fn set_target(&mut self, t: Option<Box<[u8]>>) {
+        self.extra_mut(|x| x.target = t);
+    }
+
+    pub fn set_xattrs(&mut self, x: Option<Xattrs>) {
+        self.extra_mut(|e| e.xattrs = x);
+    }
+
+    pub fn set_rdev(&mut self, r: u64) {
+        self.extra_mut(|x| x.rdev = r);
+    }
+
+    fn extra_mut(&mut self, f: impl FnOnce(&mut Extra)) {
+        let mut x = self.extra.take().unwrap_or_default();
+        f(&mut x);
+        if x.target.is_some() || x.xattrs.is_some() || x.rdev != 0 {
+            self.extra = Some(x);
+        }
     }
 
     pub fn is_executable(&self) -> bool {
@@ -138,4 +191,31 @@ pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
     }
     v.extend_from_slice(name);
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_stays_small() {
+        // One per object of both trees: 200k-file trees hold 400k of them.
+        assert!(
+            std::mem::size_of::<Entry>() <= 128,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
+    }
+
+    #[test]
+    fn extras_round_trip() {
+        let mut e = Entry::default();
+        assert_eq!((e.target(), e.xattrs(), e.rdev()), (None, None, 0));
+        e.set_target(Some(b"t".as_slice().into()));
+        e.set_rdev(7);
+        assert_eq!((e.target(), e.rdev()), (Some(b"t".as_slice()), 7));
+        e.set_target(None);
+        e.set_rdev(0);
+        assert!(e.extra.is_none());
+    }
 }

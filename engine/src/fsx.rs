@@ -352,7 +352,7 @@ pub struct MetaOpts {
 /// remove, so none are read (one procfs lookup less per staged file).
 pub fn set_meta_fresh_fd(fd: BorrowedFd<'_>, e: &Entry, o: MetaOpts) -> io::Result<()> {
     let lean = MetaOpts {
-        xattrs: o.xattrs && e.xattrs.is_some(),
+        xattrs: o.xattrs && e.xattrs().is_some(),
         ..o
     };
     set_meta_fd(fd, e, lean)
@@ -371,7 +371,7 @@ pub fn set_meta_fd(fd: BorrowedFd<'_>, e: &Entry, o: MetaOpts) -> io::Result<()>
     }
     rfs::fchmod(fd, Mode::from_raw_mode((e.mode & 0o7777) as _)).map_err(errno)?;
     if o.xattrs {
-        write_xattrs_path(&fd_proc_path(fd), e.xattrs.as_ref(), true)?;
+        write_xattrs_path(&fd_proc_path(fd), e.xattrs(), true)?;
     }
     rfs::futimens(fd, &times_of(e)).map_err(errno)
 }
@@ -408,7 +408,7 @@ pub fn set_meta_at(dir: BorrowedFd<'_>, name: &[u8], e: &Entry, o: MetaOpts) -> 
                 .map_err(errno)?;
             }
             if o.xattrs {
-                write_xattrs_path(&proc_path(dir, name), e.xattrs.as_ref(), false)?;
+                write_xattrs_path(&proc_path(dir, name), e.xattrs(), false)?;
             }
             rfs::utimensat(dir, c.as_c_str(), &times_of(e), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(errno)
@@ -442,7 +442,7 @@ pub fn set_meta_at(dir: BorrowedFd<'_>, name: &[u8], e: &Entry, o: MetaOpts) -> 
             )
             .map_err(errno)?;
             if o.xattrs {
-                write_xattrs_path(&p, e.xattrs.as_ref(), true)?;
+                write_xattrs_path(&p, e.xattrs(), true)?;
             }
             rfs::utimensat(CWD, p.as_c_str(), &times_of(e), AtFlags::empty()).map_err(errno)
         }
@@ -650,7 +650,7 @@ pub fn mknod_at(dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> io::Result<()> {
         c.as_c_str(),
         ft,
         Mode::from_raw_mode(0o600),
-        e.rdev as _,
+        e.rdev() as _,
     )
     .map_err(errno)
 }

@@ -11,7 +11,8 @@
 //! socket`), then `key=value` fields in any order. Paths and values escape every byte outside
 //! `!`..`~`, plus `\` and `=`, as `\ooo` (three octal digits), so names with spaces, newlines or
 //! invalid UTF-8 round-trip. Fields: `mode` (octal, incl. setuid/setgid/sticky), `uid`, `gid`,
-//! `size`, `mtime`/`ctime` (`sec.nsec`), `ino`, `dev`, `nlink`, `blocks`, `rdev` (devices),
+//! `size`, `mtime`/`ctime` (`sec.nsec`), `ino`, `dev`, `nlink`, `sparse=1` (a file with holes;
+//! earlier versions wrote `blocks`, still read), `rdev` (devices),
 //! `target` (symlinks), `blake3` (files whose content is known), and `xattr.NAME=VALUE` (one per
 //! attribute). Hard-link groups are the entries sharing `dev`+`ino`. `#stamp` is when the stats
 //! were taken; unknown `#` lines are ignored, and a higher format version is refused.
@@ -92,9 +93,9 @@ fn write_entry(out: &mut Vec<u8>, e: &Entry, stat_fields: bool) {
         }
     }
     if matches!(e.kind, Kind::Char | Kind::Block) {
-        let _ = write!(out, " rdev={}", e.rdev);
+        let _ = write!(out, " rdev={}", e.rdev());
     }
-    if let Some(t) = &e.target {
+    if let Some(t) = e.target() {
         out.extend_from_slice(b" target=");
         escape(out, t);
     }
@@ -102,16 +103,13 @@ fn write_entry(out: &mut Vec<u8>, e: &Entry, stat_fields: bool) {
         let _ = write!(out, " ino={} dev={} nlink={}", e.ino, e.dev, e.nlink);
     }
     if stat_fields {
-        let _ = write!(
-            out,
-            " ctime={}.{:09} blocks={}",
-            e.ctime, e.ctime_nsec, e.blocks
-        );
-    } else if e.is_sparse() {
-        // Holes are part of what a tree promises (sparse files stay sparse).
-        let _ = write!(out, " blocks={}", e.blocks);
+        let _ = write!(out, " ctime={}.{:09}", e.ctime, e.ctime_nsec);
     }
-    if let Some(x) = &e.xattrs {
+    if e.is_sparse() {
+        // Holes are part of what a tree promises (sparse files stay sparse).
+        out.extend_from_slice(b" sparse=1");
+    }
+    if let Some(x) = e.xattrs() {
         for (k, v) in x.iter() {
             out.extend_from_slice(b" xattr.");
             escape(out, k);
@@ -123,8 +121,8 @@ fn write_entry(out: &mut Vec<u8>, e: &Entry, stat_fields: bool) {
 }
 
 /// Streams a manifest of `entries` to `w` one line at a time, so a large tree's manifest is
-/// never whole in memory. `stat_fields` adds what only a stat cache needs (ctime, blocks, and
-/// inode numbers of singly-linked files).
+/// never whole in memory. `stat_fields` adds what only a stat cache needs (ctime and inode
+/// numbers of singly-linked files).
 pub fn write_to<W: Write>(
     w: &mut W,
     stamp: (i64, u32),
@@ -244,26 +242,9 @@ fn parse_line(line: &[u8]) -> std::result::Result<Entry, String> {
         .and_then(|k| std::str::from_utf8(k).ok())
         .and_then(Kind::from_name)
         .ok_or("missing or unknown type")?;
-    let mut e = Entry {
-        path: path.into_boxed_slice(),
-        kind,
-        mode: 0,
-        uid: 0,
-        gid: 0,
-        size: 0,
-        mtime: 0,
-        mtime_nsec: 0,
-        ctime: 0,
-        ctime_nsec: 0,
-        ino: 0,
-        dev: 0,
-        nlink: 1,
-        rdev: 0,
-        blocks: u64::MAX,
-        target: None,
-        hash: None,
-        xattrs: None,
-    };
+    let mut e = Entry::new(path.into_boxed_slice(), kind);
+    e.nlink = 1;
+    let mut blocks = None;
     let mut xattrs = Vec::new();
     let mut seen_mode = false;
     for t in toks {
@@ -288,8 +269,10 @@ fn parse_line(line: &[u8]) -> std::result::Result<Entry, String> {
             b"ino" => e.ino = num(v).ok_or_else(bad)?,
             b"dev" => e.dev = num(v).ok_or_else(bad)?,
             b"nlink" => e.nlink = num(v).ok_or_else(bad)?,
-            b"rdev" => e.rdev = num(v).ok_or_else(bad)?,
-            b"blocks" => e.blocks = num(v).ok_or_else(bad)?,
+            b"rdev" => e.set_rdev(num(v).ok_or_else(bad)?),
+            b"sparse" => e.sparse = num::<u8>(v).ok_or_else(bad)? != 0,
+            // Written by earlier versions: the allocated 512-byte blocks.
+            b"blocks" => blocks = Some(num::<u64>(v).ok_or_else(bad)?),
             b"mtime" => (e.mtime, e.mtime_nsec) = time(v).ok_or_else(bad)?,
             b"ctime" => (e.ctime, e.ctime_nsec) = time(v).ok_or_else(bad)?,
             b"blake3" => {
@@ -300,7 +283,7 @@ fn parse_line(line: &[u8]) -> std::result::Result<Entry, String> {
                         .ok_or_else(bad)?,
                 )
             }
-            b"target" => e.target = Some(unescape(v).ok_or_else(bad)?.into_boxed_slice()),
+            b"target" => e.set_target(Some(unescape(v).ok_or_else(bad)?.into_boxed_slice())),
             _ if k.starts_with(b"xattr.") => {
                 let name = unescape(&k[6..]).ok_or_else(bad)?;
                 let val = unescape(v).ok_or_else(bad)?;
@@ -313,16 +296,15 @@ fn parse_line(line: &[u8]) -> std::result::Result<Entry, String> {
     if !seen_mode {
         return Err("missing mode".into());
     }
-    if kind == Kind::Symlink && e.target.is_none() {
+    if kind == Kind::Symlink && e.target().is_none() {
         return Err("symlink without target".into());
     }
-    if e.blocks == u64::MAX {
-        // Unknown allocation: assume dense.
-        e.blocks = e.size.div_ceil(512);
+    if let Some(b) = blocks {
+        e.sparse |= kind == Kind::File && b.saturating_mul(512) < e.size;
     }
     if !xattrs.is_empty() {
         xattrs.sort();
-        e.xattrs = Some(xattrs.into_boxed_slice());
+        e.set_xattrs(Some(xattrs.into_boxed_slice()));
     }
     Ok(e)
 }

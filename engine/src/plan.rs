@@ -163,7 +163,7 @@ pub fn meta_changes(s: &Entry, d: &Entry, o: PlanOpts) -> u16 {
     if !s.same_mtime(d) {
         c |= change::TIME;
     }
-    if o.xattrs && s.xattrs != d.xattrs {
+    if o.xattrs && s.xattrs() != d.xattrs() {
         c |= change::XATTR;
     }
     c
@@ -312,8 +312,8 @@ pub fn plan(src: &[Entry], dst: &[Entry], o: PlanOpts) -> Plan {
                             *differs |= content & change::CONTENT != 0 || outside;
                         }
                     }
-                    Kind::Symlink if s.target != d.target => content |= change::TARGET,
-                    Kind::Char | Kind::Block if s.rdev != d.rdev => content |= change::CONTENT,
+                    Kind::Symlink if s.target() != d.target() => content |= change::TARGET,
+                    Kind::Char | Kind::Block if s.rdev() != d.rdev() => content |= change::CONTENT,
                     _ => {}
                 }
                 if content != 0 {

@@ -126,7 +126,7 @@ pub fn scan_tree(root: &Path, pool: &rayon::ThreadPool, opts: &ScanOpts<'_>) -> 
         return Err(Error::bad(root, "not a directory"));
     }
     if opts.xattrs {
-        top.xattrs = fsx::read_xattrs_at(fd.as_fd(), b".").at(root)?;
+        top.set_xattrs(fsx::read_xattrs_at(fd.as_fd(), b".").at(root)?);
     }
     let ctx = Ctx {
         opts,
@@ -237,7 +237,7 @@ fn stat_names<'s>(
         }
         if e.kind == Kind::Symlink {
             match fsx::read_link_at(dir.as_fd(), &cname) {
-                Ok(t) => e.target = Some(t.into_boxed_slice()),
+                Ok(t) => e.set_target(Some(t.into_boxed_slice())),
                 Err(err) => {
                     errors.push((e.path.clone(), err));
                     continue;
@@ -246,7 +246,7 @@ fn stat_names<'s>(
         }
         if ctx.opts.xattrs {
             match fsx::read_xattrs_at(dir.as_fd(), &name) {
-                Ok(x) => e.xattrs = x,
+                Ok(x) => e.set_xattrs(x),
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {
                     vanished.push(e.path);
                     continue;
@@ -282,34 +282,20 @@ fn stat_names<'s>(
 #[allow(clippy::unnecessary_cast)]
 pub fn entry_from_stat(path: Box<[u8]>, st: &rfs::Stat) -> Entry {
     let kind = fsx::kind_of(st.st_mode as u32);
-    Entry {
-        path,
-        kind,
-        mode: st.st_mode as u32 & 0o7777,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        size: if kind == Kind::File || kind == Kind::Symlink {
-            st.st_size as u64
-        } else {
-            0
-        },
-        mtime: st.st_mtime as i64,
-        mtime_nsec: st.st_mtime_nsec as u32,
-        ctime: st.st_ctime as i64,
-        ctime_nsec: st.st_ctime_nsec as u32,
-        ino: st.st_ino as u64,
-        dev: st.st_dev as u64,
-        nlink: st.st_nlink as u32,
-        rdev: if matches!(kind, Kind::Char | Kind::Block) {
-            st.st_rdev as u64
-        } else {
-            0
-        },
-        blocks: st.st_blocks as u64,
-        target: None,
-        hash: None,
-        xattrs: None,
+    let mut e = Entry::new(path, kind);
+    e.mode = st.st_mode as u32 & 0o7777;
+    (e.uid, e.gid) = (st.st_uid, st.st_gid);
+    if kind == Kind::File || kind == Kind::Symlink {
+        e.size = st.st_size as u64;
     }
+    (e.mtime, e.mtime_nsec) = (st.st_mtime as i64, st.st_mtime_nsec as u32);
+    (e.ctime, e.ctime_nsec) = (st.st_ctime as i64, st.st_ctime_nsec as u32);
+    (e.ino, e.dev, e.nlink) = (st.st_ino as u64, st.st_dev as u64, st.st_nlink as u32);
+    e.sparse = kind == Kind::File && (st.st_blocks as u64).saturating_mul(512) < e.size;
+    if matches!(kind, Kind::Char | Kind::Block) {
+        e.set_rdev(st.st_rdev as u64);
+    }
+    e
 }
 
 /// Is `path` at or below one of the (sorted) `dirs`?

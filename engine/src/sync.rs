@@ -431,7 +431,7 @@ fn empty_scan(src: &Scan) -> Scan {
     let mut root = src.entries[0].clone();
     root.mode = 0;
     root.mtime = 0;
-    root.xattrs = None;
+    root.set_xattrs(None);
     Scan {
         entries: vec![root],
         ..Scan::default()
