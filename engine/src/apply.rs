@@ -70,8 +70,10 @@ pub struct Apply<'a> {
     dst: &'a [Entry],
     plan: &'a Plan,
     opts: ApplyOpts,
-    /// Per action: where it was staged (relative to the destination root), if it was.
-    staged: Vec<Option<Box<[u8]>>>,
+    /// Per action: whether and where it was staged (see [`Apply::loc`]). Locations follow
+    /// from the action's index and path, so they are not stored: for a large upgrade the
+    /// stored names were a fifth of the run's memory.
+    staged: Vec<Staged>,
     /// Per action: it failed; later phases leave it alone.
     failed: Vec<bool>,
     /// Staging names that hold old objects after an exchange.
@@ -106,9 +108,22 @@ impl<'r> DirCache<'r> {
     }
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Staged {
+    Not,
+    /// Under a temporary name beside its target: `parent/<tmp_name(k)>`.
+    Beside,
+    /// Inside the new directory of action `top` (itself `Beside`), under its final name.
+    Inside(u32),
+}
+
+/// `.jailsync-tmp-<pid>-<k>`: computed again whenever needed, so kept cheap.
 fn tmp_name(k: usize) -> Vec<u8> {
-    let mut n = fsx::TMP_PREFIX.to_vec();
-    n.extend_from_slice(format!("{}-{k}", std::process::id()).as_bytes());
+    use std::io::Write;
+    let pid = std::process::id();
+    let mut n = Vec::with_capacity(fsx::TMP_PREFIX.len() + 24);
+    n.extend_from_slice(fsx::TMP_PREFIX);
+    let _ = write!(n, "{pid}-{k}");
     n
 }
 
@@ -133,7 +148,7 @@ impl<'a> Apply<'a> {
             dst,
             plan,
             opts,
-            staged: vec![None; n],
+            staged: vec![Staged::Not; n],
             failed: vec![false; n],
             moved_aside: Vec::new(),
             src_map: None,
@@ -146,6 +161,21 @@ impl<'a> Apply<'a> {
     pub fn with_source_map(mut self, map: HashMap<u32, Box<[u8]>>) -> Self {
         self.src_map = Some(map);
         self
+    }
+
+    /// Where action `k` was staged, relative to the destination root.
+    fn loc(&self, k: usize) -> Option<Vec<u8>> {
+        let path = |k: usize| &self.src[self.plan.actions[k].src as usize].path[..];
+        match self.staged[k] {
+            Staged::Not => None,
+            Staged::Beside => Some(join(split_parent(path(k)).0, &tmp_name(k))),
+            Staged::Inside(top) => {
+                let top = top as usize;
+                let mut l = join(split_parent(path(top)).0, &tmp_name(top));
+                l.extend_from_slice(&path(k)[path(top).len()..]);
+                Some(l)
+            }
+        }
     }
 
     fn path(&self, a: &Action) -> &'a [u8] {
@@ -168,28 +198,32 @@ impl<'a> Apply<'a> {
     pub fn stage(&mut self, pool: &rayon::ThreadPool, progress: &dyn Progress) {
         let actions = &self.plan.actions;
         let staged_ops = |a: &Action| matches!(a.op, Op::Create | Op::Replace | Op::Exchange);
-        // Staging locations. A new directory's location is remembered so that what is inside
-        // it is placed beneath that location under its final name.
-        let mut dir_loc: HashMap<&[u8], Box<[u8]>> = HashMap::new();
+        // Staging locations. Inside a new directory, an entry is staged under its final name
+        // beneath that directory's location; the outermost new directory is remembered.
+        let mut tops: HashMap<&[u8], u32> = HashMap::new();
         for (k, a) in actions.iter().enumerate() {
             if !staged_ops(a) {
                 continue;
             }
             let s = &self.src[a.src as usize];
-            let (parent, name) = split_parent(&s.path);
-            let loc: Box<[u8]> = if a.inside {
-                match dir_loc.get(parent) {
-                    Some(p) => join(p, name).into(),
+            let staged = if a.inside {
+                match tops.get(split_parent(&s.path).0) {
+                    Some(&top) => Staged::Inside(top),
                     None => continue, // parent failed to plan a location; reported below
                 }
             } else {
-                join(parent, &tmp_name(k)).into()
+                Staged::Beside
             };
             if s.kind == Kind::Dir {
-                dir_loc.insert(&s.path, loc.clone());
+                let top = match staged {
+                    Staged::Inside(top) => top,
+                    _ => k as u32,
+                };
+                tops.insert(&s.path, top);
             }
-            self.staged[k] = Some(loc);
+            self.staged[k] = staged;
         }
+        drop(tops);
         let total = actions.iter().filter(|a| staged_ops(a)).count() as u64;
         progress.start(Phase::Stage, total);
 
@@ -200,11 +234,11 @@ impl<'a> Apply<'a> {
             if !staged_ops(a) || self.src[a.src as usize].kind != Kind::Dir {
                 continue;
             }
-            let Some(loc) = &self.staged[k] else {
+            let Some(loc) = self.loc(k) else {
                 dir_failures.push((k, err_other("parent directory could not be staged")));
                 continue;
             };
-            let (p, n) = split_parent(loc);
+            let (p, n) = split_parent(&loc);
             let r = cache.get(p).and_then(|d| fsx::mkdir_at(d, n, 0o700));
             if let Err(e) = r {
                 dir_failures.push((k, e));
@@ -220,7 +254,7 @@ impl<'a> Apply<'a> {
                 let a = &actions[k];
                 staged_ops(a)
                     && !self.failed[k]
-                    && self.staged[k].is_some()
+                    && self.staged[k] != Staged::Not
                     && a.link_to == NONE
                     && self.src[a.src as usize].kind != Kind::Dir
             })
@@ -261,12 +295,12 @@ impl<'a> Apply<'a> {
             if a.link_to == NONE || !staged_ops(a) || self.failed[k] {
                 continue;
             }
-            let Some(loc) = &self.staged[k] else { continue };
+            let Some(loc) = self.loc(k) else { continue };
             let leader = src_to_action[&a.link_to];
-            let r = match (&self.staged[leader], self.failed[leader]) {
+            let r = match (self.loc(leader), self.failed[leader]) {
                 (Some(lloc), false) => {
-                    let (lp, ln) = split_parent(lloc);
-                    let (p, n) = split_parent(loc);
+                    let (lp, ln) = split_parent(&lloc);
+                    let (p, n) = split_parent(&loc);
                     fsx::open_dir_beneath(self.dst_root.as_fd(), lp).and_then(|ld| {
                         let d = cache.get(p)?;
                         fsx::link_at(ld.as_fd(), ln, d, n)
@@ -291,8 +325,8 @@ impl<'a> Apply<'a> {
             if !staged_ops(a) || self.failed[k] || self.src[a.src as usize].kind != Kind::Dir {
                 continue;
             }
-            let Some(loc) = &self.staged[k] else { continue };
-            let (p, n) = split_parent(loc);
+            let Some(loc) = self.loc(k) else { continue };
+            let (p, n) = split_parent(&loc);
             let s = &self.src[a.src as usize];
             let r = cache.get(p).and_then(|d| {
                 fsx::set_meta_at(d, n, s, self.opts.meta)?;
@@ -323,8 +357,8 @@ impl<'a> Apply<'a> {
             if !self.failed[k] {
                 continue;
             }
-            if let Some(loc) = &self.staged[k] {
-                let (p, n) = split_parent(loc);
+            if let Some(loc) = self.loc(k) {
+                let (p, n) = split_parent(&loc);
                 let _ = cache.get(p).and_then(|d| fsx::remove_tree_at(d, n));
             }
         }
@@ -334,8 +368,8 @@ impl<'a> Apply<'a> {
     fn stage_one(&self, k: usize, scache: &mut DirCache, dcache: &mut DirCache) -> io::Result<u64> {
         let a = &self.plan.actions[k];
         let s = &self.src[a.src as usize];
-        let loc = self.staged[k].as_ref().expect("has a location");
-        let (p, n) = split_parent(loc);
+        let loc = self.loc(k).expect("has a location");
+        let (p, n) = split_parent(&loc);
         match s.kind {
             Kind::File => {
                 let mapped = self.src_map.as_ref().map(|m| m.get(&a.src));
@@ -482,7 +516,7 @@ impl<'a> Apply<'a> {
             if matches!(a.op, Op::Create | Op::Replace | Op::Exchange)
                 && !a.inside
                 && !self.failed[k]
-                && self.staged[k].is_some()
+                && self.staged[k] != Staged::Not
             {
                 waves[rank(a)].push(k);
             }
@@ -526,8 +560,8 @@ impl<'a> Apply<'a> {
                     let mut cache = DirCache::new(this.dst_root.as_fd());
                     for &k in chunk {
                         let a = &actions[k];
-                        let loc = this.staged[k].as_ref().expect("staged");
-                        let (p, tmp) = split_parent(loc);
+                        let loc = this.loc(k).expect("staged");
+                        let (p, tmp) = split_parent(&loc);
                         let name = split_parent(&this.src[a.src as usize].path).1;
                         let r = cache.get(p).and_then(|d| match a.op {
                             Op::Create => fsx::rename_noreplace_at(d, tmp, name),
@@ -550,7 +584,7 @@ impl<'a> Apply<'a> {
                         });
                         match r {
                             Ok(()) if a.op == Op::Exchange => {
-                                moved.lock().expect("poisoned").push(loc.clone())
+                                moved.lock().expect("poisoned").push(loc.clone().into())
                             }
                             Ok(()) => {}
                             Err(e) => failures.lock().expect("poisoned").push((k, e)),
@@ -566,8 +600,8 @@ impl<'a> Apply<'a> {
         for (k, e) in failures.into_inner().expect("poisoned") {
             // A staged object that could not be published is removed in prune, with what the
             // exchanges moved aside, instead of lingering under its temporary name.
-            if let Some(loc) = &self.staged[k] {
-                self.moved_aside.push(loc.clone());
+            if let Some(loc) = self.loc(k) {
+                self.moved_aside.push(loc.into());
             }
             self.fail(k, Phase::Commit, e);
         }
