@@ -96,7 +96,20 @@ fn seed_argv(argv: Vec<OsString>) -> Vec<OsString> {
     out
 }
 
+/// glibc raises its mmap threshold each time a large block is freed, after which big entry
+/// lists grow inside the heap by copying and leave freed holes behind; a fixed threshold keeps
+/// them in their own mappings, which grow by `mremap` and return to the system when freed
+/// (peak RSS of a 200k-file upgrade 114 MB -> 96 MB).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let argv = seed_argv(std::env::args_os().collect());
     let cli = match Cli::try_parse_from(argv) {
         Ok(c) => c,

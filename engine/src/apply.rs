@@ -283,10 +283,16 @@ impl<'a> Apply<'a> {
         self.fail_all(Phase::Stage, errors.into_inner().expect("poisoned"));
 
         // 3. Hard-link followers: linked to their leader's staged inode.
+        // Only hard-link groups need it (few): a map over every action was a large transient.
+        let leaders: std::collections::HashSet<u32> = actions
+            .iter()
+            .filter(|a| a.link_to != NONE)
+            .map(|a| a.link_to)
+            .collect();
         let src_to_action: HashMap<u32, usize> = actions
             .iter()
             .enumerate()
-            .filter(|(_, a)| a.src != NONE && staged_ops(a))
+            .filter(|(_, a)| a.src != NONE && staged_ops(a) && leaders.contains(&a.src))
             .map(|(k, a)| (a.src, k))
             .collect();
         let mut link_failures = Vec::new();

@@ -673,29 +673,27 @@ pub fn apply_all(
 fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>) {
     // A source hash the copy found wrong (a writer through a mapping leaves mtime alone) is
     // left out, so the next run hashes that file again.
-    let stale = a.stale_hashes();
+    let mut stale = a.stale_hashes();
+    stale.sort_unstable();
     let src = || {
         let kept = t
             .src
             .iter()
             .enumerate()
-            .filter(|(i, _)| !stale.contains(&(*i as u32)))
+            .filter(|(i, _)| stale.binary_search(&(*i as u32)).is_err())
             .map(|(_, e)| e);
         cache::records(kept, t.src_stamp)
     };
-    let touched: std::collections::HashSet<u32> = t
-        .plan
-        .actions
-        .iter()
-        .filter(|x| x.dst != plan::NONE)
-        .map(|x| x.dst)
-        .collect();
+    let mut touched = vec![false; t.dst.len()];
+    for x in t.plan.actions.iter().filter(|x| x.dst != plan::NONE) {
+        touched[x.dst as usize] = true;
+    }
     let dst = || {
         let kept = t
             .dst
             .iter()
             .enumerate()
-            .filter(|(j, _)| !touched.contains(&(*j as u32)))
+            .filter(|(j, _)| !touched[*j])
             .map(|(_, e)| e);
         cache::records(kept, t.dst_stamp)
     };
@@ -708,7 +706,7 @@ fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>) {
             let _ = cache::write_file(&p, src(), t.src_stamp);
         }
     }
-    if !touched.is_empty() || !unchanged(1, dst().count()) {
+    if touched.contains(&true) || !unchanged(1, dst().count()) {
         if let Ok(p) = state.cache_path(&t.dst_path) {
             let _ = cache::write_file(&p, dst(), t.dst_stamp);
         }
