@@ -373,3 +373,72 @@ pub fn read_from(path: &Path, r: impl BufRead) -> Result<Manifest> {
     r.read_to_end(&mut data).at(path)?;
     parse(path, &data)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &[u8], kind: Kind) -> Entry {
+        let mut e = Entry::new(path.into(), kind);
+        (e.mode, e.uid, e.gid, e.nlink) = (0o644, 1, 2, 1);
+        (e.mtime, e.mtime_nsec, e.ctime, e.ctime_nsec) = (1_700_000_000, 5, 1_700_000_001, 7);
+        (e.ino, e.dev) = (42, 9);
+        e
+    }
+
+    fn round_trip(entries: &[Entry], stat_fields: bool) -> Vec<Entry> {
+        let mut out = Vec::new();
+        write_to(&mut out, (1, 2), entries, stat_fields).unwrap();
+        let m = parse(Path::new("m"), &out).unwrap();
+        assert_eq!(m.stamp, (1, 2));
+        m.entries
+    }
+
+    #[test]
+    fn every_kind_of_field_round_trips() {
+        let mut root = entry(b"", Kind::Dir);
+        root.set_xattrs(Some(
+            vec![(b"user.a b".as_slice().into(), b"v\n=1".as_slice().into())].into(),
+        ));
+        let mut file = entry(b"d/f\xffile", Kind::File);
+        (file.size, file.sparse, file.hash) = (1 << 20, true, Some([7; 32]));
+        let mut link = entry(b"d/l", Kind::Symlink);
+        link.set_target(Some(b"../x y".as_slice().into()));
+        let mut dev = entry(b"d/null", Kind::Char);
+        dev.set_rdev(0x103);
+        let all = [root, file, link, dev];
+        for stat_fields in [false, true] {
+            let back = round_trip(&all, stat_fields);
+            assert_eq!(back.len(), all.len());
+            for (a, b) in all.iter().zip(&back) {
+                assert_eq!(
+                    (&a.path, a.kind, a.mode, a.size),
+                    (&b.path, b.kind, b.mode, b.size)
+                );
+                assert_eq!((a.mtime, a.mtime_nsec), (b.mtime, b.mtime_nsec));
+                assert_eq!((a.hash, a.sparse), (b.hash, b.sparse));
+                assert_eq!(
+                    (a.target(), a.rdev(), a.xattrs()),
+                    (b.target(), b.rdev(), b.xattrs())
+                );
+                if stat_fields {
+                    assert_eq!(
+                        (a.ctime, a.ctime_nsec, a.ino, a.dev),
+                        (b.ctime, b.ctime_nsec, b.ino, b.dev)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn block_counts_from_earlier_versions_still_mean_sparse() {
+        let text = b"#jailsync-manifest 1\n\
+            . dir mode=755 uid=0 gid=0 mtime=1.0\n\
+            dense file mode=644 uid=0 gid=0 mtime=1.0 size=8192 blocks=16\n\
+            holey file mode=644 uid=0 gid=0 mtime=1.0 blocks=8 size=1048576\n";
+        let m = parse(Path::new("m"), text).unwrap();
+        let sparse: Vec<bool> = m.entries.iter().map(Entry::is_sparse).collect();
+        assert_eq!(sparse, [false, false, true]);
+    }
+}
