@@ -349,6 +349,8 @@ impl<'a> Apply<'a> {
         drop(cache);
         self.fail_all(Phase::Stage, meta_failures);
         self.discard_failed();
+        // Copies hash what they read; the commit and prune need no buffers.
+        hash::release_buffers(pool);
         progress.finish(Phase::Stage);
     }
 
@@ -590,7 +592,7 @@ impl<'a> Apply<'a> {
                         });
                         match r {
                             Ok(()) if a.op == Op::Exchange => {
-                                moved.lock().expect("poisoned").push(loc.clone().into())
+                                moved.lock().expect("poisoned").push(loc.into())
                             }
                             Ok(()) => {}
                             Err(e) => failures.lock().expect("poisoned").push((k, e)),

@@ -82,10 +82,14 @@ pub fn records<'a>(
     entries: impl IntoIterator<Item = &'a Entry>,
     stamp: (i64, u32),
 ) -> impl Iterator<Item = &'a Entry> {
-    entries
-        .into_iter()
-        .filter(move |e| e.hash.is_some() && e.kind == Kind::File && cacheable(e, stamp))
+    entries.into_iter().filter(move |e| {
+        e.hash.is_some() && e.kind == Kind::File && e.path.len() <= MAX_PATH && cacheable(e, stamp)
+    })
 }
+
+/// Longer paths (possible below `openat` chains) are not cached: the reader takes a longer
+/// length for damage.
+const MAX_PATH: usize = 1 << 16;
 
 /// Fills hashes of `entries` (sorted, none hashed yet) straight from the cache file, without
 /// holding the file in memory: one pass checks the checksum, a second fills. Returns the
@@ -103,6 +107,8 @@ pub fn fill_from_file(path: &std::path::Path, entries: &mut [Entry]) -> Option<(
     if h.finalize().as_bytes() != &sum {
         return None;
     }
+    // Clearing on a malformed body (below) must not discard hashes from elsewhere.
+    debug_assert!(entries.iter().all(|e| e.hash.is_none()));
     f.seek(std::io::SeekFrom::Start(0)).ok()?;
     let mut r = Reader {
         r: std::io::BufReader::with_capacity(1 << 16, f.take(body)),
@@ -253,7 +259,7 @@ impl<R: std::io::Read> Reader<R> {
     }
     fn read_path(&mut self, len: usize) -> Option<()> {
         // No path is longer than PATH_MAX; a bigger length is damage, not a reason to allocate.
-        if len > 1 << 16 {
+        if len > MAX_PATH {
             return None;
         }
         self.path.resize(len, 0);

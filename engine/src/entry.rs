@@ -126,15 +126,22 @@ impl Entry {
     }
 
     pub fn set_target(&mut self, t: Option<Box<[u8]>>) {
-        self.extra_mut(|x| x.target = t);
+        if t.is_some() || self.extra.is_some() {
+            self.extra_mut(|x| x.target = t);
+        }
     }
 
     pub fn set_xattrs(&mut self, x: Option<Xattrs>) {
-        self.extra_mut(|e| e.xattrs = x);
+        // The scan sets `None` on nearly every entry: no allocation for that.
+        if x.is_some() || self.extra.is_some() {
+            self.extra_mut(|e| e.xattrs = x);
+        }
     }
 
     pub fn set_rdev(&mut self, r: u64) {
-        self.extra_mut(|x| x.rdev = r);
+        if r != 0 || self.extra.is_some() {
+            self.extra_mut(|x| x.rdev = r);
+        }
     }
 
     fn extra_mut(&mut self, f: impl FnOnce(&mut Extra)) {
