@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -522,27 +522,45 @@ fn hash_entries(
         return Ok((0, Vec::new()));
     }
     let rootfd = fsx::open_root(root).at(root)?;
+    let hash_one = |dir: BorrowedFd<'_>, e: &Entry| {
+        let fd = fsx::open_read_at(dir, fsx::split_parent(&e.path).1)?;
+        let r = hash::hash_fd(fd.as_fd(), e.size)?;
+        // Changed since the scan: the hash stands for nothing we know.
+        let st = fsx::fstat(fd.as_fd())?;
+        if st.st_size as u64 != e.size
+            || st.st_mtime != e.mtime
+            || st.st_mtime_nsec as u32 != e.mtime_nsec
+            || st.st_ctime != e.ctime
+            || st.st_ctime_nsec as u32 != e.ctime_nsec
+        {
+            return Err(io::Error::other("changed while being hashed"));
+        }
+        Ok(r)
+    };
+    // In runs of files in path order, so a directory is opened once for its files rather than
+    // walked down to for each one.
     let results: Vec<(usize, io::Result<(crate::entry::Hash, u64)>)> = pool.install(|| {
-        need.par_iter()
-            .with_min_len(8)
-            .map(|&i| {
-                let e = &entries[i];
-                let r = fsx::open_read_rel(rootfd.as_fd(), &e.path).and_then(|fd| {
-                    let r = hash::hash_fd(fd.as_fd(), e.size)?;
-                    // Changed since the scan: the hash stands for nothing we know.
-                    let st = fsx::fstat(fd.as_fd())?;
-                    if st.st_size as u64 != e.size
-                        || st.st_mtime != e.mtime
-                        || st.st_mtime_nsec as u32 != e.mtime_nsec
-                        || st.st_ctime != e.ctime
-                        || st.st_ctime_nsec as u32 != e.ctime_nsec
-                    {
-                        return Err(io::Error::other("changed while being hashed"));
+        need.par_chunks(32)
+            .flat_map_iter(|chunk| {
+                let mut dir: Option<(&[u8], io::Result<OwnedFd>)> = None;
+                let mut out = Vec::with_capacity(chunk.len());
+                for &i in chunk {
+                    let e = &entries[i];
+                    let parent = fsx::split_parent(&e.path).0;
+                    if dir.as_ref().is_none_or(|(p, _)| *p != parent) {
+                        dir = Some((parent, fsx::open_dir_beneath(rootfd.as_fd(), parent)));
                     }
-                    Ok(r)
-                });
-                progress.advance(1, e.size);
-                (i, r)
+                    let r = match &dir.as_ref().expect("just set").1 {
+                        Ok(d) => hash_one(d.as_fd(), e),
+                        Err(err) => Err(err.raw_os_error().map_or_else(
+                            || io::Error::other(err.to_string()),
+                            io::Error::from_raw_os_error,
+                        )),
+                    };
+                    progress.advance(1, e.size);
+                    out.push((i, r));
+                }
+                out
             })
             .collect()
     });
