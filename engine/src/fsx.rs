@@ -474,16 +474,6 @@ pub fn open_read_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
     }
 }
 
-/// Opens a file by its path relative to a tree root, refusing symlinks on the way.
-pub fn open_read_rel(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<OwnedFd> {
-    let (parent, name) = split_parent(rel);
-    if parent.is_empty() {
-        return open_read_at(root, name);
-    }
-    let d = open_dir_beneath(root, parent)?;
-    open_read_at(d.as_fd(), name)
-}
-
 /// Creates a new file `name` in `dir` (must not exist) for writing.
 pub fn create_excl_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
     let c = cstr(name)?;
