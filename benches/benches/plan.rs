@@ -19,6 +19,7 @@ fn scanned(root: &Path, pool: &rayon::ThreadPool) -> Vec<Entry> {
     let opts = ScanOpts {
         excludes: &ex,
         xattrs: false,
+        defer_xattrs: false,
     };
     scan_tree(root, pool, &opts).unwrap().entries
 }

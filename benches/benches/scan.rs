@@ -37,6 +37,7 @@ fn scan(c: &mut Criterion) {
             let opts = ScanOpts {
                 excludes: &excludes,
                 xattrs,
+                defer_xattrs: false,
             };
             let name = format!("{n}-files/{threads}-threads/xattrs-{xattrs}");
             g.bench_function(name, |b| {

@@ -10,7 +10,7 @@
 //!
 //! The cache never lives inside a synced tree; see [`crate::journal`] for where it goes.
 
-use crate::entry::{Entry, Hash, Kind};
+use crate::entry::{Entry, Hash, Kind, Xattrs};
 
 /// Granularity margin for filesystems with nanosecond timestamps: a kernel tick is at most
 /// 10 ms (HZ=100); we take twice that.
@@ -51,6 +51,8 @@ pub struct Cached {
     pub dev: u64,
     pub mode: u32,
     pub hash: Hash,
+    /// The file's xattrs when they were read (`None`: the writing run did not read them).
+    pub xattrs: Option<Option<Xattrs>>,
 }
 
 /// Rule 2: the cached hash, if `cached` describes exactly the inode `cur` describes now.
@@ -66,15 +68,18 @@ pub fn reuse(cached: &Cached, cur: &Entry) -> Option<Hash> {
 }
 
 // On disk: MAGIC, stamp (i64 s, u32 ns), then per entry: path length (u32), path, size,
-// mtime s, mtime ns, ctime s, ctime ns, ino, dev, mode, blake3 — little-endian — then END (a
-// length no path has), the record count (u64), and last the blake3 of every byte before it.
+// mtime s, mtime ns, ctime s, ctime ns, ino, dev, mode, blake3, then its xattrs: a byte, 0 when
+// the writing run did not read them, else 1, their count (u32) and each name and value (u32
+// length, bytes) — little-endian — then END (a length no path has), the record count (u64),
+// and last the blake3 of every byte before it. The xattrs obey the rules the hash does (an
+// xattr change moves ctime), so a no-op run need not list any file's xattrs.
 // Binary because a no-op sync reads and writes it for every file of both trees, and text
 // parsing was a third of such a run. The count is at the end so the file is written as it is
 // encoded, never whole in memory. The user-facing format is the manifest; this is private
 // state. The trailing checksum is what lets a damaged cache be ignored rather than believed: a
 // flipped bit in a stored hash still parses, and would make `verify` report an identical file
 // as changed (or, against the other side's hash, hide one).
-const MAGIC: &[u8; 8] = b"JSCACHE3";
+const MAGIC: &[u8; 8] = b"JSCACHE4";
 const END: u32 = u32::MAX;
 
 /// The entries a cache of `entries` keeps: hashed regular files that rule 1 allows.
@@ -91,11 +96,25 @@ pub fn records<'a>(
 /// length for damage.
 const MAX_PATH: usize = 1 << 16;
 
+/// What [`fill_from_file`] found.
+pub struct Filled {
+    /// Hashes reused.
+    pub hits: usize,
+    /// Records the file holds.
+    pub records: usize,
+    /// Per entry: its xattrs were filled from the cache too (empty unless asked for).
+    pub xattrs_known: Vec<bool>,
+}
+
 /// Fills hashes of `entries` (sorted, none hashed yet) straight from the cache file, without
-/// holding the file in memory: one pass checks the checksum, a second fills. Returns the
-/// hashes reused and the records the file holds; `None` (and nothing filled) when the file is
-/// missing or not to be believed.
-pub fn fill_from_file(path: &std::path::Path, entries: &mut [Entry]) -> Option<(usize, usize)> {
+/// holding the file in memory: one pass checks the checksum, a second fills. With `xattrs`,
+/// the xattrs of those entries too, where the cache has them. `None` (and nothing filled) when
+/// the file is missing or not to be believed.
+pub fn fill_from_file(
+    path: &std::path::Path,
+    entries: &mut [Entry],
+    xattrs: bool,
+) -> Option<Filled> {
     use std::io::{Read, Seek};
     let mut f = std::fs::File::open(path).ok()?;
     let len = f.metadata().ok()?.len();
@@ -114,15 +133,38 @@ pub fn fill_from_file(path: &std::path::Path, entries: &mut [Entry]) -> Option<(
         r: std::io::BufReader::with_capacity(1 << 16, f.take(body)),
         path: Vec::new(),
     };
-    let res = fill(&mut r, entries);
-    if res.is_none() {
-        // Checked, then malformed: nothing it filled may stand.
-        entries.iter_mut().for_each(|e| e.hash = None);
+    let mut known = if xattrs {
+        vec![false; entries.len()]
+    } else {
+        Vec::new()
+    };
+    let res = fill(&mut r, entries, &mut known);
+    match res {
+        Some((hits, records)) => Some(Filled {
+            hits,
+            records,
+            xattrs_known: known,
+        }),
+        None => {
+            // Checked, then malformed: nothing it filled may stand.
+            for e in entries.iter_mut() {
+                e.hash = None;
+            }
+            for (e, k) in entries.iter_mut().zip(&known) {
+                if *k {
+                    e.set_xattrs(None);
+                }
+            }
+            None
+        }
     }
-    res
 }
 
-fn fill<R: std::io::Read>(r: &mut Reader<R>, entries: &mut [Entry]) -> Option<(usize, usize)> {
+fn fill<R: std::io::Read>(
+    r: &mut Reader<R>,
+    entries: &mut [Entry],
+    known: &mut [bool],
+) -> Option<(usize, usize)> {
     if &r.array::<8>()? != MAGIC {
         return None;
     }
@@ -148,6 +190,7 @@ fn fill<R: std::io::Read>(r: &mut Reader<R>, entries: &mut [Entry]) -> Option<(u
             dev: r.u64()?,
             mode: r.u32()?,
             hash: r.array::<32>()?,
+            xattrs: r.xattrs()?,
         };
         while j < entries.len() && entries[j].path[..] < r.path[..] {
             j += 1;
@@ -156,6 +199,10 @@ fn fill<R: std::io::Read>(r: &mut Reader<R>, entries: &mut [Entry]) -> Option<(u
             if let Some(h) = reuse(&c, &entries[j]) {
                 entries[j].hash = Some(h);
                 hits += 1;
+                if let (Some(k), Some(x)) = (known.get_mut(j), c.xattrs) {
+                    entries[j].set_xattrs(x);
+                    *k = true;
+                }
             }
         }
         std::mem::swap(&mut prev, &mut r.path);
@@ -168,11 +215,13 @@ fn fill<R: std::io::Read>(r: &mut Reader<R>, entries: &mut [Entry]) -> Option<(u
 
 /// Writes the cache of `records` (sorted; see [`records`]) atomically: encoded straight into a
 /// temp file, then renamed (not fsynced: a cache lost in a crash costs a re-hash, and a torn
-/// one fails its checksum in [`fill_from_file`]). Returns the number of records.
+/// one fails its checksum in [`fill_from_file`]). `xattrs`: the entries' xattrs were read (so
+/// "none" means none). Returns the number of records.
 pub fn write_file<'a>(
     path: &std::path::Path,
     records: impl IntoIterator<Item = &'a Entry>,
     stamp: (i64, u32),
+    xattrs: bool,
 ) -> std::io::Result<usize> {
     use std::io::Write;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
@@ -182,7 +231,7 @@ pub fn write_file<'a>(
             w: std::io::BufWriter::with_capacity(1 << 16, f),
             h: blake3::Hasher::new(),
         };
-        let n = encode(&mut w, records, stamp)?;
+        let n = encode(&mut w, records, stamp, xattrs)?;
         let sum = *w.h.finalize().as_bytes();
         w.w.write_all(&sum)?;
         w.w.into_inner().map_err(|e| e.into_error())?;
@@ -201,6 +250,7 @@ fn encode<'a, W: std::io::Write>(
     w: &mut W,
     records: impl IntoIterator<Item = &'a Entry>,
     stamp: (i64, u32),
+    xattrs: bool,
 ) -> std::io::Result<usize> {
     w.write_all(MAGIC)?;
     w.write_all(&stamp.0.to_le_bytes())?;
@@ -221,6 +271,17 @@ fn encode<'a, W: std::io::Write>(
         rec.extend_from_slice(&e.dev.to_le_bytes());
         rec.extend_from_slice(&e.mode.to_le_bytes());
         rec.extend_from_slice(&hash);
+        rec.push(xattrs as u8);
+        if xattrs {
+            let x = e.xattrs().map_or(&[][..], |x| &x[..]);
+            rec.extend_from_slice(&(x.len() as u32).to_le_bytes());
+            for (k, v) in x {
+                rec.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                rec.extend_from_slice(k);
+                rec.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                rec.extend_from_slice(v);
+            }
+        }
         w.write_all(&rec)?;
         n += 1;
     }
@@ -268,6 +329,34 @@ impl<R: std::io::Read> Reader<R> {
     fn u32(&mut self) -> Option<u32> {
         self.array().map(u32::from_le_bytes)
     }
+    fn bytes(&mut self, max: usize) -> Option<Box<[u8]>> {
+        let len = self.u32()? as usize;
+        if len > max {
+            return None;
+        }
+        let mut b = vec![0u8; len];
+        self.r.read_exact(&mut b).ok()?;
+        Some(b.into())
+    }
+    /// A record's xattrs: `Some(None)` none, `None` inside for "not read", `None` outside for
+    /// damage. Bounds are the kernel's (names 255 bytes, values 64 KiB).
+    fn xattrs(&mut self) -> Option<Option<Option<Xattrs>>> {
+        match self.array::<1>()?[0] {
+            0 => Some(None),
+            1 => {
+                let n = self.u32()? as usize;
+                if n > 1 << 16 {
+                    return None;
+                }
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push((self.bytes(255)?, self.bytes(1 << 16)?));
+                }
+                Some(Some((!v.is_empty()).then(|| v.into_boxed_slice())))
+            }
+            _ => None,
+        }
+    }
     fn u64(&mut self) -> Option<u64> {
         self.array().map(u64::from_le_bytes)
     }
@@ -297,10 +386,14 @@ mod tests {
         // Taken long after the files were written: both may be stored (rule 1).
         let later = (es[0].mtime + 10, 0);
         let p = t.path().join("cache");
-        assert_eq!(write_file(&p, records(&es, later), later).unwrap(), 2);
+        assert_eq!(write_file(&p, records(&es, later), later, true).unwrap(), 2);
         let mut fresh = vec![entry(t.path(), "a"), entry(t.path(), "b")];
         fresh.iter_mut().for_each(|e| e.hash = None);
-        assert_eq!(fill_from_file(&p, &mut fresh), Some((2, 2)));
+        let f = fill_from_file(&p, &mut fresh, true).unwrap();
+        assert_eq!(
+            (f.hits, f.records, &f.xattrs_known[..]),
+            (2, 2, &[true, true][..])
+        );
         assert_eq!(fresh[0].hash, es[0].hash);
 
         // Truncated, garbage, other version, one flipped bit: ignored, nothing filled.
@@ -315,7 +408,7 @@ mod tests {
         ] {
             std::fs::write(&p, bad).unwrap();
             fresh.iter_mut().for_each(|e| e.hash = None);
-            assert!(fill_from_file(&p, &mut fresh).is_none());
+            assert!(fill_from_file(&p, &mut fresh, true).is_none());
             assert!(fresh.iter().all(|e| e.hash.is_none()));
         }
 
@@ -328,8 +421,53 @@ mod tests {
         body.extend_from_slice(&sum);
         std::fs::write(&p, &body).unwrap();
         fresh.iter_mut().for_each(|e| e.hash = None);
-        assert!(fill_from_file(&p, &mut fresh).is_none());
+        assert!(fill_from_file(&p, &mut fresh, true).is_none());
         assert!(fresh.iter().all(|e| e.hash.is_none()));
+    }
+
+    #[test]
+    fn xattrs_are_vouched_for_only_when_read_and_unchanged() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("a");
+        std::fs::write(&f, b"one").unwrap();
+        let set = |v: &[u8]| rustix::fs::setxattr(&f, "user.k", v, rustix::fs::XattrFlags::empty());
+        if let Err(e) = set(b"v1") {
+            eprintln!("skipping: no user xattrs on {}: {e}", t.path().display());
+            return;
+        }
+        let mut e = entry(t.path(), "a");
+        e.set_xattrs(Some(
+            vec![(b"user.k".as_slice().into(), b"v1".as_slice().into())].into(),
+        ));
+        let later = (e.ctime + 10, 0);
+        let p = t.path().join("cache");
+        let fresh = || {
+            let mut x = entry(t.path(), "a");
+            x.hash = None;
+            vec![x]
+        };
+
+        // Written by a run that read xattrs: they come back with the hash.
+        write_file(&p, records(std::slice::from_ref(&e), later), later, true).unwrap();
+        let mut now = fresh();
+        let got = fill_from_file(&p, &mut now, true).unwrap();
+        assert_eq!(got.xattrs_known, [true]);
+        assert_eq!(now[0].xattrs(), e.xattrs());
+
+        // Written by a run that did not read them (--no-xattrs): the hash only.
+        write_file(&p, records(std::slice::from_ref(&e), later), later, false).unwrap();
+        let mut now = fresh();
+        let got = fill_from_file(&p, &mut now, true).unwrap();
+        assert_eq!((got.hits, &got.xattrs_known[..]), (1, &[false][..]));
+        assert!(now[0].xattrs().is_none());
+
+        // Changed since (ctime moves): neither.
+        write_file(&p, records(std::slice::from_ref(&e), later), later, true).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        set(b"v2").unwrap();
+        let mut now = fresh();
+        let got = fill_from_file(&p, &mut now, true).unwrap();
+        assert_eq!((got.hits, &got.xattrs_known[..]), (0, &[false][..]));
     }
 
     #[test]
@@ -342,7 +480,7 @@ mod tests {
         let stamp = (e.mtime, e.mtime_nsec);
         assert_eq!(records(std::slice::from_ref(&e), stamp).count(), 0);
         let later = (e.mtime + 10, 0);
-        write_file(&p, records(std::slice::from_ref(&e), later), later).unwrap();
+        write_file(&p, records(std::slice::from_ref(&e), later), later, true).unwrap();
         // Rule 2: same size, same mtime (set back), new content -> ctime moved -> no reuse.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(t.path().join("a"), b"ONE").unwrap();
@@ -369,9 +507,10 @@ mod tests {
             (e.mtime, e.mtime_nsec, e.size)
         );
         now[0].hash = None;
+        let f = fill_from_file(&p, &mut now, true).unwrap();
         assert_eq!(
-            fill_from_file(&p, &mut now),
-            Some((0, 1)),
+            (f.hits, f.records),
+            (0, 1),
             "a rewritten file must be hashed again"
         );
     }

@@ -332,6 +332,7 @@ pub fn rollback(
     let sopts = ScanOpts {
         excludes: &excludes,
         xattrs: opts.xattrs,
+        defer_xattrs: false,
     };
     progress.start(Phase::Scan, 0);
     let mut cur = scan::scan_tree(dst, &pools.walk, &sopts)?;

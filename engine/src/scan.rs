@@ -86,6 +86,9 @@ impl Excludes {
 pub struct ScanOpts<'a> {
     pub excludes: &'a Excludes,
     pub xattrs: bool,
+    /// Leave every entry's xattrs (but the root's) to [`read_xattrs`], after the stat cache
+    /// has vouched for those it can: a no-op sync then lists no file's xattrs.
+    pub defer_xattrs: bool,
 }
 
 /// What a walk found.
@@ -244,7 +247,7 @@ fn stat_names<'s>(
                 }
             }
         }
-        if ctx.opts.xattrs {
+        if ctx.opts.xattrs && !ctx.opts.defer_xattrs {
             match fsx::read_xattrs_at(dir.as_fd(), &name) {
                 Ok(x) => e.set_xattrs(x),
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {
@@ -296,6 +299,76 @@ pub fn entry_from_stat(path: Box<[u8]>, st: &rfs::Stat) -> Entry {
         e.set_rdev(st.st_rdev as u64);
     }
     e
+}
+
+/// Reads the xattrs the scan deferred, for every entry but the root and those `known` marks
+/// (the stat cache vouched for them), in runs of path order with each directory opened once.
+/// As in the walk, an entry gone by now is dropped and listed as vanished, one that cannot be
+/// read is dropped and listed as an error, and a directory goes with everything below it.
+pub fn read_xattrs(
+    root: &Path,
+    scan: &mut Scan,
+    known: &[bool],
+    pool: &rayon::ThreadPool,
+) -> Result<()> {
+    let rootfd = fsx::open_root(root).at(root)?;
+    let entries = &scan.entries;
+    let need: Vec<usize> = (1..entries.len())
+        .filter(|&i| !known.get(i).copied().unwrap_or(false))
+        .collect();
+    let read: Vec<(usize, io::Result<Option<crate::entry::Xattrs>>)> = pool.install(|| {
+        need.par_chunks(64)
+            .flat_map_iter(|chunk| {
+                let mut dir: Option<(&[u8], io::Result<OwnedFd>)> = None;
+                let mut out = Vec::with_capacity(chunk.len());
+                for &i in chunk {
+                    let (parent, name) = fsx::split_parent(&entries[i].path);
+                    if dir.as_ref().is_none_or(|(p, _)| *p != parent) {
+                        dir = Some((parent, fsx::open_dir_beneath(rootfd.as_fd(), parent)));
+                    }
+                    let r = match &dir.as_ref().expect("just set").1 {
+                        Ok(d) => fsx::read_xattrs_at(d.as_fd(), name),
+                        Err(e) => Err(e.raw_os_error().map_or_else(
+                            || io::Error::other(e.to_string()),
+                            io::Error::from_raw_os_error,
+                        )),
+                    };
+                    out.push((i, r));
+                }
+                out
+            })
+            .collect()
+    });
+    let mut dropped: Vec<Box<[u8]>> = Vec::new();
+    for (i, r) in read {
+        match r {
+            Ok(x) => scan.entries[i].set_xattrs(x),
+            Err(e) => {
+                let p = scan.entries[i].path.clone();
+                if e.kind() == io::ErrorKind::NotFound {
+                    scan.vanished.push(p.clone());
+                } else {
+                    scan.errors.push((p.clone(), e));
+                }
+                dropped.push(p);
+            }
+        }
+    }
+    if !dropped.is_empty() {
+        // Checked by ancestors, not pairwise: thousands of unreadable entries stay cheap.
+        let gone: std::collections::HashSet<Box<[u8]>> = dropped.into_iter().collect();
+        scan.entries.retain(|e| {
+            let mut p: &[u8] = &e.path;
+            while !p.is_empty() {
+                if gone.contains(p) {
+                    return false;
+                }
+                p = fsx::split_parent(p).0;
+            }
+            true
+        });
+    }
+    Ok(())
 }
 
 /// Is `path` at or below one of the (sorted) `dirs`?

@@ -227,13 +227,15 @@ pub fn prepare(
     let sopts = ScanOpts {
         excludes: &opts.excludes,
         xattrs: opts.xattrs,
+        defer_xattrs: true,
     };
     progress.start(Phase::Scan, 0);
     let src_stamp = cache::now();
+    let dst_exists = dst_path.exists();
     let (s, d) = rayon::join(
         || scan::scan_tree(src_path, &pools.walk, &sopts),
         || {
-            if dst_path.exists() {
+            if dst_exists {
                 scan::scan_tree(dst_path, &pools.walk, &sopts).map(Some)
             } else {
                 Ok(None)
@@ -242,7 +244,25 @@ pub fn prepare(
     );
     let dst_stamp = src_stamp;
     let mut s = s?;
-    let mut d = match d? {
+    let mut d = d?;
+    // Stat caches: reuse only what the racy-git rules allow (see `cache`).
+    let mut cache_hits = 0;
+    let mut cache_loaded = [None, None];
+    for (k, (tree, scan)) in [(src_path, Some(&mut s)), (dst_path, d.as_mut())]
+        .into_iter()
+        .enumerate()
+    {
+        if let Some(scan) = scan {
+            if let Some(f) = fill_and_read_xattrs(tree, scan, state, opts, pools)? {
+                cache_hits += f.hits;
+                // A cache that could not vouch for xattrs it was asked for is rewritten.
+                if !opts.xattrs || f.xattrs_known.iter().filter(|k| **k).count() == f.hits {
+                    cache_loaded[k] = Some(f.records);
+                }
+            }
+        }
+    }
+    let mut d = match d {
         Some(d) => d,
         None => empty_scan(&s),
     };
@@ -271,24 +291,6 @@ pub fn prepare(
     }
     take_errors(&mut scan_errors, src_path, &mut s);
     take_errors(&mut scan_errors, dst_path, &mut d);
-
-    // Stat caches: reuse only what the racy-git rules allow (see `cache`).
-    let mut cache_hits = 0;
-    let mut cache_loaded = [None, None];
-    if let (Some(state), false) = (state, opts.checksum) {
-        for (k, (tree, entries)) in [(src_path, &mut s.entries), (dst_path, &mut d.entries)]
-            .into_iter()
-            .enumerate()
-        {
-            if let Ok(p) = state.cache_path(tree) {
-                // A corrupt or other-version cache is ignored: it can only cost a re-hash.
-                if let Some((hits, records)) = cache::fill_from_file(&p, entries) {
-                    cache_hits += hits;
-                    cache_loaded[k] = Some(records);
-                }
-            }
-        }
-    }
 
     let (sn, dn) = plan::hash_needs(&s.entries, &d.entries);
     let total = (sn.len() + dn.len()) as u64;
@@ -348,20 +350,40 @@ fn scan_one(
     let sopts = ScanOpts {
         excludes: &opts.excludes,
         xattrs: opts.xattrs,
+        defer_xattrs: true,
     };
     let stamp = cache::now();
     progress.start(Phase::Scan, 0);
     let mut s = scan::scan_tree(root, &pools.walk, &sopts)?;
+    let hits = fill_and_read_xattrs(root, &mut s, state, opts, pools)?.map_or(0, |f| f.hits);
     progress.finish(Phase::Scan);
     let mut errors = Vec::new();
     take_errors(&mut errors, root, &mut s);
-    let mut hits = 0;
-    if let (Some(state), false) = (state, opts.checksum) {
-        if let Ok(p) = state.cache_path(root) {
-            hits = cache::fill_from_file(&p, &mut s.entries).map_or(0, |(h, _)| h);
-        }
-    }
     Ok((s, stamp, errors, hits))
+}
+
+/// Fills what the tree's stat cache vouches for (hashes, and xattrs), then reads the xattrs
+/// the scan deferred for every other entry. A corrupt or other-version cache is ignored: it
+/// can only cost a re-hash.
+fn fill_and_read_xattrs(
+    root: &Path,
+    scan: &mut Scan,
+    state: Option<&StateDir>,
+    opts: &SyncOpts,
+    pools: &Pools,
+) -> Result<Option<cache::Filled>> {
+    let filled = match (state, opts.checksum) {
+        (Some(state), false) => state
+            .cache_path(root)
+            .ok()
+            .and_then(|p| cache::fill_from_file(&p, &mut scan.entries, opts.xattrs)),
+        _ => None,
+    };
+    if opts.xattrs {
+        let known = filled.as_ref().map_or(&[][..], |f| &f.xattrs_known[..]);
+        scan::read_xattrs(root, scan, known, &pools.walk)?;
+    }
+    Ok(filled)
 }
 
 /// Like [`prepare`] for `verify` against a manifest: the manifest's entries stand for the
@@ -675,7 +697,7 @@ pub fn apply_all(
     };
     for ((a, t), pre) in applies.into_iter().zip(trees).zip(pre_errors) {
         if let Some(state) = state {
-            store_caches(state, t, &a);
+            store_caches(state, t, &a, opts.xattrs);
         }
         let mut o = a.into_outcome();
         o.errors.splice(0..0, pre);
@@ -688,7 +710,7 @@ pub fn apply_all(
 /// Stores the stat caches. The source's entries are as scanned. The destination keeps only
 /// entries this run did not touch: a rewritten file's new stat is not known without another
 /// look, and guessing would break the rule that a cached hash describes what was read.
-fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>) {
+fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>, xattrs: bool) {
     // A source hash the copy found wrong (a writer through a mapping leaves mtime alone) is
     // left out, so the next run hashes that file again.
     let mut stale = a.stale_hashes();
@@ -721,20 +743,26 @@ fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>) {
         |k: usize, records: usize| t.hashed[k] == 0 && t.cache_loaded[k] == Some(records);
     if !unchanged(0, src().count()) {
         if let Ok(p) = state.cache_path(&t.src_path) {
-            let _ = cache::write_file(&p, src(), t.src_stamp);
+            let _ = cache::write_file(&p, src(), t.src_stamp, xattrs);
         }
     }
     if touched.contains(&true) || !unchanged(1, dst().count()) {
         if let Ok(p) = state.cache_path(&t.dst_path) {
-            let _ = cache::write_file(&p, dst(), t.dst_stamp);
+            let _ = cache::write_file(&p, dst(), t.dst_stamp, xattrs);
         }
     }
 }
 
 /// Writes the stat cache of a tree scanned on its own (`manifest`, `verify`).
-pub fn store_cache(state: &StateDir, tree: &Path, entries: &[Entry], stamp: (i64, u32)) {
+pub fn store_cache(
+    state: &StateDir,
+    tree: &Path,
+    entries: &[Entry],
+    stamp: (i64, u32),
+    xattrs: bool,
+) {
     if let Ok(p) = state.cache_path(tree) {
-        let _ = cache::write_file(&p, cache::records(entries, stamp), stamp);
+        let _ = cache::write_file(&p, cache::records(entries, stamp), stamp, xattrs);
     }
 }
 
@@ -759,7 +787,7 @@ pub fn scan_and_hash(
     progress.finish(Phase::Hash);
     errors.extend(errs);
     if let Some(state) = state {
-        store_cache(state, root, &s.entries, stamp);
+        store_cache(state, root, &s.entries, stamp, opts.xattrs);
     }
     Ok((
         Manifest {
