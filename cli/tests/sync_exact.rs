@@ -310,6 +310,35 @@ fn xattrs_user_security_trusted() {
     );
 }
 
+/// The stat cache vouches for files' xattrs on later runs; an xattr changed behind it (same
+/// content, same mtime) on either side must still be seen, because the change moves ctime.
+#[test]
+fn xattr_changes_behind_a_warm_cache_are_seen() {
+    let e = Env::new().with_dst();
+    e.src
+        .file("f", b"x")
+        .xattr("f", "user.v", b"1")
+        .file("g", b"y");
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(60));
+    settle();
+    e.sync(&[]);
+    settle();
+    e.sync(&[]); // now every file of both trees is in its cache, xattrs included
+    e.assert_synced();
+    settle();
+    let mtime_before = lstat(e.src(), "f").unwrap().st_mtime;
+    e.src
+        .xattr("f", "user.v", b"2")
+        .xattr("g", "user.new", b"n");
+    assert_eq!(lstat(e.src(), "f").unwrap().st_mtime, mtime_before);
+    e.sync(&[]);
+    e.assert_synced();
+    settle();
+    e.dst.xattr("f", "user.v", b"3");
+    e.sync(&[]);
+    e.assert_synced();
+}
+
 /// Names that are not UTF-8, hold newlines or spaces, start with `-`, or are 255 bytes long.
 fn odd_names() -> Vec<Vec<u8>> {
     vec![
