@@ -185,12 +185,13 @@ fn groups(entries: &[Entry]) -> HashMap<(u64, u64), Vec<usize>> {
 pub fn plan(src: &[Entry], dst: &[Entry], o: PlanOpts) -> Plan {
     let sgroups = groups(src);
     let dgroups = groups(dst);
-    let dst_index: HashMap<&[u8], usize> = dst
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.kind == Kind::File)
-        .map(|(i, e)| (&e.path[..], i))
-        .collect();
+    // Only hard-link groups look destination files up by path, and `dst` is sorted: a map of
+    // every destination file cost a no-op run more time and memory than all groups together.
+    let dst_file = |p: &[u8]| {
+        dst.binary_search_by(|e| e.path[..].cmp(p))
+            .ok()
+            .filter(|&j| dst[j].kind == Kind::File)
+    };
 
     // Per source file: Some(leader) if it belongs to a group whose destination linking differs.
     let mut src_group_of: HashMap<usize, usize> = HashMap::new();
@@ -201,8 +202,8 @@ pub fn plan(src: &[Entry], dst: &[Entry], o: PlanOpts) -> Plan {
         let mut key = None;
         for &m in members {
             src_group_of.insert(m, leader);
-            match dst_index.get(&src[m].path[..]) {
-                Some(&j) => {
+            match dst_file(&src[m].path) {
+                Some(j) => {
                     let k = (dst[j].dev, dst[j].ino);
                     if key.is_some_and(|x| x != k) {
                         ok = false;
@@ -354,7 +355,9 @@ pub fn plan(src: &[Entry], dst: &[Entry], o: PlanOpts) -> Plan {
                 }
                 None => {
                     // Unchanged member of a group being restaged: it joins the new inode.
-                    let j = dst_index[&src[m].path[..]];
+                    let Some(j) = dst_file(&src[m].path) else {
+                        continue; // not there: it has an action of its own
+                    };
                     extra.push(Action {
                         op: Op::Replace,
                         src: m as u32,
