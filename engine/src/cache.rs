@@ -40,7 +40,7 @@ pub fn cacheable(e: &Entry, stamp: (i64, u32)) -> bool {
     ns((e.ctime, e.ctime_nsec)) < limit && ns((e.mtime, e.mtime_nsec)) < limit
 }
 
-/// What the cache keeps of one regular file: the stat fields rule 2 compares, and the hash.
+/// What the cache keeps of one entry: the stat fields rule 2 compares, the hash, the xattrs.
 #[derive(Clone, Debug)]
 pub struct Cached {
     pub path: Box<[u8]>,
@@ -50,46 +50,90 @@ pub struct Cached {
     pub ino: u64,
     pub dev: u64,
     pub mode: u32,
-    pub hash: Hash,
-    /// The file's xattrs when they were read (`None`: the writing run did not read them).
+    pub kind: Kind,
+    pub hash: Option<Hash>,
+    /// The entry's xattrs when they were read (`None`: the writing run did not read them).
     pub xattrs: Option<Option<Xattrs>>,
 }
 
-/// Rule 2: the cached hash, if `cached` describes exactly the inode `cur` describes now.
-pub fn reuse(cached: &Cached, cur: &Entry) -> Option<Hash> {
-    let same = cur.kind == Kind::File
+/// Rule 2: does `cached` describe exactly the inode `cur` describes now?
+pub fn same_inode(cached: &Cached, cur: &Entry) -> bool {
+    cached.kind == cur.kind
         && cached.size == cur.size
         && cached.mtime == (cur.mtime, cur.mtime_nsec)
         && cached.ctime == (cur.ctime, cur.ctime_nsec)
         && cached.ino == cur.ino
         && cached.dev == cur.dev
-        && cached.mode == cur.mode;
-    same.then_some(cached.hash)
+        && cached.mode == cur.mode
+}
+
+/// The cached hash, if `cached` describes exactly the regular file `cur` is now (rule 2).
+pub fn reuse(cached: &Cached, cur: &Entry) -> Option<Hash> {
+    if cur.kind != Kind::File || !same_inode(cached, cur) {
+        return None;
+    }
+    cached.hash
 }
 
 // On disk: MAGIC, stamp (i64 s, u32 ns), then per entry: path length (u32), path, size,
-// mtime s, mtime ns, ctime s, ctime ns, ino, dev, mode, blake3, then its xattrs: a byte, 0 when
-// the writing run did not read them, else 1, their count (u32) and each name and value (u32
+// mtime s, mtime ns, ctime s, ctime ns, ino, dev, mode, type (a byte, see `kind_code`), a byte
+// 1 followed by the blake3 for a hashed file (else 0), then its xattrs: a byte, 0 when the
+// writing run did not read them, else 1, their count (u32) and each name and value (u32
 // length, bytes) — little-endian — then END (a length no path has), the record count (u64),
 // and last the blake3 of every byte before it. The xattrs obey the rules the hash does (an
-// xattr change moves ctime), so a no-op run need not list any file's xattrs.
+// xattr change moves ctime), so a no-op run lists no entry's xattrs; directories and symlinks
+// are kept for their xattrs alone.
 // Binary because a no-op sync reads and writes it for every file of both trees, and text
 // parsing was a third of such a run. The count is at the end so the file is written as it is
 // encoded, never whole in memory. The user-facing format is the manifest; this is private
 // state. The trailing checksum is what lets a damaged cache be ignored rather than believed: a
 // flipped bit in a stored hash still parses, and would make `verify` report an identical file
 // as changed (or, against the other side's hash, hide one).
-const MAGIC: &[u8; 8] = b"JSCACHE4";
+const MAGIC: &[u8; 8] = b"JSCACHE5";
 const END: u32 = u32::MAX;
 
-/// The entries a cache of `entries` keeps: hashed regular files that rule 1 allows.
+/// The entries a cache of `entries` keeps: hashed regular files that rule 1 allows, and with
+/// `xattrs` (the entries' xattrs were read) directories and symlinks, for those alone.
 pub fn records<'a>(
     entries: impl IntoIterator<Item = &'a Entry>,
     stamp: (i64, u32),
+    xattrs: bool,
 ) -> impl Iterator<Item = &'a Entry> {
     entries.into_iter().filter(move |e| {
-        e.hash.is_some() && e.kind == Kind::File && e.path.len() <= MAX_PATH && cacheable(e, stamp)
+        let wanted = match e.kind {
+            Kind::File => e.hash.is_some(),
+            Kind::Dir => xattrs && !e.path.is_empty(), // the root's are always read
+            Kind::Symlink => xattrs,
+            _ => false,
+        };
+        wanted && e.path.len() <= MAX_PATH && cacheable(e, stamp)
     })
+}
+
+fn kind_code(k: Kind) -> u8 {
+    match k {
+        Kind::File => 0,
+        Kind::Dir => 1,
+        Kind::Symlink => 2,
+        Kind::Fifo => 3,
+        Kind::Char => 4,
+        Kind::Block => 5,
+        Kind::Socket => 6,
+    }
+}
+
+fn kind_of_code(c: u8) -> Option<Kind> {
+    [
+        Kind::File,
+        Kind::Dir,
+        Kind::Symlink,
+        Kind::Fifo,
+        Kind::Char,
+        Kind::Block,
+        Kind::Socket,
+    ]
+    .get(c as usize)
+    .copied()
 }
 
 /// Longer paths (possible below `openat` chains) are not cached: the reader takes a longer
@@ -104,6 +148,8 @@ pub struct Filled {
     pub records: usize,
     /// Per entry: its xattrs were filled from the cache too (empty unless asked for).
     pub xattrs_known: Vec<bool>,
+    /// Every record that matched had its xattrs (else the cache is worth rewriting).
+    pub xattrs_complete: bool,
 }
 
 /// Fills hashes of `entries` (sorted, none hashed yet) straight from the cache file, without
@@ -138,12 +184,14 @@ pub fn fill_from_file(
     } else {
         Vec::new()
     };
-    let res = fill(&mut r, entries, &mut known);
+    let mut unknown = 0;
+    let res = fill(&mut r, entries, &mut known, &mut unknown);
     match res {
         Some((hits, records)) => Some(Filled {
             hits,
             records,
             xattrs_known: known,
+            xattrs_complete: unknown == 0,
         }),
         None => {
             // Checked, then malformed: nothing it filled may stand.
@@ -164,6 +212,7 @@ fn fill<R: std::io::Read>(
     r: &mut Reader<R>,
     entries: &mut [Entry],
     known: &mut [bool],
+    unknown: &mut usize,
 ) -> Option<(usize, usize)> {
     if &r.array::<8>()? != MAGIC {
         return None;
@@ -189,19 +238,29 @@ fn fill<R: std::io::Read>(
             ino: r.u64()?,
             dev: r.u64()?,
             mode: r.u32()?,
-            hash: r.array::<32>()?,
+            kind: kind_of_code(r.array::<1>()?[0])?,
+            hash: match r.array::<1>()?[0] {
+                0 => None,
+                1 => Some(r.array::<32>()?),
+                _ => return None,
+            },
             xattrs: r.xattrs()?,
         };
         while j < entries.len() && entries[j].path[..] < r.path[..] {
             j += 1;
         }
-        if j < entries.len() && entries[j].path[..] == r.path[..] {
+        if j < entries.len() && entries[j].path[..] == r.path[..] && same_inode(&c, &entries[j]) {
             if let Some(h) = reuse(&c, &entries[j]) {
                 entries[j].hash = Some(h);
                 hits += 1;
-                if let (Some(k), Some(x)) = (known.get_mut(j), c.xattrs) {
-                    entries[j].set_xattrs(x);
-                    *k = true;
+            }
+            if let Some(k) = known.get_mut(j) {
+                match c.xattrs {
+                    Some(x) => {
+                        entries[j].set_xattrs(x);
+                        *k = true;
+                    }
+                    None => *unknown += 1,
                 }
             }
         }
@@ -258,7 +317,6 @@ fn encode<'a, W: std::io::Write>(
     let mut n = 0usize;
     let mut rec = Vec::with_capacity(256);
     for e in records {
-        let Some(hash) = e.hash else { continue };
         rec.clear();
         rec.extend_from_slice(&(e.path.len() as u32).to_le_bytes());
         rec.extend_from_slice(&e.path);
@@ -270,7 +328,14 @@ fn encode<'a, W: std::io::Write>(
         rec.extend_from_slice(&e.ino.to_le_bytes());
         rec.extend_from_slice(&e.dev.to_le_bytes());
         rec.extend_from_slice(&e.mode.to_le_bytes());
-        rec.extend_from_slice(&hash);
+        rec.push(kind_code(e.kind));
+        match (e.kind, e.hash) {
+            (Kind::File, Some(h)) => {
+                rec.push(1);
+                rec.extend_from_slice(&h);
+            }
+            _ => rec.push(0),
+        }
         rec.push(xattrs as u8);
         if xattrs {
             let x = e.xattrs().map_or(&[][..], |x| &x[..]);
@@ -386,7 +451,10 @@ mod tests {
         // Taken long after the files were written: both may be stored (rule 1).
         let later = (es[0].mtime + 10, 0);
         let p = t.path().join("cache");
-        assert_eq!(write_file(&p, records(&es, later), later, true).unwrap(), 2);
+        assert_eq!(
+            write_file(&p, records(&es, later, true), later, true).unwrap(),
+            2
+        );
         let mut fresh = vec![entry(t.path(), "a"), entry(t.path(), "b")];
         fresh.iter_mut().for_each(|e| e.hash = None);
         let f = fill_from_file(&p, &mut fresh, true).unwrap();
@@ -448,21 +516,39 @@ mod tests {
         };
 
         // Written by a run that read xattrs: they come back with the hash.
-        write_file(&p, records(std::slice::from_ref(&e), later), later, true).unwrap();
+        write_file(
+            &p,
+            records(std::slice::from_ref(&e), later, true),
+            later,
+            true,
+        )
+        .unwrap();
         let mut now = fresh();
         let got = fill_from_file(&p, &mut now, true).unwrap();
         assert_eq!(got.xattrs_known, [true]);
         assert_eq!(now[0].xattrs(), e.xattrs());
 
         // Written by a run that did not read them (--no-xattrs): the hash only.
-        write_file(&p, records(std::slice::from_ref(&e), later), later, false).unwrap();
+        write_file(
+            &p,
+            records(std::slice::from_ref(&e), later, true),
+            later,
+            false,
+        )
+        .unwrap();
         let mut now = fresh();
         let got = fill_from_file(&p, &mut now, true).unwrap();
         assert_eq!((got.hits, &got.xattrs_known[..]), (1, &[false][..]));
         assert!(now[0].xattrs().is_none());
 
         // Changed since (ctime moves): neither.
-        write_file(&p, records(std::slice::from_ref(&e), later), later, true).unwrap();
+        write_file(
+            &p,
+            records(std::slice::from_ref(&e), later, true),
+            later,
+            true,
+        )
+        .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         set(b"v2").unwrap();
         let mut now = fresh();
@@ -478,9 +564,15 @@ mod tests {
         // Rule 1: a stat taken in the same tick as the write is not stored.
         let p = t.path().join("cache");
         let stamp = (e.mtime, e.mtime_nsec);
-        assert_eq!(records(std::slice::from_ref(&e), stamp).count(), 0);
+        assert_eq!(records(std::slice::from_ref(&e), stamp, true).count(), 0);
         let later = (e.mtime + 10, 0);
-        write_file(&p, records(std::slice::from_ref(&e), later), later, true).unwrap();
+        write_file(
+            &p,
+            records(std::slice::from_ref(&e), later, true),
+            later,
+            true,
+        )
+        .unwrap();
         // Rule 2: same size, same mtime (set back), new content -> ctime moved -> no reuse.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(t.path().join("a"), b"ONE").unwrap();

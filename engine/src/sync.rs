@@ -256,7 +256,7 @@ pub fn prepare(
             if let Some(f) = fill_and_read_xattrs(tree, scan, state, opts, pools)? {
                 cache_hits += f.hits;
                 // A cache that could not vouch for xattrs it was asked for is rewritten.
-                if !opts.xattrs || f.xattrs_known.iter().filter(|k| **k).count() == f.hits {
+                if !opts.xattrs || f.xattrs_complete {
                     cache_loaded[k] = Some(f.records);
                 }
             }
@@ -722,7 +722,7 @@ fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>, xattrs: bool) {
             .enumerate()
             .filter(|(i, _)| stale.binary_search(&(*i as u32)).is_err())
             .map(|(_, e)| e);
-        cache::records(kept, t.src_stamp)
+        cache::records(kept, t.src_stamp, xattrs)
     };
     let mut touched = vec![false; t.dst.len()];
     for x in t.plan.actions.iter().filter(|x| x.dst != plan::NONE) {
@@ -735,7 +735,7 @@ fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>, xattrs: bool) {
             .enumerate()
             .filter(|(j, _)| !touched[*j])
             .map(|(_, e)| e);
-        cache::records(kept, t.dst_stamp)
+        cache::records(kept, t.dst_stamp, xattrs)
     };
     // Unchanged caches are not rewritten (a no-op run writes nothing); one that cannot be
     // written only costs a re-hash next time. Both are encoded straight into their files.
@@ -762,7 +762,7 @@ pub fn store_cache(
     xattrs: bool,
 ) {
     if let Ok(p) = state.cache_path(tree) {
-        let _ = cache::write_file(&p, cache::records(entries, stamp), stamp, xattrs);
+        let _ = cache::write_file(&p, cache::records(entries, stamp, xattrs), stamp, xattrs);
     }
 }
 
