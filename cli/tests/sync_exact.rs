@@ -310,15 +310,19 @@ fn xattrs_user_security_trusted() {
     );
 }
 
-/// The stat cache vouches for files' xattrs on later runs; an xattr changed behind it (same
-/// content, same mtime) on either side must still be seen, because the change moves ctime.
+/// The stat cache vouches for xattrs (of files, directories, symlinks) on later runs; an xattr
+/// changed behind it (same content, same mtime) on either side must still be seen, because the
+/// change moves ctime.
 #[test]
 fn xattr_changes_behind_a_warm_cache_are_seen() {
     let e = Env::new().with_dst();
     e.src
         .file("f", b"x")
         .xattr("f", "user.v", b"1")
-        .file("g", b"y");
+        .file("g", b"y")
+        .dir("d")
+        .xattr("d", "user.v", b"1")
+        .symlink("l", "f");
     let settle = || std::thread::sleep(std::time::Duration::from_millis(60));
     settle();
     e.sync(&[]);
@@ -329,12 +333,13 @@ fn xattr_changes_behind_a_warm_cache_are_seen() {
     let mtime_before = lstat(e.src(), "f").unwrap().st_mtime;
     e.src
         .xattr("f", "user.v", b"2")
-        .xattr("g", "user.new", b"n");
+        .xattr("g", "user.new", b"n")
+        .xattr("d", "user.v", b"2");
     assert_eq!(lstat(e.src(), "f").unwrap().st_mtime, mtime_before);
     e.sync(&[]);
     e.assert_synced();
     settle();
-    e.dst.xattr("f", "user.v", b"3");
+    e.dst.xattr("f", "user.v", b"3").xattr("d", "user.v", b"3");
     e.sync(&[]);
     e.assert_synced();
 }

@@ -509,50 +509,37 @@ mod tests {
         ));
         let later = (e.ctime + 10, 0);
         let p = t.path().join("cache");
-        let fresh = || {
+        // A cache written by a run that did (or did not) read xattrs, then loaded.
+        let store = |read: bool| {
+            let one = std::slice::from_ref(&e);
+            write_file(&p, records(one, later, read), later, read).unwrap();
+        };
+        let load = || {
             let mut x = entry(t.path(), "a");
             x.hash = None;
-            vec![x]
+            let mut now = vec![x];
+            let got = fill_from_file(&p, &mut now, true).unwrap();
+            (got, now)
         };
 
         // Written by a run that read xattrs: they come back with the hash.
-        write_file(
-            &p,
-            records(std::slice::from_ref(&e), later, true),
-            later,
-            true,
-        )
-        .unwrap();
-        let mut now = fresh();
-        let got = fill_from_file(&p, &mut now, true).unwrap();
+        store(true);
+        let (got, now) = load();
         assert_eq!(got.xattrs_known, [true]);
         assert_eq!(now[0].xattrs(), e.xattrs());
 
         // Written by a run that did not read them (--no-xattrs): the hash only.
-        write_file(
-            &p,
-            records(std::slice::from_ref(&e), later, true),
-            later,
-            false,
-        )
-        .unwrap();
-        let mut now = fresh();
-        let got = fill_from_file(&p, &mut now, true).unwrap();
+        store(false);
+        let (got, now) = load();
         assert_eq!((got.hits, &got.xattrs_known[..]), (1, &[false][..]));
         assert!(now[0].xattrs().is_none());
+        assert!(!got.xattrs_complete);
 
         // Changed since (ctime moves): neither.
-        write_file(
-            &p,
-            records(std::slice::from_ref(&e), later, true),
-            later,
-            true,
-        )
-        .unwrap();
+        store(true);
         std::thread::sleep(std::time::Duration::from_millis(20));
         set(b"v2").unwrap();
-        let mut now = fresh();
-        let got = fill_from_file(&p, &mut now, true).unwrap();
+        let (got, _) = load();
         assert_eq!((got.hits, &got.xattrs_known[..]), (0, &[false][..]));
     }
 
