@@ -9,7 +9,7 @@
 //! directory). The result is sorted by path bytes, which puts every parent before its children.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -312,32 +312,11 @@ pub fn read_xattrs(
     pool: &rayon::ThreadPool,
 ) -> Result<()> {
     let rootfd = fsx::open_root(root).at(root)?;
-    let entries = &scan.entries;
-    let need: Vec<usize> = (1..entries.len())
+    let need: Vec<usize> = (1..scan.entries.len())
         .filter(|&i| !known.get(i).copied().unwrap_or(false))
         .collect();
-    let read: Vec<(usize, io::Result<Option<crate::entry::Xattrs>>)> = pool.install(|| {
-        need.par_chunks(64)
-            .flat_map_iter(|chunk| {
-                let mut dir: Option<(&[u8], io::Result<OwnedFd>)> = None;
-                let mut out = Vec::with_capacity(chunk.len());
-                for &i in chunk {
-                    let (parent, name) = fsx::split_parent(&entries[i].path);
-                    if dir.as_ref().is_none_or(|(p, _)| *p != parent) {
-                        dir = Some((parent, fsx::open_dir_beneath(rootfd.as_fd(), parent)));
-                    }
-                    let r = match &dir.as_ref().expect("just set").1 {
-                        Ok(d) => fsx::read_xattrs_at(d.as_fd(), name),
-                        Err(e) => Err(e.raw_os_error().map_or_else(
-                            || io::Error::other(e.to_string()),
-                            io::Error::from_raw_os_error,
-                        )),
-                    };
-                    out.push((i, r));
-                }
-                out
-            })
-            .collect()
+    let read = in_dir_runs(rootfd.as_fd(), &scan.entries, &need, pool, |dir, e| {
+        fsx::read_xattrs_at(dir, fsx::split_parent(&e.path).1)
     });
     let mut dropped: Vec<Box<[u8]>> = Vec::new();
     for (i, r) in read {
@@ -369,6 +348,42 @@ pub fn read_xattrs(
         });
     }
     Ok(())
+}
+
+/// Runs `f` on each of `entries[need]` (in path order) in parallel, given the entry's directory
+/// opened beneath `root`: runs of neighbours share one open instead of a walk down per entry.
+/// A directory that cannot be opened is every one of its entries' error.
+pub fn in_dir_runs<T: Send>(
+    root: BorrowedFd<'_>,
+    entries: &[Entry],
+    need: &[usize],
+    pool: &rayon::ThreadPool,
+    f: impl Fn(BorrowedFd<'_>, &Entry) -> io::Result<T> + Sync,
+) -> Vec<(usize, io::Result<T>)> {
+    pool.install(|| {
+        need.par_chunks(32)
+            .flat_map_iter(|chunk| {
+                let mut dir: Option<(&[u8], io::Result<OwnedFd>)> = None;
+                let mut out = Vec::with_capacity(chunk.len());
+                for &i in chunk {
+                    let e = &entries[i];
+                    let parent = fsx::split_parent(&e.path).0;
+                    if dir.as_ref().is_none_or(|(p, _)| *p != parent) {
+                        dir = Some((parent, fsx::open_dir_beneath(root, parent)));
+                    }
+                    let r = match &dir.as_ref().expect("just set").1 {
+                        Ok(d) => f(d.as_fd(), e),
+                        Err(err) => Err(err.raw_os_error().map_or_else(
+                            || io::Error::other(err.to_string()),
+                            io::Error::from_raw_os_error,
+                        )),
+                    };
+                    out.push((i, r));
+                }
+                out
+            })
+            .collect()
+    })
 }
 
 /// Is `path` at or below one of the (sorted) `dirs`?

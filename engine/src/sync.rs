@@ -8,11 +8,9 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-use rayon::prelude::*;
 
 use crate::apply::{clean_leftovers, Apply, ApplyOpts, EntryError, Outcome};
 use crate::cache;
@@ -559,32 +557,10 @@ fn hash_entries(
         }
         Ok(r)
     };
-    // In runs of files in path order, so a directory is opened once for its files rather than
-    // walked down to for each one.
-    let results: Vec<(usize, io::Result<(crate::entry::Hash, u64)>)> = pool.install(|| {
-        need.par_chunks(32)
-            .flat_map_iter(|chunk| {
-                let mut dir: Option<(&[u8], io::Result<OwnedFd>)> = None;
-                let mut out = Vec::with_capacity(chunk.len());
-                for &i in chunk {
-                    let e = &entries[i];
-                    let parent = fsx::split_parent(&e.path).0;
-                    if dir.as_ref().is_none_or(|(p, _)| *p != parent) {
-                        dir = Some((parent, fsx::open_dir_beneath(rootfd.as_fd(), parent)));
-                    }
-                    let r = match &dir.as_ref().expect("just set").1 {
-                        Ok(d) => hash_one(d.as_fd(), e),
-                        Err(err) => Err(err.raw_os_error().map_or_else(
-                            || io::Error::other(err.to_string()),
-                            io::Error::from_raw_os_error,
-                        )),
-                    };
-                    progress.advance(1, e.size);
-                    out.push((i, r));
-                }
-                out
-            })
-            .collect()
+    let results = scan::in_dir_runs(rootfd.as_fd(), entries, need, pool, |dir, e| {
+        let r = hash_one(dir, e);
+        progress.advance(1, e.size);
+        r
     });
     hash::release_buffers(pool);
     let mut bytes = 0;
