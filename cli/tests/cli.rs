@@ -226,6 +226,14 @@ fn dry_run_changes_nothing() {
     assert!(!e.dst().exists(), "dry run created DST");
 }
 
+/// `sync --json`, expecting exit `code`: the output and its parsed lines.
+fn sync_json(e: &Env, code: i32) -> (std::process::Output, Vec<Value>) {
+    let o = e.js(sync_args(e, &["--json"]));
+    expect_code(&o, code);
+    let lines = json_lines(&stdout(&o));
+    (o, lines)
+}
+
 fn json_lines(out: &str) -> Vec<Value> {
     out.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|err| panic!("not JSON: {l:?}: {err}")))
@@ -237,9 +245,7 @@ fn json_lines_parse_and_end_with_a_summary() {
     let e = Env::new().with_dst();
     changes(&e);
     e.src.file(b"bad-\xff-name".as_slice(), b"x");
-    let o = e.js(sync_args(&e, &["--json"]));
-    expect_code(&o, 0);
-    let lines = json_lines(&stdout(&o));
+    let (o, lines) = sync_json(&e, 0);
     let (last, changes) = lines.split_last().unwrap();
     assert_eq!(last["type"], "summary", "{last}");
     for k in [
@@ -347,9 +353,7 @@ fn exit_1_when_some_entries_fail() {
         eprintln!("skipped: chattr +i not supported here");
         return;
     };
-    let o = e.js(sync_args(&e, &["--json"]));
-    expect_code(&o, 1);
-    let lines = json_lines(&stdout(&o));
+    let (o, lines) = sync_json(&e, 1);
     let summary = lines.last().unwrap();
     assert_eq!(summary["type"], "summary");
     assert!(summary["errors"].as_u64().unwrap() >= 1, "{summary}");
@@ -485,9 +489,7 @@ fn summary_counts_only_what_was_done() {
         eprintln!("skipped: chattr +i not supported here");
         return;
     };
-    let o = e.js(sync_args(&e, &["--json"]));
-    expect_code(&o, 1);
-    let lines = json_lines(&stdout(&o));
+    let (_, lines) = sync_json(&e, 1);
     let summary = lines.last().unwrap();
     // gone1, gone2 deleted; stuck/f and stuck/ refused (immutable directory).
     assert_eq!(summary["deleted"], 2, "{summary}");

@@ -1130,6 +1130,19 @@ fn enospc_on_small_tmpfs() {
 /// Root reads everything, so the unreadable-entry case runs the binary as `nobody`
 /// (setpriv): a source file and a source directory it may not read. The rest is synced, the
 /// run exits 1 naming them, and their live counterparts are not deleted or replaced.
+/// `jailsync sync SRC DST` as user nobody (uid/gid 65534, no groups), with `state`.
+fn sync_as_nobody(src: &Path, dst: &Path, state: &Path) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(BIN)
+        .arg("--state-dir")
+        .arg(state)
+        .args(sync_args(src, dst, &[]))
+        .env_remove("JAILSYNC_STATE_DIR")
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn eacces_on_single_entries() {
     if !is_root() || !have("setpriv") {
@@ -1168,15 +1181,7 @@ fn eacces_on_single_entries() {
         .unwrap();
     assert!(o.success());
     let ls = listing(&src.root);
-    let o = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(BIN)
-        .arg("--state-dir")
-        .arg(&state)
-        .args(sync_args(&src.root, &dst.root, &[]))
-        .env_remove("JAILSYNC_STATE_DIR")
-        .output()
-        .unwrap();
+    let o = sync_as_nobody(&src.root, &dst.root, &state);
     expect_code(&o, 1);
     let err = stderr(&o);
     for name in ["secret", "closed"] {
@@ -1217,15 +1222,7 @@ fn eacces_on_single_entries() {
     std::fs::create_dir(&locked).unwrap();
     chmod(&locked, 0o700);
     let ld = listing(&dst.root);
-    let o = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(BIN)
-        .arg("--state-dir")
-        .arg(&locked)
-        .args(sync_args(&src.root, &dst.root, &[]))
-        .env_remove("JAILSYNC_STATE_DIR")
-        .output()
-        .unwrap();
+    let o = sync_as_nobody(&src.root, &dst.root, &locked);
     expect_code(&o, 2);
     let err = stderr(&o);
     assert!(
@@ -1278,15 +1275,7 @@ fn metadata_refused_while_staged_leaves_nothing() {
         .status()
         .unwrap();
     assert!(st.success());
-    let o = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(BIN)
-        .arg("--state-dir")
-        .arg(&state)
-        .args(sync_args(&src.root, &dst.root, &[]))
-        .env_remove("JAILSYNC_STATE_DIR")
-        .output()
-        .unwrap();
+    let o = sync_as_nobody(&src.root, &dst.root, &state);
     expect_code(&o, 1);
     let err = stderr(&o);
     for p in &refused {

@@ -103,6 +103,18 @@ fn fixture(root: &Path) -> (PathBuf, PathBuf) {
     (old, new)
 }
 
+/// A `sync --fsync -q JAIL LIVE` in the background, to be killed midway.
+fn spawn_sync(state: &Path, jail: &Path, live: &Path) -> std::process::Child {
+    Command::new(bin())
+        .arg("--state-dir")
+        .arg(state)
+        .args(["sync", "--fsync", "-q", s(jail), s(live)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn rollback_restores_the_old_tree_exactly() {
     let t = tempfile::tempdir().unwrap();
@@ -179,14 +191,7 @@ fn rollback_after_a_killed_sync() {
         let live = t.path().join(format!("live{i}"));
         let state = t.path().join(format!("state{i}"));
         sh(&format!("cp -a {} {}", s(&live0), s(&live)));
-        let mut child = Command::new(bin())
-            .arg("--state-dir")
-            .arg(&state)
-            .args(["sync", "--fsync", "-q", s(&jail), s(&live)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_sync(&state, &jail, &live);
         std::thread::sleep(Duration::from_millis(5 + i * 37 % 300));
         let _ = child.kill();
         let _ = child.wait();
@@ -261,14 +266,7 @@ fn one_rollback_undoes_a_killed_then_resumed_sync() {
         let live = t.path().join(format!("live{i}"));
         let state = t.path().join(format!("state{i}"));
         sh(&format!("cp -a {} {}", s(&live0), s(&live)));
-        let mut child = Command::new(bin())
-            .arg("--state-dir")
-            .arg(&state)
-            .args(["sync", "--fsync", "-q", s(&jail), s(&live)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_sync(&state, &jail, &live);
         std::thread::sleep(Duration::from_millis(40 + i * 53));
         let _ = child.kill();
         let _ = child.wait();
