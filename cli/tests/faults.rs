@@ -1130,6 +1130,20 @@ fn enospc_on_small_tmpfs() {
 /// Root reads everything, so the unreadable-entry case runs the binary as `nobody`
 /// (setpriv): a source file and a source directory it may not read. The rest is synced, the
 /// run exits 1 naming them, and their live counterparts are not deleted or replaced.
+/// A new state dir under `t`, and it and `dst` given to user nobody.
+fn owned_by_nobody(t: &Path, dst: &Path) -> std::path::PathBuf {
+    let state = t.join("state");
+    std::fs::create_dir(&state).unwrap();
+    let st = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(dst)
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    state
+}
+
 /// `jailsync sync SRC DST` as user nobody (uid/gid 65534, no groups), with `state`.
 fn sync_as_nobody(src: &Path, dst: &Path, state: &Path) -> std::process::Output {
     std::process::Command::new("setpriv")
@@ -1171,15 +1185,7 @@ fn eacces_on_single_entries() {
     src.mode("secret", 0o000)
         .mode("closed", 0o000)
         .mode("newsecret", 0o000);
-    let state = t.join("state");
-    std::fs::create_dir(&state).unwrap();
-    let o = std::process::Command::new("chown")
-        .args(["-R", "65534:65534"])
-        .arg(&dst.root)
-        .arg(&state)
-        .status()
-        .unwrap();
-    assert!(o.success());
+    let state = owned_by_nobody(t, &dst.root);
     let ls = listing(&src.root);
     let o = sync_as_nobody(&src.root, &dst.root, &state);
     expect_code(&o, 1);
@@ -1266,15 +1272,7 @@ fn metadata_refused_while_staged_leaves_nothing() {
         }
         refused.push(p);
     }
-    let state = t.join("state");
-    std::fs::create_dir(&state).unwrap();
-    let st = std::process::Command::new("chown")
-        .args(["-R", "65534:65534"])
-        .arg(&dst.root)
-        .arg(&state)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let state = owned_by_nobody(t, &dst.root);
     let o = sync_as_nobody(&src.root, &dst.root, &state);
     expect_code(&o, 1);
     let err = stderr(&o);

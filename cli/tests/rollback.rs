@@ -103,6 +103,15 @@ fn fixture(root: &Path) -> (PathBuf, PathBuf) {
     (old, new)
 }
 
+/// 400 files in 20 directories, each with other content in the jail.
+fn many_files(live: &Path, jail: &Path) {
+    for i in 0..400 {
+        let rel = format!("many/d{}/f{i}", i % 20);
+        write(&live.join(&rel), format!("old {i}").as_bytes());
+        write(&jail.join(&rel), format!("new content {i}").as_bytes());
+    }
+}
+
 /// A `sync --fsync -q JAIL LIVE` in the background, to be killed midway.
 fn spawn_sync(state: &Path, jail: &Path, live: &Path) -> std::process::Child {
     Command::new(bin())
@@ -172,16 +181,7 @@ fn rollback_after_a_killed_sync() {
     let t = tempfile::tempdir().unwrap();
     let (live0, jail) = fixture(t.path());
     // Enough entries that the kill lands inside the run; --fsync slows the commit down.
-    for i in 0..400 {
-        write(
-            &live0.join(format!("many/d{}/f{i}", i % 20)),
-            format!("old {i}").as_bytes(),
-        );
-        write(
-            &jail.join(format!("many/d{}/f{i}", i % 20)),
-            format!("new content {i}").as_bytes(),
-        );
-    }
+    many_files(&live0, &jail);
     let iters: u64 = std::env::var("JAILSYNC_ROLLBACK_ITERS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -251,16 +251,7 @@ fn rollback_rejoins_a_split_hard_link_group() {
 fn one_rollback_undoes_a_killed_then_resumed_sync() {
     let t = tempfile::tempdir().unwrap();
     let (live0, jail) = fixture(t.path());
-    for i in 0..400 {
-        write(
-            &live0.join(format!("many/d{}/f{i}", i % 20)),
-            format!("old {i}").as_bytes(),
-        );
-        write(
-            &jail.join(format!("many/d{}/f{i}", i % 20)),
-            format!("new content {i}").as_bytes(),
-        );
-    }
+    many_files(&live0, &jail);
     let mut resumed = 0;
     for i in 0..6u64 {
         let live = t.path().join(format!("live{i}"));
