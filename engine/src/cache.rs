@@ -41,9 +41,9 @@ pub fn cacheable(e: &Entry, stamp: (i64, u32)) -> bool {
 }
 
 /// What the cache keeps of one entry: the stat fields rule 2 compares, the hash, the xattrs.
+/// (Its path stays with the reader: records come in path order and are matched as read.)
 #[derive(Clone, Debug)]
 pub struct Cached {
-    pub path: Box<[u8]>,
     pub size: u64,
     pub mtime: (i64, u32),
     pub ctime: (i64, u32),
@@ -231,7 +231,6 @@ fn fill<R: std::io::Read>(
         }
         n += 1;
         let c = Cached {
-            path: Box::default(),
             size: r.u64()?,
             mtime: (r.i64()?, r.u32()?),
             ctime: (r.i64()?, r.u32()?),
