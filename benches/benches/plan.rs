@@ -9,12 +9,12 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use jailsync_benches::{gen_base, mutate, BaseOpts, MutateKind};
-use jailsync_engine::entry::Entry;
+use jailsync_engine::entry::Entries;
 use jailsync_engine::hash::hash_fd;
 use jailsync_engine::plan::{hash_needs, plan, PlanOpts};
 use jailsync_engine::scan::{scan_tree, Excludes, ScanOpts};
 
-fn scanned(root: &Path, pool: &rayon::ThreadPool) -> Vec<Entry> {
+fn scanned(root: &Path, pool: &rayon::ThreadPool) -> Entries {
     let ex = Excludes::default();
     let opts = ScanOpts {
         excludes: &ex,
@@ -24,12 +24,12 @@ fn scanned(root: &Path, pool: &rayon::ThreadPool) -> Vec<Entry> {
     scan_tree(root, pool, &opts).unwrap().entries
 }
 
-fn fill_hashes(root: &Path, entries: &mut [Entry], idx: &[usize]) {
+fn fill_hashes(root: &Path, entries: &mut Entries, idx: &[usize]) {
     for &i in idx {
-        let e = &mut entries[i];
-        let p = root.join(String::from_utf8_lossy(&e.path).as_ref());
+        let p = root.join(String::from_utf8_lossy(entries.path(i)).as_ref());
         let f = File::open(p).unwrap();
-        e.hash = Some(hash_fd(f.as_fd(), e.size).unwrap().0);
+        let h = hash_fd(f.as_fd(), entries[i].size).unwrap().0;
+        entries.set_hash(i, Some(h));
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use jailsync_engine::entry::{display_path, Entry, Kind};
+use jailsync_engine::entry::{display_path, Ent, Entries, Kind};
 use jailsync_engine::plan::{itemize, Action, Counts, Op, Plan};
 use jailsync_engine::progress::{Phase, Progress};
 use serde_json::{json, Value};
@@ -23,25 +23,25 @@ pub fn json_path(p: &[u8]) -> Value {
 /// prefixed with the tree's name inside an `upgrade`.
 fn subject<'e>(
     a: &Action,
-    src: &'e [Entry],
-    dst: &'e [Entry],
+    src: &'e Entries,
+    dst: &'e Entries,
     prefix: &[u8],
-) -> (&'e Entry, Vec<u8>) {
+) -> (Ent<'e>, Vec<u8>) {
     let e = if a.src != u32::MAX {
-        &src[a.src as usize]
+        src.at(a.src as usize)
     } else {
-        &dst[a.dst as usize]
+        dst.at(a.dst as usize)
     };
     let mut full = prefix.to_vec();
     if !prefix.is_empty() && !e.path.is_empty() {
         full.push(b'/');
     }
-    full.extend_from_slice(&e.path);
+    full.extend_from_slice(e.path);
     (e, full)
 }
 
 /// The path part of an itemized line: directories end in `/`, symlinks show their target.
-pub fn item_name(a: &Action, src: &[Entry], dst: &[Entry], prefix: &[u8]) -> String {
+pub fn item_name(a: &Action, src: &Entries, dst: &Entries, prefix: &[u8]) -> String {
     let (e, full) = subject(a, src, dst, prefix);
     let mut s = display_path(&full);
     if e.kind == Kind::Dir {
@@ -59,8 +59,8 @@ pub fn item_name(a: &Action, src: &[Entry], dst: &[Entry], prefix: &[u8]) -> Str
 pub fn print_changes(
     out: &mut impl Write,
     plan: &Plan,
-    src: &[Entry],
-    dst: &[Entry],
+    src: &Entries,
+    dst: &Entries,
     prefix: &[u8],
     json: bool,
 ) -> io::Result<()> {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use crate::entry::{join, Entry, Kind};
+use crate::entry::{join, Ent, Entries, Kind};
 use crate::fsx::{self, split_parent, MetaOpts};
 use crate::hash;
 use crate::plan::{change, Action, Op, Plan, NONE};
@@ -66,8 +66,8 @@ pub struct Outcome {
 pub struct Apply<'a> {
     src_root: OwnedFd,
     dst_root: OwnedFd,
-    src: &'a [Entry],
-    dst: &'a [Entry],
+    src: &'a Entries,
+    dst: &'a Entries,
     plan: &'a Plan,
     opts: ApplyOpts,
     /// Per action: whether and where it was staged (see [`Apply::loc`]). Locations follow
@@ -135,8 +135,8 @@ impl<'a> Apply<'a> {
     pub fn new(
         src_root: OwnedFd,
         dst_root: OwnedFd,
-        src: &'a [Entry],
-        dst: &'a [Entry],
+        src: &'a Entries,
+        dst: &'a Entries,
         plan: &'a Plan,
         opts: ApplyOpts,
     ) -> Self {
@@ -165,7 +165,7 @@ impl<'a> Apply<'a> {
 
     /// Where action `k` was staged, relative to the destination root.
     fn loc(&self, k: usize) -> Option<Vec<u8>> {
-        let path = |k: usize| &self.src[self.plan.actions[k].src as usize].path[..];
+        let path = |k: usize| self.src.path(self.plan.actions[k].src as usize);
         match self.staged[k] {
             Staged::Not => None,
             Staged::Beside => Some(join(split_parent(path(k)).0, &tmp_name(k))),
@@ -205,9 +205,9 @@ impl<'a> Apply<'a> {
             if !staged_ops(a) {
                 continue;
             }
-            let s = &self.src[a.src as usize];
+            let s = self.src.at(a.src as usize);
             let staged = if a.inside {
-                match tops.get(split_parent(&s.path).0) {
+                match tops.get(split_parent(s.path).0) {
                     Some(&top) => Staged::Inside(top),
                     None => continue, // parent failed to plan a location; reported below
                 }
@@ -219,7 +219,7 @@ impl<'a> Apply<'a> {
                     Staged::Inside(top) => top,
                     _ => k as u32,
                 };
-                tops.insert(&s.path, top);
+                tops.insert(s.path, top);
             }
             self.staged[k] = staged;
         }
@@ -375,7 +375,7 @@ impl<'a> Apply<'a> {
     /// Creates one non-directory at its staging location. Returns bytes written.
     fn stage_one(&self, k: usize, scache: &mut DirCache, dcache: &mut DirCache) -> io::Result<u64> {
         let a = &self.plan.actions[k];
-        let s = &self.src[a.src as usize];
+        let s = self.src.at(a.src as usize);
         let loc = self.loc(k).expect("has a location");
         let (p, n) = split_parent(&loc);
         match s.kind {
@@ -384,7 +384,7 @@ impl<'a> Apply<'a> {
                 let from: &[u8] = match mapped {
                     Some(Some(p)) => p,
                     Some(None) => return Err(err_other("its old content was not kept")),
-                    None => &s.path,
+                    None => s.path,
                 };
                 let (sp, sn) = split_parent(from);
                 let sdir = scache.get(sp)?;
@@ -394,7 +394,7 @@ impl<'a> Apply<'a> {
                     // filesystem; linking it back writes no data. Copy only across devices.
                     match fsx::link_at(sdir, sn, ddir, n) {
                         Ok(()) => {
-                            fsx::set_meta_at(ddir, n, s, self.opts.meta)?;
+                            fsx::set_meta_at(ddir, n, &s, self.opts.meta)?;
                             return Ok(0);
                         }
                         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
@@ -407,13 +407,13 @@ impl<'a> Apply<'a> {
                 let d = dcache.get(p)?;
                 let t = s.target().unwrap_or_default();
                 fsx::symlink_at(t, d, n)?;
-                fsx::set_meta_at(d, n, s, self.opts.meta)?;
+                fsx::set_meta_at(d, n, &s, self.opts.meta)?;
                 Ok(0)
             }
             Kind::Fifo | Kind::Char | Kind::Block | Kind::Socket => {
                 let d = dcache.get(p)?;
-                fsx::mknod_at(d, n, s)?;
-                fsx::set_meta_at(d, n, s, self.opts.meta)?;
+                fsx::mknod_at(d, n, &s)?;
+                fsx::set_meta_at(d, n, &s, self.opts.meta)?;
                 Ok(0)
             }
             Kind::Dir => unreachable!("directories are staged separately"),
@@ -430,7 +430,7 @@ impl<'a> Apply<'a> {
         sname: &[u8],
         ddir: BorrowedFd<'_>,
         dname: &[u8],
-        e: &Entry,
+        e: Ent<'_>,
         src_idx: u32,
     ) -> io::Result<u64> {
         for attempt in 0..2 {
@@ -457,7 +457,7 @@ impl<'a> Apply<'a> {
             let quiet = fsx::has_dirty_pages(sfd.as_fd()) == Some(false);
             let want = match e.hash {
                 _ if quiet || e.size == 0 => None,
-                Some(h) if attempt == 0 && self.src_map.is_none() => Some(h),
+                Some(h) if attempt == 0 && self.src_map.is_none() => Some(*h),
                 _ => Some(hash::hash_fd(sfd.as_fd(), e.size)?.0),
             };
             let dfd = fsx::create_excl_at(ddir, dname)?;
@@ -470,7 +470,7 @@ impl<'a> Apply<'a> {
                 && before.st_ctime_nsec == after.st_ctime_nsec;
             if let (true, Ok(_), Some(h)) = (stable, &r, want) {
                 stable = hash::hash_fd(sfd.as_fd(), e.size)?.0 == h;
-                if !stable && attempt == 0 && e.hash == Some(h) {
+                if !stable && attempt == 0 && e.hash == Some(&h) {
                     // Torn while hashed, or a cached hash outlived its content: either way it
                     // must not be cached again.
                     self.stale.lock().expect("poisoned").push(src_idx);
@@ -478,7 +478,7 @@ impl<'a> Apply<'a> {
             }
             match r {
                 Ok(n) if stable => {
-                    fsx::set_meta_fresh_fd(dfd.as_fd(), e, self.opts.meta)?;
+                    fsx::set_meta_fresh_fd(dfd.as_fd(), &e, self.opts.meta)?;
                     if self.opts.fsync {
                         fsx::fsync(dfd.as_fd())?;
                     }
@@ -544,14 +544,14 @@ impl<'a> Apply<'a> {
                 let mut cache = DirCache::new(this.dst_root.as_fd());
                 for &k in chunk {
                     let a = &actions[k];
-                    let s = &this.src[a.src as usize];
-                    let (p, n) = split_parent(&s.path);
+                    let s = this.src.at(a.src as usize);
+                    let (p, n) = split_parent(s.path);
                     let r = cache.get(p).and_then(|d| {
                         if a.changes & !change::TIME == 0 {
                             // Only the mtime moved (the common case in an upgrade): one call.
-                            fsx::set_times_at(d, n, s)
+                            fsx::set_times_at(d, n, &s)
                         } else {
-                            fsx::set_meta_at(d, n, s, this.opts.meta)
+                            fsx::set_meta_at(d, n, &s, this.opts.meta)
                         }
                     });
                     if let Err(e) = r {
@@ -570,7 +570,7 @@ impl<'a> Apply<'a> {
                         let a = &actions[k];
                         let loc = this.loc(k).expect("staged");
                         let (p, tmp) = split_parent(&loc);
-                        let name = split_parent(&this.src[a.src as usize].path).1;
+                        let name = split_parent(this.src.path(a.src as usize)).1;
                         let r = cache.get(p).and_then(|d| match a.op {
                             Op::Create => fsx::rename_noreplace_at(d, tmp, name),
                             Op::Replace => {
@@ -627,7 +627,7 @@ impl<'a> Apply<'a> {
                 .plan
                 .actions
                 .iter()
-                .position(|a| a.op == Op::Delete && &self.dst[a.dst as usize].path == p)
+                .position(|a| a.op == Op::Delete && self.dst.path(a.dst as usize) == &p[..])
             {
                 o.done[k] = false;
             }
@@ -670,8 +670,7 @@ impl<'a> Apply<'a> {
                 let mut cache = DirCache::new(this.dst_root.as_fd());
                 let mut local = Vec::with_capacity(chunk.len());
                 for &k in chunk {
-                    let d = &this.dst[actions[k].dst as usize];
-                    let (p, n) = split_parent(&d.path);
+                    let (p, n) = split_parent(this.dst.path(actions[k].dst as usize));
                     local.push((k, cache.get(p).and_then(|dir| fsx::unlink_at(dir, n))));
                     progress.advance(1, 0);
                 }
@@ -680,8 +679,7 @@ impl<'a> Apply<'a> {
         });
         let mut results = outcomes.into_inner().expect("poisoned");
         for &k in &dirs {
-            let d = &self.dst[actions[k].dst as usize];
-            let (p, n) = split_parent(&d.path);
+            let (p, n) = split_parent(self.dst.path(actions[k].dst as usize));
             results.push((k, cache.get(p).and_then(|dir| fsx::rmdir_at(dir, n))));
             progress.advance(1, 0);
         }
@@ -692,7 +690,7 @@ impl<'a> Apply<'a> {
                 Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => self
                     .outcome
                     .kept
-                    .push(self.dst[actions[k].dst as usize].path.clone()),
+                    .push(self.dst.path(actions[k].dst as usize).into()),
                 // The parent is gone (removed or never openable): nothing left to remove.
                 Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {}
                 Err(e) => failures.push((k, e)),
@@ -718,14 +716,14 @@ impl<'a> Apply<'a> {
         let mut dirs: Vec<(&[u8], usize, usize)> = Vec::new();
         let mut j = 0;
         for (i, s) in self.src.iter().enumerate() {
-            if s.kind != Kind::Dir || !touched.contains(&s.path[..]) {
+            if s.kind != Kind::Dir || !touched.contains(s.path) {
                 continue;
             }
-            while j < self.dst.len() && self.dst[j].path < s.path {
+            while j < self.dst.len() && self.dst.path(j) < s.path {
                 j += 1;
             }
-            if j < self.dst.len() && self.dst[j].path == s.path && self.dst[j].kind == Kind::Dir {
-                dirs.push((&s.path, i, j));
+            if j < self.dst.len() && self.dst.path(j) == s.path && self.dst[j].kind == Kind::Dir {
+                dirs.push((s.path, i, j));
             }
         }
         progress.start(Phase::Finalize, dirs.len() as u64);

@@ -10,7 +10,7 @@
 //!
 //! The cache never lives inside a synced tree; see [`crate::journal`] for where it goes.
 
-use crate::entry::{Entry, Hash, Kind, Xattrs};
+use crate::entry::{Ent, Entries, Entry, Hash, Kind, Xattrs};
 
 /// Granularity margin for filesystems with nanosecond timestamps: a kernel tick is at most
 /// 10 ms (HZ=100); we take twice that.
@@ -95,10 +95,10 @@ const END: u32 = u32::MAX;
 /// The entries a cache of `entries` keeps: hashed regular files that rule 1 allows, and with
 /// `xattrs` (the entries' xattrs were read) directories and symlinks, for those alone.
 pub fn records<'a>(
-    entries: impl IntoIterator<Item = &'a Entry>,
+    entries: impl IntoIterator<Item = Ent<'a>>,
     stamp: (i64, u32),
     xattrs: bool,
-) -> impl Iterator<Item = &'a Entry> {
+) -> impl Iterator<Item = Ent<'a>> {
     entries.into_iter().filter(move |e| {
         let wanted = match e.kind {
             Kind::File => e.hash.is_some(),
@@ -106,7 +106,7 @@ pub fn records<'a>(
             Kind::Symlink => xattrs,
             _ => false,
         };
-        wanted && e.path.len() <= MAX_PATH && cacheable(e, stamp)
+        wanted && e.path.len() <= MAX_PATH && cacheable(e.entry(), stamp)
     })
 }
 
@@ -158,7 +158,7 @@ pub struct Filled {
 /// the file is missing or not to be believed.
 pub fn fill_from_file(
     path: &std::path::Path,
-    entries: &mut [Entry],
+    entries: &mut Entries,
     xattrs: bool,
 ) -> Option<Filled> {
     use std::io::{Read, Seek};
@@ -195,12 +195,10 @@ pub fn fill_from_file(
         }),
         None => {
             // Checked, then malformed: nothing it filled may stand.
-            for e in entries.iter_mut() {
-                e.hash = None;
-            }
-            for (e, k) in entries.iter_mut().zip(&known) {
-                if *k {
-                    e.set_xattrs(None);
+            for i in 0..entries.len() {
+                entries.set_hash(i, None);
+                if known.get(i) == Some(&true) {
+                    entries[i].set_xattrs(None);
                 }
             }
             None
@@ -210,7 +208,7 @@ pub fn fill_from_file(
 
 fn fill<R: std::io::Read>(
     r: &mut Reader<R>,
-    entries: &mut [Entry],
+    entries: &mut Entries,
     known: &mut [bool],
     unknown: &mut usize,
 ) -> Option<(usize, usize)> {
@@ -245,12 +243,12 @@ fn fill<R: std::io::Read>(
             },
             xattrs: r.xattrs()?,
         };
-        while j < entries.len() && entries[j].path[..] < r.path[..] {
+        while j < entries.len() && entries.path(j) < &r.path[..] {
             j += 1;
         }
-        if j < entries.len() && entries[j].path[..] == r.path[..] && same_inode(&c, &entries[j]) {
+        if j < entries.len() && entries.path(j) == &r.path[..] && same_inode(&c, &entries[j]) {
             if let Some(h) = reuse(&c, &entries[j]) {
-                entries[j].hash = Some(h);
+                entries.set_hash(j, Some(h));
                 hits += 1;
             }
             if let Some(k) = known.get_mut(j) {
@@ -277,7 +275,7 @@ fn fill<R: std::io::Read>(
 /// "none" means none). Returns the number of records.
 pub fn write_file<'a>(
     path: &std::path::Path,
-    records: impl IntoIterator<Item = &'a Entry>,
+    records: impl IntoIterator<Item = Ent<'a>>,
     stamp: (i64, u32),
     xattrs: bool,
 ) -> std::io::Result<usize> {
@@ -306,7 +304,7 @@ pub fn write_file<'a>(
 
 fn encode<'a, W: std::io::Write>(
     w: &mut W,
-    records: impl IntoIterator<Item = &'a Entry>,
+    records: impl IntoIterator<Item = Ent<'a>>,
     stamp: (i64, u32),
     xattrs: bool,
 ) -> std::io::Result<usize> {
@@ -318,7 +316,7 @@ fn encode<'a, W: std::io::Write>(
     for e in records {
         rec.clear();
         rec.extend_from_slice(&(e.path.len() as u32).to_le_bytes());
-        rec.extend_from_slice(&e.path);
+        rec.extend_from_slice(e.path);
         rec.extend_from_slice(&e.size.to_le_bytes());
         rec.extend_from_slice(&e.mtime.to_le_bytes());
         rec.extend_from_slice(&e.mtime_nsec.to_le_bytes());
@@ -331,7 +329,7 @@ fn encode<'a, W: std::io::Write>(
         match (e.kind, e.hash) {
             (Kind::File, Some(h)) => {
                 rec.push(1);
-                rec.extend_from_slice(&h);
+                rec.extend_from_slice(h);
             }
             _ => rec.push(0),
         }
@@ -434,11 +432,22 @@ mod tests {
     use super::*;
     use crate::scan::entry_from_stat;
 
-    fn entry(dir: &std::path::Path, name: &str) -> Entry {
-        let st = rustix::fs::lstat(dir.join(name)).unwrap();
-        let mut e = entry_from_stat(name.as_bytes().into(), &st);
-        e.hash = Some(*blake3::hash(&std::fs::read(dir.join(name)).unwrap()).as_bytes());
-        e
+    /// The entries at `names` in `dir`, hashed when `hashed`.
+    fn entries(dir: &std::path::Path, names: &[&str], hashed: bool) -> Entries {
+        let mut es = Entries::new();
+        for name in names {
+            let st = rustix::fs::lstat(dir.join(name)).unwrap();
+            let i = es.push(name.as_bytes(), entry_from_stat(&st));
+            if hashed {
+                let h = *blake3::hash(&std::fs::read(dir.join(name)).unwrap()).as_bytes();
+                es.set_hash(i, Some(h));
+            }
+        }
+        es
+    }
+
+    fn no_hashes(es: &Entries) -> bool {
+        es.iter().all(|e| e.hash.is_none())
     }
 
     #[test]
@@ -446,22 +455,21 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("a"), b"one").unwrap();
         std::fs::write(t.path().join("b"), b"two").unwrap();
-        let es = vec![entry(t.path(), "a"), entry(t.path(), "b")];
+        let es = entries(t.path(), &["a", "b"], true);
         // Taken long after the files were written: both may be stored (rule 1).
         let later = (es[0].mtime + 10, 0);
         let p = t.path().join("cache");
         assert_eq!(
-            write_file(&p, records(&es, later, true), later, true).unwrap(),
+            write_file(&p, records(es.iter(), later, true), later, true).unwrap(),
             2
         );
-        let mut fresh = vec![entry(t.path(), "a"), entry(t.path(), "b")];
-        fresh.iter_mut().for_each(|e| e.hash = None);
+        let mut fresh = entries(t.path(), &["a", "b"], false);
         let f = fill_from_file(&p, &mut fresh, true).unwrap();
         assert_eq!(
             (f.hits, f.records, &f.xattrs_known[..]),
             (2, 2, &[true, true][..])
         );
-        assert_eq!(fresh[0].hash, es[0].hash);
+        assert_eq!(fresh.hash(0), es.hash(0));
 
         // Truncated, garbage, other version, one flipped bit: ignored, nothing filled.
         let data = std::fs::read(&p).unwrap();
@@ -474,9 +482,9 @@ mod tests {
             &flipped,
         ] {
             std::fs::write(&p, bad).unwrap();
-            fresh.iter_mut().for_each(|e| e.hash = None);
+            let mut fresh = entries(t.path(), &["a", "b"], false);
             assert!(fill_from_file(&p, &mut fresh, true).is_none());
-            assert!(fresh.iter().all(|e| e.hash.is_none()));
+            assert!(no_hashes(&fresh));
         }
 
         // A correct checksum over a malformed body (the count disagrees, found only after
@@ -487,9 +495,9 @@ mod tests {
         let sum = *blake3::hash(&body).as_bytes();
         body.extend_from_slice(&sum);
         std::fs::write(&p, &body).unwrap();
-        fresh.iter_mut().for_each(|e| e.hash = None);
+        let mut fresh = entries(t.path(), &["a", "b"], false);
         assert!(fill_from_file(&p, &mut fresh, true).is_none());
-        assert!(fresh.iter().all(|e| e.hash.is_none()));
+        assert!(no_hashes(&fresh));
     }
 
     #[test]
@@ -502,21 +510,18 @@ mod tests {
             eprintln!("skipping: no user xattrs on {}: {e}", t.path().display());
             return;
         }
-        let mut e = entry(t.path(), "a");
-        e.set_xattrs(Some(
+        let mut e = entries(t.path(), &["a"], true);
+        e[0].set_xattrs(Some(
             vec![(b"user.k".as_slice().into(), b"v1".as_slice().into())].into(),
         ));
-        let later = (e.ctime + 10, 0);
+        let later = (e[0].ctime + 10, 0);
         let p = t.path().join("cache");
         // A cache written by a run that did (or did not) read xattrs, then loaded.
         let store = |read: bool| {
-            let one = std::slice::from_ref(&e);
-            write_file(&p, records(one, later, read), later, read).unwrap();
+            write_file(&p, records(e.iter(), later, read), later, read).unwrap();
         };
         let load = || {
-            let mut x = entry(t.path(), "a");
-            x.hash = None;
-            let mut now = vec![x];
+            let mut now = entries(t.path(), &["a"], false);
             let got = fill_from_file(&p, &mut now, true).unwrap();
             (got, now)
         };
@@ -525,7 +530,7 @@ mod tests {
         store(true);
         let (got, now) = load();
         assert_eq!(got.xattrs_known, [true]);
-        assert_eq!(now[0].xattrs(), e.xattrs());
+        assert_eq!(now[0].xattrs(), e[0].xattrs());
 
         // Written by a run that did not read them (--no-xattrs): the hash only.
         store(false);
@@ -546,19 +551,14 @@ mod tests {
     fn racy_entries_are_neither_stored_nor_reused() {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("a"), b"one").unwrap();
-        let e = entry(t.path(), "a");
+        let es = entries(t.path(), &["a"], true);
+        let e = &es[0];
         // Rule 1: a stat taken in the same tick as the write is not stored.
         let p = t.path().join("cache");
         let stamp = (e.mtime, e.mtime_nsec);
-        assert_eq!(records(std::slice::from_ref(&e), stamp, true).count(), 0);
+        assert_eq!(records(es.iter(), stamp, true).count(), 0);
         let later = (e.mtime + 10, 0);
-        write_file(
-            &p,
-            records(std::slice::from_ref(&e), later, true),
-            later,
-            true,
-        )
-        .unwrap();
+        write_file(&p, records(es.iter(), later, true), later, true).unwrap();
         // Rule 2: same size, same mtime (set back), new content -> ctime moved -> no reuse.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(t.path().join("a"), b"ONE").unwrap();
@@ -579,12 +579,11 @@ mod tests {
             rustix::fs::AtFlags::empty(),
         )
         .unwrap();
-        let mut now = vec![entry(t.path(), "a")];
+        let mut now = entries(t.path(), &["a"], false);
         assert_eq!(
             (now[0].mtime, now[0].mtime_nsec, now[0].size),
             (e.mtime, e.mtime_nsec, e.size)
         );
-        now[0].hash = None;
         let f = fill_from_file(&p, &mut now, true).unwrap();
         assert_eq!(
             (f.hits, f.records),

@@ -59,13 +59,17 @@ impl Kind {
 /// Content hash (blake3).
 pub type Hash = [u8; 32];
 
+/// No hash known (the value of [`Entry`]'s hash slot).
+const NO_HASH: u32 = u32::MAX;
+
 /// Kept small: a run holds one for every object of both trees, so its size is most of the
-/// run's memory (see the size test below).
-#[derive(Clone, Debug, Default)]
+/// run's memory (see the size test below). Its path and hash live in the [`Entries`] that holds
+/// it: one buffer of paths costs a path's bytes, where one allocation each cost half as much
+/// again, and most entries have no hash.
+#[derive(Clone, Debug)]
 pub struct Entry {
-    /// Path relative to the tree root, `/`-separated, no `.` or `..`; empty for the root.
-    pub path: Box<[u8]>,
-    pub hash: Option<Hash>,
+    /// Where this entry's path starts in its list's path buffer.
+    path_at: u64,
     pub size: u64,
     pub mtime: i64,
     pub ctime: i64,
@@ -73,6 +77,8 @@ pub struct Entry {
     pub dev: u64,
     /// What few entries have (symlink target, xattrs, device number), behind one pointer.
     extra: Option<Box<Extra>>,
+    /// Index into its list's hashes, or [`NO_HASH`].
+    hash_ix: u32,
     /// Permission bits including setuid/setgid/sticky (`mode & 0o7777`).
     pub mode: u32,
     pub uid: u32,
@@ -85,6 +91,29 @@ pub struct Entry {
     pub sparse: bool,
 }
 
+impl Default for Entry {
+    fn default() -> Entry {
+        Entry {
+            path_at: 0,
+            size: 0,
+            mtime: 0,
+            ctime: 0,
+            ino: 0,
+            dev: 0,
+            extra: None,
+            hash_ix: NO_HASH,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            nlink: 0,
+            mtime_nsec: 0,
+            ctime_nsec: 0,
+            kind: Kind::File,
+            sparse: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 struct Extra {
     target: Option<Box<[u8]>>,
@@ -93,17 +122,13 @@ struct Extra {
 }
 
 impl Entry {
-    /// An entry with every other field zero (and no extras).
-    pub fn new(path: Box<[u8]>, kind: Kind) -> Entry {
+    /// An entry with every other field zero (and no extras); its path is given when it is
+    /// pushed onto an [`Entries`].
+    pub fn new(kind: Kind) -> Entry {
         Entry {
-            path,
             kind,
             ..Entry::default()
         }
-    }
-
-    pub fn name(&self) -> &[u8] {
-        crate::fsx::split_parent(&self.path).1
     }
 
     pub fn is_sparse(&self) -> bool {
@@ -166,6 +191,189 @@ impl Entry {
     }
 }
 
+/// One entry with its path and hash, as read from an [`Entries`].
+#[derive(Clone, Copy, Debug)]
+pub struct Ent<'a> {
+    /// Path relative to the tree root, `/`-separated, no `.` or `..`; empty for the root.
+    pub path: &'a [u8],
+    pub hash: Option<&'a Hash>,
+    e: &'a Entry,
+}
+
+impl std::ops::Deref for Ent<'_> {
+    type Target = Entry;
+    fn deref(&self) -> &Entry {
+        self.e
+    }
+}
+
+impl<'a> Ent<'a> {
+    pub fn name(&self) -> &'a [u8] {
+        crate::fsx::split_parent(self.path).1
+    }
+
+    pub fn entry(&self) -> &'a Entry {
+        self.e
+    }
+}
+
+/// A list of entries (one tree's, or a manifest's) with their paths in one buffer, each ended
+/// by a NUL (no path holds one), and the known hashes in another.
+#[derive(Clone, Debug, Default)]
+pub struct Entries {
+    list: Vec<Entry>,
+    paths: Vec<u8>,
+    hashes: Vec<Hash>,
+}
+
+fn path_in(paths: &[u8], at: u64) -> &[u8] {
+    let s = &paths[at as usize..];
+    &s[..memchr::memchr(0, s).expect("paths end with a NUL")]
+}
+
+impl Entries {
+    pub fn new() -> Entries {
+        Entries::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn at(&self, i: usize) -> Ent<'_> {
+        let e = &self.list[i];
+        Ent {
+            path: path_in(&self.paths, e.path_at),
+            hash: self.hashes.get(e.hash_ix as usize),
+            e,
+        }
+    }
+
+    pub fn get(&self, i: usize) -> Option<Ent<'_>> {
+        (i < self.list.len()).then(|| self.at(i))
+    }
+
+    pub fn first(&self) -> Option<Ent<'_>> {
+        self.get(0)
+    }
+
+    pub fn path(&self, i: usize) -> &[u8] {
+        path_in(&self.paths, self.list[i].path_at)
+    }
+
+    pub fn hash(&self, i: usize) -> Option<&Hash> {
+        self.hashes.get(self.list[i].hash_ix as usize)
+    }
+
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = Ent<'_>> + ExactSizeIterator + Clone {
+        (0..self.list.len()).map(|i| self.at(i))
+    }
+
+    /// Adds `e` at `path` (which must not hold a NUL); returns its index.
+    pub fn push(&mut self, path: &[u8], mut e: Entry) -> usize {
+        assert!(memchr::memchr(0, path).is_none(), "a path holds a NUL");
+        e.path_at = self.paths.len() as u64;
+        e.hash_ix = NO_HASH;
+        self.paths.extend_from_slice(path);
+        self.paths.push(0);
+        self.list.push(e);
+        self.list.len() - 1
+    }
+
+    /// Adds a copy of `e` (from this or another list), hash included.
+    pub fn push_ent(&mut self, e: Ent<'_>) -> usize {
+        let i = self.push(e.path, e.e.clone());
+        self.set_hash(i, e.hash.copied());
+        i
+    }
+
+    pub fn set_hash(&mut self, i: usize, h: Option<Hash>) {
+        let e = &mut self.list[i];
+        match h {
+            // The old slot, if any, is left unused: hashes are set once but for rare resets.
+            None => e.hash_ix = NO_HASH,
+            Some(h) if e.hash_ix != NO_HASH => self.hashes[e.hash_ix as usize] = h,
+            Some(h) => {
+                e.hash_ix = u32::try_from(self.hashes.len())
+                    .ok()
+                    .filter(|&n| n != NO_HASH)
+                    .expect("fewer than 4G hashes");
+                self.hashes.push(h);
+            }
+        }
+    }
+
+    /// Moves every entry of `other` to the end of this list.
+    pub fn append(&mut self, other: &mut Entries) {
+        let base = self.paths.len() as u64;
+        let hbase = self.hashes.len();
+        self.list.reserve(other.list.len());
+        for mut e in other.list.drain(..) {
+            e.path_at += base;
+            if e.hash_ix != NO_HASH {
+                e.hash_ix =
+                    u32::try_from(hbase + e.hash_ix as usize).expect("fewer than 4G hashes");
+            }
+            self.list.push(e);
+        }
+        self.paths.append(&mut other.paths);
+        self.hashes.append(&mut other.hashes);
+    }
+
+    /// Sorts by path bytes (parents before their children), in parallel on the current pool.
+    pub fn sort_by_path(&mut self) {
+        use rayon::slice::ParallelSliceMut;
+        let paths = &self.paths;
+        self.list
+            .par_sort_unstable_by(|a, b| path_in(paths, a.path_at).cmp(path_in(paths, b.path_at)));
+    }
+
+    /// The index of `path`, or where it would go, in a list sorted by path.
+    pub fn search(&self, path: &[u8]) -> Result<usize, usize> {
+        self.list
+            .binary_search_by(|e| path_in(&self.paths, e.path_at).cmp(path))
+    }
+
+    /// Keeps the entries `keep` accepts (their paths' bytes stay in the buffer).
+    pub fn retain(&mut self, mut keep: impl FnMut(Ent<'_>) -> bool) {
+        let (paths, hashes) = (&self.paths, &self.hashes);
+        self.list.retain(|e| {
+            keep(Ent {
+                path: path_in(paths, e.path_at),
+                hash: hashes.get(e.hash_ix as usize),
+                e,
+            })
+        });
+    }
+}
+
+impl std::ops::Index<usize> for Entries {
+    type Output = Entry;
+    fn index(&self, i: usize) -> &Entry {
+        &self.list[i]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Entries {
+    fn index_mut(&mut self, i: usize) -> &mut Entry {
+        &mut self.list[i]
+    }
+}
+
+impl<'a> FromIterator<Ent<'a>> for Entries {
+    fn from_iter<I: IntoIterator<Item = Ent<'a>>>(it: I) -> Entries {
+        let mut out = Entries::new();
+        for e in it {
+            out.push_ent(e);
+        }
+        out
+    }
+}
+
 /// Shows a relative path for humans: UTF-8 as is, other bytes as `\xNN`; the root as `.`.
 pub fn display_path(p: &[u8]) -> String {
     if p.is_empty() {
@@ -208,7 +416,7 @@ mod tests {
     fn entry_stays_small() {
         // One per object of both trees: 200k-file trees hold 400k of them.
         assert!(
-            std::mem::size_of::<Entry>() <= 128,
+            std::mem::size_of::<Entry>() <= 88,
             "{}",
             std::mem::size_of::<Entry>()
         );
@@ -224,5 +432,44 @@ mod tests {
         e.set_target(None);
         e.set_rdev(0);
         assert!(e.extra.is_none());
+    }
+
+    #[test]
+    fn entries_keep_paths_and_hashes_apart() {
+        let mut a = Entries::new();
+        a.push(b"b", Entry::new(Kind::File));
+        a.push(b"", Entry::new(Kind::Dir));
+        a.set_hash(0, Some([1; 32]));
+        let mut b = Entries::new();
+        b.push(b"a/x", Entry::new(Kind::File));
+        b.set_hash(0, Some([2; 32]));
+        b.push(b"a", Entry::new(Kind::Dir));
+        a.append(&mut b);
+        assert!(b.is_empty());
+        a.sort_by_path();
+        let got: Vec<_> = a
+            .iter()
+            .map(|e| (e.path, e.hash.copied(), e.kind))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (&b""[..], None, Kind::Dir),
+                (b"a", None, Kind::Dir),
+                (b"a/x", Some([2; 32]), Kind::File),
+                (b"b", Some([1; 32]), Kind::File),
+            ]
+        );
+        assert_eq!((a.search(b"a/x"), a.search(b"a/y")), (Ok(2), Err(3)));
+        a.set_hash(3, Some([3; 32]));
+        a.set_hash(2, None);
+        assert_eq!((a.hash(2), a.hash(3)), (None, Some(&[3; 32])));
+        a.retain(|e| e.kind == Kind::File);
+        assert_eq!(
+            a.iter().map(|e| e.path).collect::<Vec<_>>(),
+            [&b"a/x"[..], b"b"]
+        );
+        let c: Entries = a.iter().rev().collect();
+        assert_eq!((c.path(0), c.hash(0)), (&b"b"[..], Some(&[3; 32])));
     }
 }

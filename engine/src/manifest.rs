@@ -21,7 +21,7 @@ use std::fs;
 use std::io::{BufRead, BufWriter, Write};
 use std::path::Path;
 
-use crate::entry::{Entry, Kind};
+use crate::entry::{Ent, Entries, Entry, Hash, Kind};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::{from_hex, to_hex};
 
@@ -34,7 +34,7 @@ pub struct Manifest {
     /// When the stats were taken (seconds, nanoseconds).
     pub stamp: (i64, u32),
     /// Sorted by path.
-    pub entries: Vec<Entry>,
+    pub entries: Entries,
 }
 
 pub fn escape(out: &mut Vec<u8>, b: &[u8]) {
@@ -70,11 +70,11 @@ pub fn unescape(s: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn write_entry(out: &mut Vec<u8>, e: &Entry, stat_fields: bool) {
+fn write_entry(out: &mut Vec<u8>, e: Ent<'_>, stat_fields: bool) {
     if e.path.is_empty() {
         out.push(b'.');
     } else {
-        escape(out, &e.path);
+        escape(out, e.path);
     }
     let _ = write!(
         out,
@@ -88,7 +88,7 @@ fn write_entry(out: &mut Vec<u8>, e: &Entry, stat_fields: bool) {
     );
     if e.kind == Kind::File {
         let _ = write!(out, " size={}", e.size);
-        if let Some(h) = &e.hash {
+        if let Some(h) = e.hash {
             let _ = write!(out, " blake3={}", to_hex(h));
         }
     }
@@ -126,13 +126,13 @@ fn write_entry(out: &mut Vec<u8>, e: &Entry, stat_fields: bool) {
 pub fn write_to<W: Write>(
     w: &mut W,
     stamp: (i64, u32),
-    entries: &[Entry],
+    entries: &Entries,
     stat_fields: bool,
 ) -> std::io::Result<()> {
     writeln!(w, "{MAGIC} {FORMAT_VERSION}")?;
     writeln!(w, "#stamp {}.{:09}", stamp.0, stamp.1)?;
     let mut line = Vec::with_capacity(256);
-    for e in entries {
+    for e in entries.iter() {
         line.clear();
         write_entry(&mut line, e, stat_fields);
         w.write_all(&line)?;
@@ -146,7 +146,7 @@ pub fn write_to<W: Write>(
 fn write_impl(
     path: &Path,
     stamp: (i64, u32),
-    entries: &[Entry],
+    entries: &Entries,
     stat_fields: bool,
     durable: bool,
 ) -> Result<()> {
@@ -197,7 +197,7 @@ pub fn write_file(path: &Path, m: &Manifest, stat_fields: bool) -> Result<()> {
 pub fn write_entries(
     path: &Path,
     stamp: (i64, u32),
-    entries: &[Entry],
+    entries: &Entries,
     stat_fields: bool,
 ) -> Result<()> {
     write_impl(path, stamp, entries, stat_fields, false)
@@ -217,7 +217,10 @@ fn time(v: &[u8]) -> Option<(i64, u32)> {
     Some((a.parse().ok()?, ns))
 }
 
-fn parse_line(line: &[u8]) -> std::result::Result<Entry, String> {
+/// One line: the entry's path, the entry, its hash.
+type Line = (Vec<u8>, Entry, Option<Hash>);
+
+fn parse_line(line: &[u8]) -> std::result::Result<Line, String> {
     let mut toks = line.split(|&b| b == b' ').filter(|t| !t.is_empty());
     let p = toks.next().ok_or("empty line")?;
     let path = if p == b"." {
@@ -242,7 +245,8 @@ fn parse_line(line: &[u8]) -> std::result::Result<Entry, String> {
         .and_then(|k| std::str::from_utf8(k).ok())
         .and_then(Kind::from_name)
         .ok_or("missing or unknown type")?;
-    let mut e = Entry::new(path.into_boxed_slice(), kind);
+    let mut e = Entry::new(kind);
+    let mut hash = None;
     e.nlink = 1;
     let mut blocks = None;
     let mut xattrs = Vec::new();
@@ -276,7 +280,7 @@ fn parse_line(line: &[u8]) -> std::result::Result<Entry, String> {
             b"mtime" => (e.mtime, e.mtime_nsec) = time(v).ok_or_else(bad)?,
             b"ctime" => (e.ctime, e.ctime_nsec) = time(v).ok_or_else(bad)?,
             b"blake3" => {
-                e.hash = Some(
+                hash = Some(
                     std::str::from_utf8(v)
                         .ok()
                         .and_then(from_hex)
@@ -306,7 +310,7 @@ fn parse_line(line: &[u8]) -> std::result::Result<Entry, String> {
         xattrs.sort();
         e.set_xattrs(Some(xattrs.into_boxed_slice()));
     }
-    Ok(e)
+    Ok((path, e, hash))
 }
 
 /// Parses a manifest. Errors name the file and line; a manifest from a newer format version is
@@ -346,15 +350,18 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<Manifest> {
             }
             continue;
         }
-        m.entries.push(parse_line(line).map_err(|w| err(i + 1, w))?);
+        let (path, e, hash) = parse_line(line).map_err(|w| err(i + 1, w))?;
+        let k = m.entries.push(&path, e);
+        m.entries.set_hash(k, hash);
     }
-    let sorted = m.entries.windows(2).all(|w| w[0].path < w[1].path);
+    let es = &mut m.entries;
+    let sorted = (1..es.len()).all(|i| es.path(i - 1) < es.path(i));
     if !sorted {
-        m.entries.sort_by(|a, b| a.path.cmp(&b.path));
-        if let Some(w) = m.entries.windows(2).find(|w| w[0].path == w[1].path) {
+        es.sort_by_path();
+        if let Some(i) = (1..es.len()).find(|&i| es.path(i - 1) == es.path(i)) {
             return Err(err(
                 0,
-                format!("duplicate path {}", crate::entry::display_path(&w[0].path)),
+                format!("duplicate path {}", crate::entry::display_path(es.path(i))),
             ));
         }
     }
@@ -378,15 +385,15 @@ pub fn read_from(path: &Path, r: impl BufRead) -> Result<Manifest> {
 mod tests {
     use super::*;
 
-    fn entry(path: &[u8], kind: Kind) -> Entry {
-        let mut e = Entry::new(path.into(), kind);
+    fn entry(kind: Kind) -> Entry {
+        let mut e = Entry::new(kind);
         (e.mode, e.uid, e.gid, e.nlink) = (0o644, 1, 2, 1);
         (e.mtime, e.mtime_nsec, e.ctime, e.ctime_nsec) = (1_700_000_000, 5, 1_700_000_001, 7);
         (e.ino, e.dev) = (42, 9);
         e
     }
 
-    fn round_trip(entries: &[Entry], stat_fields: bool) -> Vec<Entry> {
+    fn round_trip(entries: &Entries, stat_fields: bool) -> Entries {
         let mut out = Vec::new();
         write_to(&mut out, (1, 2), entries, stat_fields).unwrap();
         let m = parse(Path::new("m"), &out).unwrap();
@@ -396,24 +403,29 @@ mod tests {
 
     #[test]
     fn every_kind_of_field_round_trips() {
-        let mut root = entry(b"", Kind::Dir);
+        let mut root = entry(Kind::Dir);
         root.set_xattrs(Some(
             vec![(b"user.a b".as_slice().into(), b"v\n=1".as_slice().into())].into(),
         ));
-        let mut file = entry(b"d/f\xffile", Kind::File);
-        (file.size, file.sparse, file.hash) = (1 << 20, true, Some([7; 32]));
-        let mut link = entry(b"d/l", Kind::Symlink);
+        let mut file = entry(Kind::File);
+        (file.size, file.sparse) = (1 << 20, true);
+        let mut link = entry(Kind::Symlink);
         link.set_target(Some(b"../x y".as_slice().into()));
-        let mut dev = entry(b"d/null", Kind::Char);
+        let mut dev = entry(Kind::Char);
         dev.set_rdev(0x103);
-        let all = [root, file, link, dev];
+        let mut all = Entries::new();
+        all.push(b"", root);
+        let f = all.push(b"d/f\xffile", file);
+        all.set_hash(f, Some([7; 32]));
+        all.push(b"d/l", link);
+        all.push(b"d/null", dev);
         for stat_fields in [false, true] {
             let back = round_trip(&all, stat_fields);
             assert_eq!(back.len(), all.len());
-            for (a, b) in all.iter().zip(&back) {
+            for (a, b) in all.iter().zip(back.iter()) {
                 assert_eq!(
-                    (&a.path, a.kind, a.mode, a.size),
-                    (&b.path, b.kind, b.mode, b.size)
+                    (a.path, a.kind, a.mode, a.size),
+                    (b.path, b.kind, b.mode, b.size)
                 );
                 assert_eq!((a.mtime, a.mtime_nsec), (b.mtime, b.mtime_nsec));
                 assert_eq!((a.hash, a.sparse), (b.hash, b.sparse));
@@ -438,7 +450,7 @@ mod tests {
             dense file mode=644 uid=0 gid=0 mtime=1.0 size=8192 blocks=16\n\
             holey file mode=644 uid=0 gid=0 mtime=1.0 blocks=8 size=1048576\n";
         let m = parse(Path::new("m"), text).unwrap();
-        let sparse: Vec<bool> = m.entries.iter().map(Entry::is_sparse).collect();
+        let sparse: Vec<bool> = m.entries.iter().map(|e| e.is_sparse()).collect();
         assert_eq!(sparse, [false, false, true]);
     }
 }

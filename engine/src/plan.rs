@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 
-use crate::entry::{Entry, Kind};
+use crate::entry::{Entries, Entry, Kind};
 
 pub const NONE: u32 = u32::MAX;
 
@@ -83,22 +83,26 @@ impl Plan {
         self.actions.is_empty()
     }
 
-    pub fn path<'a>(&self, a: &Action, src: &'a [Entry], dst: &'a [Entry]) -> &'a [u8] {
-        if a.src != NONE {
-            &src[a.src as usize].path
-        } else {
-            &dst[a.dst as usize].path
-        }
+    pub fn path<'a>(&self, a: &Action, src: &'a Entries, dst: &'a Entries) -> &'a [u8] {
+        action_path(a, src, dst)
     }
 }
 
 /// Indices of source and destination files that must be hashed before planning: every pair of
 /// regular files of equal, non-zero size whose hash is not yet known.
-pub fn hash_needs(src: &[Entry], dst: &[Entry]) -> (Vec<usize>, Vec<usize>) {
+fn action_path<'a>(a: &Action, src: &'a Entries, dst: &'a Entries) -> &'a [u8] {
+    if a.src != NONE {
+        src.path(a.src as usize)
+    } else {
+        dst.path(a.dst as usize)
+    }
+}
+
+pub fn hash_needs(src: &Entries, dst: &Entries) -> (Vec<usize>, Vec<usize>) {
     let (mut s, mut d) = (Vec::new(), Vec::new());
     merge(src, dst, |i, j| {
         if let (Some(i), Some(j)) = (i, j) {
-            let (a, b) = (&src[i], &dst[j]);
+            let (a, b) = (src.at(i), dst.at(j));
             if a.kind == Kind::File && b.kind == Kind::File && a.size == b.size && a.size > 0 {
                 if a.hash.is_none() {
                     s.push(i);
@@ -113,13 +117,15 @@ pub fn hash_needs(src: &[Entry], dst: &[Entry]) -> (Vec<usize>, Vec<usize>) {
 }
 
 /// Calls `f` for every path in either list, in order, with its index on each side.
-fn merge(src: &[Entry], dst: &[Entry], mut f: impl FnMut(Option<usize>, Option<usize>)) {
+fn merge(src: &Entries, dst: &Entries, mut f: impl FnMut(Option<usize>, Option<usize>)) {
     let (mut i, mut j) = (0, 0);
     while i < src.len() || j < dst.len() {
-        let ord = match (src.get(i), dst.get(j)) {
-            (Some(a), Some(b)) => a.path.cmp(&b.path),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            _ => std::cmp::Ordering::Greater,
+        let ord = if i < src.len() && j < dst.len() {
+            src.path(i).cmp(dst.path(j))
+        } else if i < src.len() {
+            std::cmp::Ordering::Less
+        } else {
+            std::cmp::Ordering::Greater
         };
         match ord {
             std::cmp::Ordering::Less => {
@@ -170,7 +176,7 @@ pub fn meta_changes(s: &Entry, d: &Entry, o: PlanOpts) -> u16 {
 }
 
 /// Source hard-link groups: leader index per multiply-linked file (the first path of the group).
-fn groups(entries: &[Entry]) -> HashMap<(u64, u64), Vec<usize>> {
+fn groups(entries: &Entries) -> HashMap<(u64, u64), Vec<usize>> {
     let mut g: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
         if e.is_multi_linked() {
@@ -182,16 +188,12 @@ fn groups(entries: &[Entry]) -> HashMap<(u64, u64), Vec<usize>> {
 }
 
 /// Computes the plan. `src` and `dst` are sorted by path and start with the root (`""`).
-pub fn plan(src: &[Entry], dst: &[Entry], o: PlanOpts) -> Plan {
+pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
     let sgroups = groups(src);
     let dgroups = groups(dst);
     // Only hard-link groups look destination files up by path, and `dst` is sorted: a map of
     // every destination file cost a no-op run more time and memory than all groups together.
-    let dst_file = |p: &[u8]| {
-        dst.binary_search_by(|e| e.path[..].cmp(p))
-            .ok()
-            .filter(|&j| dst[j].kind == Kind::File)
-    };
+    let dst_file = |p: &[u8]| dst.search(p).ok().filter(|&j| dst[j].kind == Kind::File);
 
     // Per source file: Some(leader) if it belongs to a group whose destination linking differs.
     let mut src_group_of: HashMap<usize, usize> = HashMap::new();
@@ -202,7 +204,7 @@ pub fn plan(src: &[Entry], dst: &[Entry], o: PlanOpts) -> Plan {
         let mut key = None;
         for &m in members {
             src_group_of.insert(m, leader);
-            match dst_file(&src[m].path) {
+            match dst_file(src.path(m)) {
                 Some(j) => {
                     let k = (dst[j].dev, dst[j].ino);
                     if key.is_some_and(|x| x != k) {
@@ -242,27 +244,27 @@ pub fn plan(src: &[Entry], dst: &[Entry], o: PlanOpts) -> Plan {
         };
         match (i, j) {
             (Some(i), None) => {
-                let s = &src[i];
-                let inside = is_under(&new_dirs, &s.path);
+                let s = src.at(i);
+                let inside = is_under(&new_dirs, s.path);
                 if s.kind == Kind::Dir {
-                    new_dirs.insert(&s.path, ());
+                    new_dirs.insert(s.path, ());
                 }
                 let mut a = mk(Op::Create, change::NEW);
                 a.inside = inside;
                 actions.push(a);
             }
             (None, Some(j)) => {
-                let d = &dst[j];
-                let covered = is_under(&gone_dirs, &d.path);
+                let d = dst.at(j);
+                let covered = is_under(&gone_dirs, d.path);
                 if covered && d.kind == Kind::Dir {
-                    gone_dirs.insert(&d.path, ());
+                    gone_dirs.insert(d.path, ());
                 }
                 let mut a = mk(Op::Delete, 0);
                 a.covered = covered;
                 actions.push(a);
             }
             (Some(i), Some(j)) => {
-                let (s, d) = (&src[i], &dst[j]);
+                let (s, d) = (src.at(i), dst.at(j));
                 if s.kind != d.kind {
                     let op = if s.kind == Kind::Dir || d.kind == Kind::Dir {
                         Op::Exchange
@@ -270,15 +272,15 @@ pub fn plan(src: &[Entry], dst: &[Entry], o: PlanOpts) -> Plan {
                         Op::Replace
                     };
                     if s.kind == Kind::Dir {
-                        new_dirs.insert(&s.path, ());
+                        new_dirs.insert(s.path, ());
                     }
                     if d.kind == Kind::Dir {
-                        gone_dirs.insert(&d.path, ());
+                        gone_dirs.insert(d.path, ());
                     }
                     actions.push(mk(op, change::NEW | change::TYPE));
                     return;
                 }
-                let meta = meta_changes(s, d, o);
+                let meta = meta_changes(&s, &d, o);
                 let mut content = 0;
                 match s.kind {
                     Kind::File => {
@@ -355,7 +357,7 @@ pub fn plan(src: &[Entry], dst: &[Entry], o: PlanOpts) -> Plan {
                 }
                 None => {
                     // Unchanged member of a group being restaged: it joins the new inode.
-                    let Some(j) = dst_file(&src[m].path) else {
+                    let Some(j) = dst_file(src.path(m)) else {
                         continue; // not there: it has an action of its own
                     };
                     extra.push(Action {
@@ -373,19 +375,7 @@ pub fn plan(src: &[Entry], dst: &[Entry], o: PlanOpts) -> Plan {
     }
     if !extra.is_empty() {
         actions.extend(extra);
-        actions.sort_by(|a, b| {
-            let pa = if a.src != NONE {
-                &src[a.src as usize].path
-            } else {
-                &dst[a.dst as usize].path
-            };
-            let pb = if b.src != NONE {
-                &src[b.src as usize].path
-            } else {
-                &dst[b.dst as usize].path
-            };
-            pa.cmp(pb)
-        });
+        actions.sort_by(|a, b| action_path(a, src, dst).cmp(action_path(b, src, dst)));
     }
     // Followers link to the first member (in path order) that is itself staged — including a
     // member that replaces a directory (Exchange), else it would be staged as a lone copy.
@@ -407,7 +397,7 @@ pub fn plan(src: &[Entry], dst: &[Entry], o: PlanOpts) -> Plan {
 }
 
 /// The 11-character rsync-style change code of an action (`*deleting  ` for deletes).
-pub fn itemize(a: &Action, src: &[Entry]) -> String {
+pub fn itemize(a: &Action, src: &Entries) -> String {
     if a.op == Op::Delete {
         return "*deleting  ".into();
     }

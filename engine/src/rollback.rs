@@ -24,7 +24,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::apply::{clean_leftovers, Apply, ApplyOpts, Outcome};
-use crate::entry::{Entry, Kind};
+use crate::entry::{Ent, Entries, Kind};
 use crate::error::{Error, IoContext, Result};
 use crate::fsx::{self, split_parent, MetaOpts};
 use crate::journal::{Lock, StateDir};
@@ -75,7 +75,7 @@ pub fn store_dir(state: &StateDir, dst: &Path) -> Result<PathBuf> {
 pub fn preserve(
     store: &Path,
     dst: &Path,
-    old: &[Entry],
+    old: &Entries,
     plan: &Plan,
     source: &Path,
     excludes: &[String],
@@ -111,7 +111,7 @@ pub fn preserve(
     fs::write(partial.join("info"), info).at(partial.join("info"))?;
 
     // Directories are recorded in the manifest; their children have their own actions.
-    let keep: Vec<(u32, &Entry)> = doomed(old, plan).map(|j| (j, &old[j as usize])).collect();
+    let keep: Vec<(u32, Ent<'_>)> = doomed(old, plan).map(|j| (j, old.at(j as usize))).collect();
     link_kept(dst, &files, &keep, pool)?;
     let dir = store.join(format!("gen-{id:06}"));
     fs::rename(&partial, &dir).at(&dir)?;
@@ -126,7 +126,7 @@ pub fn preserve(
 
 /// Destination entries (indices into `old`) that `plan` replaces or removes and that are not
 /// directories (those live on in the manifest; their children have their own actions).
-fn doomed<'a>(old: &'a [Entry], plan: &'a Plan) -> impl Iterator<Item = u32> + 'a {
+fn doomed<'a>(old: &'a Entries, plan: &'a Plan) -> impl Iterator<Item = u32> + 'a {
     plan.actions
         .iter()
         .filter(|a| a.dst != NONE && matches!(a.op, Op::Replace | Op::Exchange | Op::Delete))
@@ -138,7 +138,7 @@ fn doomed<'a>(old: &'a [Entry], plan: &'a Plan) -> impl Iterator<Item = u32> + '
 fn link_kept(
     dst: &Path,
     files: &Path,
-    keep: &[(u32, &Entry)],
+    keep: &[(u32, Ent<'_>)],
     pool: &rayon::ThreadPool,
 ) -> Result<()> {
     let root = fsx::open_root_nofollow(dst).at(dst)?;
@@ -149,7 +149,7 @@ fn link_kept(
         keep.par_chunks(64).for_each(|chunk| {
             let mut last: Option<(&[u8], std::os::fd::OwnedFd)> = None;
             for &(j, e) in chunk {
-                let (p, n) = split_parent(&e.path);
+                let (p, n) = split_parent(e.path);
                 let r = (|| -> io::Result<()> {
                     if last.as_ref().is_none_or(|(lp, _)| *lp != p) {
                         last = Some((p, fsx::open_dir_beneath(root.as_fd(), p)?));
@@ -169,7 +169,7 @@ fn link_kept(
                     Err(err) => {
                         let mut f = first_err.lock().expect("poisoned");
                         if f.is_none() {
-                            *f = Some(Error::io(dst.join(fsx::os(&e.path)), err));
+                            *f = Some(Error::io(dst.join(fsx::os(e.path)), err));
                         }
                     }
                 }
@@ -204,7 +204,7 @@ pub fn finish_interrupted(store: &Path) -> Result<()> {
 fn resume(
     g: &Generation,
     dst: &Path,
-    cur: &[Entry],
+    cur: &Entries,
     plan: &Plan,
     pool: &rayon::ThreadPool,
 ) -> Result<()> {
@@ -213,12 +213,12 @@ fn resume(
         .entries
         .iter()
         .enumerate()
-        .map(|(j, e)| (&e.path[..], (j as u32, e.dev, e.ino)))
+        .map(|(j, e)| (e.path, (j as u32, e.dev, e.ino)))
         .collect();
-    let keep: Vec<(u32, &Entry)> = doomed(cur, plan)
+    let keep: Vec<(u32, Ent<'_>)> = doomed(cur, plan)
         .filter_map(|i| {
-            let e = &cur[i as usize];
-            match orig.get(&e.path[..]) {
+            let e = cur.at(i as usize);
+            match orig.get(e.path) {
                 Some(&(j, dev, ino)) if dev == e.dev && ino == e.ino => Some((j, e)),
                 _ => None,
             }
@@ -279,8 +279,8 @@ pub fn prune_generations(store: &Path, keep: usize) -> Result<()> {
 /// What a rollback did (or, dry run, would do).
 pub struct RollbackResult {
     pub generation: Generation,
-    pub old: Vec<Entry>,
-    pub cur: Vec<Entry>,
+    pub old: Entries,
+    pub cur: Entries,
     pub plan: Plan,
     pub outcome: Option<Outcome>,
 }
@@ -347,30 +347,36 @@ pub fn rollback(
         .entries
         .iter()
         .enumerate()
-        .map(|(i, e)| (&e.path[..], i))
+        .map(|(i, e)| (e.path, i))
         .collect();
     let mut cur_hashes: Vec<Option<crate::entry::Hash>> = vec![None; cur.entries.len()];
-    for (j, o) in old.iter_mut().enumerate() {
+    let mut old_hashes: Vec<(usize, crate::entry::Hash)> = Vec::new();
+    for (j, o) in old.iter().enumerate() {
         if o.kind != Kind::File {
             continue;
         }
-        match cur_by_path.get(&o.path[..]) {
+        let h = match cur_by_path.get(o.path) {
             Some(&i) if cur.entries[i].kind == Kind::File => {
                 let c = &cur.entries[i];
                 if c.dev == o.dev && c.ino == o.ino {
                     let h = synthetic(b"inode", c.dev, c.ino);
-                    o.hash = Some(h);
                     cur_hashes[i] = Some(h);
+                    h
                 } else {
-                    o.hash = Some(synthetic(b"old", j as u64, 0));
                     cur_hashes[i] = Some(synthetic(b"cur", i as u64, 0));
+                    synthetic(b"old", j as u64, 0)
                 }
             }
-            _ => o.hash = Some(synthetic(b"old", j as u64, 0)),
-        }
+            _ => synthetic(b"old", j as u64, 0),
+        };
+        old_hashes.push((j, h));
+    }
+    drop(cur_by_path);
+    for (j, h) in old_hashes {
+        old.set_hash(j, Some(h));
     }
     for (i, h) in cur_hashes.into_iter().enumerate() {
-        cur.entries[i].hash = h;
+        cur.entries.set_hash(i, h);
     }
     let popts = PlanOpts {
         owner: opts.owner,
@@ -403,7 +409,7 @@ pub fn rollback(
             map.insert(a.src, rel.into_bytes().into());
         } else if let Some(&i) = by_inode.get(&(o.dev, o.ino)) {
             if !opts.dry_run {
-                let p = dst.join(fsx::os(&cur.entries[i].path));
+                let p = dst.join(fsx::os(cur.entries.path(i)));
                 fs::hard_link(&p, &kept).at(&p)?;
             }
             map.insert(a.src, rel.into_bytes().into());

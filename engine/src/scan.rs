@@ -17,7 +17,7 @@ use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 use rustix::fs::{self as rfs, Mode, OFlags};
 
-use crate::entry::{join, Entry, Kind};
+use crate::entry::{join, Ent, Entries, Entry, Kind};
 use crate::error::{Error, IoContext, Result};
 use crate::fsx;
 
@@ -95,7 +95,7 @@ pub struct ScanOpts<'a> {
 #[derive(Default)]
 pub struct Scan {
     /// Sorted by path; the root is first with an empty path.
-    pub entries: Vec<Entry>,
+    pub entries: Entries,
     /// Entries that could not be read, with the cause.
     pub errors: Vec<(Box<[u8]>, io::Error)>,
     /// Directories whose listing is incomplete: nothing below them may be treated as absent.
@@ -124,7 +124,7 @@ struct Ctx<'a> {
 pub fn scan_tree(root: &Path, pool: &rayon::ThreadPool, opts: &ScanOpts<'_>) -> Result<Scan> {
     let fd = fsx::open_root(root).at(root)?;
     let st = fsx::fstat(fd.as_fd()).at(root)?;
-    let mut top = entry_from_stat(Vec::new().into(), &st);
+    let mut top = entry_from_stat(&st);
     if top.kind != Kind::Dir {
         return Err(Error::bad(root, "not a directory"));
     }
@@ -138,9 +138,8 @@ pub fn scan_tree(root: &Path, pool: &rayon::ThreadPool, opts: &ScanOpts<'_>) -> 
     let fd = Arc::new(fd);
     pool.scope(|s| walk_dir(s, fd, Vec::new(), &ctx));
     let mut scan = ctx.out.into_inner().expect("walker panicked");
-    scan.entries.push(top);
-    scan.entries
-        .par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    scan.entries.push(b"", top);
+    scan.entries.sort_by_path();
     scan.leftovers.sort();
     // A wide directory's chunks may each have reported it.
     for v in [&mut scan.holds_excluded, &mut scan.incomplete] {
@@ -200,7 +199,7 @@ fn stat_names<'s>(
     names: Vec<Vec<u8>>,
     ctx: &'s Ctx<'s>,
 ) {
-    let mut local: Vec<Entry> = Vec::with_capacity(names.len());
+    let mut local = Entries::new();
     let mut errors: Vec<(Box<[u8]>, io::Error)> = Vec::new();
     let mut leftovers = Vec::new();
     let mut vanished = Vec::new();
@@ -232,9 +231,9 @@ fn stat_names<'s>(
                 continue;
             }
         };
-        let mut e = entry_from_stat(path.into_boxed_slice(), &st);
+        let mut e = entry_from_stat(&st);
         let is_dir = e.kind == Kind::Dir;
-        if !ctx.opts.excludes.is_empty() && ctx.opts.excludes.matches(&e.path, &name, is_dir) {
+        if !ctx.opts.excludes.is_empty() && ctx.opts.excludes.matches(&path, &name, is_dir) {
             holds_excluded = true;
             continue;
         }
@@ -242,7 +241,7 @@ fn stat_names<'s>(
             match fsx::read_link_at(dir.as_fd(), &cname) {
                 Ok(t) => e.set_target(Some(t.into_boxed_slice())),
                 Err(err) => {
-                    errors.push((e.path.clone(), err));
+                    errors.push((path.into(), err));
                     continue;
                 }
             }
@@ -251,11 +250,11 @@ fn stat_names<'s>(
             match fsx::read_xattrs_at(dir.as_fd(), &name) {
                 Ok(x) => e.set_xattrs(x),
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                    vanished.push(e.path);
+                    vanished.push(path.into());
                     continue;
                 }
                 Err(err) => {
-                    errors.push((e.path.clone(), err));
+                    errors.push((path.into(), err));
                     continue;
                 }
             }
@@ -263,10 +262,10 @@ fn stat_names<'s>(
         if is_dir {
             // Opened when the task runs, not now: a directory with thousands of subdirectories
             // would otherwise hold one fd per queued task and run out of descriptors.
-            let (parent, child_rel) = (dir.clone(), e.path.to_vec());
+            let (parent, child_rel) = (dir.clone(), path.clone());
             s.spawn(move |s| open_and_walk(s, &parent, cname, child_rel, ctx));
         }
-        local.push(e);
+        local.push(&path, e);
     }
     let mut out = ctx.out.lock().expect("poisoned");
     out.entries.append(&mut local);
@@ -283,9 +282,9 @@ fn stat_names<'s>(
 
 // stat field widths differ between targets; the casts are no-ops only on some.
 #[allow(clippy::unnecessary_cast)]
-pub fn entry_from_stat(path: Box<[u8]>, st: &rfs::Stat) -> Entry {
+pub fn entry_from_stat(st: &rfs::Stat) -> Entry {
     let kind = fsx::kind_of(st.st_mode as u32);
-    let mut e = Entry::new(path, kind);
+    let mut e = Entry::new(kind);
     e.mode = st.st_mode as u32 & 0o7777;
     (e.uid, e.gid) = (st.st_uid, st.st_gid);
     if kind == Kind::File || kind == Kind::Symlink {
@@ -316,14 +315,14 @@ pub fn read_xattrs(
         .filter(|&i| !known.get(i).copied().unwrap_or(false))
         .collect();
     let read = in_dir_runs(rootfd.as_fd(), &scan.entries, &need, pool, |dir, e| {
-        fsx::read_xattrs_at(dir, fsx::split_parent(&e.path).1)
+        fsx::read_xattrs_at(dir, e.name())
     });
     let mut dropped: Vec<Box<[u8]>> = Vec::new();
     for (i, r) in read {
         match r {
             Ok(x) => scan.entries[i].set_xattrs(x),
             Err(e) => {
-                let p = scan.entries[i].path.clone();
+                let p: Box<[u8]> = scan.entries.path(i).into();
                 if e.kind() == io::ErrorKind::NotFound {
                     scan.vanished.push(p.clone());
                 } else {
@@ -337,7 +336,7 @@ pub fn read_xattrs(
         // Checked by ancestors, not pairwise: thousands of unreadable entries stay cheap.
         let gone: std::collections::HashSet<Box<[u8]>> = dropped.into_iter().collect();
         scan.entries.retain(|e| {
-            let mut p: &[u8] = &e.path;
+            let mut p: &[u8] = e.path;
             while !p.is_empty() {
                 if gone.contains(p) {
                     return false;
@@ -355,10 +354,10 @@ pub fn read_xattrs(
 /// A directory that cannot be opened is every one of its entries' error.
 pub fn in_dir_runs<T: Send>(
     root: BorrowedFd<'_>,
-    entries: &[Entry],
+    entries: &Entries,
     need: &[usize],
     pool: &rayon::ThreadPool,
-    f: impl Fn(BorrowedFd<'_>, &Entry) -> io::Result<T> + Sync,
+    f: impl Fn(BorrowedFd<'_>, Ent<'_>) -> io::Result<T> + Sync,
 ) -> Vec<(usize, io::Result<T>)> {
     pool.install(|| {
         need.par_chunks(32)
@@ -366,8 +365,8 @@ pub fn in_dir_runs<T: Send>(
                 let mut dir: Option<(&[u8], io::Result<OwnedFd>)> = None;
                 let mut out = Vec::with_capacity(chunk.len());
                 for &i in chunk {
-                    let e = &entries[i];
-                    let parent = fsx::split_parent(&e.path).0;
+                    let e = entries.at(i);
+                    let parent = fsx::split_parent(e.path).0;
                     if dir.as_ref().is_none_or(|(p, _)| *p != parent) {
                         dir = Some((parent, fsx::open_dir_beneath(root, parent)));
                     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::apply::{clean_leftovers, Apply, ApplyOpts, EntryError, Outcome};
 use crate::cache;
-use crate::entry::{Entry, Kind};
+use crate::entry::{Ent, Entries, Kind};
 use crate::error::{Error, IoContext, Result};
 use crate::fsx::{self, MetaOpts};
 use crate::hash;
@@ -95,8 +95,8 @@ impl Pools {
 pub struct Tree {
     pub src_path: PathBuf,
     pub dst_path: PathBuf,
-    pub src: Vec<Entry>,
-    pub dst: Vec<Entry>,
+    pub src: Entries,
+    pub dst: Entries,
     pub plan: Plan,
     /// Entries that could not be read while scanning or hashing (source or destination).
     pub scan_errors: Vec<(PathBuf, io::Error)>,
@@ -407,17 +407,12 @@ pub fn prepare_from_manifest(
     }
     let (mut d, stamp, mut scan_errors, cache_hits) =
         scan_one(dst_path, state, opts, pools, progress)?;
-    let src: Vec<Entry> = if opts.excludes.is_empty() {
-        m.entries
-    } else {
-        m.entries
-            .into_iter()
-            .filter(|e| {
-                let name = fsx::split_parent(&e.path).1;
-                e.path.is_empty() || !opts.excludes.matches(&e.path, name, e.kind == Kind::Dir)
-            })
-            .collect()
-    };
+    let mut src = m.entries;
+    if !opts.excludes.is_empty() {
+        src.retain(|e| {
+            e.path.is_empty() || !opts.excludes.matches(e.path, e.name(), e.kind == Kind::Dir)
+        });
+    }
     let (_, dn) = plan::hash_needs(&src, &d.entries);
     progress.start(Phase::Hash, dn.len() as u64);
     let (hashed_bytes, errs) = hash_entries(dst_path, &mut d.entries, &dn, &pools.work, progress)?;
@@ -452,8 +447,10 @@ fn empty_scan(src: &Scan) -> Scan {
     root.mode = 0;
     root.mtime = 0;
     root.set_xattrs(None);
+    let mut entries = Entries::new();
+    entries.push(b"", root);
     Scan {
-        entries: vec![root],
+        entries,
         ..Scan::default()
     }
 }
@@ -468,7 +465,7 @@ fn take_errors(out: &mut Vec<(PathBuf, io::Error)>, root: &Path, s: &mut Scan) {
 /// the excluded entry must survive, and planning the delete would repeat on every run. Nor is
 /// it exchanged for a non-directory, which would delete the excluded entry with it: it stays,
 /// what else it held is removed, and its path is returned to be reported.
-fn keep_excluded_parents(plan: &mut Plan, dst: &[Entry], holds: &[Box<[u8]>]) -> Vec<Box<[u8]>> {
+fn keep_excluded_parents(plan: &mut Plan, dst: &Entries, holds: &[Box<[u8]>]) -> Vec<Box<[u8]>> {
     use std::collections::{HashMap, HashSet};
     if holds.is_empty() {
         return Vec::new();
@@ -480,7 +477,7 @@ fn keep_excluded_parents(plan: &mut Plan, dst: &[Entry], holds: &[Box<[u8]>]) ->
             p = fsx::split_parent(p).0;
         }
     }
-    let dpath = |a: &plan::Action| &dst[a.dst as usize].path[..];
+    let dpath = |a: &plan::Action| dst.path(a.dst as usize);
     let refused: Vec<Box<[u8]>> = plan
         .actions
         .iter()
@@ -502,7 +499,7 @@ fn keep_excluded_parents(plan: &mut Plan, dst: &[Entry], holds: &[Box<[u8]>]) ->
     });
     let mut leaders: HashMap<u32, u32> = HashMap::new();
     for a in plan.actions.iter_mut() {
-        if a.op == Op::Delete && a.covered && scan::under_any(&refused, &dst[a.dst as usize].path) {
+        if a.op == Op::Delete && a.covered && scan::under_any(&refused, dst.path(a.dst as usize)) {
             a.covered = false;
         }
         // A hard-link group whose leader was dropped gets its next member as leader.
@@ -521,19 +518,19 @@ fn keep_excluded_parents(plan: &mut Plan, dst: &[Entry], holds: &[Box<[u8]>]) ->
 
 /// An unreadable source entry must not make its destination counterpart look like an orphan,
 /// and nothing below a source directory that could not be listed may be deleted.
-fn protect_unreadable(plan: &mut Plan, dst: &[Entry], protect: &[Box<[u8]>]) {
+fn protect_unreadable(plan: &mut Plan, dst: &Entries, protect: &[Box<[u8]>]) {
     if protect.is_empty() {
         return;
     }
     plan.actions
-        .retain(|a| a.op != Op::Delete || !scan::under_any(protect, &dst[a.dst as usize].path));
+        .retain(|a| a.op != Op::Delete || !scan::under_any(protect, dst.path(a.dst as usize)));
 }
 
 /// Hashes `need` (indices into `entries`) in parallel across files. A file that cannot be read
 /// keeps no hash (so it compares as different) and is reported.
 fn hash_entries(
     root: &Path,
-    entries: &mut [Entry],
+    entries: &mut Entries,
     need: &[usize],
     pool: &rayon::ThreadPool,
     progress: &dyn Progress,
@@ -542,8 +539,8 @@ fn hash_entries(
         return Ok((0, Vec::new()));
     }
     let rootfd = fsx::open_root(root).at(root)?;
-    let hash_one = |dir: BorrowedFd<'_>, e: &Entry| {
-        let fd = fsx::open_read_at(dir, fsx::split_parent(&e.path).1)?;
+    let hash_one = |dir: BorrowedFd<'_>, e: Ent<'_>| {
+        let fd = fsx::open_read_at(dir, e.name())?;
         let r = hash::hash_fd(fd.as_fd(), e.size)?;
         // Changed since the scan: the hash stands for nothing we know.
         let st = fsx::fstat(fd.as_fd())?;
@@ -568,10 +565,10 @@ fn hash_entries(
     for (i, r) in results {
         match r {
             Ok((h, n)) => {
-                entries[i].hash = Some(h);
+                entries.set_hash(i, Some(h));
                 bytes += n;
             }
-            Err(e) => errs.push((root.join(fsx::os(&entries[i].path)), e)),
+            Err(e) => errs.push((root.join(fsx::os(entries.path(i))), e)),
         }
     }
     Ok((bytes, errs))
@@ -733,12 +730,17 @@ fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>, xattrs: bool) {
 pub fn store_cache(
     state: &StateDir,
     tree: &Path,
-    entries: &[Entry],
+    entries: &Entries,
     stamp: (i64, u32),
     xattrs: bool,
 ) {
     if let Ok(p) = state.cache_path(tree) {
-        let _ = cache::write_file(&p, cache::records(entries, stamp, xattrs), stamp, xattrs);
+        let _ = cache::write_file(
+            &p,
+            cache::records(entries.iter(), stamp, xattrs),
+            stamp,
+            xattrs,
+        );
     }
 }
 
