@@ -10,7 +10,7 @@
 //!
 //! The cache never lives inside a synced tree; see [`crate::journal`] for where it goes.
 
-use crate::entry::{Ent, Entries, Entry, Hash, Kind, Xattrs};
+use crate::entry::{Ent, Entries, Entry, Hash, Kind, Xattrs, CTIME_UNKNOWN};
 
 /// Granularity margin for filesystems with nanosecond timestamps: a kernel tick is at most
 /// 10 ms (HZ=100); we take twice that.
@@ -31,13 +31,17 @@ fn ns(t: (i64, u32)) -> i128 {
 
 /// Rule 1: may the hash of `e`, whose stat was taken at `stamp`, be stored?
 pub fn cacheable(e: &Entry, stamp: (i64, u32)) -> bool {
-    let margin = if e.ctime_nsec == 0 && e.mtime_nsec == 0 {
+    let ctime = e.ctime();
+    if ctime == CTIME_UNKNOWN {
+        return false;
+    }
+    let margin = if ctime.1 == 0 && e.mtime_nsec == 0 {
         MARGIN_COARSE_NS
     } else {
         MARGIN_FINE_NS
     };
     let limit = ns(stamp) - margin;
-    ns((e.ctime, e.ctime_nsec)) < limit && ns((e.mtime, e.mtime_nsec)) < limit
+    ns(ctime) < limit && ns((e.mtime, e.mtime_nsec)) < limit
 }
 
 /// What the cache keeps of one entry: the stat fields rule 2 compares, the hash, the xattrs.
@@ -61,10 +65,11 @@ pub fn same_inode(cached: &Cached, cur: &Entry) -> bool {
     cached.kind == cur.kind
         && cached.size == cur.size
         && cached.mtime == (cur.mtime, cur.mtime_nsec)
-        && cached.ctime == (cur.ctime, cur.ctime_nsec)
+        && cached.ctime == cur.ctime()
+        && cached.ctime != CTIME_UNKNOWN
         && cached.ino == cur.ino
         && cached.dev == cur.dev
-        && cached.mode == cur.mode
+        && cached.mode == u32::from(cur.mode)
 }
 
 /// The cached hash, if `cached` describes exactly the regular file `cur` is now (rule 2).
@@ -320,11 +325,12 @@ fn encode<'a, W: std::io::Write>(
         rec.extend_from_slice(&e.size.to_le_bytes());
         rec.extend_from_slice(&e.mtime.to_le_bytes());
         rec.extend_from_slice(&e.mtime_nsec.to_le_bytes());
-        rec.extend_from_slice(&e.ctime.to_le_bytes());
-        rec.extend_from_slice(&e.ctime_nsec.to_le_bytes());
+        let (cs, cn) = e.ctime();
+        rec.extend_from_slice(&cs.to_le_bytes());
+        rec.extend_from_slice(&cn.to_le_bytes());
         rec.extend_from_slice(&e.ino.to_le_bytes());
         rec.extend_from_slice(&e.dev.to_le_bytes());
-        rec.extend_from_slice(&e.mode.to_le_bytes());
+        rec.extend_from_slice(&u32::from(e.mode).to_le_bytes());
         rec.push(kind_code(e.kind));
         match (e.kind, e.hash) {
             (Kind::File, Some(h)) => {
@@ -514,7 +520,7 @@ mod tests {
         e[0].set_xattrs(Some(
             vec![(b"user.k".as_slice().into(), b"v1".as_slice().into())].into(),
         ));
-        let later = (e[0].ctime + 10, 0);
+        let later = (e[0].ctime().0 + 10, 0);
         let p = t.path().join("cache");
         // A cache written by a run that did (or did not) read xattrs, then loaded.
         let store = |read: bool| {

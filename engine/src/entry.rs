@@ -56,6 +56,10 @@ impl Kind {
     }
 }
 
+/// The ctime of an entry whose real one does not fit (see [`Entry::ctime`]): an impossible
+/// nanosecond value, so it matches no stat.
+pub const CTIME_UNKNOWN: (i64, u32) = (i64::MIN, u32::MAX);
+
 /// Content hash (blake3).
 pub type Hash = [u8; 32];
 
@@ -72,7 +76,8 @@ pub struct Entry {
     path_at: u64,
     pub size: u64,
     pub mtime: i64,
-    pub ctime: i64,
+    /// The status change time in nanoseconds (see [`Entry::ctime`]).
+    ctime_ns: i64,
     pub ino: u64,
     pub dev: u64,
     /// What few entries have (symlink target, xattrs, device number), behind one pointer.
@@ -80,12 +85,11 @@ pub struct Entry {
     /// Index into its list's hashes, or [`NO_HASH`].
     hash_ix: u32,
     /// Permission bits including setuid/setgid/sticky (`mode & 0o7777`).
-    pub mode: u32,
+    pub mode: u16,
     pub uid: u32,
     pub gid: u32,
     pub nlink: u32,
     pub mtime_nsec: u32,
-    pub ctime_nsec: u32,
     pub kind: Kind,
     /// A regular file with holes (fewer blocks allocated than its size needs).
     pub sparse: bool,
@@ -97,7 +101,7 @@ impl Default for Entry {
             path_at: 0,
             size: 0,
             mtime: 0,
-            ctime: 0,
+            ctime_ns: 0,
             ino: 0,
             dev: 0,
             extra: None,
@@ -107,7 +111,6 @@ impl Default for Entry {
             gid: 0,
             nlink: 0,
             mtime_nsec: 0,
-            ctime_nsec: 0,
             kind: Kind::File,
             sparse: false,
         }
@@ -175,6 +178,35 @@ impl Entry {
         if x.target.is_some() || x.xattrs.is_some() || x.rdev != 0 {
             self.extra = Some(x);
         }
+    }
+
+    /// The status change time (seconds, nanoseconds). The kernel sets it to the current time,
+    /// so it fits in 64 bits of nanoseconds (years 1678 to 2262); one that does not (a forged
+    /// image) reads as [`CTIME_UNKNOWN`] and never lets the stat cache vouch for the entry.
+    pub fn ctime(&self) -> (i64, u32) {
+        if self.ctime_ns == i64::MIN {
+            return CTIME_UNKNOWN;
+        }
+        (
+            self.ctime_ns.div_euclid(1_000_000_000),
+            self.ctime_ns.rem_euclid(1_000_000_000) as u32,
+        )
+    }
+
+    pub fn set_ctime(&mut self, secs: i64, nsec: u32) {
+        self.ctime_ns = secs
+            .checked_mul(1_000_000_000)
+            .and_then(|n| n.checked_add(i64::from(nsec.min(999_999_999))))
+            .filter(|&n| n != i64::MIN)
+            .unwrap_or(i64::MIN);
+    }
+
+    /// Is the ctime the stat's `(secs, nsec)`, as far as this entry can tell (an unknown one
+    /// matches an unknown one: the stat saw the same forged value)?
+    pub fn same_ctime(&self, secs: i64, nsec: u32) -> bool {
+        let mut other = Entry::default();
+        other.set_ctime(secs, nsec);
+        other.ctime_ns == self.ctime_ns
     }
 
     pub fn is_executable(&self) -> bool {
@@ -416,10 +448,28 @@ mod tests {
     fn entry_stays_small() {
         // One per object of both trees: 200k-file trees hold 400k of them.
         assert!(
-            std::mem::size_of::<Entry>() <= 88,
+            std::mem::size_of::<Entry>() <= 80,
             "{}",
             std::mem::size_of::<Entry>()
         );
+    }
+
+    #[test]
+    fn ctime_round_trips_or_is_unknown() {
+        let mut e = Entry::default();
+        for t in [
+            (0, 0),
+            (1_700_000_000, 999_999_999),
+            (-1, 5),
+            (9_000_000_000, 1),
+        ] {
+            e.set_ctime(t.0, t.1);
+            assert_eq!(e.ctime(), t);
+        }
+        for t in [(i64::MAX, 0), (i64::MIN, 0), (-9_300_000_000, 0)] {
+            e.set_ctime(t.0, t.1);
+            assert_eq!(e.ctime(), CTIME_UNKNOWN);
+        }
     }
 
     #[test]

@@ -334,10 +334,20 @@ pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
         .iter()
         .map(|(&l, &ok)| (l, !ok || group_content.get(&l).copied().unwrap_or(false)))
         .collect();
+    // Action index of each member of a restaged group (only those: a map of every action
+    // was most of the plan's memory).
+    let wanted: std::collections::HashSet<u32> = restage
+        .iter()
+        .filter(|(_, &r)| r)
+        .flat_map(|(&l, _)| &sgroups[&(src[l].dev, src[l].ino)])
+        .map(|&m| m as u32)
+        .collect();
     let mut acted: HashMap<u32, usize> = HashMap::new();
-    for (k, a) in actions.iter().enumerate() {
-        if a.src != NONE {
-            acted.insert(a.src, k);
+    if !wanted.is_empty() {
+        for (k, a) in actions.iter().enumerate() {
+            if wanted.contains(&a.src) {
+                acted.insert(a.src, k);
+            }
         }
     }
     let mut extra = Vec::new();

@@ -24,7 +24,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::apply::{clean_leftovers, Apply, ApplyOpts, Outcome};
-use crate::entry::{Ent, Entries, Kind};
+use crate::entry::{Entries, Kind};
 use crate::error::{Error, IoContext, Result};
 use crate::fsx::{self, split_parent, MetaOpts};
 use crate::journal::{Lock, StateDir};
@@ -111,8 +111,8 @@ pub fn preserve(
     fs::write(partial.join("info"), info).at(partial.join("info"))?;
 
     // Directories are recorded in the manifest; their children have their own actions.
-    let keep: Vec<(u32, Ent<'_>)> = doomed(old, plan).map(|j| (j, old.at(j as usize))).collect();
-    link_kept(dst, &files, &keep, pool)?;
+    let keep: Vec<(u32, u32)> = doomed(old, plan).map(|j| (j, j)).collect();
+    link_kept(dst, &files, old, &keep, pool)?;
     let dir = store.join(format!("gen-{id:06}"));
     fs::rename(&partial, &dir).at(&dir)?;
     Ok(Generation {
@@ -134,11 +134,13 @@ fn doomed<'a>(old: &'a Entries, plan: &'a Plan) -> impl Iterator<Item = u32> + '
         .map(|a| a.dst)
 }
 
-/// Hard-links each entry into `files/<index>`, in parallel. An entry already gone is skipped.
+/// Hard-links each `(index, entry)` of `keep` (an index into `entries`) into `files/<index>`,
+/// in parallel. An entry already gone is skipped.
 fn link_kept(
     dst: &Path,
     files: &Path,
-    keep: &[(u32, Ent<'_>)],
+    entries: &Entries,
+    keep: &[(u32, u32)],
     pool: &rayon::ThreadPool,
 ) -> Result<()> {
     let root = fsx::open_root_nofollow(dst).at(dst)?;
@@ -148,7 +150,8 @@ fn link_kept(
         use rayon::prelude::*;
         keep.par_chunks(64).for_each(|chunk| {
             let mut last: Option<(&[u8], std::os::fd::OwnedFd)> = None;
-            for &(j, e) in chunk {
+            for &(j, i) in chunk {
+                let e = entries.at(i as usize);
                 let (p, n) = split_parent(e.path);
                 let r = (|| -> io::Result<()> {
                     if last.as_ref().is_none_or(|(lp, _)| *lp != p) {
@@ -215,16 +218,16 @@ fn resume(
         .enumerate()
         .map(|(j, e)| (e.path, (j as u32, e.dev, e.ino)))
         .collect();
-    let keep: Vec<(u32, Ent<'_>)> = doomed(cur, plan)
+    let keep: Vec<(u32, u32)> = doomed(cur, plan)
         .filter_map(|i| {
             let e = cur.at(i as usize);
             match orig.get(e.path) {
-                Some(&(j, dev, ino)) if dev == e.dev && ino == e.ino => Some((j, e)),
+                Some(&(j, dev, ino)) if dev == e.dev && ino == e.ino => Some((j, i)),
                 _ => None,
             }
         })
         .collect();
-    link_kept(dst, &g.dir.join("files"), &keep, pool)
+    link_kept(dst, &g.dir.join("files"), cur, &keep, pool)
 }
 
 /// Complete generations, oldest first. Interrupted ones are removed.

@@ -285,13 +285,13 @@ fn stat_names<'s>(
 pub fn entry_from_stat(st: &rfs::Stat) -> Entry {
     let kind = fsx::kind_of(st.st_mode as u32);
     let mut e = Entry::new(kind);
-    e.mode = st.st_mode as u32 & 0o7777;
+    e.mode = (st.st_mode as u32 & 0o7777) as u16;
     (e.uid, e.gid) = (st.st_uid, st.st_gid);
     if kind == Kind::File || kind == Kind::Symlink {
         e.size = st.st_size as u64;
     }
     (e.mtime, e.mtime_nsec) = (st.st_mtime as i64, st.st_mtime_nsec as u32);
-    (e.ctime, e.ctime_nsec) = (st.st_ctime as i64, st.st_ctime_nsec as u32);
+    e.set_ctime(st.st_ctime as i64, st.st_ctime_nsec as u32);
     (e.ino, e.dev, e.nlink) = (st.st_ino as u64, st.st_dev as u64, st.st_nlink as u32);
     e.sparse = kind == Kind::File && (st.st_blocks as u64).saturating_mul(512) < e.size;
     if matches!(kind, Kind::Char | Kind::Block) {
@@ -311,31 +311,37 @@ pub fn read_xattrs(
     pool: &rayon::ThreadPool,
 ) -> Result<()> {
     let rootfd = fsx::open_root(root).at(root)?;
-    let need: Vec<usize> = (1..scan.entries.len())
-        .filter(|&i| !known.get(i).copied().unwrap_or(false))
-        .collect();
-    let read = in_dir_runs(rootfd.as_fd(), &scan.entries, &need, pool, |dir, e| {
-        fsx::read_xattrs_at(dir, e.name())
-    });
+    let Scan {
+        entries,
+        errors,
+        vanished,
+        ..
+    } = scan;
+    let need = (1..entries.len()).filter(|&i| !known.get(i).copied().unwrap_or(false));
     let mut dropped: Vec<Box<[u8]>> = Vec::new();
-    for (i, r) in read {
-        match r {
-            Ok(x) => scan.entries[i].set_xattrs(x),
+    in_dir_runs(
+        rootfd.as_fd(),
+        entries,
+        need,
+        pool,
+        |dir, e| fsx::read_xattrs_at(dir, e.name()),
+        |es, i, r| match r {
+            Ok(x) => es[i].set_xattrs(x),
             Err(e) => {
-                let p: Box<[u8]> = scan.entries.path(i).into();
+                let p: Box<[u8]> = es.path(i).into();
                 if e.kind() == io::ErrorKind::NotFound {
-                    scan.vanished.push(p.clone());
+                    vanished.push(p.clone());
                 } else {
-                    scan.errors.push((p.clone(), e));
+                    errors.push((p.clone(), e));
                 }
                 dropped.push(p);
             }
-        }
-    }
+        },
+    );
     if !dropped.is_empty() {
         // Checked by ancestors, not pairwise: thousands of unreadable entries stay cheap.
         let gone: std::collections::HashSet<Box<[u8]>> = dropped.into_iter().collect();
-        scan.entries.retain(|e| {
+        entries.retain(|e| {
             let mut p: &[u8] = e.path;
             while !p.is_empty() {
                 if gone.contains(p) {
@@ -349,40 +355,57 @@ pub fn read_xattrs(
     Ok(())
 }
 
-/// Runs `f` on each of `entries[need]` (in path order) in parallel, given the entry's directory
-/// opened beneath `root`: runs of neighbours share one open instead of a walk down per entry.
-/// A directory that cannot be opened is every one of its entries' error.
+/// Entries handled per round of [`in_dir_runs`]: enough to keep every worker busy, few enough
+/// that their results cost little memory (one per entry of a large tree did).
+const BLOCK: usize = 8192;
+
+/// Runs `f` on each of `need` (indices into `entries`, in path order) in parallel, given the
+/// entry's directory opened beneath `root`: runs of neighbours share one open instead of a walk
+/// down per entry. A directory that cannot be opened is every one of its entries' error. The
+/// results go to `done` on the calling thread, a block at a time.
 pub fn in_dir_runs<T: Send>(
     root: BorrowedFd<'_>,
-    entries: &Entries,
-    need: &[usize],
+    entries: &mut Entries,
+    need: impl Iterator<Item = usize>,
     pool: &rayon::ThreadPool,
     f: impl Fn(BorrowedFd<'_>, Ent<'_>) -> io::Result<T> + Sync,
-) -> Vec<(usize, io::Result<T>)> {
-    pool.install(|| {
-        need.par_chunks(32)
-            .flat_map_iter(|chunk| {
-                let mut dir: Option<(&[u8], io::Result<OwnedFd>)> = None;
-                let mut out = Vec::with_capacity(chunk.len());
-                for &i in chunk {
-                    let e = entries.at(i);
-                    let parent = fsx::split_parent(e.path).0;
-                    if dir.as_ref().is_none_or(|(p, _)| *p != parent) {
-                        dir = Some((parent, fsx::open_dir_beneath(root, parent)));
+    mut done: impl FnMut(&mut Entries, usize, io::Result<T>),
+) {
+    let mut need = need.peekable();
+    let mut block = Vec::with_capacity(BLOCK);
+    while need.peek().is_some() {
+        block.clear();
+        block.extend(need.by_ref().take(BLOCK));
+        let es = &*entries;
+        let results: Vec<(usize, io::Result<T>)> = pool.install(|| {
+            block
+                .par_chunks(32)
+                .flat_map_iter(|chunk| {
+                    let mut dir: Option<(&[u8], io::Result<OwnedFd>)> = None;
+                    let mut out = Vec::with_capacity(chunk.len());
+                    for &i in chunk {
+                        let e = es.at(i);
+                        let parent = fsx::split_parent(e.path).0;
+                        if dir.as_ref().is_none_or(|(p, _)| *p != parent) {
+                            dir = Some((parent, fsx::open_dir_beneath(root, parent)));
+                        }
+                        let r = match &dir.as_ref().expect("just set").1 {
+                            Ok(d) => f(d.as_fd(), e),
+                            Err(err) => Err(err.raw_os_error().map_or_else(
+                                || io::Error::other(err.to_string()),
+                                io::Error::from_raw_os_error,
+                            )),
+                        };
+                        out.push((i, r));
                     }
-                    let r = match &dir.as_ref().expect("just set").1 {
-                        Ok(d) => f(d.as_fd(), e),
-                        Err(err) => Err(err.raw_os_error().map_or_else(
-                            || io::Error::other(err.to_string()),
-                            io::Error::from_raw_os_error,
-                        )),
-                    };
-                    out.push((i, r));
-                }
-                out
-            })
-            .collect()
-    })
+                    out
+                })
+                .collect()
+        });
+        for (i, r) in results {
+            done(entries, i, r);
+        }
+    }
 }
 
 /// Is `path` at or below one of the (sorted) `dirs`?

@@ -265,6 +265,7 @@ pub fn prepare(
         None => empty_scan(&s),
     };
     progress.finish(Phase::Scan);
+    fsx::release_freed_memory();
 
     // A jail entry named like our temporary files cannot be told apart from a leftover once in
     // the live tree: it is refused (reported, its live counterpart left alone), never dropped
@@ -304,6 +305,7 @@ pub fn prepare(
         scan_errors.extend(errs);
     }
     progress.finish(Phase::Hash);
+    fsx::release_freed_memory();
 
     let popts = PlanOpts {
         owner: opts.owner,
@@ -547,30 +549,33 @@ fn hash_entries(
         if st.st_size as u64 != e.size
             || st.st_mtime != e.mtime
             || st.st_mtime_nsec as u32 != e.mtime_nsec
-            || st.st_ctime != e.ctime
-            || st.st_ctime_nsec as u32 != e.ctime_nsec
+            || !e.same_ctime(st.st_ctime as i64, st.st_ctime_nsec as u32)
         {
             return Err(io::Error::other("changed while being hashed"));
         }
         Ok(r)
     };
-    let results = scan::in_dir_runs(rootfd.as_fd(), entries, need, pool, |dir, e| {
-        let r = hash_one(dir, e);
-        progress.advance(1, e.size);
-        r
-    });
-    hash::release_buffers(pool);
     let mut bytes = 0;
     let mut errs = Vec::new();
-    for (i, r) in results {
-        match r {
+    scan::in_dir_runs(
+        rootfd.as_fd(),
+        entries,
+        need.iter().copied(),
+        pool,
+        |dir, e| {
+            let r = hash_one(dir, e);
+            progress.advance(1, e.size);
+            r
+        },
+        |es, i, r| match r {
             Ok((h, n)) => {
-                entries.set_hash(i, Some(h));
+                es.set_hash(i, Some(h));
                 bytes += n;
             }
-            Err(e) => errs.push((root.join(fsx::os(entries.path(i))), e)),
-        }
-    }
+            Err(e) => errs.push((root.join(fsx::os(es.path(i))), e)),
+        },
+    );
+    hash::release_buffers(pool);
     Ok((bytes, errs))
 }
 
