@@ -5,8 +5,8 @@
 //!    stat was taken minus the timestamp granularity ([`cacheable`]). A file changed in the same
 //!    clock tick as that stat could otherwise keep identical timestamps with new content.
 //! 2. It is *reused* only when size, mtime and ctime (ns), inode, device, type and mode all match
-//!    the current `lstat` ([`reuse`]). ctime cannot be set from user space, so `touch -d` back to
-//!    the old mtime after rewriting a file still changes ctime and forces a re-hash.
+//!    the current `lstat` ([`same_inode`]). ctime cannot be set from user space, so `touch -d`
+//!    back to the old mtime after rewriting a file still changes ctime and forces a re-hash.
 //!
 //! The cache never lives inside a synced tree; see [`crate::journal`] for where it goes.
 
@@ -72,14 +72,6 @@ pub fn same_inode(cached: &Cached, cur: &Entry) -> bool {
         && cached.mode == u32::from(cur.mode)
 }
 
-/// The cached hash, if `cached` describes exactly the regular file `cur` is now (rule 2).
-pub fn reuse(cached: &Cached, cur: &Entry) -> Option<Hash> {
-    if cur.kind != Kind::File || !same_inode(cached, cur) {
-        return None;
-    }
-    cached.hash
-}
-
 // On disk: MAGIC, stamp (i64 s, u32 ns), then per entry: path length (u32), path, size,
 // mtime s, mtime ns, ctime s, ctime ns, ino, dev, mode, type (a byte, see `kind_code`), a byte
 // 1 followed by the blake3 for a hashed file (else 0), then its xattrs: a byte, 0 when the
@@ -111,7 +103,7 @@ pub fn records<'a>(
             Kind::Symlink => xattrs,
             _ => false,
         };
-        wanted && e.path.len() <= MAX_PATH && cacheable(e.entry(), stamp)
+        wanted && e.path.len() <= MAX_PATH && cacheable(e, stamp)
     })
 }
 
@@ -252,7 +244,8 @@ fn fill<R: std::io::Read>(
             j += 1;
         }
         if j < entries.len() && entries.path(j) == &r.path[..] && same_inode(&c, &entries[j]) {
-            if let Some(h) = reuse(&c, &entries[j]) {
+            // The same inode (rule 2): a file's cached hash stands.
+            if let (Kind::File, Some(h)) = (entries[j].kind, c.hash) {
                 entries.set_hash(j, Some(h));
                 hits += 1;
             }

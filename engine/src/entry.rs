@@ -195,19 +195,13 @@ impl Entry {
     }
 
     pub fn set_ctime(&mut self, secs: i64, nsec: u32) {
-        self.ctime_ns = secs
-            .checked_mul(1_000_000_000)
-            .and_then(|n| n.checked_add(i64::from(nsec.min(999_999_999))))
-            .filter(|&n| n != i64::MIN)
-            .unwrap_or(i64::MIN);
+        self.ctime_ns = ctime_ns(secs, nsec);
     }
 
     /// Is the ctime the stat's `(secs, nsec)`, as far as this entry can tell (an unknown one
     /// matches an unknown one: the stat saw the same forged value)?
     pub fn same_ctime(&self, secs: i64, nsec: u32) -> bool {
-        let mut other = Entry::default();
-        other.set_ctime(secs, nsec);
-        other.ctime_ns == self.ctime_ns
+        ctime_ns(secs, nsec) == self.ctime_ns
     }
 
     pub fn is_executable(&self) -> bool {
@@ -222,6 +216,14 @@ impl Entry {
     pub fn is_multi_linked(&self) -> bool {
         self.kind == Kind::File && self.nlink > 1
     }
+}
+
+/// A ctime as nanoseconds, `i64::MIN` when it does not fit (see [`Entry::ctime`]).
+fn ctime_ns(secs: i64, nsec: u32) -> i64 {
+    secs.checked_mul(1_000_000_000)
+        .and_then(|n| n.checked_add(i64::from(nsec.min(999_999_999))))
+        .filter(|&n| n != i64::MIN)
+        .unwrap_or(i64::MIN)
 }
 
 /// One entry with its path and hash, as read from an [`Entries`].
@@ -241,12 +243,16 @@ impl std::ops::Deref for Ent<'_> {
 }
 
 impl<'a> Ent<'a> {
-    pub fn name(&self) -> &'a [u8] {
-        crate::fsx::split_parent(self.path).1
+    fn new(paths: &'a [u8], hashes: &'a [Hash], e: &'a Entry) -> Ent<'a> {
+        Ent {
+            path: path_in(paths, e.path_at),
+            hash: hashes.get(e.hash_ix as usize),
+            e,
+        }
     }
 
-    pub fn entry(&self) -> &'a Entry {
-        self.e
+    pub fn name(&self) -> &'a [u8] {
+        crate::fsx::split_parent(self.path).1
     }
 }
 
@@ -290,12 +296,7 @@ impl Entries {
     }
 
     pub fn at(&self, i: usize) -> Ent<'_> {
-        let e = &self.list[i];
-        Ent {
-            path: path_in(&self.paths, e.path_at),
-            hash: self.hashes.get(e.hash_ix as usize),
-            e,
-        }
+        Ent::new(&self.paths, &self.hashes, &self.list[i])
     }
 
     pub fn get(&self, i: usize) -> Option<Ent<'_>> {
@@ -395,13 +396,7 @@ impl Entries {
     /// Keeps the entries `keep` accepts (their paths' bytes stay in the buffer).
     pub fn retain(&mut self, mut keep: impl FnMut(Ent<'_>) -> bool) {
         let (paths, hashes) = (&self.paths, &self.hashes);
-        self.list.retain(|e| {
-            keep(Ent {
-                path: path_in(paths, e.path_at),
-                hash: hashes.get(e.hash_ix as usize),
-                e,
-            })
-        });
+        self.list.retain(|e| keep(Ent::new(paths, hashes, e)));
     }
 }
 

@@ -88,8 +88,7 @@ impl Plan {
     }
 }
 
-/// Indices of source and destination files that must be hashed before planning: every pair of
-/// regular files of equal, non-zero size whose hash is not yet known.
+/// The path an action is about: its source entry's, or for a delete its destination entry's.
 fn action_path<'a>(a: &Action, src: &'a Entries, dst: &'a Entries) -> &'a [u8] {
     if a.src != NONE {
         src.path(a.src as usize)
@@ -98,6 +97,8 @@ fn action_path<'a>(a: &Action, src: &'a Entries, dst: &'a Entries) -> &'a [u8] {
     }
 }
 
+/// Indices of source and destination files that must be hashed before planning: every pair of
+/// regular files of equal, non-zero size whose hash is not yet known.
 pub fn hash_needs(src: &Entries, dst: &Entries) -> (Vec<usize>, Vec<usize>) {
     let (mut s, mut d) = (Vec::new(), Vec::new());
     merge(src, dst, |i, j| {
