@@ -291,3 +291,72 @@ impl Progress for Bars {
         }
     }
 }
+
+/// How each tree was switched (`-v`, `--json`), and which processes still run the old trees.
+pub fn print_switches(
+    out: &mut impl Write,
+    g: &crate::Global,
+    trees: &[jailsync_engine::sync::Tree],
+    r: &jailsync_engine::sync::Report,
+) -> io::Result<()> {
+    for (t, s) in trees.iter().zip(&r.switches) {
+        let Some(s) = s else { continue };
+        let gen = s
+            .generation_path
+            .as_ref()
+            .map(|p| p.display().to_string());
+        if g.json {
+            let v = json!({
+                "type": "switch",
+                "path": t.dst_path.display().to_string(),
+                "method": s.method.name(),
+                "window_ms": s.window.as_secs_f64() * 1000.0,
+                "calls": s.calls,
+                "generation": s.generation,
+                "generation_path": gen,
+                "linked": s.linked,
+            });
+            writeln!(out, "{v}")?;
+        } else if g.verbose > 0 && !g.quiet {
+            eprintln!(
+                "jailsync: {}: switched by {} in {:.3} ms ({} call{}); {}",
+                t.dst_path.display(),
+                s.method.describe(),
+                s.window.as_secs_f64() * 1000.0,
+                s.calls,
+                if s.calls == 1 { "" } else { "s" },
+                match (&gen, s.generation) {
+                    (Some(p), Some(n)) => format!("the old tree is generation {n} at {p}"),
+                    _ => "the old tree was not kept (--keep 0 or --no-rollback)".into(),
+                }
+            );
+        }
+    }
+    if g.verbose > 0 && !g.quiet && !g.json && r.switches.iter().any(|s| s.is_some()) {
+        eprintln!(
+            "jailsync: staging {:.2} s, switches {:.3} ms, cleanup {:.2} s",
+            r.stage_time.as_secs_f64(),
+            r.switch_window.as_secs_f64() * 1000.0,
+            r.cleanup_time.as_secs_f64()
+        );
+    }
+    for p in &r.procs {
+        if g.json {
+            let v = json!({
+                "type": "process",
+                "pid": p.pid,
+                "comm": p.comm,
+                "file": p.file.display().to_string(),
+            });
+            writeln!(out, "{v}")?;
+        } else if !g.quiet {
+            eprintln!(
+                "jailsync: pid {} ({}) still uses {} of the old release: restart it to run the new one",
+                p.pid,
+                p.comm,
+                p.file.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -67,6 +67,10 @@ pub struct RollbackCmd {
     /// Print one rsync-style line per change on stdout.
     #[arg(short, long)]
     pub itemize: bool,
+    /// Roll back even though entries changed since the sync (the tree that was live, with
+    /// those changes, is kept whole beside the generations).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -241,9 +245,36 @@ fn run_pairs(pairs: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global) 
     for (s, d, _) in &checked {
         trees.push(sync::prepare(s, d, Some(&state), &opts, &pools, &*prog)?);
     }
+    let mut switched = None;
+    if !a.dry_run && sync::all_switchable(&trees) {
+        let r = sync::switch_all(&mut trees, &state, &opts, &pools, &*prog)?;
+        match &r.fallback {
+            Some(why) => {
+                for t in trees.iter_mut() {
+                    if let Some(h) = t.home.as_mut() {
+                        h.method = jailsync_engine::switch::Method::PerFile(why.clone());
+                    }
+                }
+            }
+            None => switched = Some(r),
+        }
+    }
     let report = if a.dry_run {
         None
+    } else if switched.is_some() {
+        switched
     } else {
+        if g.verbose > 0 && !g.quiet {
+            for t in &trees {
+                if let Some(h) = &t.home {
+                    eprintln!(
+                        "jailsync: {}: switch by {}",
+                        t.dst_path.display(),
+                        h.method.describe()
+                    );
+                }
+            }
+        }
         Some(sync::apply_all(
             &trees,
             Some(&state),
@@ -252,6 +283,10 @@ fn run_pairs(pairs: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global) 
             &*prog,
         )?)
     };
+    if let Some(why) = report.as_ref().and_then(|r| r.aborted.as_ref()) {
+        eprintln!("jailsync: {why}");
+        return Ok(exit::PARTIAL);
+    }
 
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
@@ -296,6 +331,7 @@ fn run_pairs(pairs: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global) 
                 eprintln!("jailsync: note: {n}");
             }
         }
+        output::print_switches(&mut out, g, &trees, r)?;
     }
     let summary = Summary {
         counts,
@@ -446,6 +482,11 @@ pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
         }
         let dst = std::fs::canonicalize(dst).with_context(|| dst.display().to_string())?;
         let state = sync::open_state(&g.state_dir, &[&dst])?;
+        if let Some(home) = switched_home(&dst)? {
+            let _lock = jailsync_engine::journal::Lock::acquire(&state, &dst)?;
+            errors += rollback_switched(&home, &state, &c, g, &pools, &mut out)?;
+            continue;
+        }
         let r = jailsync_engine::rollback::rollback(&state, &dst, c.gen, &opts, &pools, &*prog)?;
         if c.itemize || g.json {
             output::print_changes(&mut out, &r.plan, &r.old, &r.cur, b"", g.json)?;
@@ -496,9 +537,136 @@ pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
     Ok(if errors > 0 { exit::PARTIAL } else { exit::OK })
 }
 
+/// The home of a destination whose last sync switched a whole tree (with generations left).
+fn switched_home(dst: &Path) -> Result<Option<jailsync_engine::switch::Home>> {
+    let Some(home) = jailsync_engine::switch::Home::existing(dst)? else {
+        return Ok(None);
+    };
+    if !home.is_switchable() || jailsync_engine::generation::list(&home)?.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(home))
+}
+
+/// Rolls back by switching a generation in. Returns the number of errors (changed entries
+/// count: the rollback was refused for them).
+fn rollback_switched(
+    home: &jailsync_engine::switch::Home,
+    state: &jailsync_engine::journal::StateDir,
+    c: &RollbackCmd,
+    g: &Global,
+    pools: &Pools,
+    out: &mut impl Write,
+) -> Result<usize> {
+    use jailsync_engine::fsx::MetaOpts;
+    let meta = MetaOpts {
+        owner: jailsync_engine::fsx::geteuid_is_root(),
+        xattrs: true,
+    };
+    let r = jailsync_engine::generation::rollback(
+        home,
+        c.gen,
+        c.force,
+        c.dry_run,
+        meta,
+        &pools.walk,
+    )?;
+    let dst = &home.live;
+    let mut errors = 0;
+    for ch in &r.changed {
+        let p = dst.join(jailsync_engine::fsx::os(&ch.path));
+        if g.json {
+            let v = serde_json::json!({"type": "changed", "path": output::json_path(&ch.path), "what": ch.what});
+            writeln!(out, "{v}")?;
+        } else if c.itemize || !g.quiet || !c.force {
+            eprintln!("jailsync: {}: {}", p.display(), ch.what);
+        }
+    }
+    for (p, e) in &r.errors {
+        errors += 1;
+        report_error(out, g, &p.display().to_string(), "rollback", e)?;
+    }
+    // The stat cache described the tree switched away.
+    if r.switched.is_some() {
+        if let Ok(p) = state.cache_path(dst) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    let refused = r.switched.is_none() && !r.changed.is_empty() && !c.dry_run;
+    if refused {
+        errors += r.changed.len();
+    }
+    if g.json {
+        let v = serde_json::json!({
+            "type": "summary",
+            "path": dst.display().to_string(),
+            "generation": r.generation.id,
+            "dry_run": c.dry_run,
+            "switched": r.switched.is_some(),
+            "window_ms": r.switched.as_ref().map(|s| s.window.as_secs_f64() * 1000.0),
+            "changed_since_sync": r.changed.len(),
+            "kept_as": r.kept_as.as_ref().map(|p| p.display().to_string()),
+            "errors": errors,
+        });
+        writeln!(out, "{v}")?;
+    } else if !g.quiet {
+        if refused {
+            eprintln!(
+                "{}: not rolled back: {} entr{} changed since the sync (left alone; --force switches generation {} back anyway and keeps the current tree)",
+                dst.display(),
+                r.changed.len(),
+                if r.changed.len() == 1 { "y" } else { "ies" },
+                r.generation.id
+            );
+        } else if c.dry_run {
+            eprintln!("{}: would roll back to generation {} (one switch)", dst.display(), r.generation.id);
+        } else {
+            let s = r.switched.as_ref().expect("switched");
+            eprintln!(
+                "{}: rolled back to generation {} by {} in {:.3} ms; the tree it replaced is at {}",
+                dst.display(),
+                r.generation.id,
+                home.method.describe(),
+                s.window.as_secs_f64() * 1000.0,
+                s.old.display()
+            );
+        }
+    }
+    Ok(errors)
+}
+
 pub fn run_history(c: HistoryCmd, g: &Global) -> Result<u8> {
     let dst = std::fs::canonicalize(&c.dst).with_context(|| c.dst.display().to_string())?;
     let state = sync::open_state(&g.state_dir, &[&dst])?;
+    if let Some(home) = switched_home(&dst)? {
+        let stdout = io::stdout();
+        let mut out = stdout.lock();
+        for gen in jailsync_engine::generation::list(&home)?.iter().rev() {
+            let when = jailsync_engine::journal::format_time(gen.time);
+            if g.json {
+                let v = serde_json::json!({
+                    "type": "generation",
+                    "id": gen.id,
+                    "time": when,
+                    "changes": gen.changes,
+                    "source": gen.source,
+                    "method": gen.method,
+                    "tree": gen.tree.display().to_string(),
+                });
+                writeln!(out, "{v}")?;
+            } else {
+                writeln!(
+                    out,
+                    "{:>6}  {when}  {:>7} changes  from {}  (old tree at {})",
+                    gen.id,
+                    gen.changes,
+                    gen.source,
+                    gen.tree.display()
+                )?;
+            }
+        }
+        return Ok(exit::OK);
+    }
     let store = jailsync_engine::rollback::store_dir(&state, &dst)?;
     let gens = jailsync_engine::rollback::list(&store)?;
     let stdout = io::stdout();

@@ -246,8 +246,11 @@ fn json_lines_parse_and_end_with_a_summary() {
     changes(&e);
     e.src.file(b"bad-\xff-name".as_slice(), b"x");
     let (o, lines) = sync_json(&e, 0);
-    let (last, changes) = lines.split_last().unwrap();
+    let (last, rest) = lines.split_last().unwrap();
     assert_eq!(last["type"], "summary", "{last}");
+    // Besides changes: one line per switched tree (how, and where the old tree went).
+    let changes: Vec<&Value> = rest.iter().filter(|l| l["type"] != "switch").collect();
+    assert_eq!(rest.len() - changes.len(), 1, "one switch line");
     for k in [
         "bytes_written",
         "elapsed_ms",
@@ -262,7 +265,7 @@ fn json_lines_parse_and_end_with_a_summary() {
     assert_eq!(last["errors"], 0);
     assert_eq!(last["changes"].as_u64().unwrap() as usize, changes.len());
     assert!(last["bytes_written"].as_u64().unwrap() > 0);
-    for c in changes {
+    for c in &changes {
         assert_eq!(c["type"], "change", "{c}");
         assert_eq!(c["item"].as_str().unwrap().len(), 11, "{c}");
         assert!(

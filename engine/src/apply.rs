@@ -420,10 +420,7 @@ impl<'a> Apply<'a> {
         }
     }
 
-    /// Copies a source file, refusing to install a copy torn by a writer in the jail: the
-    /// source's size, mtime and ctime must be what the scan saw and must not move during the
-    /// copy, and its content must hash the same before and after it (one retry for a change
-    /// during the copy).
+    /// See [`copy_checked`]; a source hash found stale is remembered so it is not cached.
     fn copy_file(
         &self,
         sdir: BorrowedFd<'_>,
@@ -433,74 +430,19 @@ impl<'a> Apply<'a> {
         e: Ent<'_>,
         src_idx: u32,
     ) -> io::Result<u64> {
-        for attempt in 0..2 {
-            // Errors are reported under the destination path; say that this one is the jail's.
-            let sfd = fsx::open_read_at(sdir, sname).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot open the source file: {e}"))
-            })?;
-            let before = fsx::fstat(sfd.as_fd())?;
-            if fsx::kind_of(before.st_mode) != Kind::File
-                || before.st_size as u64 != e.size
-                || (self.src_map.is_none()
-                    && (before.st_mtime != e.mtime || before.st_mtime_nsec as u32 != e.mtime_nsec))
-            {
-                return Err(err_other(
-                    "source changed since it was scanned; left as it was (run again)",
-                ));
-            }
-            // A writer through a shared mapping (a linker writing its output) changes content
-            // without moving mtime once its pages are dirty, so the stat check cannot see it:
-            // the source must also hash after the copy as it did before. "Before" is the
-            // scan's hash on the first attempt (no extra read; it may come from a stale cache,
-            // hence the retry hashes afresh). A file with no dirty page now (written long ago,
-            // the usual case in a jail) cannot change without moving mtime: no hashing then.
-            let quiet = fsx::has_dirty_pages(sfd.as_fd()) == Some(false);
-            let want = match e.hash {
-                _ if quiet || e.size == 0 => None,
-                Some(h) if attempt == 0 && self.src_map.is_none() => Some(*h),
-                _ => Some(hash::hash_fd(sfd.as_fd(), e.size)?.0),
-            };
-            let dfd = fsx::create_excl_at(ddir, dname)?;
-            let r = fsx::copy_data(sfd.as_fd(), dfd.as_fd(), e.size, e.is_sparse());
-            let after = fsx::fstat(sfd.as_fd())?;
-            let mut stable = before.st_size == after.st_size
-                && before.st_mtime == after.st_mtime
-                && before.st_mtime_nsec == after.st_mtime_nsec
-                && before.st_ctime == after.st_ctime
-                && before.st_ctime_nsec == after.st_ctime_nsec;
-            if let (true, Ok(_), Some(h)) = (stable, &r, want) {
-                stable = hash::hash_fd(sfd.as_fd(), e.size)?.0 == h;
-                if !stable && attempt == 0 && e.hash == Some(&h) {
-                    // Torn while hashed, or a cached hash outlived its content: either way it
-                    // must not be cached again.
-                    self.stale.lock().expect("poisoned").push(src_idx);
-                }
-            }
-            match r {
-                Ok(n) if stable => {
-                    fsx::set_meta_fresh_fd(dfd.as_fd(), &e, self.opts.meta)?;
-                    if self.opts.fsync {
-                        fsx::fsync(dfd.as_fd())?;
-                    }
-                    return Ok(n);
-                }
-                Ok(_) => {
-                    drop(dfd);
-                    fsx::unlink_at(ddir, dname)?;
-                    if attempt == 1 {
-                        return Err(err_other(
-                            "source changed while being copied; left as it was",
-                        ));
-                    }
-                }
-                Err(err) => {
-                    drop(dfd);
-                    let _ = fsx::unlink_at(ddir, dname);
-                    return Err(err);
-                }
-            }
+        let (n, stale) = copy_checked(
+            sdir,
+            sname,
+            ddir,
+            dname,
+            e,
+            self.src_map.is_none(),
+            self.opts,
+        )?;
+        if stale {
+            self.stale.lock().expect("poisoned").push(src_idx);
         }
-        unreachable!()
+        Ok(n)
     }
 
     /// Applies metadata-only changes, then publishes staged objects in one burst.
@@ -797,4 +739,110 @@ pub fn clean_leftovers(dst_root: BorrowedFd<'_>, leftovers: &[Box<[u8]>]) -> Vec
         }
     }
     errs
+}
+
+/// An error of the source side of a copy (unreadable, or changed by a writer in the jail): the
+/// entry's old version may stay, unlike a failure to write the destination.
+#[derive(Debug)]
+pub(crate) struct SourceSide(String);
+
+impl std::fmt::Display for SourceSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SourceSide {}
+
+fn source_side(kind: io::ErrorKind, msg: String) -> io::Error {
+    io::Error::new(kind, SourceSide(msg))
+}
+
+pub(crate) fn is_source_side(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<SourceSide>())
+}
+
+/// Copies a source file into a new file `dname` in `ddir`, refusing to install a copy torn by a writer in the jail: the
+/// source's size, mtime and ctime must be what the scan saw and must not move during the
+/// copy, and its content must hash the same before and after it (one retry for a change
+/// during the copy).
+pub(crate) fn copy_checked(
+    sdir: BorrowedFd<'_>,
+    sname: &[u8],
+    ddir: BorrowedFd<'_>,
+    dname: &[u8],
+    e: Ent<'_>,
+    at_own_path: bool,
+    opts: ApplyOpts,
+) -> io::Result<(u64, bool)> {
+    let mut stale_hash = false;
+    for attempt in 0..2 {
+        // Errors are reported under the destination path; say that this one is the jail's.
+        let sfd = fsx::open_read_at(sdir, sname)
+            .map_err(|e| source_side(e.kind(), format!("cannot open the source file: {e}")))?;
+        let before = fsx::fstat(sfd.as_fd())?;
+        if fsx::kind_of(before.st_mode) != Kind::File
+            || before.st_size as u64 != e.size
+            || (at_own_path
+                && (before.st_mtime != e.mtime || before.st_mtime_nsec as u32 != e.mtime_nsec))
+        {
+            return Err(source_side(
+                io::ErrorKind::Other,
+                "source changed since it was scanned; left as it was (run again)".into(),
+            ));
+        }
+        // A writer through a shared mapping (a linker writing its output) changes content
+        // without moving mtime once its pages are dirty, so the stat check cannot see it:
+        // the source must also hash after the copy as it did before. "Before" is the
+        // scan's hash on the first attempt (no extra read; it may come from a stale cache,
+        // hence the retry hashes afresh). A file with no dirty page now (written long ago,
+        // the usual case in a jail) cannot change without moving mtime: no hashing then.
+        let quiet = fsx::has_dirty_pages(sfd.as_fd()) == Some(false);
+        let want = match e.hash {
+            _ if quiet || e.size == 0 => None,
+            Some(h) if attempt == 0 && at_own_path => Some(*h),
+            _ => Some(hash::hash_fd(sfd.as_fd(), e.size)?.0),
+        };
+        let dfd = fsx::create_excl_at(ddir, dname)?;
+        let r = fsx::copy_data(sfd.as_fd(), dfd.as_fd(), e.size, e.is_sparse());
+        let after = fsx::fstat(sfd.as_fd())?;
+        let mut stable = before.st_size == after.st_size
+            && before.st_mtime == after.st_mtime
+            && before.st_mtime_nsec == after.st_mtime_nsec
+            && before.st_ctime == after.st_ctime
+            && before.st_ctime_nsec == after.st_ctime_nsec;
+        if let (true, Ok(_), Some(h)) = (stable, &r, want) {
+            stable = hash::hash_fd(sfd.as_fd(), e.size)?.0 == h;
+            if !stable && attempt == 0 && e.hash == Some(&h) {
+                // Torn while hashed, or a cached hash outlived its content: either way it
+                // must not be cached again.
+                stale_hash = true;
+            }
+        }
+        match r {
+            Ok(n) if stable => {
+                fsx::set_meta_fresh_fd(dfd.as_fd(), &e, opts.meta)?;
+                if opts.fsync {
+                    fsx::fsync(dfd.as_fd())?;
+                }
+                return Ok((n, stale_hash));
+            }
+            Ok(_) => {
+                drop(dfd);
+                fsx::unlink_at(ddir, dname)?;
+                if attempt == 1 {
+                    return Err(source_side(
+                        io::ErrorKind::Other,
+                        "source changed while being copied; left as it was".into(),
+                    ));
+                }
+            }
+            Err(err) => {
+                drop(dfd);
+                let _ = fsx::unlink_at(ddir, dname);
+                return Err(err);
+            }
+        }
+    }
+    unreachable!()
 }

@@ -775,3 +775,61 @@ pub fn release_freed_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Swaps `a` in `adir` and `b` in `bdir` atomically (both on one mount): neither name is ever
+/// absent, and whoever opens either path sees one whole object or the other.
+pub fn exchange_between(
+    adir: BorrowedFd<'_>,
+    a: &[u8],
+    bdir: BorrowedFd<'_>,
+    b: &[u8],
+) -> io::Result<()> {
+    let ca = cstr(a)?;
+    let cb = cstr(b)?;
+    rfs::renameat_with(adir, ca.as_c_str(), bdir, cb.as_c_str(), RenameFlags::EXCHANGE)
+        .map_err(errno)
+}
+
+/// Moves `from` in `fdir` to `to` in `tdir`, failing if `to` exists.
+pub fn move_noreplace(
+    fdir: BorrowedFd<'_>,
+    from: &[u8],
+    tdir: BorrowedFd<'_>,
+    to: &[u8],
+) -> io::Result<()> {
+    let f = cstr(from)?;
+    let t = cstr(to)?;
+    rfs::renameat_with(fdir, f.as_c_str(), tdir, t.as_c_str(), RenameFlags::NOREPLACE)
+        .map_err(errno)
+}
+
+/// Opens the directory `name` in `dir` without following a symlink.
+pub fn open_subdir(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    rfs::openat(
+        dir,
+        c.as_c_str(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno)
+}
+
+/// Whether `name` in `dir` (a regular file or directory) is immutable or append-only: such an
+/// entry, or anything in such a directory, must not be switched away — the admin pinned it.
+/// Other types and filesystems without inode flags are never pinned.
+pub fn is_pinned_at(dir: BorrowedFd<'_>, name: &[u8], kind: Kind) -> bool {
+    if !matches!(kind, Kind::File | Kind::Dir) {
+        return false;
+    }
+    let Ok(c) = cstr(if name.is_empty() { b"." } else { name }) else {
+        return false;
+    };
+    let fl = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let Ok(fd) = rfs::openat(dir, c.as_c_str(), fl, Mode::empty()) else {
+        return false;
+    };
+    rfs::ioctl_getflags(&fd).is_ok_and(|f| {
+        f.intersects(rfs::IFlags::IMMUTABLE | rfs::IFlags::APPEND)
+    })
+}

@@ -7,14 +7,18 @@ pub mod cache;
 pub mod entry;
 pub mod error;
 pub mod fsx;
+pub mod generation;
 pub mod hash;
 pub mod jail;
 pub mod journal;
 pub mod manifest;
 pub mod plan;
+pub mod procs;
 pub mod progress;
 pub mod rollback;
 pub mod scan;
+pub mod stage;
+pub mod switch;
 pub mod sync;
 
 pub use error::{Error, Result};

@@ -23,6 +23,7 @@ use crate::manifest::Manifest;
 use crate::plan::{self, Op, Plan, PlanOpts};
 use crate::progress::{Phase, Progress};
 use crate::scan::{self, Excludes, Scan, ScanOpts};
+use crate::switch::{Home, Method};
 
 #[derive(Clone)]
 pub struct SyncOpts {
@@ -109,6 +110,10 @@ pub struct Tree {
     cache_loaded: [Option<usize>; 2],
     hashed: [usize; 2],
     dst_leftovers: Vec<Box<[u8]>>,
+    /// Live directories holding excluded entries (the next tree must keep those).
+    dst_holds_excluded: Vec<Box<[u8]>>,
+    /// Where and how the tree is switched (None: dry run or no state).
+    pub home: Option<Home>,
     _lock: Option<Lock>,
 }
 
@@ -122,6 +127,30 @@ pub struct Report {
     pub notes: Vec<String>,
     pub elapsed: Duration,
     pub switch_window: Duration,
+    /// Per tree, for trees switched whole: how, and what became of the old tree.
+    pub switches: Vec<Option<SwitchInfo>>,
+    /// Processes still using files of an old tree after the switch.
+    pub procs: Vec<crate::procs::ProcUse>,
+    /// Why nothing was switched (a tree failed to stage); the live trees are untouched.
+    pub aborted: Option<String>,
+    /// Why the trees could not be staged whole after all (an inode that cannot take another
+    /// link); nothing was switched, and the caller applies them per file instead.
+    pub fallback: Option<String>,
+    /// Time spent before the first switch (staging) and after the last (cleanup).
+    pub stage_time: Duration,
+    pub cleanup_time: Duration,
+}
+
+/// How one tree was switched.
+#[derive(Debug, Clone)]
+pub struct SwitchInfo {
+    pub method: Method,
+    pub window: Duration,
+    pub calls: usize,
+    /// The rollback generation the old tree became (None with `--keep 0`).
+    pub generation: Option<u64>,
+    pub generation_path: Option<PathBuf>,
+    pub linked: u64,
 }
 
 impl Report {
@@ -222,8 +251,26 @@ pub fn prepare(
     if !dst_path.exists() && !opts.dry_run {
         fs::create_dir_all(dst_path).at(dst_path)?;
     }
+    // The home first: a switch a killed run left half done is finished before anything is
+    // read, and a staging area inside the tree must not be scanned as part of it.
+    let home = match state {
+        Some(_) if !opts.dry_run => Some(Home::open(dst_path)?),
+        _ => None,
+    };
+    let in_tree_home;
+    let excludes = if home.as_ref().is_some_and(|h| h.method == Method::Entries) {
+        let mut pats = opts.exclude_patterns.clone();
+        pats.push(format!(
+            "/{}",
+            String::from_utf8_lossy(crate::switch::IN_TREE_HOME)
+        ));
+        in_tree_home = Excludes::new(&pats).map_err(|e| Error::bad(dst_path, e.to_string()))?;
+        &in_tree_home
+    } else {
+        &opts.excludes
+    };
     let sopts = ScanOpts {
-        excludes: &opts.excludes,
+        excludes,
         xattrs: opts.xattrs,
         defer_xattrs: true,
     };
@@ -264,6 +311,9 @@ pub fn prepare(
         Some(d) => d,
         None => empty_scan(&s),
     };
+    if let Some(h) = home.as_ref().filter(|h| h.is_switchable()) {
+        crate::generation::discount_own_links(&mut d.entries, &crate::generation::kept_inodes(h));
+    }
     progress.finish(Phase::Scan);
     fsx::release_freed_memory();
 
@@ -313,6 +363,16 @@ pub fn prepare(
     };
     let mut plan = plan::plan(&s.entries, &d.entries, popts);
     protect_unreadable(&mut plan, &d.entries, &protect);
+    let mut home = home;
+    if let Some(h) = home.as_mut().filter(|h| h.is_switchable() && !plan.is_empty()) {
+        if let Some(p) = pinned(dst_path, &d.entries, &plan) {
+            h.method = Method::PerFile(format!(
+                "{} is immutable or append-only",
+                dst_path.join(fsx::os(&p)).display()
+            ));
+        }
+    }
+    let dst_holds_excluded = d.holds_excluded.clone();
     for p in keep_excluded_parents(&mut plan, &d.entries, &d.holds_excluded) {
         scan_errors.push((
             dst_path.join(fsx::os(&p)),
@@ -333,6 +393,8 @@ pub fn prepare(
         cache_loaded,
         hashed,
         dst_leftovers: d.leftovers,
+        dst_holds_excluded,
+        home,
         _lock: lock,
     })
 }
@@ -439,6 +501,8 @@ pub fn prepare_from_manifest(
         cache_loaded: [None, None],
         hashed: [0, 0],
         dst_leftovers: Vec::new(),
+        dst_holds_excluded: Vec::new(),
+        home: None,
         _lock: None,
     })
 }
@@ -792,4 +856,353 @@ pub fn open_state(dir: &Path, trees: &[&Path]) -> Result<StateDir> {
     let state_c = canonical_maybe_missing(dir).unwrap_or_else(|_| dir.to_path_buf());
     check_outside(&state_c, &refs)?;
     StateDir::open(dir)
+}
+
+/// The first live directory, or live file the plan changes, that is immutable or append-only.
+/// Switching the tree would replace it anyway; the per-file pipeline respects the flag (and
+/// reports what it could not change).
+fn pinned(root: &Path, dst: &Entries, plan: &Plan) -> Option<Box<[u8]>> {
+    let fd = fsx::open_root_nofollow(root).ok()?;
+    let mut touched = vec![false; dst.len()];
+    for a in plan.actions.iter().filter(|a| a.dst != plan::NONE) {
+        touched[a.dst as usize] = true;
+    }
+    let mut dirs: Option<(Vec<u8>, std::os::fd::OwnedFd)> = None;
+    for (j, e) in dst.iter().enumerate() {
+        if e.kind != Kind::Dir && !(touched[j] && e.kind == Kind::File) {
+            continue;
+        }
+        let (p, n) = fsx::split_parent(e.path);
+        if e.path.is_empty() {
+            if fsx::is_pinned_at(fd.as_fd(), b"", e.kind) {
+                return Some(e.path.into());
+            }
+            continue;
+        }
+        if dirs.as_ref().is_none_or(|(dp, _)| dp.as_slice() != p) {
+            dirs = fsx::open_dir_beneath(fd.as_fd(), p).ok().map(|f| (p.to_vec(), f));
+        }
+        if let Some((_, d)) = &dirs {
+            if fsx::is_pinned_at(d.as_fd(), n, e.kind) {
+                return Some(e.path.into());
+            }
+        }
+    }
+    None
+}
+
+/// Whether every tree of a run can be switched whole (else the run uses the per-file burst).
+pub fn all_switchable(trees: &[Tree]) -> bool {
+    trees
+        .iter()
+        .all(|t| t.home.as_ref().is_some_and(|h| h.is_switchable()))
+}
+
+/// Applies prepared trees by switching: each tree's next release is staged whole in its home
+/// (every tree before any switch), recorded as a generation, then the trees are switched back
+/// to back in the order given (the package database last). A tree that fails to stage
+/// switches nothing of the run. See [`crate::stage`] and [`crate::switch`].
+pub fn switch_all(
+    trees: &mut [Tree],
+    state: &StateDir,
+    opts: &SyncOpts,
+    pools: &Pools,
+    progress: &dyn Progress,
+) -> Result<Report> {
+    use crate::generation;
+    let t0 = Instant::now();
+    let aopts = ApplyOpts {
+        meta: MetaOpts {
+            owner: opts.owner,
+            xattrs: opts.xattrs,
+        },
+        fsync: opts.fsync,
+    };
+    let keep = if opts.rollback { opts.keep } else { 0 };
+    let mut report = Report::default();
+
+    // 1. Stage every tree.
+    let mut staged = Vec::new();
+    for t in trees.iter() {
+        let home = t.home.as_ref().expect("switchable");
+        // Older generations go first, outside the switch: see `generation::prune`.
+        generation::prune(home, keep.saturating_sub(1))?;
+        if t.plan.is_empty() && t.dst_leftovers.is_empty() {
+            staged.push(None);
+            continue;
+        }
+        let next = home.make_next()?;
+        let sfd = fsx::open_root(&t.src_path).at(&t.src_path)?;
+        let lfd = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
+        let b = crate::stage::Builder {
+            src_root: sfd.as_fd(),
+            live_root: lfd.as_fd(),
+            next_root: next.as_fd(),
+            src: &t.src,
+            dst: &t.dst,
+            plan: &t.plan,
+            opts: aopts,
+            excludes: &opts.excludes,
+            holds_excluded: &t.dst_holds_excluded,
+            foreign_tmp: &t.dst_leftovers,
+        };
+        match b.build(&pools.work, progress) {
+            Ok(built) => staged.push(Some(built)),
+            Err(f) => {
+                // Nothing of the run is switched: every staged tree goes.
+                for t in trees.iter() {
+                    let _ = t.home.as_ref().expect("switchable").discard_next();
+                }
+                if matches!(f.error.raw_os_error(), Some(libc::EPERM | libc::EMLINK)) {
+                    // An immutable or append-only file cannot be linked (EPERM), an inode at
+                    // its filesystem's link limit cannot take one more (EMLINK).
+                    report.fallback = Some(format!(
+                        "{}: {}",
+                        t.dst_path.join(fsx::os(&f.path)).display(),
+                        f.error
+                    ));
+                    return Ok(report);
+                }
+                report.aborted = Some(format!(
+                    "{}: {} (while staging; nothing was switched, the live trees are as they were)",
+                    t.dst_path.join(fsx::os(&f.path)).display(),
+                    f.error
+                ));
+                report.elapsed = t0.elapsed();
+                report.outcomes = trees.iter().map(|_| Outcome::default()).collect();
+                return Ok(report);
+            }
+        }
+    }
+
+    // 2. What each next tree holds, and its generation record, before any switch.
+    // Stats taken only once a tick has passed since the last link or write, so the racy
+    // rule lets the cache vouch for every file the next run sees unchanged.
+    if staged.iter().any(|b| b.is_some()) {
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let mut afters = Vec::new();
+    let mut gens = Vec::new();
+    for (k, t) in trees.iter_mut().enumerate() {
+        let Some(built) = &staged[k] else {
+            afters.push(None);
+            gens.push(None);
+            continue;
+        };
+        for &(si, h) in &built.hashes {
+            t.src.set_hash(si as usize, Some(h));
+        }
+        let home = t.home.as_ref().expect("switchable");
+        let stamp = cache::now();
+        let sopts = ScanOpts {
+            excludes: &opts.excludes,
+            xattrs: opts.xattrs,
+            defer_xattrs: false,
+        };
+        let mut after = scan::scan_tree(&home.next_path(), &pools.walk, &sopts)?.entries;
+        fill_known_hashes(&mut after, &t.src, &t.dst);
+        // A file whose source failed keeps its live version: the source's hash is not its.
+        for e in &built.errors {
+            if let Ok(k) = after.search(&e.path) {
+                let d = t.dst.search(&e.path).ok().and_then(|j| t.dst.hash(j).copied());
+                after.set_hash(k, d);
+            }
+        }
+        let mut meta = Entries::new();
+        if home.method == Method::Entries && !t.dst.is_empty() {
+            meta.push_ent(t.dst.at(0));
+        }
+        for &j in &built.meta_in_place {
+            meta.push_ent(t.dst.at(j as usize));
+        }
+        let id = generation::next_id(home)?;
+        if keep > 0 {
+            generation::write_record(
+                home,
+                id,
+                home.method.name(),
+                &generation::Record {
+                    source: &t.src_path,
+                    changes: t.plan.actions.len() as u64,
+                    old: &t.dst,
+                    meta,
+                    after: &after,
+                    excludes: &opts.exclude_patterns,
+                },
+            )?;
+        }
+        afters.push(Some((after, stamp)));
+        gens.push(Some(id));
+    }
+    report.stage_time = t0.elapsed();
+    for (k, t) in trees.iter().enumerate() {
+        let home = t.home.as_ref().expect("switchable");
+        if let (Some(_), Some(p)) = (gens[k], home.blocked_move()) {
+            // Not ours to move (an unprivileged run): per file instead, before anything moved.
+            for (j, t) in trees.iter().enumerate() {
+                let h = t.home.as_ref().expect("switchable");
+                let _ = h.discard_next();
+                if let Some(id) = gens[j] {
+                    let _ = generation::remove(h, id);
+                }
+            }
+            report.fallback = Some(format!(
+                "{}: not writable, and moving a directory needs that without root",
+                p.display()
+            ));
+            return Ok(report);
+        }
+    }
+
+    // 3. The switches, back to back. If one fails, those made are switched back: never half.
+    let mut switched: Vec<usize> = Vec::new();
+    for (k, t) in trees.iter().enumerate() {
+        let Some(id) = gens[k] else { continue };
+        let home = t.home.as_ref().expect("switchable");
+        let r = home.switch_in(id).and_then(|s| {
+            // Per-entry switches leave the root in place: its metadata is set now.
+            if home.method == Method::Entries {
+                let root = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
+                fsx::set_meta_fd(root.as_fd(), &t.src.at(0), aopts.meta).at(&t.dst_path)?;
+            }
+            Ok(s)
+        });
+        match r {
+            Ok(s) => {
+                report.switch_window += s.window;
+                switched.push(k);
+                report.switches.push(Some(SwitchInfo {
+                    method: home.method.clone(),
+                    window: s.window,
+                    calls: s.calls,
+                    generation: (keep > 0).then_some(id),
+                    generation_path: (keep > 0).then(|| s.old.clone()),
+                    linked: staged[k].as_ref().map_or(0, |b| b.linked),
+                }));
+            }
+            Err(e) => {
+                for &j in switched.iter().rev() {
+                    let h = trees[j].home.as_ref().expect("switchable");
+                    if let Some(id) = gens[j] {
+                        let _ = h.switch_back(id, &format!("undone-{id}"));
+                    }
+                }
+                for t in trees.iter() {
+                    let _ = t.home.as_ref().expect("switchable").discard_next();
+                }
+                return Err(e);
+            }
+        }
+    }
+    while report.switches.len() < trees.len() {
+        report.switches.push(None);
+    }
+    let t_cleanup = Instant::now();
+
+    // 4. Caches, then who still runs the old trees, then what --keep 0 does not keep.
+    for (k, t) in trees.iter().enumerate() {
+        let built = staged[k].as_ref();
+        let stale: Vec<u32> = built.map_or(Vec::new(), |b| {
+            let mut s = b.stale.clone();
+            s.sort_unstable();
+            s
+        });
+        if let Ok(p) = state.cache_path(&t.src_path) {
+            let kept = t
+                .src
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| stale.binary_search(&(*i as u32)).is_err())
+                .map(|(_, e)| e);
+            let _ = cache::write_file(
+                &p,
+                cache::records(kept, t.src_stamp, opts.xattrs),
+                t.src_stamp,
+                opts.xattrs,
+            );
+        }
+        if let (Some((after, stamp)), Ok(p)) = (&afters[k], state.cache_path(&t.dst_path)) {
+            let _ = cache::write_file(
+                &p,
+                cache::records(after.iter(), *stamp, opts.xattrs),
+                *stamp,
+                opts.xattrs,
+            );
+        }
+        let mut o = Outcome {
+            done: vec![true; t.plan.actions.len()],
+            ..Outcome::default()
+        };
+        if let Some(b) = built {
+            o.bytes_written = b.bytes_written;
+            for e in &b.errors {
+                if let Ok(a) = t
+                    .plan
+                    .actions
+                    .binary_search_by(|a| t.plan.path(a, &t.src, &t.dst).cmp(&e.path))
+                {
+                    o.done[a] = false;
+                }
+            }
+            o.errors = b
+                .errors
+                .iter()
+                .map(|e| crate::apply::EntryError {
+                    path: e.path.clone(),
+                    phase: e.phase,
+                    error: io::Error::new(e.error.kind(), e.error.to_string()),
+                })
+                .collect();
+        }
+        o.switch_window = report.switches[k].as_ref().map_or(Duration::ZERO, |s| s.window);
+        report.outcomes.push(o);
+    }
+    let old_trees: Vec<PathBuf> = report
+        .switches
+        .iter()
+        .flatten()
+        .filter_map(|s| s.generation_path.clone())
+        .collect();
+    let live: Vec<PathBuf> = trees.iter().map(|t| t.dst_path.clone()).collect();
+    if !old_trees.is_empty() {
+        report.procs = crate::procs::using(&old_trees, &live);
+    }
+    if keep == 0 {
+        for (k, t) in trees.iter().enumerate() {
+            if let (Some(id), Some(h)) = (gens[k], t.home.as_ref()) {
+                let _ = fsx::remove_tree_at(h.fd.as_fd(), &Home::gen_name(id));
+            }
+        }
+    }
+    report.cleanup_time = t_cleanup.elapsed();
+    report.generations = trees.iter().map(|_| None).collect();
+    report.elapsed = t0.elapsed();
+    Ok(report)
+}
+
+/// Gives the files of a freshly staged tree the hashes this run knows: the source's, for a
+/// file copied or linked from it (same size and mtime), else the live tree's, for a file kept
+/// from it (same inode).
+fn fill_known_hashes(after: &mut Entries, src: &Entries, dst: &Entries) {
+    for k in 0..after.len() {
+        let a = after.at(k);
+        if a.kind != Kind::File {
+            continue;
+        }
+        let from_src = src.search(a.path).ok().map(|i| src.at(i)).filter(|s| {
+            s.kind == Kind::File && s.size == a.size && s.same_mtime(&a)
+        });
+        let h = match from_src.and_then(|s| s.hash.copied()) {
+            Some(h) => Some(h),
+            None => dst
+                .search(a.path)
+                .ok()
+                .map(|j| dst.at(j))
+                .filter(|d| d.kind == Kind::File && d.ino == a.ino)
+                .and_then(|d| d.hash.copied()),
+        };
+        if h.is_some() {
+            after.set_hash(k, h);
+        }
+    }
 }

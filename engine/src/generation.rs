@@ -1,0 +1,381 @@
+//! Generations of a switched tree: the old trees a switch leaves in the destination's home
+//! ([`crate::switch`]), what rollback needs to switch one back, listing and pruning.
+//!
+//! `gen-<N>` is the whole old tree (for the per-entry method: its old top-level entries). Its
+//! unchanged files are the live tree's own inodes, so a generation costs directories and
+//! links, no data. Beside it, `gen-<N>.d/` holds:
+//! - `info`: when, from which source, by which method;
+//! - `after`: a manifest (with stat fields) of the live tree as the switch left it, so
+//!   rollback can tell what changed since (an admin's edit) and refuse to switch it away;
+//! - `meta`: the old metadata of inodes shared by both trees whose metadata the sync changed
+//!   in place (and, for the per-entry method, of the root): rollback sets it back;
+//! - `inos`: the inode numbers of the generation's non-directories (sorted, u64 LE). A later
+//!   sync discounts those links when it asks whether a live file is linked from outside the
+//!   tree (it is, by our own generations, and that must not turn every metadata change into a
+//!   copy).
+//! A `gen-<N>.d` without its `gen-<N>` is a switch that never happened, and is removed.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::entry::{Entries, Kind};
+use crate::error::{Error, IoContext, Result};
+use crate::fsx::{self, MetaOpts};
+use crate::manifest;
+use crate::switch::{self, Home};
+
+#[derive(Debug, Clone)]
+pub struct Gen {
+    pub id: u64,
+    pub tree: PathBuf,
+    pub time: i64,
+    pub source: String,
+    pub method: String,
+    pub changes: u64,
+}
+
+fn meta_dir(home: &Home, n: u64) -> PathBuf {
+    home.path.join(format!("gen-{n}.d"))
+}
+
+/// Generations present, oldest first (complete ones: tree and records both there).
+pub fn list(home: &Home) -> Result<Vec<Gen>> {
+    let mut out = Vec::new();
+    for name in fsx::list_dir(home.fd.as_fd()).at(&home.path)? {
+        let Some(n) = std::str::from_utf8(&name)
+            .ok()
+            .and_then(|s| s.strip_prefix("gen-"))
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let d = meta_dir(home, n);
+        let Ok(info) = fs::read_to_string(d.join("info")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+                .unwrap_or("")
+                .to_string()
+        };
+        out.push(Gen {
+            id: n,
+            tree: home.gen_path(n),
+            time: field("time").parse().unwrap_or(0),
+            source: field("source"),
+            method: field("method"),
+            changes: field("changes").parse().unwrap_or(0),
+        });
+    }
+    out.sort_by_key(|g| g.id);
+    Ok(out)
+}
+
+/// The number the next generation gets.
+pub fn next_id(home: &Home) -> Result<u64> {
+    let mut max = 0;
+    for name in fsx::list_dir(home.fd.as_fd()).at(&home.path)? {
+        let s = String::from_utf8_lossy(&name);
+        let digits = s
+            .strip_prefix("gen-")
+            .or_else(|| s.strip_prefix("undone-"))
+            .map(|r| r.trim_end_matches(".d"));
+        if let Some(n) = digits.and_then(|d| d.parse::<u64>().ok()) {
+            max = max.max(n);
+        }
+    }
+    Ok(max + 1)
+}
+
+/// Removes records of switches that never happened, undone trees, and all but the newest
+/// `keep` generations. Runs before staging: removing links moves the ctime of inodes the live
+/// tree shares, so it must happen before the new tree's stats are recorded.
+pub fn prune(home: &Home, keep: usize) -> Result<()> {
+    let gens = list(home)?;
+    for name in fsx::list_dir(home.fd.as_fd()).at(&home.path)? {
+        let s = String::from_utf8_lossy(&name).into_owned();
+        let orphan_record = s
+            .strip_prefix("gen-")
+            .and_then(|r| r.strip_suffix(".d"))
+            .and_then(|d| d.parse::<u64>().ok())
+            .is_some_and(|n| !gens.iter().any(|g| g.id == n));
+        let orphan_tree = s
+            .strip_prefix("gen-")
+            .and_then(|d| d.parse::<u64>().ok())
+            .is_some_and(|n| !gens.iter().any(|g| g.id == n));
+        if orphan_record || orphan_tree || s.starts_with("undone-") {
+            fsx::remove_tree_at(home.fd.as_fd(), &name).at(home.path.join(&s))?;
+        }
+    }
+    let drop = gens.len().saturating_sub(keep);
+    for g in &gens[..drop] {
+        remove(home, g.id)?;
+    }
+    Ok(())
+}
+
+/// Removes generation `n` (its record first: a tree without one is pruned next time).
+pub fn remove(home: &Home, n: u64) -> Result<()> {
+    let rec = format!("gen-{n}.d");
+    fsx::remove_tree_at(home.fd.as_fd(), rec.as_bytes()).at(home.path.join(&rec))?;
+    fsx::remove_tree_at(home.fd.as_fd(), &Home::gen_name(n)).at(home.gen_path(n))
+}
+
+/// What a new generation records, written before the switch.
+pub struct Record<'a> {
+    pub source: &'a Path,
+    pub changes: u64,
+    /// The live tree before the switch (its non-directories' inodes go to `inos`).
+    pub old: &'a Entries,
+    /// Old entries whose metadata the sync changed in place.
+    pub meta: Entries,
+    /// The live tree as the switch will leave it.
+    pub after: &'a Entries,
+    /// The sync's `--exclude` patterns: rollback compares only what the sync saw.
+    pub excludes: &'a [String],
+}
+
+pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result<()> {
+    let name = format!("gen-{n}.d");
+    let shown = home.path.join(&name);
+    let _ = fsx::remove_tree_at(home.fd.as_fd(), name.as_bytes());
+    let dir = switch::private_dir(&home.fd, name.as_bytes(), &shown)?;
+    let stamp = crate::cache::now();
+    manifest::write_entries(&shown.join("after"), stamp, r.after, true)?;
+    manifest::write_entries(&shown.join("meta"), stamp, &r.meta, true)?;
+    let mut inos: Vec<u64> = r
+        .old
+        .iter()
+        .filter(|e| e.kind != Kind::Dir)
+        .map(|e| e.ino)
+        .collect();
+    inos.sort_unstable();
+    let bytes: Vec<u8> = inos.iter().flat_map(|i| i.to_le_bytes()).collect();
+    fs::write(shown.join("inos"), bytes).at(shown.join("inos"))?;
+    let mut info = Vec::new();
+    let _ = writeln!(info, "time={}", stamp.0);
+    let _ = writeln!(info, "source={}", r.source.display());
+    let _ = writeln!(info, "method={method}");
+    let _ = writeln!(info, "changes={}", r.changes);
+    for x in r.excludes {
+        let _ = writeln!(info, "exclude={x}");
+    }
+    // `info` last: a record is complete when it is there.
+    switch::write_durable(&dir, "info", &info, &shown.join("info"))
+}
+
+/// Sorted inode numbers of every kept generation's non-directories (with repeats: an inode in
+/// two generations is linked twice).
+pub fn kept_inodes(home: &Home) -> Vec<u64> {
+    let mut all = Vec::new();
+    for g in list(home).unwrap_or_default() {
+        if let Ok(b) = fs::read(meta_dir(home, g.id).join("inos")) {
+            all.extend(
+                b.chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+            );
+        }
+    }
+    all.sort_unstable();
+    all
+}
+
+/// Discounts, from the link counts of `dst`'s entries, the links our own generations hold:
+/// a live file shared with a generation is not "linked from outside".
+pub fn discount_own_links(dst: &mut Entries, kept: &[u64]) {
+    if kept.is_empty() {
+        return;
+    }
+    for k in 0..dst.len() {
+        let e = &mut dst[k];
+        if e.kind != Kind::Dir && e.nlink > 1 {
+            let lo = kept.partition_point(|&i| i < e.ino);
+            let hi = kept.partition_point(|&i| i <= e.ino);
+            let own = (hi - lo) as u32;
+            e.nlink = e.nlink.saturating_sub(own).max(1);
+        }
+    }
+}
+
+/// An entry of the live tree that differs from what the switch left.
+#[derive(Debug)]
+pub struct Changed {
+    pub path: Box<[u8]>,
+    pub what: &'static str,
+}
+
+/// Compares the live tree now with what generation `n`'s switch left there.
+pub fn changed_since(home: &Home, n: u64, now: &Entries) -> Result<Vec<Changed>> {
+    let after = manifest::read_file(&meta_dir(home, n).join("after"))?.entries;
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < after.len() || j < now.len() {
+        let ord = match (after.get(i), now.get(j)) {
+            (Some(a), Some(b)) => a.path.cmp(b.path),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match ord {
+            std::cmp::Ordering::Less => {
+                out.push(Changed {
+                    path: after.path(i).into(),
+                    what: "deleted since the sync",
+                });
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(Changed {
+                    path: now.path(j).into(),
+                    what: "created since the sync",
+                });
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                let (a, b) = (after.at(i), now.at(j));
+                let what = if a.kind != b.kind {
+                    Some("type changed since the sync")
+                } else if a.kind != Kind::Dir && a.ino != b.ino {
+                    Some("replaced since the sync")
+                } else if a.kind == Kind::File && (a.size != b.size || !a.same_mtime(&b)) {
+                    Some("modified since the sync")
+                } else if a.kind == Kind::Symlink && a.target() != b.target() {
+                    Some("symlink changed since the sync")
+                } else if a.mode != b.mode || a.uid != b.uid || a.gid != b.gid {
+                    Some("mode or owner changed since the sync")
+                } else {
+                    None
+                };
+                if let Some(what) = what {
+                    out.push(Changed {
+                        path: a.path.into(),
+                        what,
+                    });
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Sets back the metadata the sync of generation `n` changed in place (on inodes the old tree
+/// shares with the new). `root` is the restored tree's root directory.
+pub fn restore_meta(home: &Home, n: u64, live: &Path, meta: MetaOpts) -> Result<Vec<(PathBuf, io::Error)>> {
+    let old = manifest::read_file(&meta_dir(home, n).join("meta"))?.entries;
+    let root = fsx::open_root_nofollow(live).at(live)?;
+    let mut errors = Vec::new();
+    for e in old.iter() {
+        let r = if e.path.is_empty() {
+            fsx::set_meta_fd(root.as_fd(), &e, meta)
+        } else {
+            let (p, name) = fsx::split_parent(e.path);
+            fsx::open_dir_beneath(root.as_fd(), p)
+                .and_then(|d| fsx::set_meta_at(d.as_fd(), name, &e, meta))
+        };
+        if let Err(err) = r {
+            errors.push((live.join(OsStr::from_bytes(e.path)), err));
+        }
+    }
+    Ok(errors)
+}
+
+/// Refuses a generation id that is not there.
+pub fn find(home: &Home, id: Option<u64>) -> Result<Gen> {
+    let gens = list(home)?;
+    match id {
+        None => gens
+            .last()
+            .cloned()
+            .ok_or_else(|| Error::bad(&home.live, "nothing to roll back")),
+        Some(n) => gens
+            .into_iter()
+            .find(|g| g.id == n)
+            .ok_or_else(|| Error::bad(&home.live, format!("no generation {n} (see `jailsync history`)"))),
+    }
+}
+
+/// What a rollback by switch did (or would have, when refused).
+#[derive(Debug)]
+pub struct RolledBack {
+    pub generation: Gen,
+    /// Entries changed since the sync; non-empty and not forced: nothing was switched.
+    pub changed: Vec<Changed>,
+    pub switched: Option<switch::Switched>,
+    /// Where the tree that was live went (it holds the changes above, when forced).
+    pub kept_as: Option<PathBuf>,
+    pub errors: Vec<(PathBuf, io::Error)>,
+}
+
+/// Switches generation `id` (default: the newest) back in. The live tree is first compared
+/// with what the newest sync left: a change made since (an admin's edit, a new file) refuses
+/// the rollback unless `force` — one switch cannot keep some entries and undo others without
+/// tearing the tree — and even forced, the tree that was live is kept whole (`kept-<N>`).
+pub fn rollback(
+    home: &Home,
+    id: Option<u64>,
+    force: bool,
+    dry_run: bool,
+    meta: MetaOpts,
+    pool: &rayon::ThreadPool,
+) -> Result<RolledBack> {
+    let gens = list(home)?;
+    let g = find(home, id)?;
+    let newest = gens.last().expect("found one").id;
+    let info = fs::read_to_string(meta_dir(home, newest).join("info")).unwrap_or_default();
+    let mut pats: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.strip_prefix("exclude="))
+        .map(String::from)
+        .collect();
+    if home.method == switch::Method::Entries {
+        pats.push(format!("/{}", String::from_utf8_lossy(switch::IN_TREE_HOME)));
+    }
+    let excludes =
+        crate::scan::Excludes::new(&pats).map_err(|e| Error::bad(&home.live, e.to_string()))?;
+    let sopts = crate::scan::ScanOpts {
+        excludes: &excludes,
+        xattrs: false,
+        defer_xattrs: false,
+    };
+    let now = crate::scan::scan_tree(&home.live, pool, &sopts)?.entries;
+    let changed = changed_since(home, newest, &now)?;
+    let mut out = RolledBack {
+        generation: g.clone(),
+        changed,
+        switched: None,
+        kept_as: None,
+        errors: Vec::new(),
+    };
+    if dry_run || (!out.changed.is_empty() && !force) {
+        return Ok(out);
+    }
+    let to = if out.changed.is_empty() {
+        format!("undone-{}", g.id)
+    } else {
+        format!("kept-{}", g.id)
+    };
+    let s = home.switch_back(g.id, &to)?;
+    out.kept_as = Some(s.old.clone());
+    out.switched = Some(s);
+    // Metadata set in place by each undone sync, newest first, so the oldest's wins.
+    for n in (g.id..=newest).rev() {
+        if gens.iter().any(|x| x.id == n) {
+            out.errors.extend(restore_meta(home, n, &home.live, meta)?);
+        }
+    }
+    // The restored generation is live again, and newer ones describe states now undone.
+    for n in g.id..=newest {
+        let rec = format!("gen-{n}.d");
+        let _ = fsx::remove_tree_at(home.fd.as_fd(), rec.as_bytes());
+        if n != g.id {
+            let _ = fsx::remove_tree_at(home.fd.as_fd(), &Home::gen_name(n));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,103 @@
+//! Processes that still run code or read data of an old tree after a switch.
+//!
+//! A switch never disturbs a running program: its open files and mappings keep their inodes,
+//! and its working directory stays valid (the old tree is still there, as a generation). But
+//! such a program goes on running the old release until restarted. Like needrestart and
+//! `zypper ps`, we read `/proc/PID/maps`: the kernel prints each mapped file's current path,
+//! so a library of the old tree now shows under the generation's path (and one the old
+//! per-file pipeline replaced shows as `(deleted)` under the live path).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcUse {
+    pub pid: u32,
+    /// The command name (`/proc/PID/comm`).
+    pub comm: String,
+    /// One old file it maps (the first seen).
+    pub file: PathBuf,
+}
+
+/// Processes mapping a file below any of `old_trees`, or a deleted file below `live`.
+pub fn using(old_trees: &[PathBuf], live: &[PathBuf]) -> Vec<ProcUse> {
+    let mut out = Vec::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    let me = std::process::id();
+    for ent in dir.flatten() {
+        let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        // A process may exit or refuse us (another user's, without root): skip it.
+        let Ok(maps) = fs::read(ent.path().join("maps")) else {
+            continue;
+        };
+        if let Some(file) = first_old_mapping(&maps, old_trees, live) {
+            let comm = fs::read_to_string(ent.path().join("comm"))
+                .map(|s| s.trim_end().to_string())
+                .unwrap_or_default();
+            out.push(ProcUse { pid, comm, file });
+        }
+    }
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
+/// The first mapped path in a maps listing that belongs to an old tree. Each line is
+/// `start-end perms offset dev inode   path`; the path is the sixth field, may hold spaces,
+/// and has ` (deleted)` appended when unlinked.
+fn first_old_mapping(maps: &[u8], old_trees: &[PathBuf], live: &[PathBuf]) -> Option<PathBuf> {
+    for line in maps.split(|&b| b == b'\n') {
+        let s = String::from_utf8_lossy(line);
+        let mut rest = s.as_ref();
+        for _ in 0..5 {
+            rest = rest.trim_start();
+            rest = &rest[rest.find(' ').unwrap_or(rest.len())..];
+        }
+        let path = rest.trim_start();
+        if !path.starts_with('/') {
+            continue;
+        }
+        let (p, deleted) = match path.strip_suffix(" (deleted)") {
+            Some(p) => (p, true),
+            None => (path, false),
+        };
+        let p = Path::new(p);
+        if old_trees.iter().any(|t| p.starts_with(t))
+            || (deleted && live.iter().any(|t| p.starts_with(t)))
+        {
+            return Some(p.to_path_buf());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_old_and_deleted_mappings_only() {
+        let maps = b"55d0-55d1 r--p 00000000 fd:01 1234    /usr/bin/cat\n\
+7f00-7f01 r-xp 00000000 fd:01 99    /usr/.jailsync-pkg/gen-3/lib/libz.so.1\n";
+        let old = [PathBuf::from("/usr/.jailsync-pkg/gen-3")];
+        let live = [PathBuf::from("/usr/pkg")];
+        assert_eq!(
+            first_old_mapping(maps, &old, &live),
+            Some(PathBuf::from("/usr/.jailsync-pkg/gen-3/lib/libz.so.1"))
+        );
+        let maps = b"7f00-7f01 r-xp 00000000 fd:01 99    /usr/pkg/lib/lib z.so (deleted)\n\
+7f00-7f01 r-xp 00000000 00:00 0    [heap]\n";
+        assert_eq!(
+            first_old_mapping(maps, &old, &live),
+            Some(PathBuf::from("/usr/pkg/lib/lib z.so"))
+        );
+        let maps = b"7f00-7f01 r-xp 00000000 fd:01 99    /usr/pkg/lib/libz.so\n";
+        assert_eq!(first_old_mapping(maps, &old, &live), None);
+    }
+}

@@ -1,0 +1,523 @@
+//! Staging: building the next release of a tree, whole, beside the live one.
+//!
+//! The next tree is made in a private directory on the live tree's filesystem (see
+//! [`crate::switch`]) and is complete before anyone can see it:
+//! - every directory is made fresh (mode 0700 until its metadata is set, deepest first, last);
+//! - a non-directory the plan leaves alone (or changes only in metadata) is **hard-linked**
+//!   from the live tree: the same inode, so nothing is copied and caches keyed by inode stay
+//!   valid; a metadata-only change is then set on that shared inode (see below);
+//! - new and changed files are copied from the source straight under their final names;
+//!   hard-link followers are linked to their leader's new inode;
+//! - live entries that must stay (excluded paths, directories that still hold them, entries
+//!   whose source could not be read, user files named like our temporary files) are linked
+//!   across too.
+//!
+//! **Metadata-only changes on a shared inode** are visible in the live tree as soon as they
+//! are staged, before the switch: mode, owner, times and xattrs of a file whose content does
+//! not change. That is the one thing not switched atomically, by choice — copying every file
+//! whose mtime moved would write the whole release again on a slow disk. The generation keeps
+//! the old metadata of these entries ([`Built::meta_in_place`]) and rollback sets it back.
+//!
+//! Any failure to write the next tree (no space, no inodes, an I/O error) fails the whole
+//! build: the caller removes the next tree and the live one was never touched. A source entry
+//! that cannot be read (or changes while copied) keeps its live version and is reported.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use crate::apply::{copy_checked, is_source_side, ApplyOpts, EntryError};
+use crate::entry::{join, Ent, Entries, Hash, Kind};
+use crate::fsx::{self, split_parent};
+use crate::hash;
+use crate::plan::{Op, Plan, NONE};
+use crate::progress::{Phase, Progress};
+use crate::scan::Excludes;
+
+/// What a non-directory of the next tree is made from.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum From {
+    /// Copied or created from the source entry.
+    Source(u32),
+    /// A hard link to the source's group leader, already staged.
+    Follower(u32, u32),
+    /// The live inode at the same path, linked; metadata of the source set on it when given.
+    Live(u32, Option<u32>),
+}
+
+/// What building a next tree did.
+#[derive(Debug, Default)]
+pub struct Built {
+    pub bytes_written: u64,
+    /// Inodes shared with the live tree.
+    pub linked: u64,
+    /// Entries kept at their live version (or left out) because their source failed.
+    pub errors: Vec<EntryError>,
+    /// Hashes of copied files whose source hash was unknown (source index, hash): read back
+    /// from the page cache right after the copy, so the next run need not read them again.
+    pub hashes: Vec<(u32, Hash)>,
+    /// Source entries whose scanned hash proved stale while copying.
+    pub stale: Vec<u32>,
+    /// Destination indices of live inodes whose metadata was changed in place.
+    pub meta_in_place: Vec<u32>,
+}
+
+/// A failure that fails the whole build.
+#[derive(Debug)]
+pub struct Fatal {
+    pub path: Box<[u8]>,
+    pub error: io::Error,
+}
+
+pub struct Builder<'a> {
+    pub src_root: BorrowedFd<'a>,
+    pub live_root: BorrowedFd<'a>,
+    pub next_root: BorrowedFd<'a>,
+    pub src: &'a Entries,
+    pub dst: &'a Entries,
+    pub plan: &'a Plan,
+    pub opts: ApplyOpts,
+    pub excludes: &'a Excludes,
+    /// Live directories that hold excluded entries (from the destination's scan).
+    pub holds_excluded: &'a [Box<[u8]>],
+    /// Live entries named like temporary files that are not ours: carried across.
+    pub foreign_tmp: &'a [Box<[u8]>],
+}
+
+/// Remembers the last directory opened under one root; entries come in path order.
+struct Dirs<'r> {
+    root: BorrowedFd<'r>,
+    last: Option<(Vec<u8>, OwnedFd)>,
+}
+
+impl<'r> Dirs<'r> {
+    fn new(root: BorrowedFd<'r>) -> Self {
+        Dirs { root, last: None }
+    }
+
+    fn get(&mut self, rel: &[u8]) -> io::Result<BorrowedFd<'_>> {
+        if !self.last.as_ref().is_some_and(|(p, _)| p == rel) {
+            let fd = fsx::open_dir_beneath(self.root, rel)?;
+            self.last = Some((rel.to_vec(), fd));
+        }
+        Ok(self.last.as_ref().expect("just set").1.as_fd())
+    }
+}
+
+impl<'a> Builder<'a> {
+    /// Builds the whole next tree. The caller owns `next_root` (an empty directory) and
+    /// removes it on failure.
+    pub fn build(
+        &self,
+        pool: &rayon::ThreadPool,
+        progress: &dyn Progress,
+    ) -> Result<Built, Fatal> {
+        let (dirs, items) = self.layout();
+        let mut built = Built::default();
+        progress.start(Phase::Stage, (dirs.len() + items.len()) as u64);
+
+        // 1. Directories, parents first, private (0700) until their metadata is set.
+        let mut cache = Dirs::new(self.next_root);
+        for d in &dirs {
+            let p = d.path(self);
+            if p.is_empty() {
+                continue;
+            }
+            let (parent, name) = split_parent(p);
+            cache
+                .get(parent)
+                .and_then(|fd| fsx::mkdir_at(fd, name, 0o700))
+                .map_err(|error| Fatal {
+                    path: p.into(),
+                    error,
+                })?;
+            progress.advance(1, 0);
+        }
+        drop(cache);
+
+        // 2. Non-directories across the workers; followers after their leaders.
+        let (leaders, followers): (Vec<_>, Vec<_>) = items
+            .iter()
+            .partition(|f| !matches!(f, From::Follower(..)));
+        let bytes = AtomicU64::new(0);
+        let linked = AtomicU64::new(0);
+        let out = Mutex::new(Built::default());
+        let fatal: Mutex<Option<Fatal>> = Mutex::new(None);
+        for batch in [leaders, followers] {
+            pool.install(|| {
+                batch.par_chunks(64).for_each(|chunk| {
+                    let mut s = Dirs::new(self.src_root);
+                    let mut l = Dirs::new(self.live_root);
+                    let mut n = Dirs::new(self.next_root);
+                    let mut local = Built::default();
+                    for &&from in chunk {
+                        if fatal.lock().expect("poisoned").is_some() {
+                            return;
+                        }
+                        let path = self.item_path(from);
+                        match self.make_one(path, from, &mut s, &mut l, &mut n, &mut local) {
+                            Ok((b, shared)) => {
+                                bytes.fetch_add(b, Ordering::Relaxed);
+                                linked.fetch_add(shared as u64, Ordering::Relaxed);
+                                progress.advance(1, b);
+                            }
+                            Err(error) => {
+                                *fatal.lock().expect("poisoned") = Some(Fatal {
+                                    path: path.into(),
+                                    error,
+                                });
+                                return;
+                            }
+                        }
+                    }
+                    let mut o = out.lock().expect("poisoned");
+                    o.errors.append(&mut local.errors);
+                    o.hashes.append(&mut local.hashes);
+                    o.stale.append(&mut local.stale);
+                    o.meta_in_place.append(&mut local.meta_in_place);
+                });
+            });
+            if let Some(f) = fatal.lock().expect("poisoned").take() {
+                return Err(f);
+            }
+        }
+        let o = out.into_inner().expect("poisoned");
+        built.errors = o.errors;
+        built.hashes = o.hashes;
+        built.stale = o.stale;
+        built.meta_in_place = o.meta_in_place;
+        built.meta_in_place.sort_unstable();
+        built.bytes_written = bytes.into_inner();
+        built.linked = linked.into_inner();
+
+        // 3. Live entries that stay without being in either scan: excluded ones and foreign
+        // files named like our temporary ones.
+        self.carry_unscanned().map_err(|(path, error)| Fatal { path, error })?;
+
+        // 4. Directory metadata, deepest first (children are in place, so mtimes stick).
+        let mut cache = Dirs::new(self.next_root);
+        for d in dirs.iter().rev() {
+            let p = d.path(self);
+            let e = d.entry(self);
+            let r = if p.is_empty() {
+                fsx::set_meta_fd(self.next_root, &e, self.opts.meta).and_then(|()| {
+                    if self.opts.fsync {
+                        fsx::fsync(self.next_root)?;
+                    }
+                    Ok(())
+                })
+            } else {
+                let (parent, name) = split_parent(p);
+                cache.get(parent).and_then(|fd| {
+                    fsx::set_meta_at(fd, name, &e, self.opts.meta)?;
+                    if self.opts.fsync {
+                        fsx::fsync(fsx::open_dir_beneath(fd, name)?.as_fd())?;
+                    }
+                    Ok(())
+                })
+            };
+            r.map_err(|error| Fatal {
+                path: p.into(),
+                error,
+            })?;
+        }
+        hash::release_buffers(pool);
+        progress.finish(Phase::Stage);
+        Ok(built)
+    }
+
+    /// Decides, in path order, every directory and non-directory of the next tree.
+    fn layout(&self) -> (Vec<DirFrom>, Vec<From>) {
+        let (src, dst) = (self.src, self.dst);
+        // Per source entry: the op planned for it (None: unchanged). Per destination entry:
+        // whether the plan deletes it. One byte each: this runs for every entry of both trees.
+        let mut sop: Vec<Option<Op>> = vec![None; src.len()];
+        // Only hard-link followers have a leader (few): a map over them, not over every entry.
+        let mut leader_of: std::collections::HashMap<u32, u32> = Default::default();
+        let mut deleted = vec![false; dst.len()];
+        for a in &self.plan.actions {
+            if a.src != NONE {
+                sop[a.src as usize] = Some(a.op);
+                if a.link_to != NONE {
+                    leader_of.insert(a.src, a.link_to);
+                }
+            } else if a.op == Op::Delete {
+                deleted[a.dst as usize] = true;
+            }
+        }
+        let leader = |i: u32| leader_of.get(&i).copied().unwrap_or(NONE);
+        let mut dirs = Vec::new();
+        let mut items = Vec::new();
+        let (mut i, mut j) = (0, 0);
+        while i < src.len() || j < dst.len() {
+            let order = match (src.get(i), dst.get(j)) {
+                (Some(s), Some(d)) => s.path.cmp(d.path),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                _ => std::cmp::Ordering::Greater,
+            };
+            let (si, dj) = match order {
+                std::cmp::Ordering::Less => (Some(i), None),
+                std::cmp::Ordering::Greater => (None, Some(j)),
+                std::cmp::Ordering::Equal => (Some(i), Some(j)),
+            };
+            i += si.is_some() as usize;
+            j += dj.is_some() as usize;
+            match (si, dj) {
+                (Some(si), dj) => {
+                    let s = src.at(si);
+                    let op = sop[si];
+                    let live_same = dj.filter(|&dj| dst.at(dj).kind == s.kind);
+                    match (op, live_same) {
+                        // Unchanged, or only its metadata: the live inode (directories are
+                        // always new).
+                        (None | Some(Op::Meta), Some(dj)) if s.kind != Kind::Dir => {
+                            let meta = (op == Some(Op::Meta)).then_some(si as u32);
+                            items.push(From::Live(dj as u32, meta));
+                        }
+                        (None | Some(Op::Meta), Some(_)) => dirs.push(DirFrom::Src(si as u32)),
+                        // Planned nothing but of another type: a live directory the plan keeps
+                        // because it holds excluded entries.
+                        (None, None) if dj.is_some() => {
+                            let dj = dj.expect("checked");
+                            if dst.at(dj).kind == Kind::Dir {
+                                dirs.push(DirFrom::Live(dj as u32));
+                            } else {
+                                items.push(From::Live(dj as u32, None));
+                            }
+                        }
+                        _ if s.kind == Kind::Dir => dirs.push(DirFrom::Src(si as u32)),
+                        _ => {
+                            let l = leader(si as u32);
+                            if l == NONE {
+                                items.push(From::Source(si as u32));
+                            } else {
+                                items.push(From::Follower(si as u32, l));
+                            }
+                        }
+                    }
+                }
+                (None, Some(dj)) => {
+                    if deleted[dj] {
+                        continue;
+                    }
+                    // Kept by the plan: it holds excluded entries, or its source side could
+                    // not be read.
+                    if dst.at(dj).kind == Kind::Dir {
+                        dirs.push(DirFrom::Live(dj as u32));
+                    } else {
+                        items.push(From::Live(dj as u32, None));
+                    }
+                }
+                (None, None) => unreachable!(),
+            }
+        }
+        // An entry below a path that is not a directory of the next tree cannot be made (its
+        // parent was deleted or turned into a file): it is left out, as the plan deletes it.
+        // Parents come before children in path order, so one pass sees every parent decided.
+        let mut kept: std::collections::HashSet<&[u8]> = Default::default();
+        let mut keep_dirs = Vec::with_capacity(dirs.len());
+        for d in &dirs {
+            let p = d.path(self);
+            if p.is_empty() || kept.contains(split_parent(p).0) {
+                kept.insert(p);
+                keep_dirs.push(*d);
+            }
+        }
+        items.retain(|f| kept.contains(split_parent(self.item_path(*f)).0));
+        (keep_dirs, items)
+    }
+
+    fn item_path(&self, f: From) -> &'a [u8] {
+        match f {
+            From::Source(si) | From::Follower(si, _) => self.src.path(si as usize),
+            From::Live(dj, _) => self.dst.path(dj as usize),
+        }
+    }
+
+    /// Makes one non-directory. Returns (bytes written, shares a live inode).
+    fn make_one(
+        &self,
+        path: &[u8],
+        from: From,
+        s: &mut Dirs,
+        l: &mut Dirs,
+        n: &mut Dirs,
+        out: &mut Built,
+    ) -> io::Result<(u64, bool)> {
+        let (parent, name) = split_parent(path);
+        match from {
+            From::Live(dj, meta) => {
+                let ld = l.get(parent)?;
+                let nd = n.get(parent)?;
+                fsx::link_at(ld, name, nd, name)?;
+                if let Some(si) = meta {
+                    fsx::set_meta_at(nd, name, &self.src.at(si as usize), self.opts.meta)?;
+                    out.meta_in_place.push(dj);
+                }
+                Ok((0, true))
+            }
+            From::Follower(_, leader) => {
+                let lp = self.src.path(leader as usize);
+                let (lparent, lname) = split_parent(lp);
+                let lfd = fsx::open_dir_beneath(self.next_root, lparent)?;
+                let nd = n.get(parent)?;
+                fsx::link_at(lfd.as_fd(), lname, nd, name)?;
+                Ok((0, false))
+            }
+            From::Source(si) => {
+                let e = self.src.at(si as usize);
+                match self.make_from_source(e, si, parent, name, s, n, out) {
+                    Ok(b) => Ok((b, false)),
+                    Err(err) if is_source_side(&err) => {
+                        // The live version stays, if there is one of the same type.
+                        let kept = match self.dst.search(path) {
+                            Ok(dj) if self.dst.at(dj).kind != Kind::Dir => {
+                                let ld = l.get(parent)?;
+                                fsx::link_at(ld, name, n.get(parent)?, name)?;
+                                true
+                            }
+                            _ => false,
+                        };
+                        out.errors.push(EntryError {
+                            path: path.into(),
+                            phase: Phase::Stage,
+                            error: err,
+                        });
+                        Ok((0, kept))
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn make_from_source(
+        &self,
+        e: Ent<'_>,
+        si: u32,
+        parent: &[u8],
+        name: &[u8],
+        s: &mut Dirs,
+        n: &mut Dirs,
+        out: &mut Built,
+    ) -> io::Result<u64> {
+        match e.kind {
+            Kind::File => {
+                let sd = s.get(parent)?;
+                let nd = n.get(parent)?;
+                let (b, stale) = copy_checked(sd, name, nd, name, e, true, self.opts)?;
+                if stale {
+                    out.stale.push(si);
+                }
+                if e.hash.is_none() || stale {
+                    // Just written, so in the page cache: hashing it now spares the next run
+                    // reading it from disk (on both sides).
+                    let fd = fsx::open_read_at(nd, name)?;
+                    out.hashes.push((si, hash::hash_fd(fd.as_fd(), e.size)?.0));
+                }
+                Ok(b)
+            }
+            Kind::Symlink => {
+                let nd = n.get(parent)?;
+                fsx::symlink_at(e.target().unwrap_or_default(), nd, name)?;
+                fsx::set_meta_at(nd, name, &e, self.opts.meta)?;
+                Ok(0)
+            }
+            Kind::Fifo | Kind::Char | Kind::Block | Kind::Socket => {
+                let nd = n.get(parent)?;
+                fsx::mknod_at(nd, name, &e)?;
+                fsx::set_meta_at(nd, name, &e, self.opts.meta)?;
+                Ok(0)
+            }
+            Kind::Dir => unreachable!("directories are made first"),
+        }
+    }
+
+    /// Links live entries that neither scan listed but that must survive the switch.
+    fn carry_unscanned(&self) -> Result<(), (Box<[u8]>, io::Error)> {
+        for p in self.foreign_tmp {
+            let (parent, name) = split_parent(p);
+            self.clone_live(parent, name)
+                .map_err(|e| (p.clone(), e))?;
+        }
+        if self.excludes.is_empty() {
+            return Ok(());
+        }
+        for d in self.holds_excluded {
+            let ld = fsx::open_dir_beneath(self.live_root, d).map_err(|e| (d.clone(), e))?;
+            for name in fsx::list_dir(ld.as_fd()).map_err(|e| (d.clone(), e))? {
+                let path = join(d, &name);
+                let c = fsx::cstr(&name).map_err(|e| (path.clone().into(), e))?;
+                let st = match fsx::lstat_at(ld.as_fd(), &c) {
+                    Ok(st) => st,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err((path.into(), e)),
+                };
+                let is_dir = fsx::kind_of(st.st_mode as u32) == Kind::Dir;
+                if self.excludes.matches(&path, &name, is_dir) {
+                    self.clone_live(d, &name).map_err(|e| (path.into(), e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Recreates live `parent/name` in the next tree: directories made with their metadata,
+    /// everything else hard-linked.
+    fn clone_live(&self, parent: &[u8], name: &[u8]) -> io::Result<()> {
+        let ld = fsx::open_dir_beneath(self.live_root, parent)?;
+        let nd = match fsx::open_dir_beneath(self.next_root, parent) {
+            Ok(fd) => fd,
+            // Its parent is not part of the next tree: nothing to keep it in.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        clone_at(ld.as_fd(), nd.as_fd(), name, self.opts)
+    }
+}
+
+fn clone_at(ld: BorrowedFd<'_>, nd: BorrowedFd<'_>, name: &[u8], opts: ApplyOpts) -> io::Result<()> {
+    let c = fsx::cstr(name)?;
+    let st = fsx::lstat_at(ld, &c)?;
+    if fsx::kind_of(st.st_mode as u32) != Kind::Dir {
+        return fsx::link_at(ld, name, nd, name);
+    }
+    let mut e = crate::scan::entry_from_stat(&st);
+    if opts.meta.xattrs {
+        e.set_xattrs(fsx::read_xattrs_at(ld, name)?);
+    }
+    fsx::mkdir_at(nd, name, 0o700)?;
+    let lsub = fsx::open_dir_beneath(ld, name)?;
+    let nsub = fsx::open_dir_beneath(nd, name)?;
+    for child in fsx::list_dir(lsub.as_fd())? {
+        clone_at(lsub.as_fd(), nsub.as_fd(), &child, opts)?;
+    }
+    fsx::set_meta_fd(nsub.as_fd(), &e, opts.meta)
+}
+
+/// Where a directory of the next tree takes its metadata from.
+#[derive(Clone, Copy, Debug)]
+enum DirFrom {
+    Src(u32),
+    Live(u32),
+}
+
+impl DirFrom {
+    fn path<'b>(&self, b: &'b Builder<'_>) -> &'b [u8] {
+        match *self {
+            DirFrom::Src(i) => b.src.path(i as usize),
+            DirFrom::Live(j) => b.dst.path(j as usize),
+        }
+    }
+
+    fn entry<'b>(&self, b: &'b Builder<'_>) -> Ent<'b> {
+        match *self {
+            DirFrom::Src(i) => b.src.at(i as usize),
+            DirFrom::Live(j) => b.dst.at(j as usize),
+        }
+    }
+}

@@ -1,0 +1,568 @@
+//! Switching: the next tree replaces the live one in one atomic step, and the old tree
+//! becomes the rollback generation.
+//!
+//! Each destination has a *home*: a directory private to root (0700, made so, never followed
+//! through a symlink) on the destination's own mount, holding
+//! - `next`: the tree being staged ([`crate::stage`]);
+//! - `gen-<N>`: old trees, newest highest; `gen-<N>.d/` beside each holds what rollback needs
+//!   (see [`crate::generation`]);
+//! - `switching`: a journal that exists only while a switch is under way, so a run killed
+//!   in the middle is finished forward by the next one.
+//!
+//! How the switch is made ([`Method`]), best first:
+//! - **Tree**: the home is `PARENT/.jailsync-NAME`; one `renameat2(RENAME_EXCHANGE)` swaps
+//!   `next` and the live root. A reader opening any path sees wholly the old release or wholly
+//!   the new one. Needs: DST not a mount point, no mount below it, a writable parent.
+//! - **Entries**: DST is a mount point (or its parent cannot take the home): the home is
+//!   `DST/.jailsync-gens` (never synced, never deleted by a sync), and each top-level entry of
+//!   the tree is exchanged on its own, back to back (libraries before programs); the root's
+//!   own metadata is set in place. A reader can see a mix only across top-level entries and
+//!   only for the microseconds between those calls.
+//! - **PerFile**: a mount below DST (the next tree cannot hold it) or a filesystem without
+//!   `RENAME_EXCHANGE`: the per-file staged burst of [`crate::apply`], the last resort.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsx;
+
+/// The home's name inside DST when the switch is made per top-level entry.
+pub const IN_TREE_HOME: &[u8] = b".jailsync-gens";
+const NEXT: &[u8] = b"next";
+const JOURNAL: &str = "switching";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// One exchange of the whole tree.
+    Tree,
+    /// One exchange per top-level entry (DST is a mount point or its parent is unusable).
+    Entries,
+    /// The per-file burst, with the reason it had to be used.
+    PerFile(String),
+}
+
+impl Method {
+    pub fn describe(&self) -> String {
+        match self {
+            Method::Tree => "one exchange of the whole tree".into(),
+            Method::Entries => "one exchange per top-level entry (the tree is a mount point or its parent cannot hold the staging area)".into(),
+            Method::PerFile(why) => format!("per-file renames (last resort: {why})"),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Tree => "tree",
+            Method::Entries => "entries",
+            Method::PerFile(_) => "per-file",
+        }
+    }
+}
+
+/// A destination's home, opened and checked.
+pub struct Home {
+    pub path: PathBuf,
+    pub fd: OwnedFd,
+    pub method: Method,
+    /// The live tree.
+    pub live: PathBuf,
+    live_parent: OwnedFd,
+    live_name: Vec<u8>,
+}
+
+/// What one switch did.
+#[derive(Debug, Clone)]
+pub struct Switched {
+    /// From the first exchange to the last: the only time a reader could see a mix (zero
+    /// for a whole-tree exchange but the one call's own duration).
+    pub window: Duration,
+    /// Exchanges and renames made.
+    pub calls: usize,
+    /// Where the old tree is now.
+    pub old: PathBuf,
+}
+
+fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Makes (or opens) a private directory `name` in `dir`: mode 0700 from creation, owned by
+/// us, never a symlink. One that exists with other owner or looser mode is refused: something
+/// other than this program made it.
+pub fn private_dir(dir: &OwnedFd, name: &[u8], shown: &Path) -> Result<OwnedFd> {
+    match fsx::mkdir_at(dir.as_fd(), name, 0o700) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io(shown, e)),
+    }
+    let fd = fsx::open_subdir(dir.as_fd(), name).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR) {
+            Error::bad(shown, "is a symlink or not a directory; refusing to use it")
+        } else {
+            Error::io(shown, e)
+        }
+    })?;
+    let st = fsx::fstat(fd.as_fd()).at(shown)?;
+    if st.st_uid != euid() || st.st_mode & 0o077 != 0 {
+        return Err(Error::bad(
+            shown,
+            format!(
+                "exists with owner {} and mode {:o}; jailsync makes it 0700 and owned by uid {} (remove it, or fix its mode, if it is jailsync's)",
+                st.st_uid,
+                st.st_mode & 0o7777,
+                euid()
+            ),
+        ));
+    }
+    Ok(fd)
+}
+
+impl Home {
+    /// Picks the switch method for `live` (canonical, existing) and opens its home, finishing
+    /// or discarding whatever a killed run left there.
+    pub fn open(live: &Path) -> Result<Home> {
+        let (parent, name) = match (live.parent(), live.file_name()) {
+            (Some(p), Some(n)) => (p.to_path_buf(), n.as_bytes().to_vec()),
+            _ => return Err(Error::bad(live, "the root directory cannot be switched")),
+        };
+        let live_parent = fsx::open_root(&parent).at(&parent)?;
+        let live_fd = fsx::open_subdir(live_parent.as_fd(), &name).at(live)?;
+        let table = crate::jail::mountinfo::MountTable::current().ok();
+        let below = table
+            .as_ref()
+            .and_then(|t| t.under(live).next().map(|m| m.target.clone()));
+        let st_live = fsx::fstat(live_fd.as_fd()).at(live)?;
+        let st_parent = fsx::fstat(live_parent.as_fd()).at(&parent)?;
+        let is_mount = st_live.st_dev != st_parent.st_dev
+            || table.as_ref().is_some_and(|t| t.at(live).is_some());
+        // JAILSYNC_SWITCH=entries|per-file forces a lesser method: for tests and for measuring
+        // the methods against each other on one tree.
+        let forced = std::env::var("JAILSYNC_SWITCH").ok();
+        let mut method = if forced.as_deref() == Some("per-file") {
+            Method::PerFile("forced by JAILSYNC_SWITCH".into())
+        } else if let Some(m) = below {
+            Method::PerFile(format!("{} is mounted below the tree", m.display()))
+        } else if is_mount || forced.as_deref() == Some("entries") {
+            Method::Entries
+        } else {
+            Method::Tree
+        };
+        let mut home = None;
+        if method == Method::Tree {
+            let mut hname = b".jailsync-".to_vec();
+            hname.extend_from_slice(&name);
+            let hpath = parent.join(OsStr::from_bytes(&hname));
+            match private_dir(&live_parent, &hname, &hpath) {
+                Ok(fd) => home = Some((hpath, fd)),
+                // A read-only or otherwise unusable parent: stage inside the tree instead.
+                Err(Error::Io { cause, .. })
+                    if matches!(
+                        cause.raw_os_error(),
+                        Some(libc::EROFS | libc::EACCES | libc::EPERM)
+                    ) =>
+                {
+                    method = Method::Entries
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if method == Method::Entries {
+            let hpath = live.join(OsStr::from_bytes(IN_TREE_HOME));
+            home = Some((hpath.clone(), private_dir(&live_fd, IN_TREE_HOME, &hpath)?));
+        }
+        let (path, fd) = match home {
+            Some(h) => h,
+            None => {
+                // Per-file: the old pipeline keeps its own store; the home only records that.
+                return Ok(Home {
+                    path: PathBuf::new(),
+                    fd: live_fd,
+                    method,
+                    live: live.into(),
+                    live_parent,
+                    live_name: name,
+                });
+            }
+        };
+        let mut h = Home {
+            path,
+            fd,
+            method,
+            live: live.into(),
+            live_parent,
+            live_name: name,
+        };
+        if !h.exchange_works() {
+            h.method = Method::PerFile("the filesystem cannot exchange two names atomically".into());
+            return Ok(h);
+        }
+        h.recover()?;
+        Ok(h)
+    }
+
+    fn exchange_works(&self) -> bool {
+        let (a, b) = (b".probe-a".as_slice(), b".probe-b".as_slice());
+        let _ = fsx::remove_tree_at(self.fd.as_fd(), a);
+        let _ = fsx::remove_tree_at(self.fd.as_fd(), b);
+        let ok = fsx::mkdir_at(self.fd.as_fd(), a, 0o700).is_ok()
+            && fsx::mkdir_at(self.fd.as_fd(), b, 0o700).is_ok()
+            && fsx::exchange_between(self.fd.as_fd(), a, self.fd.as_fd(), b).is_ok();
+        let _ = fsx::rmdir_at(self.fd.as_fd(), a);
+        let _ = fsx::rmdir_at(self.fd.as_fd(), b);
+        ok
+    }
+
+    pub fn is_switchable(&self) -> bool {
+        !matches!(self.method, Method::PerFile(_))
+    }
+
+    pub fn next_path(&self) -> PathBuf {
+        self.path.join(OsStr::from_bytes(NEXT))
+    }
+
+    /// Makes an empty `next`, removing one a killed run left.
+    pub fn make_next(&self) -> Result<OwnedFd> {
+        let p = self.next_path();
+        fsx::remove_tree_at(self.fd.as_fd(), NEXT).at(&p)?;
+        fsx::mkdir_at(self.fd.as_fd(), NEXT, 0o700).at(&p)?;
+        fsx::open_subdir(self.fd.as_fd(), NEXT).at(&p)
+    }
+
+    pub fn discard_next(&self) -> Result<()> {
+        fsx::remove_tree_at(self.fd.as_fd(), NEXT).at(self.next_path())
+    }
+
+    pub fn gen_name(n: u64) -> Vec<u8> {
+        format!("gen-{n}").into_bytes()
+    }
+
+    pub fn gen_path(&self, n: u64) -> PathBuf {
+        self.path.join(OsStr::from_bytes(&Self::gen_name(n)))
+    }
+
+    fn live_fd(&self) -> io::Result<OwnedFd> {
+        fsx::open_subdir(self.live_parent.as_fd(), &self.live_name)
+    }
+
+    /// Switches `next` in, making the old tree generation `n`. Never half: the journal is
+    /// written first, and a run killed after it is finished forward by [`Home::recover`].
+    pub fn switch_in(&self, n: u64) -> Result<Switched> {
+        self.exchange_with(NEXT, &Self::gen_name(n))
+    }
+
+    /// Switches generation `n` back in; the tree it replaces ends at `home/to` (`undone-<n>`,
+    /// removed by the next sync, or `kept-<n>` when it holds changes made after the sync).
+    pub fn switch_back(&self, n: u64, to: &str) -> Result<Switched> {
+        let from = Self::gen_name(n);
+        let _ = fsx::remove_tree_at(self.fd.as_fd(), to.as_bytes());
+        self.exchange_with(&from, to.as_bytes())
+    }
+
+    /// The home of `live` if a sync made one (never creates it).
+    pub fn existing(live: &Path) -> Result<Option<Home>> {
+        let parent = live.parent().unwrap_or(Path::new("/"));
+        let mut name = b".jailsync-".to_vec();
+        name.extend_from_slice(live.file_name().map_or(&b""[..], |n| n.as_bytes()));
+        let candidates = [
+            parent.join(OsStr::from_bytes(&name)),
+            live.join(OsStr::from_bytes(IN_TREE_HOME)),
+        ];
+        if candidates.iter().any(|c| c.is_dir()) {
+            return Home::open(live).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Exchanges the tree at `home/from` with the live one; the displaced live tree ends at
+    /// `home/to`.
+    fn exchange_with(&self, from: &[u8], to: &[u8]) -> Result<Switched> {
+        let jpath = self.path.join(JOURNAL);
+        let from_fd = fsx::open_subdir(self.fd.as_fd(), from)
+            .at(self.path.join(OsStr::from_bytes(from)))?;
+        let live = self.live_fd().at(&self.live)?;
+        // Journal: what moves where, by inode, so a killed run can tell done from not done.
+        let mut plan: Vec<(Vec<u8>, Step, u64)> = Vec::new();
+        let ino_of = |dir: &OwnedFd, n: &[u8]| -> Result<u64> {
+            let c = fsx::cstr(n).at(&self.live)?;
+            Ok(fsx::lstat_at(dir.as_fd(), &c).at(self.live.join(OsStr::from_bytes(n)))?.st_ino as u64)
+        };
+        match self.method {
+            Method::Tree => {}
+            Method::Entries => {
+                let mut names: Vec<Vec<u8>> = fsx::list_dir(from_fd.as_fd()).at(&jpath)?;
+                let live_names: Vec<Vec<u8>> = fsx::list_dir(live.as_fd())
+                    .at(&self.live)?
+                    .into_iter()
+                    .filter(|n| n != IN_TREE_HOME)
+                    .collect();
+                for n in &live_names {
+                    if !names.contains(n) {
+                        plan.push((n.clone(), Step::Out, ino_of(&live, n)?));
+                    }
+                }
+                names.sort_by_key(|n| (program_dir(n), n.clone()));
+                for n in names {
+                    let step = if live_names.contains(&n) {
+                        Step::Swap
+                    } else {
+                        Step::In
+                    };
+                    let ino = ino_of(&from_fd, &n)?;
+                    plan.push((n, step, ino));
+                }
+            }
+            Method::PerFile(_) => unreachable!("no exchange for the per-file method"),
+        }
+        let root_ino = fsx::fstat(from_fd.as_fd()).at(&jpath)?.st_ino;
+        let mut j = Vec::new();
+        let _ = writeln!(j, "from {}", hex(from));
+        let _ = writeln!(j, "to {}", hex(to));
+        let _ = writeln!(j, "ino {root_ino}");
+        for (n, s, ino) in &plan {
+            let _ = writeln!(j, "{} {} {ino}", s.word(), hex(n));
+        }
+        write_durable(&self.fd, JOURNAL, &j, &jpath)?;
+        let t0 = Instant::now();
+        let calls = match self.method {
+            Method::Tree => {
+                fsx::exchange_between(self.fd.as_fd(), from, self.live_parent.as_fd(), &self.live_name)
+                    .at(&self.live)?;
+                1
+            }
+            _ => {
+                for (k, (n, s, _)) in plan.iter().enumerate() {
+                    if let Err(e) = s.run(live.as_fd(), from_fd.as_fd(), n) {
+                        // Undo what was done, newest first, so the tree is wholly old again.
+                        for (n, s, _) in plan[..k].iter().rev() {
+                            let _ = s.undo(live.as_fd(), from_fd.as_fd(), n);
+                        }
+                        let _ = fsx::unlink_at(self.fd.as_fd(), JOURNAL.as_bytes());
+                        return Err(Error::io(self.live.join(OsStr::from_bytes(n)), e));
+                    }
+                }
+                plan.len()
+            }
+        };
+        let window = t0.elapsed();
+        self.finish_journal(from, to)?;
+        Ok(Switched {
+            window,
+            calls,
+            old: self.path.join(OsStr::from_bytes(to)),
+        })
+    }
+
+    /// Why `from` cannot be switched in by this (unprivileged) process, if it cannot: moving a
+    /// directory to another parent needs write permission on it (to update its `..`), which
+    /// root has anyway. Checked before the switch, so a refusal never leaves it half made.
+    pub fn cannot_move(&self, from: &[u8]) -> Option<PathBuf> {
+        if rustix::process::geteuid().is_root() {
+            return None;
+        }
+        let writable = |d: BorrowedFd<'_>, n: &[u8]| -> bool {
+            let Ok(c) = fsx::cstr(n) else { return false };
+            let is_dir = fsx::lstat_at(d, &c)
+                .map(|st| fsx::kind_of(st.st_mode as u32) == crate::entry::Kind::Dir)
+                .unwrap_or(false);
+            !is_dir
+                || rustix::fs::accessat(
+                    d,
+                    c.as_c_str(),
+                    rustix::fs::Access::WRITE_OK,
+                    rustix::fs::AtFlags::EACCESS,
+                )
+                .is_ok()
+        };
+        let from_fd = fsx::open_subdir(self.fd.as_fd(), from).ok()?;
+        let live = self.live_fd().ok()?;
+        match self.method {
+            Method::Tree => {
+                if !writable(self.fd.as_fd(), from) {
+                    return Some(self.path.join(OsStr::from_bytes(from)));
+                }
+                if !writable(self.live_parent.as_fd(), &self.live_name) {
+                    return Some(self.live.clone());
+                }
+            }
+            _ => {
+                for (dir, shown) in [(&from_fd, self.path.join(OsStr::from_bytes(from))), (&live, self.live.clone())] {
+                    for n in fsx::list_dir(dir.as_fd()).unwrap_or_default() {
+                        if n != IN_TREE_HOME && !writable(dir.as_fd(), &n) {
+                            return Some(shown.join(OsStr::from_bytes(&n)));
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// A directory this process may not move, blocking the switch of `next` (see
+    /// [`Home::cannot_move`]).
+    pub fn blocked_move(&self) -> Option<PathBuf> {
+        self.cannot_move(NEXT)
+    }
+
+    fn finish_journal(&self, from: &[u8], to: &[u8]) -> Result<()> {
+        let _ = fsx::remove_tree_at(self.fd.as_fd(), to);
+        fsx::rename_at(self.fd.as_fd(), from, self.fd.as_fd(), to)
+            .at(self.path.join(OsStr::from_bytes(to)))?;
+        fsx::fsync(self.fd.as_fd()).at(&self.path)?;
+        fsx::unlink_at(self.fd.as_fd(), JOURNAL.as_bytes()).at(self.path.join(JOURNAL))?;
+        Ok(())
+    }
+
+    /// Finishes a switch a killed run left under way (forward: the journal was complete
+    /// before the first exchange), else discards a half-staged `next`.
+    fn recover(&self) -> Result<()> {
+        let jpath = self.path.join(JOURNAL);
+        let text = match fs::read(&jpath) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return self.discard_next();
+            }
+            Err(e) => return Err(Error::io(&jpath, e)),
+        };
+        let bad = || Error::bad(&jpath, "unreadable switch journal; move it away after checking the tree");
+        let mut from = None;
+        let mut to = None;
+        let mut ino = None;
+        let mut steps = Vec::new();
+        for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let s = std::str::from_utf8(line).map_err(|_| bad())?;
+            let (k, v) = s.split_once(' ').ok_or_else(bad)?;
+            match k {
+                "from" => from = Some(unhex(v).ok_or_else(bad)?),
+                "to" => to = Some(unhex(v).ok_or_else(bad)?),
+                "ino" => ino = Some(v.parse::<u64>().map_err(|_| bad())?),
+                w => {
+                    let (n, i) = v.split_once(' ').ok_or_else(bad)?;
+                    let i = i.parse::<u64>().map_err(|_| bad())?;
+                    steps.push((Step::from_word(w).ok_or_else(bad)?, unhex(n).ok_or_else(bad)?, i));
+                }
+            }
+        }
+        let (Some(from), Some(to), Some(ino)) = (from, to, ino) else {
+            return Err(bad());
+        };
+        let live = self.live_fd().at(&self.live)?;
+        match self.method {
+            Method::Tree => {
+                let now = fsx::fstat(live.as_fd()).at(&self.live)?.st_ino;
+                if now as u64 == ino {
+                    // The exchange happened: only the renames after it are missing.
+                    self.finish_journal(&from, &to)?;
+                } else {
+                    // It did not: the switch never began.
+                    fsx::unlink_at(self.fd.as_fd(), JOURNAL.as_bytes()).at(&jpath)?;
+                }
+            }
+            _ => {
+                let from_fd = fsx::open_subdir(self.fd.as_fd(), &from)
+                    .at(self.path.join(OsStr::from_bytes(&from)))?;
+                // Each step is atomic, and the journal names the inode each one moves: a step
+                // is pending while that inode is not yet where the step takes it.
+                for (s, n, want) in &steps {
+                    let c = fsx::cstr(n).at(&jpath)?;
+                    let live_ino = fsx::lstat_at(live.as_fd(), &c).ok().map(|st| st.st_ino as u64);
+                    let pending = match s {
+                        Step::Out => live_ino == Some(*want),
+                        Step::In | Step::Swap => live_ino != Some(*want),
+                    };
+                    if pending {
+                        s.run(live.as_fd(), from_fd.as_fd(), n)
+                            .at(self.live.join(OsStr::from_bytes(n)))?;
+                    }
+                }
+                self.finish_journal(&from, &to)?;
+            }
+        }
+        let _ = self.discard_next();
+        Ok(())
+    }
+}
+
+/// One step of a per-entry switch.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// In both: exchanged.
+    Swap,
+    /// Only in the new tree: moved in.
+    In,
+    /// Only in the old tree: moved out into the generation.
+    Out,
+}
+
+impl Step {
+    fn word(self) -> &'static str {
+        match self {
+            Step::Swap => "swap",
+            Step::In => "in",
+            Step::Out => "out",
+        }
+    }
+
+    fn from_word(w: &str) -> Option<Step> {
+        Some(match w {
+            "swap" => Step::Swap,
+            "in" => Step::In,
+            "out" => Step::Out,
+            _ => return None,
+        })
+    }
+
+    fn undo(self, live: BorrowedFd<'_>, next: BorrowedFd<'_>, n: &[u8]) -> io::Result<()> {
+        match self {
+            Step::Swap => fsx::exchange_between(next, n, live, n),
+            Step::In => fsx::move_noreplace(live, n, next, n),
+            Step::Out => fsx::move_noreplace(next, n, live, n),
+        }
+    }
+
+    fn run(self, live: BorrowedFd<'_>, next: BorrowedFd<'_>, n: &[u8]) -> io::Result<()> {
+        match self {
+            Step::Swap => fsx::exchange_between(next, n, live, n),
+            Step::In => fsx::move_noreplace(next, n, live, n),
+            Step::Out => fsx::move_noreplace(live, n, next, n),
+        }
+    }
+}
+
+/// Top-level directories holding programs switch last, so a program never starts against
+/// the old libraries after its own switch.
+fn program_dir(n: &[u8]) -> bool {
+    matches!(n, b"bin" | b"sbin" | b"libexec")
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Writes `name` in `dir` durably (temp, fsync, rename, fsync of the directory).
+pub fn write_durable(dir: &OwnedFd, name: &str, data: &[u8], shown: &Path) -> Result<()> {
+    let tmp = format!("{name}.tmp");
+    let _ = fsx::unlink_at(dir.as_fd(), tmp.as_bytes());
+    let fd = fsx::create_excl_at(dir.as_fd(), tmp.as_bytes()).at(shown)?;
+    let mut f = fs::File::from(fd);
+    f.write_all(data).at(shown)?;
+    f.sync_all().at(shown)?;
+    drop(f);
+    fsx::rename_at(dir.as_fd(), tmp.as_bytes(), dir.as_fd(), name.as_bytes()).at(shown)?;
+    fsx::fsync(dir.as_fd()).at(shown)
+}
