@@ -301,10 +301,7 @@ pub fn print_switches(
 ) -> io::Result<()> {
     for (t, s) in trees.iter().zip(&r.switches) {
         let Some(s) = s else { continue };
-        let gen = s
-            .generation_path
-            .as_ref()
-            .map(|p| p.display().to_string());
+        let gen = s.generation_path.as_ref().map(|p| p.display().to_string());
         if g.json {
             let v = json!({
                 "type": "switch",

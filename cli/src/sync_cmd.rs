@@ -558,19 +558,7 @@ fn rollback_switched(
     pools: &Pools,
     out: &mut impl Write,
 ) -> Result<usize> {
-    use jailsync_engine::fsx::MetaOpts;
-    let meta = MetaOpts {
-        owner: jailsync_engine::fsx::geteuid_is_root(),
-        xattrs: true,
-    };
-    let r = jailsync_engine::generation::rollback(
-        home,
-        c.gen,
-        c.force,
-        c.dry_run,
-        meta,
-        &pools.walk,
-    )?;
+    let r = jailsync_engine::generation::rollback(home, c.gen, c.force, c.dry_run, &pools.walk)?;
     let dst = &home.live;
     let mut errors = 0;
     for ch in &r.changed {
@@ -619,7 +607,11 @@ fn rollback_switched(
                 r.generation.id
             );
         } else if c.dry_run {
-            eprintln!("{}: would roll back to generation {} (one switch)", dst.display(), r.generation.id);
+            eprintln!(
+                "{}: would roll back to generation {} (one switch)",
+                dst.display(),
+                r.generation.id
+            );
         } else {
             let s = r.switched.as_ref().expect("switched");
             eprintln!(

@@ -1332,6 +1332,8 @@ fn fsync_orders_data_then_rename_then_dirs() {
             .arg(e.state())
             .args(sync_args(e.src(), e.dst(), extra))
             .env_remove("JAILSYNC_STATE_DIR")
+            // The per-file pipeline's order; the tree switch's is checked below it.
+            .env("JAILSYNC_SWITCH", "per-file")
             .output()
             .expect("run strace");
         expect_code(&o, 0);

@@ -228,7 +228,14 @@ fn traced(cmd: &mut Command, out: &Path) -> Vec<Call> {
 fn traced_with(cmd: &mut Command, out: &Path, calls: &str) -> Vec<Call> {
     let prog = cmd.get_program().to_owned();
     let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-    let o = Command::new("strace")
+    let mut strace = Command::new("strace");
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => strace.env(k, v),
+            None => strace.env_remove(k),
+        };
+    }
+    let o = strace
         .args(["-f", "-qq", "-y", "-s", "65535", "-e", "signal=none", "-e"])
         .arg(format!("trace={calls}"))
         .arg("-o")
@@ -257,9 +264,12 @@ fn violations(calls: &[Call], dst: &Path, common: &[Vec<u8>]) -> Vec<String> {
             }
         })
         .collect();
+    // A staged name: a per-file temporary, or anything in a jailsync home (the staged next
+    // tree), which an exchange with a live path swaps in whole.
     let staged = |p: &Path| {
         p.file_name()
             .is_some_and(|n| n.as_bytes().starts_with(b".jailsync-tmp-"))
+            || in_home(p)
     };
     let mut v = Vec::new();
     for c in calls {
@@ -280,6 +290,14 @@ fn violations(calls: &[Call], dst: &Path, common: &[Vec<u8>]) -> Vec<String> {
     v
 }
 
+/// Whether `p` is inside a jailsync home (`PARENT/.jailsync-NAME/…` or `DST/.jailsync-gens/…`).
+fn in_home(p: &Path) -> bool {
+    p.components().any(|c| {
+        let n = c.as_os_str().as_bytes();
+        n.starts_with(b".jailsync-") && !n.starts_with(b".jailsync-tmp-")
+    })
+}
+
 fn need_strace() -> bool {
     if !have("strace") {
         eprintln!("skipped: strace not installed (.ci/run installs it)");
@@ -293,10 +311,17 @@ fn strace_no_common_path_removed_or_renamed_away() {
     if !need_strace() {
         return;
     }
+    for method in ["tree", "entries", "per-file"] {
+        no_common_path_removed_with(method);
+    }
+}
+
+fn no_common_path_removed_with(method: &str) {
     let e = Env::new().with_dst();
     fixture(&e, 200, 64);
     let common = common_paths(e.src(), e.dst());
     let mut cmd = Command::new(BIN);
+    cmd.env("JAILSYNC_SWITCH", method);
     cmd.arg("--state-dir")
         .arg(e.state())
         .arg("sync")
@@ -321,10 +346,34 @@ fn strace_no_common_path_removed_or_renamed_away() {
     let v = violations(&calls, e.dst(), &common);
     assert!(
         v.is_empty(),
-        "common paths removed or renamed away:\n{}",
+        "{method}: common paths removed or renamed away:\n{}",
         v.join("\n")
     );
+    if method == "tree" {
+        // Never torn: the live tree changed by exactly one call, the exchange of its root.
+        let live: Vec<&Call> = calls
+            .iter()
+            .filter(|c| {
+                changes_name(c)
+                    && c.paths
+                        .iter()
+                        .any(|p| p.starts_with(e.dst()) && !in_home(p))
+            })
+            .collect();
+        assert!(
+            live.len() == 1 && live[0].exchange && live[0].paths.contains(&e.dst().to_path_buf()),
+            "the live tree changed by other calls than one exchange of its root:\n{live:#?}"
+        );
+    }
     assert_same(e.src(), e.dst());
+}
+
+/// Calls that create, remove or move a name (metadata calls and opens do not).
+fn changes_name(c: &Call) -> bool {
+    matches!(
+        &*c.name,
+        "unlink" | "unlinkat" | "rmdir" | "mkdirat" | "symlinkat" | "linkat" | "mknodat"
+    ) || c.name.starts_with("rename")
 }
 
 /// Proves the strace check can fail: `rsync --delete` (rmdir before it puts a file where a
@@ -497,7 +546,8 @@ fn upgrade_stages_all_then_commits_db_last_then_prunes() {
     root.file("usr/pkg/t", b"file").file("usr/pkg/orphan", b"o");
     root.file("var/db/pkg/old-1/+CONTENTS", b"orphan package");
     let mut cmd = Command::new(BIN);
-    cmd.arg("--state-dir")
+    cmd.env("JAILSYNC_SWITCH", "per-file")
+        .arg("--state-dir")
         .arg(tmp.path().join("state"))
         .arg("upgrade")
         .arg(&jail.root)
@@ -551,6 +601,94 @@ fn upgrade_stages_all_then_commits_db_last_then_prunes() {
     );
     assert_same(&jail.path("usr/pkg"), &root.path("usr/pkg"));
     assert_same(&jail.path("var/db/pkg"), &root.path("var/db/pkg"));
+}
+
+/// `upgrade` by whole-tree switches: every tree is staged (in its home, nothing created under a
+/// live name) before any switch, each tree changes by one exchange of its root, the package
+/// database's last, and old trees are removed only outside the live trees.
+#[test]
+fn upgrade_stages_all_then_switches_each_tree_once_db_last() {
+    if !need_strace() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let jail = Tree::new(tmp.path().join("jail"));
+    let root = Tree::new(tmp.path().join("root"));
+    for i in 0..30 {
+        jail.file(format!("usr/pkg/lib/l{i}"), format!("new {i}"));
+        root.file(format!("usr/pkg/lib/l{i}"), format!("old {i}"));
+        jail.file(format!("var/db/pkg/p{i}/+CONTENTS"), format!("new {i}"));
+        root.file(format!("var/db/pkg/p{i}/+CONTENTS"), format!("old {i}"));
+    }
+    jail.file("usr/pkg/newdir/x", b"x")
+        .file("usr/pkg/t/x", b"dir now");
+    root.file("usr/pkg/t", b"file").file("usr/pkg/orphan", b"o");
+    root.file("var/db/pkg/old-1/+CONTENTS", b"orphan package");
+    let (pkg, db) = (root.path("usr/pkg"), root.path("var/db/pkg"));
+    for round in 0..2 {
+        if round == 1 {
+            // A second upgrade also prunes (--keep 1): the old generation goes before staging.
+            jail.file("usr/pkg/lib/l0", b"newer");
+        }
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--state-dir")
+            .arg(tmp.path().join("state"))
+            .arg("upgrade")
+            .arg(&jail.root)
+            .arg("--root")
+            .arg(&root.root)
+            .arg("--keep")
+            .arg("1");
+        let calls = traced_with(
+            &mut cmd,
+            &tmp.path().join(format!("trace{round}")),
+            ALL_CALLS,
+        );
+        let (mut stage, mut switch_pkg, mut switch_db) = (vec![], vec![], vec![]);
+        for (k, c) in calls.iter().enumerate() {
+            if !changes_name(c) || !c.paths.iter().any(|p| p.starts_with(&root.root)) {
+                continue;
+            }
+            let live = c.paths.iter().any(|p| !in_home(p));
+            if !live {
+                stage.push(k);
+                continue;
+            }
+            assert!(
+                c.exchange,
+                "a live name changed other than by an exchange: {c:?}"
+            );
+            if c.paths.contains(&db) {
+                switch_db.push(k);
+            } else if c.paths.contains(&pkg) {
+                switch_pkg.push(k);
+            } else {
+                panic!("an exchange below a tree's root: {c:?}\n{calls:#?}");
+            }
+        }
+        assert_eq!(
+            (switch_pkg.len(), switch_db.len()),
+            // The second round changes nothing in the database: it is not switched at all.
+            (1, usize::from(round == 0)),
+            "one switch per changed tree: {:#?}",
+            calls.iter().filter(|c| c.exchange).collect::<Vec<_>>()
+        );
+        assert!(
+            switch_db.iter().all(|&d| switch_pkg[0] < d),
+            "var/db/pkg switched before usr/pkg"
+        );
+        let first_stage_after = stage.iter().find(|&&k| k > switch_pkg[0]);
+        // After the switches only the home's own bookkeeping moves (generation names).
+        if let Some(&k) = first_stage_after {
+            let c = &calls[k];
+            assert!(
+                !matches!(&*c.name, "mkdirat" | "linkat" | "symlinkat" | "mknodat"),
+                "staging after a switch began: {c:?}"
+            );
+        }
+        assert_same(&jail.path("usr/pkg"), &root.path("usr/pkg"));
+        assert_same(&jail.path("var/db/pkg"), &root.path("var/db/pkg"));
+    }
 }
 
 proptest::proptest! {

@@ -786,8 +786,14 @@ pub fn exchange_between(
 ) -> io::Result<()> {
     let ca = cstr(a)?;
     let cb = cstr(b)?;
-    rfs::renameat_with(adir, ca.as_c_str(), bdir, cb.as_c_str(), RenameFlags::EXCHANGE)
-        .map_err(errno)
+    rfs::renameat_with(
+        adir,
+        ca.as_c_str(),
+        bdir,
+        cb.as_c_str(),
+        RenameFlags::EXCHANGE,
+    )
+    .map_err(errno)
 }
 
 /// Moves `from` in `fdir` to `to` in `tdir`, failing if `to` exists.
@@ -799,8 +805,14 @@ pub fn move_noreplace(
 ) -> io::Result<()> {
     let f = cstr(from)?;
     let t = cstr(to)?;
-    rfs::renameat_with(fdir, f.as_c_str(), tdir, t.as_c_str(), RenameFlags::NOREPLACE)
-        .map_err(errno)
+    rfs::renameat_with(
+        fdir,
+        f.as_c_str(),
+        tdir,
+        t.as_c_str(),
+        RenameFlags::NOREPLACE,
+    )
+    .map_err(errno)
 }
 
 /// Opens the directory `name` in `dir` without following a symlink.
@@ -829,7 +841,6 @@ pub fn is_pinned_at(dir: BorrowedFd<'_>, name: &[u8], kind: Kind) -> bool {
     let Ok(fd) = rfs::openat(dir, c.as_c_str(), fl, Mode::empty()) else {
         return false;
     };
-    rfs::ioctl_getflags(&fd).is_ok_and(|f| {
-        f.intersects(rfs::IFlags::IMMUTABLE | rfs::IFlags::APPEND)
-    })
+    rfs::ioctl_getflags(&fd)
+        .is_ok_and(|f| f.intersects(rfs::IFlags::IMMUTABLE | rfs::IFlags::APPEND))
 }

@@ -15,16 +15,14 @@
 //!   copy).
 //! A `gen-<N>.d` without its `gen-<N>` is a switch that never happened, and is removed.
 
-use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::entry::{Entries, Kind};
 use crate::error::{Error, IoContext, Result};
-use crate::fsx::{self, MetaOpts};
+use crate::fsx;
 use crate::manifest;
 use crate::switch::{self, Home};
 
@@ -138,6 +136,8 @@ pub struct Record<'a> {
     pub after: &'a Entries,
     /// The sync's `--exclude` patterns: rollback compares only what the sync saw.
     pub excludes: &'a [String],
+    /// Whether the entries' xattrs were read (and `meta`'s are to be restored).
+    pub xattrs: bool,
 }
 
 pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result<()> {
@@ -147,7 +147,7 @@ pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result
     let dir = switch::private_dir(&home.fd, name.as_bytes(), &shown)?;
     let stamp = crate::cache::now();
     manifest::write_entries(&shown.join("after"), stamp, r.after, true)?;
-    manifest::write_entries(&shown.join("meta"), stamp, &r.meta, true)?;
+    crate::stage::save_meta(&dir, "meta", &r.meta, r.xattrs, &shown.join("meta"))?;
     let mut inos: Vec<u64> = r
         .old
         .iter()
@@ -265,24 +265,9 @@ pub fn changed_since(home: &Home, n: u64, now: &Entries) -> Result<Vec<Changed>>
 }
 
 /// Sets back the metadata the sync of generation `n` changed in place (on inodes the old tree
-/// shares with the new). `root` is the restored tree's root directory.
-pub fn restore_meta(home: &Home, n: u64, live: &Path, meta: MetaOpts) -> Result<Vec<(PathBuf, io::Error)>> {
-    let old = manifest::read_file(&meta_dir(home, n).join("meta"))?.entries;
-    let root = fsx::open_root_nofollow(live).at(live)?;
-    let mut errors = Vec::new();
-    for e in old.iter() {
-        let r = if e.path.is_empty() {
-            fsx::set_meta_fd(root.as_fd(), &e, meta)
-        } else {
-            let (p, name) = fsx::split_parent(e.path);
-            fsx::open_dir_beneath(root.as_fd(), p)
-                .and_then(|d| fsx::set_meta_at(d.as_fd(), name, &e, meta))
-        };
-        if let Err(err) = r {
-            errors.push((live.join(OsStr::from_bytes(e.path)), err));
-        }
-    }
-    Ok(errors)
+/// shares with the new, and for the per-entry method the root's).
+pub fn restore_meta(home: &Home, n: u64, live: &Path) -> Result<Vec<(PathBuf, io::Error)>> {
+    crate::stage::restore_meta(live, &meta_dir(home, n).join("meta"))
 }
 
 /// Refuses a generation id that is not there.
@@ -293,10 +278,12 @@ pub fn find(home: &Home, id: Option<u64>) -> Result<Gen> {
             .last()
             .cloned()
             .ok_or_else(|| Error::bad(&home.live, "nothing to roll back")),
-        Some(n) => gens
-            .into_iter()
-            .find(|g| g.id == n)
-            .ok_or_else(|| Error::bad(&home.live, format!("no generation {n} (see `jailsync history`)"))),
+        Some(n) => gens.into_iter().find(|g| g.id == n).ok_or_else(|| {
+            Error::bad(
+                &home.live,
+                format!("no generation {n} (see `jailsync history`)"),
+            )
+        }),
     }
 }
 
@@ -321,7 +308,6 @@ pub fn rollback(
     id: Option<u64>,
     force: bool,
     dry_run: bool,
-    meta: MetaOpts,
     pool: &rayon::ThreadPool,
 ) -> Result<RolledBack> {
     let gens = list(home)?;
@@ -334,7 +320,10 @@ pub fn rollback(
         .map(String::from)
         .collect();
     if home.method == switch::Method::Entries {
-        pats.push(format!("/{}", String::from_utf8_lossy(switch::IN_TREE_HOME)));
+        pats.push(format!(
+            "/{}",
+            String::from_utf8_lossy(switch::IN_TREE_HOME)
+        ));
     }
     let excludes =
         crate::scan::Excludes::new(&pats).map_err(|e| Error::bad(&home.live, e.to_string()))?;
@@ -366,7 +355,7 @@ pub fn rollback(
     // Metadata set in place by each undone sync, newest first, so the oldest's wins.
     for n in (g.id..=newest).rev() {
         if gens.iter().any(|x| x.id == n) {
-            out.errors.extend(restore_meta(home, n, &home.live, meta)?);
+            out.errors.extend(restore_meta(home, n, &home.live)?);
         }
     }
     // The restored generation is live again, and newer ones describe states now undone.

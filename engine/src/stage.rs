@@ -110,11 +110,7 @@ impl<'r> Dirs<'r> {
 impl<'a> Builder<'a> {
     /// Builds the whole next tree. The caller owns `next_root` (an empty directory) and
     /// removes it on failure.
-    pub fn build(
-        &self,
-        pool: &rayon::ThreadPool,
-        progress: &dyn Progress,
-    ) -> Result<Built, Fatal> {
+    pub fn build(&self, pool: &rayon::ThreadPool, progress: &dyn Progress) -> Result<Built, Fatal> {
         let (dirs, items) = self.layout();
         let mut built = Built::default();
         progress.start(Phase::Stage, (dirs.len() + items.len()) as u64);
@@ -139,9 +135,8 @@ impl<'a> Builder<'a> {
         drop(cache);
 
         // 2. Non-directories across the workers; followers after their leaders.
-        let (leaders, followers): (Vec<_>, Vec<_>) = items
-            .iter()
-            .partition(|f| !matches!(f, From::Follower(..)));
+        let (leaders, followers): (Vec<_>, Vec<_>) =
+            items.iter().partition(|f| !matches!(f, From::Follower(..)));
         let bytes = AtomicU64::new(0);
         let linked = AtomicU64::new(0);
         let out = Mutex::new(Built::default());
@@ -195,7 +190,8 @@ impl<'a> Builder<'a> {
 
         // 3. Live entries that stay without being in either scan: excluded ones and foreign
         // files named like our temporary ones.
-        self.carry_unscanned().map_err(|(path, error)| Fatal { path, error })?;
+        self.carry_unscanned()
+            .map_err(|(path, error)| Fatal { path, error })?;
 
         // 4. Directory metadata, deepest first (children are in place, so mtimes stick).
         let mut cache = Dirs::new(self.next_root);
@@ -441,8 +437,7 @@ impl<'a> Builder<'a> {
     fn carry_unscanned(&self) -> Result<(), (Box<[u8]>, io::Error)> {
         for p in self.foreign_tmp {
             let (parent, name) = split_parent(p);
-            self.clone_live(parent, name)
-                .map_err(|e| (p.clone(), e))?;
+            self.clone_live(parent, name).map_err(|e| (p.clone(), e))?;
         }
         if self.excludes.is_empty() {
             return Ok(());
@@ -480,7 +475,12 @@ impl<'a> Builder<'a> {
     }
 }
 
-fn clone_at(ld: BorrowedFd<'_>, nd: BorrowedFd<'_>, name: &[u8], opts: ApplyOpts) -> io::Result<()> {
+fn clone_at(
+    ld: BorrowedFd<'_>,
+    nd: BorrowedFd<'_>,
+    name: &[u8],
+    opts: ApplyOpts,
+) -> io::Result<()> {
     let c = fsx::cstr(name)?;
     let st = fsx::lstat_at(ld, &c)?;
     if fsx::kind_of(st.st_mode as u32) != Kind::Dir {
@@ -520,4 +520,63 @@ impl DirFrom {
             DirFrom::Live(j) => b.dst.at(j as usize),
         }
     }
+}
+
+/// Writes `entries` (old metadata of live inodes about to be changed in place) to `path` in
+/// `dir` before the change, durably: a run killed before its switch sets them back. With
+/// `xattrs` the file says the entries' xattrs were read (and are to be restored).
+pub fn save_meta(
+    dir: &OwnedFd,
+    name: &str,
+    entries: &Entries,
+    xattrs: bool,
+    shown: &std::path::Path,
+) -> crate::Result<()> {
+    let mut buf = Vec::new();
+    crate::manifest::write_to(&mut buf, crate::cache::now(), entries, true)
+        .map_err(|e| crate::Error::io(shown, e))?;
+    if xattrs {
+        buf.extend_from_slice(b"#xattrs-read\n");
+    }
+    crate::switch::write_durable(dir, name, &buf, shown)
+}
+
+/// Sets back metadata saved by [`save_meta`] on the tree at `live`, on each entry that is
+/// still the same inode (one replaced since is not ours to touch).
+pub fn restore_meta(
+    live: &std::path::Path,
+    file: &std::path::Path,
+) -> crate::Result<Vec<(std::path::PathBuf, io::Error)>> {
+    use crate::error::IoContext;
+    let data = std::fs::read(file).at(file)?;
+    let xattrs = data.ends_with(b"#xattrs-read\n");
+    let old = crate::manifest::parse(file, &data)?.entries;
+    let meta = fsx::MetaOpts {
+        owner: fsx::geteuid_is_root(),
+        xattrs,
+    };
+    let root = fsx::open_root_nofollow(live).at(live)?;
+    let mut errors = Vec::new();
+    for e in old.iter() {
+        let shown = live.join(fsx::os(e.path));
+        let r = if e.path.is_empty() {
+            fsx::set_meta_fd(root.as_fd(), &e, meta)
+        } else {
+            let (p, name) = split_parent(e.path);
+            fsx::open_dir_beneath(root.as_fd(), p).and_then(|d| {
+                let c = fsx::cstr(name)?;
+                let st = fsx::lstat_at(d.as_fd(), &c)?;
+                if e.kind != Kind::Dir && st.st_ino as u64 != e.ino {
+                    return Ok(());
+                }
+                fsx::set_meta_at(d.as_fd(), name, &e, meta)
+            })
+        };
+        match r {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => errors.push((shown, err)),
+            Ok(()) => {}
+        }
+    }
+    Ok(errors)
 }

@@ -36,6 +36,8 @@ use crate::fsx;
 pub const IN_TREE_HOME: &[u8] = b".jailsync-gens";
 const NEXT: &[u8] = b"next";
 const JOURNAL: &str = "switching";
+/// Old metadata of live inodes a staging run changes in place (see [`crate::stage`]).
+pub const PREMETA: &str = "premeta";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -199,7 +201,8 @@ impl Home {
             live_name: name,
         };
         if !h.exchange_works() {
-            h.method = Method::PerFile("the filesystem cannot exchange two names atomically".into());
+            h.method =
+                Method::PerFile("the filesystem cannot exchange two names atomically".into());
             return Ok(h);
         }
         h.recover()?;
@@ -232,6 +235,17 @@ impl Home {
         fsx::remove_tree_at(self.fd.as_fd(), NEXT).at(&p)?;
         fsx::mkdir_at(self.fd.as_fd(), NEXT, 0o700).at(&p)?;
         fsx::open_subdir(self.fd.as_fd(), NEXT).at(&p)
+    }
+
+    /// Gives up a staged `next` that will not be switched: it goes, and metadata changed in
+    /// place while staging is set back.
+    pub fn abandon(&self) -> Result<()> {
+        let pm = self.path.join(PREMETA);
+        if pm.exists() {
+            crate::stage::restore_meta(&self.live, &pm)?;
+            let _ = fs::remove_file(&pm);
+        }
+        self.discard_next()
     }
 
     pub fn discard_next(&self) -> Result<()> {
@@ -283,14 +297,16 @@ impl Home {
     /// `home/to`.
     fn exchange_with(&self, from: &[u8], to: &[u8]) -> Result<Switched> {
         let jpath = self.path.join(JOURNAL);
-        let from_fd = fsx::open_subdir(self.fd.as_fd(), from)
-            .at(self.path.join(OsStr::from_bytes(from)))?;
+        let from_fd =
+            fsx::open_subdir(self.fd.as_fd(), from).at(self.path.join(OsStr::from_bytes(from)))?;
         let live = self.live_fd().at(&self.live)?;
         // Journal: what moves where, by inode, so a killed run can tell done from not done.
         let mut plan: Vec<(Vec<u8>, Step, u64)> = Vec::new();
         let ino_of = |dir: &OwnedFd, n: &[u8]| -> Result<u64> {
             let c = fsx::cstr(n).at(&self.live)?;
-            Ok(fsx::lstat_at(dir.as_fd(), &c).at(self.live.join(OsStr::from_bytes(n)))?.st_ino as u64)
+            Ok(fsx::lstat_at(dir.as_fd(), &c)
+                .at(self.live.join(OsStr::from_bytes(n)))?
+                .st_ino as u64)
         };
         match self.method {
             Method::Tree => {}
@@ -331,8 +347,13 @@ impl Home {
         let t0 = Instant::now();
         let calls = match self.method {
             Method::Tree => {
-                fsx::exchange_between(self.fd.as_fd(), from, self.live_parent.as_fd(), &self.live_name)
-                    .at(&self.live)?;
+                fsx::exchange_between(
+                    self.fd.as_fd(),
+                    from,
+                    self.live_parent.as_fd(),
+                    &self.live_name,
+                )
+                .at(&self.live)?;
                 1
             }
             _ => {
@@ -391,7 +412,10 @@ impl Home {
                 }
             }
             _ => {
-                for (dir, shown) in [(&from_fd, self.path.join(OsStr::from_bytes(from))), (&live, self.live.clone())] {
+                for (dir, shown) in [
+                    (&from_fd, self.path.join(OsStr::from_bytes(from))),
+                    (&live, self.live.clone()),
+                ] {
                     for n in fsx::list_dir(dir.as_fd()).unwrap_or_default() {
                         if n != IN_TREE_HOME && !writable(dir.as_fd(), &n) {
                             return Some(shown.join(OsStr::from_bytes(&n)));
@@ -410,10 +434,14 @@ impl Home {
     }
 
     fn finish_journal(&self, from: &[u8], to: &[u8]) -> Result<()> {
+        // The exchange made durable before the journal that could redo it goes.
+        fsx::fsync(self.live_parent.as_fd()).at(self.live.parent().unwrap_or(&self.live))?;
         let _ = fsx::remove_tree_at(self.fd.as_fd(), to);
         fsx::rename_at(self.fd.as_fd(), from, self.fd.as_fd(), to)
             .at(self.path.join(OsStr::from_bytes(to)))?;
         fsx::fsync(self.fd.as_fd()).at(&self.path)?;
+        // The generation's record holds these now.
+        let _ = fsx::unlink_at(self.fd.as_fd(), PREMETA.as_bytes());
         fsx::unlink_at(self.fd.as_fd(), JOURNAL.as_bytes()).at(self.path.join(JOURNAL))?;
         Ok(())
     }
@@ -425,11 +453,16 @@ impl Home {
         let text = match fs::read(&jpath) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return self.discard_next();
+                return self.abandon();
             }
             Err(e) => return Err(Error::io(&jpath, e)),
         };
-        let bad = || Error::bad(&jpath, "unreadable switch journal; move it away after checking the tree");
+        let bad = || {
+            Error::bad(
+                &jpath,
+                "unreadable switch journal; move it away after checking the tree",
+            )
+        };
         let mut from = None;
         let mut to = None;
         let mut ino = None;
@@ -444,7 +477,11 @@ impl Home {
                 w => {
                     let (n, i) = v.split_once(' ').ok_or_else(bad)?;
                     let i = i.parse::<u64>().map_err(|_| bad())?;
-                    steps.push((Step::from_word(w).ok_or_else(bad)?, unhex(n).ok_or_else(bad)?, i));
+                    steps.push((
+                        Step::from_word(w).ok_or_else(bad)?,
+                        unhex(n).ok_or_else(bad)?,
+                        i,
+                    ));
                 }
             }
         }
@@ -461,6 +498,7 @@ impl Home {
                 } else {
                     // It did not: the switch never began.
                     fsx::unlink_at(self.fd.as_fd(), JOURNAL.as_bytes()).at(&jpath)?;
+                    return self.abandon();
                 }
             }
             _ => {
@@ -470,7 +508,9 @@ impl Home {
                 // is pending while that inode is not yet where the step takes it.
                 for (s, n, want) in &steps {
                     let c = fsx::cstr(n).at(&jpath)?;
-                    let live_ino = fsx::lstat_at(live.as_fd(), &c).ok().map(|st| st.st_ino as u64);
+                    let live_ino = fsx::lstat_at(live.as_fd(), &c)
+                        .ok()
+                        .map(|st| st.st_ino as u64);
                     let pending = match s {
                         Step::Out => live_ino == Some(*want),
                         Step::In | Step::Swap => live_ino != Some(*want),

@@ -364,7 +364,10 @@ pub fn prepare(
     let mut plan = plan::plan(&s.entries, &d.entries, popts);
     protect_unreadable(&mut plan, &d.entries, &protect);
     let mut home = home;
-    if let Some(h) = home.as_mut().filter(|h| h.is_switchable() && !plan.is_empty()) {
+    if let Some(h) = home
+        .as_mut()
+        .filter(|h| h.is_switchable() && !plan.is_empty())
+    {
         if let Some(p) = pinned(dst_path, &d.entries, &plan) {
             h.method = Method::PerFile(format!(
                 "{} is immutable or append-only",
@@ -880,7 +883,9 @@ fn pinned(root: &Path, dst: &Entries, plan: &Plan) -> Option<Box<[u8]>> {
             continue;
         }
         if dirs.as_ref().is_none_or(|(dp, _)| dp.as_slice() != p) {
-            dirs = fsx::open_dir_beneath(fd.as_fd(), p).ok().map(|f| (p.to_vec(), f));
+            dirs = fsx::open_dir_beneath(fd.as_fd(), p)
+                .ok()
+                .map(|f| (p.to_vec(), f));
         }
         if let Some((_, d)) = &dirs {
             if fsx::is_pinned_at(d.as_fd(), n, e.kind) {
@@ -932,6 +937,25 @@ pub fn switch_all(
             continue;
         }
         let next = home.make_next()?;
+        // Metadata-only changes are made on the live inodes while staging: their old values are
+        // saved first, so a run that stops before its switch sets them back.
+        let mut pre = Entries::new();
+        for a in t.plan.actions.iter().filter(|a| a.op == Op::Meta) {
+            let (s, d) = (t.src.at(a.src as usize), t.dst.at(a.dst as usize));
+            if s.kind != Kind::Dir && s.kind == d.kind {
+                pre.push_ent(d);
+            }
+        }
+        if !pre.is_empty() {
+            crate::stage::save_meta(
+                &home.fd,
+                crate::switch::PREMETA,
+                &pre,
+                opts.xattrs,
+                &home.path.join(crate::switch::PREMETA),
+            )?;
+        }
+        drop(pre);
         let sfd = fsx::open_root(&t.src_path).at(&t.src_path)?;
         let lfd = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
         let b = crate::stage::Builder {
@@ -949,9 +973,10 @@ pub fn switch_all(
         match b.build(&pools.work, progress) {
             Ok(built) => staged.push(Some(built)),
             Err(f) => {
-                // Nothing of the run is switched: every staged tree goes.
+                // Nothing of the run is switched: every staged tree goes, and metadata
+                // changed in place is set back.
                 for t in trees.iter() {
-                    let _ = t.home.as_ref().expect("switchable").discard_next();
+                    let _ = t.home.as_ref().expect("switchable").abandon();
                 }
                 if matches!(f.error.raw_os_error(), Some(libc::EPERM | libc::EMLINK)) {
                     // An immutable or append-only file cannot be linked (EPERM), an inode at
@@ -1004,7 +1029,11 @@ pub fn switch_all(
         // A file whose source failed keeps its live version: the source's hash is not its.
         for e in &built.errors {
             if let Ok(k) = after.search(&e.path) {
-                let d = t.dst.search(&e.path).ok().and_then(|j| t.dst.hash(j).copied());
+                let d = t
+                    .dst
+                    .search(&e.path)
+                    .ok()
+                    .and_then(|j| t.dst.hash(j).copied());
                 after.set_hash(k, d);
             }
         }
@@ -1028,6 +1057,7 @@ pub fn switch_all(
                     meta,
                     after: &after,
                     excludes: &opts.exclude_patterns,
+                    xattrs: opts.xattrs,
                 },
             )?;
         }
@@ -1041,7 +1071,7 @@ pub fn switch_all(
             // Not ours to move (an unprivileged run): per file instead, before anything moved.
             for (j, t) in trees.iter().enumerate() {
                 let h = t.home.as_ref().expect("switchable");
-                let _ = h.discard_next();
+                let _ = h.abandon();
                 if let Some(id) = gens[j] {
                     let _ = generation::remove(h, id);
                 }
@@ -1088,7 +1118,7 @@ pub fn switch_all(
                     }
                 }
                 for t in trees.iter() {
-                    let _ = t.home.as_ref().expect("switchable").discard_next();
+                    let _ = t.home.as_ref().expect("switchable").abandon();
                 }
                 return Err(e);
             }
@@ -1154,7 +1184,9 @@ pub fn switch_all(
                 })
                 .collect();
         }
-        o.switch_window = report.switches[k].as_ref().map_or(Duration::ZERO, |s| s.window);
+        o.switch_window = report.switches[k]
+            .as_ref()
+            .map_or(Duration::ZERO, |s| s.window);
         report.outcomes.push(o);
     }
     let old_trees: Vec<PathBuf> = report
@@ -1189,9 +1221,11 @@ fn fill_known_hashes(after: &mut Entries, src: &Entries, dst: &Entries) {
         if a.kind != Kind::File {
             continue;
         }
-        let from_src = src.search(a.path).ok().map(|i| src.at(i)).filter(|s| {
-            s.kind == Kind::File && s.size == a.size && s.same_mtime(&a)
-        });
+        let from_src = src
+            .search(a.path)
+            .ok()
+            .map(|i| src.at(i))
+            .filter(|s| s.kind == Kind::File && s.size == a.size && s.same_mtime(&a));
         let h = match from_src.and_then(|s| s.hash.copied()) {
             Some(h) => Some(h),
             None => dst
