@@ -293,32 +293,33 @@ pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
                             // Same bytes, but the destination lost its holes.
                             content |= change::CONTENT;
                         }
-                        // An inode also linked from outside the destination must not have
-                        // its metadata set in place: that would change the outside file too
-                        // (invariant 3). It gets a new inode instead.
-                        let group_len = sgroups.get(&(s.dev, s.ino)).map_or(1, |v| v.len());
-                        let outside = meta != 0 && d.nlink as usize > group_len;
-                        let linked = match src_group_of.get(&i) {
-                            Some(&leader) => !group_ok[&leader],
-                            // A single source file must not share its inode in the tree.
-                            None => {
-                                d.is_multi_linked()
-                                    && (dgroups.contains_key(&(d.dev, d.ino)) || outside)
-                            }
-                        };
-                        if linked {
-                            content |= change::LINK;
-                        }
-                        if let Some(&leader) = src_group_of.get(&i) {
-                            // Every member of a group shares one inode: if any member's content
-                            // differs, all are restaged together.
-                            let differs = group_content.entry(leader).or_insert(false);
-                            *differs |= content & change::CONTENT != 0 || outside;
-                        }
                     }
                     Kind::Symlink if s.target() != d.target() => content |= change::TARGET,
                     Kind::Char | Kind::Block if s.rdev() != d.rdev() => content |= change::CONTENT,
                     _ => {}
+                }
+                if s.kind != Kind::Dir {
+                    // chmod, chown, utimensat and xattr calls act on the inode, so on every
+                    // name it has: one with more links than the destination holds (linked from
+                    // elsewhere on the system, or from the jail itself) must not have its
+                    // metadata set in place (invariants 3 and 4), whatever its type. It gets a
+                    // new inode instead.
+                    let inside = dgroups.get(&(d.dev, d.ino)).map_or(1, Vec::len);
+                    let outside = meta != 0 && d.nlink as usize > inside;
+                    let linked = match src_group_of.get(&i) {
+                        Some(&leader) => !group_ok[&leader],
+                        // A single source entry must not share its inode in the tree either.
+                        None => inside > 1 || outside,
+                    };
+                    if linked {
+                        content |= change::LINK;
+                    }
+                    if let Some(&leader) = src_group_of.get(&i) {
+                        // Every member of a group shares one inode: if any member's content
+                        // differs, all are restaged together.
+                        let differs = group_content.entry(leader).or_insert(false);
+                        *differs |= content & (change::CONTENT | change::TARGET) != 0 || outside;
+                    }
                 }
                 if content != 0 {
                     actions.push(mk(Op::Replace, content | meta));
@@ -477,5 +478,69 @@ impl Counts {
 
     pub fn total(&self) -> u64 {
         self.created + self.updated + self.type_changed + self.metadata + self.deleted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NON_DIRS: [Kind; 6] = [
+        Kind::File,
+        Kind::Symlink,
+        Kind::Fifo,
+        Kind::Char,
+        Kind::Block,
+        Kind::Socket,
+    ];
+
+    /// A tree of `(path, kind, ino, nlink, mtime)` under a root directory (empty files, one
+    /// symlink target, no device number: only links and metadata differ). The mtime stands
+    /// for any metadata: it is what every type has.
+    fn tree(es: &[(&str, Kind, u64, u32, i64)]) -> Entries {
+        let mut out = Entries::new();
+        out.push(b"", Entry::new(Kind::Dir));
+        for &(p, kind, ino, nlink, mtime) in es {
+            let mut e = Entry::new(kind);
+            (e.ino, e.dev, e.nlink, e.mtime) = (ino, 1, nlink, mtime);
+            if kind == Kind::Symlink {
+                e.set_target(Some(b"t".as_slice().into()));
+            }
+            out.push(p.as_bytes(), e);
+        }
+        out
+    }
+
+    fn ops(p: &Plan, src: &Entries, dst: &Entries) -> Vec<(String, Op, bool, u32)> {
+        p.actions
+            .iter()
+            .map(|a| {
+                let path = String::from_utf8_lossy(p.path(a, src, dst)).into_owned();
+                (path, a.op, a.changes & change::LINK != 0, a.link_to)
+            })
+            .collect()
+    }
+
+    const O: PlanOpts = PlanOpts {
+        owner: true,
+        xattrs: true,
+    };
+
+    #[test]
+    fn an_inode_with_names_outside_the_destination_is_replaced_whatever_its_type() {
+        for k in NON_DIRS {
+            let src = tree(&[("x", k, 10, 1, 2)]);
+            // Two links, one of them here: the other is outside.
+            let dst = tree(&[("x", k, 20, 2, 1)]);
+            let got = ops(&plan(&src, &dst, O), &src, &dst);
+            assert_eq!(got, [("x".into(), Op::Replace, true, NONE)], "{k:?}");
+            // Nothing to set: left alone, however linked.
+            let same = tree(&[("x", k, 20, 2, 2)]);
+            assert!(plan(&src, &same, O).is_empty(), "{k:?}");
+            // Its only name: set in place.
+            let alone = tree(&[("x", k, 20, 1, 1)]);
+            let got = ops(&plan(&src, &alone, O), &src, &alone);
+            assert_eq!(got, [("x".into(), Op::Meta, false, NONE)], "{k:?}");
+        }
     }
 }
