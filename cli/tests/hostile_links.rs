@@ -1,8 +1,10 @@
-//! Issue 10, item 3: hard links between entries that are not regular files.
+//! Issue 10, items 3 and 4: hard links between entries that are not regular files.
 //!
 //! - Item 3: a symlink, fifo, socket or device node in DST that shares its inode with an entry
 //!   outside DST (or inside SRC) must be replaced by a new object, never changed in place —
 //!   chmod, chown, utimensat and xattr calls all act on the inode, so on every name it has.
+//! - Item 4: hard-link groups of those types are recreated as groups (as rsync `-H` does), and
+//!   `verify` (against a tree or a manifest) sees a group split or merged.
 
 mod common;
 
@@ -66,6 +68,10 @@ fn every_kind(t: &Tree, devices: bool) -> Vec<&'static str> {
         make(t, k, k);
     }
     kinds
+}
+
+fn verify(e: &Env, src: &Path) -> std::process::Output {
+    e.js([OsStr::new("verify"), src.as_os_str(), e.dst().as_os_str()])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -161,6 +167,36 @@ fn item3_xattrs_of_a_symlink_linked_from_outside_are_not_set_in_place() {
     );
 }
 
+/// A group of fifos in DST that matches the jail's group but is also linked from outside is
+/// restaged whole; an unchanged entry linked from outside is left alone (same inode).
+#[test]
+fn item3_group_linked_from_outside_is_restaged_and_unchanged_ones_are_kept() {
+    let e = Env::new().with_dst();
+    let outside = Tree::new(e.tmp.path().join("outside"));
+    outside
+        .fifo("p")
+        .mtime("p", T, 0)
+        .symlink("same", "t")
+        .mtime("same", T, 0);
+    e.dst
+        .hardlink("a", "../outside/p")
+        .hardlink("b", "../outside/p")
+        .hardlink("same", "../outside/same");
+    e.src
+        .fifo("a")
+        .hardlink("b", "a")
+        .mode("a", 0o600)
+        .mtime("a", T, 5)
+        .symlink("same", "t")
+        .mtime("same", T, 0);
+    let before = listing(&outside.root);
+    e.sync(&[]);
+    e.assert_synced();
+    assert_eq!(listing(&outside.root), before, "the outside fifo changed");
+    assert!(same_inode(e.dst(), "a", e.dst(), "b"));
+    assert!(same_inode(&outside.root, "same", e.dst(), "same"));
+}
+
 /// Rollback links a kept old inode back into DST; when that inode is also linked from outside
 /// and its metadata moved there since, setting the recorded metadata on it would write outside
 /// DST. The restored entry is then a copy; outside, the admin's change stays.
@@ -202,6 +238,164 @@ fn item3_rollback_does_not_set_metadata_on_an_inode_linked_from_outside() {
     assert!(
         after == before,
         "rollback did not restore DST:\n{}",
+        before.diff(&after)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 4: groups of every type recreated, and seen by verify.
+
+/// Each kind as a group of three names (two in one directory, one in another), synced onto a
+/// fresh DST and onto one where the groups were split and regrouped differently.
+#[test]
+fn item4_groups_of_every_non_regular_kind_are_recreated() {
+    let devices = is_root() && can_mknod();
+    let e = Env::new();
+    let kinds = every_kind(&e.src, devices);
+    e.src.dir("sub");
+    for k in &kinds {
+        e.src
+            .hardlink(format!("{k}2"), k)
+            .hardlink(format!("sub/{k}3"), k);
+    }
+    e.sync(&[]);
+    e.assert_synced();
+    for k in &kinds {
+        assert!(same_inode(e.dst(), k, e.dst(), &format!("sub/{k}3")), "{k}");
+    }
+
+    // An old DST: the same objects, grouped otherwise.
+    let e2 = Env::new().with_dst();
+    every_kind(&e2.src, devices);
+    every_kind(&e2.dst, devices);
+    e2.src.dir("sub");
+    e2.dst.dir("sub");
+    for k in &kinds {
+        e2.src
+            .hardlink(format!("{k}2"), k)
+            .hardlink(format!("sub/{k}3"), k);
+        // `k` and `sub/k3` one inode, `k2` its own (renamed in below): the group is split.
+        e2.dst.hardlink(format!("sub/{k}3"), k);
+    }
+    let dst2 = Tree::new(e2.tmp.path().join("copies"));
+    every_kind(&dst2, devices);
+    for k in &kinds {
+        std::fs::rename(dst2.path(k), e2.dst.path(format!("{k}2"))).unwrap();
+    }
+    for t in [&e2.src, &e2.dst] {
+        for k in &kinds {
+            for p in [k.to_string(), format!("{k}2"), format!("sub/{k}3")] {
+                t.mtime(&p, T, 1);
+            }
+        }
+        t.settle_dirs(T);
+    }
+    e2.sync(&[]);
+    e2.assert_synced();
+}
+
+/// `verify` (tree and manifest) reports a split group and a merged one; the listing helper
+/// sees both too, and the manifest records the grouping of every type.
+#[test]
+fn item4_verify_sees_split_and_merged_groups() {
+    let devices = is_root() && can_mknod();
+    let e = Env::new();
+    let kinds = every_kind(&e.src, devices);
+    for k in &kinds {
+        e.src.hardlink(format!("{k}2"), k);
+        e.src.mtime(k, T, 1);
+    }
+    // Singles in the jail that DST will merge below.
+    e.src.symlink("single1", "s").symlink("single2", "s");
+    for p in ["single1", "single2"] {
+        e.src.mtime(p, T, 2);
+    }
+    e.src.settle_dirs(T);
+    e.sync(&[]);
+    e.assert_synced();
+    let manifest = e.tmp.path().join("manifest");
+    let o = e.js([
+        OsStr::new("manifest"),
+        OsStr::new("-o"),
+        manifest.as_os_str(),
+        e.src().as_os_str(),
+    ]);
+    expect_code(&o, 0);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    for k in &kinds {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{k}2 ")))
+            .unwrap();
+        assert!(line.contains(" ino="), "no grouping recorded: {line}");
+    }
+    expect_code(&verify(&e, &manifest), 0);
+
+    let scratch = Tree::new(e.tmp.path().join("scratch"));
+    for k in &kinds {
+        // Split: the second name becomes its own inode, its metadata otherwise the same
+        // (made beside DST, on its filesystem, and renamed in).
+        make(&scratch, k, k);
+        if *k != "link" {
+            scratch.mode(k, lstat(e.dst(), k).unwrap().st_mode & 0o7777);
+        }
+        scratch.mtime(k, T, 1);
+        std::fs::rename(scratch.path(k), e.dst.path(format!("{k}2"))).unwrap();
+        e.dst.settle_dirs(T);
+        assert_ne!(
+            listing(e.dst()),
+            listing(e.src()),
+            "the listing misses a split {k} group"
+        );
+        expect_code(&verify(&e, e.src()), 1);
+        expect_code(&verify(&e, &manifest), 1);
+        // Repaired by a sync.
+        e.sync(&[]);
+        e.assert_synced();
+    }
+
+    // Merged: two singles of the jail made one inode in DST.
+    e.dst.remove("single2").hardlink("single2", "single1");
+    e.dst.settle_dirs(T);
+    assert_ne!(listing(e.dst()), listing(e.src()));
+    expect_code(&verify(&e, e.src()), 1);
+    expect_code(&verify(&e, &manifest), 1);
+    e.sync(&[]);
+    e.assert_synced();
+}
+
+/// A sync that splits a group of symlinks (the jail has them apart) is undone by `rollback`:
+/// the group comes back, with its mtime.
+#[test]
+fn item4_rollback_restores_a_group_of_symlinks_and_fifos() {
+    let e = Env::new().with_dst();
+    e.dst
+        .symlink("a", "t")
+        .hardlink("b", "a")
+        .mtime("a", T, 3)
+        .fifo("p")
+        .hardlink("q", "p")
+        .mtime("p", T, 3)
+        .file("f", b"old");
+    e.dst.settle_dirs(T);
+    e.src
+        .symlink("a", "t")
+        .symlink("b", "t")
+        .fifo("p")
+        .fifo("q")
+        .file("f", b"new");
+    for p in ["a", "b", "p", "q"] {
+        e.src.mtime(p, T, 3);
+    }
+    let before = listing(e.dst());
+    e.sync(&[]);
+    e.assert_synced();
+    let o = e.js([OsStr::new("rollback"), e.dst().as_os_str()]);
+    expect_code(&o, 0);
+    let after = listing(e.dst());
+    assert!(
+        after == before,
+        "rollback did not restore the tree:\n{}",
         before.diff(&after)
     );
 }

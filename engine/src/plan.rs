@@ -15,9 +15,12 @@
 //! with one rename; everything below it is *inside* and has no commit step of its own.
 //!
 //! Content equality is by blake3, never by size and mtime: the caller hashes every same-size
-//! pair first ([`hash_needs`]). Hard links: a source group (entries sharing dev+ino) is in place
-//! only if the destination has exactly the same paths sharing one inode; otherwise the whole
-//! group is restaged as one new inode with one leader copied and the rest linked to it.
+//! pair first ([`hash_needs`]). Hard links, of every type but directories (symlinks, fifos,
+//! sockets and devices are linked as rsync `-H` links them): a source group (entries sharing
+//! dev+ino) is in place only if the destination has exactly the same paths sharing one inode;
+//! otherwise the whole group is restaged as one new inode with one leader made and the rest
+//! linked to it. A destination inode with more links than the destination holds is never given
+//! metadata in place (that would change its other names): it is replaced.
 
 use std::collections::HashMap;
 
@@ -176,7 +179,8 @@ pub fn meta_changes(s: &Entry, d: &Entry, o: PlanOpts) -> u16 {
     c
 }
 
-/// Source hard-link groups: leader index per multiply-linked file (the first path of the group).
+/// Hard-link groups by inode: the indices of the entries (of any type but directories) that
+/// share it within the list, in path order; inodes with one name here are left out.
 fn groups(entries: &Entries) -> HashMap<(u64, u64), Vec<usize>> {
     let mut g: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
@@ -192,11 +196,16 @@ fn groups(entries: &Entries) -> HashMap<(u64, u64), Vec<usize>> {
 pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
     let sgroups = groups(src);
     let dgroups = groups(dst);
-    // Only hard-link groups look destination files up by path, and `dst` is sorted: a map of
+    // Only hard-link groups look destination entries up by path, and `dst` is sorted: a map of
     // every destination file cost a no-op run more time and memory than all groups together.
-    let dst_file = |p: &[u8]| dst.search(p).ok().filter(|&j| dst[j].kind == Kind::File);
+    // A member stays in its group only where the destination has an entry of its type.
+    let dst_like = |m: usize| {
+        let k = src[m].kind;
+        dst.search(src.path(m)).ok().filter(|&j| dst[j].kind == k)
+    };
 
-    // Per source file: Some(leader) if it belongs to a group whose destination linking differs.
+    // Per source entry in a group: its leader; per leader: whether the destination links the
+    // group's paths exactly so.
     let mut src_group_of: HashMap<usize, usize> = HashMap::new();
     let mut group_ok: HashMap<usize, bool> = HashMap::new();
     for members in sgroups.values() {
@@ -205,7 +214,7 @@ pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
         let mut key = None;
         for &m in members {
             src_group_of.insert(m, leader);
-            match dst_file(src.path(m)) {
+            match dst_like(m) {
                 Some(j) => {
                     let k = (dst[j].dev, dst[j].ino);
                     if key.is_some_and(|x| x != k) {
@@ -369,7 +378,7 @@ pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
                 }
                 None => {
                     // Unchanged member of a group being restaged: it joins the new inode.
-                    let Some(j) = dst_file(src.path(m)) else {
+                    let Some(j) = dst_like(m) else {
                         continue; // not there: it has an action of its own
                     };
                     extra.push(Action {
@@ -541,6 +550,35 @@ mod tests {
             let alone = tree(&[("x", k, 20, 1, 1)]);
             let got = ops(&plan(&src, &alone, O), &src, &alone);
             assert_eq!(got, [("x".into(), Op::Meta, false, NONE)], "{k:?}");
+        }
+    }
+
+    #[test]
+    fn hard_link_groups_of_every_type_are_kept_split_and_merged() {
+        for k in NON_DIRS {
+            let grouped = tree(&[("a", k, 10, 2, 1), ("b", k, 10, 2, 1)]);
+            let split = tree(&[("a", k, 20, 1, 1), ("b", k, 21, 1, 1)]);
+            assert!(plan(&grouped, &grouped, O).is_empty(), "{k:?}");
+            // Split in the destination: restaged as one inode, `b` linked to `a`.
+            let got = ops(&plan(&grouped, &split, O), &grouped, &split);
+            assert_eq!(
+                got,
+                [
+                    ("a".into(), Op::Replace, true, NONE),
+                    ("b".into(), Op::Replace, true, 1),
+                ],
+                "{k:?}"
+            );
+            // Merged in the destination: each made its own inode again.
+            let got = ops(&plan(&split, &grouped, O), &split, &grouped);
+            assert_eq!(
+                got,
+                [
+                    ("a".into(), Op::Replace, true, NONE),
+                    ("b".into(), Op::Replace, true, NONE),
+                ],
+                "{k:?}"
+            );
         }
     }
 }
