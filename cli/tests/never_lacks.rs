@@ -126,10 +126,10 @@ fn unquote(t: &str) -> Option<String> {
     Some(t.replace("\\\"", "\"").replace("\\\\", "\\"))
 }
 
-/// `5</a/dir>` → `/a/dir`; `AT_FDCWD` → the cwd.
-fn dirfd(t: &str) -> Option<PathBuf> {
+/// `5</a/dir>` → `/a/dir`; `AT_FDCWD` → `cwd`, the calling process's.
+fn dirfd(t: &str, cwd: &Path) -> Option<PathBuf> {
     if t == "AT_FDCWD" {
-        return Some(std::env::current_dir().unwrap());
+        return Some(cwd.to_path_buf());
     }
     let open = t.find('<')?;
     let p = t[open + 1..].strip_suffix('>')?;
@@ -137,8 +137,12 @@ fn dirfd(t: &str) -> Option<PathBuf> {
 }
 
 /// Parses an strace `-f -y -o` file into the successful calls, joining interrupted lines.
+/// Relative paths are resolved against each process's own cwd, followed through `chdir` and
+/// inherited by the children it forks (rsync works in DST after a `chdir`).
 fn parse_trace(text: &str) -> Vec<Call> {
     let mut pending: HashMap<String, String> = HashMap::new();
+    let start = std::env::current_dir().unwrap();
+    let mut cwds: HashMap<String, PathBuf> = HashMap::new();
     let mut calls = Vec::new();
     for line in text.lines() {
         let Some((pid, rest)) = line.split_once(' ') else {
@@ -161,6 +165,31 @@ fn parse_trace(text: &str) -> Vec<Call> {
         };
         let Some(open) = full.find('(') else { continue };
         let name = full[..open].to_string();
+        // strace pads short calls to align the `= result` column.
+        let Some((close, ret)) = full.rfind(" = ").and_then(|eq| {
+            let head = full[..eq].trim_end();
+            head.ends_with(')')
+                .then(|| (head.len() - 1, full[eq + 3..].trim_start()))
+        }) else {
+            continue;
+        };
+        if ret.starts_with('-') {
+            continue; // failed: changed nothing
+        }
+        let cwd = cwds.get(pid).unwrap_or(&start).clone();
+        match &*name {
+            "chdir" => {
+                let a = args(&full[open + 1..close]);
+                cwds.insert(pid.to_string(), cwd.join(unquote(&a[0]).unwrap()));
+                continue;
+            }
+            "clone" | "clone3" | "fork" | "vfork" => {
+                let child = ret.split_whitespace().next().unwrap_or("");
+                cwds.insert(child.to_string(), cwd);
+                continue;
+            }
+            _ => {}
+        }
         if ![
             "unlink",
             "unlinkat",
@@ -178,12 +207,6 @@ fn parse_trace(text: &str) -> Vec<Call> {
         {
             continue;
         }
-        let Some(close) = full.rfind(") = ") else {
-            continue;
-        };
-        if full[close + 4..].trim_start().starts_with('-') {
-            continue; // failed: changed nothing
-        }
         if name == "openat" && !full[..close].contains("O_CREAT") {
             continue;
         }
@@ -191,19 +214,19 @@ fn parse_trace(text: &str) -> Vec<Call> {
         let mut paths = Vec::new();
         let exchange = full[..close].contains("RENAME_EXCHANGE");
         match &*name {
-            "unlink" | "rmdir" => paths.push(PathBuf::from(unquote(&a[0]).unwrap())),
+            "unlink" | "rmdir" => paths.push(cwd.join(unquote(&a[0]).unwrap())),
             "rename" => {
-                paths.push(PathBuf::from(unquote(&a[0]).unwrap()));
-                paths.push(PathBuf::from(unquote(&a[1]).unwrap()));
+                paths.push(cwd.join(unquote(&a[0]).unwrap()));
+                paths.push(cwd.join(unquote(&a[1]).unwrap()));
             }
             "unlinkat" | "openat" | "mkdirat" | "mknodat" => {
-                paths.push(dirfd(&a[0]).unwrap().join(unquote(&a[1]).unwrap()))
+                paths.push(dirfd(&a[0], &cwd).unwrap().join(unquote(&a[1]).unwrap()))
             }
-            "symlinkat" => paths.push(dirfd(&a[1]).unwrap().join(unquote(&a[2]).unwrap())),
-            "linkat" => paths.push(dirfd(&a[2]).unwrap().join(unquote(&a[3]).unwrap())),
+            "symlinkat" => paths.push(dirfd(&a[1], &cwd).unwrap().join(unquote(&a[2]).unwrap())),
+            "linkat" => paths.push(dirfd(&a[2], &cwd).unwrap().join(unquote(&a[3]).unwrap())),
             _ => {
-                paths.push(dirfd(&a[0]).unwrap().join(unquote(&a[1]).unwrap()));
-                paths.push(dirfd(&a[2]).unwrap().join(unquote(&a[3]).unwrap()));
+                paths.push(dirfd(&a[0], &cwd).unwrap().join(unquote(&a[1]).unwrap()));
+                paths.push(dirfd(&a[2], &cwd).unwrap().join(unquote(&a[3]).unwrap()));
             }
         }
         calls.push(Call {
@@ -216,12 +239,17 @@ fn parse_trace(text: &str) -> Vec<Call> {
 }
 
 /// Every call that creates, removes or renames a name.
-const ALL_CALLS: &str =
-    "openat,mkdirat,symlinkat,linkat,mknodat,unlink,unlinkat,rename,renameat,renameat2,rmdir";
+/// (`chdir` and the forks are traced only to resolve relative paths.)
+const ALL_CALLS: &str = "openat,mkdirat,symlinkat,linkat,mknodat,unlink,unlinkat,rename,\
+     renameat,renameat2,rmdir,chdir,clone,clone3,fork,vfork";
 
 /// Runs `cmd` under strace; returns the successful unlink/rmdir/rename calls.
 fn traced(cmd: &mut Command, out: &Path) -> Vec<Call> {
-    traced_with(cmd, out, "unlink,unlinkat,rename,renameat,renameat2,rmdir")
+    traced_with(
+        cmd,
+        out,
+        "unlink,unlinkat,rename,renameat,renameat2,rmdir,chdir,clone,clone3,fork,vfork",
+    )
 }
 
 /// Runs `cmd` under strace, tracing `calls` (a comma list).

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use crate::entry::{join, Ent, Entries, Kind};
+use crate::entry::{join, Ent, Entries, Entry, Kind};
 use crate::fsx::{self, split_parent, MetaOpts};
 use crate::hash;
 use crate::plan::{change, Action, Op, Plan, NONE};
@@ -393,10 +393,12 @@ impl<'a> Apply<'a> {
                     // Rollback: the kept inode is the old file, complete and on this
                     // filesystem; linking it back writes no data. Copy only across devices.
                     match fsx::link_at(sdir, sn, ddir, n) {
-                        Ok(()) => {
-                            fsx::set_meta_at(ddir, n, &s, self.opts.meta)?;
-                            return Ok(0);
-                        }
+                        // Its metadata is never set in place: the inode may have names
+                        // outside the destination (it had them before the sync), and they
+                        // would change too. Still as recorded, it is the old entry exactly;
+                        // changed since, a copy takes the recorded metadata instead.
+                        Ok(()) if self.meta_as_recorded(ddir, n, &s)? => return Ok(0),
+                        Ok(()) => fsx::unlink_at(ddir, n)?,
                         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
                         Err(e) => return Err(e),
                     }
@@ -418,6 +420,19 @@ impl<'a> Apply<'a> {
             }
             Kind::Dir => unreachable!("directories are staged separately"),
         }
+    }
+
+    /// Has the entry `name` in `dir` the metadata `e` records (as far as this run sets it)?
+    fn meta_as_recorded(&self, dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> io::Result<bool> {
+        let mut cur = crate::scan::entry_from_stat(&fsx::lstat_at(dir, &fsx::cstr(name)?)?);
+        if self.opts.meta.xattrs {
+            cur.set_xattrs(fsx::read_xattrs_at(dir, name)?);
+        }
+        let popts = crate::plan::PlanOpts {
+            owner: self.opts.meta.owner,
+            xattrs: self.opts.meta.xattrs,
+        };
+        Ok(cur.kind == e.kind && crate::plan::meta_changes(e, &cur, popts) == 0)
     }
 
     /// See [`copy_checked`]; a source hash found stale is remembered so it is not cached.

@@ -212,9 +212,10 @@ impl Entry {
         self.mtime == o.mtime && self.mtime_nsec == o.mtime_nsec
     }
 
-    /// Hard-linked (more than one name for the inode somewhere).
+    /// Hard-linked (more than one name for the inode somewhere). Any type but a directory can
+    /// be: symlinks, fifos, sockets and devices too (`link(2)` on a symlink links the symlink).
     pub fn is_multi_linked(&self) -> bool {
-        self.kind == Kind::File && self.nlink > 1
+        self.kind != Kind::Dir && self.nlink > 1
     }
 }
 

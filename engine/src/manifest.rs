@@ -14,8 +14,11 @@
 //! `size`, `mtime`/`ctime` (`sec.nsec`), `ino`, `dev`, `nlink`, `sparse=1` (a file with holes;
 //! earlier versions wrote `blocks`, still read), `rdev` (devices),
 //! `target` (symlinks), `blake3` (files whose content is known), and `xattr.NAME=VALUE` (one per
-//! attribute). Hard-link groups are the entries sharing `dev`+`ino`. `#stamp` is when the stats
-//! were taken; unknown `#` lines are ignored, and a higher format version is refused.
+//! attribute). Hard-link groups are the entries sharing `dev`+`ino`, which are written for
+//! every entry with more than one link, whatever its type (symlinks, fifos, sockets and devices
+//! can be hard-linked too; manifests written before that list their groups as singles).
+//! `#stamp` is when the stats were taken; unknown `#` lines are ignored, and a higher format
+//! version is refused.
 
 use std::fs;
 use std::io::{BufRead, BufWriter, Write};
@@ -99,7 +102,8 @@ fn write_entry(out: &mut Vec<u8>, e: Ent<'_>, stat_fields: bool) {
         out.extend_from_slice(b" target=");
         escape(out, t);
     }
-    if e.kind == Kind::File && e.nlink > 1 || stat_fields {
+    // Hard-link groups of every type are part of what a tree promises (invariant 5).
+    if e.is_multi_linked() || stat_fields {
         let _ = write!(out, " ino={} dev={} nlink={}", e.ino, e.dev, e.nlink);
     }
     if stat_fields && e.ctime() != CTIME_UNKNOWN {
@@ -442,6 +446,38 @@ mod tests {
                     assert_eq!((a.ctime(), a.ino, a.dev), (b.ctime(), b.ino, b.dev));
                 }
             }
+        }
+    }
+
+    #[test]
+    fn hard_link_groups_of_every_type_are_written() {
+        let mut all = Entries::new();
+        all.push(b"", entry(Kind::Dir));
+        for (i, k) in [
+            Kind::File,
+            Kind::Symlink,
+            Kind::Fifo,
+            Kind::Char,
+            Kind::Socket,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut e = entry(k);
+            if k == Kind::Symlink {
+                e.set_target(Some(b"t".as_slice().into()));
+            }
+            (e.ino, e.nlink) = (100 + i as u64, 2);
+            all.push(k.name().as_bytes(), e.clone());
+            all.push(format!("{}2", k.name()).as_bytes(), e);
+        }
+        all.sort_by_path();
+        let back = round_trip(&all, false);
+        for (a, b) in all.iter().zip(back.iter()).skip(1) {
+            assert_eq!(
+                (a.path, a.ino, a.dev, a.nlink),
+                (b.path, b.ino, b.dev, b.nlink)
+            );
         }
     }
 

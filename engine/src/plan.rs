@@ -15,9 +15,12 @@
 //! with one rename; everything below it is *inside* and has no commit step of its own.
 //!
 //! Content equality is by blake3, never by size and mtime: the caller hashes every same-size
-//! pair first ([`hash_needs`]). Hard links: a source group (entries sharing dev+ino) is in place
-//! only if the destination has exactly the same paths sharing one inode; otherwise the whole
-//! group is restaged as one new inode with one leader copied and the rest linked to it.
+//! pair first ([`hash_needs`]). Hard links, of every type but directories (symlinks, fifos,
+//! sockets and devices are linked as rsync `-H` links them): a source group (entries sharing
+//! dev+ino) is in place only if the destination has exactly the same paths sharing one inode;
+//! otherwise the whole group is restaged as one new inode with one leader made and the rest
+//! linked to it. A destination inode with more links than the destination holds is never given
+//! metadata in place (that would change its other names): it is replaced.
 
 use std::collections::HashMap;
 
@@ -176,7 +179,8 @@ pub fn meta_changes(s: &Entry, d: &Entry, o: PlanOpts) -> u16 {
     c
 }
 
-/// Source hard-link groups: leader index per multiply-linked file (the first path of the group).
+/// Hard-link groups by inode: the indices of the entries (of any type but directories) that
+/// share it within the list, in path order; inodes with one name here are left out.
 fn groups(entries: &Entries) -> HashMap<(u64, u64), Vec<usize>> {
     let mut g: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
@@ -192,11 +196,16 @@ fn groups(entries: &Entries) -> HashMap<(u64, u64), Vec<usize>> {
 pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
     let sgroups = groups(src);
     let dgroups = groups(dst);
-    // Only hard-link groups look destination files up by path, and `dst` is sorted: a map of
+    // Only hard-link groups look destination entries up by path, and `dst` is sorted: a map of
     // every destination file cost a no-op run more time and memory than all groups together.
-    let dst_file = |p: &[u8]| dst.search(p).ok().filter(|&j| dst[j].kind == Kind::File);
+    // A member stays in its group only where the destination has an entry of its type.
+    let dst_like = |m: usize| {
+        let k = src[m].kind;
+        dst.search(src.path(m)).ok().filter(|&j| dst[j].kind == k)
+    };
 
-    // Per source file: Some(leader) if it belongs to a group whose destination linking differs.
+    // Per source entry in a group: its leader; per leader: whether the destination links the
+    // group's paths exactly so.
     let mut src_group_of: HashMap<usize, usize> = HashMap::new();
     let mut group_ok: HashMap<usize, bool> = HashMap::new();
     for members in sgroups.values() {
@@ -205,7 +214,7 @@ pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
         let mut key = None;
         for &m in members {
             src_group_of.insert(m, leader);
-            match dst_file(src.path(m)) {
+            match dst_like(m) {
                 Some(j) => {
                     let k = (dst[j].dev, dst[j].ino);
                     if key.is_some_and(|x| x != k) {
@@ -293,32 +302,33 @@ pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
                             // Same bytes, but the destination lost its holes.
                             content |= change::CONTENT;
                         }
-                        // An inode also linked from outside the destination must not have
-                        // its metadata set in place: that would change the outside file too
-                        // (invariant 3). It gets a new inode instead.
-                        let group_len = sgroups.get(&(s.dev, s.ino)).map_or(1, |v| v.len());
-                        let outside = meta != 0 && d.nlink as usize > group_len;
-                        let linked = match src_group_of.get(&i) {
-                            Some(&leader) => !group_ok[&leader],
-                            // A single source file must not share its inode in the tree.
-                            None => {
-                                d.is_multi_linked()
-                                    && (dgroups.contains_key(&(d.dev, d.ino)) || outside)
-                            }
-                        };
-                        if linked {
-                            content |= change::LINK;
-                        }
-                        if let Some(&leader) = src_group_of.get(&i) {
-                            // Every member of a group shares one inode: if any member's content
-                            // differs, all are restaged together.
-                            let differs = group_content.entry(leader).or_insert(false);
-                            *differs |= content & change::CONTENT != 0 || outside;
-                        }
                     }
                     Kind::Symlink if s.target() != d.target() => content |= change::TARGET,
                     Kind::Char | Kind::Block if s.rdev() != d.rdev() => content |= change::CONTENT,
                     _ => {}
+                }
+                if s.kind != Kind::Dir {
+                    // chmod, chown, utimensat and xattr calls act on the inode, so on every
+                    // name it has: one with more links than the destination holds (linked from
+                    // elsewhere on the system, or from the jail itself) must not have its
+                    // metadata set in place (invariants 3 and 4), whatever its type. It gets a
+                    // new inode instead.
+                    let inside = dgroups.get(&(d.dev, d.ino)).map_or(1, Vec::len);
+                    let outside = meta != 0 && d.nlink as usize > inside;
+                    let linked = match src_group_of.get(&i) {
+                        Some(&leader) => !group_ok[&leader],
+                        // A single source entry must not share its inode in the tree either.
+                        None => inside > 1 || outside,
+                    };
+                    if linked {
+                        content |= change::LINK;
+                    }
+                    if let Some(&leader) = src_group_of.get(&i) {
+                        // Every member of a group shares one inode: if any member's content
+                        // differs, all are restaged together.
+                        let differs = group_content.entry(leader).or_insert(false);
+                        *differs |= content & (change::CONTENT | change::TARGET) != 0 || outside;
+                    }
                 }
                 if content != 0 {
                     actions.push(mk(Op::Replace, content | meta));
@@ -368,7 +378,7 @@ pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
                 }
                 None => {
                     // Unchanged member of a group being restaged: it joins the new inode.
-                    let Some(j) = dst_file(src.path(m)) else {
+                    let Some(j) = dst_like(m) else {
                         continue; // not there: it has an action of its own
                     };
                     extra.push(Action {
@@ -477,5 +487,98 @@ impl Counts {
 
     pub fn total(&self) -> u64 {
         self.created + self.updated + self.type_changed + self.metadata + self.deleted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NON_DIRS: [Kind; 6] = [
+        Kind::File,
+        Kind::Symlink,
+        Kind::Fifo,
+        Kind::Char,
+        Kind::Block,
+        Kind::Socket,
+    ];
+
+    /// A tree of `(path, kind, ino, nlink, mtime)` under a root directory (empty files, one
+    /// symlink target, no device number: only links and metadata differ). The mtime stands
+    /// for any metadata: it is what every type has.
+    fn tree(es: &[(&str, Kind, u64, u32, i64)]) -> Entries {
+        let mut out = Entries::new();
+        out.push(b"", Entry::new(Kind::Dir));
+        for &(p, kind, ino, nlink, mtime) in es {
+            let mut e = Entry::new(kind);
+            (e.ino, e.dev, e.nlink, e.mtime) = (ino, 1, nlink, mtime);
+            if kind == Kind::Symlink {
+                e.set_target(Some(b"t".as_slice().into()));
+            }
+            out.push(p.as_bytes(), e);
+        }
+        out
+    }
+
+    fn ops(p: &Plan, src: &Entries, dst: &Entries) -> Vec<(String, Op, bool, u32)> {
+        p.actions
+            .iter()
+            .map(|a| {
+                let path = String::from_utf8_lossy(p.path(a, src, dst)).into_owned();
+                (path, a.op, a.changes & change::LINK != 0, a.link_to)
+            })
+            .collect()
+    }
+
+    const O: PlanOpts = PlanOpts {
+        owner: true,
+        xattrs: true,
+    };
+
+    #[test]
+    fn an_inode_with_names_outside_the_destination_is_replaced_whatever_its_type() {
+        for k in NON_DIRS {
+            let src = tree(&[("x", k, 10, 1, 2)]);
+            // Two links, one of them here: the other is outside.
+            let dst = tree(&[("x", k, 20, 2, 1)]);
+            let got = ops(&plan(&src, &dst, O), &src, &dst);
+            assert_eq!(got, [("x".into(), Op::Replace, true, NONE)], "{k:?}");
+            // Nothing to set: left alone, however linked.
+            let same = tree(&[("x", k, 20, 2, 2)]);
+            assert!(plan(&src, &same, O).is_empty(), "{k:?}");
+            // Its only name: set in place.
+            let alone = tree(&[("x", k, 20, 1, 1)]);
+            let got = ops(&plan(&src, &alone, O), &src, &alone);
+            assert_eq!(got, [("x".into(), Op::Meta, false, NONE)], "{k:?}");
+        }
+    }
+
+    #[test]
+    fn hard_link_groups_of_every_type_are_kept_split_and_merged() {
+        for k in NON_DIRS {
+            let grouped = tree(&[("a", k, 10, 2, 1), ("b", k, 10, 2, 1)]);
+            let split = tree(&[("a", k, 20, 1, 1), ("b", k, 21, 1, 1)]);
+            assert!(plan(&grouped, &grouped, O).is_empty(), "{k:?}");
+            // Split in the destination: restaged as one inode, `b` linked to `a`.
+            let got = ops(&plan(&grouped, &split, O), &grouped, &split);
+            assert_eq!(
+                got,
+                [
+                    ("a".into(), Op::Replace, true, NONE),
+                    ("b".into(), Op::Replace, true, 1),
+                ],
+                "{k:?}"
+            );
+            // Merged in the destination: each made its own inode again.
+            let got = ops(&plan(&split, &grouped, O), &split, &grouped);
+            assert_eq!(
+                got,
+                [
+                    ("a".into(), Op::Replace, true, NONE),
+                    ("b".into(), Op::Replace, true, NONE),
+                ],
+                "{k:?}"
+            );
+        }
     }
 }
