@@ -135,6 +135,18 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
+            if let Some(jailsync_engine::Error::Stopped { path, signal, when }) =
+                e.downcast_ref::<jailsync_engine::Error>()
+            {
+                let name = match *signal {
+                    libc::SIGINT => "SIGINT",
+                    libc::SIGTERM => "SIGTERM",
+                    libc::SIGHUP => "SIGHUP",
+                    _ => "a signal",
+                };
+                eprintln!("jailsync: {}: stopped by {name} {when}", path.display());
+                return ExitCode::from(128 + *signal as u8);
+            }
             eprintln!("jailsync: error: {}", error_chain(&e));
             ExitCode::from(exit::FATAL)
         }

@@ -142,8 +142,21 @@ fn engine_opts(a: &SyncArgs) -> Result<SyncOpts> {
         xattrs: !a.no_xattrs,
         keep: a.keep,
         exclude_patterns: a.exclude.clone(),
+        stop: (!a.dry_run).then(stop_on_signals),
         ..SyncOpts::default()
     })
+}
+
+/// SIGINT, SIGTERM and SIGHUP no longer kill a sync: they set a flag (to the signal's number)
+/// that the engine checks at its safe points; it then removes what it staged and returns
+/// `Stopped`, which exits 128 + the signal (130 for SIGINT, 143 for SIGTERM).
+fn stop_on_signals() -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // Registration only fails for signals that cannot be caught; these three can.
+        let _ = signal_hook::flag::register_usize(sig, flag.clone(), sig as usize);
+    }
+    flag
 }
 
 fn progress(g: &Global) -> Box<Timed<Box<dyn Progress>>> {
@@ -482,11 +495,16 @@ pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
         }
         let dst = std::fs::canonicalize(dst).with_context(|| dst.display().to_string())?;
         let state = sync::open_state(&g.state_dir, &[&dst])?;
+        let lock = jailsync_engine::journal::Lock::acquire(&state, &dst)?;
+        if let Some(home) = jailsync_engine::switch::Home::existing(&dst)? {
+            // A killed run's switch is finished (or undone) first, under the lock.
+            home.recover()?;
+        }
         if let Some(home) = switched_home(&dst)? {
-            let _lock = jailsync_engine::journal::Lock::acquire(&state, &dst)?;
             errors += rollback_switched(&home, &state, &c, g, &pools, &mut out)?;
             continue;
         }
+        drop(lock);
         let r = jailsync_engine::rollback::rollback(&state, &dst, c.gen, &opts, &pools, &*prog)?;
         if c.itemize || g.json {
             output::print_changes(&mut out, &r.plan, &r.old, &r.cur, b"", g.json)?;

@@ -18,6 +18,13 @@ pub enum Error {
         line: usize,
         why: String,
     },
+    /// A signal asked the run to stop; it stopped at a safe point (see the message).
+    #[error("{path}: stopped by signal {signal} {when}")]
+    Stopped {
+        path: PathBuf,
+        signal: i32,
+        when: String,
+    },
     #[error("{path}: locked by pid {pid} since {since}")]
     Locked {
         path: PathBuf,

@@ -206,6 +206,11 @@ fn stat_names<'s>(
     let mut incomplete = false;
     let mut holds_excluded = false;
     for name in names {
+        // The switch's home inside a tree that is a mount point (see `switch`): never part of
+        // the tree, on either side.
+        if rel.is_empty() && name == crate::switch::IN_TREE_HOME {
+            continue;
+        }
         let path = join(rel, &name);
         if fsx::is_tmp_name(&name) {
             leftovers.push(path.into_boxed_slice());

@@ -85,6 +85,9 @@ pub struct Builder<'a> {
     pub holds_excluded: &'a [Box<[u8]>],
     /// Live entries named like temporary files that are not ours: carried across.
     pub foreign_tmp: &'a [Box<[u8]>],
+    /// Non-zero when a signal asked the run to stop: the build ends early (the caller then
+    /// discards it).
+    pub stop: Option<&'a std::sync::atomic::AtomicUsize>,
 }
 
 /// Remembers the last directory opened under one root; entries come in path order.
@@ -149,7 +152,8 @@ impl<'a> Builder<'a> {
                     let mut n = Dirs::new(self.next_root);
                     let mut local = Built::default();
                     for &&from in chunk {
-                        if fatal.lock().expect("poisoned").is_some() {
+                        let stopping = self.stop.is_some_and(|s| s.load(Ordering::Relaxed) != 0);
+                        if stopping || fatal.lock().expect("poisoned").is_some() {
                             return;
                         }
                         let path = self.item_path(from);
@@ -445,6 +449,9 @@ impl<'a> Builder<'a> {
         for d in self.holds_excluded {
             let ld = fsx::open_dir_beneath(self.live_root, d).map_err(|e| (d.clone(), e))?;
             for name in fsx::list_dir(ld.as_fd()).map_err(|e| (d.clone(), e))? {
+                if d.is_empty() && name == crate::switch::IN_TREE_HOME {
+                    continue;
+                }
                 let path = join(d, &name);
                 let c = fsx::cstr(&name).map_err(|e| (path.clone().into(), e))?;
                 let st = match fsx::lstat_at(ld.as_fd(), &c) {

@@ -176,7 +176,17 @@ impl Home {
         }
         if method == Method::Entries {
             let hpath = live.join(OsStr::from_bytes(IN_TREE_HOME));
-            home = Some((hpath.clone(), private_dir(&live_fd, IN_TREE_HOME, &hpath)?));
+            // Making the home moves the root's mtime, which is the tree's, not ours: put it
+            // back, so the tree's listing (and a later rollback) is untouched by it.
+            let before = fsx::fstat(live_fd.as_fd()).at(live)?;
+            let fd = private_dir(&live_fd, IN_TREE_HOME, &hpath)?;
+            let after = fsx::fstat(live_fd.as_fd()).at(live)?;
+            if (after.st_mtime, after.st_mtime_nsec) != (before.st_mtime, before.st_mtime_nsec) {
+                let mut e = crate::entry::Entry::new(crate::entry::Kind::Dir);
+                (e.mtime, e.mtime_nsec) = (before.st_mtime as i64, before.st_mtime_nsec as u32);
+                fsx::set_times_at(live_fd.as_fd(), b".", &e).at(live)?;
+            }
+            home = Some((hpath, fd));
         }
         let (path, fd) = match home {
             Some(h) => h,
@@ -447,8 +457,13 @@ impl Home {
     }
 
     /// Finishes a switch a killed run left under way (forward: the journal was complete
-    /// before the first exchange), else discards a half-staged `next`.
-    fn recover(&self) -> Result<()> {
+    /// before the first exchange), else discards a half-staged `next` and sets back metadata
+    /// it changed in place. Only under the destination's lock: another run's `next` is not
+    /// a leftover.
+    pub fn recover(&self) -> Result<()> {
+        if !self.is_switchable() {
+            return Ok(());
+        }
         let jpath = self.path.join(JOURNAL);
         let text = match fs::read(&jpath) {
             Ok(t) => t,

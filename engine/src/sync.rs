@@ -43,6 +43,31 @@ pub struct SyncOpts {
     pub keep: usize,
     /// The `--exclude` patterns as given (recorded with a rollback generation).
     pub exclude_patterns: Vec<String>,
+    /// Set (to the signal's number) by the caller's signal handler: the run stops at the next
+    /// safe point — never between the switches of a run.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+}
+
+impl SyncOpts {
+    /// The signal that asked to stop, if one did.
+    pub fn stop_signal(&self) -> Option<i32> {
+        let n = self
+            .stop
+            .as_ref()?
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (n != 0).then_some(n as i32)
+    }
+
+    fn check_stop(&self, path: &Path, when: &str) -> Result<()> {
+        match self.stop_signal() {
+            Some(signal) => Err(Error::Stopped {
+                path: path.into(),
+                signal,
+                when: when.into(),
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Default for SyncOpts {
@@ -58,6 +83,7 @@ impl Default for SyncOpts {
             rollback: true,
             keep: 3,
             exclude_patterns: Vec::new(),
+            stop: None,
         }
     }
 }
@@ -254,21 +280,14 @@ pub fn prepare(
     // The home first: a switch a killed run left half done is finished before anything is
     // read, and a staging area inside the tree must not be scanned as part of it.
     let home = match state {
-        Some(_) if !opts.dry_run => Some(Home::open(dst_path)?),
+        Some(_) if !opts.dry_run => {
+            let h = Home::open(dst_path)?;
+            h.recover()?;
+            Some(h)
+        }
         _ => None,
     };
-    let in_tree_home;
-    let excludes = if home.as_ref().is_some_and(|h| h.method == Method::Entries) {
-        let mut pats = opts.exclude_patterns.clone();
-        pats.push(format!(
-            "/{}",
-            String::from_utf8_lossy(crate::switch::IN_TREE_HOME)
-        ));
-        in_tree_home = Excludes::new(&pats).map_err(|e| Error::bad(dst_path, e.to_string()))?;
-        &in_tree_home
-    } else {
-        &opts.excludes
-    };
+    let excludes = &opts.excludes;
     let sopts = ScanOpts {
         excludes,
         xattrs: opts.xattrs,
@@ -316,6 +335,7 @@ pub fn prepare(
     }
     progress.finish(Phase::Scan);
     fsx::release_freed_memory();
+    opts.check_stop(dst_path, "while scanning: nothing was changed")?;
 
     // A jail entry named like our temporary files cannot be told apart from a leftover once in
     // the live tree: it is refused (reported, its live counterpart left alone), never dropped
@@ -356,6 +376,7 @@ pub fn prepare(
     }
     progress.finish(Phase::Hash);
     fsx::release_freed_memory();
+    opts.check_stop(dst_path, "while hashing: nothing was changed")?;
 
     let popts = PlanOpts {
         owner: opts.owner,
@@ -928,7 +949,19 @@ pub fn switch_all(
 
     // 1. Stage every tree.
     let mut staged = Vec::new();
+    let stopped = |trees: &[Tree], t: &Tree| -> Result<()> {
+        if opts.stop_signal().is_some() {
+            for t in trees {
+                let _ = t.home.as_ref().expect("switchable").abandon();
+            }
+        }
+        opts.check_stop(
+            &t.dst_path,
+            "while staging: nothing was switched, the staged trees were removed and every live tree is as it was (run the same command again to finish)",
+        )
+    };
     for t in trees.iter() {
+        stopped(trees, t)?;
         let home = t.home.as_ref().expect("switchable");
         // Older generations go first, outside the switch: see `generation::prune`.
         generation::prune(home, keep.saturating_sub(1))?;
@@ -969,8 +1002,11 @@ pub fn switch_all(
             excludes: &opts.excludes,
             holds_excluded: &t.dst_holds_excluded,
             foreign_tmp: &t.dst_leftovers,
+            stop: opts.stop.as_deref(),
         };
-        match b.build(&pools.work, progress) {
+        let r = b.build(&pools.work, progress);
+        stopped(trees, t)?;
+        match r {
             Ok(built) => staged.push(Some(built)),
             Err(f) => {
                 // Nothing of the run is switched: every staged tree goes, and metadata
@@ -1065,6 +1101,10 @@ pub fn switch_all(
         gens.push(Some(id));
     }
     report.stage_time = t0.elapsed();
+    // The last safe point: from here every switch of the run is made.
+    if let Some(t) = trees.first() {
+        stopped(trees, t)?;
+    }
     for (k, t) in trees.iter().enumerate() {
         let home = t.home.as_ref().expect("switchable");
         if let (Some(_), Some(p)) = (gens[k], home.blocked_move()) {
