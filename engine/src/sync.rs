@@ -397,16 +397,7 @@ pub fn prepare_from_manifest(
     pools: &Pools,
     progress: &dyn Progress,
 ) -> Result<Tree> {
-    if m.entries
-        .first()
-        .is_none_or(|e| !e.path.is_empty() || e.kind != Kind::Dir)
-    {
-        return Err(Error::Manifest {
-            path: manifest_path.into(),
-            line: 0,
-            why: "no root directory entry `.`".into(),
-        });
-    }
+    // `manifest::parse` made sure the root `.` is its first entry, a directory.
     let (mut d, stamp, mut scan_errors, cache_hits) =
         scan_one(dst_path, state, opts, pools, progress)?;
     let mut src = m.entries;
