@@ -8,12 +8,426 @@
 
 mod common;
 
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
 
 use common::*;
 
+const NOBODY: u32 = 65534;
+
 fn os(s: &str) -> &OsStr {
     OsStr::new(s)
+}
+
+/// `p` followed by `suffix` as typed (`/`, `/.`, `//`), which `Path::join` would normalize.
+fn spelled(p: &Path, suffix: &str) -> OsString {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    s
+}
+
+/// Asserts exit 2 and a message holding every one of `needles`.
+#[track_caller]
+fn refused(o: &std::process::Output, needles: &[&str]) {
+    expect_code(o, 2);
+    let err = stderr(o);
+    for n in needles {
+        assert!(err.contains(n), "message should contain {n:?}:\n{err}");
+    }
+}
+
+fn lchown(p: &Path, uid: u32) {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C string.
+    let r = unsafe { libc::lchown(c.as_ptr(), uid, uid) };
+    assert_eq!(r, 0, "lchown {}", p.display());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Private mount namespace and bind mounts.
+
+/// Moves the calling thread into a private mount namespace (once per thread); false if this
+/// machine cannot (not root, no CAP_SYS_ADMIN).
+fn private_ns() -> bool {
+    thread_local!(static DONE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) });
+    DONE.with(|d| {
+        if let Some(ok) = d.get() {
+            return ok;
+        }
+        // SAFETY: unshare and mount with valid arguments; they only change this thread's view
+        // of the mount table (CLONE_NEWNS implies CLONE_FS, unshared for this thread alone).
+        let ok = is_root()
+            && unsafe {
+                libc::unshare(libc::CLONE_NEWNS) == 0
+                    && libc::mount(
+                        std::ptr::null(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) == 0
+            };
+        d.set(Some(ok));
+        ok
+    })
+}
+
+/// A bind mount, unmounted when dropped (before the temp dir holding it is removed).
+struct Bind(CString);
+
+impl Bind {
+    fn new(from: &Path, at: &Path) -> Bind {
+        std::fs::create_dir_all(at).unwrap();
+        let f = CString::new(from.as_os_str().as_bytes()).unwrap();
+        let a = CString::new(at.as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid C strings; a plain bind mount in our private namespace.
+        let r = unsafe {
+            libc::mount(
+                f.as_ptr(),
+                a.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(
+            r,
+            0,
+            "bind {} at {}: {}",
+            from.display(),
+            at.display(),
+            std::io::Error::last_os_error()
+        );
+        Bind(a)
+    }
+}
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        // SAFETY: valid C string.
+        unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+macro_rules! require_ns {
+    () => {
+        if !private_ns() {
+            eprintln!("skipped: needs root and a private mount namespace for bind mounts");
+            return;
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 1: a destination is resolved the same way whatever its spelling.
+
+/// `live/sub` is a symlink to `outside`, a directory the sync must never touch.
+fn symlinked_sub(e: &Env) -> (PathBuf, Tree, Listing) {
+    e.src.file("new", "from the jail");
+    let outside = Tree::new(e.tmp.path().join("outside"));
+    outside.file("precious", "must not be deleted");
+    let live = Tree::new(e.tmp.path().join("live"));
+    live.file("keep", "k");
+    symlink(&outside.root, live.path("sub")).unwrap();
+    let before = listing(&outside.root);
+    (live.path("sub"), outside, before)
+}
+
+#[test]
+fn item1_trailing_slash_or_dot_never_follows_a_symlinked_destination() {
+    let e = Env::new();
+    let (sub, outside, before) = symlinked_sub(&e);
+    for suffix in ["/", "/.", "/./", "//", "/.//.", ""] {
+        let dst = spelled(&sub, suffix);
+        let o = e.js([os("sync"), e.src().as_os_str(), &dst]);
+        refused(&o, &["symlink", "--follow-dst", sub.to_str().unwrap()]);
+        assert_eq!(
+            listing(&outside.root),
+            before,
+            "sync into {dst:?} changed the symlink's target"
+        );
+    }
+    // Relative spellings too.
+    let o = run_in(
+        e.tmp.path(),
+        &e.state(),
+        [os("sync"), e.src().as_os_str(), os("live/sub/")],
+    );
+    refused(&o, &["symlink"]);
+    assert_eq!(listing(&outside.root), before);
+    // `..` is taken as written: `live/sub/..` is `live`, never the parent of the link's target.
+    let o = e.js([os("sync"), e.src().as_os_str(), &spelled(&sub, "/..")]);
+    expect_code(&o, 0);
+    assert_eq!(listing(&outside.root), before);
+    assert_same(e.src(), &e.tmp.path().join("live"));
+}
+
+/// Runs the binary with `cwd` as its working directory.
+fn run_in<I, S>(cwd: &Path, state: &Path, args: I) -> std::process::Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    std::process::Command::new(BIN)
+        .current_dir(cwd)
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .env_remove("JAILSYNC_STATE_DIR")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn item1_follow_dst_follows_only_a_link_owned_by_root_or_the_caller() {
+    require_root!();
+    let e = Env::new();
+    let (sub, outside, before) = symlinked_sub(&e);
+    lchown(&sub, NOBODY);
+    for suffix in ["/", "/.", ""] {
+        let dst = spelled(&sub, suffix);
+        let o = e.js([os("sync"), os("--follow-dst"), e.src().as_os_str(), &dst]);
+        refused(&o, &["owned by uid 65534", sub.to_str().unwrap()]);
+        assert_eq!(listing(&outside.root), before);
+    }
+    // The same link, owned by root: followed, whatever the spelling.
+    lchown(&sub, 0);
+    let o = e.js([
+        os("sync"),
+        os("--follow-dst"),
+        e.src().as_os_str(),
+        &spelled(&sub, "/."),
+    ]);
+    expect_code(&o, 0);
+    assert_same(e.src(), &outside.root);
+    assert!(sub.symlink_metadata().unwrap().file_type().is_symlink());
+}
+
+/// JAIL/usr/pkg and ROOT/usr/pkg (with a file each), in `e.tmp`.
+fn upgrade_fixture(e: &Env) -> (Tree, Tree) {
+    let jail = Tree::new(e.tmp.path().join("jail"));
+    jail.file("usr/pkg/bin/tool", "new tool");
+    let root = Tree::new(e.tmp.path().join("root"));
+    root.file("usr/pkg/bin/tool", "old tool");
+    (jail, root)
+}
+
+fn upgrade(e: &Env, jail: &Path, root: &OsStr, extra: &[&str]) -> std::process::Output {
+    let mut a: Vec<&OsStr> = vec![os("upgrade"), jail.as_os_str(), os("--root"), root];
+    a.extend(extra.iter().map(|s| os(s)));
+    e.js(a)
+}
+
+#[test]
+fn item1_upgrade_never_reaches_a_tree_through_a_symlink() {
+    let e = Env::new();
+    let (jail, root) = upgrade_fixture(&e);
+    let elsewhere = Tree::new(e.tmp.path().join("elsewhere"));
+    elsewhere.file("pkg/precious", "not a package");
+    let before = listing(&elsewhere.root);
+
+    // ROOT/usr is a symlink: ROOT/usr/pkg is not inside ROOT, whatever --follow-dst says.
+    std::fs::remove_dir_all(root.path("usr")).unwrap();
+    symlink(&elsewhere.root, root.path("usr")).unwrap();
+    for extra in [
+        &["--tree", "usr/pkg"][..],
+        &["--tree", "usr/pkg/", "--follow-dst"],
+    ] {
+        let o = upgrade(&e, &jail.root, root.root.as_os_str(), extra);
+        refused(&o, &["symlink", root.path("usr").to_str().unwrap()]);
+        assert_eq!(
+            listing(&elsewhere.root),
+            before,
+            "upgrade went through ROOT/usr"
+        );
+    }
+
+    // ROOT/usr/pkg itself a symlink: refused unless --follow-dst, as for `sync`.
+    std::fs::remove_file(root.path("usr")).unwrap();
+    root.dir("usr");
+    symlink(elsewhere.path("pkg"), root.path("usr/pkg")).unwrap();
+    for tree in ["usr/pkg", "usr/pkg/", "usr/pkg/."] {
+        let o = upgrade(&e, &jail.root, root.root.as_os_str(), &["--tree", tree]);
+        refused(&o, &["symlink", "--follow-dst"]);
+        assert_eq!(listing(&elsewhere.root), before);
+    }
+
+    // ROOT itself a symlink, spelled with a trailing slash.
+    std::fs::remove_file(root.path("usr/pkg")).unwrap();
+    root.dir("usr/pkg");
+    let rlink = e.tmp.path().join("rootlink");
+    symlink(&elsewhere.root, &rlink).unwrap();
+    let o = upgrade(&e, &jail.root, &spelled(&rlink, "/"), &["--tree", "pkg"]);
+    refused(&o, &["symlink", "--follow-dst"]);
+    assert_eq!(listing(&elsewhere.root), before);
+
+    // A symlink in the jail's path of a tree: the jail cannot redirect what is read.
+    std::fs::rename(jail.path("usr"), jail.path("real-usr")).unwrap();
+    symlink("real-usr", jail.path("usr")).unwrap();
+    let lroot = listing(&root.root);
+    let o = upgrade(
+        &e,
+        &jail.root,
+        root.root.as_os_str(),
+        &["--tree", "usr/pkg"],
+    );
+    refused(&o, &["symlink", jail.path("usr").to_str().unwrap()]);
+    assert_eq!(listing(&root.root), lroot);
+}
+
+#[test]
+fn item1_rollback_and_verify_resolve_a_destination_the_same_whatever_its_spelling() {
+    require_root!();
+    let e = Env::new();
+    let (sub, outside, _) = symlinked_sub(&e);
+    // The admin once synced `outside` itself: it has a generation to roll back to.
+    let o = e.js([os("sync"), e.src().as_os_str(), outside.root.as_os_str()]);
+    expect_code(&o, 0);
+    let synced = listing(&outside.root);
+    for suffix in ["/", "/.", ""] {
+        let o = e.js([os("rollback"), &spelled(&sub, suffix)]);
+        refused(&o, &["symlink", sub.to_str().unwrap()]);
+        assert_eq!(
+            listing(&outside.root),
+            synced,
+            "rollback went through {sub:?}"
+        );
+    }
+    // verify only reads, and follows a link owned by root or the caller, whatever the
+    // spelling; one owned by anybody else is refused.
+    for suffix in ["/", "/.", ""] {
+        let o = e.js([os("verify"), e.src().as_os_str(), &spelled(&sub, suffix)]);
+        expect_code(&o, 0);
+    }
+    lchown(&sub, NOBODY);
+    for suffix in ["/", "/.", ""] {
+        let o = e.js([os("verify"), e.src().as_os_str(), &spelled(&sub, suffix)]);
+        refused(&o, &["owned by uid 65534"]);
+    }
+}
+
+#[test]
+fn item1_state_dir_through_a_link_owned_by_another_user_is_refused() {
+    require_root!();
+    let e = Env::new().with_dst();
+    e.src.file("f", "x");
+    let real = e.tmp.path().join("real-state");
+    std::fs::create_dir(&real).unwrap();
+    let link = e.tmp.path().join("state-link");
+    symlink(&real, &link).unwrap();
+    lchown(&link, NOBODY);
+    for suffix in ["/", "/.", ""] {
+        let o = run([
+            os("--state-dir"),
+            &spelled(&link, suffix),
+            os("sync"),
+            e.src().as_os_str(),
+            e.dst().as_os_str(),
+        ]);
+        refused(&o, &["owned by uid 65534", link.to_str().unwrap()]);
+        assert!(std::fs::read_dir(&real).unwrap().next().is_none());
+    }
+    // Owned by root: an admin's symlinked state dir works as before.
+    lchown(&link, 0);
+    let o = run([
+        os("--state-dir"),
+        &spelled(&link, "/"),
+        os("sync"),
+        e.src().as_os_str(),
+        e.dst().as_os_str(),
+    ]);
+    expect_code(&o, 0);
+    assert!(real.join("trees").is_dir());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 2: trees compared by identity, not by path.
+
+#[test]
+fn item2_destination_aliasing_the_source_through_a_bind_mount_is_refused() {
+    require_ns!();
+    let e = Env::new();
+    e.src
+        .file("a", "jail")
+        .file("sub/b", "jail too")
+        .dir("sub/deeper");
+    let ls = listing(e.src());
+    let t = e.tmp.path();
+    let _m1 = Bind::new(&e.src.path("sub"), &t.join("mnt-sub"));
+    let _m2 = Bind::new(e.src(), &t.join("mnt-src"));
+    let cases = [
+        (t.join("mnt-sub"), "inside the source"),
+        (t.join("mnt-sub/new"), "inside the source"),
+        (t.join("mnt-sub/deeper"), "inside the source"),
+        (t.join("mnt-src"), "same directory"),
+        (t.join("mnt-src/sub"), "inside the source"),
+        (t.join("mnt-src/new/newer"), "inside the source"),
+    ];
+    for (dst, why) in &cases {
+        let o = e.js([os("sync"), e.src().as_os_str(), dst.as_os_str()]);
+        refused(&o, &[why, dst.to_str().unwrap()]);
+        assert_eq!(
+            listing(e.src()),
+            ls,
+            "sync into {} changed the jail",
+            dst.display()
+        );
+    }
+    assert!(!e.src.path("new").exists() && !e.src.path("sub/new").exists());
+}
+
+#[test]
+fn item2_source_aliasing_the_destination_through_a_bind_mount_is_refused() {
+    require_ns!();
+    let e = Env::new().with_dst();
+    e.dst.file("keep", "live").file("sub/f", "live too");
+    let ld = listing(e.dst());
+    let t = e.tmp.path();
+    let _m1 = Bind::new(&e.dst.path("sub"), &t.join("mnt-sub"));
+    let _m2 = Bind::new(e.dst(), &t.join("mnt-dst"));
+    for (src, why) in [
+        (t.join("mnt-sub"), "inside the destination"),
+        (t.join("mnt-dst"), "same directory"),
+    ] {
+        let o = e.js([os("sync"), src.as_os_str(), e.dst().as_os_str()]);
+        refused(&o, &[why]);
+        assert_eq!(
+            listing(e.dst()),
+            ld,
+            "sync from {} changed DST",
+            src.display()
+        );
+    }
+}
+
+#[test]
+fn item2_state_dir_inside_a_tree_through_a_bind_mount_is_refused() {
+    require_ns!();
+    let e = Env::new().with_dst();
+    e.src.file("f", "x");
+    e.dst.file("g", "y");
+    let (ls, ld) = (listing(e.src()), listing(e.dst()));
+    let t = e.tmp.path();
+    let _m1 = Bind::new(e.dst(), &t.join("mnt-dst"));
+    let _m2 = Bind::new(e.src(), &t.join("mnt-src"));
+    for state in [
+        t.join("mnt-dst/state"),
+        t.join("mnt-src/state"),
+        t.join("mnt-dst"),
+    ] {
+        let o = run([
+            os("--state-dir"),
+            state.as_os_str(),
+            os("sync"),
+            e.src().as_os_str(),
+            e.dst().as_os_str(),
+        ]);
+        refused(&o, &["state dir", state.to_str().unwrap()]);
+        assert_eq!(listing(e.src()), ls);
+        assert_eq!(listing(e.dst()), ld);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

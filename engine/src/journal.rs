@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 use crate::hash::to_hex;
+use crate::paths::Loc;
 
 pub struct StateDir {
     pub root: PathBuf,
@@ -42,13 +43,15 @@ impl StateDir {
     }
 }
 
-/// Refuses a state dir inside one of the trees: the tree would then hold our state.
-pub fn check_outside(state: &Path, trees: &[&Path]) -> Result<()> {
-    let s = fs::canonicalize(state).unwrap_or_else(|_| state.to_path_buf());
+/// Refuses a state dir (`state`, canonical; `shown` as the user named it) that is one of the
+/// trees or inside one: the tree would then hold our state. Compared by identity (device and
+/// inode, see [`Loc`]), so a bind mount or symlink of a tree is no way around it.
+pub fn check_outside(shown: &Path, state: &Path, trees: &[&Path]) -> Result<()> {
+    let s = Loc::of(state)?;
     for t in trees {
-        if s.starts_with(t) {
+        if s.within(&Loc::of(t)?) {
             return Err(Error::bad(
-                state,
+                shown,
                 format!("state dir is inside the synced tree {}", t.display()),
             ));
         }
