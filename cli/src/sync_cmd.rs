@@ -226,6 +226,11 @@ pub fn run_upgrade(c: UpgradeCmd, g: &Global) -> Result<u8> {
 fn run_pairs(checked: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global) -> Result<u8> {
     let t0 = Instant::now();
     let opts = engine_opts(a)?;
+    let pairs: Vec<(&Path, &Path)> = checked
+        .iter()
+        .map(|(s, d, _)| (s.as_path(), d.as_path()))
+        .collect();
+    sync::check_disjoint(&pairs)?;
     let all: Vec<&Path> = checked
         .iter()
         .flat_map(|(s, d, _)| [s.as_path(), d.as_path()])

@@ -431,6 +431,88 @@ fn item2_state_dir_inside_a_tree_through_a_bind_mount_is_refused() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Item 10: overlapping trees of one upgrade.
+
+#[test]
+fn item10_overlapping_upgrade_trees_are_refused_untouched() {
+    let e = Env::new();
+    let (jail, root) = upgrade_fixture(&e);
+    jail.file("usr/other", "x")
+        .file("var/db/pkg/tool/+CONTENTS", "db");
+    root.file("usr/old", "orphan")
+        .file("var/db/pkg/old/+CONTENTS", "db");
+    let (lj, lr) = (listing(&jail.root), listing(&root.root));
+    let untouched = |what: &str| {
+        assert_eq!(listing(&jail.root), lj, "{what}: the jail changed");
+        assert_eq!(listing(&root.root), lr, "{what}: the live root changed");
+        assert!(!e.state().exists(), "{what}: the state dir was made");
+    };
+    let cases: &[&[&str]] = &[
+        &["--tree", "usr", "--tree", "usr/pkg"],
+        &["--tree", "usr/pkg", "--tree", "usr"],
+        &["--tree", "usr/pkg", "--tree", "usr/pkg"],
+        &["--tree", "usr/pkg", "--tree", "usr/pkg/"],
+        &[
+            "--tree",
+            "usr/pkg/bin",
+            "--tree",
+            "var/db/pkg",
+            "--tree",
+            "usr/pkg",
+        ],
+    ];
+    for extra in cases {
+        let o = upgrade(&e, &jail.root, root.root.as_os_str(), extra);
+        refused(&o, &["overlap"]);
+        untouched(&extra.join(" "));
+    }
+    // The same from `tree` lines of JAIL/jailsync.conf.
+    std::fs::write(jail.path("jailsync.conf"), "tree usr\ntree usr/pkg\n").unwrap();
+    let lj = listing(&jail.root);
+    let o = upgrade(&e, &jail.root, root.root.as_os_str(), &[]);
+    refused(&o, &["overlap", "usr/pkg"]);
+    assert_eq!(listing(&jail.root), lj);
+    assert_eq!(listing(&root.root), lr);
+    std::fs::remove_file(jail.path("jailsync.conf")).unwrap();
+}
+
+#[test]
+fn item10_upgrade_trees_aliased_by_a_bind_mount_or_link_are_refused() {
+    require_ns!();
+    let e = Env::new();
+    let (jail, root) = upgrade_fixture(&e);
+    jail.file("opt/x", "x");
+    // ROOT/opt a bind mount of ROOT/usr/pkg/bin.
+    let lj = listing(&jail.root);
+    {
+        let _m = Bind::new(&root.path("usr/pkg/bin"), &root.path("opt"));
+        let lr = listing(&root.root);
+        let o = upgrade(
+            &e,
+            &jail.root,
+            root.root.as_os_str(),
+            &["--tree", "opt", "--tree", "usr/pkg"],
+        );
+        refused(&o, &["overlap"]);
+        assert_eq!(listing(&jail.root), lj);
+        assert_eq!(listing(&root.root), lr);
+    }
+    // ROOT/opt a root-owned symlink to ROOT/usr/pkg, followed with --follow-dst.
+    std::fs::remove_dir(root.path("opt")).unwrap();
+    symlink(root.path("usr/pkg"), root.path("opt")).unwrap();
+    let lr = listing(&root.root);
+    let o = upgrade(
+        &e,
+        &jail.root,
+        root.root.as_os_str(),
+        &["--follow-dst", "--tree", "usr/pkg", "--tree", "opt"],
+    );
+    refused(&o, &["overlap"]);
+    assert_eq!(listing(&jail.root), lj);
+    assert_eq!(listing(&root.root), lr);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Item 12: a damaged manifest is refused, never read as differences.
 
 #[test]

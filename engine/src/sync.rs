@@ -178,6 +178,41 @@ pub fn check_tree(
     Ok((src_c, dst_c))
 }
 
+/// Refuses a run whose (source, destination) pairs overlap: a destination that is, holds or
+/// lies inside another would be synced by two plans, each deleting what the other makes; one
+/// overlapping another pair's source would write into the jail. Compared by identity ([`Loc`]),
+/// so the same tree twice, `usr` with `usr/pkg`, and aliases by symlink or bind mount are all
+/// caught before anything is touched. Paths are canonical.
+pub fn check_disjoint(pairs: &[(&Path, &Path)]) -> Result<()> {
+    let locs = pairs
+        .iter()
+        .map(|(s, d)| Ok((Loc::of(s)?, Loc::of(d)?)))
+        .collect::<Result<Vec<_>>>()?;
+    for (i, (_, di)) in locs.iter().enumerate() {
+        for (j, (sj, dj)) in locs.iter().enumerate() {
+            if j > i && di.overlaps(dj) {
+                return Err(Error::bad(
+                    pairs[i].1,
+                    format!(
+                        "overlaps {}, another destination of this run",
+                        pairs[j].1.display()
+                    ),
+                ));
+            }
+            if j != i && di.overlaps(sj) {
+                return Err(Error::bad(
+                    pairs[i].1,
+                    format!(
+                        "overlaps {}, the source of another tree of this run",
+                        pairs[j].0.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A source directory: followed wherever it leads (it is only read).
 fn source_dir(src: &Path) -> Result<PathBuf> {
     if !fs::metadata(src).at(src)?.is_dir() {
