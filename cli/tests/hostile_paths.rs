@@ -12,6 +12,8 @@ use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -428,6 +430,136 @@ fn item2_state_dir_inside_a_tree_through_a_bind_mount_is_refused() {
         assert_eq!(listing(e.src()), ls);
         assert_eq!(listing(e.dst()), ld);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 9: one lock covers a destination, everything below it and everything above it.
+
+/// The pid in the lock file of the destination `dst` (a canonical path), once written.
+fn lock_holder(state: &Path, dst: &Path) -> Option<u32> {
+    for t in std::fs::read_dir(state.join("trees")).ok()?.flatten() {
+        let p = std::fs::read(t.path().join("path")).unwrap_or_default();
+        if p == dst.as_os_str().as_bytes() {
+            let s = std::fs::read_to_string(t.path().join("lock")).ok()?;
+            return s.split_whitespace().next()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// A `sync SRC DST` caught holding its lock and frozen (SIGSTOP); killed when dropped.
+struct Held(Child);
+
+impl Held {
+    fn new(state: &Path, src: &Path, dst: &Path) -> Held {
+        let dst_c = dst; // callers pass canonical paths
+        for _ in 0..20 {
+            // Made beforehand: the run is caught right after taking its lock, before it has
+            // made anything.
+            std::fs::create_dir_all(dst).unwrap();
+            let child = std::process::Command::new(BIN)
+                .arg("--state-dir")
+                .arg(state)
+                .args([os("sync"), src.as_os_str(), dst.as_os_str()])
+                .env_remove("JAILSYNC_STATE_DIR")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut child = Held(child);
+            let pid = child.0.id();
+            let t0 = Instant::now();
+            while lock_holder(state, dst_c) != Some(pid) && t0.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+            if child.0.try_wait().unwrap().is_none() && lock_holder(state, dst_c) == Some(pid) {
+                return child;
+            }
+        }
+        panic!(
+            "could not catch a sync into {} holding its lock",
+            dst.display()
+        );
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A source big enough that a sync of it is easy to catch while it holds its lock.
+fn big_source(root: &Path) -> Tree {
+    let t = Tree::new(root);
+    for i in 0..3000 {
+        t.file(
+            format!("d{}/f{i}", i % 30),
+            format!("content {i} {}", "x".repeat(i % 300)),
+        );
+    }
+    t
+}
+
+#[test]
+fn item9_nested_destinations_exclude_each_other() {
+    let e = Env::new();
+    let t = e.tmp.path().canonicalize().unwrap();
+    let s1 = big_source(&t.join("s1"));
+    let s2 = Tree::new(t.join("s2"));
+    s2.file("mine", "s2's file");
+    let x = t.join("x");
+    let sub = x.join("sub");
+    let state = e.state();
+
+    // `sync S1 X` holds X: `sync S2 X/sub` is refused, naming X and the holder.
+    {
+        let holder = Held::new(&state, &s1.root, &x);
+        let before = listing(&x);
+        let o = e.js([os("sync"), s2.root.as_os_str(), sub.as_os_str()]);
+        refused(
+            &o,
+            &[
+                &format!("locked by pid {}", holder.pid()),
+                x.to_str().unwrap(),
+                sub.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(listing(&x), before, "X changed under its holder");
+    }
+    std::fs::remove_dir_all(&x).unwrap();
+
+    // `sync S1 X/sub` holds X/sub: `sync S2 X` is refused naming X/sub; a sibling of X/sub
+    // is no overlap and runs.
+    {
+        let holder = Held::new(&state, &s1.root, &sub);
+        let before = listing(&x);
+        let o = e.js([os("sync"), s2.root.as_os_str(), x.as_os_str()]);
+        refused(
+            &o,
+            &[
+                &format!("locked by pid {}", holder.pid()),
+                sub.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(listing(&x), before, "X/sub changed under its holder");
+        let sibling = x.join("other");
+        let o = e.js([os("sync"), s2.root.as_os_str(), sibling.as_os_str()]);
+        expect_code(&o, 0);
+        assert_same(&s2.root, &sibling);
+    }
+    // Holders gone (killed): nothing stale is left to refuse the next run.
+    std::fs::remove_dir_all(&x).unwrap();
+    let o = e.js([os("sync"), s2.root.as_os_str(), x.as_os_str()]);
+    expect_code(&o, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
