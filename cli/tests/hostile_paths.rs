@@ -405,6 +405,41 @@ fn item2_source_aliasing_the_destination_through_a_bind_mount_is_refused() {
 }
 
 #[test]
+fn item2_a_tree_holding_a_mount_of_the_other_is_refused() {
+    require_ns!();
+    let e = Env::new().with_dst();
+    e.src.file("a", "jail").file("sub/b", "jail too");
+    e.dst
+        .file("keep", "live")
+        .file("sub/f", "live too")
+        .dir("mnt");
+    let t = e.tmp.path();
+    let other = Tree::new(t.join("other"));
+    other.file("o", "other");
+    // DST/mnt shows SRC/sub: a sync would rewrite the jail through it.
+    {
+        let _m = Bind::new(&e.src.path("sub"), &e.dst.path("mnt"));
+        let (ls, ld) = (listing(e.src()), listing(e.dst()));
+        let o = e.js([os("sync"), e.src().as_os_str(), e.dst().as_os_str()]);
+        refused(&o, &["mount", e.dst.path("mnt").to_str().unwrap()]);
+        assert_eq!(listing(e.src()), ls, "the jail changed through DST/mnt");
+        assert_eq!(listing(e.dst()), ld);
+    }
+    // OTHER/mnt (a source) shows DST/sub: a sync from it would read and rewrite DST/sub.
+    {
+        let _m = Bind::new(&e.dst.path("sub"), &other.path("mnt"));
+        let ld = listing(e.dst());
+        let o = e.js([os("sync"), other.root.as_os_str(), e.dst().as_os_str()]);
+        refused(&o, &["mount", other.path("mnt").to_str().unwrap()]);
+        assert_eq!(listing(e.dst()), ld);
+    }
+    // A mount of something unrelated inside DST is no overlap.
+    let _m = Bind::new(&other.root, &e.dst.path("mnt"));
+    let o = e.js([os("sync"), e.src().as_os_str(), e.dst().as_os_str()]);
+    assert_ne!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
 fn item2_state_dir_inside_a_tree_through_a_bind_mount_is_refused() {
     require_ns!();
     let e = Env::new().with_dst();

@@ -18,7 +18,9 @@
 //! ancestors up to `/` (found through `..` on file descriptors), and its place inside its
 //! filesystem (the mount's root in `/proc/self/mountinfo` plus the path below the mount). The
 //! second is what catches a bind mount of a *subdirectory*: its `..` leads to where it is
-//! mounted, not to the directory it shows, so the ancestor chain alone would miss it.
+//! mounted, not to the directory it shows, so the ancestor chain alone would miss it. A `Loc`
+//! also keeps the places that mounts *below* the directory show, since a sync walks into them:
+//! a destination holding a mount of part of the source would write into the jail.
 
 use std::ffi::OsString;
 use std::io;
@@ -224,6 +226,9 @@ pub struct Loc {
     phys: Option<((u32, u32), PathBuf)>,
     /// Names below the existing directory that do not exist yet.
     tail: PathBuf,
+    /// (filesystem, path inside it) that each mount strictly below the directory shows, and
+    /// where it is mounted.
+    mounts_below: Vec<((u32, u32), PathBuf, PathBuf)>,
 }
 
 impl Loc {
@@ -243,11 +248,22 @@ impl Loc {
             }
         };
         let chain = ancestor_ids(fd.as_fd()).at(cur)?;
-        let phys = physical(fd.as_fd(), cur);
+        let table = MountTable::current().ok();
+        let phys = table.as_ref().and_then(|t| physical(t, fd.as_fd(), cur));
+        // A directory still to be made holds no mount.
+        let mounts_below = match &table {
+            Some(t) if tail.is_empty() => t
+                .under(cur)
+                .filter(|m| !m.source_deleted())
+                .map(|m| (m.dev, m.root.clone(), m.target.clone()))
+                .collect(),
+            _ => Vec::new(),
+        };
         Ok(Loc {
             chain,
             phys,
             tail: tail.iter().rev().collect(),
+            mounts_below,
         })
     }
 
@@ -276,9 +292,23 @@ impl Loc {
         }
     }
 
-    /// Whether one is the other or below it.
+    /// Whether one is the other or below it, or holds a mount showing part of the other.
     pub fn overlaps(&self, other: &Loc) -> bool {
-        self.within(other) || other.within(self)
+        self.within(other)
+            || other.within(self)
+            || self.mount_into(other).is_some()
+            || other.mount_into(self).is_some()
+    }
+
+    /// A mount below this directory that shows `other`, part of it, or a directory holding it
+    /// (where it is mounted).
+    pub fn mount_into(&self, other: &Loc) -> Option<&Path> {
+        let (dev, p) = other.phys.as_ref()?;
+        let p = p.join(&other.tail);
+        self.mounts_below
+            .iter()
+            .find(|(d, root, _)| d == dev && (p.starts_with(root) || root.starts_with(&p)))
+            .map(|(_, _, target)| target.as_path())
     }
 }
 
@@ -309,14 +339,17 @@ fn ancestor_ids(dir: std::os::fd::BorrowedFd<'_>) -> io::Result<Vec<(u64, u64)>>
 }
 
 /// Where `dir` (opened from the canonical path `path`) lives inside its filesystem: the root of
-/// its mount (from the mount table, found by the mount id `statx` reports) joined with its
-/// path below the mount point. None when the kernel or /proc cannot say.
-fn physical(dir: std::os::fd::BorrowedFd<'_>, path: &Path) -> Option<((u32, u32), PathBuf)> {
+/// its mount (from `table`, found by the mount id `statx` reports) joined with its path below
+/// the mount point. None when the kernel cannot say.
+fn physical(
+    table: &MountTable,
+    dir: std::os::fd::BorrowedFd<'_>,
+    path: &Path,
+) -> Option<((u32, u32), PathBuf)> {
     let sx = rfs::statx(dir, c"", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID).ok()?;
     if sx.stx_mask & StatxFlags::MNT_ID.bits() == 0 {
         return None;
     }
-    let table = MountTable::current().ok()?;
     let m = table
         .mounts
         .iter()

@@ -245,6 +245,25 @@ fn check_apart(src: &Path, src_c: &Path, dst: &Path, dst_c: &Path) -> Result<()>
             format!("source is inside the destination {}", dst_c.display()),
         ));
     }
+    // A sync walks into mounts: one showing part of the other tree aliases it as well.
+    if let Some(m) = d.mount_into(&s) {
+        return Err(Error::bad(
+            m,
+            format!(
+                "a mount inside the destination shows (part of) the source {}",
+                src_c.display()
+            ),
+        ));
+    }
+    if let Some(m) = s.mount_into(&d) {
+        return Err(Error::bad(
+            m,
+            format!(
+                "a mount inside the source shows (part of) the destination {}",
+                dst_c.display()
+            ),
+        ));
+    }
     Ok(())
 }
 
