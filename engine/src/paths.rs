@@ -101,9 +101,9 @@ pub fn resolve_dir(arg: &Path, what: &str, follow: Follow) -> Result<PathBuf> {
     last_name(arg, what, &parent.join(name), follow, 0)
 }
 
-/// Resolves `rel` (relative, `..`-free) below the canonical directory `base`, following no
-/// symlink on the way; the last name is treated as by [`resolve_dir`]. `shown` is how `base`
-/// is named in messages.
+/// Resolves `rel` (relative, only plain names: callers check) below the canonical directory
+/// `base`, following no symlink on the way; the last name is treated as by [`resolve_dir`].
+/// `shown` is how `base` is named in messages.
 pub fn resolve_beneath(
     shown: &Path,
     base: &Path,
@@ -130,7 +130,7 @@ pub fn resolve_beneath(
             Ok(md) if md.file_type().is_symlink() => {
                 return Err(Error::bad(
                     &cur_shown,
-                    format!("is a symlink: a {what} is never reached through one"),
+                    format!("is a symlink, and a {what} is never reached through one"),
                 ))
             }
             Ok(md) if !md.is_dir() => {
