@@ -417,14 +417,15 @@ fn bad_manifest_refused_corrupt_cache_ignored() {
     let ms = m.to_str().unwrap();
 
     // Future version, garbage, a bad field, a path escaping the tree: exit 2, file:line.
-    let future = good.replacen("#jailsync-manifest 1", "#jailsync-manifest 99", 1);
+    let future = good.replacen(good.lines().next().unwrap(), "#jailsync-manifest 99", 1);
     let lines: Vec<&str> = good.lines().collect();
     let bad_at = |n: usize, repl: &str| {
         let mut l = lines.clone();
         l[n - 1] = repl;
         l.join("\n") + "\n"
     };
-    let n_last = lines.len();
+    // The last entry's line (an `#end` line follows it).
+    let n_last = 1 + lines.iter().rposition(|l| !l.starts_with('#')).unwrap();
     let cases = [
         (future, format!("{ms}:1:"), "newer"),
         ("garbage\n".to_string(), format!("{ms}:1:"), "manifest"),

@@ -18,12 +18,23 @@ pub enum Error {
         line: usize,
         why: String,
     },
-    #[error("{path}: locked by pid {pid} since {since}")]
+    /// `path` cannot be locked: `held` (the same path, or one above or below it) is locked by
+    /// another run.
+    #[error("{path}: {}locked by pid {pid} since {since}", overlap_note(.path, .held))]
     Locked {
         path: PathBuf,
+        held: PathBuf,
         pid: u32,
         since: String,
     },
+}
+
+fn overlap_note(path: &std::path::Path, held: &std::path::Path) -> String {
+    if path == held {
+        String::new()
+    } else {
+        format!("overlaps {}, ", held.display())
+    }
 }
 
 impl Error {

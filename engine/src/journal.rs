@@ -1,14 +1,18 @@
 //! State that lives outside the synced trees: the state directory, per-tree stat caches.
 //!
 //! Layout: `STATE/trees/<key>/` per tree, `<key>` being the first 16 hex digits of the blake3 of
-//! the tree's canonical path. Each holds `path` (the tree's path, for people) and `cache` (the
-//! stat-cache manifest).
+//! the tree's canonical path. Each holds `path` (the tree's path: for people, and to find the
+//! runs on trees below another), `lock` (see [`Lock`]; ancestors of a destination get one too)
+//! and `cache` (the stat-cache manifest).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::FlockOperation;
+
 use crate::error::{Error, IoContext, Result};
 use crate::hash::to_hex;
+use crate::paths::Loc;
 
 pub struct StateDir {
     pub root: PathBuf,
@@ -42,13 +46,15 @@ impl StateDir {
     }
 }
 
-/// Refuses a state dir inside one of the trees: the tree would then hold our state.
-pub fn check_outside(state: &Path, trees: &[&Path]) -> Result<()> {
-    let s = fs::canonicalize(state).unwrap_or_else(|_| state.to_path_buf());
+/// Refuses a state dir (`state`, canonical; `shown` as the user named it) that is one of the
+/// trees or inside one: the tree would then hold our state. Compared by identity (device and
+/// inode, see [`Loc`]), so a bind mount or symlink of a tree is no way around it.
+pub fn check_outside(shown: &Path, state: &Path, trees: &[&Path]) -> Result<()> {
+    let s = Loc::of(state)?;
     for t in trees {
-        if s.starts_with(t) {
+        if s.within(&Loc::of(t)?) {
             return Err(Error::bad(
-                state,
+                shown,
                 format!("state dir is inside the synced tree {}", t.display()),
             ));
         }
@@ -56,50 +62,116 @@ pub fn check_outside(state: &Path, trees: &[&Path]) -> Result<()> {
     Ok(())
 }
 
-/// An advisory lock on one destination, held for the whole run. `flock` is released by the
-/// kernel when its holder dies, so a lock left by a killed run is simply taken over; the file's
-/// text (pid and start time) only serves the message of whoever finds it held.
+/// An advisory lock on one destination, and through it on everything above and below it,
+/// held for the whole run.
+///
+/// Every path has a lock file, `STATE/trees/<key>/lock`. A run on destination D locks D's
+/// exclusively and each ancestor's shared: two runs conflict exactly when one destination is
+/// the other or inside it (exclusive meets exclusive, or shared meets exclusive), while runs on
+/// siblings share their common ancestors. Paths are canonical, so any spelling of a tree takes
+/// the same locks. `flock` is released by the kernel when its holder dies, so a lock left by a
+/// killed run (even `kill -9`) is simply taken over; the exclusive holder's file holds its pid
+/// and start time, which only serve the message of whoever finds it held.
 pub struct Lock {
-    _file: fs::File,
+    _files: Vec<fs::File>,
 }
 
 impl Lock {
     pub fn acquire(state: &StateDir, tree: &Path) -> Result<Lock> {
-        use std::io::{Read, Seek, Write};
-        use std::os::fd::AsFd;
-        let path = state.tree_dir(tree)?.join("lock");
-        let mut f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .at(&path)?;
-        match rustix::fs::flock(
-            f.as_fd(),
-            rustix::fs::FlockOperation::NonBlockingLockExclusive,
-        ) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => {
-                let mut s = String::new();
-                let _ = f.read_to_string(&mut s);
-                let mut it = s.split_whitespace();
-                let pid = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-                let since = it.collect::<Vec<_>>().join(" ");
-                return Err(Error::Locked {
-                    path: tree.into(),
-                    pid,
-                    since: if since.is_empty() { "?".into() } else { since },
-                });
+        use std::io::{Seek, Write};
+        let mut files = Vec::new();
+        for above in tree.ancestors().skip(1) {
+            let (f, path) = open_lock(state, above)?;
+            if !try_flock(&f, &path, FlockOperation::NonBlockingLockShared)? {
+                return Err(locked(tree, above, &f));
             }
-            Err(e) => return Err(Error::io(&path, e.into())),
+            files.push(f);
+        }
+        let (mut f, path) = open_lock(state, tree)?;
+        if !try_flock(&f, &path, FlockOperation::NonBlockingLockExclusive)? {
+            // Held by a run on this very tree, or shared by runs on trees below it (which
+            // cannot coexist with the former): name one of those first.
+            return Err(holder_below(state, tree).unwrap_or_else(|| locked(tree, tree, &f)));
         }
         let now = crate::cache::now();
         f.set_len(0).at(&path)?;
         f.rewind().at(&path)?;
         write!(f, "{} {}", std::process::id(), format_time(now.0)).at(&path)?;
-        Ok(Lock { _file: f })
+        files.push(f);
+        Ok(Lock { _files: files })
     }
+}
+
+/// The lock file of `tree` (created on demand), and its path.
+fn open_lock(state: &StateDir, tree: &Path) -> Result<(fs::File, PathBuf)> {
+    let path = state.tree_dir(tree)?.join("lock");
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .at(&path)?;
+    Ok((f, path))
+}
+
+/// Takes a lock without waiting; false when another run holds a conflicting one.
+fn try_flock(f: &fs::File, path: &Path, op: FlockOperation) -> Result<bool> {
+    use std::os::fd::AsFd;
+    match rustix::fs::flock(f.as_fd(), op) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(Error::io(path, e.into())),
+    }
+}
+
+/// The error for `tree` when `held`'s lock (file `f`) is held by another run.
+fn locked(tree: &Path, held: &Path, f: &fs::File) -> Error {
+    use std::io::{Read, Seek};
+    // The holder writes its pid just after taking the lock: give it a moment.
+    let mut text = String::new();
+    for _ in 0..20 {
+        text.clear();
+        let mut r = f;
+        if r.rewind().is_ok() && r.read_to_string(&mut text).is_ok() && !text.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let mut it = text.split_whitespace();
+    let pid = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let since = it.collect::<Vec<_>>().join(" ");
+    Error::Locked {
+        path: tree.into(),
+        held: held.into(),
+        pid,
+        since: if since.is_empty() { "?".into() } else { since },
+    }
+}
+
+/// A run holding a destination strictly below `tree`, as the error to report, if any.
+fn holder_below(state: &StateDir, tree: &Path) -> Option<Error> {
+    use std::os::unix::ffi::OsStringExt;
+    for d in fs::read_dir(state.root.join("trees")).ok()?.flatten() {
+        let Ok(p) = fs::read(d.path().join("path")) else {
+            continue;
+        };
+        let p = PathBuf::from(std::ffi::OsString::from_vec(p));
+        if p == tree || !p.starts_with(tree) {
+            continue;
+        }
+        let Ok(f) = fs::File::open(d.path().join("lock")) else {
+            continue;
+        };
+        // Only an exclusive holder (a run on `p` itself) refuses a shared lock.
+        if matches!(
+            try_flock(&f, &p, FlockOperation::NonBlockingLockShared),
+            Ok(false)
+        ) {
+            return Some(locked(tree, &p, &f));
+        }
+    }
+    None
 }
 
 /// UTC time as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, no time zone database needed).

@@ -11,6 +11,7 @@ pub mod hash;
 pub mod jail;
 pub mod journal;
 pub mod manifest;
+pub mod paths;
 pub mod plan;
 pub mod progress;
 pub mod rollback;

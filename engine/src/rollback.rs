@@ -211,7 +211,7 @@ fn resume(
     plan: &Plan,
     pool: &rayon::ThreadPool,
 ) -> Result<()> {
-    let m = manifest::read_file(&g.dir.join("manifest"))?;
+    let m = manifest::read_recorded(&g.dir.join("manifest"))?;
     let orig: HashMap<&[u8], (u32, u64, u64)> = m
         .entries
         .iter()
@@ -324,7 +324,7 @@ pub fn rollback(
             .cloned()
             .ok_or_else(|| Error::bad(dst, "nothing to roll back: no generation recorded"))?,
     };
-    let m = manifest::read_file(&g.dir.join("manifest"))?;
+    let m = manifest::read_recorded(&g.dir.join("manifest"))?;
     let info = fs::read_to_string(g.dir.join("info")).unwrap_or_default();
     let patterns: Vec<String> = info
         .lines()

@@ -20,6 +20,7 @@ use crate::fsx::{self, MetaOpts};
 use crate::hash;
 use crate::journal::{check_outside, Lock, StateDir};
 use crate::manifest::Manifest;
+use crate::paths::{self, Follow, Loc};
 use crate::plan::{self, Op, Plan, PlanOpts};
 use crate::progress::{Phase, Progress};
 use crate::scan::{self, Excludes, Scan, ScanOpts};
@@ -130,79 +131,140 @@ impl Report {
     }
 }
 
-/// Checks a (source, destination) pair before anything is touched.
-pub fn check_pair(src: &Path, dst: &Path, follow_dst: bool) -> Result<(PathBuf, PathBuf)> {
-    let smd = fs::metadata(src).at(src)?;
-    if !smd.is_dir() {
-        return Err(Error::bad(src, "source is not a directory"));
-    }
-    let src_c = fs::canonicalize(src).at(src)?;
-    match fs::symlink_metadata(dst) {
-        Ok(md) if md.file_type().is_symlink() && !follow_dst => {
-            return Err(Error::bad(
-                dst,
-                "destination is a symlink (pass --follow-dst to sync into its target)",
-            ))
+/// How a destination's last name may be a symlink: followed only with `--follow-dst` (and then
+/// only one owned by root or the caller, see [`paths`]).
+pub fn follow_dst(yes: bool) -> Follow {
+    if yes {
+        Follow::Owned
+    } else {
+        Follow::Never {
+            hint: "pass --follow-dst to sync into its target",
         }
-        Ok(_) => {
-            if !fs::metadata(dst).at(dst)?.is_dir() {
-                return Err(Error::bad(dst, "destination exists and is not a directory"));
+    }
+}
+
+/// Checks a (source, destination) pair before anything is touched; returns their canonical
+/// paths. The destination is resolved the same way whatever its spelling (see [`paths`]).
+pub fn check_pair(src: &Path, dst: &Path, follow: bool) -> Result<(PathBuf, PathBuf)> {
+    let src_c = source_dir(src)?;
+    let dst_c = paths::resolve_dir(dst, "destination", follow_dst(follow))?;
+    check_apart(src, &src_c, dst, &dst_c)?;
+    Ok((src_c, dst_c))
+}
+
+/// Checks `upgrade`'s tree `rel`: JAIL/REL and ROOT/REL, neither reached through a symlink
+/// below JAIL or ROOT (ROOT's own last name is treated as a destination's). Returns the
+/// canonical pair.
+pub fn check_tree(
+    jail: &Path,
+    root: &Path,
+    rel: &Path,
+    follow: bool,
+) -> Result<(PathBuf, PathBuf)> {
+    let jail_c = source_dir(jail)?;
+    let root_c = paths::resolve_dir(root, "root", follow_dst(follow))?;
+    fs::metadata(&root_c).at(root)?;
+    // The jail's contents are not trusted to say where a tree is read from.
+    let never = Follow::Never {
+        hint: "a tree of the jail is never followed",
+    };
+    let src_c = paths::resolve_beneath(jail, &jail_c, rel, "tree", never)?;
+    let (src, dst) = (jail.join(rel), root.join(rel));
+    if !fs::metadata(&src_c).at(&src)?.is_dir() {
+        return Err(Error::bad(&src, "source is not a directory"));
+    }
+    let dst_c = paths::resolve_beneath(root, &root_c, rel, "tree", follow_dst(follow))?;
+    check_apart(&src, &src_c, &dst, &dst_c)?;
+    Ok((src_c, dst_c))
+}
+
+/// Refuses a run whose (source, destination) pairs overlap: a destination that is, holds or
+/// lies inside another would be synced by two plans, each deleting what the other makes; one
+/// overlapping another pair's source would write into the jail. Compared by identity ([`Loc`]),
+/// so the same tree twice, `usr` with `usr/pkg`, and aliases by symlink or bind mount are all
+/// caught before anything is touched. Paths are canonical.
+pub fn check_disjoint(pairs: &[(&Path, &Path)]) -> Result<()> {
+    let locs = pairs
+        .iter()
+        .map(|(s, d)| Ok((Loc::of(s)?, Loc::of(d)?)))
+        .collect::<Result<Vec<_>>>()?;
+    for (i, (_, di)) in locs.iter().enumerate() {
+        for (j, (sj, dj)) in locs.iter().enumerate() {
+            if j > i && di.overlaps(dj) {
+                return Err(Error::bad(
+                    pairs[i].1,
+                    format!(
+                        "overlaps {}, another destination of this run",
+                        pairs[j].1.display()
+                    ),
+                ));
+            }
+            if j != i && di.overlaps(sj) {
+                return Err(Error::bad(
+                    pairs[i].1,
+                    format!(
+                        "overlaps {}, the source of another tree of this run",
+                        pairs[j].0.display()
+                    ),
+                ));
             }
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(dst, e)),
     }
-    // The destination may not exist yet: resolve its nearest existing ancestor.
-    let dst_c = canonical_maybe_missing(dst)?;
-    if src_c == dst_c {
+    Ok(())
+}
+
+/// A source directory: followed wherever it leads (it is only read).
+fn source_dir(src: &Path) -> Result<PathBuf> {
+    if !fs::metadata(src).at(src)?.is_dir() {
+        return Err(Error::bad(src, "source is not a directory"));
+    }
+    fs::canonicalize(src).at(src)
+}
+
+/// Refuses a pair whose trees are one, or one inside the other, by identity (device and
+/// inode, see [`Loc`]): a bind mount or a symlink aliases a tree as well as its path does.
+/// `src` and `dst` are as the user named them, `src_c` and `dst_c` resolved.
+fn check_apart(src: &Path, src_c: &Path, dst: &Path, dst_c: &Path) -> Result<()> {
+    let s = Loc::of(src_c)?;
+    let d = Loc::of(dst_c)?;
+    if d.same(&s) {
         return Err(Error::bad(
             dst,
             "source and destination are the same directory",
         ));
     }
-    if dst_c.starts_with(&src_c) {
+    if d.within(&s) {
         return Err(Error::bad(
             dst,
             format!("destination is inside the source {}", src_c.display()),
         ));
     }
-    if src_c.starts_with(&dst_c) {
+    if s.within(&d) {
         return Err(Error::bad(
             src,
             format!("source is inside the destination {}", dst_c.display()),
         ));
     }
-    Ok((src_c, dst_c))
-}
-
-fn canonical_maybe_missing(p: &Path) -> Result<PathBuf> {
-    let abs = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir().at(p)?.join(p)
-    };
-    let mut tail = Vec::new();
-    let mut cur = abs.as_path();
-    loop {
-        match fs::canonicalize(cur) {
-            Ok(c) => {
-                let mut out = c;
-                for t in tail.iter().rev() {
-                    out.push(t);
-                }
-                return Ok(out);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let name = cur
-                    .file_name()
-                    .ok_or_else(|| Error::io(p, e))?
-                    .to_os_string();
-                tail.push(name);
-                cur = cur.parent().unwrap_or(Path::new("/"));
-            }
-            Err(e) => return Err(Error::io(p, e)),
-        }
+    // A sync walks into mounts: one showing part of the other tree aliases it as well.
+    if let Some(m) = d.mount_into(&s) {
+        return Err(Error::bad(
+            m,
+            format!(
+                "a mount inside the destination shows (part of) the source {}",
+                src_c.display()
+            ),
+        ));
     }
+    if let Some(m) = s.mount_into(&d) {
+        return Err(Error::bad(
+            m,
+            format!(
+                "a mount inside the source shows (part of) the destination {}",
+                dst_c.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Scans both trees, hashes what must be compared, and plans. Takes the destination's lock
@@ -397,16 +459,7 @@ pub fn prepare_from_manifest(
     pools: &Pools,
     progress: &dyn Progress,
 ) -> Result<Tree> {
-    if m.entries
-        .first()
-        .is_none_or(|e| !e.path.is_empty() || e.kind != Kind::Dir)
-    {
-        return Err(Error::Manifest {
-            path: manifest_path.into(),
-            line: 0,
-            why: "no root directory entry `.`".into(),
-        });
-    }
+    // `manifest::parse` made sure the root `.` is its first entry, a directory.
     let (mut d, stamp, mut scan_errors, cache_hits) =
         scan_one(dst_path, state, opts, pools, progress)?;
     let mut src = m.entries;
@@ -781,15 +834,11 @@ pub fn scan_and_hash(
     ))
 }
 
-/// Makes sure the state directory is usable and outside every tree.
+/// Makes sure the state directory is usable and outside every tree (`trees` canonical). A
+/// symlinked state dir is followed only when owned by root or the caller.
 pub fn open_state(dir: &Path, trees: &[&Path]) -> Result<StateDir> {
-    let canon: Vec<PathBuf> = trees
-        .iter()
-        .filter_map(|t| canonical_maybe_missing(t).ok())
-        .collect();
-    let refs: Vec<&Path> = canon.iter().map(|p| p.as_path()).collect();
+    let state_c = paths::resolve_dir(dir, "state dir", Follow::Owned)?;
     // Checked before the state dir is created: a refused run must leave no trace in a tree.
-    let state_c = canonical_maybe_missing(dir).unwrap_or_else(|_| dir.to_path_buf());
-    check_outside(&state_c, &refs)?;
-    StateDir::open(dir)
+    check_outside(dir, &state_c, trees)?;
+    StateDir::open(&state_c)
 }
