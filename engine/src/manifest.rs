@@ -672,7 +672,10 @@ mod tests {
             all.push(format!("{}2", k.name()).as_bytes(), e);
         }
         all.sort_by_path();
-        let back = round_trip(&all, false);
+        // No hashes here: read as a recorded manifest (a verified one needs them).
+        let mut out = Vec::new();
+        write_to(&mut out, (1, 2), &all, false).unwrap();
+        let back = parse_recorded(Path::new("m"), &out).unwrap().entries;
         for (a, b) in all.iter().zip(back.iter()).skip(1) {
             assert_eq!(
                 (a.path, a.ino, a.dev, a.nlink),
