@@ -332,10 +332,12 @@ pub fn rollback(
         .collect();
     let excludes = Excludes::new(&patterns)
         .map_err(|e| Error::bad(g.dir.join("info"), format!("bad exclude pattern: {e}")))?;
+    let ours = state.staged_names(dst);
     let sopts = ScanOpts {
         excludes: &excludes,
         xattrs: opts.xattrs,
         defer_xattrs: false,
+        ours: &ours,
     };
     progress.start(Phase::Scan, 0);
     let mut cur = scan::scan_tree(dst, &pools.walk, &sopts)?;
@@ -438,11 +440,29 @@ pub fn rollback(
         fsync: opts.fsync,
     };
     let mut ap = Apply::new(sfd, dfd, &old, &cur.entries, &plan, aopts).with_source_map(map);
+    let stuck: Vec<&[u8]> = pre.iter().map(|e| &e.path[..]).collect();
+    let names: Vec<Vec<u8>> = ap.staging_names().collect();
+    state.record_staged(
+        dst,
+        stuck.iter().copied().chain(names.iter().map(|n| &n[..])),
+        opts.fsync,
+    )?;
+    drop(names);
     ap.stage(&pools.work, progress);
     ap.commit(&pools.work, progress);
     ap.prune(&pools.work, progress);
     ap.finalize(progress);
+    let remaining = ap.staged_remaining();
     let mut outcome = ap.into_outcome();
+    if remaining.is_empty() && stuck.is_empty() {
+        state.clear_staged(dst)?;
+    } else {
+        let all = stuck
+            .iter()
+            .copied()
+            .chain(remaining.iter().map(|n| &n[..]));
+        state.record_staged(dst, all, opts.fsync)?;
+    }
     outcome.errors.splice(0..0, pre);
     if outcome.errors.is_empty() {
         // Rolled back: this generation is spent.

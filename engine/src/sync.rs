@@ -226,6 +226,13 @@ pub fn prepare(
         excludes: &opts.excludes,
         xattrs: opts.xattrs,
         defer_xattrs: true,
+        ours: &[],
+    };
+    // Only names an earlier run recorded are its leftovers; the source has none.
+    let ours = state.map(|s| s.staged_names(dst_path)).unwrap_or_default();
+    let dopts = ScanOpts {
+        ours: &ours,
+        ..sopts
     };
     progress.start(Phase::Scan, 0);
     let src_stamp = cache::now();
@@ -234,7 +241,7 @@ pub fn prepare(
         || scan::scan_tree(src_path, &pools.walk, &sopts),
         || {
             if dst_exists {
-                scan::scan_tree(dst_path, &pools.walk, &sopts).map(Some)
+                scan::scan_tree(dst_path, &pools.walk, &dopts).map(Some)
             } else {
                 Ok(None)
             }
@@ -267,13 +274,12 @@ pub fn prepare(
     progress.finish(Phase::Scan);
     fsx::release_freed_memory();
 
-    // A jail entry named like our temporary files cannot be told apart from a leftover once in
-    // the live tree: it is refused (reported, its live counterpart left alone), never dropped
-    // silently.
-    for p in std::mem::take(&mut s.leftovers) {
+    // The top of a tree may hold a rollback store, never synced: one in the jail is reported
+    // (never dropped silently), one in the destination kept.
+    if s.holds_store {
         s.errors.push((
-            p,
-            io::Error::other("name reserved for jailsync's temporary files; not synced"),
+            fsx::STORE_NAME.into(),
+            io::Error::other("name reserved for jailsync's rollback store; not synced"),
         ));
     }
     let mut protect: Vec<Box<[u8]>> = s.incomplete.clone();
@@ -347,10 +353,12 @@ fn scan_one(
     pools: &Pools,
     progress: &dyn Progress,
 ) -> Result<OneScan> {
+    let ours = state.map(|s| s.staged_names(root)).unwrap_or_default();
     let sopts = ScanOpts {
         excludes: &opts.excludes,
         xattrs: opts.xattrs,
         defer_xattrs: true,
+        ours: &ours,
     };
     let stamp = cache::now();
     progress.start(Phase::Scan, 0);
@@ -601,8 +609,18 @@ pub fn apply_all(
     for t in trees {
         let sfd = fsx::open_root(&t.src_path).at(&t.src_path)?;
         let dfd = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
-        pre_errors.push(clean_leftovers(dfd.as_fd(), &t.dst_leftovers));
-        applies.push(Apply::new(sfd, dfd, &t.src, &t.dst, &t.plan, aopts));
+        let pre = clean_leftovers(dfd.as_fd(), &t.dst_leftovers);
+        let a = Apply::new(sfd, dfd, &t.src, &t.dst, &t.plan, aopts);
+        // A killed run's temporary names went; this run's are recorded before the first is
+        // made, so only what this program made is ever removed as its own.
+        if let Some(state) = state {
+            let stuck: Vec<&[u8]> = pre.iter().map(|e| &e.path[..]).collect();
+            let names: Vec<Vec<u8>> = a.staging_names().collect();
+            let all = stuck.into_iter().chain(names.iter().map(|n| &n[..]));
+            state.record_staged(&t.dst_path, all, opts.fsync)?;
+        }
+        pre_errors.push(pre);
+        applies.push(a);
     }
     // The old versions are kept before anything is touched (staging already moves directory
     // mtimes), so a rollback works after a run killed at any point.
@@ -676,6 +694,20 @@ pub fn apply_all(
     for ((a, t), pre) in applies.into_iter().zip(trees).zip(pre_errors) {
         if let Some(state) = state {
             store_caches(state, t, &a, opts.xattrs);
+            // What may still be there stays recorded for the next run; the rest is forgotten.
+            let stuck: Vec<&[u8]> = pre.iter().map(|e| &e.path[..]).collect();
+            let remaining = a.staged_remaining();
+            let r = if stuck.is_empty() && remaining.is_empty() {
+                state.clear_staged(&t.dst_path)
+            } else {
+                let all = stuck.into_iter().chain(remaining.iter().map(|n| &n[..]));
+                state.record_staged(&t.dst_path, all, opts.fsync)
+            };
+            if let Err(e) = r {
+                report
+                    .notes
+                    .push(format!("record of temporary names not updated: {e}"));
+            }
         }
         let mut o = a.into_outcome();
         o.errors.splice(0..0, pre);
