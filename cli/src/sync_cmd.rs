@@ -73,6 +73,10 @@ pub struct RollbackCmd {
     /// Roll back the target of a DST that is a symlink (only one owned by root or you).
     #[arg(long)]
     pub follow_dst: bool,
+    /// Also roll back entries changed since the sync (each is kept in the rollback store
+    /// first); without it they are left as they are and reported.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -297,6 +301,18 @@ fn run_pairs(checked: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global
                 eprintln!("jailsync: note: {n}");
             }
         }
+        if g.verbose > 0 && !g.json {
+            for (gen, t) in r.generations.iter().zip(&trees) {
+                if let Some(gen) = gen {
+                    eprintln!(
+                        "jailsync: {}: rollback generation {} kept in {}",
+                        t.dst_path.display(),
+                        gen.id,
+                        gen.store.display()
+                    );
+                }
+            }
+        }
     }
     let summary = Summary {
         counts,
@@ -456,9 +472,28 @@ pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
             bail!("{}: not a directory", shown.display());
         }
         let state = sync::open_state(&g.state_dir, &[&dst])?;
-        let r = jailsync_engine::rollback::rollback(&state, &dst, c.gen, &opts, &pools, &*prog)?;
+        let r = jailsync_engine::rollback::rollback(
+            &state, &dst, c.gen, c.force, &opts, &pools, &*prog,
+        )?;
         if c.itemize || g.json {
             output::print_changes(&mut out, &r.plan, &r.old, &r.cur, b"", g.json)?;
+        }
+        let since = io::Error::other(
+            "changed since the sync; left as it is (--force rolls it back, keeping it in the \
+             rollback store first)",
+        );
+        for p in &r.changed {
+            errors += 1;
+            let p = dst.join(jailsync_engine::fsx::os(p));
+            report_error(&mut out, g, &p.display().to_string(), "rollback", &since)?;
+        }
+        if let (Some((dir, n)), false) = (&r.kept, g.quiet) {
+            eprintln!(
+                "jailsync: {}: {n} entries changed since the sync kept in {} before being \
+                 rolled back",
+                dst.display(),
+                dir.display()
+            );
         }
         if let Some(o) = &r.outcome {
             for e in &o.errors {
@@ -509,8 +544,14 @@ pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
 pub fn run_history(c: HistoryCmd, g: &Global) -> Result<u8> {
     let dst = std::fs::canonicalize(&c.dst).with_context(|| c.dst.display().to_string())?;
     let state = sync::open_state(&g.state_dir, &[&dst])?;
-    let store = jailsync_engine::rollback::store_dir(&state, &dst)?;
-    let gens = jailsync_engine::rollback::list(&store)?;
+    let store = jailsync_engine::rollback::Store::find(&state, &dst)?;
+    let gens = match &store {
+        Some(store) => jailsync_engine::rollback::list(store)?,
+        None => Vec::new(),
+    };
+    if let (Some(store), false, false) = (&store, g.quiet, g.json) {
+        eprintln!("{}: rollback store {}", dst.display(), store.path.display());
+    }
     let stdout = io::stdout();
     let mut out = stdout.lock();
     for gen in gens.iter().rev() {

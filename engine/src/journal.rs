@@ -2,10 +2,17 @@
 //!
 //! Layout: `STATE/trees/<key>/` per tree, `<key>` being the first 16 hex digits of the blake3 of
 //! the tree's canonical path. Each holds `path` (the tree's path: for people, and to find the
-//! runs on trees below another), `lock` (see [`Lock`]; ancestors of a destination get one too)
-//! and `cache` (the stat-cache manifest).
+//! runs on trees below another), `lock` (see [`Lock`]; ancestors of a destination get one too),
+//! `cache` (the stat-cache manifest) and `staged` (the temporary names a run is making in the
+//! tree).
+//!
+//! The state is private (invariant 9): what it holds describes the trees (paths, hashes, xattrs)
+//! and the rollback store in it keeps old setuid binaries and old secrets. Its directories are
+//! created 0700.
 
 use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::FlockOperation;
@@ -18,13 +25,31 @@ pub struct StateDir {
     pub root: PathBuf,
 }
 
+/// `mkdir -p` with mode 0700 for every directory it makes (never wider, even for a moment).
+fn create_private(p: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+        .at(p)
+}
+
+const STAGED_MAGIC: &[u8] = b"#jailsync-staged 1\n";
+
 impl StateDir {
     /// Opens (creating if needed) the state directory and checks it is usable.
     pub fn open(root: &Path) -> Result<StateDir> {
-        fs::create_dir_all(root.join("trees")).at(root)?;
+        let trees = root.join("trees");
+        create_private(&trees)?;
         let md = fs::metadata(root).at(root)?;
         if !md.is_dir() {
             return Err(Error::bad(root, "state dir is not a directory"));
+        }
+        // Made by an older version with the umask's mode: everything per tree is below it.
+        if let Ok(md) = fs::metadata(&trees) {
+            if md.mode() & 0o077 != 0 && md.uid() == rustix::process::geteuid().as_raw() {
+                fs::set_permissions(&trees, fs::Permissions::from_mode(0o700)).at(&trees)?;
+            }
         }
         Ok(StateDir { root: root.into() })
     }
@@ -35,7 +60,7 @@ impl StateDir {
         let key = to_hex(blake3::hash(tree.as_os_str().as_bytes()).as_bytes());
         let d = self.root.join("trees").join(&key[..16]);
         if !d.is_dir() {
-            fs::create_dir_all(&d).at(&d)?;
+            create_private(&d)?;
             fs::write(d.join("path"), tree.as_os_str().as_bytes()).at(&d)?;
         }
         Ok(d)
@@ -43,6 +68,72 @@ impl StateDir {
 
     pub fn cache_path(&self, tree: &Path) -> Result<PathBuf> {
         Ok(self.tree_dir(tree)?.join("cache"))
+    }
+
+    /// The temporary names (relative paths) an earlier run recorded for `tree` and may have
+    /// left there: the only entries a run removes as its own leftovers. A name merely shaped
+    /// like ours is someone's entry like any other. Sorted. Unreadable or absent: none.
+    pub fn staged_names(&self, tree: &Path) -> Vec<Box<[u8]>> {
+        let Ok(p) = self.tree_dir(tree).map(|d| d.join("staged")) else {
+            return Vec::new();
+        };
+        let Ok(data) = fs::read(&p) else {
+            return Vec::new();
+        };
+        let Some(body) = data.strip_prefix(STAGED_MAGIC) else {
+            return Vec::new();
+        };
+        // Each name ends with a NUL: a record cut short by a crash is not a name.
+        let mut names: Vec<Box<[u8]>> = body
+            .split_inclusive(|&b| b == 0)
+            .filter_map(|r| r.strip_suffix(&[0]))
+            .filter(|n| {
+                !n.is_empty()
+                    && n.first() != Some(&b'/')
+                    && !n.split(|&b| b == b'/').any(|c| c.is_empty() || c == b"..")
+                    && crate::fsx::is_tmp_name(crate::fsx::split_parent(n).1)
+            })
+            .map(Box::from)
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// Records the temporary names a run is about to create in `tree` (relative paths),
+    /// replacing the earlier record; written before the first is made, so whatever a killed
+    /// run leaves is on it. Atomic (a new file renamed into place); fsynced when `durable`.
+    pub fn record_staged<'a>(
+        &self,
+        tree: &Path,
+        names: impl IntoIterator<Item = &'a [u8]>,
+        durable: bool,
+    ) -> Result<()> {
+        let p = self.tree_dir(tree)?.join("staged");
+        let tmp = p.with_extension("new");
+        let r = (|| -> io::Result<()> {
+            let mut w = io::BufWriter::with_capacity(1 << 16, fs::File::create(&tmp)?);
+            w.write_all(STAGED_MAGIC)?;
+            for n in names {
+                w.write_all(n)?;
+                w.write_all(&[0])?;
+            }
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            if durable {
+                f.sync_data()?;
+            }
+            fs::rename(&tmp, &p)
+        })();
+        r.at(&p)
+    }
+
+    /// Forgets the recorded temporary names: none of them exists any more.
+    pub fn clear_staged(&self, tree: &Path) -> Result<()> {
+        let p = self.tree_dir(tree)?.join("staged");
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io(p, e)),
+            _ => Ok(()),
+        }
     }
 }
 

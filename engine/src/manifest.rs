@@ -143,15 +143,44 @@ pub fn write_to<W: Write>(
     entries: &Entries,
     stat_fields: bool,
 ) -> std::io::Result<()> {
+    write_lines(w, stamp, entries.iter(), stat_fields)
+}
+
+fn write_lines<'a, W: Write>(
+    w: &mut W,
+    stamp: (i64, u32),
+    entries: impl Iterator<Item = Ent<'a>>,
+    stat_fields: bool,
+) -> std::io::Result<()> {
     writeln!(w, "{MAGIC} {FORMAT_VERSION}")?;
     writeln!(w, "#stamp {}.{:09}", stamp.0, stamp.1)?;
     let mut line = Vec::with_capacity(256);
-    for e in entries.iter() {
+    let mut n = 0usize;
+    for e in entries {
         line.clear();
         write_entry(&mut line, e, stat_fields);
         w.write_all(&line)?;
+        n += 1;
     }
-    writeln!(w, "#end {}", entries.len())
+    writeln!(w, "#end {n}")
+}
+
+/// Writes a manifest of `entries` (in path order, from wherever) to `path` without making a
+/// list of them: for the engine's own state files. Atomic (a new file renamed into place);
+/// not fsynced.
+pub fn write_ents<'a>(
+    path: &Path,
+    stamp: (i64, u32),
+    entries: impl Iterator<Item = Ent<'a>>,
+) -> Result<()> {
+    let tmp = path.with_extension("new");
+    let r = (|| -> std::io::Result<()> {
+        let mut w = BufWriter::with_capacity(1 << 16, fs::File::create(&tmp)?);
+        write_lines(&mut w, stamp, entries, false)?;
+        w.flush()?;
+        fs::rename(&tmp, path)
+    })();
+    r.at(path)
 }
 
 /// Writes a manifest to a file atomically (temp file, rename). Not fsynced: a cache lost in a

@@ -288,6 +288,13 @@ pub fn prepare(
         excludes: &opts.excludes,
         xattrs: opts.xattrs,
         defer_xattrs: true,
+        ours: &[],
+    };
+    // Only names an earlier run recorded are its leftovers; the source has none.
+    let ours = state.map(|s| s.staged_names(dst_path)).unwrap_or_default();
+    let dopts = ScanOpts {
+        ours: &ours,
+        ..sopts
     };
     progress.start(Phase::Scan, 0);
     let src_stamp = cache::now();
@@ -296,7 +303,7 @@ pub fn prepare(
         || scan::scan_tree(src_path, &pools.walk, &sopts),
         || {
             if dst_exists {
-                scan::scan_tree(dst_path, &pools.walk, &sopts).map(Some)
+                scan::scan_tree(dst_path, &pools.walk, &dopts).map(Some)
             } else {
                 Ok(None)
             }
@@ -329,13 +336,12 @@ pub fn prepare(
     progress.finish(Phase::Scan);
     fsx::release_freed_memory();
 
-    // A jail entry named like our temporary files cannot be told apart from a leftover once in
-    // the live tree: it is refused (reported, its live counterpart left alone), never dropped
-    // silently.
-    for p in std::mem::take(&mut s.leftovers) {
+    // The top of a tree may hold a rollback store, never synced: one in the jail is reported
+    // (never dropped silently), one in the destination kept.
+    if s.holds_store {
         s.errors.push((
-            p,
-            io::Error::other("name reserved for jailsync's temporary files; not synced"),
+            fsx::STORE_NAME.into(),
+            io::Error::other("name reserved for jailsync's rollback store; not synced"),
         ));
     }
     let mut protect: Vec<Box<[u8]>> = s.incomplete.clone();
@@ -409,10 +415,12 @@ fn scan_one(
     pools: &Pools,
     progress: &dyn Progress,
 ) -> Result<OneScan> {
+    let ours = state.map(|s| s.staged_names(root)).unwrap_or_default();
     let sopts = ScanOpts {
         excludes: &opts.excludes,
         xattrs: opts.xattrs,
         defer_xattrs: true,
+        ours: &ours,
     };
     let stamp = cache::now();
     progress.start(Phase::Scan, 0);
@@ -520,7 +528,11 @@ fn take_errors(out: &mut Vec<(PathBuf, io::Error)>, root: &Path, s: &mut Scan) {
 /// the excluded entry must survive, and planning the delete would repeat on every run. Nor is
 /// it exchanged for a non-directory, which would delete the excluded entry with it: it stays,
 /// what else it held is removed, and its path is returned to be reported.
-fn keep_excluded_parents(plan: &mut Plan, dst: &Entries, holds: &[Box<[u8]>]) -> Vec<Box<[u8]>> {
+pub(crate) fn keep_excluded_parents(
+    plan: &mut Plan,
+    dst: &Entries,
+    holds: &[Box<[u8]>],
+) -> Vec<Box<[u8]>> {
     use std::collections::{HashMap, HashSet};
     if holds.is_empty() {
         return Vec::new();
@@ -632,8 +644,12 @@ fn hash_entries(
     Ok((bytes, errs))
 }
 
-/// Applies prepared trees: stage all, commit all in order, prune all, finalize all; then
-/// stores the stat caches.
+/// Applies prepared trees: keep what will be replaced for rollback, stage all, commit all in
+/// order, prune all, finalize all; then stores the stat caches.
+///
+/// Refused before anything changes (an error): rollback is on and something the run would
+/// replace cannot be kept. Nothing committed (every action not done, errors per entry): a
+/// tree ran out of space or inodes while staging, so none of the new release fits.
 pub fn apply_all(
     trees: &[Tree],
     state: Option<&StateDir>,
@@ -641,6 +657,7 @@ pub fn apply_all(
     pools: &Pools,
     progress: &dyn Progress,
 ) -> Result<Report> {
+    use crate::rollback::{self, Store};
     let t0 = Instant::now();
     let aopts = ApplyOpts {
         meta: MetaOpts {
@@ -650,74 +667,139 @@ pub fn apply_all(
         fsync: opts.fsync,
     };
     let mut applies = Vec::new();
-    let mut pre_errors: Vec<Vec<EntryError>> = Vec::new();
     for t in trees {
         let sfd = fsx::open_root(&t.src_path).at(&t.src_path)?;
         let dfd = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
-        pre_errors.push(clean_leftovers(dfd.as_fd(), &t.dst_leftovers));
         applies.push(Apply::new(sfd, dfd, &t.src, &t.dst, &t.plan, aopts));
     }
     // The old versions are kept before anything is touched (staging already moves directory
-    // mtimes), so a rollback works after a run killed at any point.
+    // mtimes), so a rollback works after a run killed at any point. Rollback is never
+    // silently off: what cannot be kept refuses the run, with nothing changed.
     let mut notes = Vec::new();
-    let mut generations = Vec::new();
+    let mut generations: Vec<Option<rollback::Generation>> = Vec::new();
     let mut stores = Vec::new();
+    // Generations this run made (not continued): discarded if it changes nothing.
+    let mut fresh = Vec::new();
     for t in trees {
         let mut g = None;
-        if let (Some(state), true, false) = (state, opts.rollback, t.plan.is_empty()) {
-            let r = crate::rollback::store_dir(state, &t.dst_path).and_then(|store| {
-                let gen = crate::rollback::preserve(
-                    &store,
-                    &t.dst_path,
-                    &t.dst,
-                    &t.plan,
-                    &t.src_path,
-                    &opts.exclude_patterns,
-                    &pools.work,
-                )?;
-                stores.push(store);
-                Ok(gen)
-            });
-            match r {
-                Ok(gen) => g = Some(gen),
-                Err(e) => notes.push(format!("no rollback recorded: {e}")),
+        if let (Some(state), true) = (state, opts.rollback) {
+            if t.plan.is_empty() {
+                // Nothing to do: a killed run before this one, if any, is complete now (a
+                // later run must not continue its generation).
+                let r = Store::find(state, &t.dst_path)
+                    .and_then(|s| s.map_or(Ok(()), |s| rollback::finish_interrupted(&s)));
+                if let Err(e) = r {
+                    notes.push(format!("rollback store not updated: {e}"));
+                }
+            } else {
+                let r = Store::open(state, &t.dst_path)
+                    .map_err(|e| refused_for_rollback(e, "unusable as the rollback store"))
+                    .and_then(|store| {
+                        let before = rollback::list(&store)?.last().map(|g| g.id);
+                        let gen = rollback::preserve(
+                            &store,
+                            &t.dst_path,
+                            &t.dst,
+                            &t.src,
+                            &t.plan,
+                            &t.src_path,
+                            &opts.exclude_patterns,
+                            &pools.work,
+                        )
+                        .map_err(|e| refused_for_rollback(e, "cannot be kept for rollback"))?;
+                        stores.push(store);
+                        Ok((before != Some(gen.id), gen))
+                    });
+                match r {
+                    Ok((new, gen)) => {
+                        if new {
+                            fresh.push(gen.clone());
+                        }
+                        g = Some(gen);
+                    }
+                    Err(e) => {
+                        for g in &fresh {
+                            let _ = rollback::discard(g);
+                        }
+                        return Err(e);
+                    }
+                }
             }
-        }
-        if let (Some(state), true) = (state, t.plan.is_empty() || !opts.rollback) {
-            // Nothing to do, or nothing recorded: a killed run before this one, if any, is
-            // complete now (a later run must not continue its generation).
-            let r = crate::rollback::store_dir(state, &t.dst_path)
-                .and_then(|store| crate::rollback::finish_interrupted(&store));
+        } else if let (Some(state), false) = (state, opts.rollback) {
             // Without rollback there may well be no store (that can be why it is off).
-            match r {
-                Err(e) if opts.rollback => notes.push(format!("rollback store not updated: {e}")),
-                _ => {}
+            if let Ok(Some(store)) = Store::find(state, &t.dst_path) {
+                let _ = rollback::finish_interrupted(&store);
             }
         }
         generations.push(g);
     }
+    // A killed run's temporary names go; this run's are recorded before the first is made,
+    // so only what this program made is ever removed as its own.
+    let mut pre_errors: Vec<Vec<EntryError>> = Vec::new();
+    for (t, a) in trees.iter().zip(&applies) {
+        let dfd = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
+        let pre = clean_leftovers(dfd.as_fd(), &t.dst_leftovers);
+        if let Some(state) = state {
+            let stuck: Vec<&[u8]> = pre.iter().map(|e| &e.path[..]).collect();
+            let names: Vec<Vec<u8>> = a.staging_names().collect();
+            let all = stuck.into_iter().chain(names.iter().map(|n| &n[..]));
+            if let Err(e) = state.record_staged(&t.dst_path, all, opts.fsync) {
+                for g in &fresh {
+                    let _ = rollback::discard(g);
+                }
+                return Err(e);
+            }
+        }
+        pre_errors.push(pre);
+    }
     for a in applies.iter_mut() {
         a.stage(&pools.work, progress);
     }
+    // Out of space or inodes: committing the part that fitted would leave a package half
+    // upgraded. Nothing of the run is committed, in any tree.
+    let full = trees
+        .iter()
+        .zip(&applies)
+        .find_map(|(t, a)| a.out_of_room().map(|e| (t, e.error.to_string())));
     let mut window = Duration::ZERO;
-    for a in applies.iter_mut() {
-        a.commit(&pools.work, progress);
-        window += a.outcome.switch_window;
-    }
-    for a in applies.iter_mut() {
-        a.prune(&pools.work, progress);
-    }
-    for a in applies.iter_mut() {
-        a.finalize(progress);
-    }
-    for g in generations.iter().flatten() {
-        if let Err(e) = crate::rollback::mark_done(g) {
-            notes.push(format!("rollback generation not marked finished: {e}"));
+    if let Some((t, why)) = full {
+        notes.push(format!(
+            "nothing was committed: {} ran out of room while staging ({why})",
+            t.dst_path.display()
+        ));
+        for a in applies.iter_mut() {
+            a.abandon();
         }
-    }
-    for store in &stores {
-        if let Err(e) = crate::rollback::prune_generations(store, opts.keep.max(1)) {
-            notes.push(format!("old rollback generations not pruned: {e}"));
+        for g in &fresh {
+            if let Err(e) = rollback::discard(g) {
+                notes.push(format!("unused rollback generation not removed: {e}"));
+            }
+        }
+        generations.iter_mut().for_each(|g| *g = None);
+    } else {
+        for a in applies.iter_mut() {
+            a.commit(&pools.work, progress);
+            window += a.outcome.switch_window;
+        }
+        for a in applies.iter_mut() {
+            a.prune(&pools.work, progress);
+        }
+        for a in applies.iter_mut() {
+            a.finalize(progress);
+        }
+        for ((g, a), t) in generations.iter().zip(&applies).zip(trees) {
+            let Some(g) = g else { continue };
+            let not_done = (0..t.plan.actions.len())
+                .filter(|&k| !a.done(k))
+                .map(|k| t.plan.path(&t.plan.actions[k], &t.src, &t.dst));
+            if let Err(e) = rollback::mark_done(g, not_done) {
+                notes.push(format!("rollback generation not marked finished: {e}"));
+            }
+        }
+        for store in &stores {
+            if let Err(e) = rollback::prune_generations(store, opts.keep.max(1)) {
+                notes.push(format!("old rollback generations not pruned: {e}"));
+            }
         }
     }
     let mut report = Report {
@@ -729,6 +811,20 @@ pub fn apply_all(
     for ((a, t), pre) in applies.into_iter().zip(trees).zip(pre_errors) {
         if let Some(state) = state {
             store_caches(state, t, &a, opts.xattrs);
+            // What may still be there stays recorded for the next run; the rest is forgotten.
+            let stuck: Vec<&[u8]> = pre.iter().map(|e| &e.path[..]).collect();
+            let remaining = a.staged_remaining();
+            let r = if stuck.is_empty() && remaining.is_empty() {
+                state.clear_staged(&t.dst_path)
+            } else {
+                let all = stuck.into_iter().chain(remaining.iter().map(|n| &n[..]));
+                state.record_staged(&t.dst_path, all, opts.fsync)
+            };
+            if let Err(e) = r {
+                report
+                    .notes
+                    .push(format!("record of temporary names not updated: {e}"));
+            }
         }
         let mut o = a.into_outcome();
         o.errors.splice(0..0, pre);
@@ -736,6 +832,32 @@ pub fn apply_all(
     }
     report.elapsed = t0.elapsed();
     Ok(report)
+}
+
+/// A failure to keep what a sync would replace (`what` says how), as the refusal of the sync
+/// it is.
+fn refused_for_rollback(e: Error, what: &str) -> Error {
+    match e {
+        Error::Io { path, cause } => {
+            let hint = match cause.raw_os_error() {
+                Some(libc::EXDEV) => {
+                    " (on another filesystem than the rollback store: a mount inside the \
+                     destination?)"
+                }
+                Some(libc::EPERM) => " (append-only or immutable?)",
+                _ => "",
+            };
+            Error::NoRollback {
+                path,
+                why: format!("{what}: {cause}{hint}"),
+            }
+        }
+        Error::BadInput { path, why } => Error::NoRollback {
+            path,
+            why: format!("{what}: {why}"),
+        },
+        e => e,
+    }
 }
 
 /// Stores the stat caches. The source's entries are as scanned. The destination keeps only
