@@ -444,16 +444,29 @@ fn parse_line(line: &[u8], need_hash: bool) -> std::result::Result<Line, String>
 /// and line; a manifest from a newer format version is refused rather than half-understood,
 /// and a truncated or malformed one is refused rather than read as differences.
 pub fn parse(path: &Path, data: &[u8]) -> Result<Manifest> {
-    parse_impl(path, data, true)
+    parse_impl(path, data, true, false)
 }
 
 /// Parses a manifest this program recorded of a tree it did not hash whole (a rollback
 /// generation): files may lack their hash; everything else is checked as by [`parse`].
 pub fn parse_recorded(path: &Path, data: &[u8]) -> Result<Manifest> {
-    parse_impl(path, data, false)
+    parse_impl(path, data, false, false)
 }
 
-fn parse_impl(path: &Path, data: &[u8], need_hash: bool) -> Result<Manifest> {
+/// Parses a list of entries this program recorded that is not a whole tree (the entries a
+/// sync touched, old metadata to set back): lines and truncation are checked, the tree shape
+/// is not.
+pub fn parse_records(path: &Path, data: &[u8]) -> Result<Manifest> {
+    parse_impl(path, data, false, true)
+}
+
+/// [`read_file`] for a list read by [`parse_records`].
+pub fn read_records(path: &Path) -> Result<Manifest> {
+    let data = fs::read(path).at(path)?;
+    parse_records(path, &data)
+}
+
+fn parse_impl(path: &Path, data: &[u8], need_hash: bool, partial: bool) -> Result<Manifest> {
     let err = |line: usize, why: String| Error::Manifest {
         path: path.into(),
         line,
@@ -529,7 +542,11 @@ fn parse_impl(path: &Path, data: &[u8], need_hash: bool) -> Result<Manifest> {
         }
         _ => {}
     }
-    check_structure(path, data, &mut m.entries)?;
+    if partial {
+        m.entries.sort_by_path();
+    } else {
+        check_structure(path, data, &mut m.entries)?;
+    }
     Ok(m)
 }
 

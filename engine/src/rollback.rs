@@ -283,7 +283,7 @@ impl Left {
             Err(e) => return Err(Error::io(p, e)),
         };
         let touched = read_paths(&p, &text)?;
-        let after = manifest::read_file(&dir.join("after"))?.entries;
+        let after = manifest::read_records(&dir.join("after"))?.entries;
         Ok(Some(Left { touched, after }))
     }
 
