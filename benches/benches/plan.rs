@@ -20,6 +20,7 @@ fn scanned(root: &Path, pool: &rayon::ThreadPool) -> Entries {
         excludes: &ex,
         xattrs: false,
         defer_xattrs: false,
+        ours: &[],
     };
     scan_tree(root, pool, &opts).unwrap().entries
 }

@@ -38,6 +38,7 @@ fn scan(c: &mut Criterion) {
                 excludes: &excludes,
                 xattrs,
                 defer_xattrs: false,
+                ours: &[],
             };
             let name = format!("{n}-files/{threads}-threads/xattrs-{xattrs}");
             g.bench_function(name, |b| {

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use jailsync_engine::entry::display_path;
 use jailsync_engine::manifest;
+use jailsync_engine::paths::{self, Follow};
 use jailsync_engine::plan::Counts;
 use jailsync_engine::progress::{Progress, Silent};
 use jailsync_engine::scan::Excludes;
@@ -39,7 +40,9 @@ pub struct SyncArgs {
     /// Make the result durable: fsync data before each rename and every touched directory.
     #[arg(long)]
     pub fsync: bool,
-    /// Sync into the target of a destination that is a symlink.
+    /// Sync into the target of a destination that is a symlink (only one owned by root or
+    /// you). Without it a symlinked destination is refused, however it is spelled (`DST/`,
+    /// `DST/.`).
     #[arg(long)]
     pub follow_dst: bool,
     /// Neither compare nor copy extended attributes (one call per entry less while scanning).
@@ -67,8 +70,13 @@ pub struct RollbackCmd {
     /// Print one rsync-style line per change on stdout.
     #[arg(short, long)]
     pub itemize: bool,
-    /// Roll back even though entries changed since the sync (the tree that was live, with
-    /// those changes, is kept whole beside the generations).
+    /// Roll back the target of a DST that is a symlink (only one owned by root or you).
+    #[arg(long)]
+    pub follow_dst: bool,
+    /// Also roll back entries changed since the sync. A tree switched whole is switched back
+    /// and the tree that was live, with those changes, is kept whole beside the generations;
+    /// per-file generations keep each changed entry in the rollback store first. Without it
+    /// they are left as they are and reported (exit 1).
     #[arg(long)]
     pub force: bool,
 }
@@ -169,8 +177,9 @@ fn progress(g: &Global) -> Box<Timed<Box<dyn Progress>>> {
 }
 
 pub fn run_sync(c: SyncCmd, g: &Global) -> Result<u8> {
-    let pairs = vec![(c.src, c.dst, Vec::new())];
-    run_pairs(pairs, &c.args, g)
+    // Canonical paths: state (caches, locks, rollback) is keyed by them.
+    let (s, d) = sync::check_pair(&c.src, &c.dst, c.args.follow_dst)?;
+    run_pairs(vec![(s, d, Vec::new())], &c.args, g)
 }
 
 /// The trees of an upgrade: `--tree`, else `tree REL` lines of JAIL/jailsync.conf, else the
@@ -222,31 +231,25 @@ pub fn upgrade_trees(jail: &Path, given: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 pub fn run_upgrade(c: UpgradeCmd, g: &Global) -> Result<u8> {
+    use std::os::unix::ffi::OsStrExt;
     let trees = upgrade_trees(&c.jail, &c.tree)?;
-    let pairs = trees
-        .iter()
-        .map(|t| {
-            use std::os::unix::ffi::OsStrExt;
-            (
-                c.jail.join(t),
-                c.root.join(t),
-                t.as_os_str().as_bytes().to_vec(),
-            )
-        })
-        .collect();
+    let mut pairs = Vec::new();
+    for t in &trees {
+        let (s, d) = sync::check_tree(&c.jail, &c.root, t, c.args.follow_dst)?;
+        pairs.push((s, d, t.as_os_str().as_bytes().to_vec()));
+    }
     run_pairs(pairs, &c.args, g)
 }
 
-fn run_pairs(pairs: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global) -> Result<u8> {
+/// Runs checked (source, destination, itemize prefix) pairs, their paths canonical.
+fn run_pairs(checked: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global) -> Result<u8> {
     let t0 = Instant::now();
     let opts = engine_opts(a)?;
-    let mut checked = Vec::new();
-    for (s, d, prefix) in pairs {
-        let (sc, dc) = sync::check_pair(&s, &d, a.follow_dst)?;
-        // Canonical paths: state (caches, locks, rollback) is keyed by them, and a symlinked
-        // destination was refused above unless --follow-dst.
-        checked.push((sc, dc, prefix));
-    }
+    let pairs: Vec<(&Path, &Path)> = checked
+        .iter()
+        .map(|(s, d, _)| (s.as_path(), d.as_path()))
+        .collect();
+    sync::check_disjoint(&pairs)?;
     let all: Vec<&Path> = checked
         .iter()
         .flat_map(|(s, d, _)| [s.as_path(), d.as_path()])
@@ -345,6 +348,18 @@ fn run_pairs(pairs: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global) 
             }
         }
         output::print_switches(&mut out, g, &trees, r)?;
+        if g.verbose > 0 && !g.json {
+            for (gen, t) in r.generations.iter().zip(&trees) {
+                if let Some(gen) = gen {
+                    eprintln!(
+                        "jailsync: {}: rollback generation {} kept in {}",
+                        t.dst_path.display(),
+                        gen.id,
+                        gen.store.display()
+                    );
+                }
+            }
+        }
     }
     let summary = Summary {
         counts,
@@ -393,19 +408,22 @@ pub fn run_verify(c: VerifyCmd, g: &Global) -> Result<u8> {
         dry_run: true,
         ..SyncOpts::default()
     };
-    if !c.dst.is_dir() {
+    // verify only reads: a symlinked DST is followed (when owned by root or the caller),
+    // whatever its spelling.
+    let dst = paths::resolve_dir(&c.dst, "destination", Follow::Owned)?;
+    if !dst.is_dir() {
         bail!("{}: not a directory", c.dst.display());
     }
     let pools = Pools::new(0);
     let prog = progress(g);
     // State is only read and written for caches here; a read-only state dir is no error.
-    let state = sync::open_state(&g.state_dir, &[&c.dst]).ok();
+    let state = sync::open_state(&g.state_dir, &[&dst]).ok();
     let tree = if c.src.is_dir() {
-        sync::check_pair(&c.src, &c.dst, true)?;
-        sync::prepare(&c.src, &c.dst, state.as_ref(), &opts, &pools, &*prog)?
+        let (src, dst) = sync::check_pair(&c.src, &c.dst, true)?;
+        sync::prepare(&src, &dst, state.as_ref(), &opts, &pools, &*prog)?
     } else {
         let m = manifest::read_file(&c.src)?;
-        sync::prepare_from_manifest(&c.src, m, &c.dst, state.as_ref(), &opts, &pools, &*prog)?
+        sync::prepare_from_manifest(&c.src, m, &dst, state.as_ref(), &opts, &pools, &*prog)?
     };
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
@@ -447,8 +465,10 @@ pub fn run_manifest(c: ManifestCmd, g: &Global) -> Result<u8> {
     };
     let pools = Pools::new(0);
     let prog = progress(g);
-    let state = sync::open_state(&g.state_dir, &[&c.tree]).ok();
-    let (m, errors) = sync::scan_and_hash(&c.tree, state.as_ref(), &opts, &pools, &*prog)?;
+    // The stat cache is keyed by the canonical path, whatever the spelling.
+    let tree = std::fs::canonicalize(&c.tree).with_context(|| c.tree.display().to_string())?;
+    let state = sync::open_state(&g.state_dir, &[&tree]).ok();
+    let (m, errors) = sync::scan_and_hash(&tree, state.as_ref(), &opts, &pools, &*prog)?;
     for (p, e) in &errors {
         eprintln!("jailsync: {}: {e}", p.display());
     }
@@ -489,11 +509,15 @@ pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     for dst in &c.dst {
-        let meta = std::fs::symlink_metadata(dst).with_context(|| dst.display().to_string())?;
-        if !meta.is_dir() {
-            bail!("{}: not a directory", dst.display());
+        // Resolved as `sync` resolves a destination: the same whatever the spelling.
+        let shown = dst;
+        let dst = paths::resolve_dir(dst, "destination", sync::follow_dst(c.follow_dst))?;
+        if !std::fs::metadata(&dst)
+            .with_context(|| shown.display().to_string())?
+            .is_dir()
+        {
+            bail!("{}: not a directory", shown.display());
         }
-        let dst = std::fs::canonicalize(dst).with_context(|| dst.display().to_string())?;
         let state = sync::open_state(&g.state_dir, &[&dst])?;
         let lock = jailsync_engine::journal::Lock::acquire(&state, &dst)?;
         if let Some(home) = jailsync_engine::switch::Home::existing(&dst)? {
@@ -505,9 +529,28 @@ pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
             continue;
         }
         drop(lock);
-        let r = jailsync_engine::rollback::rollback(&state, &dst, c.gen, &opts, &pools, &*prog)?;
+        let r = jailsync_engine::rollback::rollback(
+            &state, &dst, c.gen, c.force, &opts, &pools, &*prog,
+        )?;
         if c.itemize || g.json {
             output::print_changes(&mut out, &r.plan, &r.old, &r.cur, b"", g.json)?;
+        }
+        let since = io::Error::other(
+            "changed since the sync; left as it is (--force rolls it back, keeping it in the \
+             rollback store first)",
+        );
+        for p in &r.changed {
+            errors += 1;
+            let p = dst.join(jailsync_engine::fsx::os(p));
+            report_error(&mut out, g, &p.display().to_string(), "rollback", &since)?;
+        }
+        if let (Some((dir, n)), false) = (&r.kept, g.quiet) {
+            eprintln!(
+                "jailsync: {}: {n} entries changed since the sync kept in {} before being \
+                 rolled back",
+                dst.display(),
+                dir.display()
+            );
         }
         if let Some(o) = &r.outcome {
             for e in &o.errors {
@@ -677,8 +720,14 @@ pub fn run_history(c: HistoryCmd, g: &Global) -> Result<u8> {
         }
         return Ok(exit::OK);
     }
-    let store = jailsync_engine::rollback::store_dir(&state, &dst)?;
-    let gens = jailsync_engine::rollback::list(&store)?;
+    let store = jailsync_engine::rollback::Store::find(&state, &dst)?;
+    let gens = match &store {
+        Some(store) => jailsync_engine::rollback::list(store)?,
+        None => Vec::new(),
+    };
+    if let (Some(store), false, false) = (&store, g.quiet, g.json) {
+        eprintln!("{}: rollback store {}", dst.display(), store.path.display());
+    }
     let stdout = io::stdout();
     let mut out = stdout.lock();
     for gen in gens.iter().rev() {

@@ -117,14 +117,30 @@ enum Staged {
     Inside(u32),
 }
 
-/// `.jailsync-tmp-<pid>-<k>`: computed again whenever needed, so kept cheap.
+/// `.jailsync-tmp-<run>-<k>`: computed again whenever needed, so kept cheap. `<run>` is a
+/// random number per process (a pid repeats; a leftover copied back from a backup would then
+/// bear the very name a later run stages). A name that exists already is never taken over
+/// (see [`Apply::stage`]), and only names recorded before they were made are ever removed as
+/// leftovers (see [`crate::journal::StateDir::record_staged`]).
 fn tmp_name(k: usize) -> Vec<u8> {
+    use std::hash::{BuildHasher, Hasher};
     use std::io::Write;
-    let pid = std::process::id();
-    let mut n = Vec::with_capacity(fsx::TMP_PREFIX.len() + 24);
+    static RUN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let run = *RUN.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    });
+    let mut n = Vec::with_capacity(fsx::TMP_PREFIX.len() + 32);
     n.extend_from_slice(fsx::TMP_PREFIX);
-    let _ = write!(n, "{pid}-{k}");
+    let _ = write!(n, "{run}-{k}");
     n
+}
+
+/// Out of space or inodes: the destination cannot hold the new release, so none of it is
+/// committed (a quota counts the same).
+fn is_out_of_room(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 fn err_other(msg: &str) -> io::Error {
@@ -141,7 +157,7 @@ impl<'a> Apply<'a> {
         opts: ApplyOpts,
     ) -> Self {
         let n = plan.actions.len();
-        Apply {
+        let mut a = Apply {
             src_root,
             dst_root,
             src,
@@ -154,7 +170,128 @@ impl<'a> Apply<'a> {
             src_map: None,
             stale: Mutex::new(Vec::new()),
             outcome: Outcome::default(),
+        };
+        a.locate();
+        a
+    }
+
+    /// Works out every staging location (before anything is made, so the names can be
+    /// recorded first). Inside a new directory, an entry is staged under its final name
+    /// beneath that directory's location; the outermost new directory is remembered.
+    fn locate(&mut self) {
+        let mut tops: HashMap<&[u8], u32> = HashMap::new();
+        for (k, a) in self.plan.actions.iter().enumerate() {
+            if !matches!(a.op, Op::Create | Op::Replace | Op::Exchange) {
+                continue;
+            }
+            let s = self.src.at(a.src as usize);
+            let staged = if a.inside {
+                match tops.get(split_parent(s.path).0) {
+                    Some(&top) => Staged::Inside(top),
+                    None => continue, // parent failed to plan a location; reported in stage
+                }
+            } else {
+                Staged::Beside
+            };
+            if s.kind == Kind::Dir {
+                let top = match staged {
+                    Staged::Inside(top) => top,
+                    _ => k as u32,
+                };
+                tops.insert(s.path, top);
+            }
+            self.staged[k] = staged;
         }
+    }
+
+    /// The temporary names this apply will create beside their targets (relative to the
+    /// destination root; what is inside a new directory goes with it).
+    pub fn staging_names(&self) -> impl Iterator<Item = Vec<u8>> + '_ {
+        (0..self.staged.len())
+            .filter(|&k| self.staged[k] == Staged::Beside)
+            .filter_map(|k| self.loc(k))
+    }
+
+    /// Temporary names of this apply that may still exist after its last phase: a failed
+    /// entry's or an exchanged-out object's whose removal failed too. They stay recorded for
+    /// the next run to remove.
+    pub fn staged_remaining(&self) -> Vec<Box<[u8]>> {
+        let mut cache = DirCache::new(self.dst_root.as_fd());
+        (0..self.staged.len())
+            .filter(|&k| {
+                self.staged[k] == Staged::Beside
+                    && (self.failed[k] || self.plan.actions[k].op == Op::Exchange)
+            })
+            .filter_map(|k| self.loc(k))
+            .filter(|l| {
+                let (p, n) = split_parent(l);
+                let gone = |e: &io::Error| {
+                    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
+                };
+                match cache
+                    .get(p)
+                    .and_then(|d| fsx::lstat_at(d, fsx::cstr(n)?.as_c_str()))
+                {
+                    Ok(_) => true,
+                    Err(e) => !gone(&e),
+                }
+            })
+            .map(Vec::into_boxed_slice)
+            .collect()
+    }
+
+    /// The first entry whose staging failed for want of space or inodes, if any: then the
+    /// destination cannot hold the new release, and nothing of the run may be committed.
+    pub fn out_of_room(&self) -> Option<&EntryError> {
+        self.outcome
+            .errors
+            .iter()
+            .find(|e| e.phase == Phase::Stage && is_out_of_room(&e.error))
+    }
+
+    /// Gives up after staging: removes every staged object and marks every action as not
+    /// carried out. The live tree is as it was.
+    pub fn abandon(&mut self) {
+        let mut cache = DirCache::new(self.dst_root.as_fd());
+        let mut errors = Vec::new();
+        for k in (0..self.plan.actions.len()).rev() {
+            // Failed entries were discarded already.
+            if self.staged[k] != Staged::Beside || self.failed[k] {
+                continue;
+            }
+            let loc = self.loc(k).expect("staged beside");
+            let (p, n) = split_parent(&loc);
+            if let Err(e) = cache.get(p).and_then(|d| fsx::remove_tree_at(d, n)) {
+                errors.push(EntryError {
+                    path: loc.into(),
+                    phase: Phase::Stage,
+                    error: e,
+                });
+            }
+        }
+        // Making and removing names moved the mtimes of their directories: put them back.
+        let mut dirs: Vec<&[u8]> = self
+            .plan
+            .actions
+            .iter()
+            .filter(|a| matches!(a.op, Op::Create | Op::Replace | Op::Exchange) && !a.inside)
+            .map(|a| split_parent(self.src.path(a.src as usize)).0)
+            .collect();
+        dirs.dedup();
+        for d in dirs {
+            let Ok(j) = self.dst.search(d) else { continue };
+            let r = fsx::open_dir_beneath(self.dst_root.as_fd(), d)
+                .and_then(|fd| fsx::set_times_at(fd.as_fd(), b".", &self.dst[j]));
+            if let Err(e) = r {
+                errors.push(EntryError {
+                    path: d.into(),
+                    phase: Phase::Stage,
+                    error: e,
+                });
+            }
+        }
+        self.outcome.errors.extend(errors);
+        self.failed.iter_mut().for_each(|f| *f = true);
     }
 
     /// Reads file content from other places than the source entries' paths (see `src_map`).
@@ -169,6 +306,8 @@ impl<'a> Apply<'a> {
         match self.staged[k] {
             Staged::Not => None,
             Staged::Beside => Some(join(split_parent(path(k)).0, &tmp_name(k))),
+            // Its directory's name was taken (by an entry not ours): it has no place.
+            Staged::Inside(top) if self.staged[top as usize] != Staged::Beside => None,
             Staged::Inside(top) => {
                 let top = top as usize;
                 let mut l = join(split_parent(path(top)).0, &tmp_name(top));
@@ -194,59 +333,58 @@ impl<'a> Apply<'a> {
         self.outcome.errors.push(EntryError { path, phase, error });
     }
 
-    /// Works out every staging location, then creates the objects there.
+    /// A staging name that exists already is someone else's entry: it is left alone (not
+    /// staged, so never discarded or published), and the action fails.
+    fn not_ours(&mut self, failures: &[(usize, io::Error)]) {
+        for (k, e) in failures {
+            if e.kind() == io::ErrorKind::AlreadyExists && self.staged[*k] == Staged::Beside {
+                self.staged[*k] = Staged::Not;
+            }
+        }
+    }
+
+    /// Creates every object at its staging location.
     pub fn stage(&mut self, pool: &rayon::ThreadPool, progress: &dyn Progress) {
         let actions = &self.plan.actions;
         let staged_ops = |a: &Action| matches!(a.op, Op::Create | Op::Replace | Op::Exchange);
-        // Staging locations. Inside a new directory, an entry is staged under its final name
-        // beneath that directory's location; the outermost new directory is remembered.
-        let mut tops: HashMap<&[u8], u32> = HashMap::new();
-        for (k, a) in actions.iter().enumerate() {
-            if !staged_ops(a) {
-                continue;
-            }
-            let s = self.src.at(a.src as usize);
-            let staged = if a.inside {
-                match tops.get(split_parent(s.path).0) {
-                    Some(&top) => Staged::Inside(top),
-                    None => continue, // parent failed to plan a location; reported below
-                }
-            } else {
-                Staged::Beside
-            };
-            if s.kind == Kind::Dir {
-                let top = match staged {
-                    Staged::Inside(top) => top,
-                    _ => k as u32,
-                };
-                tops.insert(s.path, top);
-            }
-            self.staged[k] = staged;
-        }
-        drop(tops);
         let total = actions.iter().filter(|a| staged_ops(a)).count() as u64;
         progress.start(Phase::Stage, total);
 
-        // 1. New directories, parents first (path order), private until finalized.
+        // 1. New directories, parents first (path order), private until finalized. One
+        // inside a directory that could not be made is not made either.
         let mut cache = DirCache::new(self.dst_root.as_fd());
         let mut dir_failures = Vec::new();
+        let mut failed_dirs = vec![false; actions.len()];
         for (k, a) in actions.iter().enumerate() {
             if !staged_ops(a) || self.src[a.src as usize].kind != Kind::Dir {
                 continue;
             }
-            let Some(loc) = self.loc(k) else {
+            let top_failed = matches!(self.staged[k], Staged::Inside(t) if failed_dirs[t as usize]);
+            let loc = self.loc(k).filter(|_| !top_failed);
+            let Some(loc) = loc else {
                 dir_failures.push((k, err_other("parent directory could not be staged")));
+                failed_dirs[k] = true;
                 continue;
             };
             let (p, n) = split_parent(&loc);
             let r = cache.get(p).and_then(|d| fsx::mkdir_at(d, n, 0o700));
             if let Err(e) = r {
                 dir_failures.push((k, e));
+                failed_dirs[k] = true;
             }
             progress.advance(1, 0);
         }
         drop(cache);
+        self.not_ours(&dir_failures);
         self.fail_all(Phase::Stage, dir_failures);
+        // Everything inside a directory that failed fails with it (nothing may be created in
+        // an entry found at its name: it is not ours).
+        let orphaned: Vec<(usize, io::Error)> = (0..actions.len())
+            .filter(|&k| !self.failed[k])
+            .filter(|&k| matches!(self.staged[k], Staged::Inside(t) if self.failed[t as usize]))
+            .map(|k| (k, err_other("parent directory could not be staged")))
+            .collect();
+        self.fail_all(Phase::Stage, orphaned);
 
         // 2. Files, symlinks and nodes (hard-link followers wait for their leader).
         let work: Vec<usize> = (0..actions.len())
@@ -280,7 +418,9 @@ impl<'a> Apply<'a> {
             });
         }
         self.outcome.bytes_written += bytes.into_inner();
-        self.fail_all(Phase::Stage, errors.into_inner().expect("poisoned"));
+        let errors = errors.into_inner().expect("poisoned");
+        self.not_ours(&errors);
+        self.fail_all(Phase::Stage, errors);
 
         // 3. Hard-link followers: linked to their leader's staged inode.
         // Only hard-link groups need it (few): a map over every action was a large transient.
@@ -320,6 +460,7 @@ impl<'a> Apply<'a> {
             progress.advance(1, 0);
         }
         drop(cache);
+        self.not_ours(&link_failures);
         self.fail_all(Phase::Stage, link_failures);
         // Before directory modes can make staged directories read-only.
         self.discard_failed();

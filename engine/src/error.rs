@@ -25,12 +25,29 @@ pub enum Error {
         signal: i32,
         when: String,
     },
-    #[error("{path}: locked by pid {pid} since {since}")]
+    /// Rollback is on and what the sync would change cannot be kept for it: nothing is done.
+    #[error(
+        "{path}: {why}; nothing was changed (pass --no-rollback to sync without keeping the \
+         old versions)"
+    )]
+    NoRollback { path: PathBuf, why: String },
+    /// `path` cannot be locked: `held` (the same path, or one above or below it) is locked by
+    /// another run.
+    #[error("{path}: {}locked by pid {pid} since {since}", overlap_note(.path, .held))]
     Locked {
         path: PathBuf,
+        held: PathBuf,
         pid: u32,
         since: String,
     },
+}
+
+fn overlap_note(path: &std::path::Path, held: &std::path::Path) -> String {
+    if path == held {
+        String::new()
+    } else {
+        format!("overlaps {}, ", held.display())
+    }
 }
 
 impl Error {
@@ -45,6 +62,39 @@ impl Error {
         Error::BadInput {
             path: path.into(),
             why: why.into(),
+        }
+    }
+
+    /// The same error about another path (`f` maps the one it names).
+    pub fn map_path(self, f: impl FnOnce(PathBuf) -> PathBuf) -> Self {
+        match self {
+            Error::Io { path, cause } => Error::Io {
+                path: f(path),
+                cause,
+            },
+            Error::BadInput { path, why } => Error::BadInput { path: f(path), why },
+            Error::Manifest { path, line, why } => Error::Manifest {
+                path: f(path),
+                line,
+                why,
+            },
+            Error::NoRollback { path, why } => Error::NoRollback { path: f(path), why },
+            Error::Stopped { path, signal, when } => Error::Stopped {
+                path: f(path),
+                signal,
+                when,
+            },
+            Error::Locked {
+                path,
+                pid,
+                since,
+                held,
+            } => Error::Locked {
+                path: f(path),
+                pid,
+                since,
+                held,
+            },
         }
     }
 }

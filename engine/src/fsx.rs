@@ -23,6 +23,10 @@ use crate::entry::{Entry, Kind, Xattr, Xattrs};
 /// Prefix of every temporary name the engine creates in a destination tree.
 pub const TMP_PREFIX: &[u8] = b".jailsync-tmp-";
 
+/// The rollback store's name where it lives beside a destination, or at the top of one that
+/// is a filesystem of its own. At the top of a tree it is never scanned, synced or deleted.
+pub const STORE_NAME: &[u8] = b".jailsync-rollback";
+
 /// Longest relative path handed to one `openat2` call; longer paths are resolved in pieces
 /// so trees deeper than `PATH_MAX` still work.
 const PATH_CHUNK: usize = 3072;
@@ -643,6 +647,52 @@ pub fn mknod_at(dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> io::Result<()> {
         e.rdev() as _,
     )
     .map_err(errno)
+}
+
+/// Opens the directory `name` in `dir` for state only this user may read, creating it with
+/// mode 0700 (the umask can only narrow that; there is no moment it is wider). A symlink there
+/// is refused, never followed; so is a directory someone else owns (they could read or swap
+/// what is kept in it). One made wider by an older version is narrowed. Returns the directory
+/// and whether it was created now (only if `create`; else a missing one is `NotFound`).
+pub fn open_private_dir(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    create: bool,
+) -> io::Result<(OwnedFd, bool)> {
+    let c = cstr(name)?;
+    let created = create
+        && match rfs::mkdirat(dir, c.as_c_str(), Mode::from_raw_mode(0o700)) {
+            Ok(()) => true,
+            Err(rustix::io::Errno::EXIST) => false,
+            Err(e) => return Err(errno(e)),
+        };
+    let refuse = |why: &str| Err(io::Error::other(why.to_string()));
+    let fl = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match rfs::openat(dir, c.as_c_str(), fl, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::LOOP) => return refuse("is a symlink: not followed"),
+        Err(rustix::io::Errno::NOTDIR) => {
+            return match lstat_at(dir, c.as_c_str()) {
+                Ok(st) if kind_of(st.st_mode) == Kind::Symlink => {
+                    refuse("is a symlink: not followed")
+                }
+                _ => refuse("is not a directory"),
+            }
+        }
+        Err(e) => return Err(errno(e)),
+    };
+    let st = fstat(fd.as_fd())?;
+    let me = rustix::process::geteuid().as_raw();
+    if st.st_uid != me {
+        return Err(io::Error::other(format!(
+            "is owned by uid {}, not by this user (uid {me}): nothing is kept there",
+            st.st_uid
+        )));
+    }
+    if st.st_mode & 0o077 != 0 {
+        rfs::fchmod(fd.as_fd(), Mode::from_raw_mode(0o700)).map_err(errno)?;
+    }
+    Ok((fd, created))
 }
 
 pub fn mkdir_at(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<()> {

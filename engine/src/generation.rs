@@ -211,7 +211,7 @@ pub struct Changed {
 
 /// Compares the live tree now with what generation `n`'s switch left there.
 pub fn changed_since(home: &Home, n: u64, now: &Entries) -> Result<Vec<Changed>> {
-    let after = manifest::read_file(&meta_dir(home, n).join("after"))?.entries;
+    let after = manifest::read_recorded(&meta_dir(home, n).join("after"))?.entries;
     let mut out = Vec::new();
     let (mut i, mut j) = (0, 0);
     while i < after.len() || j < now.len() {
@@ -331,6 +331,7 @@ pub fn rollback(
         excludes: &excludes,
         xattrs: false,
         defer_xattrs: false,
+        ours: &[],
     };
     let now = crate::scan::scan_tree(&home.live, pool, &sopts)?.entries;
     let changed = changed_since(home, newest, &now)?;

@@ -12,6 +12,7 @@ pub mod hash;
 pub mod jail;
 pub mod journal;
 pub mod manifest;
+pub mod paths;
 pub mod plan;
 pub mod procs;
 pub mod progress;

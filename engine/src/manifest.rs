@@ -1,11 +1,12 @@
 //! The manifest: a sorted list of entries in a line-oriented text format, like BSD `mtree`.
 //!
 //! ```text
-//! #jailsync-manifest 1
+//! #jailsync-manifest 2
 //! #stamp 1700000000.123456789
 //! . dir mode=755 uid=0 gid=0 mtime=1700000000.000000000 ...
 //! bin/ls file mode=755 uid=0 gid=0 size=142312 mtime=... blake3=<64 hex> ino=.. dev=.. nlink=1 ctime=..
 //! lib/libz.so link mode=777 ... target=libz.so.1
+//! #end 3
 //! ```
 //! One entry per line: the path (`.` for the root), the type (`file dir link fifo char block
 //! socket`), then `key=value` fields in any order. Paths and values escape every byte outside
@@ -17,8 +18,16 @@
 //! attribute). Hard-link groups are the entries sharing `dev`+`ino`, which are written for
 //! every entry with more than one link, whatever its type (symlinks, fifos, sockets and devices
 //! can be hard-linked too; manifests written before that list their groups as singles).
-//! `#stamp` is when the stats were taken; unknown `#` lines are ignored, and a higher format
-//! version is refused.
+//! `#stamp` is when the stats were taken; `#end N` (since version 2) ends the manifest and
+//! counts its entries; other `#` lines are ignored, and a higher format version is refused.
+//!
+//! Reading is strict, because a damaged manifest must not pass for a tree that differs: every
+//! entry has `mode uid gid mtime`, a file `size` (and `blake3` in a manifest to verify against), a
+//! symlink `target`, a device `rdev`, a hard-linked entry `ino` and `dev`; no field is given twice
+//! or on a type it does not describe; the root `.` comes first, each other entry's parent is a
+//! directory of the manifest, no path appears twice; and a file not ending in a newline, or a
+//! version-2 file without its `#end` line, was truncated. Unknown fields (a newer minor revision)
+//! are ignored.
 
 use std::fs;
 use std::io::{BufRead, BufWriter, Write};
@@ -28,7 +37,7 @@ use crate::entry::{Ent, Entries, Entry, Hash, Kind, CTIME_UNKNOWN};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::{from_hex, to_hex};
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const MAGIC: &str = "#jailsync-manifest";
 
 /// A manifest in memory.
@@ -134,15 +143,44 @@ pub fn write_to<W: Write>(
     entries: &Entries,
     stat_fields: bool,
 ) -> std::io::Result<()> {
+    write_lines(w, stamp, entries.iter(), stat_fields)
+}
+
+fn write_lines<'a, W: Write>(
+    w: &mut W,
+    stamp: (i64, u32),
+    entries: impl Iterator<Item = Ent<'a>>,
+    stat_fields: bool,
+) -> std::io::Result<()> {
     writeln!(w, "{MAGIC} {FORMAT_VERSION}")?;
     writeln!(w, "#stamp {}.{:09}", stamp.0, stamp.1)?;
     let mut line = Vec::with_capacity(256);
-    for e in entries.iter() {
+    let mut n = 0usize;
+    for e in entries {
         line.clear();
         write_entry(&mut line, e, stat_fields);
         w.write_all(&line)?;
+        n += 1;
     }
-    Ok(())
+    writeln!(w, "#end {n}")
+}
+
+/// Writes a manifest of `entries` (in path order, from wherever) to `path` without making a
+/// list of them: for the engine's own state files. Atomic (a new file renamed into place);
+/// not fsynced.
+pub fn write_ents<'a>(
+    path: &Path,
+    stamp: (i64, u32),
+    entries: impl Iterator<Item = Ent<'a>>,
+) -> Result<()> {
+    let tmp = path.with_extension("new");
+    let r = (|| -> std::io::Result<()> {
+        let mut w = BufWriter::with_capacity(1 << 16, fs::File::create(&tmp)?);
+        write_lines(&mut w, stamp, entries, false)?;
+        w.flush()?;
+        fs::rename(&tmp, path)
+    })();
+    r.at(path)
 }
 
 /// Writes a manifest to a file atomically (temp file, rename). Not fsynced: a cache lost in a
@@ -208,24 +246,47 @@ pub fn write_entries(
     write_impl(path, stamp, entries, stat_fields, false)
 }
 
+/// A decimal number: digits only (no sign, no blanks), in range for `T`.
 fn num<T: std::str::FromStr>(v: &[u8]) -> Option<T> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
+/// `sec.frac`: seconds (may be negative), then 1 to 9 digits of fraction, read as a decimal
+/// fraction (`1.5` is 1.5 s; the writer always gives nine digits). `sec` alone means `.0`.
 fn time(v: &[u8]) -> Option<(i64, u32)> {
     let s = std::str::from_utf8(v).ok()?;
     let (a, b) = s.split_once('.').unwrap_or((s, "0"));
-    let ns: u32 = b.parse().ok()?;
-    if ns >= 1_000_000_000 {
+    let digits = a.strip_prefix('-').unwrap_or(a);
+    if b.is_empty() || b.len() > 9 || !b.bytes().all(|c| c.is_ascii_digit()) || digits.is_empty() {
         return None;
     }
-    Some((a.parse().ok()?, ns))
+    let sec = num::<u64>(digits.as_bytes()).and_then(|n| i64::try_from(n).ok())?;
+    let ns: u32 = b.parse().ok()?;
+    Some((
+        if a.starts_with('-') { -sec } else { sec },
+        ns * 10u32.pow(9 - b.len() as u32),
+    ))
 }
 
 /// One line: the entry's path, the entry, its hash.
 type Line = (Vec<u8>, Entry, Option<Hash>);
 
-fn parse_line(line: &[u8]) -> std::result::Result<Line, String> {
+/// Which fields a kind of entry must have and may have.
+fn field_allowed(kind: Kind, key: &[u8]) -> bool {
+    match key {
+        b"size" | b"blake3" | b"sparse" | b"blocks" => kind == Kind::File,
+        b"target" => kind == Kind::Symlink,
+        b"rdev" => matches!(kind, Kind::Char | Kind::Block),
+        _ => true,
+    }
+}
+
+/// Parses one entry line. `need_hash`: a file must carry its content's hash (a manifest to
+/// verify against; a rollback generation's record of the old tree knows only some).
+fn parse_line(line: &[u8], need_hash: bool) -> std::result::Result<Line, String> {
     let mut toks = line.split(|&b| b == b' ').filter(|t| !t.is_empty());
     let p = toks.next().ok_or("empty line")?;
     let path = if p == b"." {
@@ -250,36 +311,73 @@ fn parse_line(line: &[u8]) -> std::result::Result<Line, String> {
         .and_then(|k| std::str::from_utf8(k).ok())
         .and_then(Kind::from_name)
         .ok_or("missing or unknown type")?;
+    if path.is_empty() && kind != Kind::Dir {
+        return Err("the root `.` is not a directory".into());
+    }
     let mut e = Entry::new(kind);
     let mut hash = None;
     e.nlink = 1;
     let mut blocks = None;
     let mut xattrs = Vec::new();
-    let mut seen_mode = false;
+    // Known fields seen, to refuse one given twice (which value would be meant?).
+    let mut seen: Vec<&[u8]> = Vec::new();
     for t in toks {
         let eq = t
             .iter()
             .position(|&b| b == b'=')
-            .ok_or("field without '='")?;
+            .ok_or_else(|| format!("field {:?} without '='", String::from_utf8_lossy(t)))?;
         let (k, v) = (&t[..eq], &t[eq + 1..]);
-        let bad = || format!("bad value for {}", String::from_utf8_lossy(k));
+        let name = String::from_utf8_lossy(k);
+        let bad = || format!("bad value for {name}");
+        if !field_allowed(kind, k) {
+            return Err(format!("field {name} on a {}", kind.name()));
+        }
+        let known = matches!(
+            k,
+            b"mode"
+                | b"uid"
+                | b"gid"
+                | b"size"
+                | b"ino"
+                | b"dev"
+                | b"nlink"
+                | b"rdev"
+                | b"sparse"
+                | b"blocks"
+                | b"mtime"
+                | b"ctime"
+                | b"blake3"
+                | b"target"
+        );
+        if known || k.starts_with(b"xattr.") {
+            if seen.contains(&k) {
+                return Err(format!("field {name} given twice"));
+            }
+            seen.push(k);
+        }
         match k {
             b"mode" => {
                 e.mode = std::str::from_utf8(v)
                     .ok()
+                    .filter(|s| !s.is_empty() && s.bytes().all(|c| (b'0'..=b'7').contains(&c)))
                     .and_then(|s| u16::from_str_radix(s, 8).ok())
                     .filter(|m| *m <= 0o7777)
                     .ok_or_else(bad)?;
-                seen_mode = true;
             }
             b"uid" => e.uid = num(v).ok_or_else(bad)?,
             b"gid" => e.gid = num(v).ok_or_else(bad)?,
             b"size" => e.size = num(v).ok_or_else(bad)?,
             b"ino" => e.ino = num(v).ok_or_else(bad)?,
             b"dev" => e.dev = num(v).ok_or_else(bad)?,
-            b"nlink" => e.nlink = num(v).ok_or_else(bad)?,
+            b"nlink" => e.nlink = num(v).filter(|n| *n > 0).ok_or_else(bad)?,
             b"rdev" => e.set_rdev(num(v).ok_or_else(bad)?),
-            b"sparse" => e.sparse = num::<u8>(v).ok_or_else(bad)? != 0,
+            b"sparse" => {
+                e.sparse = match v {
+                    b"0" => false,
+                    b"1" => true,
+                    _ => return Err(bad()),
+                }
+            }
             // Written by earlier versions: the allocated 512-byte blocks.
             b"blocks" => blocks = Some(num::<u64>(v).ok_or_else(bad)?),
             b"mtime" => (e.mtime, e.mtime_nsec) = time(v).ok_or_else(bad)?,
@@ -291,13 +389,19 @@ fn parse_line(line: &[u8]) -> std::result::Result<Line, String> {
                 hash = Some(
                     std::str::from_utf8(v)
                         .ok()
+                        .filter(|s| s.bytes().all(|c| c.is_ascii_hexdigit()))
                         .and_then(from_hex)
                         .ok_or_else(bad)?,
                 )
             }
-            b"target" => e.set_target(Some(unescape(v).ok_or_else(bad)?.into_boxed_slice())),
+            b"target" => {
+                let t = unescape(v).filter(|t| !t.is_empty()).ok_or_else(bad)?;
+                e.set_target(Some(t.into_boxed_slice()));
+            }
             _ if k.starts_with(b"xattr.") => {
-                let name = unescape(&k[6..]).ok_or_else(bad)?;
+                let name = unescape(&k[6..])
+                    .filter(|n| !n.is_empty())
+                    .ok_or_else(bad)?;
                 let val = unescape(v).ok_or_else(bad)?;
                 xattrs.push((name.into_boxed_slice(), val.into_boxed_slice()));
             }
@@ -305,11 +409,26 @@ fn parse_line(line: &[u8]) -> std::result::Result<Line, String> {
             _ => {}
         }
     }
-    if !seen_mode {
-        return Err("missing mode".into());
+    // Every field the writer always gives this kind of entry must be here: a line cut short
+    // or edited must not read as an entry that merely differs.
+    let mut required: Vec<&str> = vec!["mode", "uid", "gid", "mtime"];
+    match kind {
+        Kind::File => {
+            required.push("size");
+            if need_hash {
+                required.push("blake3");
+            }
+        }
+        Kind::Symlink => required.push("target"),
+        Kind::Char | Kind::Block => required.push("rdev"),
+        _ => {}
     }
-    if kind == Kind::Symlink && e.target().is_none() {
-        return Err("symlink without target".into());
+    // A hard-link group is known only by its members' shared dev+ino.
+    if e.nlink > 1 {
+        required.extend(["ino", "dev"]);
+    }
+    if let Some(f) = required.iter().find(|f| !seen.contains(&f.as_bytes())) {
+        return Err(format!("missing field {f}"));
     }
     if let Some(b) = blocks {
         e.sparse |= kind == Kind::File && b.saturating_mul(512) < e.size;
@@ -321,9 +440,33 @@ fn parse_line(line: &[u8]) -> std::result::Result<Line, String> {
     Ok((path, e, hash))
 }
 
-/// Parses a manifest. Errors name the file and line; a manifest from a newer format version is
-/// refused rather than half-understood.
+/// Parses a manifest to verify against: every file must carry its hash. Errors name the file
+/// and line; a manifest from a newer format version is refused rather than half-understood,
+/// and a truncated or malformed one is refused rather than read as differences.
 pub fn parse(path: &Path, data: &[u8]) -> Result<Manifest> {
+    parse_impl(path, data, true, false)
+}
+
+/// Parses a manifest this program recorded of a tree it did not hash whole (a rollback
+/// generation): files may lack their hash; everything else is checked as by [`parse`].
+pub fn parse_recorded(path: &Path, data: &[u8]) -> Result<Manifest> {
+    parse_impl(path, data, false, false)
+}
+
+/// Parses a list of entries this program recorded that is not a whole tree (the entries a
+/// sync touched, old metadata to set back): lines and truncation are checked, the tree shape
+/// is not.
+pub fn parse_records(path: &Path, data: &[u8]) -> Result<Manifest> {
+    parse_impl(path, data, false, true)
+}
+
+/// [`read_file`] for a list read by [`parse_records`].
+pub fn read_records(path: &Path) -> Result<Manifest> {
+    let data = fs::read(path).at(path)?;
+    parse_records(path, &data)
+}
+
+fn parse_impl(path: &Path, data: &[u8], need_hash: bool, partial: bool) -> Result<Manifest> {
     let err = |line: usize, why: String| Error::Manifest {
         path: path.into(),
         line,
@@ -348,37 +491,139 @@ pub fn parse(path: &Path, data: &[u8]) -> Result<Manifest> {
             ),
         ));
     }
+    // The writer ends every line; a last line without its newline was cut.
+    let n_lines = data.split(|&b| b == b'\n').count() - usize::from(data.ends_with(b"\n"));
+    if !data.ends_with(b"\n") {
+        return Err(err(
+            n_lines,
+            "truncated: the file ends inside this line".into(),
+        ));
+    }
+    let mut end: Option<(usize, u64)> = None;
+    let mut last = 1;
     for (i, line) in lines {
         if line.is_empty() {
             continue;
         }
+        if let Some((at, _)) = end {
+            return Err(err(i + 1, format!("text after the `#end` line {at}")));
+        }
+        last = i + 1;
         if let Some(rest) = line.strip_prefix(b"#") {
             if let Some(v) = rest.strip_prefix(b"stamp ") {
                 m.stamp = time(v).ok_or_else(|| err(i + 1, "bad stamp".into()))?;
+            } else if let Some(v) = rest.strip_prefix(b"end ") {
+                let n = num(v).ok_or_else(|| err(i + 1, "bad entry count".into()))?;
+                end = Some((i + 1, n));
             }
             continue;
         }
-        let (path, e, hash) = parse_line(line).map_err(|w| err(i + 1, w))?;
+        let (path, e, hash) = parse_line(line, need_hash).map_err(|w| err(i + 1, w))?;
         let k = m.entries.push(&path, e);
         m.entries.set_hash(k, hash);
     }
-    let es = &mut m.entries;
-    let sorted = (1..es.len()).all(|i| es.path(i - 1) < es.path(i));
-    if !sorted {
-        es.sort_by_path();
-        if let Some(i) = (1..es.len()).find(|&i| es.path(i - 1) == es.path(i)) {
+    // Since version 2 the last line counts the entries, so a manifest cut at a line boundary
+    // is told from a whole one.
+    match end {
+        None if ver >= 2 => {
             return Err(err(
+                last,
+                "truncated after this line (no `#end` line)".into(),
+            ))
+        }
+        Some((at, n)) if n != m.entries.len() as u64 => {
+            return Err(err(
+                at,
+                format!(
+                    "truncated or edited: {} entries, `#end` says {n}",
+                    m.entries.len()
+                ),
+            ))
+        }
+        _ => {}
+    }
+    if partial {
+        m.entries.sort_by_path();
+    } else {
+        check_structure(path, data, &mut m.entries)?;
+    }
+    Ok(m)
+}
+
+/// Sorts the entries if need be and checks they form a tree: the root `.` first, no path
+/// twice, every entry's parent a directory of the manifest. Errors name the offending line
+/// (found again in `data`, on the error path only).
+fn check_structure(path: &Path, data: &[u8], es: &mut Entries) -> Result<()> {
+    let err = |p: &[u8], nth: usize, why: String| Error::Manifest {
+        path: path.into(),
+        line: line_of(data, p, nth),
+        why,
+    };
+    let show = crate::entry::display_path;
+    if !(1..es.len()).all(|i| es.path(i - 1) < es.path(i)) {
+        es.sort_by_path();
+    }
+    match es.iter().next() {
+        None => {
+            return Err(Error::Manifest {
+                path: path.into(),
+                line: 1,
+                why: "no entries (not even the root `.`)".into(),
+            })
+        }
+        Some(e) if !e.path.is_empty() => {
+            return Err(err(
+                e.path,
                 0,
-                format!("duplicate path {}", crate::entry::display_path(es.path(i))),
+                "no root directory entry `.` before this one".into(),
+            ))
+        }
+        _ => {}
+    }
+    for i in 1..es.len() {
+        let p = es.path(i);
+        if es.path(i - 1) == p {
+            return Err(err(p, 1, format!("duplicate path {}", show(p))));
+        }
+        let (parent, _) = crate::fsx::split_parent(p);
+        let ok = es.search(parent).is_ok_and(|j| es[j].kind == Kind::Dir);
+        if !ok {
+            return Err(err(
+                p,
+                0,
+                format!(
+                    "the parent of {} is not a directory of the manifest",
+                    show(p)
+                ),
             ));
         }
     }
-    Ok(m)
+    Ok(())
+}
+
+/// The line number of the `nth` (from 0) entry line for path `p`, or 0.
+fn line_of(data: &[u8], p: &[u8], nth: usize) -> usize {
+    data.split(|&b| b == b'\n')
+        .enumerate()
+        .skip(1)
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with(b"#"))
+        .filter(|(_, l)| {
+            let t = l.split(|&b| b == b' ').next().unwrap_or(b"");
+            (t == b"." && p.is_empty()) || unescape(t).is_some_and(|u| u == p)
+        })
+        .nth(nth)
+        .map_or(0, |(i, _)| i + 1)
 }
 
 pub fn read_file(path: &Path) -> Result<Manifest> {
     let data = fs::read(path).at(path)?;
     parse(path, &data)
+}
+
+/// [`read_file`] for a manifest this program recorded (see [`parse_recorded`]).
+pub fn read_recorded(path: &Path) -> Result<Manifest> {
+    let data = fs::read(path).at(path)?;
+    parse_recorded(path, &data)
 }
 
 /// Reads lines from any reader (used by tests and `verify -`).
@@ -424,6 +669,7 @@ mod tests {
         dev.set_rdev(0x103);
         let mut all = Entries::new();
         all.push(b"", root);
+        all.push(b"d", entry(Kind::Dir));
         let f = all.push(b"d/f\xffile", file);
         all.set_hash(f, Some([7; 32]));
         all.push(b"d/l", link);
@@ -472,7 +718,10 @@ mod tests {
             all.push(format!("{}2", k.name()).as_bytes(), e);
         }
         all.sort_by_path();
-        let back = round_trip(&all, false);
+        // No hashes here: read as a recorded manifest (a verified one needs them).
+        let mut out = Vec::new();
+        write_to(&mut out, (1, 2), &all, false).unwrap();
+        let back = parse_recorded(Path::new("m"), &out).unwrap().entries;
         for (a, b) in all.iter().zip(back.iter()).skip(1) {
             assert_eq!(
                 (a.path, a.ino, a.dev, a.nlink),
@@ -487,8 +736,146 @@ mod tests {
             . dir mode=755 uid=0 gid=0 mtime=1.0\n\
             dense file mode=644 uid=0 gid=0 mtime=1.0 size=8192 blocks=16\n\
             holey file mode=644 uid=0 gid=0 mtime=1.0 blocks=8 size=1048576\n";
-        let m = parse(Path::new("m"), text).unwrap();
+        let m = parse_recorded(Path::new("m"), text).unwrap();
         let sparse: Vec<bool> = m.entries.iter().map(|e| e.is_sparse()).collect();
         assert_eq!(sparse, [false, false, true]);
+    }
+
+    /// A small manifest as `write_to` makes it, and its lines.
+    fn sample() -> String {
+        let mut all = Entries::new();
+        let mut root = entry(Kind::Dir);
+        root.mode = 0o755;
+        all.push(b"", root);
+        let mut dev = entry(Kind::Char);
+        dev.set_rdev(0x103);
+        all.push(b"dev", dev);
+        let mut file = entry(Kind::File);
+        file.size = 3;
+        let f = all.push(b"f", file);
+        all.set_hash(f, Some([7; 32]));
+        let mut link = entry(Kind::Symlink);
+        link.set_target(Some(b"f".as_slice().into()));
+        all.push(b"l", link);
+        let mut out = Vec::new();
+        write_to(&mut out, (1, 2), &all, false).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The error of parsing `text`: its line and message.
+    fn refusal(text: &str) -> (usize, String) {
+        match parse(Path::new("m"), text.as_bytes()) {
+            Ok(m) => panic!("accepted ({} entries):\n{text}", m.entries.len()),
+            Err(Error::Manifest { line, why, .. }) => (line, why),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn every_field_is_checked_and_named_with_its_line() {
+        let good = sample();
+        parse(Path::new("m"), good.as_bytes()).unwrap();
+        let lines: Vec<&str> = good.lines().collect();
+        let at = |start: &str| 1 + lines.iter().position(|l| l.starts_with(start)).unwrap();
+        // (line start, field, replacement or "" to drop it, what the message must name)
+        let cases = [
+            ("f ", "size", "", "size"),
+            ("f ", "size", "size=x", "size"),
+            ("f ", "blake3", "", "blake3"),
+            ("f ", "blake3", "blake3=0707", "blake3"),
+            ("f ", "uid", "", "uid"),
+            ("f ", "gid", "gid=-1", "gid"),
+            ("f ", "mtime", "", "mtime"),
+            ("f ", "mtime", "mtime=1.", "mtime"),
+            ("f ", "mtime", "mtime=1.0000000001", "mtime"),
+            ("f ", "mtime", "mtime=1.2.3", "mtime"),
+            ("f ", "mode", "mode=644 mode=600", "mode"),
+            ("f ", "mode", "mode=644 target=x", "target"),
+            ("f ", "mode", "mode=644 rdev=1", "rdev"),
+            ("f ", "mode", "mode=644 sparse=2", "sparse"),
+            ("f ", "mode", "mode=644 nlink=0", "nlink"),
+            ("f ", "mode", "mode=644 nlink=2", "ino"),
+            ("f ", "mode", "mode=644 xattr.=1", "xattr"),
+            (". ", "mode", "mode=755 size=1", "size"),
+            (". ", "mode", "mode=755 blake3=0707", "blake3"),
+            ("dev ", "rdev", "", "rdev"),
+            ("l ", "target", "", "target"),
+            ("l ", "target", "target=", "target"),
+            ("l ", "mode", "mode=777 sparse=1", "sparse"),
+        ];
+        for (start, field, to, why) in cases {
+            let n = at(start);
+            let mut l: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+            let key = format!("{field}=");
+            l[n - 1] = l[n - 1]
+                .split(' ')
+                .filter_map(|t| match t.starts_with(&key) {
+                    true => (!to.is_empty()).then(|| to.to_string()),
+                    false => Some(t.to_string()),
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            let text = l.join("\n") + "\n";
+            let (line, msg) = refusal(&text);
+            assert_eq!(line, n, "{start}{field} -> {to:?}: {msg}");
+            assert!(msg.contains(why), "{start}{field} -> {to:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn a_truncated_manifest_is_refused() {
+        let good = sample();
+        let lines: Vec<&str> = good.lines().collect();
+        let n = lines.len();
+        // Whole lines lost from the end (the end marker with them, or entries too).
+        for keep in 2..n {
+            let text = lines[..keep].join("\n") + "\n";
+            let (line, msg) = refusal(&text);
+            assert_eq!(line, keep, "{keep} lines kept: {msg}");
+            assert!(msg.contains("truncated"), "{keep} lines kept: {msg}");
+        }
+        // Cut inside the last entry line, right after a complete field.
+        let f = good.find("\nf ").unwrap() + 1;
+        let cut = &good[..f + good[f..].find(" blake3=").unwrap()];
+        let (line, msg) = refusal(cut);
+        assert_eq!(
+            line,
+            1 + lines.iter().position(|l| l.starts_with("f ")).unwrap()
+        );
+        assert!(msg.contains("truncated"), "{msg}");
+    }
+
+    #[test]
+    fn structure_is_checked_root_parents_and_duplicates() {
+        let head = "#jailsync-manifest 1\n";
+        let dir = "mode=755 uid=0 gid=0 mtime=1.0";
+        let file = "mode=644 uid=0 gid=0 mtime=1.0 size=0 blake3=af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262";
+        let (line, msg) = refusal(&format!("{head}a file {file}\n"));
+        assert_eq!(line, 2);
+        assert!(msg.contains("root"), "{msg}");
+        let (line, msg) = refusal(&format!("{head}. dir {dir}\nx/y file {file}\n"));
+        assert_eq!(line, 3);
+        assert!(msg.contains("parent"), "{msg}");
+        let (line, msg) = refusal(&format!(
+            "{head}. dir {dir}\na file {file}\na/b file {file}\n"
+        ));
+        assert_eq!(line, 4);
+        assert!(msg.contains("parent"), "{msg}");
+        let (line, msg) = refusal(&format!(
+            "{head}. dir {dir}\nb file {file}\na file {file}\nb file {file}\n"
+        ));
+        assert_eq!(line, 5);
+        assert!(msg.contains("duplicate"), "{msg}");
+    }
+
+    #[test]
+    fn a_recorded_manifest_may_lack_hashes_a_verified_one_may_not() {
+        let text = "#jailsync-manifest 1\n. dir mode=755 uid=0 gid=0 mtime=1.0\n\
+                    f file mode=644 uid=0 gid=0 mtime=1.0 size=3\n";
+        let m = parse_recorded(Path::new("m"), text.as_bytes()).unwrap();
+        assert_eq!(m.entries.len(), 2);
+        let (line, msg) = refusal(text);
+        assert_eq!(line, 3);
+        assert!(msg.contains("blake3"), "{msg}");
     }
 }

@@ -100,6 +100,33 @@ fn action_path<'a>(a: &Action, src: &'a Entries, dst: &'a Entries) -> &'a [u8] {
     }
 }
 
+/// Removes the actions `drop` marks (one flag per action). A hard-link group whose leader is
+/// removed gets its next member still planned as leader.
+pub fn drop_actions(plan: &mut Plan, drop: &[bool]) {
+    let gone: std::collections::HashSet<u32> = plan
+        .actions
+        .iter()
+        .zip(drop)
+        .filter(|(a, &d)| d && a.src != NONE)
+        .map(|(a, _)| a.src)
+        .collect();
+    let mut flags = drop.iter();
+    plan.actions
+        .retain(|_| !flags.next().copied().unwrap_or(false));
+    let mut leaders: HashMap<u32, u32> = HashMap::new();
+    for a in plan.actions.iter_mut() {
+        if a.link_to != NONE && gone.contains(&a.link_to) {
+            match leaders.get(&a.link_to) {
+                Some(&l) => a.link_to = l,
+                None => {
+                    leaders.insert(a.link_to, a.src);
+                    a.link_to = NONE;
+                }
+            }
+        }
+    }
+}
+
 /// Indices of source and destination files that must be hashed before planning: every pair of
 /// regular files of equal, non-zero size whose hash is not yet known.
 pub fn hash_needs(src: &Entries, dst: &Entries) -> (Vec<usize>, Vec<usize>) {

@@ -89,6 +89,9 @@ pub struct ScanOpts<'a> {
     /// Leave every entry's xattrs (but the root's) to [`read_xattrs`], after the stat cache
     /// has vouched for those it can: a no-op sync then lists no file's xattrs.
     pub defer_xattrs: bool,
+    /// Temporary names an earlier run recorded making in this tree (sorted; see
+    /// [`crate::journal::StateDir::staged_names`]): found, they are leftovers to remove.
+    pub ours: &'a [Box<[u8]>],
 }
 
 /// What a walk found.
@@ -100,8 +103,10 @@ pub struct Scan {
     pub errors: Vec<(Box<[u8]>, io::Error)>,
     /// Directories whose listing is incomplete: nothing below them may be treated as absent.
     pub incomplete: Vec<Box<[u8]>>,
-    /// Temporary names left by an interrupted run.
+    /// Temporary names left by an interrupted run (only names it recorded: see `ours`).
     pub leftovers: Vec<Box<[u8]>>,
+    /// The top of the tree holds [`fsx::STORE_NAME`]: a rollback store, never part of a tree.
+    pub holds_store: bool,
     /// Directories that directly hold an excluded entry: they, and their ancestors, must not
     /// be deleted (an excluded path is neither copied nor deleted).
     pub holds_excluded: Vec<Box<[u8]>>,
@@ -205,14 +210,25 @@ fn stat_names<'s>(
     let mut vanished = Vec::new();
     let mut incomplete = false;
     let mut holds_excluded = false;
+    let mut holds_store = false;
     for name in names {
         // The switch's home inside a tree that is a mount point (see `switch`): never part of
         // the tree, on either side.
         if rel.is_empty() && name == crate::switch::IN_TREE_HOME {
             continue;
         }
+        if rel.is_empty() && name == fsx::STORE_NAME {
+            holds_store = true;
+            continue;
+        }
         let path = join(rel, &name);
-        if fsx::is_tmp_name(&name) {
+        let ours = || {
+            ctx.opts
+                .ours
+                .binary_search_by(|p| p[..].cmp(&path[..]))
+                .is_ok()
+        };
+        if fsx::is_tmp_name(&name) && ours() {
             leftovers.push(path.into_boxed_slice());
             continue;
         }
@@ -280,6 +296,7 @@ fn stat_names<'s>(
     if holds_excluded {
         out.holds_excluded.push(rel.into());
     }
+    out.holds_store |= holds_store;
     if incomplete {
         out.incomplete.push(rel.into());
     }

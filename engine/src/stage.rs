@@ -9,8 +9,7 @@
 //! - new and changed files are copied from the source straight under their final names;
 //!   hard-link followers are linked to their leader's new inode;
 //! - live entries that must stay (excluded paths, directories that still hold them, entries
-//!   whose source could not be read, user files named like our temporary files) are linked
-//!   across too.
+//!   whose source could not be read) are linked across too.
 //!
 //! **Metadata-only changes on a shared inode** are visible in the live tree as soon as they
 //! are staged, before the switch: mode, owner, times and xattrs of a file whose content does
@@ -83,8 +82,6 @@ pub struct Builder<'a> {
     pub excludes: &'a Excludes,
     /// Live directories that hold excluded entries (from the destination's scan).
     pub holds_excluded: &'a [Box<[u8]>],
-    /// Live entries named like temporary files that are not ours: carried across.
-    pub foreign_tmp: &'a [Box<[u8]>],
     /// Non-zero when a signal asked the run to stop: the build ends early (the caller then
     /// discards it).
     pub stop: Option<&'a std::sync::atomic::AtomicUsize>,
@@ -437,19 +434,17 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// Links live entries that neither scan listed but that must survive the switch.
+    /// Links live entries that neither scan listed but that must survive the switch: the
+    /// excluded ones.
     fn carry_unscanned(&self) -> Result<(), (Box<[u8]>, io::Error)> {
-        for p in self.foreign_tmp {
-            let (parent, name) = split_parent(p);
-            self.clone_live(parent, name).map_err(|e| (p.clone(), e))?;
-        }
         if self.excludes.is_empty() {
             return Ok(());
         }
         for d in self.holds_excluded {
             let ld = fsx::open_dir_beneath(self.live_root, d).map_err(|e| (d.clone(), e))?;
             for name in fsx::list_dir(ld.as_fd()).map_err(|e| (d.clone(), e))? {
-                if d.is_empty() && name == crate::switch::IN_TREE_HOME {
+                if d.is_empty() && (name == crate::switch::IN_TREE_HOME || name == fsx::STORE_NAME)
+                {
                     continue;
                 }
                 let path = join(d, &name);
@@ -557,7 +552,7 @@ pub fn restore_meta(
     use crate::error::IoContext;
     let data = std::fs::read(file).at(file)?;
     let xattrs = data.ends_with(b"#xattrs-read\n");
-    let old = crate::manifest::parse(file, &data)?.entries;
+    let old = crate::manifest::parse_records(file, &data)?.entries;
     let meta = fsx::MetaOpts {
         owner: fsx::geteuid_is_root(),
         xattrs,

@@ -325,7 +325,8 @@ impl Home {
                 let live_names: Vec<Vec<u8>> = fsx::list_dir(live.as_fd())
                     .at(&self.live)?
                     .into_iter()
-                    .filter(|n| n != IN_TREE_HOME)
+                    // Our own homes are not the tree's: they stay where they are.
+                    .filter(|n| n != IN_TREE_HOME && n != fsx::STORE_NAME)
                     .collect();
                 for n in &live_names {
                     if !names.contains(n) {
@@ -427,7 +428,7 @@ impl Home {
                     (&live, self.live.clone()),
                 ] {
                     for n in fsx::list_dir(dir.as_fd()).unwrap_or_default() {
-                        if n != IN_TREE_HOME && !writable(dir.as_fd(), &n) {
+                        if n != IN_TREE_HOME && n != fsx::STORE_NAME && !writable(dir.as_fd(), &n) {
                             return Some(shown.join(OsStr::from_bytes(&n)));
                         }
                     }

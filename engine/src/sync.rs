@@ -20,6 +20,7 @@ use crate::fsx::{self, MetaOpts};
 use crate::hash;
 use crate::journal::{check_outside, Lock, StateDir};
 use crate::manifest::Manifest;
+use crate::paths::{self, Follow, Loc};
 use crate::plan::{self, Op, Plan, PlanOpts};
 use crate::progress::{Phase, Progress};
 use crate::scan::{self, Excludes, Scan, ScanOpts};
@@ -185,79 +186,140 @@ impl Report {
     }
 }
 
-/// Checks a (source, destination) pair before anything is touched.
-pub fn check_pair(src: &Path, dst: &Path, follow_dst: bool) -> Result<(PathBuf, PathBuf)> {
-    let smd = fs::metadata(src).at(src)?;
-    if !smd.is_dir() {
-        return Err(Error::bad(src, "source is not a directory"));
-    }
-    let src_c = fs::canonicalize(src).at(src)?;
-    match fs::symlink_metadata(dst) {
-        Ok(md) if md.file_type().is_symlink() && !follow_dst => {
-            return Err(Error::bad(
-                dst,
-                "destination is a symlink (pass --follow-dst to sync into its target)",
-            ))
+/// How a destination's last name may be a symlink: followed only with `--follow-dst` (and then
+/// only one owned by root or the caller, see [`paths`]).
+pub fn follow_dst(yes: bool) -> Follow {
+    if yes {
+        Follow::Owned
+    } else {
+        Follow::Never {
+            hint: "pass --follow-dst to sync into its target",
         }
-        Ok(_) => {
-            if !fs::metadata(dst).at(dst)?.is_dir() {
-                return Err(Error::bad(dst, "destination exists and is not a directory"));
+    }
+}
+
+/// Checks a (source, destination) pair before anything is touched; returns their canonical
+/// paths. The destination is resolved the same way whatever its spelling (see [`paths`]).
+pub fn check_pair(src: &Path, dst: &Path, follow: bool) -> Result<(PathBuf, PathBuf)> {
+    let src_c = source_dir(src)?;
+    let dst_c = paths::resolve_dir(dst, "destination", follow_dst(follow))?;
+    check_apart(src, &src_c, dst, &dst_c)?;
+    Ok((src_c, dst_c))
+}
+
+/// Checks `upgrade`'s tree `rel`: JAIL/REL and ROOT/REL, neither reached through a symlink
+/// below JAIL or ROOT (ROOT's own last name is treated as a destination's). Returns the
+/// canonical pair.
+pub fn check_tree(
+    jail: &Path,
+    root: &Path,
+    rel: &Path,
+    follow: bool,
+) -> Result<(PathBuf, PathBuf)> {
+    let jail_c = source_dir(jail)?;
+    let root_c = paths::resolve_dir(root, "root", follow_dst(follow))?;
+    fs::metadata(&root_c).at(root)?;
+    // The jail's contents are not trusted to say where a tree is read from.
+    let never = Follow::Never {
+        hint: "a tree of the jail is never followed",
+    };
+    let src_c = paths::resolve_beneath(jail, &jail_c, rel, "tree", never)?;
+    let (src, dst) = (jail.join(rel), root.join(rel));
+    if !fs::metadata(&src_c).at(&src)?.is_dir() {
+        return Err(Error::bad(&src, "source is not a directory"));
+    }
+    let dst_c = paths::resolve_beneath(root, &root_c, rel, "tree", follow_dst(follow))?;
+    check_apart(&src, &src_c, &dst, &dst_c)?;
+    Ok((src_c, dst_c))
+}
+
+/// Refuses a run whose (source, destination) pairs overlap: a destination that is, holds or
+/// lies inside another would be synced by two plans, each deleting what the other makes; one
+/// overlapping another pair's source would write into the jail. Compared by identity ([`Loc`]),
+/// so the same tree twice, `usr` with `usr/pkg`, and aliases by symlink or bind mount are all
+/// caught before anything is touched. Paths are canonical.
+pub fn check_disjoint(pairs: &[(&Path, &Path)]) -> Result<()> {
+    let locs = pairs
+        .iter()
+        .map(|(s, d)| Ok((Loc::of(s)?, Loc::of(d)?)))
+        .collect::<Result<Vec<_>>>()?;
+    for (i, (_, di)) in locs.iter().enumerate() {
+        for (j, (sj, dj)) in locs.iter().enumerate() {
+            if j > i && di.overlaps(dj) {
+                return Err(Error::bad(
+                    pairs[i].1,
+                    format!(
+                        "overlaps {}, another destination of this run",
+                        pairs[j].1.display()
+                    ),
+                ));
+            }
+            if j != i && di.overlaps(sj) {
+                return Err(Error::bad(
+                    pairs[i].1,
+                    format!(
+                        "overlaps {}, the source of another tree of this run",
+                        pairs[j].0.display()
+                    ),
+                ));
             }
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(dst, e)),
     }
-    // The destination may not exist yet: resolve its nearest existing ancestor.
-    let dst_c = canonical_maybe_missing(dst)?;
-    if src_c == dst_c {
+    Ok(())
+}
+
+/// A source directory: followed wherever it leads (it is only read).
+fn source_dir(src: &Path) -> Result<PathBuf> {
+    if !fs::metadata(src).at(src)?.is_dir() {
+        return Err(Error::bad(src, "source is not a directory"));
+    }
+    fs::canonicalize(src).at(src)
+}
+
+/// Refuses a pair whose trees are one, or one inside the other, by identity (device and
+/// inode, see [`Loc`]): a bind mount or a symlink aliases a tree as well as its path does.
+/// `src` and `dst` are as the user named them, `src_c` and `dst_c` resolved.
+fn check_apart(src: &Path, src_c: &Path, dst: &Path, dst_c: &Path) -> Result<()> {
+    let s = Loc::of(src_c)?;
+    let d = Loc::of(dst_c)?;
+    if d.same(&s) {
         return Err(Error::bad(
             dst,
             "source and destination are the same directory",
         ));
     }
-    if dst_c.starts_with(&src_c) {
+    if d.within(&s) {
         return Err(Error::bad(
             dst,
             format!("destination is inside the source {}", src_c.display()),
         ));
     }
-    if src_c.starts_with(&dst_c) {
+    if s.within(&d) {
         return Err(Error::bad(
             src,
             format!("source is inside the destination {}", dst_c.display()),
         ));
     }
-    Ok((src_c, dst_c))
-}
-
-fn canonical_maybe_missing(p: &Path) -> Result<PathBuf> {
-    let abs = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir().at(p)?.join(p)
-    };
-    let mut tail = Vec::new();
-    let mut cur = abs.as_path();
-    loop {
-        match fs::canonicalize(cur) {
-            Ok(c) => {
-                let mut out = c;
-                for t in tail.iter().rev() {
-                    out.push(t);
-                }
-                return Ok(out);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let name = cur
-                    .file_name()
-                    .ok_or_else(|| Error::io(p, e))?
-                    .to_os_string();
-                tail.push(name);
-                cur = cur.parent().unwrap_or(Path::new("/"));
-            }
-            Err(e) => return Err(Error::io(p, e)),
-        }
+    // A sync walks into mounts: one showing part of the other tree aliases it as well.
+    if let Some(m) = d.mount_into(&s) {
+        return Err(Error::bad(
+            m,
+            format!(
+                "a mount inside the destination shows (part of) the source {}",
+                src_c.display()
+            ),
+        ));
     }
+    if let Some(m) = s.mount_into(&d) {
+        return Err(Error::bad(
+            m,
+            format!(
+                "a mount inside the source shows (part of) the destination {}",
+                dst_c.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Scans both trees, hashes what must be compared, and plans. Takes the destination's lock
@@ -292,6 +354,13 @@ pub fn prepare(
         excludes,
         xattrs: opts.xattrs,
         defer_xattrs: true,
+        ours: &[],
+    };
+    // Only names an earlier run recorded are its leftovers; the source has none.
+    let ours = state.map(|s| s.staged_names(dst_path)).unwrap_or_default();
+    let dopts = ScanOpts {
+        ours: &ours,
+        ..sopts
     };
     progress.start(Phase::Scan, 0);
     let src_stamp = cache::now();
@@ -300,7 +369,7 @@ pub fn prepare(
         || scan::scan_tree(src_path, &pools.walk, &sopts),
         || {
             if dst_exists {
-                scan::scan_tree(dst_path, &pools.walk, &sopts).map(Some)
+                scan::scan_tree(dst_path, &pools.walk, &dopts).map(Some)
             } else {
                 Ok(None)
             }
@@ -337,13 +406,12 @@ pub fn prepare(
     fsx::release_freed_memory();
     opts.check_stop(dst_path, "while scanning: nothing was changed")?;
 
-    // A jail entry named like our temporary files cannot be told apart from a leftover once in
-    // the live tree: it is refused (reported, its live counterpart left alone), never dropped
-    // silently.
-    for p in std::mem::take(&mut s.leftovers) {
+    // The top of a tree may hold a rollback store, never synced: one in the jail is reported
+    // (never dropped silently), one in the destination kept.
+    if s.holds_store {
         s.errors.push((
-            p,
-            io::Error::other("name reserved for jailsync's temporary files; not synced"),
+            fsx::STORE_NAME.into(),
+            io::Error::other("name reserved for jailsync's rollback store; not synced"),
         ));
     }
     let mut protect: Vec<Box<[u8]>> = s.incomplete.clone();
@@ -433,10 +501,12 @@ fn scan_one(
     pools: &Pools,
     progress: &dyn Progress,
 ) -> Result<OneScan> {
+    let ours = state.map(|s| s.staged_names(root)).unwrap_or_default();
     let sopts = ScanOpts {
         excludes: &opts.excludes,
         xattrs: opts.xattrs,
         defer_xattrs: true,
+        ours: &ours,
     };
     let stamp = cache::now();
     progress.start(Phase::Scan, 0);
@@ -483,16 +553,7 @@ pub fn prepare_from_manifest(
     pools: &Pools,
     progress: &dyn Progress,
 ) -> Result<Tree> {
-    if m.entries
-        .first()
-        .is_none_or(|e| !e.path.is_empty() || e.kind != Kind::Dir)
-    {
-        return Err(Error::Manifest {
-            path: manifest_path.into(),
-            line: 0,
-            why: "no root directory entry `.`".into(),
-        });
-    }
+    // `manifest::parse` made sure the root `.` is its first entry, a directory.
     let (mut d, stamp, mut scan_errors, cache_hits) =
         scan_one(dst_path, state, opts, pools, progress)?;
     let mut src = m.entries;
@@ -555,7 +616,11 @@ fn take_errors(out: &mut Vec<(PathBuf, io::Error)>, root: &Path, s: &mut Scan) {
 /// the excluded entry must survive, and planning the delete would repeat on every run. Nor is
 /// it exchanged for a non-directory, which would delete the excluded entry with it: it stays,
 /// what else it held is removed, and its path is returned to be reported.
-fn keep_excluded_parents(plan: &mut Plan, dst: &Entries, holds: &[Box<[u8]>]) -> Vec<Box<[u8]>> {
+pub(crate) fn keep_excluded_parents(
+    plan: &mut Plan,
+    dst: &Entries,
+    holds: &[Box<[u8]>],
+) -> Vec<Box<[u8]>> {
     use std::collections::{HashMap, HashSet};
     if holds.is_empty() {
         return Vec::new();
@@ -667,8 +732,12 @@ fn hash_entries(
     Ok((bytes, errs))
 }
 
-/// Applies prepared trees: stage all, commit all in order, prune all, finalize all; then
-/// stores the stat caches.
+/// Applies prepared trees: keep what will be replaced for rollback, stage all, commit all in
+/// order, prune all, finalize all; then stores the stat caches.
+///
+/// Refused before anything changes (an error): rollback is on and something the run would
+/// replace cannot be kept. Nothing committed (every action not done, errors per entry): a
+/// tree ran out of space or inodes while staging, so none of the new release fits.
 pub fn apply_all(
     trees: &[Tree],
     state: Option<&StateDir>,
@@ -676,6 +745,7 @@ pub fn apply_all(
     pools: &Pools,
     progress: &dyn Progress,
 ) -> Result<Report> {
+    use crate::rollback::{self, Store};
     let t0 = Instant::now();
     let aopts = ApplyOpts {
         meta: MetaOpts {
@@ -685,74 +755,139 @@ pub fn apply_all(
         fsync: opts.fsync,
     };
     let mut applies = Vec::new();
-    let mut pre_errors: Vec<Vec<EntryError>> = Vec::new();
     for t in trees {
         let sfd = fsx::open_root(&t.src_path).at(&t.src_path)?;
         let dfd = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
-        pre_errors.push(clean_leftovers(dfd.as_fd(), &t.dst_leftovers));
         applies.push(Apply::new(sfd, dfd, &t.src, &t.dst, &t.plan, aopts));
     }
     // The old versions are kept before anything is touched (staging already moves directory
-    // mtimes), so a rollback works after a run killed at any point.
+    // mtimes), so a rollback works after a run killed at any point. Rollback is never
+    // silently off: what cannot be kept refuses the run, with nothing changed.
     let mut notes = Vec::new();
-    let mut generations = Vec::new();
+    let mut generations: Vec<Option<rollback::Generation>> = Vec::new();
     let mut stores = Vec::new();
+    // Generations this run made (not continued): discarded if it changes nothing.
+    let mut fresh = Vec::new();
     for t in trees {
         let mut g = None;
-        if let (Some(state), true, false) = (state, opts.rollback, t.plan.is_empty()) {
-            let r = crate::rollback::store_dir(state, &t.dst_path).and_then(|store| {
-                let gen = crate::rollback::preserve(
-                    &store,
-                    &t.dst_path,
-                    &t.dst,
-                    &t.plan,
-                    &t.src_path,
-                    &opts.exclude_patterns,
-                    &pools.work,
-                )?;
-                stores.push(store);
-                Ok(gen)
-            });
-            match r {
-                Ok(gen) => g = Some(gen),
-                Err(e) => notes.push(format!("no rollback recorded: {e}")),
+        if let (Some(state), true) = (state, opts.rollback) {
+            if t.plan.is_empty() {
+                // Nothing to do: a killed run before this one, if any, is complete now (a
+                // later run must not continue its generation).
+                let r = Store::find(state, &t.dst_path)
+                    .and_then(|s| s.map_or(Ok(()), |s| rollback::finish_interrupted(&s)));
+                if let Err(e) = r {
+                    notes.push(format!("rollback store not updated: {e}"));
+                }
+            } else {
+                let r = Store::open(state, &t.dst_path)
+                    .map_err(|e| refused_for_rollback(e, "unusable as the rollback store"))
+                    .and_then(|store| {
+                        let before = rollback::list(&store)?.last().map(|g| g.id);
+                        let gen = rollback::preserve(
+                            &store,
+                            &t.dst_path,
+                            &t.dst,
+                            &t.src,
+                            &t.plan,
+                            &t.src_path,
+                            &opts.exclude_patterns,
+                            &pools.work,
+                        )
+                        .map_err(|e| refused_for_rollback(e, "cannot be kept for rollback"))?;
+                        stores.push(store);
+                        Ok((before != Some(gen.id), gen))
+                    });
+                match r {
+                    Ok((new, gen)) => {
+                        if new {
+                            fresh.push(gen.clone());
+                        }
+                        g = Some(gen);
+                    }
+                    Err(e) => {
+                        for g in &fresh {
+                            let _ = rollback::discard(g);
+                        }
+                        return Err(e);
+                    }
+                }
             }
-        }
-        if let (Some(state), true) = (state, t.plan.is_empty() || !opts.rollback) {
-            // Nothing to do, or nothing recorded: a killed run before this one, if any, is
-            // complete now (a later run must not continue its generation).
-            let r = crate::rollback::store_dir(state, &t.dst_path)
-                .and_then(|store| crate::rollback::finish_interrupted(&store));
+        } else if let (Some(state), false) = (state, opts.rollback) {
             // Without rollback there may well be no store (that can be why it is off).
-            match r {
-                Err(e) if opts.rollback => notes.push(format!("rollback store not updated: {e}")),
-                _ => {}
+            if let Ok(Some(store)) = Store::find(state, &t.dst_path) {
+                let _ = rollback::finish_interrupted(&store);
             }
         }
         generations.push(g);
     }
+    // A killed run's temporary names go; this run's are recorded before the first is made,
+    // so only what this program made is ever removed as its own.
+    let mut pre_errors: Vec<Vec<EntryError>> = Vec::new();
+    for (t, a) in trees.iter().zip(&applies) {
+        let dfd = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
+        let pre = clean_leftovers(dfd.as_fd(), &t.dst_leftovers);
+        if let Some(state) = state {
+            let stuck: Vec<&[u8]> = pre.iter().map(|e| &e.path[..]).collect();
+            let names: Vec<Vec<u8>> = a.staging_names().collect();
+            let all = stuck.into_iter().chain(names.iter().map(|n| &n[..]));
+            if let Err(e) = state.record_staged(&t.dst_path, all, opts.fsync) {
+                for g in &fresh {
+                    let _ = rollback::discard(g);
+                }
+                return Err(e);
+            }
+        }
+        pre_errors.push(pre);
+    }
     for a in applies.iter_mut() {
         a.stage(&pools.work, progress);
     }
+    // Out of space or inodes: committing the part that fitted would leave a package half
+    // upgraded. Nothing of the run is committed, in any tree.
+    let full = trees
+        .iter()
+        .zip(&applies)
+        .find_map(|(t, a)| a.out_of_room().map(|e| (t, e.error.to_string())));
     let mut window = Duration::ZERO;
-    for a in applies.iter_mut() {
-        a.commit(&pools.work, progress);
-        window += a.outcome.switch_window;
-    }
-    for a in applies.iter_mut() {
-        a.prune(&pools.work, progress);
-    }
-    for a in applies.iter_mut() {
-        a.finalize(progress);
-    }
-    for g in generations.iter().flatten() {
-        if let Err(e) = crate::rollback::mark_done(g) {
-            notes.push(format!("rollback generation not marked finished: {e}"));
+    if let Some((t, why)) = full {
+        notes.push(format!(
+            "nothing was committed: {} ran out of room while staging ({why})",
+            t.dst_path.display()
+        ));
+        for a in applies.iter_mut() {
+            a.abandon();
         }
-    }
-    for store in &stores {
-        if let Err(e) = crate::rollback::prune_generations(store, opts.keep.max(1)) {
-            notes.push(format!("old rollback generations not pruned: {e}"));
+        for g in &fresh {
+            if let Err(e) = rollback::discard(g) {
+                notes.push(format!("unused rollback generation not removed: {e}"));
+            }
+        }
+        generations.iter_mut().for_each(|g| *g = None);
+    } else {
+        for a in applies.iter_mut() {
+            a.commit(&pools.work, progress);
+            window += a.outcome.switch_window;
+        }
+        for a in applies.iter_mut() {
+            a.prune(&pools.work, progress);
+        }
+        for a in applies.iter_mut() {
+            a.finalize(progress);
+        }
+        for ((g, a), t) in generations.iter().zip(&applies).zip(trees) {
+            let Some(g) = g else { continue };
+            let not_done = (0..t.plan.actions.len())
+                .filter(|&k| !a.done(k))
+                .map(|k| t.plan.path(&t.plan.actions[k], &t.src, &t.dst));
+            if let Err(e) = rollback::mark_done(g, not_done) {
+                notes.push(format!("rollback generation not marked finished: {e}"));
+            }
+        }
+        for store in &stores {
+            if let Err(e) = rollback::prune_generations(store, opts.keep.max(1)) {
+                notes.push(format!("old rollback generations not pruned: {e}"));
+            }
         }
     }
     let mut report = Report {
@@ -764,6 +899,20 @@ pub fn apply_all(
     for ((a, t), pre) in applies.into_iter().zip(trees).zip(pre_errors) {
         if let Some(state) = state {
             store_caches(state, t, &a, opts.xattrs);
+            // What may still be there stays recorded for the next run; the rest is forgotten.
+            let stuck: Vec<&[u8]> = pre.iter().map(|e| &e.path[..]).collect();
+            let remaining = a.staged_remaining();
+            let r = if stuck.is_empty() && remaining.is_empty() {
+                state.clear_staged(&t.dst_path)
+            } else {
+                let all = stuck.into_iter().chain(remaining.iter().map(|n| &n[..]));
+                state.record_staged(&t.dst_path, all, opts.fsync)
+            };
+            if let Err(e) = r {
+                report
+                    .notes
+                    .push(format!("record of temporary names not updated: {e}"));
+            }
         }
         let mut o = a.into_outcome();
         o.errors.splice(0..0, pre);
@@ -771,6 +920,32 @@ pub fn apply_all(
     }
     report.elapsed = t0.elapsed();
     Ok(report)
+}
+
+/// A failure to keep what a sync would replace (`what` says how), as the refusal of the sync
+/// it is.
+fn refused_for_rollback(e: Error, what: &str) -> Error {
+    match e {
+        Error::Io { path, cause } => {
+            let hint = match cause.raw_os_error() {
+                Some(libc::EXDEV) => {
+                    " (on another filesystem than the rollback store: a mount inside the \
+                     destination?)"
+                }
+                Some(libc::EPERM) => " (append-only or immutable?)",
+                _ => "",
+            };
+            Error::NoRollback {
+                path,
+                why: format!("{what}: {cause}{hint}"),
+            }
+        }
+        Error::BadInput { path, why } => Error::NoRollback {
+            path,
+            why: format!("{what}: {why}"),
+        },
+        e => e,
+    }
 }
 
 /// Stores the stat caches. The source's entries are as scanned. The destination keeps only
@@ -869,17 +1044,13 @@ pub fn scan_and_hash(
     ))
 }
 
-/// Makes sure the state directory is usable and outside every tree.
+/// Makes sure the state directory is usable and outside every tree (`trees` canonical). A
+/// symlinked state dir is followed only when owned by root or the caller.
 pub fn open_state(dir: &Path, trees: &[&Path]) -> Result<StateDir> {
-    let canon: Vec<PathBuf> = trees
-        .iter()
-        .filter_map(|t| canonical_maybe_missing(t).ok())
-        .collect();
-    let refs: Vec<&Path> = canon.iter().map(|p| p.as_path()).collect();
+    let state_c = paths::resolve_dir(dir, "state dir", Follow::Owned)?;
     // Checked before the state dir is created: a refused run must leave no trace in a tree.
-    let state_c = canonical_maybe_missing(dir).unwrap_or_else(|_| dir.to_path_buf());
-    check_outside(&state_c, &refs)?;
-    StateDir::open(dir)
+    check_outside(dir, &state_c, trees)?;
+    StateDir::open(&state_c)
 }
 
 /// The first live directory, or live file the plan changes, that is immutable or append-only.
@@ -965,7 +1136,14 @@ pub fn switch_all(
         let home = t.home.as_ref().expect("switchable");
         // Older generations go first, outside the switch: see `generation::prune`.
         generation::prune(home, keep.saturating_sub(1))?;
-        if t.plan.is_empty() && t.dst_leftovers.is_empty() {
+        if !t.dst_leftovers.is_empty() {
+            // Temporary names a killed per-file run recorded and left: ours, not the tree's.
+            let dfd = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
+            if clean_leftovers(dfd.as_fd(), &t.dst_leftovers).is_empty() {
+                let _ = state.clear_staged(&t.dst_path);
+            }
+        }
+        if t.plan.is_empty() {
             staged.push(None);
             continue;
         }
@@ -1001,7 +1179,6 @@ pub fn switch_all(
             opts: aopts,
             excludes: &opts.excludes,
             holds_excluded: &t.dst_holds_excluded,
-            foreign_tmp: &t.dst_leftovers,
             stop: opts.stop.as_deref(),
         };
         let r = b.build(&pools.work, progress);
@@ -1059,6 +1236,7 @@ pub fn switch_all(
             excludes: &opts.excludes,
             xattrs: opts.xattrs,
             defer_xattrs: false,
+            ours: &[],
         };
         let mut after = scan::scan_tree(&home.next_path(), &pools.walk, &sopts)?.entries;
         fill_known_hashes(&mut after, &t.src, &t.dst);
