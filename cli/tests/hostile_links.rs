@@ -199,9 +199,17 @@ fn item3_group_linked_from_outside_is_restaged_and_unchanged_ones_are_kept() {
 
 /// Rollback links a kept old inode back into DST; when that inode is also linked from outside
 /// and its metadata moved there since, setting the recorded metadata on it would write outside
-/// DST. The restored entry is then a copy; outside, the admin's change stays.
+/// DST. Per file, the restored entry is then a copy; outside, the admin's change stays. By tree
+/// switch, the old tree comes back with the very inode it had (linked to the outside entry, as
+/// before the sync), and nothing outside is written either.
 #[test]
 fn item3_rollback_does_not_set_metadata_on_an_inode_linked_from_outside() {
+    for method in ["per-file", "tree"] {
+        rollback_leaves_outside_links_alone(method);
+    }
+}
+
+fn rollback_leaves_outside_links_alone(method: &str) {
     let e = Env::new().with_dst();
     let outside = Tree::new(e.tmp.path().join("outside"));
     outside
@@ -222,24 +230,47 @@ fn item3_rollback_does_not_set_metadata_on_an_inode_linked_from_outside() {
         .mode("p", 0o600)
         .mtime("p", T, 5);
     let before = listing(e.dst());
-    e.sync(&[]);
+    let js = |args: &[&OsStr]| {
+        std::process::Command::new(BIN)
+            .arg("--state-dir")
+            .arg(e.state())
+            .args(args)
+            .env("JAILSYNC_SWITCH", method)
+            .env_remove("JAILSYNC_STATE_DIR")
+            .output()
+            .unwrap()
+    };
+    expect_code(
+        &js(&[OsStr::new("sync"), e.src().as_os_str(), e.dst().as_os_str()]),
+        0,
+    );
     e.assert_synced();
     // The admin changes the outside entries afterwards.
     outside.mode("f", 0o640).mtime("f", T, 9).mode("p", 0o640);
     let changed = listing(&outside.root);
-    let o = e.js([OsStr::new("rollback"), e.dst().as_os_str()]);
+    let o = js(&[OsStr::new("rollback"), e.dst().as_os_str()]);
     expect_code(&o, 0);
     assert_eq!(
         listing(&outside.root),
         changed,
-        "rollback changed entries outside DST"
+        "{method}: rollback changed entries outside DST"
     );
     let after = listing(e.dst());
-    assert!(
-        after == before,
-        "rollback did not restore DST:\n{}",
-        before.diff(&after)
-    );
+    if method == "per-file" {
+        assert!(
+            after == before,
+            "rollback did not restore DST:\n{}",
+            before.diff(&after)
+        );
+    } else {
+        for n in ["f", "p"] {
+            assert_eq!(
+                ino(e.dst(), n),
+                ino(&outside.root, n),
+                "{n}: not the old inode again"
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

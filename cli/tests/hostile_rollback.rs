@@ -6,6 +6,8 @@
 //! Each test fails on the code before the fix. Mount tests run the real binary in a private
 //! mount namespace (see `faultkit::TmpfsNs`).
 
+// These are the tests of the per-file pipeline's rollback store (issue 10); the tree switch's
+// generations have theirs in `switch.rs`.
 mod common;
 mod faultkit;
 
@@ -109,6 +111,7 @@ fn item5_fixture(e: &Env) -> PathBuf {
 
 #[test]
 fn item5_rollback_leaves_what_changed_since_the_sync_and_says_so() {
+    force_per_file();
     let e = Env::new().with_dst();
     item5_fixture(&e);
     // The admin, after the sync: a new file, a new directory, an edit of a file the sync did
@@ -141,6 +144,7 @@ fn item5_rollback_leaves_what_changed_since_the_sync_and_says_so() {
 
 #[test]
 fn item5_force_rolls_back_but_keeps_the_changed_entries_in_the_store() {
+    force_per_file();
     let e = Env::new().with_dst();
     let pristine = item5_fixture(&e);
     std::fs::write(e.dst.path("admin-new"), "admin new").unwrap();
@@ -167,6 +171,7 @@ fn item5_force_rolls_back_but_keeps_the_changed_entries_in_the_store() {
 
 #[test]
 fn item6_user_entries_named_like_temp_files_are_synced_and_kept() {
+    force_per_file();
     let e = Env::new().with_dst();
     e.dst
         .file(".jailsync-tmp-12-34", "user file")
@@ -194,6 +199,7 @@ fn item6_user_entries_named_like_temp_files_are_synced_and_kept() {
 
 #[test]
 fn item6_a_killed_runs_temp_names_are_removed_and_only_they() {
+    force_per_file();
     let e = Env::new().with_dst();
     let mut rng = Rng::new(6);
     for i in 0..24 {
@@ -276,6 +282,7 @@ impl Drop for AppendOnly {
 
 #[test]
 fn item7_an_entry_that_cannot_be_kept_refuses_the_sync() {
+    force_per_file();
     require_root!();
     let e = Env::new().with_dst();
     e.dst.file("f", "old f").file("g", "old g");
@@ -314,6 +321,7 @@ fn item7_an_entry_that_cannot_be_kept_refuses_the_sync() {
 
 #[test]
 fn item7_a_mount_inside_the_destination_refuses_the_sync() {
+    force_per_file();
     require!(can_mount(), "needs root, unshare and nsenter");
     let tmp = tempdir("item7-exdev");
     let t = tmp.path();
@@ -356,6 +364,7 @@ fn item7_a_mount_inside_the_destination_refuses_the_sync() {
 
 #[test]
 fn item7_a_destination_on_its_own_filesystem_keeps_its_store_at_its_top() {
+    force_per_file();
     require!(can_mount(), "needs root, unshare and nsenter");
     let tmp = tempdir("item7-own-fs");
     let t = tmp.path();
@@ -434,6 +443,7 @@ fn item7_a_destination_on_its_own_filesystem_keeps_its_store_at_its_top() {
 
 #[test]
 fn item8_the_rollback_store_is_private_from_creation() {
+    force_per_file();
     require_root!();
     require!(have("setpriv"), "needs setpriv to run as nobody");
     let tmp = tempdir("item8-private");
@@ -489,6 +499,7 @@ fn item8_the_rollback_store_is_private_from_creation() {
 
 #[test]
 fn item8_a_symlink_at_the_stores_place_is_never_followed() {
+    force_per_file();
     require_root!();
     // The store goes beside DST only when the state dir is on another filesystem.
     let shm = tempfile::Builder::new()
@@ -559,6 +570,7 @@ fn inodes(p: &Path) -> (u64, u64) {
 
 #[test]
 fn item11_out_of_inodes_in_an_upgrade_commits_nothing() {
+    force_per_file();
     require!(can_mount(), "needs root, unshare and nsenter");
     let tmp = tempdir("item11-inodes");
     let t = tmp.path();
@@ -630,6 +642,7 @@ fn item11_out_of_inodes_in_an_upgrade_commits_nothing() {
 
 #[test]
 fn item11_out_of_space_commits_nothing_and_leaves_no_generation() {
+    force_per_file();
     require!(can_mount(), "needs root, unshare and nsenter");
     let tmp = tempdir("item11-space");
     let t = tmp.path();

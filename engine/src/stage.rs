@@ -524,6 +524,8 @@ impl DirFrom {
     }
 }
 
+const XATTRS_READ: &[u8] = b"#xattrs-read\n";
+
 /// Writes `entries` (old metadata of live inodes about to be changed in place) to `path` in
 /// `dir` before the change, durably: a run killed before its switch sets them back. With
 /// `xattrs` the file says the entries' xattrs were read (and are to be restored).
@@ -538,7 +540,13 @@ pub fn save_meta(
     crate::manifest::write_to(&mut buf, crate::cache::now(), entries, true)
         .map_err(|e| crate::Error::io(shown, e))?;
     if xattrs {
-        buf.extend_from_slice(b"#xattrs-read\n");
+        // A comment line after the header (readers ignore unknown ones): the list's xattrs
+        // were read, so restoring sets them.
+        let at = buf
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(buf.len(), |i| i + 1);
+        buf.splice(at..at, XATTRS_READ.iter().copied());
     }
     crate::switch::write_durable(dir, name, &buf, shown)
 }
@@ -551,7 +559,10 @@ pub fn restore_meta(
 ) -> crate::Result<Vec<(std::path::PathBuf, io::Error)>> {
     use crate::error::IoContext;
     let data = std::fs::read(file).at(file)?;
-    let xattrs = data.ends_with(b"#xattrs-read\n");
+    let xattrs = data
+        .windows(XATTRS_READ.len())
+        .take(4096)
+        .any(|w| w == XATTRS_READ);
     let old = crate::manifest::parse_records(file, &data)?.entries;
     let meta = fsx::MetaOpts {
         owner: fsx::geteuid_is_root(),

@@ -447,9 +447,16 @@ impl Home {
     fn finish_journal(&self, from: &[u8], to: &[u8]) -> Result<()> {
         // The exchange made durable before the journal that could redo it goes.
         fsx::fsync(self.live_parent.as_fd()).at(self.live.parent().unwrap_or(&self.live))?;
-        let _ = fsx::remove_tree_at(self.fd.as_fd(), to);
-        fsx::rename_at(self.fd.as_fd(), from, self.fd.as_fd(), to)
-            .at(self.path.join(OsStr::from_bytes(to)))?;
+        // A run killed after this rename but before the journal went finds `from` gone and
+        // `to` in place: done already (and `to` must not be touched then).
+        let from_there = fsx::cstr(from)
+            .map(|c| fsx::lstat_at(self.fd.as_fd(), &c).is_ok())
+            .unwrap_or(false);
+        if from_there {
+            let _ = fsx::remove_tree_at(self.fd.as_fd(), to);
+            fsx::rename_at(self.fd.as_fd(), from, self.fd.as_fd(), to)
+                .at(self.path.join(OsStr::from_bytes(to)))?;
+        }
         fsx::fsync(self.fd.as_fd()).at(&self.path)?;
         // The generation's record holds these now.
         let _ = fsx::unlink_at(self.fd.as_fd(), PREMETA.as_bytes());

@@ -976,3 +976,11 @@ pub fn rsync_dry(src: &Path, dst: &Path) -> Option<String> {
     );
     Some(String::from_utf8_lossy(&o.stdout).into_owned())
 }
+
+/// Makes every run of the binary from this test process use the per-file staged burst (the
+/// switch's last resort, `JAILSYNC_SWITCH=per-file`): for the tests of that pipeline and of
+/// its rollback store. Every test of a file that calls it must call it (tests share the
+/// process environment).
+pub fn force_per_file() {
+    std::env::set_var("JAILSYNC_SWITCH", "per-file");
+}
