@@ -132,8 +132,8 @@ pub struct Record<'a> {
     pub old: &'a Entries,
     /// Old entries whose metadata the sync changed in place.
     pub meta: Entries,
-    /// The live tree as the switch will leave it.
-    pub after: &'a Entries,
+    /// The live tree as the switch will leave it: two path-sorted lists, merged.
+    pub after: (&'a Entries, &'a Entries),
     /// The sync's `--exclude` patterns: rollback compares only what the sync saw.
     pub excludes: &'a [String],
     /// Whether the entries' xattrs were read (and `meta`'s are to be restored).
@@ -146,7 +146,12 @@ pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result
     let _ = fsx::remove_tree_at(home.fd.as_fd(), name.as_bytes());
     let dir = switch::private_dir(&home.fd, name.as_bytes(), &shown)?;
     let stamp = crate::cache::now();
-    manifest::write_entries(&shown.join("after"), stamp, r.after, true)?;
+    manifest::write_ents_stat(
+        &shown.join("after"),
+        stamp,
+        crate::entry::merged(r.after.0, r.after.1),
+        true,
+    )?;
     crate::stage::save_meta(&dir, "meta", &r.meta, r.xattrs, &shown.join("meta"))?;
     let mut inos: Vec<u64> = r
         .old

@@ -173,10 +173,20 @@ pub fn write_ents<'a>(
     stamp: (i64, u32),
     entries: impl Iterator<Item = Ent<'a>>,
 ) -> Result<()> {
+    write_ents_stat(path, stamp, entries, false)
+}
+
+/// [`write_ents`], with the stat fields when `stat_fields` (see [`write_to`]).
+pub fn write_ents_stat<'a>(
+    path: &Path,
+    stamp: (i64, u32),
+    entries: impl Iterator<Item = Ent<'a>>,
+    stat_fields: bool,
+) -> Result<()> {
     let tmp = path.with_extension("new");
     let r = (|| -> std::io::Result<()> {
         let mut w = BufWriter::with_capacity(1 << 16, fs::File::create(&tmp)?);
-        write_lines(&mut w, stamp, entries, false)?;
+        write_lines(&mut w, stamp, entries, stat_fields)?;
         w.flush()?;
         fs::rename(&tmp, path)
     })();

@@ -1219,36 +1219,80 @@ pub fn switch_all(
     if staged.iter().any(|b| b.is_some()) {
         std::thread::sleep(Duration::from_millis(30));
     }
-    let mut afters = Vec::new();
+    let mut afters: Vec<Option<(Entries, (i64, u32))>> = Vec::new();
     let mut gens = Vec::new();
     for (k, t) in trees.iter_mut().enumerate() {
-        let Some(built) = &staged[k] else {
+        let built = staged[k].as_ref();
+        if let Some(b) = built {
+            for &(si, h) in &b.hashes {
+                t.src.set_hash(si as usize, Some(h));
+            }
+        }
+        // The source's cache, with the source's own stats, before they are replaced below.
+        let stale: Vec<u32> = built.map_or(Vec::new(), |b| {
+            let mut s = b.stale.clone();
+            s.sort_unstable();
+            s.retain(|i| !b.hashes.iter().any(|(j, _)| j == i));
+            s
+        });
+        let records = || {
+            t.src
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| stale.binary_search(&(*i as u32)).is_err())
+                .map(|(_, e)| e)
+        };
+        // A cache every entry of which was reused, with nothing hashed now, is left as it is
+        // (a no-op run writes nothing).
+        let unchanged = built.is_none()
+            && t.hashed[0] == 0
+            && t.cache_loaded[0]
+                == Some(cache::records(records(), t.src_stamp, opts.xattrs).count());
+        if let (false, Ok(p)) = (unchanged, state.cache_path(&t.src_path)) {
+            let kept = records();
+            let _ = cache::write_file(
+                &p,
+                cache::records(kept, t.src_stamp, opts.xattrs),
+                t.src_stamp,
+                opts.xattrs,
+            );
+        }
+        let Some(built) = built else {
             afters.push(None);
             gens.push(None);
             continue;
         };
-        for &(si, h) in &built.hashes {
-            t.src.set_hash(si as usize, Some(h));
-        }
         let home = t.home.as_ref().expect("switchable");
+        // What the next tree holds: the source's entries with the staged objects' stats
+        // (restated in place), and the live entries kept that the source lacks.
         let stamp = cache::now();
-        let sopts = ScanOpts {
-            excludes: &opts.excludes,
-            xattrs: opts.xattrs,
-            defer_xattrs: false,
-            ours: &[],
-        };
-        let mut after = scan::scan_tree(&home.next_path(), &pools.walk, &sopts)?.entries;
-        fill_known_hashes(&mut after, &t.src, &t.dst);
-        // A file whose source failed keeps its live version: the source's hash is not its.
+        let next = fsx::open_root_nofollow(&home.next_path()).at(home.next_path())?;
+        crate::stage::restat(next.as_fd(), &mut t.src, &pools.work).at(home.next_path())?;
+        // An entry whose source failed holds its live version: the live hash, target, xattrs.
         for e in &built.errors {
-            if let Ok(k) = after.search(&e.path) {
-                let d = t
-                    .dst
-                    .search(&e.path)
-                    .ok()
-                    .and_then(|j| t.dst.hash(j).copied());
-                after.set_hash(k, d);
+            if let (Ok(i), Ok(j)) = (t.src.search(&e.path), t.dst.search(&e.path)) {
+                let d = t.dst.at(j);
+                let (h, target, x) = (
+                    d.hash.copied(),
+                    d.target().map(Box::from),
+                    d.xattrs().cloned(),
+                );
+                let same = t.src[i].ino == d.ino;
+                t.src.set_hash(i, if same { h } else { None });
+                t.src[i].set_target(target);
+                t.src[i].set_xattrs(x);
+            }
+        }
+        let mut kept = Entries::new();
+        {
+            let mut deleted = vec![false; t.dst.len()];
+            for a in t.plan.actions.iter().filter(|a| a.op == Op::Delete) {
+                deleted[a.dst as usize] = true;
+            }
+            for (j, d) in t.dst.iter().enumerate() {
+                if !deleted[j] && t.src.search(d.path).is_err() {
+                    kept.push_ent(d);
+                }
             }
         }
         let mut meta = Entries::new();
@@ -1269,13 +1313,13 @@ pub fn switch_all(
                     changes: t.plan.actions.len() as u64,
                     old: &t.dst,
                     meta,
-                    after: &after,
+                    after: (&t.src, &kept),
                     excludes: &opts.exclude_patterns,
                     xattrs: opts.xattrs,
                 },
             )?;
         }
-        afters.push(Some((after, stamp)));
+        afters.push(Some((kept, stamp)));
         gens.push(Some(id));
     }
     report.stage_time = t0.elapsed();
@@ -1347,32 +1391,14 @@ pub fn switch_all(
     }
     let t_cleanup = Instant::now();
 
-    // 4. Caches, then who still runs the old trees, then what --keep 0 does not keep.
+    // 4. The live trees' caches, then who still runs the old trees, then what --keep 0 does
+    // not keep.
     for (k, t) in trees.iter().enumerate() {
         let built = staged[k].as_ref();
-        let stale: Vec<u32> = built.map_or(Vec::new(), |b| {
-            let mut s = b.stale.clone();
-            s.sort_unstable();
-            s
-        });
-        if let Ok(p) = state.cache_path(&t.src_path) {
-            let kept = t
-                .src
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| stale.binary_search(&(*i as u32)).is_err())
-                .map(|(_, e)| e);
+        if let (Some((kept, stamp)), Ok(p)) = (&afters[k], state.cache_path(&t.dst_path)) {
             let _ = cache::write_file(
                 &p,
-                cache::records(kept, t.src_stamp, opts.xattrs),
-                t.src_stamp,
-                opts.xattrs,
-            );
-        }
-        if let (Some((after, stamp)), Ok(p)) = (&afters[k], state.cache_path(&t.dst_path)) {
-            let _ = cache::write_file(
-                &p,
-                cache::records(after.iter(), *stamp, opts.xattrs),
+                cache::records(crate::entry::merged(&t.src, kept), *stamp, opts.xattrs),
                 *stamp,
                 opts.xattrs,
             );
@@ -1428,33 +1454,4 @@ pub fn switch_all(
     report.generations = trees.iter().map(|_| None).collect();
     report.elapsed = t0.elapsed();
     Ok(report)
-}
-
-/// Gives the files of a freshly staged tree the hashes this run knows: the source's, for a
-/// file copied or linked from it (same size and mtime), else the live tree's, for a file kept
-/// from it (same inode).
-fn fill_known_hashes(after: &mut Entries, src: &Entries, dst: &Entries) {
-    for k in 0..after.len() {
-        let a = after.at(k);
-        if a.kind != Kind::File {
-            continue;
-        }
-        let from_src = src
-            .search(a.path)
-            .ok()
-            .map(|i| src.at(i))
-            .filter(|s| s.kind == Kind::File && s.size == a.size && s.same_mtime(&a));
-        let h = match from_src.and_then(|s| s.hash.copied()) {
-            Some(h) => Some(h),
-            None => dst
-                .search(a.path)
-                .ok()
-                .map(|j| dst.at(j))
-                .filter(|d| d.kind == Kind::File && d.ino == a.ino)
-                .and_then(|d| d.hash.copied()),
-        };
-        if h.is_some() {
-            after.set_hash(k, h);
-        }
-    }
 }

@@ -674,6 +674,11 @@ fn walk(
     inodes: &mut Vec<(Vec<u8>, (u64, u64))>,
 ) {
     for name in read_dir(dir) {
+        // The switch's home in a destination that is a mount point: jailsync's, not the
+        // tree's (jailsync never lists it either).
+        if prefix.is_empty() && name == b".jailsync-gens" {
+            continue;
+        }
         let mut path = prefix.to_vec();
         if !path.is_empty() {
             path.push(b'/');
