@@ -458,6 +458,26 @@ pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
     v
 }
 
+/// Two path-sorted lists as one, in path order (on equal paths `a`'s entry comes first).
+pub fn merged<'a>(a: &'a Entries, b: &'a Entries) -> impl Iterator<Item = Ent<'a>> + 'a {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || {
+        let pick_a = match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) => x.path <= y.path,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return None,
+        };
+        if pick_a {
+            i += 1;
+            a.get(i - 1)
+        } else {
+            j += 1;
+            b.get(j - 1)
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,24 +571,4 @@ mod tests {
             (&b"a"[..], long.len(), &b"b"[..])
         );
     }
-}
-
-/// Two path-sorted lists as one, in path order (on equal paths `a`'s entry comes first).
-pub fn merged<'a>(a: &'a Entries, b: &'a Entries) -> impl Iterator<Item = Ent<'a>> + 'a {
-    let (mut i, mut j) = (0, 0);
-    std::iter::from_fn(move || {
-        let pick_a = match (a.get(i), b.get(j)) {
-            (Some(x), Some(y)) => x.path <= y.path,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => return None,
-        };
-        if pick_a {
-            i += 1;
-            a.get(i - 1)
-        } else {
-            j += 1;
-            b.get(j - 1)
-        }
-    })
 }

@@ -13,6 +13,7 @@
 //!   sync discounts those links when it asks whether a live file is linked from outside the
 //!   tree (it is, by our own generations, and that must not turn every metadata change into a
 //!   copy).
+//!
 //! A `gen-<N>.d` without its `gen-<N>` is a switch that never happened, and is removed.
 
 use std::fs;

@@ -99,7 +99,7 @@ impl<'r> Dirs<'r> {
     }
 
     fn get(&mut self, rel: &[u8]) -> io::Result<BorrowedFd<'_>> {
-        if !self.last.as_ref().is_some_and(|(p, _)| p == rel) {
+        if self.last.as_ref().is_none_or(|(p, _)| p != rel) {
             let fd = fsx::open_dir_beneath(self.root, rel)?;
             self.last = Some((rel.to_vec(), fd));
         }
