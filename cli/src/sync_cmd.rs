@@ -508,6 +508,9 @@ pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
     let mut errors = 0;
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
+    // Trees switched whole are checked first and switched back together at the end, back to
+    // back, so an upgrade's trees are never in different releases for longer than that.
+    let mut switched = Vec::new();
     for dst in &c.dst {
         // Resolved as `sync` resolves a destination: the same whatever the spelling.
         let shown = dst;
@@ -525,7 +528,8 @@ pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
             home.recover()?;
         }
         if let Some(home) = switched_home(&dst)? {
-            errors += rollback_switched(&home, &state, &c, g, &pools, &mut out)?;
+            let r = jailsync_engine::generation::check(&home, c.gen, &pools.walk)?;
+            switched.push((home, r, state, lock));
             continue;
         }
         drop(lock);
@@ -594,6 +598,7 @@ pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
             );
         }
     }
+    errors += rollback_switched(&mut switched, &c, g, &mut out)?;
     out.flush()?;
     Ok(if errors > 0 { exit::PARTIAL } else { exit::OK })
 }
@@ -609,80 +614,96 @@ fn switched_home(dst: &Path) -> Result<Option<jailsync_engine::switch::Home>> {
     Ok(Some(home))
 }
 
-/// Rolls back by switching a generation in. Returns the number of errors (changed entries
-/// count: the rollback was refused for them).
+/// A destination whose rollback is a switch, checked and locked.
+type Checked = (
+    jailsync_engine::switch::Home,
+    jailsync_engine::generation::RolledBack,
+    jailsync_engine::journal::StateDir,
+    jailsync_engine::journal::Lock,
+);
+
+/// Rolls back the checked trees by switching their generations back in, all together. If
+/// any changed since its sync (and not `--force`), none is switched. Returns the number of
+/// errors (changed entries count).
 fn rollback_switched(
-    home: &jailsync_engine::switch::Home,
-    state: &jailsync_engine::journal::StateDir,
+    items: &mut [Checked],
     c: &RollbackCmd,
     g: &Global,
-    pools: &Pools,
     out: &mut impl Write,
 ) -> Result<usize> {
-    let r = jailsync_engine::generation::rollback(home, c.gen, c.force, c.dry_run, &pools.walk)?;
-    let dst = &home.live;
+    if items.is_empty() {
+        return Ok(0);
+    }
     let mut errors = 0;
-    for ch in &r.changed {
-        let p = dst.join(jailsync_engine::fsx::os(&ch.path));
-        if g.json {
-            let v = serde_json::json!({"type": "changed", "path": output::json_path(&ch.path), "what": ch.what});
-            writeln!(out, "{v}")?;
-        } else if c.itemize || !g.quiet || !c.force {
-            eprintln!("jailsync: {}: {}", p.display(), ch.what);
+    for (home, r, _, _) in items.iter() {
+        for ch in &r.changed {
+            let p = home.live.join(jailsync_engine::fsx::os(&ch.path));
+            if g.json {
+                let v = serde_json::json!({"type": "changed", "path": output::json_path(&ch.path), "what": ch.what});
+                writeln!(out, "{v}")?;
+            } else if !g.quiet || !c.force {
+                eprintln!("jailsync: {}: {}", p.display(), ch.what);
+            }
         }
     }
-    for (p, e) in &r.errors {
-        errors += 1;
-        report_error(out, g, &p.display().to_string(), "rollback", e)?;
-    }
-    // The stat cache described the tree switched away.
-    if r.switched.is_some() {
-        if let Ok(p) = state.cache_path(dst) {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-    let refused = r.switched.is_none() && !r.changed.is_empty() && !c.dry_run;
+    let changed: usize = items.iter().map(|(_, r, _, _)| r.changed.len()).sum();
+    let refused = changed > 0 && !c.force && !c.dry_run;
     if refused {
-        errors += r.changed.len();
+        errors += changed;
+    } else if !c.dry_run {
+        let mut batch: Vec<_> = items.iter_mut().map(|(h, r, _, _)| (&*h, r)).collect();
+        jailsync_engine::generation::switch_back_all(&mut batch)?;
     }
-    if g.json {
-        let v = serde_json::json!({
-            "type": "summary",
-            "path": dst.display().to_string(),
-            "generation": r.generation.id,
-            "dry_run": c.dry_run,
-            "switched": r.switched.is_some(),
-            "window_ms": r.switched.as_ref().map(|s| s.window.as_secs_f64() * 1000.0),
-            "changed_since_sync": r.changed.len(),
-            "kept_as": r.kept_as.as_ref().map(|p| p.display().to_string()),
-            "errors": errors,
-        });
-        writeln!(out, "{v}")?;
-    } else if !g.quiet {
-        if refused {
-            eprintln!(
-                "{}: not rolled back: {} entr{} changed since the sync (left alone; --force switches generation {} back anyway and keeps the current tree)",
-                dst.display(),
-                r.changed.len(),
-                if r.changed.len() == 1 { "y" } else { "ies" },
-                r.generation.id
-            );
-        } else if c.dry_run {
-            eprintln!(
-                "{}: would roll back to generation {} (one switch)",
-                dst.display(),
-                r.generation.id
-            );
-        } else {
-            let s = r.switched.as_ref().expect("switched");
-            eprintln!(
-                "{}: rolled back to generation {} by {} in {:.3} ms; the tree it replaced is at {}",
-                dst.display(),
-                r.generation.id,
-                home.method.describe(),
-                s.window.as_secs_f64() * 1000.0,
-                s.old.display()
-            );
+    for (home, r, state, _) in items.iter() {
+        let dst = &home.live;
+        for (p, e) in &r.errors {
+            errors += 1;
+            report_error(out, g, &p.display().to_string(), "rollback", e)?;
+        }
+        // The stat cache described the tree switched away.
+        if r.switched.is_some() {
+            if let Ok(p) = state.cache_path(dst) {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        if g.json {
+            let v = serde_json::json!({
+                "type": "summary",
+                "path": dst.display().to_string(),
+                "generation": r.generation.id,
+                "dry_run": c.dry_run,
+                "switched": r.switched.is_some(),
+                "window_ms": r.switched.as_ref().map(|s| s.window.as_secs_f64() * 1000.0),
+                "changed_since_sync": r.changed.len(),
+                "kept_as": r.kept_as.as_ref().map(|p| p.display().to_string()),
+                "errors": errors,
+            });
+            writeln!(out, "{v}")?;
+        } else if !g.quiet {
+            if refused {
+                eprintln!(
+                    "{}: not rolled back: {} entr{} changed since the sync (left alone; --force switches generation {} back anyway and keeps the current tree)",
+                    dst.display(),
+                    changed,
+                    if changed == 1 { "y" } else { "ies" },
+                    r.generation.id
+                );
+            } else if c.dry_run {
+                eprintln!(
+                    "{}: would roll back to generation {} (one switch)",
+                    dst.display(),
+                    r.generation.id
+                );
+            } else if let Some(s) = &r.switched {
+                eprintln!(
+                    "{}: rolled back to generation {} by {} in {:.3} ms; the tree it replaced is at {}",
+                    dst.display(),
+                    r.generation.id,
+                    home.method.describe(),
+                    s.window.as_secs_f64() * 1000.0,
+                    s.old.display()
+                );
+            }
         }
     }
     Ok(errors)

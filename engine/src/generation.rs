@@ -297,6 +297,8 @@ pub fn find(home: &Home, id: Option<u64>) -> Result<Gen> {
 #[derive(Debug)]
 pub struct RolledBack {
     pub generation: Gen,
+    /// The generations undone (the one restored and every newer one), oldest first.
+    pub undone: Vec<u64>,
     /// Entries changed since the sync; non-empty and not forced: nothing was switched.
     pub changed: Vec<Changed>,
     pub switched: Option<switch::Switched>,
@@ -305,32 +307,21 @@ pub struct RolledBack {
     pub errors: Vec<(PathBuf, io::Error)>,
 }
 
-/// Switches generation `id` (default: the newest) back in. The live tree is first compared
-/// with what the newest sync left: a change made since (an admin's edit, a new file) refuses
-/// the rollback unless `force` — one switch cannot keep some entries and undo others without
-/// tearing the tree — and even forced, the tree that was live is kept whole (`kept-<N>`).
-pub fn rollback(
-    home: &Home,
-    id: Option<u64>,
-    force: bool,
-    dry_run: bool,
-    pool: &rayon::ThreadPool,
-) -> Result<RolledBack> {
+/// Prepares switching generation `id` (default: the newest) back in: the live tree is
+/// compared with what the newest sync left. A change made since (an admin's edit, a new file)
+/// refuses the rollback unless forced — one switch cannot keep some entries and undo others
+/// without tearing the tree — and even forced, the tree that was live is kept whole
+/// (`kept-<N>`). Nothing is switched here: see [`switch_back_all`].
+pub fn check(home: &Home, id: Option<u64>, pool: &rayon::ThreadPool) -> Result<RolledBack> {
     let gens = list(home)?;
     let g = find(home, id)?;
     let newest = gens.last().expect("found one").id;
     let info = fs::read_to_string(meta_dir(home, newest).join("info")).unwrap_or_default();
-    let mut pats: Vec<String> = info
+    let pats: Vec<String> = info
         .lines()
         .filter_map(|l| l.strip_prefix("exclude="))
         .map(String::from)
         .collect();
-    if home.method == switch::Method::Entries {
-        pats.push(format!(
-            "/{}",
-            String::from_utf8_lossy(switch::IN_TREE_HOME)
-        ));
-    }
     let excludes =
         crate::scan::Excludes::new(&pats).map_err(|e| Error::bad(&home.live, e.to_string()))?;
     let sopts = crate::scan::ScanOpts {
@@ -341,37 +332,80 @@ pub fn rollback(
     };
     let now = crate::scan::scan_tree(&home.live, pool, &sopts)?.entries;
     let changed = changed_since(home, newest, &now)?;
-    let mut out = RolledBack {
-        generation: g.clone(),
+    Ok(RolledBack {
+        undone: gens.iter().map(|x| x.id).filter(|&n| n >= g.id).collect(),
+        generation: g,
         changed,
         switched: None,
         kept_as: None,
         errors: Vec::new(),
-    };
-    if dry_run || (!out.changed.is_empty() && !force) {
-        return Ok(out);
-    }
-    let to = if out.changed.is_empty() {
-        format!("undone-{}", g.id)
-    } else {
-        format!("kept-{}", g.id)
-    };
-    let s = home.switch_back(g.id, &to)?;
-    out.kept_as = Some(s.old.clone());
-    out.switched = Some(s);
-    // Metadata set in place by each undone sync, newest first, so the oldest's wins.
-    for n in (g.id..=newest).rev() {
-        if gens.iter().any(|x| x.id == n) {
-            out.errors.extend(restore_meta(home, n, &home.live)?);
+    })
+}
+
+/// Switches the checked generations back in, every tree back to back (journals first), then
+/// sets back the metadata each undone sync changed in place and drops their records. If one
+/// tree cannot be switched, those switched are switched forward again: never half.
+pub fn switch_back_all(items: &mut [(&Home, &mut RolledBack)]) -> Result<()> {
+    let mut pending = Vec::new();
+    for (home, rb) in items.iter() {
+        let g = rb.generation.id;
+        let to = if rb.changed.is_empty() {
+            format!("undone-{g}")
+        } else {
+            format!("kept-{g}")
+        };
+        match home.prepare_back(g, &to) {
+            Ok(p) => pending.push(p),
+            Err(e) => {
+                for (p, (h, _)) in pending.into_iter().zip(items.iter()) {
+                    h.cancel(p);
+                }
+                return Err(e);
+            }
         }
     }
-    // The restored generation is live again, and newer ones describe states now undone.
-    for n in g.id..=newest {
-        let rec = format!("gen-{n}.d");
-        let _ = fsx::remove_tree_at(home.fd.as_fd(), rec.as_bytes());
-        if n != g.id {
-            let _ = fsx::remove_tree_at(home.fd.as_fd(), &Home::gen_name(n));
+    let mut made = Vec::new();
+    for (k, (home, rb)) in items.iter_mut().enumerate() {
+        match home.exchange(&pending[k]) {
+            Ok((window, calls)) => {
+                made.push(k);
+                rb.switched = Some(switch::Switched {
+                    window,
+                    calls,
+                    old: PathBuf::new(),
+                });
+            }
+            Err(e) => {
+                for &j in made.iter().rev() {
+                    let _ = items[j].0.unexchange(&pending[j]);
+                    items[j].1.switched = None;
+                }
+                for (p, (h, _)) in pending.into_iter().zip(items.iter()).skip(made.len() + 1) {
+                    h.cancel(p);
+                }
+                return Err(e);
+            }
         }
     }
-    Ok(out)
+    for (p, (home, rb)) in pending.into_iter().zip(items.iter_mut()) {
+        let done = home.finish(p)?;
+        if let Some(s) = rb.switched.as_mut() {
+            s.old = done.old.clone();
+        }
+        rb.kept_as = Some(done.old);
+        // Metadata set in place by each undone sync, newest first, so the oldest's wins.
+        let g = rb.generation.id;
+        for &n in rb.undone.iter().rev() {
+            rb.errors.extend(restore_meta(home, n, &home.live)?);
+        }
+        // The restored generation is live again, and newer ones describe states now undone.
+        for &n in &rb.undone {
+            let rec = format!("gen-{n}.d");
+            let _ = fsx::remove_tree_at(home.fd.as_fd(), rec.as_bytes());
+            if n != g {
+                let _ = fsx::remove_tree_at(home.fd.as_fd(), &Home::gen_name(n));
+            }
+        }
+    }
+    Ok(())
 }

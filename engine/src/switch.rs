@@ -280,15 +280,24 @@ impl Home {
     /// Switches `next` in, making the old tree generation `n`. Never half: the journal is
     /// written first, and a run killed after it is finished forward by [`Home::recover`].
     pub fn switch_in(&self, n: u64) -> Result<Switched> {
-        self.exchange_with(NEXT, &Self::gen_name(n))
+        let p = self.prepare_in(n)?;
+        self.exchange(&p)?;
+        self.finish(p)
     }
 
-    /// Switches generation `n` back in; the tree it replaces ends at `home/to` (`undone-<n>`,
-    /// removed by the next sync, or `kept-<n>` when it holds changes made after the sync).
-    pub fn switch_back(&self, n: u64, to: &str) -> Result<Switched> {
-        let from = Self::gen_name(n);
+    /// Journals the switch of `next` in (old tree to become generation `n`); see
+    /// [`Home::exchange`]. Several trees are prepared first and exchanged back to back, so
+    /// the durable writes of one do not sit between the switches of two.
+    pub fn prepare_in(&self, n: u64) -> Result<Pending> {
+        self.prepare(NEXT, &Self::gen_name(n))
+    }
+
+    /// Journals switching generation `n` back in; the tree it replaces ends at `home/to`
+    /// (`undone-<n>`, removed by the next sync, or `kept-<n>` when it holds changes made
+    /// after the sync).
+    pub fn prepare_back(&self, n: u64, to: &str) -> Result<Pending> {
         let _ = fsx::remove_tree_at(self.fd.as_fd(), to.as_bytes());
-        self.exchange_with(&from, to.as_bytes())
+        self.prepare(&Self::gen_name(n), to.as_bytes())
     }
 
     /// The home of `live` if a sync made one (never creates it).
@@ -306,14 +315,14 @@ impl Home {
         Ok(None)
     }
 
-    /// Exchanges the tree at `home/from` with the live one; the displaced live tree ends at
-    /// `home/to`.
-    fn exchange_with(&self, from: &[u8], to: &[u8]) -> Result<Switched> {
+    /// Plans and durably journals exchanging the tree at `home/from` with the live one (the
+    /// displaced live tree to end at `home/to`): what moves where, by inode, so a killed run
+    /// can tell done from not done.
+    fn prepare(&self, from: &[u8], to: &[u8]) -> Result<Pending> {
         let jpath = self.path.join(JOURNAL);
         let from_fd =
             fsx::open_subdir(self.fd.as_fd(), from).at(self.path.join(OsStr::from_bytes(from)))?;
         let live = self.live_fd().at(&self.live)?;
-        // Journal: what moves where, by inode, so a killed run can tell done from not done.
         let mut plan: Vec<(Vec<u8>, Step, u64)> = Vec::new();
         let ino_of = |dir: &OwnedFd, n: &[u8]| -> Result<u64> {
             let c = fsx::cstr(n).at(&self.live)?;
@@ -358,38 +367,85 @@ impl Home {
             let _ = writeln!(j, "{} {} {ino}", s.word(), hex(n));
         }
         write_durable(&self.fd, JOURNAL, &j, &jpath)?;
+        Ok(Pending {
+            from: from.to_vec(),
+            to: to.to_vec(),
+            plan,
+            from_fd,
+            live,
+        })
+    }
+
+    /// Makes the prepared switch: only renames, nothing durable in between. Returns how long
+    /// it took and the calls made. On failure, what was done is undone (the tree is wholly
+    /// old again) and the journal removed.
+    pub fn exchange(&self, p: &Pending) -> Result<(Duration, usize)> {
         let t0 = Instant::now();
         let calls = match self.method {
             Method::Tree => {
-                fsx::exchange_between(
+                if let Err(e) = fsx::exchange_between(
                     self.fd.as_fd(),
-                    from,
+                    &p.from,
                     self.live_parent.as_fd(),
                     &self.live_name,
-                )
-                .at(&self.live)?;
+                ) {
+                    let _ = fsx::unlink_at(self.fd.as_fd(), JOURNAL.as_bytes());
+                    return Err(Error::io(&self.live, e));
+                }
                 1
             }
             _ => {
-                for (k, (n, s, _)) in plan.iter().enumerate() {
-                    if let Err(e) = s.run(live.as_fd(), from_fd.as_fd(), n) {
-                        // Undo what was done, newest first, so the tree is wholly old again.
-                        for (n, s, _) in plan[..k].iter().rev() {
-                            let _ = s.undo(live.as_fd(), from_fd.as_fd(), n);
+                for (k, (n, s, _)) in p.plan.iter().enumerate() {
+                    if let Err(e) = s.run(p.live.as_fd(), p.from_fd.as_fd(), n) {
+                        for (n, s, _) in p.plan[..k].iter().rev() {
+                            let _ = s.undo(p.live.as_fd(), p.from_fd.as_fd(), n);
                         }
                         let _ = fsx::unlink_at(self.fd.as_fd(), JOURNAL.as_bytes());
                         return Err(Error::io(self.live.join(OsStr::from_bytes(n)), e));
                     }
                 }
-                plan.len()
+                p.plan.len()
             }
         };
-        let window = t0.elapsed();
-        self.finish_journal(from, to)?;
+        Ok((t0.elapsed(), calls))
+    }
+
+    /// Undoes an exchange made by [`Home::exchange`] (when a later tree of the same run could
+    /// not be switched), and forgets the journal.
+    pub fn unexchange(&self, p: &Pending) -> Result<()> {
+        let r = match self.method {
+            Method::Tree => fsx::exchange_between(
+                self.fd.as_fd(),
+                &p.from,
+                self.live_parent.as_fd(),
+                &self.live_name,
+            ),
+            _ => p
+                .plan
+                .iter()
+                .rev()
+                .try_for_each(|(n, s, _)| s.undo(p.live.as_fd(), p.from_fd.as_fd(), n)),
+        };
+        r.at(&self.live)?;
+        fsx::unlink_at(self.fd.as_fd(), JOURNAL.as_bytes()).at(self.path.join(JOURNAL))
+    }
+
+    /// Forgets a prepared switch that was not made.
+    pub fn cancel(&self, _p: Pending) {
+        let _ = fsx::unlink_at(self.fd.as_fd(), JOURNAL.as_bytes());
+    }
+
+    /// Completes a made switch: the displaced tree takes its name, the journal goes.
+    pub fn finish(&self, p: Pending) -> Result<Switched> {
+        self.finish_journal(&p.from, &p.to)?;
         Ok(Switched {
-            window,
-            calls,
-            old: self.path.join(OsStr::from_bytes(to)),
+            window: Duration::ZERO,
+            calls: if self.method == Method::Tree {
+                1
+            } else {
+                p.plan.len()
+            },
+            old: self.path.join(OsStr::from_bytes(&p.to)),
         })
     }
 
@@ -552,6 +608,15 @@ impl Home {
         let _ = self.discard_next();
         Ok(())
     }
+}
+
+/// A switch journaled and ready to be made (see [`Home::prepare_in`]).
+pub struct Pending {
+    from: Vec<u8>,
+    to: Vec<u8>,
+    plan: Vec<(Vec<u8>, Step, u64)>,
+    from_fd: OwnedFd,
+    live: OwnedFd,
 }
 
 /// One step of a per-entry switch.

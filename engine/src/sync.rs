@@ -1346,37 +1346,18 @@ pub fn switch_all(
         }
     }
 
-    // 3. The switches, back to back. If one fails, those made are switched back: never half.
-    let mut switched: Vec<usize> = Vec::new();
+    // 3. The switches, back to back: every journal first (durable writes), then only the
+    // exchanges, so nothing slow sits between the switches of two trees. If one fails, those
+    // made are switched back: never half.
+    let mut pending = Vec::new();
     for (k, t) in trees.iter().enumerate() {
-        let Some(id) = gens[k] else { continue };
         let home = t.home.as_ref().expect("switchable");
-        let r = home.switch_in(id).and_then(|s| {
-            // Per-entry switches leave the root in place: its metadata is set now.
-            if home.method == Method::Entries {
-                let root = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
-                fsx::set_meta_fd(root.as_fd(), &t.src.at(0), aopts.meta).at(&t.dst_path)?;
-            }
-            Ok(s)
-        });
-        match r {
-            Ok(s) => {
-                report.switch_window += s.window;
-                switched.push(k);
-                report.switches.push(Some(SwitchInfo {
-                    method: home.method.clone(),
-                    window: s.window,
-                    calls: s.calls,
-                    generation: (keep > 0).then_some(id),
-                    generation_path: (keep > 0).then(|| s.old.clone()),
-                    linked: staged[k].as_ref().map_or(0, |b| b.linked),
-                }));
-            }
+        match gens[k].map(|id| home.prepare_in(id)).transpose() {
+            Ok(p) => pending.push(p),
             Err(e) => {
-                for &j in switched.iter().rev() {
-                    let h = trees[j].home.as_ref().expect("switchable");
-                    if let Some(id) = gens[j] {
-                        let _ = h.switch_back(id, &format!("undone-{id}"));
+                for (j, p) in pending.into_iter().enumerate() {
+                    if let Some(p) = p {
+                        trees[j].home.as_ref().expect("switchable").cancel(p);
                     }
                 }
                 for t in trees.iter() {
@@ -1386,8 +1367,51 @@ pub fn switch_all(
             }
         }
     }
-    while report.switches.len() < trees.len() {
-        report.switches.push(None);
+    let t_switch = Instant::now();
+    let mut made: Vec<(usize, Duration, usize)> = Vec::new();
+    for (k, t) in trees.iter().enumerate() {
+        let Some(p) = &pending[k] else { continue };
+        let home = t.home.as_ref().expect("switchable");
+        let r = home.exchange(p).and_then(|(d, calls)| {
+            // Per-entry switches leave the root in place: its metadata is set now.
+            if home.method == Method::Entries {
+                let root = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
+                fsx::set_meta_fd(root.as_fd(), &t.src.at(0), aopts.meta).at(&t.dst_path)?;
+            }
+            Ok((d, calls))
+        });
+        match r {
+            Ok((d, calls)) => made.push((k, d, calls)),
+            Err(e) => {
+                for &(j, _, _) in made.iter().rev() {
+                    let h = trees[j].home.as_ref().expect("switchable");
+                    if let Some(p) = &pending[j] {
+                        let _ = h.unexchange(p);
+                    }
+                }
+                for t in trees.iter() {
+                    let _ = t.home.as_ref().expect("switchable").abandon();
+                }
+                return Err(e);
+            }
+        }
+    }
+    // From the first exchange to the last: the only time a reader could see the trees of the
+    // run in different releases.
+    report.switch_window = t_switch.elapsed();
+    report.switches = trees.iter().map(|_| None).collect();
+    for ((k, window, calls), p) in made.into_iter().zip(pending.into_iter().flatten()) {
+        let home = trees[k].home.as_ref().expect("switchable");
+        let s = home.finish(p)?;
+        let id = gens[k].expect("switched");
+        report.switches[k] = Some(SwitchInfo {
+            method: home.method.clone(),
+            window,
+            calls,
+            generation: (keep > 0).then_some(id),
+            generation_path: (keep > 0).then(|| s.old.clone()),
+            linked: staged[k].as_ref().map_or(0, |b| b.linked),
+        });
     }
     let t_cleanup = Instant::now();
 
