@@ -133,8 +133,10 @@ pub struct Record<'a> {
     pub old: &'a Entries,
     /// Old entries whose metadata the sync changed in place.
     pub meta: Entries,
-    /// The live tree as the switch will leave it: two path-sorted lists, merged.
+    /// The live tree as the switch will leave it: two path-sorted lists, merged, without the
+    /// (sorted) paths in `missing`.
     pub after: (&'a Entries, &'a Entries),
+    pub missing: &'a [Box<[u8]>],
     /// The sync's `--exclude` patterns: rollback compares only what the sync saw.
     pub excludes: &'a [String],
     /// Whether the entries' xattrs were read (and `meta`'s are to be restored).
@@ -150,7 +152,8 @@ pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result
     manifest::write_ents_stat(
         &shown.join("after"),
         stamp,
-        crate::entry::merged(r.after.0, r.after.1),
+        crate::entry::merged(r.after.0, r.after.1)
+            .filter(|e| r.missing.binary_search_by(|m| (**m).cmp(e.path)).is_err()),
         true,
     )?;
     crate::stage::save_meta(&dir, "meta", &r.meta, r.xattrs, &shown.join("meta"))?;

@@ -597,12 +597,14 @@ pub fn restore_meta(
 /// Gives `entries` (the source's, now staged at `next_root`) the stats of the staged objects:
 /// inode, device, link count and ctime are the next tree's, everything else was made equal to
 /// the source's. In place, a block at a time: a second list of a 200k-entry tree would cost
-/// a third of the run's memory.
+/// a third of the run's memory. Returns the paths not in the next tree (a source entry that
+/// could not be read and had no live version), sorted.
 pub fn restat(
     next_root: BorrowedFd<'_>,
     entries: &mut Entries,
     pool: &rayon::ThreadPool,
-) -> io::Result<()> {
+) -> io::Result<Vec<Box<[u8]>>> {
+    let mut missing = Vec::new();
     const BLOCK: usize = 8192;
     type Got = (u64, u64, u32, i64, u32);
     let mut start = 0;
@@ -635,12 +637,19 @@ pub fn restat(
                 .collect()
         });
         for (k, g) in got.into_iter().enumerate() {
-            let (ino, dev, nlink, cs, cn) = g?;
+            let (ino, dev, nlink, cs, cn) = match g {
+                Ok(g) => g,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                    missing.push(entries.path(start + k).into());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let e = &mut entries[start + k];
             (e.ino, e.dev, e.nlink) = (ino, dev, nlink);
             e.set_ctime(cs, cn);
         }
         start = end;
     }
-    Ok(())
+    Ok(missing)
 }

@@ -134,7 +134,18 @@ impl Home {
     pub fn open(live: &Path) -> Result<Home> {
         let (parent, name) = match (live.parent(), live.file_name()) {
             (Some(p), Some(n)) => (p.to_path_buf(), n.as_bytes().to_vec()),
-            _ => return Err(Error::bad(live, "the root directory cannot be switched")),
+            // `/` has no parent to exchange it in: per file.
+            _ => {
+                let fd = fsx::open_root(live).at(live)?;
+                return Ok(Home {
+                    path: PathBuf::new(),
+                    fd: fsx::open_root(live).at(live)?,
+                    method: Method::PerFile("the root directory cannot be exchanged".into()),
+                    live: live.into(),
+                    live_parent: fd,
+                    live_name: Vec::new(),
+                });
+            }
         };
         let live_parent = fsx::open_root(&parent).at(&parent)?;
         let live_fd = fsx::open_subdir(live_parent.as_fd(), &name).at(live)?;

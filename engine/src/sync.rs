@@ -1219,7 +1219,9 @@ pub fn switch_all(
     if staged.iter().any(|b| b.is_some()) {
         std::thread::sleep(Duration::from_millis(30));
     }
-    let mut afters: Vec<Option<(Entries, (i64, u32))>> = Vec::new();
+    // Per tree: the live entries kept, the stamp, and the source entries not staged.
+    type After = (Entries, (i64, u32), Vec<Box<[u8]>>);
+    let mut afters: Vec<Option<After>> = Vec::new();
     let mut gens = Vec::new();
     for (k, t) in trees.iter_mut().enumerate() {
         let built = staged[k].as_ref();
@@ -1267,7 +1269,8 @@ pub fn switch_all(
         // (restated in place), and the live entries kept that the source lacks.
         let stamp = cache::now();
         let next = fsx::open_root_nofollow(&home.next_path()).at(home.next_path())?;
-        crate::stage::restat(next.as_fd(), &mut t.src, &pools.work).at(home.next_path())?;
+        let missing =
+            crate::stage::restat(next.as_fd(), &mut t.src, &pools.work).at(home.next_path())?;
         // An entry whose source failed holds its live version: the live hash, target, xattrs.
         for e in &built.errors {
             if let (Ok(i), Ok(j)) = (t.src.search(&e.path), t.dst.search(&e.path)) {
@@ -1314,12 +1317,13 @@ pub fn switch_all(
                     old: &t.dst,
                     meta,
                     after: (&t.src, &kept),
+                    missing: &missing,
                     excludes: &opts.exclude_patterns,
                     xattrs: opts.xattrs,
                 },
             )?;
         }
-        afters.push(Some((kept, stamp)));
+        afters.push(Some((kept, stamp, missing)));
         gens.push(Some(id));
     }
     report.stage_time = t0.elapsed();
@@ -1419,10 +1423,12 @@ pub fn switch_all(
     // not keep.
     for (k, t) in trees.iter().enumerate() {
         let built = staged[k].as_ref();
-        if let (Some((kept, stamp)), Ok(p)) = (&afters[k], state.cache_path(&t.dst_path)) {
+        if let (Some((kept, stamp, missing)), Ok(p)) = (&afters[k], state.cache_path(&t.dst_path)) {
+            let live = crate::entry::merged(&t.src, kept)
+                .filter(|e| missing.binary_search_by(|m| (**m).cmp(e.path)).is_err());
             let _ = cache::write_file(
                 &p,
-                cache::records(crate::entry::merged(&t.src, kept), *stamp, opts.xattrs),
+                cache::records(live, *stamp, opts.xattrs),
                 *stamp,
                 opts.xattrs,
             );
