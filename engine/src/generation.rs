@@ -83,6 +83,7 @@ pub fn next_id(home: &Home) -> Result<u64> {
         let digits = s
             .strip_prefix("gen-")
             .or_else(|| s.strip_prefix("undone-"))
+            .or_else(|| s.strip_prefix("kept-"))
             .map(|r| r.trim_end_matches(".d"));
         if let Some(n) = digits.and_then(|d| d.parse::<u64>().ok()) {
             max = max.max(n);
@@ -156,7 +157,14 @@ pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result
             .filter(|e| r.missing.binary_search_by(|m| (**m).cmp(e.path)).is_err()),
         true,
     )?;
-    crate::stage::save_meta(&dir, "meta", &r.meta, r.xattrs, &shown.join("meta"))?;
+    crate::stage::save_meta(
+        &dir,
+        "meta",
+        &r.meta,
+        r.xattrs,
+        &shown.join("meta"),
+        home.durable,
+    )?;
     let mut inos: Vec<u64> = r
         .old
         .iter()
@@ -175,7 +183,7 @@ pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result
         let _ = writeln!(info, "exclude={x}");
     }
     // `info` last: a record is complete when it is there.
-    switch::write_durable(&dir, "info", &info, &shown.join("info"))
+    switch::write_file_at(&dir, "info", &info, &shown.join("info"), home.durable)
 }
 
 /// Sorted inode numbers of every kept generation's non-directories (with repeats: an inode in

@@ -361,8 +361,29 @@ impl<'a> Builder<'a> {
                 let (lparent, lname) = split_parent(lp);
                 let lfd = fsx::open_dir_beneath(self.next_root, lparent)?;
                 let nd = n.get(parent)?;
-                fsx::link_at(lfd.as_fd(), lname, nd, name)?;
-                Ok((0, false))
+                match fsx::link_at(lfd.as_fd(), lname, nd, name) {
+                    Ok(()) => Ok((0, false)),
+                    // Its leader's source could not be read and it had no live version: the
+                    // follower fails as the leader did, keeping its own live version.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        let kept = match self.dst.search(path) {
+                            Ok(dj) if self.dst.at(dj).kind != Kind::Dir => {
+                                fsx::link_at(l.get(parent)?, name, n.get(parent)?, name)?;
+                                true
+                            }
+                            _ => false,
+                        };
+                        out.errors.push(EntryError {
+                            path: path.into(),
+                            phase: Phase::Stage,
+                            error: io::Error::other(
+                                "its hard-link group's first member could not be read from the source",
+                            ),
+                        });
+                        Ok((0, kept))
+                    }
+                    Err(e) => Err(e),
+                }
             }
             From::Source(si) => {
                 let e = self.src.at(si as usize);
@@ -527,7 +548,8 @@ impl DirFrom {
 const XATTRS_READ: &[u8] = b"#xattrs-read\n";
 
 /// Writes `entries` (old metadata of live inodes about to be changed in place) to `path` in
-/// `dir` before the change, durably: a run killed before its switch sets them back. With
+/// `dir` before the change (durably when asked): a run stopped before its switch sets them
+/// back. With
 /// `xattrs` the file says the entries' xattrs were read (and are to be restored).
 pub fn save_meta(
     dir: &OwnedFd,
@@ -535,6 +557,7 @@ pub fn save_meta(
     entries: &Entries,
     xattrs: bool,
     shown: &std::path::Path,
+    durable: bool,
 ) -> crate::Result<()> {
     let mut buf = Vec::new();
     crate::manifest::write_to(&mut buf, crate::cache::now(), entries, true)
@@ -548,7 +571,7 @@ pub fn save_meta(
             .map_or(buf.len(), |i| i + 1);
         buf.splice(at..at, XATTRS_READ.iter().copied());
     }
-    crate::switch::write_durable(dir, name, &buf, shown)
+    crate::switch::write_file_at(dir, name, &buf, shown, durable)
 }
 
 /// Sets back metadata saved by [`save_meta`] on the tree at `live`, on each entry that is

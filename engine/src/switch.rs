@@ -72,6 +72,10 @@ impl Method {
 
 /// A destination's home, opened and checked.
 pub struct Home {
+    /// fsync the journal and the exchange (`--fsync`). Without it a switch is safe against a
+    /// killed process (the page cache survives it) but not against power loss, like the rest
+    /// of an unsynced run.
+    pub durable: bool,
     pub path: PathBuf,
     pub fd: OwnedFd,
     pub method: Method,
@@ -132,12 +136,17 @@ impl Home {
     /// Picks the switch method for `live` (canonical, existing) and opens its home, finishing
     /// or discarding whatever a killed run left there.
     pub fn open(live: &Path) -> Result<Home> {
+        Self::open_with(live, true)
+    }
+
+    fn open_with(live: &Path, probe: bool) -> Result<Home> {
         let (parent, name) = match (live.parent(), live.file_name()) {
             (Some(p), Some(n)) => (p.to_path_buf(), n.as_bytes().to_vec()),
             // `/` has no parent to exchange it in: per file.
             _ => {
                 let fd = fsx::open_root(live).at(live)?;
                 return Ok(Home {
+                    durable: false,
                     path: PathBuf::new(),
                     fd: fsx::open_root(live).at(live)?,
                     method: Method::PerFile("the root directory cannot be exchanged".into()),
@@ -207,6 +216,7 @@ impl Home {
             None => {
                 // Per-file: the old pipeline keeps its own store; the home only records that.
                 return Ok(Home {
+                    durable: false,
                     path: PathBuf::new(),
                     fd: live_fd,
                     method,
@@ -217,6 +227,7 @@ impl Home {
             }
         };
         let mut h = Home {
+            durable: false,
             path,
             fd,
             method,
@@ -224,12 +235,11 @@ impl Home {
             live_parent,
             live_name: name,
         };
-        if !h.exchange_works() {
+        // Recovery is not done here: only under the destination's lock (see `recover`).
+        if probe && !h.exchange_works() {
             h.method =
                 Method::PerFile("the filesystem cannot exchange two names atomically".into());
-            return Ok(h);
         }
-        h.recover()?;
         Ok(h)
     }
 
@@ -321,7 +331,8 @@ impl Home {
             live.join(OsStr::from_bytes(IN_TREE_HOME)),
         ];
         if candidates.iter().any(|c| c.is_dir()) {
-            return Home::open(live).map(Some);
+            // No probe: a reader (history) must not write, and a sync made the home already.
+            return Home::open_with(live, false).map(Some);
         }
         Ok(None)
     }
@@ -377,7 +388,7 @@ impl Home {
         for (n, s, ino) in &plan {
             let _ = writeln!(j, "{} {} {ino}", s.word(), hex(n));
         }
-        write_durable(&self.fd, JOURNAL, &j, &jpath)?;
+        write_file_at(&self.fd, JOURNAL, &j, &jpath, self.durable)?;
         Ok(Pending {
             from: from.to_vec(),
             to: to.to_vec(),
@@ -516,7 +527,9 @@ impl Home {
 
     fn finish_journal(&self, from: &[u8], to: &[u8]) -> Result<()> {
         // The exchange made durable before the journal that could redo it goes.
-        fsx::fsync(self.live_parent.as_fd()).at(self.live.parent().unwrap_or(&self.live))?;
+        if self.durable {
+            fsx::fsync(self.live_parent.as_fd()).at(self.live.parent().unwrap_or(&self.live))?;
+        }
         // A run killed after this rename but before the journal went finds `from` gone and
         // `to` in place: done already (and `to` must not be touched then).
         let from_there = fsx::cstr(from)
@@ -527,7 +540,9 @@ impl Home {
             fsx::rename_at(self.fd.as_fd(), from, self.fd.as_fd(), to)
                 .at(self.path.join(OsStr::from_bytes(to)))?;
         }
-        fsx::fsync(self.fd.as_fd()).at(&self.path)?;
+        if self.durable {
+            fsx::fsync(self.fd.as_fd()).at(&self.path)?;
+        }
         // The generation's record holds these now.
         let _ = fsx::unlink_at(self.fd.as_fd(), PREMETA.as_bytes());
         fsx::unlink_at(self.fd.as_fd(), JOURNAL.as_bytes()).at(self.path.join(JOURNAL))?;
@@ -595,6 +610,14 @@ impl Home {
                 }
             }
             _ => {
+                // Killed after its last rename: only the journal is left to go.
+                let from_there = fsx::cstr(&from)
+                    .map(|c| fsx::lstat_at(self.fd.as_fd(), &c).is_ok())
+                    .unwrap_or(false);
+                if !from_there {
+                    self.finish_journal(&from, &to)?;
+                    return self.discard_next();
+                }
                 let from_fd = fsx::open_subdir(self.fd.as_fd(), &from)
                     .at(self.path.join(OsStr::from_bytes(&from)))?;
                 // Each step is atomic, and the journal names the inode each one moves: a step
@@ -696,15 +719,46 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Writes `name` in `dir` durably (temp, fsync, rename, fsync of the directory).
-pub fn write_durable(dir: &OwnedFd, name: &str, data: &[u8], shown: &Path) -> Result<()> {
+/// Writes `name` in `dir` whole (a new file, exclusive, renamed over; never through a
+/// symlink), durably when asked (fsync of the file and the directory).
+pub fn write_file_at(
+    dir: &OwnedFd,
+    name: &str,
+    data: &[u8],
+    shown: &Path,
+    durable: bool,
+) -> Result<()> {
     let tmp = format!("{name}.tmp");
     let _ = fsx::unlink_at(dir.as_fd(), tmp.as_bytes());
     let fd = fsx::create_excl_at(dir.as_fd(), tmp.as_bytes()).at(shown)?;
     let mut f = fs::File::from(fd);
     f.write_all(data).at(shown)?;
-    f.sync_all().at(shown)?;
+    if durable {
+        f.sync_all().at(shown)?;
+    }
     drop(f);
     fsx::rename_at(dir.as_fd(), tmp.as_bytes(), dir.as_fd(), name.as_bytes()).at(shown)?;
-    fsx::fsync(dir.as_fd()).at(shown)
+    if durable {
+        fsx::fsync(dir.as_fd()).at(shown)?;
+    }
+    Ok(())
+}
+
+/// Gives up the staged `next` of the tree `live` whose home is `home`, by path (for a caller
+/// that cannot hold the `Home` then): metadata changed in place is set back, `next` and the
+/// named generation records made for it go.
+pub fn abandon_by_path(live: &Path, home: &Path, records: &[u64]) {
+    let Ok(fd) = fsx::open_root_nofollow(home) else {
+        return;
+    };
+    let pm = home.join(PREMETA);
+    if fsx::lstat_at(fd.as_fd(), c"premeta").is_ok()
+        && crate::stage::restore_meta(live, &pm).is_ok()
+    {
+        let _ = fsx::unlink_at(fd.as_fd(), PREMETA.as_bytes());
+    }
+    let _ = fsx::remove_tree_at(fd.as_fd(), NEXT);
+    for n in records {
+        let _ = fsx::remove_tree_at(fd.as_fd(), format!("gen-{n}.d").as_bytes());
+    }
 }

@@ -343,7 +343,8 @@ pub fn prepare(
     // read, and a staging area inside the tree must not be scanned as part of it.
     let home = match state {
         Some(_) if !opts.dry_run => {
-            let h = Home::open(dst_path)?;
+            let mut h = Home::open(dst_path)?;
+            h.durable = opts.fsync;
             h.recover()?;
             Some(h)
         }
@@ -1088,6 +1089,26 @@ fn pinned(root: &Path, dst: &Entries, plan: &Plan) -> Option<Box<[u8]>> {
     None
 }
 
+/// Gives up the staging of every tree of a run unless disarmed: for the `?` paths of
+/// [`switch_all`] before its switches, so no error leaves metadata changed in place, a staged
+/// tree or a generation record of a switch that never happened.
+struct Unstage {
+    /// Per tree: live path, home path, the generation record made (if any).
+    trees: Vec<(PathBuf, PathBuf, Option<u64>)>,
+    armed: bool,
+}
+
+impl Drop for Unstage {
+    fn drop(&mut self) {
+        if self.armed {
+            for (live, home, id) in &self.trees {
+                let ids: Vec<u64> = id.iter().copied().collect();
+                crate::switch::abandon_by_path(live, home, &ids);
+            }
+        }
+    }
+}
+
 /// Whether every tree of a run can be switched whole (else the run uses the per-file burst).
 pub fn all_switchable(trees: &[Tree]) -> bool {
     trees
@@ -1117,6 +1138,15 @@ pub fn switch_all(
     };
     let keep = if opts.rollback { opts.keep } else { 0 };
     let mut report = Report::default();
+    // Until the journals are written, any error gives up every tree's staging (metadata
+    // changed in place set back, records removed): see `Unstage`.
+    let mut unstage = Unstage {
+        trees: trees
+            .iter()
+            .filter_map(|t| Some((t.dst_path.clone(), t.home.as_ref()?.path.clone(), None)))
+            .collect(),
+        armed: true,
+    };
 
     // 1. Stage every tree.
     let mut staged = Vec::new();
@@ -1134,8 +1164,7 @@ pub fn switch_all(
     for t in trees.iter() {
         stopped(trees, t)?;
         let home = t.home.as_ref().expect("switchable");
-        // Older generations go first, outside the switch: see `generation::prune`.
-        generation::prune(home, keep.saturating_sub(1))?;
+
         if !t.dst_leftovers.is_empty() {
             // Temporary names a killed per-file run recorded and left: ours, not the tree's.
             let dfd = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
@@ -1147,6 +1176,9 @@ pub fn switch_all(
             staged.push(None);
             continue;
         }
+        // Older generations go first, outside the switch (see `generation::prune`), and only
+        // when a new one is made: a run with nothing to do keeps every generation.
+        generation::prune(home, keep.saturating_sub(1))?;
         let next = home.make_next()?;
         // Metadata-only changes are made on the live inodes while staging: their old values are
         // saved first, so a run that stops before its switch sets them back.
@@ -1164,6 +1196,7 @@ pub fn switch_all(
                 &pre,
                 opts.xattrs,
                 &home.path.join(crate::switch::PREMETA),
+                home.durable,
             )?;
         }
         drop(pre);
@@ -1306,6 +1339,9 @@ pub fn switch_all(
             meta.push_ent(t.dst.at(j as usize));
         }
         let id = generation::next_id(home)?;
+        if let Some(u) = unstage.trees.get_mut(k) {
+            u.2 = Some(id);
+        }
         if keep > 0 {
             generation::write_record(
                 home,
@@ -1350,6 +1386,9 @@ pub fn switch_all(
         }
     }
 
+    // From here failures are handled where they happen (a made switch is never given up).
+    unstage.armed = false;
+
     // 3. The switches, back to back: every journal first (durable writes), then only the
     // exchanges, so nothing slow sits between the switches of two trees. If one fails, those
     // made are switched back: never half.
@@ -1377,15 +1416,17 @@ pub fn switch_all(
         let Some(p) = &pending[k] else { continue };
         let home = t.home.as_ref().expect("switchable");
         let r = home.exchange(p).and_then(|(d, calls)| {
+            // Made: whatever fails from here is undone with the others.
+            made.push((k, d, calls));
             // Per-entry switches leave the root in place: its metadata is set now.
             if home.method == Method::Entries {
                 let root = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
                 fsx::set_meta_fd(root.as_fd(), &t.src.at(0), aopts.meta).at(&t.dst_path)?;
             }
-            Ok((d, calls))
+            Ok(())
         });
         match r {
-            Ok((d, calls)) => made.push((k, d, calls)),
+            Ok(()) => {}
             Err(e) => {
                 for &(j, _, _) in made.iter().rev() {
                     let h = trees[j].home.as_ref().expect("switchable");
@@ -1423,6 +1464,15 @@ pub fn switch_all(
     // not keep.
     for (k, t) in trees.iter().enumerate() {
         let built = staged[k].as_ref();
+        if afters[k].is_none() {
+            // Nothing switched: the live tree is as scanned. Its cache is written when this run
+            // hashed something or could not reuse every record (a first run), else left alone.
+            let records = || cache::records(t.dst.iter(), t.dst_stamp, opts.xattrs);
+            let unchanged = t.hashed[1] == 0 && t.cache_loaded[1] == Some(records().count());
+            if let (false, Ok(p)) = (unchanged, state.cache_path(&t.dst_path)) {
+                let _ = cache::write_file(&p, records(), t.dst_stamp, opts.xattrs);
+            }
+        }
         if let (Some((kept, stamp, missing)), Ok(p)) = (&afters[k], state.cache_path(&t.dst_path)) {
             let live = crate::entry::merged(&t.src, kept)
                 .filter(|e| missing.binary_search_by(|m| (**m).cmp(e.path)).is_err());
