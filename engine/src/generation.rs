@@ -119,6 +119,19 @@ pub fn prune(home: &Home, keep: usize) -> Result<()> {
     Ok(())
 }
 
+/// Removes the trees rollbacks switched away (`undone-*`). Before scanning: their links to
+/// the live tree's inodes would make every live file look linked from outside the tree, and
+/// a sync would copy what it could keep.
+pub fn prune_undone(home: &Home) -> Result<()> {
+    for name in fsx::list_dir(home.fd.as_fd()).at(&home.path)? {
+        if name.starts_with(b"undone-") {
+            let shown = home.path.join(String::from_utf8_lossy(&name).as_ref());
+            fsx::remove_tree_at(home.fd.as_fd(), &name).at(shown)?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes generation `n` (its record first: a tree without one is pruned next time).
 pub fn remove(home: &Home, n: u64) -> Result<()> {
     let rec = format!("gen-{n}.d");

@@ -346,6 +346,9 @@ pub fn prepare(
             let mut h = Home::open(dst_path)?;
             h.durable = opts.fsync;
             h.recover()?;
+            if h.is_switchable() {
+                crate::generation::prune_undone(&h)?;
+            }
             Some(h)
         }
         _ => None,
