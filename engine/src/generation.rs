@@ -37,8 +37,10 @@ pub struct Gen {
     pub changes: u64,
 }
 
-fn meta_dir(home: &Home, n: u64) -> PathBuf {
-    home.path.join(format!("gen-{n}.d"))
+/// Where generation `n`'s record is, for reading and writing (through the home's fd; see
+/// [`Home::io_path`]).
+fn meta_io(home: &Home, n: u64) -> PathBuf {
+    home.io_path(&format!("gen-{n}.d"))
 }
 
 /// Generations present, oldest first (complete ones: tree and records both there).
@@ -52,7 +54,7 @@ pub fn list(home: &Home) -> Result<Vec<Gen>> {
         else {
             continue;
         };
-        let d = meta_dir(home, n);
+        let d = meta_io(home, n);
         let Ok(info) = fs::read_to_string(d.join("info")) else {
             continue;
         };
@@ -145,8 +147,8 @@ pub struct Record<'a> {
     pub changes: u64,
     /// The live tree before the switch (its non-directories' inodes go to `inos`).
     pub old: &'a Entries,
-    /// Old entries whose metadata the sync changed in place.
-    pub meta: Entries,
+    /// Indices in `old` (path order) of the entries whose metadata the sync changed in place.
+    pub meta: Vec<u32>,
     /// The live tree as the switch will leave it: two path-sorted lists, merged, without the
     /// (sorted) paths in `missing`.
     pub after: (&'a Entries, &'a Entries),
@@ -164,7 +166,7 @@ pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result
     let dir = switch::private_dir(&home.fd, name.as_bytes(), &shown)?;
     let stamp = crate::cache::now();
     manifest::write_ents_stat(
-        &shown.join("after"),
+        &meta_io(home, n).join("after"),
         stamp,
         crate::entry::merged(r.after.0, r.after.1)
             .filter(|e| r.missing.binary_search_by(|m| (**m).cmp(e.path)).is_err()),
@@ -173,7 +175,7 @@ pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result
     crate::stage::save_meta(
         &dir,
         "meta",
-        &r.meta,
+        r.meta.iter().map(|&j| r.old.at(j as usize)),
         r.xattrs,
         &shown.join("meta"),
         home.durable,
@@ -186,7 +188,8 @@ pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result
         .collect();
     inos.sort_unstable();
     let bytes: Vec<u8> = inos.iter().flat_map(|i| i.to_le_bytes()).collect();
-    fs::write(shown.join("inos"), bytes).at(shown.join("inos"))?;
+    let inos = fsx::create_excl_at(dir.as_fd(), b"inos").at(shown.join("inos"))?;
+    std::io::Write::write_all(&mut fs::File::from(inos), &bytes).at(shown.join("inos"))?;
     let mut info = Vec::new();
     let _ = writeln!(info, "time={}", stamp.0);
     let _ = writeln!(info, "source={}", r.source.display());
@@ -204,7 +207,7 @@ pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result
 pub fn kept_inodes(home: &Home) -> Vec<u64> {
     let mut all = Vec::new();
     for g in list(home).unwrap_or_default() {
-        if let Ok(b) = fs::read(meta_dir(home, g.id).join("inos")) {
+        if let Ok(b) = fs::read(meta_io(home, g.id).join("inos")) {
             all.extend(
                 b.chunks_exact(8)
                     .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
@@ -241,7 +244,7 @@ pub struct Changed {
 
 /// Compares the live tree now with what generation `n`'s switch left there.
 pub fn changed_since(home: &Home, n: u64, now: &Entries) -> Result<Vec<Changed>> {
-    let after = manifest::read_recorded(&meta_dir(home, n).join("after"))?.entries;
+    let after = manifest::read_recorded(&meta_io(home, n).join("after"))?.entries;
     let mut out = Vec::new();
     let (mut i, mut j) = (0, 0);
     while i < after.len() || j < now.len() {
@@ -297,7 +300,7 @@ pub fn changed_since(home: &Home, n: u64, now: &Entries) -> Result<Vec<Changed>>
 /// Sets back the metadata the sync of generation `n` changed in place (on inodes the old tree
 /// shares with the new, and for the per-entry method the root's).
 pub fn restore_meta(home: &Home, n: u64, live: &Path) -> Result<Vec<(PathBuf, io::Error)>> {
-    crate::stage::restore_meta(live, &meta_dir(home, n).join("meta"))
+    crate::stage::restore_meta(live, &meta_io(home, n).join("meta"))
 }
 
 /// Refuses a generation id that is not there.
@@ -340,7 +343,7 @@ pub fn check(home: &Home, id: Option<u64>, pool: &rayon::ThreadPool) -> Result<R
     let gens = list(home)?;
     let g = find(home, id)?;
     let newest = gens.last().expect("found one").id;
-    let info = fs::read_to_string(meta_dir(home, newest).join("info")).unwrap_or_default();
+    let info = fs::read_to_string(meta_io(home, newest).join("info")).unwrap_or_default();
     let pats: Vec<String> = info
         .lines()
         .filter_map(|l| l.strip_prefix("exclude="))

@@ -152,7 +152,22 @@ fn write_lines<'a, W: Write>(
     entries: impl Iterator<Item = Ent<'a>>,
     stat_fields: bool,
 ) -> std::io::Result<()> {
+    write_lines_noted(w, stamp, entries, stat_fields, None)
+}
+
+/// Streams a manifest of `entries` (in path order, from wherever) to `w`, with an extra
+/// comment line `#NOTE` after the header when given (readers ignore unknown comments).
+pub fn write_lines_noted<'a, W: Write>(
+    w: &mut W,
+    stamp: (i64, u32),
+    entries: impl Iterator<Item = Ent<'a>>,
+    stat_fields: bool,
+    note: Option<&str>,
+) -> std::io::Result<()> {
     writeln!(w, "{MAGIC} {FORMAT_VERSION}")?;
+    if let Some(n) = note {
+        writeln!(w, "#{n}")?;
+    }
     writeln!(w, "#stamp {}.{:09}", stamp.0, stamp.1)?;
     let mut line = Vec::with_capacity(256);
     let mut n = 0usize;

@@ -135,8 +135,12 @@ impl<'a> Builder<'a> {
         drop(cache);
 
         // 2. Non-directories across the workers; followers after their leaders.
-        let (leaders, followers): (Vec<_>, Vec<_>) =
-            items.iter().partition(|f| !matches!(f, From::Follower(..)));
+        // Followers last (a stable sort keeps path order within each part): two slices of one
+        // list, not two more lists of the whole tree.
+        let mut items = items;
+        items.sort_by_key(|f| matches!(f, From::Follower(..)));
+        let split = items.partition_point(|f| !matches!(f, From::Follower(..)));
+        let (leaders, followers) = items.split_at(split);
         let bytes = AtomicU64::new(0);
         let linked = AtomicU64::new(0);
         let out = Mutex::new(Built::default());
@@ -148,7 +152,7 @@ impl<'a> Builder<'a> {
                     let mut l = Dirs::new(self.live_root);
                     let mut n = Dirs::new(self.next_root);
                     let mut local = Built::default();
-                    for &&from in chunk {
+                    for &from in chunk {
                         let stopping = self.stop.is_some_and(|s| s.load(Ordering::Relaxed) != 0);
                         if stopping || fatal.lock().expect("poisoned").is_some() {
                             return;
@@ -545,33 +549,39 @@ impl DirFrom {
     }
 }
 
-const XATTRS_READ: &[u8] = b"#xattrs-read\n";
+const XATTRS_READ_NOTE: &str = "xattrs-read";
+const XATTRS_READ: &[u8] = b"\n#xattrs-read\n";
 
-/// Writes `entries` (old metadata of live inodes about to be changed in place) to `path` in
-/// `dir` before the change (durably when asked): a run stopped before its switch sets them
-/// back. With
-/// `xattrs` the file says the entries' xattrs were read (and are to be restored).
-pub fn save_meta(
+/// Writes `entries` (old metadata of live inodes about to be changed in place, in path
+/// order) to `name` in `dir` before the change (durably when asked), streamed: a run stopped
+/// before its switch sets them back. With `xattrs` the file says the entries' xattrs were read
+/// (and are to be restored).
+pub fn save_meta<'e>(
     dir: &OwnedFd,
     name: &str,
-    entries: &Entries,
+    entries: impl Iterator<Item = Ent<'e>>,
     xattrs: bool,
     shown: &std::path::Path,
     durable: bool,
 ) -> crate::Result<()> {
-    let mut buf = Vec::new();
-    crate::manifest::write_to(&mut buf, crate::cache::now(), entries, true)
-        .map_err(|e| crate::Error::io(shown, e))?;
-    if xattrs {
-        // A comment line after the header (readers ignore unknown ones): the list's xattrs
-        // were read, so restoring sets them.
-        let at = buf
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(buf.len(), |i| i + 1);
-        buf.splice(at..at, XATTRS_READ.iter().copied());
+    use crate::error::IoContext;
+    let tmp = format!("{name}.tmp");
+    let _ = fsx::unlink_at(dir.as_fd(), tmp.as_bytes());
+    let fd = fsx::create_excl_at(dir.as_fd(), tmp.as_bytes()).at(shown)?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::from(fd));
+    let note = xattrs.then_some(XATTRS_READ_NOTE);
+    crate::manifest::write_lines_noted(&mut w, crate::cache::now(), entries, true, note)
+        .at(shown)?;
+    let f = w.into_inner().map_err(|e| e.into_error()).at(shown)?;
+    if durable {
+        f.sync_all().at(shown)?;
     }
-    crate::switch::write_file_at(dir, name, &buf, shown, durable)
+    drop(f);
+    fsx::rename_at(dir.as_fd(), tmp.as_bytes(), dir.as_fd(), name.as_bytes()).at(shown)?;
+    if durable {
+        fsx::fsync(dir.as_fd()).at(shown)?;
+    }
+    Ok(())
 }
 
 /// Sets back metadata saved by [`save_meta`] on the tree at `live`, on each entry that is

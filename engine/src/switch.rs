@@ -259,6 +259,14 @@ impl Home {
         !matches!(self.method, Method::PerFile(_))
     }
 
+    /// A path to `rel` inside the home through the home's open fd: the home's own name (in
+    /// DST's root, for the per-entry method) may be swapped by whoever can write there, the
+    /// directory we opened cannot.
+    pub fn io_path(&self, rel: &str) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}/{rel}", self.fd.as_raw_fd()))
+    }
+
     pub fn next_path(&self) -> PathBuf {
         self.path.join(OsStr::from_bytes(NEXT))
     }
@@ -274,10 +282,10 @@ impl Home {
     /// Gives up a staged `next` that will not be switched: it goes, and metadata changed in
     /// place while staging is set back.
     pub fn abandon(&self) -> Result<()> {
-        let pm = self.path.join(PREMETA);
-        if pm.exists() {
+        let pm = self.io_path(PREMETA);
+        if fsx::lstat_at(self.fd.as_fd(), c"premeta").is_ok() {
             crate::stage::restore_meta(&self.live, &pm)?;
-            let _ = fs::remove_file(&pm);
+            let _ = fsx::unlink_at(self.fd.as_fd(), PREMETA.as_bytes());
         }
         self.discard_next()
     }
@@ -558,7 +566,7 @@ impl Home {
             return Ok(());
         }
         let jpath = self.path.join(JOURNAL);
-        let text = match fs::read(&jpath) {
+        let text = match fs::read(self.io_path(JOURNAL)) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return self.abandon();

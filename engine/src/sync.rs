@@ -1185,24 +1185,25 @@ pub fn switch_all(
         let next = home.make_next()?;
         // Metadata-only changes are made on the live inodes while staging: their old values are
         // saved first, so a run that stops before its switch sets them back.
-        let mut pre = Entries::new();
-        for a in t.plan.actions.iter().filter(|a| a.op == Op::Meta) {
-            let (s, d) = (t.src.at(a.src as usize), t.dst.at(a.dst as usize));
-            if s.kind != Kind::Dir && s.kind == d.kind {
-                pre.push_ent(d);
-            }
-        }
-        if !pre.is_empty() {
+        let pre = || {
+            t.plan
+                .actions
+                .iter()
+                .filter(|a| a.op == Op::Meta)
+                .map(|a| (t.src.at(a.src as usize), t.dst.at(a.dst as usize)))
+                .filter(|(s, d)| s.kind != Kind::Dir && s.kind == d.kind)
+                .map(|(_, d)| d)
+        };
+        if pre().next().is_some() {
             crate::stage::save_meta(
                 &home.fd,
                 crate::switch::PREMETA,
-                &pre,
+                pre(),
                 opts.xattrs,
                 &home.path.join(crate::switch::PREMETA),
                 home.durable,
             )?;
         }
-        drop(pre);
         let sfd = fsx::open_root(&t.src_path).at(&t.src_path)?;
         let lfd = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
         let b = crate::stage::Builder {
@@ -1334,13 +1335,13 @@ pub fn switch_all(
                 }
             }
         }
-        let mut meta = Entries::new();
+        // Old metadata to set back on rollback: entries changed in place, and for the
+        // per-entry method the root (set in place at the switch). Indices, in path order.
+        let mut meta: Vec<u32> = Vec::new();
         if home.method == Method::Entries && !t.dst.is_empty() {
-            meta.push_ent(t.dst.at(0));
+            meta.push(0);
         }
-        for &j in &built.meta_in_place {
-            meta.push_ent(t.dst.at(j as usize));
-        }
+        meta.extend(built.meta_in_place.iter().copied().filter(|&j| j != 0));
         let id = generation::next_id(home)?;
         if let Some(u) = unstage.trees.get_mut(k) {
             u.2 = Some(id);
