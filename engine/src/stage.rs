@@ -29,7 +29,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use crate::apply::{copy_checked, is_source_side, ApplyOpts, EntryError};
-use crate::entry::{join, Ent, Entries, Hash, Kind};
+use crate::entry::{join, Ent, Entries, Kind};
 use crate::fsx::{self, split_parent};
 use crate::hash;
 use crate::plan::{Op, Plan, NONE};
@@ -55,9 +55,6 @@ pub struct Built {
     pub linked: u64,
     /// Entries kept at their live version (or left out) because their source failed.
     pub errors: Vec<EntryError>,
-    /// Hashes of copied files whose source hash was unknown (source index, hash): read back
-    /// from the page cache right after the copy, so the next run need not read them again.
-    pub hashes: Vec<(u32, Hash)>,
     /// Source entries whose scanned hash proved stale while copying.
     pub stale: Vec<u32>,
     /// Destination indices of live inodes whose metadata was changed in place.
@@ -175,7 +172,6 @@ impl<'a> Builder<'a> {
                     }
                     let mut o = out.lock().expect("poisoned");
                     o.errors.append(&mut local.errors);
-                    o.hashes.append(&mut local.hashes);
                     o.stale.append(&mut local.stale);
                     o.meta_in_place.append(&mut local.meta_in_place);
                 });
@@ -186,7 +182,6 @@ impl<'a> Builder<'a> {
         }
         let o = out.into_inner().expect("poisoned");
         built.errors = o.errors;
-        built.hashes = o.hashes;
         built.stale = o.stale;
         built.meta_in_place = o.meta_in_place;
         built.meta_in_place.sort_unstable();
@@ -434,12 +429,6 @@ impl<'a> Builder<'a> {
                 let (b, stale) = copy_checked(sd, name, nd, name, e, true, self.opts)?;
                 if stale {
                     out.stale.push(si);
-                }
-                if e.hash.is_none() || stale {
-                    // Just written, so in the page cache: hashing it now spares the next run
-                    // reading it from disk (on both sides).
-                    let fd = fsx::open_read_at(nd, name)?;
-                    out.hashes.push((si, hash::hash_fd(fd.as_fd(), e.size)?.0));
                 }
                 Ok(b)
             }

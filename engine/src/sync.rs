@@ -1262,18 +1262,35 @@ pub fn switch_all(
     let mut gens = Vec::new();
     for (k, t) in trees.iter_mut().enumerate() {
         let built = staged[k].as_ref();
+        let mut stale: Vec<u32> = Vec::new();
         if let Some(b) = built {
-            for &(si, h) in &b.hashes {
-                t.src.set_hash(si as usize, Some(h));
+            // Files copied without a known hash (or with one the copy proved stale) are hashed
+            // now, from the source the copy just read (in the page cache, and checked against
+            // the scan's stat as any hashing is): the copies hold that content, so neither side
+            // is read again by the next run. Block by block into the entries (see
+            // `hash_entries`), not a list of the whole tree's hashes.
+            let mut failed: Vec<&[u8]> = b.errors.iter().map(|e| &e.path[..]).collect();
+            failed.sort_unstable();
+            stale = b.stale.clone();
+            stale.sort_unstable();
+            for &i in &stale {
+                t.src.set_hash(i as usize, None);
             }
+            let need: Vec<usize> = (0..t.src.len())
+                .filter(|&i| {
+                    let e = t.src.at(i);
+                    e.kind == Kind::File
+                        && e.hash.is_none()
+                        && failed.binary_search(&e.path).is_err()
+                })
+                .collect();
+            let quiet = crate::progress::Silent;
+            let (_, errs) = hash_entries(&t.src_path, &mut t.src, &need, &pools.work, &quiet)?;
+            // A file that could not be hashed stays without a hash (and out of the caches).
+            drop(errs);
+            stale.clear();
         }
         // The source's cache, with the source's own stats, before they are replaced below.
-        let stale: Vec<u32> = built.map_or(Vec::new(), |b| {
-            let mut s = b.stale.clone();
-            s.sort_unstable();
-            s.retain(|i| !b.hashes.iter().any(|(j, _)| j == i));
-            s
-        });
         let records = || {
             t.src
                 .iter()
