@@ -553,24 +553,10 @@ pub fn save_meta<'e>(
     shown: &std::path::Path,
     durable: bool,
 ) -> crate::Result<()> {
-    use crate::error::IoContext;
-    let tmp = format!("{name}.tmp");
-    let _ = fsx::unlink_at(dir.as_fd(), tmp.as_bytes());
-    let fd = fsx::create_excl_at(dir.as_fd(), tmp.as_bytes()).at(shown)?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::from(fd));
     let note = xattrs.then_some(XATTRS_READ_NOTE);
-    crate::manifest::write_lines_noted(&mut w, crate::cache::now(), entries, true, note)
-        .at(shown)?;
-    let f = w.into_inner().map_err(|e| e.into_error()).at(shown)?;
-    if durable {
-        f.sync_all().at(shown)?;
-    }
-    drop(f);
-    fsx::rename_at(dir.as_fd(), tmp.as_bytes(), dir.as_fd(), name.as_bytes()).at(shown)?;
-    if durable {
-        fsx::fsync(dir.as_fd()).at(shown)?;
-    }
-    Ok(())
+    crate::switch::write_with(dir, name, shown, durable, |w| {
+        crate::manifest::write_lines_noted(&mut { w }, crate::cache::now(), entries, true, note)
+    })
 }
 
 /// Sets back metadata saved by [`save_meta`] on the tree at `live`, on each entry that is

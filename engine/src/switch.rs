@@ -736,11 +736,23 @@ pub fn write_file_at(
     shown: &Path,
     durable: bool,
 ) -> Result<()> {
+    write_with(dir, name, shown, durable, |w| w.write_all(data))
+}
+
+/// [`write_file_at`] with the content streamed by `fill` (buffered).
+pub fn write_with(
+    dir: &OwnedFd,
+    name: &str,
+    shown: &Path,
+    durable: bool,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<()> {
     let tmp = format!("{name}.tmp");
     let _ = fsx::unlink_at(dir.as_fd(), tmp.as_bytes());
     let fd = fsx::create_excl_at(dir.as_fd(), tmp.as_bytes()).at(shown)?;
-    let mut f = fs::File::from(fd);
-    f.write_all(data).at(shown)?;
+    let mut w = io::BufWriter::with_capacity(1 << 16, fs::File::from(fd));
+    fill(&mut w).at(shown)?;
+    let f = w.into_inner().map_err(|e| e.into_error()).at(shown)?;
     if durable {
         f.sync_all().at(shown)?;
     }
