@@ -560,8 +560,7 @@ fn concurrent_run_refused_then_stale_lock_taken_over() {
         while lock_holder(&state) != Some(pid) && t0.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_micros(100));
         }
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        freeze(pid);
         if child.try_wait().unwrap().is_none() && lock_holder(&state) == Some(pid) {
             first = Some(child);
             break;
@@ -1830,8 +1829,7 @@ fn upgrade_refused_while_its_database_is_synced() {
         while lock_holder(&state) != Some(child.id()) && t0.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_micros(100));
         }
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+        freeze(child.id());
         if child.try_wait().unwrap().is_none() && lock_holder(&state) == Some(child.id()) {
             holder = Some(child);
             break;

@@ -514,8 +514,7 @@ impl Held {
             while lock_holder(state, dst_c) != Some(pid) && t0.elapsed() < Duration::from_secs(5) {
                 std::thread::sleep(Duration::from_micros(100));
             }
-            // SAFETY: plain kill(2) on our own child.
-            unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+            freeze(pid);
             if child.0.try_wait().unwrap().is_none() && lock_holder(state, dst_c) == Some(pid) {
                 return child;
             }

@@ -989,3 +989,22 @@ pub fn rsync_dry(src: &Path, dst: &Path) -> Option<String> {
 pub fn force_per_file() {
     std::env::set_var("JAILSYNC_SWITCH", "per-file");
 }
+
+/// Stops a child with SIGSTOP and waits until the kernel reports it stopped: kill(2) returns
+/// before that, and the child may go on writing on another core meanwhile.
+#[allow(dead_code)]
+pub fn freeze(pid: u32) {
+    // SAFETY: plain kill(2) on the caller's own child.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(5) {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        match state
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().chars().next())
+        {
+            Some(Some('T' | 't')) | None => return,
+            _ => std::thread::sleep(std::time::Duration::from_micros(100)),
+        }
+    }
+}
