@@ -5,18 +5,127 @@
 //! `openat2`, one `O_NOFOLLOW` component at a time), and every final component is a single name
 //! acted on without following symlinks. A symlink planted anywhere in the destination therefore
 //! makes the call fail instead of redirecting it outside the tree.
+//!
+//! The calls that differ between kernels sit behind one small trait, [`Os`], with two
+//! implementations: [`linux`] (`openat2`, `renameat2(RENAME_EXCHANGE | RENAME_NOREPLACE)`,
+//! `/proc/self/fd` for xattrs of symlinks and device nodes, `copy_file_range`, `cachestat`,
+//! inode flags) and [`portable`] (POSIX `*at` calls only: a per-component `O_NOFOLLOW` walk,
+//! `renameat` with an emulated exchange, xattrs through fds). Linux uses the first unless
+//! `JAILSYNC_FSX=portable` (read once) selects the second, which is how the test suite runs
+//! against what other systems get; every other system always gets the second. The public
+//! functions below keep their names and signatures and delegate, so callers never choose.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-use rustix::fs::{
-    self as rfs, AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags, Timespec, Timestamps,
-    CWD,
-};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+
+#[cfg(target_os = "linux")]
+pub mod linux;
+pub mod portable;
+
+/// The OS calls that differ between kernels (see the module doc). Each method acts on a
+/// name in an open directory, never following a symlink at it, as the public function of
+/// the same purpose documents.
+pub trait Os: Send + Sync {
+    /// `linux` or `portable`, for `-v` and the tests.
+    fn name(&self) -> &'static str;
+    /// Opens the directory `rel` (a relative path of at most `PATH_CHUNK` bytes) beneath
+    /// `base`, refusing symlinks, `..` and `.` on the way.
+    fn open_beneath(&self, base: BorrowedFd<'_>, rel: &[u8], oflags: OFlags)
+        -> io::Result<OwnedFd>;
+    /// Extended attributes of `name` in `dir` (`None`: none, or not supported).
+    fn read_xattrs_at(&self, dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<Xattrs>>;
+    /// Makes the xattrs of the open regular file or directory `fd` exactly `want`.
+    fn write_xattrs_fd(&self, fd: BorrowedFd<'_>, want: Option<&Xattrs>) -> io::Result<()>;
+    /// Makes the xattrs of `name` in `dir` (a symlink or a node, which are not opened)
+    /// exactly `want`.
+    fn write_xattrs_at(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        want: Option<&Xattrs>,
+    ) -> io::Result<()>;
+    /// Owner, mode, xattrs and mtime of the fifo, device or socket `name` in `dir`, which is
+    /// never opened for I/O.
+    fn set_node_meta(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        e: &Entry,
+        o: MetaOpts,
+    ) -> io::Result<()>;
+    /// Swaps `a` in `adir` and `b` in `bdir` (one mount).
+    fn exchange(
+        &self,
+        adir: BorrowedFd<'_>,
+        a: &[u8],
+        bdir: BorrowedFd<'_>,
+        b: &[u8],
+    ) -> io::Result<()>;
+    /// Whether [`Os::exchange`] is one atomic call (else both names are absent in turn, for
+    /// the length of one rename each).
+    fn exchange_is_atomic(&self) -> bool;
+    /// Moves `from` in `fdir` to `to` in `tdir`, failing with `EEXIST` if `to` exists.
+    fn move_noreplace(
+        &self,
+        fdir: BorrowedFd<'_>,
+        from: &[u8],
+        tdir: BorrowedFd<'_>,
+        to: &[u8],
+    ) -> io::Result<()>;
+    /// Copies `len` bytes at `off` from `src` to `dst` (same offsets); returns bytes copied.
+    fn copy_range(
+        &self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        off: u64,
+        len: u64,
+    ) -> io::Result<u64>;
+    /// See [`has_dirty_pages`].
+    fn has_dirty_pages(&self, fd: BorrowedFd<'_>) -> Option<bool>;
+    /// Whether the open file or directory is immutable or append-only.
+    fn is_pinned(&self, fd: BorrowedFd<'_>) -> bool;
+    /// Extra flags for opening a source file to read (`O_NOATIME` where there is one).
+    fn read_flags(&self) -> OFlags;
+    /// A path naming the directory `fd` itself (see [`fd_path`]).
+    fn fd_path(&self, fd: BorrowedFd<'_>, known: &Path) -> PathBuf;
+}
+
+static SYS: OnceLock<&'static dyn Os> = OnceLock::new();
+
+/// The implementation in use, chosen on first use (see the module doc).
+pub fn sys() -> &'static dyn Os {
+    *SYS.get_or_init(|| {
+        #[cfg(target_os = "linux")]
+        if std::env::var_os("JAILSYNC_FSX").as_deref() != Some(OsStr::new("portable")) {
+            return &linux::Linux;
+        }
+        &portable::Portable
+    })
+}
+
+/// The name of the implementation in use (`linux` or `portable`).
+pub fn impl_name() -> &'static str {
+    sys().name()
+}
+
+/// Whether exchanges are atomic here (`RENAME_EXCHANGE`); see [`Os::exchange_is_atomic`].
+pub fn exchange_is_atomic() -> bool {
+    sys().exchange_is_atomic()
+}
+
+/// A path to the open directory `fd`, for code that must use path-based calls on what is in
+/// it (`known` is the path it was opened by). On Linux the `/proc/self/fd/N` magic link: no
+/// component is resolved again, so one renamed or replaced by a symlink since redirects
+/// nothing. Elsewhere `known` itself: only the owner of its parent can swap it.
+pub fn fd_path(fd: BorrowedFd<'_>, known: &Path) -> PathBuf {
+    sys().fd_path(fd, known)
+}
 
 use crate::entry::{Entry, Kind, Xattr, Xattrs};
 
@@ -30,8 +139,6 @@ pub const STORE_NAME: &[u8] = b".jailsync-rollback";
 /// Longest relative path handed to one `openat2` call; longer paths are resolved in pieces
 /// so trees deeper than `PATH_MAX` still work.
 const PATH_CHUNK: usize = 3072;
-
-static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 
 fn errno(e: rustix::io::Errno) -> io::Error {
     io::Error::from_raw_os_error(e.raw_os_error())
@@ -71,32 +178,22 @@ pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<OwnedFd>
     let mut cur: Option<OwnedFd> = None;
     for chunk in path_chunks(rel) {
         let base = cur.as_ref().map(|f| f.as_fd()).unwrap_or(root);
-        let next = open_beneath_chunk(base, chunk, oflags)?;
+        let next = sys().open_beneath(base, chunk, oflags)?;
         cur = Some(next);
     }
     Ok(cur.expect("non-empty path has a chunk"))
 }
 
-fn open_beneath_chunk(base: BorrowedFd<'_>, chunk: &[u8], oflags: OFlags) -> io::Result<OwnedFd> {
-    if !NO_OPENAT2.load(Ordering::Relaxed) {
-        let resolve =
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        match rfs::openat2(
-            base,
-            cstr(chunk)?.as_c_str(),
-            oflags,
-            Mode::empty(),
-            resolve,
-        ) {
-            Ok(fd) => return Ok(fd),
-            Err(rustix::io::Errno::NOSYS) => NO_OPENAT2.store(true, Ordering::Relaxed),
-            // openat2 may report a transient race as EAGAIN; the per-component walk is exact.
-            Err(rustix::io::Errno::AGAIN) => {}
-            Err(e) => return Err(errno(e)),
-        }
-    }
+/// Opens `rel` beneath `base` one component at a time, each with `O_NOFOLLOW`: a symlink
+/// anywhere on the way fails the call (`ELOOP` on Linux), and `..`/`.` are refused, so the walk
+/// never leaves `base`.
+pub(crate) fn walk_nofollow(
+    base: BorrowedFd<'_>,
+    rel: &[u8],
+    oflags: OFlags,
+) -> io::Result<OwnedFd> {
     let mut cur: Option<OwnedFd> = None;
-    for comp in chunk.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+    for comp in rel.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
         if comp == b".." || comp == b"." {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -158,91 +255,128 @@ pub fn read_link_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
         .map_err(errno)
 }
 
-/// A path that reaches `name` inside `dir` through procfs without following a symlink at the
-/// last component: used for the xattr calls, which have no fd-relative form.
-fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> CString {
-    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
-    p.extend_from_slice(name);
-    CString::new(p).expect("names carry no NUL")
-}
-
-fn fd_proc_path(fd: BorrowedFd<'_>) -> CString {
-    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL")
-}
-
 fn parse_xattr_names(buf: &[u8]) -> Vec<&[u8]> {
     buf.split(|&b| b == 0).filter(|n| !n.is_empty()).collect()
 }
 
-static NO_LISTXATTRAT: AtomicBool = AtomicBool::new(false);
+/// What the xattr calls act on: a path (`follow`: the `getxattr` family, else `lgetxattr`),
+/// or an open file or directory (`fgetxattr`).
+#[derive(Clone, Copy)]
+pub(crate) enum XTarget<'a> {
+    Path(&'a CStr, bool),
+    Fd(BorrowedFd<'a>),
+}
 
-/// `listxattrat(2)` (Linux 6.13): lists names relative to a directory fd in one call, where the
-/// procfs path costs a magic-link walk per entry. `None` when the kernel lacks it.
-fn listxattrat_empty(dir: BorrowedFd<'_>, name: &CStr) -> Option<io::Result<bool>> {
-    if NO_LISTXATTRAT.load(Ordering::Relaxed) {
-        return None;
-    }
-    // The number is shared by every architecture's unified syscall table.
-    const SYS_LISTXATTRAT: libc::c_long = 465;
-    let mut buf = [0u8; 1];
-    // SAFETY: valid fd, NUL-terminated name, buffer pointer and length describe `buf`.
-    let r = unsafe {
-        libc::syscall(
-            SYS_LISTXATTRAT,
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
-            buf.as_mut_ptr(),
-            0usize,
-        )
-    };
-    if r >= 0 {
-        return Some(Ok(r == 0));
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::ENOSYS) => {
-            NO_LISTXATTRAT.store(true, Ordering::Relaxed);
-            None
+/// "No such attribute": `ENODATA` on Linux, `ENOATTR` on the BSDs and macOS.
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "hurd"))]
+fn no_attr(e: rustix::io::Errno) -> bool {
+    e == rustix::io::Errno::NODATA
+}
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "hurd")))]
+fn no_attr(e: rustix::io::Errno) -> bool {
+    e == rustix::io::Errno::NOATTR
+}
+
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "hurd",
+    target_vendor = "apple"
+))]
+mod xcall {
+    use super::*;
+    use rustix::io::Result;
+
+    pub fn list(t: XTarget<'_>, buf: &mut [u8]) -> Result<usize> {
+        match t {
+            XTarget::Path(p, true) => rfs::listxattr(p, buf),
+            XTarget::Path(p, false) => rfs::llistxattr(p, buf),
+            XTarget::Fd(fd) => rfs::flistxattr(fd, buf),
         }
-        Some(libc::ENOTSUP) => Some(Ok(true)),
-        _ => Some(Err(e)),
+    }
+    pub fn list_query(t: XTarget<'_>) -> Result<usize> {
+        match t {
+            XTarget::Path(p, true) => rfs::listxattr_query(p),
+            XTarget::Path(p, false) => rfs::llistxattr_query(p),
+            XTarget::Fd(fd) => rfs::flistxattr_query(fd),
+        }
+    }
+    pub fn get(t: XTarget<'_>, n: &CStr, buf: &mut [u8]) -> Result<usize> {
+        match t {
+            XTarget::Path(p, true) => rfs::getxattr(p, n, buf),
+            XTarget::Path(p, false) => rfs::lgetxattr(p, n, buf),
+            XTarget::Fd(fd) => rfs::fgetxattr(fd, n, buf),
+        }
+    }
+    pub fn get_query(t: XTarget<'_>, n: &CStr) -> Result<usize> {
+        match t {
+            XTarget::Path(p, true) => rfs::getxattr_query(p, n),
+            XTarget::Path(p, false) => rfs::lgetxattr_query(p, n),
+            XTarget::Fd(fd) => rfs::fgetxattr_query(fd, n),
+        }
+    }
+    pub fn set(t: XTarget<'_>, n: &CStr, v: &[u8]) -> Result<()> {
+        let f = rfs::XattrFlags::empty();
+        match t {
+            XTarget::Path(p, true) => rfs::setxattr(p, n, v, f),
+            XTarget::Path(p, false) => rfs::lsetxattr(p, n, v, f),
+            XTarget::Fd(fd) => rfs::fsetxattr(fd, n, v, f),
+        }
+    }
+    pub fn remove(t: XTarget<'_>, n: &CStr) -> Result<()> {
+        match t {
+            XTarget::Path(p, true) => rfs::removexattr(p, n),
+            XTarget::Path(p, false) => rfs::lremovexattr(p, n),
+            XTarget::Fd(fd) => rfs::fremovexattr(fd, n),
+        }
+    }
+}
+
+/// Systems whose xattr interface rustix does not wrap (the BSDs' `extattr_*`, illumos'
+/// attribute directories): none are read, and setting one is refused.
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "hurd",
+    target_vendor = "apple"
+)))]
+mod xcall {
+    use super::*;
+    use rustix::io::{Errno, Result};
+
+    pub fn list(_: XTarget<'_>, _: &mut [u8]) -> Result<usize> {
+        Ok(0)
+    }
+    pub fn list_query(_: XTarget<'_>) -> Result<usize> {
+        Ok(0)
+    }
+    pub fn get(_: XTarget<'_>, _: &CStr, _: &mut [u8]) -> Result<usize> {
+        Err(Errno::NOTSUP)
+    }
+    pub fn get_query(_: XTarget<'_>, _: &CStr) -> Result<usize> {
+        Err(Errno::NOTSUP)
+    }
+    pub fn set(_: XTarget<'_>, _: &CStr, _: &[u8]) -> Result<()> {
+        Err(Errno::NOTSUP)
+    }
+    pub fn remove(_: XTarget<'_>, _: &CStr) -> Result<()> {
+        Err(Errno::NOTSUP)
     }
 }
 
 /// Reads all extended attributes of `name` in `dir` (not following a symlink).
 pub fn read_xattrs_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<Xattrs>> {
-    // Most entries have none: ask cheaply first.
-    if let Ok(c) = cstr(name) {
-        if let Some(r) = listxattrat_empty(dir, &c) {
-            if r? {
-                return Ok(None);
-            }
-        }
-    }
-    let p = proc_path(dir, name);
-    read_xattrs_path(&p, false)
+    sys().read_xattrs_at(dir, name)
 }
 
-/// `follow`: `p` is a `/proc/self/fd/N` magic link to the object itself (an open fd, maybe
-/// `O_PATH`), which the `l*` calls would not follow: they would act on the link and fail.
-fn read_xattrs_path(p: &CStr, follow: bool) -> io::Result<Option<Xattrs>> {
+/// Reads every xattr of `t`, sorted; `None` when it has none (or the filesystem has none).
+pub(crate) fn read_xattrs(t: XTarget<'_>) -> io::Result<Option<Xattrs>> {
     let mut buf = vec![0u8; 256];
     let n = loop {
-        let r = if follow {
-            rfs::listxattr(p, &mut buf[..])
-        } else {
-            rfs::llistxattr(p, &mut buf[..])
-        };
-        match r {
+        match xcall::list(t, &mut buf[..]) {
             Ok(n) => break n,
             Err(rustix::io::Errno::RANGE) => {
-                let need = if follow {
-                    rfs::listxattr_query(p)
-                } else {
-                    rfs::llistxattr_query(p)
-                }
-                .map_err(errno)?;
+                let need = xcall::list_query(t).map_err(errno)?;
                 buf.resize(need.max(buf.len() * 2), 0);
             }
             Err(rustix::io::Errno::NOTSUP) => return Ok(None),
@@ -258,24 +392,14 @@ fn read_xattrs_path(p: &CStr, follow: bool) -> io::Result<Option<Xattrs>> {
         let cname = cstr(xname)?;
         let mut val = vec![0u8; 256];
         let got = loop {
-            let r = if follow {
-                rfs::getxattr(p, cname.as_c_str(), &mut val[..])
-            } else {
-                rfs::lgetxattr(p, cname.as_c_str(), &mut val[..])
-            };
-            match r {
+            match xcall::get(t, cname.as_c_str(), &mut val[..]) {
                 Ok(n) => break Some(n),
                 Err(rustix::io::Errno::RANGE) => {
-                    let need = if follow {
-                        rfs::getxattr_query(p, cname.as_c_str())
-                    } else {
-                        rfs::lgetxattr_query(p, cname.as_c_str())
-                    }
-                    .map_err(errno)?;
+                    let need = xcall::get_query(t, cname.as_c_str()).map_err(errno)?;
                     val.resize(need.max(val.len() * 2), 0);
                 }
                 // Removed between list and get: it no longer exists.
-                Err(rustix::io::Errno::NODATA) => break None,
+                Err(e) if no_attr(e) => break None,
                 Err(e) => return Err(errno(e)),
             }
         };
@@ -291,21 +415,17 @@ fn read_xattrs_path(p: &CStr, follow: bool) -> io::Result<Option<Xattrs>> {
     Ok(Some(out.into_boxed_slice()))
 }
 
-/// Makes the xattrs of the object at `p` exactly `want` (`follow` as in [`read_xattrs_path`]).
-fn write_xattrs_path(p: &CStr, want: Option<&Xattrs>, follow: bool) -> io::Result<()> {
-    let have = read_xattrs_path(p, follow)?;
+/// Makes the xattrs of `t` exactly `want`.
+pub(crate) fn write_xattrs(t: XTarget<'_>, want: Option<&Xattrs>) -> io::Result<()> {
+    let have = read_xattrs(t)?;
     let want: &[Xattr] = want.map(|w| &w[..]).unwrap_or(&[]);
     if let Some(have) = &have {
         for (name, _) in have.iter() {
             if !want.iter().any(|(n, _)| n == name) {
                 let c = cstr(name)?;
-                let r = if follow {
-                    rfs::removexattr(p, c.as_c_str())
-                } else {
-                    rfs::lremovexattr(p, c.as_c_str())
-                };
-                match r {
-                    Ok(()) | Err(rustix::io::Errno::NODATA) => {}
+                match xcall::remove(t, c.as_c_str()) {
+                    Ok(()) => {}
+                    Err(e) if no_attr(e) => {}
                     Err(e) => return Err(errno(e)),
                 }
             }
@@ -318,24 +438,19 @@ fn write_xattrs_path(p: &CStr, want: Option<&Xattrs>, follow: bool) -> io::Resul
             }
         }
         let c = cstr(name)?;
-        if follow {
-            rfs::setxattr(p, c.as_c_str(), value, rfs::XattrFlags::empty())
-        } else {
-            rfs::lsetxattr(p, c.as_c_str(), value, rfs::XattrFlags::empty())
-        }
-        .map_err(errno)?;
+        xcall::set(t, c.as_c_str(), value).map_err(errno)?;
     }
     Ok(())
 }
 
-fn ts(sec: i64, nsec: u32) -> Timespec {
+pub(crate) fn ts(sec: i64, nsec: u32) -> Timespec {
     Timespec {
         tv_sec: sec,
         tv_nsec: nsec as _,
     }
 }
 
-fn times_of(e: &Entry) -> Timestamps {
+pub(crate) fn times_of(e: &Entry) -> Timestamps {
     Timestamps {
         last_access: Timespec {
             tv_sec: 0,
@@ -375,7 +490,7 @@ pub fn set_meta_fd(fd: BorrowedFd<'_>, e: &Entry, o: MetaOpts) -> io::Result<()>
     }
     rfs::fchmod(fd, Mode::from_raw_mode((e.mode & 0o7777) as _)).map_err(errno)?;
     if o.xattrs {
-        write_xattrs_path(&fd_proc_path(fd), e.xattrs(), true)?;
+        sys().write_xattrs_fd(fd, e.xattrs())?;
     }
     rfs::futimens(fd, &times_of(e)).map_err(errno)
 }
@@ -412,48 +527,18 @@ pub fn set_meta_at(dir: BorrowedFd<'_>, name: &[u8], e: &Entry, o: MetaOpts) -> 
                 .map_err(errno)?;
             }
             if o.xattrs {
-                write_xattrs_path(&proc_path(dir, name), e.xattrs(), false)?;
+                sys().write_xattrs_at(dir, name, e.xattrs())?;
             }
             rfs::utimensat(dir, c.as_c_str(), &times_of(e), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(errno)
         }
         Kind::Fifo | Kind::Char | Kind::Block | Kind::Socket => {
-            // O_PATH gives a handle to the node itself without opening the device.
-            let fd = rfs::openat(
-                dir,
-                c.as_c_str(),
-                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(errno)?;
-            check_kind(fd.as_fd(), e.kind)?;
-            let p = fd_proc_path(fd.as_fd());
-            if o.owner {
-                rfs::chownat(
-                    CWD,
-                    p.as_c_str(),
-                    Some(rfs::Uid::from_raw(e.uid)),
-                    Some(rfs::Gid::from_raw(e.gid)),
-                    AtFlags::empty(),
-                )
-                .map_err(errno)?;
-            }
-            rfs::chmodat(
-                CWD,
-                p.as_c_str(),
-                Mode::from_raw_mode((e.mode & 0o7777) as _),
-                AtFlags::empty(),
-            )
-            .map_err(errno)?;
-            if o.xattrs {
-                write_xattrs_path(&p, e.xattrs(), true)?;
-            }
-            rfs::utimensat(CWD, p.as_c_str(), &times_of(e), AtFlags::empty()).map_err(errno)
+            sys().set_node_meta(dir, name, e, o)
         }
     }
 }
 
-fn check_kind(fd: BorrowedFd<'_>, want: Kind) -> io::Result<()> {
+pub(crate) fn check_kind(fd: BorrowedFd<'_>, want: Kind) -> io::Result<()> {
     let st = rfs::fstat(fd).map_err(errno)?;
     if kind_of(st.st_mode as u32) != want {
         return Err(io::Error::other(format!(
@@ -468,10 +553,11 @@ fn check_kind(fd: BorrowedFd<'_>, want: Kind) -> io::Result<()> {
 pub fn open_read_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
     let c = cstr(name)?;
     let fl = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
-    match rfs::openat(dir, c.as_c_str(), fl | OFlags::NOATIME, Mode::empty()) {
+    let extra = sys().read_flags();
+    match rfs::openat(dir, c.as_c_str(), fl | extra, Mode::empty()) {
         Ok(fd) => Ok(fd),
         // O_NOATIME is refused on files we do not own unless we are root.
-        Err(rustix::io::Errno::PERM) => {
+        Err(rustix::io::Errno::PERM) if !extra.is_empty() => {
             rfs::openat(dir, c.as_c_str(), fl, Mode::empty()).map_err(errno)
         }
         Err(e) => Err(errno(e)),
@@ -502,27 +588,11 @@ pub fn copy_data(
     if size == 0 {
         return Ok(0);
     }
-    let mut written = 0u64;
-    if sparse {
-        let mut pos = 0u64;
-        while pos < size {
-            let data = match rfs::seek(src, rfs::SeekFrom::Data(pos)) {
-                Ok(d) => d,
-                Err(rustix::io::Errno::NXIO) => break,
-                Err(e) => return Err(errno(e)),
-            };
-            if data >= size {
-                break;
-            }
-            let hole = rfs::seek(src, rfs::SeekFrom::Hole(data))
-                .map_err(errno)?
-                .min(size);
-            written += copy_range(src, dst, data, hole - data)?;
-            pos = hole;
-        }
+    let written = if sparse {
+        copy_sparse(src, dst, size)?
     } else {
-        written = copy_range(src, dst, 0, size)?;
-    }
+        copy_range(src, dst, 0, size)?
+    };
     // Holes at the end (or a source that shrank) leave the file short of its size.
     if sparse || written != size {
         rfs::ftruncate(dst, size).map_err(errno)?;
@@ -530,28 +600,60 @@ pub fn copy_data(
     Ok(written)
 }
 
-fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, off: u64, len: u64) -> io::Result<u64> {
-    let mut done = 0u64;
-    while done < len {
-        let mut soff = off + done;
-        let mut doff = off + done;
-        let want = (len - done).min(1 << 30) as usize;
-        match rfs::copy_file_range(src, Some(&mut soff), dst, Some(&mut doff), want) {
-            Ok(0) => break, // source shrank: the caller's after-copy check catches it
-            Ok(n) => done += n as u64,
-            Err(rustix::io::Errno::XDEV)
-            | Err(rustix::io::Errno::NOSYS)
-            | Err(rustix::io::Errno::INVAL)
-            | Err(rustix::io::Errno::OPNOTSUPP) => {
-                return Ok(done + copy_range_rw(src, dst, off + done, len - done)?)
-            }
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "dragonfly",
+    target_vendor = "apple",
+    target_os = "illumos",
+    target_os = "solaris"
+))]
+fn copy_sparse(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> io::Result<u64> {
+    let mut written = 0u64;
+    let mut pos = 0u64;
+    while pos < size {
+        let data = match rfs::seek(src, rfs::SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break,
             Err(e) => return Err(errno(e)),
+        };
+        if data >= size {
+            break;
         }
+        let hole = rfs::seek(src, rfs::SeekFrom::Hole(data))
+            .map_err(errno)?
+            .min(size);
+        written += copy_range(src, dst, data, hole - data)?;
+        pos = hole;
     }
-    Ok(done)
+    Ok(written)
 }
 
-fn copy_range_rw(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, off: u64, len: u64) -> io::Result<u64> {
+/// No `SEEK_DATA` here (NetBSD, OpenBSD): holes are copied as zeros.
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "dragonfly",
+    target_vendor = "apple",
+    target_os = "illumos",
+    target_os = "solaris"
+)))]
+fn copy_sparse(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> io::Result<u64> {
+    copy_range(src, dst, 0, size)
+}
+
+fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, off: u64, len: u64) -> io::Result<u64> {
+    sys().copy_range(src, dst, off, len)
+}
+
+pub(crate) fn copy_range_rw(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    off: u64,
+    len: u64,
+) -> io::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
     while done < len {
@@ -577,51 +679,12 @@ pub fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
     rfs::fsync(fd).map_err(errno)
 }
 
-static NO_CACHESTAT: AtomicBool = AtomicBool::new(false);
-
 /// Whether any page of the open file is dirty or under writeback (`cachestat(2)`, Linux 6.5);
 /// `None` when the kernel cannot tell. A page can be written through a shared mapping without
 /// a fault — and so without moving mtime — only while it is dirty: once written back it is
 /// write-protected again, and the next write faults and updates the times.
 pub fn has_dirty_pages(fd: BorrowedFd<'_>) -> Option<bool> {
-    if NO_CACHESTAT.load(Ordering::Relaxed) {
-        return None;
-    }
-    // The number is shared by every architecture's unified syscall table.
-    const SYS_CACHESTAT: libc::c_long = 451;
-    #[repr(C)]
-    struct Range {
-        off: u64,
-        len: u64,
-    }
-    #[repr(C)]
-    #[derive(Default)]
-    struct Stat {
-        nr_cache: u64,
-        nr_dirty: u64,
-        nr_writeback: u64,
-        nr_evicted: u64,
-        nr_recently_evicted: u64,
-    }
-    let range = Range { off: 0, len: 0 }; // len 0: to the end of the file
-    let mut st = Stat::default();
-    // SAFETY: valid fd; both structs have the kernel's layout and outlive the call.
-    let r = unsafe {
-        libc::syscall(
-            SYS_CACHESTAT,
-            fd.as_raw_fd(),
-            &range as *const Range,
-            &mut st as *mut Stat,
-            0 as libc::c_uint,
-        )
-    };
-    if r == 0 {
-        return Some(st.nr_dirty != 0 || st.nr_writeback != 0);
-    }
-    if io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
-        NO_CACHESTAT.store(true, Ordering::Relaxed);
-    }
-    None
+    sys().has_dirty_pages(fd)
 }
 
 pub fn symlink_at(target: &[u8], dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
@@ -725,23 +788,13 @@ pub fn rename_at(
 
 /// Publishes `from` as `to`, failing if `to` exists.
 pub fn rename_noreplace_at(dir: BorrowedFd<'_>, from: &[u8], to: &[u8]) -> io::Result<()> {
-    let f = cstr(from)?;
-    let t = cstr(to)?;
-    rfs::renameat_with(dir, f.as_c_str(), dir, t.as_c_str(), RenameFlags::NOREPLACE).map_err(errno)
+    sys().move_noreplace(dir, from, dir, to)
 }
 
-/// Swaps `a` and `b` atomically: neither name is ever absent.
+/// Swaps `a` and `b` atomically: neither name is ever absent (where [`exchange_is_atomic`];
+/// elsewhere see [`portable`]).
 pub fn exchange_at(dir: BorrowedFd<'_>, a: &[u8], b: &[u8]) -> io::Result<()> {
-    let ca = cstr(a)?;
-    let cb = cstr(b)?;
-    rfs::renameat_with(
-        dir,
-        ca.as_c_str(),
-        dir,
-        cb.as_c_str(),
-        RenameFlags::EXCHANGE,
-    )
-    .map_err(errno)
+    sys().exchange(dir, a, dir, b)
 }
 
 pub fn unlink_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
@@ -827,23 +880,15 @@ pub fn release_freed_memory() {
 }
 
 /// Swaps `a` in `adir` and `b` in `bdir` atomically (both on one mount): neither name is ever
-/// absent, and whoever opens either path sees one whole object or the other.
+/// absent, and whoever opens either path sees one whole object or the other (where
+/// [`exchange_is_atomic`]; elsewhere see [`portable`]).
 pub fn exchange_between(
     adir: BorrowedFd<'_>,
     a: &[u8],
     bdir: BorrowedFd<'_>,
     b: &[u8],
 ) -> io::Result<()> {
-    let ca = cstr(a)?;
-    let cb = cstr(b)?;
-    rfs::renameat_with(
-        adir,
-        ca.as_c_str(),
-        bdir,
-        cb.as_c_str(),
-        RenameFlags::EXCHANGE,
-    )
-    .map_err(errno)
+    sys().exchange(adir, a, bdir, b)
 }
 
 /// Moves `from` in `fdir` to `to` in `tdir`, failing if `to` exists.
@@ -853,16 +898,7 @@ pub fn move_noreplace(
     tdir: BorrowedFd<'_>,
     to: &[u8],
 ) -> io::Result<()> {
-    let f = cstr(from)?;
-    let t = cstr(to)?;
-    rfs::renameat_with(
-        fdir,
-        f.as_c_str(),
-        tdir,
-        t.as_c_str(),
-        RenameFlags::NOREPLACE,
-    )
-    .map_err(errno)
+    sys().move_noreplace(fdir, from, tdir, to)
 }
 
 /// Opens the directory `name` in `dir` without following a symlink.
@@ -891,6 +927,5 @@ pub fn is_pinned_at(dir: BorrowedFd<'_>, name: &[u8], kind: Kind) -> bool {
     let Ok(fd) = rfs::openat(dir, c.as_c_str(), fl, Mode::empty()) else {
         return false;
     };
-    rfs::ioctl_getflags(&fd)
-        .is_ok_and(|f| f.intersects(rfs::IFlags::IMMUTABLE | rfs::IFlags::APPEND))
+    sys().is_pinned(fd.as_fd())
 }

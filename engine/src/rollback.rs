@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -128,11 +128,11 @@ impl Store {
         Ok(Some(Store { path, fd }))
     }
 
-    /// The store reached through its open directory (`/proc/self/fd/N`): no component on
+    /// The store reached through its open directory ([`fsx::fd_path`]): no component on
     /// the way to it is resolved again, so one renamed or replaced by a symlink since it was
     /// opened redirects nothing.
     fn dir(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+        fsx::fd_path(self.fd.as_fd(), &self.path)
     }
 
     /// An error about a path in the store, naming it as people know it.

@@ -263,8 +263,7 @@ impl Home {
     /// DST's root, for the per-entry method) may be swapped by whoever can write there, the
     /// directory we opened cannot.
     pub fn io_path(&self, rel: &str) -> PathBuf {
-        use std::os::fd::AsRawFd;
-        PathBuf::from(format!("/proc/self/fd/{}/{rel}", self.fd.as_raw_fd()))
+        fsx::fd_path(self.fd.as_fd(), &self.path).join(rel)
     }
 
     pub fn next_path(&self) -> PathBuf {
