@@ -236,8 +236,9 @@ pub fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<rfs::Stat> {
     rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)
 }
 
-pub fn kind_of(mode: u32) -> Kind {
-    match FileType::from_raw_mode(mode as _) {
+/// `mode` is `st_mode`, whose width differs between systems (u16 on the BSDs and macOS).
+pub fn kind_of(mode: impl Into<u32>) -> Kind {
+    match FileType::from_raw_mode(mode.into() as _) {
         FileType::RegularFile => Kind::File,
         FileType::Directory => Kind::Dir,
         FileType::Symlink => Kind::Symlink,
@@ -262,6 +263,15 @@ fn parse_xattr_names(buf: &[u8]) -> Vec<&[u8]> {
 /// What the xattr calls act on: a path (`follow`: the `getxattr` family, else `lgetxattr`),
 /// or an open file or directory (`fgetxattr`).
 #[derive(Clone, Copy)]
+#[cfg_attr(
+    not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "hurd",
+        target_vendor = "apple"
+    )),
+    allow(dead_code)
+)]
 pub(crate) enum XTarget<'a> {
     Path(&'a CStr, bool),
     Fd(BorrowedFd<'a>),
@@ -272,9 +282,19 @@ pub(crate) enum XTarget<'a> {
 fn no_attr(e: rustix::io::Errno) -> bool {
     e == rustix::io::Errno::NODATA
 }
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "hurd")))]
+#[cfg(target_vendor = "apple")]
 fn no_attr(e: rustix::io::Errno) -> bool {
     e == rustix::io::Errno::NOATTR
+}
+/// No xattr calls are made there (see `xcall`).
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "hurd",
+    target_vendor = "apple"
+)))]
+fn no_attr(_: rustix::io::Errno) -> bool {
+    false
 }
 
 #[cfg(any(
@@ -702,14 +722,21 @@ pub fn mknod_at(dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> io::Result<()> {
         Kind::Socket => FileType::Socket,
         _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a node")),
     };
-    rfs::mknodat(
-        dir,
-        c.as_c_str(),
-        ft,
-        Mode::from_raw_mode(0o600),
-        e.rdev() as _,
-    )
-    .map_err(errno)
+    mknodat(dir, &c, ft, e.rdev())
+}
+
+#[cfg(not(target_vendor = "apple"))]
+fn mknodat(dir: BorrowedFd<'_>, c: &CStr, ft: FileType, rdev: u64) -> io::Result<()> {
+    rfs::mknodat(dir, c, ft, Mode::from_raw_mode(0o600), rdev as _).map_err(errno)
+}
+
+/// rustix has no mknodat for macOS, and fifos or device nodes in a package tree are rare there.
+#[cfg(target_vendor = "apple")]
+fn mknodat(_: BorrowedFd<'_>, _: &CStr, _: FileType, _: u64) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "creating fifos and device nodes is not supported on this system",
+    ))
 }
 
 /// Opens the directory `name` in `dir` for state only this user may read, creating it with

@@ -25,14 +25,20 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, StatxFlags};
+use rustix::fs::{self as rfs, Mode, OFlags};
 
 use crate::error::{Error, IoContext, Result};
 use crate::jail::mountinfo::MountTable;
+
+/// Opens that only name a directory: `O_PATH` where there is one (no read permission needed
+/// on it), else a plain read-only open.
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+const HANDLE: OFlags = OFlags::PATH;
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+const HANDLE: OFlags = OFlags::RDONLY;
 
 /// Symlinks followed in a row before giving up (as the kernel's own limit).
 const MAX_LINKS: usize = 40;
@@ -237,7 +243,7 @@ impl Loc {
         let mut tail = Vec::new();
         let mut cur = p;
         let fd = loop {
-            let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let flags = HANDLE | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             match rfs::open(cur, flags, Mode::empty()) {
                 Ok(fd) => break fd,
                 Err(rustix::io::Errno::NOENT) if cur.parent().is_some() => {
@@ -317,7 +323,9 @@ impl Loc {
 fn ancestor_ids(dir: std::os::fd::BorrowedFd<'_>) -> io::Result<Vec<(u64, u64)>> {
     let id = |fd: std::os::fd::BorrowedFd<'_>| -> io::Result<(u64, u64)> {
         let st = rfs::fstat(fd)?;
-        Ok((st.st_dev, st.st_ino))
+        // st_dev is narrower on some systems (i32 on macOS).
+        #[allow(clippy::unnecessary_cast)]
+        Ok((st.st_dev as u64, st.st_ino as u64))
     };
     let mut chain = vec![id(dir)?];
     let mut cur: Option<OwnedFd> = None;
@@ -326,7 +334,7 @@ fn ancestor_ids(dir: std::os::fd::BorrowedFd<'_>) -> io::Result<Vec<(u64, u64)>>
         let up = rfs::openat(
             base,
             c"..",
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            HANDLE | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
         let i = id(up.as_fd())?;
@@ -341,11 +349,14 @@ fn ancestor_ids(dir: std::os::fd::BorrowedFd<'_>) -> io::Result<Vec<(u64, u64)>>
 /// Where `dir` (opened from the canonical path `path`) lives inside its filesystem: the root of
 /// its mount (from `table`, found by the mount id `statx` reports) joined with its path below
 /// the mount point. None when the kernel cannot say.
+#[cfg(target_os = "linux")]
 fn physical(
     table: &MountTable,
     dir: std::os::fd::BorrowedFd<'_>,
     path: &Path,
 ) -> Option<((u32, u32), PathBuf)> {
+    use rustix::fs::{AtFlags, StatxFlags};
+    use std::os::unix::ffi::OsStrExt;
     let sx = rfs::statx(dir, c"", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID).ok()?;
     if sx.stx_mask & StatxFlags::MNT_ID.bits() == 0 {
         return None;
@@ -363,6 +374,17 @@ fn physical(
         p.push(below);
     }
     Some((m.dev, p))
+}
+
+/// No mount ids elsewhere (and no mount table reader yet, see `jail::os`): bind and null
+/// mounts are then told apart only by (device, inode) of the directories themselves.
+#[cfg(not(target_os = "linux"))]
+fn physical(
+    _table: &MountTable,
+    _dir: std::os::fd::BorrowedFd<'_>,
+    _path: &Path,
+) -> Option<((u32, u32), PathBuf)> {
+    None
 }
 
 #[cfg(test)]
