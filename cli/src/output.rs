@@ -307,6 +307,7 @@ pub fn print_switches(
                 "type": "switch",
                 "path": t.dst_path.display().to_string(),
                 "method": s.method.name(),
+                "atomic": jailsync_engine::fsx::exchange_is_atomic(),
                 "window_ms": s.window.as_secs_f64() * 1000.0,
                 "calls": s.calls,
                 "generation": s.generation,
@@ -336,6 +337,14 @@ pub fn print_switches(
             r.switch_window.as_secs_f64() * 1000.0,
             r.cleanup_time.as_secs_f64()
         );
+    }
+    if !jailsync_engine::procs::SUPPORTED
+        && g.verbose > 0
+        && !g.quiet
+        && !g.json
+        && r.switches.iter().any(|s| s.is_some())
+    {
+        eprintln!("jailsync: processes still running the old release are not looked for on this system (Linux only)");
     }
     for p in &r.procs {
         if g.json {

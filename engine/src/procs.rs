@@ -19,8 +19,16 @@ pub struct ProcUse {
     pub file: PathBuf,
 }
 
-/// Processes mapping a file below any of `old_trees`, or a deleted file below `live`.
+/// Whether [`using`] can tell on this system: it reads Linux's `/proc/PID/maps`; elsewhere it
+/// finds nothing (procfs there, where mounted, has no maps with paths).
+pub const SUPPORTED: bool = cfg!(target_os = "linux");
+
+/// Processes mapping a file below any of `old_trees`, or a deleted file below `live` (always
+/// none where not [`SUPPORTED`]).
 pub fn using(old_trees: &[PathBuf], live: &[PathBuf]) -> Vec<ProcUse> {
+    if !SUPPORTED {
+        return Vec::new();
+    }
     let mut out = Vec::new();
     let Ok(dir) = fs::read_dir("/proc") else {
         return out;
@@ -51,6 +59,7 @@ pub fn using(old_trees: &[PathBuf], live: &[PathBuf]) -> Vec<ProcUse> {
 /// The first mapped path in a maps listing that belongs to an old tree. Each line is
 /// `start-end perms offset dev inode   path`; the path is the sixth field, may hold spaces,
 /// and has ` (deleted)` appended when unlinked.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn first_old_mapping(maps: &[u8], old_trees: &[PathBuf], live: &[PathBuf]) -> Option<PathBuf> {
     for line in maps.split(|&b| b == b'\n') {
         let s = String::from_utf8_lossy(line);

@@ -55,7 +55,9 @@ pub enum Method {
 impl Method {
     pub fn describe(&self) -> String {
         match self {
+            Method::Tree if !fsx::exchange_is_atomic() => "the whole tree renamed aside and the next renamed in (no atomic exchange on this system: the tree is absent for one rename)".into(),
             Method::Tree => "one exchange of the whole tree".into(),
+            Method::Entries if !fsx::exchange_is_atomic() => "renames per top-level entry, each absent for one rename (no atomic exchange on this system; the tree is a mount point or its parent cannot hold the staging area)".into(),
             Method::Entries => "one exchange per top-level entry (the tree is a mount point or its parent cannot hold the staging area)".into(),
             Method::PerFile(why) => format!("per-file renames (last resort: {why})"),
         }
