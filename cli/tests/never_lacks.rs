@@ -85,6 +85,51 @@ struct Call {
     name: String,
     paths: Vec<PathBuf>,
     exchange: bool,
+    /// The thread that made it.
+    pid: String,
+}
+
+/// The portable OS layer (`JAILSYNC_FSX=portable`) has no `RENAME_EXCHANGE`: it swaps `a` and
+/// `b` by three renames of one thread, back to back — `b` to a temporary name beside `a`, `a`
+/// to `b`, the temporary name to `a` — so `b` is absent for the length of one rename (the
+/// guarantee that layer gives up, see the README). Each such triple becomes one exchange here,
+/// and only when it has exactly that shape; everything else is checked as before.
+fn fold_emulated_exchanges(calls: Vec<Call>) -> Vec<Call> {
+    let is_aside = |p: &Path| {
+        p.file_name()
+            .is_some_and(|n| n.as_bytes().starts_with(b".jailsync-tmp-"))
+    };
+    let mut calls: Vec<Option<Call>> = calls.into_iter().map(Some).collect();
+    for i in 0..calls.len() {
+        let Some(c) = &calls[i] else { continue };
+        if c.name != "renameat" || !is_aside(&c.paths[1]) {
+            continue;
+        }
+        let (b, aside, pid) = (c.paths[0].clone(), c.paths[1].clone(), c.pid.clone());
+        let mut next =
+            (i + 1..calls.len()).filter(|&k| calls[k].as_ref().is_some_and(|c| c.pid == pid));
+        let (Some(j), Some(k)) = (next.next(), next.next()) else {
+            continue;
+        };
+        let (cj, ck) = (calls[j].as_ref().unwrap(), calls[k].as_ref().unwrap());
+        let a = cj.paths[0].clone();
+        if cj.name == "renameat"
+            && ck.name == "renameat"
+            && cj.paths[1] == b
+            && ck.paths == [aside.clone(), a.clone()]
+            && aside.parent() == a.parent()
+        {
+            calls[i] = Some(Call {
+                name: "renameat2".into(),
+                paths: vec![a, b],
+                exchange: true,
+                pid,
+            });
+            calls[j] = None;
+            calls[k] = None;
+        }
+    }
+    calls.into_iter().flatten().collect()
 }
 
 /// Splits the argument list of an strace line into raw tokens.
@@ -233,7 +278,11 @@ fn parse_trace(text: &str) -> Vec<Call> {
             name,
             paths,
             exchange,
+            pid: pid.to_string(),
         });
+    }
+    if portable() {
+        calls = fold_emulated_exchanges(calls);
     }
     calls
 }
@@ -447,6 +496,8 @@ struct Watch {
     missing: Vec<String>,
     torn: Vec<String>,
     rounds: usize,
+    /// Runs of consecutive rounds that found some path missing.
+    missing_episodes: usize,
 }
 
 /// While `child` runs, lstat every path in `paths` in a loop; for `(path, old, new)` in
@@ -456,17 +507,25 @@ fn watch(mut child: std::process::Child, paths: &[PathBuf], contents: &[Sample])
         missing: Vec::new(),
         torn: Vec::new(),
         rounds: 0,
+        missing_episodes: 0,
     };
+    let mut was_missing = false;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let done = child.try_wait().expect("wait").is_some();
+        let mut missing = false;
         for p in paths {
             if let Err(e) = std::fs::symlink_metadata(p) {
-                if e.kind() == std::io::ErrorKind::NotFound && w.missing.len() < 20 {
-                    w.missing.push(p.display().to_string());
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    missing = true;
+                    if w.missing.len() < 20 {
+                        w.missing.push(p.display().to_string());
+                    }
                 }
             }
         }
+        w.missing_episodes += usize::from(missing && !was_missing);
+        was_missing = missing;
         for (p, old, new) in contents {
             match std::fs::read(p) {
                 Ok(b) if &b == old || &b == new => {}
@@ -523,11 +582,22 @@ fn watcher_sees_every_common_path_throughout_a_large_sync() {
         .expect("spawn jailsync");
     let w = watch(child, &paths, &contents);
     eprintln!("watcher: {} rounds over {} paths", w.rounds, paths.len());
-    assert!(
-        w.missing.is_empty(),
-        "paths missing during sync: {:?}",
-        w.missing
-    );
+    if portable() {
+        // No atomic exchange: the tree may be seen absent, but only in the one window of its
+        // one switch (a run of rounds, however long the sync was preempted there).
+        assert!(
+            w.missing_episodes <= 1,
+            "paths missing in {} separate windows: {:?}",
+            w.missing_episodes,
+            w.missing
+        );
+    } else {
+        assert!(
+            w.missing.is_empty(),
+            "paths missing during sync: {:?}",
+            w.missing
+        );
+    }
     assert!(w.torn.is_empty(), "torn files during sync: {:?}", w.torn);
     assert_same(e.src(), e.dst());
 }

@@ -51,6 +51,12 @@ macro_rules! require {
     };
 }
 
+/// Whether this test run drives the binary's portable OS layer (`JAILSYNC_FSX=portable`, the
+/// CI's second pass): no atomic exchange, so a switched path is absent for one rename.
+pub fn portable() -> bool {
+    std::env::var_os("JAILSYNC_FSX").is_some_and(|v| v == "portable")
+}
+
 /// Whether device nodes can be made here (root without CAP_MKNOD in a container cannot).
 pub fn can_mknod() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
