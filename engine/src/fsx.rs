@@ -956,3 +956,8 @@ pub fn is_pinned_at(dir: BorrowedFd<'_>, name: &[u8], kind: Kind) -> bool {
     };
     sys().is_pinned(fd.as_fd())
 }
+
+/// The same checks over every implementation this system has (xcp's style): each must keep
+/// the guarantees the public functions document, whichever the environment selects.
+#[cfg(test)]
+mod both;
