@@ -49,17 +49,22 @@ static CWD_LOCK: Mutex<()> = Mutex::new(());
 /// `dir`; moves back before returning.
 fn at_dir<T>(dir: BorrowedFd<'_>, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     let _g = CWD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let saved = rfs::open(
+    // The way back: the working directory held open, or (not readable to us) its path.
+    let saved = match rfs::open(
         c".",
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
-    )
-    .map_err(errno)?;
+    ) {
+        Ok(fd) => Ok(fd),
+        Err(_) => Err(std::env::current_dir()?),
+    };
     rustix::process::fchdir(dir).map_err(errno)?;
     let r = f();
-    // Only a directory we hold open: this cannot fail short of a kernel error, and going on
-    // with the working directory elsewhere would be worse than stopping.
-    rustix::process::fchdir(&saved).expect("returning to the saved working directory");
+    // Going on with the working directory elsewhere would be worse than stopping.
+    match &saved {
+        Ok(fd) => rustix::process::fchdir(fd).expect("returning to the working directory"),
+        Err(path) => std::env::set_current_dir(path).expect("returning to the working directory"),
+    }
     r
 }
 
