@@ -7,6 +7,7 @@
 mod common;
 
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::process::Command;
 
 use common::*;
@@ -266,4 +267,74 @@ fn portable_layer_keeps_xattrs_exactly() {
         .unwrap();
     expect_code(&o, 0);
     assert_same(e.src(), e.dst());
+}
+
+/// The states a kill inside the portable exchange's renames leaves (made here by hand, as the
+/// engine's renames would have, with the journal it writes before them): the next run puts
+/// the tree back (killed after the first rename: the live tree is absent, aside in the home)
+/// or makes the aside the generation (after the second: the new tree is live, `next` absent),
+/// then converges, with nothing left under a temporary name.
+#[test]
+fn a_run_killed_inside_the_portable_exchange_is_recovered() {
+    use std::os::unix::fs::MetadataExt;
+    for after_second in [false, true] {
+        let e = Env::new().with_dst();
+        fixture(&e);
+        let run = || {
+            Command::new(BIN)
+                .arg("--state-dir")
+                .arg(e.state())
+                .args(sync_args(&e, &[]))
+                .env("JAILSYNC_FSX", "portable")
+                .env_remove("JAILSYNC_SWITCH")
+                .output()
+                .unwrap()
+        };
+        let old = listing(e.dst());
+        let home = e.tmp.path().join(".jailsync-dst");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        // A staged tree (any content: the recovery never reads it) and the switch journal.
+        let next = home.join("next");
+        std::fs::create_dir(&next).unwrap();
+        std::fs::write(next.join("staged"), b"s").unwrap();
+        let ino = std::fs::metadata(&next).unwrap().ino();
+        let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+        std::fs::write(
+            home.join("switching"),
+            format!("from {}\nto {}\nino {ino}\n", hex("next"), hex("gen-1")),
+        )
+        .unwrap();
+        let aside = home.join(".jailsync-tmp-4242-1125899906842624");
+        std::fs::rename(e.dst(), &aside).unwrap();
+        if after_second {
+            std::fs::rename(&next, e.dst()).unwrap();
+        }
+        let tmp_left = || -> Vec<_> {
+            std::fs::read_dir(&home)
+                .unwrap()
+                .map(|d| d.unwrap().file_name())
+                .filter(|n| n.as_bytes().starts_with(b".jailsync-tmp-"))
+                .collect()
+        };
+        if after_second {
+            // Any run under the lock recovers first; a rollback with nothing recorded to roll
+            // back only recovers: the old tree becomes generation 1, as after a real exchange.
+            let _ = e.js([OsStr::new("rollback"), e.dst().as_os_str()]);
+            assert!(tmp_left().is_empty(), "left {:?}", tmp_left());
+            assert!(
+                listing(&home.join("gen-1")) == old,
+                "the old tree is not generation 1"
+            );
+        }
+        let o = run();
+        expect_code(&o, 0);
+        assert_same(e.src(), e.dst());
+        assert!(
+            tmp_left().is_empty(),
+            "after_second {after_second}: left {:?}",
+            tmp_left()
+        );
+    }
 }

@@ -238,7 +238,8 @@ impl Home {
             live_name: name,
         };
         // Recovery is not done here: only under the destination's lock (see `recover`).
-        if probe && !h.exchange_works() {
+        // (Renames emulating an exchange work everywhere: nothing to probe.)
+        if probe && fsx::exchange_is_atomic() && !h.exchange_works() {
             h.method =
                 Method::PerFile("the filesystem cannot exchange two names atomically".into());
         }
@@ -611,6 +612,7 @@ impl Home {
                 let now = fsx::fstat(live.as_fd()).at(&self.live)?.st_ino;
                 if now as u64 == ino {
                     // The exchange happened: only the renames after it are missing.
+                    self.restore_from_aside(&from, &to)?;
                     self.finish_journal(&from, &to)?;
                 } else {
                     // It did not: the switch never began.
@@ -781,5 +783,73 @@ pub fn abandon_by_path(live: &Path, home: &Path, records: &[u64]) {
     let _ = fsx::remove_tree_at(fd.as_fd(), NEXT);
     for n in records {
         let _ = fsx::remove_tree_at(fd.as_fd(), format!("gen-{n}.d").as_bytes());
+    }
+}
+
+/// The one directory under a temporary name in `home`, if exactly one is there: where an
+/// exchange emulated by renames (no `RENAME_EXCHANGE`: the portable OS layer, see
+/// [`fsx::portable`]) keeps the live tree while the run that made it was killed.
+fn aside_in(home: BorrowedFd<'_>) -> Option<Vec<u8>> {
+    let is_dir = |n: &[u8]| {
+        fsx::cstr(n).is_ok_and(|c| {
+            fsx::lstat_at(home, &c)
+                .is_ok_and(|st| fsx::kind_of(st.st_mode) == crate::entry::Kind::Dir)
+        })
+    };
+    let names: Vec<Vec<u8>> = fsx::list_dir(home)
+        .ok()?
+        .into_iter()
+        .filter(|n| fsx::is_tmp_name(n) && is_dir(n))
+        .collect();
+    <[Vec<u8>; 1]>::try_from(names).ok().map(|[n]| n)
+}
+
+/// A run killed between the first two renames of an emulated tree exchange leaves `live`
+/// absent and its tree aside in the home: this puts it back, so the journal then shows a
+/// switch that never began (abandoned as usual). Under the destination's lock, before
+/// anything else looks at `live`; does nothing when `live` exists or no switch was under way.
+pub fn restore_live_aside(live: &Path) -> Result<()> {
+    if live.symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    let (Some(parent), Some(name)) = (live.parent(), live.file_name()) else {
+        return Ok(());
+    };
+    let Ok(pfd) = fsx::open_root(parent) else {
+        return Ok(());
+    };
+    let mut hname = b".jailsync-".to_vec();
+    hname.extend_from_slice(name.as_bytes());
+    let Ok(home) = fsx::open_subdir(pfd.as_fd(), &hname) else {
+        return Ok(());
+    };
+    if fsx::lstat_at(home.as_fd(), c"switching").is_err() {
+        return Ok(());
+    }
+    if let Some(aside) = aside_in(home.as_fd()) {
+        fsx::move_noreplace(home.as_fd(), &aside, pfd.as_fd(), name.as_bytes()).at(live)?;
+    }
+    Ok(())
+}
+
+impl Home {
+    /// Killed after the second rename of an emulated exchange (see [`restore_live_aside`]):
+    /// the new tree is live, the old one aside instead of at `from` (and `to` not made yet);
+    /// it goes to `from`, so the journal's last step makes it the generation as after a real
+    /// exchange.
+    fn restore_from_aside(&self, from: &[u8], to: &[u8]) -> Result<()> {
+        let there = |n: &[u8]| {
+            fsx::cstr(n)
+                .map(|c| fsx::lstat_at(self.fd.as_fd(), &c).is_ok())
+                .unwrap_or(false)
+        };
+        // Both absent only then: with `to` in place the exchange was finished and renamed.
+        if !there(from) && !there(to) {
+            if let Some(aside) = aside_in(self.fd.as_fd()) {
+                fsx::rename_at(self.fd.as_fd(), &aside, self.fd.as_fd(), from)
+                    .at(self.path.join(OsStr::from_bytes(from)))?;
+            }
+        }
+        Ok(())
     }
 }

@@ -336,6 +336,10 @@ pub fn prepare(
         Some(s) if !opts.dry_run => Some(Lock::acquire(s, dst_path)?),
         _ => None,
     };
+    if lock.is_some() {
+        // Put back a tree a killed run left aside (portable layer only; see the function).
+        crate::switch::restore_live_aside(dst_path)?;
+    }
     if !dst_path.exists() && !opts.dry_run {
         fs::create_dir_all(dst_path).at(dst_path)?;
     }
