@@ -715,7 +715,12 @@ pub fn run_history(c: HistoryCmd, g: &Global) -> Result<u8> {
     if let Some(home) = switched_home(&dst)? {
         let stdout = io::stdout();
         let mut out = stdout.lock();
-        for gen in jailsync_engine::generation::list(&home)?.iter().rev() {
+        let sizes = crate::admin_cmd::switched_sizes(&home, &dst)?;
+        for (gen, size) in jailsync_engine::generation::list(&home)?
+            .iter()
+            .zip(&sizes)
+            .rev()
+        {
             let when = jailsync_engine::journal::format_time(gen.time);
             if g.json {
                 let v = serde_json::json!({
@@ -726,14 +731,16 @@ pub fn run_history(c: HistoryCmd, g: &Global) -> Result<u8> {
                     "source": gen.source,
                     "method": gen.method,
                     "tree": gen.tree.display().to_string(),
+                    "size": crate::admin_cmd::size_json(size.usage),
                 });
                 writeln!(out, "{v}")?;
             } else {
                 writeln!(
                     out,
-                    "{:>6}  {when}  {:>7} changes  from {}  (old tree at {})",
+                    "{:>6}  {when}  {:>7} changes  {}  from {}  (old tree at {})",
                     gen.id,
                     gen.changes,
+                    crate::admin_cmd::size_text(size.usage),
                     gen.source,
                     gen.tree.display()
                 )?;
@@ -751,7 +758,8 @@ pub fn run_history(c: HistoryCmd, g: &Global) -> Result<u8> {
     }
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    for gen in gens.iter().rev() {
+    let sizes = crate::admin_cmd::store_sizes(&gens, &dst)?;
+    for (gen, size) in gens.iter().zip(&sizes).rev() {
         let when = jailsync_engine::journal::format_time(gen.time);
         if g.json {
             let v = serde_json::json!({
@@ -760,13 +768,17 @@ pub fn run_history(c: HistoryCmd, g: &Global) -> Result<u8> {
                 "time": when,
                 "changes": gen.changes,
                 "source": gen.source,
+                "size": crate::admin_cmd::size_json(size.usage),
             });
             writeln!(out, "{v}")?;
         } else {
             writeln!(
                 out,
-                "{:>6}  {when}  {:>7} changes  from {}",
-                gen.id, gen.changes, gen.source
+                "{:>6}  {when}  {:>7} changes  {}  from {}",
+                gen.id,
+                gen.changes,
+                crate::admin_cmd::size_text(size.usage),
+                gen.source
             )?;
         }
     }

@@ -21,5 +21,6 @@ pub mod scan;
 pub mod stage;
 pub mod switch;
 pub mod sync;
+pub mod usage;
 
 pub use error::{Error, Result};
