@@ -208,3 +208,44 @@ pub fn run_prune(c: PruneCmd, g: &Global) -> Result<u8> {
     }
     Ok(exit::OK)
 }
+
+/// A destination whose parent does not exist is most likely a typo: refused unless
+/// `--mkpath`, before anything (state included) is made.
+pub fn check_parent(dst: &Path, mkpath: bool) -> Result<()> {
+    if mkpath || std::fs::symlink_metadata(dst).is_ok() {
+        return Ok(());
+    }
+    let abs = std::path::absolute(dst).with_context(|| dst.display().to_string())?;
+    if let Some(parent) = abs.parent() {
+        if !parent.is_dir() {
+            bail!(
+                "{}: its parent {} does not exist (pass --mkpath to create it)",
+                dst.display(),
+                parent.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `--max-delete N`: refuses, before anything is changed, a run that would delete more than
+/// N entries (each entry below a removed directory counts; a type change does not).
+pub fn check_max_delete(trees: &[sync::Tree], max: Option<u64>) -> Result<()> {
+    let Some(max) = max else { return Ok(()) };
+    let n: u64 = trees
+        .iter()
+        .map(|t| jailsync_engine::plan::Counts::of(&t.plan).deleted)
+        .sum();
+    if n > max {
+        let shown: Vec<String> = trees
+            .iter()
+            .map(|t| t.dst_path.display().to_string())
+            .collect();
+        bail!(
+            "{}: would delete {n} entr{}, more than --max-delete {max}; nothing was changed",
+            shown.join(", "),
+            if n == 1 { "y" } else { "ies" }
+        );
+    }
+    Ok(())
+}

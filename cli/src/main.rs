@@ -4,6 +4,7 @@
 //! Invoked as `mkjail`, `umkjail` or `sync_pkg` it behaves like the seed's scripts.
 
 mod admin_cmd;
+mod hints;
 mod jail_cmd;
 mod output;
 mod pipe;
@@ -163,6 +164,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(128 + *signal as u8);
             }
             eprintln!("jailsync: error: {}", error_chain(&e));
+            if let Some(h) = hints::state_dir(&e, &cli.global.state_dir) {
+                eprintln!("jailsync: {h}");
+            }
             ExitCode::from(exit::FATAL)
         }
     }

@@ -54,6 +54,9 @@ pub struct SyncArgs {
     /// Rollback generations to keep per destination.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub keep: usize,
+    /// Refuse (exit 2, nothing changed) if more than N entries would be deleted.
+    #[arg(long, value_name = "N")]
+    pub max_delete: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -91,8 +94,12 @@ pub struct HistoryCmd {
 pub struct SyncCmd {
     /// The tree to copy from (e.g. the jail's usr/pkg).
     pub src: PathBuf,
-    /// The tree to make identical to SRC (created if missing).
+    /// The tree to make identical to SRC (created if missing; its parent must exist).
     pub dst: PathBuf,
+    /// Create DST's missing parent directories too (without it a DST whose parent does not
+    /// exist is refused: likely a typo).
+    #[arg(long)]
+    pub mkpath: bool,
     #[command(flatten)]
     pub args: SyncArgs,
 }
@@ -177,6 +184,7 @@ fn progress(g: &Global) -> Box<Timed<Box<dyn Progress>>> {
 }
 
 pub fn run_sync(c: SyncCmd, g: &Global) -> Result<u8> {
+    crate::admin_cmd::check_parent(&c.dst, c.mkpath)?;
     // Canonical paths: state (caches, locks, rollback) is keyed by them.
     let (s, d) = sync::check_pair(&c.src, &c.dst, c.args.follow_dst)?;
     run_pairs(vec![(s, d, Vec::new())], &c.args, g)
@@ -261,6 +269,7 @@ fn run_pairs(checked: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global
     for (s, d, _) in &checked {
         trees.push(sync::prepare(s, d, Some(&state), &opts, &pools, &*prog)?);
     }
+    crate::admin_cmd::check_max_delete(&trees, a.max_delete)?;
     let mut switched = None;
     if !a.dry_run && sync::all_switchable(&trees) {
         let r = sync::switch_all(&mut trees, &state, &opts, &pools, &*prog)?;
@@ -322,7 +331,13 @@ fn run_pairs(checked: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global
             let o = &r.outcomes[k];
             for e in &o.errors {
                 errors += 1;
-                let p = t.dst_path.join(jailsync_engine::fsx::os(&e.path));
+                // Named where the problem is: the jail's file when it could not be read.
+                let side = if jailsync_engine::apply::is_source_side(&e.error) {
+                    &t.src_path
+                } else {
+                    &t.dst_path
+                };
+                let p = side.join(jailsync_engine::fsx::os(&e.path));
                 report_error(
                     &mut out,
                     g,
@@ -427,9 +442,13 @@ pub fn run_verify(c: VerifyCmd, g: &Global) -> Result<u8> {
     };
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
-    output::print_changes(&mut out, &tree.plan, &tree.src, &tree.dst, b"", g.json)?;
-    for (p, e) in &tree.scan_errors {
-        report_error(&mut out, g, &p.display().to_string(), "scan", e)?;
+    // -q: the exit code is the whole answer.
+    let tell = !g.quiet || g.json;
+    if tell {
+        output::print_changes(&mut out, &tree.plan, &tree.src, &tree.dst, b"", g.json)?;
+        for (p, e) in &tree.scan_errors {
+            report_error(&mut out, g, &p.display().to_string(), "scan", e)?;
+        }
     }
     let differ = !tree.plan.is_empty() || !tree.scan_errors.is_empty();
     if g.json {

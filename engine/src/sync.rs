@@ -334,6 +334,11 @@ pub fn prepare(
 ) -> Result<Tree> {
     let lock = match state {
         Some(s) if !opts.dry_run => Some(Lock::acquire(s, dst_path)?),
+        // A dry run locks nothing, but reading a tree a run is changing gives only noise.
+        Some(s) => {
+            Lock::probe(s, dst_path)?;
+            None
+        }
         _ => None,
     };
     if !dst_path.exists() && !opts.dry_run {
@@ -1525,7 +1530,7 @@ pub fn switch_all(
                 .map(|e| crate::apply::EntryError {
                     path: e.path.clone(),
                     phase: e.phase,
-                    error: io::Error::new(e.error.kind(), e.error.to_string()),
+                    error: crate::apply::copy_error(&e.error),
                 })
                 .collect();
         }
