@@ -175,8 +175,13 @@ fn stop_on_signals() -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
 }
 
 fn progress(g: &Global) -> Box<Timed<Box<dyn Progress>>> {
+    progress_named(g, Vec::new())
+}
+
+/// Progress whose bars name each tree (`names`: destination, name shown).
+fn progress_named(g: &Global, names: Vec<(PathBuf, String)>) -> Box<Timed<Box<dyn Progress>>> {
     let inner: Box<dyn Progress> = if Bars::wanted(g.quiet, g.json) {
-        Box::new(Bars::new())
+        Box::new(Bars::new(names))
     } else {
         Box::new(Silent)
     };
@@ -264,7 +269,13 @@ fn run_pairs(checked: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global
         .collect();
     let state = sync::open_state(&g.state_dir, &all)?;
     let pools = Pools::new(opts.threads);
-    let prog = progress(g);
+    let prog = progress_named(
+        g,
+        checked
+            .iter()
+            .map(|(_, d, rel)| (d.clone(), String::from_utf8_lossy(rel).into_owned()))
+            .collect(),
+    );
     let mut trees: Vec<Tree> = Vec::new();
     for (s, d, _) in &checked {
         trees.push(sync::prepare(s, d, Some(&state), &opts, &pools, &*prog)?);

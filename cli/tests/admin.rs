@@ -523,3 +523,67 @@ fn history_sizes_and_prune_switched_generations() {
 fn history_sizes_and_prune_per_file_store() {
     sizes_and_prune(&[("JAILSYNC_SWITCH", "per-file")]);
 }
+
+/// Under a terminal (`script` gives the run a pty) an upgrade draws bars naming the tree, with
+/// entries, bytes of the phase's total, rate and time left; without one it draws nothing.
+#[test]
+fn progress_on_a_terminal_only() {
+    if !have("script") {
+        eprintln!("skipped: needs script (util-linux/bsdutils) for a pty");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let jail = Tree::new(t.path().join("jail"));
+    let root = Tree::new(t.path().join("root"));
+    // Same sizes, other content: every file is hashed on both sides, then copied.
+    for i in 0..6 {
+        jail.file(format!("usr/pkg/f{i}"), blob(i, 8 << 20));
+        root.file(format!("usr/pkg/f{i}"), blob(i + 100, 8 << 20));
+    }
+    let cmd = format!(
+        "{BIN} --state-dir {}/state upgrade {} --root {} --tree usr/pkg",
+        t.path().display(),
+        jail.root.display(),
+        root.root.display()
+    );
+    let typescript = t.path().join("typescript");
+    let o = Command::new("script")
+        .args(["-qfec", &cmd])
+        .arg(&typescript)
+        .env("COLUMNS", "200")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let text = String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).replace('\r', "\n");
+    let bars: Vec<&str> = text.lines().filter(|l| l.contains(" entries")).collect();
+    assert!(
+        bars.iter()
+            .any(|l| l.contains("usr/pkg hash ") && l.contains("/12 entries")),
+        "no hash bar naming the tree:\n{text}"
+    );
+    assert!(
+        bars.iter().any(|l| l.contains(" of 96.0 MiB")),
+        "no byte total for the hash phase:\n{text}"
+    );
+    assert!(
+        bars.iter()
+            .any(|l| l.contains("MiB/s") && l.contains(" left")),
+        "no rate and time left:\n{text}"
+    );
+    assert_same(&jail.path("usr/pkg"), &root.path("usr/pkg"));
+    // Not a terminal: no bars.
+    jail.file("usr/pkg/f0", blob(7, 8 << 20));
+    let o = run([
+        OsStr::new("--state-dir"),
+        t.path().join("state").as_os_str(),
+        OsStr::new("upgrade"),
+        jail.root.as_os_str(),
+        OsStr::new("--root"),
+        root.root.as_os_str(),
+        OsStr::new("--tree"),
+        OsStr::new("usr/pkg"),
+    ]);
+    expect_code(&o, 0);
+    assert!(!stderr(&o).contains(" entries"), "{}", stderr(&o));
+}

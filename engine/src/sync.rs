@@ -332,6 +332,7 @@ pub fn prepare(
     pools: &Pools,
     progress: &dyn Progress,
 ) -> Result<Tree> {
+    progress.tree(dst_path);
     let lock = match state {
         Some(s) if !opts.dry_run => Some(Lock::acquire(s, dst_path)?),
         // A dry run locks nothing, but reading a tree a run is changing gives only noise.
@@ -441,6 +442,10 @@ pub fn prepare(
     let (sn, dn) = plan::hash_needs(&s.entries, &d.entries);
     let total = (sn.len() + dn.len()) as u64;
     progress.start(Phase::Hash, total);
+    progress.total_bytes(
+        sn.iter().map(|&i| s.entries.at(i).size).sum::<u64>()
+            + dn.iter().map(|&i| d.entries.at(i).size).sum::<u64>(),
+    );
     let mut hashed_bytes = 0;
     let hashed = [sn.len(), dn.len()];
     for (root, entries, need) in [
@@ -1171,6 +1176,7 @@ pub fn switch_all(
     };
     for t in trees.iter() {
         stopped(trees, t)?;
+        progress.tree(&t.dst_path);
         let home = t.home.as_ref().expect("switchable");
 
         if !t.dst_leftovers.is_empty() {
