@@ -54,6 +54,10 @@ pub struct SyncArgs {
     /// Rollback generations to keep per destination.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub keep: usize,
+    /// Take files of equal size and mtime (to the nanosecond) as unchanged without reading
+    /// them, as rsync does (blind to a content change whose mtime was set back).
+    #[arg(long, conflicts_with = "checksum")]
+    pub quick: bool,
     /// Refuse (exit 2, nothing changed) if more than N entries would be deleted.
     #[arg(long, value_name = "N")]
     pub max_delete: Option<u64>,
@@ -158,6 +162,7 @@ fn engine_opts(a: &SyncArgs) -> Result<SyncOpts> {
         keep: a.keep,
         exclude_patterns: a.exclude.clone(),
         stop: (!a.dry_run).then(stop_on_signals),
+        quick: a.quick,
         ..SyncOpts::default()
     })
 }
