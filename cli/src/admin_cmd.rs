@@ -86,12 +86,16 @@ fn live_set(dst: &Path) -> Result<std::collections::HashSet<u64>> {
 }
 
 /// Sizes of the switched generations of `home`, oldest first.
+/// A size that cannot be measured (a tree that cannot be walked) is shown as unknown: listing
+/// the generations matters more.
 pub fn switched_sizes(home: &switch::Home, dst: &Path) -> Result<Vec<GenSize>> {
-    let live = live_set(dst)?;
+    let live = live_set(dst).ok();
     let mut out = Vec::new();
     for g in generation::list(home)? {
         let io = home.io_path(&format!("gen-{}", g.id));
-        let usage = usage::held_only_by(std::slice::from_ref(&io), &live).ok();
+        let usage = live
+            .as_ref()
+            .and_then(|l| usage::held_only_by(std::slice::from_ref(&io), l).ok());
         out.push(GenSize {
             id: g.id,
             io,
@@ -103,13 +107,15 @@ pub fn switched_sizes(home: &switch::Home, dst: &Path) -> Result<Vec<GenSize>> {
 
 /// Sizes of the per-file store's generations, oldest first.
 pub fn store_sizes(gens: &[rollback::Generation], dst: &Path) -> Result<Vec<GenSize>> {
-    let live = live_set(dst)?;
+    let live = live_set(dst).ok();
     Ok(gens
         .iter()
         .map(|g| GenSize {
             id: g.id,
             io: g.dir.clone(),
-            usage: usage::held_only_by(std::slice::from_ref(&g.dir), &live).ok(),
+            usage: live
+                .as_ref()
+                .and_then(|l| usage::held_only_by(std::slice::from_ref(&g.dir), l).ok()),
         })
         .collect())
 }
