@@ -192,7 +192,7 @@ pub fn run_prune(c: PruneCmd, g: &Global) -> Result<u8> {
         writeln!(io::stdout().lock(), "{v}")?;
     } else if !g.quiet {
         eprintln!(
-            "{}: {} {} generation{}{}, {} freed; {kept} kept",
+            "{}: {} {} generation{}{}, {} {}; {kept} kept",
             dst.display(),
             if c.dry_run { "would remove" } else { "removed" },
             removed_ids.len(),
@@ -210,6 +210,7 @@ pub fn run_prune(c: PruneCmd, g: &Global) -> Result<u8> {
                 )
             },
             human_bytes(freed.own),
+            if c.dry_run { "to free" } else { "freed" },
         );
     }
     Ok(exit::OK)

@@ -194,9 +194,9 @@ fn progress_named(g: &Global, names: Vec<(PathBuf, String)>) -> Box<Timed<Box<dy
 }
 
 pub fn run_sync(c: SyncCmd, g: &Global) -> Result<u8> {
-    crate::admin_cmd::check_parent(&c.dst, c.mkpath)?;
     // Canonical paths: state (caches, locks, rollback) is keyed by them.
     let (s, d) = sync::check_pair(&c.src, &c.dst, c.args.follow_dst)?;
+    crate::admin_cmd::check_parent(&c.dst, c.mkpath)?;
     run_pairs(vec![(s, d, Vec::new())], &c.args, g)
 }
 

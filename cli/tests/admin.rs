@@ -525,7 +525,7 @@ fn history_sizes_and_prune_per_file_store() {
 }
 
 /// Under a terminal (`script` gives the run a pty) an upgrade draws bars naming the tree, with
-/// entries, bytes of the phase's total, rate and time left; without one it draws nothing.
+/// entries and bytes of the phase's total; without one it draws nothing.
 #[test]
 fn progress_on_a_terminal_only() {
     if !have("script") {
@@ -566,11 +566,8 @@ fn progress_on_a_terminal_only() {
         bars.iter().any(|l| l.contains(" of 96.0 MiB")),
         "no byte total for the hash phase:\n{text}"
     );
-    assert!(
-        bars.iter()
-            .any(|l| l.contains("MiB/s") && l.contains(" left")),
-        "no rate and time left:\n{text}"
-    );
+    // Rate and time left show once a file is done, if a tick falls before the phase ends
+    // (not on a fast run): their text is checked by output.rs's unit test.
     assert_same(&jail.path("usr/pkg"), &root.path("usr/pkg"));
     // Not a terminal: no bars.
     jail.file("usr/pkg/f0", blob(7, 8 << 20));
