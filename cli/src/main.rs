@@ -3,8 +3,11 @@
 //! A thin layer over `jailsync-engine`: argument parsing, output formats and exit codes.
 //! Invoked as `mkjail`, `umkjail` or `sync_pkg` it behaves like the seed's scripts.
 
+mod admin_cmd;
+mod hints;
 mod jail_cmd;
 mod output;
+mod pipe;
 mod sync_cmd;
 
 use std::ffi::OsString;
@@ -70,6 +73,12 @@ pub enum Cmd {
     /// Jail lifecycle: init, mount, umount, status, enter.
     #[command(subcommand)]
     Jail(jail_cmd::JailCmd),
+    /// Remove old rollback generations of DST to free space.
+    Prune(admin_cmd::PruneCmd),
+    /// Print the manual page (roff; `--dir` writes one page per subcommand).
+    Man(admin_cmd::ManCmd),
+    /// Print a shell completion script.
+    Completions(admin_cmd::CompletionsCmd),
 }
 
 /// Invoked under one of the seed's script names, behave like it: `mkjail` is `jail mount`,
@@ -110,6 +119,7 @@ fn tune_allocator() {
 
 fn main() -> ExitCode {
     tune_allocator();
+    pipe::quiet_on_closed_stdout();
     let argv = seed_argv(std::env::args_os().collect());
     let cli = match Cli::try_parse_from(argv) {
         Ok(c) => c,
@@ -131,10 +141,16 @@ fn main() -> ExitCode {
         Cmd::Rollback(c) => sync_cmd::run_rollback(c, &cli.global),
         Cmd::History(c) => sync_cmd::run_history(c, &cli.global),
         Cmd::Jail(j) => jail_cmd::run(j, &cli.global),
+        Cmd::Prune(c) => admin_cmd::run_prune(c, &cli.global),
+        Cmd::Man(c) => admin_cmd::run_man(c),
+        Cmd::Completions(c) => admin_cmd::run_completions(c),
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
+            if pipe::is_closed_stdout(&e) {
+                pipe::end_quietly();
+            }
             if let Some(jailsync_engine::Error::Stopped { path, signal, when }) =
                 e.downcast_ref::<jailsync_engine::Error>()
             {
@@ -148,6 +164,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(128 + *signal as u8);
             }
             eprintln!("jailsync: error: {}", error_chain(&e));
+            if let Some(h) = hints::state_dir(&e, &cli.global.state_dir) {
+                eprintln!("jailsync: {h}");
+            }
             ExitCode::from(exit::FATAL)
         }
     }

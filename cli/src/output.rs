@@ -1,6 +1,7 @@
 //! Output: itemized change lines, JSON lines, the human summary, and progress bars.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -220,6 +221,12 @@ impl<P: Progress> Progress for Timed<P> {
     fn advance(&self, n: u64, bytes: u64) {
         self.inner.advance(n, bytes);
     }
+    fn total_bytes(&self, bytes: u64) {
+        self.inner.total_bytes(bytes);
+    }
+    fn tree(&self, dst: &std::path::Path) {
+        self.inner.tree(dst);
+    }
     fn finish(&self, phase: Phase) {
         let now = self.t0.elapsed();
         if let Some(m) = self
@@ -236,15 +243,33 @@ impl<P: Progress> Progress for Timed<P> {
     }
 }
 
-/// Progress bars on stderr, one per phase; only when stderr is a terminal.
+/// Progress on stderr, one bar per phase; only when stderr is a terminal. Shows the tree
+/// (in an `upgrade`), entries done of all, bytes done of all (when the phase knows its total),
+/// the byte rate and the time left.
 pub struct Bars {
     bar: Mutex<Option<ProgressBar>>,
+    counts: std::sync::Arc<BarCounts>,
+    /// (destination, name to show): the trees of an `upgrade` by their relative names.
+    names: Vec<(std::path::PathBuf, String)>,
+}
+
+/// What the bar shows, updated from the workers without taking a lock.
+#[derive(Default)]
+pub struct BarCounts {
+    pub label: Mutex<String>,
+    pub phase: Mutex<&'static str>,
+    pub entries: AtomicU64,
+    pub entries_total: AtomicU64,
+    pub bytes: AtomicU64,
+    pub bytes_total: AtomicU64,
 }
 
 impl Bars {
-    pub fn new() -> Bars {
+    pub fn new(names: Vec<(std::path::PathBuf, String)>) -> Bars {
         Bars {
             bar: Mutex::new(None),
+            counts: Default::default(),
+            names,
         }
     }
 
@@ -253,36 +278,142 @@ impl Bars {
         use std::io::IsTerminal;
         !quiet && !json && io::stderr().is_terminal()
     }
+
+    fn redraw_position(&self) {
+        let c = &self.counts;
+        let (done, total) = match c.bytes_total.load(Relaxed) {
+            0 => (c.entries.load(Relaxed), c.entries_total.load(Relaxed)),
+            t => (c.bytes.load(Relaxed), t),
+        };
+        if let Some(pb) = &*self.bar.lock().expect("poisoned") {
+            pb.set_position(if total == 0 {
+                0
+            } else {
+                done * 1000 / total.max(1)
+            });
+        }
+    }
+}
+
+impl Default for Bars {
+    fn default() -> Self {
+        Bars::new(Vec::new())
+    }
+}
+
+/// The text after the bar: `usr/pkg hash 1340/2748 files, 412.0 MiB of 1.2 GiB, 98.3 MiB/s,
+/// 8 s left`. Time left comes from bytes when their total is known, else from entries.
+pub fn progress_line(
+    label: &str,
+    phase: &str,
+    (entries, entries_total): (u64, u64),
+    (bytes, bytes_total): (u64, u64),
+    elapsed: Duration,
+) -> String {
+    let mut s = String::new();
+    if !label.is_empty() {
+        s.push_str(label);
+        s.push(' ');
+    }
+    s.push_str(phase);
+    if entries_total > 0 {
+        s.push_str(&format!(" {entries}/{entries_total} entries"));
+    } else {
+        s.push_str(&format!(" {entries} entries"));
+    }
+    if bytes_total > 0 {
+        s.push_str(&format!(
+            ", {} of {}",
+            human_bytes(bytes),
+            human_bytes(bytes_total)
+        ));
+    } else if bytes > 0 {
+        s.push_str(&format!(", {}", human_bytes(bytes)));
+    }
+    let secs = elapsed.as_secs_f64();
+    if bytes > 0 && secs > 0.0 {
+        s.push_str(&format!(
+            ", {}/s",
+            human_bytes((bytes as f64 / secs) as u64)
+        ));
+    }
+    let left = if bytes_total > 0 && bytes > 0 {
+        Some(secs * (bytes_total.saturating_sub(bytes)) as f64 / bytes as f64)
+    } else if entries_total > 0 && entries > 0 {
+        Some(secs * (entries_total.saturating_sub(entries)) as f64 / entries as f64)
+    } else {
+        None
+    };
+    if let Some(left) = left {
+        s.push_str(&format!(", {} left", human_duration(left)));
+    }
+    s
+}
+
+fn human_duration(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+    }
 }
 
 impl Progress for Bars {
     fn start(&self, phase: Phase, total: u64) {
-        let pb = if total > 0 {
-            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
-        } else {
-            ProgressBar::new_spinner()
-        };
-        let style = if total > 0 {
-            ProgressStyle::with_template(
-                "{prefix:>8} [{bar:30}] {pos}/{len} {binary_bytes} {elapsed}",
+        let c = &self.counts;
+        *c.phase.lock().expect("poisoned") = phase.name();
+        c.entries.store(0, Relaxed);
+        c.entries_total.store(total, Relaxed);
+        c.bytes.store(0, Relaxed);
+        c.bytes_total.store(0, Relaxed);
+        let pb = ProgressBar::with_draw_target(Some(1000), ProgressDrawTarget::stderr());
+        let counts = self.counts.clone();
+        let t0 = std::time::Instant::now();
+        let style = ProgressStyle::with_template("{spinner} [{bar:20}] {line}").map(|s| {
+            s.with_key(
+                "line",
+                move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let c = &counts;
+                    let label = c.label.lock().map(|l| l.clone()).unwrap_or_default();
+                    let phase = *c.phase.lock().expect("poisoned");
+                    let _ = w.write_str(&progress_line(
+                        &label,
+                        phase,
+                        (c.entries.load(Relaxed), c.entries_total.load(Relaxed)),
+                        (c.bytes.load(Relaxed), c.bytes_total.load(Relaxed)),
+                        t0.elapsed(),
+                    ));
+                },
             )
-        } else {
-            ProgressStyle::with_template("{prefix:>8} {spinner} {elapsed}")
-        };
+        });
         if let Ok(s) = style {
             pb.set_style(s.progress_chars("=> "));
         }
-        pb.set_prefix(phase.name());
         pb.enable_steady_tick(Duration::from_millis(120));
         if let Some(old) = self.bar.lock().expect("poisoned").replace(pb) {
             old.finish_and_clear();
         }
     }
 
-    fn advance(&self, n: u64, _bytes: u64) {
-        if let Some(pb) = &*self.bar.lock().expect("poisoned") {
-            pb.inc(n);
-        }
+    fn advance(&self, n: u64, bytes: u64) {
+        self.counts.entries.fetch_add(n, Relaxed);
+        self.counts.bytes.fetch_add(bytes, Relaxed);
+        self.redraw_position();
+    }
+
+    fn total_bytes(&self, bytes: u64) {
+        self.counts.bytes_total.store(bytes, Relaxed);
+    }
+
+    fn tree(&self, dst: &std::path::Path) {
+        let name = self
+            .names
+            .iter()
+            .find(|(p, _)| p == dst)
+            .map(|(_, n)| n.clone())
+            .unwrap_or_default();
+        *self.counts.label.lock().expect("poisoned") = name;
     }
 
     fn finish(&self, _phase: Phase) {
@@ -365,4 +496,31 @@ pub fn print_switches(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_line_shows_entries_bytes_rate_and_time_left() {
+        let l = progress_line(
+            "usr/pkg",
+            "hash",
+            (1340, 2748),
+            (400 << 20, 1200 << 20),
+            Duration::from_secs(4),
+        );
+        assert_eq!(
+            l,
+            "usr/pkg hash 1340/2748 entries, 400.0 MiB of 1.2 GiB, 100.0 MiB/s, 8 s left"
+        );
+        // No byte total (scan): entries decide the time left; no bytes, no rate.
+        let l = progress_line("", "stage", (10, 40), (0, 0), Duration::from_secs(2));
+        assert_eq!(l, "stage 10/40 entries, 6 s left");
+        let l = progress_line("", "scan", (500, 0), (0, 0), Duration::from_secs(1));
+        assert_eq!(l, "scan 500 entries");
+        assert_eq!(human_duration(125.0), "2m05s");
+        assert_eq!(human_duration(7300.0), "2h01m");
+    }
 }

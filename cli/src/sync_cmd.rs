@@ -54,6 +54,13 @@ pub struct SyncArgs {
     /// Rollback generations to keep per destination.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub keep: usize,
+    /// Take files of equal size and mtime (to the nanosecond) as unchanged without reading
+    /// them, as rsync does (blind to a content change whose mtime was set back).
+    #[arg(long, conflicts_with = "checksum")]
+    pub quick: bool,
+    /// Refuse (exit 2, nothing changed) if more than N entries would be deleted.
+    #[arg(long, value_name = "N")]
+    pub max_delete: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -91,8 +98,12 @@ pub struct HistoryCmd {
 pub struct SyncCmd {
     /// The tree to copy from (e.g. the jail's usr/pkg).
     pub src: PathBuf,
-    /// The tree to make identical to SRC (created if missing).
+    /// The tree to make identical to SRC (created if missing; its parent must exist).
     pub dst: PathBuf,
+    /// Create DST's missing parent directories too (without it a DST whose parent does not
+    /// exist is refused: likely a typo).
+    #[arg(long)]
+    pub mkpath: bool,
     #[command(flatten)]
     pub args: SyncArgs,
 }
@@ -151,6 +162,7 @@ fn engine_opts(a: &SyncArgs) -> Result<SyncOpts> {
         keep: a.keep,
         exclude_patterns: a.exclude.clone(),
         stop: (!a.dry_run).then(stop_on_signals),
+        quick: a.quick,
         ..SyncOpts::default()
     })
 }
@@ -168,8 +180,13 @@ fn stop_on_signals() -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
 }
 
 fn progress(g: &Global) -> Box<Timed<Box<dyn Progress>>> {
+    progress_named(g, Vec::new())
+}
+
+/// Progress whose bars name each tree (`names`: destination, name shown).
+fn progress_named(g: &Global, names: Vec<(PathBuf, String)>) -> Box<Timed<Box<dyn Progress>>> {
     let inner: Box<dyn Progress> = if Bars::wanted(g.quiet, g.json) {
-        Box::new(Bars::new())
+        Box::new(Bars::new(names))
     } else {
         Box::new(Silent)
     };
@@ -179,6 +196,7 @@ fn progress(g: &Global) -> Box<Timed<Box<dyn Progress>>> {
 pub fn run_sync(c: SyncCmd, g: &Global) -> Result<u8> {
     // Canonical paths: state (caches, locks, rollback) is keyed by them.
     let (s, d) = sync::check_pair(&c.src, &c.dst, c.args.follow_dst)?;
+    crate::admin_cmd::check_parent(&c.dst, c.mkpath)?;
     run_pairs(vec![(s, d, Vec::new())], &c.args, g)
 }
 
@@ -256,11 +274,18 @@ fn run_pairs(checked: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global
         .collect();
     let state = sync::open_state(&g.state_dir, &all)?;
     let pools = Pools::new(opts.threads);
-    let prog = progress(g);
+    let prog = progress_named(
+        g,
+        checked
+            .iter()
+            .map(|(_, d, rel)| (d.clone(), String::from_utf8_lossy(rel).into_owned()))
+            .collect(),
+    );
     let mut trees: Vec<Tree> = Vec::new();
     for (s, d, _) in &checked {
         trees.push(sync::prepare(s, d, Some(&state), &opts, &pools, &*prog)?);
     }
+    crate::admin_cmd::check_max_delete(&trees, a.max_delete)?;
     let mut switched = None;
     if !a.dry_run && sync::all_switchable(&trees) {
         let r = sync::switch_all(&mut trees, &state, &opts, &pools, &*prog)?;
@@ -322,7 +347,13 @@ fn run_pairs(checked: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global
             let o = &r.outcomes[k];
             for e in &o.errors {
                 errors += 1;
-                let p = t.dst_path.join(jailsync_engine::fsx::os(&e.path));
+                // Named where the problem is: the jail's file when it could not be read.
+                let side = if jailsync_engine::apply::is_source_side(&e.error) {
+                    &t.src_path
+                } else {
+                    &t.dst_path
+                };
+                let p = side.join(jailsync_engine::fsx::os(&e.path));
                 report_error(
                     &mut out,
                     g,
@@ -427,9 +458,13 @@ pub fn run_verify(c: VerifyCmd, g: &Global) -> Result<u8> {
     };
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
-    output::print_changes(&mut out, &tree.plan, &tree.src, &tree.dst, b"", g.json)?;
-    for (p, e) in &tree.scan_errors {
-        report_error(&mut out, g, &p.display().to_string(), "scan", e)?;
+    // -q: the exit code is the whole answer.
+    let tell = !g.quiet || g.json;
+    if tell {
+        output::print_changes(&mut out, &tree.plan, &tree.src, &tree.dst, b"", g.json)?;
+        for (p, e) in &tree.scan_errors {
+            report_error(&mut out, g, &p.display().to_string(), "scan", e)?;
+        }
     }
     let differ = !tree.plan.is_empty() || !tree.scan_errors.is_empty();
     if g.json {
@@ -715,7 +750,12 @@ pub fn run_history(c: HistoryCmd, g: &Global) -> Result<u8> {
     if let Some(home) = switched_home(&dst)? {
         let stdout = io::stdout();
         let mut out = stdout.lock();
-        for gen in jailsync_engine::generation::list(&home)?.iter().rev() {
+        let sizes = crate::admin_cmd::switched_sizes(&home, &dst)?;
+        for (gen, size) in jailsync_engine::generation::list(&home)?
+            .iter()
+            .zip(&sizes)
+            .rev()
+        {
             let when = jailsync_engine::journal::format_time(gen.time);
             if g.json {
                 let v = serde_json::json!({
@@ -726,14 +766,16 @@ pub fn run_history(c: HistoryCmd, g: &Global) -> Result<u8> {
                     "source": gen.source,
                     "method": gen.method,
                     "tree": gen.tree.display().to_string(),
+                    "size": crate::admin_cmd::size_json(size.usage),
                 });
                 writeln!(out, "{v}")?;
             } else {
                 writeln!(
                     out,
-                    "{:>6}  {when}  {:>7} changes  from {}  (old tree at {})",
+                    "{:>6}  {when}  {:>7} changes  {}  from {}  (old tree at {})",
                     gen.id,
                     gen.changes,
+                    crate::admin_cmd::size_text(size.usage),
                     gen.source,
                     gen.tree.display()
                 )?;
@@ -751,7 +793,8 @@ pub fn run_history(c: HistoryCmd, g: &Global) -> Result<u8> {
     }
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    for gen in gens.iter().rev() {
+    let sizes = crate::admin_cmd::store_sizes(&gens, &dst)?;
+    for (gen, size) in gens.iter().zip(&sizes).rev() {
         let when = jailsync_engine::journal::format_time(gen.time);
         if g.json {
             let v = serde_json::json!({
@@ -760,13 +803,17 @@ pub fn run_history(c: HistoryCmd, g: &Global) -> Result<u8> {
                 "time": when,
                 "changes": gen.changes,
                 "source": gen.source,
+                "size": crate::admin_cmd::size_json(size.usage),
             });
             writeln!(out, "{v}")?;
         } else {
             writeln!(
                 out,
-                "{:>6}  {when}  {:>7} changes  from {}",
-                gen.id, gen.changes, gen.source
+                "{:>6}  {when}  {:>7} changes  {}  from {}",
+                gen.id,
+                gen.changes,
+                crate::admin_cmd::size_text(size.usage),
+                gen.source
             )?;
         }
     }

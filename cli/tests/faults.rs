@@ -1841,9 +1841,10 @@ fn upgrade_refused_while_its_database_is_synced() {
     live.file("usr/pkg/bin/tool", "old tool")
         .file("usr/pkg/orphan", "o");
     let lpkg = listing(&root.join("usr/pkg"));
-    // A sync of the live database, frozen while it holds its lock.
+    // A sync of the live database, frozen while it holds its lock (`root/var/db` does not
+    // exist yet: --mkpath).
     let (jdb, ldb) = (jail.root.join("var/db/pkg"), root.join("var/db/pkg"));
-    let args = sync_args(&jdb, &ldb, &[]);
+    let args = sync_args(&jdb, &ldb, &["--mkpath"]);
     let mut holder = None;
     for _ in 0..10 {
         remove_tree(&ldb);

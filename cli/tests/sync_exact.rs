@@ -999,7 +999,13 @@ fn missing_destination_parents_are_created() {
     let e = Env::new();
     e.src.file("a", b"a");
     let deep = e.tmp.path().join("x/y/z");
-    let o = e.js([OsStr::new("sync"), e.src().as_os_str(), deep.as_os_str()]);
+    // With --mkpath only: without, a missing parent is refused (admin.rs).
+    let o = e.js([
+        OsStr::new("sync"),
+        OsStr::new("--mkpath"),
+        e.src().as_os_str(),
+        deep.as_os_str(),
+    ]);
     expect_code(&o, 0);
     assert_same(e.src(), &deep);
 }

@@ -914,7 +914,17 @@ fn source_side(kind: io::ErrorKind, msg: String) -> io::Error {
     io::Error::new(kind, SourceSide(msg))
 }
 
-pub(crate) fn is_source_side(e: &io::Error) -> bool {
+/// A copy of an entry's error (`io::Error` is not `Clone`) that keeps its source-side mark.
+pub(crate) fn copy_error(e: &io::Error) -> io::Error {
+    if is_source_side(e) {
+        source_side(e.kind(), e.to_string())
+    } else {
+        io::Error::new(e.kind(), e.to_string())
+    }
+}
+
+/// Whether a staging error is about reading the source (its path is then the source's).
+pub fn is_source_side(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|i| i.is::<SourceSide>())
 }
 

@@ -191,6 +191,22 @@ impl Lock {
         files.push(f);
         Ok(Lock { _files: files })
     }
+
+    /// For a run that only reads `tree` (a dry run): fails with [`Error::Locked`] when a run
+    /// holds it, or a tree above or below it, since its reads would race that run's changes.
+    /// Takes nothing: shared locks, released before returning.
+    pub fn probe(state: &StateDir, tree: &Path) -> Result<()> {
+        for above in tree.ancestors() {
+            let (f, path) = open_lock(state, above)?;
+            if !try_flock(&f, &path, FlockOperation::NonBlockingLockShared)? {
+                return Err(locked(tree, above, &f));
+            }
+        }
+        match holder_below(state, tree) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The lock file of `tree` (created on demand), and its path.

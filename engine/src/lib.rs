@@ -16,10 +16,12 @@ pub mod paths;
 pub mod plan;
 pub mod procs;
 pub mod progress;
+pub mod quick;
 pub mod rollback;
 pub mod scan;
 pub mod stage;
 pub mod switch;
 pub mod sync;
+pub mod usage;
 
 pub use error::{Error, Result};

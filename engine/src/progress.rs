@@ -30,6 +30,10 @@ pub trait Progress: Sync {
     /// `n` more items of the current phase are done (`bytes` of data among them).
     fn advance(&self, _n: u64, _bytes: u64) {}
     fn finish(&self, _phase: Phase) {}
+    /// The bytes the current phase will read or write, when known (after `start`).
+    fn total_bytes(&self, _bytes: u64) {}
+    /// The phases that follow work on the tree at `dst` (one of several in an `upgrade`).
+    fn tree(&self, _dst: &std::path::Path) {}
 }
 
 impl<P: Progress + ?Sized> Progress for Box<P> {
@@ -41,6 +45,12 @@ impl<P: Progress + ?Sized> Progress for Box<P> {
     }
     fn finish(&self, phase: Phase) {
         (**self).finish(phase)
+    }
+    fn total_bytes(&self, bytes: u64) {
+        (**self).total_bytes(bytes)
+    }
+    fn tree(&self, dst: &std::path::Path) {
+        (**self).tree(dst)
     }
 }
 

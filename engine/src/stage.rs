@@ -111,6 +111,17 @@ impl<'a> Builder<'a> {
         let (dirs, items) = self.layout();
         let mut built = Built::default();
         progress.start(Phase::Stage, (dirs.len() + items.len()) as u64);
+        progress.total_bytes(
+            items
+                .iter()
+                .filter_map(|f| match f {
+                    From::Source(si) => Some(self.src.at(*si as usize)),
+                    _ => None,
+                })
+                .filter(|e| e.kind == Kind::File)
+                .map(|e| e.size)
+                .sum(),
+        );
 
         // 1. Directories, parents first, private (0700) until their metadata is set.
         let mut cache = Dirs::new(self.next_root);

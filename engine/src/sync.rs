@@ -47,6 +47,8 @@ pub struct SyncOpts {
     /// Set (to the signal's number) by the caller's signal handler: the run stops at the next
     /// safe point — never between the switches of a run.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    /// Same size and mtime (ns) means same content, unread (see [`crate::quick`]).
+    pub quick: bool,
 }
 
 impl SyncOpts {
@@ -85,6 +87,7 @@ impl Default for SyncOpts {
             keep: 3,
             exclude_patterns: Vec::new(),
             stop: None,
+            quick: false,
         }
     }
 }
@@ -139,6 +142,9 @@ pub struct Tree {
     dst_leftovers: Vec<Box<[u8]>>,
     /// Live directories holding excluded entries (the next tree must keep those).
     dst_holds_excluded: Vec<Box<[u8]>>,
+    /// `--quick` pairs taken as the same unread (source indices, sorted): the next tree links
+    /// the live file, so the source's hash must never be recorded for it.
+    quick_same: Vec<u32>,
     /// Where and how the tree is switched (None: dry run or no state).
     pub home: Option<Home>,
     _lock: Option<Lock>,
@@ -332,8 +338,14 @@ pub fn prepare(
     pools: &Pools,
     progress: &dyn Progress,
 ) -> Result<Tree> {
+    progress.tree(dst_path);
     let lock = match state {
         Some(s) if !opts.dry_run => Some(Lock::acquire(s, dst_path)?),
+        // A dry run locks nothing, but reading a tree a run is changing gives only noise.
+        Some(s) => {
+            Lock::probe(s, dst_path)?;
+            None
+        }
         _ => None,
     };
     if lock.is_some() {
@@ -437,9 +449,20 @@ pub fn prepare(
     take_errors(&mut scan_errors, src_path, &mut s);
     take_errors(&mut scan_errors, dst_path, &mut d);
 
-    let (sn, dn) = plan::hash_needs(&s.entries, &d.entries);
+    let (mut sn, mut dn) = plan::hash_needs(&s.entries, &d.entries);
+    let quick = opts
+        .quick
+        .then(|| crate::quick::same_by_stat(&s.entries, &d.entries));
+    if let Some(q) = &quick {
+        crate::quick::skip_hashing(&mut sn, q, &s.entries, &d.entries, true);
+        crate::quick::skip_hashing(&mut dn, q, &s.entries, &d.entries, false);
+    }
     let total = (sn.len() + dn.len()) as u64;
     progress.start(Phase::Hash, total);
+    progress.total_bytes(
+        sn.iter().map(|&i| s.entries.at(i).size).sum::<u64>()
+            + dn.iter().map(|&i| d.entries.at(i).size).sum::<u64>(),
+    );
     let mut hashed_bytes = 0;
     let hashed = [sn.len(), dn.len()];
     for (root, entries, need) in [
@@ -459,6 +482,9 @@ pub fn prepare(
         xattrs: opts.xattrs,
     };
     let mut plan = plan::plan(&s.entries, &d.entries, popts);
+    if let Some(q) = &quick {
+        crate::quick::withdraw_content(&mut plan, q);
+    }
     protect_unreadable(&mut plan, &d.entries, &protect);
     let mut home = home;
     if let Some(h) = home
@@ -494,6 +520,7 @@ pub fn prepare(
         hashed,
         dst_leftovers: d.leftovers,
         dst_holds_excluded,
+        quick_same: quick.map_or_else(Vec::new, crate::quick::sorted),
         home,
         _lock: lock,
     })
@@ -595,6 +622,7 @@ pub fn prepare_from_manifest(
         hashed: [0, 0],
         dst_leftovers: Vec::new(),
         dst_holds_excluded: Vec::new(),
+        quick_same: Vec::new(),
         home: None,
         _lock: None,
     })
@@ -1170,6 +1198,7 @@ pub fn switch_all(
     };
     for t in trees.iter() {
         stopped(trees, t)?;
+        progress.tree(&t.dst_path);
         let home = t.home.as_ref().expect("switchable");
 
         if !t.dst_leftovers.is_empty() {
@@ -1286,6 +1315,7 @@ pub fn switch_all(
                     e.kind == Kind::File
                         && e.hash.is_none()
                         && failed.binary_search(&e.path).is_err()
+                        && t.quick_same.binary_search(&(i as u32)).is_err()
                 })
                 .collect();
             let quiet = crate::progress::Silent;
@@ -1344,6 +1374,7 @@ pub fn switch_all(
                 t.src[i].set_xattrs(x);
             }
         }
+        crate::quick::live_hashes(&mut t.src, &t.dst, &t.quick_same);
         let mut kept = Entries::new();
         {
             let mut deleted = vec![false; t.dst.len()];
@@ -1529,7 +1560,7 @@ pub fn switch_all(
                 .map(|e| crate::apply::EntryError {
                     path: e.path.clone(),
                     phase: e.phase,
-                    error: io::Error::new(e.error.kind(), e.error.to_string()),
+                    error: crate::apply::copy_error(&e.error),
                 })
                 .collect();
         }
