@@ -3,9 +3,12 @@
 //! A thin layer over `jailsync-engine`: argument parsing, output formats and exit codes.
 //! Invoked as `mkjail`, `umkjail` or `sync_pkg` it behaves like the seed's scripts.
 
+mod conf;
 mod jail_cmd;
 mod output;
+mod roots;
 mod sync_cmd;
+mod upgrade_cmd;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -67,6 +70,12 @@ pub enum Cmd {
     Rollback(sync_cmd::RollbackCmd),
     /// List the syncs of DST that can be rolled back.
     History(sync_cmd::HistoryCmd),
+    /// Show the jail's versions of kept configuration files (`NAME.jailsync-new`) as unified
+    /// diffs against the live ones (exit 1 when some are pending).
+    ConfDiff {
+        /// The live root (or one tree) to look in.
+        root: PathBuf,
+    },
     /// Jail lifecycle: init, mount, umount, status, enter.
     #[command(subcommand)]
     Jail(jail_cmd::JailCmd),
@@ -130,6 +139,7 @@ fn main() -> ExitCode {
         Cmd::Manifest(c) => sync_cmd::run_manifest(c, &cli.global),
         Cmd::Rollback(c) => sync_cmd::run_rollback(c, &cli.global),
         Cmd::History(c) => sync_cmd::run_history(c, &cli.global),
+        Cmd::ConfDiff { root } => conf::run_conf_diff(&root, &cli.global),
         Cmd::Jail(j) => jail_cmd::run(j, &cli.global),
     };
     match result {

@@ -394,6 +394,12 @@ pub fn finish(
         base.push((e.path.into(), h));
     }
     let dir = state.tree_dir(dst_root)?;
+    // The base before this run, for a rollback of it (see `undo_base`).
+    let cur = dir.join("conf-base");
+    if cur.exists() {
+        let prev = dir.join("conf-base.prev");
+        std::fs::copy(&cur, &prev).at(&prev)?;
+    }
     write_records(
         &dir.join("conf-base"),
         BASE_MAGIC,
@@ -407,6 +413,25 @@ pub fn finish(
             .map(|x| (x.verdict.code(), &x.live, x.path.as_ref())),
     )?;
     Ok((written, errors))
+}
+
+/// After a rollback of `dst`'s last sync: the base is again the one before it (else every
+/// protected file the rollback restored would look edited to the next run), and the kept
+/// list, which described the tree switched away, is dropped.
+pub fn undo_base(state: &StateDir, dst: &Path) -> Result<()> {
+    let dir = state.tree_dir(dst)?;
+    let prev = dir.join("conf-base.prev");
+    let cur = dir.join("conf-base");
+    if prev.exists() {
+        std::fs::rename(&prev, &cur).at(&cur)?;
+    } else if cur.exists() {
+        std::fs::remove_file(&cur).at(&cur)?;
+    }
+    let kept = dir.join("conf-kept");
+    if kept.exists() {
+        std::fs::remove_file(&kept).at(&kept)?;
+    }
+    Ok(())
 }
 
 /// Copies the jail's `path` to live `name` through a temporary name beside it.
