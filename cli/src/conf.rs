@@ -273,3 +273,29 @@ pub fn kept_for_verify(state: &StateDir, dst: &Path) -> Option<Vec<Box<[u8]>>> {
     v.sort();
     Some(v)
 }
+
+/// For `verify`: exclude patterns for the homes of trees jailsync switched inside `dst` (a
+/// nested package database keeps its generations beside it, inside the tree holding it).
+pub fn nested_homes(state: &StateDir, dst: &Path) -> Vec<String> {
+    use std::os::unix::ffi::OsStringExt;
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(state.root.join("trees")) else {
+        return out;
+    };
+    for d in rd.flatten() {
+        let Ok(p) = std::fs::read(d.path().join("path")) else {
+            continue;
+        };
+        let p = PathBuf::from(std::ffi::OsString::from_vec(p));
+        let Ok(rel) = p.strip_prefix(dst) else {
+            continue;
+        };
+        let Some(name) = rel.file_name() else {
+            continue;
+        };
+        let mut home = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+        home.push(format!(".jailsync-{}", name.to_string_lossy()));
+        out.push(format!("/{}/", home.display()));
+    }
+    out
+}

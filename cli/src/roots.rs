@@ -139,10 +139,19 @@ pub fn begin(
     Ok(id)
 }
 
+/// Marks upgrade `id` done; one that switched nothing (a no-op) is forgotten, so that
+/// `rollback --root` undoes the last upgrade that changed something.
 pub fn end(state: &StateDir, root: &Path, id: u64) -> Result<()> {
     let mut ups = load(state, root)?;
     if let Some(u) = ups.iter_mut().find(|u| u.id == id) {
         u.end = Some(jailsync_engine::cache::now().0);
+        let made = u
+            .trees
+            .iter()
+            .any(|t| newest_gen(&t.dst).is_some_and(|n| t.before.is_none_or(|b| n > b)));
+        if !made {
+            ups.retain(|u| u.id != id);
+        }
     }
     save(state, root, &ups)
 }

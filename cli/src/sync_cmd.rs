@@ -454,6 +454,9 @@ pub fn run_verify(c: VerifyCmd, g: &Global) -> Result<u8> {
         .as_ref()
         .and_then(|s| crate::conf::kept_for_verify(s, &dst));
     let mut patterns = c.exclude.clone();
+    if let Some(s) = &state {
+        patterns.extend(crate::conf::nested_homes(s, &dst));
+    }
     if kept.is_some() {
         patterns.push(jailsync_engine::protect::NEW_EXCLUDE.into());
     }

@@ -113,7 +113,22 @@ pub fn run(c: UpgradeCmd, g: &Global) -> Result<u8> {
             extra_excludes: excludes,
             protect: rules.clone(),
         };
-        let ran = run_pairs(checked, &c.args, g, &hooks)?;
+        // A nested database's parent belongs to the tree holding it, which set its mtime:
+        // the database's own switch (and its home, made on the first run) must not change it.
+        let parents: Vec<_> = if k > 0 && !c.args.dry_run {
+            checked
+                .iter()
+                .filter_map(|(_, d, _)| d.parent())
+                .filter_map(|p| jailsync_engine::protect::DirMtime::of(p).ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let ran = run_pairs(checked, &c.args, g, &hooks);
+        for p in &parents {
+            let _ = p.restore();
+        }
+        let ran = ran?;
         code = code.max(ran.code);
         phases_report = ran.verbose_phases.or(phases_report);
         match ran.summary {

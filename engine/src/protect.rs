@@ -452,6 +452,9 @@ fn write_new(
     tmp.extend_from_slice(dn);
     tmp.extend_from_slice(format!(".{}{NEW_SUFFIX}", std::process::id()).as_bytes());
     let _ = fsx::unlink_at(dd.as_fd(), &tmp);
+    // The directory keeps the jail's mtime: writing beside a kept file is not a change
+    // `verify` should see.
+    let before = fsx::fstat(dd.as_fd())?;
     let r = (|| {
         let from = fsx::open_read_at(sd.as_fd(), sn)?;
         let to = fsx::create_excl_at(dd.as_fd(), &tmp)?;
@@ -470,7 +473,46 @@ fn write_new(
     if r.is_err() {
         let _ = fsx::unlink_at(dd.as_fd(), &tmp);
     }
+    set_mtime(dd.as_fd(), before.st_mtime as i64, before.st_mtime_nsec as u32)?;
     r
+}
+
+fn set_mtime(fd: BorrowedFd<'_>, secs: i64, nsec: u32) -> io::Result<()> {
+    use rustix::fs::{Timespec, Timestamps, UTIME_OMIT};
+    let t = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: secs as _,
+            tv_nsec: nsec as _,
+        },
+    };
+    rustix::fs::futimens(fd, &t).map_err(io::Error::from)
+}
+
+/// The mtime of the directory at `path` (opened without following a symlink), and a way to
+/// set it back: a nested tree's switch renames inside its parent, which belongs to the tree
+/// holding it and must keep the mtime that tree's switch gave it.
+pub struct DirMtime {
+    fd: std::os::fd::OwnedFd,
+    mtime: (i64, u32),
+}
+
+impl DirMtime {
+    pub fn of(path: &Path) -> io::Result<DirMtime> {
+        let fd = fsx::open_root_nofollow(path)?;
+        let st = fsx::fstat(fd.as_fd())?;
+        Ok(DirMtime {
+            fd,
+            mtime: (st.st_mtime as i64, st.st_mtime_nsec as u32),
+        })
+    }
+
+    pub fn restore(&self) -> io::Result<()> {
+        set_mtime(self.fd.as_fd(), self.mtime.0, self.mtime.1)
+    }
 }
 
 /// A unified diff of `old` and `new` (lines), with `ctx` lines of context; empty when equal.
