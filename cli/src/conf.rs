@@ -54,7 +54,10 @@ impl Tally {
             ));
         }
         if self.dropped > 0 {
-            parts.push(format!("{} dropped by the jail but edited, kept", self.dropped));
+            parts.push(format!(
+                "{} dropped by the jail but edited, kept",
+                self.dropped
+            ));
         }
         if parts.is_empty() {
             return String::new();
@@ -175,7 +178,10 @@ pub fn finish_all(
                 let v = serde_json::json!({"type": "error", "path": shown.display().to_string(), "phase": "config", "error": e.to_string()});
                 writeln!(out, "{v}")?;
             }
-            eprintln!("jailsync: {}: {e} (while writing the jail's version of a kept configuration file)", shown.display());
+            eprintln!(
+                "jailsync: {}: {e} (while writing the jail's version of a kept configuration file)",
+                shown.display()
+            );
         }
     }
     Ok(errors)

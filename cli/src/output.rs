@@ -187,7 +187,10 @@ impl Summary {
             } else {
                 String::new()
             }
-        ) + &self.conf.as_ref().map_or(String::new(), |c| c.human(self.dry_run))
+        ) + &self
+            .conf
+            .as_ref()
+            .map_or(String::new(), |c| c.human(self.dry_run))
     }
 }
 

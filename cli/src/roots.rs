@@ -218,7 +218,10 @@ pub fn rollback(root: &Path, force: bool, dry_run: bool, g: &Global) -> Result<u
     let (root_c, state) = open(root, g)?;
     let mut ups = load(&state, &root_c)?;
     let Some(u) = ups.iter().rev().find(|u| !u.rolled_back).cloned() else {
-        bail!("{}: no upgrade to roll back (see `jailsync history --root`)", root_c.display());
+        bail!(
+            "{}: no upgrade to roll back (see `jailsync history --root`)",
+            root_c.display()
+        );
     };
     let pools = Pools::new(0);
     // 1. Check, tree by tree (each under its own lock: a nested tree's lock conflicts with
@@ -250,7 +253,10 @@ pub fn rollback(root: &Path, force: bool, dry_run: bool, g: &Global) -> Result<u
             changed += 1;
             let p = t.dst.join(jailsync_engine::fsx::os(&ch.path));
             if g.json {
-                println!("{}", json!({"type": "changed", "path": p.display().to_string(), "what": ch.what}));
+                println!(
+                    "{}",
+                    json!({"type": "changed", "path": p.display().to_string(), "what": ch.what})
+                );
             } else {
                 eprintln!("jailsync: {}: {}", p.display(), ch.what);
             }

@@ -82,10 +82,7 @@ pub fn run(c: UpgradeCmd, g: &Global) -> Result<u8> {
             &g.state_dir,
             &all.iter().map(|(_, _, d)| d.as_path()).collect::<Vec<_>>(),
         )?;
-        Some((
-            roots::begin(&state, &root_c, &c.jail, &all)?,
-            state,
-        ))
+        Some((roots::begin(&state, &root_c, &c.jail, &all)?, state))
     };
 
     let mut total: Option<Summary> = None;

@@ -66,13 +66,19 @@ fn read_mk_conf(file: &Path, into: &mut MkConf) -> Result<()> {
         if value.contains('$') {
             return Err(Error::bad(
                 file,
-                format!("line {}: {name} uses a variable jailsync cannot expand: {value}", n + 1),
+                format!(
+                    "line {}: {name} uses a variable jailsync cannot expand: {value}",
+                    n + 1
+                ),
             ));
         }
         let rel = relative(&value).ok_or_else(|| {
             Error::bad(
                 file,
-                format!("line {}: {name} must be an absolute path without `..`: {value}", n + 1),
+                format!(
+                    "line {}: {name} must be an absolute path without `..`: {value}",
+                    n + 1
+                ),
             )
         })?;
         let slot = if name == "LOCALBASE" {
@@ -146,7 +152,10 @@ impl Layout {
                 if !is_dir(db)? {
                     return Err(Error::bad(
                         jail.join(db),
-                        format!("PKG_DBDIR (set in {}) is not a directory in the jail", from.display()),
+                        format!(
+                            "PKG_DBDIR (set in {}) is not a directory in the jail",
+                            from.display()
+                        ),
                     ));
                 }
                 dbs.push(db.clone());
@@ -158,7 +167,10 @@ impl Layout {
                     }
                 }
                 how.push(if dbs.is_empty() {
-                    format!("no package database in the jail (looked for /{}/pkgdb and /var/db/pkg)", base.display())
+                    format!(
+                        "no package database in the jail (looked for /{}/pkgdb and /var/db/pkg)",
+                        base.display()
+                    )
                 } else {
                     format!(
                         "package database at {} (found in the jail)",
@@ -267,7 +279,10 @@ pub fn read_conf(jail: &Path) -> Result<(Vec<PathBuf>, Vec<String>)> {
             _ => {
                 return Err(Error::bad(
                     &conf,
-                    format!("line {}: expected `tree REL` or `protect GLOB`, found {line:?}", n + 1),
+                    format!(
+                        "line {}: expected `tree REL` or `protect GLOB`, found {line:?}",
+                        n + 1
+                    ),
                 ))
             }
         }
@@ -303,7 +318,10 @@ mod tests {
         let ph = l.phases();
         assert_eq!(ph.len(), 2);
         assert_eq!(ph[0].0, p(&["usr/pkg"]));
-        assert_eq!(ph[0].1, vec!["/pkgdb/".to_string(), "/.jailsync-pkgdb/".into()]);
+        assert_eq!(
+            ph[0].1,
+            vec!["/pkgdb/".to_string(), "/.jailsync-pkgdb/".into()]
+        );
         assert_eq!(ph[1].0, p(&["usr/pkg/pkgdb"]));
     }
 
@@ -326,11 +344,23 @@ mod tests {
         );
         let l = Layout::detect(j.path()).unwrap();
         assert_eq!(l.trees, p(&["opt/pkg", "opt/pkg/var/db"]));
-        assert_eq!(l.phases()[0].1, vec!["/var/db/".to_string(), "/var/.jailsync-db/".into()]);
-        let j = jail(&["usr/pkg"], &[("usr/pkg/etc/mk.conf", "PKG_DBDIR=/var/db/pkg\n")]);
+        assert_eq!(
+            l.phases()[0].1,
+            vec!["/var/db/".to_string(), "/var/.jailsync-db/".into()]
+        );
+        let j = jail(
+            &["usr/pkg"],
+            &[("usr/pkg/etc/mk.conf", "PKG_DBDIR=/var/db/pkg\n")],
+        );
         let e = Layout::detect(j.path()).unwrap_err().to_string();
-        assert!(e.contains("PKG_DBDIR") && e.contains("not a directory"), "{e}");
-        let j = jail(&["usr/pkg"], &[("etc/mk.conf", "PKG_DBDIR=${VARBASE}/db/pkg\n")]);
+        assert!(
+            e.contains("PKG_DBDIR") && e.contains("not a directory"),
+            "{e}"
+        );
+        let j = jail(
+            &["usr/pkg"],
+            &[("etc/mk.conf", "PKG_DBDIR=${VARBASE}/db/pkg\n")],
+        );
         let e = Layout::detect(j.path()).unwrap_err().to_string();
         assert!(e.contains("VARBASE"), "{e}");
     }

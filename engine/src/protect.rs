@@ -230,6 +230,7 @@ fn hash_at(root: BorrowedFd<'_>, path: &[u8]) -> io::Result<Hash> {
 /// Decides every protected file of a planned tree and changes the plan (and the source
 /// entries of kept files, which then describe the live version the next tree keeps).
 /// `prefix` is the tree's root-relative name (for globs).
+#[allow(clippy::too_many_arguments)]
 pub fn decide(
     rules: &Rules,
     prefix: &[u8],
@@ -345,6 +346,9 @@ pub fn decide(
     Ok(out)
 }
 
+/// The `.jailsync-new` files written (relative paths), and those that could not be, with why.
+pub type Finished = (Vec<Box<[u8]>>, Vec<(Box<[u8]>, io::Error)>);
+
 /// After a successful run: writes each `NAME.jailsync-new` into the live tree (whole: a
 /// temporary name, then a rename over an older one), then records the new base (the jail's
 /// protected files' hashes) and the kept files. Returns the `.jailsync-new` paths written
@@ -359,7 +363,7 @@ pub fn finish(
     src: &Entries,
     d: &Decisions,
     owner: bool,
-) -> Result<(Vec<Box<[u8]>>, Vec<(Box<[u8]>, io::Error)>)> {
+) -> Result<Finished> {
     let mut written = Vec::new();
     let mut errors = Vec::new();
     let sfd = fsx::open_root(src_root).at(src_root)?;
@@ -374,8 +378,7 @@ pub fn finish(
         }
     }
     // The base: what the jail offered this time, for every protected file it has.
-    let decided: HashMap<&[u8], &Decision> =
-        d.list.iter().map(|x| (x.path.as_ref(), x)).collect();
+    let decided: HashMap<&[u8], &Decision> = d.list.iter().map(|x| (x.path.as_ref(), x)).collect();
     let mut base: Vec<(Box<[u8]>, Hash)> = Vec::new();
     for (i, e) in src.iter().enumerate() {
         if e.kind != Kind::File || !rules.covers(prefix, e.path) {
@@ -473,7 +476,11 @@ fn write_new(
     if r.is_err() {
         let _ = fsx::unlink_at(dd.as_fd(), &tmp);
     }
-    set_mtime(dd.as_fd(), before.st_mtime as i64, before.st_mtime_nsec as u32)?;
+    set_mtime(
+        dd.as_fd(),
+        before.st_mtime as i64,
+        before.st_mtime_nsec as u32,
+    )?;
     r
 }
 
@@ -566,7 +573,11 @@ pub fn unified_diff(old_name: &str, new_name: &str, old: &str, new: &str, ctx: u
         let ac = ops[start..end].iter().filter(|o| o.0 != '+').count();
         let bc = ops[start..end].iter().filter(|o| o.0 != '-').count();
         let at = |s: usize, c: usize| if c == 0 { s } else { s + 1 };
-        out.push_str(&format!("@@ -{},{ac} +{},{bc} @@\n", at(a0, ac), at(b0, bc)));
+        out.push_str(&format!(
+            "@@ -{},{ac} +{},{bc} @@\n",
+            at(a0, ac),
+            at(b0, bc)
+        ));
         for &(t, i, j) in &ops[start..end] {
             let line = if t == '+' { b[j] } else { a[i] };
             out.push(t);
@@ -584,8 +595,17 @@ mod tests {
 
     #[test]
     fn diff_of_one_changed_line() {
-        let d = unified_diff("a", "b", "1\n2\n3\n4\n5\n6\n7\n8\n", "1\n2\n3\n4\nfive\n6\n7\n8\n", 2);
-        assert_eq!(d, "--- a\n+++ b\n@@ -3,5 +3,5 @@\n 3\n 4\n-5\n+five\n 6\n 7\n");
+        let d = unified_diff(
+            "a",
+            "b",
+            "1\n2\n3\n4\n5\n6\n7\n8\n",
+            "1\n2\n3\n4\nfive\n6\n7\n8\n",
+            2,
+        );
+        assert_eq!(
+            d,
+            "--- a\n+++ b\n@@ -3,5 +3,5 @@\n 3\n 4\n-5\n+five\n 6\n 7\n"
+        );
         assert_eq!(unified_diff("a", "b", "x\n", "x\n", 3), "");
         let d = unified_diff("a", "b", "", "new\n", 3);
         assert_eq!(d, "--- a\n+++ b\n@@ -0,0 +1,1 @@\n+new\n");
