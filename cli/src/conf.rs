@@ -217,10 +217,9 @@ pub fn run_conf_diff(root: &Path, g: &Global) -> Result<u8> {
     let mut out = io::BufWriter::new(stdout.lock());
     let mut pending = 0;
     for tree in known_trees(&state, &root_c) {
-        for (v, _, p) in protect::load_kept(&state, &tree) {
-            if v != Verdict::KeptNew {
-                continue;
-            }
+        // Any kept file may have one pending: written this run, or an earlier one the admin
+        // has not resolved yet.
+        for (_, _, p) in protect::load_kept(&state, &tree) {
             let live = tree.join(jailsync_engine::fsx::os(&p));
             let mut new = live.as_os_str().to_owned();
             new.push(NEW_SUFFIX);
