@@ -574,6 +574,22 @@ pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
     if let Some(root) = &c.root {
         return crate::roots::rollback(root, c.force, c.dry_run, g);
     }
+    // Trees switched together are locked together; a tree inside another (a nested package
+    // database) cannot be, and is rolled back on its own.
+    let canon: Vec<PathBuf> = c
+        .dst
+        .iter()
+        .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()))
+        .collect();
+    for a in &canon {
+        if let Some(b) = canon.iter().find(|b| *b != a && a.starts_with(b)) {
+            bail!(
+                "{}: inside {}, also given: roll them back one at a time, the inner one first, or the whole last upgrade with `jailsync rollback --root ROOT`",
+                a.display(),
+                b.display()
+            );
+        }
+    }
     let opts = SyncOpts {
         dry_run: c.dry_run,
         ..SyncOpts::default()

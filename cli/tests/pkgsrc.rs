@@ -367,6 +367,16 @@ fn nested_database_is_switched_last_with_the_old_one_carried_across() {
     let again = h.upgrade(&["-n", "-i"]);
     expect_code(&again, 0);
     assert_eq!(stdout(&again), "");
+    // Per tree, both at once cannot be locked together: said plainly, nothing changed.
+    let (outer, inner) = (h.root.join("usr/pkg"), h.root.join("usr/pkg/pkgdb"));
+    let o = h.js(&["rollback", outer.to_str().unwrap(), inner.to_str().unwrap()]);
+    expect_code(&o, 2);
+    assert!(stderr(&o).contains("one at a time"), "{}", stderr(&o));
+    assert_eq!(
+        h.live("usr/pkg/bin/nginx").unwrap(),
+        "nginx 1.26
+"
+    );
 }
 
 #[test]
