@@ -633,3 +633,49 @@ echo host_pts_kept=$(test "$(grep -c ' /dev/pts ' /proc/self/mountinfo)" = "$hos
     }
     let _ = OsStr::new("");
 }
+
+#[test]
+fn protect_globs_from_the_command_line_and_jailsync_conf() {
+    let h = Host::new();
+    h.jail_file("usr/pkg/bin/t", "1\n")
+        .jail_file("usr/pkg/share/t/a.conf", "a1\n")
+        .jail_file("usr/pkg/share/t/b.rc", "b1\n")
+        .jail_file("usr/pkg/share/t/c.txt", "c1\n")
+        .jail_file("var/db/pkg/t-1/+CONTENTS", "@name t-1\n");
+    expect_code(&h.upgrade(&[]), 0);
+    for f in ["a.conf", "b.rc", "c.txt"] {
+        h.live_file(&format!("usr/pkg/share/t/{f}"), "local\n");
+        h.jail_file(&format!("usr/pkg/share/t/{f}"), "2\n");
+    }
+    h.jail_file("jailsync.conf", "# mine\nprotect *.rc\n");
+    let o = h.upgrade(&["--protect", "usr/pkg/share/t/*.conf", "-i"]);
+    expect_code(&o, 0);
+    assert_eq!(
+        h.live("usr/pkg/share/t/a.conf").unwrap(),
+        "local\n",
+        "--protect"
+    );
+    assert_eq!(
+        h.live("usr/pkg/share/t/a.conf.jailsync-new").unwrap(),
+        "2\n"
+    );
+    assert_eq!(
+        h.live("usr/pkg/share/t/b.rc").unwrap(),
+        "local\n",
+        "protect line"
+    );
+    assert_eq!(
+        h.live("usr/pkg/share/t/c.txt").unwrap(),
+        "2\n",
+        "not protected"
+    );
+    // A bad line in jailsync.conf is refused by name and line, nothing changed.
+    h.jail_file("jailsync.conf", "protect *.rc\nprotekt x\n");
+    let o = h.upgrade(&[]);
+    expect_code(&o, 2);
+    assert!(
+        stderr(&o).contains("jailsync.conf") && stderr(&o).contains("line 2"),
+        "{}",
+        stderr(&o)
+    );
+}
