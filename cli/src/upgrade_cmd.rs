@@ -82,6 +82,18 @@ pub fn run(c: UpgradeCmd, g: &Global) -> Result<u8> {
             &g.state_dir,
             &all.iter().map(|(_, _, d)| d.as_path()).collect::<Vec<_>>(),
         )?;
+        // A switch a killed run left half made is finished (or undone) first, each under its
+        // tree's lock: so the record below names the generations that exist before this run,
+        // and a nested database's home, which the tree holding it carries across when staged,
+        // is never copied with a switch half made.
+        for (_, _, d) in &all {
+            if d.is_dir() {
+                let _lock = jailsync_engine::journal::Lock::acquire(&state, d)?;
+                if let Some(home) = jailsync_engine::switch::Home::existing(d)? {
+                    home.recover()?;
+                }
+            }
+        }
         Some((roots::begin(&state, &root_c, &c.jail, &all)?, state))
     };
 

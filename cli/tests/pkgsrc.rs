@@ -458,6 +458,44 @@ fn root_rollback_restores_both_trees_also_after_a_killed_run() {
     let o = h.js(&["rollback", "--root", h.root_s()]);
     expect_code(&o, 0);
     assert_eq!(contents(&h.root), first, "the killed run undone");
+
+    // Killed before the database's exchange (above), or just after it (before its old tree
+    // is renamed to its generation: a run's renameat calls are, per tree, three records, then
+    // that rename); then usr/pkg changes in the jail too, so the rerun stages usr/pkg and
+    // carries the database's home across. The rerun converges; rolling it back leaves what the
+    // killed run left; rolling that back gives the first release again.
+    for (trace, inject) in [
+        (
+            "trace=renameat2",
+            "inject=renameat2:error=EIO:signal=SIGKILL:when=4",
+        ),
+        ("trace=renameat", "inject=renameat:signal=SIGKILL:when=8"),
+    ] {
+        h.jail_file("usr/pkg/bin/nginx", "nginx 1.26\n");
+        let o = Command::new("strace")
+            .args(["-f", "-qq", "-e", "signal=none", "-e", trace, "-e", inject])
+            .args(["-o", "/dev/null"])
+            .arg(c.get_program())
+            .args(c.get_args())
+            .env_remove("JAILSYNC_STATE_DIR")
+            .output()
+            .unwrap();
+        assert_ne!(o.status.code(), Some(0), "{inject}: the run was killed");
+        let killed = contents(&h.root);
+        assert_eq!(killed["usr/pkg/bin/nginx"], "nginx 1.26\n", "{inject}");
+        h.jail_file("usr/pkg/bin/nginx", "nginx 1.26 patched\n");
+        expect_code(&h.upgrade(&[]), 0);
+        assert_eq!(h.live("usr/pkg/bin/nginx").unwrap(), "nginx 1.26 patched\n");
+        assert!(h.root.join("usr/pkg/pkgdb/nginx-1.26").is_dir(), "{inject}");
+        let j = h.jail.join("usr/pkg");
+        let r = h.root.join("usr/pkg");
+        let v = h.js(&["verify", j.to_str().unwrap(), r.to_str().unwrap()]);
+        expect_code(&v, 0);
+        expect_code(&h.js(&["rollback", "--root", h.root_s()]), 0);
+        assert_eq!(contents(&h.root), killed, "{inject}: the rerun undone");
+        expect_code(&h.js(&["rollback", "--root", h.root_s()]), 0);
+        assert_eq!(contents(&h.root), first, "{inject}: the killed run undone");
+    }
 }
 
 #[test]
