@@ -33,6 +33,10 @@ pub enum JailCmd {
         /// Look host paths up below DIR instead of `/`.
         #[arg(long, value_name = "DIR", default_value = "/")]
         host_root: PathBuf,
+        /// The package database directory to create in the jail (relative; `var/db/pkg` for
+        /// the 2005 layout).
+        #[arg(long, value_name = "REL", default_value = "usr/pkg/pkgdb")]
+        pkg_dbdir: PathBuf,
     },
     /// Mount each line of JAIL/mountpoints (read-only unless `rw`), unless already mounted.
     Mount {
@@ -75,12 +79,14 @@ pub fn run(cmd: JailCmd, global: &Global) -> anyhow::Result<u8> {
             mountpoints,
             force,
             host_root,
+            pkg_dbdir,
         } => init(
             &jail,
             &marker,
             mountpoints.as_deref(),
             force,
             &host_root,
+            &pkg_dbdir,
             global,
         ),
         JailCmd::Mount { jail, host_root } => {
@@ -150,6 +156,7 @@ fn init(
     mountpoints: Option<&Path>,
     force: bool,
     host_root: &Path,
+    pkg_dbdir: &Path,
     global: &Global,
 ) -> anyhow::Result<u8> {
     let opts = InitOptions {
@@ -157,6 +164,7 @@ fn init(
         mountpoints,
         force,
         host_root,
+        pkg_dbdir,
     };
     let done = jail::init(path, &opts)?;
     if global.json {
@@ -181,11 +189,16 @@ fn init(
                 .collect::<Vec<_>>()
                 .join(" and ")
         );
-        if !done.left_out.is_empty() && global.verbose > 0 {
+        if !done.left_out.is_empty() {
             println!(
-                "left out of mountpoints (not on this host): {}",
+                "skipped seed mount points this host lacks: {}",
                 done.left_out.join(" ")
             );
+        }
+        if global.verbose > 0 {
+            for c in &done.created {
+                println!("created {}", c.display());
+            }
         }
     }
     Ok(exit::OK)

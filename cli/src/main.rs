@@ -4,11 +4,14 @@
 //! Invoked as `mkjail`, `umkjail` or `sync_pkg` it behaves like the seed's scripts.
 
 mod admin_cmd;
+mod conf;
 mod hints;
 mod jail_cmd;
 mod output;
 mod pipe;
+mod roots;
 mod sync_cmd;
+mod upgrade_cmd;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -70,6 +73,12 @@ pub enum Cmd {
     Rollback(sync_cmd::RollbackCmd),
     /// List the syncs of DST that can be rolled back.
     History(sync_cmd::HistoryCmd),
+    /// Show the jail's versions of kept configuration files (`NAME.jailsync-new`) as unified
+    /// diffs against the live ones (exit 1 when some are pending).
+    ConfDiff {
+        /// The live root (or one tree) to look in.
+        root: PathBuf,
+    },
     /// Jail lifecycle: init, mount, umount, status, enter.
     #[command(subcommand)]
     Jail(jail_cmd::JailCmd),
@@ -140,6 +149,7 @@ fn main() -> ExitCode {
         Cmd::Manifest(c) => sync_cmd::run_manifest(c, &cli.global),
         Cmd::Rollback(c) => sync_cmd::run_rollback(c, &cli.global),
         Cmd::History(c) => sync_cmd::run_history(c, &cli.global),
+        Cmd::ConfDiff { root } => conf::run_conf_diff(&root, &cli.global),
         Cmd::Jail(j) => jail_cmd::run(j, &cli.global),
         Cmd::Prune(c) => admin_cmd::run_prune(c, &cli.global),
         Cmd::Man(c) => admin_cmd::run_man(c),

@@ -126,9 +126,24 @@ pub struct Summary {
     pub dry_run: bool,
     pub hashed_bytes: u64,
     pub cache_hits: usize,
+    /// Configuration protection (upgrade): what was kept.
+    pub conf: Option<crate::conf::Tally>,
 }
 
 impl Summary {
+    /// Adds a later phase of the same upgrade (the elapsed time is the caller's).
+    pub fn add(&mut self, o: &Summary) {
+        add_counts(&mut self.counts, o.counts);
+        self.bytes_written += o.bytes_written;
+        self.switch_window += o.switch_window;
+        self.errors += o.errors;
+        self.hashed_bytes += o.hashed_bytes;
+        self.cache_hits += o.cache_hits;
+        if let Some(c) = &o.conf {
+            self.conf.get_or_insert_with(Default::default).add(c);
+        }
+    }
+
     pub fn json(&self) -> Value {
         json!({
             "type": "summary",
@@ -145,6 +160,8 @@ impl Summary {
             "elapsed_ms": self.elapsed.as_secs_f64() * 1000.0,
             "switch_window_ms": self.switch_window.as_secs_f64() * 1000.0,
             "errors": self.errors,
+            "config_kept": self.conf.as_ref().map(|c| c.kept + c.dropped),
+            "config_new": self.conf.as_ref().map(|c| c.new),
         })
     }
 
@@ -171,7 +188,10 @@ impl Summary {
             } else {
                 String::new()
             }
-        )
+        ) + &self
+            .conf
+            .as_ref()
+            .map_or(String::new(), |c| c.human(self.dry_run))
     }
 }
 

@@ -66,8 +66,12 @@ pub struct SyncArgs {
 #[derive(Args, Debug)]
 pub struct RollbackCmd {
     /// Destination(s) whose last sync to undo (for an upgrade: ROOT/usr/pkg ROOT/var/db/pkg).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "root", conflicts_with = "root")]
     pub dst: Vec<PathBuf>,
+    /// Undo the last `upgrade` of this live root: every tree it switched, in reverse order
+    /// (also after a run that was killed or failed in a later tree).
+    #[arg(long, value_name = "ROOT", conflicts_with = "gen")]
+    pub root: Option<PathBuf>,
     /// Roll back to this generation instead of the newest (see `history`).
     #[arg(long, value_name = "N")]
     pub gen: Option<u64>,
@@ -91,7 +95,11 @@ pub struct RollbackCmd {
 #[derive(Args, Debug)]
 pub struct HistoryCmd {
     /// The destination whose rollback generations to list.
-    pub dst: PathBuf,
+    #[arg(required_unless_present = "root", conflicts_with = "root")]
+    pub dst: Option<PathBuf>,
+    /// List the upgrades of this live root instead (one line per upgrade, all its trees).
+    #[arg(long, value_name = "ROOT")]
+    pub root: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -119,6 +127,14 @@ pub struct UpgradeCmd {
     /// JAIL/jailsync.conf, else usr/pkg and var/db/pkg). The package database goes last.
     #[arg(long, value_name = "REL")]
     pub tree: Vec<PathBuf>,
+    /// Also protect configuration files matching GLOB (ROOT-relative, `--exclude` syntax;
+    /// repeatable; also `protect GLOB` lines of JAIL/jailsync.conf). Every tree's `etc/` is
+    /// protected by default: see the README's "Configuration files".
+    #[arg(long, value_name = "GLOB")]
+    pub protect: Vec<String>,
+    /// Do not protect every tree's `etc/` (GLOBs given still are).
+    #[arg(long)]
+    pub no_protect: bool,
     #[command(flatten)]
     pub args: SyncArgs,
 }
@@ -197,41 +213,13 @@ pub fn run_sync(c: SyncCmd, g: &Global) -> Result<u8> {
     // Canonical paths: state (caches, locks, rollback) is keyed by them.
     let (s, d) = sync::check_pair(&c.src, &c.dst, c.args.follow_dst)?;
     crate::admin_cmd::check_parent(&c.dst, c.mkpath)?;
-    run_pairs(vec![(s, d, Vec::new())], &c.args, g)
+    let ran = run_pairs(vec![(s, d, Vec::new())], &c.args, g, &Hooks::default())?;
+    Ok(ran.finish(g))
 }
 
-/// The trees of an upgrade: `--tree`, else `tree REL` lines of JAIL/jailsync.conf, else the
-/// seed's two. Any tree ending in `db/pkg` is moved last: the database must never list a
-/// package whose files are not in place yet.
-pub fn upgrade_trees(jail: &Path, given: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut trees: Vec<PathBuf> = given.to_vec();
-    if trees.is_empty() {
-        let conf = jail.join("jailsync.conf");
-        match std::fs::read_to_string(&conf) {
-            Ok(text) => {
-                for (n, line) in text.lines().enumerate() {
-                    let line = line.trim();
-                    if line.is_empty() || line.starts_with('#') {
-                        continue;
-                    }
-                    match line.split_once(char::is_whitespace) {
-                        Some(("tree", rel)) => trees.push(PathBuf::from(rel.trim())),
-                        _ => bail!(
-                            "{}:{}: expected `tree REL`, found {line:?}",
-                            conf.display(),
-                            n + 1
-                        ),
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| conf.display().to_string()),
-        }
-    }
-    if trees.is_empty() {
-        trees = vec!["usr/pkg".into(), "var/db/pkg".into()];
-    }
-    for t in &trees {
+/// Refuses a tree that is not a plain relative path.
+pub fn check_rel(trees: &[PathBuf]) -> Result<()> {
+    for t in trees {
         let bad = t.is_absolute()
             || t.components()
                 .any(|c| !matches!(c, std::path::Component::Normal(_)));
@@ -242,26 +230,61 @@ pub fn upgrade_trees(jail: &Path, given: &[PathBuf]) -> Result<Vec<PathBuf>> {
             );
         }
     }
-    let (db, mut rest): (Vec<PathBuf>, Vec<PathBuf>) =
-        trees.into_iter().partition(|t| t.ends_with("db/pkg"));
-    rest.extend(db);
-    Ok(rest)
+    Ok(())
 }
 
 pub fn run_upgrade(c: UpgradeCmd, g: &Global) -> Result<u8> {
-    use std::os::unix::ffi::OsStrExt;
-    let trees = upgrade_trees(&c.jail, &c.tree)?;
-    let mut pairs = Vec::new();
-    for t in &trees {
-        let (s, d) = sync::check_tree(&c.jail, &c.root, t, c.args.follow_dst)?;
-        pairs.push((s, d, t.as_os_str().as_bytes().to_vec()));
+    crate::upgrade_cmd::run(c, g)
+}
+
+/// What `upgrade` adds to a run of pairs: excludes for one phase (a nested database and its
+/// home), and configuration protection.
+#[derive(Default)]
+pub struct Hooks {
+    pub extra_excludes: Vec<String>,
+    pub protect: Option<jailsync_engine::protect::Rules>,
+}
+
+/// A run of pairs, its summary not printed yet (an upgrade in phases prints one).
+pub struct Ran {
+    pub code: u8,
+    /// None: nothing was switched (staging failed, reported).
+    pub summary: Option<Summary>,
+    pub verbose_phases: Option<String>,
+}
+
+impl Ran {
+    /// Prints the summary (stdout JSON or stderr line); returns the exit code.
+    pub fn finish(self, g: &Global) -> u8 {
+        if let Some(summary) = &self.summary {
+            if g.json {
+                println!("{}", summary.json());
+            } else if !g.quiet {
+                eprintln!("{}", summary.human());
+                if let Some(p) = &self.verbose_phases {
+                    eprintln!("phases: {p}");
+                }
+            }
+        }
+        self.code
     }
-    run_pairs(pairs, &c.args, g)
 }
 
 /// Runs checked (source, destination, itemize prefix) pairs, their paths canonical.
-fn run_pairs(checked: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global) -> Result<u8> {
+pub fn run_pairs(
+    checked: Vec<(PathBuf, PathBuf, Vec<u8>)>,
+    a: &SyncArgs,
+    g: &Global,
+    hooks: &Hooks,
+) -> Result<Ran> {
     let t0 = Instant::now();
+    let mut a2 = a.clone();
+    a2.exclude.extend(hooks.extra_excludes.iter().cloned());
+    if hooks.protect.is_some() {
+        a2.exclude
+            .push(jailsync_engine::protect::NEW_EXCLUDE.to_string());
+    }
+    let a = &a2;
     let opts = engine_opts(a)?;
     let pairs: Vec<(&Path, &Path)> = checked
         .iter()
@@ -285,6 +308,11 @@ fn run_pairs(checked: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global
     for (s, d, _) in &checked {
         trees.push(sync::prepare(s, d, Some(&state), &opts, &pools, &*prog)?);
     }
+    let decisions = match &hooks.protect {
+        Some(rules) => crate::conf::decide_all(rules, &mut trees, &checked, &state)?,
+        None => Vec::new(),
+    };
+    // After the protection decisions: configuration they keep is not deleted.
     crate::admin_cmd::check_max_delete(&trees, a.max_delete)?;
     let mut switched = None;
     if !a.dry_run && sync::all_switchable(&trees) {
@@ -326,7 +354,11 @@ fn run_pairs(checked: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global
     };
     if let Some(why) = report.as_ref().and_then(|r| r.aborted.as_ref()) {
         eprintln!("jailsync: {why}");
-        return Ok(exit::PARTIAL);
+        return Ok(Ran {
+            code: exit::PARTIAL,
+            summary: None,
+            verbose_phases: None,
+        });
     }
 
     let stdout = io::stdout();
@@ -338,6 +370,9 @@ fn run_pairs(checked: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global
         output::add_counts(&mut counts, Counts::of_done(&t.plan, done));
         if a.itemize || g.json {
             output::print_changes(&mut out, &t.plan, &t.src, &t.dst, &checked[k].2, g.json)?;
+        }
+        if let Some(d) = decisions.get(k) {
+            crate::conf::print_decisions(&mut out, d, &checked[k].2, a.itemize, g.json)?;
         }
         for (p, e) in &t.scan_errors {
             errors += 1;
@@ -392,7 +427,16 @@ fn run_pairs(checked: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global
             }
         }
     }
+    let mut conf = crate::conf::Tally::of(&decisions);
+    if !a.dry_run {
+        if let (Some(rules), Some(_)) = (&hooks.protect, &report) {
+            errors += crate::conf::finish_all(
+                rules, &trees, &checked, &decisions, &state, &mut conf, &mut out, g,
+            )?;
+        }
+    }
     let summary = Summary {
+        conf: hooks.protect.as_ref().map(|_| conf),
         counts,
         bytes_written: report.as_ref().map_or(0, |r| r.bytes_written()),
         elapsed: t0.elapsed(),
@@ -404,17 +448,12 @@ fn run_pairs(checked: Vec<(PathBuf, PathBuf, Vec<u8>)>, a: &SyncArgs, g: &Global
         hashed_bytes: trees.iter().map(|t| t.hashed_bytes).sum(),
         cache_hits: trees.iter().map(|t| t.cache_hits).sum(),
     };
-    if g.json {
-        writeln!(out, "{}", summary.json())?;
-    }
     out.flush()?;
-    if !g.quiet && !g.json {
-        eprintln!("{}", summary.human());
-        if g.verbose > 0 {
-            eprintln!("phases: {}", prog.report());
-        }
-    }
-    Ok(if errors > 0 { exit::PARTIAL } else { exit::OK })
+    Ok(Ran {
+        code: if errors > 0 { exit::PARTIAL } else { exit::OK },
+        summary: Some(summary),
+        verbose_phases: (g.verbose > 0).then(|| prog.report()),
+    })
 }
 
 fn report_error(
@@ -433,29 +472,55 @@ fn report_error(
 }
 
 pub fn run_verify(c: VerifyCmd, g: &Global) -> Result<u8> {
-    let opts = SyncOpts {
-        excludes: Excludes::new(&c.exclude).context("bad --exclude pattern")?,
-        checksum: c.checksum,
-        dry_run: true,
-        ..SyncOpts::default()
-    };
     // verify only reads: a symlinked DST is followed (when owned by root or the caller),
     // whatever its spelling.
     let dst = paths::resolve_dir(&c.dst, "destination", Follow::Owned)?;
     if !dst.is_dir() {
         bail!("{}: not a directory", c.dst.display());
     }
-    let pools = Pools::new(0);
-    let prog = progress(g);
     // State is only read and written for caches here; a read-only state dir is no error.
     let state = sync::open_state(&g.state_dir, &[&dst]).ok();
-    let tree = if c.src.is_dir() {
+    // Configuration kept with the admin's edits by the last upgrade is not a difference, nor
+    // are the jail's versions written beside it (see the README's "Configuration files").
+    let kept = state
+        .as_ref()
+        .and_then(|s| crate::conf::kept_for_verify(s, &dst));
+    let mut patterns = c.exclude.clone();
+    if let Some(s) = &state {
+        patterns.extend(crate::conf::nested_homes(s, &dst));
+    }
+    if kept.is_some() {
+        patterns.push(jailsync_engine::protect::NEW_EXCLUDE.into());
+    }
+    let opts = SyncOpts {
+        excludes: Excludes::new(&patterns).context("bad --exclude pattern")?,
+        checksum: c.checksum,
+        dry_run: true,
+        ..SyncOpts::default()
+    };
+    let pools = Pools::new(0);
+    let prog = progress(g);
+    let mut tree = if c.src.is_dir() {
         let (src, dst) = sync::check_pair(&c.src, &c.dst, true)?;
         sync::prepare(&src, &dst, state.as_ref(), &opts, &pools, &*prog)?
     } else {
         let m = manifest::read_file(&c.src)?;
         sync::prepare_from_manifest(&c.src, m, &dst, state.as_ref(), &opts, &pools, &*prog)?
     };
+    let mut kept_config = 0;
+    if let Some(kept) = &kept {
+        let drop: Vec<bool> = tree
+            .plan
+            .actions
+            .iter()
+            .map(|a| {
+                kept.binary_search_by(|k| (**k).cmp(tree.plan.path(a, &tree.src, &tree.dst)))
+                    .is_ok()
+            })
+            .collect();
+        kept_config = drop.iter().filter(|&&d| d).count();
+        jailsync_engine::plan::drop_actions(&mut tree.plan, &drop);
+    }
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     // -q: the exit code is the whole answer.
@@ -473,11 +538,19 @@ pub fn run_verify(c: VerifyCmd, g: &Global) -> Result<u8> {
             "match": !differ,
             "differences": tree.plan.actions.len(),
             "errors": tree.scan_errors.len(),
+            "config_kept": kept_config,
         });
         writeln!(out, "{v}")?;
     }
     out.flush()?;
     if !g.quiet && !g.json {
+        if kept_config > 0 {
+            eprintln!(
+                "{}: {kept_config} configuration file{} kept with local edits (not counted; see `jailsync conf-diff`)",
+                c.dst.display(),
+                if kept_config == 1 { "" } else { "s" }
+            );
+        }
         if differ {
             eprintln!(
                 "{}: {} differences from {}",
@@ -534,6 +607,25 @@ pub fn run_manifest(c: ManifestCmd, g: &Global) -> Result<u8> {
 }
 
 pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
+    if let Some(root) = &c.root {
+        return crate::roots::rollback(root, c.force, c.dry_run, g);
+    }
+    // Trees switched together are locked together; a tree inside another (a nested package
+    // database) cannot be, and is rolled back on its own.
+    let canon: Vec<PathBuf> = c
+        .dst
+        .iter()
+        .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()))
+        .collect();
+    for a in &canon {
+        if let Some(b) = canon.iter().find(|b| *b != a && a.starts_with(b)) {
+            bail!(
+                "{}: inside {}, also given: roll them back one at a time, the inner one first, or the whole last upgrade with `jailsync rollback --root ROOT`",
+                a.display(),
+                b.display()
+            );
+        }
+    }
     let opts = SyncOpts {
         dry_run: c.dry_run,
         ..SyncOpts::default()
@@ -700,6 +792,7 @@ fn rollback_switched(
             if let Ok(p) = state.cache_path(dst) {
                 let _ = std::fs::remove_file(p);
             }
+            jailsync_engine::protect::undo_base(state, dst)?;
         }
         if g.json {
             let v = serde_json::json!({
@@ -745,7 +838,10 @@ fn rollback_switched(
 }
 
 pub fn run_history(c: HistoryCmd, g: &Global) -> Result<u8> {
-    let dst = std::fs::canonicalize(&c.dst).with_context(|| c.dst.display().to_string())?;
+    let Some(dst) = &c.dst else {
+        return crate::roots::history(c.root.as_deref().expect("clap: dst or root"), g);
+    };
+    let dst = std::fs::canonicalize(dst).with_context(|| dst.display().to_string())?;
     let state = sync::open_state(&g.state_dir, &[&dst])?;
     if let Some(home) = switched_home(&dst)? {
         let stdout = io::stdout();

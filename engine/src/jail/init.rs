@@ -31,6 +31,9 @@ pub struct InitOptions<'a> {
     pub force: bool,
     /// Where the host's paths are looked up when filtering the seed list.
     pub host_root: &'a Path,
+    /// The package database directory to create (relative to the jail; `PKG_DBDIR` of the
+    /// layout the jail will hold: `usr/pkg/pkgdb` today, `var/db/pkg` for the 2005 one).
+    pub pkg_dbdir: &'a Path,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +53,17 @@ pub fn init(path: &Path, opts: &InitOptions) -> Result<Initialized> {
         return Err(Error::refused(
             path.join(MARKER_FILE),
             "the marker must be one non-empty line",
+        ));
+    }
+    if opts.pkg_dbdir.is_absolute()
+        || opts
+            .pkg_dbdir
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(Error::refused(
+            opts.pkg_dbdir,
+            "the package database must be a relative path without `..`",
         ));
     }
     let mut left_out = Vec::new();
@@ -109,6 +123,11 @@ pub fn init(path: &Path, opts: &InitOptions) -> Result<Initialized> {
             Err(e) if e.kind() == ErrorKind::AlreadyExists && dir.is_dir() => {}
             Err(e) => return Err(Error::io(&dir, e)),
         }
+    }
+    let db = root.join(opts.pkg_dbdir);
+    if !db.is_dir() {
+        fs::create_dir_all(&db).at(&db)?;
+        created.push(db);
     }
     let mut written = Vec::new();
     for (f, text) in files {

@@ -137,10 +137,28 @@ fn apply(jail: &Jail, p: &Probe) -> Result<Action> {
             Ok(Action::Linked)
         }
         (State::NotMounted, kind) => {
-            make_mount_point(jail, &p.target, *kind == Host::Dir)?;
-            os::bind(&p.host, &p.target, want_ro).map_err(|e| Error::Io {
+            use super::mountpoints::Kind;
+            make_mount_point(
+                jail,
+                &p.target,
+                *kind == Host::Dir || p.entry.kind.is_virtual(),
+            )?;
+            let r = match p.entry.kind {
+                Kind::Bind => os::bind(&p.host, &p.target, want_ro),
+                Kind::Rbind => os::rbind(&p.host, &p.target),
+                Kind::Proc => os::mount_fs("proc", &p.target, ""),
+                Kind::Tmpfs => os::mount_fs("tmpfs", &p.target, "mode=1777"),
+            };
+            r.map_err(|e| Error::Io {
                 path: p.target.clone(),
-                cause: std::io::Error::new(e.kind(), format!("mounting {}: {e}", p.host.display())),
+                cause: std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "mounting {} ({}): {e}",
+                        p.host.display(),
+                        p.entry.kind.name()
+                    ),
+                ),
             })?;
             Ok(Action::Mounted { read_only: want_ro })
         }

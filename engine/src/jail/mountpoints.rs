@@ -1,11 +1,18 @@
 //! The `mountpoints` file: one path a line, relative to both the host root and the jail,
-//! optionally followed by ` rw` (or ` ro`, the default). `#` starts a comment line.
+//! optionally followed by ` rw` (or ` ro`, the default) for a bind mount of the host path, or
+//! by what to mount there instead (what a jail needs to build, as mksandbox and sandboxctl
+//! mount it): `rbind` (the host path bound recursively, with the mounts below it, read-write:
+//! `dev` with `dev/pts`, `dev/shm`, a writable `/dev/null`), `proc` (a procfs), `tmpfs` (a
+//! private tmpfs, mode 1777). `#` starts a comment line.
 //!
 //! ```text
 //! # host path    mode
 //! bin
 //! usr/include
 //! usr/pkgsrc     rw
+//! proc           proc
+//! dev            rbind
+//! tmp            tmpfs
 //! ```
 //!
 //! Parsing is strict and purely lexical: a path that is absolute, empty, or has a `..`
@@ -28,7 +35,9 @@ pub const SEED: &[&str] = &[
     "lib64",
     "libexec",
     "etc",
-    "dev",
+    "dev rbind",
+    "proc proc",
+    "tmp tmpfs",
     "usr/bin",
     "usr/sbin",
     "usr/lib",
@@ -43,12 +52,43 @@ pub const SEED: &[&str] = &[
     "usr/pkgsrc rw",
 ];
 
+/// What a line mounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The host path, read-only unless `rw`.
+    Bind,
+    /// The host path and every mount below it, read-write; no event propagates back to the
+    /// host (made a slave), so unmounting the jail's copies never unmounts the host's.
+    Rbind,
+    /// A procfs of the caller's pid namespace.
+    Proc,
+    /// A fresh tmpfs, private to the jail.
+    Tmpfs,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Bind => "bind",
+            Kind::Rbind => "rbind",
+            Kind::Proc => "proc",
+            Kind::Tmpfs => "tmpfs",
+        }
+    }
+
+    /// A filesystem made for the jail, not a view of a host path.
+    pub fn is_virtual(self) -> bool {
+        matches!(self, Kind::Proc | Kind::Tmpfs)
+    }
+}
+
 /// One parsed line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountPoint {
     /// Normalised relative path: no `.`, `..`, root or trailing slash.
     pub path: PathBuf,
     pub read_write: bool,
+    pub kind: Kind,
     /// 1-based line number in the file, for messages.
     pub line: usize,
 }
@@ -89,13 +129,16 @@ impl Mountpoints {
                     String::from_utf8_lossy(first).escape_debug()
                 ))
             })?;
-            let read_write = match fields.next() {
-                None => false,
-                Some(b"rw") => true,
-                Some(b"ro") => false,
+            let (read_write, kind) = match fields.next() {
+                None => (false, Kind::Bind),
+                Some(b"rw") => (true, Kind::Bind),
+                Some(b"ro") => (false, Kind::Bind),
+                Some(b"rbind") => (true, Kind::Rbind),
+                Some(b"proc") => (true, Kind::Proc),
+                Some(b"tmpfs") => (true, Kind::Tmpfs),
                 Some(other) => {
                     return Err(bad(format!(
-                        "unknown option {:?} (expected `rw` or `ro`)",
+                        "unknown option {:?} (expected `rw`, `ro`, `rbind`, `proc` or `tmpfs`)",
                         String::from_utf8_lossy(other)
                     )))
                 }
@@ -116,6 +159,7 @@ impl Mountpoints {
             entries.push(MountPoint {
                 path,
                 read_write,
+                kind,
                 line,
             });
         }
@@ -168,6 +212,9 @@ mod tests {
 
     #[test]
     fn comments_blanks_modes() {
+        let k = parse("proc proc\ndev rbind\ntmp tmpfs\nbin\n").unwrap();
+        let kinds: Vec<_> = k.entries.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [Kind::Proc, Kind::Rbind, Kind::Tmpfs, Kind::Bind]);
         let m = parse("# c\n\n  bin\nusr/pkgsrc rw\n./usr//include/ ro\n\t# indented\n").unwrap();
         let got: Vec<_> = m
             .entries

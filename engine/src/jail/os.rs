@@ -74,6 +74,41 @@ mod imp {
         Ok(())
     }
 
+    pub fn rbind(source: &Path, target: &Path) -> io::Result<()> {
+        use rustix::mount::{mount_bind_recursive, mount_change, MountPropagationFlags};
+        let t = pin(target)?;
+        mount_bind_recursive(source, &t.path)?;
+        // A recursive bind of a shared mount joins its peer group: unmounting the jail's
+        // `dev/pts` would then unmount the host's. As a slave it only receives events.
+        let t = pin(target)?;
+        if let Err(e) = mount_change(
+            &t.path,
+            MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,
+        ) {
+            let _ = umount2(target, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    pub fn mount_fs(fstype: &str, target: &Path, data: &str) -> io::Result<()> {
+        let t = pin(target)?;
+        let data = std::ffi::CString::new(data).map_err(io::Error::other)?;
+        let flags = MountFlags::NOSUID | MountFlags::NODEV;
+        let flags = if fstype == "proc" {
+            flags | MountFlags::NOEXEC
+        } else {
+            flags
+        };
+        Ok(rustix::mount::mount(
+            fstype,
+            &t.path,
+            fstype,
+            flags,
+            Some(data.as_c_str()),
+        )?)
+    }
+
     pub fn set_read_only(target: &Path, read_only: bool) -> io::Result<()> {
         // Pinned after the bind, so the handle is the new mount's root, not the directory
         // under it (remounting that would change the jail's own filesystem).
@@ -131,6 +166,18 @@ mod imp {
             .arg(target))
     }
 
+    pub fn rbind(_source: &Path, target: &Path) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{}: recursive binds are Linux-only", target.display()),
+        ))
+    }
+
+    pub fn mount_fs(fstype: &str, target: &Path, _data: &str) -> io::Result<()> {
+        let t = if fstype == "proc" { "procfs" } else { fstype };
+        run(Command::new("mount").args(["-t", t, t]).arg(target))
+    }
+
     pub fn set_read_only(target: &Path, read_only: bool) -> io::Result<()> {
         let mode = if read_only { "update,ro" } else { "update,rw" };
         run(Command::new("mount").args(["-o", mode]).arg(target))
@@ -148,6 +195,16 @@ mod imp {
 /// Mounts `source` on `target` (bind on Linux, null mount on NetBSD), read-only if asked.
 pub fn bind(source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
     imp::bind(source, target, read_only)
+}
+
+/// Binds `source` and every mount below it on `target`, read-write, as a slave (Linux).
+pub fn rbind(source: &Path, target: &Path) -> io::Result<()> {
+    imp::rbind(source, target)
+}
+
+/// Mounts a fresh filesystem of `fstype` (`proc`, `tmpfs`) on `target`, nosuid and nodev.
+pub fn mount_fs(fstype: &str, target: &Path, data: &str) -> io::Result<()> {
+    imp::mount_fs(fstype, target, data)
 }
 
 /// Switches an existing bind mount between read-only and read-write.

@@ -105,6 +105,9 @@ pub fn probe(
     };
     let host = host_root.join(&entry.path);
     let target = confine::resolve(jail, &entry.path).map_err(refuse)?;
+    if entry.kind.is_virtual() {
+        return Ok(probe_virtual(entry, host, target, table));
+    }
 
     let host_kind = match std::fs::symlink_metadata(&host) {
         Err(e) if e.kind() == ErrorKind::NotFound => Host::Missing,
@@ -198,4 +201,44 @@ fn same_file(a: &Path, b: &Path) -> Result<bool> {
     let ma = std::fs::metadata(a).at(a)?;
     let mb = std::fs::metadata(b).at(b)?;
     Ok(ma.dev() == mb.dev() && ma.ino() == mb.ino())
+}
+
+/// A `proc` or `tmpfs` line: no host path; mounted when a filesystem of that type is there.
+fn probe_virtual(entry: &MountPoint, host: PathBuf, target: PathBuf, table: &MountTable) -> Probe {
+    let want = match entry.kind {
+        super::mountpoints::Kind::Proc => "proc",
+        _ => "tmpfs",
+    };
+    let state = match table.at(&target) {
+        Some(m) if m.fstype == want => State::Mounted {
+            read_only: m.read_only,
+        },
+        Some(m) => State::Foreign {
+            source: format!("{} ({})", m.source, m.fstype),
+            read_only: m.read_only,
+        },
+        None => match std::fs::symlink_metadata(&target) {
+            Ok(m) if m.is_symlink() => State::Occupied {
+                why: "is a symlink in the jail".into(),
+            },
+            Ok(m) if !m.is_dir() => State::Occupied {
+                why: "is a file in the jail".into(),
+            },
+            _ => State::NotMounted,
+        },
+    };
+    let stacked = table
+        .mounts
+        .iter()
+        .filter(|m| m.target == target)
+        .count()
+        .saturating_sub(1);
+    Probe {
+        entry: entry.clone(),
+        host,
+        target,
+        host_kind: Host::Dir,
+        state,
+        stacked,
+    }
 }

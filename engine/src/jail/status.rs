@@ -44,7 +44,11 @@ pub fn status(jail: &Jail, host_root: &Path) -> Result<Status> {
         .collect::<Result<Vec<_>>>()?;
     let mut unlisted: Vec<Unlisted> = Vec::new();
     for m in table.under(&jail.root) {
-        if entries.iter().any(|p| p.target == m.target)
+        // A recursive bind brings the host's mounts below its path along (dev/pts, dev/shm).
+        let in_rbind = |p: &Probe| {
+            p.entry.kind == super::mountpoints::Kind::Rbind && m.target.starts_with(&p.target)
+        };
+        if entries.iter().any(|p| p.target == m.target || in_rbind(p))
             || unlisted.iter().any(|u| u.target == m.target)
         {
             continue;

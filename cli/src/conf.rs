@@ -1,0 +1,306 @@
+//! Configuration protection in the CLI: deciding per tree, reporting, finishing, `conf-diff`,
+//! and what `verify` makes of kept files. The rules are in `jailsync_engine::protect`.
+
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use jailsync_engine::journal::StateDir;
+use jailsync_engine::protect::{self, Base, Decisions, Rules, Verdict, NEW_SUFFIX};
+use jailsync_engine::sync::Tree;
+
+use crate::output::json_path;
+use crate::{exit, Global};
+
+/// How many protected files each outcome had.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub kept: usize,
+    pub new: usize,
+    pub dropped: usize,
+}
+
+impl Tally {
+    pub fn of(d: &[Decisions]) -> Tally {
+        let mut t = Tally::default();
+        for x in d.iter().flat_map(|d| &d.list) {
+            match x.verdict {
+                Verdict::Kept => t.kept += 1,
+                Verdict::KeptNew => t.new += 1,
+                Verdict::KeptDropped => t.dropped += 1,
+            }
+        }
+        t
+    }
+
+    pub fn add(&mut self, o: &Tally) {
+        self.kept += o.kept;
+        self.new += o.new;
+        self.dropped += o.dropped;
+    }
+
+    /// The summary line's tail; empty when no protected file was kept.
+    pub fn human(&self, dry_run: bool) -> String {
+        let mut parts = Vec::new();
+        if self.kept > 0 {
+            parts.push(format!("{} kept as edited", self.kept));
+        }
+        if self.new > 0 {
+            parts.push(format!(
+                "{} kept as edited with the jail's version {} as NAME{NEW_SUFFIX} (jailsync conf-diff ROOT)",
+                self.new,
+                if dry_run { "to be written" } else { "written" }
+            ));
+        }
+        if self.dropped > 0 {
+            parts.push(format!(
+                "{} dropped by the jail but edited, kept",
+                self.dropped
+            ));
+        }
+        if parts.is_empty() {
+            return String::new();
+        }
+        format!("; configuration: {}", parts.join(", "))
+    }
+}
+
+/// Decides the protected files of every tree (see `protect::decide`).
+pub fn decide_all(
+    rules: &Rules,
+    trees: &mut [Tree],
+    checked: &[(PathBuf, PathBuf, Vec<u8>)],
+    state: &StateDir,
+) -> Result<Vec<Decisions>> {
+    let mut out = Vec::new();
+    for (k, t) in trees.iter_mut().enumerate() {
+        // A destination a dry run would create has nothing to protect.
+        if !t.dst_path.is_dir() {
+            out.push(Decisions::default());
+            continue;
+        }
+        let base = Base::load(state, &t.dst_path)?;
+        out.push(protect::decide(
+            rules,
+            &checked[k].2,
+            &base,
+            &t.src_path,
+            &t.dst_path,
+            &mut t.src,
+            &t.dst,
+            &mut t.plan,
+        )?);
+    }
+    Ok(out)
+}
+
+fn full(prefix: &[u8], p: &[u8]) -> Vec<u8> {
+    if prefix.is_empty() {
+        p.to_vec()
+    } else {
+        jailsync_engine::entry::join(prefix, p)
+    }
+}
+
+/// `-i` lines (`*protected PATH (why)`) and `--json` `config` lines.
+pub fn print_decisions(
+    out: &mut impl Write,
+    d: &Decisions,
+    prefix: &[u8],
+    itemize: bool,
+    json: bool,
+) -> io::Result<()> {
+    for x in &d.list {
+        let p = full(prefix, &x.path);
+        let mut new = p.clone();
+        new.extend_from_slice(NEW_SUFFIX.as_bytes());
+        if json {
+            let v = serde_json::json!({
+                "type": "config",
+                "verdict": x.verdict.name(),
+                "path": json_path(&p),
+                "new_file": (x.verdict == Verdict::KeptNew).then(|| json_path(&new)),
+            });
+            writeln!(out, "{v}")?;
+        } else if itemize {
+            let why = match x.verdict {
+                Verdict::Kept => "kept: edited here, unchanged in the jail".to_string(),
+                Verdict::KeptNew => format!(
+                    "kept: edited here and changed in the jail; the jail's version goes to {}",
+                    jailsync_engine::entry::display_path(&new)
+                ),
+                Verdict::KeptDropped => "kept: edited here, dropped by the jail".to_string(),
+            };
+            writeln!(
+                out,
+                "*protected {} ({why})",
+                jailsync_engine::entry::display_path(&p)
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// After a run that switched (or applied): `.jailsync-new` files written, base recorded.
+/// Returns the number of errors (reported).
+#[allow(clippy::too_many_arguments)]
+pub fn finish_all(
+    rules: &Rules,
+    trees: &[Tree],
+    checked: &[(PathBuf, PathBuf, Vec<u8>)],
+    decisions: &[Decisions],
+    state: &StateDir,
+    tally: &mut Tally,
+    out: &mut impl Write,
+    g: &Global,
+) -> Result<usize> {
+    let mut errors = 0;
+    let owner = jailsync_engine::fsx::geteuid_is_root();
+    let none = Decisions::default();
+    for (k, t) in trees.iter().enumerate() {
+        let d = decisions.get(k).unwrap_or(&none);
+        let (_, failed) = protect::finish(
+            state,
+            rules,
+            &checked[k].2,
+            &t.src_path,
+            &t.dst_path,
+            &t.src,
+            d,
+            owner,
+        )?;
+        for (p, e) in failed {
+            errors += 1;
+            tally.new = tally.new.saturating_sub(1);
+            let shown = t.dst_path.join(jailsync_engine::fsx::os(&p));
+            if g.json {
+                let v = serde_json::json!({"type": "error", "path": shown.display().to_string(), "phase": "config", "error": e.to_string()});
+                writeln!(out, "{v}")?;
+            }
+            eprintln!(
+                "jailsync: {}: {e} (while writing the jail's version of a kept configuration file)",
+                shown.display()
+            );
+        }
+    }
+    Ok(errors)
+}
+
+/// Every destination under `root` (or `root` itself) that jailsync has synced, from the state
+/// dir's per-tree records.
+fn known_trees(state: &StateDir, root: &Path) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(state.root.join("trees")) else {
+        return out;
+    };
+    for d in rd.flatten() {
+        let Ok(p) = std::fs::read(d.path().join("path")) else {
+            continue;
+        };
+        let p = PathBuf::from(std::ffi::OsString::from_vec(p));
+        if p.starts_with(root) && d.path().join("conf-kept").exists() {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `jailsync conf-diff ROOT`: the pending `NAME.jailsync-new` files as unified diffs against
+/// the kept file. Exit 1 when some are pending (like diff), 0 when none.
+pub fn run_conf_diff(root: &Path, g: &Global) -> Result<u8> {
+    let root_c = std::fs::canonicalize(root).with_context(|| root.display().to_string())?;
+    let state = jailsync_engine::sync::open_state(&g.state_dir, &[&root_c])?;
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let mut pending = 0;
+    for tree in known_trees(&state, &root_c) {
+        // Any kept file may have one pending: written this run, or an earlier one the admin
+        // has not resolved yet.
+        for (_, _, p) in protect::load_kept(&state, &tree) {
+            let live = tree.join(jailsync_engine::fsx::os(&p));
+            let mut new = live.as_os_str().to_owned();
+            new.push(NEW_SUFFIX);
+            let new = PathBuf::from(new);
+            let (Ok(a), Ok(b)) = (std::fs::read(&live), std::fs::read(&new)) else {
+                continue; // resolved by the admin (removed or merged)
+            };
+            pending += 1;
+            if g.json {
+                let v = serde_json::json!({
+                    "type": "pending",
+                    "path": json_path(live.as_os_str().as_bytes()),
+                    "new_file": json_path(new.as_os_str().as_bytes()),
+                });
+                writeln!(out, "{v}")?;
+                continue;
+            }
+            match (std::str::from_utf8(&a), std::str::from_utf8(&b)) {
+                (Ok(a), Ok(b)) => {
+                    let d = protect::unified_diff(
+                        &live.display().to_string(),
+                        &new.display().to_string(),
+                        a,
+                        b,
+                        3,
+                    );
+                    write!(out, "{d}")?;
+                }
+                _ => writeln!(
+                    out,
+                    "Binary files {} and {} differ",
+                    live.display(),
+                    new.display()
+                )?,
+            }
+        }
+    }
+    out.flush()?;
+    if pending == 0 && !g.quiet && !g.json {
+        eprintln!("{}: no pending {NEW_SUFFIX} files", root_c.display());
+    }
+    Ok(if pending > 0 { exit::PARTIAL } else { exit::OK })
+}
+
+/// For `verify`: the live paths kept with the admin's edits at the last upgrade (they are
+/// not differences), or None when the destination was never synced with protection.
+pub fn kept_for_verify(state: &StateDir, dst: &Path) -> Option<Vec<Box<[u8]>>> {
+    let dir = state.tree_dir(dst).ok()?;
+    if !dir.join("conf-base").exists() {
+        return None;
+    }
+    let mut v: Vec<Box<[u8]>> = protect::load_kept(state, dst)
+        .into_iter()
+        .map(|(_, _, p)| p)
+        .collect();
+    v.sort();
+    Some(v)
+}
+
+/// For `verify`: exclude patterns for the homes of trees jailsync switched inside `dst` (a
+/// nested package database keeps its generations beside it, inside the tree holding it).
+pub fn nested_homes(state: &StateDir, dst: &Path) -> Vec<String> {
+    use std::os::unix::ffi::OsStringExt;
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(state.root.join("trees")) else {
+        return out;
+    };
+    for d in rd.flatten() {
+        let Ok(p) = std::fs::read(d.path().join("path")) else {
+            continue;
+        };
+        let p = PathBuf::from(std::ffi::OsString::from_vec(p));
+        let Ok(rel) = p.strip_prefix(dst) else {
+            continue;
+        };
+        let Some(name) = rel.file_name() else {
+            continue;
+        };
+        let mut home = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+        home.push(format!(".jailsync-{}", name.to_string_lossy()));
+        out.push(format!("/{}/", home.display()));
+    }
+    out
+}

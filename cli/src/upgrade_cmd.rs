@@ -1,0 +1,164 @@
+//! `upgrade`: the jail's package trees onto the live root, in phases (see
+//! `jailsync_engine::layout`), with configuration protection and a root-level record that
+//! `history --root` and `rollback --root` read.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use jailsync_engine::layout::{self, Layout};
+use jailsync_engine::protect::Rules;
+use jailsync_engine::sync;
+
+use crate::output::Summary;
+use crate::roots;
+use crate::sync_cmd::{check_rel, run_pairs, Hooks, Ran, UpgradeCmd};
+use crate::{exit, Global};
+
+/// The trees of an upgrade: `--tree`, else `tree` lines of JAIL/jailsync.conf, else the
+/// layout the jail has. Databases go last.
+pub fn layout_of(jail: &Path, given: &[PathBuf]) -> Result<(Layout, Vec<String>)> {
+    let (conf_trees, conf_protect) = layout::read_conf(jail)?;
+    let l = if !given.is_empty() {
+        Layout::given(given.to_vec())
+    } else if !conf_trees.is_empty() {
+        Layout::given(conf_trees)
+    } else {
+        Layout::detect(jail)?
+    };
+    check_rel(&l.trees)?;
+    Ok((l, conf_protect))
+}
+
+pub fn run(c: UpgradeCmd, g: &Global) -> Result<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let t0 = Instant::now();
+    let (layout, conf_protect) = layout_of(&c.jail, &c.tree)?;
+    if g.verbose > 0 && !g.quiet {
+        for h in &layout.how {
+            eprintln!("jailsync: layout: {h}");
+        }
+    }
+    let mut globs = conf_protect;
+    globs.extend(c.protect.iter().cloned());
+    let rules = Rules::new(!c.no_protect, &globs).context("bad --protect pattern")?;
+    let rules = (!rules.is_empty()).then_some(rules);
+
+    // Every tree and every overlap checked before anything is touched. A nested database
+    // overlaps only the tree that holds it, which carries it across (see `layout`).
+    let mut all: Vec<(PathBuf, PathBuf, PathBuf)> = Vec::new();
+    for t in &layout.trees {
+        let (s, d) = sync::check_tree(&c.jail, &c.root, t, c.args.follow_dst)?;
+        all.push((t.clone(), s, d));
+    }
+    let nested = layout.nested();
+    let disjoint = |skip: &[&PathBuf]| -> Result<()> {
+        let pairs: Vec<(&Path, &Path)> = all
+            .iter()
+            .filter(|(t, _, _)| !skip.contains(&t))
+            .map(|(_, s, d)| (s.as_path(), d.as_path()))
+            .collect();
+        sync::check_disjoint(&pairs)?;
+        Ok(())
+    };
+    let inner: Vec<&PathBuf> = nested.iter().map(|(db, _)| db).collect();
+    disjoint(&inner)?;
+    for (_, outer) in &nested {
+        disjoint(&[outer])?;
+    }
+    let root_c = {
+        let (t, _, d) = &all[0];
+        let mut r = d.clone();
+        for _ in t.components() {
+            r.pop();
+        }
+        r
+    };
+
+    let record = if c.args.dry_run {
+        None
+    } else {
+        let state = sync::open_state(
+            &g.state_dir,
+            &all.iter().map(|(_, _, d)| d.as_path()).collect::<Vec<_>>(),
+        )?;
+        // A switch a killed run left half made is finished (or undone) first, each under its
+        // tree's lock: so the record below names the generations that exist before this run,
+        // and a nested database's home, which the tree holding it carries across when staged,
+        // is never copied with a switch half made.
+        for (_, _, d) in &all {
+            if d.is_dir() {
+                let _lock = jailsync_engine::journal::Lock::acquire(&state, d)?;
+                if let Some(home) = jailsync_engine::switch::Home::existing(d)? {
+                    home.recover()?;
+                }
+            }
+        }
+        Some((roots::begin(&state, &root_c, &c.jail, &all)?, state))
+    };
+
+    let mut total: Option<Summary> = None;
+    let mut code = exit::OK;
+    let mut phases_report = None;
+    for (k, (trees, excludes)) in layout.phases().into_iter().enumerate() {
+        let checked: Vec<(PathBuf, PathBuf, Vec<u8>)> = trees
+            .iter()
+            .map(|t| {
+                let (_, s, d) = all.iter().find(|(x, _, _)| x == t).expect("checked");
+                (s.clone(), d.clone(), t.as_os_str().as_bytes().to_vec())
+            })
+            .collect();
+        if k > 0 && g.verbose > 0 && !g.quiet {
+            eprintln!(
+                "jailsync: the package database now: {}",
+                trees
+                    .iter()
+                    .map(|t| t.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        let hooks = Hooks {
+            extra_excludes: excludes,
+            protect: rules.clone(),
+        };
+        // A nested database's parent belongs to the tree holding it, which set its mtime:
+        // the database's own switch (and its home, made on the first run) must not change it.
+        let parents: Vec<_> = if k > 0 && !c.args.dry_run {
+            checked
+                .iter()
+                .filter_map(|(_, d, _)| d.parent())
+                .filter_map(|p| jailsync_engine::protect::DirMtime::of(p).ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let ran = run_pairs(checked, &c.args, g, &hooks);
+        for p in &parents {
+            let _ = p.restore();
+        }
+        let ran = ran?;
+        code = code.max(ran.code);
+        phases_report = ran.verbose_phases.or(phases_report);
+        match ran.summary {
+            Some(s) => match total.as_mut() {
+                Some(t) => t.add(&s),
+                None => total = Some(s),
+            },
+            // Nothing of that phase was switched: the database stays with the old release.
+            None => break,
+        }
+    }
+    if let Some(t) = total.as_mut() {
+        t.elapsed = t0.elapsed();
+    }
+    if let Some((id, state)) = &record {
+        roots::end(state, &root_c, *id)?;
+    }
+    Ok(Ran {
+        code,
+        summary: total,
+        verbose_phases: phases_report,
+    }
+    .finish(g))
+}
