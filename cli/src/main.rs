@@ -5,6 +5,8 @@
 
 mod jail_cmd;
 mod output;
+mod push_cmd;
+mod serve_cmd;
 mod sync_cmd;
 
 use std::ffi::OsString;
@@ -67,6 +69,11 @@ pub enum Cmd {
     Rollback(sync_cmd::RollbackCmd),
     /// List the syncs of DST that can be rolled back.
     History(sync_cmd::HistoryCmd),
+    /// Push a jail's trees to many hosts over ssh; every host stages, then all switch.
+    Push(push_cmd::PushCmd),
+    /// The remote end of `push` (speaks its protocol on stdin/stdout; started by push).
+    #[command(hide = true)]
+    Serve(serve_cmd::ServeCmd),
     /// Jail lifecycle: init, mount, umount, status, enter.
     #[command(subcommand)]
     Jail(jail_cmd::JailCmd),
@@ -131,6 +138,8 @@ fn main() -> ExitCode {
         Cmd::Rollback(c) => sync_cmd::run_rollback(c, &cli.global),
         Cmd::History(c) => sync_cmd::run_history(c, &cli.global),
         Cmd::Jail(j) => jail_cmd::run(j, &cli.global),
+        Cmd::Push(c) => push_cmd::run_push(c, &cli.global),
+        Cmd::Serve(c) => serve_cmd::run_serve(c, &cli.global),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -16,6 +16,7 @@ pub mod paths;
 pub mod plan;
 pub mod procs;
 pub mod progress;
+pub mod remote;
 pub mod rollback;
 pub mod scan;
 pub mod stage;

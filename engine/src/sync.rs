@@ -332,6 +332,41 @@ pub fn prepare(
     pools: &Pools,
     progress: &dyn Progress,
 ) -> Result<Tree> {
+    prepare_impl(src_path, None, dst_path, state, opts, pools, progress)
+}
+
+/// [`prepare`] with the source's entries given (every file's hash known), not scanned: for a
+/// remote whose source is a manifest sent by `push`. `src_path` must hold, under their paths,
+/// every file the plan copies (see `remote::serve`).
+pub fn prepare_given(
+    src_path: &Path,
+    src: Manifest,
+    dst_path: &Path,
+    state: &StateDir,
+    opts: &SyncOpts,
+    pools: &Pools,
+    progress: &dyn Progress,
+) -> Result<Tree> {
+    prepare_impl(
+        src_path,
+        Some(src),
+        dst_path,
+        Some(state),
+        opts,
+        pools,
+        progress,
+    )
+}
+
+fn prepare_impl(
+    src_path: &Path,
+    given: Option<Manifest>,
+    dst_path: &Path,
+    state: Option<&StateDir>,
+    opts: &SyncOpts,
+    pools: &Pools,
+    progress: &dyn Progress,
+) -> Result<Tree> {
     let lock = match state {
         Some(s) if !opts.dry_run => Some(Lock::acquire(s, dst_path)?),
         _ => None,
@@ -369,8 +404,16 @@ pub fn prepare(
     progress.start(Phase::Scan, 0);
     let src_stamp = cache::now();
     let dst_exists = dst_path.exists();
+    let given_stamp = given.as_ref().map(|m| m.stamp);
+    let given_src = given.map(|m| Scan {
+        entries: m.entries,
+        ..Scan::default()
+    });
     let (s, d) = rayon::join(
-        || scan::scan_tree(src_path, &pools.walk, &sopts),
+        || match given_src {
+            Some(s) => Ok(s),
+            None => scan::scan_tree(src_path, &pools.walk, &sopts),
+        },
         || {
             if dst_exists {
                 scan::scan_tree(dst_path, &pools.walk, &dopts).map(Some)
@@ -380,12 +423,14 @@ pub fn prepare(
         },
     );
     let dst_stamp = src_stamp;
+    let src_stamp = given_stamp.unwrap_or(src_stamp);
     let mut s = s?;
     let mut d = d?;
     // Stat caches: reuse only what the racy-git rules allow (see `cache`).
     let mut cache_hits = 0;
     let mut cache_loaded = [None, None];
-    for (k, (tree, scan)) in [(src_path, Some(&mut s)), (dst_path, d.as_mut())]
+    let src_scan = given_stamp.is_none().then_some(&mut s);
+    for (k, (tree, scan)) in [(src_path, src_scan), (dst_path, d.as_mut())]
         .into_iter()
         .enumerate()
     {
@@ -998,6 +1043,16 @@ fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>, xattrs: bool) {
     }
 }
 
+/// Hashes the live files `need` (indices into `t.dst`) that the plan did not need hashed: a
+/// remote of `push` looks for content it already holds elsewhere in its trees. Files that
+/// cannot be read stay without a hash.
+pub fn hash_live(t: &mut Tree, need: &[usize], pools: &Pools) -> Result<()> {
+    let quiet = crate::progress::Silent;
+    hash_entries(&t.dst_path, &mut t.dst, need, &pools.work, &quiet)?;
+    t.hashed[1] += need.len();
+    Ok(())
+}
+
 /// Writes the stat cache of a tree scanned on its own (`manifest`, `verify`).
 pub fn store_cache(
     state: &StateDir,
@@ -1129,6 +1184,20 @@ pub fn switch_all(
     opts: &SyncOpts,
     pools: &Pools,
     progress: &dyn Progress,
+) -> Result<Report> {
+    switch_all_gated(trees, state, opts, pools, progress, &mut |_| Ok(()))
+}
+
+/// [`switch_all`] that asks `gate` at its last safe point, every tree staged and recorded and
+/// nothing switched yet: an error from the gate gives up every tree's staging (the live trees
+/// as they were) and is returned. `push` waits there for the whole fleet.
+pub fn switch_all_gated(
+    trees: &mut [Tree],
+    state: &StateDir,
+    opts: &SyncOpts,
+    pools: &Pools,
+    progress: &dyn Progress,
+    gate: &mut dyn FnMut(&Report) -> Result<()>,
 ) -> Result<Report> {
     use crate::generation;
     let t0 = Instant::now();
@@ -1405,6 +1474,13 @@ pub fn switch_all(
             ));
             return Ok(report);
         }
+    }
+
+    if let Err(e) = gate(&report) {
+        for t in trees.iter() {
+            let _ = t.home.as_ref().expect("switchable").abandon();
+        }
+        return Err(e);
     }
 
     // From here failures are handled where they happen (a made switch is never given up).
