@@ -47,6 +47,9 @@ pub struct SyncOpts {
     /// Set (to the signal's number) by the caller's signal handler: the run stops at the next
     /// safe point — never between the switches of a run.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    /// The source is private to this run and on the destination's filesystem (`push`'s
+    /// shadow): its files are moved into the next tree, not copied.
+    pub move_source: bool,
 }
 
 impl SyncOpts {
@@ -85,6 +88,7 @@ impl Default for SyncOpts {
             keep: 3,
             exclude_patterns: Vec::new(),
             stop: None,
+            move_source: false,
         }
     }
 }
@@ -1286,6 +1290,7 @@ pub fn switch_all_gated(
             excludes: &opts.excludes,
             holds_excluded: &t.dst_holds_excluded,
             stop: opts.stop.as_deref(),
+            move_source: opts.move_source,
         };
         let r = b.build(&pools.work, progress);
         stopped(trees, t)?;

@@ -264,14 +264,6 @@ impl Session<'_> {
             state_dir,
             &dsts.iter().map(|p| p.as_path()).collect::<Vec<_>>(),
         )?;
-        let work = Work::make(&state.root, dsts.len())?;
-        let pairs: Vec<(&Path, &Path)> = work
-            .shadows
-            .iter()
-            .zip(dsts)
-            .map(|(s, d)| (s.as_path(), d.as_path()))
-            .collect();
-        sync::check_disjoint(&pairs)?;
         let opts = SyncOpts {
             xattrs: open.flags & flag::XATTRS != 0,
             rollback: open.flags & flag::ROLLBACK != 0,
@@ -279,20 +271,29 @@ impl Session<'_> {
             keep: open.keep as usize,
             threads: open.threads as usize,
             stop: env.stop.clone(),
+            move_source: true,
             ..SyncOpts::default()
         };
         let pools = Pools::new(opts.threads);
         let mut trees: Vec<Tree> = Vec::new();
-        for ((m, shadow), dst) in manifests.into_iter().zip(&work.shadows).zip(dsts) {
+        // The shadow's place is known once the tree's home is open (below).
+        let unset = Path::new("/nonexistent/jailsync-shadow");
+        for (m, dst) in manifests.into_iter().zip(dsts) {
             trees.push(sync::prepare_given(
-                shadow, m, dst, &state, &opts, &pools, &Silent,
+                unset, m, dst, &state, &opts, &pools, &Silent,
             )?);
         }
-        let res = self.push_prepared(&mut trees, &work, &state, &opts, &pools);
+        let res = Work::make(&mut trees).and_then(|work| {
+            let r = self.push_prepared(&mut trees, &work, &state, &opts, &pools);
+            drop(work);
+            r
+        });
         // The shadow's stat cache (written by the switch like any source's) is not kept.
-        for s in &work.shadows {
-            if let Ok(d) = state.tree_dir(s) {
-                let _ = fs::remove_dir_all(d);
+        for t in &trees {
+            if t.src_path != unset {
+                if let Ok(d) = state.tree_dir(&t.src_path) {
+                    let _ = fs::remove_dir_all(d);
+                }
             }
         }
         res
@@ -306,22 +307,6 @@ impl Session<'_> {
         opts: &SyncOpts,
         pools: &Pools,
     ) -> Result<()> {
-        if !sync::all_switchable(trees) {
-            let t = trees
-                .iter()
-                .find(|t| t.home.as_ref().is_none_or(|h| !h.is_switchable()))
-                .expect("one is not");
-            let how = t
-                .home
-                .as_ref()
-                .map(|h| h.method.describe())
-                .unwrap_or_default();
-            return Err(RemoteError::Refused(format!(
-                "{}: cannot be switched whole ({how}); push stages every host before switching any, \
-                 which needs the tree switch: nothing was changed",
-                t.dst_path.display()
-            )));
-        }
         let t0 = Instant::now();
         let needs = needs(trees);
         // Live files that may hold content the plan copies: those of a size it needs.
@@ -570,8 +555,8 @@ impl Session<'_> {
             .map(|t| fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path))
             .collect::<crate::Result<_>>()?;
         let mut left: HashMap<Hash, usize> = uses.clone();
-        for (k, t) in trees.iter().enumerate() {
-            let shadow = &work.shadows[k];
+        for t in trees.iter() {
+            let shadow = &t.src_path;
             let root = fsx::open_root_nofollow(shadow).at(shadow)?;
             let mut made: HashSet<Vec<u8>> = HashSet::new();
             for &(kk, si) in &needs(std::slice::from_ref(t)) {
@@ -606,8 +591,18 @@ impl Session<'_> {
                     let n = left.get_mut(&h).expect("wanted");
                     *n -= 1;
                     if *n == 0 {
-                        // The last path to need this blob takes it (one inode, one mtime).
-                        fsx::rename_at(blobs.as_fd(), hex.as_bytes(), dir.as_fd(), name).at(at())?;
+                        // The last path to need this blob takes it (one inode, one mtime), or a
+                        // copy when the trees' homes are on other filesystems.
+                        match fsx::rename_at(blobs.as_fd(), hex.as_bytes(), dir.as_fd(), name) {
+                            Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+                                let src =
+                                    fsx::open_read_at(blobs.as_fd(), hex.as_bytes()).at(at())?;
+                                let out = fsx::create_excl_at(dir.as_fd(), name).at(at())?;
+                                fsx::copy_data(src.as_fd(), out.as_fd(), e.size, e.is_sparse())
+                                    .at(at())?;
+                            }
+                            r => r.at(at())?,
+                        }
                     } else {
                         let src = fsx::open_read_at(blobs.as_fd(), hex.as_bytes()).at(at())?;
                         let out = fsx::create_excl_at(dir.as_fd(), name).at(at())?;
@@ -686,56 +681,72 @@ fn resolve(root: &Path, trees: &[Vec<u8>]) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-/// This session's private directory in the state dir: `push/PID/{blobs,tree-K}`; removed on
-/// drop. Directories of sessions no longer running are removed when a session starts.
+/// This session's private directories: `incoming-PID` in each tree's home (the shadow: on the
+/// live tree's filesystem, so its files are moved into the next tree, never copied twice) and
+/// `incoming-PID.blobs` in the first tree's home. Removed on drop; those of sessions no longer
+/// running are removed when a session starts.
 struct Work {
-    dir: PathBuf,
+    dirs: Vec<PathBuf>,
     blobs: PathBuf,
-    shadows: Vec<PathBuf>,
 }
 
 impl Work {
-    fn make(state: &Path, n: usize) -> Result<Work> {
-        let base = state.join("push");
-        let mk = |p: &Path| fs::DirBuilder::new().mode(0o700).create(p).at(p);
-        match mk(&base) {
-            Err(crate::Error::Io { cause, .. }) if cause.kind() == io::ErrorKind::AlreadyExists => {
-            }
-            r => r?,
+    fn make(trees: &mut [Tree]) -> Result<Work> {
+        if !sync::all_switchable(trees) {
+            let t = trees
+                .iter()
+                .find(|t| t.home.as_ref().is_none_or(|h| !h.is_switchable()))
+                .expect("one is not");
+            let how = t
+                .home
+                .as_ref()
+                .map(|h| h.method.describe())
+                .unwrap_or_default();
+            return Err(RemoteError::Refused(format!(
+                "{}: cannot be switched whole ({how}); push stages every host before switching any, \
+                 which needs the tree switch: nothing was changed",
+                t.dst_path.display()
+            )));
         }
-        if let Ok(rd) = fs::read_dir(&base) {
-            for e in rd.flatten() {
-                let pid = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok());
-                if let Some(pid) = pid {
-                    if !Path::new(&format!("/proc/{pid}")).exists() {
+        let pid = std::process::id();
+        let mk = |p: &Path| fs::DirBuilder::new().mode(0o700).create(p).at(p);
+        let mut work = Work {
+            dirs: Vec::new(),
+            blobs: PathBuf::new(),
+        };
+        for t in trees.iter_mut() {
+            let home = t.home.as_ref().expect("switchable").path.clone();
+            if let Ok(rd) = fs::read_dir(&home) {
+                for e in rd.flatten() {
+                    let n = e.file_name();
+                    let Some(rest) = n.to_str().and_then(|s| s.strip_prefix("incoming-")) else {
+                        continue;
+                    };
+                    let other = rest.split('.').next().and_then(|p| p.parse::<u32>().ok());
+                    if other.is_some_and(|p| p == pid || !Path::new(&format!("/proc/{p}")).exists())
+                    {
                         let _ = fs::remove_dir_all(e.path());
                     }
                 }
             }
+            let shadow = home.join(format!("incoming-{pid}"));
+            mk(&shadow)?;
+            work.dirs.push(shadow.clone());
+            if work.blobs.as_os_str().is_empty() {
+                work.blobs = home.join(format!("incoming-{pid}.blobs"));
+                mk(&work.blobs)?;
+                work.dirs.push(work.blobs.clone());
+            }
+            t.src_path = shadow;
         }
-        let dir = base.join(std::process::id().to_string());
-        if dir.exists() {
-            fs::remove_dir_all(&dir).at(&dir)?;
-        }
-        mk(&dir)?;
-        let blobs = dir.join("blobs");
-        mk(&blobs)?;
-        let mut shadows = Vec::new();
-        for k in 0..n {
-            let s = dir.join(format!("tree-{k}"));
-            mk(&s)?;
-            shadows.push(s);
-        }
-        Ok(Work {
-            dir,
-            blobs,
-            shadows,
-        })
+        Ok(work)
     }
 }
 
 impl Drop for Work {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
+        for d in &self.dirs {
+            let _ = fs::remove_dir_all(d);
+        }
     }
 }
