@@ -604,3 +604,23 @@ fn versions_that_differ_are_refused_both_ways() {
         "{said}"
     );
 }
+
+#[test]
+fn a_bare_root_is_pushed_over_a_pipe_with_the_same_protocol() {
+    let f = Fleet::new();
+    release(&f.jail, &random(100 << 10, 5));
+    Tree::new(f.root("h1")).file("usr/pkg/bin/tool", b"old\n");
+    let o = run_within(
+        Command::new(BIN)
+            .env("JAILSYNC_STATE_DIR", f.tmp.path().join("state"))
+            .arg("push")
+            .arg(&f.jail.root)
+            .arg(f.root("h1"))
+            .arg("--json"),
+    );
+    expect_code(&o, 0);
+    same_as_jail(&f, "h1");
+    let s = summary(&o);
+    assert_eq!(s["switched"], 1, "{s}");
+    assert!(s["wire_bytes"].as_u64().unwrap() > 0, "{s}");
+}

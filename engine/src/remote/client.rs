@@ -30,6 +30,46 @@ pub struct Source {
     pub trees: Vec<SourceTree>,
     by_hash: HashMap<Hash, (usize, usize)>,
     level: i32,
+    chunks: Mutex<Chunks>,
+}
+
+/// Compressed chunks recently sent, shared by every host's connection: hosts running the same
+/// old release want the same blobs in the same order at about the same time, so each chunk is
+/// compressed about once for the fleet, not once per host. Bounded (oldest out first).
+struct Chunks {
+    map: HashMap<(Hash, u64), Arc<Vec<u8>>>,
+    order: std::collections::VecDeque<(Hash, u64)>,
+    bytes: usize,
+}
+
+/// Memory the shared chunks may hold.
+const CHUNKS_MAX: usize = 64 << 20;
+
+impl Source {
+    /// Chunk `c` of the blob `h`, compressed: from the shared chunks or made by `make`.
+    fn chunk(
+        &self,
+        h: &Hash,
+        c: u64,
+        make: impl FnOnce() -> io::Result<Vec<u8>>,
+    ) -> io::Result<Arc<Vec<u8>>> {
+        if let Some(z) = self.chunks.lock().expect("poisoned").map.get(&(*h, c)) {
+            return Ok(z.clone());
+        }
+        let z = Arc::new(make()?);
+        let mut ch = self.chunks.lock().expect("poisoned");
+        if ch.map.insert((*h, c), z.clone()).is_none() {
+            ch.order.push_back((*h, c));
+            ch.bytes += z.len();
+        }
+        while ch.bytes > CHUNKS_MAX {
+            let Some(k) = ch.order.pop_front() else { break };
+            if let Some(v) = ch.map.remove(&k) {
+                ch.bytes -= v.len();
+            }
+        }
+        Ok(z)
+    }
 }
 
 pub struct SourceTree {
@@ -71,6 +111,11 @@ impl Source {
             trees: out,
             by_hash,
             level,
+            chunks: Mutex::new(Chunks {
+                map: HashMap::new(),
+                order: Default::default(),
+                bytes: 0,
+            }),
         })
     }
 }
@@ -385,35 +430,31 @@ impl Conn {
         };
         // A jail file that cannot be read fails this host's push before anything is sent of
         // it: the remote has staged nothing.
-        let mut f = open().map_err(|e| {
+        let f = open().map_err(|e| {
             RemoteError::Refused(format!("{}: {e} (reading the jail)", shown.display()))
         })?;
         self.send(t::BLOB, &Enc::default().raw(h).u64(e.size).0)?;
-        let mut left = e.size;
-        while left > 0 {
-            let want = left.min(raw.len() as u64) as usize;
-            let mut got = 0;
-            while got < want {
-                match f.read(&mut raw[got..want]) {
-                    Ok(0) => {
-                        return Err(RemoteError::Refused(format!(
-                        "{}: shorter than when it was scanned (the jail changed during the push)",
-                        shown.display()
-                    )))
-                    }
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(err) => {
-                        return Err(RemoteError::Refused(format!(
-                            "{}: {err} (reading the jail)",
-                            shown.display()
-                        )))
-                    }
-                }
-            }
-            let z = wire::chunk(&raw[..want], src.level)?;
+        let mut at = 0u64;
+        let mut c = 0u64;
+        while at < e.size {
+            let want = (e.size - at).min(raw.len() as u64) as usize;
+            let z = src.chunk(h, c, || {
+                use std::os::unix::fs::FileExt;
+                f.read_exact_at(&mut raw[..want], at).map_err(|err| {
+                    let why = if err.kind() == io::ErrorKind::UnexpectedEof {
+                        "shorter than when it was scanned (the jail changed during the push)"
+                            .to_string()
+                    } else {
+                        format!("{err} (reading the jail)")
+                    };
+                    io::Error::other(format!("{}: {why}", shown.display()))
+                })?;
+                wire::chunk(&raw[..want], src.level)
+            });
+            let z = z.map_err(|e| RemoteError::Refused(e.to_string()))?;
             self.send(t::DATA, &z)?;
-            left -= want as u64;
+            at += want as u64;
+            c += 1;
             self.status
                 .blob_bytes_sent
                 .fetch_add(want as u64, Ordering::Relaxed);
