@@ -220,7 +220,12 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
     if c.force {
         flags |= flag::FORCE;
     }
-    let open_for = |t: &Target| Open {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let jail_shown = std::path::absolute(&c.jail).unwrap_or_else(|_| c.jail.clone());
+    let open_for = |t: &Target, rel_source: &[u8]| Open {
+        source: rel_source.to_vec(),
         root: t.root.as_bytes().to_vec(),
         trees: rels
             .iter()
@@ -298,7 +303,7 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         for (i, t) in targets.iter().enumerate() {
             let argv = command(t, &ssh, c.remote_bin.as_deref());
             let status = statuses[i].clone();
-            let open = open_for(t);
+            let open = open_for(t, format!("{host}:{}", jail_shown.display()).as_bytes());
             let (tx, drx) = (tx.clone(), waits[i].take().expect("once"));
             let (slots, source) = (&slots, source.as_ref());
             let rollback = c.rollback;

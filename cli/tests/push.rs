@@ -467,7 +467,10 @@ v = b'{version}'
 send(0x01, b'JAILSYNC' + struct.pack('<I', 1) + struct.pack('<I', len(v)) + v)
 t, _ = recv()
 t, p = recv()  # OPEN
-ntrees = struct.unpack('<I', p[4 + struct.unpack('<I', p[:4])[0]:][:4])[0]
+o = 0
+for _ in range(2):  # source, root
+    o += 4 + struct.unpack('<I', p[o:o + 4])[0]
+ntrees = struct.unpack('<I', p[o:o + 4])[0]
 ends = 0
 while ends < ntrees:
     t, p = recv()

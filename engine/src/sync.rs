@@ -146,6 +146,9 @@ pub struct Tree {
     /// Where and how the tree is switched (None: dry run or no state).
     pub home: Option<Home>,
     _lock: Option<Lock>,
+    /// What the rollback generation names as the source, when not `src_path` (push: the
+    /// pushing host's jail, not the shadow the files were staged from).
+    pub source_label: Option<PathBuf>,
 }
 
 /// What a whole run did.
@@ -541,6 +544,7 @@ fn prepare_impl(
         dst_holds_excluded,
         home,
         _lock: lock,
+        source_label: None,
     })
 }
 
@@ -642,6 +646,7 @@ pub fn prepare_from_manifest(
         dst_holds_excluded: Vec::new(),
         home: None,
         _lock: None,
+        source_label: None,
     })
 }
 
@@ -1443,7 +1448,7 @@ pub fn switch_all_gated(
                 id,
                 home.method.name(),
                 &generation::Record {
-                    source: &t.src_path,
+                    source: t.source_label.as_ref().unwrap_or(&t.src_path),
                     changes: t.plan.actions.len() as u64,
                     old: &t.dst,
                     meta,

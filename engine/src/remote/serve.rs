@@ -47,6 +47,8 @@ pub struct ServeEnv {
 
 /// What OPEN asks for.
 pub struct Open {
+    /// Where the push comes from (`host:jail`), for the generations' records.
+    pub source: Vec<u8>,
     pub root: Vec<u8>,
     pub trees: Vec<Vec<u8>>,
     pub state_dir: Vec<u8>,
@@ -65,6 +67,7 @@ pub mod flag {
 impl Open {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::default()
+            .bytes(&self.source)
             .bytes(&self.root)
             .u32(self.trees.len() as u32);
         for t in &self.trees {
@@ -79,6 +82,7 @@ impl Open {
 
     fn decode(p: &[u8]) -> Result<Open> {
         let mut d = Dec::new(p, "OPEN");
+        let source = d.bytes()?.to_vec();
         let root = d.bytes()?.to_vec();
         let n = d.u32()?;
         if n == 0 || n > wire::MAX_TREES {
@@ -89,6 +93,7 @@ impl Open {
             trees.push(d.bytes()?.to_vec());
         }
         let o = Open {
+            source,
             root,
             trees,
             state_dir: d.bytes()?.to_vec(),
@@ -279,9 +284,10 @@ impl Session<'_> {
         // The shadow's place is known once the tree's home is open (below).
         let unset = Path::new("/nonexistent/jailsync-shadow");
         for (m, dst) in manifests.into_iter().zip(dsts) {
-            trees.push(sync::prepare_given(
-                unset, m, dst, &state, &opts, &pools, &Silent,
-            )?);
+            let mut t = sync::prepare_given(unset, m, dst, &state, &opts, &pools, &Silent)?;
+            let label = format!("push from {}", wire::printable(&open.source));
+            t.source_label = Some(label.into());
+            trees.push(t);
         }
         let res = Work::make(&mut trees).and_then(|work| {
             let r = self.push_prepared(&mut trees, &work, &state, &opts, &pools);
