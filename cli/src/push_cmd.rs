@@ -433,6 +433,7 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         .sum();
     let mut failed = Vec::new();
     let (mut n_switched, mut n_aborted) = (0, 0);
+    let mut results = Vec::new();
     for (k, (t, o)) in targets.iter().zip(&outcomes).enumerate() {
         let wire = statuses[k].wire.load(Ordering::Relaxed);
         let mut j = serde_json::json!({"type": "host", "host": t.shown, "wire_bytes": wire});
@@ -511,6 +512,12 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         } else if !g.quiet {
             eprintln!("{line}");
         }
+        results.push(serde_json::json!({
+            "host": t.shown,
+            "result": j["result"],
+            "wire_bytes": wire,
+            "error": j.get("error").cloned().unwrap_or(serde_json::Value::Null),
+        }));
     }
     for f in &failed {
         eprintln!("jailsync: {f}");
@@ -524,6 +531,7 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
             "failed": failed.len(),
             "wire_bytes": wire_total,
             "elapsed_ms": t0.elapsed().as_millis() as u64,
+            "results": results,
         });
         if let Some(d) = switch_time {
             sum["staged_to_switched_ms"] = (d.as_secs_f64() * 1e3).into();

@@ -384,6 +384,15 @@ fn a_host_that_cannot_stage_keeps_every_other_host_unswitched() {
         "{s}"
     );
     assert_eq!(s["not_switched"], 2, "{s}");
+    let r = s["results"].as_array().unwrap();
+    assert_eq!(r.len(), 3, "{s}");
+    assert_eq!(r[1]["host"], f.host("h2"), "{s}");
+    assert_eq!(r[1]["result"], "failed", "{s}");
+    assert!(
+        r[1]["error"].as_str().unwrap().contains(".jailsync-pkg"),
+        "{s}"
+    );
+    assert_eq!(r[0]["result"], "not switched", "{s}");
 
     // Allowing one failure, the others switch; h2 stays as it was, and the run still says so.
     let o = f.push(&sshd, &hosts, &["--max-failed", "1"]);
