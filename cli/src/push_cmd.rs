@@ -79,11 +79,17 @@ struct Target {
 }
 
 fn parse_target(s: &str) -> Result<Target> {
-    // As rsync: a colon before any slash separates the host.
-    let colon = s.find(':').filter(|&c| !s[..c].contains('/'));
-    let (host, root) = match colon {
-        Some(c) => (Some(s[..c].to_string()), s[c + 1..].to_string()),
-        None => (None, s.to_string()),
+    // As rsync: a colon before any slash separates the host; `[v6addr]:ROOT` too.
+    let (host, root) = if let Some(rest) = s.strip_prefix('[') {
+        match rest.split_once("]:") {
+            Some((h, r)) => (Some(h.to_string()), r.to_string()),
+            None => bail!("{s}: expected [ADDRESS]:ROOT"),
+        }
+    } else {
+        match s.find(':').filter(|&c| !s[..c].contains('/')) {
+            Some(c) => (Some(s[..c].to_string()), s[c + 1..].to_string()),
+            None => (None, s.to_string()),
+        }
     };
     if host.as_deref() == Some("") {
         bail!("{s}: empty host name");
@@ -610,5 +616,50 @@ impl Progress {
             b.finish();
         }
         let _ = self.multi.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_split_like_rsync() {
+        let t = parse_target("root@web1:/").unwrap();
+        assert_eq!(
+            (t.host.as_deref(), t.root.as_str()),
+            (Some("root@web1"), "/")
+        );
+        let t = parse_target("[::1]:/srv/h1").unwrap();
+        assert_eq!(
+            (t.host.as_deref(), t.root.as_str()),
+            (Some("::1"), "/srv/h1")
+        );
+        let t = parse_target("/srv/a:b").unwrap();
+        assert_eq!((t.host, t.root.as_str()), (None, "/srv/a:b"));
+        assert!(parse_target("web1:relative").is_err());
+        assert!(parse_target(":/x").is_err());
+    }
+
+    #[test]
+    fn ssh_splits_into_words_and_the_remote_command_is_quoted() {
+        assert_eq!(
+            split_words(r#"ssh -p 22 -o "ProxyCommand=nc %h %p" -i 'my key'"#).unwrap(),
+            [
+                "ssh",
+                "-p",
+                "22",
+                "-o",
+                "ProxyCommand=nc %h %p",
+                "-i",
+                "my key"
+            ]
+        );
+        assert!(split_words("ssh 'open").is_err());
+        assert_eq!(
+            shell_quote("/usr/pkg/bin/jailsync"),
+            "/usr/pkg/bin/jailsync"
+        );
+        assert_eq!(shell_quote("/opt/my bin/it's"), r"'/opt/my bin/it'\''s'");
     }
 }
