@@ -636,3 +636,67 @@ fn a_bare_root_is_pushed_over_a_pipe_with_the_same_protocol() {
     assert_eq!(s["switched"], 1, "{s}");
     assert!(s["wire_bytes"].as_u64().unwrap() > 0, "{s}");
 }
+
+#[test]
+fn a_host_waiting_staged_is_left_untouched_when_push_dies() {
+    let Some(sshd) = Sshd::start() else { return };
+    let f = Fleet::new();
+    release(&f.jail, &random(64 << 10, 6));
+    Tree::new(f.root("h1"))
+        .file("usr/pkg/bin/tool", b"old\n")
+        .file("var/db/pkg/big-1.0/+CONTENTS", b"old\n");
+    let before = live(&f, "h1");
+    // "stall" never answers (its ssh swallows what it is sent), so h1 stages and waits for
+    // the fleet's word; push is then killed.
+    let wrap = f.tmp.path().join("ssh-stall");
+    std::fs::write(
+        &wrap,
+        format!(
+            "#!/bin/bash\nfor a in \"$@\"; do [ \"$a\" = stall ] && exec cat >/dev/null; done\nexec {} \"$@\"\n",
+            sshd.ssh()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrap, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut push = Command::new(BIN)
+        .env_remove("JAILSYNC_STATE_DIR")
+        .arg("--state-dir")
+        .arg(f.tmp.path().join("state-local"))
+        .arg("push")
+        .arg(&f.jail.root)
+        .arg(f.host("h1"))
+        .arg(format!("stall:{}", f.root("h2").display()))
+        .args(["--ssh", wrap.to_str().unwrap(), "--remote-bin", BIN])
+        .arg("--remote-state-dir")
+        .arg(f.tmp.path().join("state-remote"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Staged: both trees' next release made and recorded as generation 1.
+    let staged = |t: &str| {
+        let home = f.root("h1").join(t);
+        home.join("next").is_dir() && home.join("gen-1.d").is_dir()
+    };
+    let t0 = Instant::now();
+    while !(staged("usr/.jailsync-pkg") && staged("var/db/.jailsync-pkg")) {
+        assert!(t0.elapsed() < Duration::from_secs(60), "h1 never staged");
+        assert!(push.try_wait().unwrap().is_none(), "push ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    push.kill().unwrap();
+    push.wait().unwrap();
+    // The remote sees its connection end and gives up what it staged.
+    let t0 = Instant::now();
+    while f.root("h1/usr/.jailsync-pkg/next").exists()
+        || f.root("h1/var/db/.jailsync-pkg/next").exists()
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "h1 kept its staging"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(live(&f, "h1") == before, "h1 changed");
+    assert!(!f.root("h2").exists());
+}
