@@ -646,13 +646,14 @@ fn a_host_waiting_staged_is_left_untouched_when_push_dies() {
         .file("usr/pkg/bin/tool", b"old\n")
         .file("var/db/pkg/big-1.0/+CONTENTS", b"old\n");
     let before = live(&f, "h1");
-    // "stall" never answers (its ssh swallows what it is sent), so h1 stages and waits for
+    // "stall" never answers (its ssh swallows what it is sent, holding the connection open:
+    // fd 3), so h1 stages and waits for
     // the fleet's word; push is then killed.
     let wrap = f.tmp.path().join("ssh-stall");
     std::fs::write(
         &wrap,
         format!(
-            "#!/bin/bash\nfor a in \"$@\"; do [ \"$a\" = stall ] && exec cat >/dev/null; done\nexec {} \"$@\"\n",
+            "#!/bin/bash\nfor a in \"$@\"; do [ \"$a\" = stall ] && exec cat 3>&1 >/dev/null; done\nexec {} \"$@\"\n",
             sshd.ssh()
         ),
     )
@@ -670,7 +671,7 @@ fn a_host_waiting_staged_is_left_untouched_when_push_dies() {
         .arg("--remote-state-dir")
         .arg(f.tmp.path().join("state-remote"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     // Staged: both trees' next release made and recorded as generation 1.
@@ -681,7 +682,11 @@ fn a_host_waiting_staged_is_left_untouched_when_push_dies() {
     let t0 = Instant::now();
     while !(staged("usr/.jailsync-pkg") && staged("var/db/.jailsync-pkg")) {
         assert!(t0.elapsed() < Duration::from_secs(60), "h1 never staged");
-        assert!(push.try_wait().unwrap().is_none(), "push ended early");
+        if push.try_wait().unwrap().is_some() {
+            let mut e = String::new();
+            std::io::Read::read_to_string(push.stderr.as_mut().unwrap(), &mut e).unwrap();
+            panic!("push ended early: {e}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     push.kill().unwrap();
