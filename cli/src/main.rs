@@ -9,7 +9,9 @@ mod hints;
 mod jail_cmd;
 mod output;
 mod pipe;
+mod push_cmd;
 mod roots;
+mod serve_cmd;
 mod sync_cmd;
 mod upgrade_cmd;
 
@@ -79,6 +81,11 @@ pub enum Cmd {
         /// The live root (or one tree) to look in.
         root: PathBuf,
     },
+    /// Push a jail's trees to many hosts over ssh; every host stages, then all switch.
+    Push(push_cmd::PushCmd),
+    /// The remote end of `push` (speaks its protocol on stdin/stdout; started by push).
+    #[command(hide = true)]
+    Serve(serve_cmd::ServeCmd),
     /// Jail lifecycle: init, mount, umount, status, enter.
     #[command(subcommand)]
     Jail(jail_cmd::JailCmd),
@@ -154,6 +161,8 @@ fn main() -> ExitCode {
         Cmd::Prune(c) => admin_cmd::run_prune(c, &cli.global),
         Cmd::Man(c) => admin_cmd::run_man(c),
         Cmd::Completions(c) => admin_cmd::run_completions(c),
+        Cmd::Push(c) => push_cmd::run_push(c, &cli.global),
+        Cmd::Serve(c) => serve_cmd::run_serve(c, &cli.global),
     };
     match result {
         Ok(code) => ExitCode::from(code),

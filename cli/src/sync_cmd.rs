@@ -186,7 +186,7 @@ fn engine_opts(a: &SyncArgs) -> Result<SyncOpts> {
 /// SIGINT, SIGTERM and SIGHUP no longer kill a sync: they set a flag (to the signal's number)
 /// that the engine checks at its safe points; it then removes what it staged and returns
 /// `Stopped`, which exits 128 + the signal (130 for SIGINT, 143 for SIGTERM).
-fn stop_on_signals() -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+pub(crate) fn stop_on_signals() -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // Registration only fails for signals that cannot be caught; these three can.

@@ -19,6 +19,7 @@ pub mod procs;
 pub mod progress;
 pub mod protect;
 pub mod quick;
+pub mod remote;
 pub mod rollback;
 pub mod scan;
 pub mod stage;

@@ -82,6 +82,8 @@ pub struct Builder<'a> {
     /// Non-zero when a signal asked the run to stop: the build ends early (the caller then
     /// discards it).
     pub stop: Option<&'a std::sync::atomic::AtomicUsize>,
+    /// Source files are moved in, not copied (see `SyncOpts::move_source`).
+    pub move_source: bool,
 }
 
 /// Remembers the last directory opened under one root; entries come in path order.
@@ -434,6 +436,24 @@ impl<'a> Builder<'a> {
         out: &mut Built,
     ) -> io::Result<u64> {
         match e.kind {
+            Kind::File if self.move_source => {
+                let sd = s.get(parent)?;
+                let nd = n.get(parent)?;
+                match fsx::rename_at(sd, name, nd, name) {
+                    Ok(()) => {
+                        fsx::set_meta_at(nd, name, &e, self.opts.meta)?;
+                        if self.opts.fsync {
+                            fsx::fsync(fsx::open_read_at(nd, name)?.as_fd())?;
+                        }
+                        Ok(e.size)
+                    }
+                    Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+                        let (b, _) = copy_checked(sd, name, nd, name, e, true, self.opts)?;
+                        Ok(b)
+                    }
+                    Err(err) => Err(err),
+                }
+            }
             Kind::File => {
                 let sd = s.get(parent)?;
                 let nd = n.get(parent)?;

@@ -49,6 +49,9 @@ pub struct SyncOpts {
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     /// Same size and mtime (ns) means same content, unread (see [`crate::quick`]).
     pub quick: bool,
+    /// The source is private to this run and on the destination's filesystem (`push`'s
+    /// shadow): its files are moved into the next tree, not copied.
+    pub move_source: bool,
 }
 
 impl SyncOpts {
@@ -88,6 +91,7 @@ impl Default for SyncOpts {
             exclude_patterns: Vec::new(),
             stop: None,
             quick: false,
+            move_source: false,
         }
     }
 }
@@ -148,6 +152,9 @@ pub struct Tree {
     /// Where and how the tree is switched (None: dry run or no state).
     pub home: Option<Home>,
     _lock: Option<Lock>,
+    /// What the rollback generation names as the source, when not `src_path` (push: the
+    /// pushing host's jail, not the shadow the files were staged from).
+    pub source_label: Option<PathBuf>,
 }
 
 /// What a whole run did.
@@ -338,6 +345,41 @@ pub fn prepare(
     pools: &Pools,
     progress: &dyn Progress,
 ) -> Result<Tree> {
+    prepare_impl(src_path, None, dst_path, state, opts, pools, progress)
+}
+
+/// [`prepare`] with the source's entries given (every file's hash known), not scanned: for a
+/// remote whose source is a manifest sent by `push`. `src_path` must hold, under their paths,
+/// every file the plan copies (see `remote::serve`).
+pub fn prepare_given(
+    src_path: &Path,
+    src: Manifest,
+    dst_path: &Path,
+    state: &StateDir,
+    opts: &SyncOpts,
+    pools: &Pools,
+    progress: &dyn Progress,
+) -> Result<Tree> {
+    prepare_impl(
+        src_path,
+        Some(src),
+        dst_path,
+        Some(state),
+        opts,
+        pools,
+        progress,
+    )
+}
+
+fn prepare_impl(
+    src_path: &Path,
+    given: Option<Manifest>,
+    dst_path: &Path,
+    state: Option<&StateDir>,
+    opts: &SyncOpts,
+    pools: &Pools,
+    progress: &dyn Progress,
+) -> Result<Tree> {
     progress.tree(dst_path);
     let lock = match state {
         Some(s) if !opts.dry_run => Some(Lock::acquire(s, dst_path)?),
@@ -385,8 +427,16 @@ pub fn prepare(
     progress.start(Phase::Scan, 0);
     let src_stamp = cache::now();
     let dst_exists = dst_path.exists();
+    let given_stamp = given.as_ref().map(|m| m.stamp);
+    let given_src = given.map(|m| Scan {
+        entries: m.entries,
+        ..Scan::default()
+    });
     let (s, d) = rayon::join(
-        || scan::scan_tree(src_path, &pools.walk, &sopts),
+        || match given_src {
+            Some(s) => Ok(s),
+            None => scan::scan_tree(src_path, &pools.walk, &sopts),
+        },
         || {
             if dst_exists {
                 scan::scan_tree(dst_path, &pools.walk, &dopts).map(Some)
@@ -396,12 +446,14 @@ pub fn prepare(
         },
     );
     let dst_stamp = src_stamp;
+    let src_stamp = given_stamp.unwrap_or(src_stamp);
     let mut s = s?;
     let mut d = d?;
     // Stat caches: reuse only what the racy-git rules allow (see `cache`).
     let mut cache_hits = 0;
     let mut cache_loaded = [None, None];
-    for (k, (tree, scan)) in [(src_path, Some(&mut s)), (dst_path, d.as_mut())]
+    let src_scan = given_stamp.is_none().then_some(&mut s);
+    for (k, (tree, scan)) in [(src_path, src_scan), (dst_path, d.as_mut())]
         .into_iter()
         .enumerate()
     {
@@ -523,6 +575,7 @@ pub fn prepare(
         quick_same: quick.map_or_else(Vec::new, crate::quick::sorted),
         home,
         _lock: lock,
+        source_label: None,
     })
 }
 
@@ -625,6 +678,7 @@ pub fn prepare_from_manifest(
         quick_same: Vec::new(),
         home: None,
         _lock: None,
+        source_label: None,
     })
 }
 
@@ -1030,6 +1084,16 @@ fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>, xattrs: bool) {
     }
 }
 
+/// Hashes the live files `need` (indices into `t.dst`) that the plan did not need hashed: a
+/// remote of `push` looks for content it already holds elsewhere in its trees. Files that
+/// cannot be read stay without a hash.
+pub fn hash_live(t: &mut Tree, need: &[usize], pools: &Pools) -> Result<()> {
+    let quiet = crate::progress::Silent;
+    hash_entries(&t.dst_path, &mut t.dst, need, &pools.work, &quiet)?;
+    t.hashed[1] += need.len();
+    Ok(())
+}
+
 /// Writes the stat cache of a tree scanned on its own (`manifest`, `verify`).
 pub fn store_cache(
     state: &StateDir,
@@ -1162,6 +1226,20 @@ pub fn switch_all(
     pools: &Pools,
     progress: &dyn Progress,
 ) -> Result<Report> {
+    switch_all_gated(trees, state, opts, pools, progress, &mut |_| Ok(()))
+}
+
+/// [`switch_all`] that asks `gate` at its last safe point, every tree staged and recorded and
+/// nothing switched yet: an error from the gate gives up every tree's staging (the live trees
+/// as they were) and is returned. `push` waits there for the whole fleet.
+pub fn switch_all_gated(
+    trees: &mut [Tree],
+    state: &StateDir,
+    opts: &SyncOpts,
+    pools: &Pools,
+    progress: &dyn Progress,
+    gate: &mut dyn FnMut(&Report) -> Result<()>,
+) -> Result<Report> {
     use crate::generation;
     let t0 = Instant::now();
     let aopts = ApplyOpts {
@@ -1250,6 +1328,7 @@ pub fn switch_all(
             excludes: &opts.excludes,
             holds_excluded: &t.dst_holds_excluded,
             stop: opts.stop.as_deref(),
+            move_source: opts.move_source,
         };
         let r = b.build(&pools.work, progress);
         stopped(trees, t)?;
@@ -1404,7 +1483,7 @@ pub fn switch_all(
                 id,
                 home.method.name(),
                 &generation::Record {
-                    source: &t.src_path,
+                    source: t.source_label.as_ref().unwrap_or(&t.src_path),
                     changes: t.plan.actions.len() as u64,
                     old: &t.dst,
                     meta,
@@ -1440,6 +1519,13 @@ pub fn switch_all(
             ));
             return Ok(report);
         }
+    }
+
+    if let Err(e) = gate(&report) {
+        for t in trees.iter() {
+            let _ = t.home.as_ref().expect("switchable").abandon();
+        }
+        return Err(e);
     }
 
     // From here failures are handled where they happen (a made switch is never given up).

@@ -1,0 +1,56 @@
+//! `jailsync serve`: the remote end of `push`, speaking the push protocol on stdin/stdout
+//! (started by `push` through ssh). Nothing else may write to stdout here.
+
+use std::io::{self, BufWriter};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Result;
+use clap::Args;
+use jailsync_engine::remote::serve::{serve, ServeEnv};
+
+use crate::{exit, Global};
+
+#[derive(Args, Debug)]
+pub struct ServeCmd {}
+
+pub fn run_serve(_c: ServeCmd, g: &Global) -> Result<u8> {
+    let mut r = io::stdin().lock();
+    let mut w = BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let env = ServeEnv {
+        default_state_dir: g.state_dir.clone(),
+        // ssh going away sends SIGHUP: the session stops at its next safe point, before any
+        // switch, and removes what it staged.
+        stop: Some(crate::sync_cmd::stop_on_signals()),
+        rollback: Box::new(rollback),
+    };
+    match serve(&mut r, &mut w, &env) {
+        Ok(()) => Ok(exit::OK),
+        Err(e) => {
+            eprintln!("jailsync serve: {e}");
+            Ok(exit::PARTIAL)
+        }
+    }
+}
+
+/// `push --rollback` on this host: `jailsync rollback` of the trees, as its own process so its
+/// output cannot reach the protocol stream.
+fn rollback(dsts: &[PathBuf], force: bool, state: &Path) -> (u8, String) {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return (exit::FATAL, format!("cannot find this program: {e}")),
+    };
+    let mut c = Command::new(exe);
+    c.arg("--state-dir").arg(state).arg("rollback").args(dsts);
+    if force {
+        c.arg("--force");
+    }
+    match c.output() {
+        Ok(o) => {
+            let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&o.stderr));
+            (o.status.code().map_or(exit::FATAL, |c| c as u8), text)
+        }
+        Err(e) => (exit::FATAL, format!("cannot run rollback: {e}")),
+    }
+}

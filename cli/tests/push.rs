@@ -1,0 +1,707 @@
+//! `jailsync push` through a real OpenSSH server started by each test on 127.0.0.1 (generated
+//! host and client keys, root login by key only), several "hosts" being several roots behind
+//! it. The remote binary is this build's (`--remote-bin`).
+
+mod common;
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// An sshd of our own, killed on drop.
+struct Sshd {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    /// None (with the reason printed) when this machine cannot run one.
+    fn start() -> Option<Sshd> {
+        if !is_root() {
+            eprintln!("skipped: needs root (sshd with root login)");
+            return None;
+        }
+        let ssh_ok = Command::new("ssh")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !Path::new("/usr/sbin/sshd").exists() || !ssh_ok {
+            eprintln!("skipped: needs openssh-server and openssh-client (.ci/run installs them)");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("jailsync-sshd-")
+            .tempdir()
+            .expect("tempdir");
+        let d = dir.path();
+        for k in ["host_key", "client_key"] {
+            let o = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(d.join(k))
+                .output()
+                .expect("ssh-keygen");
+            assert!(o.status.success(), "ssh-keygen: {}", stderr(&o));
+        }
+        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+        // sshd refuses to start without its privilege separation directory.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let conf = d.join("sshd_config");
+            std::fs::write(
+                &conf,
+                format!(
+                    "ListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile none\n\
+                     AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
+                     AllowUsers root\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
+                     KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n",
+                    d = d.display()
+                ),
+            )
+            .unwrap();
+            let host_pub = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
+            std::fs::write(
+                d.join("known_hosts"),
+                format!("[127.0.0.1]:{port} {host_pub}"),
+            )
+            .unwrap();
+            let mut child = Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(&conf)
+                .args(["-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(d.join("sshd.log")).unwrap())
+                .spawn()
+                .expect("sshd");
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Some(Sshd { child, port, dir });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "sshd did not start: {}",
+            std::fs::read_to_string(dir.path().join("sshd.log")).unwrap_or_default()
+        );
+    }
+
+    /// The `--ssh` command reaching it, checking its host key.
+    fn ssh(&self) -> String {
+        let d = self.dir.path().display();
+        format!(
+            "ssh -p {} -i {d}/client_key -o StrictHostKeyChecking=yes -o UserKnownHostsFile={d}/known_hosts \
+             -o BatchMode=yes -o LogLevel=ERROR",
+            self.port
+        )
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A jail and some hosts' roots in one temp dir.
+struct Fleet {
+    tmp: tempfile::TempDir,
+    jail: Tree,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let tmp = tempfile::Builder::new()
+            .prefix("jailsync-push-")
+            .tempdir()
+            .expect("tempdir");
+        let jail = Tree::new(tmp.path().join("jail"));
+        Fleet { tmp, jail }
+    }
+
+    fn root(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    fn host(&self, name: &str) -> String {
+        format!("127.0.0.1:{}", self.root(name).display())
+    }
+
+    /// `jailsync --state-dir LOCAL push JAIL TARGETS... --ssh .. --remote-bin BIN
+    /// --remote-state-dir REMOTE EXTRA...`.
+    fn push(&self, sshd: &Sshd, targets: &[String], extra: &[&str]) -> Output {
+        let mut c = Command::new(BIN);
+        c.env_remove("JAILSYNC_STATE_DIR")
+            .arg("--state-dir")
+            .arg(self.tmp.path().join("state-local"))
+            .arg("push")
+            .arg(self.jail.root.as_os_str())
+            .args(targets)
+            .args(["--ssh", &sshd.ssh(), "--remote-bin", BIN])
+            .arg("--remote-state-dir")
+            .arg(self.tmp.path().join("state-remote"))
+            .args(extra);
+        run_within(&mut c)
+    }
+}
+
+/// Runs `c` to its end, killed (and the test failed) after two minutes: a push that hangs must
+/// fail the test, not the suite.
+fn run_within(c: &mut Command) -> Output {
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let a = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut so, &mut v);
+        v
+    });
+    let b = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut se, &mut v);
+        v
+    });
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "timed out: {c:?}\n{}",
+                String::from_utf8_lossy(&b.join().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: a.join().unwrap(),
+        stderr: b.join().unwrap(),
+    }
+}
+
+/// The JSON lines of a run's stdout.
+fn json_lines(o: &Output) -> Vec<serde_json::Value> {
+    stdout(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn summary(o: &Output) -> serde_json::Value {
+    json_lines(o)
+        .into_iter()
+        .find(|v| v["type"] == "summary")
+        .unwrap_or_else(|| panic!("no summary:\n{}\n{}", stdout(o), stderr(o)))
+}
+
+fn random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A small release: programs, a library, links, a hard-link pair, a sparse file, xattrs,
+/// modes and times, and its package database.
+fn release(j: &Tree, big: &[u8]) {
+    j.file("usr/pkg/bin/tool", b"#!/bin/sh\necho new\n")
+        .mode("usr/pkg/bin/tool", 0o755)
+        .file("usr/pkg/lib/libbig.so.2", big)
+        .symlink("usr/pkg/lib/libbig.so", "libbig.so.2")
+        .file("usr/pkg/share/doc/README", b"read me\n")
+        .hardlink("usr/pkg/share/doc/README.link", "usr/pkg/share/doc/README")
+        .sparse("usr/pkg/share/sparse.img", 1 << 20, &[(4096, b"data")])
+        .file("usr/pkg/etc/empty", b"")
+        .xattr("usr/pkg/bin/tool", "user.jailsync", b"v2")
+        .mode("usr/pkg/bin", 0o750)
+        .file("var/db/pkg/big-2.0/+CONTENTS", b"lib/libbig.so.2\n")
+        .mtime("usr/pkg/bin/tool", 1_700_000_123, 456)
+        .settle_dirs(1_700_000_000);
+}
+
+/// A host's live trees (its homes beside them are the engine's, made on first contact).
+fn live(f: &Fleet, host: &str) -> Vec<Listing> {
+    ["usr/pkg", "var/db/pkg"]
+        .iter()
+        .map(|t| listing(&f.root(host).join(t)))
+        .collect()
+}
+
+fn same_as_jail(f: &Fleet, host: &str) {
+    for t in ["usr/pkg", "var/db/pkg"] {
+        assert_same(&f.jail.path(t), &f.root(host).join(t));
+    }
+}
+
+#[test]
+fn push_over_ssh_makes_every_host_the_jail_repeats_cheaply_and_rolls_back() {
+    let Some(sshd) = Sshd::start() else { return };
+    let f = Fleet::new();
+    let big = random(2 << 20, 1);
+    release(&f.jail, &big);
+    // h1 runs the old release, which already holds the new library under another name (a
+    // rename in the new release: its content must not be sent again); h2 is empty; h3 has
+    // no trees yet.
+    let h1 = Tree::new(f.root("h1"));
+    h1.file("usr/pkg/bin/tool", b"#!/bin/sh\necho old\n")
+        .file("usr/pkg/lib/libbig.so.1", &big)
+        .symlink("usr/pkg/lib/libbig.so", "libbig.so.1")
+        .file("usr/pkg/lib/gone.so", b"removed by the upgrade")
+        .file("var/db/pkg/big-1.0/+CONTENTS", b"lib/libbig.so.1\n");
+    Tree::new(f.root("h2")).dir("usr/pkg").dir("var/db/pkg");
+    Tree::new(f.root("h3"));
+    let h1_before = listing(&f.root("h1/usr/pkg"));
+    let jail_before = listing(&f.jail.root);
+    let hosts: Vec<String> = ["h1", "h2", "h3"].iter().map(|h| f.host(h)).collect();
+
+    let o = f.push(&sshd, &hosts, &["--json"]);
+    expect_code(&o, 0);
+    for h in ["h1", "h2", "h3"] {
+        same_as_jail(&f, h);
+    }
+    assert!(
+        listing(&f.jail.root) == jail_before,
+        "push changed the jail"
+    );
+    let s = summary(&o);
+    assert_eq!(s["switched"], 3, "{s}");
+    assert!(s["staged_to_switched_ms"].as_f64().is_some(), "{s}");
+    let first = s["wire_bytes"].as_u64().unwrap();
+    let lines = json_lines(&o);
+    let host = |name: &str| {
+        lines
+            .iter()
+            .find(|v| v["host"] == f.host(name))
+            .unwrap()
+            .clone()
+    };
+    // h1 had the library's content: it was found there, not sent.
+    assert!(
+        host("h1")["found_on_host"].as_u64().unwrap() >= 1,
+        "{}",
+        host("h1")
+    );
+    let sent = |h: &str| host(h)["blob_bytes"].as_u64().unwrap();
+    assert!(sent("h2") >= 2 << 20, "{}", host("h2"));
+    assert!(
+        sent("h2") - sent("h1") >= 2 << 20,
+        "{} {}",
+        host("h1"),
+        host("h2")
+    );
+    // Wire bytes count both directions of every connection: at least what was sent.
+    let per_host: u64 = lines
+        .iter()
+        .filter_map(|v| v["wire_bytes"].as_u64())
+        .sum::<u64>()
+        - first;
+    assert_eq!(per_host, first, "summary is the sum of the hosts");
+    assert!(first > 2 * (2 << 20), "{first}");
+
+    // Again: nothing to send but the manifests.
+    let o = f.push(&sshd, &hosts, &["--json"]);
+    expect_code(&o, 0);
+    let again = summary(&o)["wire_bytes"].as_u64().unwrap();
+    assert!(
+        again * 50 < first,
+        "a repeated push sent {again} bytes, the first {first}"
+    );
+    for h in ["h1", "h2", "h3"] {
+        same_as_jail(&f, h);
+    }
+
+    // Every host back to what it ran before.
+    let o = f.push(&sshd, &hosts[..1], &["--rollback"]);
+    expect_code(&o, 0);
+    assert!(
+        listing(&f.root("h1/usr/pkg")) == h1_before,
+        "rollback did not restore h1"
+    );
+}
+
+#[test]
+fn a_host_that_cannot_stage_keeps_every_other_host_unswitched() {
+    let Some(sshd) = Sshd::start() else { return };
+    let f = Fleet::new();
+    release(&f.jail, &random(64 << 10, 2));
+    for h in ["h1", "h2", "h3"] {
+        Tree::new(f.root(h))
+            .file("usr/pkg/bin/tool", b"old\n")
+            .file("var/db/pkg/big-1.0/+CONTENTS", b"old\n");
+    }
+    // h2's home for usr/pkg cannot be made: a file holds its name.
+    std::fs::write(f.root("h2/usr/.jailsync-pkg"), b"in the way").unwrap();
+    let before: Vec<_> = ["h1", "h2", "h3"].iter().map(|h| live(&f, h)).collect();
+    let hosts: Vec<String> = ["h1", "h2", "h3"].iter().map(|h| f.host(h)).collect();
+
+    let o = f.push(&sshd, &hosts, &["--json"]);
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("jailsync: {}: ", f.host("h2"))) && err.contains(".jailsync-pkg"),
+        "{err}"
+    );
+    for (k, h) in ["h1", "h2", "h3"].iter().enumerate() {
+        assert!(live(&f, h) == before[k], "{h} changed");
+        let next = f.root(h).join("usr/.jailsync-pkg/next");
+        assert!(!next.exists(), "{} left staged", next.display());
+    }
+    let s = summary(&o);
+    assert_eq!(
+        (s["switched"].as_u64(), s["failed"].as_u64()),
+        (Some(0), Some(1)),
+        "{s}"
+    );
+    assert_eq!(s["not_switched"], 2, "{s}");
+    let r = s["results"].as_array().unwrap();
+    assert_eq!(r.len(), 3, "{s}");
+    assert_eq!(r[1]["host"], f.host("h2"), "{s}");
+    assert_eq!(r[1]["result"], "failed", "{s}");
+    assert!(
+        r[1]["error"].as_str().unwrap().contains(".jailsync-pkg"),
+        "{s}"
+    );
+    assert_eq!(r[0]["result"], "not switched", "{s}");
+
+    // Allowing one failure, the others switch; h2 stays as it was, and the run still says so.
+    let o = f.push(&sshd, &hosts, &["--max-failed", "1"]);
+    expect_code(&o, 1);
+    assert!(stderr(&o).contains(&f.host("h2")), "{}", stderr(&o));
+    same_as_jail(&f, "h1");
+    same_as_jail(&f, "h3");
+    assert!(live(&f, "h2") == before[1]);
+}
+
+#[test]
+fn a_connection_killed_mid_transfer_leaves_the_host_untouched() {
+    let Some(sshd) = Sshd::start() else { return };
+    let f = Fleet::new();
+    release(&f.jail, &random(4 << 20, 3));
+    Tree::new(f.root("h1"))
+        .file("usr/pkg/bin/tool", b"old\n")
+        .file("var/db/pkg/big-1.0/+CONTENTS", b"old\n");
+    let before = live(&f, "h1");
+    // An ssh whose connection is killed (SIGKILL) once 1 MB of the 4 MB library has gone in.
+    let wrap = f.tmp.path().join("ssh-killed");
+    std::fs::write(
+        &wrap,
+        format!(
+            "#!/bin/bash\nfifo=$(mktemp -u)\nmkfifo \"$fifo\"\n{ssh} \"$@\" < \"$fifo\" &\npid=$!\n\
+             stdbuf -i0 -o0 head -c 1000000 > \"$fifo\"\nkill -9 $pid\nrm -f \"$fifo\"\nwait $pid\n",
+            ssh = sshd.ssh()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrap, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = run_within(
+        Command::new(BIN)
+            .env_remove("JAILSYNC_STATE_DIR")
+            .arg("--state-dir")
+            .arg(f.tmp.path().join("state-local"))
+            .arg("push")
+            .arg(&f.jail.root)
+            .arg(f.host("h1"))
+            .args(["--ssh", wrap.to_str().unwrap(), "--remote-bin", BIN])
+            .arg("--remote-state-dir")
+            .arg(f.tmp.path().join("state-remote")),
+    );
+    expect_code(&o, 1);
+    assert!(stderr(&o).contains(&f.host("h1")), "{}", stderr(&o));
+    assert!(live(&f, "h1") == before, "h1 changed");
+
+    // The next push (once the killed session has let go of its lock) finishes the job.
+    let t0 = Instant::now();
+    loop {
+        let o = f.push(&sshd, &[f.host("h1")], &[]);
+        if o.status.code() == Some(0) {
+            break;
+        }
+        assert!(
+            stderr(&o).contains("locked by") && t0.elapsed() < Duration::from_secs(20),
+            "{}",
+            stderr(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    same_as_jail(&f, "h1");
+}
+
+/// A fake `serve` in Python (independent of our protocol code): greets with `version`, reads
+/// the request, then misbehaves as `mode` says.
+fn fake_serve(dir: &Path, mode: &str, version: &str) -> PathBuf {
+    let p = dir.join(format!("fake-serve-{mode}"));
+    let script = format!(
+        r#"#!/usr/bin/python3
+import struct, sys
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+def send(t, p):
+    out.write(struct.pack('<BI', t, len(p)) + p); out.flush()
+def recv():
+    h = inp.read(5)
+    if len(h) < 5: sys.exit(0)
+    t, n = struct.unpack('<BI', h)
+    return t, inp.read(n)
+v = b'{version}'
+send(0x01, b'JAILSYNC' + struct.pack('<I', 1) + struct.pack('<I', len(v)) + v)
+t, _ = recv()
+t, p = recv()  # OPEN
+o = 0
+for _ in range(2):  # source, root
+    o += 4 + struct.unpack('<I', p[o:o + 4])[0]
+ntrees = struct.unpack('<I', p[o:o + 4])[0]
+ends = 0
+while ends < ntrees:
+    t, p = recv()
+    if t == 0x12: ends += 1
+mode = '{mode}'
+if mode == 'want-foreign':
+    send(0x20, b'\x41' * 32); send(0x21, struct.pack('<QQQ', 1, 1, 0))
+elif mode == 'huge-frame':
+    out.write(struct.pack('<BI', 0x20, 0xffffffff)); out.flush()
+elif mode == 'escape':
+    send(0x02, b'../../etc/passwd written \x1b[2J\x1b]0;owned\x07')
+elif mode == 'blob-to-local':
+    send(0x30, b'\x00' * 32 + struct.pack('<Q', 5)); send(0x31, b'hello'); send(0x32, b'')
+elif mode == 'short-staged':
+    send(0x21, struct.pack('<QQQ', 0, 0, 0)); recv(); send(0x40, b'\x01')
+inp.read()
+"#
+    );
+    std::fs::write(&p, script).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+#[test]
+fn a_hostile_remote_cannot_make_the_local_side_write_anything() {
+    let Some(sshd) = Sshd::start() else { return };
+    require!(
+        Path::new("/usr/bin/python3").exists(),
+        "needs /usr/bin/python3 for the fake serve"
+    );
+    let f = Fleet::new();
+    release(&f.jail, &random(32 << 10, 4));
+    let cwd = f.tmp.path().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    for (mode, says) in [
+        ("want-foreign", "not a file of this jail"),
+        ("huge-frame", "at most"),
+        ("escape", "../../etc/passwd written ?[2J?]0;owned?"),
+        ("blob-to-local", "expected WANT, got BLOB"),
+        ("short-staged", "STAGED frame cut short"),
+    ] {
+        let fake = fake_serve(f.tmp.path(), mode, version);
+        // The local state dir (the jail's stat cache) is the one place push writes.
+        let seen = || {
+            let mut l = listing(f.tmp.path());
+            l.0.retain(|k, _| !k.is_empty() && !k.starts_with(b"state-local"));
+            l
+        };
+        let before = seen();
+        let o = run_within(
+            Command::new(BIN)
+                .current_dir(&cwd)
+                .env_remove("JAILSYNC_STATE_DIR")
+                .arg("--state-dir")
+                .arg(f.tmp.path().join("state-local"))
+                .arg("push")
+                .arg(&f.jail.root)
+                .arg(f.host("h1"))
+                .args(["--ssh", &sshd.ssh(), "--remote-bin", fake.to_str().unwrap()]),
+        );
+        expect_code(&o, 1);
+        let err = stderr(&o);
+        assert!(
+            err.contains(&f.host("h1")) && err.contains(says),
+            "{mode}: {err}"
+        );
+        assert!(
+            !err.contains('\x1b'),
+            "{mode}: an escape reached the terminal"
+        );
+        // Nothing written anywhere we can see: the jail, the fake's directory, the cwd (the
+        // local state dir was made by the first run's jail scan and holds only its cache).
+        let after = seen();
+        let diff = before.diff(&after);
+        assert!(before == after, "{mode}: the local side wrote:\n{diff}");
+        assert!(!f.root("h1").exists(), "{mode}");
+    }
+}
+
+#[test]
+fn versions_that_differ_are_refused_both_ways() {
+    let Some(sshd) = Sshd::start() else { return };
+    require!(
+        Path::new("/usr/bin/python3").exists(),
+        "needs /usr/bin/python3 for the fake serve"
+    );
+    let f = Fleet::new();
+    release(&f.jail, b"x");
+    let fake = fake_serve(f.tmp.path(), "none", "0.0.0-other");
+    let o = run_within(
+        Command::new(BIN)
+            .env_remove("JAILSYNC_STATE_DIR")
+            .arg("--state-dir")
+            .arg(f.tmp.path().join("state-local"))
+            .arg("push")
+            .arg(&f.jail.root)
+            .arg(f.host("h1"))
+            .args(["--ssh", &sshd.ssh(), "--remote-bin", fake.to_str().unwrap()]),
+    );
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains("remote jailsync is version 0.0.0-other")
+            && err.contains("install the same version"),
+        "{err}"
+    );
+
+    // Our serve, greeted by a client of another version, says so and stages nothing.
+    let mut serve = Command::new(BIN)
+        .args(["--state-dir"])
+        .arg(f.tmp.path().join("state-remote"))
+        .arg("serve")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let v = b"9.9.9";
+    let mut hello = b"JAILSYNC".to_vec();
+    hello.extend_from_slice(&1u32.to_le_bytes());
+    hello.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    hello.extend_from_slice(v);
+    let mut frame = vec![0x01];
+    frame.extend_from_slice(&(hello.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&hello);
+    serve.stdin.take().unwrap().write_all(&frame).unwrap();
+    let o = serve.wait_with_output().unwrap();
+    expect_code(&o, 1);
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains("local jailsync is version 9.9.9")
+            && said.contains("install the same version"),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_bare_root_is_pushed_over_a_pipe_with_the_same_protocol() {
+    let f = Fleet::new();
+    release(&f.jail, &random(100 << 10, 5));
+    Tree::new(f.root("h1")).file("usr/pkg/bin/tool", b"old\n");
+    let o = run_within(
+        Command::new(BIN)
+            .env("JAILSYNC_STATE_DIR", f.tmp.path().join("state"))
+            .arg("push")
+            .arg(&f.jail.root)
+            .arg(f.root("h1"))
+            .arg("--json"),
+    );
+    expect_code(&o, 0);
+    same_as_jail(&f, "h1");
+    let s = summary(&o);
+    assert_eq!(s["switched"], 1, "{s}");
+    assert!(s["wire_bytes"].as_u64().unwrap() > 0, "{s}");
+}
+
+#[test]
+fn a_host_waiting_staged_is_left_untouched_when_push_dies() {
+    let Some(sshd) = Sshd::start() else { return };
+    let f = Fleet::new();
+    release(&f.jail, &random(64 << 10, 6));
+    Tree::new(f.root("h1"))
+        .file("usr/pkg/bin/tool", b"old\n")
+        .file("var/db/pkg/big-1.0/+CONTENTS", b"old\n");
+    let before = live(&f, "h1");
+    // "stall" never answers (its ssh swallows what it is sent, holding the connection open:
+    // fd 3), so h1 stages and waits for
+    // the fleet's word; push is then killed.
+    let wrap = f.tmp.path().join("ssh-stall");
+    std::fs::write(
+        &wrap,
+        format!(
+            "#!/bin/bash\nfor a in \"$@\"; do [ \"$a\" = stall ] && exec cat 3>&1 >/dev/null; done\nexec {} \"$@\"\n",
+            sshd.ssh()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrap, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut push = Command::new(BIN)
+        .env_remove("JAILSYNC_STATE_DIR")
+        .arg("--state-dir")
+        .arg(f.tmp.path().join("state-local"))
+        .arg("push")
+        .arg(&f.jail.root)
+        .arg(f.host("h1"))
+        .arg(format!("stall:{}", f.root("h2").display()))
+        .args(["--ssh", wrap.to_str().unwrap(), "--remote-bin", BIN])
+        .arg("--remote-state-dir")
+        .arg(f.tmp.path().join("state-remote"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Staged: both trees' next release made and recorded as generation 1.
+    let staged = |t: &str| {
+        let home = f.root("h1").join(t);
+        home.join("next").is_dir() && home.join("gen-1.d").is_dir()
+    };
+    let t0 = Instant::now();
+    while !(staged("usr/.jailsync-pkg") && staged("var/db/.jailsync-pkg")) {
+        assert!(t0.elapsed() < Duration::from_secs(60), "h1 never staged");
+        if push.try_wait().unwrap().is_some() {
+            let mut e = String::new();
+            std::io::Read::read_to_string(push.stderr.as_mut().unwrap(), &mut e).unwrap();
+            panic!("push ended early: {e}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    push.kill().unwrap();
+    push.wait().unwrap();
+    // The remote sees its connection end and gives up what it staged.
+    let t0 = Instant::now();
+    while f.root("h1/usr/.jailsync-pkg/next").exists()
+        || f.root("h1/var/db/.jailsync-pkg/next").exists()
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "h1 kept its staging"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(live(&f, "h1") == before, "h1 changed");
+    assert!(!f.root("h2").exists());
+}

@@ -1,0 +1,758 @@
+//! The remote end of `push` (`jailsync serve`): reads requests on one stream, answers on
+//! another, and stages and switches its trees with the same engine code as `upgrade`.
+//!
+//! Where the content comes from: the jail's manifest stands for the source tree
+//! ([`sync::prepare_given`]); the files the plan copies are put, under their paths, in a
+//! private *shadow* directory of the state dir, each from a live file of this host with the
+//! same hash (moved, renamed or shared content is never sent) or from a blob received. The
+//! stager then reads the shadow exactly as it reads a jail. The shadow, the blobs and the stat
+//! cache kept for the shadow go when the session ends, however it ends (a killed session's
+//! are removed by the next one).
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::{self, BufRead, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::wire::{self, t, Dec, Enc};
+use super::{RemoteError, Result};
+use crate::entry::{Hash, Kind};
+use crate::error::IoContext;
+use crate::fsx::{self, split_parent};
+use crate::hash::to_hex;
+use crate::manifest;
+use crate::paths::{self, Follow};
+use crate::plan::{Op, NONE};
+use crate::progress::Silent;
+use crate::sync::{self, Pools, SyncOpts, Tree};
+
+/// Rolls back the given trees (state dir last): exit code and output.
+pub type RollbackFn = Box<dyn Fn(&[PathBuf], bool, &Path) -> (u8, String)>;
+
+/// What the command line gives a session.
+pub struct ServeEnv {
+    /// Used when OPEN names no state dir.
+    pub default_state_dir: PathBuf,
+    /// Set by the caller's signal handler (SIGHUP when ssh goes away): stop at a safe point.
+    pub stop: Option<Arc<AtomicUsize>>,
+    /// Rolls back the given trees (`jailsync rollback`, run by the CLI): exit code and output.
+    pub rollback: RollbackFn,
+}
+
+/// What OPEN asks for.
+pub struct Open {
+    /// Where the push comes from (`host:jail`), for the generations' records.
+    pub source: Vec<u8>,
+    pub root: Vec<u8>,
+    pub trees: Vec<Vec<u8>>,
+    pub state_dir: Vec<u8>,
+    pub flags: u32,
+    pub keep: u32,
+    pub threads: u32,
+}
+
+pub mod flag {
+    pub const XATTRS: u32 = 1;
+    pub const ROLLBACK: u32 = 2;
+    pub const FSYNC: u32 = 4;
+    pub const FORCE: u32 = 8;
+}
+
+impl Open {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::default()
+            .bytes(&self.source)
+            .bytes(&self.root)
+            .u32(self.trees.len() as u32);
+        for t in &self.trees {
+            e = e.bytes(t);
+        }
+        e.bytes(&self.state_dir)
+            .u32(self.flags)
+            .u32(self.keep)
+            .u32(self.threads)
+            .0
+    }
+
+    fn decode(p: &[u8]) -> Result<Open> {
+        let mut d = Dec::new(p, "OPEN");
+        let source = d.bytes()?.to_vec();
+        let root = d.bytes()?.to_vec();
+        let n = d.u32()?;
+        if n == 0 || n > wire::MAX_TREES {
+            return Err(RemoteError::Protocol(format!("OPEN names {n} trees")));
+        }
+        let mut trees = Vec::new();
+        for _ in 0..n {
+            trees.push(d.bytes()?.to_vec());
+        }
+        let o = Open {
+            source,
+            root,
+            trees,
+            state_dir: d.bytes()?.to_vec(),
+            flags: d.u32()?,
+            keep: d.u32()?,
+            threads: d.u32()?,
+        };
+        d.end()?;
+        let abs = |b: &[u8]| b.first() == Some(&b'/') && !b.contains(&0);
+        if !abs(&o.root) || !(o.state_dir.is_empty() || abs(&o.state_dir)) {
+            return Err(RemoteError::Refused(
+                "the root and the state dir must be absolute paths".into(),
+            ));
+        }
+        for t in &o.trees {
+            let p = Path::new(std::ffi::OsStr::from_bytes(t));
+            let plain = p.components().all(|c| matches!(c, Component::Normal(_)));
+            if t.is_empty() || t.contains(&0) || !plain || p.is_absolute() {
+                return Err(RemoteError::Refused(format!(
+                    "{}: a tree must be a relative path without `..`",
+                    wire::printable(t)
+                )));
+            }
+        }
+        if o.threads > 256 {
+            return Err(RemoteError::Protocol("more than 256 threads asked".into()));
+        }
+        Ok(o)
+    }
+}
+
+/// One session over `r`/`w`. Errors are also sent to the peer (best effort) before returning.
+pub fn serve(r: &mut dyn BufRead, w: &mut dyn Write, env: &ServeEnv) -> Result<()> {
+    let mut s = Session {
+        r,
+        w,
+        buf: Vec::new(),
+    };
+    let res = s.run(env);
+    if let Err(e) = &res {
+        if !matches!(e, RemoteError::Aborted(_)) {
+            let _ = s.send(t::ERROR, e.to_string().as_bytes());
+        }
+    }
+    res
+}
+
+struct Session<'a> {
+    r: &'a mut dyn BufRead,
+    w: &'a mut dyn Write,
+    buf: Vec<u8>,
+}
+
+impl Session<'_> {
+    fn send(&mut self, kind: u8, p: &[u8]) -> Result<()> {
+        wire::write_frame(&mut self.w, kind, p)?;
+        self.w.flush()?;
+        Ok(())
+    }
+
+    /// The next frame; the peer's ERROR and a closed stream become errors.
+    fn recv(&mut self) -> Result<u8> {
+        match wire::read_frame(&mut self.r, &mut self.buf)? {
+            None => Err(RemoteError::Aborted(
+                "the connection closed (nothing was switched)".into(),
+            )),
+            Some(t::ERROR) => Err(RemoteError::Aborted(format!(
+                "the local side said: {}",
+                wire::printable(&self.buf)
+            ))),
+            Some(k) => Ok(k),
+        }
+    }
+
+    fn expect(&mut self, kind: u8) -> Result<()> {
+        let k = self.recv()?;
+        if k != kind {
+            return Err(RemoteError::Protocol(format!(
+                "expected {}, got {}",
+                t::name(kind),
+                t::name(k)
+            )));
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, env: &ServeEnv) -> Result<()> {
+        self.send(t::HELLO, &super::hello())?;
+        self.expect(t::HELLO)?;
+        super::check_hello(&self.buf, "local")?;
+        self.expect(t::OPEN)?;
+        let open = Open::decode(&self.buf)?;
+        let state_dir = if open.state_dir.is_empty() {
+            env.default_state_dir.clone()
+        } else {
+            PathBuf::from(std::ffi::OsStr::from_bytes(&open.state_dir))
+        };
+        let root = PathBuf::from(std::ffi::OsStr::from_bytes(&open.root));
+        let dsts = resolve(&root, &open.trees)?;
+        match self.recv()? {
+            t::ROLLBACK => {
+                Dec::new(&self.buf, "ROLLBACK").end()?;
+                let (code, out) = (env.rollback)(&dsts, open.flags & flag::FORCE != 0, &state_dir);
+                let p = Enc::default().u8(code).bytes(out.as_bytes()).0;
+                self.send(t::ROLLED, &p)
+            }
+            t::MANIFEST => self.push(env, &open, &state_dir, &dsts),
+            k => Err(RemoteError::Protocol(format!(
+                "expected MANIFEST or ROLLBACK, got {}",
+                t::name(k)
+            ))),
+        }
+    }
+
+    /// Reads the manifest of each tree: chunks until MANIFEST_END. The first chunk's frame is
+    /// already in the buffer.
+    fn manifests(&mut self, trees: &[Vec<u8>]) -> Result<Vec<manifest::Manifest>> {
+        let mut out = Vec::new();
+        let mut first = true;
+        for (k, rel) in trees.iter().enumerate() {
+            let mut text = Vec::new();
+            loop {
+                let kind = if first {
+                    first = false;
+                    t::MANIFEST
+                } else {
+                    self.recv()?
+                };
+                match kind {
+                    t::MANIFEST => {
+                        let raw = wire::unchunk(&self.buf, wire::CHUNK)?;
+                        if (text.len() + raw.len()) as u64 > wire::MAX_MANIFEST {
+                            return Err(RemoteError::Refused(format!(
+                                "manifest of {} over {} bytes",
+                                wire::printable(rel),
+                                wire::MAX_MANIFEST
+                            )));
+                        }
+                        text.extend_from_slice(&raw);
+                    }
+                    t::MANIFEST_END => {
+                        let mut d = Dec::new(&self.buf, "MANIFEST_END");
+                        if d.u32()? as usize != k {
+                            return Err(RemoteError::Protocol("manifests out of order".into()));
+                        }
+                        d.end()?;
+                        break;
+                    }
+                    k => {
+                        return Err(RemoteError::Protocol(format!(
+                            "expected MANIFEST, got {}",
+                            t::name(k)
+                        )))
+                    }
+                }
+            }
+            let shown = PathBuf::from(format!("manifest of {}", String::from_utf8_lossy(rel)));
+            // Strict: structure, no `..`, every file with its hash (see `manifest`).
+            out.push(manifest::parse(&shown, &text)?);
+        }
+        Ok(out)
+    }
+
+    fn push(
+        &mut self,
+        env: &ServeEnv,
+        open: &Open,
+        state_dir: &Path,
+        dsts: &[PathBuf],
+    ) -> Result<()> {
+        let manifests = self.manifests(&open.trees)?;
+        let state = sync::open_state(
+            state_dir,
+            &dsts.iter().map(|p| p.as_path()).collect::<Vec<_>>(),
+        )?;
+        let opts = SyncOpts {
+            xattrs: open.flags & flag::XATTRS != 0,
+            rollback: open.flags & flag::ROLLBACK != 0,
+            fsync: open.flags & flag::FSYNC != 0,
+            keep: open.keep as usize,
+            threads: open.threads as usize,
+            stop: env.stop.clone(),
+            move_source: true,
+            ..SyncOpts::default()
+        };
+        let pools = Pools::new(opts.threads);
+        let mut trees: Vec<Tree> = Vec::new();
+        // The shadow's place is known once the tree's home is open (below).
+        let unset = Path::new("/nonexistent/jailsync-shadow");
+        for (m, dst) in manifests.into_iter().zip(dsts) {
+            let mut t = sync::prepare_given(unset, m, dst, &state, &opts, &pools, &Silent)?;
+            let label = format!("push from {}", wire::printable(&open.source));
+            t.source_label = Some(label.into());
+            trees.push(t);
+        }
+        let res = Work::make(&mut trees).and_then(|work| {
+            let r = self.push_prepared(&mut trees, &work, &state, &opts, &pools);
+            drop(work);
+            r
+        });
+        // The shadow's stat cache (written by the switch like any source's) is not kept.
+        for t in &trees {
+            if t.src_path != unset {
+                if let Ok(d) = state.tree_dir(&t.src_path) {
+                    let _ = fs::remove_dir_all(d);
+                }
+            }
+        }
+        res
+    }
+
+    fn push_prepared(
+        &mut self,
+        trees: &mut [Tree],
+        work: &Work,
+        state: &crate::journal::StateDir,
+        opts: &SyncOpts,
+        pools: &Pools,
+    ) -> Result<()> {
+        let t0 = Instant::now();
+        let needs = needs(trees);
+        // Live files that may hold content the plan copies: those of a size it needs.
+        let sizes: HashSet<u64> = needs.iter().map(|&(k, si)| trees[k].src[si].size).collect();
+        for t in trees.iter_mut() {
+            let idx: Vec<usize> = (0..t.dst.len())
+                .filter(|&j| {
+                    let e = t.dst.at(j);
+                    e.kind == Kind::File
+                        && e.hash.is_none()
+                        && e.size > 0
+                        && sizes.contains(&e.size)
+                })
+                .collect();
+            sync::hash_live(t, &idx, pools)?;
+        }
+        let mut live: HashMap<Hash, (usize, usize)> = HashMap::new();
+        for (k, t) in trees.iter().enumerate() {
+            for (j, e) in t.dst.iter().enumerate() {
+                if let (Kind::File, Some(h)) = (e.kind, e.hash) {
+                    live.entry(*h).or_insert((k, j));
+                }
+            }
+        }
+        // What this host lacks: distinct hashes of needed non-empty content found nowhere here.
+        let mut want: HashMap<Hash, u64> = HashMap::new();
+        let mut uses: HashMap<Hash, usize> = HashMap::new();
+        let mut found = 0u64;
+        for &(k, si) in &needs {
+            let e = trees[k].src.at(si);
+            let h = *e.hash.expect("the manifest gives every file's hash");
+            if e.size == 0 {
+                continue;
+            }
+            if live.contains_key(&h) {
+                found += 1;
+            } else {
+                want.insert(h, e.size);
+                *uses.entry(h).or_default() += 1;
+            }
+        }
+        let list: Vec<Hash> = want.keys().copied().collect();
+        for c in list.chunks(wire::CHUNK / 32) {
+            self.send(t::WANT, &c.concat())?;
+        }
+        let p = Enc::default()
+            .u64(list.len() as u64)
+            .u64(needs.len() as u64)
+            .u64(found)
+            .0;
+        self.send(t::WANT_END, &p)?;
+        self.receive_blobs(work, &want, opts)?;
+        self.fill_shadows(trees, work, &live, &uses)?;
+
+        // Stage, then wait at the last safe point for the fleet's word.
+        let mut gated = false;
+        let mut chan: Option<Result<()>> = None;
+        let changes: u64 = trees.iter().map(|t| t.plan.actions.len() as u64).sum();
+        let r = {
+            let this = &mut *self;
+            let dst0 = trees[0].dst_path.clone();
+            let mut gate = |rep: &sync::Report| -> crate::Result<()> {
+                gated = true;
+                let _ = rep;
+                let p = Enc::default()
+                    .u64(changes)
+                    .u64(t0.elapsed().as_millis() as u64)
+                    .0;
+                let r = this.send(t::STAGED, &p).and_then(|()| {
+                    match this.recv()? {
+                    t::SWITCH => Ok(()),
+                    t::ABORT => Err(RemoteError::Aborted(
+                        "the local side said abort (another host failed): nothing was switched here"
+                            .into(),
+                    )),
+                    k => Err(RemoteError::Protocol(format!(
+                        "expected SWITCH or ABORT, got {}",
+                        t::name(k)
+                    ))),
+                }
+                });
+                match r {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let why = e.to_string();
+                        chan = Some(Err(e));
+                        Err(crate::Error::bad(dst0.clone(), why))
+                    }
+                }
+            };
+            sync::switch_all_gated(trees, state, opts, pools, &Silent, &mut gate)
+        };
+        if let Some(Err(e)) = chan {
+            return Err(e);
+        }
+        let report = r?;
+        if let Some(why) = &report.aborted {
+            return Err(RemoteError::Refused(why.clone()));
+        }
+        if let Some(why) = &report.fallback {
+            return Err(RemoteError::Refused(format!(
+                "cannot be switched whole ({why}); nothing was changed"
+            )));
+        }
+        if !gated {
+            return Err(RemoteError::Protocol(
+                "switched without the fleet's word".into(),
+            ));
+        }
+        let mut errors = String::new();
+        let mut n_err = 0u32;
+        for (t, o) in trees.iter().zip(&report.outcomes) {
+            for e in &o.errors {
+                n_err += 1;
+                if errors.len() < 8192 {
+                    errors.push_str(&format!(
+                        "{}: {} (while {})\n",
+                        t.dst_path.join(fsx::os(&e.path)).display(),
+                        e.error,
+                        e.phase.name()
+                    ));
+                }
+            }
+            for (p, e) in &t.scan_errors {
+                n_err += 1;
+                if errors.len() < 8192 {
+                    errors.push_str(&format!("{}: {e} (while scan)\n", p.display()));
+                }
+            }
+        }
+        let p = Enc::default()
+            .u64(report.switch_window.as_nanos() as u64)
+            .u64(changes)
+            .u64(report.bytes_written())
+            .u32(report.procs.len() as u32)
+            .u32(n_err)
+            .bytes(errors.as_bytes())
+            .0;
+        self.send(t::DONE, &p)
+    }
+
+    fn receive_blobs(
+        &mut self,
+        work: &Work,
+        want: &HashMap<Hash, u64>,
+        opts: &SyncOpts,
+    ) -> Result<()> {
+        let mut got: HashSet<Hash> = HashSet::new();
+        let dir = fsx::open_root_nofollow(&work.blobs).at(&work.blobs)?;
+        loop {
+            if let Some(sig) = opts.stop_signal() {
+                return Err(RemoteError::Aborted(format!(
+                    "stopped by signal {sig} while receiving: nothing was switched"
+                )));
+            }
+            match self.recv()? {
+                t::BLOBS_DONE => break,
+                t::BLOB => {
+                    let mut d = Dec::new(&self.buf, "BLOB");
+                    let (h, size) = (d.hash()?, d.u64()?);
+                    d.end()?;
+                    if want.get(&h) != Some(&size) || got.contains(&h) {
+                        return Err(RemoteError::Protocol(format!(
+                            "blob {} of {size} bytes was not asked for",
+                            to_hex(&h)
+                        )));
+                    }
+                    self.receive_blob(dir.as_fd(), &h, size)?;
+                    got.insert(h);
+                }
+                k => {
+                    return Err(RemoteError::Protocol(format!(
+                        "expected BLOB, got {}",
+                        t::name(k)
+                    )))
+                }
+            }
+        }
+        if got.len() != want.len() {
+            return Err(RemoteError::Protocol(format!(
+                "{} blobs asked for, {} received",
+                want.len(),
+                got.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// One blob into `dir/HEX`: chunks decompressed (never past the size announced), zero
+    /// blocks left as holes, checked against its hash.
+    fn receive_blob(&mut self, dir: BorrowedFd<'_>, h: &Hash, size: u64) -> Result<()> {
+        let name = to_hex(h);
+        let fd = fsx::create_excl_at(dir, name.as_bytes())?;
+        let f = fs::File::from(fd);
+        let mut hasher = blake3::Hasher::new();
+        let mut at = 0u64;
+        loop {
+            match self.recv()? {
+                t::DATA => {
+                    let left = (size - at).min(wire::CHUNK as u64) as usize;
+                    if left == 0 {
+                        return Err(RemoteError::Protocol("blob longer than announced".into()));
+                    }
+                    let raw = wire::unchunk(&self.buf, left)?;
+                    hasher.update(&raw);
+                    for (i, block) in raw.chunks(4096).enumerate() {
+                        if block.iter().any(|&b| b != 0) {
+                            f.write_all_at(block, at + (i * 4096) as u64)?;
+                        }
+                    }
+                    at += raw.len() as u64;
+                }
+                t::BLOB_END => {
+                    Dec::new(&self.buf, "BLOB_END").end()?;
+                    break;
+                }
+                k => {
+                    return Err(RemoteError::Protocol(format!(
+                        "expected DATA, got {}",
+                        t::name(k)
+                    )))
+                }
+            }
+        }
+        f.set_len(size)?;
+        if at != size || hasher.finalize().as_bytes() != h {
+            return Err(RemoteError::Refused(format!(
+                "blob {name}: its content does not match its hash (did the jail change during the push?): nothing was changed"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Puts every file the stager will copy under its path in its tree's shadow, with the
+    /// jail's size and mtime (the stager checks both, and the hash when pages are dirty).
+    fn fill_shadows(
+        &mut self,
+        trees: &[Tree],
+        work: &Work,
+        live: &HashMap<Hash, (usize, usize)>,
+        uses: &HashMap<Hash, usize>,
+    ) -> Result<()> {
+        let blobs = fsx::open_root_nofollow(&work.blobs).at(&work.blobs)?;
+        let lives: Vec<OwnedFd> = trees
+            .iter()
+            .map(|t| fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path))
+            .collect::<crate::Result<_>>()?;
+        let mut left: HashMap<Hash, usize> = uses.clone();
+        for t in trees.iter() {
+            let shadow = &t.src_path;
+            let root = fsx::open_root_nofollow(shadow).at(shadow)?;
+            let mut made: HashSet<Vec<u8>> = HashSet::new();
+            for &(kk, si) in &needs(std::slice::from_ref(t)) {
+                debug_assert_eq!(kk, 0);
+                let e = t.src.at(si);
+                let (parent, name) = split_parent(e.path);
+                let at = || shadow.join(fsx::os(e.path));
+                mkdirs(root.as_fd(), parent, &mut made).at(at())?;
+                let dir = fsx::open_dir_beneath(root.as_fd(), parent).at(at())?;
+                let h = *e.hash.expect("hashed");
+                if e.size == 0 {
+                    drop(fsx::create_excl_at(dir.as_fd(), name).at(at())?);
+                } else if let Some(&(lk, dj)) = live.get(&h) {
+                    let lp = trees[lk].dst.path(dj);
+                    let (lparent, lname) = split_parent(lp);
+                    let shown = trees[lk].dst_path.join(fsx::os(lp));
+                    let ld = fsx::open_dir_beneath(lives[lk].as_fd(), lparent).at(&shown)?;
+                    let src = fsx::open_read_at(ld.as_fd(), lname).at(&shown)?;
+                    let out = fsx::create_excl_at(dir.as_fd(), name).at(at())?;
+                    fsx::copy_data(src.as_fd(), out.as_fd(), e.size, e.is_sparse()).at(at())?;
+                    // The live file is checked after the copy: a writer since its scan makes
+                    // the run fail here, never a wrong file staged.
+                    let (got, _) = crate::hash::hash_fd(src.as_fd(), e.size).at(&shown)?;
+                    if got != h {
+                        return Err(RemoteError::Refused(format!(
+                            "{}: changed while being copied; nothing was changed (run again)",
+                            shown.display()
+                        )));
+                    }
+                } else {
+                    let hex = to_hex(&h);
+                    let n = left.get_mut(&h).expect("wanted");
+                    *n -= 1;
+                    if *n == 0 {
+                        // The last path to need this blob takes it (one inode, one mtime), or a
+                        // copy when the trees' homes are on other filesystems.
+                        match fsx::rename_at(blobs.as_fd(), hex.as_bytes(), dir.as_fd(), name) {
+                            Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+                                let src =
+                                    fsx::open_read_at(blobs.as_fd(), hex.as_bytes()).at(at())?;
+                                let out = fsx::create_excl_at(dir.as_fd(), name).at(at())?;
+                                fsx::copy_data(src.as_fd(), out.as_fd(), e.size, e.is_sparse())
+                                    .at(at())?;
+                            }
+                            r => r.at(at())?,
+                        }
+                    } else {
+                        let src = fsx::open_read_at(blobs.as_fd(), hex.as_bytes()).at(at())?;
+                        let out = fsx::create_excl_at(dir.as_fd(), name).at(at())?;
+                        fsx::copy_data(src.as_fd(), out.as_fd(), e.size, e.is_sparse()).at(at())?;
+                    }
+                }
+                fsx::set_times_at(dir.as_fd(), name, &e).at(at())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every source file the stager copies, as (tree, source index): a file the plan does not
+/// leave to its live inode, and not a hard-link follower (linked to its leader in the next
+/// tree). Mirrors `stage::Builder::layout`.
+fn needs(trees: &[Tree]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for (k, t) in trees.iter().enumerate() {
+        let mut op: Vec<Option<Op>> = vec![None; t.src.len()];
+        let mut follower = vec![false; t.src.len()];
+        for a in &t.plan.actions {
+            if a.src != NONE {
+                op[a.src as usize] = Some(a.op);
+                follower[a.src as usize] = a.link_to != NONE;
+            }
+        }
+        for (i, e) in t.src.iter().enumerate() {
+            if e.kind != Kind::File || follower[i] {
+                continue;
+            }
+            let live_same = t
+                .dst
+                .search(e.path)
+                .is_ok_and(|j| t.dst.at(j).kind == Kind::File);
+            let kept = matches!(op[i], None | Some(Op::Meta)) && live_same;
+            if !kept && (op[i].is_some() || !live_same) {
+                out.push((k, i));
+            }
+        }
+    }
+    out
+}
+
+/// `mkdir -p` of `rel` below `root`, private (0700), remembering what exists.
+fn mkdirs(root: BorrowedFd<'_>, rel: &[u8], made: &mut HashSet<Vec<u8>>) -> io::Result<()> {
+    if rel.is_empty() || made.contains(rel) {
+        return Ok(());
+    }
+    let (parent, name) = split_parent(rel);
+    mkdirs(root, parent, made)?;
+    let pd = fsx::open_dir_beneath(root, parent)?;
+    match fsx::mkdir_at(pd.as_fd(), name, 0o700) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    made.insert(rel.to_vec());
+    Ok(())
+}
+
+/// The ROOT/REL of each tree, resolved on this host: no symlink followed below ROOT (nor
+/// ROOT's own last name), as `upgrade` does.
+fn resolve(root: &Path, trees: &[Vec<u8>]) -> Result<Vec<PathBuf>> {
+    let never = || Follow::Never {
+        hint: "push never follows a symlink on the remote",
+    };
+    let root_c = paths::resolve_dir(root, "root", never())?;
+    fs::metadata(&root_c).at(root)?;
+    trees
+        .iter()
+        .map(|rel| {
+            let rel = Path::new(std::ffi::OsStr::from_bytes(rel));
+            Ok(paths::resolve_beneath(root, &root_c, rel, "tree", never())?)
+        })
+        .collect()
+}
+
+/// This session's private directories: `incoming-PID` in each tree's home (the shadow: on the
+/// live tree's filesystem, so its files are moved into the next tree, never copied twice) and
+/// `incoming-PID.blobs` in the first tree's home. Removed on drop; those of sessions no longer
+/// running are removed when a session starts.
+struct Work {
+    dirs: Vec<PathBuf>,
+    blobs: PathBuf,
+}
+
+impl Work {
+    fn make(trees: &mut [Tree]) -> Result<Work> {
+        if !sync::all_switchable(trees) {
+            let t = trees
+                .iter()
+                .find(|t| t.home.as_ref().is_none_or(|h| !h.is_switchable()))
+                .expect("one is not");
+            let how = t
+                .home
+                .as_ref()
+                .map(|h| h.method.describe())
+                .unwrap_or_default();
+            return Err(RemoteError::Refused(format!(
+                "{}: cannot be switched whole ({how}); push stages every host before switching any, \
+                 which needs the tree switch: nothing was changed",
+                t.dst_path.display()
+            )));
+        }
+        let pid = std::process::id();
+        let mk = |p: &Path| fs::DirBuilder::new().mode(0o700).create(p).at(p);
+        let mut work = Work {
+            dirs: Vec::new(),
+            blobs: PathBuf::new(),
+        };
+        for t in trees.iter_mut() {
+            let home = t.home.as_ref().expect("switchable").path.clone();
+            if let Ok(rd) = fs::read_dir(&home) {
+                for e in rd.flatten() {
+                    let n = e.file_name();
+                    let Some(rest) = n.to_str().and_then(|s| s.strip_prefix("incoming-")) else {
+                        continue;
+                    };
+                    let other = rest.split('.').next().and_then(|p| p.parse::<u32>().ok());
+                    if other.is_some_and(|p| p == pid || !Path::new(&format!("/proc/{p}")).exists())
+                    {
+                        let _ = fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+            let shadow = home.join(format!("incoming-{pid}"));
+            mk(&shadow)?;
+            work.dirs.push(shadow.clone());
+            if work.blobs.as_os_str().is_empty() {
+                work.blobs = home.join(format!("incoming-{pid}.blobs"));
+                mk(&work.blobs)?;
+                work.dirs.push(work.blobs.clone());
+            }
+            t.src_path = shadow;
+        }
+        Ok(work)
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Framing and payload encoding of the push protocol (see `docs/protocol.md`).
+//!
+//! A frame is one type byte, a little-endian `u32` payload length, then the payload. Every
+//! length read from the wire is checked against a fixed limit *before* anything is allocated
+//! for it, so a hostile peer can make us read at most [`MAX_PAYLOAD`] bytes per frame and
+//! cannot make us allocate more.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Bumped on any incompatible change; both sides must also run the same jailsync version.
+pub const PROTOCOL: u32 = 1;
+pub const MAGIC: &[u8; 8] = b"JAILSYNC";
+/// Raw bytes per compressed chunk (manifest text and blob data).
+pub const CHUNK: usize = 1 << 20;
+/// Largest payload accepted: a chunk that did not compress, plus zstd's worst-case overhead.
+pub const MAX_PAYLOAD: usize = CHUNK + (CHUNK >> 7) + 1024;
+/// Largest manifest (raw text, per tree) a serve accepts: ~5 million entries.
+pub const MAX_MANIFEST: u64 = 1 << 30;
+/// Most trees one push may name.
+pub const MAX_TREES: u32 = 64;
+
+/// Frame types.
+pub mod t {
+    pub const HELLO: u8 = 0x01;
+    pub const ERROR: u8 = 0x02;
+    pub const OPEN: u8 = 0x10;
+    pub const MANIFEST: u8 = 0x11;
+    pub const MANIFEST_END: u8 = 0x12;
+    pub const WANT: u8 = 0x20;
+    pub const WANT_END: u8 = 0x21;
+    pub const BLOB: u8 = 0x30;
+    pub const DATA: u8 = 0x31;
+    pub const BLOB_END: u8 = 0x32;
+    pub const BLOBS_DONE: u8 = 0x33;
+    pub const STAGED: u8 = 0x40;
+    pub const SWITCH: u8 = 0x41;
+    pub const ABORT: u8 = 0x42;
+    pub const DONE: u8 = 0x43;
+    pub const ROLLBACK: u8 = 0x50;
+    pub const ROLLED: u8 = 0x51;
+
+    pub fn name(t: u8) -> &'static str {
+        match t {
+            HELLO => "HELLO",
+            ERROR => "ERROR",
+            OPEN => "OPEN",
+            MANIFEST => "MANIFEST",
+            MANIFEST_END => "MANIFEST_END",
+            WANT => "WANT",
+            WANT_END => "WANT_END",
+            BLOB => "BLOB",
+            DATA => "DATA",
+            BLOB_END => "BLOB_END",
+            BLOBS_DONE => "BLOBS_DONE",
+            STAGED => "STAGED",
+            SWITCH => "SWITCH",
+            ABORT => "ABORT",
+            DONE => "DONE",
+            ROLLBACK => "ROLLBACK",
+            ROLLED => "ROLLED",
+            _ => "unknown",
+        }
+    }
+}
+
+fn bad(why: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.into())
+}
+
+/// Reads one frame into `buf` (reused between frames). `Ok(None)`: the peer closed the stream
+/// cleanly between frames.
+pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Option<u8>> {
+    let mut head = [0u8; 5];
+    let mut got = 0;
+    while got < head.len() {
+        match r.read(&mut head[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
+    if len > MAX_PAYLOAD {
+        return Err(bad(format!(
+            "{} frame of {len} bytes (at most {MAX_PAYLOAD} accepted)",
+            t::name(head[0])
+        )));
+    }
+    buf.clear();
+    buf.resize(len, 0);
+    r.read_exact(buf)?;
+    Ok(Some(head[0]))
+}
+
+pub fn write_frame(w: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<()> {
+    assert!(payload.len() <= MAX_PAYLOAD, "frame too large to send");
+    let mut head = [0u8; 5];
+    head[0] = kind;
+    head[1..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    w.write_all(&head)?;
+    w.write_all(payload)
+}
+
+/// Builds a payload.
+#[derive(Default)]
+pub struct Enc(pub Vec<u8>);
+
+impl Enc {
+    pub fn u8(mut self, v: u8) -> Self {
+        self.0.push(v);
+        self
+    }
+    pub fn u32(mut self, v: u32) -> Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    pub fn u64(mut self, v: u64) -> Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    /// A byte string: `u32` length, then the bytes.
+    pub fn bytes(mut self, b: &[u8]) -> Self {
+        self.0.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(b);
+        self
+    }
+    pub fn raw(mut self, b: &[u8]) -> Self {
+        self.0.extend_from_slice(b);
+        self
+    }
+}
+
+/// Reads a payload; every read is bounds-checked against what the frame holds.
+pub struct Dec<'a> {
+    b: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Dec<'a> {
+    pub fn new(b: &'a [u8], what: &'static str) -> Self {
+        Dec { b, what }
+    }
+    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
+        if self.b.len() < n {
+            return Err(bad(format!("{} frame cut short", self.what)));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    pub fn u8(&mut self) -> io::Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn u32(&mut self) -> io::Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    pub fn u64(&mut self) -> io::Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    pub fn bytes(&mut self) -> io::Result<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    pub fn raw(&mut self, n: usize) -> io::Result<&'a [u8]> {
+        self.take(n)
+    }
+    pub fn hash(&mut self) -> io::Result<[u8; 32]> {
+        Ok(self.take(32)?.try_into().expect("32"))
+    }
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.b)
+    }
+    /// Refuses trailing bytes: a frame says exactly what it holds.
+    pub fn end(&self) -> io::Result<()> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(bad(format!(
+                "{} frame has {} extra bytes",
+                self.what,
+                self.b.len()
+            )))
+        }
+    }
+}
+
+/// Decompresses one chunk, refusing more than `limit` bytes of output (never allocating more).
+pub fn unchunk(data: &[u8], limit: usize) -> io::Result<Vec<u8>> {
+    zstd::bulk::decompress(data, limit)
+        .map_err(|e| bad(format!("bad compressed chunk (or over {limit} bytes): {e}")))
+}
+
+pub fn chunk(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    zstd::bulk::compress(data, level)
+}
+
+/// A text from the peer made safe to print: control characters (terminal escapes) replaced,
+/// and cut to a length a message needs.
+pub fn printable(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&b[..b.len().min(4096)]);
+    s.chars()
+        .map(|c| if c.is_control() && c != '\n' { '?' } else { c })
+        .collect()
+}
+
+/// Counts the bytes that pass (both directions of a connection share one counter).
+pub struct Counted<T> {
+    pub inner: T,
+    pub n: Arc<AtomicU64>,
+}
+
+impl<T: Read> Read for Counted<T> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(b)?;
+        self.n.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+impl<T: Write> Write for Counted<T> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.n.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_oversized_lengths_are_refused_unread() {
+        let mut v = Vec::new();
+        write_frame(&mut v, t::OPEN, b"abc").unwrap();
+        let mut buf = Vec::new();
+        let mut r = &v[..];
+        assert_eq!(read_frame(&mut r, &mut buf).unwrap(), Some(t::OPEN));
+        assert_eq!(buf, b"abc");
+        assert_eq!(read_frame(&mut r, &mut buf).unwrap(), None);
+
+        // A declared length of 4 GiB: refused from the header alone, nothing allocated.
+        let huge = [t::DATA, 0xff, 0xff, 0xff, 0xff];
+        let e = read_frame(&mut &huge[..], &mut buf).unwrap_err();
+        assert!(e.to_string().contains("at most"), "{e}");
+        assert!(buf.capacity() < MAX_PAYLOAD);
+
+        // Cut inside the header or the payload.
+        assert!(read_frame(&mut &v[..3], &mut buf).is_err());
+        assert!(read_frame(&mut &v[..6], &mut buf).is_err());
+    }
+
+    #[test]
+    fn decoding_is_bounds_checked() {
+        let p = Enc::default().u32(7).bytes(b"xy").0;
+        let mut d = Dec::new(&p, "OPEN");
+        assert_eq!(d.u32().unwrap(), 7);
+        assert_eq!(d.bytes().unwrap(), b"xy");
+        d.end().unwrap();
+        // A string claiming more bytes than the frame has.
+        let p = Enc::default().u32(1000).raw(b"xy").0;
+        assert!(Dec::new(&p, "OPEN").bytes().is_err());
+    }
+
+    #[test]
+    fn decompression_is_bounded() {
+        let z = chunk(&vec![0u8; 4 << 20], 3).unwrap();
+        assert!(z.len() < 4096);
+        assert!(unchunk(&z, CHUNK).is_err());
+        assert_eq!(unchunk(&z, 4 << 20).unwrap().len(), 4 << 20);
+        assert_eq!(printable(b"a\x1b[2Jb"), "a?[2Jb");
+    }
+}
