@@ -1364,10 +1364,9 @@ pub fn switch_all_gated(
 
     // 2. What each next tree holds, and its generation record, before any switch.
     // Stats taken only once a tick has passed since the last link or write, so the racy
-    // rule lets the cache vouch for every file the next run sees unchanged.
-    if staged.iter().any(|b| b.is_some()) {
-        std::thread::sleep(Duration::from_millis(30));
-    }
+    // rule lets the cache vouch for every file the next run sees unchanged; the source
+    // hashing below usually covers that wait.
+    let staged_at = Instant::now();
     // Per tree: the live entries kept, the stamp, and the source entries not staged.
     type After = (Entries, (i64, u32), Vec<Box<[u8]>>);
     let mut afters: Vec<Option<After>> = Vec::new();
@@ -1434,6 +1433,9 @@ pub fn switch_all_gated(
         let home = t.home.as_ref().expect("switchable");
         // What the next tree holds: the source's entries with the staged objects' stats
         // (restated in place), and the live entries kept that the source lacks.
+        if let Some(w) = Duration::from_millis(30).checked_sub(staged_at.elapsed()) {
+            std::thread::sleep(w);
+        }
         let stamp = cache::now();
         let next = fsx::open_root_nofollow(&home.next_path()).at(home.next_path())?;
         let missing =
