@@ -229,10 +229,12 @@ pub fn rollback(root: &Path, force: bool, dry_run: bool, g: &Global) -> Result<u
     let mut todo: Vec<(PathBuf, u64)> = Vec::new();
     let mut changed = 0;
     for t in u.trees.iter().rev() {
+        let _lock = Lock::acquire(&state, &t.dst)?;
+        // A tree a killed run left aside (portable layer) is put back first.
+        jailsync_engine::switch::restore_live_aside(&t.dst)?;
         if !t.dst.is_dir() {
             continue;
         }
-        let _lock = Lock::acquire(&state, &t.dst)?;
         let Some(home) = Home::existing(&t.dst)? else {
             continue;
         };
@@ -246,8 +248,29 @@ pub fn rollback(root: &Path, force: bool, dry_run: bool, g: &Global) -> Result<u
             continue;
         }
         let Some(id) = made_by(&home, t)? else {
+            // No generation newer than the upgrade's start: the upgrade left this tree as it
+            // was, unless the generation it made is gone (ids are never reused, so the last
+            // one handed out tells).
+            if generation::last_id(&home)? > t.before.unwrap_or(0) {
+                bail!(
+                    "{}: the generation upgrade {} made is gone (pruned?): it cannot be rolled back",
+                    t.dst.display(),
+                    u.id
+                );
+            }
             continue;
         };
+        // Anything synced into the tree after the upgrade (a `sync`, a `push`) would be undone
+        // with it, unnamed: the newest generation must be the upgrade's own.
+        let newest = generation::list(&home)?.last().map_or(0, |g| g.id);
+        if newest != id {
+            bail!(
+                "{}: synced again after upgrade {} (generation {newest} is newer than its {id}): roll that back first with `jailsync rollback {}`",
+                t.dst.display(),
+                u.id,
+                t.dst.display()
+            );
+        }
         let r = generation::check(&home, Some(id), &pools.walk)?;
         for ch in &r.changed {
             changed += 1;
@@ -271,6 +294,13 @@ pub fn rollback(root: &Path, force: bool, dry_run: bool, g: &Global) -> Result<u
             if changed == 1 { "y" } else { "ies" }
         );
         return Ok(exit::PARTIAL);
+    }
+    if todo.is_empty() {
+        bail!(
+            "{}: upgrade {} left nothing to roll back (no tree holds a generation it made)",
+            root_c.display(),
+            u.id
+        );
     }
     // 2. Switch back, in reverse order of the upgrade.
     for (dst, id) in &todo {

@@ -166,7 +166,7 @@ pub struct ManifestCmd {
     pub exclude: Vec<String>,
 }
 
-fn engine_opts(a: &SyncArgs) -> Result<SyncOpts> {
+pub(crate) fn engine_opts(a: &SyncArgs) -> Result<SyncOpts> {
     Ok(SyncOpts {
         excludes: Excludes::new(&a.exclude).context("bad --exclude pattern")?,
         checksum: a.checksum,

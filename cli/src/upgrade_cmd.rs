@@ -75,6 +75,48 @@ pub fn run(c: UpgradeCmd, g: &Global) -> Result<u8> {
         r
     };
 
+    // --max-delete holds for the whole upgrade: with more than one phase, every phase is
+    // planned first (as a dry run: nothing locked or changed), so a later phase is never
+    // refused after an earlier one has switched.
+    if let (Some(max), false) = (c.args.max_delete, c.args.dry_run) {
+        let phases = layout.phases();
+        if phases.len() > 1 {
+            let state = sync::open_state(
+                &g.state_dir,
+                &all.iter().map(|(_, _, d)| d.as_path()).collect::<Vec<_>>(),
+            )?;
+            let pools = jailsync_engine::sync::Pools::new(0);
+            let mut planned = Vec::new();
+            for (trees, excludes) in &phases {
+                let mut a = c.args.clone();
+                a.dry_run = true;
+                a.exclude.extend(excludes.iter().cloned());
+                if rules.is_some() {
+                    a.exclude
+                        .push(jailsync_engine::protect::NEW_EXCLUDE.to_string());
+                }
+                let opts = crate::sync_cmd::engine_opts(&a)?;
+                let checked: Vec<(PathBuf, PathBuf, Vec<u8>)> = trees
+                    .iter()
+                    .map(|t| {
+                        let (_, s, d) = all.iter().find(|(x, _, _)| x == t).expect("checked");
+                        (s.clone(), d.clone(), t.as_os_str().as_bytes().to_vec())
+                    })
+                    .collect();
+                let mut ts = Vec::new();
+                for (s, d, _) in &checked {
+                    let quiet = jailsync_engine::progress::Silent;
+                    ts.push(sync::prepare(s, d, Some(&state), &opts, &pools, &quiet)?);
+                }
+                if let Some(r) = &rules {
+                    crate::conf::decide_all(r, &mut ts, &checked, &state)?;
+                }
+                planned.extend(ts);
+            }
+            crate::admin_cmd::check_max_delete(&planned, Some(max))?;
+        }
+    }
+
     let record = if c.args.dry_run {
         None
     } else {

@@ -717,3 +717,79 @@ fn protect_globs_from_the_command_line_and_jailsync_conf() {
         stderr(&o)
     );
 }
+
+/// Root-level rollback names generations by id: ids never restart when none is left
+/// (`--keep 1`), a tree synced again after the upgrade refuses it (the later run would be
+/// undone unnamed), a pruned generation refuses it rather than "rolling back 0 trees", and
+/// `--max-delete` holds for the whole two-phase upgrade (never one phase switched, the next
+/// refused).
+#[test]
+fn root_rollback_and_max_delete_hold_across_runs_and_phases() {
+    let h = Host::new();
+    modern(&h);
+    h.live_file("usr/.keep", "");
+    for v in ["1.25", "1.26", "1.27"] {
+        h.jail_file("usr/pkg/bin/nginx", &format!("nginx {v}\n"));
+        expect_code(&h.upgrade(&["-q", "--keep", "1"]), 0);
+    }
+    let o = h.js(&["history", "--root", h.root_s()]);
+    expect_code(&o, 0);
+    assert_eq!(stdout(&o).lines().count(), 3, "{}", stdout(&o));
+    expect_code(&h.js(&["rollback", "--root", h.root_s()]), 0);
+    assert_eq!(h.live("usr/pkg/bin/nginx").unwrap(), "nginx 1.26\n");
+
+    // A per-tree sync after an upgrade: rolling back the upgrade would undo it too.
+    h.jail_file("usr/pkg/bin/nginx", "nginx 1.28\n");
+    expect_code(&h.upgrade(&["-q"]), 0);
+    let tree = format!("{}/usr/pkg", h.root_s());
+    let extra = h.root.join("extra");
+    Host::put(&extra, "bin/tool", "tool\n");
+    let o = h.js(&[
+        "sync",
+        extra.to_str().unwrap(),
+        &tree,
+        "-q",
+        "--exclude",
+        "/pkgdb/",
+        "--exclude",
+        "/.jailsync-pkgdb/",
+    ]);
+    expect_code(&o, 0);
+    let o = h.js(&["rollback", "--root", h.root_s()]);
+    expect_code(&o, 2);
+    assert!(
+        stderr(&o).contains("synced again after upgrade"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(h.live("usr/pkg/bin/tool").unwrap(), "tool\n");
+
+    // Its generation pruned: refused, not "rolled back (0 trees)".
+    expect_code(&h.js(&["rollback", &tree, "-q"]), 0);
+    expect_code(&h.js(&["prune", &tree, "--keep", "0"]), 0);
+    let before = contents(&h.root);
+    let o = h.js(&["rollback", "--root", h.root_s()]);
+    expect_code(&o, 2);
+    assert!(stderr(&o).contains("is gone"), "{}", stderr(&o));
+    assert_eq!(contents(&h.root), before);
+
+    // --max-delete over both phases: 1 deletion in usr/pkg, 2 in the database, limit 2.
+    fs::remove_file(h.jail.join("usr/pkg/lib/libssl.so")).unwrap();
+    fs::remove_dir_all(h.jail.join("usr/pkg/pkgdb/openssl-3.0")).unwrap();
+    h.jail_file("usr/pkg/bin/nginx", "nginx 1.29\n");
+    let before = contents(&h.root);
+    let o = h.upgrade(&["-q", "--max-delete", "2"]);
+    expect_code(&o, 2);
+    assert!(
+        stderr(&o).contains("would delete 3 entries"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        contents(&h.root),
+        before,
+        "a phase switched before the refusal"
+    );
+    expect_code(&h.upgrade(&["-q", "--max-delete", "3"]), 0);
+    assert_eq!(h.live("usr/pkg/bin/nginx").unwrap(), "nginx 1.29\n");
+}

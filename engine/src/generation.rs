@@ -77,9 +77,30 @@ pub fn list(home: &Home) -> Result<Vec<Gen>> {
     Ok(out)
 }
 
-/// The number the next generation gets.
+/// The highest id ever handed out in this home: ids are never reused, even once every
+/// generation is pruned (`--keep 1`, `prune --keep 0`), since root-level records and
+/// rollback name generations by id.
+const LAST_ID: &str = "last-id";
+
+/// The highest generation id handed out in `home` so far (0: none).
+pub fn last_id(home: &Home) -> Result<u64> {
+    let mut max = fs::read_to_string(home.io_path(LAST_ID))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    for g in list(home)? {
+        max = max.max(g.id);
+    }
+    Ok(max)
+}
+
+/// The number the next generation gets (reserved: written down before it is used, so a run
+/// that fails after this leaves a gap, never a reuse).
 pub fn next_id(home: &Home) -> Result<u64> {
-    let mut max = 0;
+    let mut max = fs::read_to_string(home.io_path(LAST_ID))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
     for name in fsx::list_dir(home.fd.as_fd()).at(&home.path)? {
         let s = String::from_utf8_lossy(&name);
         let digits = s
@@ -91,7 +112,15 @@ pub fn next_id(home: &Home) -> Result<u64> {
             max = max.max(n);
         }
     }
-    Ok(max + 1)
+    let id = max + 1;
+    switch::write_file_at(
+        &home.fd,
+        LAST_ID,
+        format!("{id}\n").as_bytes(),
+        &home.path.join(LAST_ID),
+        home.durable,
+    )?;
+    Ok(id)
 }
 
 /// Removes records of switches that never happened, undone trees, and all but the newest
