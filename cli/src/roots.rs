@@ -251,7 +251,7 @@ pub fn rollback(root: &Path, force: bool, dry_run: bool, g: &Global) -> Result<u
             // No generation newer than the upgrade's start: the upgrade left this tree as it
             // was, unless the generation it made is gone (ids are never reused, so the last
             // one handed out tells).
-            if generation::last_id(&home)? > t.before.unwrap_or(0) {
+            if generation::removed_after(&home, t.before.unwrap_or(0)) {
                 bail!(
                     "{}: the generation upgrade {} made is gone (pruned?): it cannot be rolled back",
                     t.dst.display(),

@@ -77,30 +77,42 @@ pub fn list(home: &Home) -> Result<Vec<Gen>> {
     Ok(out)
 }
 
-/// The highest id ever handed out in this home: ids are never reused, even once every
-/// generation is pruned (`--keep 1`, `prune --keep 0`), since root-level records and
-/// rollback name generations by id.
-const LAST_ID: &str = "last-id";
+/// The highest id of a generation (or undone/kept tree) ever removed from this home: ids are
+/// never reused, even once every generation is pruned (`--keep 1`, `prune --keep 0`), since
+/// root-level records and rollback name generations by id. Written only when a real one is
+/// removed (not when an id is merely handed out to a run that then died), so it also tells
+/// "the generation a run made was pruned" from "that run made none".
+const LAST_REMOVED: &str = "last-removed";
 
-/// The highest generation id handed out in `home` so far (0: none).
-pub fn last_id(home: &Home) -> Result<u64> {
-    let mut max = fs::read_to_string(home.io_path(LAST_ID))
+fn last_removed(home: &Home) -> u64 {
+    fs::read_to_string(home.io_path(LAST_REMOVED))
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    for g in list(home)? {
-        max = max.max(g.id);
-    }
-    Ok(max)
+        .unwrap_or(0)
 }
 
-/// The number the next generation gets (reserved: written down before it is used, so a run
-/// that fails after this leaves a gap, never a reuse).
+/// Notes that generation `n` (or `undone-n`, `kept-n`) is about to be removed.
+fn note_removed(home: &Home, n: u64) -> Result<()> {
+    if n <= last_removed(home) {
+        return Ok(());
+    }
+    switch::write_file_at(
+        &home.fd,
+        LAST_REMOVED,
+        format!("{n}\n").as_bytes(),
+        &home.path.join(LAST_REMOVED),
+        home.durable,
+    )
+}
+
+/// Whether a generation newer than `n` existed here and was removed since (pruned).
+pub fn removed_after(home: &Home, n: u64) -> bool {
+    last_removed(home) > n
+}
+
+/// The number the next generation gets.
 pub fn next_id(home: &Home) -> Result<u64> {
-    let mut max = fs::read_to_string(home.io_path(LAST_ID))
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+    let mut max = last_removed(home);
     for name in fsx::list_dir(home.fd.as_fd()).at(&home.path)? {
         let s = String::from_utf8_lossy(&name);
         let digits = s
@@ -112,15 +124,7 @@ pub fn next_id(home: &Home) -> Result<u64> {
             max = max.max(n);
         }
     }
-    let id = max + 1;
-    switch::write_file_at(
-        &home.fd,
-        LAST_ID,
-        format!("{id}\n").as_bytes(),
-        &home.path.join(LAST_ID),
-        home.durable,
-    )?;
-    Ok(id)
+    Ok(max + 1)
 }
 
 /// Removes records of switches that never happened, undone trees, and all but the newest
@@ -139,6 +143,12 @@ pub fn prune(home: &Home, keep: usize) -> Result<()> {
             .strip_prefix("gen-")
             .and_then(|d| d.parse::<u64>().ok())
             .is_some_and(|n| !gens.iter().any(|g| g.id == n));
+        if orphan_tree || s.starts_with("undone-") {
+            let n = s.trim_start_matches("gen-").trim_start_matches("undone-");
+            if let Ok(n) = n.parse::<u64>() {
+                note_removed(home, n)?;
+            }
+        }
         if orphan_record || orphan_tree || s.starts_with("undone-") {
             fsx::remove_tree_at(home.fd.as_fd(), &name).at(home.path.join(&s))?;
         }
@@ -156,6 +166,12 @@ pub fn prune(home: &Home, keep: usize) -> Result<()> {
 pub fn prune_undone(home: &Home) -> Result<()> {
     for name in fsx::list_dir(home.fd.as_fd()).at(&home.path)? {
         if name.starts_with(b"undone-") {
+            if let Some(n) = std::str::from_utf8(&name[7..])
+                .ok()
+                .and_then(|d| d.parse::<u64>().ok())
+            {
+                note_removed(home, n)?;
+            }
             let shown = home.path.join(String::from_utf8_lossy(&name).as_ref());
             fsx::remove_tree_at(home.fd.as_fd(), &name).at(shown)?;
         }
@@ -165,6 +181,13 @@ pub fn prune_undone(home: &Home) -> Result<()> {
 
 /// Removes generation `n` (its record first: a tree without one is pruned next time).
 pub fn remove(home: &Home, n: u64) -> Result<()> {
+    note_removed(home, n)?;
+    discard(home, n)
+}
+
+/// Removes the record (and tree) of generation `n` that was never switched in: unlike
+/// [`remove`], not noted as a removed generation.
+pub fn discard(home: &Home, n: u64) -> Result<()> {
     let rec = format!("gen-{n}.d");
     fsx::remove_tree_at(home.fd.as_fd(), rec.as_bytes()).at(home.path.join(&rec))?;
     fsx::remove_tree_at(home.fd.as_fd(), &Home::gen_name(n)).at(home.gen_path(n))

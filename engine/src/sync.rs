@@ -1512,7 +1512,7 @@ pub fn switch_all_gated(
                 let h = t.home.as_ref().expect("switchable");
                 let _ = h.abandon();
                 if let Some(id) = gens[j] {
-                    let _ = generation::remove(h, id);
+                    let _ = generation::discard(h, id);
                 }
             }
             report.fallback = Some(format!(
