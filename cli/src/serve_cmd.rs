@@ -23,6 +23,22 @@ pub fn run_serve(_c: ServeCmd, g: &Global) -> Result<u8> {
         // switch, and removes what it staged.
         stop: Some(crate::sync_cmd::stop_on_signals()),
         rollback: Box::new(rollback),
+        // The same root-level record as `upgrade`'s (`history --root`, `rollback --root`).
+        record_begin: Some(Box::new(|state_dir, root, source, trees| {
+            let state =
+                jailsync_engine::sync::open_state(state_dir, &[]).map_err(|e| e.to_string())?;
+            let triples: Vec<(PathBuf, PathBuf, PathBuf)> = trees
+                .iter()
+                .map(|(rel, d)| (rel.clone(), PathBuf::new(), d.clone()))
+                .collect();
+            crate::roots::begin(&state, root, Path::new(source), &triples)
+                .map_err(|e| format!("{e:#}"))
+        })),
+        record_end: Some(Box::new(|state_dir, root, id| {
+            let state =
+                jailsync_engine::sync::open_state(state_dir, &[]).map_err(|e| e.to_string())?;
+            crate::roots::end(&state, root, id).map_err(|e| format!("{e:#}"))
+        })),
     };
     match serve(&mut r, &mut w, &env) {
         Ok(()) => Ok(exit::OK),

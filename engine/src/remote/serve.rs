@@ -30,6 +30,7 @@ use crate::manifest;
 use crate::paths::{self, Follow};
 use crate::plan::{Op, NONE};
 use crate::progress::Silent;
+use crate::protect::{Base, Decisions, Rules, Verdict};
 use crate::sync::{self, Pools, SyncOpts, Tree};
 
 /// Rolls back the given trees (state dir last): exit code and output.
@@ -43,7 +44,15 @@ pub struct ServeEnv {
     pub stop: Option<Arc<AtomicUsize>>,
     /// Rolls back the given trees (`jailsync rollback`, run by the CLI): exit code and output.
     pub rollback: RollbackFn,
+    /// Records the push as a root-level upgrade (root, source, (rel, dst) of each tree): its id.
+    pub record_begin: Option<RecordBeginFn>,
+    /// Ends that record (a push that switched nothing is forgotten).
+    pub record_end: Option<RecordEndFn>,
 }
+
+pub type RecordBeginFn =
+    Box<dyn Fn(&Path, &Path, &str, &[(PathBuf, PathBuf)]) -> std::result::Result<u64, String>>;
+pub type RecordEndFn = Box<dyn Fn(&Path, &Path, u64) -> std::result::Result<(), String>>;
 
 /// What OPEN asks for.
 pub struct Open {
@@ -55,6 +64,11 @@ pub struct Open {
     pub flags: u32,
     pub keep: u32,
     pub threads: u32,
+    /// `--protect` globs and `protect` lines of the jail's jailsync.conf (see `protect`).
+    pub protect: Vec<Vec<u8>>,
+    /// Exclude patterns for every tree: the homes of databases nested in a tree (their
+    /// rollback generations stay on the host).
+    pub excludes: Vec<Vec<u8>>,
 }
 
 pub mod flag {
@@ -62,6 +76,37 @@ pub mod flag {
     pub const ROLLBACK: u32 = 2;
     pub const FSYNC: u32 = 4;
     pub const FORCE: u32 = 8;
+    /// Protect every tree's `etc/` (configuration protection's default rule).
+    pub const PROTECT_ETC: u32 = 16;
+    /// Apply configuration protection (set whenever a rule is given).
+    pub const PROTECT: u32 = 32;
+}
+
+fn enc_list(mut e: Enc, l: &[Vec<u8>]) -> Enc {
+    e = e.u32(l.len() as u32);
+    for x in l {
+        e = e.bytes(x);
+    }
+    e
+}
+
+fn dec_list(d: &mut Dec, what: &str) -> Result<Vec<Vec<u8>>> {
+    let n = d.u32()?;
+    if n > 256 {
+        return Err(RemoteError::Protocol(format!("OPEN names {n} {what}")));
+    }
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let b = d.bytes()?.to_vec();
+        if b.is_empty() || b.len() > 4096 || b.contains(&0) || std::str::from_utf8(&b).is_err() {
+            return Err(RemoteError::Refused(format!(
+                "{}: not a valid {what} pattern",
+                wire::printable(&b)
+            )));
+        }
+        out.push(b);
+    }
+    Ok(out)
 }
 
 impl Open {
@@ -73,11 +118,13 @@ impl Open {
         for t in &self.trees {
             e = e.bytes(t);
         }
-        e.bytes(&self.state_dir)
+        let e = e
+            .bytes(&self.state_dir)
             .u32(self.flags)
             .u32(self.keep)
-            .u32(self.threads)
-            .0
+            .u32(self.threads);
+        let e = enc_list(e, &self.protect);
+        enc_list(e, &self.excludes).0
     }
 
     fn decode(p: &[u8]) -> Result<Open> {
@@ -100,6 +147,8 @@ impl Open {
             flags: d.u32()?,
             keep: d.u32()?,
             threads: d.u32()?,
+            protect: dec_list(&mut d, "protect")?,
+            excludes: dec_list(&mut d, "exclude")?,
         };
         d.end()?;
         let abs = |b: &[u8]| b.first() == Some(&b'/') && !b.contains(&0);
@@ -269,7 +318,30 @@ impl Session<'_> {
             state_dir,
             &dsts.iter().map(|p| p.as_path()).collect::<Vec<_>>(),
         )?;
+        let text = |l: &[Vec<u8>]| -> Vec<String> {
+            l.iter()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .collect()
+        };
+        let globs = text(&open.protect);
+        let rules = if open.flags & flag::PROTECT != 0 {
+            let r = Rules::new(open.flags & flag::PROTECT_ETC != 0, &globs)
+                .map_err(|e| RemoteError::Refused(format!("bad protect pattern: {e}")))?;
+            (!r.is_empty()).then_some(r)
+        } else {
+            None
+        };
+        // As `upgrade`: the trees' extra excludes, and a kept file's jail version
+        // (`*.jailsync-new`) never synced nor deleted.
+        let mut patterns = text(&open.excludes);
+        if rules.is_some() {
+            patterns.push(crate::protect::NEW_EXCLUDE.to_string());
+        }
+        let excludes = crate::scan::Excludes::new(&patterns)
+            .map_err(|e| RemoteError::Refused(format!("bad exclude pattern: {e}")))?;
         let opts = SyncOpts {
+            excludes,
+            exclude_patterns: patterns,
             xattrs: open.flags & flag::XATTRS != 0,
             rollback: open.flags & flag::ROLLBACK != 0,
             fsync: open.flags & flag::FSYNC != 0,
@@ -280,17 +352,86 @@ impl Session<'_> {
             ..SyncOpts::default()
         };
         let pools = Pools::new(opts.threads);
+        // The root-level record `history --root` and `rollback --root` read, as `upgrade`
+        // writes it: before anything is staged.
+        let root_c = {
+            let mut r = dsts[0].clone();
+            for _ in Path::new(std::ffi::OsStr::from_bytes(&open.trees[0])).components() {
+                r.pop();
+            }
+            r
+        };
+        let source = String::from_utf8_lossy(&open.source).into_owned();
+        let record = match &env.record_begin {
+            Some(begin) => {
+                let pairs: Vec<(PathBuf, PathBuf)> = open
+                    .trees
+                    .iter()
+                    .zip(dsts)
+                    .map(|(t, d)| (PathBuf::from(std::ffi::OsStr::from_bytes(t)), d.clone()))
+                    .collect();
+                Some(begin(state_dir, &root_c, &source, &pairs).map_err(RemoteError::Refused)?)
+            }
+            None => None,
+        };
+        let res = self.push_trees(open, manifests, dsts, &state, &opts, &pools, rules.as_ref());
+        if let (Some(id), Some(end)) = (record, &env.record_end) {
+            let r = end(state_dir, &root_c, id);
+            if res.is_ok() {
+                r.map_err(RemoteError::Refused)?;
+            }
+        }
+        res
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_trees(
+        &mut self,
+        open: &Open,
+        manifests: Vec<manifest::Manifest>,
+        dsts: &[PathBuf],
+        state: &crate::journal::StateDir,
+        opts: &SyncOpts,
+        pools: &Pools,
+        rules: Option<&Rules>,
+    ) -> Result<()> {
+        let (state, opts, pools) = (state, opts, pools);
         let mut trees: Vec<Tree> = Vec::new();
         // The shadow's place is known once the tree's home is open (below).
         let unset = Path::new("/nonexistent/jailsync-shadow");
         for (m, dst) in manifests.into_iter().zip(dsts) {
-            let mut t = sync::prepare_given(unset, m, dst, &state, &opts, &pools, &Silent)?;
+            let mut t = sync::prepare_given(unset, m, dst, state, opts, pools, &Silent)?;
             let label = format!("push from {}", wire::printable(&open.source));
             t.source_label = Some(label.into());
             trees.push(t);
         }
         let res = Work::make(&mut trees).and_then(|work| {
-            let r = self.push_prepared(&mut trees, &work, &state, &opts, &pools);
+            // Decided on the plans, with the shadows (empty yet) as the sources: the manifest
+            // gives every hash, so nothing is read from them.
+            let mut decisions = Vec::new();
+            if let Some(rules) = rules {
+                for (t, rel) in trees.iter_mut().zip(&open.trees) {
+                    let base = Base::load(state, &t.dst_path)?;
+                    decisions.push(crate::protect::decide(
+                        rules,
+                        rel,
+                        &base,
+                        &t.src_path,
+                        &t.dst_path,
+                        &mut t.src,
+                        &t.dst,
+                        &mut t.plan,
+                    )?);
+                }
+            }
+            let r = self.push_prepared(
+                &mut trees,
+                &work,
+                state,
+                opts,
+                pools,
+                rules.map(|r| (r, &decisions[..], &open.trees[..])),
+            );
             drop(work);
             r
         });
@@ -312,11 +453,30 @@ impl Session<'_> {
         state: &crate::journal::StateDir,
         opts: &SyncOpts,
         pools: &Pools,
+        protect: Option<Protecting<'_>>,
     ) -> Result<()> {
         let t0 = Instant::now();
-        let needs = needs(trees);
+        // Every file the shadows must hold: those the stager copies, and the jail's version
+        // of each kept configuration file that changed in the jail (written as
+        // `NAME.jailsync-new` after the switch, from the shadow).
+        let mut needs: Vec<Need> = needs(trees)
+            .into_iter()
+            .map(|(k, si)| {
+                let e = trees[k].src.at(si);
+                let h = *e.hash.expect("the manifest gives every file's hash");
+                (k, Box::from(e.path), (*e).clone(), h)
+            })
+            .collect();
+        if let Some((_, decisions, _)) = protect {
+            for (k, d) in decisions.iter().enumerate() {
+                for x in d.list.iter().filter(|x| x.verdict == Verdict::KeptNew) {
+                    let (e, h) = x.jail.as_ref().expect("kept-new has the jail's");
+                    needs.push((k, x.path.clone(), e.clone(), *h));
+                }
+            }
+        }
         // Live files that may hold content the plan copies: those of a size it needs.
-        let sizes: HashSet<u64> = needs.iter().map(|&(k, si)| trees[k].src[si].size).collect();
+        let sizes: HashSet<u64> = needs.iter().map(|n| n.2.size).collect();
         for t in trees.iter_mut() {
             let idx: Vec<usize> = (0..t.dst.len())
                 .filter(|&j| {
@@ -341,9 +501,8 @@ impl Session<'_> {
         let mut want: HashMap<Hash, u64> = HashMap::new();
         let mut uses: HashMap<Hash, usize> = HashMap::new();
         let mut found = 0u64;
-        for &(k, si) in &needs {
-            let e = trees[k].src.at(si);
-            let h = *e.hash.expect("the manifest gives every file's hash");
+        for (_, _, e, h) in &needs {
+            let h = *h;
             if e.size == 0 {
                 continue;
             }
@@ -365,7 +524,7 @@ impl Session<'_> {
             .0;
         self.send(t::WANT_END, &p)?;
         self.receive_blobs(work, &want, opts)?;
-        self.fill_shadows(trees, work, &live, &uses)?;
+        self.fill_shadows(trees, work, &live, &uses, &needs)?;
 
         // Stage, then wait at the last safe point for the fleet's word.
         let mut gated = false;
@@ -443,6 +602,37 @@ impl Session<'_> {
                 }
             }
         }
+        // Configuration protection's end, as after a local upgrade: the jail's versions of
+        // kept files written beside them, the new base recorded.
+        let mut tally = [0u32; 3];
+        if let Some((rules, decisions, rels)) = protect {
+            let owner = fsx::geteuid_is_root();
+            for ((t, d), rel) in trees.iter().zip(decisions).zip(rels) {
+                for x in &d.list {
+                    tally[x.verdict as usize] += 1;
+                }
+                let (_, failed) = crate::protect::finish(
+                    state,
+                    rules,
+                    rel,
+                    &t.src_path,
+                    &t.dst_path,
+                    &t.src,
+                    d,
+                    owner,
+                )?;
+                for (p, e) in failed {
+                    n_err += 1;
+                    tally[Verdict::KeptNew as usize] -= 1;
+                    if errors.len() < 8192 {
+                        errors.push_str(&format!(
+                            "{}: {e} (while writing the jail's version of a kept configuration file)\n",
+                            t.dst_path.join(fsx::os(&p)).display()
+                        ));
+                    }
+                }
+            }
+        }
         let p = Enc::default()
             .u64(report.switch_window.as_nanos() as u64)
             .u64(changes)
@@ -450,6 +640,9 @@ impl Session<'_> {
             .u32(report.procs.len() as u32)
             .u32(n_err)
             .bytes(errors.as_bytes())
+            .u32(tally[0])
+            .u32(tally[1])
+            .u32(tally[2])
             .0;
         self.send(t::DONE, &p)
     }
@@ -554,6 +747,7 @@ impl Session<'_> {
         work: &Work,
         live: &HashMap<Hash, (usize, usize)>,
         uses: &HashMap<Hash, usize>,
+        needs: &[Need],
     ) -> Result<()> {
         let blobs = fsx::open_root_nofollow(&work.blobs).at(&work.blobs)?;
         let lives: Vec<OwnedFd> = trees
@@ -561,18 +755,16 @@ impl Session<'_> {
             .map(|t| fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path))
             .collect::<crate::Result<_>>()?;
         let mut left: HashMap<Hash, usize> = uses.clone();
-        for t in trees.iter() {
+        for (k, t) in trees.iter().enumerate() {
             let shadow = &t.src_path;
             let root = fsx::open_root_nofollow(shadow).at(shadow)?;
             let mut made: HashSet<Vec<u8>> = HashSet::new();
-            for &(kk, si) in &needs(std::slice::from_ref(t)) {
-                debug_assert_eq!(kk, 0);
-                let e = t.src.at(si);
-                let (parent, name) = split_parent(e.path);
-                let at = || shadow.join(fsx::os(e.path));
+            for (_, path, e, h) in needs.iter().filter(|n| n.0 == k) {
+                let (parent, name) = split_parent(path);
+                let at = || shadow.join(fsx::os(path));
                 mkdirs(root.as_fd(), parent, &mut made).at(at())?;
                 let dir = fsx::open_dir_beneath(root.as_fd(), parent).at(at())?;
-                let h = *e.hash.expect("hashed");
+                let h = *h;
                 if e.size == 0 {
                     drop(fsx::create_excl_at(dir.as_fd(), name).at(at())?);
                 } else if let Some(&(lk, dj)) = live.get(&h) {
@@ -615,12 +807,18 @@ impl Session<'_> {
                         fsx::copy_data(src.as_fd(), out.as_fd(), e.size, e.is_sparse()).at(at())?;
                     }
                 }
-                fsx::set_times_at(dir.as_fd(), name, &e).at(at())?;
+                fsx::set_times_at(dir.as_fd(), name, e).at(at())?;
             }
         }
         Ok(())
     }
 }
+
+/// Configuration protection of a push: the rules, each tree's decisions, each tree's name.
+type Protecting<'a> = (&'a Rules, &'a [Decisions], &'a [Vec<u8>]);
+
+/// A file a shadow must hold: (tree, path, the jail's entry, its hash).
+type Need = (usize, Box<[u8]>, crate::entry::Entry, Hash);
 
 /// Every source file the stager copies, as (tree, source index): a file the plan does not
 /// leave to its live inode, and not a hard-link follower (linked to its leader in the next
