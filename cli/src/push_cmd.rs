@@ -219,26 +219,15 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         .map(|s| parse_target(s))
         .collect::<Result<Vec<_>>>()?;
     let ssh = split_words(&c.ssh)?;
-    // The trees `upgrade` would sync (its layout detection). A package database nested in
-    // another tree travels inside it: that tree's one exchange switches both together.
+    // The trees `upgrade` would sync (its layout detection), in its order. Each host runs
+    // them in `upgrade`'s phases: a package database nested in another tree is excluded from
+    // it, with its home, and switched after it as its own tree.
     let (layout, conf_protect) = crate::upgrade_cmd::layout_of(&c.jail, &c.tree)?;
-    let rels: Vec<PathBuf> = layout
-        .trees
-        .iter()
-        .filter(|t| !layout.trees.iter().any(|o| o != *t && t.starts_with(o)))
-        .cloned()
-        .collect();
-    // What the tree holding a nested database excludes: the database's own home, where a
-    // local `upgrade` keeps its rollback generations (they stay on the host).
+    let rels: Vec<PathBuf> = layout.trees.clone();
     let excludes: Vec<Vec<u8>> = layout
         .phases()
         .first()
-        .map(|(_, ex)| {
-            ex.iter()
-                .filter(|p| p.contains("/.jailsync-"))
-                .map(|p| p.as_bytes().to_vec())
-                .collect()
-        })
+        .map(|(_, ex)| ex.iter().map(|p| p.as_bytes().to_vec()).collect())
         .unwrap_or_default();
     // Configuration protection, with the same rules as `upgrade` (checked here first).
     let mut globs = conf_protect;
@@ -312,8 +301,17 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         };
         let pools = Pools::new(c.threads);
         let mut trees = Vec::new();
+        // A tree holding a nested database is sent without it (the host excludes it).
+        let mut outer_opts = opts.clone();
+        let patterns: Vec<String> = excludes
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        outer_opts.excludes = jailsync_engine::scan::Excludes::new(&patterns)?;
         for (rel, p) in rels.iter().zip(srcs) {
-            let (m, errors) = sync::scan_and_hash(&p, Some(&state), &opts, &pools, &Silent)?;
+            let holds = rels.iter().any(|o| o != rel && o.starts_with(rel));
+            let o = if holds { &outer_opts } else { &opts };
+            let (m, errors) = sync::scan_and_hash(&p, Some(&state), o, &pools, &Silent)?;
             if let Some((path, e)) = errors.first() {
                 bail!(
                     "{}: {e} (the jail must be readable whole to be pushed; {} entries could not be read)",
