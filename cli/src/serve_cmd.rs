@@ -52,6 +52,25 @@ pub fn run_serve(_c: ServeCmd, g: &Global) -> Result<u8> {
 /// `push --rollback` on this host: `jailsync rollback` of the trees, as its own process so its
 /// output cannot reach the protocol stream.
 fn rollback(dsts: &[PathBuf], force: bool, state: &Path) -> (u8, String) {
+    // A tree inside another (a nested package database) is rolled back first, on its own,
+    // as `rollback --root` does: the reverse of the push's order.
+    let (inner, outer): (Vec<PathBuf>, Vec<PathBuf>) = dsts
+        .iter()
+        .cloned()
+        .partition(|d| dsts.iter().any(|o| o != d && d.starts_with(o)));
+    if inner.is_empty() {
+        return rollback_one(&outer, force, state);
+    }
+    let (code, mut text) = rollback_one(&inner, force, state);
+    if code != exit::OK {
+        return (code, text);
+    }
+    let (code, more) = rollback_one(&outer, force, state);
+    text.push_str(&more);
+    (code, text)
+}
+
+fn rollback_one(dsts: &[PathBuf], force: bool, state: &Path) -> (u8, String) {
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => return (exit::FATAL, format!("cannot find this program: {e}")),

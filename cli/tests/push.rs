@@ -910,4 +910,17 @@ fn push_keeps_a_nested_databases_history_and_rollback_root_undoes_exactly_the_pu
         "rollback --root did not restore what ran before the push:\n{}",
         before.diff(&after)
     );
+    // push --rollback on a nested layout: the database first, then the tree holding it.
+    expect_code(&f.push(&sshd, &[f.host("h1")], &[]), 0);
+    assert_eq!(
+        std::fs::read(root.join("usr/pkg/bin/nginx")).unwrap(),
+        b"nginx v3\n"
+    );
+    expect_code(&f.push(&sshd, &[f.host("h1")], &["--rollback"]), 0);
+    let after = packages();
+    assert!(
+        after == before,
+        "push --rollback did not restore what ran before the push:\n{}",
+        before.diff(&after)
+    );
 }
