@@ -731,16 +731,20 @@ fn push_keeps_a_hosts_edited_configuration_as_upgrade_does() {
     f.jail
         .file("usr/pkg/bin/tool", b"v1\n")
         .file("usr/pkg/etc/app.conf", b"listen 80 # v1\n")
-        .file("usr/pkg/share/app/app.ini", b"mode=1 # v1\n");
+        .file("usr/pkg/share/app/app.ini", b"mode=1 # v1\n")
+        .file("usr/pkg/share/app/other.cfg", b"x=1 # v1\n")
+        // Protected by the jail's jailsync.conf (app.ini) and by --protect (other.cfg).
+        .file("jailsync.conf", b"protect usr/pkg/share/app/*.ini\n");
     Tree::new(f.root("h1"));
     Tree::new(f.root("h2"));
     let hosts = [f.host("h1"), f.host("h2")];
-    let protect = ["--json", "--protect", "usr/pkg/share/app/*.ini"];
+    let protect = ["--json", "--protect", "usr/pkg/share/app/*.cfg"];
     expect_code(&f.push(&sshd, &hosts, &protect), 0);
     // The admin of h1 edits two protected files; h2 is left as pushed.
     let h1 = Tree::new(f.root("h1"));
     h1.file("usr/pkg/etc/app.conf", b"listen 8080 # ADMIN\n")
-        .file("usr/pkg/share/app/app.ini", b"mode=2 # ADMIN\n");
+        .file("usr/pkg/share/app/app.ini", b"mode=2 # ADMIN\n")
+        .file("usr/pkg/share/app/other.cfg", b"x=2 # ADMIN\n");
     // The next release changes the program and app.conf, not app.ini.
     f.jail
         .file("usr/pkg/bin/tool", b"v2\n")
@@ -755,11 +759,12 @@ fn push_keeps_a_hosts_edited_configuration_as_upgrade_does() {
         b"listen 80 # v2\n"
     );
     assert_eq!(read("h1", "usr/pkg/share/app/app.ini"), b"mode=2 # ADMIN\n");
+    assert_eq!(read("h1", "usr/pkg/share/app/other.cfg"), b"x=2 # ADMIN\n");
     assert!(!f.root("h1/usr/pkg/share/app/app.ini.jailsync-new").exists());
     let c = &host_line(&o, &f, "h1")["config"];
     assert_eq!(
         (c["kept"].as_u64(), c["kept_new"].as_u64()),
-        (Some(1), Some(1)),
+        (Some(2), Some(1)),
         "{c}"
     );
     // h2 had no edit: it runs the jail's files.
@@ -777,27 +782,20 @@ fn push_keeps_a_hosts_edited_configuration_as_upgrade_does() {
     let c = &host_line(&o, &f, "h1")["config"];
     assert_eq!(
         (c["kept"].as_u64(), c["kept_new"].as_u64()),
-        (Some(2), Some(0)),
+        (Some(3), Some(0)),
         "{c}"
     );
     // `conf-diff` on the host sees the pending file.
     let d = on_host(&f, &["conf-diff".as_ref(), f.root("h1").as_os_str()]);
     expect_code(&d, 1);
     assert!(stdout(&d).contains("+listen 80 # v2"), "{}", stdout(&d));
-    // --no-protect: etc/ is the jail's again (the glob given still protects app.ini).
-    let o = f.push(
-        &sshd,
-        &hosts,
-        &[
-            "--json",
-            "--no-protect",
-            "--protect",
-            "usr/pkg/share/app/*.ini",
-        ],
-    );
+    // --no-protect: etc/ is the jail's again (jailsync.conf's glob still protects app.ini;
+    // other.cfg, protected by no rule now, is the jail's too).
+    let o = f.push(&sshd, &hosts, &["--json", "--no-protect"]);
     expect_code(&o, 0);
     assert_eq!(read("h1", "usr/pkg/etc/app.conf"), b"listen 80 # v2\n");
     assert_eq!(read("h1", "usr/pkg/share/app/app.ini"), b"mode=2 # ADMIN\n");
+    assert_eq!(read("h1", "usr/pkg/share/app/other.cfg"), b"x=1 # v1\n");
 }
 
 fn same_as_jail_tree(f: &Fleet, host: &str, t: &str) {
