@@ -27,6 +27,20 @@ pub fn run_serve(_c: ServeCmd, g: &Global) -> Result<u8> {
         record_begin: Some(Box::new(|state_dir, root, source, trees| {
             let state =
                 jailsync_engine::sync::open_state(state_dir, &[]).map_err(|e| e.to_string())?;
+            // As `upgrade`: a switch a killed run left half made is finished (or undone)
+            // first, each under its tree's lock, so the record names the generations that
+            // exist before this push.
+            for (_, d) in trees {
+                if d.is_dir() {
+                    let _lock = jailsync_engine::journal::Lock::acquire(&state, d)
+                        .map_err(|e| e.to_string())?;
+                    if let Some(home) =
+                        jailsync_engine::switch::Home::existing(d).map_err(|e| e.to_string())?
+                    {
+                        home.recover().map_err(|e| e.to_string())?;
+                    }
+                }
+            }
             let triples: Vec<(PathBuf, PathBuf, PathBuf)> = trees
                 .iter()
                 .map(|(rel, d)| (rel.clone(), PathBuf::new(), d.clone()))
