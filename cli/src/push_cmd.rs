@@ -69,6 +69,13 @@ pub struct PushCmd {
     pub no_rollback: bool,
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub keep: usize,
+    /// Also protect configuration files matching GLOB on every host, as `upgrade --protect`
+    /// (with the `protect` lines of JAIL/jailsync.conf; every tree's `etc/` by default).
+    #[arg(long, value_name = "GLOB")]
+    pub protect: Vec<String>,
+    /// Do not protect every tree's `etc/` (GLOBs given still are).
+    #[arg(long)]
+    pub no_protect: bool,
 }
 
 /// One target as given.
@@ -212,16 +219,24 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         .map(|s| parse_target(s))
         .collect::<Result<Vec<_>>>()?;
     let ssh = split_words(&c.ssh)?;
-    // The trees `upgrade` would sync (its layout detection). A package database nested in
-    // another tree travels inside it: that tree's one exchange switches both together.
-    let (layout, _) = crate::upgrade_cmd::layout_of(&c.jail, &c.tree)?;
-    let rels: Vec<PathBuf> = layout
-        .trees
-        .iter()
-        .filter(|t| !layout.trees.iter().any(|o| o != *t && t.starts_with(o)))
-        .cloned()
-        .collect();
-    let mut flags = 0;
+    // The trees `upgrade` would sync (its layout detection), in its order. Each host runs
+    // them in `upgrade`'s phases: a package database nested in another tree is excluded from
+    // it, with its home, and switched after it as its own tree.
+    let (layout, conf_protect) = crate::upgrade_cmd::layout_of(&c.jail, &c.tree)?;
+    let rels: Vec<PathBuf> = layout.trees.clone();
+    let excludes: Vec<Vec<u8>> = layout
+        .phases()
+        .first()
+        .map(|(_, ex)| ex.iter().map(|p| p.as_bytes().to_vec()).collect())
+        .unwrap_or_default();
+    // Configuration protection, with the same rules as `upgrade` (checked here first).
+    let mut globs = conf_protect;
+    globs.extend(c.protect.iter().cloned());
+    jailsync_engine::protect::Rules::new(!c.no_protect, &globs).context("bad --protect pattern")?;
+    let mut flags = flag::PROTECT;
+    if !c.no_protect {
+        flags |= flag::PROTECT_ETC;
+    }
     if !c.no_xattrs {
         flags |= flag::XATTRS;
     }
@@ -254,6 +269,8 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         flags,
         keep: c.keep as u32,
         threads: c.threads as u32,
+        protect: globs.iter().map(|g| g.as_bytes().to_vec()).collect(),
+        excludes: excludes.clone(),
     };
 
     // The jail, scanned and hashed once (with its stat cache) for every host.
@@ -284,8 +301,17 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         };
         let pools = Pools::new(c.threads);
         let mut trees = Vec::new();
+        // A tree holding a nested database is sent without it (the host excludes it).
+        let mut outer_opts = opts.clone();
+        let patterns: Vec<String> = excludes
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        outer_opts.excludes = jailsync_engine::scan::Excludes::new(&patterns)?;
         for (rel, p) in rels.iter().zip(srcs) {
-            let (m, errors) = sync::scan_and_hash(&p, Some(&state), &opts, &pools, &Silent)?;
+            let holds = rels.iter().any(|o| o != rel && o.starts_with(rel));
+            let o = if holds { &outer_opts } else { &opts };
+            let (m, errors) = sync::scan_and_hash(&p, Some(&state), o, &pools, &Silent)?;
             if let Some((path, e)) = errors.first() {
                 bail!(
                     "{}: {e} (the jail must be readable whole to be pushed; {} entries could not be read)",
@@ -461,6 +487,9 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
                 j["switch_window_us"] = (d.switch_window.as_micros() as u64).into();
                 j["processes_using_old"] = d.procs.into();
                 j["entry_errors"] = d.errors.into();
+                j["config"] = serde_json::json!({
+                    "kept": d.kept[0], "kept_new": d.kept[1], "kept_dropped": d.kept[2],
+                });
                 if d.errors > 0 {
                     failed.push(format!(
                         "{}: {} entries failed:\n{}",
@@ -470,15 +499,21 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
                     ));
                     j["error"] = d.error_text.clone().into();
                 }
+                let tally = crate::conf::Tally {
+                    kept: d.kept[0] as usize,
+                    new: d.kept[1] as usize,
+                    dropped: d.kept[2] as usize,
+                };
                 format!(
-                    "{}: switched, {} changes; sent {} blobs ({} raw), {} files found on the host; {} on the wire; switch {:.2} ms",
+                    "{}: switched, {} changes; sent {} blobs ({} raw), {} files found on the host; {} on the wire; switch {:.2} ms{}",
                     t.shown,
                     d.changes,
                     st.blobs,
                     human_bytes(st.blob_bytes),
                     st.found_on_host,
                     human_bytes(wire),
-                    d.switch_window.as_secs_f64() * 1e3
+                    d.switch_window.as_secs_f64() * 1e3,
+                    tally.human(false)
                 )
             }
             Outcome::Aborted(st) => {

@@ -23,6 +23,36 @@ pub fn run_serve(_c: ServeCmd, g: &Global) -> Result<u8> {
         // switch, and removes what it staged.
         stop: Some(crate::sync_cmd::stop_on_signals()),
         rollback: Box::new(rollback),
+        // The same root-level record as `upgrade`'s (`history --root`, `rollback --root`).
+        record_begin: Some(Box::new(|state_dir, root, source, trees| {
+            let state =
+                jailsync_engine::sync::open_state(state_dir, &[]).map_err(|e| e.to_string())?;
+            // As `upgrade`: a switch a killed run left half made is finished (or undone)
+            // first, each under its tree's lock, so the record names the generations that
+            // exist before this push.
+            for (_, d) in trees {
+                if d.is_dir() {
+                    let _lock = jailsync_engine::journal::Lock::acquire(&state, d)
+                        .map_err(|e| e.to_string())?;
+                    if let Some(home) =
+                        jailsync_engine::switch::Home::existing(d).map_err(|e| e.to_string())?
+                    {
+                        home.recover().map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+            let triples: Vec<(PathBuf, PathBuf, PathBuf)> = trees
+                .iter()
+                .map(|(rel, d)| (rel.clone(), PathBuf::new(), d.clone()))
+                .collect();
+            crate::roots::begin(&state, root, Path::new(source), &triples)
+                .map_err(|e| format!("{e:#}"))
+        })),
+        record_end: Some(Box::new(|state_dir, root, id| {
+            let state =
+                jailsync_engine::sync::open_state(state_dir, &[]).map_err(|e| e.to_string())?;
+            crate::roots::end(&state, root, id).map_err(|e| format!("{e:#}"))
+        })),
     };
     match serve(&mut r, &mut w, &env) {
         Ok(()) => Ok(exit::OK),
@@ -36,6 +66,25 @@ pub fn run_serve(_c: ServeCmd, g: &Global) -> Result<u8> {
 /// `push --rollback` on this host: `jailsync rollback` of the trees, as its own process so its
 /// output cannot reach the protocol stream.
 fn rollback(dsts: &[PathBuf], force: bool, state: &Path) -> (u8, String) {
+    // A tree inside another (a nested package database) is rolled back first, on its own,
+    // as `rollback --root` does: the reverse of the push's order.
+    let (inner, outer): (Vec<PathBuf>, Vec<PathBuf>) = dsts
+        .iter()
+        .cloned()
+        .partition(|d| dsts.iter().any(|o| o != d && d.starts_with(o)));
+    if inner.is_empty() {
+        return rollback_one(&outer, force, state);
+    }
+    let (code, mut text) = rollback_one(&inner, force, state);
+    if code != exit::OK {
+        return (code, text);
+    }
+    let (code, more) = rollback_one(&outer, force, state);
+    text.push_str(&more);
+    (code, text)
+}
+
+fn rollback_one(dsts: &[PathBuf], force: bool, state: &Path) -> (u8, String) {
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => return (exit::FATAL, format!("cannot find this program: {e}")),

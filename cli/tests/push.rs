@@ -473,7 +473,7 @@ def recv():
     t, n = struct.unpack('<BI', h)
     return t, inp.read(n)
 v = b'{version}'
-send(0x01, b'JAILSYNC' + struct.pack('<I', 1) + struct.pack('<I', len(v)) + v)
+send(0x01, b'JAILSYNC' + struct.pack('<I', 2) + struct.pack('<I', len(v)) + v)
 t, _ = recv()
 t, p = recv()  # OPEN
 o = 0
@@ -704,4 +704,221 @@ fn a_host_waiting_staged_is_left_untouched_when_push_dies() {
     }
     assert!(live(&f, "h1") == before, "h1 changed");
     assert!(!f.root("h2").exists());
+}
+
+/// `jailsync --state-dir` (the hosts' state dir) with `args`, on this machine: what an admin
+/// runs on a host.
+fn on_host(f: &Fleet, args: &[&std::ffi::OsStr]) -> Output {
+    let mut c = Command::new(BIN);
+    c.env_remove("JAILSYNC_STATE_DIR")
+        .arg("--state-dir")
+        .arg(f.tmp.path().join("state-remote"))
+        .args(args);
+    run_within(&mut c)
+}
+
+fn host_line(o: &Output, f: &Fleet, name: &str) -> serde_json::Value {
+    json_lines(o)
+        .into_iter()
+        .find(|v| v["type"] == "host" && v["host"] == f.host(name))
+        .unwrap_or_else(|| panic!("no line for {name}:\n{}", stdout(o)))
+}
+
+#[test]
+fn push_keeps_a_hosts_edited_configuration_as_upgrade_does() {
+    let Some(sshd) = Sshd::start() else { return };
+    let f = Fleet::new();
+    f.jail
+        .file("usr/pkg/bin/tool", b"v1\n")
+        .file("usr/pkg/etc/app.conf", b"listen 80 # v1\n")
+        .file("usr/pkg/share/app/app.ini", b"mode=1 # v1\n")
+        .file("usr/pkg/share/app/other.cfg", b"x=1 # v1\n")
+        // Protected by the jail's jailsync.conf (app.ini) and by --protect (other.cfg).
+        .file("jailsync.conf", b"protect usr/pkg/share/app/*.ini\n");
+    Tree::new(f.root("h1"));
+    Tree::new(f.root("h2"));
+    let hosts = [f.host("h1"), f.host("h2")];
+    let protect = ["--json", "--protect", "usr/pkg/share/app/*.cfg"];
+    expect_code(&f.push(&sshd, &hosts, &protect), 0);
+    // The admin of h1 edits two protected files; h2 is left as pushed.
+    let h1 = Tree::new(f.root("h1"));
+    h1.file("usr/pkg/etc/app.conf", b"listen 8080 # ADMIN\n")
+        .file("usr/pkg/share/app/app.ini", b"mode=2 # ADMIN\n")
+        .file("usr/pkg/share/app/other.cfg", b"x=2 # ADMIN\n");
+    // The next release changes the program and app.conf, not app.ini.
+    f.jail
+        .file("usr/pkg/bin/tool", b"v2\n")
+        .file("usr/pkg/etc/app.conf", b"listen 80 # v2\n");
+    let o = f.push(&sshd, &hosts, &protect);
+    expect_code(&o, 0);
+    let read = |h: &str, p: &str| std::fs::read(f.root(h).join(p)).unwrap();
+    assert_eq!(read("h1", "usr/pkg/bin/tool"), b"v2\n");
+    assert_eq!(read("h1", "usr/pkg/etc/app.conf"), b"listen 8080 # ADMIN\n");
+    assert_eq!(
+        read("h1", "usr/pkg/etc/app.conf.jailsync-new"),
+        b"listen 80 # v2\n"
+    );
+    assert_eq!(read("h1", "usr/pkg/share/app/app.ini"), b"mode=2 # ADMIN\n");
+    assert_eq!(read("h1", "usr/pkg/share/app/other.cfg"), b"x=2 # ADMIN\n");
+    assert!(!f.root("h1/usr/pkg/share/app/app.ini.jailsync-new").exists());
+    let c = &host_line(&o, &f, "h1")["config"];
+    assert_eq!(
+        (c["kept"].as_u64(), c["kept_new"].as_u64()),
+        (Some(2), Some(1)),
+        "{c}"
+    );
+    // h2 had no edit: it runs the jail's files.
+    same_as_jail_tree(&f, "h2", "usr/pkg");
+    assert_eq!(host_line(&o, &f, "h2")["config"]["kept_new"], 0);
+    // The host's base moved to the jail's v2: pushed again, the pending file stays (never
+    // deleted by a sync) and the edit is kept as unchanged in the jail.
+    let o = f.push(&sshd, &hosts, &protect);
+    expect_code(&o, 0);
+    assert_eq!(read("h1", "usr/pkg/etc/app.conf"), b"listen 8080 # ADMIN\n");
+    assert_eq!(
+        read("h1", "usr/pkg/etc/app.conf.jailsync-new"),
+        b"listen 80 # v2\n"
+    );
+    let c = &host_line(&o, &f, "h1")["config"];
+    assert_eq!(
+        (c["kept"].as_u64(), c["kept_new"].as_u64()),
+        (Some(3), Some(0)),
+        "{c}"
+    );
+    // `conf-diff` on the host sees the pending file.
+    let d = on_host(&f, &["conf-diff".as_ref(), f.root("h1").as_os_str()]);
+    expect_code(&d, 1);
+    assert!(stdout(&d).contains("+listen 80 # v2"), "{}", stdout(&d));
+    // --no-protect: etc/ is the jail's again (jailsync.conf's glob still protects app.ini;
+    // other.cfg, protected by no rule now, is the jail's too).
+    let o = f.push(&sshd, &hosts, &["--json", "--no-protect"]);
+    expect_code(&o, 0);
+    assert_eq!(read("h1", "usr/pkg/etc/app.conf"), b"listen 80 # v2\n");
+    assert_eq!(read("h1", "usr/pkg/share/app/app.ini"), b"mode=2 # ADMIN\n");
+    assert_eq!(read("h1", "usr/pkg/share/app/other.cfg"), b"x=1 # v1\n");
+}
+
+fn same_as_jail_tree(f: &Fleet, host: &str, t: &str) {
+    assert_same(&f.jail.path(t), &f.root(host).join(t));
+}
+
+/// A 2005-layout jail: the package database inside the tree it describes.
+fn pkgsrc_2005(j: &Tree, v: u32) {
+    let _ = std::fs::remove_dir_all(j.path("usr/pkg/pkgdb"));
+    j.file("usr/pkg/bin/nginx", format!("nginx v{v}\n")).file(
+        format!("usr/pkg/pkgdb/nginx-1.{v}/+CONTENTS"),
+        format!("nginx-1.{v}\n"),
+    );
+}
+
+#[test]
+fn push_keeps_a_nested_databases_history_and_rollback_root_undoes_exactly_the_push() {
+    let Some(sshd) = Sshd::start() else { return };
+    let f = Fleet::new();
+    Tree::new(f.root("h1")).dir("usr");
+    let root = f.root("h1");
+    let upgrade = || {
+        let o = on_host(
+            &f,
+            &[
+                "upgrade".as_ref(),
+                f.jail.root.as_os_str(),
+                "--root".as_ref(),
+                root.as_os_str(),
+                "-q".as_ref(),
+            ],
+        );
+        expect_code(&o, 0);
+    };
+    // Two local upgrades on the host: the database has its own generations beside it.
+    pkgsrc_2005(&f.jail, 1);
+    upgrade();
+    pkgsrc_2005(&f.jail, 2);
+    upgrade();
+    let db_history = || {
+        let o = on_host(
+            &f,
+            &[
+                "--json".as_ref(),
+                "history".as_ref(),
+                root.join("usr/pkg/pkgdb").as_os_str(),
+            ],
+        );
+        expect_code(&o, 0);
+        json_lines(&o).len()
+    };
+    let gens_before = db_history();
+    assert!(
+        gens_before >= 2,
+        "the upgrades made no database generations"
+    );
+    // What runs (the engine's bookkeeping, the database's home, aside).
+    let packages = || {
+        let mut l = listing(&root.join("usr/pkg"));
+        l.0.retain(|k, _| !k.starts_with(b".jailsync-"));
+        l
+    };
+    let before = packages();
+
+    pkgsrc_2005(&f.jail, 3);
+    expect_code(&f.push(&sshd, &[f.host("h1")], &[]), 0);
+    assert_eq!(
+        std::fs::read(root.join("usr/pkg/bin/nginx")).unwrap(),
+        b"nginx v3\n"
+    );
+    assert!(root.join("usr/pkg/pkgdb/nginx-1.3/+CONTENTS").exists());
+    assert!(!root.join("usr/pkg/pkgdb/nginx-1.2").exists());
+    // The database's home and its generations survived the push, which switched the
+    // database as its own tree after the packages (one generation more), as `upgrade` does.
+    assert!(root.join("usr/pkg/.jailsync-pkgdb").is_dir());
+    assert_eq!(
+        db_history(),
+        gens_before + 1,
+        "the database's history was lost, or the push did not switch it as its own tree"
+    );
+    // The host's root-level history lists the push, last.
+    let o = on_host(
+        &f,
+        &[
+            "--json".as_ref(),
+            "history".as_ref(),
+            "--root".as_ref(),
+            root.as_os_str(),
+        ],
+    );
+    expect_code(&o, 0);
+    let ups = json_lines(&o);
+    assert_eq!(ups.len(), 3, "{}", stdout(&o));
+    let jail = ups[0]["jail"].as_str().unwrap();
+    assert!(
+        jail.contains(':') && jail.ends_with(&*f.jail.root.to_string_lossy()),
+        "{}",
+        ups[0]
+    );
+    assert_eq!(ups[0]["status"], "done", "{}", ups[0]);
+    // Rolling the root back undoes the push, and only it: the host runs upgrade 2's release.
+    let o = on_host(
+        &f,
+        &["rollback".as_ref(), "--root".as_ref(), root.as_os_str()],
+    );
+    expect_code(&o, 0);
+    let after = packages();
+    assert!(
+        after == before,
+        "rollback --root did not restore what ran before the push:\n{}",
+        before.diff(&after)
+    );
+    // push --rollback on a nested layout: the database first, then the tree holding it.
+    expect_code(&f.push(&sshd, &[f.host("h1")], &[]), 0);
+    assert_eq!(
+        std::fs::read(root.join("usr/pkg/bin/nginx")).unwrap(),
+        b"nginx v3\n"
+    );
+    expect_code(&f.push(&sshd, &[f.host("h1")], &["--rollback"]), 0);
+    let after = packages();
+    assert!(
+        after == before,
+        "push --rollback did not restore what ran before the push:\n{}",
+        before.diff(&after)
+    );
 }

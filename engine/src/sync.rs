@@ -157,6 +157,14 @@ pub struct Tree {
     pub source_label: Option<PathBuf>,
 }
 
+impl Tree {
+    /// Lets go of the destination's lock once its switch is done (push: before a tree nested
+    /// in it is prepared, as `upgrade`'s next phase is).
+    pub fn unlock(&mut self) {
+        self._lock = None;
+    }
+}
+
 /// What a whole run did.
 #[derive(Debug, Default)]
 pub struct Report {

@@ -174,6 +174,9 @@ pub struct Done {
     pub procs: u32,
     pub errors: u32,
     pub error_text: String,
+    /// Protected configuration files kept with the host's edits: unchanged in the jail, with
+    /// the jail's version written as `NAME.jailsync-new`, dropped by the jail.
+    pub kept: [u32; 3],
 }
 
 pub struct Conn {
@@ -476,6 +479,7 @@ impl Conn {
             procs: d.u32()?,
             errors: d.u32()?,
             error_text: wire::printable(d.bytes()?),
+            kept: [d.u32()?, d.u32()?, d.u32()?],
         };
         d.end()?;
         self.status.phase.store(phase::DONE, Ordering::Relaxed);

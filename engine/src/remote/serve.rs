@@ -30,6 +30,7 @@ use crate::manifest;
 use crate::paths::{self, Follow};
 use crate::plan::{Op, NONE};
 use crate::progress::Silent;
+use crate::protect::{Base, Decisions, Rules, Verdict};
 use crate::sync::{self, Pools, SyncOpts, Tree};
 
 /// Rolls back the given trees (state dir last): exit code and output.
@@ -43,7 +44,15 @@ pub struct ServeEnv {
     pub stop: Option<Arc<AtomicUsize>>,
     /// Rolls back the given trees (`jailsync rollback`, run by the CLI): exit code and output.
     pub rollback: RollbackFn,
+    /// Records the push as a root-level upgrade (root, source, (rel, dst) of each tree): its id.
+    pub record_begin: Option<RecordBeginFn>,
+    /// Ends that record (a push that switched nothing is forgotten).
+    pub record_end: Option<RecordEndFn>,
 }
+
+pub type RecordBeginFn =
+    Box<dyn Fn(&Path, &Path, &str, &[(PathBuf, PathBuf)]) -> std::result::Result<u64, String>>;
+pub type RecordEndFn = Box<dyn Fn(&Path, &Path, u64) -> std::result::Result<(), String>>;
 
 /// What OPEN asks for.
 pub struct Open {
@@ -55,6 +64,11 @@ pub struct Open {
     pub flags: u32,
     pub keep: u32,
     pub threads: u32,
+    /// `--protect` globs and `protect` lines of the jail's jailsync.conf (see `protect`).
+    pub protect: Vec<Vec<u8>>,
+    /// Exclude patterns for every tree: the homes of databases nested in a tree (their
+    /// rollback generations stay on the host).
+    pub excludes: Vec<Vec<u8>>,
 }
 
 pub mod flag {
@@ -62,6 +76,37 @@ pub mod flag {
     pub const ROLLBACK: u32 = 2;
     pub const FSYNC: u32 = 4;
     pub const FORCE: u32 = 8;
+    /// Protect every tree's `etc/` (configuration protection's default rule).
+    pub const PROTECT_ETC: u32 = 16;
+    /// Apply configuration protection (set whenever a rule is given).
+    pub const PROTECT: u32 = 32;
+}
+
+fn enc_list(mut e: Enc, l: &[Vec<u8>]) -> Enc {
+    e = e.u32(l.len() as u32);
+    for x in l {
+        e = e.bytes(x);
+    }
+    e
+}
+
+fn dec_list(d: &mut Dec, what: &str) -> Result<Vec<Vec<u8>>> {
+    let n = d.u32()?;
+    if n > 256 {
+        return Err(RemoteError::Protocol(format!("OPEN names {n} {what}")));
+    }
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let b = d.bytes()?.to_vec();
+        if b.is_empty() || b.len() > 4096 || b.contains(&0) || std::str::from_utf8(&b).is_err() {
+            return Err(RemoteError::Refused(format!(
+                "{}: not a valid {what} pattern",
+                wire::printable(&b)
+            )));
+        }
+        out.push(b);
+    }
+    Ok(out)
 }
 
 impl Open {
@@ -73,11 +118,13 @@ impl Open {
         for t in &self.trees {
             e = e.bytes(t);
         }
-        e.bytes(&self.state_dir)
+        let e = e
+            .bytes(&self.state_dir)
             .u32(self.flags)
             .u32(self.keep)
-            .u32(self.threads)
-            .0
+            .u32(self.threads);
+        let e = enc_list(e, &self.protect);
+        enc_list(e, &self.excludes).0
     }
 
     fn decode(p: &[u8]) -> Result<Open> {
@@ -100,6 +147,8 @@ impl Open {
             flags: d.u32()?,
             keep: d.u32()?,
             threads: d.u32()?,
+            protect: dec_list(&mut d, "protect")?,
+            excludes: dec_list(&mut d, "exclude")?,
         };
         d.end()?;
         let abs = |b: &[u8]| b.first() == Some(&b'/') && !b.contains(&0);
@@ -269,7 +318,30 @@ impl Session<'_> {
             state_dir,
             &dsts.iter().map(|p| p.as_path()).collect::<Vec<_>>(),
         )?;
+        let text = |l: &[Vec<u8>]| -> Vec<String> {
+            l.iter()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .collect()
+        };
+        let globs = text(&open.protect);
+        let rules = if open.flags & flag::PROTECT != 0 {
+            let r = Rules::new(open.flags & flag::PROTECT_ETC != 0, &globs)
+                .map_err(|e| RemoteError::Refused(format!("bad protect pattern: {e}")))?;
+            (!r.is_empty()).then_some(r)
+        } else {
+            None
+        };
+        // As `upgrade`: the trees' extra excludes, and a kept file's jail version
+        // (`*.jailsync-new`) never synced nor deleted.
+        let mut patterns = text(&open.excludes);
+        if rules.is_some() {
+            patterns.push(crate::protect::NEW_EXCLUDE.to_string());
+        }
+        let excludes = crate::scan::Excludes::new(&patterns)
+            .map_err(|e| RemoteError::Refused(format!("bad exclude pattern: {e}")))?;
         let opts = SyncOpts {
+            excludes,
+            exclude_patterns: patterns,
             xattrs: open.flags & flag::XATTRS != 0,
             rollback: open.flags & flag::ROLLBACK != 0,
             fsync: open.flags & flag::FSYNC != 0,
@@ -280,31 +352,143 @@ impl Session<'_> {
             ..SyncOpts::default()
         };
         let pools = Pools::new(opts.threads);
-        let mut trees: Vec<Tree> = Vec::new();
-        // The shadow's place is known once the tree's home is open (below).
-        let unset = Path::new("/nonexistent/jailsync-shadow");
-        for (m, dst) in manifests.into_iter().zip(dsts) {
-            let mut t = sync::prepare_given(unset, m, dst, &state, &opts, &pools, &Silent)?;
-            let label = format!("push from {}", wire::printable(&open.source));
-            t.source_label = Some(label.into());
-            trees.push(t);
-        }
-        let res = Work::make(&mut trees).and_then(|work| {
-            let r = self.push_prepared(&mut trees, &work, &state, &opts, &pools);
-            drop(work);
+        // The root-level record `history --root` and `rollback --root` read, as `upgrade`
+        // writes it: before anything is staged.
+        let root_c = {
+            let mut r = dsts[0].clone();
+            for _ in Path::new(std::ffi::OsStr::from_bytes(&open.trees[0])).components() {
+                r.pop();
+            }
             r
-        });
-        // The shadow's stat cache (written by the switch like any source's) is not kept.
-        for t in &trees {
-            if t.src_path != unset {
-                if let Ok(d) = state.tree_dir(&t.src_path) {
-                    let _ = fs::remove_dir_all(d);
-                }
+        };
+        let source = String::from_utf8_lossy(&open.source).into_owned();
+        let record = match &env.record_begin {
+            Some(begin) => {
+                let pairs: Vec<(PathBuf, PathBuf)> = open
+                    .trees
+                    .iter()
+                    .zip(dsts)
+                    .map(|(t, d)| (PathBuf::from(std::ffi::OsStr::from_bytes(t)), d.clone()))
+                    .collect();
+                Some(begin(state_dir, &root_c, &source, &pairs).map_err(RemoteError::Refused)?)
+            }
+            None => None,
+        };
+        // The later trees (nested databases) exclude nothing but the kept files' versions.
+        let mut opts2 = opts.clone();
+        let later_patterns: Vec<String> = rules
+            .iter()
+            .map(|_| crate::protect::NEW_EXCLUDE.to_string())
+            .collect();
+        opts2.excludes = crate::scan::Excludes::new(&later_patterns)
+            .map_err(|e| RemoteError::Refused(format!("bad exclude pattern: {e}")))?;
+        opts2.exclude_patterns = later_patterns;
+        let res = self.push_trees(
+            open,
+            manifests,
+            dsts,
+            &state,
+            &opts,
+            &opts2,
+            &pools,
+            rules.as_ref(),
+        );
+        if let (Some(id), Some(end)) = (record, &env.record_end) {
+            let r = end(state_dir, &root_c, id);
+            if res.is_ok() {
+                r.map_err(RemoteError::Refused)?;
             }
         }
         res
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn push_trees(
+        &mut self,
+        open: &Open,
+        manifests: Vec<manifest::Manifest>,
+        dsts: &[PathBuf],
+        state: &crate::journal::StateDir,
+        opts: &SyncOpts,
+        opts2: &SyncOpts,
+        pools: &Pools,
+        rules: Option<&Rules>,
+    ) -> Result<()> {
+        let label = format!("push from {}", wire::printable(&open.source));
+        // As `upgrade`'s phases (`layout::Layout::phases`): a tree inside another (a nested
+        // package database) is switched after it, as its own tree; the outer tree excludes
+        // it and its home (the excludes OPEN gives).
+        let rel_of = |b: &Vec<u8>| PathBuf::from(std::ffi::OsStr::from_bytes(b));
+        let rels: Vec<PathBuf> = open.trees.iter().map(rel_of).collect();
+        let inner: Vec<bool> = rels
+            .iter()
+            .map(|t| rels.iter().any(|o| o != t && t.starts_with(o)))
+            .collect();
+        let mut first = Vec::new();
+        let mut later = Later {
+            trees: Vec::new(),
+            opts: opts2,
+            want: Vec::new(),
+            label: label.clone(),
+        };
+        for (k, (m, dst)) in manifests.into_iter().zip(dsts).enumerate() {
+            if inner[k] {
+                later.trees.push((open.trees[k].clone(), m, dst.clone()));
+            } else {
+                first.push((open.trees[k].clone(), m, dst.clone()));
+            }
+        }
+        // What the later trees will copy, planned now against their live trees (then let go:
+        // a nested tree's lock conflicts with the outer one's): it is received with the rest,
+        // before the fleet's word.
+        for (_, m, dst) in &later.trees {
+            let copy = manifest::Manifest {
+                stamp: m.stamp,
+                entries: m.entries.clone(),
+            };
+            let t = sync::prepare_given(UNSET.as_ref(), copy, dst, state, opts2, pools, &Silent)?;
+            for (_, si) in needs(std::slice::from_ref(&t)) {
+                let e = t.src.at(si);
+                if e.size > 0 {
+                    later.want.push((*e.hash.expect("hashed"), e.size));
+                }
+            }
+        }
+        // What the first trees exclude goes with everything below it (a scan never enters an
+        // excluded directory; a manifest lists its content all the same).
+        if !opts.excludes.is_empty() {
+            for (_, m, _) in first.iter_mut() {
+                m.entries
+                    .retain(|e| !excluded_below(&opts.excludes, e.path));
+            }
+        }
+        let rels_first: Vec<Vec<u8>> = first.iter().map(|(r, _, _)| r.clone()).collect();
+        let mut trees: Vec<Tree> = Vec::new();
+        for (_, m, dst) in first {
+            let mut t = sync::prepare_given(UNSET.as_ref(), m, &dst, state, opts, pools, &Silent)?;
+            t.source_label = Some(label.clone().into());
+            trees.push(t);
+        }
+        let res = Work::make(&mut trees).and_then(|work| {
+            let decisions = decide_trees(&mut trees, &rels_first, state, rules)?;
+            let r = self.push_prepared(
+                &mut trees,
+                &work,
+                state,
+                opts,
+                pools,
+                rules.map(|r| (r, &decisions[..], &rels_first[..])),
+                later,
+            );
+            drop(work);
+            r
+        });
+        // The shadow's stat cache (written by the switch like any source's) is not kept.
+        forget_shadows(&trees, state);
+        res
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn push_prepared(
         &mut self,
         trees: &mut [Tree],
@@ -312,11 +496,16 @@ impl Session<'_> {
         state: &crate::journal::StateDir,
         opts: &SyncOpts,
         pools: &Pools,
+        protect: Option<Protecting<'_>>,
+        later: Later,
     ) -> Result<()> {
         let t0 = Instant::now();
-        let needs = needs(trees);
+        // Every file the shadows must hold: those the stager copies, and the jail's version
+        // of each kept configuration file that changed in the jail (written as
+        // `NAME.jailsync-new` after the switch, from the shadow).
+        let needs = need_list(trees, protect.map(|p| p.1));
         // Live files that may hold content the plan copies: those of a size it needs.
-        let sizes: HashSet<u64> = needs.iter().map(|&(k, si)| trees[k].src[si].size).collect();
+        let sizes: HashSet<u64> = needs.iter().map(|n| n.2.size).collect();
         for t in trees.iter_mut() {
             let idx: Vec<usize> = (0..t.dst.len())
                 .filter(|&j| {
@@ -341,9 +530,8 @@ impl Session<'_> {
         let mut want: HashMap<Hash, u64> = HashMap::new();
         let mut uses: HashMap<Hash, usize> = HashMap::new();
         let mut found = 0u64;
-        for &(k, si) in &needs {
-            let e = trees[k].src.at(si);
-            let h = *e.hash.expect("the manifest gives every file's hash");
+        for (_, _, e, h) in &needs {
+            let h = *h;
             if e.size == 0 {
                 continue;
             }
@@ -352,6 +540,14 @@ impl Session<'_> {
             } else {
                 want.insert(h, e.size);
                 *uses.entry(h).or_default() += 1;
+            }
+        }
+        // The later trees' content not on this host: received now, kept in the blobs dir
+        // for them (one more use, so no shadow of this phase takes it away).
+        for (h, size) in &later.want {
+            if !live.contains_key(h) {
+                want.insert(*h, *size);
+                *uses.entry(*h).or_default() += 1;
             }
         }
         let list: Vec<Hash> = want.keys().copied().collect();
@@ -365,7 +561,7 @@ impl Session<'_> {
             .0;
         self.send(t::WANT_END, &p)?;
         self.receive_blobs(work, &want, opts)?;
-        self.fill_shadows(trees, work, &live, &uses)?;
+        Self::fill_shadows(trees, &work.blobs, &live, &uses, &needs)?;
 
         // Stage, then wait at the last safe point for the fleet's word.
         let mut gated = false;
@@ -422,34 +618,25 @@ impl Session<'_> {
                 "switched without the fleet's word".into(),
             ));
         }
-        let mut errors = String::new();
-        let mut n_err = 0u32;
-        for (t, o) in trees.iter().zip(&report.outcomes) {
-            for e in &o.errors {
-                n_err += 1;
-                if errors.len() < 8192 {
-                    errors.push_str(&format!(
-                        "{}: {} (while {})\n",
-                        t.dst_path.join(fsx::os(&e.path)).display(),
-                        e.error,
-                        e.phase.name()
-                    ));
-                }
+        let mut sum = Sum::default();
+        sum.add(trees, &report, changes, state, protect)?;
+        if !later.trees.is_empty() {
+            for t in trees.iter_mut() {
+                t.unlock();
             }
-            for (p, e) in &t.scan_errors {
-                n_err += 1;
-                if errors.len() < 8192 {
-                    errors.push_str(&format!("{}: {e} (while scan)\n", p.display()));
-                }
-            }
+            let l = later;
+            run_later(l, &work.blobs, state, pools, protect.map(|p| p.0), &mut sum)?;
         }
         let p = Enc::default()
-            .u64(report.switch_window.as_nanos() as u64)
-            .u64(changes)
-            .u64(report.bytes_written())
-            .u32(report.procs.len() as u32)
-            .u32(n_err)
-            .bytes(errors.as_bytes())
+            .u64(sum.window.as_nanos() as u64)
+            .u64(sum.changes)
+            .u64(sum.bytes)
+            .u32(sum.procs)
+            .u32(sum.n_err)
+            .bytes(sum.errors.as_bytes())
+            .u32(sum.tally[0])
+            .u32(sum.tally[1])
+            .u32(sum.tally[2])
             .0;
         self.send(t::DONE, &p)
     }
@@ -549,30 +736,28 @@ impl Session<'_> {
     /// Puts every file the stager will copy under its path in its tree's shadow, with the
     /// jail's size and mtime (the stager checks both, and the hash when pages are dirty).
     fn fill_shadows(
-        &mut self,
         trees: &[Tree],
-        work: &Work,
+        blobs_dir: &Path,
         live: &HashMap<Hash, (usize, usize)>,
         uses: &HashMap<Hash, usize>,
+        needs: &[Need],
     ) -> Result<()> {
-        let blobs = fsx::open_root_nofollow(&work.blobs).at(&work.blobs)?;
+        let blobs = fsx::open_root_nofollow(blobs_dir).at(blobs_dir)?;
         let lives: Vec<OwnedFd> = trees
             .iter()
             .map(|t| fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path))
             .collect::<crate::Result<_>>()?;
         let mut left: HashMap<Hash, usize> = uses.clone();
-        for t in trees.iter() {
+        for (k, t) in trees.iter().enumerate() {
             let shadow = &t.src_path;
             let root = fsx::open_root_nofollow(shadow).at(shadow)?;
             let mut made: HashSet<Vec<u8>> = HashSet::new();
-            for &(kk, si) in &needs(std::slice::from_ref(t)) {
-                debug_assert_eq!(kk, 0);
-                let e = t.src.at(si);
-                let (parent, name) = split_parent(e.path);
-                let at = || shadow.join(fsx::os(e.path));
+            for (_, path, e, h) in needs.iter().filter(|n| n.0 == k) {
+                let (parent, name) = split_parent(path);
+                let at = || shadow.join(fsx::os(path));
                 mkdirs(root.as_fd(), parent, &mut made).at(at())?;
                 let dir = fsx::open_dir_beneath(root.as_fd(), parent).at(at())?;
-                let h = *e.hash.expect("hashed");
+                let h = *h;
                 if e.size == 0 {
                     drop(fsx::create_excl_at(dir.as_fd(), name).at(at())?);
                 } else if let Some(&(lk, dj)) = live.get(&h) {
@@ -615,12 +800,260 @@ impl Session<'_> {
                         fsx::copy_data(src.as_fd(), out.as_fd(), e.size, e.is_sparse()).at(at())?;
                     }
                 }
-                fsx::set_times_at(dir.as_fd(), name, &e).at(at())?;
+                fsx::set_times_at(dir.as_fd(), name, e).at(at())?;
             }
         }
         Ok(())
     }
 }
+
+/// Is `path` below an excluded directory?
+fn excluded_below(ex: &crate::scan::Excludes, path: &[u8]) -> bool {
+    path.iter().enumerate().any(|(i, &c)| {
+        c == b'/' && {
+            let dir = &path[..i];
+            ex.matches(dir, split_parent(dir).1, true)
+        }
+    })
+}
+
+/// The shadow's place until the tree's home is open.
+const UNSET: &str = "/nonexistent/jailsync-shadow";
+
+/// Trees switched after the first ones (nested databases), as `upgrade`'s later phase.
+struct Later<'a> {
+    /// (rel, manifest, destination).
+    trees: Vec<(Vec<u8>, manifest::Manifest, PathBuf)>,
+    opts: &'a SyncOpts,
+    /// Content they will copy (hash, size), received with the first trees'.
+    want: Vec<(Hash, u64)>,
+    label: String,
+}
+
+/// The protection decisions of each tree, on the plans, with the shadows (empty yet) as the
+/// sources: the manifest gives every hash, so nothing is read from them.
+fn decide_trees(
+    trees: &mut [Tree],
+    rels: &[Vec<u8>],
+    state: &crate::journal::StateDir,
+    rules: Option<&Rules>,
+) -> Result<Vec<Decisions>> {
+    let mut out = Vec::new();
+    if let Some(rules) = rules {
+        for (t, rel) in trees.iter_mut().zip(rels) {
+            let base = Base::load(state, &t.dst_path)?;
+            out.push(crate::protect::decide(
+                rules,
+                rel,
+                &base,
+                &t.src_path,
+                &t.dst_path,
+                &mut t.src,
+                &t.dst,
+                &mut t.plan,
+            )?);
+        }
+    }
+    Ok(out)
+}
+
+/// Every file the shadows must hold: those the stager copies, and the jail's version of each
+/// kept configuration file that changed in the jail (written as `NAME.jailsync-new` after
+/// the switch, from the shadow).
+fn need_list(trees: &[Tree], decisions: Option<&[Decisions]>) -> Vec<Need> {
+    let mut out: Vec<Need> = needs(trees)
+        .into_iter()
+        .map(|(k, si)| {
+            let e = trees[k].src.at(si);
+            let h = *e.hash.expect("the manifest gives every file's hash");
+            (k, Box::from(e.path), (*e).clone(), h)
+        })
+        .collect();
+    for (k, d) in decisions.unwrap_or_default().iter().enumerate() {
+        for x in d.list.iter().filter(|x| x.verdict == Verdict::KeptNew) {
+            let (e, h) = x.jail.as_ref().expect("kept-new has the jail's");
+            out.push((k, x.path.clone(), e.clone(), *h));
+        }
+    }
+    out
+}
+
+/// The shadow's stat cache (written by the switch like any source's) is not kept.
+fn forget_shadows(trees: &[Tree], state: &crate::journal::StateDir) {
+    for t in trees {
+        if t.src_path != Path::new(UNSET) {
+            if let Ok(d) = state.tree_dir(&t.src_path) {
+                let _ = fs::remove_dir_all(d);
+            }
+        }
+    }
+}
+
+/// What DONE reports, over every phase.
+#[derive(Default)]
+struct Sum {
+    window: std::time::Duration,
+    changes: u64,
+    bytes: u64,
+    procs: u32,
+    n_err: u32,
+    errors: String,
+    tally: [u32; 3],
+}
+
+impl Sum {
+    /// One phase switched: its figures and errors, and configuration protection's end as
+    /// after a local upgrade (the jail's versions of kept files written beside them, the new
+    /// base recorded).
+    fn add(
+        &mut self,
+        trees: &[Tree],
+        report: &sync::Report,
+        changes: u64,
+        state: &crate::journal::StateDir,
+        protect: Option<Protecting<'_>>,
+    ) -> Result<()> {
+        self.window += report.switch_window;
+        self.changes += changes;
+        self.bytes += report.bytes_written();
+        self.procs += report.procs.len() as u32;
+        for (t, o) in trees.iter().zip(&report.outcomes) {
+            for e in &o.errors {
+                self.n_err += 1;
+                if self.errors.len() < 8192 {
+                    self.errors.push_str(&format!(
+                        "{}: {} (while {})\n",
+                        t.dst_path.join(fsx::os(&e.path)).display(),
+                        e.error,
+                        e.phase.name()
+                    ));
+                }
+            }
+            for (p, e) in &t.scan_errors {
+                self.n_err += 1;
+                if self.errors.len() < 8192 {
+                    self.errors
+                        .push_str(&format!("{}: {e} (while scan)\n", p.display()));
+                }
+            }
+        }
+        // Configuration protection's end, as after a local upgrade: the jail's versions of
+        // kept files written beside them, the new base recorded.
+        if let Some((rules, decisions, rels)) = protect {
+            let owner = fsx::geteuid_is_root();
+            for ((t, d), rel) in trees.iter().zip(decisions).zip(rels) {
+                for x in &d.list {
+                    self.tally[x.verdict as usize] += 1;
+                }
+                let (_, failed) = crate::protect::finish(
+                    state,
+                    rules,
+                    rel,
+                    &t.src_path,
+                    &t.dst_path,
+                    &t.src,
+                    d,
+                    owner,
+                )?;
+                for (p, e) in failed {
+                    self.n_err += 1;
+                    self.tally[Verdict::KeptNew as usize] -= 1;
+                    if self.errors.len() < 8192 {
+                        self.errors.push_str(&format!(
+                            "{}: {e} (while writing the jail's version of a kept configuration file)\n",
+                            t.dst_path.join(fsx::os(&p)).display()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The later phase, once the first trees are switched: each nested database planned against
+/// its live tree (carried across by the outer tree's switch), staged from this host's files
+/// and the blobs received for it, and switched, as `upgrade` does.
+fn run_later(
+    l: Later,
+    blobs: &Path,
+    state: &crate::journal::StateDir,
+    pools: &Pools,
+    rules: Option<&Rules>,
+    sum: &mut Sum,
+) -> Result<()> {
+    // A nested database's parent belongs to the tree holding it, which set its mtime: the
+    // database's own switch must not change it.
+    let parents: Vec<_> = l
+        .trees
+        .iter()
+        .filter_map(|(_, _, d)| d.parent())
+        .filter_map(|p| crate::protect::DirMtime::of(p).ok())
+        .collect();
+    let rels: Vec<Vec<u8>> = l.trees.iter().map(|(r, _, _)| r.clone()).collect();
+    let mut trees = Vec::new();
+    for (_, m, dst) in l.trees {
+        let mut t = sync::prepare_given(UNSET.as_ref(), m, &dst, state, l.opts, pools, &Silent)?;
+        t.source_label = Some(l.label.clone().into());
+        trees.push(t);
+    }
+    let res = Work::make(&mut trees).and_then(|work| {
+        let decisions = decide_trees(&mut trees, &rels, state, rules)?;
+        let needs = need_list(&trees, rules.map(|_| &decisions[..]));
+        let sizes: HashSet<u64> = needs.iter().map(|n| n.2.size).collect();
+        for t in trees.iter_mut() {
+            let idx: Vec<usize> = (0..t.dst.len())
+                .filter(|&j| {
+                    let e = t.dst.at(j);
+                    e.kind == Kind::File && e.hash.is_none() && e.size > 0 && sizes.contains(&e.size)
+                })
+                .collect();
+            sync::hash_live(t, &idx, pools)?;
+        }
+        let mut live: HashMap<Hash, (usize, usize)> = HashMap::new();
+        for (k, t) in trees.iter().enumerate() {
+            for (j, e) in t.dst.iter().enumerate() {
+                if let (Kind::File, Some(h)) = (e.kind, e.hash) {
+                    live.entry(*h).or_insert((k, j));
+                }
+            }
+        }
+        let mut uses: HashMap<Hash, usize> = HashMap::new();
+        for (_, _, e, h) in &needs {
+            if e.size > 0 && !live.contains_key(h) {
+                *uses.entry(*h).or_default() += 1;
+            }
+        }
+        Session::fill_shadows(&trees, blobs, &live, &uses, &needs)?;
+        let changes: u64 = trees.iter().map(|t| t.plan.actions.len() as u64).sum();
+        let report = sync::switch_all(&mut trees, state, l.opts, pools, &Silent)?;
+        for p in &parents {
+            let _ = p.restore();
+        }
+        if let Some(why) = report.aborted.as_ref().or(report.fallback.as_ref()) {
+            return Err(RemoteError::Refused(format!(
+                "the package database was not switched ({why}); the packages were: it stays with the old release"
+            )));
+        }
+        let r = sum.add(
+            &trees,
+            &report,
+            changes,
+            state,
+            rules.map(|r| (r, &decisions[..], &rels[..])),
+        );
+        drop(work);
+        r
+    });
+    forget_shadows(&trees, state);
+    res
+}
+
+/// Configuration protection of a push: the rules, each tree's decisions, each tree's name.
+type Protecting<'a> = (&'a Rules, &'a [Decisions], &'a [Vec<u8>]);
+
+/// A file a shadow must hold: (tree, path, the jail's entry, its hash).
+type Need = (usize, Box<[u8]>, crate::entry::Entry, Hash);
 
 /// Every source file the stager copies, as (tree, source index): a file the plan does not
 /// leave to its live inode, and not a hard-link follower (linked to its leader in the next

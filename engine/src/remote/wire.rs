@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Bumped on any incompatible change; both sides must also run the same jailsync version.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 pub const MAGIC: &[u8; 8] = b"JAILSYNC";
 /// Raw bytes per compressed chunk (manifest text and blob data).
 pub const CHUNK: usize = 1 << 20;
