@@ -271,6 +271,18 @@ impl Ran {
 }
 
 /// Runs checked (source, destination, itemize prefix) pairs, their paths canonical.
+/// The arguments a phase runs with: its own excludes, and the jail's `.jailsync-new` files
+/// left alone where configuration is protected.
+pub(crate) fn phase_args(a: &SyncArgs, excludes: &[String], protect: bool) -> SyncArgs {
+    let mut a2 = a.clone();
+    a2.exclude.extend(excludes.iter().cloned());
+    if protect {
+        a2.exclude
+            .push(jailsync_engine::protect::NEW_EXCLUDE.to_string());
+    }
+    a2
+}
+
 pub fn run_pairs(
     checked: Vec<(PathBuf, PathBuf, Vec<u8>)>,
     a: &SyncArgs,
@@ -278,12 +290,7 @@ pub fn run_pairs(
     hooks: &Hooks,
 ) -> Result<Ran> {
     let t0 = Instant::now();
-    let mut a2 = a.clone();
-    a2.exclude.extend(hooks.extra_excludes.iter().cloned());
-    if hooks.protect.is_some() {
-        a2.exclude
-            .push(jailsync_engine::protect::NEW_EXCLUDE.to_string());
-    }
+    let a2 = phase_args(a, &hooks.extra_excludes, hooks.protect.is_some());
     let a = &a2;
     let opts = engine_opts(a)?;
     let pairs: Vec<(&Path, &Path)> = checked

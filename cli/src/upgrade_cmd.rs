@@ -75,6 +75,16 @@ pub fn run(c: UpgradeCmd, g: &Global) -> Result<u8> {
         r
     };
 
+    // A phase's trees as (source, destination, tree) for `run_pairs`.
+    let pairs_of = |trees: &[PathBuf]| -> Vec<(PathBuf, PathBuf, Vec<u8>)> {
+        trees
+            .iter()
+            .map(|t| {
+                let (_, s, d) = all.iter().find(|(x, _, _)| x == t).expect("checked");
+                (s.clone(), d.clone(), t.as_os_str().as_bytes().to_vec())
+            })
+            .collect()
+    };
     // --max-delete holds for the whole upgrade: with more than one phase, every phase is
     // planned first (as a dry run: nothing locked or changed), so a later phase is never
     // refused after an earlier one has switched.
@@ -88,21 +98,10 @@ pub fn run(c: UpgradeCmd, g: &Global) -> Result<u8> {
             let pools = jailsync_engine::sync::Pools::new(0);
             let mut planned = Vec::new();
             for (trees, excludes) in &phases {
-                let mut a = c.args.clone();
+                let mut a = crate::sync_cmd::phase_args(&c.args, excludes, rules.is_some());
                 a.dry_run = true;
-                a.exclude.extend(excludes.iter().cloned());
-                if rules.is_some() {
-                    a.exclude
-                        .push(jailsync_engine::protect::NEW_EXCLUDE.to_string());
-                }
                 let opts = crate::sync_cmd::engine_opts(&a)?;
-                let checked: Vec<(PathBuf, PathBuf, Vec<u8>)> = trees
-                    .iter()
-                    .map(|t| {
-                        let (_, s, d) = all.iter().find(|(x, _, _)| x == t).expect("checked");
-                        (s.clone(), d.clone(), t.as_os_str().as_bytes().to_vec())
-                    })
-                    .collect();
+                let checked = pairs_of(trees);
                 let mut ts = Vec::new();
                 for (s, d, _) in &checked {
                     let quiet = jailsync_engine::progress::Silent;
@@ -143,13 +142,7 @@ pub fn run(c: UpgradeCmd, g: &Global) -> Result<u8> {
     let mut code = exit::OK;
     let mut phases_report = None;
     for (k, (trees, excludes)) in layout.phases().into_iter().enumerate() {
-        let checked: Vec<(PathBuf, PathBuf, Vec<u8>)> = trees
-            .iter()
-            .map(|t| {
-                let (_, s, d) = all.iter().find(|(x, _, _)| x == t).expect("checked");
-                (s.clone(), d.clone(), t.as_os_str().as_bytes().to_vec())
-            })
-            .collect();
+        let checked = pairs_of(&trees);
         if k > 0 && g.verbose > 0 && !g.quiet {
             eprintln!(
                 "jailsync: the package database now: {}",
