@@ -691,6 +691,25 @@ pub(crate) fn copy_range_rw(
     Ok(done)
 }
 
+/// Tells the kernel the file is about to be read whole, once: a wider readahead window for
+/// a file bigger than the default window, and the whole of a big file (`whole_from` bytes and
+/// up) asked for at once, so a cold read keeps the device busy instead of waiting for one
+/// window after another. Hints only: where there is no `posix_fadvise` they are skipped.
+pub fn read_hints(fd: BorrowedFd<'_>, size: u64, whole_from: u64) {
+    #[cfg(not(target_vendor = "apple"))]
+    {
+        use rustix::fs::{fadvise, Advice};
+        if size >= 128 << 10 {
+            let _ = fadvise(fd, 0, None, Advice::Sequential);
+        }
+        if size >= whole_from {
+            let _ = fadvise(fd, 0, None, Advice::WillNeed);
+        }
+    }
+    #[cfg(target_vendor = "apple")]
+    let _ = (fd, size, whole_from);
+}
+
 pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<rfs::Stat> {
     rfs::fstat(fd).map_err(errno)
 }

@@ -53,7 +53,7 @@ fn hash_with(fd: BorrowedFd<'_>, size_hint: u64, buf: &mut Vec<u8>) -> io::Resul
     if buf.len() < want {
         buf.resize(want, 0);
     }
-    read_hints(fd, size_hint);
+    crate::fsx::read_hints(fd, size_hint, PARALLEL_MIN);
     let mut h = blake3::Hasher::new();
     let mut off = 0u64;
     loop {
@@ -72,20 +72,6 @@ fn hash_with(fd: BorrowedFd<'_>, size_hint: u64, buf: &mut Vec<u8>) -> io::Resul
         }
     }
     Ok((*h.finalize().as_bytes(), off))
-}
-
-/// Tells the kernel the file is about to be read whole, once: a wider readahead window for
-/// a file bigger than the default window, and the whole of a big file asked for at once, so a
-/// cold read keeps the device busy instead of waiting for one window after another. Hints
-/// only: a filesystem that ignores them costs nothing.
-fn read_hints(fd: BorrowedFd<'_>, size: u64) {
-    use rustix::fs::{fadvise, Advice};
-    if size >= 128 << 10 {
-        let _ = fadvise(fd, 0, None, Advice::Sequential);
-    }
-    if size >= PARALLEL_MIN {
-        let _ = fadvise(fd, 0, None, Advice::WillNeed);
-    }
 }
 
 fn read_full(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> io::Result<usize> {
