@@ -34,13 +34,18 @@ pub struct Source {
 }
 
 /// Compressed chunks recently sent, shared by every host's connection: hosts running the same
-/// old release want the same blobs in the same order at about the same time, so each chunk is
-/// compressed about once for the fleet, not once per host. Bounded (oldest out first).
+/// old release want the same blobs in the same order (the jail's path order) at about the same
+/// time, so each chunk is compressed once for the fleet, not once per host. A chunk being
+/// compressed is a slot the other hosts wait on rather than compress it too (hosts that start
+/// together reach each chunk together). Bounded (oldest out first).
 struct Chunks {
-    map: HashMap<(Hash, u64), Arc<Vec<u8>>>,
+    map: HashMap<(Hash, u64), Slot>,
     order: std::collections::VecDeque<(Hash, u64)>,
     bytes: usize,
 }
+
+/// One chunk: compressed once, by whichever host asked first; an error is each asker's.
+type Slot = Arc<std::sync::OnceLock<std::result::Result<Arc<Vec<u8>>, String>>>;
 
 /// Memory the shared chunks may hold.
 const CHUNKS_MAX: usize = 64 << 20;
@@ -53,19 +58,39 @@ impl Source {
         c: u64,
         make: impl FnOnce() -> io::Result<Vec<u8>>,
     ) -> io::Result<Arc<Vec<u8>>> {
-        if let Some(z) = self.chunks.lock().expect("poisoned").map.get(&(*h, c)) {
-            return Ok(z.clone());
-        }
-        let z = Arc::new(make()?);
-        let mut ch = self.chunks.lock().expect("poisoned");
-        if ch.map.insert((*h, c), z.clone()).is_none() {
-            ch.order.push_back((*h, c));
+        let slot = {
+            let mut ch = self.chunks.lock().expect("poisoned");
+            match ch.map.get(&(*h, c)) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = Slot::default();
+                    ch.map.insert((*h, c), s.clone());
+                    ch.order.push_back((*h, c));
+                    s
+                }
+            }
+        };
+        let mut made = false;
+        let z = slot.get_or_init(|| {
+            made = true;
+            make().map(Arc::new).map_err(|e| e.to_string())
+        });
+        let z = z.clone().map_err(io::Error::other)?;
+        if made {
+            // Only finished chunks count; the oldest go first (a host still waiting on one
+            // holds its slot, not the map).
+            let mut ch = self.chunks.lock().expect("poisoned");
+            if !ch.map.get(&(*h, c)).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                return Ok(z); // evicted while being made: never counted
+            }
             ch.bytes += z.len();
-        }
-        while ch.bytes > CHUNKS_MAX {
-            let Some(k) = ch.order.pop_front() else { break };
-            if let Some(v) = ch.map.remove(&k) {
-                ch.bytes -= v.len();
+            while ch.bytes > CHUNKS_MAX {
+                let Some(k) = ch.order.pop_front() else { break };
+                if let Some(v) = ch.map.remove(&k) {
+                    if let Some(Ok(v)) = v.get() {
+                        ch.bytes -= v.len();
+                    }
+                }
             }
         }
         Ok(z)
