@@ -190,12 +190,36 @@ impl<'a> Dec<'a> {
 
 /// Decompresses one chunk, refusing more than `limit` bytes of output (never allocating more).
 pub fn unchunk(data: &[u8], limit: usize) -> io::Result<Vec<u8>> {
-    zstd::bulk::decompress(data, limit)
-        .map_err(|e| bad(format!("bad compressed chunk (or over {limit} bytes): {e}")))
+    // One context per thread: making one per chunk (allocating and clearing its tables) was a
+    // measurable share of a host's CPU.
+    thread_local! {
+        static D: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    D.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        d.as_mut()
+            .expect("made")
+            .decompress(data, limit)
+            .map_err(|e| bad(format!("bad compressed chunk (or over {limit} bytes): {e}")))
+    })
 }
 
 pub fn chunk(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
-    zstd::bulk::compress(data, level)
+    thread_local! {
+        static C: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    C.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        c.as_mut().expect("made").1.compress(data)
+    })
 }
 
 /// A text from the peer made safe to print: control characters (terminal escapes) replaced,
