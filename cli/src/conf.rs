@@ -81,6 +81,7 @@ pub fn decide_all(
             continue;
         }
         let base = Base::load(state, &t.dst_path)?;
+        t.guard = protect::guard_paths(rules, &checked[k].2, &t.dst);
         out.push(protect::decide(
             rules,
             &checked[k].2,

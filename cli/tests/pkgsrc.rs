@@ -818,3 +818,145 @@ fn root_rollback_and_max_delete_hold_across_runs_and_phases() {
     expect_code(&h.upgrade(&["-q", "--max-delete", "3"]), 0);
     assert_eq!(h.live("usr/pkg/bin/nginx").unwrap(), "nginx 1.29\n");
 }
+
+/// A directory named `next` below a jailsync home under `dir`: staging has begun.
+fn staging_dir(dir: &Path) -> Option<PathBuf> {
+    for e in fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if !p.is_dir() || p.is_symlink() {
+            continue;
+        }
+        let parent_is_home = dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().contains("jailsync"));
+        if parent_is_home && e.file_name() == "next" {
+            return Some(p);
+        }
+        if let Some(n) = staging_dir(&p) {
+            return Some(n);
+        }
+    }
+    None
+}
+
+fn staging_under(dir: &Path) -> bool {
+    staging_dir(dir).is_some()
+}
+
+/// An admin's edit made while the next tree is being staged (after the run decided what to
+/// keep) must not be left behind in the old tree by the switch: the run switches nothing, and
+/// the next run decides on the edited file. Staging is slowed with strace (every link waits
+/// 150 ms) so the edit lands between the decision and the switch.
+#[test]
+fn an_edit_made_while_staging_is_never_switched_away() {
+    if !have("strace") {
+        eprintln!("skipped: strace not installed");
+        return;
+    }
+    for case in ["rewrite", "replace", "new file", "excluded"] {
+        let h = Host::new();
+        modern(&h);
+        for i in 0..6 {
+            h.jail_file(&format!("usr/pkg/share/doc/f{i}"), "unchanged\n");
+        }
+        // Names no jail has, left alone: the switch must carry them, even one made while
+        // staging.
+        h.live_file("usr/pkg/share/cache/index.db", "cached\n");
+        let ex: &[&str] = &["--exclude", "cache/"];
+        expect_code(&h.upgrade(ex), 0);
+        // The next release changes a program and the default nginx.conf (not edited here).
+        h.jail_file("usr/pkg/bin/nginx", "nginx 1.26\n")
+            .jail_file("usr/pkg/etc/nginx/nginx.conf", "worker_processes auto;\n");
+        let mut c = Command::new("strace");
+        c.args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=linkat"])
+            .args(["-e", "inject=linkat:delay_enter=150000", BIN])
+            .arg("--state-dir")
+            .arg(&h.state)
+            .args(["upgrade", h.jail.to_str().unwrap(), "--root", h.root_s()])
+            .args(ex)
+            .env_remove("JAILSYNC_STATE_DIR")
+            .env_remove("JAILSYNC_SWITCH")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = c.spawn().unwrap();
+        let t0 = std::time::Instant::now();
+        // Excluded entries are linked into the next tree last: the new one comes after that.
+        let ready = |n: &Path| case != "excluded" || n.join("share/cache/index.db").exists();
+        while !staging_dir(&h.root).is_some_and(|n| ready(&n)) {
+            assert!(t0.elapsed().as_secs() < 30, "{case}: staging never began");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let conf = h.root.join("usr/pkg/etc/nginx/nginx.conf");
+        match case {
+            // An editor writing in place.
+            "rewrite" => fs::write(&conf, "worker_processes 16;\n").unwrap(),
+            // An editor writing a new file and renaming it over.
+            "replace" => {
+                let tmp = h.root.join("usr/pkg/etc/nginx/.nginx.conf.swp");
+                fs::write(&tmp, "worker_processes 16;\n").unwrap();
+                fs::rename(&tmp, &conf).unwrap();
+            }
+            "new file" => {
+                fs::write(h.root.join("usr/pkg/etc/nginx/site.conf"), "server {}\n").unwrap()
+            }
+            _ => fs::write(h.root.join("usr/pkg/share/cache/fresh.db"), "fresh\n").unwrap(),
+        }
+        let o = child.wait_with_output().unwrap();
+        assert_ne!(o.status.code(), Some(0), "{case}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("during the run") && stderr(&o).contains("nothing was switched"),
+            "{case}: {}",
+            stderr(&o)
+        );
+        // Nothing switched: the old program, and the admin's change where it was made.
+        assert_eq!(
+            h.live("usr/pkg/bin/nginx").unwrap(),
+            "nginx 1.24\n",
+            "{case}"
+        );
+        if case == "excluded" {
+            assert_eq!(h.live("usr/pkg/share/cache/fresh.db").unwrap(), "fresh\n");
+        } else if case == "new file" {
+            assert_eq!(
+                h.live("usr/pkg/etc/nginx/site.conf").unwrap(),
+                "server {}\n"
+            );
+        } else {
+            assert_eq!(
+                h.live("usr/pkg/etc/nginx/nginx.conf").unwrap(),
+                "worker_processes 16;\n",
+                "{case}"
+            );
+        }
+        assert!(!staging_under(&h.root), "{case}: the staged tree was left");
+
+        // Run again: the edit is now the admin's and is kept.
+        let o = h.upgrade(ex);
+        expect_code(&o, 0);
+        assert_eq!(
+            h.live("usr/pkg/bin/nginx").unwrap(),
+            "nginx 1.26\n",
+            "{case}"
+        );
+        assert_eq!(h.live("usr/pkg/share/cache/index.db").unwrap(), "cached\n");
+        if case == "excluded" {
+            assert_eq!(h.live("usr/pkg/share/cache/fresh.db").unwrap(), "fresh\n");
+        } else if case == "new file" {
+            assert_eq!(
+                h.live("usr/pkg/etc/nginx/site.conf").unwrap(),
+                "server {}\n"
+            );
+        } else {
+            assert_eq!(
+                h.live("usr/pkg/etc/nginx/nginx.conf").unwrap(),
+                "worker_processes 16;\n",
+                "{case}"
+            );
+            assert_eq!(
+                h.live("usr/pkg/etc/nginx/nginx.conf.jailsync-new").unwrap(),
+                "worker_processes auto;\n",
+                "{case}"
+            );
+        }
+    }
+}

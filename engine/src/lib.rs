@@ -8,6 +8,7 @@ pub mod entry;
 pub mod error;
 pub mod fsx;
 pub mod generation;
+pub mod guard;
 pub mod hash;
 pub mod jail;
 pub mod journal;

@@ -227,6 +227,24 @@ fn hash_at(root: BorrowedFd<'_>, path: &[u8]) -> io::Result<Hash> {
     Ok(hash_fd(f.as_fd(), 0)?.0)
 }
 
+/// The live paths these rules protect in a scanned tree, for the last look before its switch
+/// (`guard`): `etc` whole (new files there count too) and each file the globs cover.
+pub fn guard_paths(rules: &Rules, prefix: &[u8], dst: &Entries) -> Vec<Box<[u8]>> {
+    let mut out: Vec<Box<[u8]>> = Vec::new();
+    if rules.defaults && dst.search(b"etc").is_ok() {
+        out.push(b"etc"[..].into());
+    }
+    if rules.have_globs {
+        for e in dst.iter() {
+            let inside_etc = rules.defaults && e.path.starts_with(b"etc/");
+            if e.kind != Kind::Dir && !inside_etc && rules.covers(prefix, e.path) {
+                out.push(e.path.into());
+            }
+        }
+    }
+    out
+}
+
 /// Decides every protected file of a planned tree and changes the plan (and the source
 /// entries of kept files, which then describe the live version the next tree keeps).
 /// `prefix` is the tree's root-relative name (for globs).

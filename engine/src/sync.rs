@@ -155,6 +155,9 @@ pub struct Tree {
     /// What the rollback generation names as the source, when not `src_path` (push: the
     /// pushing host's jail, not the shadow the files were staged from).
     pub source_label: Option<PathBuf>,
+    /// Live paths the admin owns (protected configuration), looked at once more just before
+    /// the switch: a change since the scan switches nothing (see `guard`).
+    pub guard: Vec<Box<[u8]>>,
 }
 
 impl Tree {
@@ -584,6 +587,7 @@ fn prepare_impl(
         home,
         _lock: lock,
         source_label: None,
+        guard: Vec::new(),
     })
 }
 
@@ -687,6 +691,7 @@ pub fn prepare_from_manifest(
         home: None,
         _lock: None,
         source_label: None,
+        guard: Vec::new(),
     })
 }
 
@@ -1536,6 +1541,37 @@ pub fn switch_all_gated(
             let _ = t.home.as_ref().expect("switchable").abandon();
         }
         return Err(e);
+    }
+
+    // The admin's files, once more: an edit made while staging would be left in the old tree.
+    for (k, t) in trees.iter().enumerate() {
+        if gens[k].is_none() || (t.guard.is_empty() && opts.excludes.is_empty()) {
+            continue;
+        }
+        let home = t.home.as_ref().expect("switchable");
+        let live = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
+        let next = fsx::open_root_nofollow(&home.next_path()).at(home.next_path())?;
+        let changed = crate::guard::changed_since_scan(
+            live.as_fd(),
+            next.as_fd(),
+            &t.dst,
+            &t.guard,
+            &opts.excludes,
+            &t.dst_holds_excluded,
+        )
+        .at(&t.dst_path)?;
+        if let Some(c) = changed {
+            for t in trees.iter() {
+                let _ = t.home.as_ref().expect("switchable").abandon();
+            }
+            return Err(crate::Error::bad(
+                t.dst_path.join(fsx::os(&c.path)),
+                format!(
+                    "{} (it is protected or excluded, so the switch would have left that in the old tree): nothing was switched; run again",
+                    c.how
+                ),
+            ));
+        }
     }
 
     // From here failures are handled where they happen (a made switch is never given up).

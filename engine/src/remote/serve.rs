@@ -863,6 +863,7 @@ fn decide_trees(
     if let Some(rules) = rules {
         for (t, rel) in trees.iter_mut().zip(rels) {
             let base = Base::load(state, &t.dst_path)?;
+            t.guard = crate::protect::guard_paths(rules, rel, &t.dst);
             out.push(crate::protect::decide(
                 rules,
                 rel,
