@@ -960,3 +960,70 @@ fn an_edit_made_while_staging_is_never_switched_away() {
         }
     }
 }
+
+/// A live file whose metadata the jail changed is replaced, while the next tree is staged, by
+/// a hard link to a file outside the tree: the run must neither set the jail's owner or mode on
+/// that outside inode nor publish it; the path gets the jail's file.
+#[test]
+fn a_live_file_replaced_while_staging_never_gets_the_jails_metadata() {
+    if !have("strace") {
+        eprintln!("skipped: strace not installed");
+        return;
+    }
+    let h = Host::new();
+    modern(&h);
+    for i in 0..8 {
+        h.jail_file(&format!("usr/pkg/share/doc/f{i}"), "unchanged\n");
+    }
+    h.jail_file("usr/pkg/share/zz/tool.conf", "jail content\n");
+    expect_code(&h.upgrade(&[]), 0);
+    let live = h.root.join("usr/pkg/share/zz/tool.conf");
+    let jailf = h.jail.join("usr/pkg/share/zz/tool.conf");
+    fs::set_permissions(&live, fs::Permissions::from_mode(0o640)).unwrap();
+    fs::set_permissions(&jailf, fs::Permissions::from_mode(0o644)).unwrap();
+    h.jail_file("usr/pkg/bin/nginx", "nginx 1.26\n");
+    let secret = h.root.parent().unwrap().join("secret");
+    fs::write(&secret, "secret\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+
+    let child = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=linkat"])
+        .args(["-e", "inject=linkat:delay_enter=150000", BIN])
+        .arg("--state-dir")
+        .arg(&h.state)
+        .args(["upgrade", h.jail.to_str().unwrap(), "--root", h.root_s()])
+        .env_remove("JAILSYNC_STATE_DIR")
+        .env_remove("JAILSYNC_SWITCH")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !staging_under(&h.root) {
+        assert!(t0.elapsed().as_secs() < 30, "staging never began");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Replaced before staging reaches it (it sorts last of the tree's files).
+    let tmp = live.with_extension("new");
+    fs::hard_link(&secret, &tmp).unwrap();
+    fs::rename(&tmp, &live).unwrap();
+    let o = child.wait_with_output().unwrap();
+    expect_code(&o, 0);
+    let m = fs::metadata(&secret).unwrap();
+    assert_eq!(
+        m.permissions().mode() & 0o7777,
+        0o600,
+        "the outside file was chmod'ed"
+    );
+    assert_eq!(
+        h.live("usr/pkg/share/zz/tool.conf").unwrap(),
+        "jail content\n"
+    );
+    let lm = fs::symlink_metadata(&live).unwrap();
+    assert_eq!(lm.permissions().mode() & 0o7777, 0o644);
+    assert_ne!(
+        std::os::unix::fs::MetadataExt::ino(&lm),
+        std::os::unix::fs::MetadataExt::ino(&m)
+    );
+    assert_eq!(h.live("usr/pkg/bin/nginx").unwrap(), "nginx 1.26\n");
+}

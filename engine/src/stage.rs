@@ -362,6 +362,24 @@ impl<'a> Builder<'a> {
                 let ld = l.get(parent)?;
                 let nd = n.get(parent)?;
                 fsx::link_at(ld, name, nd, name)?;
+                // The name may hold another inode than the one scanned (replaced since): never
+                // set the jail's metadata on it, nor vouch for it with the scan's hash. A file of
+                // the jail is made from the jail instead; a live-only one keeps its newest version.
+                let st = fsx::lstat_at(nd, &fsx::cstr(name)?)?;
+                if st.st_ino as u64 != self.dst.at(dj as usize).ino {
+                    let si = match meta {
+                        Some(si) => Some(si as usize),
+                        None => self.src.search(path).ok(),
+                    };
+                    if let Some(si) = si.filter(|&si| self.src.at(si).kind != Kind::Dir) {
+                        fsx::unlink_at(nd, name)?;
+                        let e = self.src.at(si);
+                        return self
+                            .make_one_from(e, si as u32, path, parent, name, s, l, n, out)
+                            .map(|b| (b.0, false));
+                    }
+                    return Ok((0, true));
+                }
                 if let Some(si) = meta {
                     fsx::set_meta_at(nd, name, &self.src.at(si as usize), self.opts.meta)?;
                     out.meta_in_place.push(dj);
@@ -399,28 +417,46 @@ impl<'a> Builder<'a> {
             }
             From::Source(si) => {
                 let e = self.src.at(si as usize);
-                match self.make_from_source(e, si, parent, name, s, n, out) {
-                    Ok(b) => Ok((b, false)),
-                    Err(err) if is_source_side(&err) => {
-                        // The live version stays, if there is one of the same type.
-                        let kept = match self.dst.search(path) {
-                            Ok(dj) if self.dst.at(dj).kind != Kind::Dir => {
-                                let ld = l.get(parent)?;
-                                fsx::link_at(ld, name, n.get(parent)?, name)?;
-                                true
-                            }
-                            _ => false,
-                        };
-                        out.errors.push(EntryError {
-                            path: path.into(),
-                            phase: Phase::Stage,
-                            error: err,
-                        });
-                        Ok((0, kept))
-                    }
-                    Err(err) => Err(err),
-                }
+                self.make_one_from(e, si, path, parent, name, s, l, n, out)
             }
+        }
+    }
+
+    /// Makes a non-directory from its source entry; when the source cannot be read, the live
+    /// version stays (if there is one of the same type) and the entry's error is recorded.
+    #[allow(clippy::too_many_arguments)]
+    fn make_one_from(
+        &self,
+        e: Ent<'_>,
+        si: u32,
+        path: &[u8],
+        parent: &[u8],
+        name: &[u8],
+        s: &mut Dirs,
+        l: &mut Dirs,
+        n: &mut Dirs,
+        out: &mut Built,
+    ) -> io::Result<(u64, bool)> {
+        match self.make_from_source(e, si, parent, name, s, n, out) {
+            Ok(b) => Ok((b, false)),
+            Err(err) if is_source_side(&err) => {
+                // The live version stays, if there is one of the same type.
+                let kept = match self.dst.search(path) {
+                    Ok(dj) if self.dst.at(dj).kind != Kind::Dir => {
+                        let ld = l.get(parent)?;
+                        fsx::link_at(ld, name, n.get(parent)?, name)?;
+                        true
+                    }
+                    _ => false,
+                };
+                out.errors.push(EntryError {
+                    path: path.into(),
+                    phase: Phase::Stage,
+                    error: err,
+                });
+                Ok((0, kept))
+            }
+            Err(err) => Err(err),
         }
     }
 
