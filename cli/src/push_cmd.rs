@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use jailsync_engine::paths::{self, Follow};
 use jailsync_engine::progress::Silent;
-use jailsync_engine::remote::client::{phase, Conn, Done, Source, Staged, Status, PHASES};
+use jailsync_engine::remote::client::{phase, Conn, Done, Planned, Source, Staged, Status, PHASES};
 use jailsync_engine::remote::serve::{flag, Open};
 use jailsync_engine::sync::{self, Pools, SyncOpts};
 
@@ -49,9 +49,23 @@ pub struct PushCmd {
     /// Switch when at most N hosts failed to stage (default 0).
     #[arg(long, value_name = "N")]
     pub max_failed: Option<usize>,
-    /// Roll back every host's last switch instead (`jailsync rollback` of the trees on each).
+    /// Roll back every host's last push or upgrade instead, as `jailsync rollback --root ROOT`
+    /// on each (which marks it rolled back in `history --root`).
     #[arg(long)]
     pub rollback: bool,
+    /// Have every host scan and plan as a push would, and report what it would change and
+    /// what it lacks; nothing is sent but the manifests, nothing staged or written on a host.
+    /// With --rollback: what each host's rollback would do.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Leave paths matching GLOB alone on every host, in every tree: neither sent, changed
+    /// nor deleted (repeatable; `upgrade --exclude`'s syntax).
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Fail a host whose connection moves nothing either way for SECS (a host at work says
+    /// so meanwhile); as any failure before the switch, that host is left as it was.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: Option<u64>,
     /// With --rollback: switch back even trees changed since (see `rollback --force`).
     #[arg(long, requires = "rollback")]
     pub force: bool,
@@ -192,6 +206,8 @@ enum Outcome {
     /// Failed before its switch (untouched) or during it.
     Failed(String, bool),
     RolledBack(u8, String),
+    /// A dry run's report.
+    Planned(Planned),
 }
 
 /// A counting semaphore for `--jobs`.
@@ -249,6 +265,11 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
     if c.force {
         flags |= flag::FORCE;
     }
+    if c.dry_run {
+        flags |= flag::DRY_RUN;
+    }
+    jailsync_engine::scan::Excludes::new(&c.exclude).context("bad --exclude pattern")?;
+    let timeout = c.timeout.map(Duration::from_secs);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
@@ -271,6 +292,11 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         threads: c.threads as u32,
         protect: globs.iter().map(|g| g.as_bytes().to_vec()).collect(),
         excludes: excludes.clone(),
+        exclude_all: c.exclude.iter().map(|g| g.as_bytes().to_vec()).collect(),
+        // A keepalive well inside the timeout: a host at work is never taken for stalled.
+        keepalive_ms: timeout.map_or(0, |t| {
+            (t.as_millis() / 4).clamp(10, u32::MAX as u128) as u32
+        }),
     };
 
     // The jail, scanned and hashed once (with its stat cache) for every host.
@@ -294,19 +320,22 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
             &g.state_dir,
             &srcs.iter().map(|p| p.as_path()).collect::<Vec<_>>(),
         )?;
+        // --exclude'd paths are neither sent nor named in a manifest.
         let opts = SyncOpts {
             xattrs: !c.no_xattrs,
             threads: c.threads,
+            excludes: jailsync_engine::scan::Excludes::new(&c.exclude)?,
             ..SyncOpts::default()
         };
         let pools = Pools::new(c.threads);
         let mut trees = Vec::new();
         // A tree holding a nested database is sent without it (the host excludes it).
         let mut outer_opts = opts.clone();
-        let patterns: Vec<String> = excludes
+        let mut patterns: Vec<String> = excludes
             .iter()
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .collect();
+        patterns.extend(c.exclude.iter().cloned());
         outer_opts.excludes = jailsync_engine::scan::Excludes::new(&patterns)?;
         for (rel, p) in rels.iter().zip(srcs) {
             let holds = rels.iter().any(|o| o != rel && o.starts_with(rel));
@@ -346,14 +375,15 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
             let open = open_for(t, format!("{host}:{}", jail_shown.display()).as_bytes());
             let (tx, drx) = (tx.clone(), waits[i].take().expect("once"));
             let (slots, source) = (&slots, source.as_ref());
-            let rollback = c.rollback;
+            let (rollback, dry_run) = (c.rollback, c.dry_run);
             handles.push(s.spawn(move || {
                 slots.take();
                 let fail = |e: String, status: &Status| {
                     status.phase.store(phase::FAILED, Ordering::Relaxed);
                     Outcome::Failed(e, false)
                 };
-                let mut conn = match argv.and_then(|a| Ok(Conn::spawn(&a, status.clone())?)) {
+                let spawned = argv.and_then(|a| Ok(Conn::spawn(&a, status.clone(), timeout)?));
+                let mut conn = match spawned {
                     Ok(c) => c,
                     Err(e) => {
                         slots.give();
@@ -369,6 +399,23 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
                         Ok((code, out)) => {
                             conn.close();
                             Outcome::RolledBack(code, out)
+                        }
+                        Err(e) => {
+                            conn.kill();
+                            fail(e.to_string(), &status)
+                        }
+                    };
+                }
+                if dry_run {
+                    let r = conn
+                        .open(&open)
+                        .and_then(|()| conn.plan(source.expect("pushing")));
+                    slots.give();
+                    let _ = tx.send((i, r.is_ok()));
+                    return match r {
+                        Ok(p) => {
+                            conn.close();
+                            Outcome::Planned(p)
                         }
                         Err(e) => {
                             conn.kill();
@@ -431,6 +478,7 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         let staged = ok.iter().filter(|&&o| o).count();
         let failed = n - staged;
         went = !c.rollback
+            && !c.dry_run
             && staged > 0
             && match (c.min_hosts, c.max_failed) {
                 (Some(m), _) => staged >= m,
@@ -472,7 +520,7 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         .map(|s| s.wire.load(Ordering::Relaxed))
         .sum();
     let mut failed = Vec::new();
-    let (mut n_switched, mut n_aborted) = (0, 0);
+    let (mut n_switched, mut n_aborted, mut n_planned) = (0, 0, 0);
     let mut results = Vec::new();
     for (k, (t, o)) in targets.iter().zip(&outcomes).enumerate() {
         let wire = statuses[k].wire.load(Ordering::Relaxed);
@@ -537,6 +585,30 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
                 failed.push(format!("{}: {e} ({when})", t.shown));
                 format!("{}: failed {when}", t.shown)
             }
+            Outcome::Planned(p) => {
+                n_planned += 1;
+                j["result"] = "dry run".into();
+                j["added"] = p.created.into();
+                j["changed"] = (p.updated + p.type_changed).into();
+                j["metadata_only"] = p.metadata.into();
+                j["removed"] = p.deleted.into();
+                j["blobs"] = p.blobs.into();
+                j["blob_bytes"] = p.blob_bytes.into();
+                j["files_needed"] = p.files_needed.into();
+                j["found_on_host"] = p.found_on_host.into();
+                format!(
+                    "{}: would add {}, change {} ({} in metadata only), remove {}; lacks {} blobs ({}), {} files found on the host; {} on the wire",
+                    t.shown,
+                    p.created,
+                    p.updated + p.type_changed + p.metadata,
+                    p.metadata,
+                    p.deleted,
+                    p.blobs,
+                    human_bytes(p.blob_bytes),
+                    p.found_on_host,
+                    human_bytes(wire),
+                )
+            }
             Outcome::RolledBack(code, text) => {
                 j["result"] = if *code == 0 {
                     "rolled back"
@@ -577,6 +649,8 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
             "hosts": n,
             "switched": n_switched,
             "not_switched": n_aborted,
+            "dry_run": c.dry_run,
+            "planned": n_planned,
             "failed": failed.len(),
             "wire_bytes": wire_total,
             "elapsed_ms": t0.elapsed().as_millis() as u64,
@@ -587,8 +661,13 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         }
         writeln!(out, "{sum}")?;
     } else if !g.quiet {
+        let done = if c.dry_run && !c.rollback {
+            format!("{n_planned} planned (dry run: nothing staged)")
+        } else {
+            format!("{n_switched} switched, {n_aborted} not switched")
+        };
         let mut s = format!(
-            "{n} hosts: {n_switched} switched, {n_aborted} not switched, {} failed; {} on the wire; {:.2} s",
+            "{n} hosts: {done}, {} failed; {} on the wire; {:.2} s",
             failed.len(),
             human_bytes(wire_total),
             t0.elapsed().as_secs_f64()
@@ -602,7 +681,7 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         eprintln!("{s}");
     }
     out.flush()?;
-    Ok(if failed.is_empty() && (went || c.rollback) {
+    Ok(if failed.is_empty() && (went || c.rollback || c.dry_run) {
         exit::OK
     } else {
         exit::PARTIAL

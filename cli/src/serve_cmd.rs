@@ -16,7 +16,8 @@ pub struct ServeCmd {}
 
 pub fn run_serve(_c: ServeCmd, g: &Global) -> Result<u8> {
     let mut r = io::stdin().lock();
-    let mut w = BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    // Shared with the session's keepalive thread (each frame is written whole under a lock).
+    let w = Box::new(BufWriter::with_capacity(1 << 16, io::stdout()));
     let env = ServeEnv {
         default_state_dir: g.state_dir.clone(),
         // ssh going away sends SIGHUP: the session stops at its next safe point, before any
@@ -54,7 +55,7 @@ pub fn run_serve(_c: ServeCmd, g: &Global) -> Result<u8> {
             crate::roots::end(&state, root, id).map_err(|e| format!("{e:#}"))
         })),
     };
-    match serve(&mut r, &mut w, &env) {
+    match serve(&mut r, w, &env) {
         Ok(()) => Ok(exit::OK),
         Err(e) => {
             eprintln!("jailsync serve: {e}");
@@ -63,38 +64,28 @@ pub fn run_serve(_c: ServeCmd, g: &Global) -> Result<u8> {
     }
 }
 
-/// `push --rollback` on this host: `jailsync rollback` of the trees, as its own process so its
-/// output cannot reach the protocol stream.
-fn rollback(dsts: &[PathBuf], force: bool, state: &Path) -> (u8, String) {
-    // A tree inside another (a nested package database) is rolled back first, on its own,
-    // as `rollback --root` does: the reverse of the push's order.
-    let (inner, outer): (Vec<PathBuf>, Vec<PathBuf>) = dsts
-        .iter()
-        .cloned()
-        .partition(|d| dsts.iter().any(|o| o != d && d.starts_with(o)));
-    if inner.is_empty() {
-        return rollback_one(&outer, force, state);
-    }
-    let (code, mut text) = rollback_one(&inner, force, state);
-    if code != exit::OK {
-        return (code, text);
-    }
-    let (code, more) = rollback_one(&outer, force, state);
-    text.push_str(&more);
-    (code, text)
-}
-
-fn rollback_one(dsts: &[PathBuf], force: bool, state: &Path) -> (u8, String) {
+/// `push --rollback` on this host: `jailsync rollback --root ROOT`, as its own process so its
+/// output cannot reach the protocol stream. The root-level record says which push (or
+/// upgrade) to undo, undoes every tree of it in reverse order, and is marked rolled back, so
+/// `history --root` tells the truth and the next `rollback --root` goes one further back.
+fn rollback(root: &Path, force: bool, dry_run: bool, state: &Path) -> (u8, String) {
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => return (exit::FATAL, format!("cannot find this program: {e}")),
     };
     let mut c = Command::new(exe);
-    c.arg("--state-dir").arg(state).arg("rollback").args(dsts);
+    c.arg("--state-dir")
+        .arg(state)
+        .arg("rollback")
+        .arg("--root")
+        .arg(root);
     if force {
         c.arg("--force");
     }
-    match c.output() {
+    if dry_run {
+        c.arg("--dry-run");
+    }
+    match c.stdin(std::process::Stdio::null()).output() {
         Ok(o) => {
             let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
             text.push_str(&String::from_utf8_lossy(&o.stderr));

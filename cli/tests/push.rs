@@ -473,7 +473,7 @@ def recv():
     t, n = struct.unpack('<BI', h)
     return t, inp.read(n)
 v = b'{version}'
-send(0x01, b'JAILSYNC' + struct.pack('<I', 2) + struct.pack('<I', len(v)) + v)
+send(0x01, b'JAILSYNC' + struct.pack('<I', {proto}) + struct.pack('<I', len(v)) + v)
 t, _ = recv()
 t, p = recv()  # OPEN
 o = 0
@@ -496,7 +496,8 @@ elif mode == 'blob-to-local':
 elif mode == 'short-staged':
     send(0x21, struct.pack('<QQQ', 0, 0, 0)); recv(); send(0x40, b'\x01')
 inp.read()
-"#
+"#,
+        proto = jailsync_engine::remote::wire::PROTOCOL
     );
     std::fs::write(&p, script).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -921,4 +922,276 @@ fn push_keeps_a_nested_databases_history_and_rollback_root_undoes_exactly_the_pu
         "push --rollback did not restore what ran before the push:\n{}",
         before.diff(&after)
     );
+}
+
+/// The next release of `release`: a program changed, a document added (`new`, incompressible),
+/// a hard link dropped, and a library that is the old one's content under a new name.
+fn next_release(j: &Tree, big: &[u8], new: &[u8]) {
+    j.file("usr/pkg/bin/tool", b"#!/bin/sh\necho v3\n")
+        .mtime("usr/pkg/bin/tool", 1_700_000_123, 456)
+        .file("usr/pkg/share/doc/NEW", new)
+        .remove("usr/pkg/share/doc/README.link")
+        .file("usr/pkg/lib/libbig.so.3", big)
+        .settle_dirs(1_700_000_000);
+}
+
+#[test]
+fn a_dry_run_reports_what_each_host_would_do_and_writes_nothing_anywhere() {
+    let Some(sshd) = Sshd::start() else { return };
+    let f = Fleet::new();
+    let big = random(256 << 10, 7);
+    release(&f.jail, &big);
+    Tree::new(f.root("h1"));
+    Tree::new(f.root("h2"));
+    let hosts = [f.host("h1"), f.host("h2")];
+    expect_code(&f.push(&sshd, &hosts, &[]), 0);
+    // The next release; h2's admin also left a file the push would remove.
+    let new = random(300 << 10, 8);
+    next_release(&f.jail, &big, &new);
+    Tree::new(f.root("h2")).file("usr/pkg/bin/admin-tool", b"local\n");
+    let seen = || {
+        (
+            listing(&f.root("h1")),
+            listing(&f.root("h2")),
+            listing(&f.tmp.path().join("state-remote")),
+        )
+    };
+    let before = seen();
+
+    let o = f.push(&sshd, &hosts, &["--dry-run", "--json"]);
+    expect_code(&o, 0);
+    let after = seen();
+    for (what, b, a) in [
+        ("h1", &before.0, &after.0),
+        ("h2", &before.1, &after.1),
+        ("the hosts' state dir", &before.2, &after.2),
+    ] {
+        assert!(b == a, "a dry run changed {what}:\n{}", b.diff(a));
+    }
+    let s = summary(&o);
+    assert_eq!(
+        (s["planned"].as_u64(), s["switched"].as_u64()),
+        (Some(2), Some(0)),
+        "{s}"
+    );
+    let plan = |h: &str| host_line(&o, &f, h);
+    let (p1, p2) = (plan("h1"), plan("h2"));
+    assert_eq!(p1["result"], "dry run", "{p1}");
+    assert_eq!(
+        p2["removed"].as_u64(),
+        Some(p1["removed"].as_u64().unwrap() + 1),
+        "{p1}\n{p2}"
+    );
+    // The new document is lacked; the renamed library is found on the host.
+    assert!(p1["blob_bytes"].as_u64().unwrap() >= 300 << 10, "{p1}");
+    assert!(p1["found_on_host"].as_u64().unwrap() >= 1, "{p1}");
+    // Nothing but the manifests went over the wire (the new document alone is 300 KiB of
+    // incompressible bytes).
+    for p in [&p1, &p2] {
+        assert!(p["wire_bytes"].as_u64().unwrap() < 32 << 10, "{p}");
+    }
+    // The human report says the same.
+    let o = f.push(&sshd, &hosts, &["-n"]);
+    expect_code(&o, 0);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("{}: would add", f.host("h2"))) && err.contains("2 planned"),
+        "{err}"
+    );
+    assert!(seen() == before, "a dry run changed a host");
+
+    // The real push does exactly what the dry run said.
+    let o = f.push(&sshd, &hosts, &["--json"]);
+    expect_code(&o, 0);
+    for (h, p) in [("h1", &p1), ("h2", &p2)] {
+        let d = host_line(&o, &f, h);
+        let said: u64 = ["added", "changed", "metadata_only", "removed"]
+            .iter()
+            .map(|k| p[k].as_u64().unwrap())
+            .sum();
+        assert_eq!(d["changes"].as_u64(), Some(said), "{h}:\n{p}\n{d}");
+        for k in ["blobs", "blob_bytes", "found_on_host", "files_needed"] {
+            assert_eq!(d[k], p[k], "{h} {k}:\n{p}\n{d}");
+        }
+        same_as_jail(&f, h);
+    }
+}
+
+#[test]
+fn an_excluded_path_is_neither_sent_changed_nor_deleted_on_any_host() {
+    let Some(sshd) = Sshd::start() else { return };
+    let f = Fleet::new();
+    release(&f.jail, &random(32 << 10, 9));
+    f.jail
+        .file("usr/pkg/share/index.cache", random(200 << 10, 10))
+        .file("usr/pkg/var/run/jail.pid", b"1\n");
+    // h1 has its own cache and run state; h2 has nothing.
+    Tree::new(f.root("h1"))
+        .file("usr/pkg/share/index.cache", b"h1's own\n")
+        .file("usr/pkg/var/run/host.pid", b"42\n")
+        .file("usr/pkg/var/db/state", b"host state\n");
+    Tree::new(f.root("h2"));
+    let jail_bytes: u64 = listing(&f.jail.root)
+        .0
+        .values()
+        .filter(|r| r.kind == 'f')
+        .filter_map(|r| r.size)
+        .sum();
+    let hosts = [f.host("h1"), f.host("h2")];
+    let o = f.push(
+        &sshd,
+        &hosts,
+        &["--json", "--exclude", "*.cache", "--exclude", "/var/"],
+    );
+    expect_code(&o, 0);
+    let read = |h: &str, p: &str| std::fs::read(f.root(h).join(p)).ok();
+    assert_eq!(
+        read("h1", "usr/pkg/share/index.cache").unwrap(),
+        b"h1's own\n"
+    );
+    assert_eq!(read("h1", "usr/pkg/var/run/host.pid").unwrap(), b"42\n");
+    assert_eq!(read("h1", "usr/pkg/var/db/state").unwrap(), b"host state\n");
+    assert!(read("h1", "usr/pkg/var/run/jail.pid").is_none());
+    assert!(read("h2", "usr/pkg/share/index.cache").is_none());
+    assert!(!f.root("h2/usr/pkg/var").exists());
+    // Everything else is the jail's.
+    for h in ["h1", "h2"] {
+        assert_eq!(
+            read(h, "usr/pkg/bin/tool"),
+            std::fs::read(f.jail.path("usr/pkg/bin/tool")).ok()
+        );
+        assert_same(&f.jail.path("var/db/pkg"), &f.root(h).join("var/db/pkg"));
+        // The cache's 200 KiB were never sent.
+        let sent = host_line(&o, &f, h)["blob_bytes"].as_u64().unwrap();
+        assert!(
+            sent + (200 << 10) <= jail_bytes,
+            "{h}: {sent} bytes sent of {jail_bytes}"
+        );
+    }
+    // Pushed again without the excludes, the hosts become the jail.
+    expect_code(&f.push(&sshd, &hosts, &[]), 0);
+    for h in ["h1", "h2"] {
+        same_as_jail(&f, h);
+    }
+}
+
+#[test]
+fn a_host_that_stalls_fails_after_the_timeout_and_the_fleet_follows_the_rule() {
+    let Some(sshd) = Sshd::start() else { return };
+    let f = Fleet::new();
+    release(&f.jail, &random(64 << 10, 11));
+    for h in ["h1", "h2"] {
+        Tree::new(f.root(h))
+            .file("usr/pkg/bin/tool", b"old\n")
+            .file("var/db/pkg/big-1.0/+CONTENTS", b"old\n");
+    }
+    let before: Vec<_> = ["h1", "h2"].iter().map(|h| live(&f, h)).collect();
+    // Host "slow" is 127.0.0.1 whose remote command sleeps before it starts serving.
+    let wrap = f.tmp.path().join("ssh-slow");
+    std::fs::write(
+        &wrap,
+        format!(
+            "#!/bin/bash\nargs=(); slow=0\nfor a in \"$@\"; do\n  if [ \"$a\" = slow ]; then slow=1; args+=(127.0.0.1); else args+=(\"$a\"); fi\ndone\n\
+             if [ $slow = 1 ]; then n=$((${{#args[@]}} - 1)); args[$n]=\"sleep 30; exec ${{args[$n]}}\"; fi\nexec {} \"${{args[@]}}\"\n",
+            sshd.ssh()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrap, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let slow = format!("slow:{}", f.root("h2").display());
+    let push = |extra: &[&str]| {
+        let t0 = Instant::now();
+        let o = run_within(
+            Command::new(BIN)
+                .env_remove("JAILSYNC_STATE_DIR")
+                .arg("--state-dir")
+                .arg(f.tmp.path().join("state-local"))
+                .arg("push")
+                .arg(&f.jail.root)
+                .arg(f.host("h1"))
+                .arg(&slow)
+                .args(["--ssh", wrap.to_str().unwrap(), "--remote-bin", BIN])
+                .arg("--remote-state-dir")
+                .arg(f.tmp.path().join("state-remote"))
+                .args(["--json", "--timeout", "2"])
+                .args(extra),
+        );
+        // Given up after the timeout, not after the host's 30 s.
+        assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+        o
+    };
+    let o = push(&[]);
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("jailsync: {slow}: ")) && err.contains("no progress for 2 s"),
+        "{err}"
+    );
+    let s = summary(&o);
+    assert_eq!(
+        (s["failed"].as_u64(), s["not_switched"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}\n{err}"
+    );
+    assert!(live(&f, "h1") == before[0], "h1 switched without h2");
+    assert!(live(&f, "h2") == before[1], "h2 changed");
+
+    // One failure allowed: h1 switches; h2 is left as it was.
+    let o = push(&["--max-failed", "1"]);
+    expect_code(&o, 1);
+    let s = summary(&o);
+    assert_eq!(s["switched"], 1, "{s}");
+    same_as_jail_tree(&f, "h1", "usr/pkg");
+    assert!(live(&f, "h2") == before[1], "h2 changed");
+}
+
+#[test]
+fn push_rollback_marks_the_hosts_record_so_rollback_root_goes_one_further_back() {
+    let Some(sshd) = Sshd::start() else { return };
+    let f = Fleet::new();
+    let root = f.root("h1");
+    Tree::new(&root).file("usr/pkg/bin/tool", b"v0\n");
+    let tool = || std::fs::read(root.join("usr/pkg/bin/tool")).unwrap();
+    for n in [1, 2] {
+        f.jail.file("usr/pkg/bin/tool", format!("v{n}\n"));
+        expect_code(&f.push(&sshd, &[f.host("h1")], &[]), 0);
+        assert_eq!(tool(), format!("v{n}\n").as_bytes());
+    }
+    let history = || {
+        let o = on_host(
+            &f,
+            &[
+                "--json".as_ref(),
+                "history".as_ref(),
+                "--root".as_ref(),
+                root.as_os_str(),
+            ],
+        );
+        expect_code(&o, 0);
+        json_lines(&o)
+            .iter()
+            .map(|u| u["status"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(history(), ["done", "done"]);
+
+    // A dry run says what it would do and does nothing.
+    let o = f.push(&sshd, &[f.host("h1")], &["--rollback", "--dry-run"]);
+    expect_code(&o, 0);
+    assert!(stderr(&o).contains("would roll back"), "{}", stderr(&o));
+    assert_eq!(tool(), b"v2\n");
+    assert_eq!(history(), ["done", "done"]);
+
+    expect_code(&f.push(&sshd, &[f.host("h1")], &["--rollback"]), 0);
+    assert_eq!(tool(), b"v1\n");
+    // Newest first: the second push is rolled back, as `rollback --root` would have marked it.
+    assert_eq!(history(), ["rolled back", "done"]);
+    // So the host's own `rollback --root` undoes the first push, not the second again.
+    let o = on_host(
+        &f,
+        &["rollback".as_ref(), "--root".as_ref(), root.as_os_str()],
+    );
+    expect_code(&o, 0);
+    assert_eq!(tool(), b"v0\n");
+    assert_eq!(history(), ["rolled back", "rolled back"]);
 }

@@ -914,6 +914,39 @@ pub fn geteuid_is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// Waits at most `timeout` until `fd` (a pipe or socket) can be read, or written when
+/// `write`, without blocking; false when it still cannot. A hung-up or failed stream counts as
+/// ready: the read or write that follows reports it.
+pub fn wait_ready(
+    fd: BorrowedFd<'_>,
+    write: bool,
+    timeout: std::time::Duration,
+) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: if write { libc::POLLOUT } else { libc::POLLIN },
+            revents: 0,
+        };
+        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd, for a descriptor the caller keeps open.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        match r {
+            0 => return Ok(false),
+            n if n > 0 => return Ok(true),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
 /// Hands memory freed by a finished phase (the walk's per-directory lists, hash buffers) back
 /// to the system. glibc keeps freed blocks in each thread's arena, where nothing later in the
 /// run reuses most of them; on a 200k-file tree that was about 2% of the peak.

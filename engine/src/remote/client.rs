@@ -190,6 +190,22 @@ pub struct Staged {
     pub stage_time: Duration,
 }
 
+/// What a host would do (a dry run): its plans' counts over every tree, and what it lacks.
+#[derive(Debug, Clone, Default)]
+pub struct Planned {
+    pub created: u64,
+    pub updated: u64,
+    pub type_changed: u64,
+    pub metadata: u64,
+    pub deleted: u64,
+    /// Distinct contents the host has nowhere, and their bytes (raw): what a push sends.
+    pub blobs: u64,
+    pub blob_bytes: u64,
+    pub files_needed: u64,
+    /// Files the host would copy from content it already has.
+    pub found_on_host: u64,
+}
+
 /// What the remote said after its switch.
 #[derive(Debug, Clone, Default)]
 pub struct Done {
@@ -215,8 +231,14 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Starts `argv` (ssh ... HOST 'jailsync serve', or a local `jailsync serve`).
-    pub fn spawn(argv: &[OsString], status: Arc<Status>) -> io::Result<Conn> {
+    /// Starts `argv` (ssh ... HOST 'jailsync serve', or a local `jailsync serve`). With a
+    /// `timeout`, a wait for the connection longer than it fails (see [`wire::Counted`]); pass
+    /// a keepalive below it in OPEN so that a host working silently is not taken for stalled.
+    pub fn spawn(
+        argv: &[OsString],
+        status: Arc<Status>,
+        timeout: Option<Duration>,
+    ) -> io::Result<Conn> {
         let (prog, args) = argv
             .split_first()
             .ok_or_else(|| io::Error::other("empty command"))?;
@@ -256,6 +278,7 @@ impl Conn {
                 Counted {
                     inner: out,
                     n: wire.clone(),
+                    timeout,
                 },
             ),
             w: BufWriter::with_capacity(
@@ -263,6 +286,7 @@ impl Conn {
                 Counted {
                     inner: inp,
                     n: wire,
+                    timeout,
                 },
             ),
             stderr,
@@ -280,15 +304,21 @@ impl Conn {
         self.w.flush().map_err(|e| self.lost(e))
     }
 
+    /// The next frame but ALIVE (the host working, which only the timeout cares about).
     fn recv(&mut self) -> Result<u8> {
-        match wire::read_frame(&mut self.r, &mut self.buf) {
-            Ok(Some(t::ERROR)) => Err(RemoteError::Remote(wire::printable(&self.buf))),
-            Ok(Some(k)) => Ok(k),
-            Ok(None) => Err(self.closed("the connection closed")),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                Err(RemoteError::Protocol(e.to_string()))
-            }
-            Err(e) => Err(self.closed(&e.to_string())),
+        loop {
+            return match wire::read_frame(&mut self.r, &mut self.buf) {
+                Ok(Some(t::ALIVE)) => continue,
+                Ok(Some(t::ERROR)) => Err(RemoteError::Remote(wire::printable(&self.buf))),
+                Ok(Some(k)) => Ok(k),
+                Ok(None) => Err(self.closed("the connection closed")),
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    Err(RemoteError::Protocol(e.to_string()))
+                }
+                // A stalled host says nothing more: no waiting for its last words.
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(RemoteError::Io(e)),
+                Err(e) => Err(self.closed(&e.to_string())),
+            };
         }
     }
 
@@ -306,7 +336,10 @@ impl Conn {
 
     /// A write failed: the remote may have said why before going away.
     fn lost(&mut self, e: io::Error) -> RemoteError {
-        for _ in 0..4 {
+        if e.kind() == io::ErrorKind::TimedOut {
+            return RemoteError::Io(e);
+        }
+        for _ in 0..64 {
             match wire::read_frame(&mut self.r, &mut self.buf) {
                 Ok(Some(t::ERROR)) => return RemoteError::Remote(wire::printable(&self.buf)),
                 Ok(Some(_)) => continue,
@@ -366,14 +399,7 @@ impl Conn {
     /// Sends the manifests, learns what the host lacks, sends it, and waits until the host has
     /// staged every tree (or failed).
     pub fn push(&mut self, src: &Source) -> Result<Staged> {
-        for (k, tr) in src.trees.iter().enumerate() {
-            for c in &tr.chunks {
-                self.send(t::MANIFEST, c)?;
-            }
-            self.send(t::MANIFEST_END, &Enc::default().u32(k as u32).0)?;
-        }
-        self.flush()?;
-        self.status.phase.store(phase::SCANNING, Ordering::Relaxed);
+        self.send_manifests(src)?;
         // What the host lacks: only hashes of this jail, each once.
         let mut want: Vec<Hash> = Vec::new();
         let mut seen: HashSet<Hash> = HashSet::new();
@@ -443,6 +469,40 @@ impl Conn {
             files_needed,
             stage_time: Duration::from_millis(ms),
         })
+    }
+
+    fn send_manifests(&mut self, src: &Source) -> Result<()> {
+        for (k, tr) in src.trees.iter().enumerate() {
+            for c in &tr.chunks {
+                self.send(t::MANIFEST, c)?;
+            }
+            self.send(t::MANIFEST_END, &Enc::default().u32(k as u32).0)?;
+        }
+        self.flush()?;
+        self.status.phase.store(phase::SCANNING, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A dry run (OPEN with [`super::serve::flag::DRY_RUN`]): sends the manifests and returns
+    /// what the host would do. Nothing else is sent.
+    pub fn plan(&mut self, src: &Source) -> Result<Planned> {
+        self.send_manifests(src)?;
+        self.expect(t::PLANNED)?;
+        let mut d = Dec::new(&self.buf, "PLANNED");
+        let p = Planned {
+            created: d.u64()?,
+            updated: d.u64()?,
+            type_changed: d.u64()?,
+            metadata: d.u64()?,
+            deleted: d.u64()?,
+            blobs: d.u64()?,
+            blob_bytes: d.u64()?,
+            files_needed: d.u64()?,
+            found_on_host: d.u64()?,
+        };
+        d.end()?;
+        self.status.phase.store(phase::DONE, Ordering::Relaxed);
+        Ok(p)
     }
 
     fn send_blob(&mut self, src: &Source, h: &Hash, raw: &mut [u8]) -> Result<()> {

@@ -17,8 +17,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::wire::{self, t, Dec, Enc};
 use super::{RemoteError, Result};
@@ -28,13 +28,14 @@ use crate::fsx::{self, split_parent};
 use crate::hash::to_hex;
 use crate::manifest;
 use crate::paths::{self, Follow};
-use crate::plan::{Op, NONE};
+use crate::plan::{Counts, Op, NONE};
 use crate::progress::Silent;
 use crate::protect::{Base, Decisions, Rules, Verdict};
 use crate::sync::{self, Pools, SyncOpts, Tree};
 
-/// Rolls back the given trees (state dir last): exit code and output.
-pub type RollbackFn = Box<dyn Fn(&[PathBuf], bool, &Path) -> (u8, String)>;
+/// Rolls back the last upgrade or push of a root as `rollback --root` does (root, force, dry
+/// run, state dir): exit code and output.
+pub type RollbackFn = Box<dyn Fn(&Path, bool, bool, &Path) -> (u8, String)>;
 
 /// What the command line gives a session.
 pub struct ServeEnv {
@@ -42,7 +43,7 @@ pub struct ServeEnv {
     pub default_state_dir: PathBuf,
     /// Set by the caller's signal handler (SIGHUP when ssh goes away): stop at a safe point.
     pub stop: Option<Arc<AtomicUsize>>,
-    /// Rolls back the given trees (`jailsync rollback`, run by the CLI): exit code and output.
+    /// `jailsync rollback --root` of the root (run by the CLI): exit code and output.
     pub rollback: RollbackFn,
     /// Records the push as a root-level upgrade (root, source, (rel, dst) of each tree): its id.
     pub record_begin: Option<RecordBeginFn>,
@@ -66,9 +67,14 @@ pub struct Open {
     pub threads: u32,
     /// `--protect` globs and `protect` lines of the jail's jailsync.conf (see `protect`).
     pub protect: Vec<Vec<u8>>,
-    /// Exclude patterns for every tree: the homes of databases nested in a tree (their
-    /// rollback generations stay on the host).
+    /// Exclude patterns for the trees holding another: the homes of databases nested in a
+    /// tree (their rollback generations stay on the host).
     pub excludes: Vec<Vec<u8>>,
+    /// `--exclude` patterns, for every tree of every phase (as `upgrade --exclude`).
+    pub exclude_all: Vec<Vec<u8>>,
+    /// Send ALIVE after this long working without a frame either way (0: never): the local
+    /// side's `--timeout` then measures a stalled connection, not a long scan.
+    pub keepalive_ms: u32,
 }
 
 pub mod flag {
@@ -80,6 +86,8 @@ pub mod flag {
     pub const PROTECT_ETC: u32 = 16;
     /// Apply configuration protection (set whenever a rule is given).
     pub const PROTECT: u32 = 32;
+    /// Plan and report (PLANNED); receive, stage and write nothing.
+    pub const DRY_RUN: u32 = 64;
 }
 
 fn enc_list(mut e: Enc, l: &[Vec<u8>]) -> Enc {
@@ -124,7 +132,8 @@ impl Open {
             .u32(self.keep)
             .u32(self.threads);
         let e = enc_list(e, &self.protect);
-        enc_list(e, &self.excludes).0
+        let e = enc_list(e, &self.excludes);
+        enc_list(e, &self.exclude_all).u32(self.keepalive_ms).0
     }
 
     fn decode(p: &[u8]) -> Result<Open> {
@@ -149,6 +158,8 @@ impl Open {
             threads: d.u32()?,
             protect: dec_list(&mut d, "protect")?,
             excludes: dec_list(&mut d, "exclude")?,
+            exclude_all: dec_list(&mut d, "exclude")?,
+            keepalive_ms: d.u32()?,
         };
         d.end()?;
         let abs = |b: &[u8]| b.first() == Some(&b'/') && !b.contains(&0);
@@ -175,11 +186,15 @@ impl Open {
 }
 
 /// One session over `r`/`w`. Errors are also sent to the peer (best effort) before returning.
-pub fn serve(r: &mut dyn BufRead, w: &mut dyn Write, env: &ServeEnv) -> Result<()> {
+pub fn serve(r: &mut dyn BufRead, w: Box<dyn Write + Send>, env: &ServeEnv) -> Result<()> {
     let mut s = Session {
         r,
-        w,
+        out: Arc::new(Out {
+            w: Mutex::new(w),
+            quiet_since: Mutex::new(None),
+        }),
         buf: Vec::new(),
+        alive: None,
     };
     let res = s.run(env);
     if let Err(e) = &res {
@@ -187,25 +202,44 @@ pub fn serve(r: &mut dyn BufRead, w: &mut dyn Write, env: &ServeEnv) -> Result<(
             let _ = s.send(t::ERROR, e.to_string().as_bytes());
         }
     }
+    // Nothing more after the last frame: the keepalive stops.
+    *s.out.quiet_since.lock().expect("poisoned") = None;
+    s.alive = None;
     res
+}
+
+/// The stream to the local side, shared with the keepalive thread.
+struct Out {
+    w: Mutex<Box<dyn Write + Send>>,
+    /// Since when this side has worked without a frame either way; `None` while it waits
+    /// for the local side's next frame (the local side owes it), and once the session ends.
+    quiet_since: Mutex<Option<Instant>>,
 }
 
 struct Session<'a> {
     r: &'a mut dyn BufRead,
-    w: &'a mut dyn Write,
+    out: Arc<Out>,
     buf: Vec<u8>,
+    /// Dropped: the keepalive thread ends.
+    alive: Option<mpsc::Sender<()>>,
 }
 
 impl Session<'_> {
     fn send(&mut self, kind: u8, p: &[u8]) -> Result<()> {
-        wire::write_frame(&mut self.w, kind, p)?;
-        self.w.flush()?;
+        let mut w = self.out.w.lock().expect("poisoned");
+        wire::write_frame(&mut *w, kind, p)?;
+        w.flush()?;
+        drop(w);
+        *self.out.quiet_since.lock().expect("poisoned") = Some(Instant::now());
         Ok(())
     }
 
     /// The next frame; the peer's ERROR and a closed stream become errors.
     fn recv(&mut self) -> Result<u8> {
-        match wire::read_frame(&mut self.r, &mut self.buf)? {
+        *self.out.quiet_since.lock().expect("poisoned") = None;
+        let r = wire::read_frame(&mut self.r, &mut self.buf);
+        *self.out.quiet_since.lock().expect("poisoned") = Some(Instant::now());
+        match r? {
             None => Err(RemoteError::Aborted(
                 "the connection closed (nothing was switched)".into(),
             )),
@@ -215,6 +249,38 @@ impl Session<'_> {
             ))),
             Some(k) => Ok(k),
         }
+    }
+
+    /// From now on, an ALIVE frame whenever this side has worked `every` without a frame
+    /// either way (scanning, hashing, copying, staging, switching, rolling back). A thread
+    /// of its own: those are engine calls that cannot stop to say so.
+    fn keepalive(&mut self, every: Duration) {
+        let (tx, rx) = mpsc::channel::<()>();
+        let out = self.out.clone();
+        std::thread::spawn(move || loop {
+            match rx.recv_timeout(every / 4) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            let due = out
+                .quiet_since
+                .lock()
+                .expect("poisoned")
+                .is_some_and(|q| q.elapsed() >= every);
+            if due {
+                let mut w = out.w.lock().expect("poisoned");
+                if wire::write_frame(&mut *w, t::ALIVE, &[])
+                    .and_then(|()| w.flush())
+                    .is_err()
+                {
+                    return;
+                }
+                if let Some(q) = out.quiet_since.lock().expect("poisoned").as_mut() {
+                    *q = Instant::now();
+                }
+            }
+        });
+        self.alive = Some(tx);
     }
 
     fn expect(&mut self, kind: u8) -> Result<()> {
@@ -235,6 +301,9 @@ impl Session<'_> {
         super::check_hello(&self.buf, "local")?;
         self.expect(t::OPEN)?;
         let open = Open::decode(&self.buf)?;
+        if open.keepalive_ms > 0 {
+            self.keepalive(Duration::from_millis(open.keepalive_ms.max(10).into()));
+        }
         let state_dir = if open.state_dir.is_empty() {
             env.default_state_dir.clone()
         } else {
@@ -245,7 +314,12 @@ impl Session<'_> {
         match self.recv()? {
             t::ROLLBACK => {
                 Dec::new(&self.buf, "ROLLBACK").end()?;
-                let (code, out) = (env.rollback)(&dsts, open.flags & flag::FORCE != 0, &state_dir);
+                let (code, out) = (env.rollback)(
+                    &root_of(&dsts[0], &open.trees[0]),
+                    open.flags & flag::FORCE != 0,
+                    open.flags & flag::DRY_RUN != 0,
+                    &state_dir,
+                );
                 let p = Enc::default().u8(code).bytes(out.as_bytes()).0;
                 self.send(t::ROLLED, &p)
             }
@@ -331,9 +405,10 @@ impl Session<'_> {
         } else {
             None
         };
-        // As `upgrade`: the trees' extra excludes, and a kept file's jail version
-        // (`*.jailsync-new`) never synced nor deleted.
+        // As `upgrade`: the trees' extra excludes, `--exclude`, and a kept file's jail
+        // version (`*.jailsync-new`) never synced nor deleted.
         let mut patterns = text(&open.excludes);
+        patterns.extend(text(&open.exclude_all));
         if rules.is_some() {
             patterns.push(crate::protect::NEW_EXCLUDE.to_string());
         }
@@ -349,20 +424,16 @@ impl Session<'_> {
             threads: open.threads as usize,
             stop: env.stop.clone(),
             move_source: true,
+            dry_run: open.flags & flag::DRY_RUN != 0,
             ..SyncOpts::default()
         };
         let pools = Pools::new(opts.threads);
         // The root-level record `history --root` and `rollback --root` read, as `upgrade`
-        // writes it: before anything is staged.
-        let root_c = {
-            let mut r = dsts[0].clone();
-            for _ in Path::new(std::ffi::OsStr::from_bytes(&open.trees[0])).components() {
-                r.pop();
-            }
-            r
-        };
+        // writes it: before anything is staged (a dry run records nothing).
+        let root_c = root_of(&dsts[0], &open.trees[0]);
         let source = String::from_utf8_lossy(&open.source).into_owned();
         let record = match &env.record_begin {
+            Some(_) if opts.dry_run => None,
             Some(begin) => {
                 let pairs: Vec<(PathBuf, PathBuf)> = open
                     .trees
@@ -374,12 +445,13 @@ impl Session<'_> {
             }
             None => None,
         };
-        // The later trees (nested databases) exclude nothing but the kept files' versions.
+        // The later trees (nested databases) exclude only `--exclude` and the kept files'
+        // versions.
         let mut opts2 = opts.clone();
-        let later_patterns: Vec<String> = rules
-            .iter()
-            .map(|_| crate::protect::NEW_EXCLUDE.to_string())
-            .collect();
+        let mut later_patterns = text(&open.exclude_all);
+        if rules.is_some() {
+            later_patterns.push(crate::protect::NEW_EXCLUDE.to_string());
+        }
         opts2.excludes = crate::scan::Excludes::new(&later_patterns)
             .map_err(|e| RemoteError::Refused(format!("bad exclude pattern: {e}")))?;
         opts2.exclude_patterns = later_patterns;
@@ -431,7 +503,17 @@ impl Session<'_> {
             want: Vec::new(),
             label: label.clone(),
         };
-        for (k, (m, dst)) in manifests.into_iter().zip(dsts).enumerate() {
+        for (k, (mut m, dst)) in manifests.into_iter().zip(dsts).enumerate() {
+            // An excluded path is neither created, changed nor deleted: the live scan does
+            // not see it, so its tree is planned without it (and what is below it).
+            drop_excluded(
+                &mut m,
+                if inner[k] {
+                    &opts2.excludes
+                } else {
+                    &opts.excludes
+                },
+            );
             if inner[k] {
                 later.trees.push((open.trees[k].clone(), m, dst.clone()));
             } else {
@@ -441,25 +523,25 @@ impl Session<'_> {
         // What the later trees will copy, planned now against their live trees (then let go:
         // a nested tree's lock conflicts with the outer one's): it is received with the rest,
         // before the fleet's word.
-        for (_, m, dst) in &later.trees {
+        let mut later_counts = Counts::default();
+        for (rel, m, dst) in &later.trees {
             let copy = manifest::Manifest {
                 stamp: m.stamp,
                 entries: m.entries.clone(),
             };
-            let t = sync::prepare_given(UNSET.as_ref(), copy, dst, state, opts2, pools, &Silent)?;
+            let mut t =
+                sync::prepare_given(UNSET.as_ref(), copy, dst, state, opts2, pools, &Silent)?;
+            if opts.dry_run {
+                t.src_path = t.dst_path.clone();
+                let rel = std::slice::from_ref(rel);
+                decide_trees(std::slice::from_mut(&mut t), rel, state, rules)?;
+                add_counts(&mut later_counts, &t);
+            }
             for (_, si) in needs(std::slice::from_ref(&t)) {
                 let e = t.src.at(si);
                 if e.size > 0 {
                     later.want.push((*e.hash.expect("hashed"), e.size));
                 }
-            }
-        }
-        // What the first trees exclude goes with everything below it (a scan never enters an
-        // excluded directory; a manifest lists its content all the same).
-        if !opts.excludes.is_empty() {
-            for (_, m, _) in first.iter_mut() {
-                m.entries
-                    .retain(|e| !excluded_below(&opts.excludes, e.path));
             }
         }
         let rels_first: Vec<Vec<u8>> = first.iter().map(|(r, _, _)| r.clone()).collect();
@@ -468,6 +550,17 @@ impl Session<'_> {
             let mut t = sync::prepare_given(UNSET.as_ref(), m, &dst, state, opts, pools, &Silent)?;
             t.source_label = Some(label.clone().into());
             trees.push(t);
+        }
+        if opts.dry_run {
+            return self.report_plan(
+                &mut trees,
+                &rels_first,
+                state,
+                pools,
+                rules,
+                &later.want,
+                later_counts,
+            );
         }
         let res = Work::make(&mut trees).and_then(|work| {
             let decisions = decide_trees(&mut trees, &rels_first, state, rules)?;
@@ -488,6 +581,44 @@ impl Session<'_> {
         res
     }
 
+    /// A dry run's answer (PLANNED): what the plans change and what this host lacks, nothing
+    /// received, staged or written.
+    #[allow(clippy::too_many_arguments)]
+    fn report_plan(
+        &mut self,
+        trees: &mut [Tree],
+        rels: &[Vec<u8>],
+        state: &crate::journal::StateDir,
+        pools: &Pools,
+        rules: Option<&Rules>,
+        later_want: &[(Hash, u64)],
+        mut counts: Counts,
+    ) -> Result<()> {
+        // There is no shadow: protection takes every hash from the manifest, never reading
+        // a source file.
+        for t in trees.iter_mut() {
+            t.src_path = t.dst_path.clone();
+        }
+        let decisions = decide_trees(trees, rels, state, rules)?;
+        let needs = need_list(trees, rules.map(|_| &decisions[..]));
+        let l = lacks(trees, &needs, later_want, pools)?;
+        for t in trees.iter() {
+            add_counts(&mut counts, t);
+        }
+        let p = Enc::default()
+            .u64(counts.created)
+            .u64(counts.updated)
+            .u64(counts.type_changed)
+            .u64(counts.metadata)
+            .u64(counts.deleted)
+            .u64(l.want.len() as u64)
+            .u64(l.want.values().sum())
+            .u64(needs.len() as u64)
+            .u64(l.found)
+            .0;
+        self.send(t::PLANNED, &p)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn push_prepared(
         &mut self,
@@ -504,52 +635,12 @@ impl Session<'_> {
         // of each kept configuration file that changed in the jail (written as
         // `NAME.jailsync-new` after the switch, from the shadow).
         let needs = need_list(trees, protect.map(|p| p.1));
-        // Live files that may hold content the plan copies: those of a size it needs.
-        let sizes: HashSet<u64> = needs.iter().map(|n| n.2.size).collect();
-        for t in trees.iter_mut() {
-            let idx: Vec<usize> = (0..t.dst.len())
-                .filter(|&j| {
-                    let e = t.dst.at(j);
-                    e.kind == Kind::File
-                        && e.hash.is_none()
-                        && e.size > 0
-                        && sizes.contains(&e.size)
-                })
-                .collect();
-            sync::hash_live(t, &idx, pools)?;
-        }
-        let mut live: HashMap<Hash, (usize, usize)> = HashMap::new();
-        for (k, t) in trees.iter().enumerate() {
-            for (j, e) in t.dst.iter().enumerate() {
-                if let (Kind::File, Some(h)) = (e.kind, e.hash) {
-                    live.entry(*h).or_insert((k, j));
-                }
-            }
-        }
-        // What this host lacks: distinct hashes of needed non-empty content found nowhere here.
-        let mut want: HashMap<Hash, u64> = HashMap::new();
-        let mut uses: HashMap<Hash, usize> = HashMap::new();
-        let mut found = 0u64;
-        for (_, _, e, h) in &needs {
-            let h = *h;
-            if e.size == 0 {
-                continue;
-            }
-            if live.contains_key(&h) {
-                found += 1;
-            } else {
-                want.insert(h, e.size);
-                *uses.entry(h).or_default() += 1;
-            }
-        }
-        // The later trees' content not on this host: received now, kept in the blobs dir
-        // for them (one more use, so no shadow of this phase takes it away).
-        for (h, size) in &later.want {
-            if !live.contains_key(h) {
-                want.insert(*h, *size);
-                *uses.entry(*h).or_default() += 1;
-            }
-        }
+        let Lacks {
+            live,
+            want,
+            uses,
+            found,
+        } = lacks(trees, &needs, &later.want, pools)?;
         let list: Vec<Hash> = want.keys().copied().collect();
         for c in list.chunks(wire::CHUNK / 32) {
             self.send(t::WANT, &c.concat())?;
@@ -828,6 +919,107 @@ fn write_runs(f: &fs::File, data: &[u8], at: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// What this host holds and lacks of the content the shadows need.
+struct Lacks {
+    /// Where each content hash is live here: (tree, live index).
+    live: HashMap<Hash, (usize, usize)>,
+    /// Content found nowhere here, with its size: what to ask for.
+    want: HashMap<Hash, u64>,
+    /// How many shadow files take each wanted blob.
+    uses: HashMap<Hash, usize>,
+    /// Files copied from content found here.
+    found: u64,
+}
+
+/// Looks for the content of every need (and of the later trees' `later`) in the live trees.
+fn lacks(
+    trees: &mut [Tree],
+    needs: &[Need],
+    later: &[(Hash, u64)],
+    pools: &Pools,
+) -> Result<Lacks> {
+    // Live files that may hold content the plan copies: those of a size it needs.
+    let sizes: HashSet<u64> = needs.iter().map(|n| n.2.size).collect();
+    for t in trees.iter_mut() {
+        let idx: Vec<usize> = (0..t.dst.len())
+            .filter(|&j| {
+                let e = t.dst.at(j);
+                e.kind == Kind::File && e.hash.is_none() && e.size > 0 && sizes.contains(&e.size)
+            })
+            .collect();
+        sync::hash_live(t, &idx, pools)?;
+    }
+    let mut live: HashMap<Hash, (usize, usize)> = HashMap::new();
+    for (k, t) in trees.iter().enumerate() {
+        for (j, e) in t.dst.iter().enumerate() {
+            if let (Kind::File, Some(h)) = (e.kind, e.hash) {
+                live.entry(*h).or_insert((k, j));
+            }
+        }
+    }
+    // What this host lacks: distinct hashes of needed non-empty content found nowhere here.
+    let mut want: HashMap<Hash, u64> = HashMap::new();
+    let mut uses: HashMap<Hash, usize> = HashMap::new();
+    let mut found = 0u64;
+    for (_, _, e, h) in needs {
+        let h = *h;
+        if e.size == 0 {
+            continue;
+        }
+        if live.contains_key(&h) {
+            found += 1;
+        } else {
+            want.insert(h, e.size);
+            *uses.entry(h).or_default() += 1;
+        }
+    }
+    // The later trees' content not on this host: received now, kept in the blobs dir
+    // for them (one more use, so no shadow of this phase takes it away).
+    for (h, size) in later {
+        if !live.contains_key(h) {
+            want.insert(*h, *size);
+            *uses.entry(*h).or_default() += 1;
+        }
+    }
+    Ok(Lacks {
+        live,
+        want,
+        uses,
+        found,
+    })
+}
+
+fn add_counts(c: &mut Counts, t: &Tree) {
+    let n = Counts::of(&t.plan);
+    c.created += n.created;
+    c.updated += n.updated;
+    c.type_changed += n.type_changed;
+    c.metadata += n.metadata;
+    c.deleted += n.deleted;
+}
+
+/// Leaves out of a manifest what `ex` excludes, with everything below it (a scan never
+/// enters an excluded directory). The root stays.
+fn drop_excluded(m: &mut manifest::Manifest, ex: &crate::scan::Excludes) {
+    if ex.is_empty() {
+        return;
+    }
+    m.entries.retain(|e| {
+        e.path.is_empty()
+            || !(ex.matches(e.path, split_parent(e.path).1, e.kind == Kind::Dir)
+                || excluded_below(ex, e.path))
+    });
+}
+
+/// The root a tree's destination belongs to: `dst` without the tree's `rel` components.
+fn root_of(dst: &Path, rel: &[u8]) -> PathBuf {
+    let mut r = dst.to_path_buf();
+    for _ in Path::new(std::ffi::OsStr::from_bytes(rel)).components() {
+        r.pop();
+    }
+    r
+}
+
 /// Is `path` below an excluded directory?
 fn excluded_below(ex: &crate::scan::Excludes, path: &[u8]) -> bool {
     path.iter().enumerate().any(|(i, &c)| {
@@ -862,6 +1054,11 @@ fn decide_trees(
     let mut out = Vec::new();
     if let Some(rules) = rules {
         for (t, rel) in trees.iter_mut().zip(rels) {
+            // Only a dry run meets a tree not made yet: nothing lives there to keep.
+            if !t.dst_path.exists() {
+                out.push(Decisions::default());
+                continue;
+            }
             let base = Base::load(state, &t.dst_path)?;
             t.guard = crate::protect::guard_paths(rules, rel, &t.dst);
             out.push(crate::protect::decide(
@@ -1022,30 +1219,7 @@ fn run_later(
     let res = Work::make(&mut trees).and_then(|work| {
         let decisions = decide_trees(&mut trees, &rels, state, rules)?;
         let needs = need_list(&trees, rules.map(|_| &decisions[..]));
-        let sizes: HashSet<u64> = needs.iter().map(|n| n.2.size).collect();
-        for t in trees.iter_mut() {
-            let idx: Vec<usize> = (0..t.dst.len())
-                .filter(|&j| {
-                    let e = t.dst.at(j);
-                    e.kind == Kind::File && e.hash.is_none() && e.size > 0 && sizes.contains(&e.size)
-                })
-                .collect();
-            sync::hash_live(t, &idx, pools)?;
-        }
-        let mut live: HashMap<Hash, (usize, usize)> = HashMap::new();
-        for (k, t) in trees.iter().enumerate() {
-            for (j, e) in t.dst.iter().enumerate() {
-                if let (Kind::File, Some(h)) = (e.kind, e.hash) {
-                    live.entry(*h).or_insert((k, j));
-                }
-            }
-        }
-        let mut uses: HashMap<Hash, usize> = HashMap::new();
-        for (_, _, e, h) in &needs {
-            if e.size > 0 && !live.contains_key(h) {
-                *uses.entry(*h).or_default() += 1;
-            }
-        }
+        let Lacks { live, uses, .. } = lacks(&mut trees, &needs, &[], pools)?;
         Session::fill_shadows(&trees, blobs, &live, &uses, &needs)?;
         let changes: u64 = trees.iter().map(|t| t.plan.actions.len() as u64).sum();
         let report = sync::switch_all(&mut trees, state, l.opts, pools, &Silent)?;
@@ -1242,5 +1416,65 @@ mod tests {
         let g = fs::File::create(d.path().join("g")).unwrap();
         write_runs(&g, &[0u8; 3 * 4096], 0).unwrap();
         assert_eq!(g.metadata().unwrap().len(), 0);
+    }
+
+    /// A host at work without a frame (here a rollback taking 300 ms) sends ALIVE meanwhile
+    /// when OPEN asks for a keepalive, and never otherwise.
+    #[test]
+    fn a_host_at_work_says_so_only_when_asked() {
+        for keepalive_ms in [50u32, 0] {
+            let root = tempfile::tempdir().unwrap();
+            fs::create_dir_all(root.path().join("usr/pkg")).unwrap();
+            let (to_serve, mut local_w) = io::pipe().unwrap();
+            let (mut local_r, from_serve) = io::pipe().unwrap();
+            let open = Open {
+                source: b"test:/jail".to_vec(),
+                root: root.path().as_os_str().as_bytes().to_vec(),
+                trees: vec![b"usr/pkg".to_vec()],
+                state_dir: Vec::new(),
+                flags: 0,
+                keep: 1,
+                threads: 1,
+                protect: Vec::new(),
+                excludes: Vec::new(),
+                exclude_all: Vec::new(),
+                keepalive_ms,
+            };
+            for (k, p) in [
+                (t::HELLO, super::super::hello()),
+                (t::OPEN, open.encode()),
+                (t::ROLLBACK, Vec::new()),
+            ] {
+                wire::write_frame(&mut local_w, k, &p).unwrap();
+            }
+            let reader = std::thread::spawn(move || {
+                let (mut kinds, mut buf) = (Vec::new(), Vec::new());
+                while let Some(k) = wire::read_frame(&mut local_r, &mut buf).unwrap() {
+                    kinds.push(k);
+                }
+                kinds
+            });
+            let env = ServeEnv {
+                default_state_dir: root.path().join("state"),
+                stop: None,
+                rollback: Box::new(|_, _, _, _| {
+                    std::thread::sleep(Duration::from_millis(300));
+                    (0, "rolled back".into())
+                }),
+                record_begin: None,
+                record_end: None,
+            };
+            let mut r = io::BufReader::new(to_serve);
+            serve(&mut r, Box::new(from_serve), &env).unwrap();
+            let kinds = reader.join().unwrap();
+            let alive = kinds.iter().filter(|&&k| k == t::ALIVE).count();
+            assert_eq!(kinds.first(), Some(&t::HELLO), "{kinds:?}");
+            assert_eq!(kinds.last(), Some(&t::ROLLED), "{kinds:?}");
+            if keepalive_ms > 0 {
+                assert!(alive >= 2, "{kinds:?}");
+            } else {
+                assert_eq!(alive, 0, "{kinds:?}");
+            }
+        }
     }
 }

@@ -6,11 +6,13 @@
 //! cannot make us allocate more.
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Bumped on any incompatible change; both sides must also run the same jailsync version.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 pub const MAGIC: &[u8; 8] = b"JAILSYNC";
 /// Raw bytes per compressed chunk (manifest text and blob data).
 pub const CHUNK: usize = 1 << 20;
@@ -25,6 +27,7 @@ pub const MAX_TREES: u32 = 64;
 pub mod t {
     pub const HELLO: u8 = 0x01;
     pub const ERROR: u8 = 0x02;
+    pub const ALIVE: u8 = 0x03;
     pub const OPEN: u8 = 0x10;
     pub const MANIFEST: u8 = 0x11;
     pub const MANIFEST_END: u8 = 0x12;
@@ -38,6 +41,7 @@ pub mod t {
     pub const SWITCH: u8 = 0x41;
     pub const ABORT: u8 = 0x42;
     pub const DONE: u8 = 0x43;
+    pub const PLANNED: u8 = 0x44;
     pub const ROLLBACK: u8 = 0x50;
     pub const ROLLED: u8 = 0x51;
 
@@ -45,6 +49,7 @@ pub mod t {
         match t {
             HELLO => "HELLO",
             ERROR => "ERROR",
+            ALIVE => "ALIVE",
             OPEN => "OPEN",
             MANIFEST => "MANIFEST",
             MANIFEST_END => "MANIFEST_END",
@@ -58,6 +63,7 @@ pub mod t {
             SWITCH => "SWITCH",
             ABORT => "ABORT",
             DONE => "DONE",
+            PLANNED => "PLANNED",
             ROLLBACK => "ROLLBACK",
             ROLLED => "ROLLED",
             _ => "unknown",
@@ -231,22 +237,44 @@ pub fn printable(b: &[u8]) -> String {
         .collect()
 }
 
-/// Counts the bytes that pass (both directions of a connection share one counter).
+/// Counts the bytes that pass (both directions of a connection share one counter), and,
+/// with a `timeout`, refuses to wait longer than it for the stream to move: the peer (or the
+/// network) stalls. Each side of one connection is used by one thread that either reads or
+/// writes, so waiting at most `timeout` per call is "no byte either way for `timeout`".
 pub struct Counted<T> {
     pub inner: T,
     pub n: Arc<AtomicU64>,
+    pub timeout: Option<Duration>,
 }
 
-impl<T: Read> Read for Counted<T> {
+impl<T: AsFd> Counted<T> {
+    fn wait(&self, write: bool) -> io::Result<()> {
+        let Some(t) = self.timeout else { return Ok(()) };
+        if crate::fsx::wait_ready(self.inner.as_fd(), write, t)? {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "no progress for {} s (nothing received or sent; --timeout): the host stalls or the network is down",
+                t.as_secs_f64()
+            ),
+        ))
+    }
+}
+
+impl<T: Read + AsFd> Read for Counted<T> {
     fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        self.wait(false)?;
         let n = self.inner.read(b)?;
         self.n.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
 
-impl<T: Write> Write for Counted<T> {
+impl<T: Write + AsFd> Write for Counted<T> {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.wait(true)?;
         let n = self.inner.write(b)?;
         self.n.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
