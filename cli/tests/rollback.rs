@@ -154,13 +154,31 @@ fn rollback_restores_the_old_tree_exactly() {
     assert!(leftovers.stdout.is_empty());
 }
 
+fn names(d: &Path) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<_> = fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "state")
+        .collect();
+    v.sort();
+    v
+}
+
 #[test]
 fn no_rollback_and_keep() {
     let t = tempfile::tempdir().unwrap();
     let state = t.path().join("state");
     let (live, jail) = fixture(t.path());
+    // A change switched with nothing kept leaves nothing of ours beside the tree (rsync's
+    // testsuite diffs DST's parent).
+    let parent_before = names(live.parent().unwrap());
     ok(&state, &["sync", "--no-rollback", s(&jail), s(&live)]);
     assert_eq!(ok(&state, &["history", s(&live)]), "");
+    assert_eq!(names(live.parent().unwrap()), parent_before);
+    write(&jail.join("counter"), b"x");
+    ok(&state, &["sync", "--no-rollback", s(&jail), s(&live)]);
+    assert_eq!(fs::read(live.join("counter")).unwrap(), b"x");
+    assert_eq!(names(live.parent().unwrap()), parent_before);
     for i in 0..4 {
         write(&jail.join("counter"), format!("{i}").as_bytes());
         ok(&state, &["sync", "--keep", "2", s(&jail), s(&live)]);

@@ -1716,6 +1716,14 @@ pub fn switch_all_gated(
             if let (Some(id), Some(h)) = (gens[k], t.home.as_ref()) {
                 let _ = fsx::remove_tree_at(h.fd.as_fd(), &Home::gen_name(id));
             }
+            // Nothing kept: an empty home goes too (DST's parent is left as it was found).
+            if let Some(h) = t.home.as_ref() {
+                if let (Some(parent), Some(name)) = (h.path.parent(), h.path.file_name()) {
+                    if let Ok(p) = fsx::open_root_nofollow(parent) {
+                        let _ = fsx::rmdir_at(p.as_fd(), name.as_encoded_bytes());
+                    }
+                }
+            }
         }
     }
     report.cleanup_time = t_cleanup.elapsed();
