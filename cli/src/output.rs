@@ -66,7 +66,20 @@ pub fn print_changes(
     json: bool,
 ) -> io::Result<()> {
     for a in &plan.actions {
-        let code = itemize(a, src);
+        let mut code = itemize(a, src);
+        // A hard link to a member of its group made earlier in the run: rsync's `h` and
+        // `=> LEADER`.
+        let leader = (a.link_to != jailsync_engine::plan::NONE && a.op != Op::Delete).then(|| {
+            let p = src.path(a.link_to as usize);
+            if prefix.is_empty() {
+                p.to_vec()
+            } else {
+                jailsync_engine::entry::join(prefix, p)
+            }
+        });
+        if leader.is_some() {
+            code.replace_range(0..1, "h");
+        }
         if json {
             let (e, full) = subject(a, src, dst, prefix);
             let v = json!({
@@ -78,7 +91,15 @@ pub fn print_changes(
             });
             writeln!(out, "{v}")?;
         } else {
-            writeln!(out, "{code} {}", item_name(a, src, dst, prefix))?;
+            match &leader {
+                Some(l) => writeln!(
+                    out,
+                    "{code} {} => {}",
+                    item_name(a, src, dst, prefix),
+                    display_path(l)
+                )?,
+                None => writeln!(out, "{code} {}", item_name(a, src, dst, prefix))?,
+            }
         }
     }
     Ok(())
