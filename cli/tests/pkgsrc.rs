@@ -902,7 +902,7 @@ fn an_edit_made_while_staging_is_never_switched_away() {
             _ => fs::write(h.root.join("usr/pkg/share/cache/fresh.db"), "fresh\n").unwrap(),
         }
         let o = child.wait_with_output().unwrap();
-        assert_ne!(o.status.code(), Some(0), "{case}: {}", stderr(&o));
+        assert_eq!(o.status.code(), Some(2), "{case}: {}", stderr(&o));
         assert!(
             stderr(&o).contains("during the run") && stderr(&o).contains("nothing was switched"),
             "{case}: {}",
