@@ -25,8 +25,8 @@ fn scanned(root: &Path, pool: &rayon::ThreadPool) -> Entries {
     scan_tree(root, pool, &opts).unwrap().entries
 }
 
-fn fill_hashes(root: &Path, entries: &mut Entries, idx: &[usize]) {
-    for &i in idx {
+fn fill_hashes(root: &Path, entries: &mut Entries, idx: &[u32]) {
+    for i in idx.iter().map(|&i| i as usize) {
         let p = root.join(String::from_utf8_lossy(entries.path(i)).as_ref());
         let f = File::open(p).unwrap();
         let h = hash_fd(f.as_fd(), entries[i].size).unwrap().0;

@@ -358,6 +358,11 @@ impl Entries {
         }
     }
 
+    /// Makes room for `n` more hashes, exactly: the list is never grown past what it holds.
+    pub fn reserve_hashes(&mut self, n: usize) {
+        self.hashes.reserve_exact(n);
+    }
+
     /// Moves every entry of `other` to the end of this list.
     pub fn append(&mut self, other: &mut Entries) {
         let base = self.paths.len() as u64;

@@ -3,10 +3,12 @@
 //! Across many files we parallelize across files (the caller's `par_iter`); inside one file only
 //! when it is big. Everything is read with `pread` into a per-thread buffer rather than mapped:
 //! a jail file truncated by a build while mapped would kill us with SIGBUS, and for the sizes
-//! package trees hold the copy into a warm buffer costs little. Big files are read in 1 MiB
+//! package trees hold the copy into a warm buffer costs little. Big files are read in 256 KiB
 //! slices, each hashed with `update_rayon` so both cores work on one large library. Buffers are
 //! small and freed after the hash phase ([`release_buffers`]): they would otherwise stay for
-//! the whole run beside the entry lists, which is most of what the process holds.
+//! the whole run beside the entry lists, which is most of what the process holds. Every worker
+//! keeps one, and the last hashing runs at the run's peak (both trees held): 1 MiB slices
+//! cost 4 MiB there at four workers, 256 KiB ones a quarter of that and split just as well.
 
 use std::cell::RefCell;
 use std::io;
@@ -16,7 +18,7 @@ use crate::entry::Hash;
 
 /// Below this a file is hashed on one thread; above it each slice is split across threads.
 const PARALLEL_MIN: u64 = 4 << 20;
-const SLICE: usize = 1 << 20;
+const SLICE: usize = 256 << 10;
 /// Buffer for a file hashed on one thread.
 const SMALL_MAX: usize = 256 << 10;
 

@@ -129,17 +129,17 @@ pub fn drop_actions(plan: &mut Plan, drop: &[bool]) {
 
 /// Indices of source and destination files that must be hashed before planning: every pair of
 /// regular files of equal, non-zero size whose hash is not yet known.
-pub fn hash_needs(src: &Entries, dst: &Entries) -> (Vec<usize>, Vec<usize>) {
+pub fn hash_needs(src: &Entries, dst: &Entries) -> (Vec<u32>, Vec<u32>) {
     let (mut s, mut d) = (Vec::new(), Vec::new());
     merge(src, dst, |i, j| {
         if let (Some(i), Some(j)) = (i, j) {
             let (a, b) = (src.at(i), dst.at(j));
             if a.kind == Kind::File && b.kind == Kind::File && a.size == b.size && a.size > 0 {
                 if a.hash.is_none() {
-                    s.push(i);
+                    s.push(i as u32);
                 }
                 if b.hash.is_none() {
-                    d.push(j);
+                    d.push(j as u32);
                 }
             }
         }

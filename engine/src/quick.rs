@@ -48,17 +48,17 @@ pub fn same_by_stat(src: &Entries, dst: &Entries) -> HashSet<u32> {
 /// Drops the indices of `same` from a list of files to hash (`src_side`: the list is of
 /// source indices; else of destination indices, matched through the paths).
 pub fn skip_hashing(
-    need: &mut Vec<usize>,
+    need: &mut Vec<u32>,
     same: &HashSet<u32>,
     src: &Entries,
     dst: &Entries,
     src_side: bool,
 ) {
     if src_side {
-        need.retain(|&i| !same.contains(&(i as u32)));
+        need.retain(|i| !same.contains(i));
     } else {
         let paths: HashSet<&[u8]> = same.iter().map(|&i| src.path(i as usize)).collect();
-        need.retain(|&j| !paths.contains(dst.path(j)));
+        need.retain(|&j| !paths.contains(dst.path(j as usize)));
     }
 }
 

@@ -523,8 +523,8 @@ fn prepare_impl(
     let total = (sn.len() + dn.len()) as u64;
     progress.start(Phase::Hash, total);
     progress.total_bytes(
-        sn.iter().map(|&i| s.entries.at(i).size).sum::<u64>()
-            + dn.iter().map(|&i| d.entries.at(i).size).sum::<u64>(),
+        sn.iter().map(|&i| s.entries[i as usize].size).sum::<u64>()
+            + dn.iter().map(|&i| d.entries[i as usize].size).sum::<u64>(),
     );
     let mut hashed_bytes = 0;
     let hashed = [sn.len(), dn.len()];
@@ -532,7 +532,8 @@ fn prepare_impl(
         (src_path, &mut s.entries, sn),
         (dst_path, &mut d.entries, dn),
     ] {
-        let (bytes, errs) = hash_entries(root, entries, &need, &pools.work, progress)?;
+        let need = need.iter().map(|&i| i as usize);
+        let (bytes, errs) = hash_entries(root, entries, need, &pools.work, progress)?;
         hashed_bytes += bytes;
         scan_errors.extend(errs);
     }
@@ -664,7 +665,8 @@ pub fn prepare_from_manifest(
     }
     let (_, dn) = plan::hash_needs(&src, &d.entries);
     progress.start(Phase::Hash, dn.len() as u64);
-    let (hashed_bytes, errs) = hash_entries(dst_path, &mut d.entries, &dn, &pools.work, progress)?;
+    let need = dn.iter().map(|&i| i as usize);
+    let (hashed_bytes, errs) = hash_entries(dst_path, &mut d.entries, need, &pools.work, progress)?;
     progress.finish(Phase::Hash);
     scan_errors.extend(errs);
     let popts = PlanOpts {
@@ -789,13 +791,16 @@ fn protect_unreadable(plan: &mut Plan, dst: &Entries, protect: &[Box<[u8]>]) {
 fn hash_entries(
     root: &Path,
     entries: &mut Entries,
-    need: &[usize],
+    need: impl ExactSizeIterator<Item = usize>,
     pool: &rayon::ThreadPool,
     progress: &dyn Progress,
 ) -> Result<(u64, Vec<(PathBuf, io::Error)>)> {
-    if need.is_empty() {
+    if need.len() == 0 {
         return Ok((0, Vec::new()));
     }
+    // Room for every new hash at once: grown by doubling, the list was copied at each step
+    // and its old copy (in the heap, not mapped) stayed resident beside the new one.
+    entries.reserve_hashes(need.len());
     let rootfd = fsx::open_root(root).at(root)?;
     let hash_one = |dir: BorrowedFd<'_>, e: Ent<'_>| {
         let fd = fsx::open_read_at(dir, e.name())?;
@@ -816,7 +821,7 @@ fn hash_entries(
     scan::in_dir_runs(
         rootfd.as_fd(),
         entries,
-        need.iter().copied(),
+        need,
         pool,
         |dir, e| {
             let r = hash_one(dir, e);
@@ -1102,7 +1107,13 @@ fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>, xattrs: bool) {
 /// cannot be read stay without a hash.
 pub fn hash_live(t: &mut Tree, need: &[usize], pools: &Pools) -> Result<()> {
     let quiet = crate::progress::Silent;
-    hash_entries(&t.dst_path, &mut t.dst, need, &pools.work, &quiet)?;
+    hash_entries(
+        &t.dst_path,
+        &mut t.dst,
+        need.iter().copied(),
+        &pools.work,
+        &quiet,
+    )?;
     t.hashed[1] += need.len();
     Ok(())
 }
@@ -1134,15 +1145,16 @@ pub fn scan_and_hash(
     progress: &dyn Progress,
 ) -> Result<(Manifest, Vec<(PathBuf, io::Error)>)> {
     let (mut s, stamp, mut errors, _) = scan_one(root, state, opts, pools, progress)?;
-    let need: Vec<usize> = s
+    let need: Vec<u32> = s
         .entries
         .iter()
         .enumerate()
         .filter(|(_, e)| e.kind == Kind::File && e.hash.is_none())
-        .map(|(i, _)| i)
+        .map(|(i, _)| i as u32)
         .collect();
     progress.start(Phase::Hash, need.len() as u64);
-    let (_, errs) = hash_entries(root, &mut s.entries, &need, &pools.work, progress)?;
+    let need = need.iter().map(|&i| i as usize);
+    let (_, errs) = hash_entries(root, &mut s.entries, need, &pools.work, progress)?;
     progress.finish(Phase::Hash);
     errors.extend(errs);
     if let Some(state) = state {
@@ -1400,7 +1412,8 @@ pub fn switch_all_gated(
             for &i in &stale {
                 t.src.set_hash(i as usize, None);
             }
-            let need: Vec<usize> = (0..t.src.len())
+            // u32 indices: at the run's peak (both trees held), half what usize costs.
+            let need: Vec<u32> = (0..t.src.len())
                 .filter(|&i| {
                     let e = t.src.at(i);
                     e.kind == Kind::File
@@ -1408,9 +1421,11 @@ pub fn switch_all_gated(
                         && failed.binary_search(&e.path).is_err()
                         && t.quick_same.binary_search(&(i as u32)).is_err()
                 })
+                .map(|i| i as u32)
                 .collect();
             let quiet = crate::progress::Silent;
-            let (_, errs) = hash_entries(&t.src_path, &mut t.src, &need, &pools.work, &quiet)?;
+            let need_ix = need.iter().map(|&i| i as usize);
+            let (_, errs) = hash_entries(&t.src_path, &mut t.src, need_ix, &pools.work, &quiet)?;
             // A file that could not be hashed stays without a hash (and out of the caches).
             drop(errs);
             stale.clear();
