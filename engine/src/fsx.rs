@@ -90,6 +90,11 @@ pub trait Os: Send + Sync {
     fn has_dirty_pages(&self, fd: BorrowedFd<'_>) -> Option<bool>;
     /// Whether the open file or directory is immutable or append-only.
     fn is_pinned(&self, fd: BorrowedFd<'_>) -> bool;
+    /// Whether `name` in `dir` is immutable or append-only, answered without opening it (one
+    /// call where opening costs three); `None` when that cannot be told so.
+    fn is_pinned_at(&self, _dir: BorrowedFd<'_>, _name: &CStr) -> Option<bool> {
+        None
+    }
     /// Extra flags for opening a source file to read (`O_NOATIME` where there is one).
     fn read_flags(&self) -> OFlags;
     /// A path naming the directory `fd` itself (see [`fd_path`]).
@@ -495,6 +500,26 @@ pub fn set_meta_fresh_fd(fd: BorrowedFd<'_>, e: &Entry, o: MetaOpts) -> io::Resu
         ..o
     };
     set_meta_fd(fd, e, lean)
+}
+
+/// Like [`set_meta_at`] for an entry this run just made (see [`set_meta_fresh_fd`]).
+pub fn set_meta_fresh_at(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    e: &Entry,
+    o: MetaOpts,
+) -> io::Result<()> {
+    let lean = MetaOpts {
+        xattrs: o.xattrs && e.xattrs().is_some(),
+        ..o
+    };
+    set_meta_at(dir, name, e, lean)
+}
+
+/// Whether what is made in `dir` starts without xattrs, so that the fresh setters above may
+/// skip reading them: `dir` has none to pass on (a default ACL would be inherited).
+pub fn makes_bare(dir: BorrowedFd<'_>) -> bool {
+    matches!(read_xattrs_at(dir, b"."), Ok(None))
 }
 
 /// Sets owner, mode, xattrs and times of an open regular file or directory, in that order:
@@ -1002,6 +1027,9 @@ pub fn is_pinned_at(dir: BorrowedFd<'_>, name: &[u8], kind: Kind) -> bool {
     let Ok(c) = cstr(if name.is_empty() { b"." } else { name }) else {
         return false;
     };
+    if let Some(p) = sys().is_pinned_at(dir, &c) {
+        return p;
+    }
     let fl = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
     let Ok(fd) = rfs::openat(dir, c.as_c_str(), fl, Mode::empty()) else {
         return false;

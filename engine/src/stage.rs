@@ -82,8 +82,11 @@ pub struct Builder<'a> {
     /// Non-zero when a signal asked the run to stop: the build ends early (the caller then
     /// discards it).
     pub stop: Option<&'a std::sync::atomic::AtomicUsize>,
-    /// Source files are moved in, not copied (see `SyncOpts::move_source`).
+    /// Source files are moved in as they are, not copied (see `SyncOpts::move_source`).
     pub move_source: bool,
+    /// What is made in `next_root` starts without xattrs ([`fsx::makes_bare`]): the metadata
+    /// of a directory, symlink or node made there is set without reading its xattrs first.
+    pub next_bare: bool,
 }
 
 /// Remembers the last directory opened under one root; entries come in path order.
@@ -221,7 +224,8 @@ impl<'a> Builder<'a> {
             } else {
                 let (parent, name) = split_parent(p);
                 cache.get(parent).and_then(|fd| {
-                    fsx::set_meta_at(fd, name, &e, self.opts.meta)?;
+                    // Every directory here was made by step 1.
+                    self.set_made_meta(fd, name, &e)?;
                     if self.opts.fsync {
                         fsx::fsync(fsx::open_dir_beneath(fd, name)?.as_fd())?;
                     }
@@ -343,6 +347,15 @@ impl<'a> Builder<'a> {
         match f {
             From::Source(si) | From::Follower(si, _) => self.src.path(si as usize),
             From::Live(dj, _) => self.dst.path(dj as usize),
+        }
+    }
+
+    /// Sets the metadata of an entry this build made.
+    fn set_made_meta(&self, dir: BorrowedFd<'_>, name: &[u8], e: &Ent<'_>) -> io::Result<()> {
+        if self.next_bare {
+            fsx::set_meta_fresh_at(dir, name, e, self.opts.meta)
+        } else {
+            fsx::set_meta_at(dir, name, e, self.opts.meta)
         }
     }
 
@@ -476,8 +489,8 @@ impl<'a> Builder<'a> {
                 let sd = s.get(parent)?;
                 let nd = n.get(parent)?;
                 match fsx::rename_at(sd, name, nd, name) {
+                    // Its metadata is already the entry's (see `SyncOpts::move_source`).
                     Ok(()) => {
-                        fsx::set_meta_at(nd, name, &e, self.opts.meta)?;
                         if self.opts.fsync {
                             fsx::fsync(fsx::open_read_at(nd, name)?.as_fd())?;
                         }
@@ -502,13 +515,13 @@ impl<'a> Builder<'a> {
             Kind::Symlink => {
                 let nd = n.get(parent)?;
                 fsx::symlink_at(e.target().unwrap_or_default(), nd, name)?;
-                fsx::set_meta_at(nd, name, &e, self.opts.meta)?;
+                self.set_made_meta(nd, name, &e)?;
                 Ok(0)
             }
             Kind::Fifo | Kind::Char | Kind::Block | Kind::Socket => {
                 let nd = n.get(parent)?;
                 fsx::mknod_at(nd, name, &e)?;
-                fsx::set_meta_at(nd, name, &e, self.opts.meta)?;
+                self.set_made_meta(nd, name, &e)?;
                 Ok(0)
             }
             Kind::Dir => unreachable!("directories are made first"),

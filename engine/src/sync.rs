@@ -50,7 +50,9 @@ pub struct SyncOpts {
     /// Same size and mtime (ns) means same content, unread (see [`crate::quick`]).
     pub quick: bool,
     /// The source is private to this run and on the destination's filesystem (`push`'s
-    /// shadow): its files are moved into the next tree, not copied.
+    /// shadow), its files made by this run with their entries' metadata already set: they are
+    /// moved into the next tree as they are, not copied nor set again, and its stat cache is
+    /// not written (the source goes when the run ends).
     pub move_source: bool,
 }
 
@@ -1354,6 +1356,7 @@ pub fn switch_all_gated(
             holds_excluded: &t.dst_holds_excluded,
             stop: opts.stop.as_deref(),
             move_source: opts.move_source,
+            next_bare: !aopts.meta.xattrs || fsx::makes_bare(next.as_fd()),
         };
         let r = b.build(&pools.work, progress);
         stopped(trees, t)?;
@@ -1444,7 +1447,9 @@ pub fn switch_all_gated(
             && t.hashed[0] == 0
             && t.cache_loaded[0]
                 == Some(cache::records(records(), t.src_stamp, opts.xattrs).count());
-        if let (false, Ok(p)) = (unchanged, state.cache_path(&t.src_path)) {
+        // A source moved in goes with the run: no cache of it.
+        let keep_cache = !unchanged && !opts.move_source;
+        if let (true, Ok(p)) = (keep_cache, state.cache_path(&t.src_path)) {
             let kept = records();
             let _ = cache::write_file(
                 &p,

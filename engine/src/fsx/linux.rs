@@ -274,6 +274,16 @@ impl Os for Linux {
             .is_ok_and(|f| f.intersects(rfs::IFlags::IMMUTABLE | rfs::IFlags::APPEND))
     }
 
+    fn is_pinned_at(&self, dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Option<bool> {
+        use rfs::{StatxAttributes as A, StatxFlags};
+        let flags = A::IMMUTABLE | A::APPEND;
+        // A filesystem that does not report both flags through statx is asked by ioctl.
+        let st = rfs::statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::empty()).ok()?;
+        st.stx_attributes_mask
+            .contains(flags)
+            .then(|| st.stx_attributes.intersects(flags))
+    }
+
     fn read_flags(&self) -> OFlags {
         OFlags::NOATIME
     }

@@ -652,7 +652,7 @@ impl Session<'_> {
             .0;
         self.send(t::WANT_END, &p)?;
         self.receive_blobs(work, &want, opts)?;
-        Self::fill_shadows(trees, &work.blobs, &live, &uses, &needs)?;
+        Self::fill_shadows(trees, &work.blobs, &live, &uses, &needs, meta_of(opts))?;
 
         // Stage, then wait at the last safe point for the fleet's word.
         let mut gated = false;
@@ -821,13 +821,16 @@ impl Session<'_> {
     }
 
     /// Puts every file the stager will copy under its path in its tree's shadow, with the
-    /// jail's size and mtime (the stager checks both, and the hash when pages are dirty).
+    /// jail's metadata (owner, mode, xattrs, times) set on the fd that made it: the stager
+    /// then only renames it into the next tree (see `SyncOpts::move_source`), and a kept
+    /// configuration file's jail version is read from here with the jail's size and mtime.
     fn fill_shadows(
         trees: &[Tree],
         blobs_dir: &Path,
         live: &HashMap<Hash, (usize, usize)>,
         uses: &HashMap<Hash, usize>,
         needs: &[Need],
+        meta: fsx::MetaOpts,
     ) -> Result<()> {
         let blobs = fsx::open_root_nofollow(blobs_dir).at(blobs_dir)?;
         let lives: Vec<OwnedFd> = trees
@@ -839,21 +842,37 @@ impl Session<'_> {
             let shadow = &t.src_path;
             let root = fsx::open_root_nofollow(shadow).at(shadow)?;
             let mut made: HashSet<Vec<u8>> = HashSet::new();
+            let bare = !meta.xattrs || fsx::makes_bare(root.as_fd());
+            // Needs come in path order: one open of each shadow directory, and of each live
+            // directory read in a row.
+            let mut dir: Option<(Vec<u8>, OwnedFd)> = None;
+            let mut ldir: Option<(usize, Vec<u8>, OwnedFd)> = None;
             for (_, path, e, h) in needs.iter().filter(|n| n.0 == k) {
                 let (parent, name) = split_parent(path);
                 let at = || shadow.join(fsx::os(path));
-                mkdirs(root.as_fd(), parent, &mut made).at(at())?;
-                let dir = fsx::open_dir_beneath(root.as_fd(), parent).at(at())?;
+                if dir.as_ref().is_none_or(|(p, _)| p.as_slice() != parent) {
+                    mkdirs(root.as_fd(), parent, &mut made).at(at())?;
+                    let fd = fsx::open_dir_beneath(root.as_fd(), parent).at(at())?;
+                    dir = Some((parent.to_vec(), fd));
+                }
+                let dir = dir.as_ref().expect("just set").1.as_fd();
                 let h = *h;
-                if e.size == 0 {
-                    drop(fsx::create_excl_at(dir.as_fd(), name).at(at())?);
+                let made_fd: OwnedFd = if e.size == 0 {
+                    fsx::create_excl_at(dir, name).at(at())?
                 } else if let Some(&(lk, dj)) = live.get(&h) {
                     let lp = trees[lk].dst.path(dj);
                     let (lparent, lname) = split_parent(lp);
                     let shown = trees[lk].dst_path.join(fsx::os(lp));
-                    let ld = fsx::open_dir_beneath(lives[lk].as_fd(), lparent).at(&shown)?;
-                    let src = fsx::open_read_at(ld.as_fd(), lname).at(&shown)?;
-                    let out = fsx::create_excl_at(dir.as_fd(), name).at(at())?;
+                    if ldir
+                        .as_ref()
+                        .is_none_or(|(k2, p, _)| *k2 != lk || p.as_slice() != lparent)
+                    {
+                        let fd = fsx::open_dir_beneath(lives[lk].as_fd(), lparent).at(&shown)?;
+                        ldir = Some((lk, lparent.to_vec(), fd));
+                    }
+                    let ld = ldir.as_ref().expect("just set").2.as_fd();
+                    let src = fsx::open_read_at(ld, lname).at(&shown)?;
+                    let out = fsx::create_excl_at(dir, name).at(at())?;
                     fsx::copy_data(src.as_fd(), out.as_fd(), e.size, e.is_sparse()).at(at())?;
                     // The live file is checked after the copy: a writer since its scan makes
                     // the run fail here, never a wrong file staged.
@@ -864,33 +883,50 @@ impl Session<'_> {
                             shown.display()
                         )));
                     }
+                    out
                 } else {
                     let hex = to_hex(&h);
                     let n = left.get_mut(&h).expect("wanted");
                     *n -= 1;
+                    let src = fsx::open_read_at(blobs.as_fd(), hex.as_bytes()).at(at())?;
+                    let copy = |src: &OwnedFd| -> Result<OwnedFd> {
+                        let out = fsx::create_excl_at(dir, name).at(at())?;
+                        fsx::copy_data(src.as_fd(), out.as_fd(), e.size, e.is_sparse()).at(at())?;
+                        Ok(out)
+                    };
                     if *n == 0 {
                         // The last path to need this blob takes it (one inode, one mtime), or a
-                        // copy when the trees' homes are on other filesystems.
-                        match fsx::rename_at(blobs.as_fd(), hex.as_bytes(), dir.as_fd(), name) {
-                            Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
-                                let src =
-                                    fsx::open_read_at(blobs.as_fd(), hex.as_bytes()).at(at())?;
-                                let out = fsx::create_excl_at(dir.as_fd(), name).at(at())?;
-                                fsx::copy_data(src.as_fd(), out.as_fd(), e.size, e.is_sparse())
-                                    .at(at())?;
+                        // copy when the trees' homes are on other filesystems. Its fd, opened
+                        // before the move, is the moved inode's.
+                        match fsx::rename_at(blobs.as_fd(), hex.as_bytes(), dir, name) {
+                            Err(err) if err.raw_os_error() == Some(libc::EXDEV) => copy(&src)?,
+                            r => {
+                                r.at(at())?;
+                                src
                             }
-                            r => r.at(at())?,
                         }
                     } else {
-                        let src = fsx::open_read_at(blobs.as_fd(), hex.as_bytes()).at(at())?;
-                        let out = fsx::create_excl_at(dir.as_fd(), name).at(at())?;
-                        fsx::copy_data(src.as_fd(), out.as_fd(), e.size, e.is_sparse()).at(at())?;
+                        copy(&src)?
                     }
+                };
+                // Made by this session: nothing to read back or remove first, unless the
+                // shadow passes xattrs on.
+                if bare {
+                    fsx::set_meta_fresh_fd(made_fd.as_fd(), e, meta).at(at())?;
+                } else {
+                    fsx::set_meta_fd(made_fd.as_fd(), e, meta).at(at())?;
                 }
-                fsx::set_times_at(dir.as_fd(), name, e).at(at())?;
             }
         }
         Ok(())
+    }
+}
+
+/// The metadata the stager would set, set instead when a shadow file is made.
+fn meta_of(opts: &SyncOpts) -> fsx::MetaOpts {
+    fsx::MetaOpts {
+        owner: opts.owner,
+        xattrs: opts.xattrs,
     }
 }
 
@@ -1220,7 +1256,7 @@ fn run_later(
         let decisions = decide_trees(&mut trees, &rels, state, rules)?;
         let needs = need_list(&trees, rules.map(|_| &decisions[..]));
         let Lacks { live, uses, .. } = lacks(&mut trees, &needs, &[], pools)?;
-        Session::fill_shadows(&trees, blobs, &live, &uses, &needs)?;
+        Session::fill_shadows(&trees, blobs, &live, &uses, &needs, meta_of(l.opts))?;
         let changes: u64 = trees.iter().map(|t| t.plan.actions.len() as u64).sum();
         let report = sync::switch_all(&mut trees, state, l.opts, pools, &Silent)?;
         for p in &parents {
