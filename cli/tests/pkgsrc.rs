@@ -843,6 +843,23 @@ fn staging_under(dir: &Path) -> bool {
     staging_dir(dir).is_some()
 }
 
+/// `upgrade` under strace, every `linkat` delayed 150 ms: staging lasts long enough for the
+/// test to change the live tree between the decision and the switch.
+fn upgrade_with_slow_links(h: &Host, extra: &[&str]) -> std::process::Child {
+    let mut c = h.cmd(&["upgrade", h.jail.to_str().unwrap(), "--root", h.root_s()]);
+    c.args(extra);
+    let mut s = Command::new("strace");
+    s.args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=linkat"])
+        .args(["-e", "inject=linkat:delay_enter=150000"])
+        .arg(c.get_program())
+        .args(c.get_args())
+        .env_remove("JAILSYNC_STATE_DIR")
+        .env_remove("JAILSYNC_SWITCH")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    s.spawn().unwrap()
+}
+
 /// An admin's edit made while the next tree is being staged (after the run decided what to
 /// keep) must not be left behind in the old tree by the switch: the run switches nothing, and
 /// the next run decides on the edited file. Staging is slowed with strace (every link waits
@@ -867,18 +884,7 @@ fn an_edit_made_while_staging_is_never_switched_away() {
         // The next release changes a program and the default nginx.conf (not edited here).
         h.jail_file("usr/pkg/bin/nginx", "nginx 1.26\n")
             .jail_file("usr/pkg/etc/nginx/nginx.conf", "worker_processes auto;\n");
-        let mut c = Command::new("strace");
-        c.args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=linkat"])
-            .args(["-e", "inject=linkat:delay_enter=150000", BIN])
-            .arg("--state-dir")
-            .arg(&h.state)
-            .args(["upgrade", h.jail.to_str().unwrap(), "--root", h.root_s()])
-            .args(ex)
-            .env_remove("JAILSYNC_STATE_DIR")
-            .env_remove("JAILSYNC_SWITCH")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let child = c.spawn().unwrap();
+        let child = upgrade_with_slow_links(&h, ex);
         let t0 = std::time::Instant::now();
         // Excluded entries are linked into the next tree last: the new one comes after that.
         let ready = |n: &Path| case != "excluded" || n.join("share/cache/index.db").exists();
@@ -901,6 +907,18 @@ fn an_edit_made_while_staging_is_never_switched_away() {
             }
             _ => fs::write(h.root.join("usr/pkg/share/cache/fresh.db"), "fresh\n").unwrap(),
         }
+        let admins_change_is_there = || match case {
+            "excluded" => assert_eq!(h.live("usr/pkg/share/cache/fresh.db").unwrap(), "fresh\n"),
+            "new file" => assert_eq!(
+                h.live("usr/pkg/etc/nginx/site.conf").unwrap(),
+                "server {}\n"
+            ),
+            _ => assert_eq!(
+                h.live("usr/pkg/etc/nginx/nginx.conf").unwrap(),
+                "worker_processes 16;\n",
+                "{case}"
+            ),
+        };
         let o = child.wait_with_output().unwrap();
         assert_eq!(o.status.code(), Some(2), "{case}: {}", stderr(&o));
         assert!(
@@ -914,20 +932,7 @@ fn an_edit_made_while_staging_is_never_switched_away() {
             "nginx 1.24\n",
             "{case}"
         );
-        if case == "excluded" {
-            assert_eq!(h.live("usr/pkg/share/cache/fresh.db").unwrap(), "fresh\n");
-        } else if case == "new file" {
-            assert_eq!(
-                h.live("usr/pkg/etc/nginx/site.conf").unwrap(),
-                "server {}\n"
-            );
-        } else {
-            assert_eq!(
-                h.live("usr/pkg/etc/nginx/nginx.conf").unwrap(),
-                "worker_processes 16;\n",
-                "{case}"
-            );
-        }
+        admins_change_is_there();
         assert!(!staging_under(&h.root), "{case}: the staged tree was left");
 
         // Run again: the edit is now the admin's and is kept.
@@ -939,19 +944,8 @@ fn an_edit_made_while_staging_is_never_switched_away() {
             "{case}"
         );
         assert_eq!(h.live("usr/pkg/share/cache/index.db").unwrap(), "cached\n");
-        if case == "excluded" {
-            assert_eq!(h.live("usr/pkg/share/cache/fresh.db").unwrap(), "fresh\n");
-        } else if case == "new file" {
-            assert_eq!(
-                h.live("usr/pkg/etc/nginx/site.conf").unwrap(),
-                "server {}\n"
-            );
-        } else {
-            assert_eq!(
-                h.live("usr/pkg/etc/nginx/nginx.conf").unwrap(),
-                "worker_processes 16;\n",
-                "{case}"
-            );
+        admins_change_is_there();
+        if !matches!(case, "excluded" | "new file") {
             assert_eq!(
                 h.live("usr/pkg/etc/nginx/nginx.conf.jailsync-new").unwrap(),
                 "worker_processes auto;\n",
@@ -986,18 +980,7 @@ fn a_live_file_replaced_while_staging_never_gets_the_jails_metadata() {
     fs::write(&secret, "secret\n").unwrap();
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
 
-    let child = Command::new("strace")
-        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=linkat"])
-        .args(["-e", "inject=linkat:delay_enter=150000", BIN])
-        .arg("--state-dir")
-        .arg(&h.state)
-        .args(["upgrade", h.jail.to_str().unwrap(), "--root", h.root_s()])
-        .env_remove("JAILSYNC_STATE_DIR")
-        .env_remove("JAILSYNC_SWITCH")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = upgrade_with_slow_links(&h, &[]);
     let t0 = std::time::Instant::now();
     while !staging_under(&h.root) {
         assert!(t0.elapsed().as_secs() < 30, "staging never began");
