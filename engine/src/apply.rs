@@ -950,7 +950,7 @@ pub(crate) fn copy_checked(
         if fsx::kind_of(before.st_mode) != Kind::File
             || before.st_size as u64 != e.size
             || (at_own_path
-                && (before.st_mtime != e.mtime || before.st_mtime_nsec as u32 != e.mtime_nsec))
+                && (before.st_mtime != e.mtime().0 || before.st_mtime_nsec as u32 != e.mtime().1))
         {
             return Err(source_side(
                 io::ErrorKind::Other,

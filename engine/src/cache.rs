@@ -35,13 +35,13 @@ pub fn cacheable(e: &Entry, stamp: (i64, u32)) -> bool {
     if ctime == CTIME_UNKNOWN {
         return false;
     }
-    let margin = if ctime.1 == 0 && e.mtime_nsec == 0 {
+    let margin = if ctime.1 == 0 && e.mtime().1 == 0 {
         MARGIN_COARSE_NS
     } else {
         MARGIN_FINE_NS
     };
     let limit = ns(stamp) - margin;
-    ns(ctime) < limit && ns((e.mtime, e.mtime_nsec)) < limit
+    ns(ctime) < limit && ns(e.mtime()) < limit
 }
 
 /// What the cache keeps of one entry: the stat fields rule 2 compares, the hash, the xattrs.
@@ -64,11 +64,11 @@ pub struct Cached {
 pub fn same_inode(cached: &Cached, cur: &Entry) -> bool {
     cached.kind == cur.kind
         && cached.size == cur.size
-        && cached.mtime == (cur.mtime, cur.mtime_nsec)
+        && cached.mtime == cur.mtime()
         && cached.ctime == cur.ctime()
         && cached.ctime != CTIME_UNKNOWN
         && cached.ino == cur.ino
-        && cached.dev == cur.dev
+        && cached.dev == cur.dev()
         && cached.mode == u32::from(cur.mode)
 }
 
@@ -316,13 +316,13 @@ fn encode<'a, W: std::io::Write>(
         rec.extend_from_slice(&(e.path.len() as u32).to_le_bytes());
         rec.extend_from_slice(e.path);
         rec.extend_from_slice(&e.size.to_le_bytes());
-        rec.extend_from_slice(&e.mtime.to_le_bytes());
-        rec.extend_from_slice(&e.mtime_nsec.to_le_bytes());
+        rec.extend_from_slice(&e.mtime().0.to_le_bytes());
+        rec.extend_from_slice(&e.mtime().1.to_le_bytes());
         let (cs, cn) = e.ctime();
         rec.extend_from_slice(&cs.to_le_bytes());
         rec.extend_from_slice(&cn.to_le_bytes());
         rec.extend_from_slice(&e.ino.to_le_bytes());
-        rec.extend_from_slice(&e.dev.to_le_bytes());
+        rec.extend_from_slice(&e.dev().to_le_bytes());
         rec.extend_from_slice(&u32::from(e.mode).to_le_bytes());
         rec.push(kind_code(e.kind));
         match (e.kind, e.hash) {
@@ -456,7 +456,7 @@ mod tests {
         std::fs::write(t.path().join("b"), b"two").unwrap();
         let es = entries(t.path(), &["a", "b"], true);
         // Taken long after the files were written: both may be stored (rule 1).
-        let later = (es[0].mtime + 10, 0);
+        let later = (es[0].mtime().0 + 10, 0);
         let p = t.path().join("cache");
         assert_eq!(
             write_file(&p, records(es.iter(), later, true), later, true).unwrap(),
@@ -554,21 +554,21 @@ mod tests {
         let e = &es[0];
         // Rule 1: a stat taken in the same tick as the write is not stored.
         let p = t.path().join("cache");
-        let stamp = (e.mtime, e.mtime_nsec);
+        let stamp = e.mtime();
         assert_eq!(records(es.iter(), stamp, true).count(), 0);
-        let later = (e.mtime + 10, 0);
+        let later = (e.mtime().0 + 10, 0);
         write_file(&p, records(es.iter(), later, true), later, true).unwrap();
         // Rule 2: same size, same mtime (set back), new content -> ctime moved -> no reuse.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(t.path().join("a"), b"ONE").unwrap();
         let ts = rustix::fs::Timestamps {
             last_access: rustix::fs::Timespec {
-                tv_sec: e.mtime,
-                tv_nsec: e.mtime_nsec as _,
+                tv_sec: e.mtime().0,
+                tv_nsec: e.mtime().1 as _,
             },
             last_modification: rustix::fs::Timespec {
-                tv_sec: e.mtime,
-                tv_nsec: e.mtime_nsec as _,
+                tv_sec: e.mtime().0,
+                tv_nsec: e.mtime().1 as _,
             },
         };
         rustix::fs::utimensat(
@@ -579,10 +579,7 @@ mod tests {
         )
         .unwrap();
         let mut now = entries(t.path(), &["a"], false);
-        assert_eq!(
-            (now[0].mtime, now[0].mtime_nsec, now[0].size),
-            (e.mtime, e.mtime_nsec, e.size)
-        );
+        assert_eq!((now[0].mtime(), now[0].size), (e.mtime(), e.size));
         let f = fill_from_file(&p, &mut now, true).unwrap();
         assert_eq!(
             (f.hits, f.records),

@@ -69,49 +69,50 @@ const NO_HASH: u32 = u32::MAX;
 /// Kept small: a run holds one for every object of both trees, so its size is most of the
 /// run's memory (see the size test below). Its path and hash live in the [`Entries`] that holds
 /// it: one buffer of paths costs a path's bytes, where one allocation each cost half as much
-/// again, and most entries have no hash.
+/// again, and most entries have no hash. Owner and device are one index into a process-wide
+/// table ([`Ids`]): a tree has a handful of distinct ones.
 #[derive(Clone, Debug)]
 pub struct Entry {
     /// Where this entry's path is in its list's path buffer: the offset in the low
     /// [`OFF_BITS`] bits, the length above them (see [`path_in`]).
     path_at: u64,
     pub size: u64,
-    pub mtime: i64,
+    /// The modification time in nanoseconds, or [`IN_EXTRA`] (see [`Entry::mtime`]).
+    mtime_ns: i64,
     /// The status change time in nanoseconds (see [`Entry::ctime`]).
     ctime_ns: i64,
     pub ino: u64,
-    pub dev: u64,
     /// What few entries have (symlink target, xattrs, device number), behind one pointer.
     extra: Option<Box<Extra>>,
     /// Index into its list's hashes, or [`NO_HASH`].
     hash_ix: u32,
+    pub nlink: u32,
+    /// uid, gid and device: an index into [`Ids`].
+    ids: u32,
     /// Permission bits including setuid/setgid/sticky (`mode & 0o7777`).
     pub mode: u16,
-    pub uid: u32,
-    pub gid: u32,
-    pub nlink: u32,
-    pub mtime_nsec: u32,
     pub kind: Kind,
     /// A regular file with holes (fewer blocks allocated than its size needs).
     pub sparse: bool,
 }
+
+/// The `mtime_ns` of an entry whose mtime does not fit 64 bits of nanoseconds (years 1678 to
+/// 2262, or a forged nanosecond count): the real one is in its [`Extra`].
+const IN_EXTRA: i64 = i64::MIN;
 
 impl Default for Entry {
     fn default() -> Entry {
         Entry {
             path_at: 0,
             size: 0,
-            mtime: 0,
+            mtime_ns: 0,
             ctime_ns: 0,
             ino: 0,
-            dev: 0,
             extra: None,
             hash_ix: NO_HASH,
-            mode: 0,
-            uid: 0,
-            gid: 0,
             nlink: 0,
-            mtime_nsec: 0,
+            ids: 0,
+            mode: 0,
             kind: Kind::File,
             sparse: false,
         }
@@ -123,6 +124,70 @@ struct Extra {
     target: Option<Box<[u8]>>,
     xattrs: Option<Xattrs>,
     rdev: u64,
+    /// An mtime `mtime_ns` cannot hold.
+    mtime: Option<(i64, u32)>,
+}
+
+/// Every (uid, gid, device) a run has seen, each once, indexed by [`Entry`]'s `ids`. Index 0 is
+/// (0, 0, 0), so a default entry needs none. Read without a lock (every slot is written once,
+/// before its index is handed out); a new triple is added under a mutex, which each thread
+/// reaches only for triples it has not met (see `LOCAL`).
+struct Ids {
+    /// Segment `k` holds indices `2^k - 1 .. 2^(k+1) - 1`: a slot never moves once written.
+    segs: [std::sync::OnceLock<Box<[std::sync::OnceLock<Triple>]>>; 32],
+    index: std::sync::Mutex<std::collections::HashMap<Triple, u32>>,
+}
+
+type Triple = (u32, u32, u64);
+
+static IDS: std::sync::LazyLock<Ids> = std::sync::LazyLock::new(|| {
+    let ids = Ids {
+        segs: std::array::from_fn(|_| std::sync::OnceLock::new()),
+        index: Default::default(),
+    };
+    ids.index.lock().expect("poisoned").insert((0, 0, 0), 0);
+    ids.slot(0).set((0, 0, 0)).expect("first");
+    ids
+});
+
+thread_local! {
+    /// This thread's copy of the triples it has met (most threads meet a few).
+    static LOCAL: std::cell::RefCell<std::collections::HashMap<Triple, u32>> = Default::default();
+}
+
+impl Ids {
+    fn slot(&self, i: u32) -> &std::sync::OnceLock<Triple> {
+        let k = (u64::from(i) + 1).ilog2();
+        let seg = self.segs[k as usize]
+            .get_or_init(|| (0..1u64 << k).map(|_| std::sync::OnceLock::new()).collect());
+        &seg[(u64::from(i) + 1 - (1 << k)) as usize]
+    }
+
+    fn get(&self, i: u32) -> Triple {
+        *self
+            .slot(i)
+            .get()
+            .expect("an index is handed out after its slot is set")
+    }
+
+    fn intern(&self, t: Triple) -> u32 {
+        if t == (0, 0, 0) {
+            return 0;
+        }
+        if let Some(i) = LOCAL.with(|l| l.borrow().get(&t).copied()) {
+            return i;
+        }
+        let i = {
+            let mut index = self.index.lock().expect("poisoned");
+            let n = u32::try_from(index.len()).expect("fewer than 4G owners and devices");
+            *index.entry(t).or_insert_with(|| {
+                self.slot(n).set(t).expect("a fresh slot");
+                n
+            })
+        };
+        LOCAL.with(|l| l.borrow_mut().insert(t, i));
+        i
+    }
 }
 
 impl Entry {
@@ -137,6 +202,84 @@ impl Entry {
 
     pub fn is_sparse(&self) -> bool {
         self.kind == Kind::File && self.sparse
+    }
+
+    pub fn uid(&self) -> u32 {
+        IDS.get(self.ids).0
+    }
+
+    pub fn gid(&self) -> u32 {
+        IDS.get(self.ids).1
+    }
+
+    /// The device (`st_dev`) the entry is on.
+    pub fn dev(&self) -> u64 {
+        IDS.get(self.ids).2
+    }
+
+    pub fn set_uid(&mut self, uid: u32) {
+        let (_, g, d) = IDS.get(self.ids);
+        self.ids = IDS.intern((uid, g, d));
+    }
+
+    pub fn set_gid(&mut self, gid: u32) {
+        let (u, _, d) = IDS.get(self.ids);
+        self.ids = IDS.intern((u, gid, d));
+    }
+
+    pub fn set_owner(&mut self, uid: u32, gid: u32) {
+        let d = IDS.get(self.ids).2;
+        self.ids = IDS.intern((uid, gid, d));
+    }
+
+    pub fn set_dev(&mut self, dev: u64) {
+        let (u, g, _) = IDS.get(self.ids);
+        self.ids = IDS.intern((u, g, dev));
+    }
+
+    /// Owner and device together, from a stat: one table lookup.
+    pub fn set_ids(&mut self, uid: u32, gid: u32, dev: u64) {
+        self.ids = IDS.intern((uid, gid, dev));
+    }
+
+    /// The same owner and device as `o` (one comparison).
+    pub fn same_ids(&self, o: &Entry) -> bool {
+        self.ids == o.ids
+    }
+
+    /// The modification time (seconds, nanoseconds), exactly as set.
+    pub fn mtime(&self) -> (i64, u32) {
+        if self.mtime_ns == IN_EXTRA {
+            if let Some(t) = self.extra.as_ref().and_then(|x| x.mtime) {
+                return t;
+            }
+        }
+        (
+            self.mtime_ns.div_euclid(1_000_000_000),
+            self.mtime_ns.rem_euclid(1_000_000_000) as u32,
+        )
+    }
+
+    pub fn set_mtime(&mut self, secs: i64, nsec: u32) {
+        let ns = (nsec < 1_000_000_000)
+            .then(|| {
+                secs.checked_mul(1_000_000_000)?
+                    .checked_add(i64::from(nsec))
+            })
+            .flatten()
+            .filter(|&n| n != IN_EXTRA);
+        match ns {
+            Some(n) => {
+                self.mtime_ns = n;
+                if self.extra.as_ref().is_some_and(|x| x.mtime.is_some()) {
+                    self.extra_mut(|x| x.mtime = None);
+                }
+            }
+            None => {
+                self.mtime_ns = IN_EXTRA;
+                self.extra_mut(|x| x.mtime = Some((secs, nsec)));
+            }
+        }
     }
 
     /// A symlink's target.
@@ -176,7 +319,7 @@ impl Entry {
     fn extra_mut(&mut self, f: impl FnOnce(&mut Extra)) {
         let mut x = self.extra.take().unwrap_or_default();
         f(&mut x);
-        if x.target.is_some() || x.xattrs.is_some() || x.rdev != 0 {
+        if x.target.is_some() || x.xattrs.is_some() || x.rdev != 0 || x.mtime.is_some() {
             self.extra = Some(x);
         }
     }
@@ -209,7 +352,8 @@ impl Entry {
     }
 
     pub fn same_mtime(&self, o: &Entry) -> bool {
-        self.mtime == o.mtime && self.mtime_nsec == o.mtime_nsec
+        // Equal nanosecond counts are equal times, but for two kept in their extras.
+        self.mtime_ns == o.mtime_ns && (self.mtime_ns != IN_EXTRA || self.mtime() == o.mtime())
     }
 
     /// Hard-linked (more than one name for the inode somewhere). Any type but a directory can
@@ -491,7 +635,7 @@ mod tests {
     fn entry_stays_small() {
         // One per object of both trees: 200k-file trees hold 400k of them.
         assert!(
-            std::mem::size_of::<Entry>() <= 80,
+            std::mem::size_of::<Entry>() <= 64,
             "{}",
             std::mem::size_of::<Entry>()
         );
@@ -513,6 +657,77 @@ mod tests {
             e.set_ctime(t.0, t.1);
             assert_eq!(e.ctime(), CTIME_UNKNOWN);
         }
+    }
+
+    #[test]
+    fn mtimes_round_trip_exactly() {
+        let mut e = Entry::default();
+        // In range, then out of it (kept in the extra), then in range again (extra gone).
+        for t in [
+            (1_700_000_000, 999_999_999),
+            (-1, 5),
+            (i64::MAX, 7),
+            (i64::MIN, 0),
+            (-9_300_000_000, 3),
+            (1, 1_500_000_000),
+            (0, 0),
+        ] {
+            e.set_mtime(t.0, t.1);
+            assert_eq!(e.mtime(), t);
+        }
+        assert!(e.extra.is_none());
+        let (mut a, mut b) = (Entry::default(), Entry::default());
+        a.set_mtime(i64::MAX, 1);
+        b.set_mtime(i64::MAX, 2);
+        assert!(!a.same_mtime(&b));
+        b.set_mtime(i64::MAX, 1);
+        assert!(a.same_mtime(&b));
+        b.set_mtime(5, 1);
+        assert!(!a.same_mtime(&b) && !b.same_mtime(&a));
+        // The extra's other contents survive an mtime coming back into range.
+        a.set_target(Some(b"t".as_slice().into()));
+        a.set_mtime(5, 1);
+        assert_eq!((a.target(), a.mtime()), (Some(b"t".as_slice()), (5, 1)));
+        assert!(a.same_mtime(&b));
+    }
+
+    #[test]
+    fn owners_and_devices_are_exact_across_threads() {
+        // Many distinct triples (more than a segment or two), made on several threads at once,
+        // each read back exactly; equal triples share an index.
+        let made: Vec<Vec<Entry>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4u32)
+                .map(|t| {
+                    s.spawn(move || {
+                        (0..5000u32)
+                            .map(|i| {
+                                let mut e = Entry::default();
+                                e.set_ids(i % 700, u32::MAX - i % 3, u64::from(t % 2) << 40 | 7);
+                                e
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (t, es) in made.iter().enumerate() {
+            for (i, e) in es.iter().enumerate() {
+                let i = i as u32;
+                let want = (i % 700, u32::MAX - i % 3, ((t % 2) as u64) << 40 | 7);
+                assert_eq!((e.uid(), e.gid(), e.dev()), want);
+                assert!(e.same_ids(&made[(t + 2) % 4][i as usize]));
+            }
+        }
+        let mut e = made[0][1].clone();
+        e.set_uid(12345);
+        assert_eq!((e.uid(), e.gid(), e.dev()), (12345, u32::MAX - 1, 7));
+        e.set_gid(0);
+        e.set_dev(u64::MAX);
+        assert_eq!((e.uid(), e.gid(), e.dev()), (12345, 0, u64::MAX));
+        e.set_owner(0, 0);
+        e.set_dev(0);
+        assert!(e.same_ids(&Entry::default()));
     }
 
     #[test]

@@ -481,7 +481,7 @@ pub(crate) fn times_of(e: &Entry) -> Timestamps {
             tv_sec: 0,
             tv_nsec: rfs::UTIME_OMIT,
         },
-        last_modification: ts(e.mtime, e.mtime_nsec),
+        last_modification: ts(e.mtime().0, e.mtime().1),
     }
 }
 
@@ -528,8 +528,8 @@ pub fn set_meta_fd(fd: BorrowedFd<'_>, e: &Entry, o: MetaOpts) -> io::Result<()>
     if o.owner {
         rfs::fchown(
             fd,
-            Some(rfs::Uid::from_raw(e.uid)),
-            Some(rfs::Gid::from_raw(e.gid)),
+            Some(rfs::Uid::from_raw(e.uid())),
+            Some(rfs::Gid::from_raw(e.gid())),
         )
         .map_err(errno)?;
     }
@@ -565,8 +565,8 @@ pub fn set_meta_at(dir: BorrowedFd<'_>, name: &[u8], e: &Entry, o: MetaOpts) -> 
                 rfs::chownat(
                     dir,
                     c.as_c_str(),
-                    Some(rfs::Uid::from_raw(e.uid)),
-                    Some(rfs::Gid::from_raw(e.gid)),
+                    Some(rfs::Uid::from_raw(e.uid())),
+                    Some(rfs::Gid::from_raw(e.gid())),
                     AtFlags::SYMLINK_NOFOLLOW,
                 )
                 .map_err(errno)?;

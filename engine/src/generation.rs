@@ -330,7 +330,7 @@ pub fn changed_since(home: &Home, n: u64, now: &Entries) -> Result<Vec<Changed>>
                     Some("modified since the sync")
                 } else if a.kind == Kind::Symlink && a.target() != b.target() {
                     Some("symlink changed since the sync")
-                } else if a.mode != b.mode || a.uid != b.uid || a.gid != b.gid {
+                } else if a.mode != b.mode || a.uid() != b.uid() || a.gid() != b.gid() {
                     Some("mode or owner changed since the sync")
                 } else {
                     None

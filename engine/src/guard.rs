@@ -191,7 +191,7 @@ impl Look<'_> {
                 let same = w.kind == now.0
                     && w.ino == now.2
                     && w.size == now.3
-                    && (w.mtime, w.mtime_nsec) == (now.4, now.5);
+                    && w.mtime() == (now.4, now.5);
                 if same {
                     Ok(None)
                 } else {

@@ -93,10 +93,10 @@ fn write_entry(out: &mut Vec<u8>, e: Ent<'_>, stat_fields: bool) {
         " {} mode={:o} uid={} gid={} mtime={}.{:09}",
         e.kind.name(),
         e.mode,
-        e.uid,
-        e.gid,
-        e.mtime,
-        e.mtime_nsec
+        e.uid(),
+        e.gid(),
+        e.mtime().0,
+        e.mtime().1
     );
     if e.kind == Kind::File {
         let _ = write!(out, " size={}", e.size);
@@ -113,7 +113,7 @@ fn write_entry(out: &mut Vec<u8>, e: Ent<'_>, stat_fields: bool) {
     }
     // Hard-link groups of every type are part of what a tree promises (invariant 5).
     if e.is_multi_linked() || stat_fields {
-        let _ = write!(out, " ino={} dev={} nlink={}", e.ino, e.dev, e.nlink);
+        let _ = write!(out, " ino={} dev={} nlink={}", e.ino, e.dev(), e.nlink);
     }
     if stat_fields && e.ctime() != CTIME_UNKNOWN {
         let (s, ns) = e.ctime();
@@ -389,11 +389,11 @@ fn parse_line(line: &[u8], need_hash: bool) -> std::result::Result<Line, String>
                     .filter(|m| *m <= 0o7777)
                     .ok_or_else(bad)?;
             }
-            b"uid" => e.uid = num(v).ok_or_else(bad)?,
-            b"gid" => e.gid = num(v).ok_or_else(bad)?,
+            b"uid" => e.set_uid(num(v).ok_or_else(bad)?),
+            b"gid" => e.set_gid(num(v).ok_or_else(bad)?),
             b"size" => e.size = num(v).ok_or_else(bad)?,
             b"ino" => e.ino = num(v).ok_or_else(bad)?,
-            b"dev" => e.dev = num(v).ok_or_else(bad)?,
+            b"dev" => e.set_dev(num(v).ok_or_else(bad)?),
             b"nlink" => e.nlink = num(v).filter(|n| *n > 0).ok_or_else(bad)?,
             b"rdev" => e.set_rdev(num(v).ok_or_else(bad)?),
             b"sparse" => {
@@ -405,7 +405,10 @@ fn parse_line(line: &[u8], need_hash: bool) -> std::result::Result<Line, String>
             }
             // Written by earlier versions: the allocated 512-byte blocks.
             b"blocks" => blocks = Some(num::<u64>(v).ok_or_else(bad)?),
-            b"mtime" => (e.mtime, e.mtime_nsec) = time(v).ok_or_else(bad)?,
+            b"mtime" => {
+                let (s, n) = time(v).ok_or_else(bad)?;
+                e.set_mtime(s, n)
+            }
             b"ctime" => {
                 let (s, ns) = time(v).ok_or_else(bad)?;
                 e.set_ctime(s, ns);
@@ -665,10 +668,12 @@ mod tests {
 
     fn entry(kind: Kind) -> Entry {
         let mut e = Entry::new(kind);
-        (e.mode, e.uid, e.gid, e.nlink) = (0o644, 1, 2, 1);
-        (e.mtime, e.mtime_nsec) = (1_700_000_000, 5);
+        (e.mode, e.nlink) = (0o644, 1);
+        e.set_owner(1, 2);
+        e.set_mtime(1_700_000_000, 5);
         e.set_ctime(1_700_000_001, 7);
-        (e.ino, e.dev) = (42, 9);
+        e.ino = 42;
+        e.set_dev(9);
         e
     }
 
@@ -707,14 +712,14 @@ mod tests {
                     (a.path, a.kind, a.mode, a.size),
                     (b.path, b.kind, b.mode, b.size)
                 );
-                assert_eq!((a.mtime, a.mtime_nsec), (b.mtime, b.mtime_nsec));
+                assert_eq!(a.mtime(), b.mtime());
                 assert_eq!((a.hash, a.sparse), (b.hash, b.sparse));
                 assert_eq!(
                     (a.target(), a.rdev(), a.xattrs()),
                     (b.target(), b.rdev(), b.xattrs())
                 );
                 if stat_fields {
-                    assert_eq!((a.ctime(), a.ino, a.dev), (b.ctime(), b.ino, b.dev));
+                    assert_eq!((a.ctime(), a.ino, a.dev()), (b.ctime(), b.ino, b.dev()));
                 }
             }
         }
@@ -749,8 +754,8 @@ mod tests {
         let back = parse_recorded(Path::new("m"), &out).unwrap().entries;
         for (a, b) in all.iter().zip(back.iter()).skip(1) {
             assert_eq!(
-                (a.path, a.ino, a.dev, a.nlink),
-                (b.path, b.ino, b.dev, b.nlink)
+                (a.path, a.ino, a.dev(), a.nlink),
+                (b.path, b.ino, b.dev(), b.nlink)
             );
         }
     }

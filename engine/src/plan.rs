@@ -191,10 +191,10 @@ pub fn meta_changes(s: &Entry, d: &Entry, o: PlanOpts) -> u16 {
     if s.kind != Kind::Symlink && s.mode != d.mode {
         c |= change::PERMS;
     }
-    if o.owner && s.uid != d.uid {
+    if o.owner && s.uid() != d.uid() {
         c |= change::OWNER;
     }
-    if o.owner && s.gid != d.gid {
+    if o.owner && s.gid() != d.gid() {
         c |= change::GROUP;
     }
     if !s.same_mtime(d) {
@@ -212,7 +212,7 @@ fn groups(entries: &Entries) -> HashMap<(u64, u64), Vec<usize>> {
     let mut g: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
     for (i, e) in entries.iter().enumerate() {
         if e.is_multi_linked() {
-            g.entry((e.dev, e.ino)).or_default().push(i);
+            g.entry((e.dev(), e.ino)).or_default().push(i);
         }
     }
     g.retain(|_, v| v.len() > 1);
@@ -243,7 +243,7 @@ pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
             src_group_of.insert(m, leader);
             match dst_like(m) {
                 Some(j) => {
-                    let k = (dst[j].dev, dst[j].ino);
+                    let k = (dst[j].dev(), dst[j].ino);
                     if key.is_some_and(|x| x != k) {
                         ok = false;
                     }
@@ -340,7 +340,7 @@ pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
                     // elsewhere on the system, or from the jail itself) must not have its
                     // metadata set in place (invariants 3 and 4), whatever its type. It gets a
                     // new inode instead.
-                    let inside = dgroups.get(&(d.dev, d.ino)).map_or(1, Vec::len);
+                    let inside = dgroups.get(&(d.dev(), d.ino)).map_or(1, Vec::len);
                     let outside = meta != 0 && d.nlink as usize > inside;
                     let linked = match src_group_of.get(&i) {
                         Some(&leader) => !group_ok[&leader],
@@ -377,7 +377,7 @@ pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
     let wanted: std::collections::HashSet<u32> = restage
         .iter()
         .filter(|(_, &r)| r)
-        .flat_map(|(&l, _)| &sgroups[&(src[l].dev, src[l].ino)])
+        .flat_map(|(&l, _)| &sgroups[&(src[l].dev(), src[l].ino)])
         .map(|&m| m as u32)
         .collect();
     let mut acted: HashMap<u32, usize> = HashMap::new();
@@ -393,7 +393,7 @@ pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
         if !members_restage {
             continue;
         }
-        let members = &sgroups[&(src[leader].dev, src[leader].ino)];
+        let members = &sgroups[&(src[leader].dev(), src[leader].ino)];
         for &m in members {
             match acted.get(&(m as u32)) {
                 Some(&k) => {
@@ -538,7 +538,9 @@ mod tests {
         out.push(b"", Entry::new(Kind::Dir));
         for &(p, kind, ino, nlink, mtime) in es {
             let mut e = Entry::new(kind);
-            (e.ino, e.dev, e.nlink, e.mtime) = (ino, 1, nlink, mtime);
+            (e.ino, e.nlink) = (ino, nlink);
+            e.set_dev(1);
+            e.set_mtime(mtime, 0);
             if kind == Kind::Symlink {
                 e.set_target(Some(b"t".as_slice().into()));
             }

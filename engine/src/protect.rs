@@ -352,9 +352,10 @@ pub fn decide(
         let d = dst[dj].clone();
         let x = dst.at(dj).xattrs().cloned();
         let e = &mut src[si];
-        (e.size, e.mtime, e.mtime_nsec, e.mode, e.uid, e.gid) =
-            (d.size, d.mtime, d.mtime_nsec, d.mode, d.uid, d.gid);
-        (e.ino, e.dev, e.nlink, e.sparse) = (d.ino, d.dev, d.nlink, d.sparse);
+        (e.size, e.mode, e.ino, e.nlink, e.sparse) = (d.size, d.mode, d.ino, d.nlink, d.sparse);
+        let (ms, mn) = d.mtime();
+        e.set_mtime(ms, mn);
+        e.set_ids(d.uid(), d.gid(), d.dev());
         let (cs, cn) = d.ctime();
         e.set_ctime(cs, cn);
         e.set_xattrs(x);

@@ -28,8 +28,8 @@ pub fn same_by_stat(src: &Entries, dst: &Entries) -> HashSet<u32> {
                 if a.kind == Kind::File
                     && b.kind == Kind::File
                     && a.size == b.size
-                    && a.mtime == b.mtime
-                    && a.mtime_nsec == b.mtime_nsec
+                    && a.mtime().0 == b.mtime().0
+                    && a.mtime().1 == b.mtime().1
                     // Hard-link groups are planned as wholes: left to the content rule.
                     && a.nlink == 1
                     && b.nlink == 1

@@ -430,13 +430,13 @@ fn resume(
         .entries
         .iter()
         .enumerate()
-        .map(|(j, e)| (e.path, (j as u32, e.dev, e.ino)))
+        .map(|(j, e)| (e.path, (j as u32, e.dev(), e.ino)))
         .collect();
     let keep: Vec<(u32, u32)> = doomed(cur, plan)
         .filter_map(|i| {
             let e = cur.at(i as usize);
             match orig.get(e.path) {
-                Some(&(j, dev, ino)) if dev == e.dev && ino == e.ino => Some((j, i)),
+                Some(&(j, dev, ino)) if dev == e.dev() && ino == e.ino => Some((j, i)),
                 _ => None,
             }
         })
@@ -529,13 +529,13 @@ fn same(c: Option<Ent<'_>>, w: Option<Ent<'_>>, ino: bool, owner: bool) -> bool 
     };
     c.kind == w.kind
         && c.mode == w.mode
-        && (!owner || (c.uid, c.gid) == (w.uid, w.gid))
+        && (!owner || (c.uid(), c.gid()) == (w.uid(), w.gid()))
         && (c.kind == Kind::Dir
             || c.same_mtime(&w)
                 && c.target() == w.target()
                 && c.rdev() == w.rdev()
                 && (c.kind != Kind::File
-                    || c.size == w.size && (!ino || (c.dev, c.ino) == (w.dev, w.ino))))
+                    || c.size == w.size && (!ino || (c.dev(), c.ino) == (w.dev(), w.ino))))
 }
 
 /// What one generation's sync left, and the touched paths whose outcome is not known (a
@@ -745,7 +745,7 @@ pub fn rollback(
         .iter()
         .enumerate()
         .filter(|(i, e)| e.kind == Kind::File && !changed_file[*i])
-        .map(|(i, e)| ((e.dev, e.ino), i))
+        .map(|(i, e)| ((e.dev(), e.ino), i))
         .collect();
     let cur_by_path: HashMap<&[u8], usize> = cur
         .entries
@@ -762,8 +762,8 @@ pub fn rollback(
         let h = match cur_by_path.get(o.path) {
             Some(&i) if cur.entries[i].kind == Kind::File => {
                 let c = &cur.entries[i];
-                if c.dev == o.dev && c.ino == o.ino && !changed_file[i] {
-                    let h = synthetic(b"inode", c.dev, c.ino);
+                if c.dev() == o.dev() && c.ino == o.ino && !changed_file[i] {
+                    let h = synthetic(b"inode", c.dev(), c.ino);
                     cur_hashes[i] = Some(h);
                     h
                 } else {
@@ -827,7 +827,7 @@ pub fn rollback(
         let keep = files.join(a.src.to_string());
         if fs::symlink_metadata(&keep).is_ok() {
             map.insert(a.src, rel.into_bytes().into());
-        } else if let Some(&i) = by_inode.get(&(o.dev, o.ino)) {
+        } else if let Some(&i) = by_inode.get(&(o.dev(), o.ino)) {
             if !opts.dry_run {
                 let p = dst.join(fsx::os(cur.entries.path(i)));
                 fs::hard_link(&p, &keep).at(&p)?;

@@ -308,13 +308,13 @@ pub fn entry_from_stat(st: &rfs::Stat) -> Entry {
     let kind = fsx::kind_of(st.st_mode as u32);
     let mut e = Entry::new(kind);
     e.mode = (st.st_mode as u32 & 0o7777) as u16;
-    (e.uid, e.gid) = (st.st_uid, st.st_gid);
     if kind == Kind::File || kind == Kind::Symlink {
         e.size = st.st_size as u64;
     }
-    (e.mtime, e.mtime_nsec) = (st.st_mtime as i64, st.st_mtime_nsec as u32);
+    e.set_mtime(st.st_mtime as i64, st.st_mtime_nsec as u32);
     e.set_ctime(st.st_ctime as i64, st.st_ctime_nsec as u32);
-    (e.ino, e.dev, e.nlink) = (st.st_ino as u64, st.st_dev as u64, st.st_nlink as u32);
+    (e.ino, e.nlink) = (st.st_ino as u64, st.st_nlink as u32);
+    e.set_ids(st.st_uid, st.st_gid, st.st_dev as u64);
     e.sparse = kind == Kind::File && (st.st_blocks as u64).saturating_mul(512) < e.size;
     if matches!(kind, Kind::Char | Kind::Block) {
         e.set_rdev(st.st_rdev as u64);

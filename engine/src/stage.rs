@@ -734,7 +734,8 @@ pub fn restat(
                 Err(e) => return Err(e),
             };
             let e = &mut entries[start + k];
-            (e.ino, e.dev, e.nlink) = (ino, dev, nlink);
+            (e.ino, e.nlink) = (ino, nlink);
+            e.set_dev(dev);
             e.set_ctime(cs, cn);
         }
         start = end;

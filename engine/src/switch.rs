@@ -208,7 +208,7 @@ impl Home {
             let after = fsx::fstat(live_fd.as_fd()).at(live)?;
             if (after.st_mtime, after.st_mtime_nsec) != (before.st_mtime, before.st_mtime_nsec) {
                 let mut e = crate::entry::Entry::new(crate::entry::Kind::Dir);
-                (e.mtime, e.mtime_nsec) = (before.st_mtime as i64, before.st_mtime_nsec as u32);
+                e.set_mtime(before.st_mtime as i64, before.st_mtime_nsec as u32);
                 fsx::set_times_at(live_fd.as_fd(), b".", &e).at(live)?;
             }
             home = Some((hpath, fd));

@@ -703,7 +703,7 @@ pub fn prepare_from_manifest(
 fn empty_scan(src: &Scan) -> Scan {
     let mut root = src.entries[0].clone();
     root.mode = 0;
-    root.mtime = 0;
+    root.set_mtime(0, root.mtime().1);
     root.set_xattrs(None);
     let mut entries = Entries::new();
     entries.push(b"", root);
@@ -810,8 +810,8 @@ fn hash_entries(
         // Changed since the scan: the hash stands for nothing we know.
         let st = fsx::fstat(fd.as_fd())?;
         if st.st_size as u64 != e.size
-            || st.st_mtime != e.mtime
-            || st.st_mtime_nsec as u32 != e.mtime_nsec
+            || st.st_mtime != e.mtime().0
+            || st.st_mtime_nsec as u32 != e.mtime().1
             || !e.same_ctime(st.st_ctime as i64, st.st_ctime_nsec as u32)
         {
             return Err(io::Error::other("changed while being hashed"));

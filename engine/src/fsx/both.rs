@@ -120,7 +120,7 @@ fn node_metadata_is_set_without_following_a_symlink() {
         let d = dirfd(t.path());
         let mut e = Entry::new(Kind::Fifo);
         e.mode = 0o640;
-        (e.mtime, e.mtime_nsec) = (1_500_000_000, 7);
+        e.set_mtime(1_500_000_000, 7);
         mknod_at(d.as_fd(), b"p", &e).unwrap();
         let o = MetaOpts {
             owner: false,

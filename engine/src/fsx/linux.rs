@@ -140,8 +140,8 @@ impl Os for Linux {
             rfs::chownat(
                 CWD,
                 p.as_c_str(),
-                Some(rfs::Uid::from_raw(e.uid)),
-                Some(rfs::Gid::from_raw(e.gid)),
+                Some(rfs::Uid::from_raw(e.uid())),
+                Some(rfs::Gid::from_raw(e.gid())),
                 AtFlags::empty(),
             )
             .map_err(errno)?;

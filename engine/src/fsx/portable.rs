@@ -165,8 +165,8 @@ impl Os for Portable {
             rfs::chownat(
                 dir,
                 c.as_c_str(),
-                Some(rfs::Uid::from_raw(e.uid)),
-                Some(rfs::Gid::from_raw(e.gid)),
+                Some(rfs::Uid::from_raw(e.uid())),
+                Some(rfs::Gid::from_raw(e.gid())),
                 AtFlags::SYMLINK_NOFOLLOW,
             )
             .map_err(errno)?;
