@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -120,45 +121,154 @@ impl Drop for Sshd {
     }
 }
 
-/// A jail and some hosts' roots in one temp dir.
+/// A jail, hosts `h1`..`hN` (empty roots, made) and the sshd reaching them, in one temp dir with
+/// the local state dir and the hosts' (one for all: they are one machine) beside them. Any other
+/// name is a host whose root does not exist yet.
 struct Fleet {
     tmp: tempfile::TempDir,
     jail: Tree,
+    hosts: usize,
+    // Last: killed after the roots are gone, as when each test held its own.
+    sshd: Option<Sshd>,
 }
 
 impl Fleet {
-    fn new() -> Fleet {
+    /// With an sshd; None (the test skipped, the reason printed) when this machine cannot run one.
+    fn start(hosts: usize) -> Option<Fleet> {
+        let sshd = Sshd::start()?;
+        Some(Fleet::with(hosts, Some(sshd)))
+    }
+
+    /// Without one: the hosts are reached as bare roots, over a pipe.
+    fn local(hosts: usize) -> Fleet {
+        Fleet::with(hosts, None)
+    }
+
+    fn with(hosts: usize, sshd: Option<Sshd>) -> Fleet {
         let tmp = tempfile::Builder::new()
             .prefix("jailsync-push-")
             .tempdir()
             .expect("tempdir");
         let jail = Tree::new(tmp.path().join("jail"));
-        Fleet { tmp, jail }
+        let f = Fleet {
+            tmp,
+            jail,
+            hosts,
+            sshd,
+        };
+        for i in 1..=hosts {
+            f.tree(&format!("h{i}"));
+        }
+        f
     }
 
     fn root(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }
 
+    /// The root of host `name`, made if it was not.
+    fn tree(&self, name: &str) -> Tree {
+        Tree::new(self.root(name))
+    }
+
     fn host(&self, name: &str) -> String {
         format!("127.0.0.1:{}", self.root(name).display())
     }
 
-    /// `jailsync --state-dir LOCAL push JAIL TARGETS... --ssh .. --remote-bin BIN
-    /// --remote-state-dir REMOTE EXTRA...`.
-    fn push(&self, sshd: &Sshd, targets: &[String], extra: &[&str]) -> Output {
+    /// Every host made at the start, as push targets.
+    fn hosts(&self) -> Vec<String> {
+        (1..=self.hosts)
+            .map(|i| self.host(&format!("h{i}")))
+            .collect()
+    }
+
+    fn local_state(&self) -> PathBuf {
+        self.tmp.path().join("state-local")
+    }
+
+    fn remote_state(&self) -> PathBuf {
+        self.tmp.path().join("state-remote")
+    }
+
+    /// The `--ssh` command reaching the hosts.
+    fn ssh(&self) -> String {
+        self.sshd.as_ref().expect("a fleet with an sshd").ssh()
+    }
+
+    /// An executable file `name` in the temp dir holding `text`.
+    fn script(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    /// A push of the jail to `targets`, to change before it is run.
+    fn push_to<T: AsRef<OsStr>>(&self, targets: &[T]) -> Push<'_> {
+        Push {
+            f: self,
+            targets: targets.iter().map(|t| t.as_ref().to_owned()).collect(),
+            ssh: self.sshd.as_ref().map(|s| s.ssh().into()),
+            remote_bin: self.sshd.as_ref().map(|_| BIN.into()),
+            args: Vec::new(),
+        }
+    }
+
+    /// `jailsync push` of the jail to `targets` with `extra`, run to its end.
+    fn push<T: AsRef<OsStr>>(&self, targets: &[T], extra: &[&str]) -> Output {
+        self.push_to(targets).args(extra).run()
+    }
+}
+
+/// `jailsync --state-dir LOCAL push JAIL TARGETS... [--ssh SSH] [--remote-bin BIN]
+/// --remote-state-dir REMOTE ARGS...`; the ssh and the remote binary are the fleet's sshd and
+/// this build, or none with a fleet that has no sshd.
+struct Push<'f> {
+    f: &'f Fleet,
+    targets: Vec<OsString>,
+    ssh: Option<OsString>,
+    remote_bin: Option<OsString>,
+    args: Vec<OsString>,
+}
+
+impl Push<'_> {
+    fn ssh(mut self, ssh: impl AsRef<OsStr>) -> Self {
+        self.ssh = Some(ssh.as_ref().to_owned());
+        self
+    }
+
+    fn remote_bin(mut self, bin: impl AsRef<OsStr>) -> Self {
+        self.remote_bin = Some(bin.as_ref().to_owned());
+        self
+    }
+
+    fn args(mut self, extra: &[&str]) -> Self {
+        self.args.extend(extra.iter().map(OsString::from));
+        self
+    }
+
+    fn command(&self) -> Command {
         let mut c = Command::new(BIN);
         c.env_remove("JAILSYNC_STATE_DIR")
             .arg("--state-dir")
-            .arg(self.tmp.path().join("state-local"))
+            .arg(self.f.local_state())
             .arg("push")
-            .arg(self.jail.root.as_os_str())
-            .args(targets)
-            .args(["--ssh", &sshd.ssh(), "--remote-bin", BIN])
-            .arg("--remote-state-dir")
-            .arg(self.tmp.path().join("state-remote"))
-            .args(extra);
-        run_within(&mut c)
+            .arg(&self.f.jail.root)
+            .args(&self.targets);
+        if let Some(ssh) = &self.ssh {
+            c.arg("--ssh").arg(ssh);
+        }
+        if let Some(bin) = &self.remote_bin {
+            c.arg("--remote-bin").arg(bin);
+        }
+        c.arg("--remote-state-dir")
+            .arg(self.f.remote_state())
+            .args(&self.args);
+        c
+    }
+
+    fn run(&self) -> Output {
+        run_within(&mut self.command())
     }
 }
 
@@ -258,6 +368,12 @@ fn live(f: &Fleet, host: &str) -> Vec<Listing> {
         .collect()
 }
 
+/// A host running an older release of `release`'s package.
+fn old_release(host: &Tree) {
+    host.file("usr/pkg/bin/tool", b"old\n")
+        .file("var/db/pkg/big-1.0/+CONTENTS", b"old\n");
+}
+
 fn same_as_jail(f: &Fleet, host: &str) {
     for t in ["usr/pkg", "var/db/pkg"] {
         assert_same(&f.jail.path(t), &f.root(host).join(t));
@@ -266,26 +382,24 @@ fn same_as_jail(f: &Fleet, host: &str) {
 
 #[test]
 fn push_over_ssh_makes_every_host_the_jail_repeats_cheaply_and_rolls_back() {
-    let Some(sshd) = Sshd::start() else { return };
-    let f = Fleet::new();
+    let Some(f) = Fleet::start(3) else { return };
     let big = random(2 << 20, 1);
     release(&f.jail, &big);
     // h1 runs the old release, which already holds the new library under another name (a
     // rename in the new release: its content must not be sent again); h2 is empty; h3 has
     // no trees yet.
-    let h1 = Tree::new(f.root("h1"));
-    h1.file("usr/pkg/bin/tool", b"#!/bin/sh\necho old\n")
+    f.tree("h1")
+        .file("usr/pkg/bin/tool", b"#!/bin/sh\necho old\n")
         .file("usr/pkg/lib/libbig.so.1", &big)
         .symlink("usr/pkg/lib/libbig.so", "libbig.so.1")
         .file("usr/pkg/lib/gone.so", b"removed by the upgrade")
         .file("var/db/pkg/big-1.0/+CONTENTS", b"lib/libbig.so.1\n");
-    Tree::new(f.root("h2")).dir("usr/pkg").dir("var/db/pkg");
-    Tree::new(f.root("h3"));
+    f.tree("h2").dir("usr/pkg").dir("var/db/pkg");
     let h1_before = listing(&f.root("h1/usr/pkg"));
     let jail_before = listing(&f.jail.root);
-    let hosts: Vec<String> = ["h1", "h2", "h3"].iter().map(|h| f.host(h)).collect();
+    let hosts = f.hosts();
 
-    let o = f.push(&sshd, &hosts, &["--json"]);
+    let o = f.push(&hosts, &["--json"]);
     expect_code(&o, 0);
     for h in ["h1", "h2", "h3"] {
         same_as_jail(&f, h);
@@ -330,7 +444,7 @@ fn push_over_ssh_makes_every_host_the_jail_repeats_cheaply_and_rolls_back() {
     assert!(first > 2 * (2 << 20), "{first}");
 
     // Again: nothing to send but the manifests.
-    let o = f.push(&sshd, &hosts, &["--json"]);
+    let o = f.push(&hosts, &["--json"]);
     expect_code(&o, 0);
     let again = summary(&o)["wire_bytes"].as_u64().unwrap();
     assert!(
@@ -342,7 +456,7 @@ fn push_over_ssh_makes_every_host_the_jail_repeats_cheaply_and_rolls_back() {
     }
 
     // Every host back to what it ran before.
-    let o = f.push(&sshd, &hosts[..1], &["--rollback"]);
+    let o = f.push(&hosts[..1], &["--rollback"]);
     expect_code(&o, 0);
     assert!(
         listing(&f.root("h1/usr/pkg")) == h1_before,
@@ -352,20 +466,17 @@ fn push_over_ssh_makes_every_host_the_jail_repeats_cheaply_and_rolls_back() {
 
 #[test]
 fn a_host_that_cannot_stage_keeps_every_other_host_unswitched() {
-    let Some(sshd) = Sshd::start() else { return };
-    let f = Fleet::new();
+    let Some(f) = Fleet::start(3) else { return };
     release(&f.jail, &random(64 << 10, 2));
     for h in ["h1", "h2", "h3"] {
-        Tree::new(f.root(h))
-            .file("usr/pkg/bin/tool", b"old\n")
-            .file("var/db/pkg/big-1.0/+CONTENTS", b"old\n");
+        old_release(&f.tree(h));
     }
     // h2's home for usr/pkg cannot be made: a file holds its name.
     std::fs::write(f.root("h2/usr/.jailsync-pkg"), b"in the way").unwrap();
     let before: Vec<_> = ["h1", "h2", "h3"].iter().map(|h| live(&f, h)).collect();
-    let hosts: Vec<String> = ["h1", "h2", "h3"].iter().map(|h| f.host(h)).collect();
+    let hosts = f.hosts();
 
-    let o = f.push(&sshd, &hosts, &["--json"]);
+    let o = f.push(&hosts, &["--json"]);
     expect_code(&o, 1);
     let err = stderr(&o);
     assert!(
@@ -395,7 +506,7 @@ fn a_host_that_cannot_stage_keeps_every_other_host_unswitched() {
     assert_eq!(r[0]["result"], "not switched", "{s}");
 
     // Allowing one failure, the others switch; h2 stays as it was, and the run still says so.
-    let o = f.push(&sshd, &hosts, &["--max-failed", "1"]);
+    let o = f.push(&hosts, &["--max-failed", "1"]);
     expect_code(&o, 1);
     assert!(stderr(&o).contains(&f.host("h2")), "{}", stderr(&o));
     same_as_jail(&f, "h1");
@@ -405,37 +516,20 @@ fn a_host_that_cannot_stage_keeps_every_other_host_unswitched() {
 
 #[test]
 fn a_connection_killed_mid_transfer_leaves_the_host_untouched() {
-    let Some(sshd) = Sshd::start() else { return };
-    let f = Fleet::new();
+    let Some(f) = Fleet::start(1) else { return };
     release(&f.jail, &random(4 << 20, 3));
-    Tree::new(f.root("h1"))
-        .file("usr/pkg/bin/tool", b"old\n")
-        .file("var/db/pkg/big-1.0/+CONTENTS", b"old\n");
+    old_release(&f.tree("h1"));
     let before = live(&f, "h1");
     // An ssh whose connection is killed (SIGKILL) once 1 MB of the 4 MB library has gone in.
-    let wrap = f.tmp.path().join("ssh-killed");
-    std::fs::write(
-        &wrap,
-        format!(
+    let wrap = f.script(
+        "ssh-killed",
+        &format!(
             "#!/bin/bash\nfifo=$(mktemp -u)\nmkfifo \"$fifo\"\n{ssh} \"$@\" < \"$fifo\" &\npid=$!\n\
              stdbuf -i0 -o0 head -c 1000000 > \"$fifo\"\nkill -9 $pid\nrm -f \"$fifo\"\nwait $pid\n",
-            ssh = sshd.ssh()
+            ssh = f.ssh()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrap, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let o = run_within(
-        Command::new(BIN)
-            .env_remove("JAILSYNC_STATE_DIR")
-            .arg("--state-dir")
-            .arg(f.tmp.path().join("state-local"))
-            .arg("push")
-            .arg(&f.jail.root)
-            .arg(f.host("h1"))
-            .args(["--ssh", wrap.to_str().unwrap(), "--remote-bin", BIN])
-            .arg("--remote-state-dir")
-            .arg(f.tmp.path().join("state-remote")),
     );
+    let o = f.push_to(&f.hosts()).ssh(&wrap).run();
     expect_code(&o, 1);
     assert!(stderr(&o).contains(&f.host("h1")), "{}", stderr(&o));
     assert!(live(&f, "h1") == before, "h1 changed");
@@ -443,7 +537,7 @@ fn a_connection_killed_mid_transfer_leaves_the_host_untouched() {
     // The next push (once the killed session has let go of its lock) finishes the job.
     let t0 = Instant::now();
     loop {
-        let o = f.push(&sshd, &[f.host("h1")], &[]);
+        let o = f.push(&f.hosts(), &[]);
         if o.status.code() == Some(0) {
             break;
         }
@@ -459,8 +553,7 @@ fn a_connection_killed_mid_transfer_leaves_the_host_untouched() {
 
 /// A fake `serve` in Python (independent of our protocol code): greets with `version`, reads
 /// the request, then misbehaves as `mode` says.
-fn fake_serve(dir: &Path, mode: &str, version: &str) -> PathBuf {
-    let p = dir.join(format!("fake-serve-{mode}"));
+fn fake_serve(f: &Fleet, mode: &str, version: &str) -> PathBuf {
     let script = format!(
         r#"#!/usr/bin/python3
 import struct, sys
@@ -499,19 +592,16 @@ inp.read()
 "#,
         proto = jailsync_engine::remote::wire::PROTOCOL
     );
-    std::fs::write(&p, script).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    p
+    f.script(&format!("fake-serve-{mode}"), &script)
 }
 
 #[test]
 fn a_hostile_remote_cannot_make_the_local_side_write_anything() {
-    let Some(sshd) = Sshd::start() else { return };
+    let Some(f) = Fleet::start(0) else { return };
     require!(
         Path::new("/usr/bin/python3").exists(),
         "needs /usr/bin/python3 for the fake serve"
     );
-    let f = Fleet::new();
     release(&f.jail, &random(32 << 10, 4));
     let cwd = f.tmp.path().join("cwd");
     std::fs::create_dir(&cwd).unwrap();
@@ -523,7 +613,7 @@ fn a_hostile_remote_cannot_make_the_local_side_write_anything() {
         ("blob-to-local", "expected WANT, got BLOB"),
         ("short-staged", "STAGED frame cut short"),
     ] {
-        let fake = fake_serve(f.tmp.path(), mode, version);
+        let fake = fake_serve(&f, mode, version);
         // The local state dir (the jail's stat cache) is the one place push writes.
         let seen = || {
             let mut l = listing(f.tmp.path());
@@ -532,15 +622,10 @@ fn a_hostile_remote_cannot_make_the_local_side_write_anything() {
         };
         let before = seen();
         let o = run_within(
-            Command::new(BIN)
-                .current_dir(&cwd)
-                .env_remove("JAILSYNC_STATE_DIR")
-                .arg("--state-dir")
-                .arg(f.tmp.path().join("state-local"))
-                .arg("push")
-                .arg(&f.jail.root)
-                .arg(f.host("h1"))
-                .args(["--ssh", &sshd.ssh(), "--remote-bin", fake.to_str().unwrap()]),
+            f.push_to(&[f.host("h1")])
+                .remote_bin(&fake)
+                .command()
+                .current_dir(&cwd),
         );
         expect_code(&o, 1);
         let err = stderr(&o);
@@ -563,24 +648,14 @@ fn a_hostile_remote_cannot_make_the_local_side_write_anything() {
 
 #[test]
 fn versions_that_differ_are_refused_both_ways() {
-    let Some(sshd) = Sshd::start() else { return };
+    let Some(f) = Fleet::start(0) else { return };
     require!(
         Path::new("/usr/bin/python3").exists(),
         "needs /usr/bin/python3 for the fake serve"
     );
-    let f = Fleet::new();
     release(&f.jail, b"x");
-    let fake = fake_serve(f.tmp.path(), "none", "0.0.0-other");
-    let o = run_within(
-        Command::new(BIN)
-            .env_remove("JAILSYNC_STATE_DIR")
-            .arg("--state-dir")
-            .arg(f.tmp.path().join("state-local"))
-            .arg("push")
-            .arg(&f.jail.root)
-            .arg(f.host("h1"))
-            .args(["--ssh", &sshd.ssh(), "--remote-bin", fake.to_str().unwrap()]),
-    );
+    let fake = fake_serve(&f, "none", "0.0.0-other");
+    let o = f.push_to(&[f.host("h1")]).remote_bin(&fake).run();
     expect_code(&o, 1);
     let err = stderr(&o);
     assert!(
@@ -592,7 +667,7 @@ fn versions_that_differ_are_refused_both_ways() {
     // Our serve, greeted by a client of another version, says so and stages nothing.
     let mut serve = Command::new(BIN)
         .args(["--state-dir"])
-        .arg(f.tmp.path().join("state-remote"))
+        .arg(f.remote_state())
         .arg("serve")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -620,17 +695,10 @@ fn versions_that_differ_are_refused_both_ways() {
 
 #[test]
 fn a_bare_root_is_pushed_over_a_pipe_with_the_same_protocol() {
-    let f = Fleet::new();
+    let f = Fleet::local(1);
     release(&f.jail, &random(100 << 10, 5));
-    Tree::new(f.root("h1")).file("usr/pkg/bin/tool", b"old\n");
-    let o = run_within(
-        Command::new(BIN)
-            .env("JAILSYNC_STATE_DIR", f.tmp.path().join("state"))
-            .arg("push")
-            .arg(&f.jail.root)
-            .arg(f.root("h1"))
-            .arg("--json"),
-    );
+    f.tree("h1").file("usr/pkg/bin/tool", b"old\n");
+    let o = f.push(&[f.root("h1")], &["--json"]);
     expect_code(&o, 0);
     same_as_jail(&f, "h1");
     let s = summary(&o);
@@ -640,37 +708,24 @@ fn a_bare_root_is_pushed_over_a_pipe_with_the_same_protocol() {
 
 #[test]
 fn a_host_waiting_staged_is_left_untouched_when_push_dies() {
-    let Some(sshd) = Sshd::start() else { return };
-    let f = Fleet::new();
+    let Some(f) = Fleet::start(1) else { return };
     release(&f.jail, &random(64 << 10, 6));
-    Tree::new(f.root("h1"))
-        .file("usr/pkg/bin/tool", b"old\n")
-        .file("var/db/pkg/big-1.0/+CONTENTS", b"old\n");
+    old_release(&f.tree("h1"));
     let before = live(&f, "h1");
     // "stall" never answers (its ssh swallows what it is sent, holding the connection open:
     // fd 3), so h1 stages and waits for
     // the fleet's word; push is then killed.
-    let wrap = f.tmp.path().join("ssh-stall");
-    std::fs::write(
-        &wrap,
-        format!(
+    let wrap = f.script(
+        "ssh-stall",
+        &format!(
             "#!/bin/bash\nfor a in \"$@\"; do [ \"$a\" = stall ] && exec cat 3>&1 >/dev/null; done\nexec {} \"$@\"\n",
-            sshd.ssh()
+            f.ssh()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrap, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut push = Command::new(BIN)
-        .env_remove("JAILSYNC_STATE_DIR")
-        .arg("--state-dir")
-        .arg(f.tmp.path().join("state-local"))
-        .arg("push")
-        .arg(&f.jail.root)
-        .arg(f.host("h1"))
-        .arg(format!("stall:{}", f.root("h2").display()))
-        .args(["--ssh", wrap.to_str().unwrap(), "--remote-bin", BIN])
-        .arg("--remote-state-dir")
-        .arg(f.tmp.path().join("state-remote"))
+    );
+    let mut push = f
+        .push_to(&[f.host("h1"), format!("stall:{}", f.root("h2").display())])
+        .ssh(&wrap)
+        .command()
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -713,7 +768,7 @@ fn on_host(f: &Fleet, args: &[&std::ffi::OsStr]) -> Output {
     let mut c = Command::new(BIN);
     c.env_remove("JAILSYNC_STATE_DIR")
         .arg("--state-dir")
-        .arg(f.tmp.path().join("state-remote"))
+        .arg(f.remote_state())
         .args(args);
     run_within(&mut c)
 }
@@ -727,8 +782,7 @@ fn host_line(o: &Output, f: &Fleet, name: &str) -> serde_json::Value {
 
 #[test]
 fn push_keeps_a_hosts_edited_configuration_as_upgrade_does() {
-    let Some(sshd) = Sshd::start() else { return };
-    let f = Fleet::new();
+    let Some(f) = Fleet::start(2) else { return };
     f.jail
         .file("usr/pkg/bin/tool", b"v1\n")
         .file("usr/pkg/etc/app.conf", b"listen 80 # v1\n")
@@ -736,21 +790,19 @@ fn push_keeps_a_hosts_edited_configuration_as_upgrade_does() {
         .file("usr/pkg/share/app/other.cfg", b"x=1 # v1\n")
         // Protected by the jail's jailsync.conf (app.ini) and by --protect (other.cfg).
         .file("jailsync.conf", b"protect usr/pkg/share/app/*.ini\n");
-    Tree::new(f.root("h1"));
-    Tree::new(f.root("h2"));
-    let hosts = [f.host("h1"), f.host("h2")];
+    let hosts = f.hosts();
     let protect = ["--json", "--protect", "usr/pkg/share/app/*.cfg"];
-    expect_code(&f.push(&sshd, &hosts, &protect), 0);
+    expect_code(&f.push(&hosts, &protect), 0);
     // The admin of h1 edits two protected files; h2 is left as pushed.
-    let h1 = Tree::new(f.root("h1"));
-    h1.file("usr/pkg/etc/app.conf", b"listen 8080 # ADMIN\n")
+    f.tree("h1")
+        .file("usr/pkg/etc/app.conf", b"listen 8080 # ADMIN\n")
         .file("usr/pkg/share/app/app.ini", b"mode=2 # ADMIN\n")
         .file("usr/pkg/share/app/other.cfg", b"x=2 # ADMIN\n");
     // The next release changes the program and app.conf, not app.ini.
     f.jail
         .file("usr/pkg/bin/tool", b"v2\n")
         .file("usr/pkg/etc/app.conf", b"listen 80 # v2\n");
-    let o = f.push(&sshd, &hosts, &protect);
+    let o = f.push(&hosts, &protect);
     expect_code(&o, 0);
     let read = |h: &str, p: &str| std::fs::read(f.root(h).join(p)).unwrap();
     assert_eq!(read("h1", "usr/pkg/bin/tool"), b"v2\n");
@@ -773,7 +825,7 @@ fn push_keeps_a_hosts_edited_configuration_as_upgrade_does() {
     assert_eq!(host_line(&o, &f, "h2")["config"]["kept_new"], 0);
     // The host's base moved to the jail's v2: pushed again, the pending file stays (never
     // deleted by a sync) and the edit is kept as unchanged in the jail.
-    let o = f.push(&sshd, &hosts, &protect);
+    let o = f.push(&hosts, &protect);
     expect_code(&o, 0);
     assert_eq!(read("h1", "usr/pkg/etc/app.conf"), b"listen 8080 # ADMIN\n");
     assert_eq!(
@@ -792,7 +844,7 @@ fn push_keeps_a_hosts_edited_configuration_as_upgrade_does() {
     assert!(stdout(&d).contains("+listen 80 # v2"), "{}", stdout(&d));
     // --no-protect: etc/ is the jail's again (jailsync.conf's glob still protects app.ini;
     // other.cfg, protected by no rule now, is the jail's too).
-    let o = f.push(&sshd, &hosts, &["--json", "--no-protect"]);
+    let o = f.push(&hosts, &["--json", "--no-protect"]);
     expect_code(&o, 0);
     assert_eq!(read("h1", "usr/pkg/etc/app.conf"), b"listen 80 # v2\n");
     assert_eq!(read("h1", "usr/pkg/share/app/app.ini"), b"mode=2 # ADMIN\n");
@@ -814,9 +866,8 @@ fn pkgsrc_2005(j: &Tree, v: u32) {
 
 #[test]
 fn push_keeps_a_nested_databases_history_and_rollback_root_undoes_exactly_the_push() {
-    let Some(sshd) = Sshd::start() else { return };
-    let f = Fleet::new();
-    Tree::new(f.root("h1")).dir("usr");
+    let Some(f) = Fleet::start(1) else { return };
+    f.tree("h1").dir("usr");
     let root = f.root("h1");
     let upgrade = || {
         let o = on_host(
@@ -862,7 +913,7 @@ fn push_keeps_a_nested_databases_history_and_rollback_root_undoes_exactly_the_pu
     let before = packages();
 
     pkgsrc_2005(&f.jail, 3);
-    expect_code(&f.push(&sshd, &[f.host("h1")], &[]), 0);
+    expect_code(&f.push(&f.hosts(), &[]), 0);
     assert_eq!(
         std::fs::read(root.join("usr/pkg/bin/nginx")).unwrap(),
         b"nginx v3\n"
@@ -910,12 +961,12 @@ fn push_keeps_a_nested_databases_history_and_rollback_root_undoes_exactly_the_pu
         before.diff(&after)
     );
     // push --rollback on a nested layout: the database first, then the tree holding it.
-    expect_code(&f.push(&sshd, &[f.host("h1")], &[]), 0);
+    expect_code(&f.push(&f.hosts(), &[]), 0);
     assert_eq!(
         std::fs::read(root.join("usr/pkg/bin/nginx")).unwrap(),
         b"nginx v3\n"
     );
-    expect_code(&f.push(&sshd, &[f.host("h1")], &["--rollback"]), 0);
+    expect_code(&f.push(&f.hosts(), &["--rollback"]), 0);
     let after = packages();
     assert!(
         after == before,
@@ -937,28 +988,25 @@ fn next_release(j: &Tree, big: &[u8], new: &[u8]) {
 
 #[test]
 fn a_dry_run_reports_what_each_host_would_do_and_writes_nothing_anywhere() {
-    let Some(sshd) = Sshd::start() else { return };
-    let f = Fleet::new();
+    let Some(f) = Fleet::start(2) else { return };
     let big = random(256 << 10, 7);
     release(&f.jail, &big);
-    Tree::new(f.root("h1"));
-    Tree::new(f.root("h2"));
-    let hosts = [f.host("h1"), f.host("h2")];
-    expect_code(&f.push(&sshd, &hosts, &[]), 0);
+    let hosts = f.hosts();
+    expect_code(&f.push(&hosts, &[]), 0);
     // The next release; h2's admin also left a file the push would remove.
     let new = random(300 << 10, 8);
     next_release(&f.jail, &big, &new);
-    Tree::new(f.root("h2")).file("usr/pkg/bin/admin-tool", b"local\n");
+    f.tree("h2").file("usr/pkg/bin/admin-tool", b"local\n");
     let seen = || {
         (
             listing(&f.root("h1")),
             listing(&f.root("h2")),
-            listing(&f.tmp.path().join("state-remote")),
+            listing(&f.remote_state()),
         )
     };
     let before = seen();
 
-    let o = f.push(&sshd, &hosts, &["--dry-run", "--json"]);
+    let o = f.push(&hosts, &["--dry-run", "--json"]);
     expect_code(&o, 0);
     let after = seen();
     for (what, b, a) in [
@@ -991,7 +1039,7 @@ fn a_dry_run_reports_what_each_host_would_do_and_writes_nothing_anywhere() {
         assert!(p["wire_bytes"].as_u64().unwrap() < 32 << 10, "{p}");
     }
     // The human report says the same.
-    let o = f.push(&sshd, &hosts, &["-n"]);
+    let o = f.push(&hosts, &["-n"]);
     expect_code(&o, 0);
     let err = stderr(&o);
     assert!(
@@ -1001,7 +1049,7 @@ fn a_dry_run_reports_what_each_host_would_do_and_writes_nothing_anywhere() {
     assert!(seen() == before, "a dry run changed a host");
 
     // The real push does exactly what the dry run said.
-    let o = f.push(&sshd, &hosts, &["--json"]);
+    let o = f.push(&hosts, &["--json"]);
     expect_code(&o, 0);
     for (h, p) in [("h1", &p1), ("h2", &p2)] {
         let d = host_line(&o, &f, h);
@@ -1019,27 +1067,24 @@ fn a_dry_run_reports_what_each_host_would_do_and_writes_nothing_anywhere() {
 
 #[test]
 fn an_excluded_path_is_neither_sent_changed_nor_deleted_on_any_host() {
-    let Some(sshd) = Sshd::start() else { return };
-    let f = Fleet::new();
+    let Some(f) = Fleet::start(2) else { return };
     release(&f.jail, &random(32 << 10, 9));
     f.jail
         .file("usr/pkg/share/index.cache", random(200 << 10, 10))
         .file("usr/pkg/var/run/jail.pid", b"1\n");
     // h1 has its own cache and run state; h2 has nothing.
-    Tree::new(f.root("h1"))
+    f.tree("h1")
         .file("usr/pkg/share/index.cache", b"h1's own\n")
         .file("usr/pkg/var/run/host.pid", b"42\n")
         .file("usr/pkg/var/db/state", b"host state\n");
-    Tree::new(f.root("h2"));
     let jail_bytes: u64 = listing(&f.jail.root)
         .0
         .values()
         .filter(|r| r.kind == 'f')
         .filter_map(|r| r.size)
         .sum();
-    let hosts = [f.host("h1"), f.host("h2")];
+    let hosts = f.hosts();
     let o = f.push(
-        &sshd,
         &hosts,
         &["--json", "--exclude", "*.cache", "--exclude", "/var/"],
     );
@@ -1069,7 +1114,7 @@ fn an_excluded_path_is_neither_sent_changed_nor_deleted_on_any_host() {
         );
     }
     // Pushed again without the excludes, the hosts become the jail.
-    expect_code(&f.push(&sshd, &hosts, &[]), 0);
+    expect_code(&f.push(&hosts, &[]), 0);
     for h in ["h1", "h2"] {
         same_as_jail(&f, h);
     }
@@ -1077,45 +1122,30 @@ fn an_excluded_path_is_neither_sent_changed_nor_deleted_on_any_host() {
 
 #[test]
 fn a_host_that_stalls_fails_after_the_timeout_and_the_fleet_follows_the_rule() {
-    let Some(sshd) = Sshd::start() else { return };
-    let f = Fleet::new();
+    let Some(f) = Fleet::start(2) else { return };
     release(&f.jail, &random(64 << 10, 11));
     for h in ["h1", "h2"] {
-        Tree::new(f.root(h))
-            .file("usr/pkg/bin/tool", b"old\n")
-            .file("var/db/pkg/big-1.0/+CONTENTS", b"old\n");
+        old_release(&f.tree(h));
     }
     let before: Vec<_> = ["h1", "h2"].iter().map(|h| live(&f, h)).collect();
     // Host "slow" is 127.0.0.1 whose remote command sleeps before it starts serving.
-    let wrap = f.tmp.path().join("ssh-slow");
-    std::fs::write(
-        &wrap,
-        format!(
+    let wrap = f.script(
+        "ssh-slow",
+        &format!(
             "#!/bin/bash\nargs=(); slow=0\nfor a in \"$@\"; do\n  if [ \"$a\" = slow ]; then slow=1; args+=(127.0.0.1); else args+=(\"$a\"); fi\ndone\n\
              if [ $slow = 1 ]; then n=$((${{#args[@]}} - 1)); args[$n]=\"sleep 30; exec ${{args[$n]}}\"; fi\nexec {} \"${{args[@]}}\"\n",
-            sshd.ssh()
+            f.ssh()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrap, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let slow = format!("slow:{}", f.root("h2").display());
     let push = |extra: &[&str]| {
         let t0 = Instant::now();
-        let o = run_within(
-            Command::new(BIN)
-                .env_remove("JAILSYNC_STATE_DIR")
-                .arg("--state-dir")
-                .arg(f.tmp.path().join("state-local"))
-                .arg("push")
-                .arg(&f.jail.root)
-                .arg(f.host("h1"))
-                .arg(&slow)
-                .args(["--ssh", wrap.to_str().unwrap(), "--remote-bin", BIN])
-                .arg("--remote-state-dir")
-                .arg(f.tmp.path().join("state-remote"))
-                .args(["--json", "--timeout", "2"])
-                .args(extra),
-        );
+        let o = f
+            .push_to(&[f.host("h1"), slow.clone()])
+            .ssh(&wrap)
+            .args(&["--json", "--timeout", "2"])
+            .args(extra)
+            .run();
         // Given up after the timeout, not after the host's 30 s.
         assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
         o
@@ -1147,14 +1177,13 @@ fn a_host_that_stalls_fails_after_the_timeout_and_the_fleet_follows_the_rule() {
 
 #[test]
 fn push_rollback_marks_the_hosts_record_so_rollback_root_goes_one_further_back() {
-    let Some(sshd) = Sshd::start() else { return };
-    let f = Fleet::new();
+    let Some(f) = Fleet::start(1) else { return };
     let root = f.root("h1");
-    Tree::new(&root).file("usr/pkg/bin/tool", b"v0\n");
+    f.tree("h1").file("usr/pkg/bin/tool", b"v0\n");
     let tool = || std::fs::read(root.join("usr/pkg/bin/tool")).unwrap();
     for n in [1, 2] {
         f.jail.file("usr/pkg/bin/tool", format!("v{n}\n"));
-        expect_code(&f.push(&sshd, &[f.host("h1")], &[]), 0);
+        expect_code(&f.push(&f.hosts(), &[]), 0);
         assert_eq!(tool(), format!("v{n}\n").as_bytes());
     }
     let history = || {
@@ -1176,13 +1205,13 @@ fn push_rollback_marks_the_hosts_record_so_rollback_root_goes_one_further_back()
     assert_eq!(history(), ["done", "done"]);
 
     // A dry run says what it would do and does nothing.
-    let o = f.push(&sshd, &[f.host("h1")], &["--rollback", "--dry-run"]);
+    let o = f.push(&f.hosts(), &["--rollback", "--dry-run"]);
     expect_code(&o, 0);
     assert!(stderr(&o).contains("would roll back"), "{}", stderr(&o));
     assert_eq!(tool(), b"v2\n");
     assert_eq!(history(), ["done", "done"]);
 
-    expect_code(&f.push(&sshd, &[f.host("h1")], &["--rollback"]), 0);
+    expect_code(&f.push(&f.hosts(), &["--rollback"]), 0);
     assert_eq!(tool(), b"v1\n");
     // Newest first: the second push is rolled back, as `rollback --root` would have marked it.
     assert_eq!(history(), ["rolled back", "done"]);
