@@ -90,17 +90,17 @@ pub struct Builder<'a> {
 }
 
 /// Remembers the last directory opened under one root; entries come in path order.
-struct Dirs<'r> {
+pub(crate) struct Dirs<'r> {
     root: BorrowedFd<'r>,
     last: Option<(Vec<u8>, OwnedFd)>,
 }
 
 impl<'r> Dirs<'r> {
-    fn new(root: BorrowedFd<'r>) -> Self {
+    pub(crate) fn new(root: BorrowedFd<'r>) -> Self {
         Dirs { root, last: None }
     }
 
-    fn get(&mut self, rel: &[u8]) -> io::Result<BorrowedFd<'_>> {
+    pub(crate) fn get(&mut self, rel: &[u8]) -> io::Result<BorrowedFd<'_>> {
         if self.last.as_ref().is_none_or(|(p, _)| p != rel) {
             let fd = fsx::open_dir_beneath(self.root, rel)?;
             self.last = Some((rel.to_vec(), fd));
