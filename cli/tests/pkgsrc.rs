@@ -870,7 +870,13 @@ fn an_edit_made_while_staging_is_never_switched_away() {
         eprintln!("skipped: strace not installed");
         return;
     }
-    for case in ["rewrite", "replace", "new file", "excluded"] {
+    for case in [
+        "rewrite",
+        "replace",
+        "new file",
+        "excluded",
+        "excluded removed",
+    ] {
         let h = Host::new();
         modern(&h);
         for i in 0..6 {
@@ -887,7 +893,8 @@ fn an_edit_made_while_staging_is_never_switched_away() {
         let child = upgrade_with_slow_links(&h, ex);
         let t0 = std::time::Instant::now();
         // Excluded entries are linked into the next tree last: the new one comes after that.
-        let ready = |n: &Path| case != "excluded" || n.join("share/cache/index.db").exists();
+        let ready =
+            |n: &Path| !case.starts_with("excluded") || n.join("share/cache/index.db").exists();
         while !staging_dir(&h.root).is_some_and(|n| ready(&n)) {
             assert!(t0.elapsed().as_secs() < 30, "{case}: staging never began");
             std::thread::sleep(std::time::Duration::from_millis(5));
@@ -905,10 +912,15 @@ fn an_edit_made_while_staging_is_never_switched_away() {
             "new file" => {
                 fs::write(h.root.join("usr/pkg/etc/nginx/site.conf"), "server {}\n").unwrap()
             }
-            _ => fs::write(h.root.join("usr/pkg/share/cache/fresh.db"), "fresh\n").unwrap(),
+            "excluded" => {
+                fs::write(h.root.join("usr/pkg/share/cache/fresh.db"), "fresh\n").unwrap()
+            }
+            // Already linked into the next tree: switching would bring it back.
+            _ => fs::remove_file(h.root.join("usr/pkg/share/cache/index.db")).unwrap(),
         }
         let admins_change_is_there = || match case {
             "excluded" => assert_eq!(h.live("usr/pkg/share/cache/fresh.db").unwrap(), "fresh\n"),
+            "excluded removed" => assert!(h.live("usr/pkg/share/cache/index.db").is_none()),
             "new file" => assert_eq!(
                 h.live("usr/pkg/etc/nginx/site.conf").unwrap(),
                 "server {}\n"
@@ -943,9 +955,11 @@ fn an_edit_made_while_staging_is_never_switched_away() {
             "nginx 1.26\n",
             "{case}"
         );
-        assert_eq!(h.live("usr/pkg/share/cache/index.db").unwrap(), "cached\n");
+        if case != "excluded removed" {
+            assert_eq!(h.live("usr/pkg/share/cache/index.db").unwrap(), "cached\n");
+        }
         admins_change_is_there();
-        if !matches!(case, "excluded" | "new file") {
+        if !matches!(case, "excluded" | "excluded removed" | "new file") {
             assert_eq!(
                 h.live("usr/pkg/etc/nginx/nginx.conf.jailsync-new").unwrap(),
                 "worker_processes auto;\n",

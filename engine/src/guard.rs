@@ -44,6 +44,7 @@ pub fn changed_since_scan(
 ) -> io::Result<Option<Changed>> {
     let g = Look {
         live,
+        next_root: next,
         next: RefCell::new(Dirs::new(next)),
         dst,
         excludes,
@@ -57,11 +58,21 @@ pub fn changed_since_scan(
         for d in holds_excluded {
             let ld = match fsx::open_dir_beneath(live, d) {
                 Ok(fd) => fd,
-                // Gone since the scan: what it held went with it, nothing left to lose.
-                Err(e) if absent(&e) => continue,
+                // Gone since the scan, with what it held: lost if the next tree links any.
+                Err(e) if absent(&e) => match g.lost(d, &[], true)? {
+                    None => continue,
+                    c => return Ok(c),
+                },
                 Err(e) => return Err(e),
             };
-            for name in fsx::list_dir(ld.as_fd())? {
+            let mut names = fsx::list_dir(ld.as_fd())?;
+            names.sort_unstable();
+            // An excluded entry the next tree links but the live directory lost: the switch
+            // would bring it back.
+            if let Some(c) = g.lost(d, &names, true)? {
+                return Ok(Some(c));
+            }
+            for name in names {
                 if d.is_empty() && (name == crate::switch::IN_TREE_HOME || name == fsx::STORE_NAME)
                 {
                     continue;
@@ -84,6 +95,7 @@ pub fn changed_since_scan(
 
 struct Look<'a> {
     live: BorrowedFd<'a>,
+    next_root: BorrowedFd<'a>,
     /// Asked about non-directories only, a directory's files one after another.
     next: RefCell<Dirs<'a>>,
     dst: &'a Entries,
@@ -250,6 +262,13 @@ impl Look<'_> {
                 }
             }
         }
+        // Below an excluded entry the next tree holds what staging linked: a name it has and
+        // the live directory lacks was removed since.
+        if !scanned {
+            if let Some(c) = self.lost(rel, &names, false)? {
+                return Ok(Some(c));
+            }
+        }
         let mut dirs = Vec::new();
         for (name, was) in names.iter().zip(was) {
             let path = join(rel, name);
@@ -270,6 +289,42 @@ impl Look<'_> {
             if let Some(c) = self.entry(&path, (ld, name), now, was, scanned)? {
                 return Ok(Some(c));
             }
+        }
+        Ok(None)
+    }
+
+    /// The first name of the next tree's directory `rel` that `live_names` (sorted) lacks:
+    /// with `excluded_only`, only names the excludes match (the directory holds excluded
+    /// entries beside the tree's own, which the run itself adds).
+    fn lost(
+        &self,
+        rel: &[u8],
+        live_names: &[Vec<u8>],
+        excluded_only: bool,
+    ) -> io::Result<Option<Changed>> {
+        let nd = match fsx::open_dir_beneath(self.next_root, rel) {
+            Ok(fd) => fd,
+            // Not in the next tree (made during the run, or its parent was not kept).
+            Err(e) if absent(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        for name in fsx::list_dir(nd.as_fd())? {
+            if live_names.binary_search(&name).is_ok() {
+                continue;
+            }
+            let path = join(rel, &name);
+            if excluded_only {
+                let Some(n) = id_at(nd.as_fd(), &name)? else {
+                    continue;
+                };
+                if !self.excludes.matches(&path, &name, n.kind == Kind::Dir) {
+                    continue;
+                }
+            }
+            return Ok(Some(Changed {
+                path,
+                how: "removed during the run",
+            }));
         }
         Ok(None)
     }
@@ -540,6 +595,36 @@ mod tests {
                 "add excluded below protected",
                 |l| fs::write(l.join("etc/d1/big/new"), "n").unwrap(),
                 Some("etc/d1/big/new"),
+            ),
+            (
+                "remove excluded at 1",
+                |l| fs::remove_file(l.join("big/a")).unwrap(),
+                Some("big/a"),
+            ),
+            (
+                "remove excluded at 4",
+                |l| fs::remove_file(l.join("big/d1/d2/d3/e")).unwrap(),
+                Some("big/d1/d2/d3/e"),
+            ),
+            (
+                "remove an excluded directory",
+                |l| fs::remove_dir_all(l.join("big/d1/d2")).unwrap(),
+                Some("big/d1/d2"),
+            ),
+            (
+                "remove the excluded top",
+                |l| fs::remove_dir_all(l.join("lib/big")).unwrap(),
+                Some("lib/big"),
+            ),
+            (
+                "remove the directory holding an excluded one",
+                |l| fs::remove_dir_all(l.join("lib")).unwrap(),
+                Some("lib/big"),
+            ),
+            (
+                "remove excluded below protected",
+                |l| fs::remove_file(l.join("etc/d1/big/x")).unwrap(),
+                Some("etc/d1/big/x"),
             ),
             (
                 "replace excluded below protected",
