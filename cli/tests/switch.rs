@@ -211,6 +211,59 @@ fn rollback_restores_the_old_tree_exactly_with_metadata_changed_in_place() {
     e.assert_synced();
 }
 
+/// Many metadata-only changes of every sort (mtime alone, mode, owner, xattrs, a symlink's
+/// times and owner), spread over many directories: rollback sets each back exactly, the ones
+/// that differ only in mtime included, whichever thread restores them.
+#[test]
+fn rollback_sets_back_every_sort_of_metadata_changed_in_place() {
+    let e = Env::new().with_dst();
+    for i in 0..1500 {
+        let p = format!("d{}/s{}/f{i}", i % 23, i % 7);
+        for t in [&e.src, &e.dst] {
+            t.file(&p, format!("same content {i}\n"));
+        }
+        e.dst.mtime(&p, 1_600_000_000 + i as i64, 7);
+        e.src.mtime(&p, 1_700_000_000 + i as i64, 9);
+        match i % 10 {
+            1 => {
+                e.src.mode(&p, 0o600);
+            }
+            2 => {
+                e.src.owner(&p, 1234, 5678);
+            }
+            3 => {
+                e.dst.xattr(&p, "user.tag", "old");
+                e.src.xattr(&p, "user.tag", "new");
+            }
+            4 => {
+                e.src.xattr(&p, "user.added", "x");
+            }
+            5 => {
+                // Nothing but the mtime's nanoseconds.
+                e.src.mtime(&p, 1_600_000_000 + i as i64, 8);
+            }
+            _ => {}
+        }
+    }
+    for t in [&e.src, &e.dst] {
+        t.symlink("d0/link", "s0");
+    }
+    e.src.owner("d0/link", 42, 43);
+    e.dst.settle_dirs(1_500_000_000);
+    e.src.settle_dirs(1_500_000_000);
+    let before = listing(e.dst());
+    e.sync(&[]);
+    e.assert_synced();
+    let o = e.js([OsStr::new("rollback"), e.dst().as_os_str()]);
+    expect_code(&o, 0);
+    let after = listing(e.dst());
+    assert!(
+        before == after,
+        "rollback is not exact:\n{}",
+        before.diff(&after)
+    );
+}
+
 /// An admin's change after the sync blocks the rollback (exit 1, nothing switched, named);
 /// `--force` switches back and keeps the admin's tree whole in the home.
 #[test]

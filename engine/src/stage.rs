@@ -657,29 +657,71 @@ pub fn restore_meta(
         xattrs,
     };
     let root = fsx::open_root_nofollow(live).at(live)?;
-    let mut errors = Vec::new();
-    for e in old.iter() {
-        let shown = live.join(fsx::os(e.path));
-        let r = if e.path.is_empty() {
-            fsx::set_meta_fd(root.as_fd(), &e, meta)
-        } else {
-            let (p, name) = split_parent(e.path);
-            fsx::open_dir_beneath(root.as_fd(), p).and_then(|d| {
-                let c = fsx::cstr(name)?;
-                let st = fsx::lstat_at(d.as_fd(), &c)?;
-                if e.kind != Kind::Dir && st.st_ino as u64 != e.ino {
-                    return Ok(());
-                }
-                fsx::set_meta_at(d.as_fd(), name, &e, meta)
+    // Grouped by directory, each opened once; metadata set on a child never moves its
+    // directory's times, so the order is free.
+    let mut order: Vec<usize> = (0..old.len()).collect();
+    order.sort_by(|&i, &j| split_parent(old.path(i)).0.cmp(split_parent(old.path(j)).0));
+    // On a few threads (a rollback's time after its switch is mostly this): each its own
+    // run of directories.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(order.len().div_ceil(512).max(1));
+    let chunk = order.len().div_ceil(threads).max(1);
+    let (old, root) = (&old, root.as_fd());
+    let errors = std::thread::scope(|s| {
+        let hs: Vec<_> = order
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    let mut errors = Vec::new();
+                    let mut dirs = Dirs::new(root);
+                    for &i in part {
+                        let e = old.at(i);
+                        let r = if e.path.is_empty() {
+                            fsx::set_meta_fd(root, &e, meta)
+                        } else {
+                            restore_one(&mut dirs, e, meta)
+                        };
+                        match r {
+                            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                            Err(err) => errors.push((live.join(fsx::os(e.path)), err)),
+                            Ok(()) => {}
+                        }
+                    }
+                    errors
+                })
             })
-        };
-        match r {
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => errors.push((shown, err)),
-            Ok(()) => {}
-        }
-    }
+            .collect();
+        hs.into_iter()
+            .flat_map(|h| h.join().expect("a restoring thread panicked"))
+            .collect()
+    });
     Ok(errors)
+}
+
+/// Sets back the metadata of one saved entry, if it is still that inode (a directory: still a
+/// directory at that path). What already matches is not set again: an upgrade's in-place
+/// changes are mostly mtimes, and a rollback then costs a stat and one `utimensat` each.
+fn restore_one(dirs: &mut Dirs<'_>, e: Ent<'_>, meta: fsx::MetaOpts) -> io::Result<()> {
+    let (p, name) = split_parent(e.path);
+    let d = dirs.get(p)?;
+    let c = fsx::cstr(name)?;
+    let st = fsx::lstat_at(d, &c)?;
+    if e.kind != Kind::Dir && st.st_ino as u64 != e.ino {
+        return Ok(());
+    }
+    let only_times = fsx::kind_of(st.st_mode as u32) == e.kind
+        && (st.st_mode as u32 & 0o7777) as u16 == e.mode
+        && (!meta.owner || (st.st_uid, st.st_gid) == (e.uid(), e.gid()))
+        && (!meta.xattrs || fsx::read_xattrs_at(d, name)?.as_ref() == e.xattrs());
+    if !only_times {
+        return fsx::set_meta_at(d, name, &e, meta);
+    }
+    if (st.st_mtime as i64, st.st_mtime_nsec as u32) != e.mtime() {
+        fsx::set_times_at(d, name, &e)?;
+    }
+    Ok(())
 }
 
 /// Gives `entries` (the source's, now staged at `next_root`) the stats of the staged objects:
