@@ -344,6 +344,9 @@ fn parse_line(line: &[u8], need_hash: bool) -> std::result::Result<Line, String>
     e.nlink = 1;
     let mut blocks = None;
     let mut xattrs = Vec::new();
+    // Set on the entry together once the line is read: one lookup in the table of owners and
+    // devices, and no half-made triples in it.
+    let (mut uid, mut gid, mut dev) = (0, 0, 0);
     // Known fields seen, to refuse one given twice (which value would be meant?).
     let mut seen: Vec<&[u8]> = Vec::new();
     for t in toks {
@@ -389,11 +392,11 @@ fn parse_line(line: &[u8], need_hash: bool) -> std::result::Result<Line, String>
                     .filter(|m| *m <= 0o7777)
                     .ok_or_else(bad)?;
             }
-            b"uid" => e.set_uid(num(v).ok_or_else(bad)?),
-            b"gid" => e.set_gid(num(v).ok_or_else(bad)?),
+            b"uid" => uid = num(v).ok_or_else(bad)?,
+            b"gid" => gid = num(v).ok_or_else(bad)?,
             b"size" => e.size = num(v).ok_or_else(bad)?,
             b"ino" => e.ino = num(v).ok_or_else(bad)?,
-            b"dev" => e.set_dev(num(v).ok_or_else(bad)?),
+            b"dev" => dev = num(v).ok_or_else(bad)?,
             b"nlink" => e.nlink = num(v).filter(|n| *n > 0).ok_or_else(bad)?,
             b"rdev" => e.set_rdev(num(v).ok_or_else(bad)?),
             b"sparse" => {
@@ -437,6 +440,7 @@ fn parse_line(line: &[u8], need_hash: bool) -> std::result::Result<Line, String>
             _ => {}
         }
     }
+    e.set_ids(uid, gid, dev);
     // Every field the writer always gives this kind of entry must be here: a line cut short
     // or edited must not read as an entry that merely differs.
     let mut required: Vec<&str> = vec!["mode", "uid", "gid", "mtime"];
