@@ -59,7 +59,7 @@ pub fn changed_since_scan(
             let ld = match fsx::open_dir_beneath(live, d) {
                 Ok(fd) => fd,
                 // Gone since the scan, with what it held: lost if the next tree links any.
-                Err(e) if absent(&e) => match g.lost(d, &[], true)? {
+                Err(e) if absent(&e) => match g.lost(d, None, &[], true)? {
                     None => continue,
                     c => return Ok(c),
                 },
@@ -69,7 +69,7 @@ pub fn changed_since_scan(
             names.sort_unstable();
             // An excluded entry the next tree links but the live directory lost: the switch
             // would bring it back.
-            if let Some(c) = g.lost(d, &names, true)? {
+            if let Some(c) = g.lost(d, Some(ld.as_fd()), &names, true)? {
                 return Ok(Some(c));
             }
             for name in names {
@@ -194,15 +194,30 @@ impl Look<'_> {
                 how,
             }))
         };
+        // What the next tree holds at `rel` (asked only below excluded entries, which the
+        // scan did not see).
+        let in_next = || -> io::Result<Option<Id>> {
+            let (parent, leaf) = split_parent(rel);
+            match self.next.borrow_mut().get(parent) {
+                Ok(nd) => id_at(nd, leaf),
+                Err(e) if absent(&e) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
         let Some(now) = now else {
             return match was {
                 Some(_) => changed("removed during the run"),
+                // Gone since its directory was listed, but linked into the next tree.
+                None if !scanned && in_next()?.is_some() => changed("removed during the run"),
                 None => Ok(None),
             };
         };
         if now.kind == Kind::Dir {
             if scanned && was.is_none_or(|w| w.kind != Kind::Dir) {
                 return changed("created during the run");
+            }
+            if !scanned && in_next()?.is_some_and(|n| n.kind != Kind::Dir) {
+                return changed("created or replaced during the run");
             }
             let ld = fsx::open_dir_beneath(at.0, at.1)?;
             return self.dir(rel, ld.as_fd(), scanned);
@@ -265,7 +280,7 @@ impl Look<'_> {
         // Below an excluded entry the next tree holds what staging linked: a name it has and
         // the live directory lacks was removed since.
         if !scanned {
-            if let Some(c) = self.lost(rel, &names, false)? {
+            if let Some(c) = self.lost(rel, Some(ld), &names, false)? {
                 return Ok(Some(c));
             }
         }
@@ -293,12 +308,15 @@ impl Look<'_> {
         Ok(None)
     }
 
-    /// The first name of the next tree's directory `rel` that `live_names` (sorted) lacks:
-    /// with `excluded_only`, only names the excludes match (the directory holds excluded
-    /// entries beside the tree's own, which the run itself adds).
+    /// The first name of the next tree's directory `rel` that the live one (`live`, listed
+    /// as `live_names`, sorted) lost: with `excluded_only`, only names the excludes match (the
+    /// directory holds excluded entries beside the tree's own, which the run itself adds),
+    /// and also one still there but no longer excluded (a directory-only pattern's directory
+    /// replaced by a file or symlink, which the per-name pass then takes for the tree's own).
     fn lost(
         &self,
         rel: &[u8],
+        live: Option<BorrowedFd<'_>>,
         live_names: &[Vec<u8>],
         excluded_only: bool,
     ) -> io::Result<Option<Changed>> {
@@ -309,7 +327,9 @@ impl Look<'_> {
             Err(e) => return Err(e),
         };
         for name in fsx::list_dir(nd.as_fd())? {
-            if live_names.binary_search(&name).is_ok() {
+            let listed = live_names.binary_search(&name).is_ok();
+            if listed && !excluded_only {
+                // Below an excluded entry the per-name pass compares what is there.
                 continue;
             }
             let path = join(rel, &name);
@@ -319,6 +339,23 @@ impl Look<'_> {
                 };
                 if !self.excludes.matches(&path, &name, n.kind == Kind::Dir) {
                     continue;
+                }
+                if listed {
+                    let now = match live {
+                        Some(l) => id_at(l, &name)?,
+                        None => None,
+                    };
+                    match now {
+                        Some(now) if (now.kind == Kind::Dir) == (n.kind == Kind::Dir) => continue,
+                        Some(_) => {
+                            return Ok(Some(Changed {
+                                path,
+                                how: "replaced during the run",
+                            }))
+                        }
+                        // Gone since it was listed.
+                        None => {}
+                    }
                 }
             }
             return Ok(Some(Changed {
@@ -615,6 +652,22 @@ mod tests {
                 "remove the excluded top",
                 |l| fs::remove_dir_all(l.join("lib/big")).unwrap(),
                 Some("lib/big"),
+            ),
+            (
+                "an excluded directory replaced by a symlink",
+                |l| {
+                    fs::remove_dir_all(l.join("lib/big")).unwrap();
+                    std::os::unix::fs::symlink("/nonexistent", l.join("lib/big")).unwrap();
+                },
+                Some("lib/big"),
+            ),
+            (
+                "an excluded file replaced by an empty directory",
+                |l| {
+                    fs::remove_file(l.join("big/d1.bak")).unwrap();
+                    fs::create_dir(l.join("big/d1.bak")).unwrap();
+                },
+                Some("big/d1.bak"),
             ),
             (
                 "remove the directory holding an excluded one",
