@@ -421,12 +421,5 @@ fn item4_rollback_restores_a_group_of_symlinks_and_fifos() {
     let before = listing(e.dst());
     e.sync(&[]);
     e.assert_synced();
-    let o = e.js([OsStr::new("rollback"), e.dst().as_os_str()]);
-    expect_code(&o, 0);
-    let after = listing(e.dst());
-    assert!(
-        after == before,
-        "rollback did not restore the tree:\n{}",
-        before.diff(&after)
-    );
+    e.assert_rollback_restores(&before);
 }

@@ -197,14 +197,7 @@ fn rollback_restores_the_old_tree_exactly_with_metadata_changed_in_place() {
     // Unchanged content: the same inode (linked, not copied), its new mode set in place.
     assert_eq!(ino(e.dst(), "d1/s1/f1"), ino_before);
     e.assert_synced();
-    let o = e.js([OsStr::new("rollback"), e.dst().as_os_str()]);
-    expect_code(&o, 0);
-    let after = listing(e.dst());
-    assert!(
-        before == after,
-        "rollback is not exact:\n{}",
-        before.diff(&after)
-    );
+    e.assert_rollback_restores(&before);
     assert_eq!(ino(e.dst(), "d1/s1/f1"), ino_before);
     // And forward again: the generation left by rollback is usable.
     e.sync(&[]);
@@ -254,14 +247,7 @@ fn rollback_sets_back_every_sort_of_metadata_changed_in_place() {
     let before = listing(e.dst());
     e.sync(&[]);
     e.assert_synced();
-    let o = e.js([OsStr::new("rollback"), e.dst().as_os_str()]);
-    expect_code(&o, 0);
-    let after = listing(e.dst());
-    assert!(
-        before == after,
-        "rollback is not exact:\n{}",
-        before.diff(&after)
-    );
+    e.assert_rollback_restores(&before);
 }
 
 /// An admin's change after the sync blocks the rollback (exit 1, nothing switched, named);

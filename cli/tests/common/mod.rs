@@ -933,6 +933,19 @@ impl Env {
         stdout(&o)
     }
 
+    /// `rollback DST`, asserting exit 0 and that DST is again exactly `before`.
+    #[track_caller]
+    pub fn assert_rollback_restores(&self, before: &Listing) {
+        let o = self.js([OsStr::new("rollback"), self.dst().as_os_str()]);
+        expect_code(&o, 0);
+        let after = listing(self.dst());
+        assert!(
+            *before == after,
+            "rollback is not exact:\n{}",
+            before.diff(&after)
+        );
+    }
+
     /// What a further `sync -n -i` would do (empty when in sync).
     pub fn pending(&self) -> String {
         self.sync(&["-n", "-i"])
