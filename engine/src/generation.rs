@@ -443,6 +443,25 @@ pub fn switch_back_all(items: &mut [(&Home, &mut RolledBack)]) -> Result<()> {
             }
         }
     }
+    // Mounts, looked at last: an exchange would move a mount made below the live tree into
+    // `undone-N`, which the next sync removes (see `switch::first_mount_below`).
+    let trees: Vec<PathBuf> = items
+        .iter()
+        .flat_map(|(h, rb)| [h.live.clone(), h.gen_path(rb.generation.id)])
+        .collect();
+    let trees: Vec<&Path> = trees.iter().map(PathBuf::as_path).collect();
+    if let Some((t, m)) = switch::first_mount_below(&trees) {
+        for (p, (h, _)) in pending.into_iter().zip(items.iter()) {
+            h.cancel(p);
+        }
+        return Err(Error::bad(
+            m,
+            format!(
+                "is mounted below {}: nothing was switched back (the switch would move the mount); unmount it and run again",
+                t.display()
+            ),
+        ));
+    }
     let mut made = Vec::new();
     for (k, (home, rb)) in items.iter_mut().enumerate() {
         match home.exchange(&pending[k]) {

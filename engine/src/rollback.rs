@@ -174,7 +174,7 @@ pub fn preserve(
     let partial = store.dir().join(format!("gen-{id:06}.partial"));
     // A leftover from a killed run of the same id: start over.
     if partial.exists() {
-        fs::remove_dir_all(&partial)
+        crate::fsx::remove_tree(&partial)
             .at(&partial)
             .map_err(|e| store.named(e))?;
     }
@@ -204,7 +204,7 @@ pub fn preserve(
         Ok(t) => t,
         Err(e) => {
             // No stale partial: the next run would only remove it again.
-            let _ = fs::remove_dir_all(&partial);
+            let _ = crate::fsx::remove_tree(&partial);
             return Err(store.named(e));
         }
     };
@@ -224,7 +224,7 @@ pub fn preserve(
 
 /// Removes a generation recorded by a run that then changed nothing.
 pub fn discard(g: &Generation) -> Result<()> {
-    fs::remove_dir_all(&g.dir).at(g.store.join(g.dir.file_name().unwrap_or_default()))
+    crate::fsx::remove_tree(&g.dir).at(g.store.join(g.dir.file_name().unwrap_or_default()))
 }
 
 /// What a sync leaves at the paths it touches.
@@ -459,7 +459,7 @@ pub fn list(store: &Store) -> Result<Vec<Generation>> {
             continue;
         };
         if rest.ends_with(".partial") {
-            let _ = fs::remove_dir_all(ent.path());
+            let _ = crate::fsx::remove_tree(ent.path());
             continue;
         }
         let Ok(id) = rest.parse::<u64>() else {
@@ -489,7 +489,7 @@ pub fn prune_generations(store: &Store, keep: usize) -> Result<()> {
     let gens = list(store)?;
     let n = gens.len().saturating_sub(keep);
     for g in &gens[..n] {
-        fs::remove_dir_all(&g.dir)
+        crate::fsx::remove_tree(&g.dir)
             .at(&g.dir)
             .map_err(|e| store.named(e))?;
     }
@@ -890,7 +890,7 @@ pub fn rollback(
     outcome.errors.splice(0..0, pre);
     if outcome.errors.is_empty() && changed.is_empty() {
         // Rolled back: this generation is spent.
-        fs::remove_dir_all(&g.dir)
+        crate::fsx::remove_tree(&g.dir)
             .at(&g.dir)
             .map_err(|e| store.named(e))?;
     }

@@ -103,6 +103,19 @@ fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+/// The first of `trees` with something mounted strictly below it, and that mount, read from
+/// the mount table at the moment of asking: called at the last safe point, immediately before
+/// an exchange, since an exchange moves whatever is mounted in the tree it moves (invariant
+/// 12). Where there is no mount table to read (systems without `/proc/self/mountinfo`),
+/// nothing is found here, and removals still never cross a mount ([`fsx::remove_tree_at`]).
+pub fn first_mount_below(trees: &[&Path]) -> Option<(PathBuf, PathBuf)> {
+    let table = crate::jail::mountinfo::MountTable::current().ok()?;
+    trees.iter().find_map(|t| {
+        let m = table.under(t).next()?;
+        Some((t.to_path_buf(), m.target.clone()))
+    })
+}
+
 /// Makes (or opens) a private directory `name` in `dir`: mode 0700 from creation, owned by
 /// us, never a symlink. One that exists with other owner or looser mode is refused: something
 /// other than this program made it.

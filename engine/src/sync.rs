@@ -1618,6 +1618,33 @@ pub fn switch_all_gated(
             }
         }
     }
+    // Mounts, looked at last (invariant 12): a mount made below a tree while it was staged
+    // would be moved into the old generation by the exchange, the live tree losing it and
+    // the next prune deleting through it. Nothing is switched; the next run sees the mount
+    // at its start and switches around it.
+    let switching: Vec<&Path> = trees
+        .iter()
+        .zip(&pending)
+        .filter(|(_, p)| p.is_some())
+        .map(|(t, _)| t.dst_path.as_path())
+        .collect();
+    if let Some((dst, m)) = crate::switch::first_mount_below(&switching) {
+        for (j, p) in pending.into_iter().enumerate() {
+            if let Some(p) = p {
+                trees[j].home.as_ref().expect("switchable").cancel(p);
+            }
+        }
+        for t in trees.iter() {
+            let _ = t.home.as_ref().expect("switchable").abandon();
+        }
+        return Err(crate::Error::bad(
+            m,
+            format!(
+                "was mounted below {} while the run staged: nothing was switched (the switch would have moved the mount out of the live tree); run again",
+                dst.display()
+            ),
+        ));
+    }
     let t_switch = Instant::now();
     let mut made: Vec<(usize, Duration, usize)> = Vec::new();
     for (k, t) in trees.iter().enumerate() {

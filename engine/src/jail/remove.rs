@@ -1,6 +1,7 @@
 //! `jail remove`: deletes a jail directory, but never one with anything mounted below it —
 //! removing files through a live bind mount would delete the host's own files.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use super::error::{Error, Result};
@@ -30,7 +31,13 @@ pub fn remove(jail: &Jail) -> Result<()> {
             ),
         ));
     }
-    // std's remove_dir_all never follows symlinks, so a link to a host path inside the jail
-    // removes the link, not its target.
-    std::fs::remove_dir_all(&jail.root).map_err(|e| Error::io(&jail.root, e))
+    // The table above is a look at one instant: a bind mount made since must still not be
+    // deleted through. The removal itself never enters a mount point (nor follows a symlink:
+    // a link to a host path inside the jail removes the link, not its target), and names the
+    // mount it stopped at.
+    // The root itself may be a filesystem of its own: its contents go, then the directory.
+    let root = crate::fsx::open_root_nofollow(&jail.root).map_err(|e| Error::io(&jail.root, e))?;
+    crate::fsx::remove_contents(root.as_fd()).map_err(|e| Error::io(&jail.root, e))?;
+    drop(root);
+    crate::fsx::remove_tree(&jail.root).map_err(|e| Error::io(&jail.root, e))
 }

@@ -1138,7 +1138,7 @@ fn forget_shadows(trees: &[Tree], state: &crate::journal::StateDir) {
     for t in trees {
         if t.src_path != Path::new(UNSET) {
             if let Ok(d) = state.tree_dir(&t.src_path) {
-                let _ = fs::remove_dir_all(d);
+                let _ = crate::fsx::remove_tree(d);
             }
         }
     }
@@ -1396,7 +1396,7 @@ impl Work {
                     let other = rest.split('.').next().and_then(|p| p.parse::<u32>().ok());
                     if other.is_some_and(|p| p == pid || !Path::new(&format!("/proc/{p}")).exists())
                     {
-                        let _ = fs::remove_dir_all(e.path());
+                        let _ = crate::fsx::remove_tree(e.path());
                     }
                 }
             }
@@ -1417,7 +1417,7 @@ impl Work {
 impl Drop for Work {
     fn drop(&mut self) {
         for d in &self.dirs {
-            let _ = fs::remove_dir_all(d);
+            let _ = crate::fsx::remove_tree(d);
         }
     }
 }
