@@ -82,6 +82,7 @@ pub fn decide_all(
         }
         let base = Base::load(state, &t.dst_path)?;
         t.guard = protect::guard_paths(rules, &checked[k].2, &t.dst);
+        t.protect = Some((rules.clone(), checked[k].2.clone()));
         out.push(protect::decide(
             rules,
             &checked[k].2,

@@ -9,3 +9,5 @@ mod common;
 
 #[path = "moves/mounts.rs"]
 mod mounts;
+#[path = "moves/appeared.rs"]
+mod appeared;

@@ -21,6 +21,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::entry::{join, Ent, Entries, Kind};
 use crate::fsx::{self, split_parent};
+use crate::protect::Rules;
 use crate::scan::Excludes;
 use crate::stage::Dirs;
 
@@ -31,9 +32,19 @@ pub struct Changed {
     pub how: &'static str,
 }
 
+/// The protection rules a tree's run decided with, for entries that appear after its scan.
+#[derive(Clone, Copy)]
+pub struct Protected<'a> {
+    pub rules: &'a Rules,
+    /// The tree's root-relative name (globs match `prefix/path`).
+    pub prefix: &'a [u8],
+}
+
 /// Looks at every live entry under `guard` (paths scanned into `dst`: protected files, or
-/// directories whose whole subtree is protected) and every excluded entry of `holds_excluded`
-/// (never scanned: compared with what was linked into the next tree). The first change found.
+/// directories whose whole subtree is protected), every excluded entry of `holds_excluded`
+/// (never scanned: compared with what was linked into the next tree), and, where the run has
+/// excludes or protection globs, every entry that appeared anywhere since the scan and matches
+/// one (see [`Look::appeared`]). The first change found.
 pub fn changed_since_scan(
     live: BorrowedFd<'_>,
     next: BorrowedFd<'_>,
@@ -41,6 +52,7 @@ pub fn changed_since_scan(
     guard: &[Box<[u8]>],
     excludes: &Excludes,
     holds_excluded: &[Box<[u8]>],
+    protected: Option<Protected<'_>>,
 ) -> io::Result<Option<Changed>> {
     let g = Look {
         live,
@@ -54,7 +66,33 @@ pub fn changed_since_scan(
             return Ok(Some(c));
         }
     }
-    if !excludes.is_empty() {
+    if let Some(c) = g.excluded(holds_excluded)? {
+        return Ok(Some(c));
+    }
+    let globs = protected.filter(|p| p.rules.has_globs());
+    if !excludes.is_empty() || globs.is_some() {
+        let new = New {
+            holds_excluded,
+            protected: globs,
+        };
+        return g.appeared(b"", live, true, &new);
+    }
+    Ok(None)
+}
+
+/// What makes an entry that appeared since the scan the admin's (see [`Look::appeared`]).
+struct New<'a> {
+    holds_excluded: &'a [Box<[u8]>],
+    protected: Option<Protected<'a>>,
+}
+
+impl Look<'_> {
+    /// The excluded entries of the directories that held some at the scan.
+    fn excluded(&self, holds_excluded: &[Box<[u8]>]) -> io::Result<Option<Changed>> {
+        let (g, live, excludes) = (self, self.live, self.excludes);
+        if excludes.is_empty() {
+            return Ok(None);
+        }
         for d in holds_excluded {
             let ld = match fsx::open_dir_beneath(live, d) {
                 Ok(fd) => fd,
@@ -89,8 +127,113 @@ pub fn changed_since_scan(
                 }
             }
         }
+        Ok(None)
     }
-    Ok(None)
+
+    /// Entries that appeared in the live directory `rel` (open as `ld`) or below it since the
+    /// scan and are the admin's: excluded (`*.log` written into a directory that held no
+    /// excluded entry at the scan, or anywhere in a directory made since) or protected by a
+    /// glob. The next tree does not hold them, so the switch would leave them in the old tree
+    /// (and `--no-rollback` would delete them): a change. Every directory the scan saw is
+    /// listed once and merged with what the scan saw there; only new names are looked at.
+    /// `scanned`: the scan saw `rel` (else it is new, and so is everything in it).
+    fn appeared(
+        &self,
+        rel: &[u8],
+        ld: BorrowedFd<'_>,
+        scanned: bool,
+        new: &New<'_>,
+    ) -> io::Result<Option<Changed>> {
+        let mut names = fsx::list_dir(ld)?;
+        names.sort_unstable();
+        let seen = if scanned {
+            self.children(rel)
+        } else {
+            Vec::new()
+        };
+        let mut k = 0;
+        for name in &names {
+            if crate::switch::is_reserved_top(name) {
+                continue;
+            }
+            while k < seen.len() && seen[k].0 < name.as_slice() {
+                k += 1;
+            }
+            let path = join(rel, name);
+            let was = (k < seen.len() && seen[k].0 == name.as_slice()).then(|| seen[k].1);
+            let Some(now) = id_at(ld, name)? else {
+                continue;
+            };
+            let is_dir = now.kind == Kind::Dir;
+            if let Some(j) = was {
+                // Seen at the scan: only its directory is walked further (a scanned
+                // directory is never an excluded one: those are not scanned).
+                if is_dir && self.dst.at(j).kind == Kind::Dir {
+                    if let Some(c) = self.appeared_below(&path, ld, name, true, new)? {
+                        return Ok(Some(c));
+                    }
+                }
+                continue;
+            }
+            if self.excludes.matches(&path, name, is_dir) {
+                // Excluded entries present at the scan are the other pass's.
+                if new
+                    .holds_excluded
+                    .binary_search_by(|d| (**d).cmp(rel))
+                    .is_ok()
+                {
+                    continue;
+                }
+                return Ok(Some(Changed {
+                    path,
+                    how: "created during the run",
+                }));
+            }
+            let protected = new
+                .protected
+                .is_some_and(|p| !is_dir && p.rules.covers(p.prefix, &path));
+            if protected && !self.linked_across(&path, now)? {
+                return Ok(Some(Changed {
+                    path,
+                    how: "created during the run",
+                }));
+            }
+            if is_dir {
+                if let Some(c) = self.appeared_below(&path, ld, name, false, new)? {
+                    return Ok(Some(c));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`Look::appeared`] for the subdirectory `name` of `ld`; one gone or replaced since it
+    /// was listed is not looked into.
+    fn appeared_below(
+        &self,
+        path: &[u8],
+        ld: BorrowedFd<'_>,
+        name: &[u8],
+        scanned: bool,
+        new: &New<'_>,
+    ) -> io::Result<Option<Changed>> {
+        match fsx::open_subdir(ld, name) {
+            Ok(sub) => self.appeared(path, sub.as_fd(), scanned, new),
+            Err(e) if absent(&e) || e.raw_os_error() == Some(libc::ELOOP) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the next tree holds this very live inode at `rel`.
+    fn linked_across(&self, rel: &[u8], now: Id) -> io::Result<bool> {
+        let (parent, leaf) = split_parent(rel);
+        let n = match self.next.borrow_mut().get(parent) {
+            Ok(nd) => id_at(nd, leaf)?,
+            Err(e) if absent(&e) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(n.is_some_and(|n| (n.kind, n.dev, n.ino) == (now.kind, now.dev, now.ino)))
+    }
 }
 
 struct Look<'a> {
@@ -495,6 +638,7 @@ mod tests {
             &[b"etc"[..].into()],
             &f.excludes,
             &f.holds_excluded,
+            None,
         )
         .unwrap()
     }
@@ -599,6 +743,17 @@ mod tests {
                 "add at 3",
                 |l| fs::write(l.join("etc/d1/d2/new"), "n").unwrap(),
                 Some("etc/d1/d2/new"),
+            ),
+            // Issue 19 item 4: excluded entries made where the scan saw none.
+            (
+                "excluded directory made in a directory without excluded entries",
+                |l| fs::create_dir(l.join("etc.bak/big")).unwrap(),
+                Some("etc.bak/big"),
+            ),
+            (
+                "excluded directory made inside a directory made during the run",
+                |l| fs::create_dir_all(l.join("lib/new/big")).unwrap(),
+                Some("lib/new/big"),
             ),
             (
                 "add a directory at 2",

@@ -66,6 +66,11 @@ impl Rules {
         !self.defaults && !self.have_globs
     }
 
+    /// Whether paths outside `etc/` can be protected (by `--protect` globs).
+    pub fn has_globs(&self) -> bool {
+        self.have_globs
+    }
+
     /// Is the file at `path` (relative to a tree whose root-relative name is `prefix`)
     /// protected?
     pub fn covers(&self, prefix: &[u8], path: &[u8]) -> bool {

@@ -103,6 +103,12 @@ fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+/// Whether `name` is one of this program's own names (`.jailsync-*`: a home, the in-tree home,
+/// the per-file store, a temporary name), which no run takes for the tree's content.
+pub fn is_reserved_top(name: &[u8]) -> bool {
+    name.starts_with(b".jailsync-") || fsx::is_tmp_name(name)
+}
+
 /// The first of `trees` with something mounted strictly below it, and that mount, read from
 /// the mount table at the moment of asking: called at the last safe point, immediately before
 /// an exchange, since an exchange moves whatever is mounted in the tree it moves (invariant

@@ -160,6 +160,9 @@ pub struct Tree {
     /// Live paths the admin owns (protected configuration), looked at once more just before
     /// the switch: a change since the scan switches nothing (see `guard`).
     pub guard: Vec<Box<[u8]>>,
+    /// The protection rules and the tree's root-relative name, for protected entries that
+    /// appear after the scan (see `guard`).
+    pub protect: Option<(crate::protect::Rules, Vec<u8>)>,
 }
 
 impl Tree {
@@ -591,6 +594,7 @@ fn prepare_impl(
         _lock: lock,
         source_label: None,
         guard: Vec::new(),
+        protect: None,
     })
 }
 
@@ -696,6 +700,7 @@ pub fn prepare_from_manifest(
         _lock: None,
         source_label: None,
         guard: Vec::new(),
+        protect: None,
     })
 }
 
@@ -1565,7 +1570,8 @@ pub fn switch_all_gated(
 
     // The admin's files, once more: an edit made while staging would be left in the old tree.
     for (k, t) in trees.iter().enumerate() {
-        if gens[k].is_none() || (t.guard.is_empty() && opts.excludes.is_empty()) {
+        let globs = t.protect.as_ref().is_some_and(|(r, _)| r.has_globs());
+        if gens[k].is_none() || (t.guard.is_empty() && opts.excludes.is_empty() && !globs) {
             continue;
         }
         let home = t.home.as_ref().expect("switchable");
@@ -1578,6 +1584,9 @@ pub fn switch_all_gated(
             &t.guard,
             &opts.excludes,
             &t.dst_holds_excluded,
+            t.protect
+                .as_ref()
+                .map(|(rules, prefix)| crate::guard::Protected { rules, prefix }),
         )
         .at(&t.dst_path)?;
         if let Some(c) = changed {
