@@ -7,7 +7,12 @@
 #[path = "common/mod.rs"]
 mod common;
 
-#[path = "moves/mounts.rs"]
-mod mounts;
+/// POSIX ACLs inherited from a default ACL (item 5).
+#[path = "moves/acl.rs"]
+mod acl;
+/// Entries that appear while a run stages (items 4 and 12).
 #[path = "moves/appeared.rs"]
 mod appeared;
+/// Mounts moved by an exchange or crossed by a removal (items 1 and 2).
+#[path = "moves/mounts.rs"]
+mod mounts;

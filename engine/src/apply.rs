@@ -91,11 +91,17 @@ pub struct Apply<'a> {
 struct DirCache<'r> {
     root: BorrowedFd<'r>,
     last: Option<(Vec<u8>, OwnedFd)>,
+    /// Whether `last` passes no xattrs on ([`fsx::makes_bare`]), once asked.
+    bare: Option<bool>,
 }
 
 impl<'r> DirCache<'r> {
     fn new(root: BorrowedFd<'r>) -> Self {
-        DirCache { root, last: None }
+        DirCache {
+            root,
+            last: None,
+            bare: None,
+        }
     }
 
     fn get(&mut self, rel: &[u8]) -> io::Result<BorrowedFd<'_>> {
@@ -103,8 +109,17 @@ impl<'r> DirCache<'r> {
         if !hit {
             let fd = fsx::open_dir_beneath(self.root, rel)?;
             self.last = Some((rel.to_vec(), fd));
+            self.bare = None;
         }
         Ok(self.last.as_ref().expect("just set").1.as_fd())
+    }
+
+    /// Whether what is made in the directory `rel` starts without xattrs (no default ACL to
+    /// inherit): read once per directory opened.
+    fn makes_bare(&mut self, rel: &[u8]) -> io::Result<bool> {
+        self.get(rel)?;
+        let fd = self.last.as_ref().expect("just opened").1.as_fd();
+        Ok(*self.bare.get_or_insert_with(|| fsx::makes_bare(fd)))
     }
 }
 
@@ -528,6 +543,9 @@ impl<'a> Apply<'a> {
                     None => s.path,
                 };
                 let (sp, sn) = split_parent(from);
+                // A live directory (or one staged in it) may have a default ACL that the copy
+                // inherits: asked once per directory, and only when xattrs are set at all.
+                let bare = !self.opts.meta.xattrs || dcache.makes_bare(p)?;
                 let sdir = scache.get(sp)?;
                 let ddir = dcache.get(p)?;
                 if mapped.is_some() {
@@ -544,7 +562,13 @@ impl<'a> Apply<'a> {
                         Err(e) => return Err(e),
                     }
                 }
-                self.copy_file(sdir, sn, ddir, n, s, a.src)
+                let own = self.src_map.is_none();
+                let (b, stale) = copy_checked(sdir, sn, ddir, n, s, own, bare, self.opts)?;
+                // A source hash found stale is remembered so it is not cached.
+                if stale {
+                    self.stale.lock().expect("poisoned").push(a.src);
+                }
+                Ok(b)
             }
             Kind::Symlink => {
                 let d = dcache.get(p)?;
@@ -574,31 +598,6 @@ impl<'a> Apply<'a> {
             xattrs: self.opts.meta.xattrs,
         };
         Ok(cur.kind == e.kind && crate::plan::meta_changes(e, &cur, popts) == 0)
-    }
-
-    /// See [`copy_checked`]; a source hash found stale is remembered so it is not cached.
-    fn copy_file(
-        &self,
-        sdir: BorrowedFd<'_>,
-        sname: &[u8],
-        ddir: BorrowedFd<'_>,
-        dname: &[u8],
-        e: Ent<'_>,
-        src_idx: u32,
-    ) -> io::Result<u64> {
-        let (n, stale) = copy_checked(
-            sdir,
-            sname,
-            ddir,
-            dname,
-            e,
-            self.src_map.is_none(),
-            self.opts,
-        )?;
-        if stale {
-            self.stale.lock().expect("poisoned").push(src_idx);
-        }
-        Ok(n)
     }
 
     /// Applies metadata-only changes, then publishes staged objects in one burst.
@@ -931,7 +930,10 @@ pub fn is_source_side(e: &io::Error) -> bool {
 /// Copies a source file into a new file `dname` in `ddir`, refusing to install a copy torn by a writer in the jail: the
 /// source's size, mtime and ctime must be what the scan saw and must not move during the
 /// copy, and its content must hash the same before and after it (one retry for a change
-/// during the copy).
+/// during the copy). `bare`: `ddir` passes no xattrs on ([`fsx::makes_bare`]); otherwise the
+/// copy may have inherited a default ACL, which its metadata setting removes when the source
+/// lacks it (see [`fsx::strip_acls`] for the rule).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn copy_checked(
     sdir: BorrowedFd<'_>,
     sname: &[u8],
@@ -939,6 +941,7 @@ pub(crate) fn copy_checked(
     dname: &[u8],
     e: Ent<'_>,
     at_own_path: bool,
+    bare: bool,
     opts: ApplyOpts,
 ) -> io::Result<(u64, bool)> {
     let mut stale_hash = false;
@@ -987,7 +990,11 @@ pub(crate) fn copy_checked(
         }
         match r {
             Ok(n) if stable => {
-                fsx::set_meta_fresh_fd(dfd.as_fd(), &e, opts.meta)?;
+                if bare {
+                    fsx::set_meta_fresh_fd(dfd.as_fd(), &e, opts.meta)?;
+                } else {
+                    fsx::set_meta_fd(dfd.as_fd(), &e, opts.meta)?;
+                }
                 if opts.fsync {
                     fsx::fsync(dfd.as_fd())?;
                 }

@@ -86,7 +86,12 @@ pub fn same_inode(cached: &Cached, cur: &Entry) -> bool {
 // state. The trailing checksum is what lets a damaged cache be ignored rather than believed: a
 // flipped bit in a stored hash still parses, and would make `verify` report an identical file
 // as changed (or, against the other side's hash, hide one).
-const MAGIC: &[u8; 8] = b"JSCACHE5";
+const MAGIC: &[u8; 8] = b"JSCACHE6";
+/// The format before: the same layout, but written by versions that could stage an entry
+/// with an ACL inherited from the staging area and record the jail's xattrs (none) for it.
+/// Its hashes stand; its xattrs are not believed (read again once, and the cache rewritten),
+/// so such an ACL is seen by the next `verify` or sync instead of vouched for.
+const MAGIC_XATTRS_UNTRUSTED: &[u8; 8] = b"JSCACHE5";
 const END: u32 = u32::MAX;
 
 /// The entries a cache of `entries` keeps: hashed regular files that rule 1 allows, and with
@@ -209,9 +214,11 @@ fn fill<R: std::io::Read>(
     known: &mut [bool],
     unknown: &mut usize,
 ) -> Option<(usize, usize)> {
-    if &r.array::<8>()? != MAGIC {
-        return None;
-    }
+    let trust_xattrs = match &r.array::<8>()? {
+        m if m == MAGIC => true,
+        m if m == MAGIC_XATTRS_UNTRUSTED => false,
+        _ => return None,
+    };
     let _stamp = (r.i64()?, r.u32()?);
     let (mut j, mut hits, mut n) = (0, 0, 0u64);
     let mut prev: Vec<u8> = Vec::new();
@@ -238,7 +245,7 @@ fn fill<R: std::io::Read>(
                 1 => Some(r.array::<32>()?),
                 _ => return None,
             },
-            xattrs: r.xattrs()?,
+            xattrs: r.xattrs()?.filter(|_| trust_xattrs),
         };
         while j < entries.len() && entries.path(j) < &r.path[..] {
             j += 1;
@@ -544,6 +551,29 @@ mod tests {
         set(b"v2").unwrap();
         let (got, _) = load();
         assert_eq!((got.hits, &got.xattrs_known[..]), (0, &[false][..]));
+    }
+
+    #[test]
+    fn older_format_keeps_its_hashes_but_not_its_xattrs() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a"), b"one").unwrap();
+        let es = entries(t.path(), &["a"], true);
+        let later = (es[0].mtime().0 + 10, 0);
+        let p = t.path().join("cache");
+        write_file(&p, records(es.iter(), later, true), later, true).unwrap();
+        // The same body under the older magic, checksummed again.
+        let data = std::fs::read(&p).unwrap();
+        let mut body = data[..data.len() - 32].to_vec();
+        body[..8].copy_from_slice(MAGIC_XATTRS_UNTRUSTED);
+        let sum = *blake3::hash(&body).as_bytes();
+        body.extend_from_slice(&sum);
+        std::fs::write(&p, &body).unwrap();
+        let mut now = entries(t.path(), &["a"], false);
+        let got = fill_from_file(&p, &mut now, true).unwrap();
+        // Its "no xattrs" may hide an inherited ACL: read again, and the cache rewritten.
+        assert_eq!((got.hits, &got.xattrs_known[..]), (1, &[false][..]));
+        assert!(!got.xattrs_complete);
+        assert_eq!(now.hash(0), es.hash(0));
     }
 
     #[test]

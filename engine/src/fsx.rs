@@ -492,8 +492,10 @@ pub struct MetaOpts {
     pub xattrs: bool,
 }
 
-/// Like [`set_meta_fd`] for a file this run just created: it has no xattrs to compare with or
-/// remove, so none are read (one procfs lookup less per staged file).
+/// Like [`set_meta_fd`] for a file this run just created in a directory that passes nothing
+/// on ([`makes_bare`]): it has no xattrs to compare with or remove, so none are read (one
+/// procfs lookup less per staged file). Made anywhere else it may hold an inherited ACL: use
+/// [`set_meta_fd`], which removes it.
 pub fn set_meta_fresh_fd(fd: BorrowedFd<'_>, e: &Entry, o: MetaOpts) -> io::Result<()> {
     let lean = MetaOpts {
         xattrs: o.xattrs && e.xattrs().is_some(),
@@ -522,8 +524,44 @@ pub fn makes_bare(dir: BorrowedFd<'_>) -> bool {
     matches!(read_xattrs_at(dir, b"."), Ok(None))
 }
 
-/// Sets owner, mode, xattrs and times of an open regular file or directory, in that order:
-/// `chown` clears setuid bits, and every change bumps ctime but times come last so mtime sticks.
+/// A directory's default ACL (Linux's name for it): copied onto every entry made in the
+/// directory as its access ACL, and onto a directory made there as its default ACL too.
+const ACL_DEFAULT: &CStr = c"system.posix_acl_default";
+/// An entry's own (access) ACL.
+const ACL_ACCESS: &CStr = c"system.posix_acl_access";
+
+/// **Exact ACLs** (invariant 5): an entry we make ends with the jail's ACLs and nothing else,
+/// none inherited from where it was made. Two halves enforce it: the directories we stage in
+/// (homes, `next`, the state directory and stores) carry no ACL, so nothing made in them or
+/// below them before the jail's own ACLs are set inherits one ([`strip_acls`]); and where a
+/// default ACL can be in effect (`!`[`makes_bare`]), an entry's metadata is set by
+/// [`set_meta_fd`]/[`set_meta_at`], which remove the access (and default) ACL the jail's entry
+/// lacks and set the mode after that.
+///
+/// Removes the access and default ACLs of the open directory `fd` and makes it 0700 again when
+/// it had one; returns whether it had. A private directory made where a default ACL is in
+/// effect (`setfacl -d` on DST's parent) inherits it, and would pass it on to every entry
+/// staged below it. Where there are no ACLs (or no xattrs) nothing changes.
+pub fn strip_acls(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    use rustix::io::Errno;
+    let mut had = false;
+    for name in [ACL_DEFAULT, ACL_ACCESS] {
+        match xcall::remove(XTarget::Fd(fd), name) {
+            Ok(()) => had = true,
+            Err(e) if no_attr(e) || e == Errno::NOTSUP || e == Errno::OPNOTSUPP => {}
+            Err(e) => return Err(errno(e)),
+        }
+    }
+    if had {
+        rfs::fchmod(fd, Mode::from_raw_mode(0o700)).map_err(errno)?;
+    }
+    Ok(had)
+}
+
+/// Sets owner, xattrs, mode and times of an open regular file or directory, in that order:
+/// `chown` clears setuid bits and file capabilities; the mode comes after the xattrs because
+/// removing an inherited ACL leaves the mode's group bits at its mask, and setting one moves
+/// them; every change bumps ctime but times come last so mtime sticks.
 pub fn set_meta_fd(fd: BorrowedFd<'_>, e: &Entry, o: MetaOpts) -> io::Result<()> {
     if o.owner {
         rfs::fchown(
@@ -533,10 +571,10 @@ pub fn set_meta_fd(fd: BorrowedFd<'_>, e: &Entry, o: MetaOpts) -> io::Result<()>
         )
         .map_err(errno)?;
     }
-    rfs::fchmod(fd, Mode::from_raw_mode((e.mode & 0o7777) as _)).map_err(errno)?;
     if o.xattrs {
         sys().write_xattrs_fd(fd, e.xattrs())?;
     }
+    rfs::fchmod(fd, Mode::from_raw_mode((e.mode & 0o7777) as _)).map_err(errno)?;
     rfs::futimens(fd, &times_of(e)).map_err(errno)
 }
 
@@ -826,6 +864,8 @@ pub fn open_private_dir(
     if st.st_mode & 0o077 != 0 {
         rfs::fchmod(fd.as_fd(), Mode::from_raw_mode(0o700)).map_err(errno)?;
     }
+    // What is kept here must not inherit a default ACL from where the directory was made.
+    strip_acls(fd.as_fd())?;
     Ok((fd, created))
 }
 

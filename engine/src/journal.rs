@@ -51,6 +51,17 @@ impl StateDir {
                 fs::set_permissions(&trees, fs::Permissions::from_mode(0o700)).at(&trees)?;
             }
         }
+        use std::os::fd::AsFd;
+        // A default ACL inherited from where the state dir was made would pass on to every
+        // cache and record kept below it (see `fsx::strip_acls`).
+        for d in [root, trees.as_path()] {
+            let fd = crate::fsx::open_root(d).at(d)?;
+            let mine =
+                crate::fsx::fstat(fd.as_fd()).at(d)?.st_uid == rustix::process::geteuid().as_raw();
+            if mine {
+                crate::fsx::strip_acls(fd.as_fd()).at(d)?;
+            }
+        }
         Ok(StateDir { root: root.into() })
     }
 

@@ -85,7 +85,11 @@ pub struct Builder<'a> {
     /// Source files are moved in as they are, not copied (see `SyncOpts::move_source`).
     pub move_source: bool,
     /// What is made in `next_root` starts without xattrs ([`fsx::makes_bare`]): the metadata
-    /// of a directory, symlink or node made there is set without reading its xattrs first.
+    /// of an entry made there is set without reading its xattrs first. That holds below it
+    /// too: every directory of the next tree is made bare and gets its own (jail's) ACLs only
+    /// in step 4 of [`Builder::build`], after everything in it is made, so nothing staged
+    /// inherits a default ACL. Otherwise (a `next` with xattrs) each entry's are made exact,
+    /// inherited ACLs removed (see [`fsx::strip_acls`] for the rule).
     pub next_bare: bool,
 }
 
@@ -497,7 +501,8 @@ impl<'a> Builder<'a> {
                         Ok(e.size)
                     }
                     Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
-                        let (b, _) = copy_checked(sd, name, nd, name, e, true, self.opts)?;
+                        let (b, _) =
+                            copy_checked(sd, name, nd, name, e, true, self.next_bare, self.opts)?;
                         Ok(b)
                     }
                     Err(err) => Err(err),
@@ -506,7 +511,8 @@ impl<'a> Builder<'a> {
             Kind::File => {
                 let sd = s.get(parent)?;
                 let nd = n.get(parent)?;
-                let (b, stale) = copy_checked(sd, name, nd, name, e, true, self.opts)?;
+                let (b, stale) =
+                    copy_checked(sd, name, nd, name, e, true, self.next_bare, self.opts)?;
                 if stale {
                     out.stale.push(si);
                 }

@@ -123,8 +123,10 @@ pub fn first_mount_below(trees: &[&Path]) -> Option<(PathBuf, PathBuf)> {
 }
 
 /// Makes (or opens) a private directory `name` in `dir`: mode 0700 from creation, owned by
-/// us, never a symlink. One that exists with other owner or looser mode is refused: something
-/// other than this program made it.
+/// us, never a symlink, without ACLs. One that exists with other owner or looser mode is
+/// refused: something other than this program made it. A default ACL it inherited from `dir`
+/// (DST's parent, or DST itself for the in-tree home) is removed each time it is opened, so
+/// nothing staged or kept below it inherits one ([`fsx::strip_acls`]).
 pub fn private_dir(dir: &OwnedFd, name: &[u8], shown: &Path) -> Result<OwnedFd> {
     match fsx::mkdir_at(dir.as_fd(), name, 0o700) {
         Ok(()) => {}
@@ -150,6 +152,7 @@ pub fn private_dir(dir: &OwnedFd, name: &[u8], shown: &Path) -> Result<OwnedFd> 
             ),
         ));
     }
+    fsx::strip_acls(fd.as_fd()).at(shown)?;
     Ok(fd)
 }
 
@@ -292,12 +295,15 @@ impl Home {
         self.path.join(OsStr::from_bytes(NEXT))
     }
 
-    /// Makes an empty `next`, removing one a killed run left.
+    /// Makes an empty `next`, removing one a killed run left. It carries no ACL (the home has
+    /// none; checked again here, as what it passes down is every staged entry's).
     pub fn make_next(&self) -> Result<OwnedFd> {
         let p = self.next_path();
         fsx::remove_tree_at(self.fd.as_fd(), NEXT).at(&p)?;
         fsx::mkdir_at(self.fd.as_fd(), NEXT, 0o700).at(&p)?;
-        fsx::open_subdir(self.fd.as_fd(), NEXT).at(&p)
+        let fd = fsx::open_subdir(self.fd.as_fd(), NEXT).at(&p)?;
+        fsx::strip_acls(fd.as_fd()).at(&p)?;
+        Ok(fd)
     }
 
     /// Gives up a staged `next` that will not be switched: it goes, and metadata changed in

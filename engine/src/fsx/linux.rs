@@ -146,6 +146,10 @@ impl Os for Linux {
             )
             .map_err(errno)?;
         }
+        // The mode after the xattrs, as `set_meta_fd` does (an ACL removed leaves its mask).
+        if o.xattrs {
+            write_xattrs(XTarget::Path(&p, true), e.xattrs())?;
+        }
         rfs::chmodat(
             CWD,
             p.as_c_str(),
@@ -153,9 +157,6 @@ impl Os for Linux {
             AtFlags::empty(),
         )
         .map_err(errno)?;
-        if o.xattrs {
-            write_xattrs(XTarget::Path(&p, true), e.xattrs())?;
-        }
         rfs::utimensat(CWD, p.as_c_str(), &times_of(e), AtFlags::empty()).map_err(errno)
     }
 

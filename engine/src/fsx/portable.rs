@@ -171,6 +171,10 @@ impl Os for Portable {
             )
             .map_err(errno)?;
         }
+        // The mode after the xattrs, as `set_meta_fd` does (an ACL removed leaves its mask).
+        if o.xattrs {
+            at_dir(dir, || write_xattrs(XTarget::Path(&c, false), e.xattrs()))?;
+        }
         // POSIX fchmodat with AT_SYMLINK_NOFOLLOW (native on the BSDs, macOS and illumos; on
         // Linux, glibc 2.39 uses fchmodat2 and older ones emulate it). rustix refuses the flag
         // on Linux, hence libc.
@@ -185,9 +189,6 @@ impl Os for Portable {
         };
         if r != 0 {
             return Err(io::Error::last_os_error());
-        }
-        if o.xattrs {
-            at_dir(dir, || write_xattrs(XTarget::Path(&c, false), e.xattrs()))?;
         }
         rfs::utimensat(dir, c.as_c_str(), &times_of(e), AtFlags::SYMLINK_NOFOLLOW).map_err(errno)
     }
