@@ -14,6 +14,9 @@ use crate::entry::{join, Kind};
 use crate::fsx::{self, MetaOpts};
 use crate::scan::Excludes;
 
+/// A path (relative to the tree) and what went wrong there.
+pub type PathError = (Box<[u8]>, io::Error);
+
 /// The excluded entries directly in each directory of `holds` (relative to `root`), in path
 /// order. Our own homes at the top are nobody's content and never listed. A name gone between
 /// listing and look is not there.
@@ -21,7 +24,7 @@ pub fn list(
     root: BorrowedFd<'_>,
     excludes: &Excludes,
     holds: &[Box<[u8]>],
-) -> Result<Vec<Box<[u8]>>, (Box<[u8]>, io::Error)> {
+) -> Result<Vec<Box<[u8]>>, PathError> {
     let mut out = Vec::new();
     if excludes.is_empty() {
         return Ok(out);

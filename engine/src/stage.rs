@@ -533,7 +533,8 @@ impl<'a> Builder<'a> {
     fn carry_unscanned(&self) -> Result<(), (Box<[u8]>, io::Error)> {
         for path in crate::excluded::list(self.live_root, self.excludes, self.holds_excluded)? {
             let (parent, name) = split_parent(&path);
-            self.clone_live(parent, name).map_err(|e| (path.clone(), e))?;
+            self.clone_live(parent, name)
+                .map_err(|e| (path.clone(), e))?;
         }
         Ok(())
     }
