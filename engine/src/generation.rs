@@ -766,3 +766,76 @@ fn guard_carry(home: &Home, id: u64, c: &Carry) -> Result<()> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A live tree and a hand-made generation 1 (its own `var/` copy, stale), carried.
+    fn carried() -> (tempfile::TempDir, Home, Carry) {
+        let t = tempfile::tempdir().unwrap();
+        let live = t.path().join("live");
+        fs::create_dir_all(live.join("var/db")).unwrap();
+        fs::write(live.join("var/db/users.db"), "new\n").unwrap();
+        fs::write(live.join("tool"), "v2\n").unwrap();
+        let home = Home::open(&live).unwrap();
+        let gen = home.gen_path(1);
+        fs::create_dir_all(gen.join("var/db")).unwrap();
+        fs::write(gen.join("var/db/stale.db"), "old\n").unwrap();
+        fs::write(gen.join("tool"), "v1\n").unwrap();
+        let pats = vec!["/var/".to_string()];
+        let ex = crate::scan::Excludes::new(&pats).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let sopts = crate::scan::ScanOpts {
+            excludes: &ex,
+            xattrs: false,
+            defer_xattrs: false,
+            ours: &[],
+        };
+        let holds = crate::scan::scan_tree(&live, &pool, &sopts)
+            .unwrap()
+            .holds_excluded;
+        let c = plan_carry(&home, 1, pats, &ex, holds, &pool).unwrap();
+        assert_eq!(c.carried, vec![Box::from(&b"var"[..])]);
+        carry(&home, 1, &c).unwrap();
+        assert_eq!(fs::read(gen.join("var/db/users.db")).unwrap(), b"new\n");
+        assert!(!gen.join("var/db/stale.db").exists());
+        assert_eq!(fs::read(gen.join("tool")).unwrap(), b"v1\n");
+        (t, home, c)
+    }
+
+    #[test]
+    fn carried_entries_pass_the_guard() {
+        let (_t, home, c) = carried();
+        guard_carry(&home, 1, &c).unwrap();
+    }
+
+    #[test]
+    fn an_excluded_entry_changed_after_the_carry_switches_nothing() {
+        type Change = fn(&Path);
+        let cases: &[(&str, Change)] = &[
+            ("created", |l| {
+                fs::write(l.join("var/db/late.db"), "x").unwrap()
+            }),
+            ("removed", |l| {
+                fs::remove_file(l.join("var/db/users.db")).unwrap()
+            }),
+            ("replaced", |l| {
+                fs::write(l.join("var/db/t"), "x").unwrap();
+                fs::rename(l.join("var/db/t"), l.join("var/db/users.db")).unwrap();
+            }),
+        ];
+        for (name, change) in cases {
+            let (_t, home, c) = carried();
+            change(&home.live);
+            let e = guard_carry(&home, 1, &c).expect_err(name);
+            assert!(
+                e.to_string().contains("nothing was switched"),
+                "{name}: {e}"
+            );
+        }
+    }
+}
