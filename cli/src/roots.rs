@@ -284,6 +284,9 @@ pub fn rollback(root: &Path, force: bool, dry_run: bool, g: &Global) -> Result<u
                 eprintln!("jailsync: {}: {}", p.display(), ch.what);
             }
         }
+        if dry_run {
+            crate::sync_cmd::report_carry(&mut std::io::stdout(), g, &t.dst, &r.carry, true)?;
+        }
         todo.push((t.dst.clone(), id));
     }
     if changed > 0 && !force {
@@ -315,6 +318,7 @@ pub fn rollback(root: &Path, force: bool, dry_run: bool, g: &Global) -> Result<u
         home.recover()?;
         let mut r = generation::check(&home, Some(*id), &pools.walk)?;
         generation::switch_back_all(&mut [(&home, &mut r)])?;
+        crate::sync_cmd::report_carry(&mut std::io::stdout(), g, dst, &r.carry, false)?;
         // The stat cache described the tree switched away.
         if let Ok(p) = state.cache_path(dst) {
             let _ = std::fs::remove_file(p);

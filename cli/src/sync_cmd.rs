@@ -780,6 +780,9 @@ fn rollback_switched(
             }
         }
     }
+    for (home, r, _, _) in items.iter() {
+        report_carry(out, g, &home.live, &r.carry, c.dry_run)?;
+    }
     let changed: usize = items.iter().map(|(_, r, _, _)| r.changed.len()).sum();
     let refused = changed > 0 && !c.force && !c.dry_run;
     if refused {
@@ -810,6 +813,7 @@ fn rollback_switched(
                 "switched": r.switched.is_some(),
                 "window_ms": r.switched.as_ref().map(|s| s.window.as_secs_f64() * 1000.0),
                 "changed_since_sync": r.changed.len(),
+                "excluded_carried": r.carry.carried.len(),
                 "kept_as": r.kept_as.as_ref().map(|p| p.display().to_string()),
                 "errors": errors,
             });
@@ -842,6 +846,51 @@ fn rollback_switched(
         }
     }
     Ok(errors)
+}
+
+/// What a switched rollback does with excluded entries (the live system's, kept as they are
+/// now): each carried into the restored tree, and each the generation held but the live tree
+/// no longer has. Named one by one for `-n` and `--json`, counted otherwise.
+pub fn report_carry(
+    out: &mut impl Write,
+    g: &Global,
+    live: &Path,
+    carry: &jailsync_engine::generation::Carry,
+    dry_run: bool,
+) -> Result<()> {
+    let lines = carry
+        .carried
+        .iter()
+        .map(|p| (p, "excluded: carried across as it is now"))
+        .chain(carry.dropped.iter().map(|p| {
+            (
+                p,
+                "excluded, gone from the live tree since the sync: stays gone",
+            )
+        }));
+    for (p, what) in lines {
+        if g.json {
+            let kind = if what.starts_with("excluded:") {
+                "carried"
+            } else {
+                "dropped"
+            };
+            let v = serde_json::json!({"type": kind, "path": output::json_path(p), "what": what});
+            writeln!(out, "{v}")?;
+        } else if dry_run && !g.quiet {
+            let p = live.join(jailsync_engine::fsx::os(p));
+            eprintln!("jailsync: {}: {what}", p.display());
+        }
+    }
+    let n = carry.carried.len();
+    if n > 0 && !dry_run && !g.quiet && !g.json {
+        eprintln!(
+            "{}: {n} excluded entr{} carried across (the live system's, kept as they are)",
+            live.display(),
+            if n == 1 { "y" } else { "ies" }
+        );
+    }
+    Ok(())
 }
 
 pub fn run_history(c: HistoryCmd, g: &Global) -> Result<u8> {

@@ -13,6 +13,9 @@ mod acl;
 /// Entries that appear while a run stages (items 4 and 12).
 #[path = "moves/appeared.rs"]
 mod appeared;
+/// Excluded entries carried across a rollback (item 3).
+#[path = "moves/excluded.rs"]
+mod excluded;
 /// Mounts moved by an exchange or crossed by a removal (items 1 and 2).
 #[path = "moves/mounts.rs"]
 mod mounts;

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod cache;
 pub mod entry;
 pub mod error;
+pub mod excluded;
 pub mod fsx;
 pub mod generation;
 pub mod guard;

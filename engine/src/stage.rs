@@ -29,7 +29,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use crate::apply::{copy_checked, is_source_side, ApplyOpts, EntryError};
-use crate::entry::{join, Ent, Entries, Kind};
+use crate::entry::{Ent, Entries, Kind};
 use crate::fsx::{self, split_parent};
 use crate::hash;
 use crate::plan::{Op, Plan, NONE};
@@ -535,30 +535,12 @@ impl<'a> Builder<'a> {
     }
 
     /// Links live entries that neither scan listed but that must survive the switch: the
-    /// excluded ones.
+    /// excluded ones (found and carried as rollback carries them, see [`crate::excluded`]).
     fn carry_unscanned(&self) -> Result<(), (Box<[u8]>, io::Error)> {
-        if self.excludes.is_empty() {
-            return Ok(());
-        }
-        for d in self.holds_excluded {
-            let ld = fsx::open_dir_beneath(self.live_root, d).map_err(|e| (d.clone(), e))?;
-            for name in fsx::list_dir(ld.as_fd()).map_err(|e| (d.clone(), e))? {
-                if d.is_empty() && (name == crate::switch::IN_TREE_HOME || name == fsx::STORE_NAME)
-                {
-                    continue;
-                }
-                let path = join(d, &name);
-                let c = fsx::cstr(&name).map_err(|e| (path.clone().into(), e))?;
-                let st = match fsx::lstat_at(ld.as_fd(), &c) {
-                    Ok(st) => st,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err((path.into(), e)),
-                };
-                let is_dir = fsx::kind_of(st.st_mode as u32) == Kind::Dir;
-                if self.excludes.matches(&path, &name, is_dir) {
-                    self.clone_live(d, &name).map_err(|e| (path.into(), e))?;
-                }
-            }
+        for path in crate::excluded::list(self.live_root, self.excludes, self.holds_excluded)? {
+            let (parent, name) = split_parent(&path);
+            self.clone_live(parent, name)
+                .map_err(|e| (path.clone(), e))?;
         }
         Ok(())
     }
@@ -573,32 +555,8 @@ impl<'a> Builder<'a> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        clone_at(ld.as_fd(), nd.as_fd(), name, self.opts)
+        crate::excluded::clone_at(ld.as_fd(), nd.as_fd(), name, self.opts.meta)
     }
-}
-
-fn clone_at(
-    ld: BorrowedFd<'_>,
-    nd: BorrowedFd<'_>,
-    name: &[u8],
-    opts: ApplyOpts,
-) -> io::Result<()> {
-    let c = fsx::cstr(name)?;
-    let st = fsx::lstat_at(ld, &c)?;
-    if fsx::kind_of(st.st_mode as u32) != Kind::Dir {
-        return fsx::link_at(ld, name, nd, name);
-    }
-    let mut e = crate::scan::entry_from_stat(&st);
-    if opts.meta.xattrs {
-        e.set_xattrs(fsx::read_xattrs_at(ld, name)?);
-    }
-    fsx::mkdir_at(nd, name, 0o700)?;
-    let lsub = fsx::open_dir_beneath(ld, name)?;
-    let nsub = fsx::open_dir_beneath(nd, name)?;
-    for child in fsx::list_dir(lsub.as_fd())? {
-        clone_at(lsub.as_fd(), nsub.as_fd(), &child, opts)?;
-    }
-    fsx::set_meta_fd(nsub.as_fd(), &e, opts.meta)
 }
 
 /// Where a directory of the next tree takes its metadata from.
