@@ -16,6 +16,9 @@ mod appeared;
 /// Excluded entries carried across a rollback (item 3).
 #[path = "moves/excluded.rs"]
 mod excluded;
+/// Old setuid/setgid binaries and capabilities left runnable in a generation (item 6).
+#[path = "moves/fangs.rs"]
+mod fangs;
 /// Mounts moved by an exchange or crossed by a removal (items 1 and 2).
 #[path = "moves/mounts.rs"]
 mod mounts;

@@ -1069,6 +1069,56 @@ pub fn remove_tree(path: impl AsRef<Path>) -> io::Result<()> {
     remove_tree_at(pfd.as_fd(), name.as_bytes())
 }
 
+/// The file capability (`security.capability`) of the open file `fd`, if it has one.
+pub fn file_capability(fd: BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut buf = vec![0u8; 64];
+        loop {
+            match rfs::fgetxattr(fd, c"security.capability", &mut buf) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(Some(buf));
+                }
+                Err(rustix::io::Errno::RANGE) => buf.resize(buf.len() * 4, 0),
+                Err(e) if no_attr(e) || e == rustix::io::Errno::NOTSUP => return Ok(None),
+                Err(e) => return Err(errno(e)),
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = fd;
+        Ok(None)
+    }
+}
+
+/// Sets (`Some`) or removes (`None`) the file capability of the open file `fd`.
+pub fn set_file_capability(fd: BorrowedFd<'_>, cap: Option<&[u8]>) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let name = c"security.capability";
+        let r = match cap {
+            Some(v) => rfs::fsetxattr(fd, name, v, rfs::XattrFlags::empty()),
+            None => rfs::fremovexattr(fd, name),
+        };
+        match r {
+            Err(e) if cap.is_none() && no_attr(e) => Ok(()),
+            r => r.map_err(errno),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (fd, cap);
+        Ok(())
+    }
+}
+
+/// Sets the permission bits (with setuid, setgid, sticky) of the open file `fd`.
+pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    rfs::fchmod(fd, Mode::from_raw_mode((mode & 0o7777) as _)).map_err(errno)
+}
+
 /// Names in a directory, without `.` and `..`.
 pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
     let mut d = rfs::Dir::read_from(dir).map_err(errno)?;

@@ -254,17 +254,28 @@ pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result
     switch::write_file_at(&dir, "info", &info, &shown.join("info"), home.durable)
 }
 
+/// Gives back (or takes again) what `defang` took from generation `n`'s old-only files.
+fn fangs(home: &Home, n: u64, give_back: bool) -> Result<Vec<(PathBuf, io::Error)>> {
+    let gpath = home.gen_path(n);
+    let gen = fsx::open_subdir(home.fd.as_fd(), &Home::gen_name(n)).at(&gpath)?;
+    let record = meta_io(home, n).join(crate::defang::RECORD);
+    crate::defang::restore(gen.as_fd(), &gpath, &record, give_back)
+}
+
+/// Sorted inode numbers of generation `n`'s non-directories, as its switch recorded them.
+fn gen_inodes(home: &Home, n: u64) -> Vec<u64> {
+    let b = fs::read(meta_io(home, n).join("inos")).unwrap_or_default();
+    b.chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect()
+}
+
 /// Sorted inode numbers of every kept generation's non-directories (with repeats: an inode in
 /// two generations is linked twice).
 pub fn kept_inodes(home: &Home) -> Vec<u64> {
     let mut all = Vec::new();
     for g in list(home).unwrap_or_default() {
-        if let Ok(b) = fs::read(meta_io(home, g.id).join("inos")) {
-            all.extend(
-                b.chunks_exact(8)
-                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
-            );
-        }
+        all.extend(gen_inodes(home, g.id));
     }
     all.sort_unstable();
     all
@@ -414,11 +425,9 @@ pub fn check(home: &Home, id: Option<u64>, pool: &rayon::ThreadPool) -> Result<R
     let scan = crate::scan::scan_tree(&home.live, pool, &sopts)?;
     let mut changed = changed_since(home, newest, &scan.entries)?;
     let mut carry = plan_carry(home, g.id, pats, &excludes, scan.holds_excluded, pool)?;
-    if !excludes.is_empty() {
-        // The guard's last look lists the live tree against this scan: only names made
-        // since are looked at.
-        carry.live = scan.entries;
-    }
+    // The guard's last look lists the live tree against this scan (only names made since
+    // are looked at), and the tree switched out is defanged by it.
+    carry.live = scan.entries;
     changed.extend(carry.blocked.iter().map(|p| Changed {
         path: p.clone(),
         what: "excluded (the live system's), and the generation has no directory to hold it",
@@ -486,6 +495,12 @@ pub fn switch_back_all(items: &mut [(&Home, &mut RolledBack)]) -> Result<()> {
             ),
         ));
     }
+    // Setuid/setgid bits and capabilities taken from each generation's old-only files when
+    // it was switched out are given back before it is live again (see `defang`).
+    for (home, rb) in items.iter_mut() {
+        let errs = fangs(home, rb.generation.id, true)?;
+        rb.errors.extend(errs);
+    }
     let mut made = Vec::new();
     for (k, (home, rb)) in items.iter_mut().enumerate() {
         match home.exchange(&pending[k]) {
@@ -505,6 +520,10 @@ pub fn switch_back_all(items: &mut [(&Home, &mut RolledBack)]) -> Result<()> {
                 for (p, (h, _)) in pending.into_iter().zip(items.iter()).skip(made.len() + 1) {
                     h.cancel(p);
                 }
+                // Still generations: their old setuid files are defanged again.
+                for (h, rb) in items.iter() {
+                    let _ = fangs(h, rb.generation.id, false);
+                }
                 return Err(e);
             }
         }
@@ -514,9 +533,18 @@ pub fn switch_back_all(items: &mut [(&Home, &mut RolledBack)]) -> Result<()> {
         if let Some(s) = rb.switched.as_mut() {
             s.old = done.old.clone();
         }
+        let g = rb.generation.id;
+        // The tree switched out is reachable from a cwd inside it, as any old tree is: its
+        // files the restored tree does not share are defanged.
+        if let Some(name) = done.old.file_name() {
+            let inos = gen_inodes(home, g);
+            if let Err(e) = crate::defang::replaced(home, Path::new(name), &rb.carry.live, &inos) {
+                rb.errors
+                    .push((done.old.clone(), io::Error::other(e.to_string())));
+            }
+        }
         rb.kept_as = Some(done.old);
         // Metadata set in place by each undone sync, newest first, so the oldest's wins.
-        let g = rb.generation.id;
         for &n in rb.undone.iter().rev() {
             rb.errors.extend(restore_meta(home, n, &home.live)?);
         }
@@ -554,7 +582,7 @@ pub struct Carry {
     /// Live directories holding excluded entries: where the guard looks again.
     holds: Vec<Box<[u8]>>,
     /// The live tree as scanned (with excludes): the guard looks for excluded entries made
-    /// since anywhere in it.
+    /// since anywhere in it, and the tree switched out is defanged by it.
     live: Entries,
     /// The generation's excluded entries to remove (dropped, or replaced by the live one).
     remove: Vec<Box<[u8]>>,

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod cache;
+pub mod defang;
 pub mod entry;
 pub mod error;
 pub mod excluded;

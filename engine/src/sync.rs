@@ -207,6 +207,8 @@ pub struct SwitchInfo {
     pub generation: Option<u64>,
     pub generation_path: Option<PathBuf>,
     pub linked: u64,
+    /// Old-only setuid/setgid files or file capabilities defanged in the generation.
+    pub defanged: usize,
 }
 
 impl Report {
@@ -1693,6 +1695,19 @@ pub fn switch_all_gated(
         let home = trees[k].home.as_ref().expect("switchable");
         let s = home.finish(p)?;
         let id = gens[k].expect("switched");
+        // The old tree stays reachable from a cwd inside it: its setuid/setgid files and
+        // capabilities the new tree does not share are taken (invariant 9).
+        let mut defanged = 0;
+        if let (true, Some((kept, _, _))) = (keep > 0, &afters[k]) {
+            let t = &trees[k];
+            match crate::defang::generation(home, id, &t.dst, &[&t.src, kept]) {
+                Ok(n) => defanged = n,
+                Err(e) => report.notes.push(format!(
+                    "old setuid/setgid files of {} not defanged: {e}",
+                    t.dst_path.display()
+                )),
+            }
+        }
         report.switches[k] = Some(SwitchInfo {
             method: home.method.clone(),
             window,
@@ -1700,6 +1715,7 @@ pub fn switch_all_gated(
             generation: (keep > 0).then_some(id),
             generation_path: (keep > 0).then(|| s.old.clone()),
             linked: staged[k].as_ref().map_or(0, |b| b.linked),
+            defanged,
         });
     }
     let t_cleanup = Instant::now();

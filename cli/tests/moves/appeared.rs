@@ -96,7 +96,10 @@ fn an_excluded_file_made_while_staging_where_none_was_is_kept() {
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("var/app.log") && err.contains("nothing was switched"), "{err}");
+    assert!(
+        err.contains("var/app.log") && err.contains("nothing was switched"),
+        "{err}"
+    );
     assert_eq!(fs::read_to_string(d.join("bin/tool")).unwrap(), "old\n");
     assert_eq!(
         fs::read_to_string(d.join("var/app.log")).unwrap(),
