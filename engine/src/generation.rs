@@ -615,8 +615,9 @@ fn plan_carry(
         return Ok(c);
     }
     let live = fsx::open_root_nofollow(&home.live).at(&home.live)?;
-    let live_ex =
+    let mut live_ex =
         crate::excluded::list(live.as_fd(), excludes, &holds).map_err(os_err(&home.live))?;
+    live_ex.retain(|p| !programs_own(p));
     let gpath = home.gen_path(id);
     let gio = home.io_path(&format!("gen-{id}"));
     let sopts = crate::scan::ScanOpts {
@@ -627,8 +628,9 @@ fn plan_carry(
     };
     let gscan = crate::scan::scan_tree(&gio, pool, &sopts)?;
     let gen = fsx::open_root_nofollow(&gio).at(&gpath)?;
-    let gen_ex = crate::excluded::list(gen.as_fd(), excludes, &gscan.holds_excluded)
+    let mut gen_ex = crate::excluded::list(gen.as_fd(), excludes, &gscan.holds_excluded)
         .map_err(os_err(&gpath))?;
+    gen_ex.retain(|p| !programs_own(p));
     let ge = &gscan.entries;
     let id_of = |fd: &std::os::fd::OwnedFd, p: &[u8]| -> Option<(Kind, u64)> {
         let (parent, name) = fsx::split_parent(p);
@@ -717,6 +719,14 @@ fn plan_carry(
     Ok(c)
 }
 
+/// Entries this program made that no rule makes the live system's: a home (a nested tree's,
+/// with its generations: nobody's content, invariant 13) and a `NAME.jailsync-new` a sync
+/// wrote beside a kept configuration file (it goes with the release that wrote it).
+fn programs_own(p: &[u8]) -> bool {
+    let name = fsx::split_parent(p).1;
+    switch::is_reserved_top(name) || name.ends_with(crate::protect::NEW_SUFFIX.as_bytes())
+}
+
 /// Makes the planned [`Carry`] in generation `id`: its stale excluded entries removed, the
 /// live ones linked in (directories recreated with their exact metadata), the generation's
 /// own directories' mtimes set back.
@@ -795,8 +805,16 @@ fn guard_carry(home: &Home, id: u64, c: &Carry) -> Result<()> {
     if c.patterns.is_empty() {
         return Ok(());
     }
-    let excludes = crate::scan::Excludes::new(&c.patterns)
-        .map_err(|e| Error::bad(&home.live, e.to_string()))?;
+    // `NAME.jailsync-new` files go with the release that wrote them: not carried, not looked
+    // at (see `programs_own`).
+    let pats: Vec<String> = c
+        .patterns
+        .iter()
+        .filter(|p| p.as_str() != crate::protect::NEW_EXCLUDE)
+        .cloned()
+        .collect();
+    let excludes =
+        crate::scan::Excludes::new(&pats).map_err(|e| Error::bad(&home.live, e.to_string()))?;
     let gpath = home.gen_path(id);
     let gen = fsx::open_subdir(home.fd.as_fd(), &Home::gen_name(id)).at(&gpath)?;
     let live = fsx::open_root_nofollow(&home.live).at(&home.live)?;

@@ -111,8 +111,8 @@ impl Look<'_> {
                 return Ok(Some(c));
             }
             for name in names {
-                if d.is_empty() && (name == crate::switch::IN_TREE_HOME || name == fsx::STORE_NAME)
-                {
+                // Homes, stores and temporary names are nobody's content (invariant 13).
+                if crate::switch::is_reserved_top(&name) {
                     continue;
                 }
                 let Some(now) = id_at(ld.as_fd(), &name)? else {
