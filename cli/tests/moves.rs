@@ -19,6 +19,9 @@ mod excluded;
 /// Old setuid/setgid binaries and capabilities left runnable in a generation (item 6).
 #[path = "moves/fangs.rs"]
 mod fangs;
+/// Homes are nobody's content; a user's entry of a home's name is content (items 11, 22).
+#[path = "moves/homes.rs"]
+mod homes;
 /// Mounts moved by an exchange or crossed by a removal (items 1 and 2).
 #[path = "moves/mounts.rs"]
 mod mounts;

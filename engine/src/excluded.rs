@@ -26,9 +26,6 @@ pub fn list(
     holds: &[Box<[u8]>],
 ) -> Result<Vec<Box<[u8]>>, PathError> {
     let mut out = Vec::new();
-    if excludes.is_empty() {
-        return Ok(out);
-    }
     for d in holds {
         let dir = fsx::open_dir_beneath(root, d).map_err(|e| (d.clone(), e))?;
         for name in fsx::list_dir(dir.as_fd()).map_err(|e| (d.clone(), e))? {
@@ -43,7 +40,8 @@ pub fn list(
                 Err(e) => return Err((path.into(), e)),
             };
             let is_dir = fsx::kind_of(st.st_mode as u32) == Kind::Dir;
-            if excludes.matches(&path, &name, is_dir) {
+            // A nested tree's home is kept where it is, as an excluded entry is (see `scan`).
+            if excludes.matches(&path, &name, is_dir) || crate::switch::is_ours(&name, &st) {
                 out.push(path.into_boxed_slice());
             }
         }

@@ -212,15 +212,6 @@ fn stat_names<'s>(
     let mut holds_excluded = false;
     let mut holds_store = false;
     for name in names {
-        // The switch's home inside a tree that is a mount point (see `switch`): never part of
-        // the tree, on either side.
-        if rel.is_empty() && name == crate::switch::IN_TREE_HOME {
-            continue;
-        }
-        if rel.is_empty() && name == fsx::STORE_NAME {
-            holds_store = true;
-            continue;
-        }
         let path = join(rel, &name);
         let ours = || {
             ctx.opts
@@ -252,6 +243,18 @@ fn stat_names<'s>(
                 continue;
             }
         };
+        if crate::switch::is_ours(&name, &st) {
+            // A home (or the per-file store) at the top is where this very tree's run keeps
+            // its own: not part of the tree, on either side. One deeper is a nested tree's:
+            // not this tree's content either, but kept where it is, as an excluded entry is
+            // (the next tree links it across).
+            if rel.is_empty() && (name == crate::switch::IN_TREE_HOME || name == fsx::STORE_NAME) {
+                holds_store |= name == fsx::STORE_NAME;
+            } else {
+                holds_excluded = true;
+            }
+            continue;
+        }
         let mut e = entry_from_stat(&st);
         let is_dir = e.kind == Kind::Dir;
         if !ctx.opts.excludes.is_empty() && ctx.opts.excludes.matches(&path, &name, is_dir) {

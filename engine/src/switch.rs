@@ -109,6 +109,19 @@ pub fn is_reserved_top(name: &[u8]) -> bool {
     name.starts_with(b".jailsync-") || fsx::is_tmp_name(name)
 }
 
+/// Whether `name` (with its `lstat`) is a home or store this program made: a directory named
+/// `.jailsync-*` that is private (no group or other bits) and ours — what [`private_dir`]
+/// makes and insists on. Such a directory is nobody's content at any depth (invariant 13): a
+/// nested tree's home (`usr/pkg/.jailsync-pkgdb`) is never synced, deleted or copied by the
+/// outer tree's run. An entry of that name we did not make is content like any other.
+pub fn is_ours(name: &[u8], st: &rustix::fs::Stat) -> bool {
+    name.starts_with(b".jailsync-")
+        && !fsx::is_tmp_name(name)
+        && fsx::kind_of(st.st_mode as u32) == crate::entry::Kind::Dir
+        && st.st_mode & 0o077 == 0
+        && st.st_uid == euid()
+}
+
 /// The first of `trees` with something mounted strictly below it, and that mount, read from
 /// the mount table at the moment of asking: called at the last safe point, immediately before
 /// an exchange, since an exchange moves whatever is mounted in the tree it moves (invariant
