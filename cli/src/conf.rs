@@ -301,7 +301,9 @@ pub fn nested_homes(state: &StateDir, dst: &Path) -> Vec<String> {
             continue;
         };
         let mut home = rel.parent().unwrap_or(Path::new("")).to_path_buf();
-        home.push(format!(".jailsync-{}", name.to_string_lossy()));
+        home.push(std::ffi::OsStr::from_bytes(
+            &jailsync_engine::switch::home_name(name.as_bytes()),
+        ));
         out.push(format!("/{}/", home.display()));
     }
     out

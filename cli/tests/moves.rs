@@ -25,3 +25,6 @@ mod homes;
 /// Mounts moved by an exchange or crossed by a removal (items 1 and 2).
 #[path = "moves/mounts.rs"]
 mod mounts;
+/// A home's name for any DST name; a source inside DST's home (items 15, 16).
+#[path = "moves/names.rs"]
+mod names;

@@ -12,6 +12,7 @@
 //! whose files are not in place yet. See [`Layout::phases`].
 
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
@@ -238,16 +239,12 @@ impl Layout {
             let inner = db.strip_prefix(outer).expect("nested");
             // The database itself, and the home its own switch keeps beside it.
             excludes.push(format!("/{}/", inner.display()));
-            let home = match inner.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.join(format!(
-                    ".jailsync-{}",
-                    inner.file_name().expect("named").to_string_lossy()
-                )),
-                _ => PathBuf::from(format!(
-                    ".jailsync-{}",
-                    inner.file_name().expect("named").to_string_lossy()
-                )),
-            };
+            let hname =
+                crate::switch::home_name(inner.file_name().expect("named").as_encoded_bytes());
+            let home = inner
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join(std::ffi::OsStr::from_bytes(&hname));
             excludes.push(format!("/{}/", home.display()));
         }
         let mut out = vec![(first, excludes)];

@@ -103,6 +103,22 @@ fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+/// The name of the home beside a live tree named `live_name`: `.jailsync-NAME`. A name too
+/// long for that (over 245 bytes: the filesystem's limit is 255) is shortened to its first 200
+/// bytes and a hash of the whole, so every tree rsync can sync has a home, and the same one
+/// on every run.
+pub fn home_name(live_name: &[u8]) -> Vec<u8> {
+    let mut n = b".jailsync-".to_vec();
+    if n.len() + live_name.len() <= 255 {
+        n.extend_from_slice(live_name);
+    } else {
+        n.extend_from_slice(&live_name[..200]);
+        n.push(b'-');
+        n.extend_from_slice(hex(&blake3::hash(live_name).as_bytes()[..8]).as_bytes());
+    }
+    n
+}
+
 /// Whether `name` is one of this program's own names (`.jailsync-*`: a home, the in-tree home,
 /// the per-file store, a temporary name), which no run takes for the tree's content.
 pub fn is_reserved_top(name: &[u8]) -> bool {
@@ -217,8 +233,7 @@ impl Home {
         };
         let mut home = None;
         if method == Method::Tree {
-            let mut hname = b".jailsync-".to_vec();
-            hname.extend_from_slice(&name);
+            let hname = home_name(&name);
             let hpath = parent.join(OsStr::from_bytes(&hname));
             match private_dir(&live_parent, &hname, &hpath) {
                 Ok(fd) => home = Some((hpath, fd)),
@@ -372,8 +387,7 @@ impl Home {
     /// The home of `live` if a sync made one (never creates it).
     pub fn existing(live: &Path) -> Result<Option<Home>> {
         let parent = live.parent().unwrap_or(Path::new("/"));
-        let mut name = b".jailsync-".to_vec();
-        name.extend_from_slice(live.file_name().map_or(&b""[..], |n| n.as_bytes()));
+        let name = home_name(live.file_name().map_or(&b""[..], |n| n.as_bytes()));
         let candidates = [
             parent.join(OsStr::from_bytes(&name)),
             live.join(OsStr::from_bytes(IN_TREE_HOME)),
@@ -856,8 +870,7 @@ pub fn restore_live_aside(live: &Path) -> Result<()> {
     let Ok(pfd) = fsx::open_root(parent) else {
         return Ok(());
     };
-    let mut hname = b".jailsync-".to_vec();
-    hname.extend_from_slice(name.as_bytes());
+    let hname = home_name(name.as_bytes());
     let Ok(home) = fsx::open_subdir(pfd.as_fd(), &hname) else {
         return Ok(());
     };

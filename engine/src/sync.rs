@@ -415,6 +415,7 @@ fn prepare_impl(
     if !dst_path.exists() && !opts.dry_run {
         fs::create_dir_all(dst_path).at(dst_path)?;
     }
+    refuse_source_in_home(src_path, dst_path)?;
     // The home first: a switch a killed run left half done is finished before anything is
     // read, and a staging area inside the tree must not be scanned as part of it.
     let home = match state {
@@ -1220,6 +1221,30 @@ fn pinned(root: &Path, dst: &Entries, plan: &Plan) -> Option<Box<[u8]>> {
         }
     }
     None
+}
+
+/// A source inside DST's own home (`sync HOME/gen-N DST`, the path `history` prints) would be
+/// pruned or moved by the very run that reads it: refused, pointing at rollback.
+fn refuse_source_in_home(src: &Path, dst: &Path) -> Result<()> {
+    let name = dst.file_name().map_or(&b""[..], |n| n.as_encoded_bytes());
+    let homes = [
+        dst.parent()
+            .map(|p| p.join(fsx::os(&crate::switch::home_name(name)))),
+        Some(dst.join(fsx::os(crate::switch::IN_TREE_HOME))),
+    ];
+    match homes.iter().flatten().find(|h| src.starts_with(h)) {
+        Some(h) => Err(crate::Error::bad(
+            src,
+            format!(
+                "is inside {}, the home of {} (its rollback generations): to make a generation live again, run `jailsync rollback --gen N {}` (see `jailsync history {}`)",
+                h.display(),
+                dst.display(),
+                dst.display(),
+                dst.display()
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Gives up the staging of every tree of a run unless disarmed: for the `?` paths of
