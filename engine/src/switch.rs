@@ -81,6 +81,11 @@ pub struct Home {
     pub path: PathBuf,
     pub fd: OwnedFd,
     pub method: Method,
+    /// How the home found on disk switches (`Tree` beside DST, `Entries` inside it; `PerFile`:
+    /// no home). Its generations, journal and rollback follow it, whatever today's `method`
+    /// for a new run is (a mount made below DST since makes that per-file, and must not hide
+    /// the generations or leave a killed switch unfinished).
+    pub layout: Method,
     /// The live tree.
     pub live: PathBuf,
     live_parent: OwnedFd,
@@ -185,6 +190,40 @@ pub fn private_dir(dir: &OwnedFd, name: &[u8], shown: &Path) -> Result<OwnedFd> 
     Ok(fd)
 }
 
+/// The home an earlier run made for the live tree `name` (open as `live_fd` in
+/// `live_parent`), without making one: beside it (`Tree`) or inside it (`Entries`).
+fn found_home(
+    live_parent: &OwnedFd,
+    live_fd: &OwnedFd,
+    name: &[u8],
+    live: &Path,
+) -> Result<Option<(Method, PathBuf, OwnedFd)>> {
+    let beside = home_name(name);
+    let places = [
+        (
+            Method::Tree,
+            live_parent,
+            beside.as_slice(),
+            live.with_file_name(OsStr::from_bytes(&beside)),
+        ),
+        (
+            Method::Entries,
+            live_fd,
+            IN_TREE_HOME,
+            live.join(OsStr::from_bytes(IN_TREE_HOME)),
+        ),
+    ];
+    for (layout, dir, n, shown) in places {
+        let Ok(c) = fsx::cstr(n) else { continue };
+        let ours = fsx::lstat_at(dir.as_fd(), &c).is_ok_and(|st| is_ours(n, &st));
+        if ours {
+            let fd = fsx::open_subdir(dir.as_fd(), n).at(&shown)?;
+            return Ok(Some((layout, shown, fd)));
+        }
+    }
+    Ok(None)
+}
+
 impl Home {
     /// Picks the switch method for `live` (canonical, existing) and opens its home, finishing
     /// or discarding whatever a killed run left there.
@@ -203,6 +242,7 @@ impl Home {
                     path: PathBuf::new(),
                     fd: fsx::open_root(live).at(live)?,
                     method: Method::PerFile("the root directory cannot be exchanged".into()),
+                    layout: Method::PerFile("the root directory cannot be exchanged".into()),
                     live: live.into(),
                     live_parent: fd,
                     live_name: Vec::new(),
@@ -266,11 +306,26 @@ impl Home {
         let (path, fd) = match home {
             Some(h) => h,
             None => {
-                // Per-file: the old pipeline keeps its own store; the home only records that.
+                // Per-file for a new run. A home an earlier run made is still the home of its
+                // generations: found where it is, and a reader (`probe` off) switches as it does.
+                if let Some((layout, path, fd)) = found_home(&live_parent, &live_fd, &name, live)? {
+                    return Ok(Home {
+                        durable: false,
+                        path,
+                        fd,
+                        method: if probe { method } else { layout.clone() },
+                        layout,
+                        live: live.into(),
+                        live_parent,
+                        live_name: name,
+                    });
+                }
+                // The old pipeline keeps its own store; the home only records that.
                 return Ok(Home {
                     durable: false,
                     path: PathBuf::new(),
                     fd: live_fd,
+                    layout: method.clone(),
                     method,
                     live: live.into(),
                     live_parent,
@@ -282,6 +337,7 @@ impl Home {
             durable: false,
             path,
             fd,
+            layout: method.clone(),
             method,
             live: live.into(),
             live_parent,
@@ -616,7 +672,7 @@ impl Home {
     /// it changed in place. Only under the destination's lock: another run's `next` is not
     /// a leftover.
     pub fn recover(&self) -> Result<()> {
-        if !self.is_switchable() {
+        if matches!(self.layout, Method::PerFile(_)) {
             return Ok(());
         }
         let jpath = self.path.join(JOURNAL);
@@ -659,7 +715,7 @@ impl Home {
             return Err(bad());
         };
         let live = self.live_fd().at(&self.live)?;
-        match self.method {
+        match self.layout {
             Method::Tree => {
                 let now = fsx::fstat(live.as_fd()).at(&self.live)?.st_ino;
                 if now as u64 == ino {
@@ -680,6 +736,13 @@ impl Home {
                 if !from_there {
                     self.finish_journal(&from, &to)?;
                     return self.discard_next();
+                }
+                // Finishing moves top-level entries: never one a mount made since sits in.
+                if let Some((_, m)) = first_mount_below(&[&self.live]) {
+                    return Err(Error::bad(
+                        m,
+                        "is mounted below the tree a killed run was switching: unmount it, then run again to finish that switch",
+                    ));
                 }
                 let from_fd = fsx::open_subdir(self.fd.as_fd(), &from)
                     .at(self.path.join(OsStr::from_bytes(&from)))?;

@@ -267,3 +267,54 @@ echo err=$(tr '\n' ' ' <"$T/err")
     assert!(r.get("err").contains("zz/mnt is a mount point"), "{r}");
     let _ = read(&ns.home());
 }
+
+/// Issue 19 item 14: once anything is mounted below a tree-switched DST, `history` and
+/// `rollback` said "nothing to roll back" (the method was re-derived from today's mounts) and
+/// a killed run's journal was never finished. The generations a home holds are found whatever
+/// is mounted today; the rollback itself is refused while the mount would move.
+#[test]
+fn generations_and_a_killed_switch_are_found_whatever_is_mounted_today() {
+    let Some(ns) = Ns::new() else { return };
+    if !strace_ok() {
+        return;
+    }
+    let r = ns.sh(r#"
+# The mount will show what the jail has there: the per-file run below then has nothing to
+# change on it (it would refuse to delete through it: its files cannot be kept for rollback).
+cp -a "$O/keep" "$S/mnt/keep"
+js sync "$S" "$D" >/dev/null; echo sync=$?
+echo v3 > "$S/bin/tool"
+# Killed at its exchange (the first renameat2 is the home's probe): a journal is left.
+strace -f -qq -o /dev/null -e trace=renameat2 -e inject=renameat2:error=EIO:signal=SIGKILL:when=2 \
+    "$JS" --state-dir "$ST" sync "$S" "$D" >/dev/null 2>&1; echo killed=$?
+test -e "$T/.jailsync-D/switching" && echo journal=yes
+mount --bind "$O" "$D/mnt" && echo mounted=yes
+js history "$D" >"$T/hist" 2>&1; echo history=$?
+grep -q "gen-1\|generation 1\| 1 " "$T/hist" && echo listed=yes
+js rollback "$D" 2>"$T/err"; echo rollback=$?
+echo err=$(tr '\n' ' ' <"$T/err")
+js sync "$S" "$D" >/dev/null 2>"$T/err2"; echo resync=$?
+echo err2=$(tr '\n' ' ' <"$T/err2")
+test -e "$T/.jailsync-D/switching" || echo journal_done=yes
+test -e "$T/.jailsync-D/next" || echo next_gone=yes
+mountpoint -q "$D/mnt" && echo still_mounted=yes
+test -f "$O/keep" && echo keep=yes
+"#);
+    assert_eq!(r.get("sync"), "0", "{r}");
+    assert_eq!(r.get("journal"), "yes", "{r}");
+    assert_eq!(r.get("mounted"), "yes", "{r}");
+    assert_eq!(r.get("history"), "0", "{r}");
+    assert_eq!(r.get("listed"), "yes", "history lost the generations\n{r}");
+    // Refused: the mount's files are new to the tree, or the mount would move.
+    assert_ne!(r.get("rollback"), "0", "{r}");
+    assert!(r.get("err").contains("/D/mnt"), "{r}");
+    assert_eq!(r.get("resync"), "0", "{r}");
+    assert_eq!(
+        r.get("journal_done"),
+        "yes",
+        "the killed switch was never finished\n{r}"
+    );
+    assert_eq!(r.get("next_gone"), "yes", "{r}");
+    assert_eq!(r.get("still_mounted"), "yes", "{r}");
+    assert_eq!(r.get("keep"), "yes", "{r}");
+}
