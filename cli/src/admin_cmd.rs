@@ -153,7 +153,7 @@ pub fn run_prune(c: PruneCmd, g: &Global) -> Result<u8> {
     let _lock = journal::Lock::acquire(&state, &dst)?;
     let mut home_opt = switch::Home::existing(&dst)?;
     if let Some(home) = &home_opt {
-        home.recover()?;
+        jailsync_engine::generation::recover(home, Some(&state))?;
     }
     home_opt = home_opt.filter(|h| h.is_switchable());
     let (gens, removed_ids, freed) = if let Some(home) = &home_opt {

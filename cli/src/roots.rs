@@ -238,7 +238,7 @@ pub fn rollback(root: &Path, force: bool, dry_run: bool, g: &Global) -> Result<u
         let Some(home) = Home::existing(&t.dst)? else {
             continue;
         };
-        home.recover()?;
+        generation::recover(&home, Some(&state))?;
         if !home.is_switchable() {
             eprintln!(
                 "jailsync: {}: applied per file, not switched: roll it back with `jailsync rollback {}`",
@@ -315,15 +315,10 @@ pub fn rollback(root: &Path, force: bool, dry_run: bool, g: &Global) -> Result<u
         }
         let _lock = Lock::acquire(&state, dst)?;
         let home = Home::existing(dst)?.context("its home is gone")?;
-        home.recover()?;
+        generation::recover(&home, Some(&state))?;
         let mut r = generation::check(&home, Some(*id), &pools.walk)?;
-        generation::switch_back_all(&mut [(&home, &mut r)])?;
+        generation::switch_back_all(&mut [(&home, &mut r)], Some(&state))?;
         crate::sync_cmd::report_carry(&mut std::io::stdout(), g, dst, &r.carry, false)?;
-        // The stat cache described the tree switched away.
-        if let Ok(p) = state.cache_path(dst) {
-            let _ = std::fs::remove_file(p);
-        }
-        jailsync_engine::protect::undo_base(&state, dst)?;
         for (p, e) in &r.errors {
             eprintln!("jailsync: {}: {e} (while rolling back)", p.display());
         }

@@ -38,7 +38,8 @@ pub fn run_serve(_c: ServeCmd, g: &Global) -> Result<u8> {
                     if let Some(home) =
                         jailsync_engine::switch::Home::existing(d).map_err(|e| e.to_string())?
                     {
-                        home.recover().map_err(|e| e.to_string())?;
+                        jailsync_engine::generation::recover(&home, Some(&state))
+                            .map_err(|e| e.to_string())?;
                     }
                 }
             }

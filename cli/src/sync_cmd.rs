@@ -614,9 +614,26 @@ pub fn run_manifest(c: ManifestCmd, g: &Global) -> Result<u8> {
 }
 
 pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
-    if let Some(root) = &c.root {
-        return crate::roots::rollback(root, c.force, c.dry_run, g);
+    // A rollback takes milliseconds once it begins: SIGINT, SIGTERM and SIGHUP wait for it
+    // (a half-made one would leave the newer release's metadata on the older files); a
+    // SIGKILL is finished by the next command (see `generation::recover`).
+    let stop = (!c.dry_run).then(stop_on_signals);
+    let code = if let Some(root) = &c.root {
+        crate::roots::rollback(root, c.force, c.dry_run, g)?
+    } else {
+        rollback_trees(&c, g)?
+    };
+    match stop.map(|f| f.load(std::sync::atomic::Ordering::SeqCst)) {
+        Some(sig) if sig != 0 => {
+            eprintln!("jailsync: signal {sig} received: the rollback was finished first");
+            Ok((128 + sig) as u8)
+        }
+        _ => Ok(code),
     }
+}
+
+/// `rollback DST...`: the trees given, switched back together.
+fn rollback_trees(c: &RollbackCmd, g: &Global) -> Result<u8> {
     // Trees switched together are locked together; a tree inside another (a nested package
     // database) cannot be, and is rolled back on its own.
     let canon: Vec<PathBuf> = c
@@ -659,7 +676,7 @@ pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
         let lock = jailsync_engine::journal::Lock::acquire(&state, &dst)?;
         if let Some(home) = jailsync_engine::switch::Home::existing(&dst)? {
             // A killed run's switch is finished (or undone) first, under the lock.
-            home.recover()?;
+            jailsync_engine::generation::recover(&home, Some(&state))?;
         }
         if let Some(home) = switched_home(&dst)? {
             let r = jailsync_engine::generation::check(&home, c.gen, &pools.walk)?;
@@ -732,7 +749,7 @@ pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
             );
         }
     }
-    errors += rollback_switched(&mut switched, &c, g, &mut out)?;
+    errors += rollback_switched(&mut switched, c, g, &mut out)?;
     out.flush()?;
     Ok(if errors > 0 { exit::PARTIAL } else { exit::OK })
 }
@@ -788,21 +805,17 @@ fn rollback_switched(
     if refused {
         errors += changed;
     } else if !c.dry_run {
+        let state = items
+            .first()
+            .map(|(_, _, s, _)| jailsync_engine::journal::StateDir::clone(s));
         let mut batch: Vec<_> = items.iter_mut().map(|(h, r, _, _)| (&*h, r)).collect();
-        jailsync_engine::generation::switch_back_all(&mut batch)?;
+        jailsync_engine::generation::switch_back_all(&mut batch, state.as_ref())?;
     }
-    for (home, r, state, _) in items.iter() {
+    for (home, r, _, _) in items.iter() {
         let dst = &home.live;
         for (p, e) in &r.errors {
             errors += 1;
             report_error(out, g, &p.display().to_string(), "rollback", e)?;
-        }
-        // The stat cache described the tree switched away.
-        if r.switched.is_some() {
-            if let Ok(p) = state.cache_path(dst) {
-                let _ = std::fs::remove_file(p);
-            }
-            jailsync_engine::protect::undo_base(state, dst)?;
         }
         if g.json {
             let v = serde_json::json!({

@@ -131,7 +131,7 @@ pub fn run(c: UpgradeCmd, g: &Global) -> Result<u8> {
             if d.is_dir() {
                 let _lock = jailsync_engine::journal::Lock::acquire(&state, d)?;
                 if let Some(home) = jailsync_engine::switch::Home::existing(d)? {
-                    home.recover()?;
+                    jailsync_engine::generation::recover(&home, Some(&state))?;
                 }
             }
         }

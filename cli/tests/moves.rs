@@ -22,6 +22,9 @@ mod fangs;
 /// Homes are nobody's content; a user's entry of a home's name is content (items 11, 22).
 #[path = "moves/homes.rs"]
 mod homes;
+/// A rollback killed or signalled halfway (item 7).
+#[path = "moves/killed.rs"]
+mod killed;
 /// Mounts moved by an exchange or crossed by a removal (items 1 and 2).
 #[path = "moves/mounts.rs"]
 mod mounts;

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use crate::entry::{Entries, Kind};
 use crate::error::{Error, IoContext, Result};
 use crate::fsx;
+use crate::journal::StateDir;
 use crate::manifest;
 use crate::switch::{self, Home};
 
@@ -446,7 +447,10 @@ pub fn check(home: &Home, id: Option<u64>, pool: &rayon::ThreadPool) -> Result<R
 /// Switches the checked generations back in, every tree back to back (journals first), then
 /// sets back the metadata each undone sync changed in place and drops their records. If one
 /// tree cannot be switched, those switched are switched forward again: never half.
-pub fn switch_back_all(items: &mut [(&Home, &mut RolledBack)]) -> Result<()> {
+pub fn switch_back_all(
+    items: &mut [(&Home, &mut RolledBack)],
+    state: Option<&StateDir>,
+) -> Result<()> {
     // Rule: excluded entries are the live system's before and after a rollback — the
     // generation switched back gets the live tree's current excluded entries (and loses those
     // the live tree no longer has), and they are looked at once more right before the switch
@@ -495,6 +499,11 @@ pub fn switch_back_all(items: &mut [(&Home, &mut RolledBack)]) -> Result<()> {
             ),
         ));
     }
+    // What follows the switch is journaled before it (see `recover`): a rollback killed at
+    // any point after this is finished by the next command under the lock.
+    for (home, rb) in items.iter() {
+        write_rollback_journal(home, rb, state)?;
+    }
     // Setuid/setgid bits and capabilities taken from each generation's old-only files when
     // it was switched out are given back before it is live again (see `defang`).
     for (home, rb) in items.iter_mut() {
@@ -520,9 +529,11 @@ pub fn switch_back_all(items: &mut [(&Home, &mut RolledBack)]) -> Result<()> {
                 for (p, (h, _)) in pending.into_iter().zip(items.iter()).skip(made.len() + 1) {
                     h.cancel(p);
                 }
-                // Still generations: their old setuid files are defanged again.
+                // Still generations: their old setuid files are defanged again, and no
+                // rollback is left to finish.
                 for (h, rb) in items.iter() {
                     let _ = fangs(h, rb.generation.id, false);
+                    let _ = fsx::unlink_at(h.fd.as_fd(), ROLLING_BACK.as_bytes());
                 }
                 return Err(e);
             }
@@ -544,20 +555,135 @@ pub fn switch_back_all(items: &mut [(&Home, &mut RolledBack)]) -> Result<()> {
             }
         }
         rb.kept_as = Some(done.old);
-        // Metadata set in place by each undone sync, newest first, so the oldest's wins.
-        for &n in rb.undone.iter().rev() {
-            rb.errors.extend(restore_meta(home, n, &home.live)?);
-        }
-        // The restored generation is live again, and newer ones describe states now undone.
-        for &n in &rb.undone {
-            let rec = format!("gen-{n}.d");
-            let _ = fsx::remove_tree_at(home.fd.as_fd(), rec.as_bytes());
-            if n != g {
-                let _ = fsx::remove_tree_at(home.fd.as_fd(), &Home::gen_name(n));
-            }
-        }
+        let errs = after_switch_back(home, state, g, &rb.undone)?;
+        rb.errors.extend(errs);
     }
     Ok(())
+}
+
+/// The journal of a rollback's work after its switch, in the home: `gen G`, `undone N...`, and
+/// how the configuration base is set back (`base prev`: `conf-base.prev` replaces `conf-base`
+/// while it is there; `base none`: `conf-base` goes). Each step is done only while still
+/// needed, so doing them again is harmless.
+const ROLLING_BACK: &str = "rolling-back";
+
+fn write_rollback_journal(home: &Home, rb: &RolledBack, state: Option<&StateDir>) -> Result<()> {
+    let mut j = Vec::new();
+    let _ = writeln!(j, "gen {}", rb.generation.id);
+    let undone: Vec<String> = rb.undone.iter().map(u64::to_string).collect();
+    let _ = writeln!(j, "undone {}", undone.join(" "));
+    if let Some(state) = state {
+        let prev = crate::protect::base_prev_exists(state, &home.live)?;
+        let _ = writeln!(j, "base {}", if prev { "prev" } else { "none" });
+    }
+    let shown = home.path.join(ROLLING_BACK);
+    switch::write_file_at(&home.fd, ROLLING_BACK, &j, &shown, home.durable)
+}
+
+/// What a rollback journal says: the generation, those undone, how the base goes back.
+struct RollingBack {
+    gen: u64,
+    undone: Vec<u64>,
+    base: Option<bool>,
+}
+
+fn read_rollback_journal(home: &Home) -> Result<Option<RollingBack>> {
+    let shown = home.path.join(ROLLING_BACK);
+    let text = match fs::read_to_string(home.io_path(ROLLING_BACK)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&shown, e)),
+    };
+    let bad = || {
+        Error::bad(
+            &shown,
+            "unreadable rollback journal; move it away after checking the tree",
+        )
+    };
+    let mut r = RollingBack {
+        gen: 0,
+        undone: Vec::new(),
+        base: None,
+    };
+    for line in text.lines() {
+        let (k, v) = line.split_once(' ').unwrap_or((line, ""));
+        match k {
+            "gen" => r.gen = v.parse().map_err(|_| bad())?,
+            "undone" => {
+                for n in v.split_whitespace() {
+                    r.undone.push(n.parse().map_err(|_| bad())?);
+                }
+            }
+            "base" => r.base = Some(v == "prev"),
+            _ => return Err(bad()),
+        }
+    }
+    Ok(Some(r))
+}
+
+/// The work after a rollback's switch: the metadata each undone sync set in place set back
+/// (newest first, so the oldest's wins), the records of the undone generations removed (the
+/// restored one is live again, newer ones describe states now undone), the live tree's stat
+/// cache dropped (it described the tree switched away) and the configuration base set back;
+/// then the journal goes.
+fn after_switch_back(
+    home: &Home,
+    state: Option<&StateDir>,
+    g: u64,
+    undone: &[u64],
+) -> Result<Vec<(PathBuf, io::Error)>> {
+    let mut errors = Vec::new();
+    for &n in undone.iter().rev() {
+        if fsx::lstat_at(
+            home.fd.as_fd(),
+            &fsx::cstr(format!("gen-{n}.d").as_bytes()).at(&home.path)?,
+        )
+        .is_ok()
+        {
+            errors.extend(restore_meta(home, n, &home.live)?);
+        }
+    }
+    for &n in undone {
+        let rec = format!("gen-{n}.d");
+        let _ = fsx::remove_tree_at(home.fd.as_fd(), rec.as_bytes());
+        if n != g {
+            let _ = fsx::remove_tree_at(home.fd.as_fd(), &Home::gen_name(n));
+        }
+    }
+    if let Some(state) = state {
+        if let Ok(p) = state.cache_path(&home.live) {
+            let _ = fs::remove_file(p);
+        }
+        let base = read_rollback_journal(home)?.and_then(|j| j.base);
+        crate::protect::undo_base_once(state, &home.live, base)?;
+    }
+    let shown = home.path.join(ROLLING_BACK);
+    match fsx::unlink_at(home.fd.as_fd(), ROLLING_BACK.as_bytes()) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io(shown, e)),
+        _ => Ok(errors),
+    }
+}
+
+/// Finishes, under the destination's lock and before anything else, what a killed run left in
+/// `home`: its switch ([`Home::recover`]), then a rollback's work after its switch (see
+/// [`switch_back_all`]). A rollback killed before its switch leaves its generation as it was:
+/// the setuid bits given back to it are taken again.
+pub fn recover(home: &Home, state: Option<&StateDir>) -> Result<()> {
+    home.recover()?;
+    let Some(j) = read_rollback_journal(home)? else {
+        return Ok(());
+    };
+    let gen_there = fsx::lstat_at(
+        home.fd.as_fd(),
+        &fsx::cstr(&Home::gen_name(j.gen)).at(&home.path)?,
+    )
+    .is_ok();
+    if gen_there {
+        let _ = fangs(home, j.gen, false);
+        return fsx::unlink_at(home.fd.as_fd(), ROLLING_BACK.as_bytes())
+            .at(home.path.join(ROLLING_BACK));
+    }
+    after_switch_back(home, state, j.gen, &j.undone).map(drop)
 }
 
 /// What a rollback does with excluded entries. They are the live system's, before and after

@@ -21,6 +21,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::hash::to_hex;
 use crate::paths::Loc;
 
+#[derive(Clone, Debug)]
 pub struct StateDir {
     pub root: PathBuf,
 }

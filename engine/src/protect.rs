@@ -445,6 +445,29 @@ pub fn finish(
 /// After a rollback of `dst`'s last sync: the base is again the one before it (else every
 /// protected file the rollback restored would look edited to the next run), and the kept
 /// list, which described the tree switched away, is dropped.
+/// Whether the base before the last sync's is kept (`conf-base.prev`).
+pub fn base_prev_exists(state: &StateDir, dst: &Path) -> Result<bool> {
+    Ok(state.tree_dir(dst)?.join("conf-base.prev").exists())
+}
+
+/// [`undo_base`] made safe to repeat (a killed rollback's is done again by the next command):
+/// `prev` says whether `conf-base.prev` was there when the rollback began; while it still is,
+/// it replaces `conf-base`; once gone, that step is done. Without `prev` known, as
+/// [`undo_base`].
+pub fn undo_base_once(state: &StateDir, dst: &Path, prev: Option<bool>) -> Result<()> {
+    let dir = state.tree_dir(dst)?;
+    match prev {
+        Some(true) if !dir.join("conf-base.prev").exists() => {
+            let kept = dir.join("conf-kept");
+            if kept.exists() {
+                std::fs::remove_file(&kept).at(&kept)?;
+            }
+            Ok(())
+        }
+        _ => undo_base(state, dst),
+    }
+}
+
 pub fn undo_base(state: &StateDir, dst: &Path) -> Result<()> {
     let dir = state.tree_dir(dst)?;
     let prev = dir.join("conf-base.prev");

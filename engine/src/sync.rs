@@ -422,7 +422,7 @@ fn prepare_impl(
         Some(_) if !opts.dry_run => {
             let mut h = Home::open(dst_path)?;
             h.durable = opts.fsync;
-            h.recover()?;
+            crate::generation::recover(&h, state)?;
             if h.is_switchable() {
                 crate::generation::prune_undone(&h)?;
             }
