@@ -1224,3 +1224,95 @@ fn push_rollback_marks_the_hosts_record_so_rollback_root_goes_one_further_back()
     assert_eq!(tool(), b"v0\n");
     assert_eq!(history(), ["rolled back", "rolled back"]);
 }
+
+// ---- Keepalives mean progress (issue 19 item 21) ----
+// A host's worker stuck in one system call (a read from a dead NFS server) leaves its
+// keepalive thread running: `--timeout` must fail it on its work standing still, naming what
+// it was doing, and never fail a host whose work moves, however slowly. The stuck and slow
+// workers are real: `serve` runs under strace, which delays the `pread64`s of one live file.
+
+/// An ssh that reaches host `traced` as 127.0.0.1 with its `serve` run under
+/// `strace -e inject=pread64:delay_enter=DELAY` on the reads of `file` only (`-P`).
+fn ssh_traced(f: &Fleet, file: &Path, delay: &str) -> PathBuf {
+    f.script(
+        &format!("ssh-traced-{delay}"),
+        &format!(
+            "#!/bin/bash\nargs=(); traced=0\nfor a in \"$@\"; do\n  if [ \"$a\" = traced ]; then traced=1; args+=(127.0.0.1); else args+=(\"$a\"); fi\ndone\n\
+             if [ $traced = 1 ]; then n=$((${{#args[@]}} - 1)); \
+             args[$n]=\"exec strace -f -qq -o /dev/null -P {} -e trace=pread64 -e inject=pread64:delay_enter={delay} ${{args[$n]}}\"; fi\n\
+             exec {} \"${{args[@]}}\"\n",
+            file.display(),
+            f.ssh()
+        ),
+    )
+}
+
+fn has_strace() -> bool {
+    Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn a_host_whose_worker_is_stuck_in_one_read_fails_after_the_timeout_naming_its_phase() {
+    let Some(f) = Fleet::start(2) else { return };
+    require!(has_strace(), "needs strace");
+    release(&f.jail, &random(64 << 10, 21));
+    // h2 holds a library of the new one's size: looking for the content it lacks, it reads
+    // it, and that read does not return for 30 s (a dead NFS server's would never).
+    for h in ["h1", "h2"] {
+        old_release(&f.tree(h));
+    }
+    f.tree("h2")
+        .file("usr/pkg/lib/libbig.so.1", random(64 << 10, 22));
+    let before: Vec<_> = ["h1", "h2"].iter().map(|h| live(&f, h)).collect();
+    let wrap = ssh_traced(&f, &f.root("h2").join("usr/pkg/lib/libbig.so.1"), "30s");
+    let stuck = format!("traced:{}", f.root("h2").display());
+    let t0 = Instant::now();
+    let o = f
+        .push_to(&[f.host("h1"), stuck.clone()])
+        .ssh(&wrap)
+        .args(&["--json", "--timeout", "2"])
+        .run();
+    // Failed on its work standing still, not after the read's 30 s: its keepalive went on.
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("jailsync: {stuck}: no progress for "))
+            && err.contains("while looking among its live files")
+            && err.contains("its work has not moved"),
+        "{err}"
+    );
+    let s = summary(&o);
+    assert_eq!(
+        (s["failed"].as_u64(), s["not_switched"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}\n{err}"
+    );
+    assert!(live(&f, "h1") == before[0], "h1 switched without h2");
+    assert!(live(&f, "h2") == before[1], "h2 changed");
+}
+
+#[test]
+fn a_slow_host_whose_work_moves_is_never_failed_by_the_timeout() {
+    let Some(f) = Fleet::start(1) else { return };
+    require!(has_strace(), "needs strace");
+    // Every read of a 3 MiB live file (12 reads of 256 KiB) waits 400 ms: hashing it takes
+    // about 5 s, more than twice the timeout, and moves all along.
+    release(&f.jail, &random(3 << 20, 23));
+    old_release(&f.tree("h1"));
+    f.tree("h1")
+        .file("usr/pkg/lib/libbig.so.1", random(3 << 20, 24));
+    let wrap = ssh_traced(&f, &f.root("h1").join("usr/pkg/lib/libbig.so.1"), "400ms");
+    let t0 = Instant::now();
+    let o = f
+        .push_to(&[format!("traced:{}", f.root("h1").display())])
+        .ssh(&wrap)
+        .args(&["--timeout", "2"])
+        .run();
+    expect_code(&o, 0);
+    assert!(t0.elapsed() > Duration::from_secs(4), "{:?}", t0.elapsed());
+    same_as_jail(&f, "h1");
+}
