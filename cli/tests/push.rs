@@ -1316,3 +1316,62 @@ fn a_slow_host_whose_work_moves_is_never_failed_by_the_timeout() {
     assert!(t0.elapsed() > Duration::from_secs(4), "{:?}", t0.elapsed());
     same_as_jail(&f, "h1");
 }
+
+// ---- A forced command pins what serve may touch; DST's ancestors (issue 19 item 23) ----
+// `serve --allow-root DIR...` in a key's forced command is what confines that key, as rsync's
+// `rrsync`: any other tree, a rollback of one, or another state dir is refused before anything
+// moves. And a destination is never reached through a symlink among its ancestors that
+// someone other than root or the caller owns (sync, upgrade --root, push's roots alike).
+
+#[test]
+fn a_destination_reached_through_another_users_symlink_is_refused_everywhere() {
+    let Some(f) = Fleet::start(0) else { return };
+    release(&f.jail, &random(16 << 10, 32));
+    // `theirs` (uid 1234's) leads to the directory holding a real root: the root is named
+    // `theirs/h`, its last name a directory, the link one of its ancestors.
+    let real = f.tree("realp/h");
+    old_release(&real);
+    let before = listing(&real.root);
+    let theirs = f.root("theirs");
+    std::os::unix::fs::symlink("realp", &theirs).unwrap();
+    std::os::unix::fs::lchown(&theirs, Some(1234), Some(1234)).unwrap();
+    let says = format!("symlink {} owned by uid 1234", theirs.display());
+    let jail = f.jail.root.clone();
+    let root = theirs.join("h");
+
+    let sync = on_host(
+        &f,
+        &[
+            "sync".as_ref(),
+            jail.join("usr/pkg").as_os_str(),
+            root.join("usr/pkg").as_os_str(),
+        ],
+    );
+    let upgrade = on_host(
+        &f,
+        &[
+            "upgrade".as_ref(),
+            jail.as_os_str(),
+            "--root".as_ref(),
+            root.as_os_str(),
+        ],
+    );
+    let push = f.push(&[format!("127.0.0.1:{}", root.display())], &[]);
+    for (what, o, code) in [
+        ("sync", sync, 2),
+        ("upgrade", upgrade, 2),
+        ("push", push, 1),
+    ] {
+        expect_code(&o, code);
+        assert!(stderr(&o).contains(&says), "{what}: {}", stderr(&o));
+        assert!(
+            listing(&real.root) == before,
+            "{what} wrote through the link"
+        );
+    }
+
+    // The same link, root's: followed, as the user's own way to the tree.
+    std::os::unix::fs::lchown(&theirs, Some(0), Some(0)).unwrap();
+    expect_code(&f.push(&[format!("127.0.0.1:{}", root.display())], &[]), 0);
+    same_as_jail(&f, "realp/h");
+}
