@@ -1323,6 +1323,87 @@ fn a_slow_host_whose_work_moves_is_never_failed_by_the_timeout() {
 // moves. And a destination is never reached through a symlink among its ancestors that
 // someone other than root or the caller owns (sync, upgrade --root, push's roots alike).
 
+/// Makes the fleet's key run only `command` (sshd ignores what push asks for).
+fn force_command(f: &Fleet, command: &str) {
+    let d = f.sshd.as_ref().expect("a fleet with an sshd").dir.path();
+    let key = std::fs::read_to_string(d.join("client_key.pub")).unwrap();
+    std::fs::write(
+        d.join("authorized_keys"),
+        format!("command=\"{command}\",restrict {key}"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_key_forced_to_serve_allowed_roots_writes_nowhere_else() {
+    let Some(f) = Fleet::start(2) else { return };
+    release(&f.jail, &random(32 << 10, 31));
+    for h in ["h1", "h2"] {
+        old_release(&f.tree(h));
+    }
+    let h1 = f.root("h1");
+    let (pkg, db) = (h1.join("usr/pkg"), h1.join("var/db/pkg"));
+    force_command(
+        &f,
+        &format!(
+            "{BIN} --state-dir {} serve --allow-root {} --allow-root {}",
+            f.remote_state().display(),
+            pkg.display(),
+            db.display()
+        ),
+    );
+    let list = format!("--allow-root {}, {}", pkg.display(), db.display());
+    // Its own trees: served as ever.
+    expect_code(&f.push(&[f.host("h1")], &[]), 0);
+    same_as_jail(&f, "h1");
+
+    // Another root: refused naming it and the allow-list; nothing made there (not a home).
+    let h2 = f.root("h2");
+    let before = listing(&h2);
+    f.jail.file("usr/pkg/bin/tool", b"v3\n");
+    let o = f.push(&[f.host("h2")], &[]);
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("root {}, tree usr/pkg", h2.display()))
+            && err.contains(&list)
+            && err.contains("refused before anything was read or written"),
+        "{err}"
+    );
+    assert!(listing(&h2) == before, "h2 changed");
+    // Nor rolled back.
+    let o = f.push(&[f.host("h2")], &["--rollback"]);
+    expect_code(&o, 1);
+    assert!(stderr(&o).contains(&list), "{}", stderr(&o));
+
+    // Its own root with a state dir of the pusher's choosing: refused, nothing written there.
+    let other = f.tmp.path().join("state-other");
+    let mut c = Command::new(BIN);
+    c.env_remove("JAILSYNC_STATE_DIR")
+        .arg("--state-dir")
+        .arg(f.local_state())
+        .args(["push".as_ref(), f.jail.root.as_os_str()])
+        .arg(f.host("h1"))
+        .args(["--ssh", &f.ssh(), "--remote-bin", BIN, "--remote-state-dir"])
+        .arg(&other);
+    let o = run_within(&mut c);
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("state dir {}", other.display())) && err.contains(&list),
+        "{err}"
+    );
+    assert!(!other.exists(), "the state dir asked for was made");
+    assert_eq!(
+        std::fs::read(pkg.join("bin/tool")).unwrap(),
+        b"#!/bin/sh\necho new\n"
+    );
+
+    // A rollback of its own root: allowed.
+    expect_code(&f.push(&[f.host("h1")], &["--rollback"]), 0);
+    assert_eq!(std::fs::read(pkg.join("bin/tool")).unwrap(), b"old\n");
+}
+
 #[test]
 fn a_destination_reached_through_another_users_symlink_is_refused_everywhere() {
     let Some(f) = Fleet::start(0) else { return };

@@ -39,8 +39,12 @@ pub type RollbackFn = Box<dyn Fn(&Path, bool, bool, &Path) -> (u8, String)>;
 
 /// What the command line gives a session.
 pub struct ServeEnv {
-    /// Used when OPEN names no state dir.
+    /// Used when OPEN names no state dir; the only one allowed with `allow_roots`.
     pub default_state_dir: PathBuf,
+    /// `serve --allow-root DIR...`: when not empty, every tree a push or rollback names must
+    /// be one of these directories or lie below one, and the state dir is pinned to
+    /// `default_state_dir` (see [`check_allowed`]). Empty: any absolute root and state dir.
+    pub allow_roots: Vec<PathBuf>,
     /// Set by the caller's signal handler (SIGHUP when ssh goes away): stop at a safe point.
     pub stop: Option<Arc<AtomicUsize>>,
     /// `jailsync rollback --root` of the root (run by the CLI): exit code and output.
@@ -372,6 +376,8 @@ impl Session<'_> {
         };
         let root = PathBuf::from(std::ffi::OsStr::from_bytes(&open.root));
         let dsts = resolve(&root, &open.trees)?;
+        // Before anything is read from the trees or written anywhere.
+        check_allowed(env, &root, &open, &dsts, &state_dir)?;
         match self.recv()? {
             t::ROLLBACK => {
                 Dec::new(&self.buf, "ROLLBACK").end()?;
@@ -1430,6 +1436,61 @@ fn resolve(root: &Path, trees: &[Vec<u8>]) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
+/// `serve --allow-root`: the rule a forced command (`command="jailsync serve --allow-root
+/// /usr/pkg ..."` in authorized_keys) relies on, as rsync's `rrsync` and daemon modules do.
+/// Every tree (ROOT/REL, resolved as the session will use it: no symlink followed below ROOT)
+/// must be an allowed directory or lie below one, compared by identity, not spelling
+/// (invariant 10: a bind mount or another spelling of `/etc` is `/etc`); and the state dir is
+/// this serve's own, since a state dir chosen by the pusher would let it write records and
+/// caches anywhere. Without an allow-list, any absolute root and state dir is served (a key
+/// that may run `jailsync serve` may write as root wherever it says).
+fn check_allowed(
+    env: &ServeEnv,
+    root: &Path,
+    open: &Open,
+    dsts: &[PathBuf],
+    state_dir: &Path,
+) -> Result<()> {
+    if env.allow_roots.is_empty() {
+        return Ok(());
+    }
+    let list = env
+        .allow_roots
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut allowed = Vec::new();
+    for a in &env.allow_roots {
+        let c = paths::resolve_dir(a, "allowed root", Follow::Owned)?;
+        allowed.push(paths::Loc::of(&c)?);
+    }
+    for (d, rel) in dsts.iter().zip(&open.trees) {
+        let at = paths::Loc::of(d)?;
+        if !allowed.iter().any(|a| at.within(a)) {
+            return Err(RemoteError::Refused(format!(
+                "root {}, tree {} ({}): not inside the roots this host serves \
+                 (serve --allow-root {list}): refused before anything was read or written",
+                root.display(),
+                wire::printable(rel),
+                d.display()
+            )));
+        }
+    }
+    let own = paths::resolve_dir(&env.default_state_dir, "state dir", Follow::Owned)?;
+    let asked = paths::resolve_dir(state_dir, "state dir", Follow::Owned)?;
+    if !paths::Loc::of(&asked)?.same(&paths::Loc::of(&own)?) {
+        return Err(RemoteError::Refused(format!(
+            "state dir {}: this host serves only with its own ({}), being restricted to \
+             --allow-root {list}: refused before anything was read or written (push without \
+             --remote-state-dir)",
+            state_dir.display(),
+            own.display()
+        )));
+    }
+    Ok(())
+}
+
 /// This session's private directories: `incoming-PID` in each tree's home (the shadow: on the
 /// live tree's filesystem, so its files are moved into the next tree, never copied twice) and
 /// `incoming-PID.blobs` in the first tree's home. Removed on drop; those of sessions no longer
@@ -1570,6 +1631,7 @@ mod tests {
             });
             let env = ServeEnv {
                 default_state_dir: root.path().join("state"),
+                allow_roots: Vec::new(),
                 stop: None,
                 rollback: Box::new(|_, _, _, _| {
                     std::thread::sleep(Duration::from_millis(300));
