@@ -1232,19 +1232,29 @@ fn push_rollback_marks_the_hosts_record_so_rollback_root_goes_one_further_back()
 // workers are real: `serve` runs under strace, which delays the `pread64`s of one live file.
 
 /// An ssh that reaches host `traced` as 127.0.0.1 with its `serve` run under
-/// `strace -e inject=pread64:delay_enter=DELAY` on the reads of `file` only (`-P`).
+/// `strace -e inject=pread64:delay_enter=DELAY` on the reads of `file` only (`-P`); strace's
+/// pid goes to `traced.pid` in the temp dir.
 fn ssh_traced(f: &Fleet, file: &Path, delay: &str) -> PathBuf {
     f.script(
         &format!("ssh-traced-{delay}"),
         &format!(
             "#!/bin/bash\nargs=(); traced=0\nfor a in \"$@\"; do\n  if [ \"$a\" = traced ]; then traced=1; args+=(127.0.0.1); else args+=(\"$a\"); fi\ndone\n\
              if [ $traced = 1 ]; then n=$((${{#args[@]}} - 1)); \
-             args[$n]=\"exec strace -f -qq -o /dev/null -P {} -e trace=pread64 -e inject=pread64:delay_enter={delay} ${{args[$n]}}\"; fi\n\
+             args[$n]=\"echo \\$\\$ > {}; exec strace -f -qq -o /dev/null -P {} -e trace=pread64 -e inject=pread64:delay_enter={delay} ${{args[$n]}}\"; fi\n\
              exec {} \"${{args[@]}}\"\n",
+            f.tmp.path().join("traced.pid").display(),
             file.display(),
             f.ssh()
         ),
     )
+}
+
+/// Ends the traced serve left delayed in its read (its tracer gone, it finds its connection
+/// closed and exits).
+fn kill_traced(f: &Fleet) {
+    if let Ok(pid) = std::fs::read_to_string(f.tmp.path().join("traced.pid")) {
+        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+    }
 }
 
 fn has_strace() -> bool {
@@ -1293,6 +1303,7 @@ fn a_host_whose_worker_is_stuck_in_one_read_fails_after_the_timeout_naming_its_p
     );
     assert!(live(&f, "h1") == before[0], "h1 switched without h2");
     assert!(live(&f, "h2") == before[1], "h2 changed");
+    kill_traced(&f);
 }
 
 #[test]
