@@ -84,6 +84,12 @@ pub enum Cmd {
     /// Push a jail's trees to many hosts over ssh; every host stages, then all switch.
     Push(push_cmd::PushCmd),
     /// The remote end of `push` (speaks its protocol on stdin/stdout; started by push).
+    ///
+    /// Without --allow-root it serves any absolute root and state dir the pusher names: a key
+    /// that may run `jailsync serve` may write as root anywhere. To restrict a key, force the
+    /// command in authorized_keys, as rsync's `rrsync` does, and name the state dir there:
+    /// `command="jailsync --state-dir /var/db/jailsync serve --allow-root /usr/pkg
+    /// --allow-root /var/db/pkg",restrict ssh-ed25519 ...`
     #[command(hide = true)]
     Serve(serve_cmd::ServeCmd),
     /// Jail lifecycle: init, mount, umount, status, enter.

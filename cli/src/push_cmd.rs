@@ -62,8 +62,10 @@ pub struct PushCmd {
     /// nor deleted (repeatable; `upgrade --exclude`'s syntax).
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
-    /// Fail a host whose connection moves nothing either way for SECS (a host at work says
-    /// so meanwhile); as any failure before the switch, that host is left as it was.
+    /// Fail a host whose work does not move for SECS (its keepalive carries a work counter:
+    /// a worker stuck in one read, as on a dead NFS mount, fails; a slow one that moves does
+    /// not), or whose connection moves nothing either way for SECS; as any failure before the
+    /// switch, that host is left as it was.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: Option<u64>,
     /// With --rollback: switch back even trees changed since (see `rollback --force`).

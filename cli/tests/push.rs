@@ -1224,3 +1224,246 @@ fn push_rollback_marks_the_hosts_record_so_rollback_root_goes_one_further_back()
     assert_eq!(tool(), b"v0\n");
     assert_eq!(history(), ["rolled back", "rolled back"]);
 }
+
+// ---- Keepalives mean progress (issue 19 item 21) ----
+// A host's worker stuck in one system call (a read from a dead NFS server) leaves its
+// keepalive thread running: `--timeout` must fail it on its work standing still, naming what
+// it was doing, and never fail a host whose work moves, however slowly. The stuck and slow
+// workers are real: `serve` runs under strace, which delays the `pread64`s of one live file.
+
+/// An ssh that reaches host `traced` as 127.0.0.1 with its `serve` run under
+/// `strace -e inject=pread64:delay_enter=DELAY` on the reads of `file` only (`-P`); strace's
+/// pid goes to `traced.pid` in the temp dir.
+fn ssh_traced(f: &Fleet, file: &Path, delay: &str) -> PathBuf {
+    f.script(
+        &format!("ssh-traced-{delay}"),
+        &format!(
+            "#!/bin/bash\nargs=(); traced=0\nfor a in \"$@\"; do\n  if [ \"$a\" = traced ]; then traced=1; args+=(127.0.0.1); else args+=(\"$a\"); fi\ndone\n\
+             if [ $traced = 1 ]; then n=$((${{#args[@]}} - 1)); \
+             args[$n]=\"echo \\$\\$ > {}; exec strace -f -qq -o /dev/null -P {} -e trace=pread64 -e inject=pread64:delay_enter={delay} ${{args[$n]}}\"; fi\n\
+             exec {} \"${{args[@]}}\"\n",
+            f.tmp.path().join("traced.pid").display(),
+            file.display(),
+            f.ssh()
+        ),
+    )
+}
+
+/// Ends the traced serve left delayed in its read (its tracer gone, it finds its connection
+/// closed and exits).
+fn kill_traced(f: &Fleet) {
+    if let Ok(pid) = std::fs::read_to_string(f.tmp.path().join("traced.pid")) {
+        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+    }
+}
+
+fn has_strace() -> bool {
+    Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn a_host_whose_worker_is_stuck_in_one_read_fails_after_the_timeout_naming_its_phase() {
+    let Some(f) = Fleet::start(2) else { return };
+    require!(has_strace(), "needs strace");
+    release(&f.jail, &random(64 << 10, 21));
+    // h2 holds a library of the new one's size: looking for the content it lacks, it reads
+    // it, and that read does not return for 30 s (a dead NFS server's would never).
+    for h in ["h1", "h2"] {
+        old_release(&f.tree(h));
+    }
+    f.tree("h2")
+        .file("usr/pkg/lib/libbig.so.1", random(64 << 10, 22));
+    let before: Vec<_> = ["h1", "h2"].iter().map(|h| live(&f, h)).collect();
+    let wrap = ssh_traced(&f, &f.root("h2").join("usr/pkg/lib/libbig.so.1"), "30s");
+    let stuck = format!("traced:{}", f.root("h2").display());
+    let t0 = Instant::now();
+    let o = f
+        .push_to(&[f.host("h1"), stuck.clone()])
+        .ssh(&wrap)
+        .args(&["--json", "--timeout", "2"])
+        .run();
+    // Failed on its work standing still, not after the read's 30 s: its keepalive went on.
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("jailsync: {stuck}: no progress for "))
+            && err.contains("while looking among its live files")
+            && err.contains("its work has not moved"),
+        "{err}"
+    );
+    let s = summary(&o);
+    assert_eq!(
+        (s["failed"].as_u64(), s["not_switched"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}\n{err}"
+    );
+    assert!(live(&f, "h1") == before[0], "h1 switched without h2");
+    assert!(live(&f, "h2") == before[1], "h2 changed");
+    kill_traced(&f);
+}
+
+#[test]
+fn a_slow_host_whose_work_moves_is_never_failed_by_the_timeout() {
+    let Some(f) = Fleet::start(1) else { return };
+    require!(has_strace(), "needs strace");
+    // Every read of a 3 MiB live file (12 reads of 256 KiB) waits 400 ms: hashing it takes
+    // about 5 s, more than twice the timeout, and moves all along.
+    release(&f.jail, &random(3 << 20, 23));
+    old_release(&f.tree("h1"));
+    f.tree("h1")
+        .file("usr/pkg/lib/libbig.so.1", random(3 << 20, 24));
+    let wrap = ssh_traced(&f, &f.root("h1").join("usr/pkg/lib/libbig.so.1"), "400ms");
+    let t0 = Instant::now();
+    let o = f
+        .push_to(&[format!("traced:{}", f.root("h1").display())])
+        .ssh(&wrap)
+        .args(&["--timeout", "2"])
+        .run();
+    expect_code(&o, 0);
+    assert!(t0.elapsed() > Duration::from_secs(4), "{:?}", t0.elapsed());
+    same_as_jail(&f, "h1");
+}
+
+// ---- A forced command pins what serve may touch; DST's ancestors (issue 19 item 23) ----
+// `serve --allow-root DIR...` in a key's forced command is what confines that key, as rsync's
+// `rrsync`: any other tree, a rollback of one, or another state dir is refused before anything
+// moves. And a destination is never reached through a symlink among its ancestors that
+// someone other than root or the caller owns (sync, upgrade --root, push's roots alike).
+
+/// Makes the fleet's key run only `command` (sshd ignores what push asks for).
+fn force_command(f: &Fleet, command: &str) {
+    let d = f.sshd.as_ref().expect("a fleet with an sshd").dir.path();
+    let key = std::fs::read_to_string(d.join("client_key.pub")).unwrap();
+    std::fs::write(
+        d.join("authorized_keys"),
+        format!("command=\"{command}\",restrict {key}"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_key_forced_to_serve_allowed_roots_writes_nowhere_else() {
+    let Some(f) = Fleet::start(2) else { return };
+    release(&f.jail, &random(32 << 10, 31));
+    for h in ["h1", "h2"] {
+        old_release(&f.tree(h));
+    }
+    let h1 = f.root("h1");
+    let (pkg, db) = (h1.join("usr/pkg"), h1.join("var/db/pkg"));
+    force_command(
+        &f,
+        &format!(
+            "{BIN} --state-dir {} serve --allow-root {} --allow-root {}",
+            f.remote_state().display(),
+            pkg.display(),
+            db.display()
+        ),
+    );
+    let list = format!("--allow-root {}, {}", pkg.display(), db.display());
+    // Its own trees: served as ever.
+    expect_code(&f.push(&[f.host("h1")], &[]), 0);
+    same_as_jail(&f, "h1");
+
+    // Another root: refused naming it and the allow-list; nothing made there (not a home).
+    let h2 = f.root("h2");
+    let before = listing(&h2);
+    f.jail.file("usr/pkg/bin/tool", b"v3\n");
+    let o = f.push(&[f.host("h2")], &[]);
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("root {}, tree usr/pkg", h2.display()))
+            && err.contains(&list)
+            && err.contains("refused before anything was read or written"),
+        "{err}"
+    );
+    assert!(listing(&h2) == before, "h2 changed");
+    // Nor rolled back.
+    let o = f.push(&[f.host("h2")], &["--rollback"]);
+    expect_code(&o, 1);
+    assert!(stderr(&o).contains(&list), "{}", stderr(&o));
+
+    // Its own root with a state dir of the pusher's choosing: refused, nothing written there.
+    let other = f.tmp.path().join("state-other");
+    let mut c = Command::new(BIN);
+    c.env_remove("JAILSYNC_STATE_DIR")
+        .arg("--state-dir")
+        .arg(f.local_state())
+        .args(["push".as_ref(), f.jail.root.as_os_str()])
+        .arg(f.host("h1"))
+        .args(["--ssh", &f.ssh(), "--remote-bin", BIN, "--remote-state-dir"])
+        .arg(&other);
+    let o = run_within(&mut c);
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("state dir {}", other.display())) && err.contains(&list),
+        "{err}"
+    );
+    assert!(!other.exists(), "the state dir asked for was made");
+    assert_eq!(
+        std::fs::read(pkg.join("bin/tool")).unwrap(),
+        b"#!/bin/sh\necho new\n"
+    );
+
+    // A rollback of its own root: allowed.
+    expect_code(&f.push(&[f.host("h1")], &["--rollback"]), 0);
+    assert_eq!(std::fs::read(pkg.join("bin/tool")).unwrap(), b"old\n");
+}
+
+#[test]
+fn a_destination_reached_through_another_users_symlink_is_refused_everywhere() {
+    let Some(f) = Fleet::start(0) else { return };
+    release(&f.jail, &random(16 << 10, 32));
+    // `theirs` (uid 1234's) leads to the directory holding a real root: the root is named
+    // `theirs/h`, its last name a directory, the link one of its ancestors.
+    let real = f.tree("realp/h");
+    old_release(&real);
+    let before = listing(&real.root);
+    let theirs = f.root("theirs");
+    std::os::unix::fs::symlink("realp", &theirs).unwrap();
+    std::os::unix::fs::lchown(&theirs, Some(1234), Some(1234)).unwrap();
+    let says = format!("symlink {} owned by uid 1234", theirs.display());
+    let jail = f.jail.root.clone();
+    let root = theirs.join("h");
+
+    let sync = on_host(
+        &f,
+        &[
+            "sync".as_ref(),
+            jail.join("usr/pkg").as_os_str(),
+            root.join("usr/pkg").as_os_str(),
+        ],
+    );
+    let upgrade = on_host(
+        &f,
+        &[
+            "upgrade".as_ref(),
+            jail.as_os_str(),
+            "--root".as_ref(),
+            root.as_os_str(),
+        ],
+    );
+    let push = f.push(&[format!("127.0.0.1:{}", root.display())], &[]);
+    for (what, o, code) in [
+        ("sync", sync, 2),
+        ("upgrade", upgrade, 2),
+        ("push", push, 1),
+    ] {
+        expect_code(&o, code);
+        assert!(stderr(&o).contains(&says), "{what}: {}", stderr(&o));
+        assert!(
+            listing(&real.root) == before,
+            "{what} wrote through the link"
+        );
+    }
+
+    // The same link, root's: followed, as the user's own way to the tree.
+    std::os::unix::fs::lchown(&theirs, Some(0), Some(0)).unwrap();
+    expect_code(&f.push(&[format!("127.0.0.1:{}", root.display())], &[]), 0);
+    same_as_jail(&f, "realp/h");
+}

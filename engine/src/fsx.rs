@@ -750,6 +750,7 @@ pub(crate) fn copy_range_rw(
             w += rustix::io::pwrite(dst, &buf[w..n], off + done + w as u64).map_err(errno)?;
         }
         done += n as u64;
+        crate::progress::work(1);
     }
     Ok(done)
 }
@@ -965,6 +966,7 @@ fn remove_below(
     shown: &mut Vec<u8>,
     blocked: &mut Option<Vec<u8>>,
 ) -> io::Result<()> {
+    crate::progress::work(1);
     let c = cstr(name)?;
     let (kind, mount_root) = match entry_kind_and_mount(dir, c.as_c_str()) {
         Ok(k) => k,

@@ -81,7 +81,10 @@ fn read_full(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> io::Result<usize> 
     while got < buf.len() {
         match rustix::io::pread(fd, &mut buf[got..], off + got as u64) {
             Ok(0) => break,
-            Ok(n) => got += n,
+            Ok(n) => {
+                got += n;
+                crate::progress::work(1);
+            }
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(io::Error::from_raw_os_error(e.raw_os_error())),
         }

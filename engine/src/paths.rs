@@ -5,10 +5,11 @@
 //! `.` components and trailing slashes go, and `..` removes the name before it, as `cd` does.
 //! So `DST/sub`, `DST/sub/`, `DST/sub/.` and `DST/sub/x/..` all name `sub` in `DST`, and nothing
 //! appended to a name makes the kernel follow it. The ancestors of that last name are the
-//! user's own way to it and are followed like any path; the last name must be a directory, or
-//! a symlink that is followed only when the caller allows it and only when the link is owned by
-//! root or by the caller (as rsync's `--copy-unsafe-links` family trusts a link by who could
-//! have planted it). Trees below a root (`upgrade`'s `ROOT/REL`, `JAIL/REL`) are reached
+//! user's own way to it and are followed, but only through symlinks owned by root or by the
+//! caller ([`canonical_owned`]); the last name must be a directory, or a symlink that is
+//! followed only when the caller allows it and, again, only when the link is owned by root or
+//! by the caller (as rsync's `--copy-unsafe-links` family trusts a link by who could have
+//! planted it). Trees below a root (`upgrade`'s `ROOT/REL`, `JAIL/REL`) are reached
 //! without following any symlink on the way: a tree's path is inside the root, whose contents
 //! are not the user's word.
 //!
@@ -63,28 +64,83 @@ pub fn clean(p: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// The canonical form of a path whose tail may not exist yet: its nearest existing ancestor
-/// canonicalized (symlinks followed), the missing names appended.
-pub fn canonical_maybe_missing(p: &Path) -> Result<PathBuf> {
-    let abs = clean(p)?;
-    let mut tail = Vec::new();
-    let mut cur = abs.as_path();
-    loop {
-        match std::fs::canonicalize(cur) {
-            Ok(mut out) => {
-                out.extend(tail.iter().rev());
+/// The canonical form of `p` (made absolute, cleaned), whose tail may not exist yet, reached
+/// by following only the symlinks among its names that root or the caller owns. Whoever owns
+/// a link chose where it leads: a link planted by another user in an ancestor of DST (a
+/// `/srv/www -> /etc` in a directory that user may write) would make a sync of `/srv/www/x`
+/// write in `/etc/x`. rsync trusts a link by who could have planted it; so does this, for
+/// every name on the way, not only the last. `shown` and `what` name the argument in the
+/// error, which names the link and its owner.
+pub fn canonical_owned(p: &Path, shown: &Path, what: &str) -> Result<PathBuf> {
+    let me = rustix::process::geteuid().as_raw();
+    // Names still to walk, the next on top.
+    let mut todo: Vec<OsString> = clean(p)?
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            _ => None,
+        })
+        .collect();
+    let mut out = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(name) = todo.pop() {
+        if name == ".." {
+            out.pop();
+            continue;
+        }
+        let next = out.join(&name);
+        let md = match std::fs::symlink_metadata(&next) {
+            Ok(md) => md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Missing from here on: nothing below can be a link; the rest is lexical.
+                out = next;
+                while let Some(n) = todo.pop() {
+                    if n == ".." {
+                        out.pop();
+                    } else {
+                        out.push(n);
+                    }
+                }
                 return Ok(out);
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => match cur.file_name() {
-                Some(name) => {
-                    tail.push(name.to_os_string());
-                    cur = cur.parent().unwrap_or(Path::new("/"));
-                }
-                None => return Err(Error::io(p, e)),
-            },
-            Err(e) => return Err(Error::io(p, e)),
+            Err(e) => return Err(Error::io(&next, e)),
+        };
+        if !md.file_type().is_symlink() {
+            out = next;
+            continue;
+        }
+        if md.uid() != 0 && md.uid() != me {
+            return Err(Error::bad(
+                shown,
+                format!(
+                    "the {what} is reached through the symlink {} owned by uid {}, neither root \
+                     nor the caller: not followed (name the {what} by its real path if you \
+                     trust that link)",
+                    next.display(),
+                    md.uid()
+                ),
+            ));
+        }
+        links += 1;
+        if links > MAX_LINKS {
+            return Err(Error::bad(shown, "too many levels of symlinks"));
+        }
+        let target = std::fs::read_link(&next).at(&next)?;
+        if target.is_absolute() {
+            out = PathBuf::from("/");
+        }
+        // `.` components are dropped; `..` is walked from the link's directory, as the kernel
+        // does.
+        for c in target.components().rev() {
+            match c {
+                Component::Normal(n) => todo.push(n.to_os_string()),
+                Component::ParentDir => todo.push("..".into()),
+                _ => {}
+            }
         }
     }
+    Ok(out)
 }
 
 /// What a directory argument may be at its last name.
@@ -103,7 +159,7 @@ pub fn resolve_dir(arg: &Path, what: &str, follow: Follow) -> Result<PathBuf> {
     let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
         return Ok(abs); // `/`
     };
-    let parent = canonical_maybe_missing(parent)?;
+    let parent = canonical_owned(parent, arg, what)?;
     last_name(arg, what, &parent.join(name), follow, 0)
 }
 
@@ -206,7 +262,7 @@ fn last_name(
     let resolved = last_name(
         shown,
         what,
-        &canonical_maybe_missing(tp)?.join(tn),
+        &canonical_owned(tp, shown, what)?.join(tn),
         follow,
         depth + 1,
     )?;
@@ -433,6 +489,41 @@ mod tests {
         std::os::unix::fs::symlink(t.join("else"), t.join("usr")).unwrap();
         let e = resolve_beneath(&t, &t, Path::new("usr/pkg"), "tree", Follow::Owned).unwrap_err();
         assert!(e.to_string().contains("is a symlink"), "{e}");
+    }
+
+    /// An ancestor symlink is followed only when root or the caller owns it, whatever the
+    /// last name is; the refusal names the link and its owner.
+    #[test]
+    fn an_ancestor_symlink_owned_by_another_user_is_not_followed() {
+        if !rustix::process::geteuid().is_root() {
+            return; // chowning a link to another user needs root
+        }
+        let t = tempfile::tempdir().unwrap();
+        let t = t.path().canonicalize().unwrap();
+        std::fs::create_dir_all(t.join("etc/sub")).unwrap();
+        // A chain: mine -> theirs -> etc; "theirs" is another user's.
+        std::os::unix::fs::symlink("etc", t.join("theirs")).unwrap();
+        std::os::unix::fs::symlink("theirs", t.join("mine")).unwrap();
+        std::os::unix::fs::lchown(t.join("theirs"), Some(1234), Some(1234)).unwrap();
+        for arg in [
+            "theirs/sub",
+            "mine/sub",
+            "mine/new/deeper",
+            "etc/../mine/sub",
+        ] {
+            let e = resolve_dir(&t.join(arg), "destination", Follow::Owned).unwrap_err();
+            let theirs = t.join("theirs");
+            let want = format!("symlink {} owned by uid 1234", theirs.display());
+            assert!(e.to_string().contains(&want), "{arg}: {e}");
+        }
+        // The same chain, all root's (the caller's): followed, `..` from the link's target.
+        std::os::unix::fs::lchown(t.join("theirs"), Some(0), Some(0)).unwrap();
+        let p = resolve_dir(&t.join("mine/sub"), "destination", Follow::Owned).unwrap();
+        assert_eq!(p, t.join("etc/sub"));
+        std::os::unix::fs::symlink("etc/sub", t.join("deep")).unwrap();
+        let p = resolve_dir(&t.join("deep/../sub"), "destination", Follow::Owned).unwrap();
+        // `deep/..` is cleaned lexically first (the user's spelling), as before.
+        assert_eq!(p, t.join("sub"));
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub fn using(old_trees: &[PathBuf], live: &[PathBuf]) -> Vec<ProcUse> {
         if pid == me {
             continue;
         }
+        crate::progress::work(1);
         // A process may exit or refuse us (another user's, without root): skip it.
         let Ok(maps) = fs::read(ent.path().join("maps")) else {
             continue;

@@ -57,3 +57,24 @@ impl<P: Progress + ?Sized> Progress for Box<P> {
 /// Reports nothing.
 pub struct Silent;
 impl Progress for Silent {}
+
+/// Work done by this process, in steps: a directory listed, an entry looked at, a read or a
+/// copy of at most a few MiB, an item staged. It only ever grows while work moves, and stops
+/// when a worker is stuck inside one system call (a read from a dead NFS server never
+/// returns), which is what `serve`'s keepalive reports: a host whose counter does not move is
+/// stuck, however alive its connection looks.
+///
+/// One counter for the process, not one per run: the steps are counted where the bytes move
+/// (`hash`, `fsx`'s copies, the scan), far below anything that knows which run it serves, and
+/// a `serve` process runs one session. Relaxed: only "did it change" is ever asked.
+static WORK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `n` more steps of work done (at least one).
+pub fn work(n: u64) {
+    WORK.fetch_add(n.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The steps done so far by this process.
+pub fn work_done() -> u64 {
+    WORK.load(std::sync::atomic::Ordering::Relaxed)
+}

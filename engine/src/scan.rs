@@ -168,6 +168,7 @@ fn walk_dir<'s>(s: &rayon::Scope<'s>, dir: Arc<OwnedFd>, rel: Vec<u8>, ctx: &'s 
             return;
         }
     };
+    crate::progress::work(1);
     let rel: Arc<[u8]> = rel.into();
     while names.len() > WIDE {
         let chunk = names.split_off(names.len() - WIDE);
@@ -212,6 +213,7 @@ fn stat_names<'s>(
     let mut holds_excluded = false;
     let mut holds_store = false;
     for name in names {
+        crate::progress::work(1);
         let path = join(rel, &name);
         let ours = || {
             ctx.opts

@@ -213,10 +213,15 @@ impl Os for Linux {
         while done < len {
             let mut soff = off + done;
             let mut doff = off + done;
-            let want = (len - done).min(1 << 30) as usize;
+            // At most 16 MiB a call: each call is a step of `progress::work`, and a big file
+            // copied in one call would look stuck to a keepalive for as long as it takes.
+            let want = (len - done).min(16 << 20) as usize;
             match rfs::copy_file_range(src, Some(&mut soff), dst, Some(&mut doff), want) {
                 Ok(0) => break, // source shrank: the caller's after-copy check catches it
-                Ok(n) => done += n as u64,
+                Ok(n) => {
+                    done += n as u64;
+                    crate::progress::work(1);
+                }
                 Err(rustix::io::Errno::XDEV)
                 | Err(rustix::io::Errno::NOSYS)
                 | Err(rustix::io::Errno::INVAL)

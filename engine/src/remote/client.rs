@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::serve::Open;
 use super::wire::{self, t, Counted, Dec, Enc};
@@ -228,6 +228,12 @@ pub struct Conn {
     stderr_thread: Option<std::thread::JoinHandle<()>>,
     buf: Vec<u8>,
     pub status: Arc<Status>,
+    /// Fails a host whose work does not move for this long (and a connection that does not).
+    timeout: Option<Duration>,
+    /// The host's work counter in its last ALIVE, and when the host last moved: its counter
+    /// changed, or it sent anything else.
+    work: Option<u64>,
+    moved: Instant,
 }
 
 impl Conn {
@@ -293,6 +299,9 @@ impl Conn {
             stderr_thread: Some(th),
             buf: Vec::new(),
             status,
+            timeout,
+            work: None,
+            moved: Instant::now(),
         })
     }
 
@@ -307,8 +316,15 @@ impl Conn {
     /// The next frame but ALIVE (the host working, which only the timeout cares about).
     fn recv(&mut self) -> Result<u8> {
         loop {
-            return match wire::read_frame(&mut self.r, &mut self.buf) {
-                Ok(Some(t::ALIVE)) => continue,
+            let r = wire::read_frame(&mut self.r, &mut self.buf);
+            if matches!(r, Ok(Some(k)) if k != t::ALIVE) {
+                self.moved = Instant::now();
+            }
+            return match r {
+                Ok(Some(t::ALIVE)) => {
+                    self.alive()?;
+                    continue;
+                }
                 Ok(Some(t::ERROR)) => Err(RemoteError::Remote(wire::printable(&self.buf))),
                 Ok(Some(k)) => Ok(k),
                 Ok(None) => Err(self.closed("the connection closed")),
@@ -319,6 +335,27 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(RemoteError::Io(e)),
                 Err(e) => Err(self.closed(&e.to_string())),
             };
+        }
+    }
+
+    /// An ALIVE: the host's work counter moved, or for how long it has not. A host that keeps
+    /// its connection alive while its work stands still (a worker stuck in one system call) is
+    /// failed after the timeout, naming what it was doing; a slow one that moves never is.
+    fn alive(&mut self) -> Result<()> {
+        let mut d = Dec::new(&self.buf, "ALIVE");
+        let (work, doing) = (d.u64()?, wire::printable(d.bytes()?));
+        d.end()?;
+        if self.work != Some(work) {
+            self.work = Some(work);
+            self.moved = Instant::now();
+            return Ok(());
+        }
+        match self.timeout {
+            Some(t) if self.moved.elapsed() >= t => Err(RemoteError::Stuck {
+                doing,
+                idle: self.moved.elapsed(),
+            }),
+            _ => Ok(()),
         }
     }
 

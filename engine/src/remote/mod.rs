@@ -40,6 +40,17 @@ pub enum RemoteError {
     /// The remote refused or could not do what was asked (checked on its side).
     #[error("{0}")]
     Refused(String),
+    /// The host answers, but its work has not moved for the timeout: a worker stuck in one
+    /// system call (a read from a dead NFS server) keeps the connection alive, not the work.
+    #[error(
+        "no progress for {} s while {doing} (the host answers, but its work has not moved: \
+         a read or write there does not return, e.g. on a dead NFS mount; --timeout)",
+        .idle.as_secs()
+    )]
+    Stuck {
+        doing: String,
+        idle: std::time::Duration,
+    },
     /// The local side asked to abort before the switch (or went away).
     #[error("aborted before the switch: {0}")]
     Aborted(String),

@@ -16,7 +16,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use crate::hash::to_hex;
 use crate::manifest;
 use crate::paths::{self, Follow};
 use crate::plan::{Counts, Op, NONE};
-use crate::progress::Silent;
+use crate::progress::{Phase, Progress};
 use crate::protect::{Base, Decisions, Rules, Verdict};
 use crate::sync::{self, Pools, SyncOpts, Tree};
 
@@ -39,8 +39,12 @@ pub type RollbackFn = Box<dyn Fn(&Path, bool, bool, &Path) -> (u8, String)>;
 
 /// What the command line gives a session.
 pub struct ServeEnv {
-    /// Used when OPEN names no state dir.
+    /// Used when OPEN names no state dir; the only one allowed with `allow_roots`.
     pub default_state_dir: PathBuf,
+    /// `serve --allow-root DIR...`: when not empty, every tree a push or rollback names must
+    /// be one of these directories or lie below one, and the state dir is pinned to
+    /// `default_state_dir` (see [`check_allowed`]). Empty: any absolute root and state dir.
+    pub allow_roots: Vec<PathBuf>,
     /// Set by the caller's signal handler (SIGHUP when ssh goes away): stop at a safe point.
     pub stop: Option<Arc<AtomicUsize>>,
     /// `jailsync rollback --root` of the root (run by the CLI): exit code and output.
@@ -192,6 +196,8 @@ pub fn serve(r: &mut dyn BufRead, w: Box<dyn Write + Send>, env: &ServeEnv) -> R
         out: Arc::new(Out {
             w: Mutex::new(w),
             quiet_since: Mutex::new(None),
+            doing: Mutex::new(("opening".into(), None)),
+            unmeasured: AtomicBool::new(false),
         }),
         buf: Vec::new(),
         alive: None,
@@ -214,6 +220,61 @@ struct Out {
     /// Since when this side has worked without a frame either way; `None` while it waits
     /// for the local side's next frame (the local side owes it), and once the session ends.
     quiet_since: Mutex<Option<Instant>>,
+    /// What this side is doing, and in which tree: ALIVE names it, so that the local side
+    /// can say where a host stopped moving.
+    doing: Mutex<(String, Option<PathBuf>)>,
+    /// The work is another process's (`rollback --root`), whose steps this process cannot
+    /// count: the keepalive then counts one step per ALIVE, as before steps were counted.
+    unmeasured: AtomicBool,
+}
+
+impl Out {
+    fn doing(&self, what: &str, tree: Option<&Path>) {
+        *self.doing.lock().expect("poisoned") = (what.to_string(), tree.map(Path::to_path_buf));
+    }
+
+    /// ALIVE's payload: the work counter ([`crate::progress::work_done`]) and the phase.
+    fn alive(&self) -> Vec<u8> {
+        if self.unmeasured.load(Ordering::Relaxed) {
+            crate::progress::work(1);
+        }
+        let (what, tree) = &*self.doing.lock().expect("poisoned");
+        let text = match tree {
+            Some(t) => format!("{what} in {}", t.display()),
+            None => what.clone(),
+        };
+        Enc::default()
+            .u64(crate::progress::work_done())
+            .bytes(text.as_bytes())
+            .0
+    }
+}
+
+/// The engine's progress calls during a push, turned into the phase ALIVE names. The steps
+/// themselves are counted by [`crate::progress::work`] where the bytes move; `advance` adds
+/// the steps that move none (a link, a rename, metadata set).
+struct Beat(Arc<Out>);
+
+impl Progress for Beat {
+    fn start(&self, phase: Phase, _total: u64) {
+        let what = match phase {
+            Phase::Scan => "scanning",
+            Phase::Hash => "hashing",
+            Phase::Stage => "staging",
+            Phase::Commit => "switching",
+            Phase::Prune => "pruning old generations",
+            Phase::Finalize => "finishing the switch",
+        };
+        let tree = self.0.doing.lock().expect("poisoned").1.clone();
+        self.0.doing(what, tree.as_deref());
+    }
+    fn advance(&self, n: u64, _bytes: u64) {
+        crate::progress::work(n);
+    }
+    fn tree(&self, dst: &Path) {
+        let what = self.0.doing.lock().expect("poisoned").0.clone();
+        self.0.doing(&what, Some(dst));
+    }
 }
 
 struct Session<'a> {
@@ -253,7 +314,10 @@ impl Session<'_> {
 
     /// From now on, an ALIVE frame whenever this side has worked `every` without a frame
     /// either way (scanning, hashing, copying, staging, switching, rolling back). A thread
-    /// of its own: those are engine calls that cannot stop to say so.
+    /// of its own: those are engine calls that cannot stop to say so. ALIVE carries the work
+    /// counter, not just "this process exists": a worker stuck in one system call keeps this
+    /// thread running but not the counter, and the local side's `--timeout` fails the host
+    /// on that (see `client::Conn::alive`).
     fn keepalive(&mut self, every: Duration) {
         let (tx, rx) = mpsc::channel::<()>();
         let out = self.out.clone();
@@ -268,8 +332,9 @@ impl Session<'_> {
                 .expect("poisoned")
                 .is_some_and(|q| q.elapsed() >= every);
             if due {
+                let p = out.alive();
                 let mut w = out.w.lock().expect("poisoned");
-                if wire::write_frame(&mut *w, t::ALIVE, &[])
+                if wire::write_frame(&mut *w, t::ALIVE, &p)
                     .and_then(|()| w.flush())
                     .is_err()
                 {
@@ -311,9 +376,14 @@ impl Session<'_> {
         };
         let root = PathBuf::from(std::ffi::OsStr::from_bytes(&open.root));
         let dsts = resolve(&root, &open.trees)?;
+        // Before anything is read from the trees or written anywhere.
+        check_allowed(env, &root, &open, &dsts, &state_dir)?;
         match self.recv()? {
             t::ROLLBACK => {
                 Dec::new(&self.buf, "ROLLBACK").end()?;
+                self.out
+                    .doing("rolling back (`jailsync rollback --root`)", None);
+                self.out.unmeasured.store(true, Ordering::Relaxed);
                 let (code, out) = (env.rollback)(
                     &root_of(&dsts[0], &open.trees[0]),
                     open.flags & flag::FORCE != 0,
@@ -524,13 +594,13 @@ impl Session<'_> {
         // a nested tree's lock conflicts with the outer one's): it is received with the rest,
         // before the fleet's word.
         let mut later_counts = Counts::default();
+        let beat = Beat(self.out.clone());
         for (rel, m, dst) in &later.trees {
             let copy = manifest::Manifest {
                 stamp: m.stamp,
                 entries: m.entries.clone(),
             };
-            let mut t =
-                sync::prepare_given(UNSET.as_ref(), copy, dst, state, opts2, pools, &Silent)?;
+            let mut t = sync::prepare_given(UNSET.as_ref(), copy, dst, state, opts2, pools, &beat)?;
             if opts.dry_run {
                 t.src_path = t.dst_path.clone();
                 let rel = std::slice::from_ref(rel);
@@ -547,7 +617,7 @@ impl Session<'_> {
         let rels_first: Vec<Vec<u8>> = first.iter().map(|(r, _, _)| r.clone()).collect();
         let mut trees: Vec<Tree> = Vec::new();
         for (_, m, dst) in first {
-            let mut t = sync::prepare_given(UNSET.as_ref(), m, &dst, state, opts, pools, &Silent)?;
+            let mut t = sync::prepare_given(UNSET.as_ref(), m, &dst, state, opts, pools, &beat)?;
             t.source_label = Some(label.clone().into());
             trees.push(t);
         }
@@ -601,6 +671,7 @@ impl Session<'_> {
         }
         let decisions = decide_trees(trees, rels, state, rules)?;
         let needs = need_list(trees, rules.map(|_| &decisions[..]));
+        self.out.doing(LOOKING, None);
         let l = lacks(trees, &needs, later_want, pools)?;
         for t in trees.iter() {
             add_counts(&mut counts, t);
@@ -640,7 +711,10 @@ impl Session<'_> {
             want,
             uses,
             found,
-        } = lacks(trees, &needs, &later.want, pools)?;
+        } = {
+            self.out.doing(LOOKING, None);
+            lacks(trees, &needs, &later.want, pools)?
+        };
         let list: Vec<Hash> = want.keys().copied().collect();
         for c in list.chunks(wire::CHUNK / 32) {
             self.send(t::WANT, &c.concat())?;
@@ -652,7 +726,9 @@ impl Session<'_> {
             .0;
         self.send(t::WANT_END, &p)?;
         self.receive_blobs(work, &want, opts)?;
+        self.out.doing(FILLING, None);
         Self::fill_shadows(trees, &work.blobs, &live, &uses, &needs, meta_of(opts))?;
+        let beat = Beat(self.out.clone());
 
         // Stage, then wait at the last safe point for the fleet's word.
         let mut gated = false;
@@ -690,7 +766,7 @@ impl Session<'_> {
                     }
                 }
             };
-            sync::switch_all_gated(trees, state, opts, pools, &Silent, &mut gate)
+            sync::switch_all_gated(trees, state, opts, pools, &beat, &mut gate)
         };
         if let Some(Err(e)) = chan {
             return Err(e);
@@ -716,7 +792,8 @@ impl Session<'_> {
                 t.unlock();
             }
             let l = later;
-            run_later(l, &work.blobs, state, pools, protect.map(|p| p.0), &mut sum)?;
+            let rules = protect.map(|p| p.0);
+            run_later(l, &work.blobs, state, pools, rules, &mut sum, &beat)?;
         }
         let p = Enc::default()
             .u64(sum.window.as_nanos() as u64)
@@ -1066,6 +1143,10 @@ fn excluded_below(ex: &crate::scan::Excludes, path: &[u8]) -> bool {
     })
 }
 
+/// The phases of a push that are the session's own, as ALIVE names them.
+const LOOKING: &str = "looking among its live files for the content it lacks (hashing them)";
+const FILLING: &str = "filling the shadow (copying content found on this host or received)";
+
 /// The shadow's place until the tree's home is open.
 const UNSET: &str = "/nonexistent/jailsync-shadow";
 
@@ -1236,6 +1317,7 @@ fn run_later(
     pools: &Pools,
     rules: Option<&Rules>,
     sum: &mut Sum,
+    beat: &Beat,
 ) -> Result<()> {
     // A nested database's parent belongs to the tree holding it, which set its mtime: the
     // database's own switch must not change it.
@@ -1248,17 +1330,19 @@ fn run_later(
     let rels: Vec<Vec<u8>> = l.trees.iter().map(|(r, _, _)| r.clone()).collect();
     let mut trees = Vec::new();
     for (_, m, dst) in l.trees {
-        let mut t = sync::prepare_given(UNSET.as_ref(), m, &dst, state, l.opts, pools, &Silent)?;
+        let mut t = sync::prepare_given(UNSET.as_ref(), m, &dst, state, l.opts, pools, beat)?;
         t.source_label = Some(l.label.clone().into());
         trees.push(t);
     }
     let res = Work::make(&mut trees).and_then(|work| {
         let decisions = decide_trees(&mut trees, &rels, state, rules)?;
         let needs = need_list(&trees, rules.map(|_| &decisions[..]));
+        beat.0.doing(LOOKING, None);
         let Lacks { live, uses, .. } = lacks(&mut trees, &needs, &[], pools)?;
+        beat.0.doing(FILLING, None);
         Session::fill_shadows(&trees, blobs, &live, &uses, &needs, meta_of(l.opts))?;
         let changes: u64 = trees.iter().map(|t| t.plan.actions.len() as u64).sum();
-        let report = sync::switch_all(&mut trees, state, l.opts, pools, &Silent)?;
+        let report = sync::switch_all(&mut trees, state, l.opts, pools, beat)?;
         for p in &parents {
             let _ = p.restore();
         }
@@ -1350,6 +1434,61 @@ fn resolve(root: &Path, trees: &[Vec<u8>]) -> Result<Vec<PathBuf>> {
             Ok(paths::resolve_beneath(root, &root_c, rel, "tree", never())?)
         })
         .collect()
+}
+
+/// `serve --allow-root`: the rule a forced command (`command="jailsync serve --allow-root
+/// /usr/pkg ..."` in authorized_keys) relies on, as rsync's `rrsync` and daemon modules do.
+/// Every tree (ROOT/REL, resolved as the session will use it: no symlink followed below ROOT)
+/// must be an allowed directory or lie below one, compared by identity, not spelling
+/// (invariant 10: a bind mount or another spelling of `/etc` is `/etc`); and the state dir is
+/// this serve's own, since a state dir chosen by the pusher would let it write records and
+/// caches anywhere. Without an allow-list, any absolute root and state dir is served (a key
+/// that may run `jailsync serve` may write as root wherever it says).
+fn check_allowed(
+    env: &ServeEnv,
+    root: &Path,
+    open: &Open,
+    dsts: &[PathBuf],
+    state_dir: &Path,
+) -> Result<()> {
+    if env.allow_roots.is_empty() {
+        return Ok(());
+    }
+    let list = env
+        .allow_roots
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut allowed = Vec::new();
+    for a in &env.allow_roots {
+        let c = paths::resolve_dir(a, "allowed root", Follow::Owned)?;
+        allowed.push(paths::Loc::of(&c)?);
+    }
+    for (d, rel) in dsts.iter().zip(&open.trees) {
+        let at = paths::Loc::of(d)?;
+        if !allowed.iter().any(|a| at.within(a)) {
+            return Err(RemoteError::Refused(format!(
+                "root {}, tree {} ({}): not inside the roots this host serves \
+                 (serve --allow-root {list}): refused before anything was read or written",
+                root.display(),
+                wire::printable(rel),
+                d.display()
+            )));
+        }
+    }
+    let own = paths::resolve_dir(&env.default_state_dir, "state dir", Follow::Owned)?;
+    let asked = paths::resolve_dir(state_dir, "state dir", Follow::Owned)?;
+    if !paths::Loc::of(&asked)?.same(&paths::Loc::of(&own)?) {
+        return Err(RemoteError::Refused(format!(
+            "state dir {}: this host serves only with its own ({}), being restricted to \
+             --allow-root {list}: refused before anything was read or written (push without \
+             --remote-state-dir)",
+            state_dir.display(),
+            own.display()
+        )));
+    }
+    Ok(())
 }
 
 /// This session's private directories: `incoming-PID` in each tree's home (the shadow: on the
@@ -1492,6 +1631,7 @@ mod tests {
             });
             let env = ServeEnv {
                 default_state_dir: root.path().join("state"),
+                allow_roots: Vec::new(),
                 stop: None,
                 rollback: Box::new(|_, _, _, _| {
                     std::thread::sleep(Duration::from_millis(300));

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Bumped on any incompatible change; both sides must also run the same jailsync version.
-pub const PROTOCOL: u32 = 3;
+/// 4: ALIVE carries the host's work counter and phase (it was empty).
+pub const PROTOCOL: u32 = 4;
 pub const MAGIC: &[u8; 8] = b"JAILSYNC";
 /// Raw bytes per compressed chunk (manifest text and blob data).
 pub const CHUNK: usize = 1 << 20;
