@@ -19,6 +19,8 @@ mod excluded;
 /// Old setuid/setgid binaries and capabilities left runnable in a generation (item 6).
 #[path = "moves/fangs.rs"]
 mod fangs;
+#[path = "moves/habits.rs"]
+mod habits;
 /// Mounts moved by an exchange or crossed by a removal (items 1 and 2).
 #[path = "moves/mounts.rs"]
 mod mounts;

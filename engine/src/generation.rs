@@ -501,6 +501,9 @@ pub fn switch_back_all(items: &mut [(&Home, &mut RolledBack)]) -> Result<()> {
         let errs = fangs(home, rb.generation.id, true)?;
         rb.errors.extend(errs);
     }
+    // As a sync's switch does, a switch back leaves DST's parent's mtime as it was, unless
+    // another program wrote there since the rollback looked (see `Home::parent_as_found`).
+    let put_back: Vec<bool> = items.iter().map(|(h, _)| h.parent_as_found()).collect();
     let mut made = Vec::new();
     for (k, (home, rb)) in items.iter_mut().enumerate() {
         match home.exchange(&pending[k]) {
@@ -556,6 +559,9 @@ pub fn switch_back_all(items: &mut [(&Home, &mut RolledBack)]) -> Result<()> {
                 let _ = fsx::remove_tree_at(home.fd.as_fd(), &Home::gen_name(n));
             }
         }
+    }
+    for ((home, _), _) in items.iter().zip(&put_back).filter(|(_, &b)| b) {
+        let _ = home.put_parent_mtime_back();
     }
     Ok(())
 }
