@@ -235,6 +235,45 @@ pub fn check_parent(dst: &Path, mkpath: bool) -> Result<()> {
     Ok(())
 }
 
+/// A destination with more entries than this is guarded against a mass deletion by default.
+/// Below it a plan deleting most of the tree is ordinary (a small tree rebuilt), and a wrong
+/// pair costs little.
+pub const MASS_DELETE_MIN: u64 = 16;
+
+/// Refuses, before anything is changed, a run that would delete more than it is allowed to:
+/// with `--max-delete N`, more than N entries in all; without it (and without `--force`), more
+/// than half of any destination's entries once it has more than [`MASS_DELETE_MIN`]. That is
+/// what a wrong pair looks like, not an upgrade: `sync JAIL/usr/pkg ROOT/usr` (rsync's "into"
+/// habit), a JAIL and ROOT swapped, a jail that lost most of its packages. A dry run is shown
+/// in full, with a warning that the real run would be refused.
+pub fn check_deletes(trees: &[sync::Tree], a: &crate::sync_cmd::SyncArgs) -> Result<()> {
+    if a.max_delete.is_some() {
+        return check_max_delete(trees, a.max_delete);
+    }
+    if a.force {
+        return Ok(());
+    }
+    for t in trees {
+        // The root is never deleted, and is not one of the tree's entries here.
+        let entries = t.dst.len().saturating_sub(1) as u64;
+        let n = jailsync_engine::plan::Counts::of(&t.plan).deleted;
+        if entries <= MASS_DELETE_MIN || n * 2 <= entries {
+            continue;
+        }
+        let why = format!(
+            "{}: would delete {n} of its {entries} entries, more than half: most likely not the \
+             source or destination meant (see `-n -i`); pass --max-delete {n} or --force if it is",
+            t.dst_path.display()
+        );
+        if a.dry_run {
+            eprintln!("jailsync: warning: {why}; a run without -n would be refused");
+        } else {
+            bail!("{why}; nothing was changed");
+        }
+    }
+    Ok(())
+}
+
 /// `--max-delete N`: refuses, before anything is changed, a run that would delete more than
 /// N entries (each entry below a removed directory counts; a type change does not).
 pub fn check_max_delete(trees: &[sync::Tree], max: Option<u64>) -> Result<()> {

@@ -30,6 +30,33 @@ pub fn layout_of(jail: &Path, given: &[PathBuf]) -> Result<(Layout, Vec<String>)
     Ok((l, conf_protect))
 }
 
+/// Refuses an upgrade whose ROOT is a jail: ROOT, or a tree of it, carries the `.jail` marker
+/// `jail init` and the seed's mkjail write. That is JAIL and `--root` swapped (`upgrade /
+/// --root /usr/pkg_jail`), which would make the jail's trees copies of the live system's, or
+/// one jail upgraded from another by mistake. `--force` upgrades it anyway.
+fn check_not_a_jail(jail: &Path, root: &Path, trees: &[PathBuf]) -> Result<()> {
+    let marker = jailsync_engine::jail::MARKER_FILE;
+    let marked = std::iter::once(root.to_path_buf())
+        .chain(trees.iter().map(|t| root.join(t)))
+        .find(|d| std::fs::symlink_metadata(d.join(marker)).is_ok());
+    let Some(at) = marked else { return Ok(()) };
+    let swap = if std::fs::symlink_metadata(jail.join(marker)).is_ok() {
+        String::new()
+    } else {
+        format!(
+            "; JAIL and --root swapped? the jail goes first: `jailsync upgrade {} --root {}`",
+            root.display(),
+            jail.display()
+        )
+    };
+    anyhow::bail!(
+        "--root {}: {} has a {marker} marker, so it is a jail, not a live system{swap}; nothing \
+         was changed (--force upgrades it all the same)",
+        root.display(),
+        at.join(marker).display()
+    )
+}
+
 pub fn run(c: UpgradeCmd, g: &Global) -> Result<u8> {
     use std::os::unix::ffi::OsStrExt;
     let t0 = Instant::now();
@@ -43,6 +70,10 @@ pub fn run(c: UpgradeCmd, g: &Global) -> Result<u8> {
     globs.extend(c.protect.iter().cloned());
     let rules = Rules::new(!c.no_protect, &globs).context("bad --protect pattern")?;
     let rules = (!rules.is_empty()).then_some(rules);
+
+    if !c.args.force {
+        check_not_a_jail(&c.jail, &c.root, &layout.trees)?;
+    }
 
     // Every tree and every overlap checked before anything is touched. A nested database
     // overlaps only the tree that holds it, which carries it across (see `layout`).
@@ -87,10 +118,16 @@ pub fn run(c: UpgradeCmd, g: &Global) -> Result<u8> {
     };
     // --max-delete holds for the whole upgrade: with more than one phase, every phase is
     // planned first (as a dry run: nothing locked or changed), so a later phase is never
-    // refused after an earlier one has switched.
-    if let (Some(max), false) = (c.args.max_delete, c.args.dry_run) {
-        let phases = layout.phases();
-        if phases.len() > 1 {
+    // refused after an earlier one has switched. Without it, the default guard against
+    // deleting most of a tree is per tree: only the later phases (a nested package database,
+    // small) are planned ahead; the first is checked when it runs, before it switches.
+    let guarded = c.args.max_delete.is_some() || !c.args.force;
+    if guarded && !c.args.dry_run {
+        let mut phases = layout.phases();
+        if c.args.max_delete.is_none() && !phases.is_empty() {
+            phases.remove(0);
+        }
+        if layout.phases().len() > 1 {
             let state = sync::open_state(
                 &g.state_dir,
                 &all.iter().map(|(_, _, d)| d.as_path()).collect::<Vec<_>>(),
@@ -112,7 +149,7 @@ pub fn run(c: UpgradeCmd, g: &Global) -> Result<u8> {
                 }
                 planned.extend(ts);
             }
-            crate::admin_cmd::check_max_delete(&planned, Some(max))?;
+            crate::admin_cmd::check_deletes(&planned, &c.args)?;
         }
     }
 

@@ -157,7 +157,8 @@ fn closed_stdout_ends_quietly_for_every_command() {
     let cmds: Vec<Vec<&OsStr>> = vec![
         vec![s("verify"), src, dst],
         vec![s("manifest"), src],
-        vec![s("sync"), s("-n"), s("-i"), src, dst],
+        // --force: DST loses all it has, which a dry run would warn about on stderr.
+        vec![s("sync"), s("-n"), s("-i"), s("--force"), src, dst],
         vec![s("--json"), s("verify"), src, dst],
         vec![s("completions"), s("bash")],
         vec![s("man")],
@@ -180,7 +181,7 @@ fn closed_stdout_ends_quietly_for_every_command() {
     // The sync that wrote its lines to a closed pipe was a dry run: nothing changed.
     assert!(e.dst.path("g0").exists());
     // A sync whose itemized output goes nowhere still completes, then ends quietly.
-    let o = with_closed_stdout(&e, &[s("sync"), s("-i"), src, dst]);
+    let o = with_closed_stdout(&e, &[s("sync"), s("-i"), s("--force"), src, dst]);
     assert!(o.stderr.is_empty(), "{}", stderr(&o));
     assert_same(e.src(), e.dst());
 }

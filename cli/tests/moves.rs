@@ -19,6 +19,9 @@ mod excluded;
 /// Old setuid/setgid binaries and capabilities left runnable in a generation (item 6).
 #[path = "moves/fangs.rs"]
 mod fangs;
+/// The rsync habit, mass deletes, a swapped upgrade; DST's parent left as found (24, 25).
+#[path = "moves/habits.rs"]
+mod habits;
 /// Homes are nobody's content; a user's entry of a home's name is content (items 11, 22).
 #[path = "moves/homes.rs"]
 mod homes;

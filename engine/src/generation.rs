@@ -510,6 +510,9 @@ pub fn switch_back_all(
         let errs = fangs(home, rb.generation.id, true)?;
         rb.errors.extend(errs);
     }
+    // As a sync's switch does, a switch back leaves DST's parent's mtime as it was, unless
+    // another program wrote there since the rollback looked (see `Home::parent_as_found`).
+    let put_back: Vec<bool> = items.iter().map(|(h, _)| h.parent_as_found()).collect();
     let mut made = Vec::new();
     for (k, (home, rb)) in items.iter_mut().enumerate() {
         match home.exchange(&pending[k]) {
@@ -557,6 +560,9 @@ pub fn switch_back_all(
         rb.kept_as = Some(done.old);
         let errs = after_switch_back(home, state, g, &rb.undone)?;
         rb.errors.extend(errs);
+    }
+    for ((home, _), _) in items.iter().zip(&put_back).filter(|(_, &b)| b) {
+        let _ = home.put_parent_mtime_back();
     }
     Ok(())
 }

@@ -531,7 +531,7 @@ fn write_new(
     r
 }
 
-fn set_mtime(fd: BorrowedFd<'_>, secs: i64, nsec: u32) -> io::Result<()> {
+pub(crate) fn set_mtime(fd: BorrowedFd<'_>, secs: i64, nsec: u32) -> io::Result<()> {
     use rustix::fs::{Timespec, Timestamps, UTIME_OMIT};
     let t = Timestamps {
         last_access: Timespec {

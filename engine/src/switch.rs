@@ -90,6 +90,10 @@ pub struct Home {
     pub live: PathBuf,
     live_parent: OwnedFd,
     live_name: Vec<u8>,
+    /// DST's parent's mtime before this run touched it (whole-tree method only): making the
+    /// home, the exchange and removing the home are renames in the parent, which is not ours
+    /// (rsync leaves it alone, and so do we: see [`Home::put_parent_mtime_back`]).
+    parent_mtime: Option<(i64, u32)>,
 }
 
 /// What one switch did.
@@ -102,6 +106,10 @@ pub struct Switched {
     pub calls: usize,
     /// Where the old tree is now.
     pub old: PathBuf,
+}
+
+fn mtime_of(st: &rustix::fs::Stat) -> (i64, u32) {
+    (st.st_mtime as i64, st.st_mtime_nsec as u32)
 }
 
 fn euid() -> u32 {
@@ -246,6 +254,7 @@ impl Home {
                     live: live.into(),
                     live_parent: fd,
                     live_name: Vec::new(),
+                    parent_mtime: None,
                 });
             }
         };
@@ -272,11 +281,23 @@ impl Home {
             Method::Tree
         };
         let mut home = None;
+        let mut parent_mtime = None;
         if method == Method::Tree {
             let hname = home_name(&name);
             let hpath = parent.join(OsStr::from_bytes(&hname));
+            let before = mtime_of(&fsx::fstat(live_parent.as_fd()).at(&parent)?);
             match private_dir(&live_parent, &hname, &hpath) {
-                Ok(fd) => home = Some((hpath, fd)),
+                Ok(fd) => {
+                    // Making the home is our write in a directory that is not ours: its mtime
+                    // is put back at once, so a run that stops before switching leaves it too.
+                    let now = fsx::fstat(live_parent.as_fd()).at(&parent)?;
+                    if mtime_of(&now) != before {
+                        crate::protect::set_mtime(live_parent.as_fd(), before.0, before.1)
+                            .at(&parent)?;
+                    }
+                    parent_mtime = Some(before);
+                    home = Some((hpath, fd))
+                }
                 // A read-only or otherwise unusable parent: stage inside the tree instead.
                 Err(Error::Io { cause, .. })
                     if matches!(
@@ -315,6 +336,7 @@ impl Home {
                         fd,
                         method: if probe { method } else { layout.clone() },
                         layout,
+                        parent_mtime: None,
                         live: live.into(),
                         live_parent,
                         live_name: name,
@@ -330,6 +352,7 @@ impl Home {
                     live: live.into(),
                     live_parent,
                     live_name: name,
+                    parent_mtime: None,
                 });
             }
         };
@@ -338,6 +361,7 @@ impl Home {
             path,
             fd,
             layout: method.clone(),
+            parent_mtime: parent_mtime.filter(|_| method == Method::Tree),
             method,
             live: live.into(),
             live_parent,
@@ -350,6 +374,26 @@ impl Home {
                 Method::PerFile("the filesystem cannot exchange two names atomically".into());
         }
         Ok(h)
+    }
+
+    /// Whether DST's parent still has the mtime this run found (or put back): nobody else
+    /// wrote there since. Asked just before the switch, so [`Home::put_parent_mtime_back`]
+    /// never hides another program's change to the parent behind the old mtime.
+    pub fn parent_as_found(&self) -> bool {
+        let Some(before) = self.parent_mtime else {
+            return false;
+        };
+        fsx::fstat(self.live_parent.as_fd()).is_ok_and(|st| mtime_of(&st) == before)
+    }
+
+    /// Sets DST's parent's mtime back to what this run found, after the switch (and the
+    /// removal of an empty home) renamed in it: the parent's entries the admin sees are the
+    /// same, DST and its hidden home, so its mtime is too, as with `rsync -a SRC/ DST/`.
+    pub fn put_parent_mtime_back(&self) -> io::Result<()> {
+        match self.parent_mtime {
+            Some((s, ns)) => crate::protect::set_mtime(self.live_parent.as_fd(), s, ns),
+            None => Ok(()),
+        }
     }
 
     fn exchange_works(&self) -> bool {
@@ -440,15 +484,20 @@ impl Home {
         self.prepare(&Self::gen_name(n), to.as_bytes())
     }
 
-    /// The home of `live` if a sync made one (never creates it).
-    pub fn existing(live: &Path) -> Result<Option<Home>> {
+    /// Whether a sync made a home for `live` (beside it or, per entry, inside it).
+    pub fn exists(live: &Path) -> bool {
         let parent = live.parent().unwrap_or(Path::new("/"));
         let name = home_name(live.file_name().map_or(&b""[..], |n| n.as_bytes()));
         let candidates = [
             parent.join(OsStr::from_bytes(&name)),
             live.join(OsStr::from_bytes(IN_TREE_HOME)),
         ];
-        if candidates.iter().any(|c| c.is_dir()) {
+        candidates.iter().any(|c| c.is_dir())
+    }
+
+    /// The home of `live` if a sync made one (never creates it).
+    pub fn existing(live: &Path) -> Result<Option<Home>> {
+        if Home::exists(live) {
             // No probe: a reader (history) must not write, and a sync made the home already.
             return Home::open_with(live, false).map(Some);
         }

@@ -416,17 +416,13 @@ fn prepare_impl(
         fs::create_dir_all(dst_path).at(dst_path)?;
     }
     refuse_source_in_home(src_path, dst_path)?;
-    // The home first: a switch a killed run left half done is finished before anything is
-    // read, and a staging area inside the tree must not be scanned as part of it.
+    // The home first, if a run made one: a switch a killed run left half done is finished
+    // before anything is read, and a staging area inside the tree must not be scanned as part
+    // of it. A home not made yet is made only once the plan has something to switch: a run
+    // with nothing to do writes nothing, not even in DST's parent (see `open_home`).
     let home = match state {
-        Some(_) if !opts.dry_run => {
-            let mut h = Home::open(dst_path)?;
-            h.durable = opts.fsync;
-            crate::generation::recover(&h, state)?;
-            if h.is_switchable() {
-                crate::generation::prune_undone(&h)?;
-            }
-            Some(h)
+        Some(_) if !opts.dry_run && Home::exists(dst_path) => {
+            Some(open_home(dst_path, opts, state)?)
         }
         _ => None,
     };
@@ -559,6 +555,9 @@ fn prepare_impl(
     }
     protect_unreadable(&mut plan, &d.entries, &protect);
     let mut home = home;
+    if home.is_none() && state.is_some() && !opts.dry_run && !plan.is_empty() {
+        home = Some(open_home(dst_path, opts, state)?);
+    }
     if let Some(h) = home
         .as_mut()
         .filter(|h| h.is_switchable() && !plan.is_empty())
@@ -599,6 +598,36 @@ fn prepare_impl(
         guard: Vec::new(),
         protect: None,
     })
+}
+
+/// Gives up every staged tree of a run (see [`Home::abandon`]); a tree with nothing to do
+/// has no home, or nothing staged in it.
+fn abandon_all(trees: &[Tree]) {
+    for h in trees.iter().filter_map(|t| t.home.as_ref()) {
+        let _ = h.abandon();
+    }
+}
+
+/// Opens (making it if need be) the home of `dst_path`, finishing or discarding what a killed
+/// run left there.
+fn open_home(dst_path: &Path, opts: &SyncOpts, state: Option<&StateDir>) -> Result<Home> {
+    let mut h = Home::open(dst_path)?;
+    h.durable = opts.fsync;
+    crate::generation::recover(&h, state)?;
+    if h.is_switchable() {
+        crate::generation::prune_undone(&h)?;
+    }
+    Ok(h)
+}
+
+/// Gives a prepared tree its home if it has none yet (a tree with nothing to do is prepared
+/// without one): for `push`, whose session keeps its received files in every tree's home.
+pub fn ensure_home(t: &mut Tree, opts: &SyncOpts) -> Result<()> {
+    if t.home.is_none() && !opts.dry_run {
+        // A home made now has nothing of a killed run to finish.
+        t.home = Some(open_home(&t.dst_path, opts, None)?);
+    }
+    Ok(())
 }
 
 /// Scans one tree on its own and fills in the hashes its stat cache may vouch for. Returns the
@@ -1268,10 +1297,13 @@ impl Drop for Unstage {
 }
 
 /// Whether every tree of a run can be switched whole (else the run uses the per-file burst).
+/// A tree with nothing to do and no home yet switches nothing, so it never stands in the way.
 pub fn all_switchable(trees: &[Tree]) -> bool {
-    trees
-        .iter()
-        .all(|t| t.home.as_ref().is_some_and(|h| h.is_switchable()))
+    trees.iter().all(|t| {
+        t.home
+            .as_ref()
+            .map_or(t.plan.is_empty(), |h| h.is_switchable())
+    })
 }
 
 /// Applies prepared trees by switching: each tree's next release is staged whole in its home
@@ -1324,9 +1356,7 @@ pub fn switch_all_gated(
     let mut staged = Vec::new();
     let stopped = |trees: &[Tree], t: &Tree| -> Result<()> {
         if opts.stop_signal().is_some() {
-            for t in trees {
-                let _ = t.home.as_ref().expect("switchable").abandon();
-            }
+            abandon_all(trees);
         }
         opts.check_stop(
             &t.dst_path,
@@ -1336,8 +1366,6 @@ pub fn switch_all_gated(
     for t in trees.iter() {
         stopped(trees, t)?;
         progress.tree(&t.dst_path);
-        let home = t.home.as_ref().expect("switchable");
-
         if !t.dst_leftovers.is_empty() {
             // Temporary names a killed per-file run recorded and left: ours, not the tree's.
             let dfd = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
@@ -1349,6 +1377,7 @@ pub fn switch_all_gated(
             staged.push(None);
             continue;
         }
+        let home = t.home.as_ref().expect("switchable");
         // Older generations go first, outside the switch (see `generation::prune`), and only
         // when a new one is made: a run with nothing to do keeps every generation.
         generation::prune(home, keep.saturating_sub(1))?;
@@ -1397,9 +1426,7 @@ pub fn switch_all_gated(
             Err(f) => {
                 // Nothing of the run is switched: every staged tree goes, and metadata
                 // changed in place is set back.
-                for t in trees.iter() {
-                    let _ = t.home.as_ref().expect("switchable").abandon();
-                }
+                abandon_all(trees);
                 if matches!(f.error.raw_os_error(), Some(libc::EPERM | libc::EMLINK)) {
                     // An immutable or append-only file cannot be linked (EPERM), an inode at
                     // its filesystem's link limit cannot take one more (EMLINK).
@@ -1570,11 +1597,13 @@ pub fn switch_all_gated(
         stopped(trees, t)?;
     }
     for (k, t) in trees.iter().enumerate() {
-        let home = t.home.as_ref().expect("switchable");
-        if let (Some(_), Some(p)) = (gens[k], home.blocked_move()) {
+        let Some(home) = t.home.as_ref().filter(|_| gens[k].is_some()) else {
+            continue;
+        };
+        if let Some(p) = home.blocked_move() {
             // Not ours to move (an unprivileged run): per file instead, before anything moved.
             for (j, t) in trees.iter().enumerate() {
-                let h = t.home.as_ref().expect("switchable");
+                let Some(h) = t.home.as_ref() else { continue };
                 let _ = h.abandon();
                 if let Some(id) = gens[j] {
                     let _ = generation::discard(h, id);
@@ -1589,9 +1618,7 @@ pub fn switch_all_gated(
     }
 
     if let Err(e) = gate(&report) {
-        for t in trees.iter() {
-            let _ = t.home.as_ref().expect("switchable").abandon();
-        }
+        abandon_all(trees);
         return Err(e);
     }
 
@@ -1617,9 +1644,7 @@ pub fn switch_all_gated(
         )
         .at(&t.dst_path)?;
         if let Some(c) = changed {
-            for t in trees.iter() {
-                let _ = t.home.as_ref().expect("switchable").abandon();
-            }
+            abandon_all(trees);
             return Err(crate::Error::bad(
                 t.dst_path.join(fsx::os(&c.path)),
                 format!(
@@ -1638,8 +1663,10 @@ pub fn switch_all_gated(
     // made are switched back: never half.
     let mut pending = Vec::new();
     for (k, t) in trees.iter().enumerate() {
-        let home = t.home.as_ref().expect("switchable");
-        match gens[k].map(|id| home.prepare_in(id)).transpose() {
+        let prepared = gens[k]
+            .map(|id| t.home.as_ref().expect("switchable").prepare_in(id))
+            .transpose();
+        match prepared {
             Ok(p) => pending.push(p),
             Err(e) => {
                 for (j, p) in pending.into_iter().enumerate() {
@@ -1647,9 +1674,7 @@ pub fn switch_all_gated(
                         trees[j].home.as_ref().expect("switchable").cancel(p);
                     }
                 }
-                for t in trees.iter() {
-                    let _ = t.home.as_ref().expect("switchable").abandon();
-                }
+                abandon_all(trees);
                 return Err(e);
             }
         }
@@ -1670,9 +1695,7 @@ pub fn switch_all_gated(
                 trees[j].home.as_ref().expect("switchable").cancel(p);
             }
         }
-        for t in trees.iter() {
-            let _ = t.home.as_ref().expect("switchable").abandon();
-        }
+        abandon_all(trees);
         return Err(crate::Error::bad(
             m,
             format!(
@@ -1681,6 +1704,13 @@ pub fn switch_all_gated(
             ),
         ));
     }
+    // DST's parents nobody else wrote in since this run looked: only those get their mtime
+    // back after the switch (another program's change there must stay visible).
+    let put_back: Vec<bool> = trees
+        .iter()
+        .zip(&pending)
+        .map(|(t, p)| p.is_some() && t.home.as_ref().is_some_and(|h| h.parent_as_found()))
+        .collect();
     let t_switch = Instant::now();
     let mut made: Vec<(usize, Duration, usize)> = Vec::new();
     for (k, t) in trees.iter().enumerate() {
@@ -1705,9 +1735,7 @@ pub fn switch_all_gated(
                         let _ = h.unexchange(p);
                     }
                 }
-                for t in trees.iter() {
-                    let _ = t.home.as_ref().expect("switchable").abandon();
-                }
+                abandon_all(trees);
                 return Err(e);
             }
         }
@@ -1810,17 +1838,22 @@ pub fn switch_all_gated(
     }
     if keep == 0 {
         for (k, t) in trees.iter().enumerate() {
-            if let (Some(id), Some(h)) = (gens[k], t.home.as_ref()) {
-                let _ = fsx::remove_tree_at(h.fd.as_fd(), &Home::gen_name(id));
-            }
-            // Nothing kept: an empty home goes too (DST's parent is left as it was found).
-            if let Some(h) = t.home.as_ref() {
-                if let (Some(parent), Some(name)) = (h.path.parent(), h.path.file_name()) {
-                    if let Ok(p) = fsx::open_root_nofollow(parent) {
-                        let _ = fsx::rmdir_at(p.as_fd(), name.as_encoded_bytes());
-                    }
+            // Only a tree switched now: one with nothing to do touches nothing.
+            let (Some(id), Some(h)) = (gens[k], t.home.as_ref()) else {
+                continue;
+            };
+            let _ = fsx::remove_tree_at(h.fd.as_fd(), &Home::gen_name(id));
+            // Nothing kept: an empty home goes too (its parent's mtime is put back below).
+            if let (Some(parent), Some(name)) = (h.path.parent(), h.path.file_name()) {
+                if let Ok(p) = fsx::open_root_nofollow(parent) {
+                    let _ = fsx::rmdir_at(p.as_fd(), name.as_encoded_bytes());
                 }
             }
+        }
+    }
+    for (t, _) in trees.iter().zip(&put_back).filter(|(_, &b)| b) {
+        if let Some(h) = t.home.as_ref() {
+            let _ = h.put_parent_mtime_back();
         }
     }
     report.cleanup_time = t_cleanup.elapsed();

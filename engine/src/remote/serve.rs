@@ -632,7 +632,7 @@ impl Session<'_> {
                 later_counts,
             );
         }
-        let res = Work::make(&mut trees).and_then(|work| {
+        let res = Work::make(&mut trees, opts).and_then(|work| {
             let decisions = decide_trees(&mut trees, &rels_first, state, rules)?;
             let r = self.push_prepared(
                 &mut trees,
@@ -1334,7 +1334,7 @@ fn run_later(
         t.source_label = Some(l.label.clone().into());
         trees.push(t);
     }
-    let res = Work::make(&mut trees).and_then(|work| {
+    let res = Work::make(&mut trees, l.opts).and_then(|work| {
         let decisions = decide_trees(&mut trees, &rels, state, rules)?;
         let needs = need_list(&trees, rules.map(|_| &decisions[..]));
         beat.0.doing(LOOKING, None);
@@ -1501,7 +1501,11 @@ struct Work {
 }
 
 impl Work {
-    fn make(trees: &mut [Tree]) -> Result<Work> {
+    fn make(trees: &mut [Tree], opts: &SyncOpts) -> Result<Work> {
+        // A tree with nothing to do is prepared without a home; the session needs every one.
+        for t in trees.iter_mut() {
+            sync::ensure_home(t, opts)?;
+        }
         if !sync::all_switchable(trees) {
             let t = trees
                 .iter()
