@@ -2,12 +2,13 @@
 //! and what `verify` makes of kept files. The rules are in `jailsync_engine::protect`.
 
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use jailsync_engine::journal::StateDir;
-use jailsync_engine::protect::{self, Base, Decisions, Rules, Verdict, NEW_SUFFIX};
+use jailsync_engine::protect::{self, Base, Decisions, Kept, Rules, Verdict, NEW_SUFFIX};
 use jailsync_engine::sync::Tree;
 
 use crate::output::json_path;
@@ -144,14 +145,16 @@ pub fn print_decisions(
     Ok(())
 }
 
-/// After a run that switched (or applied): `.jailsync-new` files written, base recorded.
-/// Returns the number of errors (reported).
+/// After a run that switched (or applied): `.jailsync-new` files written, base recorded (not
+/// advanced for what the run did not put in place: see `report`'s outcomes). Returns the
+/// number of errors (reported).
 #[allow(clippy::too_many_arguments)]
 pub fn finish_all(
     rules: &Rules,
     trees: &[Tree],
     checked: &[(PathBuf, PathBuf, Vec<u8>)],
     decisions: &[Decisions],
+    report: &jailsync_engine::sync::Report,
     state: &StateDir,
     tally: &mut Tally,
     out: &mut impl Write,
@@ -162,7 +165,11 @@ pub fn finish_all(
     let none = Decisions::default();
     for (k, t) in trees.iter().enumerate() {
         let d = decisions.get(k).unwrap_or(&none);
-        let (_, failed) = protect::finish(
+        let unapplied = match report.outcomes.get(k) {
+            Some(o) => protect::unapplied(&t.plan, &t.src, &t.dst, o),
+            None => Vec::new(),
+        };
+        let done = protect::finish(
             state,
             rules,
             &checked[k].2,
@@ -170,19 +177,34 @@ pub fn finish_all(
             &t.dst_path,
             &t.src,
             d,
+            &unapplied,
             owner,
         )?;
-        for (p, e) in failed {
+        let shown = |p: &[u8]| t.dst_path.join(jailsync_engine::fsx::os(p));
+        for (p, e) in done.failed {
             errors += 1;
             tally.new = tally.new.saturating_sub(1);
-            let shown = t.dst_path.join(jailsync_engine::fsx::os(&p));
             if g.json {
-                let v = serde_json::json!({"type": "error", "path": shown.display().to_string(), "phase": "config", "error": e.to_string()});
+                let v = serde_json::json!({"type": "error", "path": shown(&p).display().to_string(), "phase": "config", "error": e.to_string()});
                 writeln!(out, "{v}")?;
             }
             eprintln!(
-                "jailsync: {}: {e} (while writing the jail's version of a kept configuration file)",
-                shown.display()
+                "jailsync: {}: {e} (while writing the jail's version of a kept configuration \
+                 file; it is offered again on the next run)",
+                shown(&p).display()
+            );
+        }
+        // Never hidden by -q: the admin's file has a new name.
+        for (from, to) in done.set_aside {
+            if g.json {
+                let v = serde_json::json!({"type": "config_set_aside", "path": json_path(shown(&from).as_os_str().as_bytes()), "kept_as": json_path(shown(&to).as_os_str().as_bytes())});
+                writeln!(out, "{v}")?;
+            }
+            eprintln!(
+                "jailsync: {}: not one jailsync wrote: kept as {} (the jail's version is now in \
+                 its place)",
+                shown(&from).display(),
+                shown(&to).display()
             );
         }
     }
@@ -221,12 +243,15 @@ pub fn run_conf_diff(root: &Path, g: &Global) -> Result<u8> {
     for tree in known_trees(&state, &root_c) {
         // Any kept file may have one pending: written this run, or an earlier one the admin
         // has not resolved yet.
-        for (_, _, p) in protect::load_kept(&state, &tree) {
+        for k in protect::load_kept(&state, &tree) {
+            let p = k.path;
             let live = tree.join(jailsync_engine::fsx::os(&p));
             let mut new = live.as_os_str().to_owned();
             new.push(NEW_SUFFIX);
             let new = PathBuf::from(new);
-            let (Ok(a), Ok(b)) = (std::fs::read(&live), std::fs::read(&new)) else {
+            // Never through a symlink: a kept one (or one in place of the new version) is
+            // described, not followed.
+            let (Ok(la), Ok(lb)) = (live.symlink_metadata(), new.symlink_metadata()) else {
                 continue; // resolved by the admin (removed or merged)
             };
             pending += 1;
@@ -239,6 +264,18 @@ pub fn run_conf_diff(root: &Path, g: &Global) -> Result<u8> {
                 writeln!(out, "{v}")?;
                 continue;
             }
+            if !la.is_file() || !lb.is_file() {
+                writeln!(
+                    out,
+                    "{} ({}) and {} ({}) differ",
+                    live.display(),
+                    describe(&live, &la),
+                    new.display(),
+                    describe(&new, &lb)
+                )?;
+                continue;
+            }
+            let (a, b) = (std::fs::read(&live)?, std::fs::read(&new)?);
             match (std::str::from_utf8(&a), std::str::from_utf8(&b)) {
                 (Ok(a), Ok(b)) => {
                     let d = protect::unified_diff(
@@ -266,19 +303,75 @@ pub fn run_conf_diff(root: &Path, g: &Global) -> Result<u8> {
     Ok(if pending > 0 { exit::PARTIAL } else { exit::OK })
 }
 
-/// For `verify`: the live paths kept with the admin's edits at the last upgrade (they are
-/// not differences), or None when the destination was never synced with protection.
-pub fn kept_for_verify(state: &StateDir, dst: &Path) -> Option<Vec<Box<[u8]>>> {
+/// What a pending entry is, for `conf-diff` (a symlink with its target).
+fn describe(p: &Path, m: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_symlink() {
+        let to = std::fs::read_link(p).unwrap_or_default();
+        format!("a symlink to {}", to.display())
+    } else if t.is_dir() {
+        "a directory".into()
+    } else if t.is_fifo() {
+        "a fifo".into()
+    } else if t.is_file() {
+        "a file".into()
+    } else {
+        "a special file".into()
+    }
+}
+
+/// For `verify`: the entries kept with the admin's edits at the last upgrade, sorted by
+/// path, or None when the destination was never synced with protection.
+pub fn kept_for_verify(state: &StateDir, dst: &Path) -> Option<Vec<Kept>> {
     let dir = state.tree_dir(dst).ok()?;
     if !dir.join("conf-base").exists() {
         return None;
     }
-    let mut v: Vec<Box<[u8]>> = protect::load_kept(state, dst)
-        .into_iter()
-        .map(|(_, _, p)| p)
-        .collect();
-    v.sort();
+    let mut v = protect::load_kept(state, dst);
+    v.sort_by(|a, b| a.path.cmp(&b.path));
     Some(v)
+}
+
+/// For `verify`: a kept entry is no difference from the jail while it is still what the run
+/// kept (type, content, mode, owner); once changed since (rewritten, made setuid, replaced)
+/// it is one, like any other. What a kept directory holds is the admin's and not compared,
+/// nor are the jail's entries below a kept non-directory (they cannot be there).
+/// Returns how many kept entries were left out, and how many changed since.
+pub fn drop_kept(tree: &mut Tree, kept: &[Kept]) -> Result<(usize, usize)> {
+    let root = jailsync_engine::fsx::open_root_nofollow(&tree.dst_path)
+        .with_context(|| tree.dst_path.display().to_string())?;
+    let mut drop = vec![false; tree.plan.actions.len()];
+    let mut whole: Vec<&[u8]> = Vec::new();
+    let (mut same, mut changed) = (0, 0);
+    for (k, a) in tree.plan.actions.iter().enumerate() {
+        let path = tree.plan.path(a, &tree.src, &tree.dst);
+        if whole
+            .iter()
+            .any(|d| path.starts_with(d) && path.get(d.len()) == Some(&b'/'))
+        {
+            drop[k] = true;
+            continue;
+        }
+        let Ok(i) = kept.binary_search_by(|x| (*x.path).cmp(path)) else {
+            continue;
+        };
+        let still = a.dst != jailsync_engine::plan::NONE
+            && kept[i]
+                .matches(root.as_fd(), &tree.dst.at(a.dst as usize))
+                .unwrap_or(false);
+        if still {
+            drop[k] = true;
+            same += 1;
+            // Below it: what a kept directory holds (the admin's), or the jail's entries
+            // that cannot be made under a kept non-directory.
+            whole.push(&kept[i].path);
+        } else {
+            changed += 1;
+        }
+    }
+    jailsync_engine::plan::drop_actions(&mut tree.plan, &drop);
+    Ok((same, changed))
 }
 
 /// For `verify`: exclude patterns for the homes of trees jailsync switched inside `dst` (a

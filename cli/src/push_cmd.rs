@@ -548,6 +548,11 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
                         d.error_text.trim_end()
                     ));
                     j["error"] = d.error_text.clone().into();
+                } else if !d.error_text.is_empty() {
+                    // Notes with no error (an admin's own NAME.jailsync-new set aside).
+                    for l in d.error_text.lines() {
+                        eprintln!("jailsync: {}: {l}", t.shown);
+                    }
                 }
                 let tally = crate::conf::Tally {
                     kept: d.kept[0] as usize,

@@ -336,6 +336,8 @@ pub(crate) fn phase_args(a: &SyncArgs, excludes: &[String], protect: bool) -> Sy
     if protect {
         a2.exclude
             .push(jailsync_engine::protect::NEW_EXCLUDE.to_string());
+        a2.exclude
+            .push(jailsync_engine::protect::ASIDE_EXCLUDE.to_string());
     }
     a2
 }
@@ -493,9 +495,9 @@ pub fn run_pairs(
     }
     let mut conf = crate::conf::Tally::of(&decisions);
     if !a.dry_run {
-        if let (Some(rules), Some(_)) = (&hooks.protect, &report) {
+        if let (Some(rules), Some(r)) = (&hooks.protect, &report) {
             errors += crate::conf::finish_all(
-                rules, &trees, &checked, &decisions, &state, &mut conf, &mut out, g,
+                rules, &trees, &checked, &decisions, r, &state, &mut conf, &mut out, g,
             )?;
         }
     }
@@ -555,6 +557,7 @@ pub fn run_verify(c: VerifyCmd, g: &Global) -> Result<u8> {
     }
     if kept.is_some() {
         patterns.push(jailsync_engine::protect::NEW_EXCLUDE.into());
+        patterns.push(jailsync_engine::protect::ASIDE_EXCLUDE.into());
     }
     let opts = SyncOpts {
         excludes: Excludes::new(&patterns).context("bad --exclude pattern")?,
@@ -571,20 +574,10 @@ pub fn run_verify(c: VerifyCmd, g: &Global) -> Result<u8> {
         let m = manifest::read_file(&c.src)?;
         sync::prepare_from_manifest(&c.src, m, &dst, state.as_ref(), &opts, &pools, &*prog)?
     };
-    let mut kept_config = 0;
-    if let Some(kept) = &kept {
-        let drop: Vec<bool> = tree
-            .plan
-            .actions
-            .iter()
-            .map(|a| {
-                kept.binary_search_by(|k| (**k).cmp(tree.plan.path(a, &tree.src, &tree.dst)))
-                    .is_ok()
-            })
-            .collect();
-        kept_config = drop.iter().filter(|&&d| d).count();
-        jailsync_engine::plan::drop_actions(&mut tree.plan, &drop);
-    }
+    let (kept_config, kept_changed) = match &kept {
+        Some(kept) => crate::conf::drop_kept(&mut tree, kept)?,
+        None => (0, 0),
+    };
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     // -q: the exit code is the whole answer.
@@ -603,6 +596,7 @@ pub fn run_verify(c: VerifyCmd, g: &Global) -> Result<u8> {
             "differences": tree.plan.actions.len(),
             "errors": tree.scan_errors.len(),
             "config_kept": kept_config,
+            "config_kept_changed": kept_changed,
         });
         writeln!(out, "{v}")?;
     }
@@ -613,6 +607,13 @@ pub fn run_verify(c: VerifyCmd, g: &Global) -> Result<u8> {
                 "{}: {kept_config} configuration file{} kept with local edits (not counted; see `jailsync conf-diff`)",
                 c.dst.display(),
                 if kept_config == 1 { "" } else { "s" }
+            );
+        }
+        if kept_changed > 0 {
+            eprintln!(
+                "{}: {kept_changed} configuration entr{} kept with local edits changed since (counted)",
+                c.dst.display(),
+                if kept_changed == 1 { "y" } else { "ies" }
             );
         }
         if differ {

@@ -13,6 +13,8 @@ mod acl;
 /// Entries that appear while a run stages (items 4 and 12).
 #[path = "moves/appeared.rs"]
 mod appeared;
+#[path = "moves/conf.rs"]
+mod conf;
 /// Excluded entries carried across a rollback (item 3).
 #[path = "moves/excluded.rs"]
 mod excluded;

@@ -481,6 +481,7 @@ impl Session<'_> {
         patterns.extend(text(&open.exclude_all));
         if rules.is_some() {
             patterns.push(crate::protect::NEW_EXCLUDE.to_string());
+            patterns.push(crate::protect::ASIDE_EXCLUDE.to_string());
         }
         let excludes = crate::scan::Excludes::new(&patterns)
             .map_err(|e| RemoteError::Refused(format!("bad exclude pattern: {e}")))?;
@@ -521,6 +522,7 @@ impl Session<'_> {
         let mut later_patterns = text(&open.exclude_all);
         if rules.is_some() {
             later_patterns.push(crate::protect::NEW_EXCLUDE.to_string());
+            later_patterns.push(crate::protect::ASIDE_EXCLUDE.to_string());
         }
         opts2.excludes = crate::scan::Excludes::new(&later_patterns)
             .map_err(|e| RemoteError::Refused(format!("bad exclude pattern: {e}")))?;
@@ -1207,8 +1209,12 @@ fn need_list(trees: &[Tree], decisions: Option<&[Decisions]>) -> Vec<Need> {
         .collect();
     for (k, d) in decisions.unwrap_or_default().iter().enumerate() {
         for x in d.list.iter().filter(|x| x.verdict == Verdict::KeptNew) {
-            let (e, h) = x.jail.as_ref().expect("kept-new has the jail's");
-            out.push((k, x.path.clone(), e.clone(), *h));
+            let (e, p) = x.jail.as_ref().expect("kept-new has the jail's");
+            // Only a file's content comes from the shadow; a symlink or device is made from
+            // its entry.
+            if e.kind == crate::entry::Kind::File {
+                out.push((k, x.path.clone(), e.clone(), p.digest));
+            }
         }
     }
     out
@@ -1277,11 +1283,12 @@ impl Sum {
         // kept files written beside them, the new base recorded.
         if let Some((rules, decisions, rels)) = protect {
             let owner = fsx::geteuid_is_root();
-            for ((t, d), rel) in trees.iter().zip(decisions).zip(rels) {
+            for (((t, d), rel), o) in trees.iter().zip(decisions).zip(rels).zip(&report.outcomes) {
                 for x in &d.list {
                     self.tally[x.verdict as usize] += 1;
                 }
-                let (_, failed) = crate::protect::finish(
+                let unapplied = crate::protect::unapplied(&t.plan, &t.src, &t.dst, o);
+                let done = crate::protect::finish(
                     state,
                     rules,
                     rel,
@@ -1289,15 +1296,26 @@ impl Sum {
                     &t.dst_path,
                     &t.src,
                     d,
+                    &unapplied,
                     owner,
                 )?;
-                for (p, e) in failed {
+                for (p, e) in done.failed {
                     self.n_err += 1;
                     self.tally[Verdict::KeptNew as usize] -= 1;
                     if self.errors.len() < 8192 {
                         self.errors.push_str(&format!(
                             "{}: {e} (while writing the jail's version of a kept configuration file)\n",
                             t.dst_path.join(fsx::os(&p)).display()
+                        ));
+                    }
+                }
+                // Not an error, but the admin must hear of it: it rides with the errors.
+                for (from, to) in done.set_aside {
+                    if self.errors.len() < 8192 {
+                        self.errors.push_str(&format!(
+                            "{}: not written by jailsync: kept as {} (note)\n",
+                            t.dst_path.join(fsx::os(&from)).display(),
+                            t.dst_path.join(fsx::os(&to)).display()
                         ));
                     }
                 }
