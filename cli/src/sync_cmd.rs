@@ -60,7 +60,7 @@ pub struct SyncArgs {
     pub quick: bool,
     /// Refuse (exit 2, nothing changed) if more than N entries would be deleted, in all.
     /// Without it a run that would delete more than half of a destination's entries (one of
-    /// more than 16) is refused: most likely the wrong source or destination.
+    /// more than 256) is refused: most likely the wrong source or destination.
     #[arg(long, value_name = "N")]
     pub max_delete: Option<u64>,
     /// Run what is refused by default as most likely a mistake: deleting more than half of a
@@ -382,7 +382,7 @@ pub fn run_pairs(
     crate::admin_cmd::check_deletes(&trees, a)?;
     let mut switched = None;
     if !a.dry_run && sync::all_switchable(&trees) {
-        let r = sync::switch_all(&mut trees, &state, &opts, &pools, &*prog)?;
+        let r = jailsync_engine::txn::switch_all(&mut trees, &state, &opts, &pools, &*prog)?;
         match &r.fallback {
             Some(why) => {
                 for t in trees.iter_mut() {

@@ -28,6 +28,7 @@ pub mod scan;
 pub mod stage;
 pub mod switch;
 pub mod sync;
+pub mod txn;
 pub mod usage;
 
 pub use error::{Error, Result};

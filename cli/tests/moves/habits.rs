@@ -176,7 +176,7 @@ fn jail_and_live() -> (tempfile::TempDir, PathBuf) {
     let live = Tree::new(p.join("live"));
     live.file("usr/pkg/bin/tool", "v1\n")
         .file("usr/pkg/lib/libtool.so", "1\n");
-    for k in 0..30 {
+    for k in 0..300 {
         live.file(format!("usr/bin/prog{k}"), format!("{k}\n"));
     }
     live.file("usr/lib/libc.so", "c\n");
@@ -259,7 +259,7 @@ fn deleting_most_of_dst_is_refused_by_default() {
     src.file("keep/a", "a\n");
     let dst = Tree::new(p.join("D"));
     dst.file("keep/a", "a\n");
-    for k in 0..40 {
+    for k in 0..300 {
         dst.file(format!("old/f{k}"), "x\n");
     }
     let (s, d) = (p.join("S"), p.join("D"));
@@ -268,8 +268,8 @@ fn deleting_most_of_dst_is_refused_by_default() {
     expect_code(&o, 2);
     let err = stderr(&o);
     assert!(
-        err.contains("would delete 41 of its 43 entries")
-            && err.contains("--max-delete 41")
+        err.contains("would delete 301 of its 303 entries")
+            && err.contains("--max-delete 301")
             && err.contains("--force"),
         "{err}"
     );
@@ -301,7 +301,7 @@ fn deleting_most_of_dst_is_refused_by_default() {
         &[
             os("sync"),
             os("--max-delete"),
-            os("41"),
+            os("301"),
             s.as_os_str(),
             d.as_os_str(),
         ],
@@ -313,7 +313,7 @@ fn deleting_most_of_dst_is_refused_by_default() {
     fs::remove_dir_all(&d).unwrap();
     let dst = Tree::new(&d);
     dst.file("keep/a", "a\n");
-    for k in 0..40 {
+    for k in 0..300 {
         dst.file(format!("old/f{k}"), "x\n");
     }
     let o = js(

@@ -98,7 +98,7 @@ fn a_rollback_finishes_before_it_stops_for_sigterm() {
     // Slowed at the generation's rename, after the exchange, so the signal lands mid-way.
     let mut child = Command::new("strace")
         .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=renameat"])
-        .args(["-e", "inject=renameat:delay_enter=1500000:when=3"])
+        .args(["-e", "inject=renameat:delay_enter=5000000:when=3"])
         .arg(JS)
         .arg("--state-dir")
         .arg(e.state())

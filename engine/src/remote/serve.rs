@@ -768,7 +768,7 @@ impl Session<'_> {
                     }
                 }
             };
-            sync::switch_all_gated(trees, state, opts, pools, &beat, &mut gate)
+            crate::txn::switch_all_gated(trees, state, opts, pools, &beat, &mut gate)
         };
         if let Some(Err(e)) = chan {
             return Err(e);
@@ -1360,7 +1360,7 @@ fn run_later(
         beat.0.doing(FILLING, None);
         Session::fill_shadows(&trees, blobs, &live, &uses, &needs, meta_of(l.opts))?;
         let changes: u64 = trees.iter().map(|t| t.plan.actions.len() as u64).sum();
-        let report = sync::switch_all(&mut trees, state, l.opts, pools, beat)?;
+        let report = crate::txn::switch_all(&mut trees, state, l.opts, pools, beat)?;
         for p in &parents {
             let _ = p.restore();
         }
