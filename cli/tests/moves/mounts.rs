@@ -274,6 +274,10 @@ echo err=$(tr '\n' ' ' <"$T/err")
 /// is mounted today; the rollback itself is refused while the mount would move.
 #[test]
 fn generations_and_a_killed_switch_are_found_whatever_is_mounted_today() {
+    if portable() {
+        eprintln!("skipped: the kill point is counted in the Linux layer's calls (the portable layer emulates the exchange with renames); the Linux pass runs it");
+        return;
+    }
     let Some(ns) = Ns::new() else { return };
     if !strace_ok() {
         return;
