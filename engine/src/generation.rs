@@ -12,13 +12,17 @@
 //! - `inos`: the inode numbers of the generation's non-directories (sorted, u64 LE). A later
 //!   sync discounts those links when it asks whether a live file is linked from outside the
 //!   tree (it is, by our own generations, and that must not turn every metadata change into a
-//!   copy).
+//!   copy);
+//! - `conf-base`: the configuration base as it was before the sync (the one that goes with
+//!   this tree), installed again by a rollback to it however many syncs that undoes; `info`
+//!   says `conf_base=saved` or `conf_base=none` (there was none). Records without the line
+//!   come from an older jailsync: their rollback sets back only the last sync's base.
 //!
 //! A `gen-<N>.d` without its `gen-<N>` is a switch that never happened, and is removed.
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::entry::{Entries, Kind};
@@ -210,6 +214,9 @@ pub struct Record<'a> {
     pub excludes: &'a [String],
     /// Whether the entries' xattrs were read (and `meta`'s are to be restored).
     pub xattrs: bool,
+    /// The file holding the destination's configuration base now, before this sync writes
+    /// the next one (absent: there is none): saved with the generation.
+    pub conf_base: &'a Path,
 }
 
 pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result<()> {
@@ -243,16 +250,55 @@ pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result
     let bytes: Vec<u8> = inos.iter().flat_map(|i| i.to_le_bytes()).collect();
     let inos = fsx::create_excl_at(dir.as_fd(), b"inos").at(shown.join("inos"))?;
     std::io::Write::write_all(&mut fs::File::from(inos), &bytes).at(shown.join("inos"))?;
+    let saved = save_base(home, &dir, &shown, r.conf_base)?;
     let mut info = Vec::new();
     let _ = writeln!(info, "time={}", stamp.0);
     let _ = writeln!(info, "source={}", r.source.display());
     let _ = writeln!(info, "method={method}");
     let _ = writeln!(info, "changes={}", r.changes);
+    let _ = writeln!(info, "conf_base={}", if saved { "saved" } else { "none" });
     for x in r.excludes {
         let _ = writeln!(info, "exclude={x}");
     }
     // `info` last: a record is complete when it is there.
     switch::write_file_at(&dir, "info", &info, &shown.join("info"), home.durable)
+}
+
+/// Copies the configuration base `from` (the state dir's, before the sync) into the record
+/// `dir`; false when there is none. A rollback to this generation installs it: the base
+/// belongs with the tree it describes, not with the newest sync.
+fn save_base(home: &Home, dir: &OwnedFd, shown: &Path, from: &Path) -> Result<bool> {
+    match fs::read(from) {
+        Ok(data) => {
+            let to = shown.join(crate::protect::GEN_BASE);
+            switch::write_file_at(dir, crate::protect::GEN_BASE, &data, &to, home.durable)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(from, e)),
+    }
+}
+
+/// The configuration base generation `n` saved: `Some(Some(file))`, `Some(None)` when there
+/// was none before its sync, `None` when its record predates saving it (or is gone).
+fn saved_base(home: &Home, n: u64) -> Result<Option<Option<PathBuf>>> {
+    let rec = meta_io(home, n);
+    let info = match fs::read_to_string(rec.join("info")) {
+        Ok(i) => i,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(home.path.join(format!("gen-{n}.d/info")), e)),
+    };
+    Ok(match info_field(&info, "conf_base") {
+        Some("saved") => Some(Some(rec.join(crate::protect::GEN_BASE))),
+        Some("none") => Some(None),
+        _ => None,
+    })
+}
+
+/// A `key=value` line of a record's `info`.
+fn info_field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
 }
 
 /// Gives back (or takes again) what `defang` took from generation `n`'s old-only files.
@@ -568,9 +614,11 @@ pub fn switch_back_all(
 }
 
 /// The journal of a rollback's work after its switch, in the home: `gen G`, `undone N...`, and
-/// how the configuration base is set back (`base prev`: `conf-base.prev` replaces `conf-base`
-/// while it is there; `base none`: `conf-base` goes). Each step is done only while still
-/// needed, so doing them again is harmless.
+/// how the configuration base is set back (`base gen`: the base generation G saved is
+/// installed while its record is there — the record goes only after; for a record without
+/// one, `base prev`: `conf-base.prev` replaces `conf-base` while it is there; `base none`:
+/// `conf-base` goes). Each step is done only while still needed, so doing them again is
+/// harmless.
 const ROLLING_BACK: &str = "rolling-back";
 
 fn write_rollback_journal(home: &Home, rb: &RolledBack, state: Option<&StateDir>) -> Result<()> {
@@ -579,18 +627,33 @@ fn write_rollback_journal(home: &Home, rb: &RolledBack, state: Option<&StateDir>
     let undone: Vec<String> = rb.undone.iter().map(u64::to_string).collect();
     let _ = writeln!(j, "undone {}", undone.join(" "));
     if let Some(state) = state {
-        let prev = crate::protect::base_prev_exists(state, &home.live)?;
-        let _ = writeln!(j, "base {}", if prev { "prev" } else { "none" });
+        let how = if saved_base(home, rb.generation.id)?.is_some() {
+            "gen"
+        } else if crate::protect::base_prev_exists(state, &home.live)? {
+            "prev"
+        } else {
+            "none"
+        };
+        let _ = writeln!(j, "base {how}");
     }
     let shown = home.path.join(ROLLING_BACK);
     switch::write_file_at(&home.fd, ROLLING_BACK, &j, &shown, home.durable)
+}
+
+/// How a rollback sets the configuration base back (see [`ROLLING_BACK`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BaseBack {
+    /// The base the restored generation saved.
+    Gen,
+    /// `conf-base.prev` (true: it was there when the rollback began), for older records.
+    Prev(bool),
 }
 
 /// What a rollback journal says: the generation, those undone, how the base goes back.
 struct RollingBack {
     gen: u64,
     undone: Vec<u64>,
-    base: Option<bool>,
+    base: Option<BaseBack>,
 }
 
 fn read_rollback_journal(home: &Home) -> Result<Option<RollingBack>> {
@@ -620,7 +683,12 @@ fn read_rollback_journal(home: &Home) -> Result<Option<RollingBack>> {
                     r.undone.push(n.parse().map_err(|_| bad())?);
                 }
             }
-            "base" => r.base = Some(v == "prev"),
+            "base" => {
+                r.base = Some(match v {
+                    "gen" => BaseBack::Gen,
+                    v => BaseBack::Prev(v == "prev"),
+                })
+            }
             _ => return Err(bad()),
         }
     }
@@ -628,10 +696,11 @@ fn read_rollback_journal(home: &Home) -> Result<Option<RollingBack>> {
 }
 
 /// The work after a rollback's switch: the metadata each undone sync set in place set back
-/// (newest first, so the oldest's wins), the records of the undone generations removed (the
-/// restored one is live again, newer ones describe states now undone), the live tree's stat
-/// cache dropped (it described the tree switched away) and the configuration base set back;
-/// then the journal goes.
+/// (newest first, so the oldest's wins), the live tree's stat cache dropped (it described the
+/// tree switched away), the configuration base set back (to the one generation `g` saved,
+/// read from its record: so before the records go), the records of the undone generations
+/// removed (the restored one is live again, newer ones describe states now undone); then the
+/// journal goes.
 fn after_switch_back(
     home: &Home,
     state: Option<&StateDir>,
@@ -649,19 +718,29 @@ fn after_switch_back(
             errors.extend(restore_meta(home, n, &home.live)?);
         }
     }
+    if let Some(state) = state {
+        if let Ok(p) = state.cache_path(&home.live) {
+            let _ = fs::remove_file(p);
+        }
+        match read_rollback_journal(home)?.and_then(|j| j.base) {
+            // With the record gone, this step was done before it went (a repeat): nothing.
+            Some(BaseBack::Gen) => {
+                if let Some(saved) = saved_base(home, g)? {
+                    crate::protect::install_base(state, &home.live, saved.as_deref())?
+                }
+            }
+            Some(BaseBack::Prev(prev)) => {
+                crate::protect::undo_base_once(state, &home.live, Some(prev))?
+            }
+            None => crate::protect::undo_base_once(state, &home.live, None)?,
+        }
+    }
     for &n in undone {
         let rec = format!("gen-{n}.d");
         let _ = fsx::remove_tree_at(home.fd.as_fd(), rec.as_bytes());
         if n != g {
             let _ = fsx::remove_tree_at(home.fd.as_fd(), &Home::gen_name(n));
         }
-    }
-    if let Some(state) = state {
-        if let Ok(p) = state.cache_path(&home.live) {
-            let _ = fs::remove_file(p);
-        }
-        let base = read_rollback_journal(home)?.and_then(|j| j.base);
-        crate::protect::undo_base_once(state, &home.live, base)?;
     }
     let shown = home.path.join(ROLLING_BACK);
     match fsx::unlink_at(home.fd.as_fd(), ROLLING_BACK.as_bytes()) {

@@ -1572,6 +1572,7 @@ pub fn switch_all_gated(
             u.2 = Some(id);
         }
         if keep > 0 {
+            let conf_base = crate::protect::base_path(state, &t.dst_path)?;
             generation::write_record(
                 home,
                 id,
@@ -1585,6 +1586,7 @@ pub fn switch_all_gated(
                     missing: &missing,
                     excludes: &opts.exclude_patterns,
                     xattrs: opts.xattrs,
+                    conf_base: &conf_base,
                 },
             )?;
         }
