@@ -18,6 +18,9 @@
 //!   says `conf_base=saved` or `conf_base=none` (there was none). Records without the line
 //!   come from an older jailsync: their rollback sets back only the last sync's base.
 //!
+//! `info` also says `xattrs=1` when the sync read xattrs: `after` then holds every entry's
+//! xattrs (ACLs and file capabilities among them), and a rollback compares them.
+//!
 //! A `gen-<N>.d` without its `gen-<N>` is a switch that never happened, and is removed.
 
 use std::fs;
@@ -257,6 +260,9 @@ pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result
     let _ = writeln!(info, "method={method}");
     let _ = writeln!(info, "changes={}", r.changes);
     let _ = writeln!(info, "conf_base={}", if saved { "saved" } else { "none" });
+    if r.xattrs {
+        let _ = writeln!(info, "xattrs=1");
+    }
     for x in r.excludes {
         let _ = writeln!(info, "exclude={x}");
     }
@@ -352,8 +358,11 @@ pub struct Changed {
     pub what: &'static str,
 }
 
-/// Compares the live tree now with what generation `n`'s switch left there.
-pub fn changed_since(home: &Home, n: u64, now: &Entries) -> Result<Vec<Changed>> {
+/// Compares the live tree now with what generation `n`'s switch left there. With `xattrs`
+/// (the sync read them, and `now` was scanned with them), xattrs are compared too: an ACL or
+/// a file capability set since is an admin's change like a chmod, and switching it away
+/// would drop it silently.
+pub fn changed_since(home: &Home, n: u64, now: &Entries, xattrs: bool) -> Result<Vec<Changed>> {
     let after = manifest::read_recorded(&meta_io(home, n).join("after"))?.entries;
     let mut out = Vec::new();
     let (mut i, mut j) = (0, 0);
@@ -390,6 +399,8 @@ pub fn changed_since(home: &Home, n: u64, now: &Entries) -> Result<Vec<Changed>>
                     Some("symlink changed since the sync")
                 } else if a.mode != b.mode || a.uid() != b.uid() || a.gid() != b.gid() {
                     Some("mode or owner changed since the sync")
+                } else if xattrs {
+                    xattrs_changed(a.xattrs(), b.xattrs())
                 } else {
                     None
                 };
@@ -405,6 +416,34 @@ pub fn changed_since(home: &Home, n: u64, now: &Entries) -> Result<Vec<Changed>>
         }
     }
     Ok(out)
+}
+
+/// How two entries' xattrs differ, named for what an admin did: a file capability, an ACL
+/// (access or default), or another xattr. None (no xattrs read) is no xattrs.
+fn xattrs_changed(
+    was: Option<&crate::entry::Xattrs>,
+    now: Option<&crate::entry::Xattrs>,
+) -> Option<&'static str> {
+    let (was, now) = (
+        was.map_or(&[][..], |x| &x[..]),
+        now.map_or(&[][..], |x| &x[..]),
+    );
+    if was == now {
+        return None;
+    }
+    fn get<'a>(xs: &'a [crate::entry::Xattr], name: &[u8]) -> Option<&'a [u8]> {
+        xs.iter().find(|(n, _)| &**n == name).map(|(_, v)| &v[..])
+    }
+    // The names whose value differs (or that one side lacks).
+    let names = was.iter().chain(now).map(|(n, _)| &n[..]);
+    let changed: Vec<&[u8]> = names.filter(|n| get(was, n) != get(now, n)).collect();
+    Some(if changed.iter().any(|n| *n == b"security.capability") {
+        "capability changed since the sync"
+    } else if changed.iter().any(|n| n.starts_with(b"system.posix_acl_")) {
+        "ACL changed since the sync"
+    } else {
+        "xattrs changed since the sync"
+    })
 }
 
 /// Sets back the metadata the sync of generation `n` changed in place (on inodes the old tree
@@ -463,14 +502,17 @@ pub fn check(home: &Home, id: Option<u64>, pool: &rayon::ThreadPool) -> Result<R
         .collect();
     let excludes =
         crate::scan::Excludes::new(&pats).map_err(|e| Error::bad(&home.live, e.to_string()))?;
+    // Xattrs are compared when the sync recorded them (older records do not say: compared
+    // without, as then).
+    let xattrs = info_field(&info, "xattrs") == Some("1");
     let sopts = crate::scan::ScanOpts {
         excludes: &excludes,
-        xattrs: false,
+        xattrs,
         defer_xattrs: false,
         ours: &[],
     };
     let scan = crate::scan::scan_tree(&home.live, pool, &sopts)?;
-    let mut changed = changed_since(home, newest, &scan.entries)?;
+    let mut changed = changed_since(home, newest, &scan.entries, xattrs)?;
     let mut carry = plan_carry(home, g.id, pats, &excludes, scan.holds_excluded, pool)?;
     // The guard's last look lists the live tree against this scan (only names made since
     // are looked at), and the tree switched out is defanged by it.
@@ -1089,6 +1131,50 @@ mod tests {
         assert!(!gen.join("var/db/stale.db").exists());
         assert_eq!(fs::read(gen.join("tool")).unwrap(), b"v1\n");
         (t, home, c)
+    }
+
+    #[test]
+    fn an_xattr_change_is_named_for_what_changed() {
+        let x = |v: &[(&str, &str)]| -> Option<crate::entry::Xattrs> {
+            let v: Vec<crate::entry::Xattr> = v
+                .iter()
+                .map(|(n, v)| (n.as_bytes().into(), v.as_bytes().into()))
+                .collect();
+            (!v.is_empty()).then(|| v.into_boxed_slice())
+        };
+        let acl = ("system.posix_acl_access", "a");
+        let cap = ("security.capability", "c");
+        let user = ("user.note", "u");
+        type Names<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Names, Names, Option<&str>)] = &[
+            (&[], &[], None),
+            (&[user, acl], &[user, acl], None),
+            (&[], &[user], Some("xattrs changed since the sync")),
+            (
+                &[user],
+                &[("user.note", "v")],
+                Some("xattrs changed since the sync"),
+            ),
+            (&[user, acl], &[user], Some("ACL changed since the sync")),
+            (
+                &[user],
+                &[user, ("system.posix_acl_default", "d")],
+                Some("ACL changed since the sync"),
+            ),
+            (
+                &[acl],
+                &[acl, cap],
+                Some("capability changed since the sync"),
+            ),
+        ];
+        for (was, now, want) in cases {
+            let (was, now) = (x(was), x(now));
+            assert_eq!(
+                xattrs_changed(was.as_ref(), now.as_ref()),
+                *want,
+                "{was:?} -> {now:?}"
+            );
+        }
     }
 
     #[test]
