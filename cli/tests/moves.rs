@@ -36,3 +36,6 @@ mod mounts;
 /// A home's name for any DST name; a source inside DST's home (items 15, 16).
 #[path = "moves/names.rs"]
 mod names;
+/// Rollback's checks: an older generation's configuration base, xattrs changed since (items 8, 19).
+#[path = "moves/rollback_checks.rs"]
+mod rollback_checks;

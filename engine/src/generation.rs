@@ -12,13 +12,20 @@
 //! - `inos`: the inode numbers of the generation's non-directories (sorted, u64 LE). A later
 //!   sync discounts those links when it asks whether a live file is linked from outside the
 //!   tree (it is, by our own generations, and that must not turn every metadata change into a
-//!   copy).
+//!   copy);
+//! - `conf-base`: the configuration base as it was before the sync (the one that goes with
+//!   this tree), installed again by a rollback to it however many syncs that undoes; `info`
+//!   says `conf_base=saved` or `conf_base=none` (there was none). Records without the line
+//!   come from an older jailsync: their rollback sets back only the last sync's base.
+//!
+//! `info` also says `xattrs=1` when the sync read xattrs: `after` then holds every entry's
+//! xattrs (ACLs and file capabilities among them), and a rollback compares them.
 //!
 //! A `gen-<N>.d` without its `gen-<N>` is a switch that never happened, and is removed.
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::entry::{Entries, Kind};
@@ -210,6 +217,9 @@ pub struct Record<'a> {
     pub excludes: &'a [String],
     /// Whether the entries' xattrs were read (and `meta`'s are to be restored).
     pub xattrs: bool,
+    /// The file holding the destination's configuration base now, before this sync writes
+    /// the next one (absent: there is none): saved with the generation.
+    pub conf_base: &'a Path,
 }
 
 pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result<()> {
@@ -243,16 +253,58 @@ pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result
     let bytes: Vec<u8> = inos.iter().flat_map(|i| i.to_le_bytes()).collect();
     let inos = fsx::create_excl_at(dir.as_fd(), b"inos").at(shown.join("inos"))?;
     std::io::Write::write_all(&mut fs::File::from(inos), &bytes).at(shown.join("inos"))?;
+    let saved = save_base(home, &dir, &shown, r.conf_base)?;
     let mut info = Vec::new();
     let _ = writeln!(info, "time={}", stamp.0);
     let _ = writeln!(info, "source={}", r.source.display());
     let _ = writeln!(info, "method={method}");
     let _ = writeln!(info, "changes={}", r.changes);
+    let _ = writeln!(info, "conf_base={}", if saved { "saved" } else { "none" });
+    if r.xattrs {
+        let _ = writeln!(info, "xattrs=1");
+    }
     for x in r.excludes {
         let _ = writeln!(info, "exclude={x}");
     }
     // `info` last: a record is complete when it is there.
     switch::write_file_at(&dir, "info", &info, &shown.join("info"), home.durable)
+}
+
+/// Copies the configuration base `from` (the state dir's, before the sync) into the record
+/// `dir`; false when there is none. A rollback to this generation installs it: the base
+/// belongs with the tree it describes, not with the newest sync.
+fn save_base(home: &Home, dir: &OwnedFd, shown: &Path, from: &Path) -> Result<bool> {
+    match fs::read(from) {
+        Ok(data) => {
+            let to = shown.join(crate::protect::GEN_BASE);
+            switch::write_file_at(dir, crate::protect::GEN_BASE, &data, &to, home.durable)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(from, e)),
+    }
+}
+
+/// The configuration base generation `n` saved: `Some(Some(file))`, `Some(None)` when there
+/// was none before its sync, `None` when its record predates saving it (or is gone).
+fn saved_base(home: &Home, n: u64) -> Result<Option<Option<PathBuf>>> {
+    let rec = meta_io(home, n);
+    let info = match fs::read_to_string(rec.join("info")) {
+        Ok(i) => i,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(home.path.join(format!("gen-{n}.d/info")), e)),
+    };
+    Ok(match info_field(&info, "conf_base") {
+        Some("saved") => Some(Some(rec.join(crate::protect::GEN_BASE))),
+        Some("none") => Some(None),
+        _ => None,
+    })
+}
+
+/// A `key=value` line of a record's `info`.
+fn info_field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
 }
 
 /// Gives back (or takes again) what `defang` took from generation `n`'s old-only files.
@@ -306,8 +358,11 @@ pub struct Changed {
     pub what: &'static str,
 }
 
-/// Compares the live tree now with what generation `n`'s switch left there.
-pub fn changed_since(home: &Home, n: u64, now: &Entries) -> Result<Vec<Changed>> {
+/// Compares the live tree now with what generation `n`'s switch left there. With `xattrs`
+/// (the sync read them, and `now` was scanned with them), xattrs are compared too: an ACL or
+/// a file capability set since is an admin's change like a chmod, and switching it away
+/// would drop it silently.
+pub fn changed_since(home: &Home, n: u64, now: &Entries, xattrs: bool) -> Result<Vec<Changed>> {
     let after = manifest::read_recorded(&meta_io(home, n).join("after"))?.entries;
     let mut out = Vec::new();
     let (mut i, mut j) = (0, 0);
@@ -344,6 +399,8 @@ pub fn changed_since(home: &Home, n: u64, now: &Entries) -> Result<Vec<Changed>>
                     Some("symlink changed since the sync")
                 } else if a.mode != b.mode || a.uid() != b.uid() || a.gid() != b.gid() {
                     Some("mode or owner changed since the sync")
+                } else if xattrs {
+                    xattrs_changed(a.xattrs(), b.xattrs())
                 } else {
                     None
                 };
@@ -359,6 +416,34 @@ pub fn changed_since(home: &Home, n: u64, now: &Entries) -> Result<Vec<Changed>>
         }
     }
     Ok(out)
+}
+
+/// How two entries' xattrs differ, named for what an admin did: a file capability, an ACL
+/// (access or default), or another xattr. None (no xattrs read) is no xattrs.
+fn xattrs_changed(
+    was: Option<&crate::entry::Xattrs>,
+    now: Option<&crate::entry::Xattrs>,
+) -> Option<&'static str> {
+    let (was, now) = (
+        was.map_or(&[][..], |x| &x[..]),
+        now.map_or(&[][..], |x| &x[..]),
+    );
+    if was == now {
+        return None;
+    }
+    fn get<'a>(xs: &'a [crate::entry::Xattr], name: &[u8]) -> Option<&'a [u8]> {
+        xs.iter().find(|(n, _)| &**n == name).map(|(_, v)| &v[..])
+    }
+    // The names whose value differs (or that one side lacks).
+    let names = was.iter().chain(now).map(|(n, _)| &n[..]);
+    let changed: Vec<&[u8]> = names.filter(|n| get(was, n) != get(now, n)).collect();
+    Some(if changed.iter().any(|n| *n == b"security.capability") {
+        "capability changed since the sync"
+    } else if changed.iter().any(|n| n.starts_with(b"system.posix_acl_")) {
+        "ACL changed since the sync"
+    } else {
+        "xattrs changed since the sync"
+    })
 }
 
 /// Sets back the metadata the sync of generation `n` changed in place (on inodes the old tree
@@ -417,14 +502,17 @@ pub fn check(home: &Home, id: Option<u64>, pool: &rayon::ThreadPool) -> Result<R
         .collect();
     let excludes =
         crate::scan::Excludes::new(&pats).map_err(|e| Error::bad(&home.live, e.to_string()))?;
+    // Xattrs are compared when the sync recorded them (older records do not say: compared
+    // without, as then).
+    let xattrs = info_field(&info, "xattrs") == Some("1");
     let sopts = crate::scan::ScanOpts {
         excludes: &excludes,
-        xattrs: false,
+        xattrs,
         defer_xattrs: false,
         ours: &[],
     };
     let scan = crate::scan::scan_tree(&home.live, pool, &sopts)?;
-    let mut changed = changed_since(home, newest, &scan.entries)?;
+    let mut changed = changed_since(home, newest, &scan.entries, xattrs)?;
     let mut carry = plan_carry(home, g.id, pats, &excludes, scan.holds_excluded, pool)?;
     // The guard's last look lists the live tree against this scan (only names made since
     // are looked at), and the tree switched out is defanged by it.
@@ -568,9 +656,11 @@ pub fn switch_back_all(
 }
 
 /// The journal of a rollback's work after its switch, in the home: `gen G`, `undone N...`, and
-/// how the configuration base is set back (`base prev`: `conf-base.prev` replaces `conf-base`
-/// while it is there; `base none`: `conf-base` goes). Each step is done only while still
-/// needed, so doing them again is harmless.
+/// how the configuration base is set back (`base gen`: the base generation G saved is
+/// installed while its record is there — the record goes only after; for a record without
+/// one, `base prev`: `conf-base.prev` replaces `conf-base` while it is there; `base none`:
+/// `conf-base` goes). Each step is done only while still needed, so doing them again is
+/// harmless.
 const ROLLING_BACK: &str = "rolling-back";
 
 fn write_rollback_journal(home: &Home, rb: &RolledBack, state: Option<&StateDir>) -> Result<()> {
@@ -579,18 +669,33 @@ fn write_rollback_journal(home: &Home, rb: &RolledBack, state: Option<&StateDir>
     let undone: Vec<String> = rb.undone.iter().map(u64::to_string).collect();
     let _ = writeln!(j, "undone {}", undone.join(" "));
     if let Some(state) = state {
-        let prev = crate::protect::base_prev_exists(state, &home.live)?;
-        let _ = writeln!(j, "base {}", if prev { "prev" } else { "none" });
+        let how = if saved_base(home, rb.generation.id)?.is_some() {
+            "gen"
+        } else if crate::protect::base_prev_exists(state, &home.live)? {
+            "prev"
+        } else {
+            "none"
+        };
+        let _ = writeln!(j, "base {how}");
     }
     let shown = home.path.join(ROLLING_BACK);
     switch::write_file_at(&home.fd, ROLLING_BACK, &j, &shown, home.durable)
+}
+
+/// How a rollback sets the configuration base back (see [`ROLLING_BACK`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BaseBack {
+    /// The base the restored generation saved.
+    Gen,
+    /// `conf-base.prev` (true: it was there when the rollback began), for older records.
+    Prev(bool),
 }
 
 /// What a rollback journal says: the generation, those undone, how the base goes back.
 struct RollingBack {
     gen: u64,
     undone: Vec<u64>,
-    base: Option<bool>,
+    base: Option<BaseBack>,
 }
 
 fn read_rollback_journal(home: &Home) -> Result<Option<RollingBack>> {
@@ -620,7 +725,12 @@ fn read_rollback_journal(home: &Home) -> Result<Option<RollingBack>> {
                     r.undone.push(n.parse().map_err(|_| bad())?);
                 }
             }
-            "base" => r.base = Some(v == "prev"),
+            "base" => {
+                r.base = Some(match v {
+                    "gen" => BaseBack::Gen,
+                    v => BaseBack::Prev(v == "prev"),
+                })
+            }
             _ => return Err(bad()),
         }
     }
@@ -628,10 +738,11 @@ fn read_rollback_journal(home: &Home) -> Result<Option<RollingBack>> {
 }
 
 /// The work after a rollback's switch: the metadata each undone sync set in place set back
-/// (newest first, so the oldest's wins), the records of the undone generations removed (the
-/// restored one is live again, newer ones describe states now undone), the live tree's stat
-/// cache dropped (it described the tree switched away) and the configuration base set back;
-/// then the journal goes.
+/// (newest first, so the oldest's wins), the live tree's stat cache dropped (it described the
+/// tree switched away), the configuration base set back (to the one generation `g` saved,
+/// read from its record: so before the records go), the records of the undone generations
+/// removed (the restored one is live again, newer ones describe states now undone); then the
+/// journal goes.
 fn after_switch_back(
     home: &Home,
     state: Option<&StateDir>,
@@ -649,19 +760,29 @@ fn after_switch_back(
             errors.extend(restore_meta(home, n, &home.live)?);
         }
     }
+    if let Some(state) = state {
+        if let Ok(p) = state.cache_path(&home.live) {
+            let _ = fs::remove_file(p);
+        }
+        match read_rollback_journal(home)?.and_then(|j| j.base) {
+            // With the record gone, this step was done before it went (a repeat): nothing.
+            Some(BaseBack::Gen) => {
+                if let Some(saved) = saved_base(home, g)? {
+                    crate::protect::install_base(state, &home.live, saved.as_deref())?
+                }
+            }
+            Some(BaseBack::Prev(prev)) => {
+                crate::protect::undo_base_once(state, &home.live, Some(prev))?
+            }
+            None => crate::protect::undo_base_once(state, &home.live, None)?,
+        }
+    }
     for &n in undone {
         let rec = format!("gen-{n}.d");
         let _ = fsx::remove_tree_at(home.fd.as_fd(), rec.as_bytes());
         if n != g {
             let _ = fsx::remove_tree_at(home.fd.as_fd(), &Home::gen_name(n));
         }
-    }
-    if let Some(state) = state {
-        if let Ok(p) = state.cache_path(&home.live) {
-            let _ = fs::remove_file(p);
-        }
-        let base = read_rollback_journal(home)?.and_then(|j| j.base);
-        crate::protect::undo_base_once(state, &home.live, base)?;
     }
     let shown = home.path.join(ROLLING_BACK);
     match fsx::unlink_at(home.fd.as_fd(), ROLLING_BACK.as_bytes()) {
@@ -1010,6 +1131,50 @@ mod tests {
         assert!(!gen.join("var/db/stale.db").exists());
         assert_eq!(fs::read(gen.join("tool")).unwrap(), b"v1\n");
         (t, home, c)
+    }
+
+    #[test]
+    fn an_xattr_change_is_named_for_what_changed() {
+        let x = |v: &[(&str, &str)]| -> Option<crate::entry::Xattrs> {
+            let v: Vec<crate::entry::Xattr> = v
+                .iter()
+                .map(|(n, v)| (n.as_bytes().into(), v.as_bytes().into()))
+                .collect();
+            (!v.is_empty()).then(|| v.into_boxed_slice())
+        };
+        let acl = ("system.posix_acl_access", "a");
+        let cap = ("security.capability", "c");
+        let user = ("user.note", "u");
+        type Names<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Names, Names, Option<&str>)] = &[
+            (&[], &[], None),
+            (&[user, acl], &[user, acl], None),
+            (&[], &[user], Some("xattrs changed since the sync")),
+            (
+                &[user],
+                &[("user.note", "v")],
+                Some("xattrs changed since the sync"),
+            ),
+            (&[user, acl], &[user], Some("ACL changed since the sync")),
+            (
+                &[user],
+                &[user, ("system.posix_acl_default", "d")],
+                Some("ACL changed since the sync"),
+            ),
+            (
+                &[acl],
+                &[acl, cap],
+                Some("capability changed since the sync"),
+            ),
+        ];
+        for (was, now, want) in cases {
+            let (was, now) = (x(was), x(now));
+            assert_eq!(
+                xattrs_changed(was.as_ref(), now.as_ref()),
+                *want,
+                "{was:?} -> {now:?}"
+            );
+        }
     }
 
     #[test]

@@ -46,7 +46,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::entry::{Ent, Entries, Entry, Hash, Kind};
 use crate::error::{Error, IoContext, Result};
@@ -728,7 +728,8 @@ pub fn finish(
     }
     let base = new_base(rules, prefix, sfd.as_fd(), src, d, &old, &held);
     let dir = state.tree_dir(dst_root)?;
-    // The base before this run, for a rollback of it (see `undo_base`).
+    // The base before this run, for a rollback of it by a jailsync that reads only this
+    // (`undo_base`); a generation saves its own copy too (`install_base`).
     let cur = dir.join("conf-base");
     if cur.exists() {
         let prev = dir.join("conf-base.prev");
@@ -790,9 +791,46 @@ fn new_base(
     base
 }
 
-/// After a rollback of `dst`'s last sync: the base is again the one before it (else every
-/// protected file the rollback restored would look edited to the next run), and the kept
-/// list, which described the tree switched away, is dropped.
+/// The name of the copy of the base a generation's record saves (see [`install_base`]).
+pub const GEN_BASE: &str = "conf-base";
+
+/// The file holding `dst`'s base: what a generation saves as the base before its sync (see
+/// [`install_base`]).
+pub fn base_path(state: &StateDir, dst: &Path) -> Result<PathBuf> {
+    Ok(state.tree_dir(dst)?.join("conf-base"))
+}
+
+/// After a rollback to a generation that saved the base before its sync (`saved`, or `None`
+/// when there was none then): that base is `dst`'s again, however many syncs the rollback
+/// undoes — else every protected file the restored tree holds that a later sync changed
+/// would look edited to the next run, and the jail's versions would never be installed.
+/// `conf-base.prev` goes too (it is the base before a sync now undone), and so does the kept
+/// list, which described the tree switched away. Safe to repeat: the same bytes are written
+/// again.
+pub fn install_base(state: &StateDir, dst: &Path, saved: Option<&Path>) -> Result<()> {
+    let dir = state.tree_dir(dst)?;
+    let cur = dir.join("conf-base");
+    match saved {
+        Some(from) => {
+            let data = std::fs::read(from).at(from)?;
+            // Whole or old, as `write_records` writes it.
+            let tmp = cur.with_extension("new");
+            std::fs::write(&tmp, &data).at(&tmp)?;
+            std::fs::rename(&tmp, &cur).at(&cur)?;
+        }
+        None => remove_if_there(&cur)?,
+    }
+    remove_if_there(&dir.join("conf-base.prev"))?;
+    remove_if_there(&dir.join("conf-kept"))
+}
+
+fn remove_if_there(p: &Path) -> Result<()> {
+    match std::fs::remove_file(p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io(p, e)),
+        _ => Ok(()),
+    }
+}
+
 /// Whether the base before the last sync's is kept (`conf-base.prev`).
 pub fn base_prev_exists(state: &StateDir, dst: &Path) -> Result<bool> {
     Ok(state.tree_dir(dst)?.join("conf-base.prev").exists())
@@ -816,6 +854,11 @@ pub fn undo_base_once(state: &StateDir, dst: &Path, prev: Option<bool>) -> Resul
     }
 }
 
+/// After a rollback of `dst`'s last sync whose generation saved no base (recorded by an
+/// older jailsync): the base is again the one before it (else every protected file the
+/// rollback restored would look edited to the next run), and the kept list, which described
+/// the tree switched away, is dropped. Only the last sync's can be undone this way: a rollback
+/// past several such generations leaves the base of the one before the last.
 pub fn undo_base(state: &StateDir, dst: &Path) -> Result<()> {
     let dir = state.tree_dir(dst)?;
     let prev = dir.join("conf-base.prev");

@@ -356,6 +356,7 @@ fn record_one(
     meta.extend(built.meta_in_place.iter().copied().filter(|&j| j != 0));
     let id = generation::next_id(home)?;
     if keep > 0 {
+        let conf_base = crate::protect::base_path(cx.state, &t.dst_path)?;
         generation::write_record(
             home,
             id,
@@ -369,6 +370,7 @@ fn record_one(
                 missing: &missing,
                 excludes: &cx.opts.exclude_patterns,
                 xattrs: cx.opts.xattrs,
+                conf_base: &conf_base,
             },
         )?;
     }
