@@ -5,14 +5,17 @@ use std::ffi::OsString;
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use jailsync_engine::paths::{self, Follow};
 use jailsync_engine::progress::Silent;
-use jailsync_engine::remote::client::{phase, Conn, Done, Planned, Source, Staged, Status, PHASES};
+use jailsync_engine::remote::client::{Conn, Source, Staged, Status, PHASES};
+use jailsync_engine::remote::fleet::{
+    self, FleetProgress, Gate, Host, HostReport, Mode, NoProgress, Outcome, Report,
+};
 use jailsync_engine::remote::serve::{flag, Open};
 use jailsync_engine::sync::{self, Pools, SyncOpts};
 
@@ -200,36 +203,7 @@ fn command(t: &Target, ssh: &[String], remote_bin: Option<&str>) -> Result<Vec<O
     })
 }
 
-/// What became of one host.
-enum Outcome {
-    Switched(Staged, Done, Instant),
-    /// Staged, then told to abort (the fleet did not switch): untouched.
-    Aborted(Staged),
-    /// Failed before its switch (untouched) or during it.
-    Failed(String, bool),
-    RolledBack(u8, String),
-    /// A dry run's report.
-    Planned(Planned),
-}
-
-/// A counting semaphore for `--jobs`.
-struct Slots(Mutex<usize>, Condvar);
-impl Slots {
-    fn take(&self) {
-        let mut n = self.0.lock().expect("poisoned");
-        while *n == 0 {
-            n = self.1.wait(n).expect("poisoned");
-        }
-        *n -= 1;
-    }
-    fn give(&self) {
-        *self.0.lock().expect("poisoned") += 1;
-        self.1.notify_one();
-    }
-}
-
 pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
-    use std::os::unix::ffi::OsStrExt;
     let t0 = Instant::now();
     let targets = c
         .targets
@@ -251,34 +225,86 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
     let mut globs = conf_protect;
     globs.extend(c.protect.iter().cloned());
     jailsync_engine::protect::Rules::new(!c.no_protect, &globs).context("bad --protect pattern")?;
-    let mut flags = flag::PROTECT;
-    if !c.no_protect {
-        flags |= flag::PROTECT_ETC;
-    }
-    if !c.no_xattrs {
-        flags |= flag::XATTRS;
-    }
-    if !c.no_rollback {
-        flags |= flag::ROLLBACK;
-    }
-    if c.fsync {
-        flags |= flag::FSYNC;
-    }
-    if c.force {
-        flags |= flag::FORCE;
-    }
-    if c.dry_run {
-        flags |= flag::DRY_RUN;
-    }
     jailsync_engine::scan::Excludes::new(&c.exclude).context("bad --exclude pattern")?;
     let timeout = c.timeout.map(Duration::from_secs);
+    let open = open_template(&c, &rels, &globs, &excludes, timeout);
+    let hosts: Vec<Host> = targets
+        .iter()
+        .map(|t| Host {
+            name: t.shown.clone(),
+            open: Open {
+                root: t.root.as_bytes().to_vec(),
+                ..open.clone()
+            },
+        })
+        .collect();
+
+    // The jail, scanned and hashed once (with its stat cache) for every host.
+    let source = if c.rollback {
+        None
+    } else {
+        Some(read_jail(&c, g, &rels, &excludes)?)
+    };
+    let mode = match &source {
+        None => Mode::Rollback,
+        Some(s) if c.dry_run => Mode::DryRun(s),
+        Some(source) => Mode::Push {
+            source,
+            gate: Gate {
+                min_hosts: c.min_hosts,
+                max_failed: c.max_failed,
+            },
+        },
+    };
+    // A command that cannot be built fails its host, as one that cannot be started.
+    let argvs: Vec<Result<Vec<OsString>>> = targets
+        .iter()
+        .map(|t| command(t, &ssh, c.remote_bin.as_deref()))
+        .collect();
+    let dial = |i: usize, status| match &argvs[i] {
+        Ok(argv) => Conn::spawn(argv, status, timeout),
+        Err(e) => Err(io::Error::other(format!("{e:#}"))),
+    };
+    let tty = io::stderr().is_terminal() && !g.quiet && !g.json;
+    let bars = tty.then(|| Progress::new(&targets));
+    let progress: &dyn FleetProgress = match &bars {
+        Some(b) => b,
+        None => &NoProgress,
+    };
+    let report = fleet::push_all(&hosts, mode, c.jobs, dial, progress);
+    print_report(&report, &c, g, t0)
+}
+
+/// OPEN as every host gets it (the root is each host's own).
+fn open_template(
+    c: &PushCmd,
+    rels: &[PathBuf],
+    globs: &[String],
+    excludes: &[Vec<u8>],
+    timeout: Option<Duration>,
+) -> Open {
+    use std::os::unix::ffi::OsStrExt;
+    let mut flags = flag::PROTECT;
+    for (on, f) in [
+        (!c.no_protect, flag::PROTECT_ETC),
+        (!c.no_xattrs, flag::XATTRS),
+        (!c.no_rollback, flag::ROLLBACK),
+        (c.fsync, flag::FSYNC),
+        (c.force, flag::FORCE),
+        (c.dry_run, flag::DRY_RUN),
+    ] {
+        if on {
+            flags |= f;
+        }
+    }
+    // Where the push comes from, in the hosts' generation records.
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
     let jail_shown = std::path::absolute(&c.jail).unwrap_or_else(|_| c.jail.clone());
-    let open_for = |t: &Target, rel_source: &[u8]| Open {
-        source: rel_source.to_vec(),
-        root: t.root.as_bytes().to_vec(),
+    Open {
+        source: format!("{host}:{}", jail_shown.display()).into_bytes(),
+        root: Vec::new(),
         trees: rels
             .iter()
             .map(|r| r.as_os_str().as_bytes().to_vec())
@@ -293,373 +319,112 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         keep: c.keep as u32,
         threads: c.threads as u32,
         protect: globs.iter().map(|g| g.as_bytes().to_vec()).collect(),
-        excludes: excludes.clone(),
+        excludes: excludes.to_vec(),
         exclude_all: c.exclude.iter().map(|g| g.as_bytes().to_vec()).collect(),
         // A keepalive well inside the timeout: a host at work is never taken for stalled.
         keepalive_ms: timeout.map_or(0, |t| {
             (t.as_millis() / 4).clamp(10, u32::MAX as u128) as u32
         }),
-    };
-
-    // The jail, scanned and hashed once (with its stat cache) for every host.
-    let source = if c.rollback {
-        None
-    } else {
-        let jail_c =
-            std::fs::canonicalize(&c.jail).with_context(|| c.jail.display().to_string())?;
-        let never = Follow::Never {
-            hint: "a tree of the jail is never followed",
-        };
-        let mut srcs = Vec::new();
-        for rel in &rels {
-            let p = paths::resolve_beneath(&c.jail, &jail_c, rel, "tree", never)?;
-            if !p.is_dir() {
-                bail!("{}: not a directory", c.jail.join(rel).display());
-            }
-            srcs.push(p);
-        }
-        let state = sync::open_state(
-            &g.state_dir,
-            &srcs.iter().map(|p| p.as_path()).collect::<Vec<_>>(),
-        )?;
-        // --exclude'd paths are neither sent nor named in a manifest.
-        let opts = SyncOpts {
-            xattrs: !c.no_xattrs,
-            threads: c.threads,
-            excludes: jailsync_engine::scan::Excludes::new(&c.exclude)?,
-            ..SyncOpts::default()
-        };
-        let pools = Pools::new(c.threads);
-        let mut trees = Vec::new();
-        // A tree holding a nested database is sent without it (the host excludes it).
-        let mut outer_opts = opts.clone();
-        let mut patterns: Vec<String> = excludes
-            .iter()
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .collect();
-        patterns.extend(c.exclude.iter().cloned());
-        outer_opts.excludes = jailsync_engine::scan::Excludes::new(&patterns)?;
-        for (rel, p) in rels.iter().zip(srcs) {
-            let holds = rels.iter().any(|o| o != rel && o.starts_with(rel));
-            let o = if holds { &outer_opts } else { &opts };
-            let (m, errors) = sync::scan_and_hash(&p, Some(&state), o, &pools, &Silent)?;
-            if let Some((path, e)) = errors.first() {
-                bail!(
-                    "{}: {e} (the jail must be readable whole to be pushed; {} entries could not be read)",
-                    path.display(),
-                    errors.len()
-                );
-            }
-            trees.push((rel.as_os_str().as_bytes().to_vec(), p, m));
-        }
-        Some(Source::new(trees, c.compress_level).context("preparing the manifests")?)
-    };
-
-    let n = targets.len();
-    let statuses: Vec<Arc<Status>> = targets.iter().map(|_| Arc::default()).collect();
-    let slots = Slots(Mutex::new(c.jobs.max(1)), Condvar::new());
-    let (tx, rx) = mpsc::channel::<(usize, bool)>();
-    let mut decide = Vec::new();
-    let mut waits = Vec::new();
-    for _ in 0..n {
-        let (dtx, drx) = mpsc::channel::<bool>();
-        decide.push(dtx);
-        waits.push(Some(drx));
     }
-    let tty = io::stderr().is_terminal() && !g.quiet && !g.json;
-    let mut all_staged_at = None;
-    let mut went = false;
-    let outcomes: Vec<Outcome> = std::thread::scope(|s| {
-        let mut handles = Vec::new();
-        for (i, t) in targets.iter().enumerate() {
-            let argv = command(t, &ssh, c.remote_bin.as_deref());
-            let status = statuses[i].clone();
-            let open = open_for(t, format!("{host}:{}", jail_shown.display()).as_bytes());
-            let (tx, drx) = (tx.clone(), waits[i].take().expect("once"));
-            let (slots, source) = (&slots, source.as_ref());
-            let (rollback, dry_run) = (c.rollback, c.dry_run);
-            handles.push(s.spawn(move || {
-                slots.take();
-                let fail = |e: String, status: &Status| {
-                    status.phase.store(phase::FAILED, Ordering::Relaxed);
-                    Outcome::Failed(e, false)
-                };
-                let spawned = argv.and_then(|a| Ok(Conn::spawn(&a, status.clone(), timeout)?));
-                let mut conn = match spawned {
-                    Ok(c) => c,
-                    Err(e) => {
-                        slots.give();
-                        let _ = tx.send((i, false));
-                        return fail(format!("{e:#}"), &status);
-                    }
-                };
-                if rollback {
-                    let r = conn.open(&open).and_then(|()| conn.rollback());
-                    slots.give();
-                    let _ = tx.send((i, r.is_ok()));
-                    return match r {
-                        Ok((code, out)) => {
-                            conn.close();
-                            Outcome::RolledBack(code, out)
-                        }
-                        Err(e) => {
-                            conn.kill();
-                            fail(e.to_string(), &status)
-                        }
-                    };
-                }
-                if dry_run {
-                    let r = conn
-                        .open(&open)
-                        .and_then(|()| conn.plan(source.expect("pushing")));
-                    slots.give();
-                    let _ = tx.send((i, r.is_ok()));
-                    return match r {
-                        Ok(p) => {
-                            conn.close();
-                            Outcome::Planned(p)
-                        }
-                        Err(e) => {
-                            conn.kill();
-                            fail(e.to_string(), &status)
-                        }
-                    };
-                }
-                let r = conn
-                    .open(&open)
-                    .and_then(|()| conn.push(source.expect("pushing")));
-                slots.give();
-                let staged = match r {
-                    Ok(st) => st,
-                    Err(e) => {
-                        let _ = tx.send((i, false));
-                        conn.kill();
-                        return fail(e.to_string(), &status);
-                    }
-                };
-                let _ = tx.send((i, true));
-                if drx.recv().unwrap_or(false) {
-                    match conn.switch() {
-                        Ok(done) => {
-                            let at = Instant::now();
-                            conn.close();
-                            Outcome::Switched(staged, done, at)
-                        }
-                        Err(e) => {
-                            conn.kill();
-                            status.phase.store(phase::FAILED, Ordering::Relaxed);
-                            Outcome::Failed(e.to_string(), true)
-                        }
-                    }
-                } else {
-                    conn.abort();
-                    conn.close();
-                    Outcome::Aborted(staged)
-                }
-            }));
-        }
-        drop(tx);
+}
 
-        // The coordinator: wait for every host to stage or fail, then decide for all.
-        let bars = tty.then(|| Progress::new(&targets));
-        let mut ok = vec![false; n];
-        let mut heard = 0;
-        while heard < n {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok((i, staged)) => {
-                    ok[i] = staged;
-                    heard += 1;
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-            if let Some(b) = &bars {
-                b.draw(&statuses);
-            }
+/// The jail's trees, scanned and hashed (with its stat cache), ready to send to every host.
+fn read_jail(c: &PushCmd, g: &Global, rels: &[PathBuf], excludes: &[Vec<u8>]) -> Result<Source> {
+    use std::os::unix::ffi::OsStrExt;
+    let jail_c = std::fs::canonicalize(&c.jail).with_context(|| c.jail.display().to_string())?;
+    let never = Follow::Never {
+        hint: "a tree of the jail is never followed",
+    };
+    let mut srcs = Vec::new();
+    for rel in rels {
+        let p = paths::resolve_beneath(&c.jail, &jail_c, rel, "tree", never)?;
+        if !p.is_dir() {
+            bail!("{}: not a directory", c.jail.join(rel).display());
         }
-        let staged = ok.iter().filter(|&&o| o).count();
-        let failed = n - staged;
-        went = !c.rollback
-            && !c.dry_run
-            && staged > 0
-            && match (c.min_hosts, c.max_failed) {
-                (Some(m), _) => staged >= m,
-                (None, m) => failed <= m.unwrap_or(0),
-            };
-        all_staged_at = Some(Instant::now());
-        for (i, d) in decide.iter().enumerate() {
-            if ok[i] {
-                let _ = d.send(went);
-            }
-        }
-        let out: Vec<Outcome> = handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Outcome::Failed("panicked".into(), false))
-            })
-            .collect();
-        if let Some(b) = &bars {
-            b.draw(&statuses);
-            b.finish();
-        }
-        out
-    });
-    let staged_at = all_staged_at.expect("decided");
-    let switch_time = outcomes
+        srcs.push(p);
+    }
+    let state = sync::open_state(
+        &g.state_dir,
+        &srcs.iter().map(|p| p.as_path()).collect::<Vec<_>>(),
+    )?;
+    // --exclude'd paths are neither sent nor named in a manifest.
+    let opts = SyncOpts {
+        xattrs: !c.no_xattrs,
+        threads: c.threads,
+        excludes: jailsync_engine::scan::Excludes::new(&c.exclude)?,
+        ..SyncOpts::default()
+    };
+    let pools = Pools::new(c.threads);
+    let mut trees = Vec::new();
+    // A tree holding a nested database is sent without it (the host excludes it).
+    let mut outer_opts = opts.clone();
+    let mut patterns: Vec<String> = excludes
         .iter()
-        .filter_map(|o| match o {
-            Outcome::Switched(_, _, at) => Some(at.saturating_duration_since(staged_at)),
-            _ => None,
-        })
-        .max();
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    patterns.extend(c.exclude.iter().cloned());
+    outer_opts.excludes = jailsync_engine::scan::Excludes::new(&patterns)?;
+    for (rel, p) in rels.iter().zip(srcs) {
+        let holds = rels.iter().any(|o| o != rel && o.starts_with(rel));
+        let o = if holds { &outer_opts } else { &opts };
+        let (m, errors) = sync::scan_and_hash(&p, Some(&state), o, &pools, &Silent)?;
+        if let Some((path, e)) = errors.first() {
+            bail!(
+                "{}: {e} (the jail must be readable whole to be pushed; {} entries could not be read)",
+                path.display(),
+                errors.len()
+            );
+        }
+        trees.push((rel.as_os_str().as_bytes().to_vec(), p, m));
+    }
+    Source::new(trees, c.compress_level).context("preparing the manifests")
+}
 
-    // Report.
+/// What the hosts' lines and the summary tally.
+#[derive(Default)]
+struct Tally {
+    /// One message per host that failed (or whose entries did), printed after the lines.
+    failed: Vec<String>,
+    switched: usize,
+    not_switched: usize,
+    planned: usize,
+}
+
+/// Prints one line per host (JSON or human), the failures, and the summary; the exit code.
+fn print_report(report: &Report, c: &PushCmd, g: &Global, t0: Instant) -> Result<u8> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
-    let wire_total: u64 = statuses
-        .iter()
-        .map(|s| s.wire.load(Ordering::Relaxed))
-        .sum();
-    let mut failed = Vec::new();
-    let (mut n_switched, mut n_aborted, mut n_planned) = (0, 0, 0);
+    let mut tally = Tally::default();
     let mut results = Vec::new();
-    for (k, (t, o)) in targets.iter().zip(&outcomes).enumerate() {
-        let wire = statuses[k].wire.load(Ordering::Relaxed);
-        let mut j = serde_json::json!({"type": "host", "host": t.shown, "wire_bytes": wire});
-        let line = match o {
-            Outcome::Switched(st, d, _) => {
-                n_switched += 1;
-                j["result"] = "switched".into();
-                staged_json(&mut j, st);
-                j["changes"] = d.changes.into();
-                j["bytes_written"] = d.bytes_written.into();
-                j["switch_window_us"] = (d.switch_window.as_micros() as u64).into();
-                j["processes_using_old"] = d.procs.into();
-                j["entry_errors"] = d.errors.into();
-                j["config"] = serde_json::json!({
-                    "kept": d.kept[0], "kept_new": d.kept[1], "kept_dropped": d.kept[2],
-                });
-                if d.errors > 0 {
-                    failed.push(format!(
-                        "{}: {} entries failed:\n{}",
-                        t.shown,
-                        d.errors,
-                        d.error_text.trim_end()
-                    ));
-                    j["error"] = d.error_text.clone().into();
-                } else if !d.error_text.is_empty() {
-                    // Notes with no error (an admin's own NAME.jailsync-new set aside).
-                    for l in d.error_text.lines() {
-                        eprintln!("jailsync: {}: {l}", t.shown);
-                    }
-                }
-                let tally = crate::conf::Tally {
-                    kept: d.kept[0] as usize,
-                    new: d.kept[1] as usize,
-                    dropped: d.kept[2] as usize,
-                };
-                format!(
-                    "{}: switched, {} changes; sent {} blobs ({} raw), {} files found on the host; {} on the wire; switch {:.2} ms{}",
-                    t.shown,
-                    d.changes,
-                    st.blobs,
-                    human_bytes(st.blob_bytes),
-                    st.found_on_host,
-                    human_bytes(wire),
-                    d.switch_window.as_secs_f64() * 1e3,
-                    tally.human(false)
-                )
-            }
-            Outcome::Aborted(st) => {
-                n_aborted += 1;
-                j["result"] = "not switched".into();
-                staged_json(&mut j, st);
-                format!(
-                    "{}: staged, not switched (the fleet did not switch); left as it was",
-                    t.shown
-                )
-            }
-            Outcome::Failed(e, after) => {
-                j["result"] = "failed".into();
-                j["error"] = e.clone().into();
-                j["after_switch"] = (*after).into();
-                let when = if *after {
-                    "while switching"
-                } else {
-                    "before its switch, left as it was"
-                };
-                failed.push(format!("{}: {e} ({when})", t.shown));
-                format!("{}: failed {when}", t.shown)
-            }
-            Outcome::Planned(p) => {
-                n_planned += 1;
-                j["result"] = "dry run".into();
-                j["added"] = p.created.into();
-                j["changed"] = (p.updated + p.type_changed).into();
-                j["metadata_only"] = p.metadata.into();
-                j["removed"] = p.deleted.into();
-                j["blobs"] = p.blobs.into();
-                j["blob_bytes"] = p.blob_bytes.into();
-                j["files_needed"] = p.files_needed.into();
-                j["found_on_host"] = p.found_on_host.into();
-                format!(
-                    "{}: would add {}, change {} ({} in metadata only), remove {}; lacks {} blobs ({}), {} files found on the host; {} on the wire",
-                    t.shown,
-                    p.created,
-                    p.updated + p.type_changed + p.metadata,
-                    p.metadata,
-                    p.deleted,
-                    p.blobs,
-                    human_bytes(p.blob_bytes),
-                    p.found_on_host,
-                    human_bytes(wire),
-                )
-            }
-            Outcome::RolledBack(code, text) => {
-                j["result"] = if *code == 0 {
-                    "rolled back"
-                } else {
-                    "rollback failed"
-                }
-                .into();
-                j["exit"] = (*code).into();
-                j["output"] = text.clone().into();
-                if *code != 0 {
-                    failed.push(format!(
-                        "{}: rollback exited {code}: {}",
-                        t.shown,
-                        text.trim_end()
-                    ));
-                }
-                format!("{}: rollback exited {code}\n{}", t.shown, text.trim_end())
-            }
-        };
+    for h in &report.hosts {
+        let (line, j) = host_line(h, &mut tally);
         if g.json {
             writeln!(out, "{j}")?;
         } else if !g.quiet {
             eprintln!("{line}");
         }
         results.push(serde_json::json!({
-            "host": t.shown,
+            "host": h.name,
             "result": j["result"],
-            "wire_bytes": wire,
+            "wire_bytes": h.wire_bytes,
             "error": j.get("error").cloned().unwrap_or(serde_json::Value::Null),
         }));
     }
-    for f in &failed {
+    for f in &tally.failed {
         eprintln!("jailsync: {f}");
     }
+    let n = report.hosts.len();
+    let switch_time = report.staged_to_switched;
     if g.json {
         let mut sum = serde_json::json!({
             "type": "summary",
             "hosts": n,
-            "switched": n_switched,
-            "not_switched": n_aborted,
+            "switched": tally.switched,
+            "not_switched": tally.not_switched,
             "dry_run": c.dry_run,
-            "planned": n_planned,
-            "failed": failed.len(),
-            "wire_bytes": wire_total,
+            "planned": tally.planned,
+            "failed": tally.failed.len(),
+            "wire_bytes": report.wire_bytes(),
             "elapsed_ms": t0.elapsed().as_millis() as u64,
             "results": results,
         });
@@ -669,14 +434,17 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         writeln!(out, "{sum}")?;
     } else if !g.quiet {
         let done = if c.dry_run && !c.rollback {
-            format!("{n_planned} planned (dry run: nothing staged)")
+            format!("{} planned (dry run: nothing staged)", tally.planned)
         } else {
-            format!("{n_switched} switched, {n_aborted} not switched")
+            format!(
+                "{} switched, {} not switched",
+                tally.switched, tally.not_switched
+            )
         };
         let mut s = format!(
             "{n} hosts: {done}, {} failed; {} on the wire; {:.2} s",
-            failed.len(),
-            human_bytes(wire_total),
+            tally.failed.len(),
+            human_bytes(report.wire_bytes()),
             t0.elapsed().as_secs_f64()
         );
         if let Some(d) = switch_time {
@@ -688,11 +456,128 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         eprintln!("{s}");
     }
     out.flush()?;
-    Ok(if failed.is_empty() && (went || c.rollback || c.dry_run) {
-        exit::OK
-    } else {
-        exit::PARTIAL
-    })
+    Ok(
+        if tally.failed.is_empty() && (report.switched || c.rollback || c.dry_run) {
+            exit::OK
+        } else {
+            exit::PARTIAL
+        },
+    )
+}
+
+/// One host's human line and JSON object; its failure, if any, added to `tally`.
+fn host_line(h: &HostReport, tally: &mut Tally) -> (String, serde_json::Value) {
+    let (shown, wire) = (&h.name, h.wire_bytes);
+    let mut j = serde_json::json!({"type": "host", "host": shown, "wire_bytes": wire});
+    let line = match &h.outcome {
+        Outcome::Switched {
+            staged: st,
+            done: d,
+            ..
+        } => {
+            tally.switched += 1;
+            j["result"] = "switched".into();
+            staged_json(&mut j, st);
+            j["changes"] = d.changes.into();
+            j["bytes_written"] = d.bytes_written.into();
+            j["switch_window_us"] = (d.switch_window.as_micros() as u64).into();
+            j["processes_using_old"] = d.procs.into();
+            j["entry_errors"] = d.errors.into();
+            j["config"] = serde_json::json!({
+                "kept": d.kept[0], "kept_new": d.kept[1], "kept_dropped": d.kept[2],
+            });
+            if d.errors > 0 {
+                tally.failed.push(format!(
+                    "{shown}: {} entries failed:\n{}",
+                    d.errors,
+                    d.error_text.trim_end()
+                ));
+                j["error"] = d.error_text.clone().into();
+            } else if !d.error_text.is_empty() {
+                // Notes with no error (an admin's own NAME.jailsync-new set aside).
+                for l in d.error_text.lines() {
+                    eprintln!("jailsync: {shown}: {l}");
+                }
+            }
+            let kept = crate::conf::Tally {
+                kept: d.kept[0] as usize,
+                new: d.kept[1] as usize,
+                dropped: d.kept[2] as usize,
+            };
+            format!(
+                "{shown}: switched, {} changes; sent {} blobs ({} raw), {} files found on the host; {} on the wire; switch {:.2} ms{}",
+                d.changes,
+                st.blobs,
+                human_bytes(st.blob_bytes),
+                st.found_on_host,
+                human_bytes(wire),
+                d.switch_window.as_secs_f64() * 1e3,
+                kept.human(false)
+            )
+        }
+        Outcome::NotSwitched(st) => {
+            tally.not_switched += 1;
+            j["result"] = "not switched".into();
+            staged_json(&mut j, st);
+            format!("{shown}: staged, not switched (the fleet did not switch); left as it was")
+        }
+        Outcome::Failed {
+            cause,
+            while_switching,
+        } => {
+            j["result"] = "failed".into();
+            j["error"] = cause.to_string().into();
+            j["after_switch"] = (*while_switching).into();
+            let when = if *while_switching {
+                "while switching"
+            } else {
+                "before its switch, left as it was"
+            };
+            tally.failed.push(format!("{shown}: {cause} ({when})"));
+            format!("{shown}: failed {when}")
+        }
+        Outcome::Planned(p) => {
+            tally.planned += 1;
+            j["result"] = "dry run".into();
+            j["added"] = p.created.into();
+            j["changed"] = (p.updated + p.type_changed).into();
+            j["metadata_only"] = p.metadata.into();
+            j["removed"] = p.deleted.into();
+            j["blobs"] = p.blobs.into();
+            j["blob_bytes"] = p.blob_bytes.into();
+            j["files_needed"] = p.files_needed.into();
+            j["found_on_host"] = p.found_on_host.into();
+            format!(
+                "{shown}: would add {}, change {} ({} in metadata only), remove {}; lacks {} blobs ({}), {} files found on the host; {} on the wire",
+                p.created,
+                p.updated + p.type_changed + p.metadata,
+                p.metadata,
+                p.deleted,
+                p.blobs,
+                human_bytes(p.blob_bytes),
+                p.found_on_host,
+                human_bytes(wire),
+            )
+        }
+        Outcome::RolledBack { code, output } => {
+            j["result"] = if *code == 0 {
+                "rolled back"
+            } else {
+                "rollback failed"
+            }
+            .into();
+            j["exit"] = (*code).into();
+            j["output"] = output.clone().into();
+            if *code != 0 {
+                tally.failed.push(format!(
+                    "{shown}: rollback exited {code}: {}",
+                    output.trim_end()
+                ));
+            }
+            format!("{shown}: rollback exited {code}\n{}", output.trim_end())
+        }
+    };
+    (line, j)
 }
 
 fn staged_json(j: &mut serde_json::Value, st: &Staged) {
@@ -708,6 +593,16 @@ struct Progress {
     multi: indicatif::MultiProgress,
     bars: Vec<indicatif::ProgressBar>,
     names: Vec<String>,
+}
+
+impl FleetProgress for Progress {
+    fn draw(&self, hosts: &[Arc<Status>]) {
+        Progress::draw(self, hosts)
+    }
+    fn finish(&self, hosts: &[Arc<Status>]) {
+        Progress::draw(self, hosts);
+        Progress::finish(self)
+    }
 }
 
 impl Progress {

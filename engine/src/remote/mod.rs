@@ -15,6 +15,7 @@
 //! checked (frame lengths before allocating, hashes against the jail's, texts made printable).
 
 pub mod client;
+pub mod fleet;
 pub mod serve;
 pub mod wire;
 

@@ -60,6 +60,7 @@ pub type RecordBeginFn =
 pub type RecordEndFn = Box<dyn Fn(&Path, &Path, u64) -> std::result::Result<(), String>>;
 
 /// What OPEN asks for.
+#[derive(Clone, Default)]
 pub struct Open {
     /// Where the push comes from (`host:jail`), for the generations' records.
     pub source: Vec<u8>,
