@@ -589,7 +589,7 @@ impl<'a> Apply<'a> {
 
     /// Has the entry `name` in `dir` the metadata `e` records (as far as this run sets it)?
     fn meta_as_recorded(&self, dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> io::Result<bool> {
-        let mut cur = crate::scan::entry_from_stat(&fsx::lstat_at(dir, &fsx::cstr(name)?)?);
+        let mut cur = crate::fsx::entry_from_stat(&fsx::lstat_at(dir, &fsx::cstr(name)?)?);
         if self.opts.meta.xattrs {
             cur.set_xattrs(fsx::read_xattrs_at(dir, name)?);
         }

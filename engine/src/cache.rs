@@ -436,7 +436,7 @@ impl<R: std::io::Read> Reader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scan::entry_from_stat;
+    use crate::fsx::entry_from_stat;
 
     /// The entries at `names` in `dir`, hashed when `hashed`.
     fn entries(dir: &std::path::Path, names: &[&str], hashed: bool) -> Entries {

@@ -397,7 +397,7 @@ impl<'a> Ent<'a> {
     }
 
     pub fn name(&self) -> &'a [u8] {
-        crate::fsx::split_parent(self.path).1
+        split_parent(self.path).1
     }
 }
 
@@ -625,6 +625,14 @@ pub fn merged<'a>(a: &'a Entries, b: &'a Entries) -> impl Iterator<Item = Ent<'a
             b.get(j - 1)
         }
     })
+}
+
+/// Splits `a/b/c` into (`a/b`, `c`).
+pub fn split_parent(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&[], rel),
+    }
 }
 
 #[cfg(test)]

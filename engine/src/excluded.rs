@@ -10,8 +10,10 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 
+use crate::entry::Entries;
 use crate::entry::{join, Kind};
 use crate::fsx::{self, MetaOpts};
+use crate::plan::{Op, Plan};
 use crate::scan::Excludes;
 
 /// A path (relative to the tree) and what went wrong there.
@@ -29,7 +31,9 @@ pub fn list(
     for d in holds {
         let dir = fsx::open_dir_beneath(root, d).map_err(|e| (d.clone(), e))?;
         for name in fsx::list_dir(dir.as_fd()).map_err(|e| (d.clone(), e))? {
-            if d.is_empty() && (name == crate::switch::IN_TREE_HOME || name == fsx::STORE_NAME) {
+            if d.is_empty()
+                && (name == crate::names::IN_TREE_HOME || name == crate::names::STORE_NAME)
+            {
                 continue;
             }
             let path = join(d, &name);
@@ -41,7 +45,7 @@ pub fn list(
             };
             let is_dir = fsx::kind_of(st.st_mode as u32) == Kind::Dir;
             // A nested tree's home is kept where it is, as an excluded entry is (see `scan`).
-            if excludes.matches(&path, &name, is_dir) || crate::switch::is_ours(&name, &st) {
+            if excludes.matches(&path, &name, is_dir) || crate::names::is_ours(&name, &st) {
                 out.push(path.into_boxed_slice());
             }
         }
@@ -63,7 +67,7 @@ pub fn clone_at(
     if fsx::kind_of(st.st_mode as u32) != Kind::Dir {
         return fsx::link_at(from, name, to, name);
     }
-    let mut e = crate::scan::entry_from_stat(&st);
+    let mut e = crate::fsx::entry_from_stat(&st);
     if meta.xattrs {
         e.set_xattrs(fsx::read_xattrs_at(from, name)?);
     }
@@ -74,4 +78,66 @@ pub fn clone_at(
         clone_at(fsub.as_fd(), tsub.as_fd(), &child, meta)?;
     }
     fsx::set_meta_fd(tsub.as_fd(), &e, meta)
+}
+
+/// A destination directory holding an excluded entry is not deleted (nor are its ancestors):
+/// the excluded entry must survive, and planning the delete would repeat on every run. Nor is
+/// it exchanged for a non-directory, which would delete the excluded entry with it: it stays,
+/// what else it held is removed, and its path is returned to be reported.
+pub(crate) fn keep_excluded_parents(
+    plan: &mut Plan,
+    dst: &Entries,
+    holds: &[Box<[u8]>],
+) -> Vec<Box<[u8]>> {
+    use std::collections::{HashMap, HashSet};
+    if holds.is_empty() {
+        return Vec::new();
+    }
+    let mut keep: HashSet<&[u8]> = HashSet::new();
+    for h in holds {
+        let mut p: &[u8] = h;
+        while !p.is_empty() && keep.insert(p) {
+            p = fsx::split_parent(p).0;
+        }
+    }
+    let dpath = |a: &crate::plan::Action| dst.path(a.dst as usize);
+    let refused: Vec<Box<[u8]>> = plan
+        .actions
+        .iter()
+        .filter(|a| {
+            a.op == Op::Exchange && dst[a.dst as usize].kind == Kind::Dir && keep.contains(dpath(a))
+        })
+        .map(|a| dpath(a).into())
+        .collect();
+    let dropped: HashSet<u32> = plan
+        .actions
+        .iter()
+        .filter(|a| a.op == Op::Exchange && refused.iter().any(|r| &r[..] == dpath(a)))
+        .map(|a| a.src)
+        .collect();
+    plan.actions.retain(|a| match a.op {
+        Op::Delete => !keep.contains(dpath(a)),
+        Op::Exchange => !dropped.contains(&a.src),
+        _ => true,
+    });
+    let mut leaders: HashMap<u32, u32> = HashMap::new();
+    for a in plan.actions.iter_mut() {
+        if a.op == Op::Delete
+            && a.covered
+            && crate::scan::under_any(&refused, dst.path(a.dst as usize))
+        {
+            a.covered = false;
+        }
+        // A hard-link group whose leader was dropped gets its next member as leader.
+        if a.link_to != crate::plan::NONE && dropped.contains(&a.link_to) {
+            match leaders.get(&a.link_to) {
+                Some(&l) => a.link_to = l,
+                None => {
+                    leaders.insert(a.link_to, a.src);
+                    a.link_to = crate::plan::NONE;
+                }
+            }
+        }
+    }
+    refused
 }

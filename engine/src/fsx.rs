@@ -133,13 +133,7 @@ pub fn fd_path(fd: BorrowedFd<'_>, known: &Path) -> PathBuf {
 }
 
 use crate::entry::{Entry, Kind, Xattr, Xattrs};
-
-/// Prefix of every temporary name the engine creates in a destination tree.
-pub const TMP_PREFIX: &[u8] = b".jailsync-tmp-";
-
-/// The rollback store's name where it lives beside a destination, or at the top of one that
-/// is a filesystem of its own. At the top of a tree it is never scanned, synced or deleted.
-pub const STORE_NAME: &[u8] = b".jailsync-rollback";
+pub use crate::names::{is_tmp_name, STORE_NAME, TMP_PREFIX};
 
 /// Longest relative path handed to one `openat2` call; longer paths are resolved in pieces
 /// so trees deeper than `PATH_MAX` still work.
@@ -229,13 +223,7 @@ fn path_chunks(rel: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-/// Splits `a/b/c` into (`a/b`, `c`).
-pub fn split_parent(rel: &[u8]) -> (&[u8], &[u8]) {
-    match rel.iter().rposition(|&b| b == b'/') {
-        Some(i) => (&rel[..i], &rel[i + 1..]),
-        None => (&[], rel),
-    }
-}
+pub use crate::entry::split_parent;
 
 pub fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<rfs::Stat> {
     rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)
@@ -1140,18 +1128,6 @@ pub fn os(b: &[u8]) -> &OsStr {
     OsStr::from_bytes(b)
 }
 
-/// Is `name` one of the engine's temporary names (`.jailsync-tmp-<pid>-<n>`)? Only that exact
-/// shape counts, so an ordinary file that merely starts with the prefix is synced like any other.
-pub fn is_tmp_name(name: &[u8]) -> bool {
-    let Some(rest) = name.strip_prefix(TMP_PREFIX) else {
-        return false;
-    };
-    let mut parts = rest.split(|&b| b == b'-');
-    let digits =
-        |p: Option<&[u8]>| p.is_some_and(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));
-    digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
-}
-
 pub fn geteuid_is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
@@ -1252,6 +1228,79 @@ pub fn is_pinned_at(dir: BorrowedFd<'_>, name: &[u8], kind: Kind) -> bool {
         return false;
     };
     sys().is_pinned(fd.as_fd())
+}
+
+// stat field widths differ between targets; the casts are no-ops only on some.
+#[allow(clippy::unnecessary_cast)]
+pub fn entry_from_stat(st: &rfs::Stat) -> Entry {
+    let kind = kind_of(st.st_mode as u32);
+    let mut e = Entry::new(kind);
+    e.mode = (st.st_mode as u32 & 0o7777) as u16;
+    if kind == Kind::File || kind == Kind::Symlink {
+        e.size = st.st_size as u64;
+    }
+    e.set_mtime(st.st_mtime as i64, st.st_mtime_nsec as u32);
+    e.set_ctime(st.st_ctime as i64, st.st_ctime_nsec as u32);
+    (e.ino, e.nlink) = (st.st_ino as u64, st.st_nlink as u32);
+    e.set_ids(st.st_uid, st.st_gid, st.st_dev as u64);
+    e.sparse = kind == Kind::File && (st.st_blocks as u64).saturating_mul(512) < e.size;
+    if matches!(kind, Kind::Char | Kind::Block) {
+        e.set_rdev(st.st_rdev as u64);
+    }
+    e
+}
+
+pub fn set_mtime(fd: BorrowedFd<'_>, secs: i64, nsec: u32) -> io::Result<()> {
+    use rustix::fs::{Timespec, Timestamps, UTIME_OMIT};
+    let t = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: secs as _,
+            tv_nsec: nsec as _,
+        },
+    };
+    rustix::fs::futimens(fd, &t).map_err(io::Error::from)
+}
+
+/// Writes `name` in `dir` whole (a new file, exclusive, renamed over; never through a
+/// symlink), durably when asked (fsync of the file and the directory).
+pub fn write_file_at(
+    dir: &OwnedFd,
+    name: &str,
+    data: &[u8],
+    shown: &Path,
+    durable: bool,
+) -> crate::error::Result<()> {
+    write_with(dir, name, shown, durable, |w| w.write_all(data))
+}
+
+/// [`write_file_at`] with the content streamed by `fill` (buffered).
+pub fn write_with(
+    dir: &OwnedFd,
+    name: &str,
+    shown: &Path,
+    durable: bool,
+    fill: impl FnOnce(&mut dyn std::io::Write) -> io::Result<()>,
+) -> crate::error::Result<()> {
+    use crate::error::IoContext;
+    let tmp = format!("{name}.tmp");
+    let _ = unlink_at(dir.as_fd(), tmp.as_bytes());
+    let fd = create_excl_at(dir.as_fd(), tmp.as_bytes()).at(shown)?;
+    let mut w = io::BufWriter::with_capacity(1 << 16, std::fs::File::from(fd));
+    fill(&mut w).at(shown)?;
+    let f = w.into_inner().map_err(|e| e.into_error()).at(shown)?;
+    if durable {
+        f.sync_all().at(shown)?;
+    }
+    drop(f);
+    rename_at(dir.as_fd(), tmp.as_bytes(), dir.as_fd(), name.as_bytes()).at(shown)?;
+    if durable {
+        fsync(dir.as_fd()).at(shown)?;
+    }
+    Ok(())
 }
 
 /// The same checks over every implementation this system has (xcp's style): each must keep

@@ -1029,7 +1029,7 @@ fn carry(home: &Home, id: u64, c: &Carry) -> Result<()> {
         let r = (|| -> io::Result<()> {
             let l = fsx::open_dir_beneath(live.as_fd(), parent)?;
             let st = fsx::lstat_at(l.as_fd(), &fsx::cstr(name)?)?;
-            let mut e = crate::scan::entry_from_stat(&st);
+            let mut e = crate::fsx::entry_from_stat(&st);
             e.set_xattrs(fsx::read_xattrs_at(l.as_fd(), name)?);
             let g = fsx::open_dir_beneath(gen.as_fd(), p)?;
             fsx::set_meta_fd(g.as_fd(), &e, meta)

@@ -112,7 +112,7 @@ impl Look<'_> {
             }
             for name in names {
                 // Homes, stores and temporary names are nobody's content (invariant 13).
-                if crate::switch::is_reserved_top(&name) {
+                if crate::names::is_reserved_top(&name) {
                     continue;
                 }
                 let Some(now) = id_at(ld.as_fd(), &name)? else {
@@ -153,7 +153,7 @@ impl Look<'_> {
         };
         let mut k = 0;
         for name in &names {
-            if crate::switch::is_reserved_top(name) {
+            if crate::names::is_reserved_top(name) {
                 continue;
             }
             while k < seen.len() && seen[k].0 < name.as_slice() {

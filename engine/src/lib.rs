@@ -16,6 +16,8 @@ pub mod jail;
 pub mod journal;
 pub mod layout;
 pub mod manifest;
+pub mod names;
+pub mod opts;
 pub mod paths;
 pub mod plan;
 pub mod procs;
@@ -32,3 +34,7 @@ pub mod txn;
 pub mod usage;
 
 pub use error::{Error, Result};
+
+/// The layer rule (no import circles), checked over this crate's and the CLI's files.
+#[cfg(test)]
+mod layers;

@@ -915,7 +915,7 @@ impl NewWrite<'_> {
         if r.is_err() {
             let _ = fsx::unlink_at(dd.as_fd(), &tmp);
         }
-        set_mtime(
+        fsx::set_mtime(
             dd.as_fd(),
             before.st_mtime as i64,
             before.st_mtime_nsec as u32,
@@ -991,21 +991,6 @@ impl NewWrite<'_> {
     }
 }
 
-pub(crate) fn set_mtime(fd: BorrowedFd<'_>, secs: i64, nsec: u32) -> io::Result<()> {
-    use rustix::fs::{Timespec, Timestamps, UTIME_OMIT};
-    let t = Timestamps {
-        last_access: Timespec {
-            tv_sec: 0,
-            tv_nsec: UTIME_OMIT,
-        },
-        last_modification: Timespec {
-            tv_sec: secs as _,
-            tv_nsec: nsec as _,
-        },
-    };
-    rustix::fs::futimens(fd, &t).map_err(io::Error::from)
-}
-
 /// The mtime of the directory at `path` (opened without following a symlink), and a way to
 /// set it back: a nested tree's switch renames inside its parent, which belongs to the tree
 /// holding it and must keep the mtime that tree's switch gave it.
@@ -1025,7 +1010,7 @@ impl DirMtime {
     }
 
     pub fn restore(&self) -> io::Result<()> {
-        set_mtime(self.fd.as_fd(), self.mtime.0, self.mtime.1)
+        fsx::set_mtime(self.fd.as_fd(), self.mtime.0, self.mtime.1)
     }
 }
 

@@ -41,10 +41,10 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsx::{self, split_parent, MetaOpts};
 use crate::journal::{Lock, StateDir};
 use crate::manifest;
+use crate::opts::{Pools, SyncOpts};
 use crate::plan::{self, Op, Plan, PlanOpts, NONE};
 use crate::progress::{Phase, Progress};
 use crate::scan::{self, Excludes, ScanOpts};
-use crate::sync::{Pools, SyncOpts};
 
 /// One recorded generation.
 #[derive(Debug, Clone)]
@@ -120,7 +120,7 @@ impl Store {
                 Err(e) => return Err(Error::io(path, e)),
             };
             if created && in_tree && i == 0 {
-                let e = scan::entry_from_stat(&before);
+                let e = crate::fsx::entry_from_stat(&before);
                 fsx::set_times_at(fd.as_fd(), b".", &e).at(anchor)?;
             }
             fd = sub;
@@ -628,7 +628,7 @@ fn leave_alone(
         .filter(|p| !p.is_empty() && cur.search(p).is_ok())
         .map(|p| split_parent(p).0.into())
         .collect();
-    crate::sync::keep_excluded_parents(plan, cur, &holds)
+    crate::excluded::keep_excluded_parents(plan, cur, &holds)
 }
 
 /// Keeps the entries at `paths` (changed since the sync, about to be rolled back by force)

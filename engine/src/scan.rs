@@ -17,9 +17,9 @@ use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 use rustix::fs::{self as rfs, Mode, OFlags};
 
-use crate::entry::{join, Ent, Entries, Entry, Kind};
+use crate::entry::{join, Ent, Entries, Kind};
 use crate::error::{Error, IoContext, Result};
-use crate::fsx;
+use crate::fsx::{self, entry_from_stat};
 
 /// `--exclude` patterns with rsync-like meaning: a pattern with no `/` matches a name at any
 /// depth; one with a `/` matches the whole relative path (a leading `/` anchors it at the root);
@@ -105,7 +105,7 @@ pub struct Scan {
     pub incomplete: Vec<Box<[u8]>>,
     /// Temporary names left by an interrupted run (only names it recorded: see `ours`).
     pub leftovers: Vec<Box<[u8]>>,
-    /// The top of the tree holds [`fsx::STORE_NAME`]: a rollback store, never part of a tree.
+    /// The top of the tree holds [`crate::names::STORE_NAME`]: a rollback store, never part of a tree.
     pub holds_store: bool,
     /// Directories that directly hold an excluded entry: they, and their ancestors, must not
     /// be deleted (an excluded path is neither copied nor deleted).
@@ -221,7 +221,7 @@ fn stat_names<'s>(
                 .binary_search_by(|p| p[..].cmp(&path[..]))
                 .is_ok()
         };
-        if fsx::is_tmp_name(&name) && ours() {
+        if crate::names::is_tmp_name(&name) && ours() {
             leftovers.push(path.into_boxed_slice());
             continue;
         }
@@ -245,13 +245,15 @@ fn stat_names<'s>(
                 continue;
             }
         };
-        if crate::switch::is_ours(&name, &st) {
+        if crate::names::is_ours(&name, &st) {
             // A home (or the per-file store) at the top is where this very tree's run keeps
             // its own: not part of the tree, on either side. One deeper is a nested tree's:
             // not this tree's content either, but kept where it is, as an excluded entry is
             // (the next tree links it across).
-            if rel.is_empty() && (name == crate::switch::IN_TREE_HOME || name == fsx::STORE_NAME) {
-                holds_store |= name == fsx::STORE_NAME;
+            if rel.is_empty()
+                && (name == crate::names::IN_TREE_HOME || name == crate::names::STORE_NAME)
+            {
+                holds_store |= name == crate::names::STORE_NAME;
             } else {
                 holds_excluded = true;
             }
@@ -305,26 +307,6 @@ fn stat_names<'s>(
     if incomplete {
         out.incomplete.push(rel.into());
     }
-}
-
-// stat field widths differ between targets; the casts are no-ops only on some.
-#[allow(clippy::unnecessary_cast)]
-pub fn entry_from_stat(st: &rfs::Stat) -> Entry {
-    let kind = fsx::kind_of(st.st_mode as u32);
-    let mut e = Entry::new(kind);
-    e.mode = (st.st_mode as u32 & 0o7777) as u16;
-    if kind == Kind::File || kind == Kind::Symlink {
-        e.size = st.st_size as u64;
-    }
-    e.set_mtime(st.st_mtime as i64, st.st_mtime_nsec as u32);
-    e.set_ctime(st.st_ctime as i64, st.st_ctime_nsec as u32);
-    (e.ino, e.nlink) = (st.st_ino as u64, st.st_nlink as u32);
-    e.set_ids(st.st_uid, st.st_gid, st.st_dev as u64);
-    e.sparse = kind == Kind::File && (st.st_blocks as u64).saturating_mul(512) < e.size;
-    if matches!(kind, Kind::Char | Kind::Block) {
-        e.set_rdev(st.st_rdev as u64);
-    }
-    e
 }
 
 /// Reads the xattrs the scan deferred, for every entry but the root and those `known` marks

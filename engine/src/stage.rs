@@ -598,7 +598,7 @@ pub fn save_meta<'e>(
     durable: bool,
 ) -> crate::Result<()> {
     let note = xattrs.then_some(XATTRS_READ_NOTE);
-    crate::switch::write_with(dir, name, shown, durable, |w| {
+    crate::fsx::write_with(dir, name, shown, durable, |w| {
         crate::manifest::write_lines_noted(&mut { w }, crate::cache::now(), entries, true, note)
     })
 }

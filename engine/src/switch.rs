@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsx;
+pub use crate::fsx::{write_file_at, write_with};
+pub use crate::names::{home_name, is_ours, is_reserved_top, IN_TREE_HOME};
 
-/// The home's name inside DST when the switch is made per top-level entry.
-pub const IN_TREE_HOME: &[u8] = b".jailsync-gens";
 const NEXT: &[u8] = b"next";
 const JOURNAL: &str = "switching";
 /// Old metadata of live inodes a staging run changes in place (see [`crate::stage`]).
@@ -114,41 +114,6 @@ fn mtime_of(st: &rustix::fs::Stat) -> (i64, u32) {
 
 fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
-}
-
-/// The name of the home beside a live tree named `live_name`: `.jailsync-NAME`. A name too
-/// long for that (over 245 bytes: the filesystem's limit is 255) is shortened to its first 200
-/// bytes and a hash of the whole, so every tree rsync can sync has a home, and the same one
-/// on every run.
-pub fn home_name(live_name: &[u8]) -> Vec<u8> {
-    let mut n = b".jailsync-".to_vec();
-    if n.len() + live_name.len() <= 255 {
-        n.extend_from_slice(live_name);
-    } else {
-        n.extend_from_slice(&live_name[..200]);
-        n.push(b'-');
-        n.extend_from_slice(hex(&blake3::hash(live_name).as_bytes()[..8]).as_bytes());
-    }
-    n
-}
-
-/// Whether `name` is one of this program's own names (`.jailsync-*`: a home, the in-tree home,
-/// the per-file store, a temporary name), which no run takes for the tree's content.
-pub fn is_reserved_top(name: &[u8]) -> bool {
-    name.starts_with(b".jailsync-") || fsx::is_tmp_name(name)
-}
-
-/// Whether `name` (with its `lstat`) is a home or store this program made: a directory named
-/// `.jailsync-*` that is private (no group or other bits) and ours — what [`private_dir`]
-/// makes and insists on. Such a directory is nobody's content at any depth (invariant 13): a
-/// nested tree's home (`usr/pkg/.jailsync-pkgdb`) is never synced, deleted or copied by the
-/// outer tree's run. An entry of that name we did not make is content like any other.
-pub fn is_ours(name: &[u8], st: &rustix::fs::Stat) -> bool {
-    name.starts_with(b".jailsync-")
-        && !fsx::is_tmp_name(name)
-        && fsx::kind_of(st.st_mode as u32) == crate::entry::Kind::Dir
-        && st.st_mode & 0o077 == 0
-        && st.st_uid == euid()
 }
 
 /// The first of `trees` with something mounted strictly below it, and that mount, read from
@@ -292,8 +257,7 @@ impl Home {
                     // is put back at once, so a run that stops before switching leaves it too.
                     let now = fsx::fstat(live_parent.as_fd()).at(&parent)?;
                     if mtime_of(&now) != before {
-                        crate::protect::set_mtime(live_parent.as_fd(), before.0, before.1)
-                            .at(&parent)?;
+                        fsx::set_mtime(live_parent.as_fd(), before.0, before.1).at(&parent)?;
                     }
                     parent_mtime = Some(before);
                     home = Some((hpath, fd))
@@ -391,7 +355,7 @@ impl Home {
     /// same, DST and its hidden home, so its mtime is too, as with `rsync -a SRC/ DST/`.
     pub fn put_parent_mtime_back(&self) -> io::Result<()> {
         match self.parent_mtime {
-            Some((s, ns)) => crate::protect::set_mtime(self.live_parent.as_fd(), s, ns),
+            Some((s, ns)) => fsx::set_mtime(self.live_parent.as_fd(), s, ns),
             None => Ok(()),
         }
     }
@@ -892,43 +856,6 @@ pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
-}
-
-/// Writes `name` in `dir` whole (a new file, exclusive, renamed over; never through a
-/// symlink), durably when asked (fsync of the file and the directory).
-pub fn write_file_at(
-    dir: &OwnedFd,
-    name: &str,
-    data: &[u8],
-    shown: &Path,
-    durable: bool,
-) -> Result<()> {
-    write_with(dir, name, shown, durable, |w| w.write_all(data))
-}
-
-/// [`write_file_at`] with the content streamed by `fill` (buffered).
-pub fn write_with(
-    dir: &OwnedFd,
-    name: &str,
-    shown: &Path,
-    durable: bool,
-    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> Result<()> {
-    let tmp = format!("{name}.tmp");
-    let _ = fsx::unlink_at(dir.as_fd(), tmp.as_bytes());
-    let fd = fsx::create_excl_at(dir.as_fd(), tmp.as_bytes()).at(shown)?;
-    let mut w = io::BufWriter::with_capacity(1 << 16, fs::File::from(fd));
-    fill(&mut w).at(shown)?;
-    let f = w.into_inner().map_err(|e| e.into_error()).at(shown)?;
-    if durable {
-        f.sync_all().at(shown)?;
-    }
-    drop(f);
-    fsx::rename_at(dir.as_fd(), tmp.as_bytes(), dir.as_fd(), name.as_bytes()).at(shown)?;
-    if durable {
-        fsx::fsync(dir.as_fd()).at(shown)?;
-    }
-    Ok(())
 }
 
 /// Gives up the staged `next` of the tree `live` whose home is `home`, by path (for a caller

@@ -23,110 +23,10 @@ use crate::manifest::Manifest;
 use crate::paths::{self, Follow, Loc};
 use crate::plan::{self, Op, Plan, PlanOpts};
 use crate::progress::{Phase, Progress};
-use crate::scan::{self, Excludes, Scan, ScanOpts};
+use crate::scan::{self, Scan, ScanOpts};
 use crate::switch::{Home, Method};
 
-#[derive(Clone)]
-pub struct SyncOpts {
-    pub excludes: Excludes,
-    /// Ignore cached hashes: hash every file that needs comparing.
-    pub checksum: bool,
-    pub dry_run: bool,
-    pub fsync: bool,
-    /// Workers for walking and staging; 0 picks a default.
-    pub threads: usize,
-    /// Set owners (only possible as root).
-    pub owner: bool,
-    pub xattrs: bool,
-    /// Record a rollback generation before committing.
-    pub rollback: bool,
-    /// Rollback generations to keep per destination.
-    pub keep: usize,
-    /// The `--exclude` patterns as given (recorded with a rollback generation).
-    pub exclude_patterns: Vec<String>,
-    /// Set (to the signal's number) by the caller's signal handler: the run stops at the next
-    /// safe point — never between the switches of a run.
-    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
-    /// Same size and mtime (ns) means same content, unread (see [`crate::quick`]).
-    pub quick: bool,
-    /// The source is private to this run and on the destination's filesystem (`push`'s
-    /// shadow), its files made by this run with their entries' metadata already set: they are
-    /// moved into the next tree as they are, not copied nor set again, and its stat cache is
-    /// not written (the source goes when the run ends).
-    pub move_source: bool,
-}
-
-impl SyncOpts {
-    /// The signal that asked to stop, if one did.
-    pub fn stop_signal(&self) -> Option<i32> {
-        let n = self
-            .stop
-            .as_ref()?
-            .load(std::sync::atomic::Ordering::Relaxed);
-        (n != 0).then_some(n as i32)
-    }
-
-    pub(crate) fn check_stop(&self, path: &Path, when: &str) -> Result<()> {
-        match self.stop_signal() {
-            Some(signal) => Err(Error::Stopped {
-                path: path.into(),
-                signal,
-                when: when.into(),
-            }),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Default for SyncOpts {
-    fn default() -> Self {
-        SyncOpts {
-            excludes: Excludes::default(),
-            checksum: false,
-            dry_run: false,
-            fsync: false,
-            threads: 0,
-            owner: fsx::geteuid_is_root(),
-            xattrs: true,
-            rollback: true,
-            keep: 3,
-            exclude_patterns: Vec::new(),
-            stop: None,
-            quick: false,
-            move_source: false,
-        }
-    }
-}
-
-/// Thread pools, made once per process. Walking and hashing use different pools so a burst of
-/// big files to hash cannot starve the walk; the staging workers outnumber the cores because
-/// creating inodes mostly waits in the kernel.
-pub struct Pools {
-    pub walk: rayon::ThreadPool,
-    pub work: rayon::ThreadPool,
-}
-
-impl Pools {
-    pub fn new(threads: usize) -> Pools {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let n = if threads == 0 {
-            (cores * 2).clamp(4, 16)
-        } else {
-            threads
-        };
-        let mk = |n: usize, name: &'static str| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .thread_name(move |i| format!("jailsync-{name}-{i}"))
-                .build()
-                .expect("thread pool")
-        };
-        Pools {
-            walk: mk(n, "walk"),
-            work: mk(n, "work"),
-        }
-    }
-}
+pub use crate::opts::{Pools, SyncOpts};
 
 /// One (source, destination) pair after scanning and planning.
 pub struct Tree {
@@ -570,7 +470,7 @@ fn prepare_impl(
         }
     }
     let dst_holds_excluded = d.holds_excluded.clone();
-    for p in keep_excluded_parents(&mut plan, &d.entries, &d.holds_excluded) {
+    for p in crate::excluded::keep_excluded_parents(&mut plan, &d.entries, &d.holds_excluded) {
         scan_errors.push((
             dst_path.join(fsx::os(&p)),
             io::Error::other("not replaced by a non-directory: it holds excluded entries"),
@@ -746,65 +646,6 @@ fn take_errors(out: &mut Vec<(PathBuf, io::Error)>, root: &Path, s: &mut Scan) {
     for (p, e) in s.errors.drain(..) {
         out.push((root.join(fsx::os(&p)), e));
     }
-}
-
-/// A destination directory holding an excluded entry is not deleted (nor are its ancestors):
-/// the excluded entry must survive, and planning the delete would repeat on every run. Nor is
-/// it exchanged for a non-directory, which would delete the excluded entry with it: it stays,
-/// what else it held is removed, and its path is returned to be reported.
-pub(crate) fn keep_excluded_parents(
-    plan: &mut Plan,
-    dst: &Entries,
-    holds: &[Box<[u8]>],
-) -> Vec<Box<[u8]>> {
-    use std::collections::{HashMap, HashSet};
-    if holds.is_empty() {
-        return Vec::new();
-    }
-    let mut keep: HashSet<&[u8]> = HashSet::new();
-    for h in holds {
-        let mut p: &[u8] = h;
-        while !p.is_empty() && keep.insert(p) {
-            p = fsx::split_parent(p).0;
-        }
-    }
-    let dpath = |a: &plan::Action| dst.path(a.dst as usize);
-    let refused: Vec<Box<[u8]>> = plan
-        .actions
-        .iter()
-        .filter(|a| {
-            a.op == Op::Exchange && dst[a.dst as usize].kind == Kind::Dir && keep.contains(dpath(a))
-        })
-        .map(|a| dpath(a).into())
-        .collect();
-    let dropped: HashSet<u32> = plan
-        .actions
-        .iter()
-        .filter(|a| a.op == Op::Exchange && refused.iter().any(|r| &r[..] == dpath(a)))
-        .map(|a| a.src)
-        .collect();
-    plan.actions.retain(|a| match a.op {
-        Op::Delete => !keep.contains(dpath(a)),
-        Op::Exchange => !dropped.contains(&a.src),
-        _ => true,
-    });
-    let mut leaders: HashMap<u32, u32> = HashMap::new();
-    for a in plan.actions.iter_mut() {
-        if a.op == Op::Delete && a.covered && scan::under_any(&refused, dst.path(a.dst as usize)) {
-            a.covered = false;
-        }
-        // A hard-link group whose leader was dropped gets its next member as leader.
-        if a.link_to != plan::NONE && dropped.contains(&a.link_to) {
-            match leaders.get(&a.link_to) {
-                Some(&l) => a.link_to = l,
-                None => {
-                    leaders.insert(a.link_to, a.src);
-                    a.link_to = plan::NONE;
-                }
-            }
-        }
-    }
-    refused
 }
 
 /// An unreadable source entry must not make its destination counterpart look like an orphan,

@@ -1,0 +1,64 @@
+//! The names this program gives its own entries (`.jailsync-*`), in one place: what they are
+//! and how to tell ours from a user's entry of the same name. Nothing here touches a tree.
+
+// stat field widths differ between targets; the casts are no-ops only on some.
+#![allow(clippy::unnecessary_cast)]
+
+/// Prefix of every temporary name the engine creates in a destination tree.
+pub const TMP_PREFIX: &[u8] = b".jailsync-tmp-";
+
+/// The rollback store's name where it lives beside a destination, or at the top of one that
+/// is a filesystem of its own. At the top of a tree it is never scanned, synced or deleted.
+pub const STORE_NAME: &[u8] = b".jailsync-rollback";
+
+/// The home's name inside DST when the switch is made per top-level entry.
+pub const IN_TREE_HOME: &[u8] = b".jailsync-gens";
+
+/// Is `name` one of the engine's temporary names (`.jailsync-tmp-<pid>-<n>`)? Only that exact
+/// shape counts, so an ordinary file that merely starts with the prefix is synced like any other.
+pub fn is_tmp_name(name: &[u8]) -> bool {
+    let Some(rest) = name.strip_prefix(TMP_PREFIX) else {
+        return false;
+    };
+    let mut parts = rest.split(|&b| b == b'-');
+    let digits =
+        |p: Option<&[u8]>| p.is_some_and(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));
+    digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
+}
+
+/// The name of the home beside a live tree named `live_name`: `.jailsync-NAME`. A name too
+/// long for that (over 245 bytes: the filesystem's limit is 255) is shortened to its first 200
+/// bytes and a hash of the whole, so every tree rsync can sync has a home, and the same one
+/// on every run.
+pub fn home_name(live_name: &[u8]) -> Vec<u8> {
+    let mut n = b".jailsync-".to_vec();
+    if n.len() + live_name.len() <= 255 {
+        n.extend_from_slice(live_name);
+    } else {
+        n.extend_from_slice(&live_name[..200]);
+        n.push(b'-');
+        for b in &blake3::hash(live_name).as_bytes()[..8] {
+            n.extend_from_slice(format!("{b:02x}").as_bytes());
+        }
+    }
+    n
+}
+
+/// Whether `name` is one of this program's own names (`.jailsync-*`: a home, the in-tree home,
+/// the per-file store, a temporary name), which no run takes for the tree's content.
+pub fn is_reserved_top(name: &[u8]) -> bool {
+    name.starts_with(b".jailsync-") || is_tmp_name(name)
+}
+
+/// Whether `name` (with its `lstat`) is a home or store this program made: a directory named
+/// `.jailsync-*` that is private (no group or other bits) and ours — what `switch::private_dir`
+/// makes and insists on. Such a directory is nobody's content at any depth (invariant 13): a
+/// nested tree's home (`usr/pkg/.jailsync-pkgdb`) is never synced, deleted or copied by the
+/// outer tree's run. An entry of that name we did not make is content like any other.
+pub fn is_ours(name: &[u8], st: &rustix::fs::Stat) -> bool {
+    name.starts_with(b".jailsync-")
+        && !is_tmp_name(name)
+        && st.st_mode as u32 & libc::S_IFMT as u32 == libc::S_IFDIR as u32
+        && st.st_mode & 0o077 == 0
+        && st.st_uid == rustix::process::geteuid().as_raw()
+}
