@@ -299,6 +299,94 @@ fn prepare_impl(
     progress: &dyn Progress,
 ) -> Result<Tree> {
     progress.tree(dst_path);
+    let (lock, home) = open_destination(src_path, dst_path, state, opts)?;
+    let mut sc = scan_both(src_path, given, dst_path, state, opts, pools, progress)?;
+    if let Some(h) = home.as_ref().filter(|h| h.is_switchable()) {
+        let kept = crate::generation::kept_inodes(h);
+        crate::generation::discount_own_links(&mut sc.d.entries, &kept);
+    }
+    progress.finish(Phase::Scan);
+    fsx::release_freed_memory();
+    opts.check_stop(dst_path, "while scanning: nothing was changed")?;
+    let (protect, mut scan_errors) = unreadable(&mut sc, src_path, dst_path);
+    let quick = opts
+        .quick
+        .then(|| crate::quick::same_by_stat(&sc.s.entries, &sc.d.entries));
+    let (hashed_bytes, hashed) = hash_both(
+        &mut sc,
+        src_path,
+        dst_path,
+        quick.as_ref(),
+        pools,
+        progress,
+        &mut scan_errors,
+    )?;
+    opts.check_stop(dst_path, "while hashing: nothing was changed")?;
+    let Scanned { s, d, .. } = &mut sc;
+    let mut plan = plan::plan(
+        &s.entries,
+        &d.entries,
+        PlanOpts {
+            owner: opts.owner,
+            xattrs: opts.xattrs,
+        },
+    );
+    if let Some(q) = &quick {
+        crate::quick::withdraw_content(&mut plan, q);
+    }
+    protect_unreadable(&mut plan, &d.entries, &protect);
+    let home = home_for_plan(home, dst_path, &d.entries, &plan, state, opts)?;
+    let dst_holds_excluded = d.holds_excluded.clone();
+    for p in crate::excluded::keep_excluded_parents(&mut plan, &d.entries, &d.holds_excluded) {
+        scan_errors.push((
+            dst_path.join(fsx::os(&p)),
+            io::Error::other("not replaced by a non-directory: it holds excluded entries"),
+        ));
+    }
+    let Scanned {
+        s,
+        d,
+        src_stamp,
+        dst_stamp,
+        cache_hits,
+        cache_loaded,
+    } = sc;
+    Ok(Tree {
+        src_path: src_path.into(),
+        dst_path: dst_path.into(),
+        src: s.entries,
+        dst: d.entries,
+        plan,
+        scan_errors,
+        src_stamp,
+        dst_stamp,
+        hashed_bytes,
+        cache_hits,
+        cache_loaded,
+        hashed,
+        dst_leftovers: d.leftovers,
+        dst_holds_excluded,
+        quick_same: quick.map_or_else(Vec::new, crate::quick::sorted),
+        home,
+        _lock: lock,
+        source_label: None,
+        guard: Vec::new(),
+        protect: None,
+    })
+}
+
+/// The destination opened for a run: locked (a dry run only checks no run holds it), a tree a
+/// killed run left aside put back, made if missing, and its home opened if a run made one: a
+/// switch a killed run left half done is finished before anything is read, and a staging area
+/// inside the tree must not be scanned as part of it. A home not made yet is made only once
+/// the plan has something to switch (see [`home_for_plan`]): a run with nothing to do writes
+/// nothing, not even in DST's parent.
+fn open_destination(
+    src_path: &Path,
+    dst_path: &Path,
+    state: Option<&StateDir>,
+    opts: &SyncOpts,
+) -> Result<(Option<Lock>, Option<Home>)> {
     let lock = match state {
         Some(s) if !opts.dry_run => Some(Lock::acquire(s, dst_path)?),
         // A dry run locks nothing, but reading a tree a run is changing gives only noise.
@@ -316,19 +404,41 @@ fn prepare_impl(
         fs::create_dir_all(dst_path).at(dst_path)?;
     }
     refuse_source_in_home(src_path, dst_path)?;
-    // The home first, if a run made one: a switch a killed run left half done is finished
-    // before anything is read, and a staging area inside the tree must not be scanned as part
-    // of it. A home not made yet is made only once the plan has something to switch: a run
-    // with nothing to do writes nothing, not even in DST's parent (see `open_home`).
     let home = match state {
         Some(_) if !opts.dry_run && Home::exists(dst_path) => {
             Some(open_home(dst_path, opts, state)?)
         }
         _ => None,
     };
-    let excludes = &opts.excludes;
+    Ok((lock, home))
+}
+
+/// Entries that could not be read, with the cause.
+type ScanErrors = Vec<(PathBuf, io::Error)>;
+
+/// Both trees as scanned, with their stat caches applied.
+struct Scanned {
+    s: Scan,
+    d: Scan,
+    src_stamp: (i64, u32),
+    dst_stamp: (i64, u32),
+    cache_hits: usize,
+    cache_loaded: [Option<usize>; 2],
+}
+
+/// Scans both trees at once (the source may come as a manifest instead), then fills in the
+/// hashes and xattrs their stat caches may vouch for (the racy-git rules of `cache`).
+fn scan_both(
+    src_path: &Path,
+    given: Option<Manifest>,
+    dst_path: &Path,
+    state: Option<&StateDir>,
+    opts: &SyncOpts,
+    pools: &Pools,
+    progress: &dyn Progress,
+) -> Result<Scanned> {
     let sopts = ScanOpts {
-        excludes,
+        excludes: &opts.excludes,
         xattrs: opts.xattrs,
         defer_xattrs: true,
         ours: &[],
@@ -364,7 +474,6 @@ fn prepare_impl(
     let src_stamp = given_stamp.unwrap_or(src_stamp);
     let mut s = s?;
     let mut d = d?;
-    // Stat caches: reuse only what the racy-git rules allow (see `cache`).
     let mut cache_hits = 0;
     let mut cache_loaded = [None, None];
     let src_scan = given_stamp.is_none().then_some(&mut s);
@@ -382,29 +491,39 @@ fn prepare_impl(
             }
         }
     }
-    let mut d = match d {
+    let d = match d {
         Some(d) => d,
         None => empty_scan(&s),
     };
-    if let Some(h) = home.as_ref().filter(|h| h.is_switchable()) {
-        crate::generation::discount_own_links(&mut d.entries, &crate::generation::kept_inodes(h));
-    }
-    progress.finish(Phase::Scan);
-    fsx::release_freed_memory();
-    opts.check_stop(dst_path, "while scanning: nothing was changed")?;
+    Ok(Scanned {
+        s,
+        d,
+        src_stamp,
+        dst_stamp,
+        cache_hits,
+        cache_loaded,
+    })
+}
 
-    // The top of a tree may hold a rollback store, never synced: one in the jail is reported
-    // (never dropped silently), one in the destination kept.
+/// What could not be read: the source entries whose live counterparts must be left as they
+/// are (returned first), and every error to report. The top of a tree may hold a rollback
+/// store, never synced: one in the jail is reported (never dropped silently), one in the
+/// destination kept. A source entry gone between listing and stat is reported and its live
+/// counterpart left as it was; a destination entry gone is simply not there.
+fn unreadable(
+    sc: &mut Scanned,
+    src_path: &Path,
+    dst_path: &Path,
+) -> (Vec<Box<[u8]>>, ScanErrors) {
+    let s = &mut sc.s;
     if s.holds_store {
         s.errors.push((
-            fsx::STORE_NAME.into(),
+            crate::names::STORE_NAME.into(),
             io::Error::other("name reserved for jailsync's rollback store; not synced"),
         ));
     }
     let mut protect: Vec<Box<[u8]>> = s.incomplete.clone();
     protect.extend(s.errors.iter().map(|(p, _)| p.clone()));
-    // A source entry gone between listing and stat is reported and its live counterpart left
-    // as it was; a destination entry gone is simply not there.
     protect.extend(s.vanished.iter().cloned());
     let mut scan_errors = Vec::new();
     for p in &s.vanished {
@@ -413,19 +532,29 @@ fn prepare_impl(
             io::Error::other("vanished while being scanned; its live version is left (run again)"),
         ));
     }
-    take_errors(&mut scan_errors, src_path, &mut s);
-    take_errors(&mut scan_errors, dst_path, &mut d);
+    take_errors(&mut scan_errors, src_path, s);
+    take_errors(&mut scan_errors, dst_path, &mut sc.d);
+    (protect, scan_errors)
+}
 
+/// Hashes what the plan needs and no cache vouched for (with `--quick`, not what the stats
+/// already pair): returns the bytes hashed and the files hashed per side.
+fn hash_both(
+    sc: &mut Scanned,
+    src_path: &Path,
+    dst_path: &Path,
+    quick: Option<&std::collections::HashSet<u32>>,
+    pools: &Pools,
+    progress: &dyn Progress,
+    scan_errors: &mut ScanErrors,
+) -> Result<(u64, [usize; 2])> {
+    let (s, d) = (&mut sc.s, &mut sc.d);
     let (mut sn, mut dn) = plan::hash_needs(&s.entries, &d.entries);
-    let quick = opts
-        .quick
-        .then(|| crate::quick::same_by_stat(&s.entries, &d.entries));
-    if let Some(q) = &quick {
+    if let Some(q) = quick {
         crate::quick::skip_hashing(&mut sn, q, &s.entries, &d.entries, true);
         crate::quick::skip_hashing(&mut dn, q, &s.entries, &d.entries, false);
     }
-    let total = (sn.len() + dn.len()) as u64;
-    progress.start(Phase::Hash, total);
+    progress.start(Phase::Hash, (sn.len() + dn.len()) as u64);
     progress.total_bytes(
         sn.iter().map(|&i| s.entries[i as usize].size).sum::<u64>()
             + dn.iter().map(|&i| d.entries[i as usize].size).sum::<u64>(),
@@ -443,17 +572,19 @@ fn prepare_impl(
     }
     progress.finish(Phase::Hash);
     fsx::release_freed_memory();
-    opts.check_stop(dst_path, "while hashing: nothing was changed")?;
+    Ok((hashed_bytes, hashed))
+}
 
-    let popts = PlanOpts {
-        owner: opts.owner,
-        xattrs: opts.xattrs,
-    };
-    let mut plan = plan::plan(&s.entries, &d.entries, popts);
-    if let Some(q) = &quick {
-        crate::quick::withdraw_content(&mut plan, q);
-    }
-    protect_unreadable(&mut plan, &d.entries, &protect);
+/// The home once the plan is known: made now if the plan has something to switch and none
+/// exists yet; a plan touching an immutable or append-only live entry goes per file.
+fn home_for_plan(
+    home: Option<Home>,
+    dst_path: &Path,
+    dst: &Entries,
+    plan: &Plan,
+    state: Option<&StateDir>,
+    opts: &SyncOpts,
+) -> Result<Option<Home>> {
     let mut home = home;
     if home.is_none() && state.is_some() && !opts.dry_run && !plan.is_empty() {
         home = Some(open_home(dst_path, opts, state)?);
@@ -462,42 +593,14 @@ fn prepare_impl(
         .as_mut()
         .filter(|h| h.is_switchable() && !plan.is_empty())
     {
-        if let Some(p) = pinned(dst_path, &d.entries, &plan) {
+        if let Some(p) = pinned(dst_path, dst, plan) {
             h.method = Method::PerFile(format!(
                 "{} is immutable or append-only",
                 dst_path.join(fsx::os(&p)).display()
             ));
         }
     }
-    let dst_holds_excluded = d.holds_excluded.clone();
-    for p in crate::excluded::keep_excluded_parents(&mut plan, &d.entries, &d.holds_excluded) {
-        scan_errors.push((
-            dst_path.join(fsx::os(&p)),
-            io::Error::other("not replaced by a non-directory: it holds excluded entries"),
-        ));
-    }
-    Ok(Tree {
-        src_path: src_path.into(),
-        dst_path: dst_path.into(),
-        src: s.entries,
-        dst: d.entries,
-        plan,
-        scan_errors,
-        src_stamp,
-        dst_stamp,
-        hashed_bytes,
-        cache_hits,
-        cache_loaded,
-        hashed,
-        dst_leftovers: d.leftovers,
-        dst_holds_excluded,
-        quick_same: quick.map_or_else(Vec::new, crate::quick::sorted),
-        home,
-        _lock: lock,
-        source_label: None,
-        guard: Vec::new(),
-        protect: None,
-    })
+    Ok(home)
 }
 
 /// Opens (making it if need be) the home of `dst_path`, finishing or discarding what a killed
