@@ -117,24 +117,28 @@ fn a_rollback_finishes_before_it_stops_for_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The traced jailsync is strace's child.
-    let end = Instant::now() + Duration::from_secs(10);
-    let pid = loop {
-        let kids = fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))
-            .unwrap_or_default();
-        if let Some(p) = kids.split_whitespace().next() {
-            break p.to_string();
-        }
-        assert!(Instant::now() < end, "no traced process");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let end = Instant::now() + Duration::from_secs(10);
+    // Switched: the rollback now waits in its slowed rename.
+    let end = Instant::now() + Duration::from_secs(20);
     while fs::read_to_string(e.dst().join("bin/other")).unwrap_or_default() != "v1\n" {
         assert!(Instant::now() < end, "never switched");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(st.success());
+    // The traced jailsync is strace's child.
+    let kids = fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))
+        .unwrap_or_default();
+    let pid = kids
+        .split_whitespace()
+        .find(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "jailsync")
+        })
+        .unwrap_or_else(|| panic!("no traced jailsync among strace's children: {kids:?}"))
+        .to_string();
+    let o = Command::new("kill").args(["-TERM", &pid]).output().unwrap();
+    assert!(
+        o.status.success(),
+        "kill {pid}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let status = child.wait().unwrap();
     let mut err = String::new();
     use std::io::Read;
