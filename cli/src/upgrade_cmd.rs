@@ -2,32 +2,42 @@
 //! `jailsync_engine::layout`), with configuration protection and a root-level record that
 //! `history --root` and `rollback --root` read.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use jailsync_engine::layout::{self, Layout};
+use clap::Args;
 use jailsync_engine::protect::Rules;
 use jailsync_engine::sync;
 
+use crate::args::{engine_opts, exit, layout_of, phase_args, Global, SyncArgs};
 use crate::output::Summary;
+use crate::pipeline::{run_pairs, Hooks, Ran};
+use crate::rails::check_deletes;
 use crate::roots;
-use crate::sync_cmd::{check_rel, run_pairs, Hooks, Ran, UpgradeCmd};
-use crate::{exit, Global};
 
-/// The trees of an upgrade: `--tree`, else `tree` lines of JAIL/jailsync.conf, else the
-/// layout the jail has. Databases go last.
-pub fn layout_of(jail: &Path, given: &[PathBuf]) -> Result<(Layout, Vec<String>)> {
-    let (conf_trees, conf_protect) = layout::read_conf(jail)?;
-    let l = if !given.is_empty() {
-        Layout::given(given.to_vec())
-    } else if !conf_trees.is_empty() {
-        Layout::given(conf_trees)
-    } else {
-        Layout::detect(jail)?
-    };
-    check_rel(&l.trees)?;
-    Ok((l, conf_protect))
+#[derive(Args, Debug)]
+pub struct UpgradeCmd {
+    /// The jail holding the rebuilt packages.
+    pub jail: PathBuf,
+    /// The live system's root.
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// A tree to sync, relative to JAIL and ROOT (repeatable; default: `tree` lines of
+    /// JAIL/jailsync.conf, else usr/pkg and var/db/pkg). The package database goes last.
+    #[arg(long, value_name = "REL")]
+    pub tree: Vec<PathBuf>,
+    /// Also protect configuration files matching GLOB (ROOT-relative, `--exclude` syntax;
+    /// repeatable; also `protect GLOB` lines of JAIL/jailsync.conf). Every tree's `etc/` is
+    /// protected by default: see the README's "Configuration files".
+    #[arg(long, value_name = "GLOB")]
+    pub protect: Vec<String>,
+    /// Do not protect every tree's `etc/` (GLOBs given still are).
+    #[arg(long)]
+    pub no_protect: bool,
+    #[command(flatten)]
+    pub args: SyncArgs,
 }
 
 /// Refuses an upgrade whose ROOT is a jail: ROOT, or a tree of it, carries the `.jail` marker
@@ -57,8 +67,7 @@ fn check_not_a_jail(jail: &Path, root: &Path, trees: &[PathBuf]) -> Result<()> {
     )
 }
 
-pub fn run(c: UpgradeCmd, g: &Global) -> Result<u8> {
-    use std::os::unix::ffi::OsStrExt;
+pub fn run_upgrade(c: UpgradeCmd, g: &Global) -> Result<u8> {
     let t0 = Instant::now();
     let (layout, conf_protect) = layout_of(&c.jail, &c.tree)?;
     if g.verbose > 0 && !g.quiet {
@@ -135,9 +144,9 @@ pub fn run(c: UpgradeCmd, g: &Global) -> Result<u8> {
             let pools = jailsync_engine::sync::Pools::new(0);
             let mut planned = Vec::new();
             for (trees, excludes) in &phases {
-                let mut a = crate::sync_cmd::phase_args(&c.args, excludes, rules.is_some());
+                let mut a = phase_args(&c.args, excludes, rules.is_some());
                 a.dry_run = true;
-                let opts = crate::sync_cmd::engine_opts(&a)?;
+                let opts = engine_opts(&a)?;
                 let checked = pairs_of(trees);
                 let mut ts = Vec::new();
                 for (s, d, _) in &checked {
@@ -149,7 +158,7 @@ pub fn run(c: UpgradeCmd, g: &Global) -> Result<u8> {
                 }
                 planned.extend(ts);
             }
-            crate::admin_cmd::check_deletes(&planned, &c.args)?;
+            check_deletes(&planned, &c.args)?;
         }
     }
 
