@@ -45,12 +45,12 @@ impl Ran {
 /// (source, destination, itemize prefix) of each pair, paths canonical.
 pub type Pairs = [(PathBuf, PathBuf, Vec<u8>)];
 
-/// What every step of a run uses.
+/// What every step of a run uses (dropped in this order: the bars, the pools, the state).
 struct Engine {
+    prog: Box<Timed<Box<dyn Progress>>>,
+    pools: Pools,
     state: StateDir,
     opts: SyncOpts,
-    pools: Pools,
-    prog: Box<Timed<Box<dyn Progress>>>,
 }
 
 /// Runs checked (source, destination, itemize prefix) pairs, their paths canonical.
@@ -149,10 +149,10 @@ fn open(checked: &Pairs, a: &SyncArgs, g: &Global) -> Result<Engine> {
             .collect(),
     );
     Ok(Engine {
+        prog,
+        pools,
         state,
         opts,
-        pools,
-        prog,
     })
 }
 
