@@ -11,61 +11,8 @@ use jailsync_engine::journal::StateDir;
 use jailsync_engine::protect::{self, Base, Decisions, Kept, Rules, Verdict, NEW_SUFFIX};
 use jailsync_engine::sync::Tree;
 
-use crate::output::json_path;
-use crate::{exit, Global};
-
-/// How many protected files each outcome had.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Tally {
-    pub kept: usize,
-    pub new: usize,
-    pub dropped: usize,
-}
-
-impl Tally {
-    pub fn of(d: &[Decisions]) -> Tally {
-        let mut t = Tally::default();
-        for x in d.iter().flat_map(|d| &d.list) {
-            match x.verdict {
-                Verdict::Kept => t.kept += 1,
-                Verdict::KeptNew => t.new += 1,
-                Verdict::KeptDropped => t.dropped += 1,
-            }
-        }
-        t
-    }
-
-    pub fn add(&mut self, o: &Tally) {
-        self.kept += o.kept;
-        self.new += o.new;
-        self.dropped += o.dropped;
-    }
-
-    /// The summary line's tail; empty when no protected file was kept.
-    pub fn human(&self, dry_run: bool) -> String {
-        let mut parts = Vec::new();
-        if self.kept > 0 {
-            parts.push(format!("{} kept as edited", self.kept));
-        }
-        if self.new > 0 {
-            parts.push(format!(
-                "{} kept as edited with the jail's version {} as NAME{NEW_SUFFIX} (jailsync conf-diff ROOT)",
-                self.new,
-                if dry_run { "to be written" } else { "written" }
-            ));
-        }
-        if self.dropped > 0 {
-            parts.push(format!(
-                "{} dropped by the jail but edited, kept",
-                self.dropped
-            ));
-        }
-        if parts.is_empty() {
-            return String::new();
-        }
-        format!("; configuration: {}", parts.join(", "))
-    }
-}
+use crate::args::{exit, Global};
+use crate::output::{json_path, Tally};
 
 /// Decides the protected files of every tree (see `protect::decide`).
 pub fn decide_all(

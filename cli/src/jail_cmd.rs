@@ -13,8 +13,8 @@ use clap::Subcommand;
 use jailsync_engine::jail::{self, Action, InitOptions, Jail, Outcome, State};
 use serde_json::{json, Value};
 
+use crate::args::{exit, Global};
 use crate::output::json_path;
-use crate::{exit, Global};
 
 #[derive(Subcommand, Debug)]
 pub enum JailCmd {

@@ -4,31 +4,32 @@
 //! Invoked as `mkjail`, `umkjail` or `sync_pkg` it behaves like the seed's scripts.
 
 mod admin_cmd;
+mod args;
 mod conf;
+mod gens;
 mod hints;
+mod history_cmd;
 mod jail_cmd;
+mod manifest_cmd;
 mod output;
 mod pipe;
+mod pipeline;
 mod push_cmd;
+mod rails;
+mod rollback_cmd;
 mod roots;
 mod serve_cmd;
 mod sync_cmd;
 mod upgrade_cmd;
+mod verify_cmd;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
-/// Exit codes shared by every subcommand.
-pub mod exit {
-    pub const OK: u8 = 0;
-    /// Differences found (verify) or some entries failed.
-    pub const PARTIAL: u8 = 1;
-    /// Usage error or fatal error.
-    pub const FATAL: u8 = 2;
-}
+use args::{exit, Global};
 
 #[derive(Parser, Debug)]
 #[command(name = "jailsync", version, about, propagate_version = true)]
@@ -39,42 +40,20 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
-/// Options every subcommand accepts.
-#[derive(Args, Debug, Clone)]
-pub struct Global {
-    /// Print only errors.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
-    pub quiet: bool,
-    /// Print more detail (repeat for more).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
-    /// Emit JSON lines on stdout, ending with a summary object.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// Where manifests, journals, locks and rollback data live (never inside a synced tree).
-    #[arg(
-        long,
-        global = true,
-        env = "JAILSYNC_STATE_DIR",
-        default_value = "/var/db/jailsync"
-    )]
-    pub state_dir: PathBuf,
-}
-
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Make DST identical to SRC: new files first, old ones last, nothing ever missing.
     Sync(sync_cmd::SyncCmd),
     /// The seed's sync_pkg: sync each package tree of a jail onto the live root.
-    Upgrade(sync_cmd::UpgradeCmd),
+    Upgrade(upgrade_cmd::UpgradeCmd),
     /// Check that DST matches a tree or a manifest exactly (exit 1 with differences).
-    Verify(sync_cmd::VerifyCmd),
+    Verify(verify_cmd::VerifyCmd),
     /// Write a manifest of a tree (blake3 per file, full metadata), for `verify`.
-    Manifest(sync_cmd::ManifestCmd),
+    Manifest(manifest_cmd::ManifestCmd),
     /// Undo the last sync of DST exactly (never lacking, whole or old).
-    Rollback(sync_cmd::RollbackCmd),
+    Rollback(rollback_cmd::RollbackCmd),
     /// List the syncs of DST that can be rolled back.
-    History(sync_cmd::HistoryCmd),
+    History(history_cmd::HistoryCmd),
     /// Show the jail's versions of kept configuration files (`NAME.jailsync-new`) as unified
     /// diffs against the live ones (exit 1 when some are pending).
     ConfDiff {
@@ -157,16 +136,16 @@ fn main() -> ExitCode {
     };
     let result = match cli.cmd {
         Cmd::Sync(c) => sync_cmd::run_sync(c, &cli.global),
-        Cmd::Upgrade(c) => sync_cmd::run_upgrade(c, &cli.global),
-        Cmd::Verify(c) => sync_cmd::run_verify(c, &cli.global),
-        Cmd::Manifest(c) => sync_cmd::run_manifest(c, &cli.global),
-        Cmd::Rollback(c) => sync_cmd::run_rollback(c, &cli.global),
-        Cmd::History(c) => sync_cmd::run_history(c, &cli.global),
+        Cmd::Upgrade(c) => upgrade_cmd::run_upgrade(c, &cli.global),
+        Cmd::Verify(c) => verify_cmd::run_verify(c, &cli.global),
+        Cmd::Manifest(c) => manifest_cmd::run_manifest(c, &cli.global),
+        Cmd::Rollback(c) => rollback_cmd::run_rollback(c, &cli.global),
+        Cmd::History(c) => history_cmd::run_history(c, &cli.global),
         Cmd::ConfDiff { root } => conf::run_conf_diff(&root, &cli.global),
         Cmd::Jail(j) => jail_cmd::run(j, &cli.global),
         Cmd::Prune(c) => admin_cmd::run_prune(c, &cli.global),
-        Cmd::Man(c) => admin_cmd::run_man(c),
-        Cmd::Completions(c) => admin_cmd::run_completions(c),
+        Cmd::Man(c) => admin_cmd::run_man(c, Cli::command()),
+        Cmd::Completions(c) => admin_cmd::run_completions(c, Cli::command()),
         Cmd::Push(c) => push_cmd::run_push(c, &cli.global),
         Cmd::Serve(c) => serve_cmd::run_serve(c, &cli.global),
     };

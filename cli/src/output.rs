@@ -1,6 +1,7 @@
-//! Output: itemized change lines, JSON lines, the human summary, and progress bars.
+//! Output: itemized change lines, JSON lines, the human summary, errors, and progress bars.
 
 use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -9,8 +10,12 @@ use base64::Engine as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jailsync_engine::entry::{display_path, Ent, Entries, Kind};
 use jailsync_engine::plan::{itemize, Action, Counts, Op, Plan};
-use jailsync_engine::progress::{Phase, Progress};
+use jailsync_engine::progress::{Phase, Progress, Silent};
+use jailsync_engine::protect::{Decisions, Verdict, NEW_SUFFIX};
+use jailsync_engine::usage::Usage;
 use serde_json::{json, Value};
+
+use crate::args::Global;
 
 /// A path for JSON: a string when it is UTF-8, else `{"bytes": base64}`.
 pub fn json_path(p: &[u8]) -> Value {
@@ -138,6 +143,78 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// How many protected files each outcome had.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub kept: usize,
+    pub new: usize,
+    pub dropped: usize,
+}
+
+impl Tally {
+    pub fn of(d: &[Decisions]) -> Tally {
+        let mut t = Tally::default();
+        for x in d.iter().flat_map(|d| &d.list) {
+            match x.verdict {
+                Verdict::Kept => t.kept += 1,
+                Verdict::KeptNew => t.new += 1,
+                Verdict::KeptDropped => t.dropped += 1,
+            }
+        }
+        t
+    }
+
+    pub fn add(&mut self, o: &Tally) {
+        self.kept += o.kept;
+        self.new += o.new;
+        self.dropped += o.dropped;
+    }
+
+    /// The summary line's tail; empty when no protected file was kept.
+    pub fn human(&self, dry_run: bool) -> String {
+        let mut parts = Vec::new();
+        if self.kept > 0 {
+            parts.push(format!("{} kept as edited", self.kept));
+        }
+        if self.new > 0 {
+            parts.push(format!(
+                "{} kept as edited with the jail's version {} as NAME{NEW_SUFFIX} (jailsync conf-diff ROOT)",
+                self.new,
+                if dry_run { "to be written" } else { "written" }
+            ));
+        }
+        if self.dropped > 0 {
+            parts.push(format!(
+                "{} dropped by the jail but edited, kept",
+                self.dropped
+            ));
+        }
+        if parts.is_empty() {
+            return String::new();
+        }
+        format!("; configuration: {}", parts.join(", "))
+    }
+}
+
+/// `size 12.0 MiB not in live (8.0 MiB its own)`, for `history`.
+pub fn size_text(u: Option<Usage>) -> String {
+    match u {
+        Some(u) => format!(
+            "{:>9} not live, {:>9} own",
+            human_bytes(u.not_live),
+            human_bytes(u.own)
+        ),
+        None => format!("{:>9}", "size ?"),
+    }
+}
+
+pub fn size_json(u: Option<Usage>) -> serde_json::Value {
+    match u {
+        Some(u) => serde_json::json!({"not_live_bytes": u.not_live, "own_bytes": u.own}),
+        None => serde_json::Value::Null,
+    }
+}
+
 pub struct Summary {
     pub counts: Counts,
     pub bytes_written: u64,
@@ -148,7 +225,7 @@ pub struct Summary {
     pub hashed_bytes: u64,
     pub cache_hits: usize,
     /// Configuration protection (upgrade): what was kept.
-    pub conf: Option<crate::conf::Tally>,
+    pub conf: Option<Tally>,
 }
 
 impl Summary {
@@ -467,7 +544,7 @@ impl Progress for Bars {
 /// How each tree was switched (`-v`, `--json`), and which processes still run the old trees.
 pub fn print_switches(
     out: &mut impl Write,
-    g: &crate::Global,
+    g: &Global,
     trees: &[jailsync_engine::sync::Tree],
     r: &jailsync_engine::sync::Report,
 ) -> io::Result<()> {
@@ -537,6 +614,95 @@ pub fn print_switches(
         }
     }
     Ok(())
+}
+
+/// Progress bars on stderr unless `-q` or `--json` (or not a terminal), timing each phase.
+pub fn progress(g: &Global) -> Box<Timed<Box<dyn Progress>>> {
+    progress_named(g, Vec::new())
+}
+
+/// Progress whose bars name each tree (`names`: destination, name shown).
+pub fn progress_named(g: &Global, names: Vec<(PathBuf, String)>) -> Box<Timed<Box<dyn Progress>>> {
+    let inner: Box<dyn Progress> = if Bars::wanted(g.quiet, g.json) {
+        Box::new(Bars::new(names))
+    } else {
+        Box::new(Silent)
+    };
+    Box::new(Timed::new(inner))
+}
+
+/// An entry that failed: a JSON line with `--json`, always a line on stderr.
+pub fn report_error(
+    out: &mut impl Write,
+    g: &Global,
+    path: &str,
+    phase: &str,
+    e: &io::Error,
+) -> io::Result<()> {
+    if g.json {
+        let v = serde_json::json!({"type": "error", "path": path, "phase": phase, "error": e.to_string()});
+        writeln!(out, "{v}")?;
+    }
+    eprintln!("jailsync: {path}: {e} (while {phase})");
+    Ok(())
+}
+
+/// What a switched rollback does with excluded entries (the live system's, kept as they are
+/// now): each carried into the restored tree, and each the generation held but the live tree
+/// no longer has. Named one by one for `-n` and `--json`, counted otherwise.
+pub fn report_carry(
+    out: &mut impl Write,
+    g: &Global,
+    live: &Path,
+    carry: &jailsync_engine::generation::Carry,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let lines = carry
+        .carried
+        .iter()
+        .map(|p| (p, "excluded: carried across as it is now"))
+        .chain(carry.dropped.iter().map(|p| {
+            (
+                p,
+                "excluded, gone from the live tree since the sync: stays gone",
+            )
+        }));
+    for (p, what) in lines {
+        if g.json {
+            let kind = if what.starts_with("excluded:") {
+                "carried"
+            } else {
+                "dropped"
+            };
+            let v = serde_json::json!({"type": kind, "path": json_path(p), "what": what});
+            writeln!(out, "{v}")?;
+        } else if dry_run && !g.quiet {
+            let p = live.join(jailsync_engine::fsx::os(p));
+            eprintln!("jailsync: {}: {what}", p.display());
+        }
+    }
+    let n = carry.carried.len();
+    if n > 0 && !dry_run && !g.quiet && !g.json {
+        eprintln!(
+            "{}: {n} excluded entr{} carried across (the live system's, kept as they are)",
+            live.display(),
+            if n == 1 { "y" } else { "ies" }
+        );
+    }
+    Ok(())
+}
+
+/// A run's summary: a JSON line on stdout, or a line on stderr (with the time of each phase
+/// after it when `-v` asked for them).
+pub fn print_summary(summary: &Summary, verbose_phases: Option<&str>, g: &Global) {
+    if g.json {
+        println!("{}", summary.json());
+    } else if !g.quiet {
+        eprintln!("{}", summary.human());
+        if let Some(p) = verbose_phases {
+            eprintln!("phases: {p}");
+        }
+    }
 }
 
 #[cfg(test)]

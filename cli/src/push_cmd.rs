@@ -19,8 +19,8 @@ use jailsync_engine::remote::fleet::{
 use jailsync_engine::remote::serve::{flag, Open};
 use jailsync_engine::sync::{self, Pools, SyncOpts};
 
+use crate::args::{exit, Global};
 use crate::output::human_bytes;
-use crate::{exit, Global};
 
 #[derive(Args, Debug)]
 pub struct PushCmd {
@@ -214,7 +214,7 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
     // The trees `upgrade` would sync (its layout detection), in its order. Each host runs
     // them in `upgrade`'s phases: a package database nested in another tree is excluded from
     // it, with its home, and switched after it as its own tree.
-    let (layout, conf_protect) = crate::upgrade_cmd::layout_of(&c.jail, &c.tree)?;
+    let (layout, conf_protect) = crate::args::layout_of(&c.jail, &c.tree)?;
     let rels: Vec<PathBuf> = layout.trees.clone();
     let excludes: Vec<Vec<u8>> = layout
         .phases()
@@ -499,7 +499,7 @@ fn host_line(h: &HostReport, tally: &mut Tally) -> (String, serde_json::Value) {
                     eprintln!("jailsync: {shown}: {l}");
                 }
             }
-            let kept = crate::conf::Tally {
+            let kept = crate::output::Tally {
                 kept: d.kept[0] as usize,
                 new: d.kept[1] as usize,
                 dropped: d.kept[2] as usize,

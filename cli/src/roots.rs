@@ -18,7 +18,7 @@ use jailsync_engine::switch::Home;
 use jailsync_engine::sync::{self, Pools};
 use serde_json::{json, Value};
 
-use crate::{exit, Global};
+use crate::args::{exit, Global};
 
 #[derive(Debug, Clone)]
 pub struct TreeRec {
@@ -285,7 +285,7 @@ pub fn rollback(root: &Path, force: bool, dry_run: bool, g: &Global) -> Result<u
             }
         }
         if dry_run {
-            crate::sync_cmd::report_carry(&mut std::io::stdout(), g, &t.dst, &r.carry, true)?;
+            crate::output::report_carry(&mut std::io::stdout(), g, &t.dst, &r.carry, true)?;
         }
         todo.push((t.dst.clone(), id));
     }
@@ -318,7 +318,7 @@ pub fn rollback(root: &Path, force: bool, dry_run: bool, g: &Global) -> Result<u
         generation::recover(&home, Some(&state))?;
         let mut r = generation::check(&home, Some(*id), &pools.walk)?;
         generation::switch_back_all(&mut [(&home, &mut r)], Some(&state))?;
-        crate::sync_cmd::report_carry(&mut std::io::stdout(), g, dst, &r.carry, false)?;
+        crate::output::report_carry(&mut std::io::stdout(), g, dst, &r.carry, false)?;
         for (p, e) in &r.errors {
             eprintln!("jailsync: {}: {e} (while rolling back)", p.display());
         }

@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::Args;
 use jailsync_engine::remote::serve::{serve, ServeEnv};
 
-use crate::{exit, Global};
+use crate::args::{exit, Global};
 
 #[derive(Args, Debug)]
 pub struct ServeCmd {
@@ -32,7 +32,7 @@ pub fn run_serve(c: ServeCmd, g: &Global) -> Result<u8> {
         allow_roots: c.allow_root.clone(),
         // ssh going away sends SIGHUP: the session stops at its next safe point, before any
         // switch, and removes what it staged.
-        stop: Some(crate::sync_cmd::stop_on_signals()),
+        stop: Some(crate::args::stop_on_signals()),
         rollback: {
             let allowed = c.allow_root.clone();
             Box::new(move |root, force, dry_run, state| {

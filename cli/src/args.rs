@@ -1,0 +1,168 @@
+//! What every command shares from its arguments: the global options, the exit codes, the
+//! options of `sync` and `upgrade` and the engine options they make, and the trees an upgrade
+//! names. Imports no other file of the CLI.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use jailsync_engine::layout::{self, Layout};
+use jailsync_engine::scan::Excludes;
+use jailsync_engine::sync::SyncOpts;
+
+/// Exit codes shared by every subcommand.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// Differences found (verify) or some entries failed.
+    pub const PARTIAL: u8 = 1;
+    /// Usage error or fatal error.
+    pub const FATAL: u8 = 2;
+}
+
+/// Options every subcommand accepts.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Print only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more detail (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Emit JSON lines on stdout, ending with a summary object.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Where manifests, journals, locks and rollback data live (never inside a synced tree).
+    #[arg(
+        long,
+        global = true,
+        env = "JAILSYNC_STATE_DIR",
+        default_value = "/var/db/jailsync"
+    )]
+    pub state_dir: PathBuf,
+}
+
+/// Options shared by `sync` and `upgrade`.
+#[derive(Args, Debug, Clone)]
+pub struct SyncArgs {
+    /// Show what would change; change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Print one rsync-style line per change on stdout.
+    #[arg(short, long)]
+    pub itemize: bool,
+    /// Ignore cached hashes: hash every file that must be compared.
+    #[arg(short, long)]
+    pub checksum: bool,
+    /// Leave paths matching GLOB alone (neither copied nor deleted). Repeatable. No `/`: any
+    /// name at any depth; with `/`: the whole relative path (leading `/` anchors); trailing `/`:
+    /// directories only.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Worker threads for walking, hashing and writing (default: twice the cores, 4..16).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub threads: usize,
+    /// Make the result durable: fsync data before each rename and every touched directory.
+    #[arg(long)]
+    pub fsync: bool,
+    /// Sync into the target of a destination that is a symlink (only one owned by root or
+    /// you). Without it a symlinked destination is refused, however it is spelled (`DST/`,
+    /// `DST/.`).
+    #[arg(long)]
+    pub follow_dst: bool,
+    /// Neither compare nor copy extended attributes (one call per entry less while scanning).
+    #[arg(long)]
+    pub no_xattrs: bool,
+    /// Do not keep the replaced entries for `jailsync rollback`.
+    #[arg(long)]
+    pub no_rollback: bool,
+    /// Rollback generations to keep per destination.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub keep: usize,
+    /// Take files of equal size and mtime (to the nanosecond) as unchanged without reading
+    /// them, as rsync does (blind to a content change whose mtime was set back).
+    #[arg(long, conflicts_with = "checksum")]
+    pub quick: bool,
+    /// Refuse (exit 2, nothing changed) if more than N entries would be deleted, in all.
+    /// Without it a run that would delete more than half of a destination's entries (one of
+    /// more than 256) is refused: most likely the wrong source or destination.
+    #[arg(long, value_name = "N")]
+    pub max_delete: Option<u64>,
+    /// Run what is refused by default as most likely a mistake: deleting more than half of a
+    /// destination (see --max-delete), an upgrade whose ROOT is a jail (has a `.jail` marker).
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub(crate) fn engine_opts(a: &SyncArgs) -> Result<SyncOpts> {
+    Ok(SyncOpts {
+        excludes: Excludes::new(&a.exclude).context("bad --exclude pattern")?,
+        checksum: a.checksum,
+        dry_run: a.dry_run,
+        fsync: a.fsync,
+        threads: a.threads,
+        rollback: !a.no_rollback,
+        xattrs: !a.no_xattrs,
+        keep: a.keep,
+        exclude_patterns: a.exclude.clone(),
+        stop: (!a.dry_run).then(stop_on_signals),
+        quick: a.quick,
+        ..SyncOpts::default()
+    })
+}
+
+/// SIGINT, SIGTERM and SIGHUP no longer kill a sync: they set a flag (to the signal's number)
+/// that the engine checks at its safe points; it then removes what it staged and returns
+/// `Stopped`, which exits 128 + the signal (130 for SIGINT, 143 for SIGTERM).
+pub(crate) fn stop_on_signals() -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // Registration only fails for signals that cannot be caught; these three can.
+        let _ = signal_hook::flag::register_usize(sig, flag.clone(), sig as usize);
+    }
+    flag
+}
+
+/// The arguments a phase runs with: its own excludes, and the jail's `.jailsync-new` files
+/// left alone where configuration is protected.
+pub(crate) fn phase_args(a: &SyncArgs, excludes: &[String], protect: bool) -> SyncArgs {
+    let mut a2 = a.clone();
+    a2.exclude.extend(excludes.iter().cloned());
+    if protect {
+        a2.exclude
+            .push(jailsync_engine::protect::NEW_EXCLUDE.to_string());
+        a2.exclude
+            .push(jailsync_engine::protect::ASIDE_EXCLUDE.to_string());
+    }
+    a2
+}
+
+/// Refuses a tree that is not a plain relative path.
+pub fn check_rel(trees: &[PathBuf]) -> Result<()> {
+    for t in trees {
+        let bad = t.is_absolute()
+            || t.components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)));
+        if bad || t.as_os_str().is_empty() {
+            bail!(
+                "{}: a tree must be a relative path without `..`",
+                t.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The trees of an upgrade: `--tree`, else `tree` lines of JAIL/jailsync.conf, else the
+/// layout the jail has. Databases go last.
+pub fn layout_of(jail: &Path, given: &[PathBuf]) -> Result<(Layout, Vec<String>)> {
+    let (conf_trees, conf_protect) = layout::read_conf(jail)?;
+    let l = if !given.is_empty() {
+        Layout::given(given.to_vec())
+    } else if !conf_trees.is_empty() {
+        Layout::given(conf_trees)
+    } else {
+        Layout::detect(jail)?
+    };
+    check_rel(&l.trees)?;
+    Ok((l, conf_protect))
+}
