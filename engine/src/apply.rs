@@ -158,6 +158,11 @@ fn is_out_of_room(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
+/// The actions that make an object under a staging name.
+fn staged_op(a: &Action) -> bool {
+    matches!(a.op, Op::Create | Op::Replace | Op::Exchange)
+}
+
 fn err_other(msg: &str) -> io::Error {
     io::Error::other(msg.to_string())
 }
@@ -360,18 +365,29 @@ impl<'a> Apply<'a> {
 
     /// Creates every object at its staging location.
     pub fn stage(&mut self, pool: &rayon::ThreadPool, progress: &dyn Progress) {
-        let actions = &self.plan.actions;
-        let staged_ops = |a: &Action| matches!(a.op, Op::Create | Op::Replace | Op::Exchange);
-        let total = actions.iter().filter(|a| staged_ops(a)).count() as u64;
+        let total = self.plan.actions.iter().filter(|a| staged_op(a)).count() as u64;
         progress.start(Phase::Stage, total);
+        self.stage_dirs(progress);
+        self.stage_objects(pool, progress);
+        self.stage_links(progress);
+        // Before directory modes can make staged directories read-only.
+        self.discard_failed();
+        self.finish_dirs();
+        self.discard_failed();
+        // Copies hash what they read; the commit and prune need no buffers.
+        hash::release_buffers(pool);
+        progress.finish(Phase::Stage);
+    }
 
-        // 1. New directories, parents first (path order), private until finalized. One
-        // inside a directory that could not be made is not made either.
+    /// Staging, step 1: new directories, parents first (path order), private until
+    /// finalized. One inside a directory that could not be made is not made either.
+    fn stage_dirs(&mut self, progress: &dyn Progress) {
+        let actions = &self.plan.actions;
         let mut cache = DirCache::new(self.dst_root.as_fd());
         let mut dir_failures = Vec::new();
         let mut failed_dirs = vec![false; actions.len()];
         for (k, a) in actions.iter().enumerate() {
-            if !staged_ops(a) || self.src[a.src as usize].kind != Kind::Dir {
+            if !staged_op(a) || self.src[a.src as usize].kind != Kind::Dir {
                 continue;
             }
             let top_failed = matches!(self.staged[k], Staged::Inside(t) if failed_dirs[t as usize]);
@@ -400,12 +416,16 @@ impl<'a> Apply<'a> {
             .map(|k| (k, err_other("parent directory could not be staged")))
             .collect();
         self.fail_all(Phase::Stage, orphaned);
+    }
 
-        // 2. Files, symlinks and nodes (hard-link followers wait for their leader).
+    /// Staging, step 2: files, symlinks and nodes, by several workers (hard-link followers
+    /// wait for their leader).
+    fn stage_objects(&mut self, pool: &rayon::ThreadPool, progress: &dyn Progress) {
+        let actions = &self.plan.actions;
         let work: Vec<usize> = (0..actions.len())
             .filter(|&k| {
                 let a = &actions[k];
-                staged_ops(a)
+                staged_op(a)
                     && !self.failed[k]
                     && self.staged[k] != Staged::Not
                     && a.link_to == NONE
@@ -436,8 +456,11 @@ impl<'a> Apply<'a> {
         let errors = errors.into_inner().expect("poisoned");
         self.not_ours(&errors);
         self.fail_all(Phase::Stage, errors);
+    }
 
-        // 3. Hard-link followers: linked to their leader's staged inode.
+    /// Staging, step 3: hard-link followers, linked to their leader's staged inode.
+    fn stage_links(&mut self, progress: &dyn Progress) {
+        let actions = &self.plan.actions;
         // Only hard-link groups need it (few): a map over every action was a large transient.
         let leaders: std::collections::HashSet<u32> = actions
             .iter()
@@ -447,13 +470,13 @@ impl<'a> Apply<'a> {
         let src_to_action: HashMap<u32, usize> = actions
             .iter()
             .enumerate()
-            .filter(|(_, a)| a.src != NONE && staged_ops(a) && leaders.contains(&a.src))
+            .filter(|(_, a)| a.src != NONE && staged_op(a) && leaders.contains(&a.src))
             .map(|(k, a)| (a.src, k))
             .collect();
         let mut link_failures = Vec::new();
         let mut cache = DirCache::new(self.dst_root.as_fd());
         for (k, a) in actions.iter().enumerate() {
-            if a.link_to == NONE || !staged_ops(a) || self.failed[k] {
+            if a.link_to == NONE || !staged_op(a) || self.failed[k] {
                 continue;
             }
             let Some(loc) = self.loc(k) else { continue };
@@ -477,14 +500,16 @@ impl<'a> Apply<'a> {
         drop(cache);
         self.not_ours(&link_failures);
         self.fail_all(Phase::Stage, link_failures);
-        // Before directory modes can make staged directories read-only.
-        self.discard_failed();
+    }
 
-        // 4. New directories' metadata, deepest first, now that their contents are in place.
+    /// Staging, step 4: new directories' metadata, deepest first, now that their contents
+    /// are in place.
+    fn finish_dirs(&mut self) {
+        let actions = &self.plan.actions;
         let mut meta_failures = Vec::new();
         let mut cache = DirCache::new(self.dst_root.as_fd());
         for (k, a) in actions.iter().enumerate().rev() {
-            if !staged_ops(a) || self.failed[k] || self.src[a.src as usize].kind != Kind::Dir {
+            if !staged_op(a) || self.failed[k] || self.src[a.src as usize].kind != Kind::Dir {
                 continue;
             }
             let Some(loc) = self.loc(k) else { continue };
@@ -504,10 +529,6 @@ impl<'a> Apply<'a> {
         }
         drop(cache);
         self.fail_all(Phase::Stage, meta_failures);
-        self.discard_failed();
-        // Copies hash what they read; the commit and prune need no buffers.
-        hash::release_buffers(pool);
-        progress.finish(Phase::Stage);
     }
 
     /// Removes what failed entries left at their staging locations — a file, link or node

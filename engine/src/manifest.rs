@@ -33,7 +33,7 @@ use std::fs;
 use std::io::{BufRead, BufWriter, Write};
 use std::path::Path;
 
-use crate::entry::{Ent, Entries, Entry, Hash, Kind, CTIME_UNKNOWN};
+use crate::entry::{Ent, Entries, Entry, Hash, Kind, Xattr, CTIME_UNKNOWN};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::{from_hex, to_hex};
 
@@ -313,7 +313,25 @@ fn field_allowed(kind: Kind, key: &[u8]) -> bool {
 /// verify against; a rollback generation's record of the old tree knows only some).
 fn parse_line(line: &[u8], need_hash: bool) -> std::result::Result<Line, String> {
     let mut toks = line.split(|&b| b == b' ').filter(|t| !t.is_empty());
-    let p = toks.next().ok_or("empty line")?;
+    let path = parse_path(toks.next().ok_or("empty line")?)?;
+    let kind = toks
+        .next()
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .and_then(Kind::from_name)
+        .ok_or("missing or unknown type")?;
+    if path.is_empty() && kind != Kind::Dir {
+        return Err("the root `.` is not a directory".into());
+    }
+    let mut fields = Fields::new(kind);
+    for t in toks {
+        fields.read(t)?;
+    }
+    let (e, hash) = fields.finish(need_hash)?;
+    Ok((path, e, hash))
+}
+
+/// A line's path token: `.` for the root, else an escaped clean relative path.
+fn parse_path(p: &[u8]) -> std::result::Result<Vec<u8>, String> {
     let path = if p == b"." {
         Vec::new()
     } else {
@@ -331,32 +349,49 @@ fn parse_line(line: &[u8], need_hash: bool) -> std::result::Result<Line, String>
             String::from_utf8_lossy(&path)
         ));
     }
-    let kind = toks
-        .next()
-        .and_then(|k| std::str::from_utf8(k).ok())
-        .and_then(Kind::from_name)
-        .ok_or("missing or unknown type")?;
-    if path.is_empty() && kind != Kind::Dir {
-        return Err("the root `.` is not a directory".into());
-    }
-    let mut e = Entry::new(kind);
-    let mut hash = None;
-    e.nlink = 1;
-    let mut blocks = None;
-    let mut xattrs = Vec::new();
+    Ok(path)
+}
+
+/// The `key=value` fields of one line, read into its entry.
+struct Fields<'l> {
+    e: Entry,
+    hash: Option<Hash>,
+    blocks: Option<u64>,
+    xattrs: Vec<Xattr>,
     // Set on the entry together once the line is read: one lookup in the table of owners and
     // devices, and no half-made triples in it.
-    let (mut uid, mut gid, mut dev) = (0, 0, 0);
+    uid: u32,
+    gid: u32,
+    dev: u64,
     // Known fields seen, to refuse one given twice (which value would be meant?).
-    let mut seen: Vec<&[u8]> = Vec::new();
-    for t in toks {
+    seen: Vec<&'l [u8]>,
+}
+
+impl<'l> Fields<'l> {
+    fn new(kind: Kind) -> Self {
+        let mut e = Entry::new(kind);
+        e.nlink = 1;
+        Fields {
+            e,
+            hash: None,
+            blocks: None,
+            xattrs: Vec::new(),
+            uid: 0,
+            gid: 0,
+            dev: 0,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads the field token `t`: one this kind of entry may have, given once.
+    fn read(&mut self, t: &'l [u8]) -> std::result::Result<(), String> {
+        let kind = self.e.kind;
         let eq = t
             .iter()
             .position(|&b| b == b'=')
             .ok_or_else(|| format!("field {:?} without '='", String::from_utf8_lossy(t)))?;
         let (k, v) = (&t[..eq], &t[eq + 1..]);
         let name = String::from_utf8_lossy(k);
-        let bad = || format!("bad value for {name}");
         if !field_allowed(kind, k) {
             return Err(format!("field {name} on a {}", kind.name()));
         }
@@ -378,11 +413,17 @@ fn parse_line(line: &[u8], need_hash: bool) -> std::result::Result<Line, String>
                 | b"target"
         );
         if known || k.starts_with(b"xattr.") {
-            if seen.contains(&k) {
+            if self.seen.contains(&k) {
                 return Err(format!("field {name} given twice"));
             }
-            seen.push(k);
+            self.seen.push(k);
         }
+        self.set(k, v).map_err(|()| format!("bad value for {name}"))
+    }
+
+    /// Sets the value `v` of the field `k`; `Err` if it is not a valid one.
+    fn set(&mut self, k: &[u8], v: &[u8]) -> std::result::Result<(), ()> {
+        let e = &mut self.e;
         match k {
             b"mode" => {
                 e.mode = std::str::from_utf8(v)
@@ -390,86 +431,101 @@ fn parse_line(line: &[u8], need_hash: bool) -> std::result::Result<Line, String>
                     .filter(|s| !s.is_empty() && s.bytes().all(|c| (b'0'..=b'7').contains(&c)))
                     .and_then(|s| u16::from_str_radix(s, 8).ok())
                     .filter(|m| *m <= 0o7777)
-                    .ok_or_else(bad)?;
+                    .ok_or(())?;
             }
-            b"uid" => uid = num(v).ok_or_else(bad)?,
-            b"gid" => gid = num(v).ok_or_else(bad)?,
-            b"size" => e.size = num(v).ok_or_else(bad)?,
-            b"ino" => e.ino = num(v).ok_or_else(bad)?,
-            b"dev" => dev = num(v).ok_or_else(bad)?,
-            b"nlink" => e.nlink = num(v).filter(|n| *n > 0).ok_or_else(bad)?,
-            b"rdev" => e.set_rdev(num(v).ok_or_else(bad)?),
+            b"uid" => self.uid = num(v).ok_or(())?,
+            b"gid" => self.gid = num(v).ok_or(())?,
+            b"size" => e.size = num(v).ok_or(())?,
+            b"ino" => e.ino = num(v).ok_or(())?,
+            b"dev" => self.dev = num(v).ok_or(())?,
+            b"nlink" => e.nlink = num(v).filter(|n| *n > 0).ok_or(())?,
+            b"rdev" => e.set_rdev(num(v).ok_or(())?),
             b"sparse" => {
                 e.sparse = match v {
                     b"0" => false,
                     b"1" => true,
-                    _ => return Err(bad()),
+                    _ => return Err(()),
                 }
             }
             // Written by earlier versions: the allocated 512-byte blocks.
-            b"blocks" => blocks = Some(num::<u64>(v).ok_or_else(bad)?),
+            b"blocks" => self.blocks = Some(num::<u64>(v).ok_or(())?),
             b"mtime" => {
-                let (s, n) = time(v).ok_or_else(bad)?;
+                let (s, n) = time(v).ok_or(())?;
                 e.set_mtime(s, n)
             }
             b"ctime" => {
-                let (s, ns) = time(v).ok_or_else(bad)?;
+                let (s, ns) = time(v).ok_or(())?;
                 e.set_ctime(s, ns);
             }
             b"blake3" => {
-                hash = Some(
+                self.hash = Some(
                     std::str::from_utf8(v)
                         .ok()
                         .filter(|s| s.bytes().all(|c| c.is_ascii_hexdigit()))
                         .and_then(from_hex)
-                        .ok_or_else(bad)?,
+                        .ok_or(())?,
                 )
             }
             b"target" => {
-                let t = unescape(v).filter(|t| !t.is_empty()).ok_or_else(bad)?;
+                let t = unescape(v).filter(|t| !t.is_empty()).ok_or(())?;
                 e.set_target(Some(t.into_boxed_slice()));
             }
             _ if k.starts_with(b"xattr.") => {
-                let name = unescape(&k[6..])
-                    .filter(|n| !n.is_empty())
-                    .ok_or_else(bad)?;
-                let val = unescape(v).ok_or_else(bad)?;
-                xattrs.push((name.into_boxed_slice(), val.into_boxed_slice()));
+                let name = unescape(&k[6..]).filter(|n| !n.is_empty()).ok_or(())?;
+                let val = unescape(v).ok_or(())?;
+                self.xattrs
+                    .push((name.into_boxed_slice(), val.into_boxed_slice()));
             }
             // Fields from a newer minor revision are ignored.
             _ => {}
         }
+        Ok(())
     }
-    e.set_ids(uid, gid, dev);
-    // Every field the writer always gives this kind of entry must be here: a line cut short
-    // or edited must not read as an entry that merely differs.
-    let mut required: Vec<&str> = vec!["mode", "uid", "gid", "mtime"];
-    match kind {
-        Kind::File => {
-            required.push("size");
-            if need_hash {
-                required.push("blake3");
+
+    /// The entry and its hash, once every field it must have was read.
+    fn finish(self, need_hash: bool) -> std::result::Result<(Entry, Option<Hash>), String> {
+        let Fields {
+            mut e,
+            hash,
+            blocks,
+            mut xattrs,
+            uid,
+            gid,
+            dev,
+            seen,
+        } = self;
+        let kind = e.kind;
+        e.set_ids(uid, gid, dev);
+        // Every field the writer always gives this kind of entry must be here: a line cut
+        // short or edited must not read as an entry that merely differs.
+        let mut required: Vec<&str> = vec!["mode", "uid", "gid", "mtime"];
+        match kind {
+            Kind::File => {
+                required.push("size");
+                if need_hash {
+                    required.push("blake3");
+                }
             }
+            Kind::Symlink => required.push("target"),
+            Kind::Char | Kind::Block => required.push("rdev"),
+            _ => {}
         }
-        Kind::Symlink => required.push("target"),
-        Kind::Char | Kind::Block => required.push("rdev"),
-        _ => {}
+        // A hard-link group is known only by its members' shared dev+ino.
+        if e.nlink > 1 {
+            required.extend(["ino", "dev"]);
+        }
+        if let Some(f) = required.iter().find(|f| !seen.contains(&f.as_bytes())) {
+            return Err(format!("missing field {f}"));
+        }
+        if let Some(b) = blocks {
+            e.sparse |= kind == Kind::File && b.saturating_mul(512) < e.size;
+        }
+        if !xattrs.is_empty() {
+            xattrs.sort();
+            e.set_xattrs(Some(xattrs.into_boxed_slice()));
+        }
+        Ok((e, hash))
     }
-    // A hard-link group is known only by its members' shared dev+ino.
-    if e.nlink > 1 {
-        required.extend(["ino", "dev"]);
-    }
-    if let Some(f) = required.iter().find(|f| !seen.contains(&f.as_bytes())) {
-        return Err(format!("missing field {f}"));
-    }
-    if let Some(b) = blocks {
-        e.sparse |= kind == Kind::File && b.saturating_mul(512) < e.size;
-    }
-    if !xattrs.is_empty() {
-        xattrs.sort();
-        e.set_xattrs(Some(xattrs.into_boxed_slice()));
-    }
-    Ok((path, e, hash))
 }
 
 /// Parses a manifest to verify against: every file must carry its hash. Errors name the file

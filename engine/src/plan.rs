@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 
-use crate::entry::{Entries, Entry, Kind};
+use crate::entry::{Ent, Entries, Entry, Kind};
 
 pub const NONE: u32 = u32::MAX;
 
@@ -221,154 +221,248 @@ fn groups(entries: &Entries) -> HashMap<(u64, u64), Vec<usize>> {
 
 /// Computes the plan. `src` and `dst` are sorted by path and start with the root (`""`).
 pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
-    let sgroups = groups(src);
-    let dgroups = groups(dst);
-    // Only hard-link groups look destination entries up by path, and `dst` is sorted: a map of
-    // every destination file cost a no-op run more time and memory than all groups together.
-    // A member stays in its group only where the destination has an entry of its type.
-    let dst_like = |m: usize| {
-        let k = src[m].kind;
-        dst.search(src.path(m)).ok().filter(|&j| dst[j].kind == k)
+    let links = Links::new(src, dst);
+    let mut delta = Delta {
+        src,
+        dst,
+        o,
+        links: &links,
+        actions: Vec::new(),
+        new_dirs: HashMap::new(),
+        gone_dirs: HashMap::new(),
+        group_content: HashMap::new(),
     };
+    merge(src, dst, |i, j| delta.pair(i, j));
+    let Delta {
+        mut actions,
+        group_content,
+        ..
+    } = delta;
+    restage_groups(&mut actions, src, dst, &links, &group_content);
+    link_followers(&mut actions, &links);
+    Plan { actions }
+}
 
-    // Per source entry in a group: its leader; per leader: whether the destination links the
-    // group's paths exactly so.
-    let mut src_group_of: HashMap<usize, usize> = HashMap::new();
-    let mut group_ok: HashMap<usize, bool> = HashMap::new();
-    for members in sgroups.values() {
-        let leader = members[0];
-        let mut ok = true;
-        let mut key = None;
-        for &m in members {
-            src_group_of.insert(m, leader);
-            match dst_like(m) {
-                Some(j) => {
-                    let k = (dst[j].dev(), dst[j].ino);
-                    if key.is_some_and(|x| x != k) {
-                        ok = false;
-                    }
-                    key = Some(k);
-                }
-                None => ok = false,
-            }
-        }
-        if ok {
-            let k = key.expect("group has members");
-            ok = dgroups.get(&k).is_some_and(|v| v.len() == members.len());
-        }
-        group_ok.insert(leader, ok);
-    }
+/// The destination entry at source entry `m`'s path, if it is of the same type.
+///
+/// Only hard-link groups look destination entries up by path, and `dst` is sorted: a map of
+/// every destination file cost a no-op run more time and memory than all groups together.
+/// A member stays in its group only where the destination has an entry of its type.
+fn dst_like(src: &Entries, dst: &Entries, m: usize) -> Option<usize> {
+    let k = src[m].kind;
+    dst.search(src.path(m)).ok().filter(|&j| dst[j].kind == k)
+}
 
-    let mut actions: Vec<Action> = Vec::new();
-    // Source dirs that are new (published whole) or inside such a subtree.
-    let mut new_dirs: HashMap<&[u8], ()> = HashMap::new();
-    // Destination dirs exchanged out for a non-directory.
-    let mut gone_dirs: HashMap<&[u8], ()> = HashMap::new();
-    let is_under =
-        |set: &HashMap<&[u8], ()>, p: &[u8]| parent(p).is_some_and(|q| set.contains_key(q));
-    // A group's content differs from what the destination holds: decided once per group.
-    let mut group_content: HashMap<usize, bool> = HashMap::new();
+/// The hard-link groups of both lists, and which source groups the destination already
+/// links exactly so.
+struct Links {
+    /// Source groups by inode (see [`groups`]).
+    src: HashMap<(u64, u64), Vec<usize>>,
+    /// Destination groups by inode.
+    dst: HashMap<(u64, u64), Vec<usize>>,
+    /// Per source entry in a group: its leader.
+    group_of: HashMap<usize, usize>,
+    /// Per leader: whether the destination links the group's paths exactly so.
+    ok: HashMap<usize, bool>,
+}
 
-    merge(src, dst, |i, j| {
-        let mk = |op, changes| Action {
-            op,
-            src: i.map_or(NONE, |x| x as u32),
-            dst: j.map_or(NONE, |x| x as u32),
-            changes,
-            inside: false,
-            covered: false,
-            link_to: NONE,
-        };
-        match (i, j) {
-            (Some(i), None) => {
-                let s = src.at(i);
-                let inside = is_under(&new_dirs, s.path);
-                if s.kind == Kind::Dir {
-                    new_dirs.insert(s.path, ());
-                }
-                let mut a = mk(Op::Create, change::NEW);
-                a.inside = inside;
-                actions.push(a);
-            }
-            (None, Some(j)) => {
-                let d = dst.at(j);
-                let covered = is_under(&gone_dirs, d.path);
-                if covered && d.kind == Kind::Dir {
-                    gone_dirs.insert(d.path, ());
-                }
-                let mut a = mk(Op::Delete, 0);
-                a.covered = covered;
-                actions.push(a);
-            }
-            (Some(i), Some(j)) => {
-                let (s, d) = (src.at(i), dst.at(j));
-                if s.kind != d.kind {
-                    let op = if s.kind == Kind::Dir || d.kind == Kind::Dir {
-                        Op::Exchange
-                    } else {
-                        Op::Replace
-                    };
-                    if s.kind == Kind::Dir {
-                        new_dirs.insert(s.path, ());
-                    }
-                    if d.kind == Kind::Dir {
-                        gone_dirs.insert(d.path, ());
-                    }
-                    actions.push(mk(op, change::NEW | change::TYPE));
-                    return;
-                }
-                let meta = meta_changes(&s, &d, o);
-                let mut content = 0;
-                match s.kind {
-                    Kind::File => {
-                        if s.size != d.size {
-                            content |= change::CONTENT | change::SIZE;
-                        } else if s.size > 0 && (s.hash.is_none() || s.hash != d.hash) {
-                            content |= change::CONTENT;
-                        } else if s.is_sparse() && !d.is_sparse() {
-                            // Same bytes, but the destination lost its holes.
-                            content |= change::CONTENT;
+impl Links {
+    fn new(src: &Entries, dst: &Entries) -> Links {
+        let sgroups = groups(src);
+        let dgroups = groups(dst);
+        let mut group_of: HashMap<usize, usize> = HashMap::new();
+        let mut group_ok: HashMap<usize, bool> = HashMap::new();
+        for members in sgroups.values() {
+            let leader = members[0];
+            let mut ok = true;
+            let mut key = None;
+            for &m in members {
+                group_of.insert(m, leader);
+                match dst_like(src, dst, m) {
+                    Some(j) => {
+                        let k = (dst[j].dev(), dst[j].ino);
+                        if key.is_some_and(|x| x != k) {
+                            ok = false;
                         }
+                        key = Some(k);
                     }
-                    Kind::Symlink if s.target() != d.target() => content |= change::TARGET,
-                    Kind::Char | Kind::Block if s.rdev() != d.rdev() => content |= change::CONTENT,
-                    _ => {}
-                }
-                if s.kind != Kind::Dir {
-                    // chmod, chown, utimensat and xattr calls act on the inode, so on every
-                    // name it has: one with more links than the destination holds (linked from
-                    // elsewhere on the system, or from the jail itself) must not have its
-                    // metadata set in place (invariants 3 and 4), whatever its type. It gets a
-                    // new inode instead.
-                    let inside = dgroups.get(&(d.dev(), d.ino)).map_or(1, Vec::len);
-                    let outside = meta != 0 && d.nlink as usize > inside;
-                    let linked = match src_group_of.get(&i) {
-                        Some(&leader) => !group_ok[&leader],
-                        // A single source entry must not share its inode in the tree either.
-                        None => inside > 1 || outside,
-                    };
-                    if linked {
-                        content |= change::LINK;
-                    }
-                    if let Some(&leader) = src_group_of.get(&i) {
-                        // Every member of a group shares one inode: if any member's content
-                        // differs, all are restaged together.
-                        let differs = group_content.entry(leader).or_insert(false);
-                        *differs |= content & (change::CONTENT | change::TARGET) != 0 || outside;
-                    }
-                }
-                if content != 0 {
-                    actions.push(mk(Op::Replace, content | meta));
-                } else if meta != 0 {
-                    actions.push(mk(Op::Meta, meta));
+                    None => ok = false,
                 }
             }
+            if ok {
+                let k = key.expect("group has members");
+                ok = dgroups.get(&k).is_some_and(|v| v.len() == members.len());
+            }
+            group_ok.insert(leader, ok);
+        }
+        Links {
+            src: sgroups,
+            dst: dgroups,
+            group_of,
+            ok: group_ok,
+        }
+    }
+}
+
+fn action(op: Op, src: u32, dst: u32, changes: u16) -> Action {
+    Action {
+        op,
+        src,
+        dst,
+        changes,
+        inside: false,
+        covered: false,
+        link_to: NONE,
+    }
+}
+
+/// Is `p`'s parent in `set`?
+fn is_under(set: &HashMap<&[u8], ()>, p: &[u8]) -> bool {
+    parent(p).is_some_and(|q| set.contains_key(q))
+}
+
+/// The merge-join's pass: one action per path that differs, in path order.
+struct Delta<'e, 'l> {
+    src: &'e Entries,
+    dst: &'e Entries,
+    o: PlanOpts,
+    links: &'l Links,
+    actions: Vec<Action>,
+    /// Source dirs that are new (published whole) or inside such a subtree.
+    new_dirs: HashMap<&'e [u8], ()>,
+    /// Destination dirs exchanged out for a non-directory.
+    gone_dirs: HashMap<&'e [u8], ()>,
+    /// A group's content differs from what the destination holds: decided once per group.
+    group_content: HashMap<usize, bool>,
+}
+
+impl<'e> Delta<'e, '_> {
+    fn pair(&mut self, i: Option<usize>, j: Option<usize>) {
+        match (i, j) {
+            (Some(i), None) => self.create(i),
+            (None, Some(j)) => self.delete(j),
+            (Some(i), Some(j)) => self.compare(i, j),
             (None, None) => unreachable!(),
         }
-    });
+    }
 
-    // Second pass for hard links: a group is restaged whole when any member needs it.
-    let restage: HashMap<usize, bool> = group_ok
+    fn create(&mut self, i: usize) {
+        let s = self.src.at(i);
+        let inside = is_under(&self.new_dirs, s.path);
+        if s.kind == Kind::Dir {
+            self.new_dirs.insert(s.path, ());
+        }
+        let mut a = action(Op::Create, i as u32, NONE, change::NEW);
+        a.inside = inside;
+        self.actions.push(a);
+    }
+
+    fn delete(&mut self, j: usize) {
+        let d = self.dst.at(j);
+        let covered = is_under(&self.gone_dirs, d.path);
+        if covered && d.kind == Kind::Dir {
+            self.gone_dirs.insert(d.path, ());
+        }
+        let mut a = action(Op::Delete, NONE, j as u32, 0);
+        a.covered = covered;
+        self.actions.push(a);
+    }
+
+    /// A path on both sides: replaced (another type, content or linking), given metadata, or
+    /// left alone.
+    fn compare(&mut self, i: usize, j: usize) {
+        let (s, d) = (self.src.at(i), self.dst.at(j));
+        if s.kind != d.kind {
+            let op = if s.kind == Kind::Dir || d.kind == Kind::Dir {
+                Op::Exchange
+            } else {
+                Op::Replace
+            };
+            if s.kind == Kind::Dir {
+                self.new_dirs.insert(s.path, ());
+            }
+            if d.kind == Kind::Dir {
+                self.gone_dirs.insert(d.path, ());
+            }
+            let changes = change::NEW | change::TYPE;
+            self.actions.push(action(op, i as u32, j as u32, changes));
+            return;
+        }
+        let meta = meta_changes(&s, &d, self.o);
+        let mut content = content_changes(&s, &d);
+        if s.kind != Kind::Dir {
+            content |= self.link_changes(i, &d, meta, content);
+        }
+        if content != 0 {
+            let changes = content | meta;
+            self.actions
+                .push(action(Op::Replace, i as u32, j as u32, changes));
+        } else if meta != 0 {
+            self.actions
+                .push(action(Op::Meta, i as u32, j as u32, meta));
+        }
+    }
+
+    /// [`change::LINK`] if source entry `i` (not a directory) cannot keep destination entry
+    /// `d`'s inode for its linking; notes whether its group's content differs.
+    fn link_changes(&mut self, i: usize, d: &Ent<'_>, meta: u16, content: u16) -> u16 {
+        // chmod, chown, utimensat and xattr calls act on the inode, so on every name it has:
+        // one with more links than the destination holds (linked from elsewhere on the
+        // system, or from the jail itself) must not have its metadata set in place
+        // (invariants 3 and 4), whatever its type. It gets a new inode instead.
+        let inside = self.links.dst.get(&(d.dev(), d.ino)).map_or(1, Vec::len);
+        let outside = meta != 0 && d.nlink as usize > inside;
+        let leader = self.links.group_of.get(&i).copied();
+        let linked = match leader {
+            Some(leader) => !self.links.ok[&leader],
+            // A single source entry must not share its inode in the tree either.
+            None => inside > 1 || outside,
+        };
+        if let Some(leader) = leader {
+            // Every member of a group shares one inode: if any member's content differs,
+            // all are restaged together.
+            let differs = self.group_content.entry(leader).or_insert(false);
+            *differs |= content & (change::CONTENT | change::TARGET) != 0 || outside;
+        }
+        if linked {
+            change::LINK
+        } else {
+            0
+        }
+    }
+}
+
+/// Content differences between a source entry and a destination entry of the same kind.
+fn content_changes(s: &Ent<'_>, d: &Ent<'_>) -> u16 {
+    let mut content = 0;
+    match s.kind {
+        Kind::File => {
+            if s.size != d.size {
+                content |= change::CONTENT | change::SIZE;
+            } else if s.size > 0 && (s.hash.is_none() || s.hash != d.hash) {
+                content |= change::CONTENT;
+            } else if s.is_sparse() && !d.is_sparse() {
+                // Same bytes, but the destination lost its holes.
+                content |= change::CONTENT;
+            }
+        }
+        Kind::Symlink if s.target() != d.target() => content |= change::TARGET,
+        Kind::Char | Kind::Block if s.rdev() != d.rdev() => content |= change::CONTENT,
+        _ => {}
+    }
+    content
+}
+
+/// The second pass for hard links: a group is restaged whole when any member needs it.
+fn restage_groups(
+    actions: &mut Vec<Action>,
+    src: &Entries,
+    dst: &Entries,
+    links: &Links,
+    group_content: &HashMap<usize, bool>,
+) {
+    let restage: HashMap<usize, bool> = links
+        .ok
         .iter()
         .map(|(&l, &ok)| (l, !ok || group_content.get(&l).copied().unwrap_or(false)))
         .collect();
@@ -377,7 +471,7 @@ pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
     let wanted: std::collections::HashSet<u32> = restage
         .iter()
         .filter(|(_, &r)| r)
-        .flat_map(|(&l, _)| &sgroups[&(src[l].dev(), src[l].ino)])
+        .flat_map(|(&l, _)| &links.src[&(src[l].dev(), src[l].ino)])
         .map(|&m| m as u32)
         .collect();
     let mut acted: HashMap<u32, usize> = HashMap::new();
@@ -393,7 +487,7 @@ pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
         if !members_restage {
             continue;
         }
-        let members = &sgroups[&(src[leader].dev(), src[leader].ino)];
+        let members = &links.src[&(src[leader].dev(), src[leader].ino)];
         for &m in members {
             match acted.get(&(m as u32)) {
                 Some(&k) => {
@@ -405,18 +499,10 @@ pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
                 }
                 None => {
                     // Unchanged member of a group being restaged: it joins the new inode.
-                    let Some(j) = dst_like(m) else {
+                    let Some(j) = dst_like(src, dst, m) else {
                         continue; // not there: it has an action of its own
                     };
-                    extra.push(Action {
-                        op: Op::Replace,
-                        src: m as u32,
-                        dst: j as u32,
-                        changes: change::LINK,
-                        inside: false,
-                        covered: false,
-                        link_to: NONE,
-                    });
+                    extra.push(action(Op::Replace, m as u32, j as u32, change::LINK));
                 }
             }
         }
@@ -425,14 +511,17 @@ pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
         actions.extend(extra);
         actions.sort_by(|a, b| action_path(a, src, dst).cmp(action_path(b, src, dst)));
     }
-    // Followers link to the first member (in path order) that is itself staged — including a
-    // member that replaces a directory (Exchange), else it would be staged as a lone copy.
+}
+
+/// Followers link to the first member (in path order) that is itself staged — including a
+/// member that replaces a directory (Exchange), else it would be staged as a lone copy.
+fn link_followers(actions: &mut [Action], links: &Links) {
     let mut first_staged: HashMap<usize, u32> = HashMap::new();
     for a in actions.iter_mut() {
         if a.src == NONE || !matches!(a.op, Op::Create | Op::Replace | Op::Exchange) {
             continue;
         }
-        if let Some(&leader) = src_group_of.get(&(a.src as usize)) {
+        if let Some(&leader) = links.group_of.get(&(a.src as usize)) {
             match first_staged.get(&leader) {
                 Some(&f) => a.link_to = f,
                 None => {
@@ -441,7 +530,6 @@ pub fn plan(src: &Entries, dst: &Entries, o: PlanOpts) -> Plan {
             }
         }
     }
-    Plan { actions }
 }
 
 /// The 11-character rsync-style change code of an action (`*deleting  ` for deletes).

@@ -35,7 +35,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::apply::{clean_leftovers, Apply, ApplyOpts, Outcome};
+use crate::apply::{clean_leftovers, Apply, ApplyOpts, EntryError, Outcome};
 use crate::entry::{Ent, Entries, Kind};
 use crate::error::{Error, IoContext, Result};
 use crate::fsx::{self, split_parent, MetaOpts};
@@ -688,7 +688,81 @@ pub fn rollback(
     let Some(store) = Store::find(state, dst)? else {
         return Err(Error::bad(dst, "nothing to roll back: no rollback store"));
     };
-    let gens = list(&store)?;
+    let (g, undone) = choose_generation(&store, dst, gen)?;
+    let m = manifest::read_recorded(&g.dir.join("manifest")).map_err(|e| store.named(e))?;
+    let since = Since::read(&undone, opts.owner).map_err(|e| store.named(e))?;
+    let excludes = recorded_excludes(&store, &g)?;
+    let mut cur = scan_live(state, dst, &excludes, opts, pools, progress)?;
+    let mut old = m.entries;
+    let by_inode = hash_by_inode(&mut old, &mut cur.entries, &since);
+    let popts = PlanOpts {
+        owner: opts.owner,
+        xattrs: opts.xattrs,
+    };
+    let mut plan = plan::plan(&old, &cur.entries, popts);
+
+    // What changed since the sync is not the rollback's to undo: left alone (with the
+    // directories holding it), or with `force` kept in the store first.
+    let mut changed = changed_since(&plan, &old, &cur.entries, &since);
+    let mut kept = None;
+    if force {
+        if !changed.is_empty() && !opts.dry_run {
+            let dir = keep_changed(&store, &g, dst, &cur.entries, &changed, &pools.work)?;
+            kept = Some((dir, changed.len()));
+        }
+        changed.clear();
+    } else if !changed.is_empty() {
+        let refused = leave_alone(&mut plan, &old, &cur.entries, &changed);
+        changed.extend(refused);
+        changed.sort_unstable();
+        changed.dedup();
+    }
+
+    let map = source_map(&g, dst, &plan, &old, &cur.entries, &by_inode, opts.dry_run)?;
+    let outcome = if opts.dry_run {
+        None
+    } else {
+        let sfd = fsx::open_root(&g.dir)
+            .at(&g.dir)
+            .map_err(|e| store.named(e))?;
+        let dfd = fsx::open_root_nofollow(dst).at(dst)?;
+        let pre = clean_leftovers(dfd.as_fd(), &cur.leftovers);
+        let aopts = ApplyOpts {
+            meta: MetaOpts {
+                owner: opts.owner,
+                xattrs: opts.xattrs,
+            },
+            fsync: opts.fsync,
+        };
+        let ap = Apply::new(sfd, dfd, &old, &cur.entries, &plan, aopts).with_source_map(map);
+        let outcome = restore(state, dst, ap, pre, opts, pools, progress)?;
+        if outcome.errors.is_empty() && changed.is_empty() {
+            // Rolled back: this generation is spent.
+            crate::fsx::remove_tree(&g.dir)
+                .at(&g.dir)
+                .map_err(|e| store.named(e))?;
+        }
+        Some(outcome)
+    };
+    Ok(RollbackResult {
+        generation: g,
+        old,
+        cur: cur.entries,
+        plan,
+        outcome,
+        changed,
+        kept,
+    })
+}
+
+/// The generation to roll back to (`gen`, default the newest) and the generations that
+/// rolling back to it undoes: its sync and every later one.
+fn choose_generation(
+    store: &Store,
+    dst: &Path,
+    gen: Option<u64>,
+) -> Result<(Generation, Vec<Generation>)> {
+    let gens = list(store)?;
     let g = match gen {
         Some(id) => gens.iter().find(|g| g.id == id).cloned().ok_or_else(|| {
             Error::bad(
@@ -701,24 +775,39 @@ pub fn rollback(
             .cloned()
             .ok_or_else(|| Error::bad(dst, "nothing to roll back: no generation recorded"))?,
     };
-    let m = manifest::read_recorded(&g.dir.join("manifest")).map_err(|e| store.named(e))?;
-    // Rolling back to `g` undoes its sync and every later one.
-    let undone: Vec<Generation> = gens.iter().filter(|x| x.id >= g.id).cloned().collect();
-    let since = Since::read(&undone, opts.owner).map_err(|e| store.named(e))?;
+    let undone = gens.into_iter().filter(|x| x.id >= g.id).collect();
+    Ok((g, undone))
+}
+
+/// The exclude patterns the sync of `g` ran with (its `info`): what it excluded, the
+/// rollback leaves alone too.
+fn recorded_excludes(store: &Store, g: &Generation) -> Result<Excludes> {
     let info = fs::read_to_string(g.dir.join("info")).unwrap_or_default();
     let patterns: Vec<String> = info
         .lines()
         .filter_map(|l| l.strip_prefix("exclude ").map(str::to_string))
         .collect();
-    let excludes = Excludes::new(&patterns).map_err(|e| {
+    Excludes::new(&patterns).map_err(|e| {
         Error::bad(
             store.path.join(format!("gen-{:06}/info", g.id)),
             format!("bad exclude pattern: {e}"),
         )
-    })?;
+    })
+}
+
+/// Scans `dst` as it is now; an entry that cannot be read fails the rollback (it could not
+/// tell what changed there).
+fn scan_live(
+    state: &StateDir,
+    dst: &Path,
+    excludes: &Excludes,
+    opts: &SyncOpts,
+    pools: &Pools,
+    progress: &dyn Progress,
+) -> Result<scan::Scan> {
     let ours = state.staged_names(dst);
     let sopts = ScanOpts {
-        excludes: &excludes,
+        excludes,
         xattrs: opts.xattrs,
         defer_xattrs: false,
         ours: &ours,
@@ -729,39 +818,41 @@ pub fn rollback(
     if let Some((p, e)) = cur.errors.pop() {
         return Err(Error::io(dst.join(fsx::os(&p)), e));
     }
-    let mut old = m.entries;
+    Ok(cur)
+}
 
-    // Content equality by inode: the engine never writes into a live file, so a file the sync
-    // left alone still has its old content. One changed since may have been edited in place:
-    // neither its content nor its inode stands for the old content.
-    let changed_file: Vec<bool> = (0..cur.entries.len())
-        .map(|i| {
-            cur.entries[i].kind == Kind::File
-                && since.changed(cur.entries.path(i), &old, &cur.entries)
-        })
+/// Gives every file of `old` and `cur` a synthetic hash, so the plan compares content by
+/// inode. Returns the files of `cur` unchanged since the syncs, by (device, inode): where an
+/// old file's content may still be found.
+///
+/// Content equality by inode: the engine never writes into a live file, so a file the sync
+/// left alone still has its old content. One changed since may have been edited in place:
+/// neither its content nor its inode stands for the old content.
+fn hash_by_inode(
+    old: &mut Entries,
+    cur: &mut Entries,
+    since: &Since,
+) -> HashMap<(u64, u64), usize> {
+    let changed_file: Vec<bool> = (0..cur.len())
+        .map(|i| cur[i].kind == Kind::File && since.changed(cur.path(i), old, cur))
         .collect();
     let by_inode: HashMap<(u64, u64), usize> = cur
-        .entries
         .iter()
         .enumerate()
         .filter(|(i, e)| e.kind == Kind::File && !changed_file[*i])
         .map(|(i, e)| ((e.dev(), e.ino), i))
         .collect();
-    let cur_by_path: HashMap<&[u8], usize> = cur
-        .entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.path, i))
-        .collect();
-    let mut cur_hashes: Vec<Option<crate::entry::Hash>> = vec![None; cur.entries.len()];
+    let cur_by_path: HashMap<&[u8], usize> =
+        cur.iter().enumerate().map(|(i, e)| (e.path, i)).collect();
+    let mut cur_hashes: Vec<Option<crate::entry::Hash>> = vec![None; cur.len()];
     let mut old_hashes: Vec<(usize, crate::entry::Hash)> = Vec::new();
     for (j, o) in old.iter().enumerate() {
         if o.kind != Kind::File {
             continue;
         }
         let h = match cur_by_path.get(o.path) {
-            Some(&i) if cur.entries[i].kind == Kind::File => {
-                let c = &cur.entries[i];
+            Some(&i) if cur[i].kind == Kind::File => {
+                let c = &cur[i];
                 if c.dev() == o.dev() && c.ino == o.ino && !changed_file[i] {
                     let h = synthetic(b"inode", c.dev(), c.ino);
                     cur_hashes[i] = Some(h);
@@ -780,39 +871,33 @@ pub fn rollback(
         old.set_hash(j, Some(h));
     }
     for (i, h) in cur_hashes.into_iter().enumerate() {
-        cur.entries.set_hash(i, h);
+        cur.set_hash(i, h);
     }
-    let popts = PlanOpts {
-        owner: opts.owner,
-        xattrs: opts.xattrs,
-    };
-    let mut plan = plan::plan(&old, &cur.entries, popts);
+    by_inode
+}
 
-    // What changed since the sync is not the rollback's to undo: left alone (with the
-    // directories holding it), or with `force` kept in the store first.
-    let mut changed: Vec<Box<[u8]>> = plan
-        .actions
+/// The paths `plan` acts on that changed since the syncs being undone.
+fn changed_since(plan: &Plan, old: &Entries, cur: &Entries, since: &Since) -> Vec<Box<[u8]>> {
+    plan.actions
         .iter()
-        .map(|a| plan.path(a, &old, &cur.entries))
-        .filter(|p| since.changed(p, &old, &cur.entries))
+        .map(|a| plan.path(a, old, cur))
+        .filter(|p| since.changed(p, old, cur))
         .map(Box::from)
-        .collect();
-    let mut kept = None;
-    if force {
-        if !changed.is_empty() && !opts.dry_run {
-            let dir = keep_changed(&store, &g, dst, &cur.entries, &changed, &pools.work)?;
-            kept = Some((dir, changed.len()));
-        }
-        changed.clear();
-    } else if !changed.is_empty() {
-        let refused = leave_alone(&mut plan, &old, &cur.entries, &changed);
-        changed.extend(refused);
-        changed.sort_unstable();
-        changed.dedup();
-    }
+        .collect()
+}
 
-    // Where each file to restore takes its content from: its kept link, else an inode the tree
-    // still has as the sync left it (linked into the store first, so the source is one place).
+/// Where each file to restore takes its content from: its kept link, else an inode the tree
+/// still has as the sync left it (linked into the store first, so the source is one place).
+/// A dry run links nothing.
+fn source_map(
+    g: &Generation,
+    dst: &Path,
+    plan: &Plan,
+    old: &Entries,
+    cur: &Entries,
+    by_inode: &HashMap<(u64, u64), usize>,
+    dry_run: bool,
+) -> Result<HashMap<u32, Box<[u8]>>> {
     let files = g.dir.join("files");
     let mut map: HashMap<u32, Box<[u8]>> = HashMap::new();
     for a in &plan.actions {
@@ -828,37 +913,28 @@ pub fn rollback(
         if fs::symlink_metadata(&keep).is_ok() {
             map.insert(a.src, rel.into_bytes().into());
         } else if let Some(&i) = by_inode.get(&(o.dev(), o.ino)) {
-            if !opts.dry_run {
-                let p = dst.join(fsx::os(cur.entries.path(i)));
+            if !dry_run {
+                let p = dst.join(fsx::os(cur.path(i)));
                 fs::hard_link(&p, &keep).at(&p)?;
             }
             map.insert(a.src, rel.into_bytes().into());
         }
     }
-    if opts.dry_run {
-        return Ok(RollbackResult {
-            generation: g,
-            old,
-            cur: cur.entries,
-            plan,
-            outcome: None,
-            changed,
-            kept,
-        });
-    }
-    let sfd = fsx::open_root(&g.dir)
-        .at(&g.dir)
-        .map_err(|e| store.named(e))?;
-    let dfd = fsx::open_root_nofollow(dst).at(dst)?;
-    let pre = clean_leftovers(dfd.as_fd(), &cur.leftovers);
-    let aopts = ApplyOpts {
-        meta: MetaOpts {
-            owner: opts.owner,
-            xattrs: opts.xattrs,
-        },
-        fsync: opts.fsync,
-    };
-    let mut ap = Apply::new(sfd, dfd, &old, &cur.entries, &plan, aopts).with_source_map(map);
+    Ok(map)
+}
+
+/// Runs the rollback's plan through the staged pipeline, its staging names recorded first
+/// (with the leftovers `pre` that could not be removed) so that a killed rollback is finished
+/// or discarded by the next command; `pre` heads the outcome's errors.
+fn restore(
+    state: &StateDir,
+    dst: &Path,
+    mut ap: Apply<'_>,
+    pre: Vec<EntryError>,
+    opts: &SyncOpts,
+    pools: &Pools,
+    progress: &dyn Progress,
+) -> Result<Outcome> {
     let stuck: Vec<&[u8]> = pre.iter().map(|e| &e.path[..]).collect();
     let names: Vec<Vec<u8>> = ap.staging_names().collect();
     state.record_staged(
@@ -888,19 +964,5 @@ pub fn rollback(
         state.record_staged(dst, all, opts.fsync)?;
     }
     outcome.errors.splice(0..0, pre);
-    if outcome.errors.is_empty() && changed.is_empty() {
-        // Rolled back: this generation is spent.
-        crate::fsx::remove_tree(&g.dir)
-            .at(&g.dir)
-            .map_err(|e| store.named(e))?;
-    }
-    Ok(RollbackResult {
-        generation: g,
-        old,
-        cur: cur.entries,
-        plan,
-        outcome: Some(outcome),
-        changed,
-        kept,
-    })
+    Ok(outcome)
 }
