@@ -510,11 +510,7 @@ fn scan_both(
 /// store, never synced: one in the jail is reported (never dropped silently), one in the
 /// destination kept. A source entry gone between listing and stat is reported and its live
 /// counterpart left as it was; a destination entry gone is simply not there.
-fn unreadable(
-    sc: &mut Scanned,
-    src_path: &Path,
-    dst_path: &Path,
-) -> (Vec<Box<[u8]>>, ScanErrors) {
+fn unreadable(sc: &mut Scanned, src_path: &Path, dst_path: &Path) -> (Vec<Box<[u8]>>, ScanErrors) {
     let s = &mut sc.s;
     if s.holds_store {
         s.errors.push((
@@ -828,7 +824,7 @@ pub fn apply_all(
     pools: &Pools,
     progress: &dyn Progress,
 ) -> Result<Report> {
-    use crate::rollback::{self, Store};
+    use crate::rollback;
     let t0 = Instant::now();
     let aopts = ApplyOpts {
         meta: MetaOpts {
@@ -847,63 +843,11 @@ pub fn apply_all(
     // mtimes), so a rollback works after a run killed at any point. Rollback is never
     // silently off: what cannot be kept refuses the run, with nothing changed.
     let mut notes = Vec::new();
-    let mut generations: Vec<Option<rollback::Generation>> = Vec::new();
-    let mut stores = Vec::new();
-    // Generations this run made (not continued): discarded if it changes nothing.
-    let mut fresh = Vec::new();
-    for t in trees {
-        let mut g = None;
-        if let (Some(state), true) = (state, opts.rollback) {
-            if t.plan.is_empty() {
-                // Nothing to do: a killed run before this one, if any, is complete now (a
-                // later run must not continue its generation).
-                let r = Store::find(state, &t.dst_path)
-                    .and_then(|s| s.map_or(Ok(()), |s| rollback::finish_interrupted(&s)));
-                if let Err(e) = r {
-                    notes.push(format!("rollback store not updated: {e}"));
-                }
-            } else {
-                let r = Store::open(state, &t.dst_path)
-                    .map_err(|e| refused_for_rollback(e, "unusable as the rollback store"))
-                    .and_then(|store| {
-                        let before = rollback::list(&store)?.last().map(|g| g.id);
-                        let gen = rollback::preserve(
-                            &store,
-                            &t.dst_path,
-                            &t.dst,
-                            &t.src,
-                            &t.plan,
-                            &t.src_path,
-                            &opts.exclude_patterns,
-                            &pools.work,
-                        )
-                        .map_err(|e| refused_for_rollback(e, "cannot be kept for rollback"))?;
-                        stores.push(store);
-                        Ok((before != Some(gen.id), gen))
-                    });
-                match r {
-                    Ok((new, gen)) => {
-                        if new {
-                            fresh.push(gen.clone());
-                        }
-                        g = Some(gen);
-                    }
-                    Err(e) => {
-                        for g in &fresh {
-                            let _ = rollback::discard(g);
-                        }
-                        return Err(e);
-                    }
-                }
-            }
-        } else if let (Some(state), false) = (state, opts.rollback) {
-            // Without rollback there may well be no store (that can be why it is off).
-            if let Ok(Some(store)) = Store::find(state, &t.dst_path) {
-                let _ = rollback::finish_interrupted(&store);
-            }
-        }
-        generations.push(g);
-    }
+    let Kept {
+        mut generations,
+        stores,
+        fresh,
+    } = keep_for_rollback(trees, state, opts, pools, &mut notes)?;
     // A killed run's temporary names go; this run's are recorded before the first is made,
     // so only what this program made is ever removed as its own.
     let mut pre_errors: Vec<Vec<EntryError>> = Vec::new();
@@ -1003,6 +947,89 @@ pub fn apply_all(
     }
     report.elapsed = t0.elapsed();
     Ok(report)
+}
+
+/// What the per-file burst keeps for rollback, per tree: the generation (continued or new),
+/// the stores opened, and the generations this run made (discarded if it changes nothing).
+struct Kept {
+    generations: Vec<Option<crate::rollback::Generation>>,
+    stores: Vec<crate::rollback::Store>,
+    fresh: Vec<crate::rollback::Generation>,
+}
+
+/// Keeps every entry the per-file burst will replace or delete in each tree's rollback store
+/// (a tree with nothing to do finishes a killed run's generation instead). What cannot be kept
+/// refuses the run, the generations made so far discarded.
+fn keep_for_rollback(
+    trees: &[Tree],
+    state: Option<&StateDir>,
+    opts: &SyncOpts,
+    pools: &Pools,
+    notes: &mut Vec<String>,
+) -> Result<Kept> {
+    use crate::rollback::{self, Store};
+    let mut generations: Vec<Option<rollback::Generation>> = Vec::new();
+    let mut stores = Vec::new();
+    // Generations this run made (not continued): discarded if it changes nothing.
+    let mut fresh = Vec::new();
+    for t in trees {
+        let mut g = None;
+        if let (Some(state), true) = (state, opts.rollback) {
+            if t.plan.is_empty() {
+                // Nothing to do: a killed run before this one, if any, is complete now (a
+                // later run must not continue its generation).
+                let r = Store::find(state, &t.dst_path)
+                    .and_then(|s| s.map_or(Ok(()), |s| rollback::finish_interrupted(&s)));
+                if let Err(e) = r {
+                    notes.push(format!("rollback store not updated: {e}"));
+                }
+            } else {
+                let r = Store::open(state, &t.dst_path)
+                    .map_err(|e| refused_for_rollback(e, "unusable as the rollback store"))
+                    .and_then(|store| {
+                        let before = rollback::list(&store)?.last().map(|g| g.id);
+                        let gen = rollback::preserve(
+                            &store,
+                            &t.dst_path,
+                            &t.dst,
+                            &t.src,
+                            &t.plan,
+                            &t.src_path,
+                            &opts.exclude_patterns,
+                            &pools.work,
+                        )
+                        .map_err(|e| refused_for_rollback(e, "cannot be kept for rollback"))?;
+                        stores.push(store);
+                        Ok((before != Some(gen.id), gen))
+                    });
+                match r {
+                    Ok((new, gen)) => {
+                        if new {
+                            fresh.push(gen.clone());
+                        }
+                        g = Some(gen);
+                    }
+                    Err(e) => {
+                        for g in &fresh {
+                            let _ = rollback::discard(g);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        } else if let (Some(state), false) = (state, opts.rollback) {
+            // Without rollback there may well be no store (that can be why it is off).
+            if let Ok(Some(store)) = Store::find(state, &t.dst_path) {
+                let _ = rollback::finish_interrupted(&store);
+            }
+        }
+        generations.push(g);
+    }
+    Ok(Kept {
+        generations,
+        stores,
+        fresh,
+    })
 }
 
 /// A failure to keep what a sync would replace (`what` says how), as the refusal of the sync
