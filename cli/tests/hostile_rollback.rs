@@ -471,6 +471,7 @@ fn item8_the_rollback_store_is_private_from_creation() {
         .arg(&src.root)
         .arg(&dst.root)
         .env_remove("JAILSYNC_STATE_DIR")
+        .env("JAILSYNC_SWITCH", "per-file")
         .output()
         .unwrap();
     expect_code(&o, 0);
