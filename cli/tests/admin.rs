@@ -1,14 +1,12 @@
 //! What an admin meets around the engine: man page, completions, messages, safety rails,
 //! generation sizes and `prune`, `--quick`.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn json_lines(out: &str) -> Vec<Value> {

@@ -1,10 +1,8 @@
 //! The CLI contract: exit codes, `--dry-run`, `--json`, `--itemize`, quiet/summary output.
 
-mod common;
-
 use std::ffi::OsStr;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const T: i64 = 1_650_000_000;

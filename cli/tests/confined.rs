@@ -3,14 +3,12 @@
 //! the two names is always the symlink). Whatever the syncs do or fail to do, nothing outside
 //! the destination may change; once the racer stops, a sync converges.
 
-mod common;
-
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 
 /// Swaps `a` and `b` with `RENAME_EXCHANGE` in a loop until dropped.
 struct Racer {

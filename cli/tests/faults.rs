@@ -4,17 +4,14 @@
 //! Every test drives the real binary on real trees and checks the invariants of the design:
 //! never lacks, whole or old, confined, jail read-only, exact after success, resumable.
 
-mod common;
-mod faultkit;
-
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
-use faultkit::*;
+use crate::common::*;
+use crate::faultkit::*;
 
 fn tempdir(name: &str) -> tempfile::TempDir {
     tempfile::Builder::new()

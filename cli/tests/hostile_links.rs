@@ -6,13 +6,11 @@
 //! - Item 4: hard-link groups of those types are recreated as groups (as rsync `-H` does), and
 //!   `verify` (against a tree or a manifest) sees a group split or merged.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 const T: i64 = 1_600_000_000;
 

@@ -6,8 +6,6 @@
 //! Bind mounts are made in a private mount namespace of the test's own thread (the binary,
 //! spawned from it, inherits it); without root or `unshare` those tests say why and skip.
 
-mod common;
-
 use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::symlink;
@@ -15,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const NOBODY: u32 = 65534;
 

@@ -8,8 +8,6 @@
 
 // These are the tests of the per-file pipeline's rollback store (issue 10); the tree switch's
 // generations have theirs in `switch.rs`.
-mod common;
-mod faultkit;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -17,8 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::*;
-use faultkit::*;
+use crate::common::*;
+use crate::faultkit;
+use crate::faultkit::*;
 
 const T: i64 = 1_600_000_000;
 
@@ -471,6 +470,7 @@ fn item8_the_rollback_store_is_private_from_creation() {
         .arg(&src.root)
         .arg(&dst.root)
         .env_remove("JAILSYNC_STATE_DIR")
+        .env("JAILSYNC_SWITCH", "per-file")
         .output()
         .unwrap();
     expect_code(&o, 0);

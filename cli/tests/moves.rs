@@ -4,9 +4,6 @@
 //! mount. One module per class; each test names the defect it pins and fails on the code
 //! before its fix.
 
-#[path = "common/mod.rs"]
-mod common;
-
 /// POSIX ACLs inherited from a default ACL (item 5).
 #[path = "moves/acl.rs"]
 mod acl;

@@ -13,8 +13,6 @@
 //! directory before putting a file in its place, and must report violations there
 //! (`*_catches_*` tests below).
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -22,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common;
+use crate::common::*;
 
 /// Old destination and new source sharing many paths, with every kind of change: content
 /// updates, metadata-only changes, type changes in every direction (incl. non-empty dirs),

@@ -3,8 +3,6 @@
 //! build, and root-level history. Every test runs the real binary on real trees; the jail
 //! test mounts for real in a private mount namespace, the switch order is traced with strace.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -12,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{expect_code, have, is_root, stderr, stdout, BIN};
+use crate::common::{self, expect_code, have, is_root, stderr, stdout, BIN};
 
 /// A jail and a live root in one temp dir, with a state dir.
 struct Host {

@@ -4,13 +4,11 @@
 //! Linux layer makes those calls, so the trace would show a portable run that used them.
 //! (The CI runs the whole suite a second time under `JAILSYNC_FSX=portable`.)
 
-mod common;
-
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// Calls only the Linux layer makes (`listxattrat` and `cachestat` may show as raw numbers).
 const LINUX_ONLY: &[&str] = &[

@@ -2,8 +2,6 @@
 //! host and client keys, root login by key only), several "hosts" being several roots behind
 //! it. The remote binary is this build's (`--remote-bin`).
 
-mod common;
-
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -12,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// An sshd of our own, killed on drop.
 struct Sshd {

@@ -2,8 +2,6 @@
 //! one exchange; the old tree is the rollback generation. These tests run the real binary on
 //! real trees and watch the live tree from outside while it happens.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -12,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn json_lines(out: &str) -> Vec<serde_json::Value> {
     out.lines()

@@ -2,12 +2,10 @@
 //! "old" destination, then compared by canonical listing, by a second (dry) sync, by `verify`
 //! and by rsync as an oracle.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
-use common::*;
+use crate::common::*;
 
 /// A fixed, odd timestamp with nanoseconds, so truncation to seconds or microseconds shows.
 const T: i64 = 1_600_000_000;

@@ -2,10 +2,8 @@
 //! namespace — so paths collide and change type, hard-link groups form, split and merge —
 //! one `sync` makes the destination list exactly like the source, and a second plans nothing.
 
-mod common;
-
-use common::gen::{build, tree};
-use common::*;
+use crate::common::gen::{build, tree};
+use crate::common::*;
 use proptest::prelude::*;
 
 proptest! {

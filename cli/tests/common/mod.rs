@@ -836,11 +836,13 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("JAILSYNC_STATE_DIR")
-        .output()
-        .expect("run jailsync")
+    forced_switch(
+        Command::new(BIN)
+            .args(args)
+            .env_remove("JAILSYNC_STATE_DIR"),
+    )
+    .output()
+    .expect("run jailsync")
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -1001,12 +1003,29 @@ pub fn rsync_dry(src: &Path, dst: &Path) -> Option<String> {
     Some(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-/// Makes every run of the binary from this test process use the per-file staged burst (the
+thread_local! {
+    /// Set by `force_per_file` for the test running on this thread.
+    static PER_FILE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes every run of the binary the calling test starts through these helpers (`run`,
+/// `Env`, `faultkit::cmd`, `faultkit::TmpfsNs::command`) use the per-file staged burst (the
 /// switch's last resort, `JAILSYNC_SWITCH=per-file`): for the tests of that pipeline and of
-/// its rollback store. Every test of a file that calls it must call it (tests share the
-/// process environment).
+/// its rollback store. Tests share one process, so this is never the process's environment
+/// (that would switch every other test's runs too): it holds for the calling thread, which
+/// libtest gives each test alone, and is passed to each child it starts (see
+/// `forced_switch`). A test that starts the binary some other way passes it itself.
 pub fn force_per_file() {
-    std::env::set_var("JAILSYNC_SWITCH", "per-file");
+    PER_FILE.with(|p| p.set(true));
+}
+
+/// Adds to `c`'s environment the switch method forced by the calling test, if any (see
+/// `force_per_file`).
+pub fn forced_switch(c: &mut Command) -> &mut Command {
+    if PER_FILE.with(|p| p.get()) {
+        c.env("JAILSYNC_SWITCH", "per-file");
+    }
+    c
 }
 
 /// Stops a child with SIGSTOP and waits until the kernel reports it stopped: kill(2) returns
