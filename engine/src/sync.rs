@@ -870,6 +870,17 @@ pub fn apply_all(
     for a in applies.iter_mut() {
         a.stage(&pools.work, progress);
     }
+    // The admin's files, once more (invariant 11): a protected file edited while staging
+    // would be replaced by the commit.
+    if let Err(e) = guard_in_place(trees, opts) {
+        for a in applies.iter_mut() {
+            a.abandon();
+        }
+        for g in &fresh {
+            let _ = rollback::discard(g);
+        }
+        return Err(e);
+    }
     // Out of space or inodes: committing the part that fitted would leave a package half
     // upgraded. Nothing of the run is committed, in any tree.
     let full = trees
@@ -947,6 +958,30 @@ pub fn apply_all(
     }
     report.elapsed = t0.elapsed();
     Ok(report)
+}
+
+/// The per-file burst's last look before its commit: every tree's protected entries, as the
+/// scan saw them (see `guard::changed_in_place`). A change since switches nothing.
+fn guard_in_place(trees: &[Tree], opts: &SyncOpts) -> Result<()> {
+    for t in trees
+        .iter()
+        .filter(|t| !t.guard.is_empty() && !t.plan.is_empty())
+    {
+        let live = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
+        let changed =
+            crate::guard::changed_in_place(live.as_fd(), &t.dst, &t.guard, &opts.excludes)
+                .at(&t.dst_path)?;
+        if let Some(c) = changed {
+            return Err(crate::Error::bad(
+                t.dst_path.join(fsx::os(&c.path)),
+                format!(
+                    "{} (it is protected, so the run would have replaced it): nothing was changed; run again",
+                    c.how
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What the per-file burst keeps for rollback, per tree: the generation (continued or new),
