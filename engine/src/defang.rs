@@ -37,15 +37,23 @@ pub struct Fang {
     pub cap: Option<Vec<u8>>,
 }
 
-/// The old tree's files that may grant privilege and that the live tree does not share:
-/// regular files with an exec bit (only those can), whose inode is not among `live_inos`
-/// (sorted), in path order.
+/// The old tree's files that may grant privilege and that the live tree does not share,
+/// in path order: regular files whose inode is not among `live_inos` (sorted) and that carry
+/// setuid or setgid, or a file capability. With `xattrs_known` (the scan read every entry's
+/// xattrs) the capability is known from the entry; otherwise every executable is a candidate
+/// and [`defang`] asks the file itself.
 pub fn old_only<'a>(
     old: &'a Entries,
     live_inos: &'a [u64],
+    xattrs_known: bool,
 ) -> impl Iterator<Item = (&'a [u8], u64)> + 'a {
+    let capped = |e: &crate::entry::Ent<'_>| {
+        e.xattrs()
+            .is_some_and(|x| x.iter().any(|(n, _)| &n[..] == b"security.capability"))
+    };
     old.iter()
         .filter(|e| e.kind == Kind::File && e.mode & 0o111 != 0)
+        .filter(move |e| !xattrs_known || u32::from(e.mode) & FANGS != 0 || capped(e))
         .filter(|e| live_inos.binary_search(&e.ino).is_err())
         .map(|e| (e.path, e.ino))
 }
@@ -199,7 +207,13 @@ fn read_record(p: &Path) -> Result<Option<Vec<Fang>>> {
 /// Defangs generation `id` of `home` right after the switch that made it: the old tree's files
 /// that the live tree (the entries of `live`) does not share. What is taken is recorded in the
 /// generation's `gen-N.d/` for [`restore`].
-pub fn generation(home: &Home, id: u64, old: &Entries, live: &[&Entries]) -> Result<usize> {
+pub fn generation(
+    home: &Home,
+    id: u64,
+    old: &Entries,
+    live: &[&Entries],
+    xattrs_known: bool,
+) -> Result<usize> {
     let inos = inodes(live.iter().copied());
     let gpath = home.gen_path(id);
     let gen = fsx::open_subdir(home.fd.as_fd(), &Home::gen_name(id)).at(&gpath)?;
@@ -209,7 +223,7 @@ pub fn generation(home: &Home, id: u64, old: &Entries, live: &[&Entries]) -> Res
     let taken = defang(
         gen.as_fd(),
         &gpath,
-        old_only(old, &inos),
+        old_only(old, &inos, xattrs_known),
         Some((&rec, &rpath)),
         home.durable,
     )?;
@@ -219,9 +233,21 @@ pub fn generation(home: &Home, id: u64, old: &Entries, live: &[&Entries]) -> Res
 /// Defangs `name` in `home` (the tree a rollback switched out: `undone-N`, `kept-N`): the files
 /// of `old` (that tree, as scanned before the rollback) whose inodes `live_inos` (sorted: the
 /// tree switched back in) lacks. Nothing is recorded: such a tree is never switched back.
-pub fn replaced(home: &Home, name: &Path, old: &Entries, live_inos: &[u64]) -> Result<usize> {
+pub fn replaced(
+    home: &Home,
+    name: &Path,
+    old: &Entries,
+    xattrs_known: bool,
+    live_inos: &[u64],
+) -> Result<usize> {
     let shown = home.path.join(name);
     let root = fsx::open_subdir(home.fd.as_fd(), name.as_os_str().as_encoded_bytes()).at(&shown)?;
-    let taken = defang(root.as_fd(), &shown, old_only(old, live_inos), None, false)?;
+    let taken = defang(
+        root.as_fd(),
+        &shown,
+        old_only(old, live_inos, xattrs_known),
+        None,
+        false,
+    )?;
     Ok(taken.len())
 }

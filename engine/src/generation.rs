@@ -517,6 +517,7 @@ pub fn check(home: &Home, id: Option<u64>, pool: &rayon::ThreadPool) -> Result<R
     // The guard's last look lists the live tree against this scan (only names made since
     // are looked at), and the tree switched out is defanged by it.
     carry.live = scan.entries;
+    carry.live_xattrs = xattrs;
     changed.extend(carry.blocked.iter().map(|p| Changed {
         path: p.clone(),
         what: "excluded (the live system's), and the generation has no directory to hold it",
@@ -640,7 +641,13 @@ pub fn switch_back_all(
         // files the restored tree does not share are defanged.
         if let Some(name) = done.old.file_name() {
             let inos = gen_inodes(home, g);
-            if let Err(e) = crate::defang::replaced(home, Path::new(name), &rb.carry.live, &inos) {
+            if let Err(e) = crate::defang::replaced(
+                home,
+                Path::new(name),
+                &rb.carry.live,
+                rb.carry.live_xattrs,
+                &inos,
+            ) {
                 rb.errors
                     .push((done.old.clone(), io::Error::other(e.to_string())));
             }
@@ -837,6 +844,8 @@ pub struct Carry {
     /// The live tree as scanned (with excludes): the guard looks for excluded entries made
     /// since anywhere in it, and the tree switched out is defanged by it.
     live: Entries,
+    /// Whether that scan read every entry's xattrs (file capabilities known).
+    live_xattrs: bool,
     /// The generation's excluded entries to remove (dropped, or replaced by the live one).
     remove: Vec<Box<[u8]>>,
     /// Of `carried`, those the generation already holds (the same inode): left alone.

@@ -620,7 +620,8 @@ fn switched_info(
     let mut defanged = 0;
     if let (true, Some((kept, _, _))) = (keep > 0, &tx.afters[k]) {
         let t = &tx.trees[k];
-        match crate::defang::generation(tx.home(k), id, &t.dst, &[&t.src, kept]) {
+        let known = tx.cx.opts.xattrs;
+        match crate::defang::generation(tx.home(k), id, &t.dst, &[&t.src, kept], known) {
             Ok(n) => defanged = n,
             Err(e) => tx.report.notes.push(format!(
                 "old setuid/setgid files of {} not defanged: {e}",
