@@ -1087,7 +1087,10 @@ fn guard_carry(home: &Home, id: u64, c: &Carry) -> Result<()> {
         &[],
         &excludes,
         &c.holds,
-        None,
+        crate::guard::Watch {
+            protected: None,
+            excluded: true,
+        },
     )
     .at(&home.live)?;
     match changed {

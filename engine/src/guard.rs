@@ -32,6 +32,16 @@ pub struct Changed {
     pub how: &'static str,
 }
 
+/// Which entries that appear after the scan are the admin's (see [`Look::appeared`]).
+#[derive(Clone, Copy, Default)]
+pub struct Watch<'a> {
+    /// Those a protection glob matches.
+    pub protected: Option<Protected<'a>>,
+    /// Those an exclude pattern matches: only where an admin gave one (the program's own
+    /// patterns match only what it makes itself).
+    pub excluded: bool,
+}
+
 /// The protection rules a tree's run decided with, for entries that appear after its scan.
 #[derive(Clone, Copy)]
 pub struct Protected<'a> {
@@ -43,8 +53,8 @@ pub struct Protected<'a> {
 /// Looks at every live entry under `guard` (paths scanned into `dst`: protected files, or
 /// directories whose whole subtree is protected), every excluded entry of `holds_excluded`
 /// (never scanned: compared with what was linked into the next tree), and, where the run has
-/// excludes or protection globs, every entry that appeared anywhere since the scan and matches
-/// one (see [`Look::appeared`]). The first change found.
+/// excludes an admin gave (`watch_new`) or protection globs, every entry that appeared anywhere
+/// since the scan and matches one (see [`Look::appeared`]). The first change found.
 pub fn changed_since_scan(
     live: BorrowedFd<'_>,
     next: BorrowedFd<'_>,
@@ -52,8 +62,12 @@ pub fn changed_since_scan(
     guard: &[Box<[u8]>],
     excludes: &Excludes,
     holds_excluded: &[Box<[u8]>],
-    protected: Option<Protected<'_>>,
+    watch: Watch<'_>,
 ) -> io::Result<Option<Changed>> {
+    let Watch {
+        protected,
+        excluded: watch_new,
+    } = watch;
     let g = Look {
         live,
         next_root: next,
@@ -71,7 +85,7 @@ pub fn changed_since_scan(
         return Ok(Some(c));
     }
     let globs = protected.filter(|p| p.rules.has_globs());
-    if !excludes.is_empty() || globs.is_some() {
+    if (watch_new && !excludes.is_empty()) || globs.is_some() {
         let new = New {
             holds_excluded,
             protected: globs,
@@ -669,7 +683,10 @@ mod tests {
             &[b"etc"[..].into()],
             &f.excludes,
             &f.holds_excluded,
-            None,
+            Watch {
+                protected: None,
+                excluded: true,
+            },
         )
         .unwrap()
     }

@@ -66,6 +66,13 @@ pub const NEW_EXCLUDE: &str = "*.jailsync-new";
 /// files jailsync writes, carried across a rollback as the live system's).
 pub const ASIDE_EXCLUDE: &str = "*.jailsync-new.[0-9]*";
 
+/// Whether an exclude pattern is one this program adds for its own files (`NAME.jailsync-new`
+/// and the ones set aside), not one an admin gave: entries it matches are never made by
+/// anyone else while a run stages.
+pub fn is_own_pattern(p: &str) -> bool {
+    p == NEW_EXCLUDE || p == ASIDE_EXCLUDE
+}
+
 /// Which paths are protected.
 #[derive(Clone, Default)]
 pub struct Rules {

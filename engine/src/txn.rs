@@ -481,6 +481,12 @@ fn blocked_move(tx: &Inner<'_, '_>) -> Option<PathBuf> {
 /// entry made anywhere since the scan, would be left in the old tree by the switch.
 fn guard(tx: &Inner<'_, '_>) -> Result<()> {
     let opts = tx.cx.opts;
+    // Only an admin's excludes can match an entry someone else makes while the run stages
+    // (the listing of every live directory that finds those is skipped otherwise).
+    let watch_new = opts
+        .exclude_patterns
+        .iter()
+        .any(|p| !crate::protect::is_own_pattern(p));
     for (k, t) in tx.trees.iter().enumerate() {
         let globs = t.protect.as_ref().is_some_and(|(r, _)| r.has_globs());
         if tx.gens[k].is_none() || (t.guard.is_empty() && opts.excludes.is_empty() && !globs) {
@@ -496,9 +502,13 @@ fn guard(tx: &Inner<'_, '_>) -> Result<()> {
             &t.guard,
             &opts.excludes,
             &t.dst_holds_excluded,
-            t.protect
-                .as_ref()
-                .map(|(rules, prefix)| crate::guard::Protected { rules, prefix }),
+            crate::guard::Watch {
+                protected: t
+                    .protect
+                    .as_ref()
+                    .map(|(rules, prefix)| crate::guard::Protected { rules, prefix }),
+                excluded: watch_new,
+            },
         )
         .at(&t.dst_path)?;
         if let Some(c) = changed {
