@@ -212,8 +212,10 @@ fn stat_names<'s>(
     let mut incomplete = false;
     let mut holds_excluded = false;
     let mut holds_store = false;
+    // One step per name, counted once per chunk: a shared counter bumped per name would bounce
+    // its cache line between every walker thread.
+    crate::progress::work(names.len() as u64);
     for name in names {
-        crate::progress::work(1);
         let path = join(rel, &name);
         let ours = || {
             ctx.opts
