@@ -858,24 +858,6 @@ pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Gives up the staged `next` of the tree `live` whose home is `home`, by path (for a caller
-/// that cannot hold the `Home` then): metadata changed in place is set back, `next` and the
-/// named generation records made for it go.
-pub fn abandon_by_path(live: &Path, home: &Path, records: &[u64]) {
-    let Ok(fd) = fsx::open_root_nofollow(home) else {
-        return;
-    };
-    let pm = home.join(PREMETA);
-    if fsx::lstat_at(fd.as_fd(), c"premeta").is_ok()
-        && crate::stage::restore_meta(live, &pm).is_ok()
-    {
-        let _ = fsx::unlink_at(fd.as_fd(), PREMETA.as_bytes());
-    }
-    let _ = fsx::remove_tree_at(fd.as_fd(), NEXT);
-    for n in records {
-        let _ = fsx::remove_tree_at(fd.as_fd(), format!("gen-{n}.d").as_bytes());
-    }
-}
 
 /// The one directory under a temporary name in `home`, if exactly one is there: where an
 /// exchange emulated by renames (no `RENAME_EXCHANGE`: the portable OS layer, see
