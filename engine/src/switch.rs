@@ -858,7 +858,6 @@ pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-
 /// The one directory under a temporary name in `home`, if exactly one is there: where an
 /// exchange emulated by renames (no `RENAME_EXCHANGE`: the portable OS layer, see
 /// [`fsx::portable`]) keeps the live tree while the run that made it was killed.
