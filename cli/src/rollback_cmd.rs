@@ -269,7 +269,7 @@ fn rollback_switched(
                     "{}: rolled back to generation {} by {} in {:.3} ms; the tree it replaced is at {}",
                     dst.display(),
                     r.generation.id,
-                    home.method.describe(),
+                    s.method.describe(),
                     s.window.as_secs_f64() * 1000.0,
                     s.old.display()
                 );

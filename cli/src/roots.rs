@@ -329,10 +329,11 @@ pub fn rollback(root: &Path, force: bool, dry_run: bool, g: &Global) -> Result<u
                        "window_ms": r.switched.as_ref().map(|s| s.window.as_secs_f64() * 1000.0)})
             );
         } else if !g.quiet {
+            let how = r.switched.as_ref().map_or(&home.method, |s| &s.method);
             eprintln!(
                 "{}: rolled back to generation {id} by {}",
                 dst.display(),
-                home.method.describe()
+                how.describe()
             );
         }
     }

@@ -505,11 +505,13 @@ pub fn check(home: &Home, id: Option<u64>, pool: &rayon::ThreadPool) -> Result<R
     // Xattrs are compared when the sync recorded them (older records do not say: compared
     // without, as then).
     let xattrs = info_field(&info, "xattrs") == Some("1");
+    let mounts = crate::jail::mountinfo::points_below(&home.live);
     let sopts = crate::scan::ScanOpts {
         excludes: &excludes,
         xattrs,
         defer_xattrs: false,
         ours: &[],
+        mounts: &mounts,
     };
     let scan = crate::scan::scan_tree(&home.live, pool, &sopts)?;
     let mut changed = changed_since(home, newest, &scan.entries, xattrs)?;
@@ -551,29 +553,29 @@ pub fn switch_back_all(
     for (home, rb) in items.iter() {
         guard_carry(home, rb.generation.id, &rb.carry)?;
     }
-    let mut pending = Vec::new();
-    for (home, rb) in items.iter() {
-        let g = rb.generation.id;
-        let to = if rb.changed.is_empty() {
+    // A mount below a live tree is a bound its switch back goes around, read as each is
+    // planned and once more after (see `switch::prepare_around_mounts`).
+    let homes: Vec<Option<(&Home, usize)>> = items
+        .iter()
+        .enumerate()
+        .map(|(i, (h, _))| Some((*h, i)))
+        .collect();
+    let pending: Vec<_> = switch::prepare_around_mounts(&homes, |h, i| {
+        let g = items[i].1.generation.id;
+        let to = if items[i].1.changed.is_empty() {
             format!("undone-{g}")
         } else {
             format!("kept-{g}")
         };
-        match home.prepare_back(g, &to) {
-            Ok(p) => pending.push(p),
-            Err(e) => {
-                for (p, (h, _)) in pending.into_iter().zip(items.iter()) {
-                    h.cancel(p);
-                }
-                return Err(e);
-            }
-        }
-    }
-    // Mounts, looked at last: an exchange would move a mount made below the live tree into
-    // `undone-N`, which the next sync removes (see `switch::first_mount_below`).
+        h.prepare_back(g, &to)
+    })?
+    .into_iter()
+    .flatten()
+    .collect();
+    // A mount inside a generation (a switch raced a `mount`) would come into the live tree.
     let trees: Vec<PathBuf> = items
         .iter()
-        .flat_map(|(h, rb)| [h.live.clone(), h.gen_path(rb.generation.id)])
+        .map(|(h, rb)| h.gen_path(rb.generation.id))
         .collect();
     let trees: Vec<&Path> = trees.iter().map(PathBuf::as_path).collect();
     if let Some((t, m)) = switch::first_mount_below(&trees) {
@@ -611,6 +613,7 @@ pub fn switch_back_all(
                     window,
                     calls,
                     old: PathBuf::new(),
+                    method: pending[k].method(),
                 });
             }
             Err(e) => {
@@ -887,6 +890,7 @@ fn plan_carry(
         xattrs: false,
         defer_xattrs: false,
         ours: &[],
+        mounts: &[],
     };
     let gscan = crate::scan::scan_tree(&gio, pool, &sopts)?;
     let gen = fsx::open_root_nofollow(&gio).at(&gpath)?;
@@ -1132,6 +1136,7 @@ mod tests {
             xattrs: false,
             defer_xattrs: false,
             ours: &[],
+            mounts: &[],
         };
         let holds = crate::scan::scan_tree(&live, &pool, &sopts)
             .unwrap()

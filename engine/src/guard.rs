@@ -661,6 +661,7 @@ mod tests {
             xattrs: false,
             defer_xattrs: false,
             ours: &[],
+            mounts: &[],
         };
         let scan = scan_tree(&live, &pool, &opts).unwrap();
         Fixture {

@@ -28,6 +28,7 @@ pub mod remote;
 pub mod rollback;
 pub mod scan;
 pub mod stage;
+pub mod steps;
 pub mod switch;
 pub mod sync;
 pub mod txn;

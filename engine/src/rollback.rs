@@ -806,11 +806,13 @@ fn scan_live(
     progress: &dyn Progress,
 ) -> Result<scan::Scan> {
     let ours = state.staged_names(dst);
+    let mounts = crate::jail::mountinfo::points_below(dst);
     let sopts = ScanOpts {
         excludes,
         xattrs: opts.xattrs,
         defer_xattrs: false,
         ours: &ours,
+        mounts: &mounts,
     };
     progress.start(Phase::Scan, 0);
     let mut cur = scan::scan_tree(dst, &pools.walk, &sopts)?;

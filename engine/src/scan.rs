@@ -92,6 +92,11 @@ pub struct ScanOpts<'a> {
     /// Temporary names an earlier run recorded making in this tree (sorted; see
     /// [`crate::journal::StateDir::staged_names`]): found, they are leftovers to remove.
     pub ours: &'a [Box<[u8]>],
+    /// Mount points below the tree (relative, sorted): another filesystem's, never this
+    /// tree's content. Not listed, not descended into, on either side (as `rsync -x` keeps to
+    /// one filesystem); their parents are kept as an excluded entry's are, and the switch
+    /// goes around them ([`crate::steps`]).
+    pub mounts: &'a [Box<[u8]>],
 }
 
 /// What a walk found.
@@ -263,7 +268,15 @@ fn stat_names<'s>(
         }
         let mut e = entry_from_stat(&st);
         let is_dir = e.kind == Kind::Dir;
-        if !ctx.opts.excludes.is_empty() && ctx.opts.excludes.matches(&path, &name, is_dir) {
+        let mounted = || {
+            ctx.opts
+                .mounts
+                .binary_search_by(|m| (**m).cmp(&path[..]))
+                .is_ok()
+        };
+        if (is_dir && !ctx.opts.mounts.is_empty() && mounted())
+            || (!ctx.opts.excludes.is_empty() && ctx.opts.excludes.matches(&path, &name, is_dir))
+        {
             holds_excluded = true;
             continue;
         }

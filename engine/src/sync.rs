@@ -335,7 +335,7 @@ fn prepare_impl(
         crate::quick::withdraw_content(&mut plan, q);
     }
     protect_unreadable(&mut plan, &d.entries, &protect);
-    let home = home_for_plan(home, dst_path, &d.entries, &plan, state, opts)?;
+    let home = home_for_plan(home, dst_path, (&s.entries, &d.entries), &plan, state, opts)?;
     let dst_holds_excluded = d.holds_excluded.clone();
     for p in crate::excluded::keep_excluded_parents(&mut plan, &d.entries, &d.holds_excluded) {
         scan_errors.push((
@@ -437,11 +437,14 @@ fn scan_both(
     pools: &Pools,
     progress: &dyn Progress,
 ) -> Result<Scanned> {
+    // DST's mount points are another filesystem's: left out on both sides.
+    let mounts = crate::jail::mountinfo::points_below(dst_path);
     let sopts = ScanOpts {
         excludes: &opts.excludes,
         xattrs: opts.xattrs,
         defer_xattrs: true,
         ours: &[],
+        mounts: &mounts,
     };
     // Only names an earlier run recorded are its leftovers; the source has none.
     let ours = state.map(|s| s.staged_names(dst_path)).unwrap_or_default();
@@ -572,11 +575,12 @@ fn hash_both(
 }
 
 /// The home once the plan is known: made now if the plan has something to switch and none
-/// exists yet; a plan touching an immutable or append-only live entry goes per file.
+/// exists yet. An immutable or append-only live directory the plan leaves alone is a bound
+/// the switch goes around; one the plan would change (or change below) is refused.
 fn home_for_plan(
     home: Option<Home>,
     dst_path: &Path,
-    dst: &Entries,
+    trees: (&Entries, &Entries),
     plan: &Plan,
     state: Option<&StateDir>,
     opts: &SyncOpts,
@@ -589,12 +593,7 @@ fn home_for_plan(
         .as_mut()
         .filter(|h| h.is_switchable() && !plan.is_empty())
     {
-        if let Some(p) = pinned(dst_path, dst, plan) {
-            h.method = Method::PerFile(format!(
-                "{} is immutable or append-only",
-                dst_path.join(fsx::os(&p)).display()
-            ));
-        }
+        h.pinned = pinned(dst_path, trees, plan)?;
     }
     Ok(home)
 }
@@ -626,6 +625,7 @@ pub fn ensure_home(t: &mut Tree, opts: &SyncOpts) -> Result<()> {
 type OneScan = (Scan, (i64, u32), Vec<(PathBuf, io::Error)>, usize);
 fn scan_one(
     root: &Path,
+    mounts: &[Box<[u8]>],
     state: Option<&StateDir>,
     opts: &SyncOpts,
     pools: &Pools,
@@ -637,6 +637,7 @@ fn scan_one(
         xattrs: opts.xattrs,
         defer_xattrs: true,
         ours: &ours,
+        mounts,
     };
     let stamp = cache::now();
     progress.start(Phase::Scan, 0);
@@ -684,12 +685,20 @@ pub fn prepare_from_manifest(
     progress: &dyn Progress,
 ) -> Result<Tree> {
     // `manifest::parse` made sure the root `.` is its first entry, a directory.
+    let mounts = crate::jail::mountinfo::points_below(dst_path);
     let (mut d, stamp, mut scan_errors, cache_hits) =
-        scan_one(dst_path, state, opts, pools, progress)?;
+        scan_one(dst_path, &mounts, state, opts, pools, progress)?;
     let mut src = m.entries;
-    if !opts.excludes.is_empty() {
+    let under_mount = |p: &[u8]| {
+        mounts
+            .iter()
+            .any(|m| p.starts_with(m) && (p.len() == m.len() || p[m.len()] == b'/'))
+    };
+    if !opts.excludes.is_empty() || !mounts.is_empty() {
         src.retain(|e| {
-            e.path.is_empty() || !opts.excludes.matches(e.path, e.name(), e.kind == Kind::Dir)
+            e.path.is_empty()
+                || !(under_mount(e.path)
+                    || opts.excludes.matches(e.path, e.name(), e.kind == Kind::Dir))
         });
     }
     let (_, dn) = plan::hash_needs(&src, &d.entries);
@@ -1181,7 +1190,7 @@ pub fn scan_and_hash(
     pools: &Pools,
     progress: &dyn Progress,
 ) -> Result<(Manifest, Vec<(PathBuf, io::Error)>)> {
-    let (mut s, stamp, mut errors, _) = scan_one(root, state, opts, pools, progress)?;
+    let (mut s, stamp, mut errors, _) = scan_one(root, &[], state, opts, pools, progress)?;
     let need: Vec<u32> = s
         .entries
         .iter()
@@ -1215,39 +1224,49 @@ pub fn open_state(dir: &Path, trees: &[&Path]) -> Result<StateDir> {
     StateDir::open(&state_c)
 }
 
-/// The first live directory, or live file the plan changes, that is immutable or append-only.
-/// Switching the tree would replace it anyway; the per-file pipeline respects the flag (and
-/// reports what it could not change).
-fn pinned(root: &Path, dst: &Entries, plan: &Plan) -> Option<Box<[u8]>> {
-    let fd = fsx::open_root_nofollow(root).ok()?;
+/// The live directories that are immutable or append-only: they stay where they are (bounds
+/// of the switch). One the plan changes, or changes anything below, and a file the plan
+/// changes that is, are refused: nothing can rename or replace them.
+fn pinned(root: &Path, (src, dst): (&Entries, &Entries), plan: &Plan) -> Result<Vec<Box<[u8]>>> {
+    let fd = fsx::open_root_nofollow(root).at(root)?;
     let mut touched = vec![false; dst.len()];
     for a in plan.actions.iter().filter(|a| a.dst != plan::NONE) {
         touched[a.dst as usize] = true;
     }
+    let mut found: Vec<Box<[u8]>> = Vec::new();
     let mut dirs: Option<(Vec<u8>, std::os::fd::OwnedFd)> = None;
     for (j, e) in dst.iter().enumerate() {
         if e.kind != Kind::Dir && !(touched[j] && e.kind == Kind::File) {
             continue;
         }
         let (p, n) = fsx::split_parent(e.path);
-        if e.path.is_empty() {
-            if fsx::is_pinned_at(fd.as_fd(), b"", e.kind) {
-                return Some(e.path.into());
+        let is_pinned = if e.path.is_empty() {
+            fsx::is_pinned_at(fd.as_fd(), b"", e.kind)
+        } else {
+            if dirs.as_ref().is_none_or(|(dp, _)| dp.as_slice() != p) {
+                dirs = fsx::open_dir_beneath(fd.as_fd(), p)
+                    .ok()
+                    .map(|f| (p.to_vec(), f));
             }
+            dirs.as_ref()
+                .is_some_and(|(_, d)| fsx::is_pinned_at(d.as_fd(), n, e.kind))
+        };
+        if !is_pinned {
             continue;
         }
-        if dirs.as_ref().is_none_or(|(dp, _)| dp.as_slice() != p) {
-            dirs = fsx::open_dir_beneath(fd.as_fd(), p)
-                .ok()
-                .map(|f| (p.to_vec(), f));
+        let below = |a: &plan::Action| {
+            let q = plan.path(a, src, dst);
+            q.starts_with(e.path) && (e.path.is_empty() || q.get(e.path.len()) == Some(&b'/'))
+        };
+        if touched[j] || e.path.is_empty() || plan.actions.iter().any(below) {
+            return Err(Error::bad(
+                root.join(fsx::os(e.path)),
+                "is immutable or append-only and this release changes it or what it holds: nothing was changed (`chattr -i -a` it, then run again)",
+            ));
         }
-        if let Some((_, d)) = &dirs {
-            if fsx::is_pinned_at(d.as_fd(), n, e.kind) {
-                return Some(e.path.into());
-            }
-        }
+        found.push(e.path.into());
     }
-    None
+    Ok(found)
 }
 
 /// A source inside DST's own home (`sync HOME/gen-N DST`, the path `history` prints) would be
