@@ -239,17 +239,6 @@ pub fn rename_at(
     rfs::renameat(dir, f.as_c_str(), tdir, t.as_c_str()).map_err(errno)
 }
 
-/// Publishes `from` as `to`, failing if `to` exists.
-pub fn rename_noreplace_at(dir: BorrowedFd<'_>, from: &[u8], to: &[u8]) -> io::Result<()> {
-    sys().move_noreplace(dir, from, dir, to)
-}
-
-/// Swaps `a` and `b` atomically: neither name is ever absent (where [`exchange_is_atomic`];
-/// elsewhere see [`portable`]).
-pub fn exchange_at(dir: BorrowedFd<'_>, a: &[u8], b: &[u8]) -> io::Result<()> {
-    sys().exchange(dir, a, dir, b)
-}
-
 pub fn unlink_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     let c = cstr(name)?;
     rfs::unlinkat(dir, c.as_c_str(), AtFlags::empty()).map_err(errno)
@@ -312,9 +301,10 @@ pub fn release_freed_memory() {
     }
 }
 
-/// Swaps `a` in `adir` and `b` in `bdir` atomically (both on one mount): neither name is ever
-/// absent, and whoever opens either path sees one whole object or the other (where
-/// [`exchange_is_atomic`]; elsewhere see [`portable`]).
+/// Swaps `a` in `adir` and `b` in `bdir` atomically (both on one mount; `adir` and `bdir` may
+/// be the same directory): neither name is ever absent, and whoever opens either path sees
+/// one whole object or the other (where [`exchange_is_atomic`]; elsewhere see [`portable`]).
+/// The one exchange of the engine.
 pub fn exchange_between(
     adir: BorrowedFd<'_>,
     a: &[u8],
@@ -324,7 +314,8 @@ pub fn exchange_between(
     sys().exchange(adir, a, bdir, b)
 }
 
-/// Moves `from` in `fdir` to `to` in `tdir`, failing if `to` exists.
+/// Moves (or, in one directory, publishes) `from` in `fdir` as `to` in `tdir`, failing if `to`
+/// exists. The one no-replace rename of the engine.
 pub fn move_noreplace(
     fdir: BorrowedFd<'_>,
     from: &[u8],

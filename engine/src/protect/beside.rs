@@ -107,7 +107,7 @@ impl NewWrite<'_> {
         for n in 1u32.. {
             let mut to = dn.to_vec();
             to.extend_from_slice(format!(".{n}").as_bytes());
-            match fsx::rename_noreplace_at(dd, dn, &to) {
+            match fsx::move_noreplace(dd, dn, dd, &to) {
                 Ok(()) => {
                     let mut rel = fsx::split_parent(self.name).0.to_vec();
                     if !rel.is_empty() {
