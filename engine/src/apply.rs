@@ -690,7 +690,7 @@ impl<'a> Apply<'a> {
                         let (p, tmp) = split_parent(&loc);
                         let name = split_parent(this.src.path(a.src as usize)).1;
                         let r = cache.get(p).and_then(|d| match a.op {
-                            Op::Create => fsx::rename_noreplace_at(d, tmp, name),
+                            Op::Create => fsx::move_noreplace(d, tmp, d, name),
                             Op::Replace => {
                                 fsx::rename_at(d, tmp, d, name)?;
                                 // A rollback may link back the very inode the target still
@@ -706,7 +706,7 @@ impl<'a> Apply<'a> {
                                 }
                                 Ok(())
                             }
-                            _ => fsx::exchange_at(d, tmp, name),
+                            _ => fsx::exchange_between(d, tmp, d, name),
                         });
                         match r {
                             Ok(()) if a.op == Op::Exchange => {
