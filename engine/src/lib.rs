@@ -25,7 +25,6 @@ pub mod progress;
 pub mod protect;
 pub mod quick;
 pub mod remote;
-pub mod rollback;
 pub mod scan;
 pub mod stage;
 pub mod steps;

@@ -22,8 +22,9 @@
 //! entry — is a bound, decided at the last safe point (the mount table read again right
 //! before the exchanges): the switch goes around it by subtrees, from either home. A reader
 //! can see a mix only across subtrees, for the microseconds between those calls.
-//! - **PerFile**: a filesystem without `RENAME_EXCHANGE`: the per-file staged burst of
-//!   [`crate::apply`], the last resort.
+//!
+//! A filesystem without `RENAME_EXCHANGE` is refused (the portable layer's renames, chosen
+//! with `JAILSYNC_FSX=portable`, switch there with a window where a name is absent).
 
 // stat field widths differ between targets; the casts are no-ops only on some.
 #![allow(clippy::unnecessary_cast)]
@@ -55,8 +56,6 @@ pub enum Method {
     /// By subtrees, the home inside DST (DST is a mount point or `/`, or its parent is
     /// unusable).
     Entries,
-    /// The per-file burst, with the reason it had to be used.
-    PerFile(String),
 }
 
 impl Method {
@@ -66,7 +65,6 @@ impl Method {
             Method::Tree => "one exchange of the whole tree".into(),
             Method::Entries if !fsx::exchange_is_atomic() => "renames per subtree, each absent for one rename (no atomic exchange on this system; the tree is a mount point or `/`, or its parent cannot hold the staging area)".into(),
             Method::Entries => "one exchange per top-level entry, or per largest subtree around a mount point or immutable entry (the tree is a mount point or `/`, or its parent cannot hold the staging area)".into(),
-            Method::PerFile(why) => format!("per-file renames (last resort: {why})"),
         }
     }
 
@@ -74,7 +72,6 @@ impl Method {
         match self {
             Method::Tree => "tree",
             Method::Entries => "entries",
-            Method::PerFile(_) => "per-file",
         }
     }
 }
@@ -88,10 +85,8 @@ pub struct Home {
     pub path: PathBuf,
     pub fd: OwnedFd,
     pub method: Method,
-    /// How the home found on disk switches (`Tree` beside DST, `Entries` inside it; `PerFile`:
-    /// no home). Its generations, journal and rollback follow it, whatever today's `method`
-    /// for a new run is (a mount made below DST since makes that per-file, and must not hide
-    /// the generations or leave a killed switch unfinished).
+    /// Where the home is: `Tree` beside DST, `Entries` inside it. Its journal is read as it
+    /// was written (see [`Home::recover`]).
     pub layout: Method,
     /// The live tree.
     pub live: PathBuf,
@@ -231,12 +226,15 @@ impl Home {
         let is_mount = is_root
             || st_live.st_dev != st_parent.st_dev
             || table.as_ref().is_some_and(|t| t.at(live).is_some());
-        // JAILSYNC_SWITCH=entries|per-file forces a lesser method: for tests and for measuring
+        // JAILSYNC_SWITCH=entries forces the switch by subtrees: for tests and for measuring
         // the methods against each other on one tree.
         let forced = std::env::var("JAILSYNC_SWITCH").ok();
-        let mut method = if forced.as_deref() == Some("per-file") {
-            Method::PerFile("forced by JAILSYNC_SWITCH".into())
-        } else if is_mount || forced.as_deref() == Some("entries") {
+        // A home made inside the tree by an earlier run stays the home of its generations.
+        let inside = matches!(
+            found_home(&live_parent, &live_fd, &name, live)?,
+            Some((Method::Entries, _, _))
+        );
+        let mut method = if is_mount || inside || forced.as_deref() == Some("entries") {
             Method::Entries
         } else {
             Method::Tree
@@ -284,41 +282,8 @@ impl Home {
             }
             home = Some((hpath, fd));
         }
-        let (path, fd) = match home {
-            Some(h) => h,
-            None => {
-                // Per-file for a new run. A home an earlier run made is still the home of its
-                // generations: found where it is, and a reader (`probe` off) switches as it does.
-                if let Some((layout, path, fd)) = found_home(&live_parent, &live_fd, &name, live)? {
-                    return Ok(Home {
-                        durable: false,
-                        path,
-                        fd,
-                        method: if probe { method } else { layout.clone() },
-                        layout,
-                        parent_mtime: None,
-                        live: live.into(),
-                        live_parent,
-                        live_name: name,
-                        pinned: Vec::new(),
-                    });
-                }
-                // The old pipeline keeps its own store; the home only records that.
-                return Ok(Home {
-                    durable: false,
-                    path: PathBuf::new(),
-                    fd: live_fd,
-                    layout: method.clone(),
-                    method,
-                    live: live.into(),
-                    live_parent,
-                    live_name: name,
-                    pinned: Vec::new(),
-                    parent_mtime: None,
-                });
-            }
-        };
-        let mut h = Home {
+        let (path, fd) = home.expect("a home is made for either method");
+        let h = Home {
             durable: false,
             path,
             fd,
@@ -333,8 +298,10 @@ impl Home {
         // Recovery is not done here: only under the destination's lock (see `recover`).
         // (Renames emulating an exchange work everywhere: nothing to probe.)
         if probe && fsx::exchange_is_atomic() && !h.exchange_works() {
-            h.method =
-                Method::PerFile("the filesystem cannot exchange two names atomically".into());
+            return Err(Error::bad(
+                live,
+                "its filesystem cannot exchange two names atomically (RENAME_EXCHANGE): nothing was changed (JAILSYNC_FSX=portable switches by renames instead, each name absent for the time of one rename)",
+            ));
         }
         Ok(h)
     }
@@ -371,8 +338,9 @@ impl Home {
         ok
     }
 
+    /// Always: kept until the fleet's session stops asking (every home switches).
     pub fn is_switchable(&self) -> bool {
-        !matches!(self.method, Method::PerFile(_))
+        true
     }
 
     /// A path to `rel` inside the home through the home's open fd: the home's own name (in
@@ -666,9 +634,6 @@ impl Home {
     /// it changed in place. Only under the destination's lock: another run's `next` is not
     /// a leftover.
     pub fn recover(&self) -> Result<()> {
-        if matches!(self.layout, Method::PerFile(_)) {
-            return Ok(());
-        }
         let jpath = self.path.join(JOURNAL);
         let text = match fs::read(self.io_path(JOURNAL)) {
             Ok(t) => t,

@@ -663,7 +663,6 @@ impl Switched<'_, '_> {
             }
         }
         tx.report.cleanup_time = t_cleanup.elapsed();
-        tx.report.generations = tx.trees.iter().map(|_| None).collect();
         tx.report.elapsed = tx.t0.elapsed();
         std::mem::take(&mut tx.report)
     }
