@@ -220,6 +220,9 @@ pub struct Record<'a> {
     /// The file holding the destination's configuration base now, before this sync writes
     /// the next one (absent: there is none): saved with the generation.
     pub conf_base: &'a Path,
+    /// Immutable or append-only entries the switch goes around (they stay live): a rollback
+    /// goes around them too.
+    pub pinned: &'a [Box<[u8]>],
 }
 
 pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result<()> {
@@ -265,6 +268,9 @@ pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result
     }
     for x in r.excludes {
         let _ = writeln!(info, "exclude={x}");
+    }
+    for p in r.pinned {
+        let _ = writeln!(info, "pinned={}", switch::hex(p));
     }
     // `info` last: a record is complete when it is there.
     switch::write_file_at(&dir, "info", &info, &shown.join("info"), home.durable)
@@ -483,6 +489,8 @@ pub struct RolledBack {
     /// Where the tree that was live went (it holds the changes above, when forced).
     pub kept_as: Option<PathBuf>,
     pub errors: Vec<(PathBuf, io::Error)>,
+    /// Entries the undone syncs switched around: the switch back goes around them too.
+    pub pinned: Vec<Box<[u8]>>,
 }
 
 /// Prepares switching generation `id` (default: the newest) back in: the live tree is
@@ -515,6 +523,16 @@ pub fn check(home: &Home, id: Option<u64>, pool: &rayon::ThreadPool) -> Result<R
     };
     let scan = crate::scan::scan_tree(&home.live, pool, &sopts)?;
     let mut changed = changed_since(home, newest, &scan.entries, xattrs)?;
+    // What the undone syncs switched around stays where it is when switching back.
+    let mut pinned: Vec<Box<[u8]>> = Vec::new();
+    for n in gens.iter().map(|x| x.id).filter(|&n| n >= g.id) {
+        let info = fs::read_to_string(meta_io(home, n).join("info")).unwrap_or_default();
+        pinned.extend(
+            info.lines()
+                .filter_map(|l| switch::unhex(l.strip_prefix("pinned=")?))
+                .map(Vec::into_boxed_slice),
+        );
+    }
     let mut carry = plan_carry(home, g.id, pats, &excludes, scan.holds_excluded, pool)?;
     // The guard's last look lists the live tree against this scan (only names made since
     // are looked at), and the tree switched out is defanged by it.
@@ -531,6 +549,7 @@ pub fn check(home: &Home, id: Option<u64>, pool: &rayon::ThreadPool) -> Result<R
         carry,
         switched: None,
         kept_as: None,
+        pinned,
         errors: Vec::new(),
     })
 }
@@ -567,7 +586,7 @@ pub fn switch_back_all(
         } else {
             format!("kept-{g}")
         };
-        h.prepare_back(g, &to)
+        h.prepare_back(g, &to, &items[i].1.pinned)
     })?
     .into_iter()
     .flatten()

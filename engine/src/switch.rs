@@ -404,15 +404,15 @@ impl Home {
     /// [`Home::exchange`]. Several trees are prepared first and exchanged back to back, so
     /// the durable writes of one do not sit between the switches of two.
     pub fn prepare_in(&self, n: u64) -> Result<Pending> {
-        self.prepare(NEXT, &Self::gen_name(n))
+        self.prepare(NEXT, &Self::gen_name(n), &[])
     }
 
     /// Journals switching generation `n` back in; the tree it replaces ends at `home/to`
     /// (`undone-<n>`, removed by the next sync, or `kept-<n>` when it holds changes made
     /// after the sync).
-    pub fn prepare_back(&self, n: u64, to: &str) -> Result<Pending> {
+    pub fn prepare_back(&self, n: u64, to: &str, pinned: &[Box<[u8]>]) -> Result<Pending> {
         let _ = fsx::remove_tree_at(self.fd.as_fd(), to.as_bytes());
-        self.prepare(&Self::gen_name(n), to.as_bytes())
+        self.prepare(&Self::gen_name(n), to.as_bytes(), pinned)
     }
 
     /// Whether a sync made a home for `live` (beside it or, per entry, inside it).
@@ -437,8 +437,9 @@ impl Home {
 
     /// What stays where it is in this switch, read now (the last safe point): the mount
     /// points below the live tree and the entries this run found immutable or append-only.
-    pub fn bounds_now(&self) -> Bounds {
+    pub fn bounds_now(&self, pinned: &[Box<[u8]>]) -> Bounds {
         let mut b = self.pinned.clone();
+        b.extend_from_slice(pinned);
         b.extend(crate::jail::mountinfo::points_below(&self.live));
         Bounds::new(b)
     }
@@ -446,7 +447,7 @@ impl Home {
     /// The directories a switch made now leaves in place (root first; none for a whole-tree
     /// exchange): their old metadata goes in the generation's record.
     pub fn spines_now(&self) -> Vec<Box<[u8]>> {
-        let bounds = self.bounds_now();
+        let bounds = self.bounds_now(&[]);
         if !self.by_steps(&bounds) {
             return Vec::new();
         }
@@ -466,12 +467,12 @@ impl Home {
     /// Plans and durably journals exchanging the tree at `home/from` with the live one (the
     /// displaced live tree to end at `home/to`): what moves where, by inode, so a killed run
     /// can tell done from not done.
-    fn prepare(&self, from: &[u8], to: &[u8]) -> Result<Pending> {
+    fn prepare(&self, from: &[u8], to: &[u8], pinned: &[Box<[u8]>]) -> Result<Pending> {
         let jpath = self.path.join(JOURNAL);
         let from_fd =
             fsx::open_subdir(self.fd.as_fd(), from).at(self.path.join(OsStr::from_bytes(from)))?;
         let root_ino = fsx::fstat(from_fd.as_fd()).at(&jpath)?.st_ino;
-        let bounds = self.bounds_now();
+        let bounds = self.bounds_now(pinned);
         let steps = if self.by_steps(&bounds) {
             let live = self.live_fd().at(&self.live)?;
             let ours = |n: &[u8]| n == IN_TREE_HOME || n == fsx::STORE_NAME;

@@ -346,6 +346,15 @@ fn record_one(
             t.src[i].set_xattrs(x);
         }
     }
+    // Pinned entries stay where they are at the switch (bounds): the live inode, not the
+    // copy staged in its place, is what the next tree holds there.
+    for p in &home.pinned {
+        if let (Ok(i), Ok(j)) = (t.src.search(p), t.dst.search(p)) {
+            let (ino, (cs, cn)) = (t.dst.at(j).ino, t.dst.at(j).ctime());
+            t.src[i].ino = ino;
+            t.src[i].set_ctime(cs, cn);
+        }
+    }
     crate::quick::live_hashes(&mut t.src, &t.dst, &t.quick_same);
     let kept = kept_live(t);
     // Old metadata to set back on rollback: entries changed in place, and the directories a
@@ -375,6 +384,7 @@ fn record_one(
                 excludes: &cx.opts.exclude_patterns,
                 xattrs: cx.opts.xattrs,
                 conf_base: &conf_base,
+                pinned: &home.pinned,
             },
         )?;
     }
