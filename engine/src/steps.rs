@@ -254,8 +254,42 @@ impl Steps {
     }
 
     /// Makes every step, back to back; if one fails, those made are undone (the tree is
-    /// wholly old again) and the failing path is returned with the cause.
+    /// wholly old again) and the failing path is returned with the cause. Directories an
+    /// unprivileged run owns but may not move are lent write permission for it (see [`Lent`]).
     pub fn run(&self) -> std::result::Result<(), (Vec<u8>, io::Error)> {
+        let lent = self.lend();
+        let r = self.run_steps();
+        lent.give_back(|from_side, k| {
+            let i = &self.items[k];
+            let (l, f) = self.fds(i);
+            // Where the object is now: a staged one in the live tree once its step was made.
+            let made = r.is_ok();
+            if from_side == made { l } else { f }
+        }, |k| split_parent(&self.items[k].path).1);
+        r
+    }
+
+    /// The directories of the steps this process may not move but owns, lent write
+    /// permission (none for root).
+    fn lend(&self) -> Lent {
+        let mut lent = Lent::default();
+        if rustix::process::geteuid().is_root() {
+            return lent;
+        }
+        for (k, i) in self.items.iter().enumerate() {
+            let (l, f) = self.fds(i);
+            let n = split_parent(&i.path).1;
+            if i.step != Step::Out {
+                lent.lend(f, n, true, k);
+            }
+            if i.step != Step::In {
+                lent.lend(l, n, false, k);
+            }
+        }
+        lent
+    }
+
+    fn run_steps(&self) -> std::result::Result<(), (Vec<u8>, io::Error)> {
         for (k, i) in self.items.iter().enumerate() {
             let (l, f) = self.fds(i);
             if let Err(e) = i.step.run(l, f, split_parent(&i.path).1) {
@@ -275,6 +309,46 @@ impl Steps {
             let (l, f) = self.fds(i);
             i.step.undo(l, f, split_parent(&i.path).1)
         })
+    }
+}
+
+/// Moving a directory to another parent needs write permission on it (its `..` changes),
+/// which root has anyway. An unprivileged run lends that permission to the directories it
+/// owns for the moves and sets their modes back right after (the only moment their mode
+/// differs); one it does not own is refused before the switch ([`crate::switch::Home::cannot_move`]).
+#[derive(Default)]
+pub struct Lent(Vec<(bool, usize, u32)>);
+
+impl Lent {
+    /// Lends `n` in `dir` write permission if it is a directory of ours without it; `from_side`:
+    /// it is the staged tree's. `k` names the step.
+    pub fn lend(&mut self, dir: BorrowedFd<'_>, n: &[u8], from_side: bool, k: usize) {
+        let Ok(c) = fsx::cstr(n) else { return };
+        let Ok(st) = fsx::lstat_at(dir, &c) else { return };
+        let me = rustix::process::geteuid().as_raw();
+        let mode = st.st_mode as u32;
+        if fsx::kind_of(mode) != Kind::Dir || st.st_uid != me || mode & 0o200 != 0 {
+            return;
+        }
+        let with_w = rustix::fs::Mode::from_raw_mode((mode | 0o200) & 0o7777);
+        if rustix::fs::chmodat(dir, c.as_c_str(), with_w, rustix::fs::AtFlags::empty()).is_ok() {
+            self.0.push((from_side, k, mode & 0o7777));
+        }
+    }
+
+    /// Sets every lent mode back: `dir_of(from_side, k)` is the directory the object is in
+    /// now, `name_of(k)` its name.
+    pub fn give_back<'a>(
+        self,
+        dir_of: impl Fn(bool, usize) -> BorrowedFd<'a>,
+        name_of: impl Fn(usize) -> &'a [u8],
+    ) {
+        for (from_side, k, mode) in self.0 {
+            if let Ok(c) = fsx::cstr(name_of(k)) {
+                let m = rustix::fs::Mode::from_raw_mode(mode);
+                let _ = rustix::fs::chmodat(dir_of(from_side, k), c.as_c_str(), m, rustix::fs::AtFlags::empty());
+            }
+        }
     }
 }
 

@@ -502,13 +502,9 @@ impl Home {
     pub fn exchange(&self, p: &Pending) -> Result<(Duration, usize)> {
         let t0 = Instant::now();
         let r = match &p.steps {
-            None => fsx::exchange_between(
-                self.fd.as_fd(),
-                &p.from,
-                self.live_parent.as_fd(),
-                &self.live_name,
-            )
-            .map_err(|e| Error::io(&self.live, e)),
+            None => self
+                .exchange_whole(&p.from)
+                .map_err(|e| Error::io(&self.live, e)),
             Some(s) => s
                 .run()
                 .map_err(|(path, e)| Error::io(self.live.join(fsx::os(&path)), e)),
@@ -518,6 +514,36 @@ impl Home {
             return Err(e);
         }
         Ok((t0.elapsed(), p.calls()))
+    }
+
+    /// The one exchange of the whole tree, with write permission lent to the two roots for
+    /// it where an unprivileged run needs that (see [`crate::steps::Lent`]).
+    fn exchange_whole(&self, from: &[u8]) -> io::Result<()> {
+        let mut lent = crate::steps::Lent::default();
+        if !rustix::process::geteuid().is_root() {
+            lent.lend(self.fd.as_fd(), from, true, 0);
+            lent.lend(self.live_parent.as_fd(), &self.live_name, false, 1);
+        }
+        let r = fsx::exchange_between(
+            self.fd.as_fd(),
+            from,
+            self.live_parent.as_fd(),
+            &self.live_name,
+        );
+        // Where each root is now (0: the staged one, 1: the live one): the staged one live
+        // once the exchange was made.
+        let live_end = |k: usize| (k == 0) == r.is_ok();
+        lent.give_back(
+            |_, k| {
+                if live_end(k) {
+                    self.live_parent.as_fd()
+                } else {
+                    self.fd.as_fd()
+                }
+            },
+            |k| if live_end(k) { &self.live_name } else { from },
+        );
+        r
     }
 
     /// Undoes an exchange made by [`Home::exchange`] (when a later tree of the same run could
@@ -561,10 +587,13 @@ impl Home {
         }
         let writable = |d: BorrowedFd<'_>, n: &[u8]| -> bool {
             let Ok(c) = fsx::cstr(n) else { return false };
-            let is_dir = fsx::lstat_at(d, &c)
-                .map(|st| fsx::kind_of(st.st_mode as u32) == crate::entry::Kind::Dir)
-                .unwrap_or(false);
+            // A directory of ours is lent write permission for its move (`steps::Lent`).
+            let (is_dir, ours) = fsx::lstat_at(d, &c).map_or((false, false), |st| {
+                let dir = fsx::kind_of(st.st_mode as u32) == crate::entry::Kind::Dir;
+                (dir, st.st_uid == euid())
+            });
             !is_dir
+                || ours
                 || rustix::fs::accessat(
                     d,
                     c.as_c_str(),
