@@ -1283,7 +1283,9 @@ fn metadata_refused_while_staged_leaves_nothing() {
     let err = stderr(&o);
     // One release, one switch: the first entry that cannot be staged gives up the run.
     assert!(
-        refused.iter().any(|p| err.contains(dst.path(p).to_str().unwrap()))
+        refused
+            .iter()
+            .any(|p| err.contains(dst.path(p).to_str().unwrap()))
             && err.contains("nothing was switched"),
         "a refused entry should be reported:\n{err}"
     );
@@ -1299,7 +1301,10 @@ fn metadata_refused_while_staged_leaves_nothing() {
     );
     // Nothing of the release went live: the others were not published either.
     for p in ["plain", "okdir/fine"] {
-        assert!(l.get(p).is_none(), "{p} published though the run gave up:\n{err}");
+        assert!(
+            l.get(p).is_none(),
+            "{p} published though the run gave up:\n{err}"
+        );
     }
 }
 
@@ -1361,8 +1366,21 @@ fn fsync_orders_data_then_exchange_then_parent() {
         .iter()
         .position(|l| l.contains("RENAME_EXCHANGE") && l.contains("\"next\"") && l.contains("= 0"))
         .unwrap_or_else(|| panic!("no exchange of the next tree in the trace:\n{text}"));
-    for f in ["a/changed", "top", "a/added", "newdir/f1", "newdir/sub/f2", "newdir", "a", ""] {
-        let want = if f.is_empty() { next.clone() } else { format!("{next}/{f}") };
+    for f in [
+        "a/changed",
+        "top",
+        "a/added",
+        "newdir/f1",
+        "newdir/sub/f2",
+        "newdir",
+        "a",
+        "",
+    ] {
+        let want = if f.is_empty() {
+            next.clone()
+        } else {
+            format!("{next}/{f}")
+        };
         assert!(
             fsyncs.iter().any(|(j, p)| *j < exchange && *p == want),
             "{want} not fsynced before the exchange:\n{text}"
@@ -1372,7 +1390,12 @@ fn fsync_orders_data_then_exchange_then_parent() {
         fsyncs.iter().any(|(j, p)| *j > exchange && *p == parent),
         "{parent} (DST's parent) not fsynced after the exchange:\n{text}"
     );
-    assert!(!fsyncs.iter().any(|(_, p)| p.starts_with(&format!("{dst}/"))), "{text}");
+    assert!(
+        !fsyncs
+            .iter()
+            .any(|(_, p)| p.starts_with(&format!("{dst}/"))),
+        "{text}"
+    );
     // And without --fsync, no fsync at all.
     e.src.file("top", "newer top");
     let text = traced(&[]);
@@ -1423,7 +1446,10 @@ fn immutable_live_entries_the_release_changes_refuse_it() {
         std::fs::read_to_string(e.dst.path("idir/orphan")).unwrap(),
         "o"
     );
-    assert!(!e.dst.path("ok").exists(), "the release was applied in part");
+    assert!(
+        !e.dst.path("ok").exists(),
+        "the release was applied in part"
+    );
     let left = leftovers(&listing(e.dst()));
     assert!(left.is_empty(), "temp files left: {left:?}");
     e.sync(&[]);

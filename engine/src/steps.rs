@@ -259,13 +259,20 @@ impl Steps {
     pub fn run(&self) -> std::result::Result<(), (Vec<u8>, io::Error)> {
         let lent = self.lend();
         let r = self.run_steps();
-        lent.give_back(|from_side, k| {
-            let i = &self.items[k];
-            let (l, f) = self.fds(i);
-            // Where the object is now: a staged one in the live tree once its step was made.
-            let made = r.is_ok();
-            if from_side == made { l } else { f }
-        }, |k| split_parent(&self.items[k].path).1);
+        lent.give_back(
+            |from_side, k| {
+                let i = &self.items[k];
+                let (l, f) = self.fds(i);
+                // Where the object is now: a staged one in the live tree once its step was made.
+                let made = r.is_ok();
+                if from_side == made {
+                    l
+                } else {
+                    f
+                }
+            },
+            |k| split_parent(&self.items[k].path).1,
+        );
         r
     }
 
@@ -324,7 +331,9 @@ impl Lent {
     /// it is the staged tree's. `k` names the step.
     pub fn lend(&mut self, dir: BorrowedFd<'_>, n: &[u8], from_side: bool, k: usize) {
         let Ok(c) = fsx::cstr(n) else { return };
-        let Ok(st) = fsx::lstat_at(dir, &c) else { return };
+        let Ok(st) = fsx::lstat_at(dir, &c) else {
+            return;
+        };
         let me = rustix::process::geteuid().as_raw();
         let mode = st.st_mode as u32;
         if fsx::kind_of(mode) != Kind::Dir || st.st_uid != me || mode & 0o200 != 0 {
@@ -346,7 +355,12 @@ impl Lent {
         for (from_side, k, mode) in self.0 {
             if let Ok(c) = fsx::cstr(name_of(k)) {
                 let m = rustix::fs::Mode::from_raw_mode(mode);
-                let _ = rustix::fs::chmodat(dir_of(from_side, k), c.as_c_str(), m, rustix::fs::AtFlags::empty());
+                let _ = rustix::fs::chmodat(
+                    dir_of(from_side, k),
+                    c.as_c_str(),
+                    m,
+                    rustix::fs::AtFlags::empty(),
+                );
             }
         }
     }
