@@ -989,6 +989,8 @@ pub fn rsync_dry(src: &Path, dst: &Path) -> Option<String> {
     d.push("/");
     let o = Command::new("rsync")
         .args(["-aHAXc", "--numeric-ids", "--delete", "-n", "-i"])
+        // The switch's home inside DST (switch by subtrees): jailsync's, not the tree's.
+        .arg("--exclude=/.jailsync-gens")
         .arg(s)
         .arg(d)
         .output()
