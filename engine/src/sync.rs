@@ -223,14 +223,17 @@ fn check_apart(src: &Path, src_c: &Path, dst: &Path, dst_c: &Path) -> Result<()>
             format!("destination is inside the source {}", src_c.display()),
         ));
     }
-    if s.within(&d) {
+    // Behind a mount point of DST the source is another filesystem's, which the run never
+    // enters (the jail mounted in the live root, for `sync /mnt/jail/ /`).
+    let apart = s.behind_mount_of(src_c, &d, dst_c);
+    if s.within(&d) && !apart {
         return Err(Error::bad(
             src,
             format!("source is inside the destination {}", dst_c.display()),
         ));
     }
     // A sync walks into mounts: one showing part of the other tree aliases it as well.
-    if let Some(m) = d.mount_into(&s) {
+    if let Some(m) = d.mount_into(&s).filter(|_| !apart) {
         return Err(Error::bad(
             m,
             format!(
