@@ -1,5 +1,5 @@
 //! The run `sync` and each phase of `upgrade` share: plan every pair, decide protected
-//! configuration, check the deletions, switch (or apply per file), then report.
+//! configuration, check the deletions, switch (one transaction), then report.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

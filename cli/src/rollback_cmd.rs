@@ -34,10 +34,9 @@ pub struct RollbackCmd {
     /// Roll back the target of a DST that is a symlink (only one owned by root or you).
     #[arg(long)]
     pub follow_dst: bool,
-    /// Also roll back entries changed since the sync. A tree switched whole is switched back
-    /// and the tree that was live, with those changes, is kept whole beside the generations;
-    /// per-file generations keep each changed entry in the rollback store first. Without it
-    /// they are left as they are and reported (exit 1).
+    /// Also roll back entries changed since the sync: the tree is switched back and the tree
+    /// that was live, with those changes, is kept whole beside the generations (`kept-N`).
+    /// Without it they are left as they are and reported (exit 1).
     #[arg(long)]
     pub force: bool,
 }

@@ -253,7 +253,7 @@ fn stat_names<'s>(
             }
         };
         if crate::names::is_ours(&name, &st) {
-            // A home (or the per-file store) at the top is where this very tree's run keeps
+            // A home (or an older version's per-file store) at the top is where this tree's runs keep
             // its own: not part of the tree, on either side. One deeper is a nested tree's:
             // not this tree's content either, but kept where it is, as an excluded entry is
             // (the next tree links it across).

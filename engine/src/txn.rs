@@ -68,8 +68,8 @@ impl Ctx<'_> {
     }
 }
 
-/// A step's outcome: the transaction goes on, or it is over with a report and nothing
-/// switched (a fallback to the per-file method, or a tree that failed to stage).
+/// Staging's outcome: the transaction goes on, or it is over with a report and nothing
+/// switched (a tree failed to stage).
 pub enum Step<T> {
     Go(T),
     Done(Box<Report>),
@@ -157,10 +157,7 @@ pub fn switch_all_gated(
         Step::Go(s) => s,
         Step::Done(r) => return Ok(*r),
     };
-    let ready = match staged.record()?.gate(gate)? {
-        Step::Go(r) => r,
-        Step::Done(r) => return Ok(*r),
-    };
+    let ready = staged.record()?.gate(gate)?;
     Ok(ready.switch()?.finish())
 }
 
@@ -192,7 +189,8 @@ pub fn stage<'t, 'c>(trees: &'t mut [Tree], cx: Ctx<'c>) -> Result<Step<Staged<'
         tx.stopped(t)?;
         cx.progress.tree(&t.dst_path);
         if !t.dst_leftovers.is_empty() {
-            // Temporary names a killed per-file run recorded and left: ours, not the tree's.
+            // Temporary names an older version's killed per-file run recorded and left: ours,
+            // not the tree's.
             let dfd = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
             if clean_leftovers(dfd.as_fd(), &t.dst_leftovers).is_empty() {
                 let _ = cx.state.clear_staged(&t.dst_path);
@@ -459,10 +457,9 @@ fn kept_live(t: &Tree) -> Entries {
 }
 
 impl<'t, 'c> Recorded<'t, 'c> {
-    /// Step 3, the last safe point: the stop flag, a directory not ours to move (per file
-    /// instead), the gate, the guard, the journals, the mounts. Any refusal gives up every
-    /// tree.
-    pub fn gate(self, gate: &mut dyn FnMut(&Report) -> Result<()>) -> Result<Step<Ready<'t, 'c>>> {
+    /// Step 3, the last safe point: the stop flag, a directory not ours to move, the gate,
+    /// the guard, the journals (each reading the mounts). Any refusal gives up every tree.
+    pub fn gate(self, gate: &mut dyn FnMut(&Report) -> Result<()>) -> Result<Ready<'t, 'c>> {
         let tx = self.0;
         if let Some(t) = tx.trees.first() {
             tx.stopped(t)?;
@@ -477,7 +474,7 @@ impl<'t, 'c> Recorded<'t, 'c> {
         gate(&tx.report)?;
         guard(&tx)?;
         let pending = prepare_all(&tx)?;
-        Ok(Step::Go(Ready(tx, pending)))
+        Ok(Ready(tx, pending))
     }
 }
 
