@@ -1320,6 +1320,10 @@ fn fsync_orders_data_then_exchange_then_parent() {
         eprintln!("skipped: strace not installed");
         return;
     }
+    if portable() {
+        eprintln!("skipped: the portable layer switches by three renames, not one exchange; the Linux pass checks the order");
+        return;
+    }
     let e = Env::new().with_dst();
     e.dst
         .file("a/changed", "old")
