@@ -16,7 +16,7 @@ use jailsync_engine::remote::client::{Conn, Source, Staged, Status, PHASES};
 use jailsync_engine::remote::fleet::{
     self, FleetProgress, Gate, Host, HostReport, Mode, NoProgress, Outcome, Report,
 };
-use jailsync_engine::remote::serve::{flag, Open};
+use jailsync_engine::remote::wire::{flag, Open};
 use jailsync_engine::sync::{self, Pools, SyncOpts};
 
 use crate::args::{exit, Global};

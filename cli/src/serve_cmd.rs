@@ -7,7 +7,8 @@ use std::process::Command;
 
 use anyhow::Result;
 use clap::Args;
-use jailsync_engine::remote::serve::{serve, ServeEnv};
+use jailsync_engine::remote::serve::ServeEnv;
+use jailsync_engine::remote::session::serve;
 
 use crate::args::{exit, Global};
 

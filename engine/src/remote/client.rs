@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::serve::Open;
+use super::wire::Open;
 use super::wire::{self, t, Counted, Dec, Enc};
 use super::{RemoteError, Result};
 use crate::entry::{Entries, Hash, Kind};
@@ -520,7 +520,7 @@ impl Conn {
         Ok(())
     }
 
-    /// A dry run (OPEN with [`super::serve::flag::DRY_RUN`]): sends the manifests and returns
+    /// A dry run (OPEN with [`super::wire::flag::DRY_RUN`]): sends the manifests and returns
     /// what the host would do. Nothing else is sent.
     pub fn plan(&mut self, src: &Source) -> Result<Planned> {
         self.send_manifests(src)?;

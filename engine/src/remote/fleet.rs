@@ -24,7 +24,7 @@ use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::client::{phase, Conn, Done, Planned, Source, Staged, Status};
-use super::serve::Open;
+use super::wire::Open;
 use super::{RemoteError, Result};
 
 /// One host's connection as the fleet drives it, step by step. Every method but `close` and

@@ -17,6 +17,9 @@
 pub mod client;
 pub mod fleet;
 pub mod serve;
+pub mod session;
+mod shadow;
+mod sum;
 pub mod wire;
 
 use std::io;

@@ -7,9 +7,13 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use super::{RemoteError, Result};
 
 /// Bumped on any incompatible change; both sides must also run the same jailsync version.
 /// 4: ALIVE carries the host's work counter and phase (it was empty).
@@ -72,7 +76,7 @@ pub mod t {
     }
 }
 
-fn bad(why: impl Into<String>) -> io::Error {
+pub(super) fn bad(why: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why.into())
 }
 
@@ -282,6 +286,137 @@ impl<T: Write + AsFd> Write for Counted<T> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// What OPEN asks for.
+#[derive(Clone, Default)]
+pub struct Open {
+    /// Where the push comes from (`host:jail`), for the generations' records.
+    pub source: Vec<u8>,
+    pub root: Vec<u8>,
+    pub trees: Vec<Vec<u8>>,
+    pub state_dir: Vec<u8>,
+    pub flags: u32,
+    pub keep: u32,
+    pub threads: u32,
+    /// `--protect` globs and `protect` lines of the jail's jailsync.conf (see `protect`).
+    pub protect: Vec<Vec<u8>>,
+    /// Exclude patterns for the trees holding another: the homes of databases nested in a
+    /// tree (their rollback generations stay on the host).
+    pub excludes: Vec<Vec<u8>>,
+    /// `--exclude` patterns, for every tree of every phase (as `upgrade --exclude`).
+    pub exclude_all: Vec<Vec<u8>>,
+    /// Send ALIVE after this long working without a frame either way (0: never): the local
+    /// side's `--timeout` then measures a stalled connection, not a long scan.
+    pub keepalive_ms: u32,
+}
+
+pub mod flag {
+    pub const XATTRS: u32 = 1;
+    pub const ROLLBACK: u32 = 2;
+    pub const FSYNC: u32 = 4;
+    pub const FORCE: u32 = 8;
+    /// Protect every tree's `etc/` (configuration protection's default rule).
+    pub const PROTECT_ETC: u32 = 16;
+    /// Apply configuration protection (set whenever a rule is given).
+    pub const PROTECT: u32 = 32;
+    /// Plan and report (PLANNED); receive, stage and write nothing.
+    pub const DRY_RUN: u32 = 64;
+}
+
+pub(super) fn enc_list(mut e: Enc, l: &[Vec<u8>]) -> Enc {
+    e = e.u32(l.len() as u32);
+    for x in l {
+        e = e.bytes(x);
+    }
+    e
+}
+
+pub(super) fn dec_list(d: &mut Dec, what: &str) -> Result<Vec<Vec<u8>>> {
+    let n = d.u32()?;
+    if n > 256 {
+        return Err(RemoteError::Protocol(format!("OPEN names {n} {what}")));
+    }
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let b = d.bytes()?.to_vec();
+        if b.is_empty() || b.len() > 4096 || b.contains(&0) || std::str::from_utf8(&b).is_err() {
+            return Err(RemoteError::Refused(format!(
+                "{}: not a valid {what} pattern",
+                printable(&b)
+            )));
+        }
+        out.push(b);
+    }
+    Ok(out)
+}
+
+impl Open {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::default()
+            .bytes(&self.source)
+            .bytes(&self.root)
+            .u32(self.trees.len() as u32);
+        for t in &self.trees {
+            e = e.bytes(t);
+        }
+        let e = e
+            .bytes(&self.state_dir)
+            .u32(self.flags)
+            .u32(self.keep)
+            .u32(self.threads);
+        let e = enc_list(e, &self.protect);
+        let e = enc_list(e, &self.excludes);
+        enc_list(e, &self.exclude_all).u32(self.keepalive_ms).0
+    }
+
+    pub(super) fn decode(p: &[u8]) -> Result<Open> {
+        let mut d = Dec::new(p, "OPEN");
+        let source = d.bytes()?.to_vec();
+        let root = d.bytes()?.to_vec();
+        let n = d.u32()?;
+        if n == 0 || n > MAX_TREES {
+            return Err(RemoteError::Protocol(format!("OPEN names {n} trees")));
+        }
+        let mut trees = Vec::new();
+        for _ in 0..n {
+            trees.push(d.bytes()?.to_vec());
+        }
+        let o = Open {
+            source,
+            root,
+            trees,
+            state_dir: d.bytes()?.to_vec(),
+            flags: d.u32()?,
+            keep: d.u32()?,
+            threads: d.u32()?,
+            protect: dec_list(&mut d, "protect")?,
+            excludes: dec_list(&mut d, "exclude")?,
+            exclude_all: dec_list(&mut d, "exclude")?,
+            keepalive_ms: d.u32()?,
+        };
+        d.end()?;
+        let abs = |b: &[u8]| b.first() == Some(&b'/') && !b.contains(&0);
+        if !abs(&o.root) || !(o.state_dir.is_empty() || abs(&o.state_dir)) {
+            return Err(RemoteError::Refused(
+                "the root and the state dir must be absolute paths".into(),
+            ));
+        }
+        for t in &o.trees {
+            let p = Path::new(std::ffi::OsStr::from_bytes(t));
+            let plain = p.components().all(|c| matches!(c, Component::Normal(_)));
+            if t.is_empty() || t.contains(&0) || !plain || p.is_absolute() {
+                return Err(RemoteError::Refused(format!(
+                    "{}: a tree must be a relative path without `..`",
+                    printable(t)
+                )));
+            }
+        }
+        if o.threads > 256 {
+            return Err(RemoteError::Protocol("more than 256 threads asked".into()));
+        }
+        Ok(o)
     }
 }
 
