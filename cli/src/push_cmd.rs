@@ -28,12 +28,18 @@ pub struct PushCmd {
     pub jail: PathBuf,
     /// Where to push: `HOST:ROOT` through ssh, or a bare ROOT on this machine (the same
     /// protocol over a pipe).
-    #[arg(required = true, value_name = "[HOST:]ROOT")]
+    #[arg(required_unless_present = "hosts_from", value_name = "[HOST:]ROOT")]
     pub targets: Vec<String>,
+    /// Also push to the targets listed in FILE: one `HOST:ROOT` (or ROOT) a line; blank lines
+    /// and `#` comments are skipped.
+    #[arg(long, value_name = "FILE")]
+    pub hosts_from: Option<PathBuf>,
     /// A tree to push, relative to JAIL and ROOT (repeatable; default as for `upgrade`).
     #[arg(long, value_name = "REL")]
     pub tree: Vec<PathBuf>,
     /// The remote shell, split into words like rsync's `-e` (e.g. "ssh -p 2222 -i KEY").
+    /// `-o BatchMode=yes` is added unless CMD says BatchMode itself: an unknown host key or a
+    /// password prompt fails that host with ssh's message instead of waiting for a keyboard.
     #[arg(long, value_name = "CMD", default_value = "ssh")]
     pub ssh: String,
     /// The jailsync binary on the hosts (default: `jailsync` on their PATH; this program for a
@@ -77,6 +83,11 @@ pub struct PushCmd {
     /// zstd level for what is sent.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub compress_level: i32,
+    /// Keep up to MIB mebibytes of what was pushed (compressed, in the state dir's
+    /// `push-store`), so that the next push sends each changed file as a delta against the
+    /// version a host holds; 0: no store, every changed file is sent whole.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    pub delta_store: u64,
     /// Worker threads on each host and here (default: twice the cores, 4..16).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub threads: usize,
@@ -205,12 +216,18 @@ fn command(t: &Target, ssh: &[String], remote_bin: Option<&str>) -> Result<Vec<O
 
 pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
     let t0 = Instant::now();
-    let targets = c
-        .targets
+    let mut named = c.targets.clone();
+    if let Some(f) = &c.hosts_from {
+        named.extend(hosts_from(f)?);
+    }
+    if named.is_empty() {
+        bail!("no host to push to (--hosts-from names none)");
+    }
+    let targets = named
         .iter()
         .map(|s| parse_target(s))
         .collect::<Result<Vec<_>>>()?;
-    let ssh = split_words(&c.ssh)?;
+    let ssh = batch_mode(split_words(&c.ssh)?);
     // The trees `upgrade` would sync (its layout detection), in its order. Each host runs
     // them in `upgrade`'s phases: a package database nested in another tree is excluded from
     // it, with its home, and switched after it as its own tree.
@@ -272,7 +289,39 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         None => &NoProgress,
     };
     let report = fleet::push_all(&hosts, mode, c.jobs, dial, progress);
+    // What the hosts now hold is the next push's references.
+    if let (Some(s), true) = (&source, report.switched) {
+        if let Err(e) = s.remember() {
+            eprintln!(
+                "jailsync: the delta store in {}: {e} (the next push sends changed files whole)",
+                g.state_dir.display()
+            );
+        }
+    }
     print_report(&report, &c, g, t0)
+}
+
+/// The targets of `--hosts-from FILE`: one a line, blank lines and `#` comments skipped.
+fn hosts_from(f: &std::path::Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(f).with_context(|| format!("--hosts-from {}", f.display()))?;
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// `ssh -o BatchMode=yes ...` unless the admin's words say BatchMode already.
+fn batch_mode(mut ssh: Vec<String>) -> Vec<String> {
+    if !ssh
+        .iter()
+        .any(|w| w.to_ascii_lowercase().contains("batchmode"))
+    {
+        ssh.splice(1..1, ["-o".to_string(), "BatchMode=yes".to_string()]);
+    }
+    ssh
 }
 
 /// OPEN as every host gets it (the root is each host's own).
@@ -377,7 +426,16 @@ fn read_jail(c: &PushCmd, g: &Global, rels: &[PathBuf], excludes: &[Vec<u8>]) ->
         }
         trees.push((rel.as_os_str().as_bytes().to_vec(), p, m));
     }
-    Source::new(trees, c.compress_level).context("preparing the manifests")
+    let store = match c.delta_store {
+        0 => None,
+        mib => {
+            let dir = g.state_dir.join("push-store");
+            let s = jailsync_engine::remote::store::Store::open(&dir, mib << 20)
+                .with_context(|| dir.display().to_string())?;
+            Some(s)
+        }
+    };
+    Source::new(trees, c.compress_level, store).context("preparing the manifests")
 }
 
 /// What the hosts' lines and the summary tally.
@@ -388,6 +446,20 @@ struct Tally {
     switched: usize,
     not_switched: usize,
     planned: usize,
+    rolled_back: usize,
+}
+
+/// User and system CPU seconds of this process (`getrusage(RUSAGE_SELF)`: its threads, not
+/// its children).
+fn own_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given; a zeroed rusage is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage owned by this frame.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(ru.ru_utime) + s(ru.ru_stime)
 }
 
 /// Prints one line per host (JSON or human), the failures, and the summary; the exit code.
@@ -424,8 +496,11 @@ fn print_report(report: &Report, c: &PushCmd, g: &Global, t0: Instant) -> Result
             "dry_run": c.dry_run,
             "planned": tally.planned,
             "failed": tally.failed.len(),
+            "rolled_back": tally.rolled_back,
             "wire_bytes": report.wire_bytes(),
             "elapsed_ms": t0.elapsed().as_millis() as u64,
+            // This process's own CPU (ssh and the hosts excluded): what the fleet costs here.
+            "pusher_cpu_s": own_cpu_seconds(),
             "results": results,
         });
         if let Some(d) = switch_time {
@@ -435,6 +510,10 @@ fn print_report(report: &Report, c: &PushCmd, g: &Global, t0: Instant) -> Result
     } else if !g.quiet {
         let done = if c.dry_run && !c.rollback {
             format!("{} planned (dry run: nothing staged)", tally.planned)
+        } else if c.rollback && c.dry_run {
+            format!("{} would be rolled back (dry run)", tally.rolled_back)
+        } else if c.rollback {
+            format!("{} rolled back", tally.rolled_back)
         } else {
             format!(
                 "{} switched, {} not switched",
@@ -567,6 +646,9 @@ fn host_line(h: &HostReport, tally: &mut Tally) -> (String, serde_json::Value) {
             }
             .into();
             j["exit"] = (*code).into();
+            if *code == 0 {
+                tally.rolled_back += 1;
+            }
             j["output"] = output.clone().into();
             if *code != 0 {
                 tally.failed.push(format!(
@@ -586,6 +668,9 @@ fn staged_json(j: &mut serde_json::Value, st: &Staged) {
     j["found_on_host"] = st.found_on_host.into();
     j["files_needed"] = st.files_needed.into();
     j["stage_ms"] = (st.stage_time.as_millis() as u64).into();
+    j["deltas"] = st.deltas.into();
+    j["manifest_deltas"] = st.manifest_deltas.into();
+    j["protocol"] = st.protocol.into();
 }
 
 /// One line per host on a TTY.

@@ -552,6 +552,11 @@ fn a_connection_killed_mid_transfer_leaves_the_host_untouched() {
 /// A fake `serve` in Python (independent of our protocol code): greets with `version`, reads
 /// the request, then misbehaves as `mode` says.
 fn fake_serve(f: &Fleet, mode: &str, version: &str) -> PathBuf {
+    fake_serve_speaking(f, mode, version, jailsync_engine::remote::wire::PROTOCOL)
+}
+
+/// A fake serve announcing protocol `proto` (from 5 it says it holds no manifest: HAVE).
+fn fake_serve_speaking(f: &Fleet, mode: &str, version: &str, proto: u32) -> PathBuf {
     let script = format!(
         r#"#!/usr/bin/python3
 import struct, sys
@@ -571,13 +576,16 @@ o = 0
 for _ in range(2):  # source, root
     o += 4 + struct.unpack('<I', p[o:o + 4])[0]
 ntrees = struct.unpack('<I', p[o:o + 4])[0]
+width = 32
+if {proto} >= 5:
+    send(0x13, b'\x00' * 32 * ntrees); width = 64
 ends = 0
 while ends < ntrees:
     t, p = recv()
     if t == 0x12: ends += 1
 mode = '{mode}'
 if mode == 'want-foreign':
-    send(0x20, b'\x41' * 32); send(0x21, struct.pack('<QQQ', 1, 1, 0))
+    send(0x20, b'\x41' * width); send(0x21, struct.pack('<QQQ', 1, 1, 0))
 elif mode == 'huge-frame':
     out.write(struct.pack('<BI', 0x20, 0xffffffff)); out.flush()
 elif mode == 'escape':
@@ -587,10 +595,9 @@ elif mode == 'blob-to-local':
 elif mode == 'short-staged':
     send(0x21, struct.pack('<QQQ', 0, 0, 0)); recv(); send(0x40, b'\x01')
 inp.read()
-"#,
-        proto = jailsync_engine::remote::wire::PROTOCOL
+"#
     );
-    f.script(&format!("fake-serve-{mode}"), &script)
+    f.script(&format!("fake-serve-{mode}-{proto}"), &script)
 }
 
 #[test]
@@ -652,15 +659,22 @@ fn versions_that_differ_are_refused_both_ways() {
         "needs /usr/bin/python3 for the fake serve"
     );
     release(&f.jail, b"x");
-    let fake = fake_serve(&f, "none", "0.0.0-other");
+    // Two protocols apart: refused at the greeting, naming both versions.
+    let proto = jailsync_engine::remote::wire::PROTOCOL;
+    let fake = fake_serve_speaking(&f, "none", "0.0.0-other", proto - 2);
     let o = f.push_to(&[f.host("h1")]).remote_bin(&fake).run();
     expect_code(&o, 1);
     let err = stderr(&o);
+    let ours = env!("CARGO_PKG_VERSION");
     assert!(
-        err.contains("remote jailsync is version 0.0.0-other")
+        err.contains(&format!(
+            "remote jailsync is version 0.0.0-other (protocol {})",
+            proto - 2
+        )) && err.contains(&format!("this one {ours} (protocol {proto})"))
             && err.contains("install the same version"),
         "{err}"
     );
+    assert!(!f.root("h1").exists());
 
     // Our serve, greeted by a client of another version, says so and stages nothing.
     let mut serve = Command::new(BIN)
@@ -1465,3 +1479,5 @@ fn a_destination_reached_through_another_users_symlink_is_refused_everywhere() {
     expect_code(&f.push(&[format!("127.0.0.1:{}", root.display())], &[]), 0);
     same_as_jail(&f, "realp/h");
 }
+
+mod delta;

@@ -573,7 +573,7 @@ mod tests {
     }
 
     fn source() -> Source {
-        Source::new(Vec::new(), 1).unwrap()
+        Source::new(Vec::new(), 1, None).unwrap()
     }
 
     fn push(src: &Source) -> Mode<'_> {

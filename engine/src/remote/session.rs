@@ -11,10 +11,7 @@
 //! the shadow go when the session ends, however it ends (a killed session's are removed by
 //! the next one).
 
-use std::collections::{HashMap, HashSet};
-use std::fs;
 use std::io::{BufRead, Write};
-use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,15 +20,14 @@ use std::time::{Duration, Instant};
 
 use super::serve::{check_allowed, resolve, root_of, ServeEnv};
 use super::shadow::{
-    fill_shadows, forget_shadows, lacks, meta_of, need_list, needs, write_runs, Lacks, Work, UNSET,
+    fill_shadows, forget_shadows, held_manifests, hold_manifest, lacks, meta_of, need_list, needs,
+    Lacks, Work, UNSET,
 };
 use super::sum::{Protecting, Sum};
 use super::wire::{self, flag, t, Dec, Enc, Open};
 use super::{RemoteError, Result};
 use crate::entry::{Hash, Kind};
-use crate::error::IoContext;
-use crate::fsx::{self, split_parent};
-use crate::hash::to_hex;
+use crate::fsx::split_parent;
 use crate::manifest;
 use crate::plan::Counts;
 use crate::progress::{Phase, Progress};
@@ -50,6 +46,8 @@ pub fn serve(r: &mut dyn BufRead, w: Box<dyn Write + Send>, env: &ServeEnv) -> R
         }),
         buf: Vec::new(),
         alive: None,
+        proto: wire::MIN_PROTOCOL,
+        held: Vec::new(),
     };
     let res = s.run(env);
     if let Err(e) = &res {
@@ -129,9 +127,14 @@ impl Progress for Beat {
 pub(super) struct Session<'a> {
     r: &'a mut dyn BufRead,
     out: Arc<Out>,
-    buf: Vec<u8>,
+    pub(super) buf: Vec<u8>,
     /// Dropped: the keepalive thread ends.
     alive: Option<mpsc::Sender<()>>,
+    /// The protocol the session speaks (the older of the two sides').
+    pub(super) proto: u32,
+    /// (5) The manifest this host last received for each tree, with its hash: the base of a
+    /// manifest delta.
+    pub(super) held: Vec<Option<(Hash, Vec<u8>)>>,
 }
 
 impl Session<'_> {
@@ -145,7 +148,7 @@ impl Session<'_> {
     }
 
     /// The next frame; the peer's ERROR and a closed stream become errors.
-    fn recv(&mut self) -> Result<u8> {
+    pub(super) fn recv(&mut self) -> Result<u8> {
         *self.out.quiet_since.lock().expect("poisoned") = None;
         let r = wire::read_frame(&mut self.r, &mut self.buf);
         *self.out.quiet_since.lock().expect("poisoned") = Some(Instant::now());
@@ -212,7 +215,7 @@ impl Session<'_> {
     fn run(&mut self, env: &ServeEnv) -> Result<()> {
         self.send(t::HELLO, &super::hello())?;
         self.expect(t::HELLO)?;
-        super::check_hello(&self.buf, "local")?;
+        self.proto = super::check_hello(&self.buf, "local")?;
         self.expect(t::OPEN)?;
         let open = Open::decode(&self.buf)?;
         if open.keepalive_ms > 0 {
@@ -227,6 +230,15 @@ impl Session<'_> {
         let dsts = resolve(&root, &open.trees)?;
         // Before anything is read from the trees or written anywhere.
         check_allowed(env, &root, &open, &dsts, &state_dir)?;
+        if self.proto >= 5 {
+            self.held = held_manifests(&state_dir, &dsts);
+            let have: Vec<u8> = self
+                .held
+                .iter()
+                .flat_map(|h| h.as_ref().map_or([0; 32], |(h, _)| *h))
+                .collect();
+            self.send(t::HAVE, &have)?;
+        }
         match self.recv()? {
             t::ROLLBACK => {
                 Dec::new(&self.buf, "ROLLBACK").end()?;
@@ -242,61 +254,12 @@ impl Session<'_> {
                 let p = Enc::default().u8(code).bytes(out.as_bytes()).0;
                 self.send(t::ROLLED, &p)
             }
-            t::MANIFEST => self.push(env, &open, &state_dir, &dsts),
+            k @ (t::MANIFEST | t::MANIFEST_DELTA) => self.push(env, &open, &state_dir, &dsts, k),
             k => Err(RemoteError::Protocol(format!(
                 "expected MANIFEST or ROLLBACK, got {}",
                 t::name(k)
             ))),
         }
-    }
-
-    /// Reads the manifest of each tree: chunks until MANIFEST_END. The first chunk's frame is
-    /// already in the buffer.
-    fn manifests(&mut self, trees: &[Vec<u8>]) -> Result<Vec<manifest::Manifest>> {
-        let mut out = Vec::new();
-        let mut first = true;
-        for (k, rel) in trees.iter().enumerate() {
-            let mut text = Vec::new();
-            loop {
-                let kind = if first {
-                    first = false;
-                    t::MANIFEST
-                } else {
-                    self.recv()?
-                };
-                match kind {
-                    t::MANIFEST => {
-                        let raw = wire::unchunk(&self.buf, wire::CHUNK)?;
-                        if (text.len() + raw.len()) as u64 > wire::MAX_MANIFEST {
-                            return Err(RemoteError::Refused(format!(
-                                "manifest of {} over {} bytes",
-                                wire::printable(rel),
-                                wire::MAX_MANIFEST
-                            )));
-                        }
-                        text.extend_from_slice(&raw);
-                    }
-                    t::MANIFEST_END => {
-                        let mut d = Dec::new(&self.buf, "MANIFEST_END");
-                        if d.u32()? as usize != k {
-                            return Err(RemoteError::Protocol("manifests out of order".into()));
-                        }
-                        d.end()?;
-                        break;
-                    }
-                    k => {
-                        return Err(RemoteError::Protocol(format!(
-                            "expected MANIFEST, got {}",
-                            t::name(k)
-                        )))
-                    }
-                }
-            }
-            let shown = PathBuf::from(format!("manifest of {}", String::from_utf8_lossy(rel)));
-            // Strict: structure, no `..`, every file with its hash (see `manifest`).
-            out.push(manifest::parse(&shown, &text)?);
-        }
-        Ok(out)
     }
 
     fn push(
@@ -305,12 +268,21 @@ impl Session<'_> {
         open: &Open,
         state_dir: &Path,
         dsts: &[PathBuf],
+        first_kind: u8,
     ) -> Result<()> {
-        let manifests = self.manifests(&open.trees)?;
+        let received = self.manifests(&open.trees, first_kind)?;
         let state = sync::open_state(
             state_dir,
             &dsts.iter().map(|p| p.as_path()).collect::<Vec<_>>(),
         )?;
+        let mut manifests = Vec::new();
+        for ((m, text), dst) in received.into_iter().zip(dsts) {
+            // The base of the next push's manifest delta (a dry run writes nothing).
+            if self.proto >= 5 && open.flags & flag::DRY_RUN == 0 {
+                hold_manifest(&state, dst, &text);
+            }
+            manifests.push(m);
+        }
         let text = |l: &[Vec<u8>]| -> Vec<String> {
             l.iter()
                 .map(|b| String::from_utf8_lossy(b).into_owned())
@@ -523,7 +495,7 @@ impl Session<'_> {
         let decisions = decide_trees(trees, rels, state, rules)?;
         let needs = need_list(trees, rules.map(|_| &decisions[..]));
         self.out.doing(LOOKING, None);
-        let l = lacks(trees, &needs, later_want, pools)?;
+        let l = lacks(trees, &needs, later_want, pools, false)?;
         for t in trees.iter() {
             add_counts(&mut counts, t);
         }
@@ -562,12 +534,23 @@ impl Session<'_> {
             want,
             uses,
             found,
+            bases,
         } = {
             self.out.doing(LOOKING, None);
-            lacks(trees, &needs, &later.want, pools)?
+            lacks(trees, &needs, &later.want, pools, self.proto >= 5)?
         };
         let list: Vec<Hash> = want.keys().copied().collect();
-        for c in list.chunks(wire::CHUNK / 32) {
+        // From version 5 each wanted hash comes with the hash of this host's old version of
+        // the file (zero: none), the base of a delta.
+        let entry = |h: &Hash| -> Vec<u8> {
+            let mut v = h.to_vec();
+            if self.proto >= 5 {
+                v.extend_from_slice(&bases.get(h).map_or([0; 32], |b| b.0));
+            }
+            v
+        };
+        let wire: Vec<Vec<u8>> = list.iter().map(entry).collect();
+        for c in wire.chunks(wire::CHUNK / 64) {
             self.send(t::WANT, &c.concat())?;
         }
         let p = Enc::default()
@@ -576,7 +559,7 @@ impl Session<'_> {
             .u64(found)
             .0;
         self.send(t::WANT_END, &p)?;
-        self.receive_blobs(work, &want, opts)?;
+        self.receive_blobs(work, &want, &bases, trees, opts)?;
         self.out.doing(FILLING, None);
         fill_shadows(trees, &work.blobs, &live, &uses, &needs, meta_of(opts))?;
         let beat = Beat(self.out.clone());
@@ -658,94 +641,6 @@ impl Session<'_> {
             .u32(sum.tally[2])
             .0;
         self.send(t::DONE, &p)
-    }
-
-    fn receive_blobs(
-        &mut self,
-        work: &Work,
-        want: &HashMap<Hash, u64>,
-        opts: &SyncOpts,
-    ) -> Result<()> {
-        let mut got: HashSet<Hash> = HashSet::new();
-        let dir = fsx::open_root_nofollow(&work.blobs).at(&work.blobs)?;
-        loop {
-            if let Some(sig) = opts.stop_signal() {
-                return Err(RemoteError::Aborted(format!(
-                    "stopped by signal {sig} while receiving: nothing was switched"
-                )));
-            }
-            match self.recv()? {
-                t::BLOBS_DONE => break,
-                t::BLOB => {
-                    let mut d = Dec::new(&self.buf, "BLOB");
-                    let (h, size) = (d.hash()?, d.u64()?);
-                    d.end()?;
-                    if want.get(&h) != Some(&size) || got.contains(&h) {
-                        return Err(RemoteError::Protocol(format!(
-                            "blob {} of {size} bytes was not asked for",
-                            to_hex(&h)
-                        )));
-                    }
-                    self.receive_blob(dir.as_fd(), &h, size)?;
-                    got.insert(h);
-                }
-                k => {
-                    return Err(RemoteError::Protocol(format!(
-                        "expected BLOB, got {}",
-                        t::name(k)
-                    )))
-                }
-            }
-        }
-        if got.len() != want.len() {
-            return Err(RemoteError::Protocol(format!(
-                "{} blobs asked for, {} received",
-                want.len(),
-                got.len()
-            )));
-        }
-        Ok(())
-    }
-
-    /// One blob into `dir/HEX`: chunks decompressed (never past the size announced), zero
-    /// blocks left as holes, checked against its hash.
-    fn receive_blob(&mut self, dir: BorrowedFd<'_>, h: &Hash, size: u64) -> Result<()> {
-        let name = to_hex(h);
-        let fd = fsx::create_excl_at(dir, name.as_bytes())?;
-        let f = fs::File::from(fd);
-        let mut hasher = blake3::Hasher::new();
-        let mut at = 0u64;
-        loop {
-            match self.recv()? {
-                t::DATA => {
-                    let left = (size - at).min(wire::CHUNK as u64) as usize;
-                    if left == 0 {
-                        return Err(RemoteError::Protocol("blob longer than announced".into()));
-                    }
-                    let raw = wire::unchunk(&self.buf, left)?;
-                    hasher.update(&raw);
-                    write_runs(&f, &raw, at)?;
-                    at += raw.len() as u64;
-                }
-                t::BLOB_END => {
-                    Dec::new(&self.buf, "BLOB_END").end()?;
-                    break;
-                }
-                k => {
-                    return Err(RemoteError::Protocol(format!(
-                        "expected DATA, got {}",
-                        t::name(k)
-                    )))
-                }
-            }
-        }
-        f.set_len(size)?;
-        if at != size || hasher.finalize().as_bytes() != h {
-            return Err(RemoteError::Refused(format!(
-                "blob {name}: its content does not match its hash (did the jail change during the push?): nothing was changed"
-            )));
-        }
-        Ok(())
     }
 }
 
@@ -861,7 +756,7 @@ pub(super) fn run_later(
         let decisions = decide_trees(&mut trees, &rels, state, rules)?;
         let needs = need_list(&trees, rules.map(|_| &decisions[..]));
         beat.0.doing(LOOKING, None);
-        let Lacks { live, uses, .. } = lacks(&mut trees, &needs, &[], pools)?;
+        let Lacks { live, uses, .. } = lacks(&mut trees, &needs, &[], pools, false)?;
         beat.0.doing(FILLING, None);
         fill_shadows(&trees, blobs, &live, &uses, &needs, meta_of(l.opts))?;
         let changes: u64 = trees.iter().map(|t| t.plan.actions.len() as u64).sum();
@@ -891,6 +786,7 @@ pub(super) fn run_later(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::io;
 
     /// A host at work without a frame (here a rollback taking 300 ms) sends ALIVE meanwhile

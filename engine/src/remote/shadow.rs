@@ -163,6 +163,10 @@ pub(super) struct Lacks {
     pub(super) uses: HashMap<Hash, usize>,
     /// Files copied from content found here.
     pub(super) found: u64,
+    /// (5) For wanted content, this host's old version of a file that needs it (the live
+    /// file at the same path): its hash, tree and live index. The local side may send a
+    /// delta against it.
+    pub(super) bases: HashMap<Hash, (Hash, usize, usize)>,
 }
 
 /// Looks for the content of every need (and of the later trees' `later`) in the live trees.
@@ -171,14 +175,35 @@ pub(super) fn lacks(
     needs: &[Need],
     later: &[(Hash, u64)],
     pools: &Pools,
+    with_bases: bool,
 ) -> Result<Lacks> {
+    // The old version of each needed file: the live file at its path (hashed below).
+    let old: Vec<Option<usize>> = needs
+        .iter()
+        .map(|(k, path, e, _)| {
+            let t = &trees[*k];
+            let j = t.dst.search(path).ok()?;
+            let o = t.dst.at(j);
+            let fits = |n: u64| n > 0 && n <= super::delta::MAX;
+            (with_bases && o.kind == Kind::File && fits(o.size) && fits(e.size)).then_some(j)
+        })
+        .collect();
     // Live files that may hold content the plan copies: those of a size it needs.
     let sizes: HashSet<u64> = needs.iter().map(|n| n.2.size).collect();
-    for t in trees.iter_mut() {
+    for (k, t) in trees.iter_mut().enumerate() {
+        let olds: HashSet<usize> = needs
+            .iter()
+            .zip(&old)
+            .filter(|(n, _)| n.0 == k)
+            .filter_map(|(_, j)| *j)
+            .collect();
         let idx: Vec<usize> = (0..t.dst.len())
             .filter(|&j| {
                 let e = t.dst.at(j);
-                e.kind == Kind::File && e.hash.is_none() && e.size > 0 && sizes.contains(&e.size)
+                e.kind == Kind::File
+                    && e.hash.is_none()
+                    && e.size > 0
+                    && (sizes.contains(&e.size) || olds.contains(&j))
             })
             .collect();
         sync::hash_live(t, &idx, pools)?;
@@ -195,7 +220,8 @@ pub(super) fn lacks(
     let mut want: HashMap<Hash, u64> = HashMap::new();
     let mut uses: HashMap<Hash, usize> = HashMap::new();
     let mut found = 0u64;
-    for (_, _, e, h) in needs {
+    let mut bases = HashMap::new();
+    for ((k, _, e, h), j) in needs.iter().zip(&old) {
         let h = *h;
         if e.size == 0 {
             continue;
@@ -205,6 +231,9 @@ pub(super) fn lacks(
         } else {
             want.insert(h, e.size);
             *uses.entry(h).or_default() += 1;
+            if let Some(b) = j.and_then(|j| trees[*k].dst.at(j).hash) {
+                bases.entry(h).or_insert((*b, *k, j.expect("some")));
+            }
         }
     }
     // The later trees' content not on this host: received now, kept in the blobs dir
@@ -220,6 +249,7 @@ pub(super) fn lacks(
         want,
         uses,
         found,
+        bases,
     })
 }
 
@@ -388,6 +418,41 @@ impl Drop for Work {
         for d in &self.dirs {
             let _ = crate::fsx::remove_tree(d);
         }
+    }
+}
+
+/// Where this host keeps the last manifest it received for a tree (the base of a delta).
+const HELD: &str = "push-manifest";
+
+/// The manifest this host last received for each tree, if it has one it can use as a base.
+pub(super) fn held_manifests(state_dir: &Path, dsts: &[PathBuf]) -> Vec<Option<(Hash, Vec<u8>)>> {
+    let state = sync::open_state(
+        state_dir,
+        &dsts.iter().map(|p| p.as_path()).collect::<Vec<_>>(),
+    );
+    dsts.iter()
+        .map(|d| {
+            let dir = state.as_ref().ok()?.tree_dir(d).ok()?;
+            let z = fs::read(dir.join(HELD)).ok()?;
+            let text = zstd::bulk::decompress(&z, super::delta::MAX as usize).ok()?;
+            Some((*blake3::hash(&text).as_bytes(), text))
+        })
+        .collect()
+}
+
+/// Keeps `text` as the last manifest received for `dst` (best effort: without it the next
+/// push sends the manifest whole).
+pub(super) fn hold_manifest(state: &crate::journal::StateDir, dst: &Path, text: &[u8]) {
+    if text.len() as u64 > super::delta::MAX {
+        return;
+    }
+    let Ok(dir) = state.tree_dir(dst) else { return };
+    let Ok(z) = zstd::bulk::compress(text, 1) else {
+        return;
+    };
+    let tmp = dir.join(format!("{HELD}.{}", std::process::id()));
+    if fs::write(&tmp, z).is_err() || fs::rename(&tmp, dir.join(HELD)).is_err() {
+        let _ = fs::remove_file(&tmp);
     }
 }
 

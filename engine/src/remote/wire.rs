@@ -15,9 +15,31 @@ use std::time::Duration;
 
 use super::{RemoteError, Result};
 
-/// Bumped on any incompatible change; both sides must also run the same jailsync version.
+/// Bumped on any incompatible change. A peer one protocol apart is served with the older
+/// feature set (see [`negotiate`]); further apart is refused, naming both versions.
 /// 4: ALIVE carries the host's work counter and phase (it was empty).
-pub const PROTOCOL: u32 = 4;
+/// 5: deltas: HAVE, MANIFEST_DELTA, WANT entries naming the host's old version, DELTA.
+pub const PROTOCOL: u32 = 5;
+/// The oldest protocol this program still speaks.
+pub const MIN_PROTOCOL: u32 = 4;
+
+/// The protocol this program announces: [`PROTOCOL`], or what `JAILSYNC_WIRE_PROTOCOL` says
+/// (an operator's switch to keep a fleet on the older feature set while it is upgraded, and
+/// what lets one build stand for the previous release in a mixed-version test). Never above
+/// [`PROTOCOL`].
+pub fn announced() -> u32 {
+    std::env::var("JAILSYNC_WIRE_PROTOCOL")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map_or(PROTOCOL, |p| p.min(PROTOCOL))
+}
+
+/// The protocol a session speaks, given what each side announced: the older of the two when
+/// they are at most one apart and both spoken here; `None` (refuse) otherwise.
+pub fn negotiate(ours: u32, theirs: u32) -> Option<u32> {
+    let p = ours.min(theirs);
+    (ours.abs_diff(theirs) <= 1 && p >= MIN_PROTOCOL).then_some(p)
+}
 pub const MAGIC: &[u8; 8] = b"JAILSYNC";
 /// Raw bytes per compressed chunk (manifest text and blob data).
 pub const CHUNK: usize = 1 << 20;
@@ -36,12 +58,15 @@ pub mod t {
     pub const OPEN: u8 = 0x10;
     pub const MANIFEST: u8 = 0x11;
     pub const MANIFEST_END: u8 = 0x12;
+    pub const HAVE: u8 = 0x13;
+    pub const MANIFEST_DELTA: u8 = 0x14;
     pub const WANT: u8 = 0x20;
     pub const WANT_END: u8 = 0x21;
     pub const BLOB: u8 = 0x30;
     pub const DATA: u8 = 0x31;
     pub const BLOB_END: u8 = 0x32;
     pub const BLOBS_DONE: u8 = 0x33;
+    pub const DELTA: u8 = 0x34;
     pub const STAGED: u8 = 0x40;
     pub const SWITCH: u8 = 0x41;
     pub const ABORT: u8 = 0x42;
@@ -58,12 +83,15 @@ pub mod t {
             OPEN => "OPEN",
             MANIFEST => "MANIFEST",
             MANIFEST_END => "MANIFEST_END",
+            HAVE => "HAVE",
+            MANIFEST_DELTA => "MANIFEST_DELTA",
             WANT => "WANT",
             WANT_END => "WANT_END",
             BLOB => "BLOB",
             DATA => "DATA",
             BLOB_END => "BLOB_END",
             BLOBS_DONE => "BLOBS_DONE",
+            DELTA => "DELTA",
             STAGED => "STAGED",
             SWITCH => "SWITCH",
             ABORT => "ABORT",
