@@ -34,7 +34,7 @@ fn a_delta_push_makes_the_exact_jail_on_hosts_whose_old_files_differ() {
     // h2's library is not the one pushed (changed there since): the pusher has no copy of
     // it, so h2 gets that file whole; h1 gets a delta against the version pushed before.
     f.tree("h2")
-        .file("usr/pkg/lib/libbig.so.2", &rebuilt(&big, 500))
+        .file("usr/pkg/lib/libbig.so.2", rebuilt(&big, 500))
         .settle_dirs(1_700_000_000);
     let new = rebuilt(&big, 100);
     patch_release(&f.jail, &new);
