@@ -14,9 +14,9 @@ use jailsync_engine::paths::{self, Follow};
 use jailsync_engine::progress::Silent;
 use jailsync_engine::remote::client::{Conn, Source, Staged, Status, PHASES};
 use jailsync_engine::remote::fleet::{
-    self, FleetProgress, Gate, Host, HostReport, Mode, NoProgress, Outcome, Report,
+    self, FleetProgress, Gate, Host, HostError, HostReport, Mode, Outcome, Report,
 };
-use jailsync_engine::remote::wire::{flag, Open};
+use jailsync_engine::remote::wire::{flag, Open, Throttle};
 use jailsync_engine::sync::{self, Pools, SyncOpts};
 
 use crate::args::{exit, Global};
@@ -80,6 +80,13 @@ pub struct PushCmd {
     /// With --rollback: switch back even trees changed since (see `rollback --force`).
     #[arg(long, requires = "rollback")]
     pub force: bool,
+    /// Send at most RATE to each host (bytes per second; a K, M or G suffix for KiB, MiB,
+    /// GiB; a bare number is KiB/s, as rsync's --bwlimit).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub bwlimit: Option<u64>,
+    /// Send at most RATE to the whole fleet together (as --bwlimit).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub fleet_bwlimit: Option<u64>,
     /// zstd level for what is sent.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub compress_level: i32,
@@ -278,17 +285,28 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         .iter()
         .map(|t| command(t, &ssh, c.remote_bin.as_deref()))
         .collect();
+    // One rate for each host's connection, and one shared by them all.
+    let fleet_limit = c.fleet_bwlimit.map(Throttle::new);
     let dial = |i: usize, status| match &argvs[i] {
-        Ok(argv) => Conn::spawn(argv, status, timeout),
+        Ok(argv) => {
+            let mut limits: Vec<Throttle> = fleet_limit.iter().cloned().collect();
+            limits.extend(c.bwlimit.map(Throttle::new));
+            Conn::spawn(argv, status, timeout, limits)
+        }
         Err(e) => Err(io::Error::other(format!("{e:#}"))),
     };
     let tty = io::stderr().is_terminal() && !g.quiet && !g.json;
-    let bars = tty.then(|| Progress::new(&targets));
-    let progress: &dyn FleetProgress = match &bars {
-        Some(b) => b,
-        None => &NoProgress,
+    let progress = Watch {
+        bars: tty.then(|| Progress::new(&targets)),
+        names: targets.iter().map(|t| t.shown.clone()).collect(),
+        // Ctrl-C (SIGINT), SIGTERM, SIGHUP: seen while the hosts work, before the gate.
+        stop: match c.rollback {
+            false => crate::args::stop_on_signals(),
+            // A rollback is one rename per host, left to finish.
+            true => Arc::default(),
+        },
     };
-    let report = fleet::push_all(&hosts, mode, c.jobs, dial, progress);
+    let report = fleet::push_all(&hosts, mode, c.jobs, dial, &progress);
     // What the hosts now hold is the next push's references.
     if let (Some(s), true) = (&source, report.switched) {
         if let Err(e) = s.remember() {
@@ -299,6 +317,33 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         }
     }
     print_report(&report, &c, g, t0)
+}
+
+/// `--bwlimit RATE` in bytes per second: a bare number is KiB/s (as rsync), or a number with
+/// a B, K, M or G suffix (1024-based).
+fn parse_rate(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mul: u64 = match c.to_ascii_lowercase() {
+                'b' => 1,
+                'k' => 1 << 10,
+                'm' => 1 << 20,
+                'g' => 1 << 30,
+                _ => return Err(format!("{s}: a rate is a number with B, K, M or G")),
+            };
+            (&t[..i], mul)
+        }
+        _ => (t, 1 << 10),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s}: a rate is a number with B, K, M or G"))?;
+    let r = (n * mul as f64) as u64;
+    if n.is_nan() || n <= 0.0 || r == 0 {
+        return Err(format!("{s}: a rate must be above zero"));
+    }
+    Ok(r)
 }
 
 /// The targets of `--hosts-from FILE`: one a line, blank lines and `#` comments skipped.
@@ -594,6 +639,13 @@ fn host_line(h: &HostReport, tally: &mut Tally) -> (String, serde_json::Value) {
                 kept.human(false)
             )
         }
+        Outcome::NotSent => {
+            tally.not_switched += 1;
+            j["result"] = "not sent".into();
+            format!(
+                "{shown}: planned, nothing sent (another host failed before any content moved); left as it was"
+            )
+        }
         Outcome::NotSwitched(st) => {
             tally.not_switched += 1;
             j["result"] = "not switched".into();
@@ -673,21 +725,80 @@ fn staged_json(j: &mut serde_json::Value, st: &Staged) {
     j["protocol"] = st.protocol.into();
 }
 
+/// The fleet as it runs: one line per host on a TTY, and a host's failure said at once.
+struct Watch {
+    bars: Option<Progress>,
+    names: Vec<String>,
+    stop: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FleetProgress for Watch {
+    fn draw(&self, hosts: &[Arc<Status>]) {
+        if let Some(b) = &self.bars {
+            b.draw(hosts);
+        }
+        let sig = self.stop.load(Ordering::Relaxed);
+        if sig != 0 {
+            self.stopped(hosts, sig);
+        }
+    }
+    fn finish(&self, hosts: &[Arc<Status>]) {
+        if let Some(b) = &self.bars {
+            b.draw(hosts);
+            b.finish();
+        }
+    }
+    fn failed(&self, i: usize, why: &HostError, while_switching: bool) {
+        let when = if while_switching {
+            "while switching"
+        } else {
+            "before its switch, left as it was; the others go on as the gate says"
+        };
+        let line = format!("jailsync: {}: failed ({when}): {why}", self.names[i]);
+        match &self.bars {
+            Some(b) => {
+                let _ = b.multi.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+impl Watch {
+    /// Stopped by a signal before the fleet's gate: says, per host, the state it is left in,
+    /// and exits 128 + the signal. No host has been told to switch: the connections close with
+    /// this process, and each host removes what it staged (end of stream is ABORT).
+    fn stopped(&self, hosts: &[Arc<Status>], sig: usize) -> ! {
+        use jailsync_engine::remote::client::phase;
+        if let Some(b) = &self.bars {
+            b.finish();
+        }
+        eprintln!("jailsync: push stopped by signal {sig} before any host was told to switch:");
+        for (name, st) in self.names.iter().zip(hosts) {
+            let p = st.phase.load(Ordering::Relaxed);
+            let state = match p {
+                phase::CONNECTING | phase::SCANNING => "left as it was (nothing was sent)",
+                phase::SENDING | phase::STAGING => {
+                    "left as it was (what it received is removed as its connection closes)"
+                }
+                phase::STAGED => "left as it was (staged, not switched: its staging is removed)",
+                phase::FAILED => "failed before its switch (see above), left as it was",
+                _ => "see `jailsync history --root` on it",
+            };
+            eprintln!(
+                "jailsync: {name}: {}: {state}",
+                PHASES[p.min(PHASES.len() - 1)]
+            );
+        }
+        std::process::exit(128 + sig as i32)
+    }
+}
+
 /// One line per host on a TTY.
 struct Progress {
     multi: indicatif::MultiProgress,
     bars: Vec<indicatif::ProgressBar>,
     names: Vec<String>,
-}
-
-impl FleetProgress for Progress {
-    fn draw(&self, hosts: &[Arc<Status>]) {
-        Progress::draw(self, hosts)
-    }
-    fn finish(&self, hosts: &[Arc<Status>]) {
-        Progress::draw(self, hosts);
-        Progress::finish(self)
-    }
 }
 
 impl Progress {
@@ -731,6 +842,20 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_read_as_rsyncs_and_batch_mode_is_added_unless_said() {
+        assert_eq!(parse_rate("100"), Ok(100 << 10));
+        assert_eq!(parse_rate("1.5M"), Ok(3 << 19));
+        assert_eq!(parse_rate("64k"), Ok(64 << 10));
+        assert!(parse_rate("0").is_err() && parse_rate("fast").is_err());
+        let w = |s: &str| split_words(s).unwrap();
+        assert_eq!(batch_mode(w("ssh -p 22")), w("ssh -o BatchMode=yes -p 22"));
+        assert_eq!(
+            batch_mode(w("ssh -o batchmode=no")),
+            w("ssh -o batchmode=no")
+        );
+    }
 
     #[test]
     fn targets_split_like_rsync() {

@@ -293,6 +293,16 @@ pub mod phase {
     pub const FAILED: usize = 7;
 }
 
+/// What a host lacks, once its plan is made: the hashes it wants (each with its old version
+/// of the file, where it has one) and how many files it will copy, of those found there.
+#[derive(Debug, Clone, Default)]
+pub struct Want {
+    list: Vec<Hash>,
+    bases: HashMap<Hash, Hash>,
+    pub files_needed: u64,
+    pub found: u64,
+}
+
 /// What the remote said when it had staged.
 #[derive(Debug, Clone, Default)]
 pub struct Staged {
@@ -364,10 +374,12 @@ impl Conn {
     /// Starts `argv` (ssh ... HOST 'jailsync serve', or a local `jailsync serve`). With a
     /// `timeout`, a wait for the connection longer than it fails (see [`wire::Counted`]); pass
     /// a keepalive below it in OPEN so that a host working silently is not taken for stalled.
+    /// `limits`: the rates what is sent to this host is held to (see [`wire::Throttle`]).
     pub fn spawn(
         argv: &[OsString],
         status: Arc<Status>,
         timeout: Option<Duration>,
+        limits: Vec<wire::Throttle>,
     ) -> io::Result<Conn> {
         let (prog, args) = argv
             .split_first()
@@ -409,6 +421,7 @@ impl Conn {
                     inner: out,
                     n: wire.clone(),
                     timeout,
+                    limits: Vec::new(),
                 },
             ),
             w: BufWriter::with_capacity(
@@ -417,6 +430,7 @@ impl Conn {
                     inner: inp,
                     n: wire,
                     timeout,
+                    limits,
                 },
             ),
             stderr,
@@ -579,9 +593,9 @@ impl Conn {
         Ok(())
     }
 
-    /// Sends the manifests, learns what the host lacks, sends it, and waits until the host has
-    /// staged every tree (or failed).
-    pub fn push(&mut self, src: &Source) -> Result<Staged> {
+    /// Sends the manifests and learns what the host lacks: its plan is made (version and free
+    /// space checked), no content has moved yet.
+    pub fn want(&mut self, src: &Source) -> Result<Want> {
         self.send_manifests(src)?;
         // What the host lacks: only hashes of this jail, each once; from version 5 each with
         // the hash of the host's old version of the file (zero: none).
@@ -626,6 +640,23 @@ impl Conn {
                 }
             }
         };
+        Ok(Want {
+            list: want,
+            bases,
+            files_needed,
+            found,
+        })
+    }
+
+    /// Sends what the host lacks (`w`, from [`Conn::want`]) and waits until the host has
+    /// staged every tree (or failed).
+    pub fn send_content(&mut self, src: &Source, w: Want) -> Result<Staged> {
+        let Want {
+            list: mut want,
+            bases,
+            files_needed,
+            found,
+        } = w;
         let size = |h: &Hash| {
             let (k, i) = src.by_hash[h];
             src.trees[k].entries[i].size

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use super::serve::{check_allowed, resolve, root_of, ServeEnv};
 use super::shadow::{
-    fill_shadows, forget_shadows, held_manifests, hold_manifest, lacks, meta_of, need_list, needs,
-    Lacks, Work, UNSET,
+    check_room, fill_shadows, forget_shadows, held_manifests, hold_manifest, lacks, meta_of,
+    need_list, needs, Lacks, Work, UNSET,
 };
 use super::sum::{Protecting, Sum};
 use super::wire::{self, flag, t, Dec, Enc, Open};
@@ -539,6 +539,7 @@ impl Session<'_> {
             self.out.doing(LOOKING, None);
             lacks(trees, &needs, &later.want, pools, self.proto >= 5)?
         };
+        check_room(trees, &needs)?;
         let list: Vec<Hash> = want.keys().copied().collect();
         // From version 5 each wanted hash comes with the hash of this host's old version of
         // the file (zero: none), the base of a delta.

@@ -421,6 +421,39 @@ impl Drop for Work {
     }
 }
 
+/// Refuses, before anything is asked for, when a filesystem cannot hold the files the
+/// shadows will: the next tree is staged beside the live one, so each file the stager copies
+/// takes room once (a sparse file counted by its data only, so over-counted at most). Said
+/// before any content moves, so that a full host fails at once rather than after its transfer.
+pub(super) fn check_room(trees: &[Tree], needs: &[Need]) -> Result<()> {
+    // (filesystem id, bytes needed, bytes free, a tree on it).
+    let mut fss: Vec<(u64, u64, u64, &Path)> = Vec::new();
+    for (k, t) in trees.iter().enumerate() {
+        let need: u64 = needs
+            .iter()
+            .filter(|n| n.0 == k && !n.2.is_sparse())
+            .map(|n| n.2.size)
+            .sum();
+        // Where the room cannot be read, the staging itself says ENOSPC, as before.
+        let Ok(st) = rustix::fs::statvfs(&t.dst_path) else {
+            continue;
+        };
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        match fss.iter_mut().find(|f| f.0 == st.f_fsid) {
+            Some(f) => f.1 += need,
+            None => fss.push((st.f_fsid, need, free, &t.dst_path)),
+        }
+    }
+    match fss.into_iter().find(|f| f.1 > f.2) {
+        Some((_, need, free, at)) => Err(RemoteError::Refused(format!(
+            "{}: the next release needs {need} bytes of new files there, its filesystem has \
+             {free} free: nothing was sent or changed (free some space, or push fewer trees)",
+            at.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Where this host keeps the last manifest it received for a tree (the base of a delta).
 const HELD: &str = "push-manifest";
 

@@ -278,6 +278,49 @@ pub struct Counted<T> {
     pub inner: T,
     pub n: Arc<AtomicU64>,
     pub timeout: Option<Duration>,
+    /// Rates every write is held to (`--bwlimit` per host, and one shared by the fleet).
+    pub limits: Vec<Throttle>,
+}
+
+/// A rate in bytes per second, shared by every connection holding a clone: one per host
+/// (`--bwlimit`), or one for the whole fleet. A writer that goes over it sleeps off its
+/// debt; the debt is shared, so the holders together keep to the rate.
+#[derive(Clone)]
+pub struct Throttle(Arc<std::sync::Mutex<Bucket>>);
+
+struct Bucket {
+    rate: f64,
+    /// Bytes that may be written now (negative: owed).
+    allowance: f64,
+    last: std::time::Instant,
+}
+
+impl Throttle {
+    pub fn new(bytes_per_sec: u64) -> Throttle {
+        Throttle(Arc::new(std::sync::Mutex::new(Bucket {
+            rate: bytes_per_sec.max(1) as f64,
+            allowance: 0.0,
+            last: std::time::Instant::now(),
+        })))
+    }
+
+    /// Accounts for `n` bytes written, sleeping while the holders are ahead of the rate.
+    pub fn take(&self, n: usize) {
+        let wait = {
+            let mut b = self.0.lock().expect("poisoned");
+            let now = std::time::Instant::now();
+            // A burst of at most a tenth of a second after an idle spell.
+            let rate = b.rate;
+            b.allowance =
+                (b.allowance + now.duration_since(b.last).as_secs_f64() * rate).min(rate / 10.0);
+            b.last = now;
+            b.allowance -= n as f64;
+            (b.allowance < 0.0).then(|| Duration::from_secs_f64(-b.allowance / rate))
+        };
+        if let Some(w) = wait {
+            std::thread::sleep(w);
+        }
+    }
 }
 
 impl<T: AsFd> Counted<T> {
@@ -310,6 +353,9 @@ impl<T: Write + AsFd> Write for Counted<T> {
         self.wait(true)?;
         let n = self.inner.write(b)?;
         self.n.fetch_add(n as u64, Ordering::Relaxed);
+        for l in &self.limits {
+            l.take(n);
+        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -483,6 +529,28 @@ mod tests {
         // A string claiming more bytes than the frame has.
         let p = Enc::default().u32(1000).raw(b"xy").0;
         assert!(Dec::new(&p, "OPEN").bytes().is_err());
+    }
+
+    #[test]
+    fn a_throttle_holds_its_holders_together_to_the_rate() {
+        let t = Throttle::new(1 << 20);
+        let t0 = std::time::Instant::now();
+        let th: Vec<_> = (0..2)
+            .map(|_| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..16 {
+                        t.take(16 << 10);
+                    }
+                })
+            })
+            .collect();
+        for h in th {
+            h.join().unwrap();
+        }
+        // 512 KiB at 1 MiB/s, less the first tenth of a second's burst at most.
+        let took = t0.elapsed().as_secs_f64();
+        assert!((0.35..1.5).contains(&took), "{took} s");
     }
 
     #[test]
