@@ -496,7 +496,7 @@ struct Tally {
 
 /// User and system CPU seconds of this process (`getrusage(RUSAGE_SELF)`: its threads, not
 /// its children).
-fn own_cpu_seconds() -> f64 {
+pub(crate) fn own_cpu_seconds() -> f64 {
     // SAFETY: getrusage fills the struct it is given; a zeroed rusage is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: a valid pointer to a rusage owned by this frame.
@@ -607,6 +607,9 @@ fn host_line(h: &HostReport, tally: &mut Tally) -> (String, serde_json::Value) {
             j["switch_window_us"] = (d.switch_window.as_micros() as u64).into();
             j["processes_using_old"] = d.procs.into();
             j["entry_errors"] = d.errors.into();
+            if let Some(cpu) = d.cpu {
+                j["host_cpu_s"] = cpu.as_secs_f64().into();
+            }
             j["config"] = serde_json::json!({
                 "kept": d.kept[0], "kept_new": d.kept[1], "kept_dropped": d.kept[2],
             });

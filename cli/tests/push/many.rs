@@ -33,6 +33,9 @@ fn hosts_from_a_file_are_pushed_and_a_rollback_counts_the_hosts_it_rolled_back()
     assert!(s["pusher_cpu_s"].as_f64().is_some_and(|c| c > 0.0), "{s}");
     for h in ["h1", "h2"] {
         same_as_jail(&f, h);
+        // Each host's own CPU for its session, as its serve measured it.
+        let l = host_line(&o, &f, h);
+        assert!(l["host_cpu_s"].as_f64().is_some_and(|c| c > 0.0), "{l}");
     }
     let o = f.push(&none, &[&listed[..], &["--rollback"]].concat());
     expect_code(&o, 0);

@@ -348,6 +348,8 @@ pub struct Done {
     /// Protected configuration files kept with the host's edits: unchanged in the jail, with
     /// the jail's version written as `NAME.jailsync-new`, dropped by the jail.
     pub kept: [u32; 3],
+    /// (5) The host's CPU time for the session (its `serve` process).
+    pub cpu: Option<Duration>,
 }
 
 pub struct Conn {
@@ -817,7 +819,7 @@ impl Conn {
         self.flush()?;
         self.expect(t::DONE)?;
         let mut d = Dec::new(&self.buf, "DONE");
-        let done = Done {
+        let mut done = Done {
             switch_window: Duration::from_nanos(d.u64()?),
             changes: d.u64()?,
             bytes_written: d.u64()?,
@@ -825,7 +827,11 @@ impl Conn {
             errors: d.u32()?,
             error_text: wire::printable(d.bytes()?),
             kept: [d.u32()?, d.u32()?, d.u32()?],
+            cpu: None,
         };
+        if self.proto >= 5 {
+            done.cpu = Some(Duration::from_micros(d.u64()?));
+        }
         d.end()?;
         self.status.phase.store(phase::DONE, Ordering::Relaxed);
         Ok(done)

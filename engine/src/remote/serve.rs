@@ -39,6 +39,8 @@ pub struct ServeEnv {
     pub record_begin: Option<RecordBeginFn>,
     /// Ends that record (a push that switched nothing is forgotten).
     pub record_end: Option<RecordEndFn>,
+    /// This process's CPU seconds so far (DONE reports it from version 5: what a host spent).
+    pub cpu_seconds: Option<fn() -> f64>,
 }
 
 pub type RecordBeginFn =

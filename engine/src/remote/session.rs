@@ -48,6 +48,7 @@ pub fn serve(r: &mut dyn BufRead, w: Box<dyn Write + Send>, env: &ServeEnv) -> R
         alive: None,
         proto: wire::MIN_PROTOCOL,
         held: Vec::new(),
+        cpu: env.cpu_seconds,
     };
     let res = s.run(env);
     if let Err(e) = &res {
@@ -135,6 +136,7 @@ pub(super) struct Session<'a> {
     /// (5) The manifest this host last received for each tree, with its hash: the base of a
     /// manifest delta.
     pub(super) held: Vec<Option<(Hash, Vec<u8>)>>,
+    cpu: Option<fn() -> f64>,
 }
 
 impl Session<'_> {
@@ -639,8 +641,12 @@ impl Session<'_> {
             .bytes(sum.errors.as_bytes())
             .u32(sum.tally[0])
             .u32(sum.tally[1])
-            .u32(sum.tally[2])
-            .0;
+            .u32(sum.tally[2]);
+        // (5) This host's CPU, microseconds: the fleet's cost is reported host by host.
+        let p = match self.proto >= 5 {
+            true => p.u64((self.cpu.map_or(0.0, |f| f()) * 1e6) as u64).0,
+            false => p.0,
+        };
         self.send(t::DONE, &p)
     }
 }
@@ -836,6 +842,7 @@ mod tests {
                 }),
                 record_begin: None,
                 record_end: None,
+                cpu_seconds: None,
             };
             let mut r = io::BufReader::new(to_serve);
             serve(&mut r, Box::new(from_serve), &env).unwrap();
