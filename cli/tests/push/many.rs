@@ -113,3 +113,30 @@ fn ctrl_c_before_the_gate_says_where_each_host_was_left() {
     }
     assert!((live(&f, "h1"), live(&f, "h2")) == before, "a host changed");
 }
+
+#[test]
+fn bwlimit_holds_what_is_sent_to_a_host_to_its_rate() {
+    let Some(f) = Fleet::start(1) else { return };
+    // 768 KiB of random content (it does not compress) at 256 KiB/s: about three seconds.
+    release(&f.jail, &random(768 << 10, 81));
+    let t0 = Instant::now();
+    let o = f.push(&f.hosts(), &["--bwlimit", "256K", "--json"]);
+    let took = t0.elapsed();
+    expect_code(&o, 0);
+    same_as_jail(&f, "h1");
+    assert!(took >= Duration::from_millis(2500), "{took:?}");
+    // The fleet's limit holds too.
+    f.jail
+        .file("usr/pkg/lib/libbig.so.2", random(768 << 10, 82));
+    let t0 = Instant::now();
+    let o = f.push(
+        &f.hosts(),
+        &["--fleet-bwlimit", "256K", "--delta-store", "0"],
+    );
+    expect_code(&o, 0);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        t0.elapsed()
+    );
+}

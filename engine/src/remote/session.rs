@@ -233,7 +233,13 @@ impl Session<'_> {
         // Before anything is read from the trees or written anywhere.
         check_allowed(env, &root, &open, &dsts, &state_dir)?;
         if self.proto >= 5 {
-            self.held = held_manifests(&state_dir, &dsts);
+            // A dry run writes nothing here, not even a tree's state directory: it gets the
+            // manifests whole.
+            if open.flags & flag::DRY_RUN == 0 {
+                self.held = held_manifests(&state_dir, &dsts);
+            } else {
+                self.held = vec![None; dsts.len()];
+            }
             let have: Vec<u8> = self
                 .held
                 .iter()
