@@ -53,7 +53,13 @@ impl Session<'_> {
                             Some(_) => self.buf.clone(),
                             None => wire::unchunk(&self.buf, wire::CHUNK)?,
                         };
-                        if (text.len() + raw.len()) as u64 > wire::MAX_MANIFEST {
+                        // A delta is never larger than the text it makes (plus zstd's
+                        // framing): refused before it is held.
+                        let most = match delta {
+                            Some((_, _, len)) => len + (1 << 20),
+                            None => wire::MAX_MANIFEST,
+                        };
+                        if (text.len() + raw.len()) as u64 > most {
                             return Err(RemoteError::Refused(format!(
                                 "manifest of {} over {} bytes",
                                 wire::printable(rel),
