@@ -14,9 +14,9 @@ use jailsync_engine::paths::{self, Follow};
 use jailsync_engine::progress::Silent;
 use jailsync_engine::remote::client::{Conn, Source, Staged, Status, PHASES};
 use jailsync_engine::remote::fleet::{
-    self, FleetProgress, Gate, Host, HostReport, Mode, NoProgress, Outcome, Report,
+    self, FleetProgress, Gate, Host, HostError, HostReport, Mode, Outcome, Report,
 };
-use jailsync_engine::remote::serve::{flag, Open};
+use jailsync_engine::remote::wire::{flag, Open, Throttle};
 use jailsync_engine::sync::{self, Pools, SyncOpts};
 
 use crate::args::{exit, Global};
@@ -28,12 +28,18 @@ pub struct PushCmd {
     pub jail: PathBuf,
     /// Where to push: `HOST:ROOT` through ssh, or a bare ROOT on this machine (the same
     /// protocol over a pipe).
-    #[arg(required = true, value_name = "[HOST:]ROOT")]
+    #[arg(required_unless_present = "hosts_from", value_name = "[HOST:]ROOT")]
     pub targets: Vec<String>,
+    /// Also push to the targets listed in FILE: one `HOST:ROOT` (or ROOT) a line; blank lines
+    /// and `#` comments are skipped.
+    #[arg(long, value_name = "FILE")]
+    pub hosts_from: Option<PathBuf>,
     /// A tree to push, relative to JAIL and ROOT (repeatable; default as for `upgrade`).
     #[arg(long, value_name = "REL")]
     pub tree: Vec<PathBuf>,
     /// The remote shell, split into words like rsync's `-e` (e.g. "ssh -p 2222 -i KEY").
+    /// `-o BatchMode=yes` is added unless CMD says BatchMode itself: an unknown host key or a
+    /// password prompt fails that host with ssh's message instead of waiting for a keyboard.
     #[arg(long, value_name = "CMD", default_value = "ssh")]
     pub ssh: String,
     /// The jailsync binary on the hosts (default: `jailsync` on their PATH; this program for a
@@ -74,9 +80,21 @@ pub struct PushCmd {
     /// With --rollback: switch back even trees changed since (see `rollback --force`).
     #[arg(long, requires = "rollback")]
     pub force: bool,
+    /// Send at most RATE to each host (bytes per second; a K, M or G suffix for KiB, MiB,
+    /// GiB; a bare number is KiB/s, as rsync's --bwlimit).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub bwlimit: Option<u64>,
+    /// Send at most RATE to the whole fleet together (as --bwlimit).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub fleet_bwlimit: Option<u64>,
     /// zstd level for what is sent.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub compress_level: i32,
+    /// Keep up to MIB mebibytes of what was pushed (compressed, in the state dir's
+    /// `push-store`), so that the next push sends each changed file as a delta against the
+    /// version a host holds; 0: no store, every changed file is sent whole.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    pub delta_store: u64,
     /// Worker threads on each host and here (default: twice the cores, 4..16).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub threads: usize,
@@ -205,12 +223,18 @@ fn command(t: &Target, ssh: &[String], remote_bin: Option<&str>) -> Result<Vec<O
 
 pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
     let t0 = Instant::now();
-    let targets = c
-        .targets
+    let mut named = c.targets.clone();
+    if let Some(f) = &c.hosts_from {
+        named.extend(hosts_from(f)?);
+    }
+    if named.is_empty() {
+        bail!("no host to push to (--hosts-from names none)");
+    }
+    let targets = named
         .iter()
         .map(|s| parse_target(s))
         .collect::<Result<Vec<_>>>()?;
-    let ssh = split_words(&c.ssh)?;
+    let ssh = batch_mode(split_words(&c.ssh)?);
     // The trees `upgrade` would sync (its layout detection), in its order. Each host runs
     // them in `upgrade`'s phases: a package database nested in another tree is excluded from
     // it, with its home, and switched after it as its own tree.
@@ -261,18 +285,88 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         .iter()
         .map(|t| command(t, &ssh, c.remote_bin.as_deref()))
         .collect();
+    // One rate for each host's connection, and one shared by them all.
+    let fleet_limit = c.fleet_bwlimit.map(Throttle::new);
     let dial = |i: usize, status| match &argvs[i] {
-        Ok(argv) => Conn::spawn(argv, status, timeout),
+        Ok(argv) => {
+            let mut limits: Vec<Throttle> = fleet_limit.iter().cloned().collect();
+            limits.extend(c.bwlimit.map(Throttle::new));
+            Conn::spawn(argv, status, timeout, limits)
+        }
         Err(e) => Err(io::Error::other(format!("{e:#}"))),
     };
     let tty = io::stderr().is_terminal() && !g.quiet && !g.json;
-    let bars = tty.then(|| Progress::new(&targets));
-    let progress: &dyn FleetProgress = match &bars {
-        Some(b) => b,
-        None => &NoProgress,
+    let progress = Watch {
+        bars: tty.then(|| Progress::new(&targets)),
+        names: targets.iter().map(|t| t.shown.clone()).collect(),
+        // Ctrl-C (SIGINT), SIGTERM, SIGHUP: seen while the hosts work, before the gate.
+        stop: match c.rollback {
+            false => crate::args::stop_on_signals(),
+            // A rollback is one rename per host, left to finish.
+            true => Arc::default(),
+        },
     };
-    let report = fleet::push_all(&hosts, mode, c.jobs, dial, progress);
+    let report = fleet::push_all(&hosts, mode, c.jobs, dial, &progress);
+    // What the hosts now hold is the next push's references.
+    if let (Some(s), true) = (&source, report.switched) {
+        if let Err(e) = s.remember() {
+            eprintln!(
+                "jailsync: the delta store in {}: {e} (the next push sends changed files whole)",
+                g.state_dir.display()
+            );
+        }
+    }
     print_report(&report, &c, g, t0)
+}
+
+/// `--bwlimit RATE` in bytes per second: a bare number is KiB/s (as rsync), or a number with
+/// a B, K, M or G suffix (1024-based).
+fn parse_rate(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mul: u64 = match c.to_ascii_lowercase() {
+                'b' => 1,
+                'k' => 1 << 10,
+                'm' => 1 << 20,
+                'g' => 1 << 30,
+                _ => return Err(format!("{s}: a rate is a number with B, K, M or G")),
+            };
+            (&t[..i], mul)
+        }
+        _ => (t, 1 << 10),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s}: a rate is a number with B, K, M or G"))?;
+    let r = (n * mul as f64) as u64;
+    if n.is_nan() || n <= 0.0 || r == 0 {
+        return Err(format!("{s}: a rate must be above zero"));
+    }
+    Ok(r)
+}
+
+/// The targets of `--hosts-from FILE`: one a line, blank lines and `#` comments skipped.
+fn hosts_from(f: &std::path::Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(f).with_context(|| format!("--hosts-from {}", f.display()))?;
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// `ssh -o BatchMode=yes ...` unless the admin's words say BatchMode already.
+fn batch_mode(mut ssh: Vec<String>) -> Vec<String> {
+    if !ssh
+        .iter()
+        .any(|w| w.to_ascii_lowercase().contains("batchmode"))
+    {
+        ssh.splice(1..1, ["-o".to_string(), "BatchMode=yes".to_string()]);
+    }
+    ssh
 }
 
 /// OPEN as every host gets it (the root is each host's own).
@@ -377,7 +471,16 @@ fn read_jail(c: &PushCmd, g: &Global, rels: &[PathBuf], excludes: &[Vec<u8>]) ->
         }
         trees.push((rel.as_os_str().as_bytes().to_vec(), p, m));
     }
-    Source::new(trees, c.compress_level).context("preparing the manifests")
+    let store = match c.delta_store {
+        0 => None,
+        mib => {
+            let dir = g.state_dir.join("push-store");
+            let s = jailsync_engine::remote::store::Store::open(&dir, mib << 20)
+                .with_context(|| dir.display().to_string())?;
+            Some(s)
+        }
+    };
+    Source::new(trees, c.compress_level, store).context("preparing the manifests")
 }
 
 /// What the hosts' lines and the summary tally.
@@ -388,6 +491,20 @@ struct Tally {
     switched: usize,
     not_switched: usize,
     planned: usize,
+    rolled_back: usize,
+}
+
+/// User and system CPU seconds of this process (`getrusage(RUSAGE_SELF)`: its threads, not
+/// its children).
+pub(crate) fn own_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given; a zeroed rusage is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage owned by this frame.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(ru.ru_utime) + s(ru.ru_stime)
 }
 
 /// Prints one line per host (JSON or human), the failures, and the summary; the exit code.
@@ -424,8 +541,11 @@ fn print_report(report: &Report, c: &PushCmd, g: &Global, t0: Instant) -> Result
             "dry_run": c.dry_run,
             "planned": tally.planned,
             "failed": tally.failed.len(),
+            "rolled_back": tally.rolled_back,
             "wire_bytes": report.wire_bytes(),
             "elapsed_ms": t0.elapsed().as_millis() as u64,
+            // This process's own CPU (ssh and the hosts excluded): what the fleet costs here.
+            "pusher_cpu_s": own_cpu_seconds(),
             "results": results,
         });
         if let Some(d) = switch_time {
@@ -435,6 +555,10 @@ fn print_report(report: &Report, c: &PushCmd, g: &Global, t0: Instant) -> Result
     } else if !g.quiet {
         let done = if c.dry_run && !c.rollback {
             format!("{} planned (dry run: nothing staged)", tally.planned)
+        } else if c.rollback && c.dry_run {
+            format!("{} would be rolled back (dry run)", tally.rolled_back)
+        } else if c.rollback {
+            format!("{} rolled back", tally.rolled_back)
         } else {
             format!(
                 "{} switched, {} not switched",
@@ -483,6 +607,9 @@ fn host_line(h: &HostReport, tally: &mut Tally) -> (String, serde_json::Value) {
             j["switch_window_us"] = (d.switch_window.as_micros() as u64).into();
             j["processes_using_old"] = d.procs.into();
             j["entry_errors"] = d.errors.into();
+            if let Some(cpu) = d.cpu {
+                j["host_cpu_s"] = cpu.as_secs_f64().into();
+            }
             j["config"] = serde_json::json!({
                 "kept": d.kept[0], "kept_new": d.kept[1], "kept_dropped": d.kept[2],
             });
@@ -513,6 +640,13 @@ fn host_line(h: &HostReport, tally: &mut Tally) -> (String, serde_json::Value) {
                 human_bytes(wire),
                 d.switch_window.as_secs_f64() * 1e3,
                 kept.human(false)
+            )
+        }
+        Outcome::NotSent => {
+            tally.not_switched += 1;
+            j["result"] = "not sent".into();
+            format!(
+                "{shown}: planned, nothing sent (another host failed before any content moved); left as it was"
             )
         }
         Outcome::NotSwitched(st) => {
@@ -567,6 +701,9 @@ fn host_line(h: &HostReport, tally: &mut Tally) -> (String, serde_json::Value) {
             }
             .into();
             j["exit"] = (*code).into();
+            if *code == 0 {
+                tally.rolled_back += 1;
+            }
             j["output"] = output.clone().into();
             if *code != 0 {
                 tally.failed.push(format!(
@@ -586,6 +723,78 @@ fn staged_json(j: &mut serde_json::Value, st: &Staged) {
     j["found_on_host"] = st.found_on_host.into();
     j["files_needed"] = st.files_needed.into();
     j["stage_ms"] = (st.stage_time.as_millis() as u64).into();
+    j["deltas"] = st.deltas.into();
+    j["manifest_deltas"] = st.manifest_deltas.into();
+    j["protocol"] = st.protocol.into();
+}
+
+/// The fleet as it runs: one line per host on a TTY, and a host's failure said at once.
+struct Watch {
+    bars: Option<Progress>,
+    names: Vec<String>,
+    stop: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FleetProgress for Watch {
+    fn draw(&self, hosts: &[Arc<Status>]) {
+        if let Some(b) = &self.bars {
+            b.draw(hosts);
+        }
+        let sig = self.stop.load(Ordering::Relaxed);
+        if sig != 0 {
+            self.stopped(hosts, sig);
+        }
+    }
+    fn finish(&self, hosts: &[Arc<Status>]) {
+        if let Some(b) = &self.bars {
+            b.draw(hosts);
+            b.finish();
+        }
+    }
+    fn failed(&self, i: usize, why: &HostError, while_switching: bool) {
+        let when = if while_switching {
+            "while switching"
+        } else {
+            "before its switch, left as it was; the others go on as the gate says"
+        };
+        let line = format!("jailsync: {}: failed ({when}): {why}", self.names[i]);
+        match &self.bars {
+            Some(b) => {
+                let _ = b.multi.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+impl Watch {
+    /// Stopped by a signal before the fleet's gate: says, per host, the state it is left in,
+    /// and exits 128 + the signal. No host has been told to switch: the connections close with
+    /// this process, and each host removes what it staged (end of stream is ABORT).
+    fn stopped(&self, hosts: &[Arc<Status>], sig: usize) -> ! {
+        use jailsync_engine::remote::client::phase;
+        if let Some(b) = &self.bars {
+            b.finish();
+        }
+        eprintln!("jailsync: push stopped by signal {sig} before any host was told to switch:");
+        for (name, st) in self.names.iter().zip(hosts) {
+            let p = st.phase.load(Ordering::Relaxed);
+            let state = match p {
+                phase::CONNECTING | phase::SCANNING => "left as it was (nothing was sent)",
+                phase::SENDING | phase::STAGING => {
+                    "left as it was (what it received is removed as its connection closes)"
+                }
+                phase::STAGED => "left as it was (staged, not switched: its staging is removed)",
+                phase::FAILED => "failed before its switch (see above), left as it was",
+                _ => "see `jailsync history --root` on it",
+            };
+            eprintln!(
+                "jailsync: {name}: {}: {state}",
+                PHASES[p.min(PHASES.len() - 1)]
+            );
+        }
+        std::process::exit(128 + sig as i32)
+    }
 }
 
 /// One line per host on a TTY.
@@ -593,16 +802,6 @@ struct Progress {
     multi: indicatif::MultiProgress,
     bars: Vec<indicatif::ProgressBar>,
     names: Vec<String>,
-}
-
-impl FleetProgress for Progress {
-    fn draw(&self, hosts: &[Arc<Status>]) {
-        Progress::draw(self, hosts)
-    }
-    fn finish(&self, hosts: &[Arc<Status>]) {
-        Progress::draw(self, hosts);
-        Progress::finish(self)
-    }
 }
 
 impl Progress {
@@ -646,6 +845,20 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_read_as_rsyncs_and_batch_mode_is_added_unless_said() {
+        assert_eq!(parse_rate("100"), Ok(100 << 10));
+        assert_eq!(parse_rate("1.5M"), Ok(3 << 19));
+        assert_eq!(parse_rate("64k"), Ok(64 << 10));
+        assert!(parse_rate("0").is_err() && parse_rate("fast").is_err());
+        let w = |s: &str| split_words(s).unwrap();
+        assert_eq!(batch_mode(w("ssh -p 22")), w("ssh -o BatchMode=yes -p 22"));
+        assert_eq!(
+            batch_mode(w("ssh -o batchmode=no")),
+            w("ssh -o batchmode=no")
+        );
+    }
 
     #[test]
     fn targets_split_like_rsync() {

@@ -7,7 +7,8 @@ use std::process::Command;
 
 use anyhow::Result;
 use clap::Args;
-use jailsync_engine::remote::serve::{serve, ServeEnv};
+use jailsync_engine::remote::serve::ServeEnv;
+use jailsync_engine::remote::session::serve;
 
 use crate::args::{exit, Global};
 
@@ -68,6 +69,7 @@ pub fn run_serve(c: ServeCmd, g: &Global) -> Result<u8> {
             crate::roots::begin(&state, root, Path::new(source), &triples)
                 .map_err(|e| format!("{e:#}"))
         })),
+        cpu_seconds: Some(crate::push_cmd::own_cpu_seconds),
         record_end: Some(Box::new(|state_dir, root, id| {
             let state =
                 jailsync_engine::sync::open_state(state_dir, &[]).map_err(|e| e.to_string())?;

@@ -501,7 +501,8 @@ fn a_host_that_cannot_stage_keeps_every_other_host_unswitched() {
         r[1]["error"].as_str().unwrap().contains(".jailsync-pkg"),
         "{s}"
     );
-    assert_eq!(r[0]["result"], "not switched", "{s}");
+    // h2 failed while planning, before any content moved: the others were sent none.
+    assert_eq!(r[0]["result"], "not sent", "{s}");
 
     // Allowing one failure, the others switch; h2 stays as it was, and the run still says so.
     let o = f.push(&hosts, &["--max-failed", "1"]);
@@ -552,6 +553,11 @@ fn a_connection_killed_mid_transfer_leaves_the_host_untouched() {
 /// A fake `serve` in Python (independent of our protocol code): greets with `version`, reads
 /// the request, then misbehaves as `mode` says.
 fn fake_serve(f: &Fleet, mode: &str, version: &str) -> PathBuf {
+    fake_serve_speaking(f, mode, version, jailsync_engine::remote::wire::PROTOCOL)
+}
+
+/// A fake serve announcing protocol `proto` (from 5 it says it holds no manifest: HAVE).
+fn fake_serve_speaking(f: &Fleet, mode: &str, version: &str, proto: u32) -> PathBuf {
     let script = format!(
         r#"#!/usr/bin/python3
 import struct, sys
@@ -571,13 +577,16 @@ o = 0
 for _ in range(2):  # source, root
     o += 4 + struct.unpack('<I', p[o:o + 4])[0]
 ntrees = struct.unpack('<I', p[o:o + 4])[0]
+width = 32
+if {proto} >= 5:
+    send(0x13, b'\x00' * 32 * ntrees); width = 64
 ends = 0
 while ends < ntrees:
     t, p = recv()
     if t == 0x12: ends += 1
 mode = '{mode}'
 if mode == 'want-foreign':
-    send(0x20, b'\x41' * 32); send(0x21, struct.pack('<QQQ', 1, 1, 0))
+    send(0x20, b'\x41' * width); send(0x21, struct.pack('<QQQ', 1, 1, 0))
 elif mode == 'huge-frame':
     out.write(struct.pack('<BI', 0x20, 0xffffffff)); out.flush()
 elif mode == 'escape':
@@ -587,10 +596,9 @@ elif mode == 'blob-to-local':
 elif mode == 'short-staged':
     send(0x21, struct.pack('<QQQ', 0, 0, 0)); recv(); send(0x40, b'\x01')
 inp.read()
-"#,
-        proto = jailsync_engine::remote::wire::PROTOCOL
+"#
     );
-    f.script(&format!("fake-serve-{mode}"), &script)
+    f.script(&format!("fake-serve-{mode}-{proto}"), &script)
 }
 
 #[test]
@@ -652,15 +660,22 @@ fn versions_that_differ_are_refused_both_ways() {
         "needs /usr/bin/python3 for the fake serve"
     );
     release(&f.jail, b"x");
-    let fake = fake_serve(&f, "none", "0.0.0-other");
+    // Two protocols apart: refused at the greeting, naming both versions.
+    let proto = jailsync_engine::remote::wire::PROTOCOL;
+    let fake = fake_serve_speaking(&f, "none", "0.0.0-other", proto - 2);
     let o = f.push_to(&[f.host("h1")]).remote_bin(&fake).run();
     expect_code(&o, 1);
     let err = stderr(&o);
+    let ours = env!("CARGO_PKG_VERSION");
     assert!(
-        err.contains("remote jailsync is version 0.0.0-other")
+        err.contains(&format!(
+            "remote jailsync is version 0.0.0-other (protocol {})",
+            proto - 2
+        )) && err.contains(&format!("this one {ours} (protocol {proto})"))
             && err.contains("install the same version"),
         "{err}"
     );
+    assert!(!f.root("h1").exists());
 
     // Our serve, greeted by a client of another version, says so and stages nothing.
     let mut serve = Command::new(BIN)
@@ -710,16 +725,12 @@ fn a_host_waiting_staged_is_left_untouched_when_push_dies() {
     release(&f.jail, &random(64 << 10, 6));
     old_release(&f.tree("h1"));
     let before = live(&f, "h1");
-    // "stall" never answers (its ssh swallows what it is sent, holding the connection open:
-    // fd 3), so h1 stages and waits for
-    // the fleet's word; push is then killed.
-    let wrap = f.script(
-        "ssh-stall",
-        &format!(
-            "#!/bin/bash\nfor a in \"$@\"; do [ \"$a\" = stall ] && exec cat 3>&1 >/dev/null; done\nexec {} \"$@\"\n",
-            f.ssh()
-        ),
-    );
+    // "stall" is h2 reached through a relay that stops passing on what it is sent once the
+    // content is through (holding the connection open), so h2 never stages and h1 stages and
+    // waits for the fleet's word; push is then killed.
+    old_release(&f.tree("h2"));
+    let h2_before = live(&f, "h2");
+    let wrap = stalling_ssh(&f);
     let mut push = f
         .push_to(&[f.host("h1"), format!("stall:{}", f.root("h2").display())])
         .ssh(&wrap)
@@ -757,7 +768,39 @@ fn a_host_waiting_staged_is_left_untouched_when_push_dies() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(live(&f, "h1") == before, "h1 changed");
-    assert!(!f.root("h2").exists());
+    assert!(live(&f, "h2") == h2_before, "h2 changed");
+}
+
+/// An `--ssh` for the host named `stall` (127.0.0.1 through the fleet's ssh): it passes on
+/// what push sends until the content is through (BLOBS_DONE), then swallows the rest, holding
+/// the connection open; any other host is reached directly.
+fn stalling_ssh(f: &Fleet) -> PathBuf {
+    let script = format!(
+        r#"#!/usr/bin/python3
+import os, struct, subprocess, sys
+args = sys.argv[1:]
+if 'stall' not in args:
+    os.execvp('ssh', {ssh:?}.split() + args)
+args = ['127.0.0.1' if a == 'stall' else a for a in args]
+p = subprocess.Popen({ssh:?}.split() + args, stdin=subprocess.PIPE)
+inp, out = sys.stdin.buffer, p.stdin
+while True:
+    h = inp.read(5)
+    if len(h) < 5:
+        break
+    t, n = struct.unpack('<BI', h)
+    body = inp.read(n)
+    if t == 0x33:
+        while inp.read(65536):
+            pass
+        break
+    out.write(h + body); out.flush()
+out.close()
+sys.exit(p.wait())
+"#,
+        ssh = f.ssh()
+    );
+    f.script("ssh-stall", &script)
 }
 
 /// `jailsync --state-dir` (the hosts' state dir) with `args`, on this machine: what an admin
@@ -1465,3 +1508,6 @@ fn a_destination_reached_through_another_users_symlink_is_refused_everywhere() {
     expect_code(&f.push(&[format!("127.0.0.1:{}", root.display())], &[]), 0);
     same_as_jail(&f, "realp/h");
 }
+
+mod delta;
+mod many;

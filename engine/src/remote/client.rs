@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::serve::Open;
+use super::delta;
+use super::store::Store;
+use super::wire::Open;
 use super::wire::{self, t, Counted, Dec, Enc};
 use super::{RemoteError, Result};
 use crate::entry::{Entries, Hash, Kind};
@@ -31,7 +33,15 @@ pub struct Source {
     by_hash: HashMap<Hash, (usize, usize)>,
     level: i32,
     chunks: Mutex<Chunks>,
+    /// What was pushed before (the references of deltas); `None`: every file is sent whole.
+    store: Option<Store>,
 }
+
+/// The key of a shared chunk: (content, reference, chunk). A whole blob's chunk `c` is
+/// `(h, NO_BASE, c)`; a delta of `h` against `base` is `(h, base, DELTA)`, held whole.
+type Key = (Hash, Hash, u64);
+const NO_BASE: Hash = [0; 32];
+const DELTA: u64 = u64::MAX;
 
 /// Compressed chunks recently sent, shared by every host's connection: hosts running the same
 /// old release want the same blobs in the same order (the jail's path order) at about the same
@@ -39,8 +49,8 @@ pub struct Source {
 /// compressed is a slot the other hosts wait on rather than compress it too (hosts that start
 /// together reach each chunk together). Bounded (oldest out first).
 struct Chunks {
-    map: HashMap<(Hash, u64), Slot>,
-    order: std::collections::VecDeque<(Hash, u64)>,
+    map: HashMap<Key, Slot>,
+    order: std::collections::VecDeque<Key>,
     bytes: usize,
 }
 
@@ -51,21 +61,20 @@ type Slot = Arc<std::sync::OnceLock<std::result::Result<Arc<Vec<u8>>, String>>>;
 const CHUNKS_MAX: usize = 64 << 20;
 
 impl Source {
-    /// Chunk `c` of the blob `h`, compressed: from the shared chunks or made by `make`.
+    /// The compressed chunk (or delta) `key`: from the shared chunks or made by `make`.
     fn chunk(
         &self,
-        h: &Hash,
-        c: u64,
+        key: Key,
         make: impl FnOnce() -> io::Result<Vec<u8>>,
     ) -> io::Result<Arc<Vec<u8>>> {
         let slot = {
             let mut ch = self.chunks.lock().expect("poisoned");
-            match ch.map.get(&(*h, c)) {
+            match ch.map.get(&key) {
                 Some(s) => s.clone(),
                 None => {
                     let s = Slot::default();
-                    ch.map.insert((*h, c), s.clone());
-                    ch.order.push_back((*h, c));
+                    ch.map.insert(key, s.clone());
+                    ch.order.push_back(key);
                     s
                 }
             }
@@ -80,7 +89,7 @@ impl Source {
             // Only finished chunks count; the oldest go first (a host still waiting on one
             // holds its slot, not the map).
             let mut ch = self.chunks.lock().expect("poisoned");
-            if !ch.map.get(&(*h, c)).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+            if !ch.map.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
                 return Ok(z); // evicted while being made: never counted
             }
             ch.bytes += z.len();
@@ -105,11 +114,19 @@ pub struct SourceTree {
     /// The manifest text, in compressed chunks.
     chunks: Vec<Vec<u8>>,
     pub manifest_bytes: u64,
+    /// The manifest text and its hash: a host that holds an older text gets a delta.
+    text: Vec<u8>,
+    text_hash: Hash,
 }
 
 impl Source {
-    /// `level`: zstd's compression level for manifests and blobs.
-    pub fn new(trees: Vec<(Vec<u8>, PathBuf, Manifest)>, level: i32) -> io::Result<Source> {
+    /// `level`: zstd's compression level for manifests and blobs; `store`: what was pushed
+    /// before, the references of deltas (none: every file and manifest is sent whole).
+    pub fn new(
+        trees: Vec<(Vec<u8>, PathBuf, Manifest)>,
+        level: i32,
+        store: Option<Store>,
+    ) -> io::Result<Source> {
         let mut out = Vec::new();
         let mut by_hash = HashMap::new();
         for (k, (rel, path, m)) in trees.into_iter().enumerate() {
@@ -130,6 +147,8 @@ impl Source {
                 entries: m.entries,
                 chunks,
                 manifest_bytes: text.len() as u64,
+                text_hash: *blake3::hash(&text).as_bytes(),
+                text,
             });
         }
         Ok(Source {
@@ -141,7 +160,97 @@ impl Source {
                 order: Default::default(),
                 bytes: 0,
             }),
+            store,
         })
+    }
+
+    /// Keeps what the hosts now hold (every file of the jail up to [`delta::MAX`], and the
+    /// manifests) in the store, for the next push's deltas; then prunes the store to its size.
+    /// Content already held is not read again. Returns the bytes read from the jail.
+    pub fn remember(&self) -> io::Result<u64> {
+        use rayon::prelude::*;
+        let Some(store) = &self.store else {
+            return Ok(0);
+        };
+        for t in &self.trees {
+            if t.text.len() as u64 <= delta::MAX {
+                store.put(&t.text_hash, &t.text)?;
+            }
+        }
+        let todo: Vec<(&Hash, &(usize, usize))> = self
+            .by_hash
+            .iter()
+            .filter(|(h, &(k, i))| {
+                let size = self.trees[k].entries.at(i).size;
+                size > 0 && size <= delta::MAX && !store.has(h)
+            })
+            .collect();
+        let read = todo
+            .par_iter()
+            .map(|(h, &(k, i))| -> io::Result<u64> {
+                let data = self.read_whole(k, i)?;
+                // The jail changed since its scan: not this content, not kept.
+                if blake3::hash(&data).as_bytes() == *h {
+                    store.put(h, &data)?;
+                }
+                Ok(data.len() as u64)
+            })
+            .collect::<io::Result<Vec<u64>>>()?;
+        let mut keep: HashSet<Hash> = self.by_hash.keys().copied().collect();
+        keep.extend(self.trees.iter().map(|t| t.text_hash));
+        store.prune(&keep)?;
+        Ok(read.iter().sum())
+    }
+
+    /// The jail file `(tree, index)`, opened beneath its tree without following a symlink.
+    fn open_jail(&self, k: usize, i: usize) -> io::Result<std::fs::File> {
+        let tr = &self.trees[k];
+        let e = tr.entries.at(i);
+        let root = fsx::open_root(&tr.path)?;
+        let (parent, name) = split_parent(e.path);
+        let dir = fsx::open_dir_beneath(root.as_fd(), parent)?;
+        Ok(std::fs::File::from(fsx::open_read_at(dir.as_fd(), name)?))
+    }
+
+    fn read_whole(&self, k: usize, i: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.open_jail(k, i)?.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    /// The delta of blob `h` against `base` (shared by the fleet: made once per distinct old
+    /// version), or `None` when the store does not hold `base` intact.
+    fn delta(&self, h: &Hash, base: &Hash) -> Option<Arc<Vec<u8>>> {
+        let store = self.store.as_ref()?;
+        let &(k, i) = self.by_hash.get(h)?;
+        if !store.has(base) || self.trees[k].entries.at(i).size > delta::MAX {
+            return None;
+        }
+        self.chunk((*h, *base, DELTA), || {
+            let old = store
+                .get(base, delta::MAX)
+                .ok_or_else(|| io::Error::other("not in the store"))?;
+            let new = self.read_whole(k, i)?;
+            delta::encode(&old, &new, self.level)
+        })
+        .ok()
+    }
+
+    /// Tree `k`'s manifest as a delta against the text `base` a host holds, if the store
+    /// holds it too.
+    fn manifest_delta(&self, k: usize, base: &Hash) -> Option<Arc<Vec<u8>>> {
+        let store = self.store.as_ref()?;
+        let t = &self.trees[k];
+        if *base == NO_BASE || t.text.len() as u64 > delta::MAX || !store.has(base) {
+            return None;
+        }
+        self.chunk((t.text_hash, *base, DELTA), || {
+            let old = store
+                .get(base, delta::MAX)
+                .ok_or_else(|| io::Error::other("not in the store"))?;
+            delta::encode(&old, &t.text, self.level)
+        })
+        .ok()
     }
 }
 
@@ -154,6 +263,11 @@ pub struct Status {
     pub blobs_sent: AtomicU64,
     pub blob_bytes: AtomicU64,
     pub blob_bytes_sent: AtomicU64,
+    /// Blobs sent as a delta against the host's old version, and manifests likewise.
+    pub deltas: AtomicU64,
+    pub manifest_deltas: AtomicU64,
+    /// The protocol the session speaks (0 until HELLO).
+    pub protocol: AtomicU64,
     /// All bytes both ways over the connection.
     pub wire: Arc<AtomicU64>,
 }
@@ -179,6 +293,16 @@ pub mod phase {
     pub const FAILED: usize = 7;
 }
 
+/// What a host lacks, once its plan is made: the hashes it wants (each with its old version
+/// of the file, where it has one) and how many files it will copy, of those found there.
+#[derive(Debug, Clone, Default)]
+pub struct Want {
+    list: Vec<Hash>,
+    bases: HashMap<Hash, Hash>,
+    pub files_needed: u64,
+    pub found: u64,
+}
+
 /// What the remote said when it had staged.
 #[derive(Debug, Clone, Default)]
 pub struct Staged {
@@ -188,6 +312,12 @@ pub struct Staged {
     pub found_on_host: u64,
     pub files_needed: u64,
     pub stage_time: Duration,
+    /// Blobs sent as a delta against the host's old version of the file.
+    pub deltas: u64,
+    /// Manifests sent as a delta against the one the host received last.
+    pub manifest_deltas: u64,
+    /// The protocol the session spoke.
+    pub protocol: u32,
 }
 
 /// What a host would do (a dry run): its plans' counts over every tree, and what it lacks.
@@ -218,6 +348,8 @@ pub struct Done {
     /// Protected configuration files kept with the host's edits: unchanged in the jail, with
     /// the jail's version written as `NAME.jailsync-new`, dropped by the jail.
     pub kept: [u32; 3],
+    /// (5) The host's CPU time for the session (its `serve` process).
+    pub cpu: Option<Duration>,
 }
 
 pub struct Conn {
@@ -234,16 +366,22 @@ pub struct Conn {
     /// changed, or it sent anything else.
     work: Option<u64>,
     moved: Instant,
+    /// The protocol the session speaks (the older of the two sides').
+    proto: u32,
+    /// (5) The hash of the manifest the host holds for each tree (zero: none).
+    have: Vec<Hash>,
 }
 
 impl Conn {
     /// Starts `argv` (ssh ... HOST 'jailsync serve', or a local `jailsync serve`). With a
     /// `timeout`, a wait for the connection longer than it fails (see [`wire::Counted`]); pass
     /// a keepalive below it in OPEN so that a host working silently is not taken for stalled.
+    /// `limits`: the rates what is sent to this host is held to (see [`wire::Throttle`]).
     pub fn spawn(
         argv: &[OsString],
         status: Arc<Status>,
         timeout: Option<Duration>,
+        limits: Vec<wire::Throttle>,
     ) -> io::Result<Conn> {
         let (prog, args) = argv
             .split_first()
@@ -285,6 +423,7 @@ impl Conn {
                     inner: out,
                     n: wire.clone(),
                     timeout,
+                    limits: Vec::new(),
                 },
             ),
             w: BufWriter::with_capacity(
@@ -293,6 +432,7 @@ impl Conn {
                     inner: inp,
                     n: wire,
                     timeout,
+                    limits,
                 },
             ),
             stderr,
@@ -302,6 +442,8 @@ impl Conn {
             timeout,
             work: None,
             moved: Instant::now(),
+            proto: wire::MIN_PROTOCOL,
+            have: Vec::new(),
         })
     }
 
@@ -425,29 +567,55 @@ impl Conn {
         self.send(t::HELLO, &super::hello())?;
         self.flush()?;
         self.expect(t::HELLO)?;
-        if let Err(e) = super::check_hello(&self.buf, "remote") {
-            let _ = self.send(t::ERROR, e.to_string().as_bytes());
-            let _ = self.flush();
-            return Err(e);
+        match super::check_hello(&self.buf, "remote") {
+            Ok(p) => self.proto = p,
+            Err(e) => {
+                let _ = self.send(t::ERROR, e.to_string().as_bytes());
+                let _ = self.flush();
+                return Err(e);
+            }
         }
-        self.send(t::OPEN, &o.encode())
+        self.status
+            .protocol
+            .store(self.proto.into(), Ordering::Relaxed);
+        self.send(t::OPEN, &o.encode())?;
+        if self.proto >= 5 {
+            // What the host holds of each tree's manifest: the base of a manifest delta.
+            self.flush()?;
+            self.expect(t::HAVE)?;
+            if self.buf.len() != 32 * o.trees.len() {
+                return Err(RemoteError::Protocol("HAVE not one hash per tree".into()));
+            }
+            self.have = self
+                .buf
+                .chunks(32)
+                .map(|c| c.try_into().expect("32"))
+                .collect();
+        }
+        Ok(())
     }
 
-    /// Sends the manifests, learns what the host lacks, sends it, and waits until the host has
-    /// staged every tree (or failed).
-    pub fn push(&mut self, src: &Source) -> Result<Staged> {
+    /// Sends the manifests and learns what the host lacks: its plan is made (version and free
+    /// space checked), no content has moved yet.
+    pub fn want(&mut self, src: &Source) -> Result<Want> {
         self.send_manifests(src)?;
-        // What the host lacks: only hashes of this jail, each once.
+        // What the host lacks: only hashes of this jail, each once; from version 5 each with
+        // the hash of the host's old version of the file (zero: none).
         let mut want: Vec<Hash> = Vec::new();
+        let mut bases: HashMap<Hash, Hash> = HashMap::new();
         let mut seen: HashSet<Hash> = HashSet::new();
+        let width = if self.proto >= 5 { 64 } else { 32 };
         let (files_needed, found) = loop {
             match self.recv()? {
                 t::WANT => {
-                    if !self.buf.len().is_multiple_of(32) {
+                    if !self.buf.len().is_multiple_of(width) {
                         return Err(RemoteError::Protocol("WANT not a list of hashes".into()));
                     }
-                    for h in self.buf.chunks(32) {
-                        let h: Hash = h.try_into().expect("32");
+                    for w in self.buf.chunks(width) {
+                        let h: Hash = w[..32].try_into().expect("32");
+                        if width == 64 && w[32..] != NO_BASE {
+                            bases.insert(h, w[32..].try_into().expect("32"));
+                        }
                         if !src.by_hash.contains_key(&h) || !seen.insert(h) {
                             return Err(RemoteError::Protocol(format!(
                                 "the remote asked for {}, not a file of this jail (or twice)",
@@ -474,6 +642,23 @@ impl Conn {
                 }
             }
         };
+        Ok(Want {
+            list: want,
+            bases,
+            files_needed,
+            found,
+        })
+    }
+
+    /// Sends what the host lacks (`w`, from [`Conn::want`]) and waits until the host has
+    /// staged every tree (or failed).
+    pub fn send_content(&mut self, src: &Source, w: Want) -> Result<Staged> {
+        let Want {
+            list: mut want,
+            bases,
+            files_needed,
+            found,
+        } = w;
         let size = |h: &Hash| {
             let (k, i) = src.by_hash[h];
             src.trees[k].entries[i].size
@@ -487,8 +672,16 @@ impl Conn {
         // Path order within each tree reads the jail roughly in its directory order.
         want.sort_by_key(|h| src.by_hash[h]);
         let mut raw = vec![0u8; wire::CHUNK];
+        let mut deltas = 0;
         for h in &want {
-            self.send_blob(src, h, &mut raw)?;
+            let d = bases.get(h).and_then(|b| Some((b, src.delta(h, b)?)));
+            match d {
+                Some((base, z)) => {
+                    self.send_delta(src, h, base, &z)?;
+                    deltas += 1;
+                }
+                None => self.send_blob(src, h, &mut raw)?,
+            }
             self.status.blobs_sent.fetch_add(1, Ordering::Relaxed);
         }
         self.send(t::BLOBS_DONE, &[])?;
@@ -505,13 +698,35 @@ impl Conn {
             found_on_host: found,
             files_needed,
             stage_time: Duration::from_millis(ms),
+            deltas,
+            manifest_deltas: self.status.manifest_deltas.load(Ordering::Relaxed),
+            protocol: self.proto,
         })
     }
 
     fn send_manifests(&mut self, src: &Source) -> Result<()> {
         for (k, tr) in src.trees.iter().enumerate() {
-            for c in &tr.chunks {
-                self.send(t::MANIFEST, c)?;
+            // A host holding an older manifest of this tree that the store holds too gets a
+            // delta (a repeated push: a few hundred bytes instead of the whole list).
+            let base = self.have.get(k).copied().unwrap_or(NO_BASE);
+            match src.manifest_delta(k, &base) {
+                Some(z) => {
+                    let head = Enc::default()
+                        .raw(&base)
+                        .raw(&tr.text_hash)
+                        .u64(tr.text.len() as u64)
+                        .0;
+                    self.send(t::MANIFEST_DELTA, &head)?;
+                    for c in z.chunks(wire::CHUNK) {
+                        self.send(t::MANIFEST, c)?;
+                    }
+                    self.status.manifest_deltas.fetch_add(1, Ordering::Relaxed);
+                }
+                None => {
+                    for c in &tr.chunks {
+                        self.send(t::MANIFEST, c)?;
+                    }
+                }
             }
             self.send(t::MANIFEST_END, &Enc::default().u32(k as u32).0)?;
         }
@@ -520,7 +735,7 @@ impl Conn {
         Ok(())
     }
 
-    /// A dry run (OPEN with [`super::serve::flag::DRY_RUN`]): sends the manifests and returns
+    /// A dry run (OPEN with [`super::wire::flag::DRY_RUN`]): sends the manifests and returns
     /// what the host would do. Nothing else is sent.
     pub fn plan(&mut self, src: &Source) -> Result<Planned> {
         self.send_manifests(src)?;
@@ -542,20 +757,30 @@ impl Conn {
         Ok(p)
     }
 
+    /// Blob `h` as a delta against the host's old version `base`: DELTA, the delta in
+    /// chunks, BLOB_END. The host checks what it decodes against `h`.
+    fn send_delta(&mut self, src: &Source, h: &Hash, base: &Hash, z: &[u8]) -> Result<()> {
+        let (k, i) = src.by_hash[h];
+        let size = src.trees[k].entries.at(i).size;
+        self.send(t::DELTA, &Enc::default().raw(h).u64(size).raw(base).0)?;
+        for c in z.chunks(wire::CHUNK) {
+            self.send(t::DATA, c)?;
+        }
+        self.status.deltas.fetch_add(1, Ordering::Relaxed);
+        self.status
+            .blob_bytes_sent
+            .fetch_add(size, Ordering::Relaxed);
+        self.send(t::BLOB_END, &[])
+    }
+
     fn send_blob(&mut self, src: &Source, h: &Hash, raw: &mut [u8]) -> Result<()> {
         let (k, i) = src.by_hash[h];
         let tr = &src.trees[k];
         let e = tr.entries.at(i);
         let shown = tr.path.join(fsx::os(e.path));
-        let open = || -> io::Result<std::fs::File> {
-            let root = fsx::open_root(&tr.path)?;
-            let (parent, name) = split_parent(e.path);
-            let dir = fsx::open_dir_beneath(root.as_fd(), parent)?;
-            Ok(std::fs::File::from(fsx::open_read_at(dir.as_fd(), name)?))
-        };
         // A jail file that cannot be read fails this host's push before anything is sent of
         // it: the remote has staged nothing.
-        let f = open().map_err(|e| {
+        let f = src.open_jail(k, i).map_err(|e| {
             RemoteError::Refused(format!("{}: {e} (reading the jail)", shown.display()))
         })?;
         self.send(t::BLOB, &Enc::default().raw(h).u64(e.size).0)?;
@@ -563,7 +788,7 @@ impl Conn {
         let mut c = 0u64;
         while at < e.size {
             let want = (e.size - at).min(raw.len() as u64) as usize;
-            let z = src.chunk(h, c, || {
+            let z = src.chunk((*h, NO_BASE, c), || {
                 use std::os::unix::fs::FileExt;
                 f.read_exact_at(&mut raw[..want], at).map_err(|err| {
                     let why = if err.kind() == io::ErrorKind::UnexpectedEof {
@@ -594,7 +819,7 @@ impl Conn {
         self.flush()?;
         self.expect(t::DONE)?;
         let mut d = Dec::new(&self.buf, "DONE");
-        let done = Done {
+        let mut done = Done {
             switch_window: Duration::from_nanos(d.u64()?),
             changes: d.u64()?,
             bytes_written: d.u64()?,
@@ -602,7 +827,11 @@ impl Conn {
             errors: d.u32()?,
             error_text: wire::printable(d.bytes()?),
             kept: [d.u32()?, d.u32()?, d.u32()?],
+            cpu: None,
         };
+        if self.proto >= 5 {
+            done.cpu = Some(Duration::from_micros(d.u64()?));
+        }
         d.end()?;
         self.status.phase.store(phase::DONE, Ordering::Relaxed);
         Ok(done)

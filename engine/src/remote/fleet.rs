@@ -23,8 +23,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::client::{phase, Conn, Done, Planned, Source, Staged, Status};
-use super::serve::Open;
+use super::client::{phase, Conn, Done, Planned, Source, Staged, Status, Want};
+use super::wire::Open;
 use super::{RemoteError, Result};
 
 /// One host's connection as the fleet drives it, step by step. Every method but `close` and
@@ -33,8 +33,11 @@ use super::{RemoteError, Result};
 pub trait Link: Send {
     /// HELLO both ways (versions must match), then OPEN.
     fn open(&mut self, o: &Open) -> Result<()>;
+    /// Sends the manifests; the host plans (checking its free space) and says what it
+    /// lacks. No content has moved.
+    fn want(&mut self, src: &Source) -> Result<Want>;
     /// Sends what the host lacks and waits until it has staged (its last safe point).
-    fn push(&mut self, src: &Source) -> Result<Staged>;
+    fn send_content(&mut self, src: &Source, want: Want) -> Result<Staged>;
     /// A dry run: what the host would do.
     fn plan(&mut self, src: &Source) -> Result<Planned>;
     /// Tells a staged host to switch.
@@ -53,8 +56,11 @@ impl Link for Conn {
     fn open(&mut self, o: &Open) -> Result<()> {
         Conn::open(self, o)
     }
-    fn push(&mut self, src: &Source) -> Result<Staged> {
-        Conn::push(self, src)
+    fn want(&mut self, src: &Source) -> Result<Want> {
+        Conn::want(self, src)
+    }
+    fn send_content(&mut self, src: &Source, want: Want) -> Result<Staged> {
+        Conn::send_content(self, src, want)
     }
     fn plan(&mut self, src: &Source) -> Result<Planned> {
         Conn::plan(self, src)
@@ -150,6 +156,9 @@ pub enum Outcome {
     },
     /// Staged, then told to abort (the fleet did not switch): untouched.
     NotSwitched(Staged),
+    /// Planned, then told to abort before any content was sent (another host failed before
+    /// any content moved, and the gate could no longer open): untouched.
+    NotSent,
     /// Failed before its switch (untouched) or, `while_switching`, during it.
     Failed {
         cause: HostError,
@@ -193,6 +202,8 @@ pub trait FleetProgress: Sync {
     fn draw(&self, _hosts: &[Arc<Status>]) {}
     /// Every host is done.
     fn finish(&self, _hosts: &[Arc<Status>]) {}
+    /// Host `i` failed (said at once, not at the end: the admin may act while the others run).
+    fn failed(&self, _i: usize, _why: &HostError, _while_switching: bool) {}
 }
 
 /// Draws nothing.
@@ -234,14 +245,29 @@ where
                 heard: heard_tx.clone(),
                 word,
                 gate_at: &gate_at,
+                progress,
             };
             let dial = &dial;
             handles.push(s.spawn(move || one.run(mode, dial)));
         }
         drop(heard_tx);
 
-        // The barrier: every host staged or failed, then one decision for all.
-        let ok = wait_for_all(&heard, n, &statuses, progress);
+        // A push's first barrier: every host reached, its version and free space checked and
+        // its plan made (or failed) before any content moves; content moves only while the
+        // gate could still open.
+        let mut ok = wait_for_all(&heard, n, n, &statuses, progress);
+        if let Mode::Push { gate, .. } = mode {
+            let planned = ok.iter().filter(|&&o| o).count();
+            let go = gate.opens(planned, n - planned);
+            for (d, _) in decide.iter().zip(&ok).filter(|(_, &ok)| ok) {
+                let _ = d.send(go);
+            }
+            ok = match go {
+                true => wait_for_all(&heard, planned, n, &statuses, progress),
+                false => vec![false; n],
+            };
+        }
+        // The gate: every host staged or failed, then one decision for all.
         let staged = ok.iter().filter(|&&o| o).count();
         let switched = match mode {
             Mode::Push { gate, .. } => gate.opens(staged, n - staged),
@@ -287,16 +313,17 @@ where
     }
 }
 
-/// Waits until each of `n` hosts has said whether it staged; which did.
+/// Waits until `expect` of the `n` hosts have said whether they reached the barrier; which did.
 fn wait_for_all(
     heard: &mpsc::Receiver<(usize, bool)>,
+    expect: usize,
     n: usize,
     statuses: &[Arc<Status>],
     progress: &dyn FleetProgress,
 ) -> Vec<bool> {
     let mut ok = vec![false; n];
     let mut answered = 0;
-    while answered < n {
+    while answered < expect {
         match heard.recv_timeout(Duration::from_millis(100)) {
             Ok((i, staged)) => {
                 ok[i] = staged;
@@ -339,6 +366,7 @@ struct One<'a> {
     /// From the coordinator: switch (true) or abort.
     word: mpsc::Receiver<bool>,
     gate_at: &'a OnceLock<Instant>,
+    progress: &'a dyn FleetProgress,
 }
 
 impl One<'_> {
@@ -371,8 +399,26 @@ impl One<'_> {
                 return self.finish(link, r, Outcome::Planned);
             }
         };
-        let r = link.open(self.open).and_then(|()| link.push(source));
-        // Staged (or failed): this host only waits now, another may connect.
+        let r = link.open(self.open).and_then(|()| link.want(source));
+        // Planned (or failed): this host only waits now, another may connect.
+        self.slots.give();
+        let want = match r {
+            Ok(w) => w,
+            Err(e) => {
+                self.answer(false);
+                link.kill();
+                return self.failed(e.into(), false);
+            }
+        };
+        self.answer(true);
+        if !self.word.recv().unwrap_or(false) {
+            link.abort();
+            link.close();
+            return Outcome::NotSent;
+        }
+        self.slots.take();
+        let r = link.send_content(source, want);
+        // Staged (or failed): this host only waits now, another may send.
         self.slots.give();
         let staged = match r {
             Ok(st) => st,
@@ -430,6 +476,7 @@ impl One<'_> {
 
     fn failed(&self, cause: HostError, while_switching: bool) -> Outcome {
         self.status.phase.store(phase::FAILED, Ordering::Relaxed);
+        self.progress.failed(self.i, &cause, while_switching);
         Outcome::Failed {
             cause,
             while_switching,
@@ -505,7 +552,11 @@ mod tests {
             self.world.note(&self.name, "open");
             Ok(())
         }
-        fn push(&mut self, _src: &Source) -> Result<Staged> {
+        fn want(&mut self, _src: &Source) -> Result<Want> {
+            self.world.note(&self.name, "planned");
+            Ok(Want::default())
+        }
+        fn send_content(&mut self, _src: &Source, _want: Want) -> Result<Staged> {
             let now = self.world.staging.fetch_add(1, Ordering::SeqCst) + 1;
             self.world.most_staging.fetch_max(now, Ordering::SeqCst);
             std::thread::sleep(self.script.stage);
@@ -573,7 +624,7 @@ mod tests {
     }
 
     fn source() -> Source {
-        Source::new(Vec::new(), 1).unwrap()
+        Source::new(Vec::new(), 1, None).unwrap()
     }
 
     fn push(src: &Source) -> Mode<'_> {
@@ -606,9 +657,16 @@ mod tests {
         let last_staged = world.at("staged", true).unwrap();
         let first_switch = world.at("switch", false).unwrap();
         assert!(last_staged < first_switch, "{:?}", world.log());
+        // And every host planned before any content moved to any.
+        let last_planned = world.at("planned", true).unwrap();
+        let first_staged = world.at("staged", false).unwrap();
+        assert!(last_planned < first_staged, "{:?}", world.log());
         for h in &r.hosts {
             assert!(matches!(h.outcome, Outcome::Switched { .. }), "{h:?}");
-            assert_eq!(world.did(&h.name), ["open", "staged", "switch", "close"]);
+            assert_eq!(
+                world.did(&h.name),
+                ["open", "planned", "staged", "switch", "close"]
+            );
         }
         assert!(r.staged_to_switched.is_some());
     }
@@ -626,7 +684,10 @@ mod tests {
         assert_eq!(world.at("switch", false), None, "{:?}", world.log());
         for h in [&r.hosts[0], &r.hosts[2]] {
             assert!(matches!(h.outcome, Outcome::NotSwitched(_)), "{h:?}");
-            assert_eq!(world.did(&h.name), ["open", "staged", "abort", "close"]);
+            assert_eq!(
+                world.did(&h.name),
+                ["open", "planned", "staged", "abort", "close"]
+            );
         }
         let Outcome::Failed {
             cause,
@@ -636,7 +697,7 @@ mod tests {
             panic!("{:?}", r.hosts[1]);
         };
         assert_eq!(cause.to_string(), "etc/passwd changed");
-        assert_eq!(world.did("h2"), ["open", "kill"]);
+        assert_eq!(world.did("h2"), ["open", "planned", "kill"]);
         assert_eq!(r.staged_to_switched, None);
     }
 
@@ -655,7 +716,13 @@ mod tests {
             "ssh: connect to host h: Connection refused"
         );
         assert!(world.did("h2").is_empty());
-        assert_eq!(world.did("h1"), ["open", "staged", "abort", "close"]);
+        // Known before any content moved: h1 is told to abort after its plan, sent nothing.
+        assert_eq!(world.did("h1"), ["open", "planned", "abort", "close"]);
+        assert!(
+            matches!(r.hosts[0].outcome, Outcome::NotSent),
+            "{:?}",
+            r.hosts[0]
+        );
     }
 
     #[test]
@@ -692,7 +759,7 @@ mod tests {
         assert!(matches!(r.hosts[0].outcome, Outcome::Switched { .. }));
         assert!(matches!(r.hosts[2].outcome, Outcome::Switched { .. }));
         assert!(matches!(&r.hosts[1].outcome, Outcome::Failed { cause, .. } if cause.is_timeout()));
-        assert_eq!(world.did("h2"), ["open", "kill"]);
+        assert_eq!(world.did("h2"), ["open", "planned", "kill"]);
     }
 
     /// Pins today's rule (see the module doc): the gate holds until every host staged; a host
@@ -716,9 +783,15 @@ mod tests {
             panic!("{:?}", r.hosts[1]);
         };
         assert_eq!(cause.to_string(), "exchange failed: EIO");
-        assert_eq!(world.did("h2"), ["open", "staged", "switch", "kill"]);
+        assert_eq!(
+            world.did("h2"),
+            ["open", "planned", "staged", "switch", "kill"]
+        );
         for h in ["h1", "h3"] {
-            assert_eq!(world.did(h), ["open", "staged", "switch", "close"]);
+            assert_eq!(
+                world.did(h),
+                ["open", "planned", "staged", "switch", "close"]
+            );
         }
         assert_eq!(world.at("rollback", false), None);
     }

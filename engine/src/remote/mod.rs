@@ -15,8 +15,14 @@
 //! checked (frame lengths before allocating, hashes against the jail's, texts made printable).
 
 pub mod client;
+pub mod delta;
 pub mod fleet;
+mod receive;
 pub mod serve;
+pub mod session;
+mod shadow;
+pub mod store;
+mod sum;
 pub mod wire;
 
 use std::io;
@@ -63,13 +69,16 @@ pub type Result<T> = std::result::Result<T, RemoteError>;
 pub fn hello() -> Vec<u8> {
     wire::Enc::default()
         .raw(wire::MAGIC)
-        .u32(wire::PROTOCOL)
+        .u32(wire::announced())
         .bytes(VERSION.as_bytes())
         .0
 }
 
-/// Checks the peer's HELLO; `peer` names it in the message ("remote" or "local").
-pub fn check_hello(p: &[u8], peer: &str) -> Result<()> {
+/// Checks the peer's HELLO; `peer` names it in the message ("remote" or "local"). The
+/// protocol the session speaks: the older of the two when they are one apart (the newer side
+/// then uses the older feature set); further apart is refused naming both versions, before
+/// anything else is sent.
+pub fn check_hello(p: &[u8], peer: &str) -> Result<u32> {
     let mut d = wire::Dec::new(p, "HELLO");
     if d.raw(wire::MAGIC.len()).ok() != Some(&wire::MAGIC[..]) {
         return Err(RemoteError::Protocol(format!(
@@ -78,12 +87,11 @@ pub fn check_hello(p: &[u8], peer: &str) -> Result<()> {
     }
     let proto = d.u32()?;
     let version = wire::printable(d.bytes()?);
-    if proto != wire::PROTOCOL || version != VERSION {
-        return Err(RemoteError::Version(format!(
-            "{peer} jailsync is version {version} (protocol {proto}), this one {VERSION} (protocol {}): \
-             install the same version on both sides",
-            wire::PROTOCOL
-        )));
-    }
-    Ok(())
+    let ours = wire::announced();
+    wire::negotiate(ours, proto).ok_or_else(|| {
+        RemoteError::Version(format!(
+            "{peer} jailsync is version {version} (protocol {proto}), this one {VERSION} (protocol {ours}): \
+             install the same version on both sides (protocols one apart work together)"
+        ))
+    })
 }

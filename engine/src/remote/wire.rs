@@ -7,13 +7,39 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Bumped on any incompatible change; both sides must also run the same jailsync version.
+use super::{RemoteError, Result};
+
+/// Bumped on any incompatible change. A peer one protocol apart is served with the older
+/// feature set (see [`negotiate`]); further apart is refused, naming both versions.
 /// 4: ALIVE carries the host's work counter and phase (it was empty).
-pub const PROTOCOL: u32 = 4;
+/// 5: deltas: HAVE, MANIFEST_DELTA, WANT entries naming the host's old version, DELTA.
+pub const PROTOCOL: u32 = 5;
+/// The oldest protocol this program still speaks.
+pub const MIN_PROTOCOL: u32 = 4;
+
+/// The protocol this program announces: [`PROTOCOL`], or what `JAILSYNC_WIRE_PROTOCOL` says
+/// (an operator's switch to keep a fleet on the older feature set while it is upgraded, and
+/// what lets one build stand for the previous release in a mixed-version test). Never above
+/// [`PROTOCOL`].
+pub fn announced() -> u32 {
+    std::env::var("JAILSYNC_WIRE_PROTOCOL")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map_or(PROTOCOL, |p| p.min(PROTOCOL))
+}
+
+/// The protocol a session speaks, given what each side announced: the older of the two when
+/// they are at most one apart and both spoken here; `None` (refuse) otherwise.
+pub fn negotiate(ours: u32, theirs: u32) -> Option<u32> {
+    let p = ours.min(theirs);
+    (ours.abs_diff(theirs) <= 1 && p >= MIN_PROTOCOL).then_some(p)
+}
 pub const MAGIC: &[u8; 8] = b"JAILSYNC";
 /// Raw bytes per compressed chunk (manifest text and blob data).
 pub const CHUNK: usize = 1 << 20;
@@ -32,12 +58,15 @@ pub mod t {
     pub const OPEN: u8 = 0x10;
     pub const MANIFEST: u8 = 0x11;
     pub const MANIFEST_END: u8 = 0x12;
+    pub const HAVE: u8 = 0x13;
+    pub const MANIFEST_DELTA: u8 = 0x14;
     pub const WANT: u8 = 0x20;
     pub const WANT_END: u8 = 0x21;
     pub const BLOB: u8 = 0x30;
     pub const DATA: u8 = 0x31;
     pub const BLOB_END: u8 = 0x32;
     pub const BLOBS_DONE: u8 = 0x33;
+    pub const DELTA: u8 = 0x34;
     pub const STAGED: u8 = 0x40;
     pub const SWITCH: u8 = 0x41;
     pub const ABORT: u8 = 0x42;
@@ -54,12 +83,15 @@ pub mod t {
             OPEN => "OPEN",
             MANIFEST => "MANIFEST",
             MANIFEST_END => "MANIFEST_END",
+            HAVE => "HAVE",
+            MANIFEST_DELTA => "MANIFEST_DELTA",
             WANT => "WANT",
             WANT_END => "WANT_END",
             BLOB => "BLOB",
             DATA => "DATA",
             BLOB_END => "BLOB_END",
             BLOBS_DONE => "BLOBS_DONE",
+            DELTA => "DELTA",
             STAGED => "STAGED",
             SWITCH => "SWITCH",
             ABORT => "ABORT",
@@ -72,7 +104,7 @@ pub mod t {
     }
 }
 
-fn bad(why: impl Into<String>) -> io::Error {
+pub(super) fn bad(why: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why.into())
 }
 
@@ -246,6 +278,49 @@ pub struct Counted<T> {
     pub inner: T,
     pub n: Arc<AtomicU64>,
     pub timeout: Option<Duration>,
+    /// Rates every write is held to (`--bwlimit` per host, and one shared by the fleet).
+    pub limits: Vec<Throttle>,
+}
+
+/// A rate in bytes per second, shared by every connection holding a clone: one per host
+/// (`--bwlimit`), or one for the whole fleet. A writer that goes over it sleeps off its
+/// debt; the debt is shared, so the holders together keep to the rate.
+#[derive(Clone)]
+pub struct Throttle(Arc<std::sync::Mutex<Bucket>>);
+
+struct Bucket {
+    rate: f64,
+    /// Bytes that may be written now (negative: owed).
+    allowance: f64,
+    last: std::time::Instant,
+}
+
+impl Throttle {
+    pub fn new(bytes_per_sec: u64) -> Throttle {
+        Throttle(Arc::new(std::sync::Mutex::new(Bucket {
+            rate: bytes_per_sec.max(1) as f64,
+            allowance: 0.0,
+            last: std::time::Instant::now(),
+        })))
+    }
+
+    /// Accounts for `n` bytes written, sleeping while the holders are ahead of the rate.
+    pub fn take(&self, n: usize) {
+        let wait = {
+            let mut b = self.0.lock().expect("poisoned");
+            let now = std::time::Instant::now();
+            // A burst of at most a tenth of a second after an idle spell.
+            let rate = b.rate;
+            b.allowance =
+                (b.allowance + now.duration_since(b.last).as_secs_f64() * rate).min(rate / 10.0);
+            b.last = now;
+            b.allowance -= n as f64;
+            (b.allowance < 0.0).then(|| Duration::from_secs_f64(-b.allowance / rate))
+        };
+        if let Some(w) = wait {
+            std::thread::sleep(w);
+        }
+    }
 }
 
 impl<T: AsFd> Counted<T> {
@@ -278,10 +353,144 @@ impl<T: Write + AsFd> Write for Counted<T> {
         self.wait(true)?;
         let n = self.inner.write(b)?;
         self.n.fetch_add(n as u64, Ordering::Relaxed);
+        for l in &self.limits {
+            l.take(n);
+        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// What OPEN asks for.
+#[derive(Clone, Default)]
+pub struct Open {
+    /// Where the push comes from (`host:jail`), for the generations' records.
+    pub source: Vec<u8>,
+    pub root: Vec<u8>,
+    pub trees: Vec<Vec<u8>>,
+    pub state_dir: Vec<u8>,
+    pub flags: u32,
+    pub keep: u32,
+    pub threads: u32,
+    /// `--protect` globs and `protect` lines of the jail's jailsync.conf (see `protect`).
+    pub protect: Vec<Vec<u8>>,
+    /// Exclude patterns for the trees holding another: the homes of databases nested in a
+    /// tree (their rollback generations stay on the host).
+    pub excludes: Vec<Vec<u8>>,
+    /// `--exclude` patterns, for every tree of every phase (as `upgrade --exclude`).
+    pub exclude_all: Vec<Vec<u8>>,
+    /// Send ALIVE after this long working without a frame either way (0: never): the local
+    /// side's `--timeout` then measures a stalled connection, not a long scan.
+    pub keepalive_ms: u32,
+}
+
+pub mod flag {
+    pub const XATTRS: u32 = 1;
+    pub const ROLLBACK: u32 = 2;
+    pub const FSYNC: u32 = 4;
+    pub const FORCE: u32 = 8;
+    /// Protect every tree's `etc/` (configuration protection's default rule).
+    pub const PROTECT_ETC: u32 = 16;
+    /// Apply configuration protection (set whenever a rule is given).
+    pub const PROTECT: u32 = 32;
+    /// Plan and report (PLANNED); receive, stage and write nothing.
+    pub const DRY_RUN: u32 = 64;
+}
+
+pub(super) fn enc_list(mut e: Enc, l: &[Vec<u8>]) -> Enc {
+    e = e.u32(l.len() as u32);
+    for x in l {
+        e = e.bytes(x);
+    }
+    e
+}
+
+pub(super) fn dec_list(d: &mut Dec, what: &str) -> Result<Vec<Vec<u8>>> {
+    let n = d.u32()?;
+    if n > 256 {
+        return Err(RemoteError::Protocol(format!("OPEN names {n} {what}")));
+    }
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let b = d.bytes()?.to_vec();
+        if b.is_empty() || b.len() > 4096 || b.contains(&0) || std::str::from_utf8(&b).is_err() {
+            return Err(RemoteError::Refused(format!(
+                "{}: not a valid {what} pattern",
+                printable(&b)
+            )));
+        }
+        out.push(b);
+    }
+    Ok(out)
+}
+
+impl Open {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::default()
+            .bytes(&self.source)
+            .bytes(&self.root)
+            .u32(self.trees.len() as u32);
+        for t in &self.trees {
+            e = e.bytes(t);
+        }
+        let e = e
+            .bytes(&self.state_dir)
+            .u32(self.flags)
+            .u32(self.keep)
+            .u32(self.threads);
+        let e = enc_list(e, &self.protect);
+        let e = enc_list(e, &self.excludes);
+        enc_list(e, &self.exclude_all).u32(self.keepalive_ms).0
+    }
+
+    pub(super) fn decode(p: &[u8]) -> Result<Open> {
+        let mut d = Dec::new(p, "OPEN");
+        let source = d.bytes()?.to_vec();
+        let root = d.bytes()?.to_vec();
+        let n = d.u32()?;
+        if n == 0 || n > MAX_TREES {
+            return Err(RemoteError::Protocol(format!("OPEN names {n} trees")));
+        }
+        let mut trees = Vec::new();
+        for _ in 0..n {
+            trees.push(d.bytes()?.to_vec());
+        }
+        let o = Open {
+            source,
+            root,
+            trees,
+            state_dir: d.bytes()?.to_vec(),
+            flags: d.u32()?,
+            keep: d.u32()?,
+            threads: d.u32()?,
+            protect: dec_list(&mut d, "protect")?,
+            excludes: dec_list(&mut d, "exclude")?,
+            exclude_all: dec_list(&mut d, "exclude")?,
+            keepalive_ms: d.u32()?,
+        };
+        d.end()?;
+        let abs = |b: &[u8]| b.first() == Some(&b'/') && !b.contains(&0);
+        if !abs(&o.root) || !(o.state_dir.is_empty() || abs(&o.state_dir)) {
+            return Err(RemoteError::Refused(
+                "the root and the state dir must be absolute paths".into(),
+            ));
+        }
+        for t in &o.trees {
+            let p = Path::new(std::ffi::OsStr::from_bytes(t));
+            let plain = p.components().all(|c| matches!(c, Component::Normal(_)));
+            if t.is_empty() || t.contains(&0) || !plain || p.is_absolute() {
+                return Err(RemoteError::Refused(format!(
+                    "{}: a tree must be a relative path without `..`",
+                    printable(t)
+                )));
+            }
+        }
+        if o.threads > 256 {
+            return Err(RemoteError::Protocol("more than 256 threads asked".into()));
+        }
+        Ok(o)
     }
 }
 
@@ -320,6 +529,28 @@ mod tests {
         // A string claiming more bytes than the frame has.
         let p = Enc::default().u32(1000).raw(b"xy").0;
         assert!(Dec::new(&p, "OPEN").bytes().is_err());
+    }
+
+    #[test]
+    fn a_throttle_holds_its_holders_together_to_the_rate() {
+        let t = Throttle::new(1 << 20);
+        let t0 = std::time::Instant::now();
+        let th: Vec<_> = (0..2)
+            .map(|_| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..16 {
+                        t.take(16 << 10);
+                    }
+                })
+            })
+            .collect();
+        for h in th {
+            h.join().unwrap();
+        }
+        // 512 KiB at 1 MiB/s, less the first tenth of a second's burst at most.
+        let took = t0.elapsed().as_secs_f64();
+        assert!((0.35..1.5).contains(&took), "{took} s");
     }
 
     #[test]
