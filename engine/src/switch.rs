@@ -338,11 +338,6 @@ impl Home {
         ok
     }
 
-    /// Always: kept until the fleet's session stops asking (every home switches).
-    pub fn is_switchable(&self) -> bool {
-        true
-    }
-
     /// A path to `rel` inside the home through the home's open fd: the home's own name (in
     /// DST's root, for the per-entry method) may be swapped by whoever can write there, the
     /// directory we opened cannot.

@@ -87,9 +87,6 @@ pub struct Report {
     pub procs: Vec<crate::procs::ProcUse>,
     /// Why nothing was switched (a tree failed to stage); the live trees are untouched.
     pub aborted: Option<String>,
-    /// Why the trees could not be staged whole after all (an inode that cannot take another
-    /// link); nothing was switched, and the caller applies them per file instead.
-    pub fallback: Option<String>,
     /// Time spent before the first switch (staging) and after the last (cleanup).
     pub stage_time: Duration,
     pub cleanup_time: Duration,
@@ -302,7 +299,7 @@ fn prepare_impl(
     progress.tree(dst_path);
     let (lock, home) = open_destination(src_path, dst_path, state, opts)?;
     let mut sc = scan_both(src_path, given, dst_path, state, opts, pools, progress)?;
-    if let Some(h) = home.as_ref().filter(|h| h.is_switchable()) {
+    if let Some(h) = home.as_ref() {
         let kept = crate::generation::kept_inodes(h);
         crate::generation::discount_own_links(&mut sc.d.entries, &kept);
     }
@@ -590,10 +587,7 @@ fn home_for_plan(
     if home.is_none() && state.is_some() && !opts.dry_run && !plan.is_empty() {
         home = Some(open_home(dst_path, opts, state)?);
     }
-    if let Some(h) = home
-        .as_mut()
-        .filter(|h| h.is_switchable() && !plan.is_empty())
-    {
+    if let Some(h) = home.as_mut().filter(|_| !plan.is_empty()) {
         h.pinned = pinned(dst_path, trees, plan)?;
     }
     Ok(home)
@@ -605,9 +599,7 @@ fn open_home(dst_path: &Path, opts: &SyncOpts, state: Option<&StateDir>) -> Resu
     let mut h = Home::open(dst_path)?;
     h.durable = opts.fsync;
     crate::generation::recover(&h, state)?;
-    if h.is_switchable() {
-        crate::generation::prune_undone(&h)?;
-    }
+    crate::generation::prune_undone(&h)?;
     Ok(h)
 }
 
@@ -964,14 +956,4 @@ fn refuse_source_in_home(src: &Path, dst: &Path) -> Result<()> {
         )),
         None => Ok(()),
     }
-}
-
-/// Whether every tree of a run can be switched whole (else the run uses the per-file burst).
-/// A tree with nothing to do and no home yet switches nothing, so it never stands in the way.
-pub fn all_switchable(trees: &[Tree]) -> bool {
-    trees.iter().all(|t| {
-        t.home
-            .as_ref()
-            .map_or(t.plan.is_empty(), |h| h.is_switchable())
-    })
 }

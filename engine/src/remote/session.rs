@@ -618,11 +618,6 @@ impl Session<'_> {
         if let Some(why) = &report.aborted {
             return Err(RemoteError::Refused(why.clone()));
         }
-        if let Some(why) = &report.fallback {
-            return Err(RemoteError::Refused(format!(
-                "cannot be switched whole ({why}); nothing was changed"
-            )));
-        }
         if !gated {
             return Err(RemoteError::Protocol(
                 "switched without the fleet's word".into(),
@@ -777,7 +772,7 @@ pub(super) fn run_later(
         for p in &parents {
             let _ = p.restore();
         }
-        if let Some(why) = report.aborted.as_ref().or(report.fallback.as_ref()) {
+        if let Some(why) = report.aborted.as_ref() {
             return Err(RemoteError::Refused(format!(
                 "the package database was not switched ({why}); the packages were: it stays with the old release"
             )));

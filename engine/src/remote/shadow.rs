@@ -362,19 +362,13 @@ impl Work {
         for t in trees.iter_mut() {
             sync::ensure_home(t, opts)?;
         }
-        if !sync::all_switchable(trees) {
-            let t = trees
-                .iter()
-                .find(|t| t.home.as_ref().is_none_or(|h| !h.is_switchable()))
-                .expect("one is not");
-            let how = t
-                .home
-                .as_ref()
-                .map(|h| h.method.describe())
-                .unwrap_or_default();
+        // (Only a dry run makes none, and a dry run stages nothing.)
+        if let Some(t) = trees
+            .iter()
+            .find(|t| t.home.is_none() && !t.plan.is_empty())
+        {
             return Err(RemoteError::Refused(format!(
-                "{}: cannot be switched whole ({how}); push stages every host before switching any, \
-                 which needs the tree switch: nothing was changed",
+                "{}: no home to stage in (a dry run): nothing was changed",
                 t.dst_path.display()
             )));
         }
