@@ -31,14 +31,20 @@ pub struct Global {
     /// Emit JSON lines on stdout, ending with a summary object.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Where manifests, journals, locks and rollback data live (never inside a synced tree).
+    /// Where manifests, journals, locks and rollback data live (never inside a synced tree;
+    /// default: the configuration file's `state-dir`, else /var/lib/jailsync on Linux and
+    /// /var/db/jailsync on the BSDs, or /var/db/jailsync where only that one exists).
     #[arg(
         long,
         global = true,
         env = "JAILSYNC_STATE_DIR",
-        default_value = "/var/db/jailsync"
+        default_value = crate::config::DEFAULT_STATE_DIR,
+        hide_default_value = true
     )]
     pub state_dir: PathBuf,
+    /// The configuration file (default /etc/jailsync.conf, if there; see FILES).
+    #[arg(long, global = true, env = "JAILSYNC_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// Options shared by `sync` and `upgrade`.
@@ -54,10 +60,22 @@ pub struct SyncArgs {
     #[arg(short, long)]
     pub checksum: bool,
     /// Leave paths matching GLOB alone (neither copied nor deleted). Repeatable. No `/`: any
-    /// name at any depth; with `/`: the whole relative path (leading `/` anchors); trailing `/`:
-    /// directories only.
+    /// name at any depth; with `/`: the whole relative path (unlike rsync, a `/` anywhere
+    /// anchors it at the top); trailing `/`: directories only.
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
+    /// Do not exclude what matches PATTERN (rsync's `--include`): with the other filter
+    /// options, the first rule that matches a path decides, in the order given.
+    #[arg(long, value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Exclude the patterns of FILE, one a line (`+ `/`- ` prefixes, `!` clears, `#` or `;`
+    /// comments), as rsync's `--exclude-from`.
+    #[arg(long, value_name = "FILE")]
+    pub exclude_from: Vec<PathBuf>,
+    /// A filter rule in rsync's syntax: `- PATTERN`, `+ PATTERN`, `-! PATTERN` (where it does
+    /// not match), `!` (clear), `merge FILE` (its lines are rules). See FILTER RULES.
+    #[arg(short = 'f', long, value_name = "RULE")]
+    pub filter: Vec<String>,
     /// Worker threads for walking, hashing and writing (default: twice the cores, 4..16).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub threads: usize,

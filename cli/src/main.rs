@@ -6,6 +6,8 @@
 mod admin_cmd;
 mod args;
 mod conf;
+mod config;
+mod filters;
 mod gens;
 mod hints;
 mod history_cmd;
@@ -27,7 +29,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use args::{exit, Global};
 
@@ -76,6 +78,9 @@ pub enum Cmd {
     Jail(jail_cmd::JailCmd),
     /// Remove old rollback generations of DST to free space.
     Prune(admin_cmd::PruneCmd),
+    /// Print the settings in force (configuration file, environment, defaults) and where
+    /// each came from.
+    Config,
     /// Print the manual page (roff; `--dir` writes one page per subcommand).
     Man(admin_cmd::ManCmd),
     /// Print a shell completion script.
@@ -122,7 +127,10 @@ fn main() -> ExitCode {
     tune_allocator();
     pipe::quiet_on_closed_stdout();
     let argv = seed_argv(std::env::args_os().collect());
-    let cli = match Cli::try_parse_from(argv) {
+    let parsed = Cli::command()
+        .try_get_matches_from(argv)
+        .and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
+    let (mut cli, matches) = match parsed {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -134,7 +142,12 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    let conf = match settle(&mut cli, &matches) {
+        Ok(c) => c,
+        Err(e) => return fatal(&e, &cli.global),
+    };
     let result = match cli.cmd {
+        Cmd::Config => config::run_config(&conf, &cli.global),
         Cmd::Sync(c) => sync_cmd::run_sync(c, &cli.global),
         Cmd::Upgrade(c) => upgrade_cmd::run_upgrade(c, &cli.global),
         Cmd::Verify(c) => verify_cmd::run_verify(c, &cli.global),
@@ -167,13 +180,64 @@ fn main() -> ExitCode {
                 eprintln!("jailsync: {}: stopped by {name} {when}", path.display());
                 return ExitCode::from(128 + *signal as u8);
             }
-            eprintln!("jailsync: error: {}", error_chain(&e));
-            if let Some(h) = hints::state_dir(&e, &cli.global.state_dir) {
-                eprintln!("jailsync: {h}");
-            }
-            ExitCode::from(exit::FATAL)
+            fatal(&e, &cli.global)
         }
     }
+}
+
+/// A fatal error: on stderr with the fix where one is known.
+fn fatal(e: &anyhow::Error, g: &Global) -> ExitCode {
+    eprintln!("jailsync: error: {}", error_chain(e));
+    if let Some(h) = hints::state_dir(e, &g.state_dir) {
+        eprintln!("jailsync: {h}");
+    }
+    ExitCode::from(exit::FATAL)
+}
+
+/// The configuration file and the filter options applied to what was parsed: a key of the
+/// file fills an option the command line left at its default (see `config`).
+fn settle(cli: &mut Cli, m: &ArgMatches) -> anyhow::Result<config::Config> {
+    let mut conf = config::load(&cli.global)?;
+    config::settle_state_dir(&mut cli.global, m, &mut conf);
+    let Some((_, sub)) = m.subcommand() else {
+        return Ok(conf);
+    };
+    match &mut cli.cmd {
+        Cmd::Sync(c) => settle_sync(&mut c.args, sub, &conf)?,
+        Cmd::Upgrade(c) => {
+            settle_sync(&mut c.args, sub, &conf)?;
+            c.protect.extend(conf.protect.value.iter().cloned());
+            if c.tree.is_empty() {
+                c.tree = conf.trees.value.clone();
+            }
+        }
+        Cmd::Push(c) => {
+            if config::defaulted(sub, "ssh") {
+                c.ssh = conf.ssh.value.clone();
+            }
+            c.exclude.extend(conf.exclude.value.iter().cloned());
+            if c.tree.is_empty() {
+                c.tree = conf.trees.value.clone();
+            }
+        }
+        _ => {}
+    }
+    Ok(conf)
+}
+
+/// `keep`, `max-delete` and the rules of the file under what the command line says.
+fn settle_sync(
+    a: &mut args::SyncArgs,
+    m: &ArgMatches,
+    conf: &config::Config,
+) -> anyhow::Result<()> {
+    if config::defaulted(m, "keep") {
+        a.keep = conf.keep.value;
+    }
+    if a.max_delete.is_none() {
+        a.max_delete = conf.max_delete.value;
+    }
+    filters::settle(a, m, conf)
 }
 
 /// The error and its causes, `: `-separated, skipping a cause the text already ends with: an

@@ -51,7 +51,11 @@ pub fn parse(text: &str) -> Result<Line, String> {
     }
     let (word, rest) = match t.split_once([' ', '_']) {
         Some((w, r)) => (w, r),
-        None => return Err(format!("{t:?}: expected `+ PATTERN`, `- PATTERN` or `merge FILE`")),
+        None => {
+            return Err(format!(
+                "{t:?}: expected `+ PATTERN`, `- PATTERN` or `merge FILE`"
+            ))
+        }
     };
     let (kind, mods) = match word.split_once(',') {
         Some((k, m)) => (k, m),
@@ -62,8 +66,16 @@ pub fn parse(text: &str) -> Result<Line, String> {
         "+" | "include" => true,
         "-" | "exclude" => false,
         "." | "merge" if mods.is_empty() => return Ok(Line::Merge(rest.to_string())),
-        ":" | "dir-merge" => return Err(format!("{t:?}: per-directory merge files are not supported")),
-        _ => return Err(format!("{t:?}: unsupported rule {kind:?} (use `+`, `-`, `!` or `merge`)")),
+        ":" | "dir-merge" => {
+            return Err(format!(
+                "{t:?}: per-directory merge files are not supported"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "{t:?}: unsupported rule {kind:?} (use `+`, `-`, `!` or `merge`)"
+            ))
+        }
     };
     let mut negate = false;
     for m in mods.chars() {
@@ -137,10 +149,8 @@ impl Rule {
         if !self.whole_path {
             return wildmatch(&self.pat, name);
         }
-        let whole = |s: &[u8]| {
-            wildmatch(&self.pat, s)
-                || (self.also_below && prefix_match(&self.pat, s))
-        };
+        let whole =
+            |s: &[u8]| wildmatch(&self.pat, s) || (self.also_below && prefix_match(&self.pat, s));
         if self.anchored {
             return whole(path);
         }
@@ -359,11 +369,22 @@ mod tests {
 
     #[test]
     fn parses_rsync_syntax_and_refuses_the_rest() {
-        assert_eq!(parse("merge rules.txt"), Ok(Line::Merge("rules.txt".into())));
+        assert_eq!(
+            parse("merge rules.txt"),
+            Ok(Line::Merge("rules.txt".into()))
+        );
         assert_eq!(parse(". r"), Ok(Line::Merge("r".into())));
         assert!(matches!(parse("exclude,! *.c"), Ok(Line::Rule(r)) if r.negate && !r.include));
-        assert_eq!(parse("+ /a/b/").map(|l| match l { Line::Rule(r) => r.text(), _ => String::new() }), Ok("+ /a/b/".into()));
-        assert!(parse(": .rsync-filter").unwrap_err().contains("per-directory"));
+        assert_eq!(
+            parse("+ /a/b/").map(|l| match l {
+                Line::Rule(r) => r.text(),
+                _ => String::new(),
+            }),
+            Ok("+ /a/b/".into())
+        );
+        assert!(parse(": .rsync-filter")
+            .unwrap_err()
+            .contains("per-directory"));
         assert!(parse("P foo").unwrap_err().contains("unsupported rule"));
         assert!(parse("-p foo").unwrap_err().contains("modifier"));
     }
