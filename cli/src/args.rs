@@ -74,7 +74,7 @@ pub struct SyncArgs {
     pub exclude_from: Vec<PathBuf>,
     /// A filter rule in rsync's syntax: `- PATTERN`, `+ PATTERN`, `-! PATTERN` (where it does
     /// not match), `!` (clear), `merge FILE` (its lines are rules). See FILTER RULES.
-    #[arg(short = 'f', long, value_name = "RULE")]
+    #[arg(short = 'f', long, value_name = "RULE", allow_hyphen_values = true)]
     pub filter: Vec<String>,
     /// Worker threads for walking, hashing and writing (default: twice the cores, 4..16).
     #[arg(long, value_name = "N", default_value_t = 0)]

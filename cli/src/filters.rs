@@ -68,7 +68,8 @@ fn read_rules(file: &Path, merge: bool, depth: usize, out: &mut Vec<String>) -> 
     }
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("{}: cannot read the rules file", file.display()))?;
-    let base = file.parent().unwrap_or(Path::new("."));
+    // A relative merge file is found from the working directory, as rsync does.
+    let base = Path::new(".");
     for (n, l) in text.lines().enumerate() {
         let l = l.trim_end_matches('\r');
         if l.is_empty() || l.starts_with(['#', ';']) {

@@ -1,0 +1,326 @@
+//! What on-call owns around a run (issue 22): the configuration file and `jailsync config`,
+//! rsync's filter rules (rsync itself as the oracle), the restart report, the audit line,
+//! `--stats`, the JSON error object and `--wait`.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::*;
+use serde_json::Value;
+
+fn json_lines(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// `jailsync ARGS` with `JAILSYNC_CONFIG=conf` (no state dir added).
+fn js_conf(conf: &Path, args: &[&OsStr]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("JAILSYNC_STATE_DIR")
+        .env("JAILSYNC_CONFIG", conf)
+        .output()
+        .expect("run jailsync")
+}
+
+/// Path → what is there (`d`, `l TARGET`, or the file's content), below `root`.
+fn contents(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(root.join(rel)).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            let t = e.file_type().unwrap();
+            let what = if t.is_dir() {
+                walk(root, &r, out);
+                "d".to_string()
+            } else if t.is_symlink() {
+                format!("l {}", std::fs::read_link(e.path()).unwrap().display())
+            } else {
+                String::from_utf8_lossy(&std::fs::read(e.path()).unwrap()).into_owned()
+            };
+            out.insert(r.display().to_string(), what);
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, Path::new(""), &mut out);
+    out.retain(|k, _| !k.starts_with(".jailsync"));
+    out
+}
+
+#[test]
+fn config_file_gives_defaults_flags_override_and_config_says_where() {
+    let e = Env::new().with_dst();
+    let conf = e.tmp.path().join("jailsync.toml");
+    let state = e.state();
+    std::fs::write(
+        &conf,
+        format!(
+            "# on-call's defaults\nstate-dir = {:?}\nmax-delete = 1\nexclude = [\"*.log\"]\n",
+            state.display().to_string()
+        ),
+    )
+    .unwrap();
+    e.src.file("a", "new").file("app.log", "jail's log");
+    e.dst
+        .file("old1", "x")
+        .file("old2", "y")
+        .file("app.log", "live log");
+    let sync = |extra: &[&str]| {
+        let mut a: Vec<&OsStr> = vec![OsStr::new("sync")];
+        a.extend(extra.iter().map(OsStr::new));
+        a.extend([e.src().as_os_str(), e.dst().as_os_str()]);
+        js_conf(&conf, &a)
+    };
+    // The file's max-delete refuses two deletes; the flag overrides it.
+    let o = sync(&[]);
+    expect_code(&o, 2);
+    assert!(stderr(&o).contains("delete"), "{}", stderr(&o));
+    assert!(e.dst().join("old1").exists());
+    expect_code(&sync(&["--max-delete", "5"]), 0);
+    // The file's exclude applied: the live log is the live system's.
+    assert_eq!(
+        std::fs::read_to_string(e.dst().join("app.log")).unwrap(),
+        "live log"
+    );
+    assert!(!e.dst().join("old1").exists());
+    // Its state dir used: the generation is recorded there.
+    assert!(
+        state.join("trees").is_dir(),
+        "the file's state-dir was not used"
+    );
+
+    let o = js_conf(&conf, &[OsStr::new("config")]);
+    expect_code(&o, 0);
+    let out = stdout(&o);
+    let conf_s = conf.display().to_string();
+    for want in [
+        format!("max-delete = 1  # {conf_s}:3"),
+        format!("exclude = [\"*.log\"]  # {conf_s}:4"),
+        format!(
+            "state-dir = {:?}  # {conf_s}:2",
+            state.display().to_string()
+        ),
+        "keep = 3  # default".to_string(),
+    ] {
+        assert!(out.contains(&want), "no {want:?} in:\n{out}");
+    }
+    let o = js_conf(
+        &conf,
+        &[
+            OsStr::new("--state-dir"),
+            OsStr::new("/x"),
+            OsStr::new("config"),
+            OsStr::new("--json"),
+        ],
+    );
+    let v = json_lines(&stdout(&o));
+    let sd = v.iter().find(|x| x["key"] == "state-dir").unwrap();
+    assert_eq!(sd["value"], "/x");
+    assert_eq!(sd["from"], "--state-dir");
+}
+
+#[test]
+fn config_file_unknown_key_is_an_error_naming_the_line() {
+    let d = tempfile::tempdir().unwrap();
+    let conf = d.path().join("c.toml");
+    std::fs::write(&conf, "keep = 2\n\nkeeep = 3\n").unwrap();
+    let o = js_conf(&conf, &[OsStr::new("config")]);
+    expect_code(&o, 2);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "{}: line 3: unknown field `keeep`",
+            conf.display()
+        )),
+        "{err}"
+    );
+    // A file named explicitly must be there.
+    let o = js_conf(&d.path().join("missing"), &[OsStr::new("config")]);
+    expect_code(&o, 2);
+    assert!(stderr(&o).contains("missing"), "{}", stderr(&o));
+}
+
+/// The fixture the filter tests sync: a source, and a destination with entries to replace,
+/// delete, and keep (where excluded).
+fn filter_fixture(e: &Env) {
+    e.src
+        .file("keep.log", "s")
+        .file("other.log", "s")
+        .file("top-only", "s")
+        .file("sub/top-only", "s")
+        .file("tmp/a", "s")
+        .file("tmpf/tmp", "s")
+        .file("etc/keep/a.conf", "s")
+        .file("etc/keep/deep/b", "s")
+        .file("etc/drop.conf", "s")
+        .file("opt/lib/x.so", "s")
+        .file("opt/lib/x.txt", "s")
+        .file("x/y", "s")
+        .file("a/x/y", "s")
+        .file("ax/y", "s")
+        .file("bin/tool", "s")
+        .file("README", "s");
+    e.dst
+        .file("other.log", "live")
+        .file("etc/drop.conf", "live")
+        .file("etc/local.conf", "live")
+        .file("etc/keep/old", "live")
+        .file("tmp/live", "live")
+        .file("top-only", "live")
+        .file("sub/top-only", "live")
+        .file("a/x/y", "live")
+        .file("ax/y", "live")
+        .file("gone", "live")
+        .file("LEGACY", "live");
+}
+
+/// Syncs with jailsync and with rsync (into a copy of the destination), the same filter
+/// arguments, and asserts the same resulting tree.
+fn same_as_rsync(e: &Env, args: &[&str]) {
+    let theirs = e.tmp.path().join("rsync-dst");
+    let o = Command::new("cp")
+        .arg("-a")
+        .arg(e.dst())
+        .arg(&theirs)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let mut a: Vec<&OsStr> = vec![OsStr::new("sync")];
+    a.extend(args.iter().map(OsStr::new));
+    a.extend([e.src().as_os_str(), e.dst().as_os_str()]);
+    expect_code(&e.js(&a), 0);
+    let mut s = e.src().as_os_str().to_owned();
+    s.push("/");
+    let mut d = theirs.as_os_str().to_owned();
+    d.push("/");
+    let o = Command::new("rsync")
+        .args(["-a", "--delete"])
+        .args(args)
+        .arg(s)
+        .arg(d)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "rsync: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (ours, theirs) = (contents(e.dst()), contents(&theirs));
+    assert_eq!(ours, theirs, "jailsync {args:?} differs from rsync");
+}
+
+#[test]
+fn filter_merge_file_leaves_what_rsync_leaves() {
+    require!(have("rsync"), "rsync not installed (the oracle)");
+    let e = Env::new().with_dst();
+    filter_fixture(&e);
+    let before = contents(e.dst());
+    let rules = e.tmp.path().join("rules");
+    let more = e.tmp.path().join("more");
+    std::fs::write(
+        &rules,
+        format!(
+            "# what the live system keeps\n+ keep.log\n- *.log\n- /top-only\n- tmp/\n\
+         + /etc/keep/***\n- /etc/*\nmerge {}\n",
+            more.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(&more, "; per-host\n- x/y\n-! **[a-z]**\n").unwrap();
+    let merge = format!("merge {}", rules.display());
+    same_as_rsync(&e, &["--filter", &merge]);
+    // What the rules mean, spelled out: an excluded live file stays, an included one goes.
+    let got = contents(e.dst());
+    assert_eq!(got["other.log"], "live");
+    assert_eq!(got["etc/local.conf"], "live");
+    assert!(!got.contains_key("gone"));
+    // `-!`: what has no lowercase letter is excluded.
+    assert_eq!(got["LEGACY"], "live");
+    assert!(!got.contains_key("README"));
+    assert!(got.contains_key("keep.log") && !got.contains_key("x/y") && got.contains_key("ax/y"));
+    // The rules are recorded with the generation: its rollback compares what the sync saw.
+    expect_code(&e.js([OsStr::new("rollback"), e.dst().as_os_str()]), 0);
+    assert_eq!(contents(e.dst()), before, "rollback after a filtered sync");
+}
+
+#[test]
+fn include_exclude_order_and_exclude_from_as_rsync() {
+    require!(have("rsync"), "rsync not installed (the oracle)");
+    let e = Env::new().with_dst();
+    filter_fixture(&e);
+    // rsync's idiom: every directory, the .so files, nothing else.
+    same_as_rsync(
+        &e,
+        &["--include", "*/", "--include", "*.so", "--exclude", "*"],
+    );
+
+    let e = Env::new().with_dst();
+    filter_fixture(&e);
+    let from = e.tmp.path().join("ex");
+    std::fs::write(&from, "# comment\n+ keep.log\n*.log\n!\n- /etc/*\n").unwrap();
+    let f = from.display().to_string();
+    same_as_rsync(&e, &["--exclude-from", &f, "--filter", "- tmp/"]);
+}
+
+#[test]
+fn bad_rules_are_refused_naming_the_file_and_line() {
+    let e = Env::new().with_dst();
+    e.src.file("a", "x");
+    let rules = e.tmp.path().join("rules");
+    std::fs::write(&rules, "- ok\n: .rsync-filter\n").unwrap();
+    let merge = format!("merge {}", rules.display());
+    let o = e.js([
+        OsStr::new("sync"),
+        OsStr::new("--filter"),
+        OsStr::new(&merge),
+        e.src().as_os_str(),
+        e.dst().as_os_str(),
+    ]);
+    expect_code(&o, 2);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("{}: line 2", rules.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("per-directory merge files are not supported"),
+        "{err}"
+    );
+    assert!(
+        !e.dst().join("a").exists(),
+        "a refused run changed the destination"
+    );
+}
+
+#[test]
+fn jail_conf_exclude_lines_keep_live_entries() {
+    let jail = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let j = Tree::new(jail.path());
+    j.file("jailsync.conf", "tree opt/app\nexclude *.local\n")
+        .file("opt/app/bin/x", "new")
+        .file("opt/app/etc.local", "jail");
+    let r = Tree::new(root.path());
+    r.file("opt/app/bin/x", "old")
+        .file("opt/app/site.local", "live");
+    let o = run([
+        OsStr::new("--state-dir"),
+        state.path().as_os_str(),
+        OsStr::new("upgrade"),
+        jail.path().as_os_str(),
+        OsStr::new("--root"),
+        root.path().as_os_str(),
+    ]);
+    expect_code(&o, 0);
+    let got = contents(&root.path().join("opt/app"));
+    assert_eq!(got["bin/x"], "new");
+    assert_eq!(got["site.local"], "live");
+    assert!(
+        !got.contains_key("etc.local"),
+        "an excluded jail entry was copied"
+    );
+}
