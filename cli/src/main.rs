@@ -16,6 +16,7 @@ mod manifest_cmd;
 mod output;
 mod pipe;
 mod pipeline;
+mod procs_cmd;
 mod push_cmd;
 mod rails;
 mod rollback_cmd;
@@ -81,6 +82,8 @@ pub enum Cmd {
     /// Print the settings in force (configuration file, environment, defaults) and where
     /// each came from.
     Config,
+    /// List processes still running an old release of a synced tree (restart them).
+    Procs(procs_cmd::ProcsCmd),
     /// Print the manual page (roff; `--dir` writes one page per subcommand).
     Man(admin_cmd::ManCmd),
     /// Print a shell completion script.
@@ -148,6 +151,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.cmd {
         Cmd::Config => config::run_config(&conf, &cli.global),
+        Cmd::Procs(c) => procs_cmd::run_procs(c, &cli.global),
         Cmd::Sync(c) => sync_cmd::run_sync(c, &cli.global),
         Cmd::Upgrade(c) => upgrade_cmd::run_upgrade(c, &cli.global),
         Cmd::Verify(c) => verify_cmd::run_verify(c, &cli.global),

@@ -595,20 +595,43 @@ pub fn print_switches(
     {
         eprintln!("jailsync: processes still running the old release are not looked for on this system (Linux only)");
     }
-    for p in &r.procs {
+    // Every kept generation, not only this run's: a daemon two upgrades old is as stale.
+    let live: Vec<PathBuf> = trees.iter().map(|t| t.dst_path.clone()).collect();
+    // (The engine's own look, at this run's generation only, is superseded.)
+    let _ = &r.procs;
+    print_procs(out, g, &jailsync_engine::procs::restart_report(&live))
+}
+
+/// The restart report: a `process` JSON line each, or a line on stderr each, even under
+/// `-q` (it asks for action).
+pub fn print_procs(
+    out: &mut impl Write,
+    g: &Global,
+    procs: &[jailsync_engine::procs::ProcUse],
+) -> io::Result<()> {
+    for p in procs {
         if g.json {
             let v = json!({
                 "type": "process",
                 "pid": p.pid,
                 "comm": p.comm,
+                "unit": p.unit,
                 "file": p.file.display().to_string(),
             });
             writeln!(out, "{v}")?;
-        } else if !g.quiet {
+        } else {
+            let how = match &p.unit {
+                Some(u) => format!("systemctl restart {u}"),
+                None => "restart it".to_string(),
+            };
             eprintln!(
-                "jailsync: pid {} ({}) still uses {} of the old release: restart it to run the new one",
+                "jailsync: pid {} ({}{}) still uses {} of an old release: {how}",
                 p.pid,
                 p.comm,
+                p.unit
+                    .as_deref()
+                    .map(|u| format!(", {u}"))
+                    .unwrap_or_default(),
                 p.file.display()
             );
         }

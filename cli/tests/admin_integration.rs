@@ -324,3 +324,185 @@ fn jail_conf_exclude_lines_keep_live_entries() {
         "an excluded jail entry was copied"
     );
 }
+
+/// A child running `exe`, killed and reaped on drop.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `exe 600` and waits until the kernel shows it mapping `exe`.
+fn start(exe: &Path) -> Running {
+    let c = Command::new(exe)
+        .arg("600")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let maps = format!("/proc/{}/maps", c.id());
+    let want = exe.display().to_string();
+    for _ in 0..500 {
+        if std::fs::read_to_string(&maps).is_ok_and(|m| m.contains(&want)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Running(c)
+}
+
+/// A real cgroup named like a systemd service for `pid` (v1's systemd hierarchy or the
+/// unified one), removed on drop; None (with the reason printed) where none can be made.
+struct Cgroup(std::path::PathBuf);
+
+impl Cgroup {
+    fn new(pid: u32, name: &str) -> Option<Cgroup> {
+        for base in [
+            "/sys/fs/cgroup/systemd",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup",
+        ] {
+            let d = Path::new(base).join(name);
+            if std::fs::create_dir(&d).is_ok() {
+                if std::fs::write(d.join("cgroup.procs"), pid.to_string()).is_ok() {
+                    return Some(Cgroup(d));
+                }
+                let _ = std::fs::remove_dir(&d);
+            }
+        }
+        eprintln!(
+            "cgroup part skipped: no writable cgroup hierarchy here (needs root and cgroupfs)"
+        );
+        None
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Only empty once its process is gone: the process is killed first (declared later).
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+#[test]
+fn restart_report_names_processes_of_every_kept_generation_even_quiet() {
+    require!(
+        cfg!(target_os = "linux"),
+        "the restart report reads Linux's /proc"
+    );
+    let e = Env::new();
+    let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(sleep) = sleep else {
+        eprintln!("skipped: no sleep binary to run from the tree");
+        return;
+    };
+    let mut bin = std::fs::read(sleep).unwrap();
+    e.src
+        .file("bin/sleepy", &bin)
+        .mode("bin/sleepy", 0o755)
+        .file("v", "1");
+    e.sync(&[]);
+    let exe = e.dst().join("bin/sleepy");
+    let p = start(&exe);
+    let pid = p.0.id();
+    let name = format!("jailsync-test-{pid}.service");
+    let cg = if is_root() {
+        Cgroup::new(pid, &name)
+    } else {
+        None
+    };
+
+    // Upgrade the binary: the process now runs generation 1's file.
+    bin.push(0);
+    e.src.file("bin/sleepy", &bin).file("v", "2");
+    let sync_q = |json: bool| {
+        let mut a: Vec<&OsStr> = vec![OsStr::new("sync"), OsStr::new("-q")];
+        if json {
+            a.push(OsStr::new("--json"));
+        }
+        a.extend([e.src().as_os_str(), e.dst().as_os_str()]);
+        let o = e.js(&a);
+        expect_code(&o, 0);
+        o
+    };
+    let o = sync_q(false);
+    let err = stderr(&o);
+    let line = format!("pid {pid} (sleepy");
+    assert!(err.contains(&line), "no restart line under -q:\n{err}");
+    if cg.is_some() {
+        assert!(
+            err.contains(&format!("systemctl restart {name}")),
+            "no unit named:\n{err}"
+        );
+    }
+    // A further upgrade that does not touch the binary: the process still runs an older
+    // generation than this run's, and is still named.
+    e.src.file("v", "3");
+    let o = sync_q(true);
+    let v = json_lines(&stdout(&o));
+    let proc = v
+        .iter()
+        .find(|x| x["type"] == "process" && x["pid"] == pid)
+        .unwrap_or_else(|| panic!("no process object for {pid}:\n{}", stdout(&o)));
+    assert!(
+        proc["file"].as_str().unwrap().ends_with("bin/sleepy"),
+        "{proc}"
+    );
+    if cg.is_some() {
+        assert_eq!(proc["unit"], name.as_str());
+    }
+    // On demand, for that tree: exit 1 (action needed).
+    let o = e.js([OsStr::new("procs"), e.dst().as_os_str()]);
+    expect_code(&o, 1);
+    assert!(stderr(&o).contains(&line), "{}", stderr(&o));
+    drop(p);
+    let o = e.js([OsStr::new("procs"), e.dst().as_os_str()]);
+    expect_code(&o, 0);
+    drop(cg);
+}
+
+#[test]
+fn procs_finds_a_deleted_file_under_a_tree() {
+    require!(
+        cfg!(target_os = "linux"),
+        "the restart report reads Linux's /proc"
+    );
+    let e = Env::new();
+    let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(sleep) = sleep else {
+        eprintln!("skipped: no sleep binary to run from the tree");
+        return;
+    };
+    e.src
+        .file("bin/other", std::fs::read(sleep).unwrap())
+        .mode("bin/other", 0o755);
+    e.sync(&[]);
+    let exe = e.dst().join("bin/other");
+    let p = start(&exe);
+    // What a package manager replacing files in place leaves: the old file unlinked.
+    std::fs::remove_file(&exe).unwrap();
+    let o = e.js([
+        OsStr::new("--json"),
+        OsStr::new("procs"),
+        e.dst().as_os_str(),
+    ]);
+    expect_code(&o, 1);
+    let v = json_lines(&stdout(&o));
+    assert!(
+        v.iter()
+            .any(|x| x["pid"] == p.0.id() && x["file"] == exe.display().to_string()),
+        "{}",
+        stdout(&o)
+    );
+}
