@@ -94,7 +94,7 @@ fn read_rules(file: &Path, merge: bool, depth: usize, out: &mut Vec<String>) -> 
 }
 
 /// The option's values with their places on the command line.
-fn placed<'a, T: Clone + Send + Sync + 'static>(m: &'a ArgMatches, id: &str) -> Vec<(usize, T)> {
+fn placed<T: Clone + Send + Sync + 'static>(m: &ArgMatches, id: &str) -> Vec<(usize, T)> {
     match (m.get_many::<T>(id), m.indices_of(id)) {
         (Some(v), Some(i)) => i.zip(v.cloned()).collect(),
         _ => Vec::new(),
