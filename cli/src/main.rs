@@ -5,6 +5,7 @@
 
 mod admin_cmd;
 mod args;
+mod audit;
 mod conf;
 mod config;
 mod filters;
@@ -149,6 +150,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fatal(&e, &cli.global),
     };
+    let audited = audited(&cli.cmd);
     let result = match cli.cmd {
         Cmd::Config => config::run_config(&conf, &cli.global),
         Cmd::Procs(c) => procs_cmd::run_procs(c, &cli.global),
@@ -166,6 +168,12 @@ fn main() -> ExitCode {
         Cmd::Push(c) => push_cmd::run_push(c, &cli.global),
         Cmd::Serve(c) => serve_cmd::run_serve(c, &cli.global),
     };
+    if let Some(name) = audited {
+        match &result {
+            Ok(code) => audit::log(name, *code, None),
+            Err(e) => audit::log(name, exit::FATAL, Some(&error_chain(e))),
+        }
+    }
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -186,6 +194,18 @@ fn main() -> ExitCode {
             }
             fatal(&e, &cli.global)
         }
+    }
+}
+
+/// The name of a command that may change a live system (the audit trail logs it).
+fn audited(c: &Cmd) -> Option<&'static str> {
+    match c {
+        Cmd::Sync(_) => Some("sync"),
+        Cmd::Upgrade(_) => Some("upgrade"),
+        Cmd::Rollback(c) => (!c.dry_run).then_some("rollback"),
+        Cmd::Prune(c) => (!c.dry_run).then_some("prune"),
+        Cmd::Push(c) => (!c.dry_run).then_some("push"),
+        _ => None,
     }
 }
 

@@ -65,6 +65,7 @@ pub fn run_pairs(
     let en = open(&checked, a, g)?;
     let (mut trees, decisions) = plan_all(&checked, a, hooks, &en)?;
     let report = if a.dry_run {
+        crate::audit::dry_run();
         None
     } else {
         Some(switch_or_apply(&mut trees, g, &en)?)
@@ -105,6 +106,10 @@ pub fn run_pairs(
             )?;
         }
     }
+    if let Some(r) = &report {
+        audit_trees(&trees, r);
+        crate::audit::counts(counts, r.bytes_written());
+    }
     let summary = Summary {
         conf: hooks.protect.as_ref().map(|_| conf),
         counts,
@@ -124,6 +129,19 @@ pub fn run_pairs(
         summary: Some(summary),
         verbose_phases: (g.verbose > 0).then(|| en.prog.report()),
     })
+}
+
+/// Each tree and the generation its old state became, for the audit line.
+fn audit_trees(trees: &[Tree], r: &Report) {
+    for (k, t) in trees.iter().enumerate() {
+        let switched = r
+            .switches
+            .get(k)
+            .and_then(|s| s.as_ref())
+            .and_then(|s| s.generation);
+        let kept = r.generations.get(k).and_then(|g| g.as_ref()).map(|g| g.id);
+        crate::audit::tree(&t.dst_path, switched.or(kept));
+    }
 }
 
 /// Checks the pairs are disjoint, then opens the state dir (for all of them), the pools and

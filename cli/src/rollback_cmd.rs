@@ -109,6 +109,7 @@ fn rollback_trees(c: &RollbackCmd, g: &Global) -> Result<u8> {
         }
         if let Some(home) = switched_home(&dst)? {
             let r = jailsync_engine::generation::check(&home, c.gen, &pools.walk)?;
+            crate::audit::tree(&dst, Some(r.generation.id));
             switched.push((home, r, state, lock));
             continue;
         }
@@ -116,6 +117,7 @@ fn rollback_trees(c: &RollbackCmd, g: &Global) -> Result<u8> {
         let r = jailsync_engine::rollback::rollback(
             &state, &dst, c.gen, c.force, &opts, &pools, &*prog,
         )?;
+        crate::audit::tree(&dst, Some(r.generation.id));
         if c.itemize || g.json {
             output::print_changes(&mut out, &r.plan, &r.old, &r.cur, b"", g.json)?;
         }

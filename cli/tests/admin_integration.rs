@@ -506,3 +506,85 @@ fn procs_finds_a_deleted_file_under_a_tree() {
         stdout(&o)
     );
 }
+
+/// `jailsync ARGS` (state dir of `e`) with the audit line sent to `sock`.
+fn js_logged(e: &Env, sock: &Path, args: &[&OsStr]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("--state-dir")
+        .arg(e.state())
+        .args(args)
+        .env_remove("JAILSYNC_STATE_DIR")
+        .env("JAILSYNC_SYSLOG_SOCKET", sock)
+        .output()
+        .expect("run jailsync")
+}
+
+#[test]
+fn audit_line_per_run_to_a_syslog_socket() {
+    use std::os::unix::net::UnixDatagram;
+    let e = Env::new();
+    let sock = e.tmp.path().join("log.sock");
+    let log = UnixDatagram::bind(&sock).unwrap();
+    log.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let recv = || {
+        let mut buf = vec![0u8; 4096];
+        let n = log.recv(&mut buf).expect("no audit line");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    e.src.file("a", "12345").file("b", "x");
+    let (src, dst) = (e.src().as_os_str(), e.dst().as_os_str());
+    expect_code(&js_logged(&e, &sock, &[OsStr::new("sync"), src, dst]), 0);
+    let l = recv();
+    let dst_s = std::fs::canonicalize(e.dst())
+        .unwrap()
+        .display()
+        .to_string();
+    assert!(l.starts_with("<30>jailsync["), "{l}");
+    for want in [
+        "command=sync".to_string(),
+        format!("trees={dst_s}"),
+        "created=".to_string(),
+        "exit=0 result=ok".to_string(),
+    ] {
+        assert!(l.contains(&want), "no {want:?} in {l}");
+    }
+    e.src.file("a", "changed");
+    expect_code(&js_logged(&e, &sock, &[OsStr::new("sync"), src, dst]), 0);
+    let l = recv();
+    let gen = l
+        .split(' ')
+        .find_map(|w| w.strip_prefix("generations="))
+        .unwrap_or_else(|| panic!("no generations in {l}"))
+        .to_string();
+    assert!(gen.parse::<u64>().is_ok() && l.contains("updated=1"), "{l}");
+    assert!(l.contains("bytes=7"), "{l}");
+    // A dry run changes nothing and logs nothing; a read-only command neither.
+    expect_code(
+        &js_logged(&e, &sock, &[OsStr::new("sync"), OsStr::new("-n"), src, dst]),
+        0,
+    );
+    expect_code(&js_logged(&e, &sock, &[OsStr::new("history"), dst]), 0);
+    // A fatal error is logged with its cause and exit 2.
+    let missing = e.tmp.path().join("missing");
+    expect_code(
+        &js_logged(&e, &sock, &[OsStr::new("sync"), missing.as_os_str(), dst]),
+        2,
+    );
+    let l = recv();
+    assert!(
+        l.starts_with("<27>") && l.contains("exit=2 result=error: "),
+        "{l}"
+    );
+    assert!(l.contains("missing"), "{l}");
+    expect_code(&js_logged(&e, &sock, &[OsStr::new("rollback"), dst]), 0);
+    let l = recv();
+    assert!(
+        l.contains("command=rollback") && l.contains(&format!("generations={gen} ")),
+        "{l}"
+    );
+    // Nothing listening: the run is no worse for it.
+    drop(log);
+    std::fs::remove_file(&sock).unwrap();
+    expect_code(&js_logged(&e, &sock, &[OsStr::new("sync"), src, dst]), 0);
+}
