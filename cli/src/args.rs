@@ -42,6 +42,16 @@ pub struct Global {
         hide_default_value = true
     )]
     pub state_dir: PathBuf,
+    /// When another run holds a destination's lock, wait for it to end (up to SECS seconds;
+    /// without a value, for as long as it takes) instead of failing at once.
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECS",
+        num_args = 0..=1,
+        require_equals = true
+    )]
+    pub wait: Option<Option<u64>>,
     /// The configuration file (default /etc/jailsync.conf, if there; see FILES).
     #[arg(long, global = true, env = "JAILSYNC_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -56,6 +66,9 @@ pub struct SyncArgs {
     /// Print one rsync-style line per change on stdout.
     #[arg(short, long)]
     pub itemize: bool,
+    /// Print rsync's statistics block (files, sizes, bytes written, speed-up) on stdout.
+    #[arg(long)]
+    pub stats: bool,
     /// Ignore cached hashes: hash every file that must be compared.
     #[arg(short, long)]
     pub checksum: bool,

@@ -92,6 +92,39 @@ pub fn print_decisions(
     Ok(())
 }
 
+/// After a run: each configuration file kept, by its live path, on stderr; one with the
+/// jail's version set beside it even under `-q` (it asks for a merge), the others unless `-q`
+/// or `-i` (whose `*protected` lines name them). `--json` has `config` objects instead.
+pub fn announce(decisions: &[Decisions], trees: &[Tree], a_itemize: bool, g: &Global) {
+    if g.json {
+        return;
+    }
+    for (d, t) in decisions.iter().zip(trees) {
+        for x in &d.list {
+            let live = t.dst_path.join(jailsync_engine::fsx::os(&x.path));
+            match x.verdict {
+                Verdict::KeptNew => eprintln!(
+                    "jailsync: {}: kept as edited here; the jail's version is {}{NEW_SUFFIX}: \
+                     merge it by hand, then remove that file (`jailsync conf-diff {}` shows \
+                     the difference)",
+                    live.display(),
+                    live.display(),
+                    t.dst_path.display()
+                ),
+                _ if g.quiet || a_itemize => {}
+                Verdict::Kept => eprintln!(
+                    "jailsync: {}: kept as edited here (unchanged in the jail)",
+                    live.display()
+                ),
+                Verdict::KeptDropped => eprintln!(
+                    "jailsync: {}: kept as edited here (the jail no longer has it)",
+                    live.display()
+                ),
+            }
+        }
+    }
+}
+
 /// After a run that switched (or applied): `.jailsync-new` files written, base recorded (not
 /// advanced for what the run did not put in place: see `report`'s outcomes). Returns the
 /// number of errors (reported).

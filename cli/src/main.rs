@@ -142,10 +142,17 @@ fn main() -> ExitCode {
             } else {
                 exit::OK
             };
+            if code == exit::FATAL && std::env::args_os().any(|a| a == "--json") {
+                let msg = e.kind().to_string();
+                print_json_error(&format!("usage: {msg}"));
+            }
             let _ = e.print();
             return ExitCode::from(code);
         }
     };
+    if let Some(w) = cli.global.wait {
+        jailsync_engine::journal::set_lock_wait(w.map(std::time::Duration::from_secs));
+    }
     let conf = match settle(&mut cli, &matches) {
         Ok(c) => c,
         Err(e) => return fatal(&e, &cli.global),
@@ -211,11 +218,24 @@ fn audited(c: &Cmd) -> Option<&'static str> {
 
 /// A fatal error: on stderr with the fix where one is known.
 fn fatal(e: &anyhow::Error, g: &Global) -> ExitCode {
+    if g.json {
+        print_json_error(&error_chain(e));
+    }
     eprintln!("jailsync: error: {}", error_chain(e));
     if let Some(h) = hints::state_dir(e, &g.state_dir) {
         eprintln!("jailsync: {h}");
     }
+    if let Some(h) = hints::locked(e, g.wait.is_some()) {
+        eprintln!("jailsync: {h}");
+    }
     ExitCode::from(exit::FATAL)
+}
+
+/// With `--json`, a fatal error is an object on stdout too: automation always has a last
+/// line to parse.
+fn print_json_error(msg: &str) {
+    let v = serde_json::json!({"type": "error", "fatal": true, "error": msg, "exit": exit::FATAL});
+    println!("{v}");
 }
 
 /// The configuration file and the filter options applied to what was parsed: a key of the

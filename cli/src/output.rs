@@ -226,6 +226,10 @@ pub struct Summary {
     pub cache_hits: usize,
     /// Configuration protection (upgrade): what was kept.
     pub conf: Option<Tally>,
+    /// The source trees' entries by kind (regular, directory, symlink, other) and the size
+    /// of their regular files, for `--stats`.
+    pub files: [u64; 4],
+    pub total_size: u64,
 }
 
 impl Summary {
@@ -237,6 +241,10 @@ impl Summary {
         self.errors += o.errors;
         self.hashed_bytes += o.hashed_bytes;
         self.cache_hits += o.cache_hits;
+        for (a, b) in self.files.iter_mut().zip(o.files) {
+            *a += b;
+        }
+        self.total_size += o.total_size;
         if let Some(c) = &o.conf {
             self.conf.get_or_insert_with(Default::default).add(c);
         }
@@ -260,7 +268,44 @@ impl Summary {
             "errors": self.errors,
             "config_kept": self.conf.as_ref().map(|c| c.kept + c.dropped),
             "config_new": self.conf.as_ref().map(|c| c.new),
+            "files": self.files.iter().sum::<u64>(),
+            "total_size": self.total_size,
+            "speedup": self.total_size as f64 / self.bytes_written.max(1) as f64,
         })
+    }
+
+    /// rsync's `--stats` block, in its words where they mean the same here: jailsync sends
+    /// nothing over a wire, so its "sent" is what it wrote, and the speed-up is the size of the
+    /// source's files over the bytes written.
+    pub fn stats(&self) -> String {
+        let [reg, dir, link, other] = self.files;
+        let c = &self.counts;
+        let secs = self.elapsed.as_secs_f64().max(1e-6);
+        let speedup = self.total_size as f64 / self.bytes_written.max(1) as f64;
+        format!(
+            "Number of files: {} (reg: {reg}, dir: {dir}, link: {link}, special: {other})\n\
+             Number of created files: {}\n\
+             Number of deleted files: {}\n\
+             Number of regular files transferred: {}\n\
+             Total file size: {} bytes\n\
+             Total transferred file size: {} bytes\n\
+             Total bytes hashed: {} bytes\n\
+             \n\
+             wrote {} bytes  {:.2} bytes/sec\n\
+             total size is {}  speedup is {:.2}{}",
+            reg + dir + link + other,
+            c.created,
+            c.deleted,
+            c.created + c.updated + c.type_changed,
+            self.total_size,
+            self.bytes_written,
+            self.hashed_bytes,
+            self.bytes_written,
+            self.bytes_written as f64 / secs,
+            self.total_size,
+            speedup,
+            if self.dry_run { " (DRY RUN)" } else { "" }
+        )
     }
 
     pub fn human(&self) -> String {
@@ -717,10 +762,15 @@ pub fn report_carry(
 
 /// A run's summary: a JSON line on stdout, or a line on stderr (with the time of each phase
 /// after it when `-v` asked for them).
-pub fn print_summary(summary: &Summary, verbose_phases: Option<&str>, g: &Global) {
+pub fn print_summary(summary: &Summary, verbose_phases: Option<&str>, g: &Global, stats: bool) {
     if g.json {
         println!("{}", summary.json());
-    } else if !g.quiet {
+        return;
+    }
+    if stats {
+        println!("\n{}\n", summary.stats());
+    }
+    if !g.quiet {
         eprintln!("{}", summary.human());
         if let Some(p) = verbose_phases {
             eprintln!("phases: {p}");

@@ -281,6 +281,7 @@ fn run_phases(
         code,
         summary: total,
         verbose_phases: phases_report,
+        stats: c.args.stats,
     })
 }
 

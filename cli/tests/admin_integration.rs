@@ -588,3 +588,161 @@ fn audit_line_per_run_to_a_syslog_socket() {
     std::fs::remove_file(&sock).unwrap();
     expect_code(&js_logged(&e, &sock, &[OsStr::new("sync"), src, dst]), 0);
 }
+
+#[test]
+fn stats_block_counts_files_sizes_and_speedup() {
+    let e = Env::new();
+    e.src
+        .file("a", "12345")
+        .file("d/b", "0123456789")
+        .symlink("l", "a");
+    let out = e.sync(&["--stats"]);
+    for want in [
+        "Number of files: 5 (reg: 2, dir: 2, link: 1, special: 0)",
+        "Number of created files: 4",
+        "Total file size: 15 bytes",
+        "total size is 15  speedup is",
+    ] {
+        assert!(out.contains(want), "no {want:?} in:\n{out}");
+    }
+    // Nothing to write the second time: the speed-up is the whole size.
+    let out = e.sync(&["--stats"]);
+    assert!(out.contains("wrote 0 bytes"), "{out}");
+    assert!(out.contains("speedup is 15.00"), "{out}");
+}
+
+#[test]
+fn json_fatal_error_is_an_object_on_stdout() {
+    let e = Env::new();
+    let missing = e.tmp.path().join("missing");
+    let o = e.js([
+        OsStr::new("--json"),
+        OsStr::new("sync"),
+        missing.as_os_str(),
+        e.dst().as_os_str(),
+    ]);
+    expect_code(&o, 2);
+    let v = json_lines(&stdout(&o));
+    let last = v.last().expect("no JSON on stdout");
+    assert_eq!(last["type"], "error");
+    assert_eq!(last["fatal"], true);
+    assert_eq!(last["exit"], 2);
+    assert!(
+        last["error"].as_str().unwrap().contains("missing"),
+        "{last}"
+    );
+    // A usage error too.
+    let o = e.js(["--json", "sync", "--no-such-flag"]);
+    expect_code(&o, 2);
+    let v = json_lines(&stdout(&o));
+    assert_eq!(v.last().unwrap()["type"], "error");
+}
+
+/// The lock file of `dst` in `state` (after a run made it).
+fn lock_file(state: &Path, dst: &Path) -> std::path::PathBuf {
+    let dst = std::fs::canonicalize(dst).unwrap();
+    for d in std::fs::read_dir(state.join("trees")).unwrap() {
+        let d = d.unwrap().path();
+        if std::fs::read(d.join("path")).ok().as_deref() == Some(dst.as_os_str().as_encoded_bytes())
+        {
+            return d.join("lock");
+        }
+    }
+    panic!("no lock file for {}", dst.display());
+}
+
+#[test]
+fn wait_queues_behind_a_run_holding_the_lock() {
+    use std::os::fd::AsRawFd;
+    let e = Env::new();
+    e.src.file("a", "1");
+    e.sync(&[]);
+    e.src.file("a", "2");
+    // What a run holds while it changes the tree: an exclusive flock on its lock file.
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(lock_file(&e.state(), e.dst()))
+        .unwrap();
+    // SAFETY: flock on an fd we own.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let args = |w: &str| -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = vec!["--state-dir".into(), e.state().into()];
+        if !w.is_empty() {
+            v.push(w.into());
+        }
+        v.extend(["sync".into(), e.src().into(), e.dst().into()]);
+        v
+    };
+    let o = run(args(""));
+    expect_code(&o, 2);
+    assert!(stderr(&o).contains("pass --wait"), "{}", stderr(&o));
+    let t0 = std::time::Instant::now();
+    let o = run(args("--wait=1"));
+    expect_code(&o, 2);
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_secs(1),
+        "did not wait"
+    );
+    let mut child = Command::new(BIN)
+        .args(args("--wait"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "--wait did not wait for the lock"
+    );
+    assert_eq!(std::fs::read_to_string(e.dst().join("a")).unwrap(), "1");
+    drop(held);
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{st:?}");
+    assert_eq!(std::fs::read_to_string(e.dst().join("a")).unwrap(), "2");
+}
+
+#[test]
+fn kept_configuration_is_named_even_quiet_when_a_merge_is_due() {
+    let jail = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let j = Tree::new(jail.path());
+    j.file("jailsync.conf", "tree opt/app\n")
+        .file("opt/app/etc/app.conf", "port 1\n")
+        .file("opt/app/etc/other.conf", "x\n");
+    let up = || {
+        run([
+            OsStr::new("--state-dir"),
+            state.path().as_os_str(),
+            OsStr::new("-q"),
+            OsStr::new("upgrade"),
+            jail.path().as_os_str(),
+            OsStr::new("--root"),
+            root.path().as_os_str(),
+        ])
+    };
+    expect_code(&up(), 0);
+    let live = root.path().join("opt/app/etc/app.conf");
+    std::fs::write(&live, "port 2 # the admin's\n").unwrap();
+    j.file("opt/app/etc/app.conf", "port 1\nnew-option yes\n");
+    let o = up();
+    expect_code(&o, 0);
+    let err = stderr(&o);
+    let live_c = std::fs::canonicalize(&live).unwrap();
+    assert!(
+        err.contains(&format!(
+            "{}: kept as edited here; the jail's version is {}.jailsync-new",
+            live_c.display(),
+            live_c.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains("other.conf"),
+        "an untouched file named:\n{err}"
+    );
+    assert!(root
+        .path()
+        .join("opt/app/etc/app.conf.jailsync-new")
+        .exists());
+}

@@ -179,8 +179,35 @@ pub struct Lock {
     _files: Vec<fs::File>,
 }
 
+/// How long [`Lock::acquire`] waits for a run holding the lock (`--wait`): milliseconds, 0 not
+/// at all, `u64::MAX` for ever. One setting for the process, as a command waits alike for each
+/// of its trees, wherever its lock is taken.
+static LOCK_WAIT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Makes every later [`Lock::acquire`] of this process wait up to `wait` (None: for ever) for
+/// the run holding the lock to end, instead of failing at once.
+pub fn set_lock_wait(wait: Option<std::time::Duration>) {
+    let ms = wait.map_or(u64::MAX, |d| d.as_millis().min(u64::MAX as u128 - 1) as u64);
+    LOCK_WAIT_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl Lock {
+    /// Takes `tree`'s lock (and shared ones on the trees above it), waiting as
+    /// [`set_lock_wait`] says; [`Error::Locked`] names the holder when it is not free in time.
     pub fn acquire(state: &StateDir, tree: &Path) -> Result<Lock> {
+        let limit = LOCK_WAIT_MS.load(std::sync::atomic::Ordering::Relaxed);
+        let t0 = std::time::Instant::now();
+        loop {
+            match Lock::try_acquire(state, tree) {
+                Err(Error::Locked { .. }) if (t0.elapsed().as_millis() as u64) < limit => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn try_acquire(state: &StateDir, tree: &Path) -> Result<Lock> {
         use std::io::{Seek, Write};
         let mut files = Vec::new();
         for above in tree.ancestors().skip(1) {
