@@ -45,12 +45,30 @@ pub struct CompletionsCmd {
 pub fn run_man(c: ManCmd, cmd: clap::Command) -> Result<u8> {
     if let Some(dir) = &c.dir {
         std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
-        clap_mangen::generate_to(cmd, dir).with_context(|| dir.display().to_string())?;
+        clap_mangen::generate_to(cmd.clone(), dir).with_context(|| dir.display().to_string())?;
+        // The top page with the sections clap knows nothing of.
+        let top = dir.join("jailsync.1");
+        std::fs::write(&top, main_page(cmd)?).with_context(|| top.display().to_string())?;
         return Ok(exit::OK);
     }
+    write_stdout(&main_page(cmd)?)
+}
+
+/// jailsync(1): what clap_mangen renders, with FILTER RULES, FILES, ENVIRONMENT, EXIT
+/// STATUS, EXAMPLES and SEE ALSO before its version section.
+fn main_page(cmd: clap::Command) -> Result<Vec<u8>> {
+    let man = clap_mangen::Man::new(cmd);
     let mut page = Vec::new();
-    clap_mangen::Man::new(cmd).render(&mut page)?;
-    write_stdout(&page)
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    man.render_options_section(&mut page)?;
+    man.render_subcommands_section(&mut page)?;
+    man.render_extra_section(&mut page)?;
+    page.extend_from_slice(crate::manpage::SECTIONS.as_bytes());
+    man.render_version_section(&mut page)?;
+    Ok(page)
 }
 
 /// `cmd`: the whole command line's description (main's `Cli`).

@@ -14,6 +14,7 @@ mod hints;
 mod history_cmd;
 mod jail_cmd;
 mod manifest_cmd;
+mod manpage;
 mod output;
 mod pipe;
 mod pipeline;

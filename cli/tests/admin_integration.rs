@@ -746,3 +746,65 @@ fn kept_configuration_is_named_even_quiet_when_a_merge_is_due() {
         .join("opt/app/etc/app.conf.jailsync-new")
         .exists());
 }
+
+/// Every key the configuration file takes, as `jailsync config` lists them.
+fn config_keys() -> Vec<String> {
+    let d = tempfile::tempdir().unwrap();
+    let conf = d.path().join("c.toml");
+    std::fs::write(&conf, "").unwrap();
+    let o = js_conf(&conf, &[OsStr::new("--json"), OsStr::new("config")]);
+    expect_code(&o, 0);
+    json_lines(&stdout(&o))
+        .iter()
+        .filter(|v| v["type"] == "setting")
+        .map(|v| v["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn man_page_documents_every_config_key_filters_and_exit_status() {
+    let o = run(["man"]);
+    expect_code(&o, 0);
+    let page = stdout(&o);
+    for s in [
+        "FILTER RULES",
+        "RESTART REPORT",
+        "AUDIT TRAIL",
+        "FILES",
+        "ENVIRONMENT",
+        "EXIT STATUS",
+        "EXAMPLES",
+        "SEE ALSO",
+    ] {
+        assert!(
+            page.contains(&format!(".SH \"{s}\"")) || page.contains(&format!(".SH {s}\n")),
+            "no {s} section"
+        );
+    }
+    let keys = config_keys();
+    assert!(keys.len() >= 9, "{keys:?}");
+    for k in keys {
+        let roff = k.replace('-', "\\-");
+        assert!(
+            page.contains(&format!("\\fB{roff}\\fR")),
+            "config key {k} not documented"
+        );
+    }
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    for k in config_keys() {
+        assert!(
+            readme.contains(&format!("`{k}`")),
+            "config key {k} not in the README"
+        );
+    }
+    // The per-command pages keep the extra sections on the top page.
+    let d = tempfile::tempdir().unwrap();
+    expect_code(
+        &run([OsStr::new("man"), OsStr::new("--dir"), d.path().as_os_str()]),
+        0,
+    );
+    let top = std::fs::read_to_string(d.path().join("jailsync.1")).unwrap();
+    assert!(top.contains("FILTER RULES"));
+}
