@@ -44,10 +44,8 @@ pub fn locked(e: &anyhow::Error, waited: bool) -> Option<String> {
             Some(jailsync_engine::Error::Locked { .. })
         )
     });
-    (hit && !waited).then(|| {
-        "another run is changing it: pass --wait (or --wait=SECS) to start once it has ended"
-            .to_string()
-    })
+    (hit && !waited)
+        .then(|| "pass --wait or --wait=SECS to start once that run has ended".to_string())
 }
 
 fn current_uid() -> u32 {

@@ -60,11 +60,16 @@ pub enum JailCmd {
         #[arg(long, value_name = "DIR", default_value = "/")]
         host_root: PathBuf,
     },
-    /// Mount if needed, chroot, and run a shell (or CMD) with PS1 and JAIL set.
+    /// Mount if needed, chroot, and run a shell (or CMD) in a clean environment: TERM, HOME,
+    /// the jail's PATH, JAIL, and PS1 with the jail's marker in front.
     Enter {
         jail: PathBuf,
+        /// Mount host paths from below DIR instead of `/`.
         #[arg(long, value_name = "DIR", default_value = "/")]
         host_root: PathBuf,
+        /// Pass this variable of the caller's environment in as well (repeatable).
+        #[arg(long, value_name = "VAR")]
+        keep_env: Vec<OsString>,
         /// Command and arguments to run instead of a shell (after `--`).
         #[arg(last = true, value_name = "CMD")]
         cmd: Vec<OsString>,
@@ -115,6 +120,7 @@ pub fn run(cmd: JailCmd, global: &Global) -> anyhow::Result<u8> {
         JailCmd::Enter {
             jail,
             host_root,
+            keep_env,
             cmd,
         } => {
             let jail = Jail::open(&jail)?;
@@ -128,7 +134,7 @@ pub fn run(cmd: JailCmd, global: &Global) -> anyhow::Result<u8> {
                     jail.root.display()
                 );
             }
-            Err(jail::enter(&jail, &cmd).into())
+            Err(jail::enter(&jail, &cmd, &keep_env).into())
         }
     }
 }

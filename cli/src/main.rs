@@ -222,11 +222,12 @@ fn fatal(e: &anyhow::Error, g: &Global) -> ExitCode {
     if g.json {
         print_json_error(&error_chain(e));
     }
-    eprintln!("jailsync: error: {}", error_chain(e));
+    // The lock's fix on the same line: a cron mail shows one line per failed run.
+    let lock_hint = hints::locked(e, g.wait.is_some())
+        .map(|h| format!(" ({h})"))
+        .unwrap_or_default();
+    eprintln!("jailsync: error: {}{lock_hint}", error_chain(e));
     if let Some(h) = hints::state_dir(e, &g.state_dir) {
-        eprintln!("jailsync: {h}");
-    }
-    if let Some(h) = hints::locked(e, g.wait.is_some()) {
         eprintln!("jailsync: {h}");
     }
     ExitCode::from(exit::FATAL)

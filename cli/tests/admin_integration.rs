@@ -808,3 +808,51 @@ fn man_page_documents_every_config_key_filters_and_exit_status() {
     let top = std::fs::read_to_string(d.path().join("jailsync.1")).unwrap();
     assert!(top.contains("FILTER RULES"));
 }
+
+/// Runs `script` with `sh` in a private mount namespace (`$JS` the binary, `$J` a jail path
+/// in a temp dir); None (reason printed) where that cannot be done.
+fn in_namespace(script: &str) -> Option<(tempfile::TempDir, String)> {
+    if !is_root() || !have("unshare") {
+        eprintln!("skipped: needs root and unshare(1) for a private mount namespace");
+        return None;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let o = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("JS", BIN)
+        .env("J", t.path().join("j"))
+        .output()
+        .unwrap();
+    let out = format!("{}\n--- stderr\n{}", stdout(&o), stderr(&o));
+    Some((t, out))
+}
+
+#[test]
+fn jail_enter_starts_a_clean_environment_with_the_jail_prompt() {
+    let script = r#"
+"$JS" jail init "$J" --marker TJ >/dev/null || echo init_failed
+FOO=host SECRET=host PS1='$ ' "$JS" jail enter --keep-env FOO "$J" -- /bin/sh -c \
+    'echo "foo=$FOO"; echo "secret=${SECRET:-unset}"; echo "path=$PATH"; echo "ps1=$PS1"'
+if [ -x /bin/bash ]; then
+    mkdir -p "$J/hh" && echo 'PS1="rc> "' > "$J/hh/.bashrc"
+    printf 'echo "bash=$PS1"\nexit\n' | HOME=/hh "$JS" jail enter "$J" -- /bin/bash -i 2>/dev/null
+fi
+"#;
+    let Some((_t, out)) = in_namespace(script) else {
+        return;
+    };
+    assert!(!out.contains("init_failed"), "{out}");
+    assert!(out.contains("foo=host\n"), "--keep-env not passed:\n{out}");
+    assert!(
+        out.contains("secret=unset\n"),
+        "the caller's environment leaked:\n{out}"
+    );
+    assert!(out.contains("path=/usr/pkg/sbin:/usr/pkg/bin:"), "{out}");
+    assert!(out.contains("ps1=TJ::$ \n"), "{out}");
+    if Path::new("/bin/bash").exists() {
+        assert!(
+            out.contains("bash=TJ::rc> "),
+            "an rc file's PS1 lost the marker:\n{out}"
+        );
+    }
+}

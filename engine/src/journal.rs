@@ -191,20 +191,25 @@ pub fn set_lock_wait(wait: Option<std::time::Duration>) {
     LOCK_WAIT_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// `take` again while it finds the lock held, as long as [`set_lock_wait`] allows.
+fn waiting<T>(take: impl Fn() -> Result<T>) -> Result<T> {
+    let limit = LOCK_WAIT_MS.load(std::sync::atomic::Ordering::Relaxed);
+    let t0 = std::time::Instant::now();
+    loop {
+        match take() {
+            Err(Error::Locked { .. }) if (t0.elapsed().as_millis() as u64) < limit => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
+}
+
 impl Lock {
     /// Takes `tree`'s lock (and shared ones on the trees above it), waiting as
     /// [`set_lock_wait`] says; [`Error::Locked`] names the holder when it is not free in time.
     pub fn acquire(state: &StateDir, tree: &Path) -> Result<Lock> {
-        let limit = LOCK_WAIT_MS.load(std::sync::atomic::Ordering::Relaxed);
-        let t0 = std::time::Instant::now();
-        loop {
-            match Lock::try_acquire(state, tree) {
-                Err(Error::Locked { .. }) if (t0.elapsed().as_millis() as u64) < limit => {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                r => return r,
-            }
-        }
+        waiting(|| Lock::try_acquire(state, tree))
     }
 
     fn try_acquire(state: &StateDir, tree: &Path) -> Result<Lock> {
@@ -235,6 +240,10 @@ impl Lock {
     /// holds it, or a tree above or below it, since its reads would race that run's changes.
     /// Takes nothing: shared locks, released before returning.
     pub fn probe(state: &StateDir, tree: &Path) -> Result<()> {
+        waiting(|| Lock::try_probe(state, tree))
+    }
+
+    fn try_probe(state: &StateDir, tree: &Path) -> Result<()> {
         for above in tree.ancestors() {
             let (f, path) = open_lock(state, above)?;
             if !try_flock(&f, &path, FlockOperation::NonBlockingLockShared)? {
