@@ -856,3 +856,126 @@ fi
         );
     }
 }
+
+#[test]
+fn jail_init_layouts_make_only_what_the_jail_holds() {
+    let t = tempfile::tempdir().unwrap();
+    let deb = t.path().join("deb");
+    expect_code(
+        &run([
+            OsStr::new("jail"),
+            OsStr::new("init"),
+            deb.as_os_str(),
+            OsStr::new("--layout"),
+            OsStr::new("debian"),
+        ]),
+        0,
+    );
+    let mp = std::fs::read_to_string(deb.join("mountpoints")).unwrap();
+    let lines: Vec<&str> = mp.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines, ["proc proc", "dev rbind", "tmp tmpfs"]);
+    assert!(
+        !deb.join("usr/pkg").exists() && !deb.join("usr/obj").exists(),
+        "pkgsrc dirs in a debian jail"
+    );
+    assert!(deb.join("tmp").is_dir() && deb.join(".jail").is_file());
+    let bare = t.path().join("bare");
+    expect_code(
+        &run([
+            OsStr::new("jail"),
+            OsStr::new("init"),
+            bare.as_os_str(),
+            OsStr::new("--layout"),
+            OsStr::new("bare"),
+        ]),
+        0,
+    );
+    let names: Vec<String> = std::fs::read_dir(&bare)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut names = names;
+    names.sort();
+    assert_eq!(names, [".jail", "mountpoints"]);
+    let pkg = t.path().join("pkg");
+    expect_code(
+        &run([
+            OsStr::new("jail"),
+            OsStr::new("init"),
+            pkg.as_os_str(),
+            OsStr::new("--host-root"),
+            t.path().as_os_str(),
+        ]),
+        0,
+    );
+    assert!(
+        pkg.join("usr/pkg/pkgdb").is_dir(),
+        "the default layout lost its pkgsrc dirs"
+    );
+}
+
+#[test]
+fn jail_remove_asks_on_a_terminal_and_forgets_the_jails_state() {
+    let e = Env::new();
+    let j = e.tmp.path().join("j");
+    expect_code(
+        &run([
+            OsStr::new("jail"),
+            OsStr::new("init"),
+            j.as_os_str(),
+            OsStr::new("--layout"),
+            OsStr::new("bare"),
+        ]),
+        0,
+    );
+    // A tree synced into the jail has records in the state dir.
+    e.src.file("a", "x");
+    let inside = j.join("usr/pkg");
+    std::fs::create_dir_all(j.join("usr")).unwrap();
+    expect_code(
+        &e.js([OsStr::new("sync"), e.src().as_os_str(), inside.as_os_str()]),
+        0,
+    );
+    let jc = std::fs::canonicalize(&j).unwrap();
+    let records = || {
+        std::fs::read_dir(e.state().join("trees"))
+            .unwrap()
+            .filter(|d| {
+                let p = std::fs::read(d.as_ref().unwrap().path().join("path")).unwrap_or_default();
+                Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&p))
+                    .starts_with(&jc)
+            })
+            .count()
+    };
+    assert!(records() >= 1, "no records of the synced tree");
+    if have("script") {
+        // On a terminal, "n" keeps it.
+        let cmd = format!(
+            "{BIN} --state-dir {} jail remove {}",
+            e.state().display(),
+            j.display()
+        );
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf 'n\\n' | script -qec '{cmd}' /dev/null"))
+            .output()
+            .unwrap();
+        assert!(
+            stdout(&o).contains("[y/N]"),
+            "no question on a terminal:\n{}",
+            stdout(&o)
+        );
+        assert!(j.join(".jail").exists(), "removed without a yes");
+    } else {
+        eprintln!("terminal part skipped: script(1) not installed");
+    }
+    let o = e.js([
+        OsStr::new("jail"),
+        OsStr::new("remove"),
+        OsStr::new("--yes"),
+        j.as_os_str(),
+    ]);
+    expect_code(&o, 0);
+    assert!(!j.exists());
+    assert_eq!(records(), 0, "the jail's tree records were kept");
+}
