@@ -95,7 +95,43 @@ pub enum JailCmd {
     },
 }
 
+/// The jail a command names, with the fix where it is not one: a missing directory, or one
+/// without the `.jail` marker and `mountpoints` file `jail init` writes.
+fn open_jail(path: &Path) -> anyhow::Result<Jail> {
+    if std::fs::symlink_metadata(path).is_err() {
+        anyhow::bail!(
+            "{}: no such jail (make one with `jailsync jail init {}`)",
+            path.display(),
+            path.display()
+        );
+    }
+    let j = Jail::open(path)?;
+    if std::fs::symlink_metadata(j.mountpoints_file()).is_err() {
+        anyhow::bail!(
+            "{}: not a jail: it has no mountpoints file (make one with `jailsync jail init {}`, \
+             or --force over an existing one)",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(j)
+}
+
+/// Mounting is root's: one line saying so, instead of one failure per mount point.
+fn needs_root(what: &str) -> anyhow::Result<()> {
+    if !jailsync_engine::fsx::geteuid_is_root() {
+        anyhow::bail!("`jail {what}` needs root (it mounts and unmounts): run it as root");
+    }
+    Ok(())
+}
+
 pub fn run(cmd: JailCmd, global: &Global) -> anyhow::Result<u8> {
+    match &cmd {
+        JailCmd::Mount { .. } => needs_root("mount")?,
+        JailCmd::Umount { .. } => needs_root("umount")?,
+        JailCmd::Enter { .. } => needs_root("enter")?,
+        _ => {}
+    }
     match cmd {
         JailCmd::Init {
             jail,
@@ -122,7 +158,7 @@ pub fn run(cmd: JailCmd, global: &Global) -> anyhow::Result<u8> {
             init(&jail, &opts, global)
         }
         JailCmd::Mount { jail, host_root } => {
-            let jail = Jail::open(&jail)?;
+            let jail = open_jail(&jail)?;
             let done = jail::mount(&jail, &host_root)?;
             report_mount(&done, global, &mut std::io::stdout().lock(), true)
         }
@@ -143,7 +179,7 @@ pub fn run(cmd: JailCmd, global: &Global) -> anyhow::Result<u8> {
             keep_env,
             cmd,
         } => {
-            let jail = Jail::open(&jail)?;
+            let jail = open_jail(&jail)?;
             let done = jail::mount(&jail, &host_root)?;
             // Stdout belongs to the command; the mount report goes to stderr, and only
             // when asked for or when something failed.

@@ -148,6 +148,9 @@ fn main() -> ExitCode {
                 print_json_error(&format!("usage: {msg}"));
             }
             let _ = e.print();
+            if let Some(h) = usage_hint(&e) {
+                eprintln!("jailsync: {h}");
+            }
             return ExitCode::from(code);
         }
     };
@@ -205,6 +208,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// The fix for a usage error clap cannot know: a live root given as a second argument (it
+/// is `--root ROOT`, as rollback and history take it too).
+fn usage_hint(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let subs = ["upgrade", "rollback", "history", "prune"];
+    let sub = std::env::args()
+        .skip(1)
+        .find(|a| subs.contains(&a.as_str()))?;
+    (!arg.starts_with('-'))
+        .then(|| format!("a live root is given with --root: `jailsync {sub} ... --root {arg}`"))
+}
+
 /// The name of a command that may change a live system (the audit trail logs it).
 fn audited(c: &Cmd) -> Option<&'static str> {
     match c {
@@ -255,6 +276,11 @@ fn settle(cli: &mut Cli, m: &ArgMatches) -> anyhow::Result<config::Config> {
             c.protect.extend(conf.protect.value.iter().cloned());
             if c.tree.is_empty() {
                 c.tree = conf.trees.value.clone();
+            }
+        }
+        Cmd::Prune(c) => {
+            if config::defaulted(sub, "keep") {
+                c.keep = conf.keep.value;
             }
         }
         Cmd::Push(c) => {

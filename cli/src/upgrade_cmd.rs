@@ -71,6 +71,14 @@ fn check_not_a_jail(jail: &Path, root: &Path, trees: &[PathBuf]) -> Result<()> {
 
 pub fn run_upgrade(mut c: UpgradeCmd, g: &Global) -> Result<u8> {
     let t0 = Instant::now();
+    if !c.jail.is_dir() {
+        anyhow::bail!(
+            "{}: no such jail (the directory the rebuilt packages are in; `jailsync jail init \
+             {}` makes one)",
+            c.jail.display(),
+            c.jail.display()
+        );
+    }
     let (layout, conf_protect) = layout_of(&c.jail, &c.tree)?;
     let jail_excludes = jailsync_engine::layout::read_conf_excludes(&c.jail)?;
     crate::filters::add_excludes(&mut c.args, &jail_excludes);

@@ -979,3 +979,97 @@ fn jail_remove_asks_on_a_terminal_and_forgets_the_jails_state() {
     assert!(!j.exists());
     assert_eq!(records(), 0, "the jail's tree records were kept");
 }
+
+#[test]
+fn error_messages_say_the_fix() {
+    let e = Env::new();
+    let t = e.tmp.path();
+    let jail = t.join("jail");
+    let root = t.join("root");
+    Tree::new(&jail)
+        .file("opt/app/bin/x", "1")
+        .file("jailsync.conf", "tree opt/app\n");
+    std::fs::create_dir_all(&root).unwrap();
+    let err_of = |args: &[&OsStr]| {
+        let o = e.js(args);
+        expect_code(&o, 2);
+        stderr(&o)
+    };
+    // A missing jail.
+    let err = err_of(&[
+        OsStr::new("upgrade"),
+        t.join("nojail").as_os_str(),
+        OsStr::new("--root"),
+        root.as_os_str(),
+    ]);
+    assert!(
+        err.contains("no such jail") && err.contains("jailsync jail init"),
+        "{err}"
+    );
+    // A positional ROOT.
+    let err = err_of(&[OsStr::new("upgrade"), jail.as_os_str(), root.as_os_str()]);
+    assert!(err.contains(&format!("--root {}", root.display())), "{err}");
+    // `rollback ROOT` after `upgrade --root ROOT`.
+    expect_code(
+        &e.js([
+            OsStr::new("-q"),
+            OsStr::new("upgrade"),
+            jail.as_os_str(),
+            OsStr::new("--root"),
+            root.as_os_str(),
+        ]),
+        0,
+    );
+    let err = err_of(&[OsStr::new("rollback"), root.as_os_str()]);
+    assert!(
+        err.contains(&format!("jailsync rollback --root {}", root.display())),
+        "{err}"
+    );
+    // `prune` of a path never synced; `prune --root` with the default --keep.
+    let never = t.join("never");
+    std::fs::create_dir(&never).unwrap();
+    let err = err_of(&[OsStr::new("prune"), never.as_os_str()]);
+    assert!(err.contains("never synced"), "{err}");
+    let o = e.js([OsStr::new("prune"), OsStr::new("--root"), root.as_os_str()]);
+    expect_code(&o, 0);
+    assert!(stderr(&o).contains("opt/app"), "{}", stderr(&o));
+    // A jail that is not there.
+    let o = run([
+        OsStr::new("jail"),
+        OsStr::new("mount"),
+        t.join("nojail").as_os_str(),
+    ]);
+    if is_root() {
+        expect_code(&o, 2);
+        assert!(stderr(&o).contains("no such jail"), "{}", stderr(&o));
+    }
+    // Not root: one line.
+    if is_root() && have("setpriv") {
+        expect_code(
+            &run([
+                OsStr::new("jail"),
+                OsStr::new("init"),
+                jail.as_os_str(),
+                OsStr::new("--force"),
+            ]),
+            0,
+        );
+        let o = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+                BIN,
+                "jail",
+                "mount",
+            ])
+            .arg(&jail)
+            .output()
+            .unwrap();
+        expect_code(&o, 2);
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("needs root"), "{err}");
+    }
+}
