@@ -32,7 +32,7 @@ pub enum JailCmd {
         /// First line of `.jail`, shown in front of the prompt inside the jail.
         #[arg(long, default_value = jail::DEFAULT_MARKER)]
         marker: String,
-        /// Copy this mountpoints file (default: the seed's list, as far as this host has it).
+        /// Copy this mountpoints file (default: pkgsrc's mkjail list, as far as this host has it).
         #[arg(long, value_name = "FILE")]
         mountpoints: Option<PathBuf>,
         /// Overwrite an existing `.jail` and `mountpoints`.
@@ -285,7 +285,7 @@ fn init(path: &Path, opts: &InitOptions, global: &Global) -> anyhow::Result<u8> 
         );
         if !done.left_out.is_empty() {
             println!(
-                "skipped seed mount points this host lacks: {}",
+                "left out mount points this host lacks: {}",
                 done.left_out.join(" ")
             );
         }

@@ -49,7 +49,7 @@ pub struct Cli {
 pub enum Cmd {
     /// Make DST identical to SRC: new files first, old ones last, nothing ever missing.
     Sync(sync_cmd::SyncCmd),
-    /// The seed's sync_pkg: sync each package tree of a jail onto the live root.
+    /// pkgsrc's sync_pkg: sync each package tree of a jail onto the live root.
     Upgrade(upgrade_cmd::UpgradeCmd),
     /// Check that DST matches a tree or a manifest exactly (exit 1 with differences).
     Verify(verify_cmd::VerifyCmd),
@@ -278,11 +278,7 @@ fn settle(cli: &mut Cli, m: &ArgMatches) -> anyhow::Result<config::Config> {
                 c.tree = conf.trees.value.clone();
             }
         }
-        Cmd::Prune(c) => {
-            if config::defaulted(sub, "keep") {
-                c.keep = conf.keep.value;
-            }
-        }
+        Cmd::Prune(c) if config::defaulted(sub, "keep") => c.keep = conf.keep.value,
         Cmd::Push(c) => {
             if config::defaulted(sub, "ssh") {
                 c.ssh = conf.ssh.value.clone();

@@ -1073,3 +1073,17 @@ fn error_messages_say_the_fix() {
         assert!(err.contains("needs root"), "{err}");
     }
 }
+
+#[test]
+fn shipped_example_configuration_is_valid() {
+    let ex = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/examples/jailsync.conf");
+    let o = js_conf(&ex, &[OsStr::new("--json"), OsStr::new("config")]);
+    expect_code(&o, 0);
+    let v = json_lines(&stdout(&o));
+    let keep = v.iter().find(|x| x["key"] == "keep").unwrap();
+    assert_eq!(keep["value"], 5);
+    assert!(
+        keep["from"].as_str().unwrap().ends_with("jailsync.conf:5"),
+        "{keep}"
+    );
+}
