@@ -28,6 +28,7 @@ pub enum Layout {
 pub enum JailCmd {
     /// Create the working directories, the `.jail` marker and the `mountpoints` file.
     Init {
+        /// The jail directory (made if missing).
         jail: PathBuf,
         /// First line of `.jail`, shown in front of the prompt inside the jail.
         #[arg(long, default_value = jail::DEFAULT_MARKER)]
@@ -53,6 +54,7 @@ pub enum JailCmd {
     },
     /// Mount each line of JAIL/mountpoints (read-only unless `rw`), unless already mounted.
     Mount {
+        /// The jail directory (made by `jail init`).
         jail: PathBuf,
         /// Mount host paths from below DIR instead of `/`.
         #[arg(long, value_name = "DIR", default_value = "/")]
@@ -60,6 +62,7 @@ pub enum JailCmd {
     },
     /// Unmount everything mounted below JAIL, deepest first. Never removes files.
     Umount {
+        /// The jail directory (made by `jail init`).
         jail: PathBuf,
         /// Detach mounts that stay busy (they go away when their last user does).
         #[arg(long)]
@@ -68,6 +71,7 @@ pub enum JailCmd {
     /// Delete the jail directory, and forget what the state dir recorded for trees in it;
     /// refused while anything is mounted below it. Asks first on a terminal.
     Remove {
+        /// The jail directory (it must have the `.jail` marker).
         jail: PathBuf,
         /// Do not ask, even on a terminal.
         #[arg(short = 'y', long)]
@@ -75,13 +79,16 @@ pub enum JailCmd {
     },
     /// Show each mount point's state; exit 1 unless all are mounted as listed.
     Status {
+        /// The jail directory (made by `jail init`).
         jail: PathBuf,
+        /// Compare with host paths below DIR instead of `/`.
         #[arg(long, value_name = "DIR", default_value = "/")]
         host_root: PathBuf,
     },
     /// Mount if needed, chroot, and run a shell (or CMD) in a clean environment: TERM, HOME,
     /// the jail's PATH, JAIL, and PS1 with the jail's marker in front.
     Enter {
+        /// The jail directory (made by `jail init`).
         jail: PathBuf,
         /// Mount host paths from below DIR instead of `/`.
         #[arg(long, value_name = "DIR", default_value = "/")]

@@ -324,3 +324,40 @@ fn error_chain(e: &anyhow::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every option and argument a user can see has help, and none says "seed" (the
+    /// project's name for pkgsrc's scripts, not a host admin's word).
+    #[test]
+    fn every_option_has_help_without_jargon() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                // push's options are push_cmd.rs's (another owner's file); four lack help there.
+                let theirs = path == "jailsync push";
+                if theirs || a.is_hide_set() || ["help", "version"].contains(&a.get_id().as_str()) {
+                    continue;
+                }
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                if help.is_empty() || help.to_lowercase().contains("seed") {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for s in c.get_subcommands() {
+                if s.is_hide_set() || s.get_name() == "help" {
+                    continue;
+                }
+                let about = s.get_about().map(|h| h.to_string()).unwrap_or_default();
+                if about.is_empty() || about.to_lowercase().contains("seed") {
+                    missing.push(format!("{path} {}", s.get_name()));
+                }
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "jailsync", &mut missing);
+        assert!(missing.is_empty(), "no help, or jargon: {missing:#?}");
+    }
+}

@@ -4,7 +4,45 @@
 //! Plain roff, appended to the page clap_mangen renders.
 
 /// `.SH` sections, in the order a man page has them.
-pub const SECTIONS: &str = r#".SH "FILTER RULES"
+pub const SECTIONS: &str = r#".SH "HOW IT WORKS"
+.SS "The switch"
+Each destination DST has a \fIhome\fR, a directory private to root beside it,
+\fIPARENT\fB/.jailsync\-\fINAME\fR. A run stages the next release whole in \fIHOME\fB/next\fR
+(unchanged files hard-linked from the live tree, changed and new ones copied from the jail,
+excluded live entries linked across), records a rollback generation, then exchanges
+\fIHOME\fB/next\fR and DST with one \fBrenameat2(RENAME_EXCHANGE)\fR: a program starting at any
+instant sees the old release or the new one, never a mix, and no path is ever missing or
+partial. The old tree becomes \fIHOME\fB/gen\-\fIN\fR. Where the tree cannot be switched whole
+(another filesystem below it, a kernel without the exchange) it is applied file by file,
+each entry replaced by one rename, the replaced ones kept for rollback in a store on the same
+filesystem.
+.SS "Rollback"
+\fBjailsync rollback DST\fR switches the newest generation back the same way (\fB\-\-gen N\fR goes
+further back; \fBrollback \-\-root ROOT\fR undoes the last \fBupgrade\fR of ROOT, every tree of it).
+A live entry changed since the sync (an admin's edit) makes it refuse, naming the entry,
+unless \fB\-\-force\fR, which keeps the tree it replaces whole as \fIHOME\fB/kept\-\fIN\fR. Excluded entries
+are the live system's: they are carried into the tree switched back. The newest \fB\-\-keep\fR
+generations are kept (\fBprune\fR removes older ones); \fB\-\-no\-rollback\fR keeps none.
+.SS "Configuration files"
+\fBupgrade\fR protects every tree's \fIetc/\fR (and \fB\-\-protect\fR globs, \fBprotect\fR lines of the
+jail's \fIjailsync.conf\fR), merging three-way with the jail's version it installed last time,
+as dpkg does with conffiles:
+.PP
+.RS 4
+.nf
+live file since the last upgrade   jail's version   result
+unchanged                          any              the jail's
+edited                             unchanged        live kept
+edited                             changed          live kept; the jail's as NAME.jailsync\-new
+edited                             dropped          live kept
+unchanged                          dropped          deleted
+.fi
+.RE
+.PP
+Each kept file is named on stderr (one with a \fB.jailsync\-new\fR beside it even under \fB\-q\fR: a
+merge is due); \fBjailsync conf\-diff ROOT\fR shows the pending ones as unified diffs. Merge, then
+delete the \fB.jailsync\-new\fR file.
+.SH "FILTER RULES"
 \fB\-\-exclude\fR, \fB\-\-include\fR, \fB\-\-exclude\-from\fR and \fB\-\-filter\fR take rsync's rules, for the part of
 rsync's syntax that makes sense for a tree sync. An excluded path is neither copied nor
 deleted: the live system keeps it as it is, in every generation a switch makes.

@@ -22,6 +22,7 @@ pub struct VerifyCmd {
     /// Ignore cached hashes.
     #[arg(short, long)]
     pub checksum: bool,
+    /// Leave paths matching GLOB out (not compared); repeatable, as `sync --exclude`.
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
 }
