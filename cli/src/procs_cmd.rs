@@ -15,7 +15,8 @@ pub struct ProcsCmd {
     pub root: Option<PathBuf>,
 }
 
-/// The destinations the state dir has records of, below `under` (all when None).
+/// The destinations synced with this state dir (a record with a stat cache: the others are
+/// only the locks of the directories above a tree), below `under` (all when None).
 fn synced_trees(g: &Global, under: Option<&std::path::Path>) -> Vec<PathBuf> {
     use std::os::unix::ffi::OsStringExt;
     let mut out = Vec::new();
@@ -23,6 +24,9 @@ fn synced_trees(g: &Global, under: Option<&std::path::Path>) -> Vec<PathBuf> {
         return out;
     };
     for d in rd.flatten() {
+        if !d.path().join("cache").exists() {
+            continue;
+        }
         let Ok(p) = std::fs::read(d.path().join("path")) else {
             continue;
         };

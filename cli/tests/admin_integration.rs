@@ -505,6 +505,16 @@ fn procs_finds_a_deleted_file_under_a_tree() {
         "{}",
         stdout(&o)
     );
+    // Without ROOT: every tree synced with this state dir, and only those (not the
+    // directories above them, whose records are only locks).
+    let o = e.js([OsStr::new("--json"), OsStr::new("procs")]);
+    expect_code(&o, 1);
+    let v = json_lines(&stdout(&o));
+    assert!(
+        !v.is_empty() && v.iter().all(|x| x["pid"] == p.0.id()),
+        "{}",
+        stdout(&o)
+    );
 }
 
 /// `jailsync ARGS` (state dir of `e`) with the audit line sent to `sock`.
