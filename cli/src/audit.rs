@@ -69,7 +69,8 @@ fn line(command: &str, code: u8, error: Option<&str>, r: &Run) -> String {
         (0, _) => (6, "ok".to_string()),
         (1, _) => (4, "partial".to_string()),
         (_, Some(e)) => (3, format!("error: {e}")),
-        (c, None) => (3, format!("stopped ({c})")),
+        (c, None) if c > 128 => (4, format!("stopped by signal {}", c - 128)),
+        (c, None) => (3, format!("failed ({c})")),
     };
     let c = &r.counts;
     let list = |v: &[String]| {

@@ -182,7 +182,13 @@ fn main() -> ExitCode {
     if let Some(name) = audited {
         match &result {
             Ok(code) => audit::log(name, *code, None),
-            Err(e) => audit::log(name, exit::FATAL, Some(&error_chain(e))),
+            Err(e) => match e.downcast_ref::<jailsync_engine::Error>() {
+                // Stopped at a safe point: the exit status says by which signal.
+                Some(jailsync_engine::Error::Stopped { signal, .. }) => {
+                    audit::log(name, 128 + *signal as u8, None)
+                }
+                _ => audit::log(name, exit::FATAL, Some(&error_chain(e))),
+            },
         }
     }
     match result {
