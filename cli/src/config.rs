@@ -101,19 +101,26 @@ fn line_of(text: &str, at: usize) -> usize {
 }
 
 /// Reads the file `g` names (or the default one, if it is there).
-pub fn load(g: &Global) -> Result<Config> {
+/// (`read` false: the defaults alone, for a command no setting changes, so that a broken
+/// file cannot keep `man` or `completions` from working.)
+pub fn load(g: &Global, read: bool) -> Result<Config> {
     let (file, must) = match &g.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(DEFAULT_FILE), false),
     };
-    let text = match std::fs::read_to_string(&file) {
+    let contents = if read {
+        std::fs::read_to_string(&file)
+    } else {
+        Err(std::io::ErrorKind::NotFound.into())
+    };
+    let text = match contents {
         Ok(t) => Some(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && (!must || !read) => None,
         Err(e) => {
             return Err(e).with_context(|| {
                 format!(
-                    "{}: cannot read the configuration file (given by --config or \
-                     JAILSYNC_CONFIG)",
+                    "{}: cannot read the configuration file (--config FILE or \
+                     JAILSYNC_CONFIG=FILE names another)",
                     file.display()
                 )
             })

@@ -270,7 +270,8 @@ fn print_json_error(msg: &str) {
 /// The configuration file and the filter options applied to what was parsed: a key of the
 /// file fills an option the command line left at its default (see `config`).
 fn settle(cli: &mut Cli, m: &ArgMatches) -> anyhow::Result<config::Config> {
-    let mut conf = config::load(&cli.global)?;
+    let settings_used = !matches!(cli.cmd, Cmd::Man(_) | Cmd::Completions(_));
+    let mut conf = config::load(&cli.global, settings_used)?;
     config::settle_state_dir(&mut cli.global, m, &mut conf);
     let Some((_, sub)) = m.subcommand() else {
         return Ok(conf);

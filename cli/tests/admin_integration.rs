@@ -137,6 +137,8 @@ fn config_file_unknown_key_is_an_error_naming_the_line() {
         )),
         "{err}"
     );
+    // Commands no setting changes work whatever the file says.
+    expect_code(&js_conf(&conf, &[OsStr::new("man")]), 0);
     // A file named explicitly must be there.
     let o = js_conf(&d.path().join("missing"), &[OsStr::new("config")]);
     expect_code(&o, 2);
