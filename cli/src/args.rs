@@ -19,6 +19,22 @@ pub mod exit {
     pub const FATAL: u8 = 2;
 }
 
+/// The state dir's default on this OS (the BSDs keep package state in /var/db, Linux in
+/// /var/lib); [`OLD_STATE_DIR`] is used instead when only it exists.
+pub const DEFAULT_STATE_DIR: &str = if cfg!(any(
+    target_os = "netbsd",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+)) {
+    "/var/db/jailsync"
+} else {
+    "/var/lib/jailsync"
+};
+
+/// The default of earlier versions, on every OS.
+pub const OLD_STATE_DIR: &str = "/var/db/jailsync";
+
 /// Options every subcommand accepts.
 #[derive(Args, Debug, Clone)]
 pub struct Global {
@@ -38,7 +54,7 @@ pub struct Global {
         long,
         global = true,
         env = "JAILSYNC_STATE_DIR",
-        default_value = crate::config::DEFAULT_STATE_DIR,
+        default_value = DEFAULT_STATE_DIR,
         hide_default_value = true
     )]
     pub state_dir: PathBuf,

@@ -13,26 +13,10 @@ use clap::ArgMatches;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::args::{exit, Global};
+use crate::args::{exit, Global, DEFAULT_STATE_DIR, OLD_STATE_DIR};
 
 /// Read when `--config` and `JAILSYNC_CONFIG` are not given; its absence is no error.
 pub const DEFAULT_FILE: &str = "/etc/jailsync.conf";
-
-/// The state dir's default on this OS (the BSDs keep package state in /var/db, Linux in
-/// /var/lib); [`OLD_STATE_DIR`] is used instead when only it exists.
-pub const DEFAULT_STATE_DIR: &str = if cfg!(any(
-    target_os = "netbsd",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "dragonfly"
-)) {
-    "/var/db/jailsync"
-} else {
-    "/var/lib/jailsync"
-};
-
-/// The default of earlier versions, on every OS.
-pub const OLD_STATE_DIR: &str = "/var/db/jailsync";
 
 /// The file as written; each value keeps its place for `jailsync config`.
 #[derive(Deserialize, Default)]

@@ -12,7 +12,6 @@ use clap::ArgMatches;
 use jailsync_engine::filter::{self, Line, Rule, PREFIX};
 
 use crate::args::SyncArgs;
-use crate::config::Config;
 
 /// How deep `merge` files may name further merge files (a loop ends here).
 const MAX_DEPTH: usize = 8;
@@ -93,6 +92,14 @@ fn read_rules(file: &Path, merge: bool, depth: usize, out: &mut Vec<String>) -> 
     Ok(())
 }
 
+/// The configuration file's rules, for [`settle`].
+pub struct Conf<'a> {
+    pub filter: &'a [String],
+    /// Where `filter` is written (`FILE:LINE`).
+    pub filter_at: String,
+    pub exclude: &'a [String],
+}
+
 /// The option's values with their places on the command line.
 fn placed<T: Clone + Send + Sync + 'static>(m: &ArgMatches, id: &str) -> Vec<(usize, T)> {
     match (m.get_many::<T>(id), m.indices_of(id)) {
@@ -103,13 +110,15 @@ fn placed<T: Clone + Send + Sync + 'static>(m: &ArgMatches, id: &str) -> Vec<(us
 
 /// Sets `a.exclude` to what the engine gets: the plain patterns as before when only
 /// `--exclude` is used, else the ordered rules (see the module's comment).
-pub fn settle(a: &mut SyncArgs, m: &ArgMatches, conf: &Config) -> Result<()> {
+/// `conf`: the configuration file's `filter` rules (and where they are, for errors) and
+/// `exclude` patterns.
+pub fn settle(a: &mut SyncArgs, m: &ArgMatches, conf: Conf) -> Result<()> {
     let ordered = !a.include.is_empty()
         || !a.filter.is_empty()
         || !a.exclude_from.is_empty()
-        || !conf.filter.value.is_empty();
+        || !conf.filter.is_empty();
     if !ordered {
-        a.exclude.extend(conf.exclude.value.iter().cloned());
+        a.exclude.extend(conf.exclude.iter().cloned());
         return Ok(());
     }
     enum Opt {
@@ -150,11 +159,11 @@ pub fn settle(a: &mut SyncArgs, m: &ArgMatches, conf: &Config) -> Result<()> {
             Opt::From(f) => read_rules(&f, false, 0, &mut out)?,
         }
     }
-    for r in &conf.filter.value {
+    for r in conf.filter {
         expand(r, Path::new("."), 0, &mut out)
-            .with_context(|| format!("{}: filter {r:?}", conf.filter.from))?;
+            .with_context(|| format!("{}: filter {r:?}", conf.filter_at))?;
     }
-    out.extend(conf.exclude.value.iter().map(|p| plain_rule(p)));
+    out.extend(conf.exclude.iter().map(|p| plain_rule(p)));
     a.exclude = out;
     Ok(())
 }

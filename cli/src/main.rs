@@ -312,7 +312,12 @@ fn settle_sync(
     if a.max_delete.is_none() {
         a.max_delete = conf.max_delete.value;
     }
-    filters::settle(a, m, conf)
+    let rules = filters::Conf {
+        filter: &conf.filter.value,
+        filter_at: conf.filter.from.to_string(),
+        exclude: &conf.exclude.value,
+    };
+    filters::settle(a, m, rules)
 }
 
 /// The error and its causes, `: `-separated, skipping a cause the text already ends with: an
