@@ -92,9 +92,11 @@ pub fn print_decisions(
     Ok(())
 }
 
-/// After a run: each configuration file kept, by its live path, on stderr; one with the
-/// jail's version set beside it even under `-q` (it asks for a merge), the others unless `-q`
-/// or `-i` (whose `*protected` lines name them). `--json` has `config` objects instead.
+/// After a run: configuration files kept, by their live paths, on stderr, as dpkg names the
+/// conffiles it asks about: one with the jail's version set beside it always, even under
+/// `-q` (a merge is due); one the jail dropped unless `-q`; one merely kept as edited (every
+/// run keeps it again) only with `-v`. Not with `-i`, whose `*protected` lines name them all,
+/// nor `--json`, which has `config` objects.
 pub fn announce(decisions: &[Decisions], trees: &[Tree], a_itemize: bool, g: &Global) {
     if g.json {
         return;
@@ -112,6 +114,7 @@ pub fn announce(decisions: &[Decisions], trees: &[Tree], a_itemize: bool, g: &Gl
                     t.dst_path.display()
                 ),
                 _ if g.quiet || a_itemize => {}
+                Verdict::Kept if g.verbose == 0 => {}
                 Verdict::Kept => eprintln!(
                     "jailsync: {}: kept as edited here (unchanged in the jail)",
                     live.display()

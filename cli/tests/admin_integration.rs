@@ -757,6 +757,33 @@ fn kept_configuration_is_named_even_quiet_when_a_merge_is_due() {
         .path()
         .join("opt/app/etc/app.conf.jailsync-new")
         .exists());
+    // Kept again, the jail unchanged since: nothing to do, so named only with -v.
+    let again = |v: &str| {
+        let mut a = vec![OsStr::new("--state-dir"), state.path().as_os_str()];
+        if !v.is_empty() {
+            a.push(OsStr::new(v));
+        }
+        a.extend([
+            OsStr::new("upgrade"),
+            jail.path().as_os_str(),
+            OsStr::new("--root"),
+            root.path().as_os_str(),
+        ]);
+        let o = run(a);
+        expect_code(&o, 0);
+        stderr(&o)
+    };
+    let err = again("");
+    assert!(
+        !err.contains("app.conf:"),
+        "a file merely kept again named:\n{err}"
+    );
+    let err = again("-v");
+    let want = format!(
+        "{}: kept as edited here (unchanged in the jail)",
+        live_c.display()
+    );
+    assert!(err.contains(&want), "{err}");
 }
 
 /// Every key the configuration file takes, as `jailsync config` lists them.
