@@ -73,6 +73,24 @@ pub struct Global {
     pub config: Option<PathBuf>,
 }
 
+/// rsync's filter options beside `--exclude` (see FILTER RULES in jailsync(1)), for `sync`,
+/// `upgrade` and `verify`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RuleArgs {
+    /// Do not exclude what matches PATTERN (rsync's `--include`): with the other filter
+    /// options, the first rule that matches a path decides, in the order given.
+    #[arg(long, value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Exclude the patterns of FILE, one a line (`+ `/`- ` prefixes, `!` clears, `#` or `;`
+    /// comments), as rsync's `--exclude-from`.
+    #[arg(long, value_name = "FILE")]
+    pub exclude_from: Vec<PathBuf>,
+    /// A filter rule in rsync's syntax: `- PATTERN`, `+ PATTERN`, `-! PATTERN` (where it does
+    /// not match), `!` (clear), `merge FILE` (its lines are rules). See FILTER RULES.
+    #[arg(short = 'f', long, value_name = "RULE", allow_hyphen_values = true)]
+    pub filter: Vec<String>,
+}
+
 /// Options shared by `sync` and `upgrade`.
 #[derive(Args, Debug, Clone)]
 pub struct SyncArgs {
@@ -93,18 +111,8 @@ pub struct SyncArgs {
     /// anchors it at the top); trailing `/`: directories only.
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
-    /// Do not exclude what matches PATTERN (rsync's `--include`): with the other filter
-    /// options, the first rule that matches a path decides, in the order given.
-    #[arg(long, value_name = "PATTERN")]
-    pub include: Vec<String>,
-    /// Exclude the patterns of FILE, one a line (`+ `/`- ` prefixes, `!` clears, `#` or `;`
-    /// comments), as rsync's `--exclude-from`.
-    #[arg(long, value_name = "FILE")]
-    pub exclude_from: Vec<PathBuf>,
-    /// A filter rule in rsync's syntax: `- PATTERN`, `+ PATTERN`, `-! PATTERN` (where it does
-    /// not match), `!` (clear), `merge FILE` (its lines are rules). See FILTER RULES.
-    #[arg(short = 'f', long, value_name = "RULE", allow_hyphen_values = true)]
-    pub filter: Vec<String>,
+    #[command(flatten)]
+    pub rules: RuleArgs,
     /// Worker threads for walking, hashing and writing (default: twice the cores, 4..16).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub threads: usize,

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::ArgMatches;
 use jailsync_engine::filter::{self, Line, Rule, PREFIX};
 
-use crate::args::SyncArgs;
+use crate::args::RuleArgs;
 
 /// How deep `merge` files may name further merge files (a loop ends here).
 const MAX_DEPTH: usize = 8;
@@ -108,17 +108,17 @@ fn placed<T: Clone + Send + Sync + 'static>(m: &ArgMatches, id: &str) -> Vec<(us
     }
 }
 
-/// Sets `a.exclude` to what the engine gets: the plain patterns as before when only
+/// Sets `exclude` (an `--exclude` list) to what the engine gets: the plain patterns as before when only
 /// `--exclude` is used, else the ordered rules (see the module's comment).
 /// `conf`: the configuration file's `filter` rules (and where they are, for errors) and
 /// `exclude` patterns.
-pub fn settle(a: &mut SyncArgs, m: &ArgMatches, conf: Conf) -> Result<()> {
-    let ordered = !a.include.is_empty()
-        || !a.filter.is_empty()
-        || !a.exclude_from.is_empty()
+pub fn settle(exclude: &mut Vec<String>, r: &RuleArgs, m: &ArgMatches, conf: Conf) -> Result<()> {
+    let ordered = !r.include.is_empty()
+        || !r.filter.is_empty()
+        || !r.exclude_from.is_empty()
         || !conf.filter.is_empty();
     if !ordered {
-        a.exclude.extend(conf.exclude.iter().cloned());
+        exclude.extend(conf.exclude.iter().cloned());
         return Ok(());
     }
     enum Opt {
@@ -164,15 +164,14 @@ pub fn settle(a: &mut SyncArgs, m: &ArgMatches, conf: Conf) -> Result<()> {
             .with_context(|| format!("{}: filter {r:?}", conf.filter_at))?;
     }
     out.extend(conf.exclude.iter().map(|p| plain_rule(p)));
-    a.exclude = out;
+    *exclude = out;
     Ok(())
 }
 
-/// Adds the jail's `exclude` lines after whatever `a` has, in the form `a` uses.
-pub fn add_excludes(a: &mut SyncArgs, pats: &[String]) {
-    let ruled = a.exclude.iter().any(|p| p.starts_with(PREFIX));
+/// Adds the jail's `exclude` lines after what `exclude` has, in the form it uses.
+pub fn add_excludes(exclude: &mut Vec<String>, pats: &[String]) {
+    let ruled = exclude.iter().any(|p| p.starts_with(PREFIX));
     for p in pats {
-        a.exclude
-            .push(if ruled { plain_rule(p) } else { p.clone() });
+        exclude.push(if ruled { plain_rule(p) } else { p.clone() });
     }
 }

@@ -278,6 +278,7 @@ fn settle(cli: &mut Cli, m: &ArgMatches) -> anyhow::Result<config::Config> {
     };
     match &mut cli.cmd {
         Cmd::Sync(c) => settle_sync(&mut c.args, sub, &conf)?,
+        Cmd::Verify(c) => filters::settle(&mut c.exclude, &c.rules, sub, file_rules(&conf))?,
         Cmd::Upgrade(c) => {
             settle_sync(&mut c.args, sub, &conf)?;
             c.protect.extend(conf.protect.value.iter().cloned());
@@ -312,12 +313,16 @@ fn settle_sync(
     if a.max_delete.is_none() {
         a.max_delete = conf.max_delete.value;
     }
-    let rules = filters::Conf {
+    filters::settle(&mut a.exclude, &a.rules, m, file_rules(conf))
+}
+
+/// The configuration file's rules, as `filters` takes them.
+fn file_rules(conf: &config::Config) -> filters::Conf<'_> {
+    filters::Conf {
         filter: &conf.filter.value,
         filter_at: conf.filter.from.to_string(),
         exclude: &conf.exclude.value,
-    };
-    filters::settle(a, m, rules)
+    }
 }
 
 /// The error and its causes, `: `-separated, skipping a cause the text already ends with: an

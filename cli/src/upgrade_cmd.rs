@@ -81,7 +81,7 @@ pub fn run_upgrade(mut c: UpgradeCmd, g: &Global) -> Result<u8> {
     }
     let (layout, conf_protect) = layout_of(&c.jail, &c.tree)?;
     let jail_excludes = jailsync_engine::layout::read_conf_excludes(&c.jail)?;
-    crate::filters::add_excludes(&mut c.args, &jail_excludes);
+    crate::filters::add_excludes(&mut c.args.exclude, &jail_excludes);
     if g.verbose > 0 && !g.quiet {
         for h in &layout.how {
             eprintln!("jailsync: layout: {h}");

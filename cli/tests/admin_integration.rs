@@ -243,6 +243,15 @@ fn filter_merge_file_leaves_what_rsync_leaves() {
     assert_eq!(got["LEGACY"], "live");
     assert!(!got.contains_key("README"));
     assert!(got.contains_key("keep.log") && !got.contains_key("x/y") && got.contains_key("ax/y"));
+    // verify with the same rules leaves alone what the sync left alone; without, differs.
+    let verify = |f: &[&str]| {
+        let mut a = vec![OsStr::new("verify")];
+        a.extend(f.iter().map(OsStr::new));
+        a.extend([e.src().as_os_str(), e.dst().as_os_str()]);
+        e.js(&a)
+    };
+    expect_code(&verify(&["--filter", &merge]), 0);
+    expect_code(&verify(&[]), 1);
     // The rules are recorded with the generation: its rollback compares what the sync saw.
     expect_code(&e.js([OsStr::new("rollback"), e.dst().as_os_str()]), 0);
     assert_eq!(contents(e.dst()), before, "rollback after a filtered sync");
