@@ -43,8 +43,8 @@ Each kept file is named on stderr (one with a \fB.jailsync\-new\fR beside it eve
 merge is due); \fBjailsync conf\-diff ROOT\fR shows the pending ones as unified diffs. Merge, then
 delete the \fB.jailsync\-new\fR file.
 .SH "FILTER RULES"
-\fB\-\-exclude\fR, \fB\-\-include\fR, \fB\-\-exclude\-from\fR and \fB\-\-filter\fR take rsync's rules, for the part of
-rsync's syntax that makes sense for a tree sync. An excluded path is neither copied nor
+\fB\-\-exclude\fR, \fB\-\-include\fR, \fB\-\-exclude\-from\fR and \fB\-\-filter\fR (of \fBsync\fR, \fBupgrade\fR and \fBverify\fR) take
+rsync's rules, for the part of rsync's syntax that makes sense for a tree sync. An excluded path is neither copied nor
 deleted: the live system keeps it as it is, in every generation a switch makes.
 .TP
 \fB\- \fIPATTERN\fR, \fBexclude \fIPATTERN\fR
