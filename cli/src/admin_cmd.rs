@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use jailsync_engine::usage::{self, Usage};
-use jailsync_engine::{generation, journal, paths, rollback, switch, sync};
+use jailsync_engine::{generation, journal, paths, switch, sync};
 
 use crate::args::{exit, Global};
 use crate::gens::{live_set, switched_sizes};
@@ -132,11 +132,10 @@ fn prune_one(c: &PruneCmd, shown: &std::path::Path, g: &Global) -> Result<u8> {
     let state = sync::open_state(&g.state_dir, &[&dst])?;
     // Under the destination's lock: a sync running now may be about to record a generation.
     let _lock = journal::Lock::acquire(&state, &dst)?;
-    let mut home_opt = switch::Home::existing(&dst)?;
+    let home_opt = switch::Home::existing(&dst)?;
     if let Some(home) = &home_opt {
         jailsync_engine::generation::recover(home, Some(&state))?;
     }
-    home_opt = home_opt.filter(|h| h.is_switchable());
     let (gens, removed_ids, freed) = if let Some(home) = &home_opt {
         let gens = switched_sizes(home, &dst)?;
         let cut = gens.len().saturating_sub(c.keep);
@@ -147,16 +146,6 @@ fn prune_one(c: &PruneCmd, shown: &std::path::Path, g: &Global) -> Result<u8> {
             generation::prune(home, c.keep)?;
         }
         (gens.len(), ids, freed)
-    } else if let Some(store) = rollback::Store::find(&state, &dst)? {
-        let list = rollback::list(&store)?;
-        let cut = list.len().saturating_sub(c.keep);
-        let doomed: Vec<PathBuf> = list[..cut].iter().map(|g| g.dir.clone()).collect();
-        let freed = usage::held_only_by(&doomed, &live_set(&dst)?)?;
-        let ids: Vec<u64> = list[..cut].iter().map(|g| g.id).collect();
-        if !c.dry_run {
-            rollback::prune_generations(&store, c.keep)?;
-        }
-        (list.len(), ids, freed)
     } else if state.tree_dir(&dst)?.join("cache").exists() {
         (0, Vec::new(), Usage::default())
     } else {

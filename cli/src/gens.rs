@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use jailsync_engine::usage::{self, Usage};
-use jailsync_engine::{fsx, generation, rollback, switch};
+use jailsync_engine::{fsx, generation, switch};
 
 /// One generation as `history` and `prune` show it.
 pub struct GenSize {
     pub id: u64,
-    /// Where it is read (through the home's or store's open fd).
+    /// Where it is read (through the home's open fd).
     pub io: PathBuf,
     pub usage: Option<Usage>,
 }
@@ -43,27 +43,12 @@ pub fn switched_sizes(home: &switch::Home, dst: &Path) -> Result<Vec<GenSize>> {
     Ok(out)
 }
 
-/// Sizes of the per-file store's generations, oldest first.
-pub fn store_sizes(gens: &[rollback::Generation], dst: &Path) -> Result<Vec<GenSize>> {
-    let live = live_set(dst).ok();
-    Ok(gens
-        .iter()
-        .map(|g| GenSize {
-            id: g.id,
-            io: g.dir.clone(),
-            usage: live
-                .as_ref()
-                .and_then(|l| usage::held_only_by(std::slice::from_ref(&g.dir), l).ok()),
-        })
-        .collect())
-}
-
-/// The home of a destination whose last sync switched a whole tree (with generations left).
+/// The home of a destination, if it holds generations.
 pub fn switched_home(dst: &Path) -> Result<Option<switch::Home>> {
     let Some(home) = switch::Home::existing(dst)? else {
         return Ok(None);
     };
-    if !home.is_switchable() || generation::list(&home)?.is_empty() {
+    if generation::list(&home)?.is_empty() {
         return Ok(None);
     }
     Ok(Some(home))

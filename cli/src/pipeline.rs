@@ -1,5 +1,5 @@
 //! The run `sync` and each phase of `upgrade` share: plan every pair, decide protected
-//! configuration, check the deletions, switch (or apply per file), then report.
+//! configuration, check the deletions, switch (one transaction), then report.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -70,7 +70,7 @@ pub fn run_pairs(
         crate::audit::dry_run();
         None
     } else {
-        Some(switch_or_apply(&mut trees, g, &en)?)
+        Some(switch_all(&mut trees, &en)?)
     };
     if let Some(why) = report.as_ref().and_then(|r| r.aborted.as_ref()) {
         eprintln!("jailsync: {why}");
@@ -166,8 +166,7 @@ fn audit_trees(trees: &[Tree], r: &Report) {
             .get(k)
             .and_then(|s| s.as_ref())
             .and_then(|s| s.generation);
-        let kept = r.generations.get(k).and_then(|g| g.as_ref()).map(|g| g.id);
-        crate::audit::tree(&t.dst_path, switched.or(kept));
+        crate::audit::tree(&t.dst_path, switched);
     }
 }
 
@@ -229,39 +228,10 @@ fn plan_all(
     Ok((trees, decisions))
 }
 
-/// Switches every tree whole when they all can be; else (or when the switch falls back)
-/// applies them per file.
-fn switch_or_apply(trees: &mut [Tree], g: &Global, en: &Engine) -> Result<Report> {
-    if sync::all_switchable(trees) {
-        let r = jailsync_engine::txn::switch_all(trees, &en.state, &en.opts, &en.pools, &*en.prog)?;
-        match &r.fallback {
-            Some(why) => {
-                for t in trees.iter_mut() {
-                    if let Some(h) = t.home.as_mut() {
-                        h.method = jailsync_engine::switch::Method::PerFile(why.clone());
-                    }
-                }
-            }
-            None => return Ok(r),
-        }
-    }
-    if g.verbose > 0 && !g.quiet {
-        for t in trees.iter() {
-            if let Some(h) = &t.home {
-                eprintln!(
-                    "jailsync: {}: switch by {}",
-                    t.dst_path.display(),
-                    h.method.describe()
-                );
-            }
-        }
-    }
-    Ok(sync::apply_all(
-        trees,
-        Some(&en.state),
-        &en.opts,
-        &en.pools,
-        &*en.prog,
+/// Makes the next release of every tree live: one transaction (see the engine's `txn`).
+fn switch_all(trees: &mut [Tree], en: &Engine) -> Result<Report> {
+    Ok(jailsync_engine::txn::switch_all(
+        trees, &en.state, &en.opts, &en.pools, &*en.prog,
     )?)
 }
 
@@ -296,7 +266,7 @@ fn report_tree(out: &mut impl Write, t: &Tree, o: Option<&Outcome>, g: &Global) 
     Ok(errors)
 }
 
-/// The run's notes, its switches and, with `-v`, where each rollback generation is kept.
+/// The run's notes and its switches (each names where its old tree is kept).
 fn report_run(out: &mut impl Write, trees: &[Tree], r: &Report, g: &Global) -> Result<()> {
     if !g.quiet {
         for n in &r.notes {
@@ -304,17 +274,5 @@ fn report_run(out: &mut impl Write, trees: &[Tree], r: &Report, g: &Global) -> R
         }
     }
     output::print_switches(out, g, trees, r)?;
-    if g.verbose > 0 && !g.json {
-        for (gen, t) in r.generations.iter().zip(trees) {
-            if let Some(gen) = gen {
-                eprintln!(
-                    "jailsync: {}: rollback generation {} kept in {}",
-                    t.dst_path.display(),
-                    gen.id,
-                    gen.store.display()
-                );
-            }
-        }
-    }
     Ok(())
 }

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use jailsync_engine::paths;
-use jailsync_engine::sync::{self, Pools, SyncOpts};
+use jailsync_engine::sync::{self, Pools};
 
 use crate::args::{exit, stop_on_signals, Global};
 use crate::gens::switched_home;
-use crate::output::{self, progress, report_carry, report_error};
+use crate::output::{self, report_carry, report_error};
 
 #[derive(Args, Debug)]
 pub struct RollbackCmd {
@@ -34,10 +34,9 @@ pub struct RollbackCmd {
     /// Roll back the target of a DST that is a symlink (only one owned by root or you).
     #[arg(long)]
     pub follow_dst: bool,
-    /// Also roll back entries changed since the sync. A tree switched whole is switched back
-    /// and the tree that was live, with those changes, is kept whole beside the generations;
-    /// per-file generations keep each changed entry in the rollback store first. Without it
-    /// they are left as they are and reported (exit 1).
+    /// Also roll back entries changed since the sync: the tree is switched back and the tree
+    /// that was live, with those changes, is kept whole beside the generations (`kept-N`).
+    /// Without it they are left as they are and reported (exit 1).
     #[arg(long)]
     pub force: bool,
 }
@@ -102,13 +101,7 @@ fn rollback_trees(c: &RollbackCmd, g: &Global) -> Result<u8> {
             );
         }
     }
-    let opts = SyncOpts {
-        dry_run: c.dry_run,
-        ..SyncOpts::default()
-    };
     let pools = Pools::new(0);
-    let prog = progress(g);
-    let mut errors = 0;
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     // Trees switched whole are checked first and switched back together at the end, back to
@@ -136,74 +129,12 @@ fn rollback_trees(c: &RollbackCmd, g: &Global) -> Result<u8> {
             switched.push((home, r, state, lock));
             continue;
         }
-        drop(lock);
-        let r = jailsync_engine::rollback::rollback(
-            &state, &dst, c.gen, c.force, &opts, &pools, &*prog,
-        )?;
-        crate::audit::tree(&dst, Some(r.generation.id));
-        if c.itemize || g.json {
-            output::print_changes(&mut out, &r.plan, &r.old, &r.cur, b"", g.json)?;
-        }
-        let since = io::Error::other(
-            "changed since the sync; left as it is (--force rolls it back, keeping it in the \
-             rollback store first)",
+        bail!(
+            "{}: nothing to roll back: no generation recorded (a sync with --no-rollback or --keep 0 keeps none)",
+            dst.display()
         );
-        for p in &r.changed {
-            errors += 1;
-            let p = dst.join(jailsync_engine::fsx::os(p));
-            report_error(&mut out, g, &p.display().to_string(), "rollback", &since)?;
-        }
-        if let (Some((dir, n)), false) = (&r.kept, g.quiet) {
-            eprintln!(
-                "jailsync: {}: {n} entries changed since the sync kept in {} before being \
-                 rolled back",
-                dst.display(),
-                dir.display()
-            );
-        }
-        if let Some(o) = &r.outcome {
-            for e in &o.errors {
-                errors += 1;
-                let p = dst.join(jailsync_engine::fsx::os(&e.path));
-                report_error(
-                    &mut out,
-                    g,
-                    &p.display().to_string(),
-                    e.phase.name(),
-                    &e.error,
-                )?;
-            }
-        }
-        if g.json {
-            let v = serde_json::json!({
-                "type": "summary",
-                "path": dst.display().to_string(),
-                "generation": r.generation.id,
-                "dry_run": c.dry_run,
-                "changes": r.plan.actions.len(),
-                "errors": errors,
-            });
-            writeln!(out, "{v}")?;
-        } else if !g.quiet {
-            eprintln!(
-                "{}: {} generation {} ({} changes){}",
-                dst.display(),
-                if c.dry_run {
-                    "would roll back to"
-                } else {
-                    "rolled back to"
-                },
-                r.generation.id,
-                r.plan.actions.len(),
-                if errors > 0 {
-                    format!(", {errors} errors")
-                } else {
-                    String::new()
-                }
-            );
-        }
     }
-    errors += rollback_switched(&mut switched, c, g, &mut out)?;
+    let errors = rollback_switched(&mut switched, c, g, &mut out)?;
     out.flush()?;
     Ok(if errors > 0 { exit::PARTIAL } else { exit::OK })
 }
@@ -294,7 +225,7 @@ fn rollback_switched(
                     "{}: rolled back to generation {} by {} in {:.3} ms; the tree it replaced is at {}",
                     dst.display(),
                     r.generation.id,
-                    home.method.describe(),
+                    s.method.describe(),
                     s.window.as_secs_f64() * 1000.0,
                     s.old.display()
                 );

@@ -239,14 +239,6 @@ pub fn rollback(root: &Path, force: bool, dry_run: bool, g: &Global) -> Result<u
             continue;
         };
         generation::recover(&home, Some(&state))?;
-        if !home.is_switchable() {
-            eprintln!(
-                "jailsync: {}: applied per file, not switched: roll it back with `jailsync rollback {}`",
-                t.dst.display(),
-                t.dst.display()
-            );
-            continue;
-        }
         let Some(id) = made_by(&home, t)? else {
             // No generation newer than the upgrade's start: the upgrade left this tree as it
             // was, unless the generation it made is gone (ids are never reused, so the last
@@ -329,10 +321,11 @@ pub fn rollback(root: &Path, force: bool, dry_run: bool, g: &Global) -> Result<u
                        "window_ms": r.switched.as_ref().map(|s| s.window.as_secs_f64() * 1000.0)})
             );
         } else if !g.quiet {
+            let how = r.switched.as_ref().map_or(&home.method, |s| &s.method);
             eprintln!(
                 "{}: rolled back to generation {id} by {}",
                 dst.display(),
-                home.method.describe()
+                how.describe()
             );
         }
     }

@@ -529,8 +529,8 @@ fn history_sizes_and_prune_switched_generations() {
 }
 
 #[test]
-fn history_sizes_and_prune_per_file_store() {
-    sizes_and_prune(&[("JAILSYNC_SWITCH", "per-file")]);
+fn history_sizes_and_prune_generations_switched_by_subtrees() {
+    sizes_and_prune(&[("JAILSYNC_SWITCH", "entries")]);
 }
 
 /// Under a terminal (`script` gives the run a pty) an upgrade draws bars naming the tree, with

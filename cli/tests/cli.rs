@@ -344,8 +344,11 @@ impl Drop for Immutable {
     }
 }
 
+/// An immutable or append-only entry cannot be renamed or replaced: one the release changes
+/// (or changes below) refuses the whole run, naming it and the fix, with nothing changed (a
+/// release applied around it would be torn).
 #[test]
-fn exit_1_when_some_entries_fail() {
+fn immutable_entries_the_release_changes_refuse_the_run_and_change_nothing() {
     require_root!();
     let e = Env::new().with_dst();
     e.src.file("locked/f", b"new").file("ok", b"fine");
@@ -354,48 +357,80 @@ fn exit_1_when_some_entries_fail() {
         eprintln!("skipped: chattr +i not supported here");
         return;
     };
-    let (o, lines) = sync_json(&e, 1);
-    let summary = lines.last().unwrap();
-    assert_eq!(summary["type"], "summary");
-    assert!(summary["errors"].as_u64().unwrap() >= 1, "{summary}");
-    let err = lines
-        .iter()
-        .find(|l| l["type"] == "error")
-        .expect("an error object");
-    assert!(err["path"].as_str().unwrap().contains("locked"), "{err}");
+    let before = listing(e.dst());
+    let o = e.js(sync_args(&e, &[]));
+    expect_code(&o, 2);
     assert!(
-        stderr(&o).contains("locked"),
-        "error names no path: {}",
+        stderr(&o).contains("/locked") && stderr(&o).contains("chattr -i"),
+        "{}",
         stderr(&o)
     );
-    // What could be done was done; the locked file is whole and old.
-    assert_eq!(std::fs::read(e.dst.path("ok")).unwrap(), b"fine");
-    assert_eq!(std::fs::read(e.dst.path("locked/f")).unwrap(), b"old");
-    let l = listing(e.dst());
-    assert!(
-        l.0.keys()
-            .all(|p| !p.windows(14).any(|w| w == b".jailsync-tmp-")),
-        "temporary names left behind: {l:?}"
-    );
+    assert_eq!(listing(e.dst()), before, "something was changed");
     drop(_guard);
 
-    // An immutable file: staging works, the commit's rename fails; the staged copy is removed.
-    // (With rollback on, a file that cannot be kept refuses the whole run: issue 10, item 7.)
+    // An immutable file the release replaces, and an immutable directory it deletes.
     let e = Env::new().with_dst();
     e.src.file("f", b"new").file("g", b"g").mode("g", 0o600);
-    e.dst.file("f", b"old").file("g", b"g");
-    let _guard = Immutable::set(e.dst.path("f")).expect("chattr worked above");
-    let o = e.js(sync_args(&e, &["-i", "--no-rollback"]));
-    expect_code(&o, 1);
+    e.dst
+        .file("f", b"old")
+        .file("g", b"g")
+        .file("gone", b"1")
+        .file("stuck/f", b"s");
+    let _f = Immutable::set(e.dst.path("f")).expect("chattr worked above");
+    let o = e.js(sync_args(&e, &["--no-rollback"]));
+    expect_code(&o, 2);
     assert!(stderr(&o).contains("/f"), "{}", stderr(&o));
-    assert_eq!(std::fs::read(e.dst.path("f")).unwrap(), b"old");
-    assert_eq!(listing(e.dst()).get("g").unwrap().mode, 0o600);
-    let l = listing(e.dst());
-    assert!(
-        l.0.keys()
-            .all(|p| !p.windows(14).any(|w| w == b".jailsync-tmp-")),
-        "temporary names left behind: {l:?}"
-    );
+    drop(_f);
+    let _stuck = Immutable::set(e.dst.path("stuck")).expect("chattr worked above");
+    let before = listing(e.dst());
+    let o = e.js(sync_args(&e, &[]));
+    expect_code(&o, 2);
+    assert!(stderr(&o).contains("/stuck"), "{}", stderr(&o));
+    assert_eq!(listing(e.dst()), before, "something was changed");
+}
+
+/// An immutable entry the release leaves as it is stays where it is: the switch goes around it
+/// (its directory is left in place, every other entry exchanged), a file of it found while
+/// staging is copied into the old tree's place instead of linked, so the generation can be
+/// pruned; rollback goes around it the same way.
+#[test]
+fn immutable_entries_the_release_leaves_alone_are_switched_around() {
+    require_root!();
+    let e = Env::new().with_dst();
+    e.src
+        .file("lib/frozen", b"same")
+        .file("lib/x", b"new")
+        .file("pinned/p", b"p")
+        .file("bin/tool", b"new");
+    e.dst
+        .file("lib/frozen", b"same")
+        .file("lib/x", b"old")
+        .file("pinned/p", b"p")
+        .file("bin/tool", b"old");
+    let Some(_f) = Immutable::set(e.dst.path("lib/frozen")) else {
+        eprintln!("skipped: chattr +i not supported here");
+        return;
+    };
+    let _p = Immutable::set(e.dst.path("pinned")).expect("chattr worked above");
+    let (frozen, pinned) = (ino(e.dst(), "lib/frozen"), ino(e.dst(), "pinned"));
+    let o = e.js(sync_args(&e, &["-v"]));
+    expect_code(&o, 0);
+    assert!(stderr(&o).contains("subtree"), "{}", stderr(&o));
+    e.assert_synced();
+    assert_eq!(ino(e.dst(), "lib/frozen"), frozen, "the pinned file moved");
+    assert_eq!(ino(e.dst(), "pinned"), pinned, "the pinned directory moved");
+    let o = e.js([OsStr::new("rollback"), e.dst().as_os_str()]);
+    expect_code(&o, 0);
+    assert_eq!(std::fs::read(e.dst.path("lib/x")).unwrap(), b"old");
+    assert_eq!(std::fs::read(e.dst.path("bin/tool")).unwrap(), b"old");
+    assert_eq!(ino(e.dst(), "lib/frozen"), frozen);
+    let o = e.js([
+        OsStr::new("prune"),
+        OsStr::new("--keep"),
+        OsStr::new("0"),
+        e.dst().as_os_str(),
+    ]);
+    expect_code(&o, 0);
 }
 
 #[test]
@@ -477,27 +512,6 @@ fn verify_and_manifest_honour_excludes() {
 }
 
 /// The summary counts what was done: a delete refused by the filesystem is not counted.
-#[test]
-fn summary_counts_only_what_was_done() {
-    require_root!();
-    let e = Env::new().with_dst();
-    e.src.file("keep", b"k");
-    e.dst
-        .file("keep", b"k")
-        .file("gone1", b"1")
-        .file("gone2", b"2")
-        .file("stuck/f", b"s");
-    let Some(_guard) = Immutable::set(e.dst.path("stuck")) else {
-        eprintln!("skipped: chattr +i not supported here");
-        return;
-    };
-    let (_, lines) = sync_json(&e, 1);
-    let summary = lines.last().unwrap();
-    // gone1, gone2 deleted; stuck/f and stuck/ refused (immutable directory).
-    assert_eq!(summary["deleted"], 2, "{summary}");
-    assert!(e.dst.path("stuck/f").exists());
-}
-
 /// Names that start like our temporary names, even in their exact shape, are synced like any
 /// other: only names a run recorded before making them are its own (issue 10, item 6).
 #[test]

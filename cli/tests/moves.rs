@@ -36,3 +36,6 @@ mod names;
 /// Rollback's checks: an older generation's configuration base, xattrs changed since (items 8, 19).
 #[path = "moves/rollback_checks.rs"]
 mod rollback_checks;
+/// A sync onto `/` itself, around what is mounted in it (issue 20 item 2).
+#[path = "moves/root.rs"]
+mod root;

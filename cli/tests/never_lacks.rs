@@ -387,7 +387,7 @@ fn strace_no_common_path_removed_or_renamed_away() {
     if !need_strace() {
         return;
     }
-    for method in ["tree", "entries", "per-file"] {
+    for method in ["tree", "entries"] {
         no_common_path_removed_with(method);
     }
 }
@@ -620,84 +620,6 @@ fn watcher_catches_naive_delete_then_copy() {
         !w.missing.is_empty(),
         "the watcher missed a delete-then-copy"
     );
-}
-
-/// `upgrade`'s order (issue 2): every tree is staged before any is committed, the package
-/// database (`var/db/pkg`) is committed last, and orphans are pruned only after every commit.
-#[test]
-fn upgrade_stages_all_then_commits_db_last_then_prunes() {
-    if !need_strace() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let jail = Tree::new(tmp.path().join("jail"));
-    let root = Tree::new(tmp.path().join("root"));
-    for i in 0..30 {
-        jail.file(format!("usr/pkg/lib/l{i}"), format!("new {i}"));
-        root.file(format!("usr/pkg/lib/l{i}"), format!("old {i}"));
-        jail.file(format!("var/db/pkg/p{i}/+CONTENTS"), format!("new {i}"));
-        root.file(format!("var/db/pkg/p{i}/+CONTENTS"), format!("old {i}"));
-    }
-    jail.file("usr/pkg/newdir/x", b"x")
-        .file("usr/pkg/t/x", b"dir now");
-    root.file("usr/pkg/t", b"file").file("usr/pkg/orphan", b"o");
-    root.file("var/db/pkg/old-1/+CONTENTS", b"orphan package");
-    let mut cmd = Command::new(BIN);
-    cmd.env("JAILSYNC_SWITCH", "per-file")
-        .arg("--state-dir")
-        .arg(tmp.path().join("state"))
-        .arg("upgrade")
-        .arg(&jail.root)
-        .arg("--root")
-        .arg(&root.root);
-    let calls = traced_with(&mut cmd, &tmp.path().join("trace"), ALL_CALLS);
-    let staged = |p: &Path| {
-        p.as_os_str()
-            .as_bytes()
-            .windows(14)
-            .any(|w| w == b".jailsync-tmp-")
-    };
-    let (pkg, db) = (root.path("usr/pkg"), root.path("var/db/pkg"));
-    let (mut stage, mut commit_pkg, mut commit_db, mut prune) = (vec![], vec![], vec![], vec![]);
-    for (k, c) in calls.iter().enumerate() {
-        if !c.paths.iter().any(|p| p.starts_with(&root.root)) {
-            continue;
-        }
-        match &*c.name {
-            "openat" | "mkdirat" | "symlinkat" | "linkat" | "mknodat" => {
-                assert!(staged(&c.paths[0]), "created a live name directly: {c:?}");
-                stage.push(k);
-            }
-            "unlink" | "unlinkat" | "rmdir" => prune.push(k),
-            _ if staged(&c.paths[0]) && !staged(&c.paths[1]) => {
-                if c.paths[1].starts_with(&db) {
-                    commit_db.push(k)
-                } else if c.paths[1].starts_with(&pkg) {
-                    commit_pkg.push(k)
-                }
-            }
-            _ => {}
-        }
-    }
-    assert!(
-        !stage.is_empty() && !commit_pkg.is_empty() && !commit_db.is_empty() && !prune.is_empty()
-    );
-    let first_commit = commit_pkg[0].min(commit_db[0]);
-    let last_commit = *commit_pkg.last().unwrap().max(commit_db.last().unwrap());
-    assert!(
-        *stage.last().unwrap() < first_commit,
-        "staging after a commit began"
-    );
-    assert!(
-        commit_pkg.last().unwrap() < &commit_db[0],
-        "var/db/pkg committed before usr/pkg was complete"
-    );
-    assert!(
-        prune[0] > last_commit,
-        "pruned before every commit was done"
-    );
-    assert_same(&jail.path("usr/pkg"), &root.path("usr/pkg"));
-    assert_same(&jail.path("var/db/pkg"), &root.path("var/db/pkg"));
 }
 
 /// `upgrade` by whole-tree switches: every tree is staged (in its home, nothing created under a

@@ -22,7 +22,7 @@ const LINUX_ONLY: &[&str] = &[
 ];
 
 /// A release and its update: changed, new, removed files, a directory that becomes a file
-/// (an exchange in the per-file burst), symlinks, hard links, nested directories, xattrs on
+/// (a change of type), symlinks, hard links, nested directories, xattrs on
 /// a file, a directory and (where trusted.* can be set) a symlink.
 fn fixture(e: &Env) {
     for t in [&e.src, &e.dst] {
@@ -139,14 +139,14 @@ fn portable_layer_makes_no_linux_only_calls_and_syncs_exactly() {
 }
 
 #[test]
-fn portable_per_file_burst_makes_no_linux_only_calls() {
+fn portable_switch_by_subtrees_makes_no_linux_only_calls() {
     require!(have("strace"), "strace is not installed");
     let e = Env::new().with_dst();
     fixture(&e);
     let (trace, o) = traced_env(
         &e,
         Some("portable"),
-        Some("per-file"),
+        Some("entries"),
         &sync_args(&e, &["--json"]),
     );
     expect_code(&o, 0);

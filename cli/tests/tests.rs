@@ -6,8 +6,8 @@
 //! NAME::`.
 //!
 //! The suites share one process and its environment: a test never changes the process's
-//! environment, working directory or umask; what its children need it gives them (as
-//! `common::force_per_file` does).
+//! environment, working directory or umask; what its children need it gives them (as the
+//! `JAILSYNC_SWITCH=entries` of the tests of the switch by subtrees).
 
 #[macro_use]
 mod common;

@@ -220,6 +220,9 @@ pub struct Record<'a> {
     /// The file holding the destination's configuration base now, before this sync writes
     /// the next one (absent: there is none): saved with the generation.
     pub conf_base: &'a Path,
+    /// Immutable or append-only entries the switch goes around (they stay live): a rollback
+    /// goes around them too.
+    pub pinned: &'a [Box<[u8]>],
 }
 
 pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result<()> {
@@ -265,6 +268,9 @@ pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result
     }
     for x in r.excludes {
         let _ = writeln!(info, "exclude={x}");
+    }
+    for p in r.pinned {
+        let _ = writeln!(info, "pinned={}", switch::hex(p));
     }
     // `info` last: a record is complete when it is there.
     switch::write_file_at(&dir, "info", &info, &shown.join("info"), home.durable)
@@ -483,6 +489,8 @@ pub struct RolledBack {
     /// Where the tree that was live went (it holds the changes above, when forced).
     pub kept_as: Option<PathBuf>,
     pub errors: Vec<(PathBuf, io::Error)>,
+    /// Entries the undone syncs switched around: the switch back goes around them too.
+    pub pinned: Vec<Box<[u8]>>,
 }
 
 /// Prepares switching generation `id` (default: the newest) back in: the live tree is
@@ -505,14 +513,26 @@ pub fn check(home: &Home, id: Option<u64>, pool: &rayon::ThreadPool) -> Result<R
     // Xattrs are compared when the sync recorded them (older records do not say: compared
     // without, as then).
     let xattrs = info_field(&info, "xattrs") == Some("1");
+    let mounts = crate::jail::mountinfo::points_below(&home.live);
     let sopts = crate::scan::ScanOpts {
         excludes: &excludes,
         xattrs,
         defer_xattrs: false,
         ours: &[],
+        mounts: &mounts,
     };
     let scan = crate::scan::scan_tree(&home.live, pool, &sopts)?;
     let mut changed = changed_since(home, newest, &scan.entries, xattrs)?;
+    // What the undone syncs switched around stays where it is when switching back.
+    let mut pinned: Vec<Box<[u8]>> = Vec::new();
+    for n in gens.iter().map(|x| x.id).filter(|&n| n >= g.id) {
+        let info = fs::read_to_string(meta_io(home, n).join("info")).unwrap_or_default();
+        pinned.extend(
+            info.lines()
+                .filter_map(|l| switch::unhex(l.strip_prefix("pinned=")?))
+                .map(Vec::into_boxed_slice),
+        );
+    }
     let mut carry = plan_carry(home, g.id, pats, &excludes, scan.holds_excluded, pool)?;
     // The guard's last look lists the live tree against this scan (only names made since
     // are looked at), and the tree switched out is defanged by it.
@@ -529,6 +549,7 @@ pub fn check(home: &Home, id: Option<u64>, pool: &rayon::ThreadPool) -> Result<R
         carry,
         switched: None,
         kept_as: None,
+        pinned,
         errors: Vec::new(),
     })
 }
@@ -551,29 +572,29 @@ pub fn switch_back_all(
     for (home, rb) in items.iter() {
         guard_carry(home, rb.generation.id, &rb.carry)?;
     }
-    let mut pending = Vec::new();
-    for (home, rb) in items.iter() {
-        let g = rb.generation.id;
-        let to = if rb.changed.is_empty() {
+    // A mount below a live tree is a bound its switch back goes around, read as each is
+    // planned and once more after (see `switch::prepare_around_mounts`).
+    let homes: Vec<Option<(&Home, usize)>> = items
+        .iter()
+        .enumerate()
+        .map(|(i, (h, _))| Some((*h, i)))
+        .collect();
+    let pending: Vec<_> = switch::prepare_around_mounts(&homes, |h, i| {
+        let g = items[i].1.generation.id;
+        let to = if items[i].1.changed.is_empty() {
             format!("undone-{g}")
         } else {
             format!("kept-{g}")
         };
-        match home.prepare_back(g, &to) {
-            Ok(p) => pending.push(p),
-            Err(e) => {
-                for (p, (h, _)) in pending.into_iter().zip(items.iter()) {
-                    h.cancel(p);
-                }
-                return Err(e);
-            }
-        }
-    }
-    // Mounts, looked at last: an exchange would move a mount made below the live tree into
-    // `undone-N`, which the next sync removes (see `switch::first_mount_below`).
+        h.prepare_back(g, &to, &items[i].1.pinned)
+    })?
+    .into_iter()
+    .flatten()
+    .collect();
+    // A mount inside a generation (a switch raced a `mount`) would come into the live tree.
     let trees: Vec<PathBuf> = items
         .iter()
-        .flat_map(|(h, rb)| [h.live.clone(), h.gen_path(rb.generation.id)])
+        .map(|(h, rb)| h.gen_path(rb.generation.id))
         .collect();
     let trees: Vec<&Path> = trees.iter().map(PathBuf::as_path).collect();
     if let Some((t, m)) = switch::first_mount_below(&trees) {
@@ -611,6 +632,7 @@ pub fn switch_back_all(
                     window,
                     calls,
                     old: PathBuf::new(),
+                    method: pending[k].method(),
                 });
             }
             Err(e) => {
@@ -887,6 +909,7 @@ fn plan_carry(
         xattrs: false,
         defer_xattrs: false,
         ours: &[],
+        mounts: &[],
     };
     let gscan = crate::scan::scan_tree(&gio, pool, &sopts)?;
     let gen = fsx::open_root_nofollow(&gio).at(&gpath)?;
@@ -1132,6 +1155,7 @@ mod tests {
             xattrs: false,
             defer_xattrs: false,
             ours: &[],
+            mounts: &[],
         };
         let holds = crate::scan::scan_tree(&live, &pool, &sopts)
             .unwrap()

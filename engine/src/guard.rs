@@ -74,7 +74,6 @@ pub fn changed_since_scan(
         next: RefCell::new(Dirs::new(next)),
         dst,
         excludes,
-        in_place: false,
     };
     for p in guard {
         if let Some(c) = g.top(p)? {
@@ -91,34 +90,6 @@ pub fn changed_since_scan(
             protected: globs,
         };
         return g.appeared(b"", live, true, &new);
-    }
-    Ok(None)
-}
-
-/// [`changed_since_scan`] for a run that changes the live tree in place (the per-file burst,
-/// used where a mount below DST or an immutable entry keeps the tree from being switched
-/// whole): every protected entry under `guard` compared with its scan, looked at once more
-/// just before the first live name is replaced (`excludes`: the run's, whose entries the scan
-/// did not list). Excluded entries are left where they are by such a run, so only the
-/// protected ones can be overwritten.
-pub fn changed_in_place(
-    live: BorrowedFd<'_>,
-    dst: &Entries,
-    guard: &[Box<[u8]>],
-    excludes: &Excludes,
-) -> io::Result<Option<Changed>> {
-    let g = Look {
-        live,
-        next_root: live,
-        next: RefCell::new(Dirs::new(live)),
-        dst,
-        excludes,
-        in_place: true,
-    };
-    for p in guard {
-        if let Some(c) = g.top(p)? {
-            return Ok(Some(c));
-        }
     }
     Ok(None)
 }
@@ -286,9 +257,6 @@ struct Look<'a> {
     next: RefCell<Dirs<'a>>,
     dst: &'a Entries,
     excludes: &'a Excludes,
-    /// No next tree: the run changes the live tree in place (the per-file burst), so a
-    /// protected entry is compared with its scan only (nothing is carried by a link).
-    in_place: bool,
 }
 
 /// What is compared of an entry found now.
@@ -412,7 +380,7 @@ impl Look<'_> {
             return self.dir(rel, ld.as_fd(), scanned);
         }
         // The next tree shares this very inode: whatever was written to it is carried.
-        if !self.in_place && self.linked_across(rel, now)? {
+        if self.linked_across(rel, now)? {
             return Ok(None);
         }
         match was {
@@ -469,7 +437,7 @@ impl Look<'_> {
         }
         let mut dirs = Vec::new();
         for (name, was) in names.iter().zip(was) {
-            // This program's own names (a per-file run's temporary files, homes) are nobody's
+            // This program's own names (an older version's temporary files, homes) are nobody's
             // content.
             if was.is_none() && crate::names::is_reserved_top(name) {
                 continue;
@@ -661,6 +629,7 @@ mod tests {
             xattrs: false,
             defer_xattrs: false,
             ours: &[],
+            mounts: &[],
         };
         let scan = scan_tree(&live, &pool, &opts).unwrap();
         Fixture {

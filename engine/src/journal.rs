@@ -150,12 +150,14 @@ impl StateDir {
 }
 
 /// Refuses a state dir (`state`, canonical; `shown` as the user named it) that is one of the
-/// trees or inside one: the tree would then hold our state. Compared by identity (device and
+/// trees or inside one: the tree would then hold our state (one behind a mount point below a
+/// tree is not in it: a sync never enters there). Compared by identity (device and
 /// inode, see [`Loc`]), so a bind mount or symlink of a tree is no way around it.
 pub fn check_outside(shown: &Path, state: &Path, trees: &[&Path]) -> Result<()> {
     let s = Loc::of(state)?;
     for t in trees {
-        if s.within(&Loc::of(t)?) {
+        let tl = Loc::of(t)?;
+        if s.within(&tl) && !s.behind_mount_of(state, &tl, t) {
             return Err(Error::bad(
                 shown,
                 format!("state dir is inside the synced tree {}", t.display()),

@@ -45,7 +45,7 @@ pub fn home_name(live_name: &[u8]) -> Vec<u8> {
 }
 
 /// Whether `name` is one of this program's own names (`.jailsync-*`: a home, the in-tree home,
-/// the per-file store, a temporary name), which no run takes for the tree's content.
+/// an older version's per-file store, a temporary name), which no run takes for the tree's content.
 pub fn is_reserved_top(name: &[u8]) -> bool {
     name.starts_with(b".jailsync-") || is_tmp_name(name)
 }

@@ -278,6 +278,12 @@ fn last_name(
     Ok(resolved)
 }
 
+/// Whether `p` (canonical) is at or below a mount point strictly below `tree` (canonical),
+/// read from the mount table now (see [`Loc::behind_mount_of`]).
+fn behind_mount(p: &Path, tree: &Path) -> bool {
+    MountTable::current().is_ok_and(|t| t.under(tree).any(|m| p.starts_with(&m.target)))
+}
+
 /// What identifies a directory that may not exist yet: its nearest existing ancestor's
 /// identity, and the names below it still to be made.
 #[derive(Debug, Clone)]
@@ -352,6 +358,20 @@ impl Loc {
             (Some((d1, p1)), Some((d2, p2))) => d1 == d2 && p1.starts_with(p2),
             _ => false,
         }
+    }
+
+    /// Whether this directory (at `path`) is reached through a mount point below `tree` (at
+    /// `tree_path`) and is not `tree`'s own filesystem there: a place no sync of `tree`
+    /// enters (its mount points are bounds, neither scanned, written nor moved; see
+    /// [`crate::steps`]), so it may hold the source or the state dir (`sync /mnt/jail/ /`
+    /// with the jail and the state dir mounted in the root). A bind mount of part of `tree`
+    /// itself is still `tree`.
+    pub fn behind_mount_of(&self, path: &Path, tree: &Loc, tree_path: &Path) -> bool {
+        let tree_itself = match (&self.phys, &tree.phys) {
+            (Some((d1, p1)), Some((d2, p2))) => d1 == d2 && p1.starts_with(p2),
+            _ => true,
+        };
+        !tree_itself && behind_mount(path, tree_path)
     }
 
     /// Whether one is the other or below it, or holds a mount showing part of the other.

@@ -131,6 +131,9 @@ fn first_old_mapping(maps: &[u8], old_trees: &[PathBuf], live: &[PathBuf]) -> Op
             Some(p) => (p, true),
             None => (path, false),
         };
+        if deleted && anonymous(p) {
+            continue;
+        }
         let p = Path::new(p);
         if old_trees.iter().any(|t| p.starts_with(t))
             || (deleted && live.iter().any(|t| p.starts_with(t)))
@@ -139,6 +142,13 @@ fn first_old_mapping(maps: &[u8], old_trees: &[PathBuf], live: &[PathBuf]) -> Op
         }
     }
     None
+}
+
+/// The names the kernel gives shared memory no file holds (memfd, SysV segments, shared
+/// anonymous mappings), printed as deleted files of `/`: no tree's, though a tree at `/`
+/// would seem to hold them.
+fn anonymous(p: &str) -> bool {
+    p.starts_with("/memfd:") || p.starts_with("/SYSV") || p == "/dev/zero"
 }
 
 #[cfg(test)]
@@ -163,6 +173,11 @@ mod tests {
         );
         let maps = b"7f00-7f01 r-xp 00000000 fd:01 99    /usr/pkg/lib/libz.so\n";
         assert_eq!(first_old_mapping(maps, &old, &live), None);
+        // Shared memory is shown as deleted files of `/`: not the live root's.
+        let maps = b"7f00-7f01 r-xp 00000000 00:01 7    /memfd:sealed-91 (deleted)\n\
+7f00-7f01 rw-s 00000000 00:01 8    /SYSV00000000 (deleted)\n\
+7f00-7f01 rw-s 00000000 00:01 9    /dev/zero (deleted)\n";
+        assert_eq!(first_old_mapping(maps, &old, &[PathBuf::from("/")]), None);
     }
 
     #[test]

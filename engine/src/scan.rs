@@ -109,6 +109,11 @@ pub struct ScanOpts<'a> {
     /// Temporary names an earlier run recorded making in this tree (sorted; see
     /// [`crate::journal::StateDir::staged_names`]): found, they are leftovers to remove.
     pub ours: &'a [Box<[u8]>],
+    /// Mount points below the tree (relative, sorted): another filesystem's, never this
+    /// tree's content. Not listed, not descended into, on either side (as `rsync -x` keeps to
+    /// one filesystem); their parents are kept as an excluded entry's are, and the switch
+    /// goes around them ([`crate::steps`]).
+    pub mounts: &'a [Box<[u8]>],
 }
 
 /// What a walk found.
@@ -265,7 +270,7 @@ fn stat_names<'s>(
             }
         };
         if crate::names::is_ours(&name, &st) {
-            // A home (or the per-file store) at the top is where this very tree's run keeps
+            // A home (or an older version's per-file store) at the top is where this tree's runs keep
             // its own: not part of the tree, on either side. One deeper is a nested tree's:
             // not this tree's content either, but kept where it is, as an excluded entry is
             // (the next tree links it across).
@@ -280,7 +285,15 @@ fn stat_names<'s>(
         }
         let mut e = entry_from_stat(&st);
         let is_dir = e.kind == Kind::Dir;
-        if !ctx.opts.excludes.is_empty() && ctx.opts.excludes.matches(&path, &name, is_dir) {
+        let mounted = || {
+            ctx.opts
+                .mounts
+                .binary_search_by(|m| (**m).cmp(&path[..]))
+                .is_ok()
+        };
+        if (is_dir && !ctx.opts.mounts.is_empty() && mounted())
+            || (!ctx.opts.excludes.is_empty() && ctx.opts.excludes.matches(&path, &name, is_dir))
+        {
             holds_excluded = true;
             continue;
         }

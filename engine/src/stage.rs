@@ -59,6 +59,9 @@ pub struct Built {
     pub stale: Vec<u32>,
     /// Destination indices of live inodes whose metadata was changed in place.
     pub meta_in_place: Vec<u32>,
+    /// Live files found immutable or append-only (copied, not linked): they stay where they
+    /// are, bounds of the switch (see [`crate::steps`]).
+    pub pinned: Vec<Box<[u8]>>,
 }
 
 /// A failure that fails the whole build.
@@ -194,6 +197,7 @@ impl<'a> Builder<'a> {
                     o.errors.append(&mut local.errors);
                     o.stale.append(&mut local.stale);
                     o.meta_in_place.append(&mut local.meta_in_place);
+                    o.pinned.append(&mut local.pinned);
                 });
             });
             if let Some(f) = fatal.lock().expect("poisoned").take() {
@@ -205,6 +209,7 @@ impl<'a> Builder<'a> {
         built.stale = o.stale;
         built.meta_in_place = o.meta_in_place;
         built.meta_in_place.sort_unstable();
+        built.pinned = o.pinned;
         built.bytes_written = bytes.into_inner();
         built.linked = linked.into_inner();
 
@@ -378,7 +383,9 @@ impl<'a> Builder<'a> {
             From::Live(dj, meta) => {
                 let ld = l.get(parent)?;
                 let nd = n.get(parent)?;
-                fsx::link_at(ld, name, nd, name)?;
+                if let Err(err) = fsx::link_at(ld, name, nd, name) {
+                    return self.copy_unlinkable(err, (dj, meta), path, (ld, nd), out);
+                }
                 // The name may hold another inode than the one scanned (replaced since): never
                 // set the jail's metadata on it, nor vouch for it with the scan's hash. A file of
                 // the jail is made from the jail instead; a live-only one keeps its newest version.
@@ -437,6 +444,33 @@ impl<'a> Builder<'a> {
                 self.make_one_from(e, si, path, parent, name, s, l, n, out)
             }
         }
+    }
+
+    /// A live file that cannot take one more link (EMLINK) or may not be linked (EPERM: it is
+    /// immutable or append-only) is copied into the next tree instead. A pinned one also stays
+    /// where it is at the switch (a bound): the copy goes with the old tree, which can then be
+    /// pruned.
+    fn copy_unlinkable(
+        &self,
+        err: io::Error,
+        (dj, meta): (u32, Option<u32>),
+        path: &[u8],
+        (ld, nd): (BorrowedFd<'_>, BorrowedFd<'_>),
+        out: &mut Built,
+    ) -> io::Result<(u64, bool)> {
+        let d = self.dst.at(dj as usize);
+        if !matches!(err.raw_os_error(), Some(libc::EPERM | libc::EMLINK)) || d.kind != Kind::File {
+            return Err(err);
+        }
+        let name = split_parent(path).1;
+        if err.raw_os_error() == Some(libc::EPERM) && fsx::is_pinned_at(ld, name, Kind::File) {
+            out.pinned.push(path.into());
+        }
+        let (b, _) = copy_checked(ld, name, nd, name, d, true, self.next_bare, self.opts)?;
+        if let Some(si) = meta {
+            fsx::set_meta_at(nd, name, &self.src.at(si as usize), self.opts.meta)?;
+        }
+        Ok((b, false))
     }
 
     /// Makes a non-directory from its source entry; when the source cannot be read, the live

@@ -13,13 +13,18 @@
 //! - **Tree**: the home is `PARENT/.jailsync-NAME`; one `renameat2(RENAME_EXCHANGE)` swaps
 //!   `next` and the live root. A reader opening any path sees wholly the old release or wholly
 //!   the new one. Needs: DST not a mount point, no mount below it, a writable parent.
-//! - **Entries**: DST is a mount point (or its parent cannot take the home): the home is
-//!   `DST/.jailsync-gens` (never synced, never deleted by a sync), and each top-level entry of
-//!   the tree is exchanged on its own, back to back (libraries before programs); the root's
-//!   own metadata is set in place. A reader can see a mix only across top-level entries and
-//!   only for the microseconds between those calls.
-//! - **PerFile**: a mount below DST (the next tree cannot hold it) or a filesystem without
-//!   `RENAME_EXCHANGE`: the per-file staged burst of [`crate::apply`], the last resort.
+//! - **Entries**: DST is a mount point or `/` (or its parent cannot take the home): the home
+//!   is `DST/.jailsync-gens` (never synced, never deleted by a sync), and the tree switches by
+//!   subtrees ([`crate::steps`]): each top-level entry exchanged on its own, back to back
+//!   (libraries before programs); the root's own metadata is set in place.
+//!
+//! Either way, what must not move — a mount point below DST, an immutable or append-only
+//! entry — is a bound, decided at the last safe point (the mount table read again right
+//! before the exchanges): the switch goes around it by subtrees, from either home. A reader
+//! can see a mix only across subtrees, for the microseconds between those calls.
+//!
+//! A filesystem without `RENAME_EXCHANGE` is refused (the portable layer's renames, chosen
+//! with `JAILSYNC_FSX=portable`, switch there with a window where a name is absent).
 
 // stat field widths differ between targets; the casts are no-ops only on some.
 #![allow(clippy::unnecessary_cast)]
@@ -36,6 +41,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsx;
 pub use crate::fsx::{write_file_at, write_with};
 pub use crate::names::{home_name, is_ours, is_reserved_top, IN_TREE_HOME};
+pub use crate::steps::Bounds;
+use crate::steps::Steps;
 
 const NEXT: &[u8] = b"next";
 const JOURNAL: &str = "switching";
@@ -46,10 +53,9 @@ pub const PREMETA: &str = "premeta";
 pub enum Method {
     /// One exchange of the whole tree.
     Tree,
-    /// One exchange per top-level entry (DST is a mount point or its parent is unusable).
+    /// By subtrees, the home inside DST (DST is a mount point or `/`, or its parent is
+    /// unusable).
     Entries,
-    /// The per-file burst, with the reason it had to be used.
-    PerFile(String),
 }
 
 impl Method {
@@ -57,9 +63,8 @@ impl Method {
         match self {
             Method::Tree if !fsx::exchange_is_atomic() => "the whole tree renamed aside and the next renamed in (no atomic exchange on this system: the tree is absent for one rename)".into(),
             Method::Tree => "one exchange of the whole tree".into(),
-            Method::Entries if !fsx::exchange_is_atomic() => "renames per top-level entry, each absent for one rename (no atomic exchange on this system; the tree is a mount point or its parent cannot hold the staging area)".into(),
-            Method::Entries => "one exchange per top-level entry (the tree is a mount point or its parent cannot hold the staging area)".into(),
-            Method::PerFile(why) => format!("per-file renames (last resort: {why})"),
+            Method::Entries if !fsx::exchange_is_atomic() => "renames per subtree, each absent for one rename (no atomic exchange on this system; the tree is a mount point or `/`, or its parent cannot hold the staging area)".into(),
+            Method::Entries => "one exchange per top-level entry, or per largest subtree around a mount point or immutable entry (the tree is a mount point or `/`, or its parent cannot hold the staging area)".into(),
         }
     }
 
@@ -67,7 +72,6 @@ impl Method {
         match self {
             Method::Tree => "tree",
             Method::Entries => "entries",
-            Method::PerFile(_) => "per-file",
         }
     }
 }
@@ -81,13 +85,14 @@ pub struct Home {
     pub path: PathBuf,
     pub fd: OwnedFd,
     pub method: Method,
-    /// How the home found on disk switches (`Tree` beside DST, `Entries` inside it; `PerFile`:
-    /// no home). Its generations, journal and rollback follow it, whatever today's `method`
-    /// for a new run is (a mount made below DST since makes that per-file, and must not hide
-    /// the generations or leave a killed switch unfinished).
+    /// Where the home is: `Tree` beside DST, `Entries` inside it. Its journal is read as it
+    /// was written (see [`Home::recover`]).
     pub layout: Method,
     /// The live tree.
     pub live: PathBuf,
+    /// Entries this run found immutable or append-only: bounds of the switch (see
+    /// [`crate::steps`]), with the mounts below the tree read at the switch itself.
+    pub pinned: Vec<Box<[u8]>>,
     live_parent: OwnedFd,
     live_name: Vec<u8>,
     /// DST's parent's mtime before this run touched it (whole-tree method only): making the
@@ -106,6 +111,8 @@ pub struct Switched {
     pub calls: usize,
     /// Where the old tree is now.
     pub old: PathBuf,
+    /// How it was made: the whole tree, or by subtrees.
+    pub method: Method,
 }
 
 fn mtime_of(st: &rustix::fs::Stat) -> (i64, u32) {
@@ -205,42 +212,29 @@ impl Home {
     }
 
     fn open_with(live: &Path, probe: bool) -> Result<Home> {
+        // `/` has no parent to exchange it in: it switches by subtrees, its home inside it.
+        let is_root = live.parent().is_none();
         let (parent, name) = match (live.parent(), live.file_name()) {
             (Some(p), Some(n)) => (p.to_path_buf(), n.as_bytes().to_vec()),
-            // `/` has no parent to exchange it in: per file.
-            _ => {
-                let fd = fsx::open_root(live).at(live)?;
-                return Ok(Home {
-                    durable: false,
-                    path: PathBuf::new(),
-                    fd: fsx::open_root(live).at(live)?,
-                    method: Method::PerFile("the root directory cannot be exchanged".into()),
-                    layout: Method::PerFile("the root directory cannot be exchanged".into()),
-                    live: live.into(),
-                    live_parent: fd,
-                    live_name: Vec::new(),
-                    parent_mtime: None,
-                });
-            }
+            _ => (live.to_path_buf(), b".".to_vec()),
         };
         let live_parent = fsx::open_root(&parent).at(&parent)?;
         let live_fd = fsx::open_subdir(live_parent.as_fd(), &name).at(live)?;
         let table = crate::jail::mountinfo::MountTable::current().ok();
-        let below = table
-            .as_ref()
-            .and_then(|t| t.under(live).next().map(|m| m.target.clone()));
         let st_live = fsx::fstat(live_fd.as_fd()).at(live)?;
         let st_parent = fsx::fstat(live_parent.as_fd()).at(&parent)?;
-        let is_mount = st_live.st_dev != st_parent.st_dev
+        let is_mount = is_root
+            || st_live.st_dev != st_parent.st_dev
             || table.as_ref().is_some_and(|t| t.at(live).is_some());
-        // JAILSYNC_SWITCH=entries|per-file forces a lesser method: for tests and for measuring
+        // JAILSYNC_SWITCH=entries forces the switch by subtrees: for tests and for measuring
         // the methods against each other on one tree.
         let forced = std::env::var("JAILSYNC_SWITCH").ok();
-        let mut method = if forced.as_deref() == Some("per-file") {
-            Method::PerFile("forced by JAILSYNC_SWITCH".into())
-        } else if let Some(m) = below {
-            Method::PerFile(format!("{} is mounted below the tree", m.display()))
-        } else if is_mount || forced.as_deref() == Some("entries") {
+        // A home made inside the tree by an earlier run stays the home of its generations.
+        let inside = matches!(
+            found_home(&live_parent, &live_fd, &name, live)?,
+            Some((Method::Entries, _, _))
+        );
+        let mut method = if is_mount || inside || forced.as_deref() == Some("entries") {
             Method::Entries
         } else {
             Method::Tree
@@ -288,39 +282,8 @@ impl Home {
             }
             home = Some((hpath, fd));
         }
-        let (path, fd) = match home {
-            Some(h) => h,
-            None => {
-                // Per-file for a new run. A home an earlier run made is still the home of its
-                // generations: found where it is, and a reader (`probe` off) switches as it does.
-                if let Some((layout, path, fd)) = found_home(&live_parent, &live_fd, &name, live)? {
-                    return Ok(Home {
-                        durable: false,
-                        path,
-                        fd,
-                        method: if probe { method } else { layout.clone() },
-                        layout,
-                        parent_mtime: None,
-                        live: live.into(),
-                        live_parent,
-                        live_name: name,
-                    });
-                }
-                // The old pipeline keeps its own store; the home only records that.
-                return Ok(Home {
-                    durable: false,
-                    path: PathBuf::new(),
-                    fd: live_fd,
-                    layout: method.clone(),
-                    method,
-                    live: live.into(),
-                    live_parent,
-                    live_name: name,
-                    parent_mtime: None,
-                });
-            }
-        };
-        let mut h = Home {
+        let (path, fd) = home.expect("a home is made for either method");
+        let h = Home {
             durable: false,
             path,
             fd,
@@ -330,12 +293,15 @@ impl Home {
             live: live.into(),
             live_parent,
             live_name: name,
+            pinned: Vec::new(),
         };
         // Recovery is not done here: only under the destination's lock (see `recover`).
         // (Renames emulating an exchange work everywhere: nothing to probe.)
         if probe && fsx::exchange_is_atomic() && !h.exchange_works() {
-            h.method =
-                Method::PerFile("the filesystem cannot exchange two names atomically".into());
+            return Err(Error::bad(
+                live,
+                "its filesystem cannot exchange two names atomically (RENAME_EXCHANGE): nothing was changed (JAILSYNC_FSX=portable switches by renames instead, each name absent for the time of one rename)",
+            ));
         }
         Ok(h)
     }
@@ -372,8 +338,9 @@ impl Home {
         ok
     }
 
+    /// Always: kept until the fleet's session stops asking (every home switches).
     pub fn is_switchable(&self) -> bool {
-        !matches!(self.method, Method::PerFile(_))
+        true
     }
 
     /// A path to `rel` inside the home through the home's open fd: the home's own name (in
@@ -437,15 +404,15 @@ impl Home {
     /// [`Home::exchange`]. Several trees are prepared first and exchanged back to back, so
     /// the durable writes of one do not sit between the switches of two.
     pub fn prepare_in(&self, n: u64) -> Result<Pending> {
-        self.prepare(NEXT, &Self::gen_name(n))
+        self.prepare(NEXT, &Self::gen_name(n), &[])
     }
 
     /// Journals switching generation `n` back in; the tree it replaces ends at `home/to`
     /// (`undone-<n>`, removed by the next sync, or `kept-<n>` when it holds changes made
     /// after the sync).
-    pub fn prepare_back(&self, n: u64, to: &str) -> Result<Pending> {
+    pub fn prepare_back(&self, n: u64, to: &str, pinned: &[Box<[u8]>]) -> Result<Pending> {
         let _ = fsx::remove_tree_at(self.fd.as_fd(), to.as_bytes());
-        self.prepare(&Self::gen_name(n), to.as_bytes())
+        self.prepare(&Self::gen_name(n), to.as_bytes(), pinned)
     }
 
     /// Whether a sync made a home for `live` (beside it or, per entry, inside it).
@@ -468,64 +435,64 @@ impl Home {
         Ok(None)
     }
 
+    /// What stays where it is in this switch, read now (the last safe point): the mount
+    /// points below the live tree and the entries this run found immutable or append-only.
+    pub fn bounds_now(&self, pinned: &[Box<[u8]>]) -> Bounds {
+        let mut b = self.pinned.clone();
+        b.extend_from_slice(pinned);
+        b.extend(crate::jail::mountinfo::points_below(&self.live));
+        Bounds::new(b)
+    }
+
+    /// The directories a switch made now leaves in place (root first; none for a whole-tree
+    /// exchange): their old metadata goes in the generation's record.
+    pub fn spines_now(&self) -> Vec<Box<[u8]>> {
+        let bounds = self.bounds_now(&[]);
+        if !self.by_steps(&bounds) {
+            return Vec::new();
+        }
+        let mut s = bounds.spines();
+        if s.is_empty() {
+            s.push(Box::default());
+        }
+        s
+    }
+
+    /// The one choice of how a switch is made: the whole tree in one exchange where its home
+    /// is beside it and nothing in it must stay, else by subtrees around what must.
+    fn by_steps(&self, bounds: &Bounds) -> bool {
+        self.method != Method::Tree || !bounds.is_empty()
+    }
+
     /// Plans and durably journals exchanging the tree at `home/from` with the live one (the
     /// displaced live tree to end at `home/to`): what moves where, by inode, so a killed run
     /// can tell done from not done.
-    fn prepare(&self, from: &[u8], to: &[u8]) -> Result<Pending> {
+    fn prepare(&self, from: &[u8], to: &[u8], pinned: &[Box<[u8]>]) -> Result<Pending> {
         let jpath = self.path.join(JOURNAL);
         let from_fd =
             fsx::open_subdir(self.fd.as_fd(), from).at(self.path.join(OsStr::from_bytes(from)))?;
-        let live = self.live_fd().at(&self.live)?;
-        let mut plan: Vec<(Vec<u8>, Step, u64)> = Vec::new();
-        let ino_of = |dir: &OwnedFd, n: &[u8]| -> Result<u64> {
-            let c = fsx::cstr(n).at(&self.live)?;
-            Ok(fsx::lstat_at(dir.as_fd(), &c)
-                .at(self.live.join(OsStr::from_bytes(n)))?
-                .st_ino as u64)
-        };
-        match self.method {
-            Method::Tree => {}
-            Method::Entries => {
-                let mut names: Vec<Vec<u8>> = fsx::list_dir(from_fd.as_fd()).at(&jpath)?;
-                let live_names: Vec<Vec<u8>> = fsx::list_dir(live.as_fd())
-                    .at(&self.live)?
-                    .into_iter()
-                    // Our own homes are not the tree's: they stay where they are.
-                    .filter(|n| n != IN_TREE_HOME && n != fsx::STORE_NAME)
-                    .collect();
-                for n in &live_names {
-                    if !names.contains(n) {
-                        plan.push((n.clone(), Step::Out, ino_of(&live, n)?));
-                    }
-                }
-                names.sort_by_key(|n| (program_dir(n), n.clone()));
-                for n in names {
-                    let step = if live_names.contains(&n) {
-                        Step::Swap
-                    } else {
-                        Step::In
-                    };
-                    let ino = ino_of(&from_fd, &n)?;
-                    plan.push((n, step, ino));
-                }
-            }
-            Method::PerFile(_) => unreachable!("no exchange for the per-file method"),
-        }
         let root_ino = fsx::fstat(from_fd.as_fd()).at(&jpath)?.st_ino;
+        let bounds = self.bounds_now(pinned);
+        let steps = if self.by_steps(&bounds) {
+            let live = self.live_fd().at(&self.live)?;
+            let ours = |n: &[u8]| n == IN_TREE_HOME || n == fsx::STORE_NAME;
+            Some(Steps::plan(live, from_fd, &bounds, &ours, &self.live)?)
+        } else {
+            None
+        };
         let mut j = Vec::new();
         let _ = writeln!(j, "from {}", hex(from));
         let _ = writeln!(j, "to {}", hex(to));
         let _ = writeln!(j, "ino {root_ino}");
-        for (n, s, ino) in &plan {
-            let _ = writeln!(j, "{} {} {ino}", s.word(), hex(n));
+        let _ = writeln!(j, "by {}", if steps.is_some() { "steps" } else { "tree" });
+        for i in steps.iter().flat_map(|s| &s.items) {
+            let _ = writeln!(j, "{} {} {}", i.step.word(), hex(&i.path), i.ino);
         }
         write_file_at(&self.fd, JOURNAL, &j, &jpath, self.durable)?;
         Ok(Pending {
             from: from.to_vec(),
             to: to.to_vec(),
-            plan,
-            from_fd,
-            live,
+            steps,
         })
     }
 
@@ -534,50 +501,62 @@ impl Home {
     /// old again) and the journal removed.
     pub fn exchange(&self, p: &Pending) -> Result<(Duration, usize)> {
         let t0 = Instant::now();
-        let calls = match self.method {
-            Method::Tree => {
-                if let Err(e) = fsx::exchange_between(
-                    self.fd.as_fd(),
-                    &p.from,
-                    self.live_parent.as_fd(),
-                    &self.live_name,
-                ) {
-                    let _ = fsx::unlink_at(self.fd.as_fd(), JOURNAL.as_bytes());
-                    return Err(Error::io(&self.live, e));
-                }
-                1
-            }
-            _ => {
-                for (k, (n, s, _)) in p.plan.iter().enumerate() {
-                    if let Err(e) = s.run(p.live.as_fd(), p.from_fd.as_fd(), n) {
-                        for (n, s, _) in p.plan[..k].iter().rev() {
-                            let _ = s.undo(p.live.as_fd(), p.from_fd.as_fd(), n);
-                        }
-                        let _ = fsx::unlink_at(self.fd.as_fd(), JOURNAL.as_bytes());
-                        return Err(Error::io(self.live.join(OsStr::from_bytes(n)), e));
-                    }
-                }
-                p.plan.len()
-            }
+        let r = match &p.steps {
+            None => self
+                .exchange_whole(&p.from)
+                .map_err(|e| Error::io(&self.live, e)),
+            Some(s) => s
+                .run()
+                .map_err(|(path, e)| Error::io(self.live.join(fsx::os(&path)), e)),
         };
-        Ok((t0.elapsed(), calls))
+        if let Err(e) = r {
+            let _ = fsx::unlink_at(self.fd.as_fd(), JOURNAL.as_bytes());
+            return Err(e);
+        }
+        Ok((t0.elapsed(), p.calls()))
+    }
+
+    /// The one exchange of the whole tree, with write permission lent to the two roots for
+    /// it where an unprivileged run needs that (see [`crate::steps::Lent`]).
+    fn exchange_whole(&self, from: &[u8]) -> io::Result<()> {
+        let mut lent = crate::steps::Lent::default();
+        if !rustix::process::geteuid().is_root() {
+            lent.lend(self.fd.as_fd(), from, true, 0);
+            lent.lend(self.live_parent.as_fd(), &self.live_name, false, 1);
+        }
+        let r = fsx::exchange_between(
+            self.fd.as_fd(),
+            from,
+            self.live_parent.as_fd(),
+            &self.live_name,
+        );
+        // Where each root is now (0: the staged one, 1: the live one): the staged one live
+        // once the exchange was made.
+        let live_end = |k: usize| (k == 0) == r.is_ok();
+        lent.give_back(
+            |_, k| {
+                if live_end(k) {
+                    self.live_parent.as_fd()
+                } else {
+                    self.fd.as_fd()
+                }
+            },
+            |k| if live_end(k) { &self.live_name } else { from },
+        );
+        r
     }
 
     /// Undoes an exchange made by [`Home::exchange`] (when a later tree of the same run could
     /// not be switched), and forgets the journal.
     pub fn unexchange(&self, p: &Pending) -> Result<()> {
-        let r = match self.method {
-            Method::Tree => fsx::exchange_between(
+        let r = match &p.steps {
+            None => fsx::exchange_between(
                 self.fd.as_fd(),
                 &p.from,
                 self.live_parent.as_fd(),
                 &self.live_name,
             ),
-            _ => p
-                .plan
-                .iter()
-                .rev()
-                .try_for_each(|(n, s, _)| s.undo(p.live.as_fd(), p.from_fd.as_fd(), n)),
+            Some(s) => s.undo(),
         };
         r.at(&self.live)?;
         fsx::unlink_at(self.fd.as_fd(), JOURNAL.as_bytes()).at(self.path.join(JOURNAL))
@@ -593,12 +572,9 @@ impl Home {
         self.finish_journal(&p.from, &p.to)?;
         Ok(Switched {
             window: Duration::ZERO,
-            calls: if self.method == Method::Tree {
-                1
-            } else {
-                p.plan.len()
-            },
+            calls: p.calls(),
             old: self.path.join(OsStr::from_bytes(&p.to)),
+            method: p.method(),
         })
     }
 
@@ -611,10 +587,13 @@ impl Home {
         }
         let writable = |d: BorrowedFd<'_>, n: &[u8]| -> bool {
             let Ok(c) = fsx::cstr(n) else { return false };
-            let is_dir = fsx::lstat_at(d, &c)
-                .map(|st| fsx::kind_of(st.st_mode as u32) == crate::entry::Kind::Dir)
-                .unwrap_or(false);
+            // A directory of ours is lent write permission for its move (`steps::Lent`).
+            let (is_dir, ours) = fsx::lstat_at(d, &c).map_or((false, false), |st| {
+                let dir = fsx::kind_of(st.st_mode as u32) == crate::entry::Kind::Dir;
+                (dir, st.st_uid == euid())
+            });
             !is_dir
+                || ours
                 || rustix::fs::accessat(
                     d,
                     c.as_c_str(),
@@ -685,9 +664,6 @@ impl Home {
     /// it changed in place. Only under the destination's lock: another run's `next` is not
     /// a leftover.
     pub fn recover(&self) -> Result<()> {
-        if matches!(self.layout, Method::PerFile(_)) {
-            return Ok(());
-        }
         let jpath = self.path.join(JOURNAL);
         let text = match fs::read(self.io_path(JOURNAL)) {
             Ok(t) => t,
@@ -705,6 +681,8 @@ impl Home {
         let mut from = None;
         let mut to = None;
         let mut ino = None;
+        // Journals written before the `by` line: as the home's layout switches.
+        let mut by_steps = self.layout != Method::Tree;
         let mut steps = Vec::new();
         for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             let s = std::str::from_utf8(line).map_err(|_| bad())?;
@@ -713,11 +691,12 @@ impl Home {
                 "from" => from = Some(unhex(v).ok_or_else(bad)?),
                 "to" => to = Some(unhex(v).ok_or_else(bad)?),
                 "ino" => ino = Some(v.parse::<u64>().map_err(|_| bad())?),
+                "by" => by_steps = v == "steps",
                 w => {
                     let (n, i) = v.split_once(' ').ok_or_else(bad)?;
                     let i = i.parse::<u64>().map_err(|_| bad())?;
                     steps.push((
-                        Step::from_word(w).ok_or_else(bad)?,
+                        crate::steps::Step::from_word(w).ok_or_else(bad)?,
                         unhex(n).ok_or_else(bad)?,
                         i,
                     ));
@@ -728,120 +707,155 @@ impl Home {
             return Err(bad());
         };
         let live = self.live_fd().at(&self.live)?;
-        match self.layout {
-            Method::Tree => {
-                let now = fsx::fstat(live.as_fd()).at(&self.live)?.st_ino;
-                if now as u64 == ino {
-                    // The exchange happened: only the renames after it are missing.
-                    self.restore_from_aside(&from, &to)?;
-                    self.finish_journal(&from, &to)?;
-                } else {
-                    // It did not: the switch never began.
-                    fsx::unlink_at(self.fd.as_fd(), JOURNAL.as_bytes()).at(&jpath)?;
-                    return self.abandon();
-                }
-            }
-            _ => {
-                // Killed after its last rename: only the journal is left to go.
-                let from_there = fsx::cstr(&from)
-                    .map(|c| fsx::lstat_at(self.fd.as_fd(), &c).is_ok())
-                    .unwrap_or(false);
-                if !from_there {
-                    self.finish_journal(&from, &to)?;
-                    return self.discard_next();
-                }
-                // Finishing moves top-level entries: never one a mount made since sits in.
-                if let Some((_, m)) = first_mount_below(&[&self.live]) {
-                    return Err(Error::bad(
-                        m,
-                        "is mounted below the tree a killed run was switching: unmount it, then run again to finish that switch",
-                    ));
-                }
-                let from_fd = fsx::open_subdir(self.fd.as_fd(), &from)
-                    .at(self.path.join(OsStr::from_bytes(&from)))?;
-                // Each step is atomic, and the journal names the inode each one moves: a step
-                // is pending while that inode is not yet where the step takes it.
-                for (s, n, want) in &steps {
-                    let c = fsx::cstr(n).at(&jpath)?;
-                    let live_ino = fsx::lstat_at(live.as_fd(), &c)
-                        .ok()
-                        .map(|st| st.st_ino as u64);
-                    let pending = match s {
-                        Step::Out => live_ino == Some(*want),
-                        Step::In | Step::Swap => live_ino != Some(*want),
-                    };
-                    if pending {
-                        s.run(live.as_fd(), from_fd.as_fd(), n)
-                            .at(self.live.join(OsStr::from_bytes(n)))?;
-                    }
-                }
+        if !by_steps {
+            let now = fsx::fstat(live.as_fd()).at(&self.live)?.st_ino;
+            if now as u64 == ino {
+                // The exchange happened: only the renames after it are missing.
+                self.restore_from_aside(&from, &to)?;
                 self.finish_journal(&from, &to)?;
+            } else {
+                // It did not: the switch never began.
+                fsx::unlink_at(self.fd.as_fd(), JOURNAL.as_bytes()).at(&jpath)?;
+                return self.abandon();
             }
+        } else {
+            // Killed after its last rename: only the journal is left to go.
+            let from_there = fsx::cstr(&from)
+                .map(|c| fsx::lstat_at(self.fd.as_fd(), &c).is_ok())
+                .unwrap_or(false);
+            if !from_there {
+                self.finish_journal(&from, &to)?;
+                return self.discard_next();
+            }
+            // Finishing moves subtrees: never one a mount made since sits in.
+            if let Some(m) = self.mount_inside(steps.iter().map(|(_, p, _)| &p[..])) {
+                return Err(Error::bad(
+                    m,
+                    "is mounted inside a subtree a killed run was switching: unmount it, then run again to finish that switch",
+                ));
+            }
+            let from_fd = fsx::open_subdir(self.fd.as_fd(), &from)
+                .at(self.path.join(OsStr::from_bytes(&from)))?;
+            crate::steps::finish(live.as_fd(), from_fd.as_fd(), &steps, &self.live)?;
+            self.finish_journal(&from, &to)?;
         }
         let _ = self.discard_next();
         Ok(())
     }
 }
 
-/// A switch journaled and ready to be made (see [`Home::prepare_in`]).
+/// Prepares the switch of every home given (with its argument), then reads the mount table
+/// once more: a tree whose switch would now move a mount made since it was planned is
+/// planned again (twice at most), else everything prepared is cancelled and the mount named.
+pub fn prepare_around_mounts<T: Copy>(
+    homes: &[Option<(&Home, T)>],
+    prepare: impl Fn(&Home, T) -> Result<Pending>,
+) -> Result<Vec<Option<Pending>>> {
+    let mut pending: Vec<Option<Pending>> = Vec::new();
+    let cancel = |pending: Vec<Option<Pending>>| {
+        for (h, p) in homes.iter().zip(pending) {
+            if let (Some((h, _)), Some(p)) = (h, p) {
+                h.cancel(p);
+            }
+        }
+    };
+    for h in homes {
+        match h.map(|(h, a)| prepare(h, a)).transpose() {
+            Ok(p) => pending.push(p),
+            Err(e) => {
+                cancel(pending);
+                return Err(e);
+            }
+        }
+    }
+    for (k, h) in homes.iter().enumerate() {
+        let Some((home, a)) = *h else { continue };
+        for attempt in 0..3 {
+            let Some(m) = pending[k].as_ref().and_then(|p| home.moves_a_mount(p)) else {
+                break;
+            };
+            if let Some(p) = pending[k].take() {
+                home.cancel(p);
+            }
+            let again = if attempt < 2 {
+                prepare(home, a)
+            } else {
+                Err(mount_moved(&m))
+            };
+            match again {
+                Ok(p) => pending[k] = Some(p),
+                Err(e) => {
+                    cancel(pending);
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(pending)
+}
+
+fn mount_moved(m: &Path) -> Error {
+    Error::bad(
+        m,
+        "was mounted while the switch was being planned, again and again: nothing was switched (the switch would have moved the mount); run again",
+    )
+}
+
+/// A switch journaled and ready to be made (see [`Home::prepare_in`]): the whole tree in one
+/// exchange, or by subtrees.
 pub struct Pending {
     from: Vec<u8>,
     to: Vec<u8>,
-    plan: Vec<(Vec<u8>, Step, u64)>,
-    from_fd: OwnedFd,
-    live: OwnedFd,
+    steps: Option<Steps>,
 }
 
-/// One step of a per-entry switch.
-#[derive(Clone, Copy, Debug)]
-enum Step {
-    /// In both: exchanged.
-    Swap,
-    /// Only in the new tree: moved in.
-    In,
-    /// Only in the old tree: moved out into the generation.
-    Out,
-}
-
-impl Step {
-    fn word(self) -> &'static str {
-        match self {
-            Step::Swap => "swap",
-            Step::In => "in",
-            Step::Out => "out",
+impl Pending {
+    /// The switch's kind: the whole tree, or by subtrees.
+    pub fn method(&self) -> Method {
+        match self.steps {
+            None => Method::Tree,
+            Some(_) => Method::Entries,
         }
     }
 
-    fn from_word(w: &str) -> Option<Step> {
-        Some(match w {
-            "swap" => Step::Swap,
-            "in" => Step::In,
-            "out" => Step::Out,
-            _ => return None,
-        })
+    /// Exchanges and renames the switch makes.
+    pub fn calls(&self) -> usize {
+        self.steps.as_ref().map_or(1, |s| s.items.len())
     }
 
-    fn undo(self, live: BorrowedFd<'_>, next: BorrowedFd<'_>, n: &[u8]) -> io::Result<()> {
-        match self {
-            Step::Swap => fsx::exchange_between(next, n, live, n),
-            Step::In => fsx::move_noreplace(live, n, next, n),
-            Step::Out => fsx::move_noreplace(next, n, live, n),
-        }
-    }
-
-    fn run(self, live: BorrowedFd<'_>, next: BorrowedFd<'_>, n: &[u8]) -> io::Result<()> {
-        match self {
-            Step::Swap => fsx::exchange_between(next, n, live, n),
-            Step::In => fsx::move_noreplace(next, n, live, n),
-            Step::Out => fsx::move_noreplace(live, n, next, n),
-        }
+    /// Directories left in place whose metadata is set after the switch, root first (none
+    /// for a whole-tree exchange).
+    pub fn spines(&self) -> &[Box<[u8]>] {
+        self.steps.as_ref().map_or(&[], |s| &s.spines)
     }
 }
 
-/// Top-level directories holding programs switch last, so a program never starts against
-/// the old libraries after its own switch.
-fn program_dir(n: &[u8]) -> bool {
-    matches!(n, b"bin" | b"sbin" | b"libexec")
+impl Home {
+    /// A mount point the prepared switch would move, read now: one made inside a subtree it
+    /// exchanges (or anywhere below the tree, for a whole-tree exchange) since it was planned.
+    pub fn moves_a_mount(&self, p: &Pending) -> Option<PathBuf> {
+        match &p.steps {
+            None => first_mount_below(&[&self.live]).map(|(_, m)| m),
+            Some(s) => self.mount_inside(s.items.iter().map(|i| &i.path[..])),
+        }
+    }
+
+    /// A mount point at or below one of `paths` (relative to the live tree), read now.
+    fn mount_inside<'a>(&self, paths: impl Iterator<Item = &'a [u8]>) -> Option<PathBuf> {
+        let table = crate::jail::mountinfo::MountTable::current().ok()?;
+        let paths: Vec<&[u8]> = paths.collect();
+        let found = table.under(&self.live).map(|m| m.target.clone()).find(|m| {
+            let rel = m
+                .strip_prefix(&self.live)
+                .unwrap_or(m)
+                .as_os_str()
+                .as_bytes();
+            paths
+                .iter()
+                .any(|p| rel == *p || (rel.starts_with(p) && rel.get(p.len()) == Some(&b'/')))
+        });
+        found
+    }
 }
 
 pub(crate) fn hex(b: &[u8]) -> String {

@@ -10,13 +10,13 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::apply::{clean_leftovers, Apply, ApplyOpts, EntryError, Outcome};
+use crate::apply::Outcome;
 use crate::cache;
 use crate::entry::{Ent, Entries, Kind};
 use crate::error::{Error, IoContext, Result};
-use crate::fsx::{self, MetaOpts};
+use crate::fsx;
 use crate::hash;
 use crate::journal::{check_outside, Lock, StateDir};
 use crate::manifest::Manifest;
@@ -77,8 +77,6 @@ impl Tree {
 #[derive(Debug, Default)]
 pub struct Report {
     pub outcomes: Vec<Outcome>,
-    /// Rollback generations recorded, per tree (None: nothing to record or rollback off).
-    pub generations: Vec<Option<crate::rollback::Generation>>,
     /// Things the user should know that are not errors of an entry.
     pub notes: Vec<String>,
     pub elapsed: Duration,
@@ -225,14 +223,17 @@ fn check_apart(src: &Path, src_c: &Path, dst: &Path, dst_c: &Path) -> Result<()>
             format!("destination is inside the source {}", src_c.display()),
         ));
     }
-    if s.within(&d) {
+    // Behind a mount point of DST the source is another filesystem's, which the run never
+    // enters (the jail mounted in the live root, for `sync /mnt/jail/ /`).
+    let apart = s.behind_mount_of(src_c, &d, dst_c);
+    if s.within(&d) && !apart {
         return Err(Error::bad(
             src,
             format!("source is inside the destination {}", dst_c.display()),
         ));
     }
     // A sync walks into mounts: one showing part of the other tree aliases it as well.
-    if let Some(m) = d.mount_into(&s) {
+    if let Some(m) = d.mount_into(&s).filter(|_| !apart) {
         return Err(Error::bad(
             m,
             format!(
@@ -335,7 +336,7 @@ fn prepare_impl(
         crate::quick::withdraw_content(&mut plan, q);
     }
     protect_unreadable(&mut plan, &d.entries, &protect);
-    let home = home_for_plan(home, dst_path, &d.entries, &plan, state, opts)?;
+    let home = home_for_plan(home, dst_path, (&s.entries, &d.entries), &plan, state, opts)?;
     let dst_holds_excluded = d.holds_excluded.clone();
     for p in crate::excluded::keep_excluded_parents(&mut plan, &d.entries, &d.holds_excluded) {
         scan_errors.push((
@@ -437,11 +438,14 @@ fn scan_both(
     pools: &Pools,
     progress: &dyn Progress,
 ) -> Result<Scanned> {
+    // DST's mount points are another filesystem's: left out on both sides.
+    let mounts = crate::jail::mountinfo::points_below(dst_path);
     let sopts = ScanOpts {
         excludes: &opts.excludes,
         xattrs: opts.xattrs,
         defer_xattrs: true,
         ours: &[],
+        mounts: &mounts,
     };
     // Only names an earlier run recorded are its leftovers; the source has none.
     let ours = state.map(|s| s.staged_names(dst_path)).unwrap_or_default();
@@ -572,11 +576,12 @@ fn hash_both(
 }
 
 /// The home once the plan is known: made now if the plan has something to switch and none
-/// exists yet; a plan touching an immutable or append-only live entry goes per file.
+/// exists yet. An immutable or append-only live directory the plan leaves alone is a bound
+/// the switch goes around; one the plan would change (or change below) is refused.
 fn home_for_plan(
     home: Option<Home>,
     dst_path: &Path,
-    dst: &Entries,
+    trees: (&Entries, &Entries),
     plan: &Plan,
     state: Option<&StateDir>,
     opts: &SyncOpts,
@@ -589,12 +594,7 @@ fn home_for_plan(
         .as_mut()
         .filter(|h| h.is_switchable() && !plan.is_empty())
     {
-        if let Some(p) = pinned(dst_path, dst, plan) {
-            h.method = Method::PerFile(format!(
-                "{} is immutable or append-only",
-                dst_path.join(fsx::os(&p)).display()
-            ));
-        }
+        h.pinned = pinned(dst_path, trees, plan)?;
     }
     Ok(home)
 }
@@ -626,6 +626,7 @@ pub fn ensure_home(t: &mut Tree, opts: &SyncOpts) -> Result<()> {
 type OneScan = (Scan, (i64, u32), Vec<(PathBuf, io::Error)>, usize);
 fn scan_one(
     root: &Path,
+    mounts: &[Box<[u8]>],
     state: Option<&StateDir>,
     opts: &SyncOpts,
     pools: &Pools,
@@ -637,6 +638,7 @@ fn scan_one(
         xattrs: opts.xattrs,
         defer_xattrs: true,
         ours: &ours,
+        mounts,
     };
     let stamp = cache::now();
     progress.start(Phase::Scan, 0);
@@ -684,12 +686,20 @@ pub fn prepare_from_manifest(
     progress: &dyn Progress,
 ) -> Result<Tree> {
     // `manifest::parse` made sure the root `.` is its first entry, a directory.
+    let mounts = crate::jail::mountinfo::points_below(dst_path);
     let (mut d, stamp, mut scan_errors, cache_hits) =
-        scan_one(dst_path, state, opts, pools, progress)?;
+        scan_one(dst_path, &mounts, state, opts, pools, progress)?;
     let mut src = m.entries;
-    if !opts.excludes.is_empty() {
+    let under_mount = |p: &[u8]| {
+        mounts
+            .iter()
+            .any(|m| p.starts_with(m) && (p.len() == m.len() || p[m.len()] == b'/'))
+    };
+    if !opts.excludes.is_empty() || !mounts.is_empty() {
         src.retain(|e| {
-            e.path.is_empty() || !opts.excludes.matches(e.path, e.name(), e.kind == Kind::Dir)
+            e.path.is_empty()
+                || !(under_mount(e.path)
+                    || opts.excludes.matches(e.path, e.name(), e.kind == Kind::Dir))
         });
     }
     let (_, dn) = plan::hash_needs(&src, &d.entries);
@@ -811,334 +821,6 @@ pub(crate) fn hash_entries(
     Ok((bytes, errs))
 }
 
-/// Applies prepared trees: keep what will be replaced for rollback, stage all, commit all in
-/// order, prune all, finalize all; then stores the stat caches.
-///
-/// Refused before anything changes (an error): rollback is on and something the run would
-/// replace cannot be kept. Nothing committed (every action not done, errors per entry): a
-/// tree ran out of space or inodes while staging, so none of the new release fits.
-pub fn apply_all(
-    trees: &[Tree],
-    state: Option<&StateDir>,
-    opts: &SyncOpts,
-    pools: &Pools,
-    progress: &dyn Progress,
-) -> Result<Report> {
-    use crate::rollback;
-    let t0 = Instant::now();
-    let aopts = ApplyOpts {
-        meta: MetaOpts {
-            owner: opts.owner,
-            xattrs: opts.xattrs,
-        },
-        fsync: opts.fsync,
-    };
-    let mut applies = Vec::new();
-    for t in trees {
-        let sfd = fsx::open_root(&t.src_path).at(&t.src_path)?;
-        let dfd = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
-        applies.push(Apply::new(sfd, dfd, &t.src, &t.dst, &t.plan, aopts));
-    }
-    // The old versions are kept before anything is touched (staging already moves directory
-    // mtimes), so a rollback works after a run killed at any point. Rollback is never
-    // silently off: what cannot be kept refuses the run, with nothing changed.
-    let mut notes = Vec::new();
-    let Kept {
-        mut generations,
-        stores,
-        fresh,
-    } = keep_for_rollback(trees, state, opts, pools, &mut notes)?;
-    // A killed run's temporary names go; this run's are recorded before the first is made,
-    // so only what this program made is ever removed as its own.
-    let mut pre_errors: Vec<Vec<EntryError>> = Vec::new();
-    for (t, a) in trees.iter().zip(&applies) {
-        let dfd = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
-        let pre = clean_leftovers(dfd.as_fd(), &t.dst_leftovers);
-        if let Some(state) = state {
-            let stuck: Vec<&[u8]> = pre.iter().map(|e| &e.path[..]).collect();
-            let names: Vec<Vec<u8>> = a.staging_names().collect();
-            let all = stuck.into_iter().chain(names.iter().map(|n| &n[..]));
-            if let Err(e) = state.record_staged(&t.dst_path, all, opts.fsync) {
-                for g in &fresh {
-                    let _ = rollback::discard(g);
-                }
-                return Err(e);
-            }
-        }
-        pre_errors.push(pre);
-    }
-    for a in applies.iter_mut() {
-        a.stage(&pools.work, progress);
-    }
-    // The admin's files, once more (invariant 11): a protected file edited while staging
-    // would be replaced by the commit.
-    if let Err(e) = guard_in_place(trees, opts) {
-        for a in applies.iter_mut() {
-            a.abandon();
-        }
-        for g in &fresh {
-            let _ = rollback::discard(g);
-        }
-        return Err(e);
-    }
-    // Out of space or inodes: committing the part that fitted would leave a package half
-    // upgraded. Nothing of the run is committed, in any tree.
-    let full = trees
-        .iter()
-        .zip(&applies)
-        .find_map(|(t, a)| a.out_of_room().map(|e| (t, e.error.to_string())));
-    let mut window = Duration::ZERO;
-    if let Some((t, why)) = full {
-        notes.push(format!(
-            "nothing was committed: {} ran out of room while staging ({why})",
-            t.dst_path.display()
-        ));
-        for a in applies.iter_mut() {
-            a.abandon();
-        }
-        for g in &fresh {
-            if let Err(e) = rollback::discard(g) {
-                notes.push(format!("unused rollback generation not removed: {e}"));
-            }
-        }
-        generations.iter_mut().for_each(|g| *g = None);
-    } else {
-        for a in applies.iter_mut() {
-            a.commit(&pools.work, progress);
-            window += a.outcome.switch_window;
-        }
-        for a in applies.iter_mut() {
-            a.prune(&pools.work, progress);
-        }
-        for a in applies.iter_mut() {
-            a.finalize(progress);
-        }
-        for ((g, a), t) in generations.iter().zip(&applies).zip(trees) {
-            let Some(g) = g else { continue };
-            let not_done = (0..t.plan.actions.len())
-                .filter(|&k| !a.done(k))
-                .map(|k| t.plan.path(&t.plan.actions[k], &t.src, &t.dst));
-            if let Err(e) = rollback::mark_done(g, not_done) {
-                notes.push(format!("rollback generation not marked finished: {e}"));
-            }
-        }
-        for store in &stores {
-            if let Err(e) = rollback::prune_generations(store, opts.keep.max(1)) {
-                notes.push(format!("old rollback generations not pruned: {e}"));
-            }
-        }
-    }
-    let mut report = Report {
-        switch_window: window,
-        generations,
-        notes,
-        ..Report::default()
-    };
-    for ((a, t), pre) in applies.into_iter().zip(trees).zip(pre_errors) {
-        if let Some(state) = state {
-            store_caches(state, t, &a, opts.xattrs);
-            // What may still be there stays recorded for the next run; the rest is forgotten.
-            let stuck: Vec<&[u8]> = pre.iter().map(|e| &e.path[..]).collect();
-            let remaining = a.staged_remaining();
-            let r = if stuck.is_empty() && remaining.is_empty() {
-                state.clear_staged(&t.dst_path)
-            } else {
-                let all = stuck.into_iter().chain(remaining.iter().map(|n| &n[..]));
-                state.record_staged(&t.dst_path, all, opts.fsync)
-            };
-            if let Err(e) = r {
-                report
-                    .notes
-                    .push(format!("record of temporary names not updated: {e}"));
-            }
-        }
-        let mut o = a.into_outcome();
-        o.errors.splice(0..0, pre);
-        report.outcomes.push(o);
-    }
-    report.elapsed = t0.elapsed();
-    Ok(report)
-}
-
-/// The per-file burst's last look before its commit: every tree's protected entries, as the
-/// scan saw them (see `guard::changed_in_place`). A change since switches nothing.
-fn guard_in_place(trees: &[Tree], opts: &SyncOpts) -> Result<()> {
-    for t in trees
-        .iter()
-        .filter(|t| !t.guard.is_empty() && !t.plan.is_empty())
-    {
-        let live = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
-        let changed =
-            crate::guard::changed_in_place(live.as_fd(), &t.dst, &t.guard, &opts.excludes)
-                .at(&t.dst_path)?;
-        if let Some(c) = changed {
-            return Err(crate::Error::bad(
-                t.dst_path.join(fsx::os(&c.path)),
-                format!(
-                    "{} (it is protected, so the run would have replaced it): nothing was changed; run again",
-                    c.how
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// What the per-file burst keeps for rollback, per tree: the generation (continued or new),
-/// the stores opened, and the generations this run made (discarded if it changes nothing).
-struct Kept {
-    generations: Vec<Option<crate::rollback::Generation>>,
-    stores: Vec<crate::rollback::Store>,
-    fresh: Vec<crate::rollback::Generation>,
-}
-
-/// Keeps every entry the per-file burst will replace or delete in each tree's rollback store
-/// (a tree with nothing to do finishes a killed run's generation instead). What cannot be kept
-/// refuses the run, the generations made so far discarded.
-fn keep_for_rollback(
-    trees: &[Tree],
-    state: Option<&StateDir>,
-    opts: &SyncOpts,
-    pools: &Pools,
-    notes: &mut Vec<String>,
-) -> Result<Kept> {
-    use crate::rollback::{self, Store};
-    let mut generations: Vec<Option<rollback::Generation>> = Vec::new();
-    let mut stores = Vec::new();
-    // Generations this run made (not continued): discarded if it changes nothing.
-    let mut fresh = Vec::new();
-    for t in trees {
-        let mut g = None;
-        if let (Some(state), true) = (state, opts.rollback) {
-            if t.plan.is_empty() {
-                // Nothing to do: a killed run before this one, if any, is complete now (a
-                // later run must not continue its generation).
-                let r = Store::find(state, &t.dst_path)
-                    .and_then(|s| s.map_or(Ok(()), |s| rollback::finish_interrupted(&s)));
-                if let Err(e) = r {
-                    notes.push(format!("rollback store not updated: {e}"));
-                }
-            } else {
-                let r = Store::open(state, &t.dst_path)
-                    .map_err(|e| refused_for_rollback(e, "unusable as the rollback store"))
-                    .and_then(|store| {
-                        let before = rollback::list(&store)?.last().map(|g| g.id);
-                        let gen = rollback::preserve(
-                            &store,
-                            &t.dst_path,
-                            &t.dst,
-                            &t.src,
-                            &t.plan,
-                            &t.src_path,
-                            &opts.exclude_patterns,
-                            &pools.work,
-                        )
-                        .map_err(|e| refused_for_rollback(e, "cannot be kept for rollback"))?;
-                        stores.push(store);
-                        Ok((before != Some(gen.id), gen))
-                    });
-                match r {
-                    Ok((new, gen)) => {
-                        if new {
-                            fresh.push(gen.clone());
-                        }
-                        g = Some(gen);
-                    }
-                    Err(e) => {
-                        for g in &fresh {
-                            let _ = rollback::discard(g);
-                        }
-                        return Err(e);
-                    }
-                }
-            }
-        } else if let (Some(state), false) = (state, opts.rollback) {
-            // Without rollback there may well be no store (that can be why it is off).
-            if let Ok(Some(store)) = Store::find(state, &t.dst_path) {
-                let _ = rollback::finish_interrupted(&store);
-            }
-        }
-        generations.push(g);
-    }
-    Ok(Kept {
-        generations,
-        stores,
-        fresh,
-    })
-}
-
-/// A failure to keep what a sync would replace (`what` says how), as the refusal of the sync
-/// it is.
-fn refused_for_rollback(e: Error, what: &str) -> Error {
-    match e {
-        Error::Io { path, cause } => {
-            let hint = match cause.raw_os_error() {
-                Some(libc::EXDEV) => {
-                    " (on another filesystem than the rollback store: a mount inside the \
-                     destination?)"
-                }
-                Some(libc::EPERM) => " (append-only or immutable?)",
-                _ => "",
-            };
-            Error::NoRollback {
-                path,
-                why: format!("{what}: {cause}{hint}"),
-            }
-        }
-        Error::BadInput { path, why } => Error::NoRollback {
-            path,
-            why: format!("{what}: {why}"),
-        },
-        e => e,
-    }
-}
-
-/// Stores the stat caches. The source's entries are as scanned. The destination keeps only
-/// entries this run did not touch: a rewritten file's new stat is not known without another
-/// look, and guessing would break the rule that a cached hash describes what was read.
-fn store_caches(state: &StateDir, t: &Tree, a: &Apply<'_>, xattrs: bool) {
-    // A source hash the copy found wrong (a writer through a mapping leaves mtime alone) is
-    // left out, so the next run hashes that file again.
-    let mut stale = a.stale_hashes();
-    stale.sort_unstable();
-    let src = || {
-        let kept = t
-            .src
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| stale.binary_search(&(*i as u32)).is_err())
-            .map(|(_, e)| e);
-        cache::records(kept, t.src_stamp, xattrs)
-    };
-    let mut touched = vec![false; t.dst.len()];
-    for x in t.plan.actions.iter().filter(|x| x.dst != plan::NONE) {
-        touched[x.dst as usize] = true;
-    }
-    let dst = || {
-        let kept = t
-            .dst
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| !touched[*j])
-            .map(|(_, e)| e);
-        cache::records(kept, t.dst_stamp, xattrs)
-    };
-    // Unchanged caches are not rewritten (a no-op run writes nothing); one that cannot be
-    // written only costs a re-hash next time. Both are encoded straight into their files.
-    let unchanged =
-        |k: usize, records: usize| t.hashed[k] == 0 && t.cache_loaded[k] == Some(records);
-    if !unchanged(0, src().count()) {
-        if let Ok(p) = state.cache_path(&t.src_path) {
-            let _ = cache::write_file(&p, src(), t.src_stamp, xattrs);
-        }
-    }
-    if touched.contains(&true) || !unchanged(1, dst().count()) {
-        if let Ok(p) = state.cache_path(&t.dst_path) {
-            let _ = cache::write_file(&p, dst(), t.dst_stamp, xattrs);
-        }
-    }
-}
-
 /// Hashes the live files `need` (indices into `t.dst`) that the plan did not need hashed: a
 /// remote of `push` looks for content it already holds elsewhere in its trees. Files that
 /// cannot be read stay without a hash.
@@ -1181,7 +863,7 @@ pub fn scan_and_hash(
     pools: &Pools,
     progress: &dyn Progress,
 ) -> Result<(Manifest, Vec<(PathBuf, io::Error)>)> {
-    let (mut s, stamp, mut errors, _) = scan_one(root, state, opts, pools, progress)?;
+    let (mut s, stamp, mut errors, _) = scan_one(root, &[], state, opts, pools, progress)?;
     let need: Vec<u32> = s
         .entries
         .iter()
@@ -1215,39 +897,49 @@ pub fn open_state(dir: &Path, trees: &[&Path]) -> Result<StateDir> {
     StateDir::open(&state_c)
 }
 
-/// The first live directory, or live file the plan changes, that is immutable or append-only.
-/// Switching the tree would replace it anyway; the per-file pipeline respects the flag (and
-/// reports what it could not change).
-fn pinned(root: &Path, dst: &Entries, plan: &Plan) -> Option<Box<[u8]>> {
-    let fd = fsx::open_root_nofollow(root).ok()?;
+/// The live directories that are immutable or append-only: they stay where they are (bounds
+/// of the switch). One the plan changes, or changes anything below, and a file the plan
+/// changes that is, are refused: nothing can rename or replace them.
+fn pinned(root: &Path, (src, dst): (&Entries, &Entries), plan: &Plan) -> Result<Vec<Box<[u8]>>> {
+    let fd = fsx::open_root_nofollow(root).at(root)?;
     let mut touched = vec![false; dst.len()];
     for a in plan.actions.iter().filter(|a| a.dst != plan::NONE) {
         touched[a.dst as usize] = true;
     }
+    let mut found: Vec<Box<[u8]>> = Vec::new();
     let mut dirs: Option<(Vec<u8>, std::os::fd::OwnedFd)> = None;
     for (j, e) in dst.iter().enumerate() {
         if e.kind != Kind::Dir && !(touched[j] && e.kind == Kind::File) {
             continue;
         }
         let (p, n) = fsx::split_parent(e.path);
-        if e.path.is_empty() {
-            if fsx::is_pinned_at(fd.as_fd(), b"", e.kind) {
-                return Some(e.path.into());
+        let is_pinned = if e.path.is_empty() {
+            fsx::is_pinned_at(fd.as_fd(), b"", e.kind)
+        } else {
+            if dirs.as_ref().is_none_or(|(dp, _)| dp.as_slice() != p) {
+                dirs = fsx::open_dir_beneath(fd.as_fd(), p)
+                    .ok()
+                    .map(|f| (p.to_vec(), f));
             }
+            dirs.as_ref()
+                .is_some_and(|(_, d)| fsx::is_pinned_at(d.as_fd(), n, e.kind))
+        };
+        if !is_pinned {
             continue;
         }
-        if dirs.as_ref().is_none_or(|(dp, _)| dp.as_slice() != p) {
-            dirs = fsx::open_dir_beneath(fd.as_fd(), p)
-                .ok()
-                .map(|f| (p.to_vec(), f));
+        let below = |a: &plan::Action| {
+            let q = plan.path(a, src, dst);
+            q.starts_with(e.path) && (e.path.is_empty() || q.get(e.path.len()) == Some(&b'/'))
+        };
+        if touched[j] || e.path.is_empty() || plan.actions.iter().any(below) {
+            return Err(Error::bad(
+                root.join(fsx::os(e.path)),
+                "is immutable or append-only and this release changes it or what it holds: nothing was changed (`chattr -i -a` it, then run again)",
+            ));
         }
-        if let Some((_, d)) = &dirs {
-            if fsx::is_pinned_at(d.as_fd(), n, e.kind) {
-                return Some(e.path.into());
-            }
-        }
+        found.push(e.path.into());
     }
-    None
+    Ok(found)
 }
 
 /// A source inside DST's own home (`sync HOME/gen-N DST`, the path `history` prints) would be

@@ -22,7 +22,7 @@
 //! [`Ready`] is only made by [`Recorded::gate`].
 
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::apply::{clean_leftovers, ApplyOpts, Outcome};
@@ -35,7 +35,7 @@ use crate::journal::StateDir;
 use crate::plan::Op;
 use crate::progress::Progress;
 use crate::stage::Built;
-use crate::switch::{Home, Method, Pending};
+use crate::switch::{Home, Pending};
 use crate::sync::{hash_entries, Pools, Report, SwitchInfo, SyncOpts, Tree};
 
 /// What a run needs besides its trees.
@@ -68,8 +68,8 @@ impl Ctx<'_> {
     }
 }
 
-/// A step's outcome: the transaction goes on, or it is over with a report and nothing
-/// switched (a fallback to the per-file method, or a tree that failed to stage).
+/// Staging's outcome: the transaction goes on, or it is over with a report and nothing
+/// switched (a tree failed to stage).
 pub enum Step<T> {
     Go(T),
     Done(Box<Report>),
@@ -157,10 +157,7 @@ pub fn switch_all_gated(
         Step::Go(s) => s,
         Step::Done(r) => return Ok(*r),
     };
-    let ready = match staged.record()?.gate(gate)? {
-        Step::Go(r) => r,
-        Step::Done(r) => return Ok(*r),
-    };
+    let ready = staged.record()?.gate(gate)?;
     Ok(ready.switch()?.finish())
 }
 
@@ -192,7 +189,8 @@ pub fn stage<'t, 'c>(trees: &'t mut [Tree], cx: Ctx<'c>) -> Result<Step<Staged<'
         tx.stopped(t)?;
         cx.progress.tree(&t.dst_path);
         if !t.dst_leftovers.is_empty() {
-            // Temporary names a killed per-file run recorded and left: ours, not the tree's.
+            // Temporary names an older version's killed per-file run recorded and left: ours,
+            // not the tree's.
             let dfd = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
             if clean_leftovers(dfd.as_fd(), &t.dst_leftovers).is_empty() {
                 let _ = cx.state.clear_staged(&t.dst_path);
@@ -205,7 +203,13 @@ pub fn stage<'t, 'c>(trees: &'t mut [Tree], cx: Ctx<'c>) -> Result<Step<Staged<'
         let r = stage_one(t, &cx);
         tx.stopped(&tx.trees[k])?;
         match r? {
-            Ok(built) => tx.staged.push(Some(built)),
+            Ok(built) => {
+                // Pinned files stay where they are at the switch: bounds of its subtrees.
+                if let Some(h) = tx.trees[k].home.as_mut() {
+                    h.pinned.extend(built.pinned.iter().cloned());
+                }
+                tx.staged.push(Some(built))
+            }
             Err(f) => return Ok(Step::Done(Box::new(staging_failed(tx, k, f)))),
         }
     }
@@ -261,15 +265,10 @@ fn stage_one(t: &Tree, cx: &Ctx<'_>) -> Result<std::result::Result<Built, crate:
 }
 
 /// A tree that failed to stage: nothing of the run is switched (the transaction, dropped,
-/// abandons every tree). An inode that cannot take one more link (EMLINK), or an immutable or
-/// append-only file (EPERM), sends the run to the per-file method instead.
+/// abandons every tree).
 fn staging_failed(tx: Inner<'_, '_>, k: usize, f: crate::stage::Fatal) -> Report {
     let mut report = Report::default();
     let at = tx.trees[k].dst_path.join(fsx::os(&f.path));
-    if matches!(f.error.raw_os_error(), Some(libc::EPERM | libc::EMLINK)) {
-        report.fallback = Some(format!("{}: {}", at.display(), f.error));
-        return report;
-    }
     report.aborted = Some(format!(
         "{}: {} (while staging; nothing was switched, the live trees are as they were)",
         at.display(),
@@ -345,15 +344,27 @@ fn record_one(
             t.src[i].set_xattrs(x);
         }
     }
+    // Pinned entries stay where they are at the switch (bounds): the live inode, not the
+    // copy staged in its place, is what the next tree holds there.
+    for p in &home.pinned {
+        if let (Ok(i), Ok(j)) = (t.src.search(p), t.dst.search(p)) {
+            let (ino, (cs, cn)) = (t.dst.at(j).ino, t.dst.at(j).ctime());
+            t.src[i].ino = ino;
+            t.src[i].set_ctime(cs, cn);
+        }
+    }
     crate::quick::live_hashes(&mut t.src, &t.dst, &t.quick_same);
     let kept = kept_live(t);
-    // Old metadata to set back on rollback: entries changed in place, and for the per-entry
-    // method the root (set in place at the switch). Indices, in path order.
-    let mut meta: Vec<u32> = Vec::new();
-    if home.method == Method::Entries && !t.dst.is_empty() {
-        meta.push(0);
-    }
-    meta.extend(built.meta_in_place.iter().copied().filter(|&j| j != 0));
+    // Old metadata to set back on rollback: entries changed in place, and the directories a
+    // switch by subtrees leaves in place (set at the switch). Indices, in path order.
+    let mut meta: Vec<u32> = home
+        .spines_now()
+        .iter()
+        .filter_map(|p| t.dst.search(p).ok().map(|j| j as u32))
+        .collect();
+    meta.extend(built.meta_in_place.iter().copied());
+    meta.sort_unstable();
+    meta.dedup();
     let id = generation::next_id(home)?;
     if keep > 0 {
         let conf_base = crate::protect::base_path(cx.state, &t.dst_path)?;
@@ -371,6 +382,7 @@ fn record_one(
                 excludes: &cx.opts.exclude_patterns,
                 xattrs: cx.opts.xattrs,
                 conf_base: &conf_base,
+                pinned: &home.pinned,
             },
         )?;
     }
@@ -445,27 +457,24 @@ fn kept_live(t: &Tree) -> Entries {
 }
 
 impl<'t, 'c> Recorded<'t, 'c> {
-    /// Step 3, the last safe point: the stop flag, a directory not ours to move (per file
-    /// instead), the gate, the guard, the journals, the mounts. Any refusal gives up every
-    /// tree.
-    pub fn gate(self, gate: &mut dyn FnMut(&Report) -> Result<()>) -> Result<Step<Ready<'t, 'c>>> {
-        let mut tx = self.0;
+    /// Step 3, the last safe point: the stop flag, a directory not ours to move, the gate,
+    /// the guard, the journals (each reading the mounts). Any refusal gives up every tree.
+    pub fn gate(self, gate: &mut dyn FnMut(&Report) -> Result<()>) -> Result<Ready<'t, 'c>> {
+        let tx = self.0;
         if let Some(t) = tx.trees.first() {
             tx.stopped(t)?;
         }
         if let Some(p) = blocked_move(&tx) {
-            // Not ours to move (an unprivileged run): per file instead, before anything moved.
-            let mut report = std::mem::take(&mut tx.report);
-            report.fallback = Some(format!(
-                "{}: not writable, and moving a directory needs that without root",
-                p.display()
+            // Not ours to move (an unprivileged run): refused before anything moved.
+            return Err(crate::Error::bad(
+                p,
+                "is not writable, and moving a directory needs that without root: nothing was switched (run as root, or give this user write permission on it)",
             ));
-            return Ok(Step::Done(Box::new(report)));
         }
         gate(&tx.report)?;
         guard(&tx)?;
         let pending = prepare_all(&tx)?;
-        Ok(Step::Go(Ready(tx, pending)))
+        Ok(Ready(tx, pending))
     }
 }
 
@@ -525,43 +534,15 @@ fn guard(tx: &Inner<'_, '_>) -> Result<()> {
 }
 
 /// Every journal first (durable writes), so nothing slow sits between the switches of two
-/// trees; then the mount table, looked at last (invariant 12): a mount made below a tree
-/// while it was staged would be moved into the old generation by the exchange, the live
-/// tree losing it and the next prune deleting through it. Nothing is switched then; the
-/// next run sees the mount at its start and switches around it.
+/// trees. Each reads the mount table as it plans (invariant 12): a mount made below a tree
+/// while it was staged is a bound its switch goes around ([`Home::bounds_now`]), never
+/// moved into the old generation. The table is read once more after the journals: a mount
+/// made meanwhile has its tree planned again.
 fn prepare_all(tx: &Inner<'_, '_>) -> Result<Vec<Option<Pending>>> {
-    let mut pending: Vec<Option<Pending>> = Vec::new();
-    let cancel = |pending: Vec<Option<Pending>>| {
-        for (k, p) in pending.into_iter().enumerate() {
-            if let Some(p) = p {
-                tx.home(k).cancel(p);
-            }
-        }
-    };
-    for k in 0..tx.trees.len() {
-        match tx.gens[k].map(|id| tx.home(k).prepare_in(id)).transpose() {
-            Ok(p) => pending.push(p),
-            Err(e) => {
-                cancel(pending);
-                return Err(e);
-            }
-        }
-    }
-    let switching: Vec<&Path> = (0..tx.trees.len())
-        .filter(|&k| pending[k].is_some())
-        .map(|k| tx.trees[k].dst_path.as_path())
+    let homes: Vec<Option<(&Home, u64)>> = (0..tx.trees.len())
+        .map(|k| tx.gens[k].map(|id| (tx.home(k), id)))
         .collect();
-    if let Some((dst, m)) = crate::switch::first_mount_below(&switching) {
-        cancel(pending);
-        return Err(crate::Error::bad(
-            m,
-            format!(
-                "was mounted below {} while the run staged: nothing was switched (the switch would have moved the mount out of the live tree); run again",
-                dst.display()
-            ),
-        ));
-    }
-    Ok(pending)
+    crate::switch::prepare_around_mounts(&homes, |h, id| h.prepare_in(id))
 }
 
 impl<'t, 'c> Ready<'t, 'c> {
@@ -584,12 +565,7 @@ impl<'t, 'c> Ready<'t, 'c> {
             let r = home.exchange(p).and_then(|(d, calls)| {
                 // Made: whatever fails from here is undone with the others.
                 made.push((k, d, calls));
-                // Per-entry switches leave the root in place: its metadata is set now.
-                if home.method == Method::Entries {
-                    let root = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
-                    fsx::set_meta_fd(root.as_fd(), &t.src.at(0), meta).at(&t.dst_path)?;
-                }
-                Ok(())
+                set_spines_meta(t, p.spines(), meta)
             });
             if let Err(e) = r {
                 for &(j, _, _) in made.iter().rev() {
@@ -608,11 +584,24 @@ impl<'t, 'c> Ready<'t, 'c> {
         tx.report.switches = tx.trees.iter().map(|_| None).collect();
         for ((k, window, calls), p) in made.into_iter().zip(pending.into_iter().flatten()) {
             let s = tx.home(k).finish(p)?;
-            let info = switched_info(&mut tx, k, window, calls, s.old);
+            let info = switched_info(&mut tx, k, (window, calls), s);
             tx.report.switches[k] = Some(info);
         }
         Ok(Switched(tx, put_back))
     }
+}
+
+/// A switch by subtrees leaves its spines in place (the root first): their metadata is the
+/// next tree's from now.
+fn set_spines_meta(t: &Tree, spines: &[Box<[u8]>], meta: MetaOpts) -> Result<()> {
+    let root = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
+    for sp in spines {
+        let Ok(i) = t.src.search(sp) else { continue };
+        let at = t.dst_path.join(fsx::os(sp));
+        let d = fsx::open_dir_beneath(root.as_fd(), sp).at(&at)?;
+        fsx::set_meta_fd(d.as_fd(), &t.src.at(i), meta).at(&at)?;
+    }
+    Ok(())
 }
 
 /// The report of tree `k`'s switch; its old tree's setuid/setgid files and capabilities the
@@ -621,10 +610,10 @@ impl<'t, 'c> Ready<'t, 'c> {
 fn switched_info(
     tx: &mut Inner<'_, '_>,
     k: usize,
-    window: Duration,
-    calls: usize,
-    old: PathBuf,
+    (window, calls): (Duration, usize),
+    s: crate::switch::Switched,
 ) -> SwitchInfo {
+    let old = s.old;
     let keep = tx.cx.keep();
     let id = tx.gens[k].expect("switched");
     let mut defanged = 0;
@@ -640,7 +629,7 @@ fn switched_info(
         }
     }
     SwitchInfo {
-        method: tx.home(k).method.clone(),
+        method: s.method,
         window,
         calls,
         generation: (keep > 0).then_some(id),
@@ -681,7 +670,6 @@ impl Switched<'_, '_> {
             }
         }
         tx.report.cleanup_time = t_cleanup.elapsed();
-        tx.report.generations = tx.trees.iter().map(|_| None).collect();
         tx.report.elapsed = tx.t0.elapsed();
         std::mem::take(&mut tx.report)
     }

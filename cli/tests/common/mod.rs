@@ -836,13 +836,11 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    forced_switch(
-        Command::new(BIN)
-            .args(args)
-            .env_remove("JAILSYNC_STATE_DIR"),
-    )
-    .output()
-    .expect("run jailsync")
+    Command::new(BIN)
+        .args(args)
+        .env_remove("JAILSYNC_STATE_DIR")
+        .output()
+        .expect("run jailsync")
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -991,6 +989,8 @@ pub fn rsync_dry(src: &Path, dst: &Path) -> Option<String> {
     d.push("/");
     let o = Command::new("rsync")
         .args(["-aHAXc", "--numeric-ids", "--delete", "-n", "-i"])
+        // The switch's home inside DST (switch by subtrees): jailsync's, not the tree's.
+        .arg("--exclude=/.jailsync-gens")
         .arg(s)
         .arg(d)
         .output()
@@ -1001,31 +1001,6 @@ pub fn rsync_dry(src: &Path, dst: &Path) -> Option<String> {
         String::from_utf8_lossy(&o.stderr)
     );
     Some(String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
-thread_local! {
-    /// Set by `force_per_file` for the test running on this thread.
-    static PER_FILE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Makes every run of the binary the calling test starts through these helpers (`run`,
-/// `Env`, `faultkit::cmd`, `faultkit::TmpfsNs::command`) use the per-file staged burst (the
-/// switch's last resort, `JAILSYNC_SWITCH=per-file`): for the tests of that pipeline and of
-/// its rollback store. Tests share one process, so this is never the process's environment
-/// (that would switch every other test's runs too): it holds for the calling thread, which
-/// libtest gives each test alone, and is passed to each child it starts (see
-/// `forced_switch`). A test that starts the binary some other way passes it itself.
-pub fn force_per_file() {
-    PER_FILE.with(|p| p.set(true));
-}
-
-/// Adds to `c`'s environment the switch method forced by the calling test, if any (see
-/// `force_per_file`).
-pub fn forced_switch(c: &mut Command) -> &mut Command {
-    if PER_FILE.with(|p| p.get()) {
-        c.env("JAILSYNC_SWITCH", "per-file");
-    }
-    c
 }
 
 /// Stops a child with SIGSTOP and waits until the kernel reports it stopped: kill(2) returns

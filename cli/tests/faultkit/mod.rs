@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{esc, forced_switch, Listing, Rec, Tree, BIN};
+use crate::common::{esc, Listing, Rec, Tree, BIN};
 
 /// Prefix of the engine's temporary names.
 pub const TMP: &[u8] = b".jailsync-tmp-";
@@ -399,7 +399,6 @@ where
         .args(args)
         .env_remove("JAILSYNC_STATE_DIR")
         .stdin(Stdio::null());
-    forced_switch(&mut c);
     c
 }
 
@@ -544,7 +543,6 @@ impl TmpfsNs {
         c.arg(format!("--mount=/proc/{}/ns/mnt", self.holder.id()))
             .arg("--")
             .arg(prog);
-        forced_switch(&mut c);
         c
     }
 }

@@ -1,8 +1,8 @@
 //! ACLs are exact (invariant 5): every entry a sync makes ends with the jail's access and
 //! default ACLs and nothing else, whatever default ACL is in effect where it was made — DST's
-//! parent (the home beside DST lives there), DST itself (the in-tree home of the per-entry
-//! switch) or a live directory (the per-file path writes there). Each scenario runs over the
-//! three switch methods; the CI's second pass runs it again over the portable OS layer.
+//! parent (the home beside DST lives there) or DST itself (the in-tree home of the switch by
+//! subtrees). Each scenario runs over both switch methods; the CI's second pass runs it again
+//! over the portable OS layer.
 
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
@@ -15,7 +15,7 @@ const ACCESS: &str = "system.posix_acl_access";
 const DEFAULT: &str = "system.posix_acl_default";
 
 /// The switch methods: the whole tree, per top-level entry (in-tree home), per file.
-const METHODS: [&str; 3] = ["tree", "entries", "per-file"];
+const METHODS: [&str; 2] = ["tree", "entries"];
 
 /// The xattr `name` of `p` (not following a symlink); `None` when absent or unsupported.
 fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {

@@ -1,7 +1,7 @@
 //! Excluded entries are the live system's, before and after a rollback (issue 19, item 3):
 //! a switched rollback carries the live tree's current excluded entries into the generation it
 //! switches back, as a sync carries them into the next tree. Every test runs the real binary
-//! on real trees; the per-entry and per-file methods are forced through `JAILSYNC_SWITCH` on
+//! on real trees; the switch by subtrees is forced through `JAILSYNC_SWITCH` on
 //! each command (never the test process's environment, which the tests share).
 
 use std::ffi::OsStr;
@@ -314,25 +314,4 @@ fn issue19_rollback_dry_run_names_what_is_carried() {
     assert_eq!(c.read("usr/new.log").as_deref(), Some("n\n"));
     assert_eq!(c.read("usr/old.log"), None);
     assert_eq!(c.read("usr/a").as_deref(), Some("1\n"));
-}
-
-/// The per-file burst's rollback works in place on the live tree and plans only what it
-/// scanned (excluded entries never are): it has no copy of them to switch back.
-#[test]
-fn per_file_rollback_leaves_excluded_entries_as_they_are() {
-    let c = Case::new(Some("per-file"), &["/var/", "*.log"]);
-    c.e.dst.file("usr/a", "1\n").file("var/db/g", "g\n");
-    c.e.src.file("usr/a", "2\n").file("opt/added/readme", "r\n");
-    c.sync();
-    fs::write(c.dst().join("var/db/users.db"), "u\n").unwrap();
-    c.replace("var/db/g", "g2\n");
-    fs::write(c.dst().join("usr/new.log"), "n\n").unwrap();
-    fs::write(c.dst().join("opt/added/x.log"), "x\n").unwrap();
-    let o = c.rollback(&[]);
-    expect_code(&o, 0);
-    assert_eq!(c.read("usr/a").as_deref(), Some("1\n"));
-    assert_eq!(c.read("var/db/users.db").as_deref(), Some("u\n"));
-    assert_eq!(c.read("var/db/g").as_deref(), Some("g2\n"));
-    assert_eq!(c.read("usr/new.log").as_deref(), Some("n\n"));
-    assert_eq!(c.read("opt/added/x.log").as_deref(), Some("x\n"));
 }

@@ -1,3 +1,4 @@
+use std::os::fd::AsFd;
 use std::os::unix::fs::symlink;
 
 use super::*;

@@ -52,6 +52,12 @@ pub struct MountTable {
     pub mounts: Vec<Mount>,
 }
 
+/// The mount points strictly below `dir` (relative, sorted), read now; none where there is no
+/// mount table to read.
+pub fn points_below(dir: &Path) -> Vec<Box<[u8]>> {
+    MountTable::current().map_or_else(|_| Vec::new(), |t| t.points_below(dir))
+}
+
 impl MountTable {
     /// Reads this process's mount table.
     pub fn current() -> Result<Self> {
@@ -83,6 +89,27 @@ impl MountTable {
         self.mounts
             .iter()
             .filter(move |m| m.target != dir && m.target.starts_with(dir))
+    }
+
+    /// The mount points strictly below `dir`, relative to it, sorted and deduplicated.
+    pub fn points_below(&self, dir: &Path) -> Vec<Box<[u8]>> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut v: Vec<Box<[u8]>> = self
+            .under(dir)
+            .filter_map(|m| {
+                Some(
+                    m.target
+                        .strip_prefix(dir)
+                        .ok()?
+                        .as_os_str()
+                        .as_bytes()
+                        .into(),
+                )
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// Names where a mount's content comes from, as a host path when some other mount of the
