@@ -15,9 +15,14 @@ use crate::output::human_bytes;
 #[derive(Args, Debug)]
 pub struct PruneCmd {
     /// The destination whose old generations to remove.
-    pub dst: PathBuf,
-    /// Generations to keep, newest first (0: remove them all; rollback is then impossible).
-    #[arg(long, value_name = "N", required = true)]
+    #[arg(required_unless_present = "root", conflicts_with = "root")]
+    pub dst: Option<PathBuf>,
+    /// Prune every tree the upgrades of this live root synced (see `history --root`).
+    #[arg(long, value_name = "ROOT")]
+    pub root: Option<PathBuf>,
+    /// Generations to keep, newest first (0: remove them all; rollback is then impossible;
+    /// default: the configuration file's `keep`, else 3).
+    #[arg(long, value_name = "N", default_value_t = 3)]
     pub keep: usize,
     /// Show what would be removed; remove nothing.
     #[arg(short = 'n', long)]
@@ -45,12 +50,30 @@ pub struct CompletionsCmd {
 pub fn run_man(c: ManCmd, cmd: clap::Command) -> Result<u8> {
     if let Some(dir) = &c.dir {
         std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
-        clap_mangen::generate_to(cmd, dir).with_context(|| dir.display().to_string())?;
+        clap_mangen::generate_to(cmd.clone(), dir).with_context(|| dir.display().to_string())?;
+        // The top page with the sections clap knows nothing of.
+        let top = dir.join("jailsync.1");
+        std::fs::write(&top, main_page(cmd)?).with_context(|| top.display().to_string())?;
         return Ok(exit::OK);
     }
+    write_stdout(&main_page(cmd)?)
+}
+
+/// jailsync(1): what clap_mangen renders, with FILTER RULES, FILES, ENVIRONMENT, EXIT
+/// STATUS, EXAMPLES and SEE ALSO before its version section.
+fn main_page(cmd: clap::Command) -> Result<Vec<u8>> {
+    let man = clap_mangen::Man::new(cmd);
     let mut page = Vec::new();
-    clap_mangen::Man::new(cmd).render(&mut page)?;
-    write_stdout(&page)
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    man.render_options_section(&mut page)?;
+    man.render_subcommands_section(&mut page)?;
+    man.render_extra_section(&mut page)?;
+    page.extend_from_slice(crate::manpage::SECTIONS.as_bytes());
+    man.render_version_section(&mut page)?;
+    Ok(page)
 }
 
 /// `cmd`: the whole command line's description (main's `Cli`).
@@ -70,7 +93,35 @@ fn write_stdout(bytes: &[u8]) -> Result<u8> {
 }
 
 pub fn run_prune(c: PruneCmd, g: &Global) -> Result<u8> {
-    let shown = &c.dst;
+    let Some(root) = &c.root else {
+        let dst = c.dst.clone().expect("clap requires DST without --root");
+        return prune_one(&c, &dst, g);
+    };
+    let root_c = std::fs::canonicalize(root).with_context(|| root.display().to_string())?;
+    let state = sync::open_state(&g.state_dir, &[&root_c])?;
+    let mut dsts: Vec<PathBuf> = crate::roots::load(&state, &root_c)?
+        .into_iter()
+        .flat_map(|u| u.trees.into_iter().map(|t| t.dst))
+        .collect();
+    dsts.sort();
+    dsts.dedup();
+    drop(state);
+    if dsts.is_empty() {
+        bail!(
+            "--root {}: no upgrade recorded for this root (nothing to prune; `jailsync history \
+             --root {}` lists them)",
+            root.display(),
+            root.display()
+        );
+    }
+    for d in &dsts {
+        prune_one(&c, d, g)?;
+    }
+    Ok(exit::OK)
+}
+
+/// Prunes one destination.
+fn prune_one(c: &PruneCmd, shown: &std::path::Path, g: &Global) -> Result<u8> {
     let dst = paths::resolve_dir(shown, "destination", sync::follow_dst(c.follow_dst))?;
     if !std::fs::metadata(&dst)
         .with_context(|| shown.display().to_string())?
@@ -95,8 +146,14 @@ pub fn run_prune(c: PruneCmd, g: &Global) -> Result<u8> {
             generation::prune(home, c.keep)?;
         }
         (gens.len(), ids, freed)
-    } else {
+    } else if state.tree_dir(&dst)?.join("cache").exists() {
         (0, Vec::new(), Usage::default())
+    } else {
+        bail!(
+            "{}: never synced by jailsync (with this state dir, {}): nothing to prune",
+            dst.display(),
+            g.state_dir.display()
+        );
     };
     let kept = gens - removed_ids.len();
     if g.json {

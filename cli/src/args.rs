@@ -19,6 +19,22 @@ pub mod exit {
     pub const FATAL: u8 = 2;
 }
 
+/// The state dir's default on this OS (the BSDs keep package state in /var/db, Linux in
+/// /var/lib); [`OLD_STATE_DIR`] is used instead when only it exists.
+pub const DEFAULT_STATE_DIR: &str = if cfg!(any(
+    target_os = "netbsd",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+)) {
+    "/var/db/jailsync"
+} else {
+    "/var/lib/jailsync"
+};
+
+/// The default of earlier versions, on every OS.
+pub const OLD_STATE_DIR: &str = "/var/db/jailsync";
+
 /// Options every subcommand accepts.
 #[derive(Args, Debug, Clone)]
 pub struct Global {
@@ -31,14 +47,48 @@ pub struct Global {
     /// Emit JSON lines on stdout, ending with a summary object.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Where manifests, journals, locks and rollback data live (never inside a synced tree).
+    /// Where manifests, journals, locks and rollback data live (never inside a synced tree;
+    /// default: the configuration file's `state-dir`, else /var/lib/jailsync on Linux and
+    /// /var/db/jailsync on the BSDs, or /var/db/jailsync where only that one exists).
     #[arg(
         long,
         global = true,
         env = "JAILSYNC_STATE_DIR",
-        default_value = "/var/db/jailsync"
+        default_value = DEFAULT_STATE_DIR,
+        hide_default_value = true
     )]
     pub state_dir: PathBuf,
+    /// When another run holds a destination's lock, wait for it to end (up to SECS seconds;
+    /// without a value, for as long as it takes) instead of failing at once.
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECS",
+        num_args = 0..=1,
+        require_equals = true
+    )]
+    pub wait: Option<Option<u64>>,
+    /// The configuration file (default /etc/jailsync.conf, if there; see FILES).
+    #[arg(long, global = true, env = "JAILSYNC_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// rsync's filter options beside `--exclude` (see FILTER RULES in jailsync(1)), for `sync`,
+/// `upgrade` and `verify`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RuleArgs {
+    /// Do not exclude what matches PATTERN (rsync's `--include`): with the other filter
+    /// options, the first rule that matches a path decides, in the order given.
+    #[arg(long, value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Exclude the patterns of FILE, one a line (`+ `/`- ` prefixes, `!` clears, `#` or `;`
+    /// comments), as rsync's `--exclude-from`.
+    #[arg(long, value_name = "FILE")]
+    pub exclude_from: Vec<PathBuf>,
+    /// A filter rule in rsync's syntax: `- PATTERN`, `+ PATTERN`, `-! PATTERN` (where it does
+    /// not match), `!` (clear), `merge FILE` (its lines are rules). See FILTER RULES.
+    #[arg(short = 'f', long, value_name = "RULE", allow_hyphen_values = true)]
+    pub filter: Vec<String>,
 }
 
 /// Options shared by `sync` and `upgrade`.
@@ -50,14 +100,19 @@ pub struct SyncArgs {
     /// Print one rsync-style line per change on stdout.
     #[arg(short, long)]
     pub itemize: bool,
+    /// Print rsync's statistics block (files, sizes, bytes written, speed-up) on stdout.
+    #[arg(long)]
+    pub stats: bool,
     /// Ignore cached hashes: hash every file that must be compared.
     #[arg(short, long)]
     pub checksum: bool,
     /// Leave paths matching GLOB alone (neither copied nor deleted). Repeatable. No `/`: any
-    /// name at any depth; with `/`: the whole relative path (leading `/` anchors); trailing `/`:
-    /// directories only.
+    /// name at any depth; with `/`: the whole relative path (unlike rsync, a `/` anywhere
+    /// anchors it at the top); trailing `/`: directories only.
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
+    #[command(flatten)]
+    pub rules: RuleArgs,
     /// Worker threads for walking, hashing and writing (default: twice the cores, 4..16).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub threads: usize,

@@ -92,6 +92,42 @@ pub fn print_decisions(
     Ok(())
 }
 
+/// After a run: configuration files kept, by their live paths, on stderr, as dpkg names the
+/// conffiles it asks about: one with the jail's version set beside it always, even under
+/// `-q` (a merge is due); one the jail dropped unless `-q`; one merely kept as edited (every
+/// run keeps it again) only with `-v`. Not with `-i`, whose `*protected` lines name them all,
+/// nor `--json`, which has `config` objects.
+pub fn announce(decisions: &[Decisions], trees: &[Tree], a_itemize: bool, g: &Global) {
+    if g.json {
+        return;
+    }
+    for (d, t) in decisions.iter().zip(trees) {
+        for x in &d.list {
+            let live = t.dst_path.join(jailsync_engine::fsx::os(&x.path));
+            match x.verdict {
+                Verdict::KeptNew => eprintln!(
+                    "jailsync: {}: kept as edited here; the jail's version is {}{NEW_SUFFIX}: \
+                     merge it by hand, then remove that file (`jailsync conf-diff {}` shows \
+                     the difference)",
+                    live.display(),
+                    live.display(),
+                    t.dst_path.display()
+                ),
+                _ if g.quiet || a_itemize => {}
+                Verdict::Kept if g.verbose == 0 => {}
+                Verdict::Kept => eprintln!(
+                    "jailsync: {}: kept as edited here (unchanged in the jail)",
+                    live.display()
+                ),
+                Verdict::KeptDropped => eprintln!(
+                    "jailsync: {}: kept as edited here (the jail no longer has it)",
+                    live.display()
+                ),
+            }
+        }
+    }
+}
+
 /// After a run that switched (or applied): `.jailsync-new` files written, base recorded (not
 /// advanced for what the run did not put in place: see `report`'s outcomes). Returns the
 /// number of errors (reported).

@@ -36,6 +36,18 @@ pub fn state_dir(e: &anyhow::Error, state_dir: &Path) -> Option<String> {
     })
 }
 
+/// For a destination locked by another run: how to queue behind it instead.
+pub fn locked(e: &anyhow::Error, waited: bool) -> Option<String> {
+    let hit = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<jailsync_engine::Error>(),
+            Some(jailsync_engine::Error::Locked { .. })
+        )
+    });
+    (hit && !waited)
+        .then(|| "pass --wait or --wait=SECS to start once that run has ended".to_string())
+}
+
 fn current_uid() -> u32 {
     // SAFETY: getuid has no preconditions and cannot fail.
     unsafe { libc::getuid() }

@@ -16,15 +16,24 @@ use serde_json::{json, Value};
 use crate::args::{exit, Global};
 use crate::output::json_path;
 
+/// `jail init --layout`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Layout {
+    Pkgsrc,
+    Debian,
+    Bare,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum JailCmd {
     /// Create the working directories, the `.jail` marker and the `mountpoints` file.
     Init {
+        /// The jail directory (made if missing).
         jail: PathBuf,
         /// First line of `.jail`, shown in front of the prompt inside the jail.
         #[arg(long, default_value = jail::DEFAULT_MARKER)]
         marker: String,
-        /// Copy this mountpoints file (default: the seed's list, as far as this host has it).
+        /// Copy this mountpoints file (default: pkgsrc's mkjail list, as far as this host has it).
         #[arg(long, value_name = "FILE")]
         mountpoints: Option<PathBuf>,
         /// Overwrite an existing `.jail` and `mountpoints`.
@@ -37,9 +46,15 @@ pub enum JailCmd {
         /// the 2005 layout).
         #[arg(long, value_name = "REL", default_value = "usr/pkg/pkgdb")]
         pkg_dbdir: PathBuf,
+        /// What the jail will hold: `pkgsrc` (the host's system mounted read-only, pkgsrc's
+        /// directories), `debian` (a system of its own, e.g. debootstrap: only proc, dev and
+        /// tmp mounted, no pkgsrc directories), `bare` (the marker and an empty mountpoints).
+        #[arg(long, value_enum, default_value_t = Layout::Pkgsrc)]
+        layout: Layout,
     },
     /// Mount each line of JAIL/mountpoints (read-only unless `rw`), unless already mounted.
     Mount {
+        /// The jail directory (made by `jail init`).
         jail: PathBuf,
         /// Mount host paths from below DIR instead of `/`.
         #[arg(long, value_name = "DIR", default_value = "/")]
@@ -47,31 +62,83 @@ pub enum JailCmd {
     },
     /// Unmount everything mounted below JAIL, deepest first. Never removes files.
     Umount {
+        /// The jail directory (made by `jail init`).
         jail: PathBuf,
         /// Detach mounts that stay busy (they go away when their last user does).
         #[arg(long)]
         force: bool,
     },
-    /// Delete the jail directory; refused while anything is mounted below it.
-    Remove { jail: PathBuf },
+    /// Delete the jail directory, and forget what the state dir recorded for trees in it;
+    /// refused while anything is mounted below it. Asks first on a terminal.
+    Remove {
+        /// The jail directory (it must have the `.jail` marker).
+        jail: PathBuf,
+        /// Do not ask, even on a terminal.
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
     /// Show each mount point's state; exit 1 unless all are mounted as listed.
     Status {
+        /// The jail directory (made by `jail init`).
         jail: PathBuf,
+        /// Compare with host paths below DIR instead of `/`.
         #[arg(long, value_name = "DIR", default_value = "/")]
         host_root: PathBuf,
     },
-    /// Mount if needed, chroot, and run a shell (or CMD) with PS1 and JAIL set.
+    /// Mount if needed, chroot, and run a shell (or CMD) in a clean environment: TERM, HOME,
+    /// the jail's PATH, JAIL, and PS1 with the jail's marker in front.
     Enter {
+        /// The jail directory (made by `jail init`).
         jail: PathBuf,
+        /// Mount host paths from below DIR instead of `/`.
         #[arg(long, value_name = "DIR", default_value = "/")]
         host_root: PathBuf,
+        /// Pass this variable of the caller's environment in as well (repeatable).
+        #[arg(long, value_name = "VAR")]
+        keep_env: Vec<OsString>,
         /// Command and arguments to run instead of a shell (after `--`).
         #[arg(last = true, value_name = "CMD")]
         cmd: Vec<OsString>,
     },
 }
 
+/// The jail a command names, with the fix where it is not one: a missing directory, or one
+/// without the `.jail` marker and `mountpoints` file `jail init` writes.
+fn open_jail(path: &Path) -> anyhow::Result<Jail> {
+    if std::fs::symlink_metadata(path).is_err() {
+        anyhow::bail!(
+            "{}: no such jail (make one with `jailsync jail init {}`)",
+            path.display(),
+            path.display()
+        );
+    }
+    let j = Jail::open(path)?;
+    if std::fs::symlink_metadata(j.mountpoints_file()).is_err() {
+        anyhow::bail!(
+            "{}: not a jail: it has no mountpoints file (make one with `jailsync jail init {}`, \
+             or --force over an existing one)",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(j)
+}
+
+/// Mounting is root's: one line saying so, instead of one failure per mount point.
+fn needs_root(what: &str) -> anyhow::Result<()> {
+    if !jailsync_engine::fsx::geteuid_is_root() {
+        anyhow::bail!("`jail {what}` needs root (it mounts and unmounts): run it as root");
+    }
+    Ok(())
+}
+
 pub fn run(cmd: JailCmd, global: &Global) -> anyhow::Result<u8> {
+    match &cmd {
+        JailCmd::Mount { .. } => needs_root("mount")?,
+        JailCmd::Umount { .. } => needs_root("umount")?,
+        JailCmd::Enter { .. } => needs_root("enter")?,
+        _ => {}
+    }
     match cmd {
         JailCmd::Init {
             jail,
@@ -80,29 +147,30 @@ pub fn run(cmd: JailCmd, global: &Global) -> anyhow::Result<u8> {
             force,
             host_root,
             pkg_dbdir,
-        } => init(
-            &jail,
-            &marker,
-            mountpoints.as_deref(),
-            force,
-            &host_root,
-            &pkg_dbdir,
-            global,
-        ),
+            layout,
+        } => {
+            let layout = match layout {
+                Layout::Pkgsrc => jail::InitLayout::Pkgsrc,
+                Layout::Debian => jail::InitLayout::Debian,
+                Layout::Bare => jail::InitLayout::Bare,
+            };
+            let opts = InitOptions {
+                marker: &marker,
+                mountpoints: mountpoints.as_deref(),
+                force,
+                host_root: &host_root,
+                pkg_dbdir: &pkg_dbdir,
+                layout,
+            };
+            init(&jail, &opts, global)
+        }
         JailCmd::Mount { jail, host_root } => {
-            let jail = Jail::open(&jail)?;
+            let jail = open_jail(&jail)?;
             let done = jail::mount(&jail, &host_root)?;
             report_mount(&done, global, &mut std::io::stdout().lock(), true)
         }
         JailCmd::Umount { jail, force } => umount(&jail, force, global),
-        JailCmd::Remove { jail } => {
-            let j = Jail::open(&jail)?;
-            jail::remove(&j)?;
-            if !global.quiet && !global.json {
-                eprintln!("removed {}", j.root.display());
-            }
-            Ok(exit::OK)
-        }
+        JailCmd::Remove { jail, yes } => remove(&jail, yes, global),
         JailCmd::Status { jail, host_root } => {
             status(&jail, &host_root, global).or_else(|e| {
                 match e.downcast_ref::<std::io::Error>() {
@@ -115,9 +183,10 @@ pub fn run(cmd: JailCmd, global: &Global) -> anyhow::Result<u8> {
         JailCmd::Enter {
             jail,
             host_root,
+            keep_env,
             cmd,
         } => {
-            let jail = Jail::open(&jail)?;
+            let jail = open_jail(&jail)?;
             let done = jail::mount(&jail, &host_root)?;
             // Stdout belongs to the command; the mount report goes to stderr, and only
             // when asked for or when something failed.
@@ -128,7 +197,7 @@ pub fn run(cmd: JailCmd, global: &Global) -> anyhow::Result<u8> {
                     jail.root.display()
                 );
             }
-            Err(jail::enter(&jail, &cmd).into())
+            Err(jail::enter(&jail, &cmd, &keep_env).into())
         }
     }
 }
@@ -150,23 +219,55 @@ fn mode(read_only: bool) -> &'static str {
     }
 }
 
-fn init(
-    path: &Path,
-    marker: &str,
-    mountpoints: Option<&Path>,
-    force: bool,
-    host_root: &Path,
-    pkg_dbdir: &Path,
-    global: &Global,
-) -> anyhow::Result<u8> {
-    let opts = InitOptions {
-        marker,
-        mountpoints,
-        force,
-        host_root,
-        pkg_dbdir,
+/// `jail remove`: asks on a terminal (unless `yes`), removes, forgets the trees' records.
+fn remove(path: &Path, yes: bool, global: &Global) -> anyhow::Result<u8> {
+    use std::io::IsTerminal;
+    let j = Jail::open(path)?;
+    if !yes && std::io::stdin().is_terminal() {
+        eprint!(
+            "jailsync: remove the jail {} and everything in it? [y/N] ",
+            j.root.display()
+        );
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("jailsync: {}: not removed", j.root.display());
+            return Ok(exit::FATAL);
+        }
+    }
+    jail::remove(&j)?;
+    let forgotten = forget_trees(&global.state_dir, &j.root);
+    if !global.quiet && !global.json {
+        eprintln!("removed {}", j.root.display());
+        if forgotten > 0 {
+            eprintln!("forgot the state of {forgotten} synced tree(s) that were in it");
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// Removes the state dir's records of destinations inside `root` (caches, locks, rollback
+/// records of trees that are gone); how many.
+fn forget_trees(state_dir: &Path, root: &Path) -> usize {
+    use std::os::unix::ffi::OsStringExt;
+    let Ok(rd) = std::fs::read_dir(state_dir.join("trees")) else {
+        return 0;
     };
-    let done = jail::init(path, &opts)?;
+    let mut n = 0;
+    for d in rd.flatten() {
+        let Ok(p) = std::fs::read(d.path().join("path")) else {
+            continue;
+        };
+        let p = PathBuf::from(OsString::from_vec(p));
+        if p.starts_with(root) && std::fs::remove_dir_all(d.path()).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+fn init(path: &Path, opts: &InitOptions, global: &Global) -> anyhow::Result<u8> {
+    let done = jail::init(path, opts)?;
     if global.json {
         let v = json!({
             "type": "init",
@@ -191,7 +292,7 @@ fn init(
         );
         if !done.left_out.is_empty() {
             println!(
-                "skipped seed mount points this host lacks: {}",
+                "left out mount points this host lacks: {}",
                 done.left_out.join(" ")
             );
         }

@@ -23,6 +23,7 @@ pub struct ManifestCmd {
     /// Ignore cached hashes.
     #[arg(short, long)]
     pub checksum: bool,
+    /// Leave paths matching GLOB out (not listed); repeatable, as `sync --exclude`.
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
 }

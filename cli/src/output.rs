@@ -226,6 +226,10 @@ pub struct Summary {
     pub cache_hits: usize,
     /// Configuration protection (upgrade): what was kept.
     pub conf: Option<Tally>,
+    /// The source trees' entries by kind (regular, directory, symlink, other) and the size
+    /// of their regular files, for `--stats`.
+    pub files: [u64; 4],
+    pub total_size: u64,
 }
 
 impl Summary {
@@ -237,6 +241,10 @@ impl Summary {
         self.errors += o.errors;
         self.hashed_bytes += o.hashed_bytes;
         self.cache_hits += o.cache_hits;
+        for (a, b) in self.files.iter_mut().zip(o.files) {
+            *a += b;
+        }
+        self.total_size += o.total_size;
         if let Some(c) = &o.conf {
             self.conf.get_or_insert_with(Default::default).add(c);
         }
@@ -260,7 +268,44 @@ impl Summary {
             "errors": self.errors,
             "config_kept": self.conf.as_ref().map(|c| c.kept + c.dropped),
             "config_new": self.conf.as_ref().map(|c| c.new),
+            "files": self.files.iter().sum::<u64>(),
+            "total_size": self.total_size,
+            "speedup": self.total_size as f64 / self.bytes_written.max(1) as f64,
         })
+    }
+
+    /// rsync's `--stats` block, in its words where they mean the same here: jailsync sends
+    /// nothing over a wire, so its "sent" is what it wrote, and the speed-up is the size of the
+    /// source's files over the bytes written.
+    pub fn stats(&self) -> String {
+        let [reg, dir, link, other] = self.files;
+        let c = &self.counts;
+        let secs = self.elapsed.as_secs_f64().max(1e-6);
+        let speedup = self.total_size as f64 / self.bytes_written.max(1) as f64;
+        format!(
+            "Number of files: {} (reg: {reg}, dir: {dir}, link: {link}, special: {other})\n\
+             Number of created files: {}\n\
+             Number of deleted files: {}\n\
+             Number of regular files transferred: {}\n\
+             Total file size: {} bytes\n\
+             Total transferred file size: {} bytes\n\
+             Total bytes hashed: {} bytes\n\
+             \n\
+             wrote {} bytes  {:.2} bytes/sec\n\
+             total size is {}  speedup is {:.2}{}",
+            reg + dir + link + other,
+            c.created,
+            c.deleted,
+            c.created + c.updated + c.type_changed,
+            self.total_size,
+            self.bytes_written,
+            self.hashed_bytes,
+            self.bytes_written,
+            self.bytes_written as f64 / secs,
+            self.total_size,
+            speedup,
+            if self.dry_run { " (DRY RUN)" } else { "" }
+        )
     }
 
     pub fn human(&self) -> String {
@@ -595,20 +640,43 @@ pub fn print_switches(
     {
         eprintln!("jailsync: processes still running the old release are not looked for on this system (Linux only)");
     }
-    for p in &r.procs {
+    // Every kept generation, not only this run's: a daemon two upgrades old is as stale.
+    let live: Vec<PathBuf> = trees.iter().map(|t| t.dst_path.clone()).collect();
+    // (The engine's own look, at this run's generation only, is superseded.)
+    let _ = &r.procs;
+    print_procs(out, g, &jailsync_engine::procs::restart_report(&live))
+}
+
+/// The restart report: a `process` JSON line each, or a line on stderr each, even under
+/// `-q` (it asks for action).
+pub fn print_procs(
+    out: &mut impl Write,
+    g: &Global,
+    procs: &[jailsync_engine::procs::ProcUse],
+) -> io::Result<()> {
+    for p in procs {
         if g.json {
             let v = json!({
                 "type": "process",
                 "pid": p.pid,
                 "comm": p.comm,
+                "unit": p.unit,
                 "file": p.file.display().to_string(),
             });
             writeln!(out, "{v}")?;
-        } else if !g.quiet {
+        } else {
+            let how = match &p.unit {
+                Some(u) => format!("systemctl restart {u}"),
+                None => "restart it".to_string(),
+            };
             eprintln!(
-                "jailsync: pid {} ({}) still uses {} of the old release: restart it to run the new one",
+                "jailsync: pid {} ({}{}) still uses {} of an old release: {how}",
                 p.pid,
                 p.comm,
+                p.unit
+                    .as_deref()
+                    .map(|u| format!(", {u}"))
+                    .unwrap_or_default(),
                 p.file.display()
             );
         }
@@ -694,10 +762,15 @@ pub fn report_carry(
 
 /// A run's summary: a JSON line on stdout, or a line on stderr (with the time of each phase
 /// after it when `-v` asked for them).
-pub fn print_summary(summary: &Summary, verbose_phases: Option<&str>, g: &Global) {
+pub fn print_summary(summary: &Summary, verbose_phases: Option<&str>, g: &Global, stats: bool) {
     if g.json {
         println!("{}", summary.json());
-    } else if !g.quiet {
+        return;
+    }
+    if stats {
+        println!("\n{}\n", summary.stats());
+    }
+    if !g.quiet {
         eprintln!("{}", summary.human());
         if let Some(p) = verbose_phases {
             eprintln!("phases: {p}");

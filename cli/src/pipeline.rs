@@ -30,13 +30,15 @@ pub struct Ran {
     /// None: nothing was switched (staging failed, reported).
     pub summary: Option<Summary>,
     pub verbose_phases: Option<String>,
+    /// `--stats`: the summary as rsync's statistics block too.
+    pub stats: bool,
 }
 
 impl Ran {
     /// Prints the summary (stdout JSON or stderr line); returns the exit code.
     pub fn finish(self, g: &Global) -> u8 {
         if let Some(summary) = &self.summary {
-            output::print_summary(summary, self.verbose_phases.as_deref(), g);
+            output::print_summary(summary, self.verbose_phases.as_deref(), g, self.stats);
         }
         self.code
     }
@@ -65,6 +67,7 @@ pub fn run_pairs(
     let en = open(&checked, a, g)?;
     let (mut trees, decisions) = plan_all(&checked, a, hooks, &en)?;
     let report = if a.dry_run {
+        crate::audit::dry_run();
         None
     } else {
         Some(switch_all(&mut trees, &en)?)
@@ -75,6 +78,7 @@ pub fn run_pairs(
             code: exit::PARTIAL,
             summary: None,
             verbose_phases: None,
+            stats: a.stats,
         });
     }
 
@@ -103,7 +107,12 @@ pub fn run_pairs(
             errors += crate::conf::finish_all(
                 rules, &trees, &checked, &decisions, r, &en.state, &mut conf, &mut out, g,
             )?;
+            crate::conf::announce(&decisions, &trees, a.itemize, g);
         }
+    }
+    if let Some(r) = &report {
+        audit_trees(&trees, r);
+        crate::audit::counts(counts, r.bytes_written());
     }
     let summary = Summary {
         conf: hooks.protect.as_ref().map(|_| conf),
@@ -117,13 +126,48 @@ pub fn run_pairs(
         dry_run: a.dry_run,
         hashed_bytes: trees.iter().map(|t| t.hashed_bytes).sum(),
         cache_hits: trees.iter().map(|t| t.cache_hits).sum(),
+        files: kinds(&trees),
+        total_size: trees
+            .iter()
+            .flat_map(|t| t.src.iter())
+            .filter(|e| e.kind == jailsync_engine::entry::Kind::File)
+            .map(|e| e.size)
+            .sum(),
     };
     out.flush()?;
     Ok(Ran {
         code: if errors > 0 { exit::PARTIAL } else { exit::OK },
         summary: Some(summary),
         verbose_phases: (g.verbose > 0).then(|| en.prog.report()),
+        stats: a.stats,
     })
+}
+
+/// The source trees' entries by kind: regular, directory, symlink, other.
+fn kinds(trees: &[Tree]) -> [u64; 4] {
+    use jailsync_engine::entry::Kind;
+    let mut k = [0u64; 4];
+    for e in trees.iter().flat_map(|t| t.src.iter()) {
+        k[match e.kind {
+            Kind::File => 0,
+            Kind::Dir => 1,
+            Kind::Symlink => 2,
+            _ => 3,
+        }] += 1;
+    }
+    k
+}
+
+/// Each tree and the generation its old state became, for the audit line.
+fn audit_trees(trees: &[Tree], r: &Report) {
+    for (k, t) in trees.iter().enumerate() {
+        let switched = r
+            .switches
+            .get(k)
+            .and_then(|s| s.as_ref())
+            .and_then(|s| s.generation);
+        crate::audit::tree(&t.dst_path, switched);
+    }
 }
 
 /// Checks the pairs are disjoint, then opens the state dir (for all of them), the pools and

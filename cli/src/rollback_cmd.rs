@@ -49,7 +49,7 @@ pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
     let code = if let Some(root) = &c.root {
         crate::roots::rollback(root, c.force, c.dry_run, g)?
     } else {
-        rollback_trees(&c, g)?
+        rollback_trees(&c, g).map_err(|e| upgraded_root_hint(e, &c, g))?
     };
     match stop.map(|f| f.load(std::sync::atomic::Ordering::SeqCst)) {
         Some(sig) if sig != 0 => {
@@ -58,6 +58,29 @@ pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
         }
         _ => Ok(code),
     }
+}
+
+/// A DST that is the live root of upgrades (`upgrade --root DST`) has no generations of its
+/// own: its trees do. The error then says how to roll the upgrade back.
+fn upgraded_root_hint(e: anyhow::Error, c: &RollbackCmd, g: &Global) -> anyhow::Error {
+    let [dst] = c.dst.as_slice() else { return e };
+    let Ok(canon) = std::fs::canonicalize(dst) else {
+        return e;
+    };
+    let upgrades = sync::open_state(&g.state_dir, &[&canon])
+        .ok()
+        .and_then(|s| crate::roots::load(&s, &canon).ok())
+        .unwrap_or_default();
+    if upgrades.is_empty() {
+        return e;
+    }
+    e.context(format!(
+        "{} is the live root of {} upgrade(s): roll the last one back with `jailsync rollback \
+         --root {}`",
+        dst.display(),
+        upgrades.len(),
+        dst.display()
+    ))
 }
 
 /// `rollback DST...`: the trees given, switched back together.
@@ -102,6 +125,7 @@ fn rollback_trees(c: &RollbackCmd, g: &Global) -> Result<u8> {
         }
         if let Some(home) = switched_home(&dst)? {
             let r = jailsync_engine::generation::check(&home, c.gen, &pools.walk)?;
+            crate::audit::tree(&dst, Some(r.generation.id));
             switched.push((home, r, state, lock));
             continue;
         }

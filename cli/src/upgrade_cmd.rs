@@ -69,9 +69,19 @@ fn check_not_a_jail(jail: &Path, root: &Path, trees: &[PathBuf]) -> Result<()> {
     )
 }
 
-pub fn run_upgrade(c: UpgradeCmd, g: &Global) -> Result<u8> {
+pub fn run_upgrade(mut c: UpgradeCmd, g: &Global) -> Result<u8> {
     let t0 = Instant::now();
+    if !c.jail.is_dir() {
+        anyhow::bail!(
+            "{}: no such jail (the directory the rebuilt packages are in; `jailsync jail init \
+             {}` makes one)",
+            c.jail.display(),
+            c.jail.display()
+        );
+    }
     let (layout, conf_protect) = layout_of(&c.jail, &c.tree)?;
+    let jail_excludes = jailsync_engine::layout::read_conf_excludes(&c.jail)?;
+    crate::filters::add_excludes(&mut c.args.exclude, &jail_excludes);
     if g.verbose > 0 && !g.quiet {
         for h in &layout.how {
             eprintln!("jailsync: layout: {h}");
@@ -279,6 +289,7 @@ fn run_phases(
         code,
         summary: total,
         verbose_phases: phases_report,
+        stats: c.args.stats,
     })
 }
 

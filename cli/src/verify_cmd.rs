@@ -22,8 +22,11 @@ pub struct VerifyCmd {
     /// Ignore cached hashes.
     #[arg(short, long)]
     pub checksum: bool,
+    /// Leave paths matching GLOB out (not compared); repeatable, as `sync --exclude`.
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
+    #[command(flatten)]
+    pub rules: crate::args::RuleArgs,
 }
 
 pub fn run_verify(c: VerifyCmd, g: &Global) -> Result<u8> {

@@ -14,6 +14,7 @@ mod common;
 mod faultkit;
 
 mod admin;
+mod admin_integration;
 mod cli;
 mod confined;
 mod faults;

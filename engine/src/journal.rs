@@ -181,8 +181,40 @@ pub struct Lock {
     _files: Vec<fs::File>,
 }
 
+/// How long [`Lock::acquire`] waits for a run holding the lock (`--wait`): milliseconds, 0 not
+/// at all, `u64::MAX` for ever. One setting for the process, as a command waits alike for each
+/// of its trees, wherever its lock is taken.
+static LOCK_WAIT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Makes every later [`Lock::acquire`] of this process wait up to `wait` (None: for ever) for
+/// the run holding the lock to end, instead of failing at once.
+pub fn set_lock_wait(wait: Option<std::time::Duration>) {
+    let ms = wait.map_or(u64::MAX, |d| d.as_millis().min(u64::MAX as u128 - 1) as u64);
+    LOCK_WAIT_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `take` again while it finds the lock held, as long as [`set_lock_wait`] allows.
+fn waiting<T>(take: impl Fn() -> Result<T>) -> Result<T> {
+    let limit = LOCK_WAIT_MS.load(std::sync::atomic::Ordering::Relaxed);
+    let t0 = std::time::Instant::now();
+    loop {
+        match take() {
+            Err(Error::Locked { .. }) if (t0.elapsed().as_millis() as u64) < limit => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
+}
+
 impl Lock {
+    /// Takes `tree`'s lock (and shared ones on the trees above it), waiting as
+    /// [`set_lock_wait`] says; [`Error::Locked`] names the holder when it is not free in time.
     pub fn acquire(state: &StateDir, tree: &Path) -> Result<Lock> {
+        waiting(|| Lock::try_acquire(state, tree))
+    }
+
+    fn try_acquire(state: &StateDir, tree: &Path) -> Result<Lock> {
         use std::io::{Seek, Write};
         let mut files = Vec::new();
         for above in tree.ancestors().skip(1) {
@@ -210,6 +242,10 @@ impl Lock {
     /// holds it, or a tree above or below it, since its reads would race that run's changes.
     /// Takes nothing: shared locks, released before returning.
     pub fn probe(state: &StateDir, tree: &Path) -> Result<()> {
+        waiting(|| Lock::try_probe(state, tree))
+    }
+
+    fn try_probe(state: &StateDir, tree: &Path) -> Result<()> {
         for above in tree.ancestors() {
             let (f, path) = open_lock(state, above)?;
             if !try_flock(&f, &path, FlockOperation::NonBlockingLockShared)? {

@@ -258,33 +258,60 @@ impl Layout {
 
 /// Reads `JAIL/jailsync.conf`: `tree REL` and `protect GLOB` lines (`#` comments).
 pub fn read_conf(jail: &Path) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    let (mut trees, mut protect) = (Vec::new(), Vec::new());
+    for (key, value) in conf_lines(jail)? {
+        match key {
+            "tree" => trees.push(PathBuf::from(value)),
+            "protect" => protect.push(value),
+            _ => {}
+        }
+    }
+    Ok((trees, protect))
+}
+
+/// The `exclude GLOB` lines of JAIL/jailsync.conf (`--exclude` syntax): paths the live system
+/// keeps as they are.
+pub fn read_conf_excludes(jail: &Path) -> Result<Vec<String>> {
+    Ok(conf_lines(jail)?
+        .into_iter()
+        .filter(|(k, _)| *k == "exclude")
+        .map(|(_, v)| v)
+        .collect())
+}
+
+/// The `KEY VALUE` lines of JAIL/jailsync.conf (none when it is not there).
+fn conf_lines(jail: &Path) -> Result<Vec<(&'static str, String)>> {
     let conf = jail.join("jailsync.conf");
     let text = match std::fs::read_to_string(&conf) {
         Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).at(&conf),
     };
-    let (mut trees, mut protect) = (Vec::new(), Vec::new());
+    let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        match line.split_once(char::is_whitespace) {
-            Some(("tree", rel)) => trees.push(PathBuf::from(rel.trim())),
-            Some(("protect", glob)) => protect.push(glob.trim().to_string()),
+        let key = ["tree", "protect", "exclude"].into_iter().find(|k| {
+            line.split_once(char::is_whitespace)
+                .is_some_and(|(w, _)| w == *k)
+        });
+        match (key, line.split_once(char::is_whitespace)) {
+            (Some(k), Some((_, v))) => out.push((k, v.trim().to_string())),
             _ => {
                 return Err(Error::bad(
                     &conf,
                     format!(
-                        "line {}: expected `tree REL` or `protect GLOB`, found {line:?}",
+                        "line {}: expected `tree REL`, `protect GLOB` or `exclude GLOB`, \
+                         found {line:?}",
                         n + 1
                     ),
                 ))
             }
         }
     }
-    Ok((trees, protect))
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod defang;
 pub mod entry;
 pub mod error;
 pub mod excluded;
+pub mod filter;
 pub mod fsx;
 pub mod generation;
 pub mod guard;

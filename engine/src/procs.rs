@@ -17,6 +17,8 @@ pub struct ProcUse {
     pub comm: String,
     /// One old file it maps (the first seen).
     pub file: PathBuf,
+    /// The systemd unit it runs in (`/proc/PID/cgroup`), when it is a service's.
+    pub unit: Option<String>,
 }
 
 /// Whether [`using`] can tell on this system: it reads Linux's `/proc/PID/maps`; elsewhere it
@@ -50,11 +52,63 @@ pub fn using(old_trees: &[PathBuf], live: &[PathBuf]) -> Vec<ProcUse> {
             let comm = fs::read_to_string(ent.path().join("comm"))
                 .map(|s| s.trim_end().to_string())
                 .unwrap_or_default();
-            out.push(ProcUse { pid, comm, file });
+            let unit = fs::read_to_string(ent.path().join("cgroup"))
+                .ok()
+                .and_then(|c| unit_of(&c));
+            out.push(ProcUse {
+                pid,
+                comm,
+                file,
+                unit,
+            });
         }
     }
     out.sort_by_key(|p| p.pid);
     out
+}
+
+/// Where the old releases of the live tree `live` are kept: its home beside it (every
+/// generation a switch left) and the homes inside it (the per-file method's store, a root
+/// tree's in-tree home).
+pub fn old_places(live: &Path) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    if let (Some(parent), Some(name)) = (live.parent(), live.file_name()) {
+        out.push(
+            parent.join(std::ffi::OsStr::from_bytes(&crate::names::home_name(
+                name.as_bytes(),
+            ))),
+        );
+    }
+    for inner in [crate::names::IN_TREE_HOME, crate::names::STORE_NAME] {
+        out.push(live.join(std::ffi::OsStr::from_bytes(inner)));
+    }
+    out
+}
+
+/// The restart report of live trees: processes mapping a file of any kept generation of
+/// them, or a deleted file below them (as needrestart and checkrestart look).
+pub fn restart_report(live: &[PathBuf]) -> Vec<ProcUse> {
+    let old: Vec<PathBuf> = live.iter().flat_map(|t| old_places(t)).collect();
+    using(&old, live)
+}
+
+/// The systemd service a process runs in, from its `/proc/PID/cgroup`: the innermost
+/// `*.service` of the unified (`0::`) or systemd (`name=systemd`) hierarchy; a user manager
+/// (`user@UID.service`) holding no service of its own is none.
+pub fn unit_of(cgroup: &str) -> Option<String> {
+    cgroup
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+            (ctl.is_empty() || ctl == "name=systemd").then_some(path)
+        })
+        .find_map(|path| {
+            path.rsplit('/')
+                .find(|c| c.ends_with(".service") && !c.starts_with("user@"))
+                .map(str::to_string)
+        })
 }
 
 /// The first mapped path in a maps listing that belongs to an old tree. Each line is
@@ -124,5 +178,25 @@ mod tests {
 7f00-7f01 rw-s 00000000 00:01 8    /SYSV00000000 (deleted)\n\
 7f00-7f01 rw-s 00000000 00:01 9    /dev/zero (deleted)\n";
         assert_eq!(first_old_mapping(maps, &old, &[PathBuf::from("/")]), None);
+    }
+
+    #[test]
+    fn unit_from_cgroup_v1_and_v2() {
+        let v2 = "0::/system.slice/webd.service\n";
+        assert_eq!(unit_of(v2).as_deref(), Some("webd.service"));
+        let v1 = "4:memory:/x\n1:name=systemd:/system.slice/cron.service\n0::/\n";
+        assert_eq!(unit_of(v1).as_deref(), Some("cron.service"));
+        let user = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-x.scope\n";
+        assert_eq!(unit_of(user), None);
+        let user = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/mail.service\n";
+        assert_eq!(unit_of(user).as_deref(), Some("mail.service"));
+        assert_eq!(unit_of("0::/\n"), None);
+    }
+
+    #[test]
+    fn old_places_are_the_homes() {
+        let p = old_places(Path::new("/usr/pkg"));
+        assert_eq!(p[0], PathBuf::from("/usr/.jailsync-pkg"));
+        assert!(p[1..].iter().all(|x| x.starts_with("/usr/pkg")));
     }
 }

@@ -26,6 +26,10 @@ use crate::fsx::{self, entry_from_stat};
 /// a trailing `/` matches directories only. Excluded paths are neither copied nor deleted.
 #[derive(Clone, Default)]
 pub struct Excludes {
+    /// rsync filter rules ([`crate::filter`]), given as [`crate::filter::PREFIX`] strings: an
+    /// entry they exclude is excluded whatever the plain patterns say, and so is one a plain
+    /// pattern matches whatever the rules say (the program's own patterns are plain).
+    rules: crate::filter::Rules,
     names: Option<GlobSet>,
     paths: Option<GlobSet>,
     dir_names: Option<GlobSet>,
@@ -35,7 +39,17 @@ pub struct Excludes {
 impl Excludes {
     pub fn new(patterns: &[String]) -> std::result::Result<Self, globset::Error> {
         let (mut names, mut paths, mut dnames, mut dpaths) = (vec![], vec![], vec![], vec![]);
+        let mut rules = crate::filter::Rules::default();
         for p in patterns {
+            if let Some(rule) = p.strip_prefix(crate::filter::PREFIX) {
+                // The CLI checks each rule before it gets here; one that is still bad (a
+                // hand-edited record) fails as an unclosed glob that names it.
+                match crate::filter::parse(rule) {
+                    Ok(line) => rules.push(line),
+                    Err(_) => return Err(Glob::new(&format!("{p} [bad rule")).unwrap_err()),
+                }
+                continue;
+            }
             let (p, dir_only) = match p.strip_suffix('/') {
                 Some(s) => (s, true),
                 None => (p.as_str(), false),
@@ -61,6 +75,7 @@ impl Excludes {
             b.build().map(Some)
         };
         Ok(Excludes {
+            rules,
             names: build(names)?,
             paths: build(paths)?,
             dir_names: build(dnames)?,
@@ -69,7 +84,8 @@ impl Excludes {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.names.is_none()
+        self.rules.is_empty()
+            && self.names.is_none()
             && self.paths.is_none()
             && self.dir_names.is_none()
             && self.dir_paths.is_none()
@@ -77,7 +93,8 @@ impl Excludes {
 
     pub fn matches(&self, path: &[u8], name: &[u8], is_dir: bool) -> bool {
         let m = |s: &Option<GlobSet>, b: &[u8]| s.as_ref().is_some_and(|s| s.is_match(fsx::os(b)));
-        m(&self.names, name)
+        self.rules.decide(path, name, is_dir) == Some(true)
+            || m(&self.names, name)
             || m(&self.paths, path)
             || (is_dir && (m(&self.dir_names, name) || m(&self.dir_paths, path)))
     }

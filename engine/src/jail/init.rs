@@ -22,6 +22,23 @@ const DIRS: &[(&str, u32)] = &[
 
 pub const DEFAULT_MARKER: &str = "PKG-JAIL";
 
+/// What the jail will hold, which decides the directories and mount points `init` makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InitLayout {
+    /// The seed's: pkgsrc's working directories and package database, the host's system
+    /// directories mounted read-only, `usr/pkgsrc` read-write.
+    #[default]
+    Pkgsrc,
+    /// A jail with a system of its own (debootstrap): only `proc`, `dev` and `tmp` mounted,
+    /// no pkgsrc directories.
+    Debian,
+    /// Nothing but the marker and an empty `mountpoints` file.
+    Bare,
+}
+
+/// The mount points of a [`InitLayout::Debian`] jail.
+const OWN_SYSTEM: &[&str] = &["proc proc", "dev rbind", "tmp tmpfs"];
+
 #[derive(Debug, Clone)]
 pub struct InitOptions<'a> {
     pub marker: &'a str,
@@ -34,6 +51,7 @@ pub struct InitOptions<'a> {
     /// The package database directory to create (relative to the jail; `PKG_DBDIR` of the
     /// layout the jail will hold: `usr/pkg/pkgdb` today, `var/db/pkg` for the 2005 one).
     pub pkg_dbdir: &'a Path,
+    pub layout: InitLayout,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +86,8 @@ pub fn init(path: &Path, opts: &InitOptions) -> Result<Initialized> {
     }
     let mut left_out = Vec::new();
     let mp_text = match opts.mountpoints {
+        None if opts.layout == InitLayout::Debian => mountpoints::render(OWN_SYSTEM).into_bytes(),
+        None if opts.layout == InitLayout::Bare => mountpoints::render(&[]).into_bytes(),
         Some(f) => {
             let text = fs::read(f).at(f)?;
             Mountpoints::parse(f, &text)?;
@@ -113,7 +133,12 @@ pub fn init(path: &Path, opts: &InitOptions) -> Result<Initialized> {
         created.push(path.to_path_buf());
     }
     let root = path.canonicalize().at(path)?;
-    for (d, mode) in DIRS {
+    let dirs: &[(&str, u32)] = match opts.layout {
+        InitLayout::Pkgsrc => DIRS,
+        InitLayout::Debian => &[("tmp", 0o1777)],
+        InitLayout::Bare => &[],
+    };
+    for (d, mode) in dirs {
         let dir = root.join(d);
         match fs::create_dir(&dir) {
             Ok(()) => {
@@ -125,7 +150,7 @@ pub fn init(path: &Path, opts: &InitOptions) -> Result<Initialized> {
         }
     }
     let db = root.join(opts.pkg_dbdir);
-    if !db.is_dir() {
+    if opts.layout == InitLayout::Pkgsrc && !db.is_dir() {
         fs::create_dir_all(&db).at(&db)?;
         created.push(db);
     }

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 pub use enter::enter;
 pub use error::{Error, Result};
-pub use init::{init, InitOptions, Initialized, DEFAULT_MARKER};
+pub use init::{init, InitLayout, InitOptions, Initialized, DEFAULT_MARKER};
 pub use mount::{mount, Action, Done};
 pub use mountpoints::{MountPoint, Mountpoints};
 pub use probe::{Host, Probe, State};
