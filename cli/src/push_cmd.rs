@@ -98,12 +98,16 @@ pub struct PushCmd {
     /// Worker threads on each host and here (default: twice the cores, 4..16).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub threads: usize,
+    /// On each host, fsync the staged trees before the switch (as `upgrade --fsync`).
     #[arg(long)]
     pub fsync: bool,
+    /// Neither compare nor copy extended attributes (ACLs, capabilities included).
     #[arg(long)]
     pub no_xattrs: bool,
+    /// On each host, remove the old trees right after the switch (no rollback generation).
     #[arg(long)]
     pub no_rollback: bool,
+    /// Rollback generations each host keeps per tree.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub keep: usize,
     /// Also protect configuration files matching GLOB on every host, as `upgrade --protect`
