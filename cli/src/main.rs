@@ -6,7 +6,6 @@
 mod admin_cmd;
 mod args;
 mod conf;
-mod gens;
 mod hints;
 mod history_cmd;
 mod jail_cmd;

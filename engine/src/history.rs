@@ -1,0 +1,248 @@
+//! The history use cases of a destination: `history` (its generations, with the space each
+//! holds), `prune`, and `rollback` of the trees given; those of a live root's upgrades
+//! (`--root`) are in [`roots`]. Each takes the destination's lock, finishes what a killed run
+//! left, and returns a report: the caller only prints it.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::generation::{self, Gen, RolledBack};
+use crate::journal::{Lock, StateDir};
+use crate::switch::{self, Home};
+use crate::sync::{self, Pools};
+use crate::usage::{self, Usage};
+use crate::{fsx, paths};
+
+pub mod roots;
+
+/// One generation as `history` and `prune` show it.
+#[derive(Debug)]
+pub struct GenReport {
+    pub gen: Gen,
+    /// Where it is read (through the home's open fd).
+    pub io: PathBuf,
+    /// The space only it holds; `None` when it could not be measured.
+    pub usage: Option<Usage>,
+}
+
+/// A destination's generations (`history DST`).
+#[derive(Debug)]
+pub struct History {
+    /// The destination, canonical.
+    pub dst: PathBuf,
+    /// Oldest first; empty when there is nothing to roll back.
+    pub gens: Vec<GenReport>,
+}
+
+/// What `prune` removed (or, dry run, would remove).
+#[derive(Debug)]
+pub struct PruneReport {
+    /// The destination, resolved.
+    pub dst: PathBuf,
+    /// The generations removed, oldest first.
+    pub removed: Vec<u64>,
+    pub kept: usize,
+    /// The space the removed generations held alone.
+    pub freed: Usage,
+}
+
+/// The generations of `dst` (canonicalized) and the space each holds.
+pub fn history(dst: &Path, state_dir: &Path) -> Result<History> {
+    let dst = std::fs::canonicalize(dst).map_err(|e| Error::io(dst, e))?;
+    // Checked as every command checks it, though the generations live in the home.
+    let _state = sync::open_state(state_dir, &[&dst])?;
+    let gens = match switched_home(&dst)? {
+        Some(home) => sizes(&home, &dst)?,
+        None => Vec::new(),
+    };
+    Ok(History { dst, gens })
+}
+
+/// Removes all but the newest `keep` generations of `dst` (resolved as `sync` resolves a
+/// destination), under its lock; a dry run only measures.
+pub fn prune(
+    dst: &Path,
+    follow_dst: bool,
+    state_dir: &Path,
+    keep: usize,
+    dry_run: bool,
+) -> Result<PruneReport> {
+    let dst = resolve_dst(dst, follow_dst)?;
+    let state = sync::open_state(state_dir, &[&dst])?;
+    // Under the destination's lock: a sync running now may be about to record a generation.
+    let _lock = Lock::acquire(&state, &dst)?;
+    let mut report = PruneReport {
+        dst,
+        removed: Vec::new(),
+        kept: 0,
+        freed: Usage::default(),
+    };
+    let Some(home) = Home::existing(&report.dst)? else {
+        return Ok(report);
+    };
+    generation::recover(&home, Some(&state))?;
+    let gens = sizes(&home, &report.dst)?;
+    let cut = gens.len().saturating_sub(keep);
+    let doomed: Vec<PathBuf> = gens[..cut].iter().map(|s| s.io.clone()).collect();
+    report.freed = usage::held_only_by(&doomed, &live_set(&report.dst)?)?;
+    report.removed = gens[..cut].iter().map(|s| s.gen.id).collect();
+    report.kept = gens.len() - cut;
+    if !dry_run {
+        generation::prune(&home, keep)?;
+    }
+    Ok(report)
+}
+
+/// How `rollback` of trees runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RollbackOpts {
+    /// The generation to switch back in (default: the newest).
+    pub gen: Option<u64>,
+    pub dry_run: bool,
+    /// Switch back even trees changed since their sync (keeping the tree that was live).
+    pub force: bool,
+    /// A DST that is a symlink is followed (only one owned by root or the caller).
+    pub follow_dst: bool,
+}
+
+/// One tree checked for a rollback, under its lock.
+struct Checked {
+    home: Home,
+    r: RolledBack,
+    state: StateDir,
+    _lock: Lock,
+}
+
+/// The trees of a `rollback DST...`, checked and locked: nothing is switched until
+/// [`Rollback::switch_back`], so what changed can be shown first.
+pub struct Rollback {
+    items: Vec<Checked>,
+    opts: RollbackOpts,
+}
+
+/// Checks the trees `dsts` for a rollback (each resolved as `sync` resolves a destination,
+/// locked, a killed run's switch finished first). A tree inside another given, or one without
+/// a generation, is refused.
+pub fn check_trees(dsts: &[PathBuf], state_dir: &Path, opts: RollbackOpts) -> Result<Rollback> {
+    refuse_nested(dsts)?;
+    let pools = Pools::new(0);
+    let mut items = Vec::new();
+    for shown in dsts {
+        let dst = resolve_dst(shown, opts.follow_dst)?;
+        let state = sync::open_state(state_dir, &[&dst])?;
+        let lock = Lock::acquire(&state, &dst)?;
+        if let Some(home) = Home::existing(&dst)? {
+            // A killed run's switch is finished (or undone) first, under the lock.
+            generation::recover(&home, Some(&state))?;
+        }
+        let Some(home) = switched_home(&dst)? else {
+            return Err(Error::bad(
+                &dst,
+                "nothing to roll back: no generation recorded (a sync with --no-rollback or --keep 0 keeps none)",
+            ));
+        };
+        let r = generation::check(&home, opts.gen, &pools.walk)?;
+        items.push(Checked {
+            home,
+            r,
+            state,
+            _lock: lock,
+        });
+    }
+    Ok(Rollback { items, opts })
+}
+
+impl Rollback {
+    /// Each tree (its live path) and its rollback, in the order given.
+    pub fn trees(&self) -> impl Iterator<Item = (&Path, &RolledBack)> {
+        self.items.iter().map(|c| (c.home.live.as_path(), &c.r))
+    }
+
+    /// Entries changed since the sync, over every tree.
+    pub fn changed(&self) -> usize {
+        self.items.iter().map(|c| c.r.changed.len()).sum()
+    }
+
+    /// Whether changes since the sync refuse the rollback (not forced, not a dry run).
+    pub fn refused(&self) -> bool {
+        self.changed() > 0 && !self.opts.force && !self.opts.dry_run
+    }
+
+    /// Switches every tree back, together (see [`generation::switch_back_all`]), unless
+    /// refused or a dry run.
+    pub fn switch_back(&mut self) -> Result<()> {
+        if self.items.is_empty() || self.refused() || self.opts.dry_run {
+            return Ok(());
+        }
+        let state = self.items.first().map(|c| c.state.clone());
+        let mut batch: Vec<_> = self.items.iter_mut().map(|c| (&c.home, &mut c.r)).collect();
+        generation::switch_back_all(&mut batch, state.as_ref())
+    }
+}
+
+/// Trees switched together are locked together; a tree inside another (a nested package
+/// database) cannot be, and is rolled back on its own.
+fn refuse_nested(dsts: &[PathBuf]) -> Result<()> {
+    let canon: Vec<PathBuf> = dsts
+        .iter()
+        .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()))
+        .collect();
+    for a in &canon {
+        if let Some(b) = canon.iter().find(|b| *b != a && a.starts_with(b)) {
+            return Err(Error::bad(
+                a,
+                format!(
+                    "inside {}, also given: roll them back one at a time, the inner one first, or the whole last upgrade with `jailsync rollback --root ROOT`",
+                    b.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A destination argument resolved as `sync` resolves one (the same whatever the spelling),
+/// which must be a directory.
+fn resolve_dst(shown: &Path, follow_dst: bool) -> Result<PathBuf> {
+    let dst = paths::resolve_dir(shown, "destination", sync::follow_dst(follow_dst))?;
+    if !std::fs::metadata(&dst)
+        .map_err(|e| Error::io(shown, e))?
+        .is_dir()
+    {
+        return Err(Error::bad(shown, "not a directory"));
+    }
+    Ok(dst)
+}
+
+/// The live tree's inodes, skipping our own in-tree homes.
+fn live_set(dst: &Path) -> Result<HashSet<u64>> {
+    usage::live_inodes(dst, &[switch::IN_TREE_HOME, fsx::STORE_NAME])
+}
+
+/// The generations of `home`, oldest first, with the space each holds. A size that cannot
+/// be measured (a tree that cannot be walked) is unknown: listing the generations matters
+/// more.
+fn sizes(home: &Home, dst: &Path) -> Result<Vec<GenReport>> {
+    let live = live_set(dst).ok();
+    let mut out = Vec::new();
+    for gen in generation::list(home)? {
+        let io = home.io_path(&format!("gen-{}", gen.id));
+        let usage = live
+            .as_ref()
+            .and_then(|l| usage::held_only_by(std::slice::from_ref(&io), l).ok());
+        out.push(GenReport { gen, io, usage });
+    }
+    Ok(out)
+}
+
+/// The home of a destination, if it holds generations.
+fn switched_home(dst: &Path) -> Result<Option<Home>> {
+    let Some(home) = Home::existing(dst)? else {
+        return Ok(None);
+    };
+    if generation::list(&home)?.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(home))
+}
