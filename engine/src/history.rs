@@ -246,3 +246,234 @@ fn switched_home(dst: &Path) -> Result<Option<Home>> {
     }
     Ok(Some(home))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Silent;
+    use crate::sync::SyncOpts;
+    use std::fs;
+
+    /// A source, a destination and a state dir apart from both, in one temp dir.
+    struct Site {
+        _t: tempfile::TempDir,
+        src: PathBuf,
+        dst: PathBuf,
+        state: PathBuf,
+    }
+
+    fn site() -> Site {
+        let t = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(t.path()).unwrap();
+        let (src, dst, state) = (base.join("src"), base.join("dst"), base.join("state"));
+        fs::create_dir_all(src.join("etc")).unwrap();
+        fs::create_dir_all(dst.join("etc")).unwrap();
+        fs::write(dst.join("etc/app.conf"), "v0\n").unwrap();
+        Site {
+            _t: t,
+            src,
+            dst,
+            state,
+        }
+    }
+
+    /// Syncs `src` onto `dst` with `etc/app.conf` holding `text` (and a release file of
+    /// `size` bytes), as `sync` does: one transaction, leaving a generation.
+    fn sync_release(s: &Site, dst: &Path, text: &str, size: usize) {
+        fs::write(s.src.join("etc/app.conf"), text).unwrap();
+        fs::write(s.src.join("release"), text.repeat(size / text.len())).unwrap();
+        let opts = SyncOpts {
+            keep: 10,
+            ..SyncOpts::default()
+        };
+        let pools = Pools::new(2);
+        let state = sync::open_state(&s.state, &[&s.src, dst]).unwrap();
+        let mut t = sync::prepare(&s.src, dst, Some(&state), &opts, &pools, &Silent).unwrap();
+        crate::txn::switch_all(std::slice::from_mut(&mut t), &state, &opts, &pools, &Silent)
+            .unwrap();
+    }
+
+    fn conf(dst: &Path) -> String {
+        fs::read_to_string(dst.join("etc/app.conf")).unwrap()
+    }
+
+    fn ids(h: &History) -> Vec<u64> {
+        h.gens.iter().map(|g| g.gen.id).collect()
+    }
+
+    #[test]
+    fn history_lists_each_sync_oldest_first_with_what_it_holds() {
+        let s = site();
+        let h = history(&s.dst, &s.state).unwrap();
+        assert!(h.gens.is_empty(), "no sync yet: {:?}", ids(&h));
+        sync_release(&s, &s.dst, "v1\n", 64 << 10);
+        sync_release(&s, &s.dst, "v2\n", 64 << 10);
+        let h = history(&s.dst, &s.state).unwrap();
+        assert_eq!(h.dst, s.dst);
+        let got = ids(&h);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[0] < got[1], "{got:?}");
+        let newest = &h.gens[1];
+        assert_eq!(newest.gen.source, s.src.display().to_string());
+        // The newest generation holds v1's release alone (the live tree has v2's).
+        let own = newest.usage.expect("measured").own;
+        assert!(own >= 64 << 10, "{own}");
+        assert_eq!(
+            fs::read_to_string(newest.gen.tree.join("etc/app.conf")).unwrap(),
+            "v1\n"
+        );
+    }
+
+    #[test]
+    fn prune_measures_on_a_dry_run_and_removes_the_oldest() {
+        let s = site();
+        for v in ["v1\n", "v2\n", "v3\n"] {
+            sync_release(&s, &s.dst, v, 64 << 10);
+        }
+        let before = ids(&history(&s.dst, &s.state).unwrap());
+        assert_eq!(before.len(), 3);
+        let dry = prune(&s.dst, false, &s.state, 1, true).unwrap();
+        assert_eq!(dry.removed, before[..2]);
+        assert_eq!(dry.kept, 1);
+        // The oldest is the tree before the first sync; the second holds v1's release alone.
+        assert!(dry.freed.own >= 64 << 10, "{:?}", dry.freed);
+        assert_eq!(ids(&history(&s.dst, &s.state).unwrap()), before, "dry run");
+        let done = prune(&s.dst, false, &s.state, 1, false).unwrap();
+        assert_eq!(done.removed, dry.removed);
+        assert_eq!(done.freed, dry.freed);
+        assert_eq!(ids(&history(&s.dst, &s.state).unwrap()), before[2..]);
+        let again = prune(&s.dst, false, &s.state, 1, false).unwrap();
+        assert!(again.removed.is_empty());
+        assert_eq!(again.kept, 1);
+    }
+
+    #[test]
+    fn prune_refuses_a_file_and_counts_nothing_without_a_home() {
+        let s = site();
+        let e = prune(&s.dst.join("etc/app.conf"), false, &s.state, 1, false).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        let r = prune(&s.dst, false, &s.state, 0, false).unwrap();
+        assert_eq!((r.removed.len(), r.kept, r.freed.own), (0, 0, 0));
+    }
+
+    #[test]
+    fn rollback_switches_the_last_sync_back() {
+        let s = site();
+        sync_release(&s, &s.dst, "v1\n", 4096);
+        sync_release(&s, &s.dst, "v2\n", 4096);
+        let mut rb = check_trees(&[s.dst.clone()], &s.state, RollbackOpts::default()).unwrap();
+        assert_eq!((rb.changed(), rb.refused()), (0, false));
+        rb.switch_back().unwrap();
+        let (live, r) = rb.trees().next().unwrap();
+        assert_eq!(live, s.dst);
+        assert!(r.switched.is_some());
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        drop(rb);
+        assert_eq!(conf(&s.dst), "v1\n");
+        // The generation switched back in is live again, no longer history.
+        assert_eq!(history(&s.dst, &s.state).unwrap().gens.len(), 1);
+    }
+
+    #[test]
+    fn rollback_of_a_tree_changed_since_is_refused_unless_forced() {
+        let s = site();
+        sync_release(&s, &s.dst, "v1\n", 4096);
+        sync_release(&s, &s.dst, "v2\n", 4096);
+        fs::write(s.dst.join("etc/app.conf"), "admin's edit\n").unwrap();
+        let dry = RollbackOpts {
+            dry_run: true,
+            ..RollbackOpts::default()
+        };
+        let mut rb = check_trees(&[s.dst.clone()], &s.state, dry).unwrap();
+        assert_eq!((rb.changed(), rb.refused()), (1, false), "a dry run shows");
+        rb.switch_back().unwrap();
+        drop(rb);
+        assert_eq!(conf(&s.dst), "admin's edit\n");
+        let mut rb = check_trees(&[s.dst.clone()], &s.state, RollbackOpts::default()).unwrap();
+        assert!(rb.refused());
+        let (_, r) = rb.trees().next().unwrap();
+        assert_eq!(r.changed[0].path.as_ref(), b"etc/app.conf");
+        rb.switch_back().unwrap();
+        assert!(rb.trees().all(|(_, r)| r.switched.is_none()));
+        drop(rb);
+        assert_eq!(conf(&s.dst), "admin's edit\n");
+        let force = RollbackOpts {
+            force: true,
+            ..RollbackOpts::default()
+        };
+        let mut rb = check_trees(&[s.dst.clone()], &s.state, force).unwrap();
+        rb.switch_back().unwrap();
+        let kept = rb.trees().next().unwrap().1.kept_as.clone().expect("kept");
+        drop(rb);
+        assert_eq!(conf(&s.dst), "v1\n");
+        assert_eq!(conf(&kept), "admin's edit\n");
+    }
+
+    #[test]
+    fn rollback_refuses_nested_trees_and_a_tree_without_generations() {
+        let s = site();
+        let inner = s.dst.join("etc");
+        let e = check_trees(
+            &[s.dst.clone(), inner.clone()],
+            &s.state,
+            RollbackOpts::default(),
+        )
+        .err()
+        .expect("nested");
+        assert!(
+            e.to_string().starts_with(&format!(
+                "{}: inside {}, also given",
+                inner.display(),
+                s.dst.display()
+            )),
+            "{e}"
+        );
+        let e = check_trees(&[s.dst.clone()], &s.state, RollbackOpts::default())
+            .err()
+            .expect("no generation");
+        assert!(e.to_string().contains("nothing to roll back"), "{e}");
+    }
+
+    #[test]
+    fn rollback_of_a_root_undoes_its_last_upgrade_once() {
+        let s = site();
+        let root = s.dst.clone();
+        let usr = root.join("usr");
+        fs::create_dir_all(usr.join("etc")).unwrap();
+        sync_release(&s, &usr, "v1\n", 4096);
+        let state = sync::open_state(&s.state, &[]).unwrap();
+        let trees = [(PathBuf::from("usr"), s.src.clone(), usr.clone())];
+        let id = roots::begin(&state, &root, &s.src, &trees).unwrap();
+        sync_release(&s, &usr, "v2\n", 4096);
+        roots::end(&state, &root, id).unwrap();
+        let h = roots::history(&root, &s.state).unwrap();
+        assert_eq!(h.upgrades.len(), 1);
+        assert_eq!(h.upgrades[0].status(), "done");
+
+        let mut steps = Vec::new();
+        let r = roots::rollback(&root, &s.state, false, false, |step| -> Result<()> {
+            steps.push(match step {
+                roots::RootStep::Checked { dst, .. } => format!("checked {}", dst.display()),
+                roots::RootStep::Would { dst, id } => format!("would {} {id}", dst.display()),
+                roots::RootStep::Done { dst, .. } => format!("done {}", dst.display()),
+            });
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            steps,
+            [
+                format!("checked {}", usr.display()),
+                format!("done {}", usr.display())
+            ]
+        );
+        assert_eq!((r.upgrade, r.trees, r.refused), (id, 1, false));
+        assert_eq!(conf(&usr), "v1\n");
+        let h = roots::history(&root, &s.state).unwrap();
+        assert_eq!(h.upgrades[0].status(), "rolled back");
+        let e = roots::rollback(&root, &s.state, false, false, |_| -> Result<()> { Ok(()) })
+            .err()
+            .expect("nothing left");
+        assert!(e.to_string().contains("no upgrade to roll back"), "{e}");
+    }
+}
