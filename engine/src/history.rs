@@ -361,7 +361,12 @@ mod tests {
         let s = site();
         sync_release(&s, &s.dst, "v1\n", 4096);
         sync_release(&s, &s.dst, "v2\n", 4096);
-        let mut rb = check_trees(&[s.dst.clone()], &s.state, RollbackOpts::default()).unwrap();
+        let mut rb = check_trees(
+            std::slice::from_ref(&s.dst),
+            &s.state,
+            RollbackOpts::default(),
+        )
+        .unwrap();
         assert_eq!((rb.changed(), rb.refused()), (0, false));
         rb.switch_back().unwrap();
         let (live, r) = rb.trees().next().unwrap();
@@ -384,12 +389,17 @@ mod tests {
             dry_run: true,
             ..RollbackOpts::default()
         };
-        let mut rb = check_trees(&[s.dst.clone()], &s.state, dry).unwrap();
+        let mut rb = check_trees(std::slice::from_ref(&s.dst), &s.state, dry).unwrap();
         assert_eq!((rb.changed(), rb.refused()), (1, false), "a dry run shows");
         rb.switch_back().unwrap();
         drop(rb);
         assert_eq!(conf(&s.dst), "admin's edit\n");
-        let mut rb = check_trees(&[s.dst.clone()], &s.state, RollbackOpts::default()).unwrap();
+        let mut rb = check_trees(
+            std::slice::from_ref(&s.dst),
+            &s.state,
+            RollbackOpts::default(),
+        )
+        .unwrap();
         assert!(rb.refused());
         let (_, r) = rb.trees().next().unwrap();
         assert_eq!(r.changed[0].path.as_ref(), b"etc/app.conf");
@@ -401,7 +411,7 @@ mod tests {
             force: true,
             ..RollbackOpts::default()
         };
-        let mut rb = check_trees(&[s.dst.clone()], &s.state, force).unwrap();
+        let mut rb = check_trees(std::slice::from_ref(&s.dst), &s.state, force).unwrap();
         rb.switch_back().unwrap();
         let kept = rb.trees().next().unwrap().1.kept_as.clone().expect("kept");
         drop(rb);
@@ -428,9 +438,13 @@ mod tests {
             )),
             "{e}"
         );
-        let e = check_trees(&[s.dst.clone()], &s.state, RollbackOpts::default())
-            .err()
-            .expect("no generation");
+        let e = check_trees(
+            std::slice::from_ref(&s.dst),
+            &s.state,
+            RollbackOpts::default(),
+        )
+        .err()
+        .expect("no generation");
         assert!(e.to_string().contains("nothing to roll back"), "{e}");
     }
 
@@ -472,8 +486,7 @@ mod tests {
         let h = roots::history(&root, &s.state).unwrap();
         assert_eq!(h.upgrades[0].status(), "rolled back");
         let e = roots::rollback(&root, &s.state, false, false, |_| -> Result<()> { Ok(()) })
-            .err()
-            .expect("nothing left");
+            .expect_err("nothing left");
         assert!(e.to_string().contains("no upgrade to roll back"), "{e}");
     }
 }
