@@ -5,11 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use jailsync_engine::usage::{self, Usage};
-use jailsync_engine::{generation, journal, paths, switch, sync};
+use jailsync_engine::{history, sync};
 
 use crate::args::{exit, Global};
-use crate::gens::{live_set, switched_sizes};
 use crate::output::human_bytes;
 
 #[derive(Args, Debug)]
@@ -122,40 +120,8 @@ pub fn run_prune(c: PruneCmd, g: &Global) -> Result<u8> {
 
 /// Prunes one destination.
 fn prune_one(c: &PruneCmd, shown: &std::path::Path, g: &Global) -> Result<u8> {
-    let dst = paths::resolve_dir(shown, "destination", sync::follow_dst(c.follow_dst))?;
-    if !std::fs::metadata(&dst)
-        .with_context(|| shown.display().to_string())?
-        .is_dir()
-    {
-        bail!("{}: not a directory", shown.display());
-    }
-    let state = sync::open_state(&g.state_dir, &[&dst])?;
-    // Under the destination's lock: a sync running now may be about to record a generation.
-    let _lock = journal::Lock::acquire(&state, &dst)?;
-    let home_opt = switch::Home::existing(&dst)?;
-    if let Some(home) = &home_opt {
-        jailsync_engine::generation::recover(home, Some(&state))?;
-    }
-    let (gens, removed_ids, freed) = if let Some(home) = &home_opt {
-        let gens = switched_sizes(home, &dst)?;
-        let cut = gens.len().saturating_sub(c.keep);
-        let doomed: Vec<PathBuf> = gens[..cut].iter().map(|s| s.io.clone()).collect();
-        let freed = usage::held_only_by(&doomed, &live_set(&dst)?)?;
-        let ids: Vec<u64> = gens[..cut].iter().map(|s| s.id).collect();
-        if !c.dry_run {
-            generation::prune(home, c.keep)?;
-        }
-        (gens.len(), ids, freed)
-    } else if state.tree_dir(&dst)?.join("cache").exists() {
-        (0, Vec::new(), Usage::default())
-    } else {
-        bail!(
-            "{}: never synced by jailsync (with this state dir, {}): nothing to prune",
-            dst.display(),
-            g.state_dir.display()
-        );
-    };
-    let kept = gens - removed_ids.len();
+    let r = history::prune(shown, c.follow_dst, &g.state_dir, c.keep, c.dry_run)?;
+    let (dst, removed_ids, kept, freed) = (&r.dst, &r.removed, r.kept, r.freed);
     if g.json {
         let v = serde_json::json!({
             "type": "summary",

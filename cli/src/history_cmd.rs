@@ -4,12 +4,11 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use jailsync_engine::sync;
+use jailsync_engine::history;
 
 use crate::args::{exit, Global};
-use crate::gens::{switched_home, switched_sizes};
 use crate::output::{size_json, size_text};
 
 #[derive(Args, Debug)]
@@ -26,47 +25,40 @@ pub fn run_history(c: HistoryCmd, g: &Global) -> Result<u8> {
     let Some(dst) = &c.dst else {
         return crate::roots::history(c.root.as_deref().expect("clap: dst or root"), g);
     };
-    let dst = std::fs::canonicalize(dst).with_context(|| dst.display().to_string())?;
-    // Checked as every command checks it, though the generations live in the home.
-    let _state = sync::open_state(&g.state_dir, &[&dst])?;
-    if let Some(home) = switched_home(&dst)? {
-        let stdout = io::stdout();
-        let mut out = stdout.lock();
-        let sizes = switched_sizes(&home, &dst)?;
-        for (gen, size) in jailsync_engine::generation::list(&home)?
-            .iter()
-            .zip(&sizes)
-            .rev()
-        {
-            let when = jailsync_engine::journal::format_time(gen.time);
-            if g.json {
-                let v = serde_json::json!({
-                    "type": "generation",
-                    "id": gen.id,
-                    "time": when,
-                    "changes": gen.changes,
-                    "source": gen.source,
-                    "method": gen.method,
-                    "tree": gen.tree.display().to_string(),
-                    "size": size_json(size.usage),
-                });
-                writeln!(out, "{v}")?;
-            } else {
-                writeln!(
-                    out,
-                    "{:>6}  {when}  {:>7} changes  {}  from {}  (old tree at {})",
-                    gen.id,
-                    gen.changes,
-                    size_text(size.usage),
-                    gen.source,
-                    gen.tree.display()
-                )?;
-            }
+    let h = history::history(dst, &g.state_dir)?;
+    if h.gens.is_empty() {
+        if !g.quiet && !g.json {
+            eprintln!("{}: nothing to roll back", h.dst.display());
         }
         return Ok(exit::OK);
     }
-    if !g.quiet && !g.json {
-        eprintln!("{}: nothing to roll back", dst.display());
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    for history::GenReport { gen, usage, .. } in h.gens.iter().rev() {
+        let when = jailsync_engine::journal::format_time(gen.time);
+        if g.json {
+            let v = serde_json::json!({
+                "type": "generation",
+                "id": gen.id,
+                "time": when,
+                "changes": gen.changes,
+                "source": gen.source,
+                "method": gen.method,
+                "tree": gen.tree.display().to_string(),
+                "size": size_json(*usage),
+            });
+            writeln!(out, "{v}")?;
+        } else {
+            writeln!(
+                out,
+                "{:>6}  {when}  {:>7} changes  {}  from {}  (old tree at {})",
+                gen.id,
+                gen.changes,
+                size_text(*usage),
+                gen.source,
+                gen.tree.display()
+            )?;
+        }
     }
     Ok(exit::OK)
 }

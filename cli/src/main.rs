@@ -9,7 +9,6 @@ mod audit;
 mod conf;
 mod config;
 mod filters;
-mod gens;
 mod hints;
 mod history_cmd;
 mod jail_cmd;

@@ -4,13 +4,12 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::Args;
-use jailsync_engine::paths;
-use jailsync_engine::sync::{self, Pools};
+use jailsync_engine::history::{self, Rollback, RollbackOpts};
+use jailsync_engine::sync;
 
 use crate::args::{exit, stop_on_signals, Global};
-use crate::gens::switched_home;
 use crate::output::{self, report_carry, report_error};
 
 #[derive(Args, Debug)]
@@ -85,84 +84,33 @@ fn upgraded_root_hint(e: anyhow::Error, c: &RollbackCmd, g: &Global) -> anyhow::
 
 /// `rollback DST...`: the trees given, switched back together.
 fn rollback_trees(c: &RollbackCmd, g: &Global) -> Result<u8> {
-    // Trees switched together are locked together; a tree inside another (a nested package
-    // database) cannot be, and is rolled back on its own.
-    let canon: Vec<PathBuf> = c
-        .dst
-        .iter()
-        .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()))
-        .collect();
-    for a in &canon {
-        if let Some(b) = canon.iter().find(|b| *b != a && a.starts_with(b)) {
-            bail!(
-                "{}: inside {}, also given: roll them back one at a time, the inner one first, or the whole last upgrade with `jailsync rollback --root ROOT`",
-                a.display(),
-                b.display()
-            );
-        }
-    }
-    let pools = Pools::new(0);
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::new(stdout.lock());
+    let opts = RollbackOpts {
+        gen: c.gen,
+        dry_run: c.dry_run,
+        force: c.force,
+        follow_dst: c.follow_dst,
+    };
     // Trees switched whole are checked first and switched back together at the end, back to
     // back, so an upgrade's trees are never in different releases for longer than that.
-    let mut switched = Vec::new();
-    for dst in &c.dst {
-        // Resolved as `sync` resolves a destination: the same whatever the spelling.
-        let shown = dst;
-        let dst = paths::resolve_dir(dst, "destination", sync::follow_dst(c.follow_dst))?;
-        if !std::fs::metadata(&dst)
-            .with_context(|| shown.display().to_string())?
-            .is_dir()
-        {
-            bail!("{}: not a directory", shown.display());
-        }
-        let state = sync::open_state(&g.state_dir, &[&dst])?;
-        let lock = jailsync_engine::journal::Lock::acquire(&state, &dst)?;
-        if let Some(home) = jailsync_engine::switch::Home::existing(&dst)? {
-            // A killed run's switch is finished (or undone) first, under the lock.
-            jailsync_engine::generation::recover(&home, Some(&state))?;
-        }
-        if let Some(home) = switched_home(&dst)? {
-            let r = jailsync_engine::generation::check(&home, c.gen, &pools.walk)?;
-            crate::audit::tree(&dst, Some(r.generation.id));
-            switched.push((home, r, state, lock));
-            continue;
-        }
-        bail!(
-            "{}: nothing to roll back: no generation recorded (a sync with --no-rollback or --keep 0 keeps none)",
-            dst.display()
-        );
+    let mut rb = history::check_trees(&c.dst, &g.state_dir, opts)?;
+    for (dst, r) in rb.trees() {
+        crate::audit::tree(dst, Some(r.generation.id));
     }
-    let errors = rollback_switched(&mut switched, c, g, &mut out)?;
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    report_checked(&rb, c, g, &mut out)?;
+    rb.switch_back()?;
+    let errors = report_rolled_back(&rb, c, g, &mut out)?;
     out.flush()?;
     Ok(if errors > 0 { exit::PARTIAL } else { exit::OK })
 }
 
-/// A destination whose rollback is a switch, checked and locked.
-type Checked = (
-    jailsync_engine::switch::Home,
-    jailsync_engine::generation::RolledBack,
-    jailsync_engine::journal::StateDir,
-    jailsync_engine::journal::Lock,
-);
-
-/// Rolls back the checked trees by switching their generations back in, all together. If
-/// any changed since its sync (and not `--force`), none is switched. Returns the number of
-/// errors (changed entries count).
-fn rollback_switched(
-    items: &mut [Checked],
-    c: &RollbackCmd,
-    g: &Global,
-    out: &mut impl Write,
-) -> Result<usize> {
-    if items.is_empty() {
-        return Ok(0);
-    }
-    let mut errors = 0;
-    for (home, r, _, _) in items.iter() {
+/// What the check found, before anything is switched: entries changed since the sync, and
+/// the excluded entries the rollback carries.
+fn report_checked(rb: &Rollback, c: &RollbackCmd, g: &Global, out: &mut impl Write) -> Result<()> {
+    for (live, r) in rb.trees() {
         for ch in &r.changed {
-            let p = home.live.join(jailsync_engine::fsx::os(&ch.path));
+            let p = live.join(jailsync_engine::fsx::os(&ch.path));
             if g.json {
                 let v = serde_json::json!({"type": "changed", "path": output::json_path(&ch.path), "what": ch.what});
                 writeln!(out, "{v}")?;
@@ -171,22 +119,24 @@ fn rollback_switched(
             }
         }
     }
-    for (home, r, _, _) in items.iter() {
-        report_carry(out, g, &home.live, &r.carry, c.dry_run)?;
+    for (live, r) in rb.trees() {
+        report_carry(out, g, live, &r.carry, c.dry_run)?;
     }
-    let changed: usize = items.iter().map(|(_, r, _, _)| r.changed.len()).sum();
-    let refused = changed > 0 && !c.force && !c.dry_run;
-    if refused {
-        errors += changed;
-    } else if !c.dry_run {
-        let state = items
-            .first()
-            .map(|(_, _, s, _)| jailsync_engine::journal::StateDir::clone(s));
-        let mut batch: Vec<_> = items.iter_mut().map(|(h, r, _, _)| (&*h, r)).collect();
-        jailsync_engine::generation::switch_back_all(&mut batch, state.as_ref())?;
-    }
-    for (home, r, _, _) in items.iter() {
-        let dst = &home.live;
+    Ok(())
+}
+
+/// Each tree's errors and summary. Returns the number of errors (changed entries count when
+/// they refused the rollback).
+fn report_rolled_back(
+    rb: &Rollback,
+    c: &RollbackCmd,
+    g: &Global,
+    out: &mut impl Write,
+) -> Result<usize> {
+    let changed = rb.changed();
+    let refused = rb.refused();
+    let mut errors = if refused { changed } else { 0 };
+    for (dst, r) in rb.trees() {
         for (p, e) in &r.errors {
             errors += 1;
             report_error(out, g, &p.display().to_string(), "rollback", e)?;

@@ -586,10 +586,15 @@ fn concurrent_run_refused_then_stale_lock_taken_over() {
             && err.contains(e.dst().to_str().unwrap()),
         "second run should name the holder and the destination:\n{err}"
     );
-    let since = err.split(" since ").nth(1).unwrap_or("").trim();
+    let since = err.split(" since ").nth(1).unwrap_or("");
+    let since = since.split_whitespace().next().unwrap_or("");
     assert!(
         since.len() >= 20 && since.ends_with('Z'),
         "lock time looks wrong: {since:?}"
+    );
+    assert!(
+        err.contains("--wait"),
+        "the refusal should say how to queue:\n{err}"
     );
     assert!(
         took < Duration::from_secs(2),

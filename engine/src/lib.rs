@@ -13,6 +13,7 @@ pub mod fsx;
 pub mod generation;
 pub mod guard;
 pub mod hash;
+pub mod history;
 pub mod jail;
 pub mod journal;
 pub mod layout;

@@ -44,6 +44,12 @@ pub use crate::names::{home_name, is_ours, is_reserved_top, IN_TREE_HOME};
 pub use crate::steps::Bounds;
 use crate::steps::Steps;
 
+mod aside;
+mod mounts;
+
+pub use aside::restore_live_aside;
+pub use mounts::{first_mount_below, prepare_around_mounts};
+
 const NEXT: &[u8] = b"next";
 const JOURNAL: &str = "switching";
 /// Old metadata of live inodes a staging run changes in place (see [`crate::stage`]).
@@ -121,19 +127,6 @@ fn mtime_of(st: &rustix::fs::Stat) -> (i64, u32) {
 
 fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
-}
-
-/// The first of `trees` with something mounted strictly below it, and that mount, read from
-/// the mount table at the moment of asking: called at the last safe point, immediately before
-/// an exchange, since an exchange moves whatever is mounted in the tree it moves (invariant
-/// 12). Where there is no mount table to read (systems without `/proc/self/mountinfo`),
-/// nothing is found here, and removals still never cross a mount ([`fsx::remove_tree_at`]).
-pub fn first_mount_below(trees: &[&Path]) -> Option<(PathBuf, PathBuf)> {
-    let table = crate::jail::mountinfo::MountTable::current().ok()?;
-    trees.iter().find_map(|t| {
-        let m = table.under(t).next()?;
-        Some((t.to_path_buf(), m.target.clone()))
-    })
 }
 
 /// Makes (or opens) a private directory `name` in `dir`: mode 0700 from creation, owned by
@@ -739,63 +732,6 @@ impl Home {
     }
 }
 
-/// Prepares the switch of every home given (with its argument), then reads the mount table
-/// once more: a tree whose switch would now move a mount made since it was planned is
-/// planned again (twice at most), else everything prepared is cancelled and the mount named.
-pub fn prepare_around_mounts<T: Copy>(
-    homes: &[Option<(&Home, T)>],
-    prepare: impl Fn(&Home, T) -> Result<Pending>,
-) -> Result<Vec<Option<Pending>>> {
-    let mut pending: Vec<Option<Pending>> = Vec::new();
-    let cancel = |pending: Vec<Option<Pending>>| {
-        for (h, p) in homes.iter().zip(pending) {
-            if let (Some((h, _)), Some(p)) = (h, p) {
-                h.cancel(p);
-            }
-        }
-    };
-    for h in homes {
-        match h.map(|(h, a)| prepare(h, a)).transpose() {
-            Ok(p) => pending.push(p),
-            Err(e) => {
-                cancel(pending);
-                return Err(e);
-            }
-        }
-    }
-    for (k, h) in homes.iter().enumerate() {
-        let Some((home, a)) = *h else { continue };
-        for attempt in 0..3 {
-            let Some(m) = pending[k].as_ref().and_then(|p| home.moves_a_mount(p)) else {
-                break;
-            };
-            if let Some(p) = pending[k].take() {
-                home.cancel(p);
-            }
-            let again = if attempt < 2 {
-                prepare(home, a)
-            } else {
-                Err(mount_moved(&m))
-            };
-            match again {
-                Ok(p) => pending[k] = Some(p),
-                Err(e) => {
-                    cancel(pending);
-                    return Err(e);
-                }
-            }
-        }
-    }
-    Ok(pending)
-}
-
-fn mount_moved(m: &Path) -> Error {
-    Error::bad(
-        m,
-        "was mounted while the switch was being planned, again and again: nothing was switched (the switch would have moved the mount); run again",
-    )
-}
-
 /// A switch journaled and ready to be made (see [`Home::prepare_in`]): the whole tree in one
 /// exchange, or by subtrees.
 pub struct Pending {
@@ -825,34 +761,6 @@ impl Pending {
     }
 }
 
-impl Home {
-    /// A mount point the prepared switch would move, read now: one made inside a subtree it
-    /// exchanges (or anywhere below the tree, for a whole-tree exchange) since it was planned.
-    pub fn moves_a_mount(&self, p: &Pending) -> Option<PathBuf> {
-        match &p.steps {
-            None => first_mount_below(&[&self.live]).map(|(_, m)| m),
-            Some(s) => self.mount_inside(s.items.iter().map(|i| &i.path[..])),
-        }
-    }
-
-    /// A mount point at or below one of `paths` (relative to the live tree), read now.
-    fn mount_inside<'a>(&self, paths: impl Iterator<Item = &'a [u8]>) -> Option<PathBuf> {
-        let table = crate::jail::mountinfo::MountTable::current().ok()?;
-        let paths: Vec<&[u8]> = paths.collect();
-        let found = table.under(&self.live).map(|m| m.target.clone()).find(|m| {
-            let rel = m
-                .strip_prefix(&self.live)
-                .unwrap_or(m)
-                .as_os_str()
-                .as_bytes();
-            paths
-                .iter()
-                .any(|p| rel == *p || (rel.starts_with(p) && rel.get(p.len()) == Some(&b'/')))
-        });
-        found
-    }
-}
-
 pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -865,71 +773,4 @@ pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
-}
-
-/// The one directory under a temporary name in `home`, if exactly one is there: where an
-/// exchange emulated by renames (no `RENAME_EXCHANGE`: the portable OS layer, see
-/// [`fsx::portable`]) keeps the live tree while the run that made it was killed.
-fn aside_in(home: BorrowedFd<'_>) -> Option<Vec<u8>> {
-    let is_dir = |n: &[u8]| {
-        fsx::cstr(n).is_ok_and(|c| {
-            fsx::lstat_at(home, &c)
-                .is_ok_and(|st| fsx::kind_of(st.st_mode) == crate::entry::Kind::Dir)
-        })
-    };
-    let names: Vec<Vec<u8>> = fsx::list_dir(home)
-        .ok()?
-        .into_iter()
-        .filter(|n| fsx::is_tmp_name(n) && is_dir(n))
-        .collect();
-    <[Vec<u8>; 1]>::try_from(names).ok().map(|[n]| n)
-}
-
-/// A run killed between the first two renames of an emulated tree exchange leaves `live`
-/// absent and its tree aside in the home: this puts it back, so the journal then shows a
-/// switch that never began (abandoned as usual). Under the destination's lock, before
-/// anything else looks at `live`; does nothing when `live` exists or no switch was under way.
-pub fn restore_live_aside(live: &Path) -> Result<()> {
-    if live.symlink_metadata().is_ok() {
-        return Ok(());
-    }
-    let (Some(parent), Some(name)) = (live.parent(), live.file_name()) else {
-        return Ok(());
-    };
-    let Ok(pfd) = fsx::open_root(parent) else {
-        return Ok(());
-    };
-    let hname = home_name(name.as_bytes());
-    let Ok(home) = fsx::open_subdir(pfd.as_fd(), &hname) else {
-        return Ok(());
-    };
-    if fsx::lstat_at(home.as_fd(), c"switching").is_err() {
-        return Ok(());
-    }
-    if let Some(aside) = aside_in(home.as_fd()) {
-        fsx::move_noreplace(home.as_fd(), &aside, pfd.as_fd(), name.as_bytes()).at(live)?;
-    }
-    Ok(())
-}
-
-impl Home {
-    /// Killed after the second rename of an emulated exchange (see [`restore_live_aside`]):
-    /// the new tree is live, the old one aside instead of at `from` (and `to` not made yet);
-    /// it goes to `from`, so the journal's last step makes it the generation as after a real
-    /// exchange.
-    fn restore_from_aside(&self, from: &[u8], to: &[u8]) -> Result<()> {
-        let there = |n: &[u8]| {
-            fsx::cstr(n)
-                .map(|c| fsx::lstat_at(self.fd.as_fd(), &c).is_ok())
-                .unwrap_or(false)
-        };
-        // Both absent only then: with `to` in place the exchange was finished and renamed.
-        if !there(from) && !there(to) {
-            if let Some(aside) = aside_in(self.fd.as_fd()) {
-                fsx::rename_at(self.fd.as_fd(), &aside, self.fd.as_fd(), from)
-                    .at(self.path.join(OsStr::from_bytes(from)))?;
-            }
-        }
-        Ok(())
-    }
 }
