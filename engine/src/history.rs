@@ -357,12 +357,12 @@ mod tests {
     }
 
     #[test]
-    fn prune_refuses_a_file_and_counts_nothing_without_a_home() {
+    fn prune_refuses_a_file_and_a_tree_never_synced() {
         let s = site();
         let e = prune(&s.dst.join("etc/app.conf"), false, &s.state, 1, false).unwrap_err();
         assert!(e.to_string().contains("not a directory"), "{e}");
-        let r = prune(&s.dst, false, &s.state, 0, false).unwrap();
-        assert_eq!((r.removed.len(), r.kept, r.freed.own), (0, 0, 0));
+        let e = prune(&s.dst, false, &s.state, 0, false).unwrap_err();
+        assert!(e.to_string().contains("never synced"), "{e}");
     }
 
     #[test]
