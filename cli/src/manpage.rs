@@ -143,8 +143,8 @@ the trees of \fBupgrade\fR and \fBpush\fR when \fB\-\-tree\fR is not given (befo
 and the detected layout).
 .TP
 \fBhosts\fR = []
-the hosts \fBpush\fR goes to, as \fIHOST\fR:\fIROOT\fR (shown by \fBjailsync config\fR; \fBpush\fR still
-takes its targets on the command line).
+the hosts \fBpush\fR goes to, as \fIHOST\fR:\fIROOT\fR or a bare \fIROOT\fR, when its command line
+names none (nor \fB\-\-hosts\-from\fR).
 .TP
 \fBssh\fR = "ssh"
 as \fBpush \-\-ssh\fR.

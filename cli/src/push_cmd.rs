@@ -27,8 +27,8 @@ pub struct PushCmd {
     /// The jail holding the rebuilt packages.
     pub jail: PathBuf,
     /// Where to push: `HOST:ROOT` through ssh, or a bare ROOT on this machine (the same
-    /// protocol over a pipe).
-    #[arg(required_unless_present = "hosts_from", value_name = "[HOST:]ROOT")]
+    /// protocol over a pipe). Default: the configuration file's `hosts`.
+    #[arg(value_name = "[HOST:]ROOT")]
     pub targets: Vec<String>,
     /// Also push to the targets listed in FILE: one `HOST:ROOT` (or ROOT) a line; blank lines
     /// and `#` comments are skipped.
@@ -232,7 +232,9 @@ pub fn run_push(c: PushCmd, g: &Global) -> Result<u8> {
         named.extend(hosts_from(f)?);
     }
     if named.is_empty() {
-        bail!("no host to push to (--hosts-from names none)");
+        bail!(
+            "no host to push to: name [HOST:]ROOT, --hosts-from FILE, or `hosts` in the configuration file"
+        );
     }
     let targets = named
         .iter()

@@ -50,6 +50,62 @@ fn contents(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
+/// `hosts` in the configuration file are push's targets when the command line names none
+/// (here a bare root, pushed over a pipe); named ones replace them.
+#[test]
+fn push_takes_its_hosts_from_the_configuration_file() {
+    let t = tempfile::tempdir().unwrap();
+    let (jail, root, other) = (
+        Tree::new(t.path().join("jail")),
+        Tree::new(t.path().join("root")),
+        Tree::new(t.path().join("other")),
+    );
+    jail.file("usr/pkg/bin/tool", b"new\n");
+    root.file("usr/pkg/bin/tool", b"old\n");
+    other.file("usr/pkg/bin/tool", b"old\n");
+    let conf = t.path().join("jailsync.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "state-dir = {:?}\nhosts = [{:?}]\n",
+            t.path().join("state").display().to_string(),
+            root.root.display().to_string()
+        ),
+    )
+    .unwrap();
+    let push = |extra: &[&OsStr]| {
+        let mut a: Vec<&OsStr> = vec![OsStr::new("push"), jail.root.as_os_str()];
+        a.extend(extra);
+        a.extend([OsStr::new("--tree"), OsStr::new("usr/pkg")]);
+        js_conf(&conf, &a)
+    };
+    expect_code(&push(&[]), 0);
+    assert_eq!(
+        std::fs::read(root.path("usr/pkg/bin/tool")).unwrap(),
+        b"new\n"
+    );
+    assert_eq!(
+        std::fs::read(other.path("usr/pkg/bin/tool")).unwrap(),
+        b"old\n"
+    );
+    // Named on the command line: only those.
+    root.file("usr/pkg/bin/tool", b"edited\n");
+    expect_code(&push(&[other.root.as_os_str()]), 0);
+    assert_eq!(
+        std::fs::read(other.path("usr/pkg/bin/tool")).unwrap(),
+        b"new\n"
+    );
+    assert_eq!(
+        std::fs::read(root.path("usr/pkg/bin/tool")).unwrap(),
+        b"edited\n"
+    );
+    // None anywhere: a clear refusal.
+    std::fs::write(&conf, "").unwrap();
+    let o = push(&[]);
+    expect_code(&o, 2);
+    assert!(stderr(&o).contains("no host to push to"), "{}", stderr(&o));
+}
+
 #[test]
 fn config_file_gives_defaults_flags_override_and_config_says_where() {
     let e = Env::new().with_dst();
