@@ -774,3 +774,130 @@ pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn tree(root: &Path, files: &[(&str, &str)]) {
+        for (p, content) in files {
+            let p = root.join(p);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, content).unwrap();
+        }
+    }
+
+    fn read(p: PathBuf) -> String {
+        fs::read_to_string(p).unwrap()
+    }
+
+    /// A live tree `P/live` and a home with `next` staged as the new release (a copy made by
+    /// hand: what `stage` builds).
+    fn staged(pinned: &[&str]) -> (tempfile::TempDir, PathBuf, Home) {
+        let t = tempfile::tempdir().unwrap();
+        let live = t.path().join("live");
+        let old = [
+            ("lib/frozen", "same"),
+            ("lib/x", "old"),
+            ("bin/tool", "old"),
+            ("gone", "g"),
+        ];
+        tree(&live, &old);
+        let mut home = Home::open(&live).unwrap();
+        home.pinned = pinned.iter().map(|p| p.as_bytes().into()).collect();
+        home.make_next().unwrap();
+        let next = home.next_path();
+        let new = [
+            ("lib/frozen", "same"),
+            ("lib/x", "new"),
+            ("bin/tool", "new"),
+            ("added", "a"),
+        ];
+        tree(&next, &new);
+        (t, live, home)
+    }
+
+    #[test]
+    fn a_plain_directory_switches_whole_in_one_exchange() {
+        let (_t, live, home) = staged(&[]);
+        assert_eq!(home.method, Method::Tree);
+        let p = home.prepare_in(1).unwrap();
+        assert_eq!(
+            (p.calls(), p.spines().len(), p.method()),
+            (1, 0, Method::Tree)
+        );
+        home.exchange(&p).unwrap();
+        let s = home.finish(p).unwrap();
+        assert_eq!(read(live.join("bin/tool")), "new");
+        assert!(!live.join("gone").exists() && live.join("added").exists());
+        assert_eq!(read(s.old.join("bin/tool")), "old");
+        assert!(
+            !home.io_path(JOURNAL).exists(),
+            "the journal outlived the switch"
+        );
+    }
+
+    #[test]
+    fn a_pinned_entry_stays_and_the_rest_switches_by_subtrees() {
+        let (_t, live, home) = staged(&["lib/frozen"]);
+        let frozen = fs::metadata(live.join("lib/frozen")).unwrap().ino();
+        let lib = fs::metadata(live.join("lib")).unwrap().ino();
+        let p = home.prepare_in(1).unwrap();
+        assert_eq!(p.method(), Method::Entries);
+        let spines: Vec<&[u8]> = p.spines().iter().map(|s| &s[..]).collect();
+        assert_eq!(
+            spines,
+            [&b""[..], b"lib"],
+            "the root and the bound's parent stay"
+        );
+        home.exchange(&p).unwrap();
+        let s = home.finish(p).unwrap();
+        assert_eq!(read(live.join("lib/x")), "new");
+        assert_eq!(read(live.join("bin/tool")), "new");
+        assert!(!live.join("gone").exists() && live.join("added").exists());
+        assert_eq!(fs::metadata(live.join("lib/frozen")).unwrap().ino(), frozen);
+        assert_eq!(
+            fs::metadata(live.join("lib")).unwrap().ino(),
+            lib,
+            "a spine moved"
+        );
+        // The old tree holds what was switched out, and the staged copy of the bound.
+        assert_eq!(read(s.old.join("lib/x")), "old");
+        assert_eq!(read(s.old.join("gone")), "g");
+        assert!(s.old.join("lib/frozen").exists());
+    }
+
+    #[test]
+    fn a_switch_by_subtrees_killed_after_its_journal_is_finished_forward() {
+        let (_t, live, home) = staged(&["lib/frozen"]);
+        let p = home.prepare_in(1).unwrap();
+        // Killed before any step: the journal is complete, so the next run makes them all.
+        drop(p);
+        assert!(home.io_path(JOURNAL).exists());
+        home.recover().unwrap();
+        assert_eq!(read(live.join("lib/x")), "new");
+        assert_eq!(read(live.join("bin/tool")), "new");
+        assert!(!live.join("gone").exists() && live.join("added").exists());
+        assert_eq!(read(home.gen_path(1).join("gone")), "g");
+        assert!(!home.io_path(JOURNAL).exists());
+        // Finishing is done once: a second recovery finds nothing to do.
+        home.recover().unwrap();
+        assert_eq!(read(live.join("lib/x")), "new");
+    }
+
+    #[test]
+    fn a_whole_switch_killed_before_its_exchange_is_abandoned() {
+        let (_t, live, home) = staged(&[]);
+        let p = home.prepare_in(1).unwrap();
+        drop(p);
+        home.recover().unwrap();
+        assert_eq!(
+            read(live.join("bin/tool")),
+            "old",
+            "a switch that never began went forward"
+        );
+        assert!(!home.next_path().exists(), "the staged tree was left");
+        assert!(!home.io_path(JOURNAL).exists());
+    }
+}
