@@ -782,3 +782,130 @@ pub fn restat(
     }
     Ok(missing)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsx::MetaOpts;
+    use crate::progress::Silent;
+    use crate::sync::{self, Pools, SyncOpts, Tree};
+    use std::fs;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Path;
+
+    fn tree(root: &Path, files: &[(&str, &str)]) {
+        for (p, content) in files {
+            let p = root.join(p);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, content).unwrap();
+        }
+    }
+
+    /// Scans and plans `src` onto `dst` as a sync does, then builds the next tree in the home
+    /// as the transaction's first step does.
+    fn build(src: &Path, dst: &Path, state: &Path) -> (Tree, Result<Built, Fatal>) {
+        let (opts, pools) = (SyncOpts::default(), Pools::new(2));
+        let st = sync::open_state(state, &[src, dst]).unwrap();
+        let t = sync::prepare(src, dst, Some(&st), &opts, &pools, &Silent).unwrap();
+        let home = t.home.as_ref().expect("a plan with changes gets a home");
+        let next = home.make_next().unwrap();
+        let sfd = fsx::open_root(src).unwrap();
+        let lfd = fsx::open_root_nofollow(dst).unwrap();
+        let b = Builder {
+            src_root: sfd.as_fd(),
+            live_root: lfd.as_fd(),
+            next_root: next.as_fd(),
+            src: &t.src,
+            dst: &t.dst,
+            plan: &t.plan,
+            opts: ApplyOpts {
+                meta: MetaOpts {
+                    owner: true,
+                    xattrs: true,
+                },
+                fsync: false,
+            },
+            excludes: &opts.excludes,
+            holds_excluded: &t.dst_holds_excluded,
+            stop: None,
+            move_source: false,
+            next_bare: false,
+        };
+        let r = b.build(&pools.work, &Silent);
+        (t, r)
+    }
+
+    #[test]
+    fn unchanged_files_are_linked_and_changed_ones_copied() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+        tree(
+            &src,
+            &[("lib/same", "s"), ("lib/x", "new!"), ("added", "a")],
+        );
+        tree(&dst, &[("lib/same", "s"), ("lib/x", "old"), ("gone", "g")]);
+        // The same times, so "same" is unchanged in every respect.
+        let same = fs::metadata(src.join("lib/same"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        fs::File::options()
+            .write(true)
+            .open(dst.join("lib/same"))
+            .unwrap()
+            .set_modified(same)
+            .unwrap();
+        let (t, r) = build(&src, &dst, &d.path().join("state"));
+        let built = r.unwrap();
+        let next = t.home.as_ref().unwrap().next_path();
+        let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+        assert_eq!(ino(&next.join("lib/same")), ino(&dst.join("lib/same")));
+        assert_ne!(ino(&next.join("lib/x")), ino(&dst.join("lib/x")));
+        assert_eq!(fs::read(next.join("lib/x")).unwrap(), b"new!");
+        assert_eq!(fs::read(next.join("added")).unwrap(), b"a");
+        assert!(!next.join("gone").exists());
+        assert_eq!(built.linked, 1);
+        assert_eq!(built.bytes_written, 5, "only what changed is written");
+        assert!(built.errors.is_empty() && built.pinned.is_empty());
+        // Staging touched nothing live.
+        assert_eq!(fs::read(dst.join("lib/x")).unwrap(), b"old");
+        assert!(dst.join("gone").exists());
+    }
+
+    #[test]
+    fn an_immutable_live_file_is_copied_and_reported_pinned() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+        tree(&src, &[("lib/frozen", "f"), ("lib/x", "new")]);
+        tree(&dst, &[("lib/frozen", "f"), ("lib/x", "old")]);
+        let t0 = fs::metadata(src.join("lib/frozen"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        fs::File::options()
+            .write(true)
+            .open(dst.join("lib/frozen"))
+            .unwrap()
+            .set_modified(t0)
+            .unwrap();
+        let chattr = |flag: &str| {
+            std::process::Command::new("chattr")
+                .arg(flag)
+                .arg(dst.join("lib/frozen"))
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !chattr("+i") {
+            eprintln!("skipped: chattr +i is not available here (needs root and ext4/xfs/btrfs)");
+            return;
+        }
+        let (t, r) = build(&src, &dst, &d.path().join("state"));
+        assert!(chattr("-i"));
+        let built = r.unwrap();
+        let next = t.home.as_ref().unwrap().next_path();
+        let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+        assert_ne!(ino(&next.join("lib/frozen")), ino(&dst.join("lib/frozen")));
+        assert_eq!(fs::read(next.join("lib/frozen")).unwrap(), b"f");
+        assert_eq!(built.pinned, vec![Box::<[u8]>::from(&b"lib/frozen"[..])]);
+    }
+}

@@ -799,3 +799,91 @@ fn pinned(root: &Path, (src, dst): (&Entries, &Entries), plan: &Plan) -> Result<
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Silent;
+    use std::fs;
+
+    fn tree(root: &Path, files: &[(&str, &str)]) {
+        for (p, content) in files {
+            let p = root.join(p);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, content).unwrap();
+        }
+    }
+
+    fn chattr(flag: &str, p: &Path) -> bool {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(p)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// An immutable directory the release changes below refuses the plan, naming it and the
+    /// fix; one it leaves alone becomes a bound of the switch.
+    #[test]
+    fn prepare_refuses_changes_below_an_immutable_directory_and_bounds_the_others() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+        tree(&src, &[("locked/f", "new"), ("kept/k", "k"), ("x", "new")]);
+        tree(&dst, &[("locked/f", "old"), ("kept/k", "k"), ("x", "old")]);
+        for p in ["kept/k", "kept", ""] {
+            let t = fs::metadata(src.join(p)).unwrap().modified().unwrap();
+            fs::File::open(dst.join(p))
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        if !chattr("+i", &dst.join("locked")) {
+            eprintln!("skipped: chattr +i is not available here (needs root and ext4/xfs/btrfs)");
+            return;
+        }
+        let (opts, pools) = (SyncOpts::default(), Pools::new(2));
+        let st = open_state(&d.path().join("state"), &[&src, &dst]).unwrap();
+        let e = prepare(&src, &dst, Some(&st), &opts, &pools, &Silent)
+            .err()
+            .expect("refused");
+        assert!(chattr("-i", &dst.join("locked")));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("/locked") && msg.contains("chattr -i"),
+            "{msg}"
+        );
+        // The same with the release leaving it alone: planned, the directory a bound.
+        fs::write(src.join("locked/f"), "old").unwrap();
+        let t = fs::metadata(dst.join("locked/f"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        fs::File::options()
+            .write(true)
+            .open(src.join("locked/f"))
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+        let t = fs::metadata(dst.join("locked"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        fs::File::open(src.join("locked"))
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+        assert!(chattr("+i", &dst.join("locked")));
+        let r = prepare(&src, &dst, Some(&st), &opts, &pools, &Silent);
+        assert!(chattr("-i", &dst.join("locked")));
+        let t = r.unwrap();
+        let pinned: Vec<&[u8]> = t
+            .home
+            .as_ref()
+            .unwrap()
+            .pinned
+            .iter()
+            .map(|p| &p[..])
+            .collect();
+        assert_eq!(pinned, [&b"locked"[..]]);
+    }
+}
