@@ -17,25 +17,33 @@ pub fn history(root: &Path, g: &Global) -> Result<u8> {
     let h = roots::history(root, &g.state_dir)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    for u in h.upgrades.iter().rev() {
+    for (u, &pruned) in h.upgrades.iter().zip(&h.pruned).rev() {
+        // A generation of it pruned: the record stays, the way back is gone.
+        let status = if pruned { "pruned" } else { u.status() };
         if g.json {
             let mut v = u.to_json();
             v["type"] = json!("upgrade");
-            v["status"] = json!(u.status());
+            v["status"] = json!(status);
+            v["can_roll_back"] = json!(!pruned && u.status() == "done");
             writeln!(out, "{v}")?;
         } else {
             writeln!(
                 out,
-                "{:>6}  {}  {:<11}  from {}  trees {}",
+                "{:>6}  {}  {:<11}  from {}  trees {}{}",
                 u.id,
                 jailsync_engine::journal::format_time(u.start),
-                u.status(),
+                status,
                 u.jail,
                 u.trees
                     .iter()
                     .map(|t| t.rel.as_str())
                     .collect::<Vec<_>>()
-                    .join(" ")
+                    .join(" "),
+                if pruned {
+                    "  (its old trees were pruned: cannot be rolled back)"
+                } else {
+                    ""
+                }
             )?;
         }
     }

@@ -457,6 +457,34 @@ mod tests {
         assert!(e.to_string().contains("nothing to roll back"), "{e}");
     }
 
+    /// An upgrade whose old trees were pruned is marked: its record stays, its way back is
+    /// gone; the newer one, whose generation is kept, is not.
+    #[test]
+    fn a_root_history_marks_upgrades_whose_generations_were_pruned() {
+        let s = site();
+        let root = s.dst.clone();
+        let usr = root.join("usr");
+        fs::create_dir_all(usr.join("etc")).unwrap();
+        sync_release(&s, &usr, "v1\n", 4096);
+        let state = sync::open_state(&s.state, &[]).unwrap();
+        let trees = [(PathBuf::from("usr"), s.src.clone(), usr.clone())];
+        for v in ["v2\n", "v3\n"] {
+            let id = roots::begin(&state, &root, &s.src, &trees).unwrap();
+            sync_release(&s, &usr, v, 4096);
+            roots::end(&state, &root, id).unwrap();
+        }
+        let h = roots::history(&root, &s.state).unwrap();
+        assert_eq!(h.pruned, [false, false]);
+        let r = prune(&usr, false, &s.state, 1, false).unwrap();
+        assert_eq!(r.kept, 1);
+        let h = roots::history(&root, &s.state).unwrap();
+        assert_eq!(
+            h.pruned,
+            [true, false],
+            "the older upgrade's generation is gone"
+        );
+    }
+
     #[test]
     fn rollback_of_a_root_undoes_its_last_upgrade_once() {
         let s = site();

@@ -181,12 +181,45 @@ pub struct RootHistory {
     pub root: PathBuf,
     /// Oldest first.
     pub upgrades: Vec<Upgrade>,
+    /// Per upgrade: done and not rolled back, but a tree's generation it made is pruned, so
+    /// it cannot be rolled back (nor can any upgrade before it).
+    pub pruned: Vec<bool>,
 }
 
 pub fn history(root: &Path, state_dir: &Path) -> Result<RootHistory> {
     let (root, state) = open(root, state_dir)?;
     let upgrades = load(&state, &root)?;
-    Ok(RootHistory { root, upgrades })
+    let mut pruned = Vec::with_capacity(upgrades.len());
+    for (k, u) in upgrades.iter().enumerate() {
+        pruned.push(u.end.is_some() && !u.rolled_back && !kept_all(u, &upgrades[k + 1..])?);
+    }
+    Ok(RootHistory {
+        root,
+        upgrades,
+        pruned,
+    })
+}
+
+/// Whether every tree of upgrade `u` still holds the generation `u` made: an id above its
+/// `before` and not above what the next upgrade of that tree (in `later`) found.
+fn kept_all(u: &Upgrade, later: &[Upgrade]) -> Result<bool> {
+    for t in &u.trees {
+        let until = later
+            .iter()
+            .flat_map(|n| n.trees.iter())
+            .find(|n| n.dst == t.dst)
+            .map(|n| n.before);
+        let Some(home) = Home::existing(&t.dst)? else {
+            return Ok(false);
+        };
+        let made = generation::list(&home)?.iter().any(|g| {
+            t.before.is_none_or(|b| g.id > b) && until.is_none_or(|n| n.is_some_and(|n| g.id <= n))
+        });
+        if !made {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// What `rollback --root` reports as it goes: each step is shown as it happens, so a tree
