@@ -478,3 +478,229 @@ fn run_phase<S: Steps>(
     }
     ran
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Silent;
+    use crate::scan::Excludes;
+    use std::fs;
+
+    type BoxErr = Box<dyn std::error::Error + Send + Sync>;
+
+    /// A jail and a live root, pkgsrc-like: `usr/pkg` holding its database `usr/pkg/pkgdb`
+    /// (so the database is a nested tree, switched in a phase of its own, last), and a state
+    /// dir apart from both.
+    struct Site {
+        _t: tempfile::TempDir,
+        jail: PathBuf,
+        root: PathBuf,
+        state: PathBuf,
+    }
+
+    fn write(p: &Path, text: &str) {
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+
+    fn site() -> Site {
+        let t = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(t.path()).unwrap();
+        let (jail, root, state) = (base.join("jail"), base.join("root"), base.join("state"));
+        for (top, v) in [(&jail, "2"), (&root, "1")] {
+            write(&top.join("usr/pkg/bin/app"), &format!("app {v}\n"));
+            write(&top.join("usr/pkg/etc/app.conf"), "setting=1\n");
+            write(
+                &top.join(format!("usr/pkg/pkgdb/app-{v}/+CONTENTS")),
+                "bin/app\n",
+            );
+        }
+        Site {
+            _t: t,
+            jail,
+            root,
+            state,
+        }
+    }
+
+    fn request(s: &Site) -> UpgradeRequest {
+        UpgradeRequest {
+            jail: s.jail.clone(),
+            root: s.root.clone(),
+            trees: vec!["usr/pkg/pkgdb".into(), "usr/pkg".into()],
+            state_dir: s.state.clone(),
+            ..UpgradeRequest::default()
+        }
+    }
+
+    /// Runs each phase as `sync` does (plan, protect, guard, one transaction), and notes
+    /// what the live root looked like when each began.
+    #[derive(Default)]
+    struct Runner {
+        state_dir: PathBuf,
+        seen: Vec<(usize, Vec<PathBuf>, String, bool)>,
+        planned: usize,
+    }
+
+    fn opts(excludes: &[String], protect: bool, dry_run: bool) -> Result<SyncOpts, BoxErr> {
+        let mut pats = excludes.to_vec();
+        if protect {
+            pats.push(protect::NEW_EXCLUDE.to_string());
+            pats.push(protect::ASIDE_EXCLUDE.to_string());
+        }
+        Ok(SyncOpts {
+            excludes: Excludes::new(&pats)?,
+            exclude_patterns: pats,
+            dry_run,
+            keep: 5,
+            ..SyncOpts::default()
+        })
+    }
+
+    impl Steps for Runner {
+        type Error = BoxErr;
+
+        fn jail_excludes(&mut self, pats: &[String]) {
+            assert!(pats.is_empty(), "the jail has no exclude lines");
+        }
+
+        fn plan_opts(&self, excludes: &[String], protect: bool) -> Result<SyncOpts, BoxErr> {
+            opts(excludes, protect, true)
+        }
+
+        fn run_phase(&mut self, phase: &Phase) -> Result<bool, BoxErr> {
+            let root = phase.pairs[0]
+                .1
+                .ancestors()
+                .nth(phase.trees[0].components().count());
+            let live = root.unwrap();
+            self.seen.push((
+                phase.index,
+                phase.trees.clone(),
+                fs::read_to_string(live.join("usr/pkg/bin/app"))?,
+                live.join("usr/pkg/pkgdb/app-1").exists(),
+            ));
+            let opts = opts(&phase.excludes, phase.protect.is_some(), false)?;
+            let dirs: Vec<&Path> = phase.pairs.iter().map(|(_, d, _)| d.as_path()).collect();
+            let state = sync::open_state(&self.state_dir, &dirs)?;
+            let pools = Pools::new(1);
+            let mut trees = Vec::new();
+            for (s, d, _) in &phase.pairs {
+                trees.push(sync::prepare(s, d, Some(&state), &opts, &pools, &Silent)?);
+            }
+            if let Some(r) = &phase.protect {
+                decide_all(r, &mut trees, &phase.pairs, &state)?;
+            }
+            self.planned += trees.len();
+            deletes::check(&trees, deletes::Limit::default())?;
+            let report = crate::txn::switch_all(&mut trees, &state, &opts, &pools, &Silent)?;
+            Ok(report.aborted.is_none())
+        }
+    }
+
+    #[test]
+    fn upgrades_the_tree_then_its_database_and_records_it() {
+        let s = site();
+        let mut run = Runner {
+            state_dir: s.state.clone(),
+            ..Runner::default()
+        };
+        let r = upgrade(&request(&s), &mut run).unwrap();
+        // The database goes last, in a phase of its own, whatever order it was given in.
+        let rels: Vec<&Path> = r.trees.iter().map(|t| t.rel.as_path()).collect();
+        assert_eq!(rels, [Path::new("usr/pkg"), Path::new("usr/pkg/pkgdb")]);
+        assert_eq!(r.root, fs::canonicalize(&s.root).unwrap());
+        let phases: Vec<(Vec<PathBuf>, bool)> = r
+            .phases
+            .iter()
+            .map(|p| (p.trees.clone(), p.switched))
+            .collect();
+        assert_eq!(
+            phases,
+            [
+                (vec![PathBuf::from("usr/pkg")], true),
+                (vec![PathBuf::from("usr/pkg/pkgdb")], true)
+            ]
+        );
+        // When the database's phase began the packages were new and the database still old.
+        assert_eq!(run.seen[0].2, "app 1\n");
+        assert_eq!(run.seen[1].0, 1);
+        assert_eq!(run.seen[1].2, "app 2\n");
+        assert!(run.seen[1].3, "the old database until its own phase");
+        // Now both are the jail's: the outer tree carried the database across untouched.
+        assert_eq!(
+            fs::read_to_string(s.root.join("usr/pkg/bin/app")).unwrap(),
+            "app 2\n"
+        );
+        assert!(s.root.join("usr/pkg/pkgdb/app-2/+CONTENTS").is_file());
+        assert!(!s.root.join("usr/pkg/pkgdb/app-1").exists());
+        // Every tree's etc/ is protected by default.
+        assert!(r.protect.is_some());
+        // One root-level record, ended, naming both trees.
+        let state = StateDir::open(&fs::canonicalize(&s.state).unwrap()).unwrap();
+        let ups = roots::load(&state, &r.root).unwrap();
+        assert_eq!(ups.len(), 1);
+        assert_eq!(Some(ups[0].id), r.record);
+        assert!(ups[0].end.is_some());
+        assert_eq!(ups[0].trees.len(), 2);
+    }
+
+    #[test]
+    fn max_delete_is_checked_over_every_phase_before_anything_switches() {
+        let s = site();
+        let mut run = Runner {
+            state_dir: s.state.clone(),
+            ..Runner::default()
+        };
+        let req = UpgradeRequest {
+            max_delete: Some(0),
+            ..request(&s)
+        };
+        let e = upgrade(&req, &mut run).err().expect("refused");
+        // The database's phase deletes app-1: refused before the first phase ran.
+        let d = e.downcast_ref::<DeleteError>().expect("the delete guard");
+        assert!(matches!(d, DeleteError::OverMax { max: 0, .. }), "{d}");
+        assert!(run.seen.is_empty());
+        assert_eq!(
+            fs::read_to_string(s.root.join("usr/pkg/bin/app")).unwrap(),
+            "app 1\n"
+        );
+    }
+
+    #[test]
+    fn a_root_that_is_a_jail_is_refused_with_the_swap_named() {
+        let s = site();
+        write(&s.root.join(crate::jail::MARKER_FILE), "");
+        let mut run = Runner::default();
+        let e = upgrade(&request(&s), &mut run).err().expect("refused");
+        let msg = e.to_string();
+        assert!(msg.contains("so it is a jail"), "{msg}");
+        assert!(msg.contains("JAIL and --root swapped?"), "{msg}");
+        assert!(run.seen.is_empty());
+        // --force upgrades it all the same.
+        let mut run = Runner {
+            state_dir: s.state.clone(),
+            ..Runner::default()
+        };
+        let req = UpgradeRequest {
+            force: true,
+            ..request(&s)
+        };
+        upgrade(&req, &mut run).unwrap();
+        assert_eq!(run.seen.len(), 2);
+    }
+
+    #[test]
+    fn a_missing_jail_is_refused_by_name() {
+        let s = site();
+        let req = UpgradeRequest {
+            jail: s.jail.join("nope"),
+            ..request(&s)
+        };
+        let e = upgrade(&req, &mut Runner::default())
+            .err()
+            .expect("refused");
+        assert!(e.to_string().ends_with("makes one)"), "{e}");
+        assert!(e.downcast_ref::<UpgradeError>().is_some());
+    }
+}
