@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
-use jailsync_engine::layout::{self, Layout};
+use jailsync_engine::layout::Layout;
 use jailsync_engine::scan::Excludes;
 use jailsync_engine::sync::SyncOpts;
 
@@ -193,31 +193,11 @@ pub(crate) fn phase_args(a: &SyncArgs, excludes: &[String], protect: bool) -> Sy
 
 /// Refuses a tree that is not a plain relative path.
 pub fn check_rel(trees: &[PathBuf]) -> Result<()> {
-    for t in trees {
-        let bad = t.is_absolute()
-            || t.components()
-                .any(|c| !matches!(c, std::path::Component::Normal(_)));
-        if bad || t.as_os_str().is_empty() {
-            bail!(
-                "{}: a tree must be a relative path without `..`",
-                t.display()
-            );
-        }
-    }
-    Ok(())
+    Ok(jailsync_engine::upgrade::check_rel(trees)?)
 }
 
 /// The trees of an upgrade: `--tree`, else `tree` lines of JAIL/jailsync.conf, else the
 /// layout the jail has. Databases go last.
 pub fn layout_of(jail: &Path, given: &[PathBuf]) -> Result<(Layout, Vec<String>)> {
-    let (conf_trees, conf_protect) = layout::read_conf(jail)?;
-    let l = if !given.is_empty() {
-        Layout::given(given.to_vec())
-    } else if !conf_trees.is_empty() {
-        Layout::given(conf_trees)
-    } else {
-        Layout::detect(jail)?
-    };
-    check_rel(&l.trees)?;
-    Ok((l, conf_protect))
+    jailsync_engine::upgrade::layout_of(jail, given).map_err(|e| e.into_caller())
 }

@@ -8,42 +8,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use jailsync_engine::journal::StateDir;
-use jailsync_engine::protect::{self, Base, Decisions, Kept, Rules, Verdict, NEW_SUFFIX};
+use jailsync_engine::protect::{self, Decisions, Kept, Rules, Verdict, NEW_SUFFIX};
 use jailsync_engine::sync::Tree;
 
 use crate::args::{exit, Global};
 use crate::output::{json_path, Tally};
-
-/// Decides the protected files of every tree (see `protect::decide`).
-pub fn decide_all(
-    rules: &Rules,
-    trees: &mut [Tree],
-    checked: &[(PathBuf, PathBuf, Vec<u8>)],
-    state: &StateDir,
-) -> Result<Vec<Decisions>> {
-    let mut out = Vec::new();
-    for (k, t) in trees.iter_mut().enumerate() {
-        // A destination a dry run would create has nothing to protect.
-        if !t.dst_path.is_dir() {
-            out.push(Decisions::default());
-            continue;
-        }
-        let base = Base::load(state, &t.dst_path)?;
-        t.guard = protect::guard_paths(rules, &checked[k].2, &t.dst);
-        t.protect = Some((rules.clone(), checked[k].2.clone()));
-        out.push(protect::decide(
-            rules,
-            &checked[k].2,
-            &base,
-            &t.src_path,
-            &t.dst_path,
-            &mut t.src,
-            &t.dst,
-            &mut t.plan,
-        )?);
-    }
-    Ok(out)
-}
 
 fn full(prefix: &[u8], p: &[u8]) -> Vec<u8> {
     if prefix.is_empty() {

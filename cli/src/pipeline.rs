@@ -12,6 +12,7 @@ use jailsync_engine::plan::Counts;
 use jailsync_engine::progress::Progress;
 use jailsync_engine::protect::{Decisions, Rules};
 use jailsync_engine::sync::{self, Pools, Report, SyncOpts, Tree};
+use jailsync_engine::upgrade;
 
 use crate::args::{engine_opts, exit, phase_args, Global, SyncArgs};
 use crate::output::{self, Summary, Tally, Timed};
@@ -220,7 +221,7 @@ fn plan_all(
         )?);
     }
     let decisions = match &hooks.protect {
-        Some(rules) => crate::conf::decide_all(rules, &mut trees, checked, &en.state)?,
+        Some(rules) => upgrade::decide_all(rules, &mut trees, checked, &en.state)?,
         None => Vec::new(),
     };
     // After the protection decisions: configuration they keep is not deleted.

@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod cache;
 pub mod defang;
+pub mod deletes;
 pub mod entry;
 pub mod error;
 pub mod excluded;
@@ -33,6 +34,7 @@ pub mod steps;
 pub mod switch;
 pub mod sync;
 pub mod txn;
+pub mod upgrade;
 pub mod usage;
 
 pub use error::{Error, Result};
