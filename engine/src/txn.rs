@@ -38,6 +38,9 @@ use crate::stage::Built;
 use crate::switch::{Home, Pending};
 use crate::sync::{hash_entries, Pools, Report, SwitchInfo, SyncOpts, Tree};
 
+pub mod back;
+pub use back::switch_back_all;
+
 /// What a run needs besides its trees.
 #[derive(Clone, Copy)]
 pub struct Ctx<'c> {
@@ -556,38 +559,109 @@ impl<'t, 'c> Ready<'t, 'c> {
             .map(|k| pending[k].is_some() && tx.home(k).parent_as_found())
             .collect();
         let meta = tx.cx.aopts().meta;
-        let t_switch = Instant::now();
-        let mut made: Vec<(usize, Duration, usize)> = Vec::new();
-        for k in 0..tx.trees.len() {
-            let Some(p) = &pending[k] else { continue };
-            let home = tx.home(k);
-            let t = &tx.trees[k];
-            let r = home.exchange(p).and_then(|(d, calls)| {
+        let made = Exchanges(pending).make(
+            |k| tx.home(k),
+            |k, p| set_spines_meta(&tx.trees[k], p.spines(), meta),
+        )?;
+        // From here a made switch is never given up.
+        tx.armed = false;
+        tx.report.switch_window = made.window;
+        tx.report.switches = tx.trees.iter().map(|_| None).collect();
+        for one in made {
+            let k = one.tree;
+            let s = one.finish(tx.home(k))?;
+            let info = switched_info(&mut tx, k, s);
+            tx.report.switches[k] = Some(info);
+        }
+        Ok(Switched(tx, put_back))
+    }
+}
+
+/// The switches of a run's trees, journaled (by tree: `None` where there is nothing to
+/// switch), to be made back to back by [`Exchanges::make`]: the one step that makes a release
+/// live, for a sync's transaction and a rollback's ([`back`]) alike.
+pub struct Exchanges(pub Vec<Option<Pending>>);
+
+/// The exchanges [`Exchanges::make`] made, in order, and the time they took together.
+pub struct Made {
+    made: Vec<Exchanged>,
+    /// From the first exchange to the last: the only time a reader could see the trees of
+    /// the run in different releases.
+    pub window: Duration,
+}
+
+/// One tree's exchange, made: its journal is finished by [`Exchanged::finish`].
+pub struct Exchanged {
+    /// The tree's index.
+    pub tree: usize,
+    pending: Pending,
+    window: Duration,
+    calls: usize,
+}
+
+impl Exchanges {
+    /// Makes every exchange, back to back in the order given (`home` gives each tree's home),
+    /// each followed by `then` (nothing slow: it sits between two trees' switches). If an
+    /// exchange or a `then` fails, those made are switched back (the last first), those not
+    /// reached are forgotten, and the error is returned: never half.
+    pub fn make<'h>(
+        self,
+        home: impl Fn(usize) -> &'h Home,
+        mut then: impl FnMut(usize, &Pending) -> Result<()>,
+    ) -> Result<Made> {
+        let t0 = Instant::now();
+        let mut made: Vec<Exchanged> = Vec::new();
+        let mut todo = self.0.into_iter().enumerate();
+        while let Some((k, p)) = todo.next() {
+            let Some(p) = p else { continue };
+            let r = home(k).exchange(&p).and_then(|(window, calls)| {
                 // Made: whatever fails from here is undone with the others.
-                made.push((k, d, calls));
-                set_spines_meta(t, p.spines(), meta)
+                made.push(Exchanged {
+                    tree: k,
+                    pending: p,
+                    window,
+                    calls,
+                });
+                then(k, &made[made.len() - 1].pending)
             });
             if let Err(e) = r {
-                for &(j, _, _) in made.iter().rev() {
-                    if let Some(p) = &pending[j] {
-                        let _ = tx.home(j).unexchange(p);
+                for x in made.iter().rev() {
+                    let _ = home(x.tree).unexchange(&x.pending);
+                }
+                for (j, p) in todo {
+                    if let Some(p) = p {
+                        home(j).cancel(p);
                     }
                 }
                 return Err(e);
             }
         }
-        // From here a made switch is never given up.
-        tx.armed = false;
-        // From the first exchange to the last: the only time a reader could see the trees of
-        // the run in different releases.
-        tx.report.switch_window = t_switch.elapsed();
-        tx.report.switches = tx.trees.iter().map(|_| None).collect();
-        for ((k, window, calls), p) in made.into_iter().zip(pending.into_iter().flatten()) {
-            let s = tx.home(k).finish(p)?;
-            let info = switched_info(&mut tx, k, (window, calls), s);
-            tx.report.switches[k] = Some(info);
-        }
-        Ok(Switched(tx, put_back))
+        Ok(Made {
+            made,
+            window: t0.elapsed(),
+        })
+    }
+}
+
+impl IntoIterator for Made {
+    type Item = Exchanged;
+    type IntoIter = std::vec::IntoIter<Exchanged>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.made.into_iter()
+    }
+}
+
+impl Exchanged {
+    /// Completes the switch in `home` (its tree's): the displaced tree takes its name, the
+    /// journal goes. The switch's window and calls are its exchange's.
+    pub fn finish(self, home: &Home) -> Result<crate::switch::Switched> {
+        let s = home.finish(self.pending)?;
+        Ok(crate::switch::Switched {
+            window: self.window,
+            calls: self.calls,
+            ..s
+        })
     }
 }
 
@@ -607,12 +681,7 @@ fn set_spines_meta(t: &Tree, spines: &[Box<[u8]>], meta: MetaOpts) -> Result<()>
 /// The report of tree `k`'s switch; its old tree's setuid/setgid files and capabilities the
 /// new tree does not share are taken (invariant 9), since it stays reachable from a cwd
 /// inside it.
-fn switched_info(
-    tx: &mut Inner<'_, '_>,
-    k: usize,
-    (window, calls): (Duration, usize),
-    s: crate::switch::Switched,
-) -> SwitchInfo {
+fn switched_info(tx: &mut Inner<'_, '_>, k: usize, s: crate::switch::Switched) -> SwitchInfo {
     let old = s.old;
     let keep = tx.cx.keep();
     let id = tx.gens[k].expect("switched");
@@ -630,8 +699,8 @@ fn switched_info(
     }
     SwitchInfo {
         method: s.method,
-        window,
-        calls,
+        window: s.window,
+        calls: s.calls,
         generation: (keep > 0).then_some(id),
         generation_path: (keep > 0).then_some(old),
         linked: tx.staged[k].as_ref().map_or(0, |b| b.linked),
