@@ -12,9 +12,11 @@
 //!    entries looked at once more, new ones included: invariant 11), the journals, and the
 //!    mount table (read again immediately before the exchanges: invariant 12).
 //! 4. [`Ready::switch`] → [`Switched`]: the exchanges, back to back (the package database
-//!    last); if one fails, those made are switched back. Then [`Switched::finish`]: old
-//!    setuid files defanged (invariant 9), caches written, processes still running the old
-//!    trees found, `--keep 0` applied, DST's parents' mtimes put back.
+//!    last); if one fails, those made are switched back ([`Exchanges`]: the one step that
+//!    makes a release live, which a rollback's transaction, [`back`], takes too). Then
+//!    [`Switched::finish`]: old setuid files defanged (invariant 9), caches written,
+//!    processes still running the old trees found, `--keep 0` applied, DST's parents' mtimes
+//!    put back.
 //!
 //! Until [`Ready::switch`] has made its exchanges, dropping the transaction (an error, a
 //! refusal, a fallback) abandons every tree: staged trees removed, metadata changed in place
@@ -815,6 +817,124 @@ fn drop_old_trees(tx: &Inner<'_, '_>) {
             if let Ok(p) = fsx::open_root_nofollow(parent) {
                 let _ = fsx::rmdir_at(p.as_fd(), name.as_encoded_bytes());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::path::Path;
+
+    fn write(root: &Path, rel: &str, content: &str) {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+    }
+
+    fn read(root: &Path, rel: &str) -> String {
+        fs::read_to_string(root.join(rel)).unwrap()
+    }
+
+    /// The switch journal of a home (`switching`): there while a switch is prepared.
+    fn journaled(h: &Home) -> bool {
+        h.io_path("switching").exists()
+    }
+
+    /// Live trees `P/a`, `P/b`, ... each holding `tool` = "old", and each home's `next`
+    /// staged by hand with `tool` = "new" (what `stage` builds), every switch journaled.
+    fn staged(names: &[&str]) -> (tempfile::TempDir, Vec<Home>, Vec<Option<Pending>>) {
+        let t = tempfile::tempdir().unwrap();
+        let mut homes = Vec::new();
+        let mut pending = Vec::new();
+        for n in names {
+            let live = t.path().join(n);
+            write(&live, "bin/tool", "old");
+            let home = Home::open(&live).unwrap();
+            home.make_next().unwrap();
+            write(&home.next_path(), "bin/tool", "new");
+            pending.push(Some(home.prepare_in(1).unwrap()));
+            homes.push(home);
+        }
+        (t, homes, pending)
+    }
+
+    #[test]
+    fn the_exchanges_switch_every_tree_and_finish_into_generations() {
+        let (_t, homes, mut pending) = staged(&["a", "skipped", "b"]);
+        // A tree with nothing to switch sits between the others.
+        if let Some(p) = pending[1].take() {
+            homes[1].cancel(p);
+        }
+        let mut seen = Vec::new();
+        let made = Exchanges(pending)
+            .make(
+                |k| &homes[k],
+                |k, _| {
+                    seen.push(k);
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert_eq!(seen, [0, 2], "`then` follows each exchange made");
+        for one in made {
+            let k = one.tree;
+            let s = one.finish(&homes[k]).unwrap();
+            assert_eq!((s.calls, s.method), (1, crate::switch::Method::Tree));
+            assert_eq!(read(&s.old, "bin/tool"), "old");
+        }
+        for k in [0, 2] {
+            assert_eq!(read(&homes[k].live, "bin/tool"), "new");
+            assert!(!journaled(&homes[k]), "a journal outlived its switch");
+        }
+        assert_eq!(read(&homes[1].live, "bin/tool"), "old");
+    }
+
+    #[test]
+    fn a_failed_exchange_switches_back_those_made_and_forgets_the_rest() {
+        let (_t, homes, pending) = staged(&["a", "b", "c"]);
+        // The second tree's staged release is gone by its exchange: that exchange fails.
+        fsx::remove_tree_at(homes[1].fd.as_fd(), b"next").unwrap();
+        let e = Exchanges(pending)
+            .make(|k| &homes[k], |_, _| Ok(()))
+            .err()
+            .expect("the second exchange failed");
+        assert!(
+            e.to_string()
+                .starts_with(&homes[1].live.display().to_string()),
+            "{e}"
+        );
+        for h in &homes {
+            assert_eq!(read(&h.live, "bin/tool"), "old", "{}", h.live.display());
+            assert!(!journaled(h), "{}: journal left", h.live.display());
+        }
+        // The first was switched and back: its staged tree is in its home again, ready to
+        // be abandoned by the transaction (not lost in the live tree).
+        assert_eq!(read(&homes[0].next_path(), "bin/tool"), "new");
+    }
+
+    #[test]
+    fn a_failed_step_after_an_exchange_undoes_that_exchange_too() {
+        let (_t, homes, pending) = staged(&["a", "b"]);
+        let e = Exchanges(pending)
+            .make(
+                |k| &homes[k],
+                |k, _| {
+                    if k == 1 {
+                        Err(crate::Error::bad(&homes[k].live, "refused after"))
+                    } else {
+                        Ok(())
+                    }
+                },
+            )
+            .err()
+            .expect("the second tree's step failed");
+        assert!(e.to_string().contains("refused after"), "{e}");
+        for h in &homes {
+            assert_eq!(read(&h.live, "bin/tool"), "old", "{}", h.live.display());
+            assert_eq!(read(&h.next_path(), "bin/tool"), "new");
+            assert!(!journaled(h));
         }
     }
 }

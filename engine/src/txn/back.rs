@@ -189,3 +189,99 @@ impl Switched<'_, '_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Silent;
+    use crate::sync::{self, Pools, SyncOpts};
+    use std::fs;
+    use std::sync::atomic::Ordering;
+
+    /// A destination synced twice (`v1`, then `v2`), its generations kept; the temp dir, the
+    /// destination, the state dir.
+    fn synced_twice() -> (tempfile::TempDir, PathBuf, StateDir) {
+        let t = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(t.path()).unwrap();
+        let (src, dst) = (base.join("src"), base.join("dst"));
+        fs::create_dir_all(src.join("etc")).unwrap();
+        fs::create_dir_all(dst.join("etc")).unwrap();
+        let state = sync::open_state(&base.join("state"), &[&src, &dst]).unwrap();
+        let opts = SyncOpts {
+            keep: 10,
+            ..SyncOpts::default()
+        };
+        let pools = Pools::new(2);
+        for v in ["v1\n", "v2\n"] {
+            fs::write(src.join("etc/app.conf"), v).unwrap();
+            let mut t = sync::prepare(&src, &dst, Some(&state), &opts, &pools, &Silent).unwrap();
+            super::super::switch_all(std::slice::from_mut(&mut t), &state, &opts, &pools, &Silent)
+                .unwrap();
+        }
+        (t, dst, state)
+    }
+
+    fn conf(dst: &Path) -> String {
+        fs::read_to_string(dst.join("etc/app.conf")).unwrap()
+    }
+
+    /// No switch nor rollback journal left in the home.
+    fn no_journals(home: &Home) -> bool {
+        !home.io_path("switching").exists() && !home.io_path("rolling-back").exists()
+    }
+
+    #[test]
+    fn a_stop_asked_before_the_last_safe_point_switches_nothing_back() {
+        let (_t, dst, state) = synced_twice();
+        let home = Home::existing(&dst).unwrap().expect("a home");
+        let pools = Pools::new(2);
+        let mut r = generation::check(&home, None, &pools.walk).unwrap();
+        let stop = AtomicUsize::new(15);
+        let mut items = [(&home, &mut r)];
+        let guarded = Checked::new(&mut items, Some(&state), Some(&stop))
+            .guard()
+            .unwrap();
+        let e = guarded.prepare().err().expect("stopped");
+        assert!(
+            matches!(&e, Error::Stopped { signal: 15, path, .. } if *path == dst),
+            "{e}"
+        );
+        assert_eq!(conf(&dst), "v2\n");
+        assert!(no_journals(&home));
+        // Asked again without the signal, the same rollback goes through.
+        stop.store(0, Ordering::Relaxed);
+        let mut r = generation::check(&home, None, &pools.walk).unwrap();
+        switch_back_all(&mut [(&home, &mut r)], Some(&state)).unwrap();
+        assert_eq!(conf(&dst), "v1\n");
+        assert!(r.switched.is_some() && r.kept_as.is_some());
+        assert!(no_journals(&home));
+    }
+
+    #[test]
+    fn a_failed_switch_back_leaves_the_tree_and_its_generation_as_they_were() {
+        let (_t, dst, state) = synced_twice();
+        let home = Home::existing(&dst).unwrap().expect("a home");
+        let pools = Pools::new(2);
+        let mut r = generation::check(&home, None, &pools.walk).unwrap();
+        let gen = home.gen_path(r.generation.id);
+        let aside = home.path.join("aside");
+        let mut items = [(&home, &mut r)];
+        let ready = Checked::new(&mut items, Some(&state), None)
+            .guard()
+            .unwrap()
+            .prepare()
+            .unwrap();
+        assert!(home.io_path("rolling-back").exists(), "journaled first");
+        // The generation is gone by the exchange: it fails.
+        fs::rename(&gen, &aside).unwrap();
+        assert!(ready.switch().is_err());
+        fs::rename(&aside, &gen).unwrap();
+        assert_eq!(conf(&dst), "v2\n");
+        assert!(no_journals(&home), "a rollback left to finish");
+        assert_eq!(conf(&gen), "v1\n");
+        // Nothing half done: the rollback can be made again.
+        let mut r = generation::check(&home, None, &pools.walk).unwrap();
+        switch_back_all(&mut [(&home, &mut r)], Some(&state)).unwrap();
+        assert_eq!(conf(&dst), "v1\n");
+    }
+}
