@@ -396,7 +396,7 @@ pub struct RolledBack {
 /// compared with what the newest sync left. A change made since (an admin's edit, a new file)
 /// refuses the rollback unless forced — one switch cannot keep some entries and undo others
 /// without tearing the tree — and even forced, the tree that was live is kept whole
-/// (`kept-<N>`). Nothing is switched here: see [`switch_back_all`].
+/// (`kept-<N>`). Nothing is switched here: see [`crate::txn::back`].
 pub fn check(home: &Home, id: Option<u64>, pool: &rayon::ThreadPool) -> Result<RolledBack> {
     let gens = list(home)?;
     let g = find(home, id)?;
@@ -453,133 +453,83 @@ pub fn check(home: &Home, id: Option<u64>, pool: &rayon::ThreadPool) -> Result<R
     })
 }
 
-/// Switches the checked generations back in, every tree back to back (journals first), then
-/// sets back the metadata each undone sync changed in place and drops their records. If one
-/// tree cannot be switched, those switched are switched forward again: never half.
-pub fn switch_back_all(
-    items: &mut [(&Home, &mut RolledBack)],
+/// Rollback's steps for one tree, in the order [`crate::txn::back`] takes them (which makes
+/// every tree's step before the next step of any): nothing is switched by these.
+///
+/// Carries the live tree's excluded entries into the generation switched back. Rule: excluded
+/// entries are the live system's before and after a rollback — the generation switched back
+/// gets the live tree's current excluded entries (and loses those the live tree no longer
+/// has), and they are looked at once more right before the switch ([`guard_carried`]).
+pub fn carry_in(home: &Home, rb: &RolledBack) -> Result<()> {
+    carry(home, rb.generation.id, &rb.carry)
+}
+
+/// The carried entries looked at once more: a change since the carry would be left in the
+/// tree switched away.
+pub fn guard_carried(home: &Home, rb: &RolledBack) -> Result<()> {
+    guard_carry(home, rb.generation.id, &rb.carry)
+}
+
+/// Journals the switch of the generation back in; the tree it replaces goes to `undone-<G>`,
+/// or `kept-<G>` when it holds changes made since the sync.
+pub fn prepare_back(home: &Home, rb: &RolledBack) -> Result<switch::Pending> {
+    let g = rb.generation.id;
+    let to = if rb.changed.is_empty() {
+        format!("undone-{g}")
+    } else {
+        format!("kept-{g}")
+    };
+    home.prepare_back(g, &to, &rb.pinned)
+}
+
+/// What follows the switch back, journaled before it (see [`recover`]): a rollback killed at
+/// any point after this is finished by the next command under the lock.
+pub fn journal_back(home: &Home, rb: &RolledBack, state: Option<&StateDir>) -> Result<()> {
+    write_rollback_journal(home, rb, state)
+}
+
+/// Setuid/setgid bits and capabilities taken from the generation's old-only files when it was
+/// switched out are given back before it is live again (see `defang`).
+pub fn give_fangs_back(home: &Home, rb: &mut RolledBack) -> Result<()> {
+    let errs = fangs(home, rb.generation.id, true)?;
+    rb.errors.extend(errs);
+    Ok(())
+}
+
+/// A switch back not made: the generation is still one, so its old setuid files are defanged
+/// again, and no rollback is left to finish.
+pub fn unjournal_back(home: &Home, rb: &RolledBack) {
+    let _ = fangs(home, rb.generation.id, false);
+    let _ = fsx::unlink_at(home.fd.as_fd(), ROLLING_BACK.as_bytes());
+}
+
+/// After the switch back (`done`): the tree switched out is defanged (it is reachable from a
+/// cwd inside it, as any old tree is: its files the restored tree does not share), kept as
+/// `rb.kept_as`, and the rollback's journaled work done (see `after_switch_back`).
+pub fn after_back(
+    home: &Home,
+    rb: &mut RolledBack,
     state: Option<&StateDir>,
+    done: switch::Switched,
 ) -> Result<()> {
-    // Rule: excluded entries are the live system's before and after a rollback — the
-    // generation switched back gets the live tree's current excluded entries (and loses those
-    // the live tree no longer has), and they are looked at once more right before the switch
-    // (a change in between would be left in the tree switched away): all before anything is
-    // switched, for every tree.
-    for (home, rb) in items.iter() {
-        carry(home, rb.generation.id, &rb.carry)?;
-    }
-    for (home, rb) in items.iter() {
-        guard_carry(home, rb.generation.id, &rb.carry)?;
-    }
-    // A mount below a live tree is a bound its switch back goes around, read as each is
-    // planned and once more after (see `switch::prepare_around_mounts`).
-    let homes: Vec<Option<(&Home, usize)>> = items
-        .iter()
-        .enumerate()
-        .map(|(i, (h, _))| Some((*h, i)))
-        .collect();
-    let pending: Vec<_> = switch::prepare_around_mounts(&homes, |h, i| {
-        let g = items[i].1.generation.id;
-        let to = if items[i].1.changed.is_empty() {
-            format!("undone-{g}")
-        } else {
-            format!("kept-{g}")
-        };
-        h.prepare_back(g, &to, &items[i].1.pinned)
-    })?
-    .into_iter()
-    .flatten()
-    .collect();
-    // A mount inside a generation (a switch raced a `mount`) would come into the live tree.
-    let trees: Vec<PathBuf> = items
-        .iter()
-        .map(|(h, rb)| h.gen_path(rb.generation.id))
-        .collect();
-    let trees: Vec<&Path> = trees.iter().map(PathBuf::as_path).collect();
-    if let Some((t, m)) = switch::first_mount_below(&trees) {
-        for (p, (h, _)) in pending.into_iter().zip(items.iter()) {
-            h.cancel(p);
-        }
-        return Err(Error::bad(
-            m,
-            format!(
-                "is mounted below {}: nothing was switched back (the switch would move the mount); unmount it and run again",
-                t.display()
-            ),
-        ));
-    }
-    // What follows the switch is journaled before it (see `recover`): a rollback killed at
-    // any point after this is finished by the next command under the lock.
-    for (home, rb) in items.iter() {
-        write_rollback_journal(home, rb, state)?;
-    }
-    // Setuid/setgid bits and capabilities taken from each generation's old-only files when
-    // it was switched out are given back before it is live again (see `defang`).
-    for (home, rb) in items.iter_mut() {
-        let errs = fangs(home, rb.generation.id, true)?;
-        rb.errors.extend(errs);
-    }
-    // As a sync's switch does, a switch back leaves DST's parent's mtime as it was, unless
-    // another program wrote there since the rollback looked (see `Home::parent_as_found`).
-    let put_back: Vec<bool> = items.iter().map(|(h, _)| h.parent_as_found()).collect();
-    let mut made = Vec::new();
-    for (k, (home, rb)) in items.iter_mut().enumerate() {
-        match home.exchange(&pending[k]) {
-            Ok((window, calls)) => {
-                made.push(k);
-                rb.switched = Some(switch::Switched {
-                    window,
-                    calls,
-                    old: PathBuf::new(),
-                    method: pending[k].method(),
-                });
-            }
-            Err(e) => {
-                for &j in made.iter().rev() {
-                    let _ = items[j].0.unexchange(&pending[j]);
-                    items[j].1.switched = None;
-                }
-                for (p, (h, _)) in pending.into_iter().zip(items.iter()).skip(made.len() + 1) {
-                    h.cancel(p);
-                }
-                // Still generations: their old setuid files are defanged again, and no
-                // rollback is left to finish.
-                for (h, rb) in items.iter() {
-                    let _ = fangs(h, rb.generation.id, false);
-                    let _ = fsx::unlink_at(h.fd.as_fd(), ROLLING_BACK.as_bytes());
-                }
-                return Err(e);
-            }
+    let g = rb.generation.id;
+    if let Some(name) = done.old.file_name() {
+        let inos = gen_inodes(home, g);
+        if let Err(e) = crate::defang::replaced(
+            home,
+            Path::new(name),
+            &rb.carry.live,
+            rb.carry.live_xattrs,
+            &inos,
+        ) {
+            rb.errors
+                .push((done.old.clone(), io::Error::other(e.to_string())));
         }
     }
-    for (p, (home, rb)) in pending.into_iter().zip(items.iter_mut()) {
-        let done = home.finish(p)?;
-        if let Some(s) = rb.switched.as_mut() {
-            s.old = done.old.clone();
-        }
-        let g = rb.generation.id;
-        // The tree switched out is reachable from a cwd inside it, as any old tree is: its
-        // files the restored tree does not share are defanged.
-        if let Some(name) = done.old.file_name() {
-            let inos = gen_inodes(home, g);
-            if let Err(e) = crate::defang::replaced(
-                home,
-                Path::new(name),
-                &rb.carry.live,
-                rb.carry.live_xattrs,
-                &inos,
-            ) {
-                rb.errors
-                    .push((done.old.clone(), io::Error::other(e.to_string())));
-            }
-        }
-        rb.kept_as = Some(done.old);
-        let errs = after_switch_back(home, state, g, &rb.undone)?;
-        rb.errors.extend(errs);
-    }
-    for ((home, _), _) in items.iter().zip(&put_back).filter(|(_, &b)| b) {
-        let _ = home.put_parent_mtime_back();
-    }
+    rb.kept_as = Some(done.old.clone());
+    rb.switched = Some(done);
+    let errs = after_switch_back(home, state, g, &rb.undone)?;
+    rb.errors.extend(errs);
     Ok(())
 }
 

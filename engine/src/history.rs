@@ -178,7 +178,7 @@ impl Rollback {
         self.changed() > 0 && !self.opts.force && !self.opts.dry_run
     }
 
-    /// Switches every tree back, together (see [`generation::switch_back_all`]), unless
+    /// Switches every tree back, together (see [`crate::txn::switch_back_all`]), unless
     /// refused or a dry run.
     pub fn switch_back(&mut self) -> Result<()> {
         if self.items.is_empty() || self.refused() || self.opts.dry_run {
@@ -186,7 +186,7 @@ impl Rollback {
         }
         let state = self.items.first().map(|c| c.state.clone());
         let mut batch: Vec<_> = self.items.iter_mut().map(|c| (&c.home, &mut c.r)).collect();
-        generation::switch_back_all(&mut batch, state.as_ref())
+        crate::txn::switch_back_all(&mut batch, state.as_ref())
     }
 }
 

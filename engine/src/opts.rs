@@ -2,6 +2,7 @@
 //! read by every step.
 
 use std::path::Path;
+use std::sync::atomic::AtomicUsize;
 
 use crate::error::{Error, Result};
 use crate::fsx;
@@ -40,22 +41,30 @@ pub struct SyncOpts {
 impl SyncOpts {
     /// The signal that asked to stop, if one did.
     pub fn stop_signal(&self) -> Option<i32> {
-        let n = self
-            .stop
-            .as_ref()?
-            .load(std::sync::atomic::Ordering::Relaxed);
-        (n != 0).then_some(n as i32)
+        stop_signal(self.stop.as_deref())
     }
 
     pub(crate) fn check_stop(&self, path: &Path, when: &str) -> Result<()> {
-        match self.stop_signal() {
-            Some(signal) => Err(Error::Stopped {
-                path: path.into(),
-                signal,
-                when: when.into(),
-            }),
-            None => Ok(()),
-        }
+        check_stop(self.stop.as_deref(), path, when)
+    }
+}
+
+/// The signal that asked to stop, if one did (the flag a caller's signal handler sets).
+fn stop_signal(stop: Option<&AtomicUsize>) -> Option<i32> {
+    let n = stop?.load(std::sync::atomic::Ordering::Relaxed);
+    (n != 0).then_some(n as i32)
+}
+
+/// Stops at a safe point (`when` says which, and what was left) if a signal asked to: the
+/// check of [`SyncOpts::check_stop`], for a run (a rollback) that has a flag but no options.
+pub(crate) fn check_stop(stop: Option<&AtomicUsize>, path: &Path, when: &str) -> Result<()> {
+    match stop_signal(stop) {
+        Some(signal) => Err(Error::Stopped {
+            path: path.into(),
+            signal,
+            when: when.into(),
+        }),
+        None => Ok(()),
     }
 }
 

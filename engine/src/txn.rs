@@ -12,9 +12,11 @@
 //!    entries looked at once more, new ones included: invariant 11), the journals, and the
 //!    mount table (read again immediately before the exchanges: invariant 12).
 //! 4. [`Ready::switch`] → [`Switched`]: the exchanges, back to back (the package database
-//!    last); if one fails, those made are switched back. Then [`Switched::finish`]: old
-//!    setuid files defanged (invariant 9), caches written, processes still running the old
-//!    trees found, `--keep 0` applied, DST's parents' mtimes put back.
+//!    last); if one fails, those made are switched back ([`Exchanges`]: the one step that
+//!    makes a release live, which a rollback's transaction, [`back`], takes too). Then
+//!    [`Switched::finish`]: old setuid files defanged (invariant 9), caches written,
+//!    processes still running the old trees found, `--keep 0` applied, DST's parents' mtimes
+//!    put back.
 //!
 //! Until [`Ready::switch`] has made its exchanges, dropping the transaction (an error, a
 //! refusal, a fallback) abandons every tree: staged trees removed, metadata changed in place
@@ -37,6 +39,9 @@ use crate::progress::Progress;
 use crate::stage::Built;
 use crate::switch::{Home, Pending};
 use crate::sync::{hash_entries, Pools, Report, SwitchInfo, SyncOpts, Tree};
+
+pub mod back;
+pub use back::switch_back_all;
 
 /// What a run needs besides its trees.
 #[derive(Clone, Copy)]
@@ -556,38 +561,109 @@ impl<'t, 'c> Ready<'t, 'c> {
             .map(|k| pending[k].is_some() && tx.home(k).parent_as_found())
             .collect();
         let meta = tx.cx.aopts().meta;
-        let t_switch = Instant::now();
-        let mut made: Vec<(usize, Duration, usize)> = Vec::new();
-        for k in 0..tx.trees.len() {
-            let Some(p) = &pending[k] else { continue };
-            let home = tx.home(k);
-            let t = &tx.trees[k];
-            let r = home.exchange(p).and_then(|(d, calls)| {
+        let made = Exchanges(pending).make(
+            |k| tx.home(k),
+            |k, p| set_spines_meta(&tx.trees[k], p.spines(), meta),
+        )?;
+        // From here a made switch is never given up.
+        tx.armed = false;
+        tx.report.switch_window = made.window;
+        tx.report.switches = tx.trees.iter().map(|_| None).collect();
+        for one in made {
+            let k = one.tree;
+            let s = one.finish(tx.home(k))?;
+            let info = switched_info(&mut tx, k, s);
+            tx.report.switches[k] = Some(info);
+        }
+        Ok(Switched(tx, put_back))
+    }
+}
+
+/// The switches of a run's trees, journaled (by tree: `None` where there is nothing to
+/// switch), to be made back to back by [`Exchanges::make`]: the one step that makes a release
+/// live, for a sync's transaction and a rollback's ([`back`]) alike.
+pub struct Exchanges(pub Vec<Option<Pending>>);
+
+/// The exchanges [`Exchanges::make`] made, in order, and the time they took together.
+pub struct Made {
+    made: Vec<Exchanged>,
+    /// From the first exchange to the last: the only time a reader could see the trees of
+    /// the run in different releases.
+    pub window: Duration,
+}
+
+/// One tree's exchange, made: its journal is finished by [`Exchanged::finish`].
+pub struct Exchanged {
+    /// The tree's index.
+    pub tree: usize,
+    pending: Pending,
+    window: Duration,
+    calls: usize,
+}
+
+impl Exchanges {
+    /// Makes every exchange, back to back in the order given (`home` gives each tree's home),
+    /// each followed by `then` (nothing slow: it sits between two trees' switches). If an
+    /// exchange or a `then` fails, those made are switched back (the last first), those not
+    /// reached are forgotten, and the error is returned: never half.
+    pub fn make<'h>(
+        self,
+        home: impl Fn(usize) -> &'h Home,
+        mut then: impl FnMut(usize, &Pending) -> Result<()>,
+    ) -> Result<Made> {
+        let t0 = Instant::now();
+        let mut made: Vec<Exchanged> = Vec::new();
+        let mut todo = self.0.into_iter().enumerate();
+        while let Some((k, p)) = todo.next() {
+            let Some(p) = p else { continue };
+            let r = home(k).exchange(&p).and_then(|(window, calls)| {
                 // Made: whatever fails from here is undone with the others.
-                made.push((k, d, calls));
-                set_spines_meta(t, p.spines(), meta)
+                made.push(Exchanged {
+                    tree: k,
+                    pending: p,
+                    window,
+                    calls,
+                });
+                then(k, &made[made.len() - 1].pending)
             });
             if let Err(e) = r {
-                for &(j, _, _) in made.iter().rev() {
-                    if let Some(p) = &pending[j] {
-                        let _ = tx.home(j).unexchange(p);
+                for x in made.iter().rev() {
+                    let _ = home(x.tree).unexchange(&x.pending);
+                }
+                for (j, p) in todo {
+                    if let Some(p) = p {
+                        home(j).cancel(p);
                     }
                 }
                 return Err(e);
             }
         }
-        // From here a made switch is never given up.
-        tx.armed = false;
-        // From the first exchange to the last: the only time a reader could see the trees of
-        // the run in different releases.
-        tx.report.switch_window = t_switch.elapsed();
-        tx.report.switches = tx.trees.iter().map(|_| None).collect();
-        for ((k, window, calls), p) in made.into_iter().zip(pending.into_iter().flatten()) {
-            let s = tx.home(k).finish(p)?;
-            let info = switched_info(&mut tx, k, (window, calls), s);
-            tx.report.switches[k] = Some(info);
-        }
-        Ok(Switched(tx, put_back))
+        Ok(Made {
+            made,
+            window: t0.elapsed(),
+        })
+    }
+}
+
+impl IntoIterator for Made {
+    type Item = Exchanged;
+    type IntoIter = std::vec::IntoIter<Exchanged>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.made.into_iter()
+    }
+}
+
+impl Exchanged {
+    /// Completes the switch in `home` (its tree's): the displaced tree takes its name, the
+    /// journal goes. The switch's window and calls are its exchange's.
+    pub fn finish(self, home: &Home) -> Result<crate::switch::Switched> {
+        let s = home.finish(self.pending)?;
+        Ok(crate::switch::Switched {
+            window: self.window,
+            calls: self.calls,
+            ..s
+        })
     }
 }
 
@@ -607,12 +683,7 @@ fn set_spines_meta(t: &Tree, spines: &[Box<[u8]>], meta: MetaOpts) -> Result<()>
 /// The report of tree `k`'s switch; its old tree's setuid/setgid files and capabilities the
 /// new tree does not share are taken (invariant 9), since it stays reachable from a cwd
 /// inside it.
-fn switched_info(
-    tx: &mut Inner<'_, '_>,
-    k: usize,
-    (window, calls): (Duration, usize),
-    s: crate::switch::Switched,
-) -> SwitchInfo {
+fn switched_info(tx: &mut Inner<'_, '_>, k: usize, s: crate::switch::Switched) -> SwitchInfo {
     let old = s.old;
     let keep = tx.cx.keep();
     let id = tx.gens[k].expect("switched");
@@ -630,8 +701,8 @@ fn switched_info(
     }
     SwitchInfo {
         method: s.method,
-        window,
-        calls,
+        window: s.window,
+        calls: s.calls,
         generation: (keep > 0).then_some(id),
         generation_path: (keep > 0).then_some(old),
         linked: tx.staged[k].as_ref().map_or(0, |b| b.linked),
@@ -746,6 +817,124 @@ fn drop_old_trees(tx: &Inner<'_, '_>) {
             if let Ok(p) = fsx::open_root_nofollow(parent) {
                 let _ = fsx::rmdir_at(p.as_fd(), name.as_encoded_bytes());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::path::Path;
+
+    fn write(root: &Path, rel: &str, content: &str) {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+    }
+
+    fn read(root: &Path, rel: &str) -> String {
+        fs::read_to_string(root.join(rel)).unwrap()
+    }
+
+    /// The switch journal of a home (`switching`): there while a switch is prepared.
+    fn journaled(h: &Home) -> bool {
+        h.io_path("switching").exists()
+    }
+
+    /// Live trees `P/a`, `P/b`, ... each holding `tool` = "old", and each home's `next`
+    /// staged by hand with `tool` = "new" (what `stage` builds), every switch journaled.
+    fn staged(names: &[&str]) -> (tempfile::TempDir, Vec<Home>, Vec<Option<Pending>>) {
+        let t = tempfile::tempdir().unwrap();
+        let mut homes = Vec::new();
+        let mut pending = Vec::new();
+        for n in names {
+            let live = t.path().join(n);
+            write(&live, "bin/tool", "old");
+            let home = Home::open(&live).unwrap();
+            home.make_next().unwrap();
+            write(&home.next_path(), "bin/tool", "new");
+            pending.push(Some(home.prepare_in(1).unwrap()));
+            homes.push(home);
+        }
+        (t, homes, pending)
+    }
+
+    #[test]
+    fn the_exchanges_switch_every_tree_and_finish_into_generations() {
+        let (_t, homes, mut pending) = staged(&["a", "skipped", "b"]);
+        // A tree with nothing to switch sits between the others.
+        if let Some(p) = pending[1].take() {
+            homes[1].cancel(p);
+        }
+        let mut seen = Vec::new();
+        let made = Exchanges(pending)
+            .make(
+                |k| &homes[k],
+                |k, _| {
+                    seen.push(k);
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert_eq!(seen, [0, 2], "`then` follows each exchange made");
+        for one in made {
+            let k = one.tree;
+            let s = one.finish(&homes[k]).unwrap();
+            assert_eq!((s.calls, s.method), (1, crate::switch::Method::Tree));
+            assert_eq!(read(&s.old, "bin/tool"), "old");
+        }
+        for k in [0, 2] {
+            assert_eq!(read(&homes[k].live, "bin/tool"), "new");
+            assert!(!journaled(&homes[k]), "a journal outlived its switch");
+        }
+        assert_eq!(read(&homes[1].live, "bin/tool"), "old");
+    }
+
+    #[test]
+    fn a_failed_exchange_switches_back_those_made_and_forgets_the_rest() {
+        let (_t, homes, pending) = staged(&["a", "b", "c"]);
+        // The second tree's staged release is gone by its exchange: that exchange fails.
+        fsx::remove_tree_at(homes[1].fd.as_fd(), b"next").unwrap();
+        let e = Exchanges(pending)
+            .make(|k| &homes[k], |_, _| Ok(()))
+            .err()
+            .expect("the second exchange failed");
+        assert!(
+            e.to_string()
+                .starts_with(&homes[1].live.display().to_string()),
+            "{e}"
+        );
+        for h in &homes {
+            assert_eq!(read(&h.live, "bin/tool"), "old", "{}", h.live.display());
+            assert!(!journaled(h), "{}: journal left", h.live.display());
+        }
+        // The first was switched and back: its staged tree is in its home again, ready to
+        // be abandoned by the transaction (not lost in the live tree).
+        assert_eq!(read(&homes[0].next_path(), "bin/tool"), "new");
+    }
+
+    #[test]
+    fn a_failed_step_after_an_exchange_undoes_that_exchange_too() {
+        let (_t, homes, pending) = staged(&["a", "b"]);
+        let e = Exchanges(pending)
+            .make(
+                |k| &homes[k],
+                |k, _| {
+                    if k == 1 {
+                        Err(crate::Error::bad(&homes[k].live, "refused after"))
+                    } else {
+                        Ok(())
+                    }
+                },
+            )
+            .err()
+            .expect("the second tree's step failed");
+        assert!(e.to_string().contains("refused after"), "{e}");
+        for h in &homes {
+            assert_eq!(read(&h.live, "bin/tool"), "old", "{}", h.live.display());
+            assert_eq!(read(&h.next_path(), "bin/tool"), "new");
+            assert!(!journaled(h));
         }
     }
 }

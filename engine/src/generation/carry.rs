@@ -15,7 +15,7 @@ use crate::switch::{self, Home};
 /// place of its own (a service's database written since the sync, a new log anywhere the
 /// patterns match), and loses those the live tree no longer has; so the rollback changes
 /// nothing there. Planned by [`check`](super::check), made by
-/// [`switch_back_all`](super::switch_back_all).
+/// [`crate::txn::back`].
 #[derive(Debug, Default)]
 pub struct Carry {
     /// The live tree's excluded entries the restored tree will hold, path order.

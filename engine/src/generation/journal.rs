@@ -154,7 +154,7 @@ pub(super) fn after_switch_back(
 
 /// Finishes, under the destination's lock and before anything else, what a killed run left in
 /// `home`: its switch ([`Home::recover`]), then a rollback's work after its switch (see
-/// [`switch_back_all`](super::switch_back_all)). A rollback killed before its switch leaves
+/// [`crate::txn::back`]). A rollback killed before its switch leaves
 /// its generation as it was: the setuid bits given back to it are taken again.
 pub fn recover(home: &Home, state: Option<&StateDir>) -> Result<()> {
     home.recover()?;

@@ -325,7 +325,7 @@ pub fn rollback<E: From<Error>>(
         let home = Home::existing(dst)?.ok_or_else(|| Error::bad(dst, "its home is gone"))?;
         generation::recover(&home, Some(&state))?;
         let mut r = generation::check(&home, Some(*id), &pools.walk)?;
-        generation::switch_back_all(&mut [(&home, &mut r)], Some(&state))?;
+        crate::txn::switch_back_all(&mut [(&home, &mut r)], Some(&state))?;
         let how = r.switched.as_ref().map_or(&home.method, |s| &s.method);
         on(RootStep::Done {
             dst,
