@@ -7,7 +7,7 @@
 //! The order the files settle in (a file above all it imports) is the design's layering:
 //! model and OS calls at the bottom (`entry`, `names`, `fsx`), then reading and deciding
 //! (`scan`, `plan`, `protect`), the switch and its history (`switch`, `generation`), the
-//! transaction (`txn`), the use cases (`sync`, `remote`), the CLI on top.
+//! transaction (`txn`), the use cases (`sync`, `upgrade`, `history`, `remote`), the CLI on top.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
