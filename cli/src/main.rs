@@ -294,9 +294,15 @@ fn settle(cli: &mut Cli, m: &ArgMatches) -> anyhow::Result<config::Config> {
             if c.tree.is_empty() {
                 c.tree = conf.trees.value.clone();
             }
-            // Hosts named on the command line (or in --hosts-from) replace the file's.
+            // Hosts named on the command line (or in --hosts-from) replace the jail's `host`
+            // lines, and those the configuration file's.
             if c.targets.is_empty() && c.hosts_from.is_none() {
-                c.targets = conf.hosts.value.clone();
+                let of_jail = jailsync_engine::layout::read_conf_hosts(&c.jail)?;
+                c.targets = if of_jail.is_empty() {
+                    conf.hosts.value.clone()
+                } else {
+                    of_jail
+                };
             }
         }
         _ => {}

@@ -51,7 +51,8 @@ fn contents(root: &Path) -> BTreeMap<String, String> {
 }
 
 /// `hosts` in the configuration file are push's targets when the command line names none
-/// (here a bare root, pushed over a pipe); named ones replace them.
+/// (here a bare root, pushed over a pipe); named ones replace them, and the jail's own
+/// `host` lines come before the file's.
 #[test]
 fn push_takes_its_hosts_from_the_configuration_file() {
     let t = tempfile::tempdir().unwrap();
@@ -99,6 +100,22 @@ fn push_takes_its_hosts_from_the_configuration_file() {
         std::fs::read(root.path("usr/pkg/bin/tool")).unwrap(),
         b"edited\n"
     );
+    // The jail's own `host` lines come before the file's.
+    jail.file(
+        "jailsync.conf",
+        format!("# its fleet\nhost {}\n", other.root.display()),
+    );
+    jail.file("usr/pkg/bin/tool", b"newer\n");
+    expect_code(&push(&[]), 0);
+    assert_eq!(
+        std::fs::read(other.path("usr/pkg/bin/tool")).unwrap(),
+        b"newer\n"
+    );
+    assert_eq!(
+        std::fs::read(root.path("usr/pkg/bin/tool")).unwrap(),
+        b"edited\n"
+    );
+    std::fs::remove_file(jail.path("jailsync.conf")).unwrap();
     // None anywhere: a clear refusal.
     std::fs::write(&conf, "").unwrap();
     let o = push(&[]);

@@ -279,6 +279,16 @@ pub fn read_conf_excludes(jail: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The `host [HOST:]ROOT` lines of JAIL/jailsync.conf: the hosts `push` of this jail goes to
+/// when its command line names none.
+pub fn read_conf_hosts(jail: &Path) -> Result<Vec<String>> {
+    Ok(conf_lines(jail)?
+        .into_iter()
+        .filter(|(k, _)| *k == "host")
+        .map(|(_, v)| v)
+        .collect())
+}
+
 /// The `KEY VALUE` lines of JAIL/jailsync.conf (none when it is not there).
 fn conf_lines(jail: &Path) -> Result<Vec<(&'static str, String)>> {
     let conf = jail.join("jailsync.conf");
@@ -293,18 +303,20 @@ fn conf_lines(jail: &Path) -> Result<Vec<(&'static str, String)>> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let key = ["tree", "protect", "exclude"].into_iter().find(|k| {
-            line.split_once(char::is_whitespace)
-                .is_some_and(|(w, _)| w == *k)
-        });
+        let key = ["tree", "protect", "exclude", "host"]
+            .into_iter()
+            .find(|k| {
+                line.split_once(char::is_whitespace)
+                    .is_some_and(|(w, _)| w == *k)
+            });
         match (key, line.split_once(char::is_whitespace)) {
             (Some(k), Some((_, v))) => out.push((k, v.trim().to_string())),
             _ => {
                 return Err(Error::bad(
                     &conf,
                     format!(
-                        "line {}: expected `tree REL`, `protect GLOB` or `exclude GLOB`, \
-                         found {line:?}",
+                        "line {}: expected `tree REL`, `protect GLOB`, `exclude GLOB` or \
+                         `host [HOST:]ROOT`, found {line:?}",
                         n + 1
                     ),
                 ))
