@@ -151,7 +151,8 @@ as \fBpush \-\-ssh\fR.
 .RE
 .TP
 \fIJAIL\fB/jailsync.conf\fR
-In a jail: \fBtree \fIREL\fR, \fBprotect \fIGLOB\fR and \fBexclude \fIGLOB\fR lines (\fB#\fR comments).
+In a jail: \fBtree \fIREL\fR, \fBprotect \fIGLOB\fR, \fBexclude \fIGLOB\fR and \fBhost \fR[\fIHOST\fB:\fR]\fIROOT\fR
+lines (\fB#\fR comments); \fBhost\fR lines are \fBpush\fR's targets when it names none.
 .TP
 \fISTATE\-DIR\fB/trees/\fR
 Per destination: its lock, stat cache, configuration base and rollback records.
