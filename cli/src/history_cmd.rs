@@ -26,14 +26,28 @@ pub fn run_history(c: HistoryCmd, g: &Global) -> Result<u8> {
         return crate::roots::history(c.root.as_deref().expect("clap: dst or root"), g);
     };
     let h = history::history(dst, &g.state_dir)?;
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    if let Some(n) = h.removed_through {
+        if g.json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"type": "removed", "through": n})
+            )?;
+        } else if !g.quiet {
+            eprintln!(
+                "{}: generations up to {n} not listed were removed (pruned, or undone by a rollback): they cannot be rolled back to",
+                h.dst.display()
+            );
+        }
+    }
     if h.gens.is_empty() {
         if !g.quiet && !g.json {
             eprintln!("{}: nothing to roll back", h.dst.display());
         }
         return Ok(exit::OK);
     }
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
     for history::GenReport { gen, usage, .. } in h.gens.iter().rev() {
         let when = jailsync_engine::journal::format_time(gen.time);
         if g.json {

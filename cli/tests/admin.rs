@@ -446,6 +446,26 @@ fn history(e: &Env, env: &[(&str, &str)]) -> Vec<Value> {
     );
     expect_code(&o, 0);
     json_lines(&stdout(&o))
+        .into_iter()
+        .filter(|v| v["type"] == "generation")
+        .collect()
+}
+
+/// The `removed` line of `history --json`: the highest generation id removed, if any.
+fn removed_through(e: &Env, env: &[(&str, &str)]) -> Option<u64> {
+    let o = js_env(
+        e,
+        env,
+        &[
+            OsStr::new("--json"),
+            OsStr::new("history"),
+            e.dst().as_os_str(),
+        ],
+    );
+    json_lines(&stdout(&o))
+        .into_iter()
+        .find(|v| v["type"] == "removed")
+        .and_then(|v| v["through"].as_u64())
 }
 
 fn sizes_and_prune(env: &[(&str, &str)]) {
@@ -467,6 +487,7 @@ fn sizes_and_prune(env: &[(&str, &str)]) {
     let gens = history(&e, env);
     // The first sync's (the empty old tree, a few directory blocks) and one per change.
     assert_eq!(gens.len(), 4, "{gens:?}");
+    assert_eq!(removed_through(&e, env), None, "nothing removed yet");
     assert!(gens[3]["size"]["not_live_bytes"].as_u64().unwrap() < N as u64);
     for g in &gens[..3] {
         let not_live = g["size"]["not_live_bytes"].as_u64().unwrap();
@@ -509,6 +530,14 @@ fn sizes_and_prune(env: &[(&str, &str)]) {
         gens[0]["id"],
         v["removed"][2].as_u64().unwrap() + 1,
         "the newest is kept"
+    );
+    // History says which ids can no longer be rolled back to.
+    assert_eq!(removed_through(&e, env), v["removed"][2].as_u64());
+    let o = js_env(&e, env, &[OsStr::new("history"), dst]);
+    assert!(
+        stderr(&o).contains("cannot be rolled back to"),
+        "{}",
+        stderr(&o)
     );
     // What is kept still rolls back.
     let o = js_env(&e, env, &[OsStr::new("rollback"), dst]);

@@ -124,6 +124,12 @@ fn note_removed(home: &Home, n: u64) -> Result<()> {
     )
 }
 
+/// The highest id removed from this home (pruned, or undone by a rollback and cleaned up);
+/// 0 when none ever was. Generations up to it that are not listed cannot be rolled back to.
+pub fn removed_through(home: &Home) -> u64 {
+    last_removed(home)
+}
+
 /// Whether a generation newer than `n` existed here and was removed since (pruned).
 pub fn removed_after(home: &Home, n: u64) -> bool {
     last_removed(home) > n

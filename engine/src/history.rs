@@ -33,6 +33,9 @@ pub struct History {
     pub dst: PathBuf,
     /// Oldest first; empty when there is nothing to roll back.
     pub gens: Vec<GenReport>,
+    /// The highest generation id ever removed (pruned or undone), if any: those up to it that
+    /// are not in `gens` cannot be rolled back to.
+    pub removed_through: Option<u64>,
 }
 
 /// What `prune` removed (or, dry run, would remove).
@@ -56,7 +59,14 @@ pub fn history(dst: &Path, state_dir: &Path) -> Result<History> {
         Some(home) => sizes(&home, &dst)?,
         None => Vec::new(),
     };
-    Ok(History { dst, gens })
+    let removed_through = Home::existing(&dst)?
+        .map(|h| generation::removed_through(&h))
+        .filter(|&n| n > 0);
+    Ok(History {
+        dst,
+        gens,
+        removed_through,
+    })
 }
 
 /// Removes all but the newest `keep` generations of `dst` (resolved as `sync` resolves a
