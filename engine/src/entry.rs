@@ -627,6 +627,13 @@ pub fn merged<'a>(a: &'a Entries, b: &'a Entries) -> impl Iterator<Item = Ent<'a
     })
 }
 
+/// Whether `path` is `dir` or lies below it (relative paths; the empty `dir`, the root,
+/// holds every path).
+pub fn at_or_below(path: &[u8], dir: &[u8]) -> bool {
+    dir.is_empty()
+        || (path.starts_with(dir) && (path.len() == dir.len() || path[dir.len()] == b'/'))
+}
+
 /// Splits `a/b/c` into (`a/b`, `c`).
 pub fn split_parent(rel: &[u8]) -> (&[u8], &[u8]) {
     match rel.iter().rposition(|&b| b == b'/') {

@@ -42,3 +42,5 @@ pub use error::{Error, Result};
 /// The layer rule (no import circles), checked over this crate's and the CLI's files.
 #[cfg(test)]
 mod layers;
+#[cfg(test)]
+mod testkit;

@@ -793,13 +793,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
     use std::path::Path;
 
-    fn tree(root: &Path, files: &[(&str, &str)]) {
-        for (p, content) in files {
-            let p = root.join(p);
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(&p, content).unwrap();
-        }
-    }
+    use crate::testkit::write_tree as tree;
 
     /// Scans and plans `src` onto `dst` as a sync does, then builds the next tree in the home
     /// as the transaction's first step does.

@@ -780,13 +780,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    fn tree(root: &Path, files: &[(&str, &str)]) {
-        for (p, content) in files {
-            let p = root.join(p);
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(&p, content).unwrap();
-        }
-    }
+    use crate::testkit::write_tree as tree;
 
     fn read(p: PathBuf) -> String {
         fs::read_to_string(p).unwrap()

@@ -548,11 +548,7 @@ pub fn prepare_from_manifest(
     let (mut d, stamp, mut scan_errors, cache_hits) =
         scan_one(dst_path, &mounts, state, opts, pools, progress)?;
     let mut src = m.entries;
-    let under_mount = |p: &[u8]| {
-        mounts
-            .iter()
-            .any(|m| p.starts_with(m) && (p.len() == m.len() || p[m.len()] == b'/'))
-    };
+    let under_mount = |p: &[u8]| mounts.iter().any(|m| crate::entry::at_or_below(p, m));
     if !opts.excludes.is_empty() || !mounts.is_empty() {
         src.retain(|e| {
             e.path.is_empty()
@@ -787,7 +783,7 @@ fn pinned(root: &Path, (src, dst): (&Entries, &Entries), plan: &Plan) -> Result<
         }
         let below = |a: &plan::Action| {
             let q = plan.path(a, src, dst);
-            q.starts_with(e.path) && (e.path.is_empty() || q.get(e.path.len()) == Some(&b'/'))
+            crate::entry::at_or_below(q, e.path)
         };
         if touched[j] || e.path.is_empty() || plan.actions.iter().any(below) {
             return Err(Error::bad(
@@ -806,13 +802,7 @@ mod tests {
     use crate::progress::Silent;
     use std::fs;
 
-    fn tree(root: &Path, files: &[(&str, &str)]) {
-        for (p, content) in files {
-            let p = root.join(p);
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(&p, content).unwrap();
-        }
-    }
+    use crate::testkit::write_tree as tree;
 
     fn chattr(flag: &str, p: &Path) -> bool {
         std::process::Command::new("chattr")

@@ -140,10 +140,7 @@ fn keep_parents(plan: &Plan, dst: &Entries, undelete: &[Box<[u8]>], drop: &mut [
             continue;
         }
         let p = dst.path(a.dst as usize);
-        if undelete
-            .iter()
-            .any(|u| u.as_ref() == p || (u.starts_with(p) && u.get(p.len()) == Some(&b'/')))
-        {
+        if undelete.iter().any(|u| crate::entry::at_or_below(u, p)) {
             drop[k] = true;
         }
     }
@@ -171,11 +168,7 @@ fn keep_holding_dirs(
         }
         let d = dst.at(a.dst as usize);
         let p = d.path;
-        if d.kind != Kind::Dir
-            || !undelete
-                .iter()
-                .any(|u| u.as_ref() == p || (u.starts_with(p) && u.get(p.len()) == Some(&b'/')))
-        {
+        if d.kind != Kind::Dir || !undelete.iter().any(|u| crate::entry::at_or_below(u, p)) {
             continue;
         }
         let s = src.at(a.src as usize);

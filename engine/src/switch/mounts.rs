@@ -102,9 +102,7 @@ impl Home {
                 .unwrap_or(m)
                 .as_os_str()
                 .as_bytes();
-            paths
-                .iter()
-                .any(|p| rel == *p || (rel.starts_with(p) && rel.get(p.len()) == Some(&b'/')))
+            paths.iter().any(|p| crate::entry::at_or_below(rel, p))
         });
         found
     }
