@@ -640,11 +640,8 @@ pub fn print_switches(
     {
         eprintln!("jailsync: processes still running the old release are not looked for on this system (Linux only)");
     }
-    // Every kept generation, not only this run's: a daemon two upgrades old is as stale.
-    let live: Vec<PathBuf> = trees.iter().map(|t| t.dst_path.clone()).collect();
-    // (The engine's own look, at this run's generation only, is superseded.)
-    let _ = &r.procs;
-    print_procs(out, g, &jailsync_engine::procs::restart_report(&live))
+    // Who still runs any kept generation (the engine looked once, after the switch).
+    print_procs(out, g, &r.procs)
 }
 
 /// The restart report: a `process` JSON line each, or a line on stderr each, even under

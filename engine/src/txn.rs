@@ -721,17 +721,10 @@ impl Switched<'_, '_> {
             let o = outcome(&tx, k);
             tx.report.outcomes.push(o);
         }
-        let old_trees: Vec<PathBuf> = tx
-            .report
-            .switches
-            .iter()
-            .flatten()
-            .filter_map(|s| s.generation_path.clone())
-            .collect();
+        // Every kept generation, not only this run's (a daemon two upgrades old is as
+        // stale), before `--keep 0` drops this run's.
         let live: Vec<PathBuf> = tx.trees.iter().map(|t| t.dst_path.clone()).collect();
-        if !old_trees.is_empty() {
-            tx.report.procs = crate::procs::using(&old_trees, &live);
-        }
+        tx.report.procs = crate::procs::restart_report(&live);
         if tx.cx.keep() == 0 {
             drop_old_trees(&tx);
         }
