@@ -28,6 +28,10 @@ pub struct PruneCmd {
     /// Prune the target of a DST that is a symlink (only one owned by root or you).
     #[arg(long)]
     pub follow_dst: bool,
+    /// Remove generations whose releases programs still run from (a destination switched
+    /// by symlink); without it they are kept, and the programs named.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -120,7 +124,29 @@ pub fn run_prune(c: PruneCmd, g: &Global) -> Result<u8> {
 
 /// Prunes one destination.
 fn prune_one(c: &PruneCmd, shown: &std::path::Path, g: &Global) -> Result<u8> {
-    let r = history::prune(shown, c.follow_dst, &g.state_dir, c.keep, c.dry_run)?;
+    let r = history::prune(
+        shown,
+        c.follow_dst,
+        &g.state_dir,
+        c.keep,
+        c.dry_run,
+        c.force,
+    )?;
+    for d in &r.deferred {
+        let who: Vec<String> = d
+            .procs
+            .iter()
+            .map(|p| format!("{} ({})", p.pid, p.comm))
+            .collect();
+        // Asks for action, so printed even with -q.
+        eprintln!(
+            "{}: {} kept: programs still run from {}: {} (restart them, or prune --force)",
+            r.dst.display(),
+            d.name,
+            d.tree.display(),
+            who.join(", ")
+        );
+    }
     let (dst, removed_ids, kept, freed) = (&r.dst, &r.removed, r.kept, r.freed);
     if g.json {
         let v = serde_json::json!({
@@ -130,6 +156,11 @@ fn prune_one(c: &PruneCmd, shown: &std::path::Path, g: &Global) -> Result<u8> {
             "removed": removed_ids,
             "kept": kept,
             "freed_bytes": freed.own,
+            "deferred": r.deferred.iter().map(|d| serde_json::json!({
+                "name": d.name,
+                "tree": d.tree.display().to_string(),
+                "pids": d.procs.iter().map(|p| p.pid).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
         });
         writeln!(io::stdout().lock(), "{v}")?;
     } else if !g.quiet {

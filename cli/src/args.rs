@@ -146,6 +146,21 @@ pub struct SyncArgs {
     /// destination (see --max-delete), an upgrade whose ROOT is a jail (has a `.jail` marker).
     #[arg(long)]
     pub force: bool,
+    /// How DST is switched to the new release. `exchange`: DST is a directory, exchanged with
+    /// the next tree in one `RENAME_EXCHANGE` (a program that loads code after the switch
+    /// loads the new release's). `link`: DST becomes a symlink to the release in its home
+    /// (`DST -> .jailsync-NAME/rel-N`), replaced by one rename, so a running program keeps
+    /// loading from the release it started in; a directory DST is converted by one exchange.
+    /// Default: as DST is now (a directory is exchanged, a switch link renamed over).
+    #[arg(long, value_name = "HOW")]
+    pub switch: Option<SwitchArg>,
+}
+
+/// `--switch`'s values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchArg {
+    Exchange,
+    Link,
 }
 
 pub(crate) fn engine_opts(a: &SyncArgs) -> Result<SyncOpts> {
@@ -161,6 +176,10 @@ pub(crate) fn engine_opts(a: &SyncArgs) -> Result<SyncOpts> {
         exclude_patterns: a.exclude.clone(),
         stop: (!a.dry_run).then(stop_on_signals),
         quick: a.quick,
+        switch: a.switch.map(|s| match s {
+            SwitchArg::Exchange => jailsync_engine::opts::SwitchBy::Exchange,
+            SwitchArg::Link => jailsync_engine::opts::SwitchBy::Link,
+        }),
         ..SyncOpts::default()
     })
 }

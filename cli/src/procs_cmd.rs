@@ -41,7 +41,7 @@ fn synced_trees(g: &Global, under: Option<&std::path::Path>) -> Vec<PathBuf> {
 
 pub fn run_procs(c: ProcsCmd, g: &Global) -> Result<u8> {
     let root = match &c.root {
-        Some(r) => Some(std::fs::canonicalize(r).with_context(|| {
+        Some(r) => Some(jailsync_engine::paths::canonical_tree(r).with_context(|| {
             format!(
                 "{}: not a tree to look at (give a synced destination)",
                 r.display()

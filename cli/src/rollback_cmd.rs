@@ -63,7 +63,7 @@ pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
 /// own: its trees do. The error then says how to roll the upgrade back.
 fn upgraded_root_hint(e: anyhow::Error, c: &RollbackCmd, g: &Global) -> anyhow::Error {
     let [dst] = c.dst.as_slice() else { return e };
-    let Ok(canon) = std::fs::canonicalize(dst) else {
+    let Ok(canon) = jailsync_engine::paths::canonical_tree(dst) else {
         return e;
     };
     let upgrades = sync::open_state(&g.state_dir, &[&canon])

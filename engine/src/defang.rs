@@ -216,7 +216,7 @@ pub fn generation(
 ) -> Result<usize> {
     let inos = inodes(live.iter().copied());
     let gpath = home.gen_path(id);
-    let gen = fsx::open_subdir(home.fd.as_fd(), &Home::gen_name(id)).at(&gpath)?;
+    let gen = home.open_in(&Home::gen_name(id))?;
     let rname = format!("gen-{id}.d");
     let rpath = home.path.join(&rname);
     let rec = fsx::open_subdir(home.fd.as_fd(), rname.as_bytes()).at(&rpath)?;
@@ -241,7 +241,7 @@ pub fn replaced(
     live_inos: &[u64],
 ) -> Result<usize> {
     let shown = home.path.join(name);
-    let root = fsx::open_subdir(home.fd.as_fd(), name.as_os_str().as_encoded_bytes()).at(&shown)?;
+    let root = home.open_in(name.as_os_str().as_encoded_bytes())?;
     let taken = defang(
         root.as_fd(),
         &shown,

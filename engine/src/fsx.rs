@@ -158,7 +158,8 @@ pub use meta::{
 pub(crate) use open::walk_nofollow;
 pub use open::{
     create_excl_at, entry_from_stat, fstat, kind_of, list_dir, lstat_at, open_dir_beneath,
-    open_read_at, open_root, open_root_nofollow, open_subdir, read_link_at,
+    open_read_at, open_root, open_root_nofollow, open_subdir, open_tree, open_tree_at,
+    read_link_at, switch_link_at,
 };
 pub use remove::{
     is_mount_root_fd, mount_in_the_way, remove_contents, remove_tree, remove_tree_at,

@@ -152,11 +152,47 @@ pub fn next_id(home: &Home) -> Result<u64> {
     Ok(max + 1)
 }
 
+/// A generation (or an undone tree) left in place: programs still run from its release.
+#[derive(Debug, Clone)]
+pub struct Deferred {
+    /// `gen-N` or `undone-N`.
+    pub name: String,
+    pub tree: PathBuf,
+    pub procs: Vec<crate::procs::ProcUse>,
+}
+
+/// Whether the tree `name` is a release programs run from (never true for a directory the
+/// exchange made: its programs reached it by DST's path, which now names another tree).
+fn in_use(home: &Home, name: &[u8]) -> Option<Deferred> {
+    let real = home.tree_name(name);
+    if real == name {
+        return None;
+    }
+    let tree = home.path.join(fsx::os(&real));
+    let procs = crate::procs::running_from(&tree);
+    (!procs.is_empty()).then(|| Deferred {
+        name: String::from_utf8_lossy(name).into_owned(),
+        tree,
+        procs,
+    })
+}
+
+/// Whether programs still run from generation `n`'s release (see [`Deferred`]).
+pub fn runs_from(home: &Home, n: u64) -> bool {
+    in_use(home, &Home::gen_name(n)).is_some()
+}
+
 /// Removes records of switches that never happened, undone trees, and all but the newest
 /// `keep` generations. Runs before staging: removing links moves the ctime of inodes the live
 /// tree shares, so it must happen before the new tree's stats are recorded.
-pub fn prune(home: &Home, keep: usize) -> Result<()> {
+pub fn prune(home: &Home, keep: usize) -> Result<Vec<Deferred>> {
+    prune_unless_used(home, keep, false)
+}
+
+/// [`prune`], leaving a release programs still run from ([`Deferred`]) unless `force`.
+pub fn prune_unless_used(home: &Home, keep: usize, force: bool) -> Result<Vec<Deferred>> {
     let gens = list(home)?;
+    let mut deferred = Vec::new();
     for name in fsx::list_dir(home.fd.as_fd()).at(&home.path)? {
         let s = String::from_utf8_lossy(&name).into_owned();
         let orphan_record = s
@@ -168,6 +204,12 @@ pub fn prune(home: &Home, keep: usize) -> Result<()> {
             .strip_prefix("gen-")
             .and_then(|d| d.parse::<u64>().ok())
             .is_some_and(|n| !gens.iter().any(|g| g.id == n));
+        if s.starts_with("undone-") && !force {
+            if let Some(d) = in_use(home, &name) {
+                deferred.push(d);
+                continue;
+            }
+        }
         if orphan_tree || s.starts_with("undone-") {
             let n = s.trim_start_matches("gen-").trim_start_matches("undone-");
             if let Ok(n) = n.parse::<u64>() {
@@ -175,30 +217,38 @@ pub fn prune(home: &Home, keep: usize) -> Result<()> {
             }
         }
         if orphan_record || orphan_tree || s.starts_with("undone-") {
-            fsx::remove_tree_at(home.fd.as_fd(), &name).at(home.path.join(&s))?;
+            home.remove_in(&name)?;
         }
     }
     let drop = gens.len().saturating_sub(keep);
     for g in &gens[..drop] {
-        remove(home, g.id)?;
+        match in_use(home, &Home::gen_name(g.id)).filter(|_| !force) {
+            Some(d) => deferred.push(d),
+            None => remove(home, g.id)?,
+        }
     }
-    Ok(())
+    for rel in home.unnamed_releases() {
+        let tree = home.path.join(fsx::os(&rel));
+        if force || crate::procs::running_from(&tree).is_empty() {
+            fsx::remove_tree_at(home.fd.as_fd(), &rel).at(&tree)?;
+        }
+    }
+    Ok(deferred)
 }
 
 /// Removes the trees rollbacks switched away (`undone-*`). Before scanning: their links to
 /// the live tree's inodes would make every live file look linked from outside the tree, and
-/// a sync would copy what it could keep.
+/// a sync would copy what it could keep. A release programs still run from stays.
 pub fn prune_undone(home: &Home) -> Result<()> {
     for name in fsx::list_dir(home.fd.as_fd()).at(&home.path)? {
-        if name.starts_with(b"undone-") {
+        if name.starts_with(b"undone-") && in_use(home, &name).is_none() {
             if let Some(n) = std::str::from_utf8(&name[7..])
                 .ok()
                 .and_then(|d| d.parse::<u64>().ok())
             {
                 note_removed(home, n)?;
             }
-            let shown = home.path.join(String::from_utf8_lossy(&name).as_ref());
-            fsx::remove_tree_at(home.fd.as_fd(), &name).at(shown)?;
+            home.remove_in(&name)?;
         }
     }
     Ok(())
@@ -215,13 +265,13 @@ pub fn remove(home: &Home, n: u64) -> Result<()> {
 pub fn discard(home: &Home, n: u64) -> Result<()> {
     let rec = format!("gen-{n}.d");
     fsx::remove_tree_at(home.fd.as_fd(), rec.as_bytes()).at(home.path.join(&rec))?;
-    fsx::remove_tree_at(home.fd.as_fd(), &Home::gen_name(n)).at(home.gen_path(n))
+    home.remove_in(&Home::gen_name(n))
 }
 
 /// Gives back (or takes again) what `defang` took from generation `n`'s old-only files.
 fn fangs(home: &Home, n: u64, give_back: bool) -> Result<Vec<(PathBuf, io::Error)>> {
     let gpath = home.gen_path(n);
-    let gen = fsx::open_subdir(home.fd.as_fd(), &Home::gen_name(n)).at(&gpath)?;
+    let gen = home.open_in(&Home::gen_name(n))?;
     let record = meta_io(home, n).join(crate::defang::RECORD);
     crate::defang::restore(gen.as_fd(), &gpath, &record, give_back)
 }

@@ -48,11 +48,14 @@ pub struct PruneReport {
     pub kept: usize,
     /// The space the removed generations held alone.
     pub freed: Usage,
+    /// Generations left because programs still run from their releases (removed with
+    /// `force`); counted in `kept`, not in `removed` nor `freed`.
+    pub deferred: Vec<generation::Deferred>,
 }
 
 /// The generations of `dst` (canonicalized) and the space each holds.
 pub fn history(dst: &Path, state_dir: &Path) -> Result<History> {
-    let dst = std::fs::canonicalize(dst).map_err(|e| Error::io(dst, e))?;
+    let dst = crate::paths::canonical_tree(dst).map_err(|e| Error::io(dst, e))?;
     // Checked as every command checks it, though the generations live in the home.
     let _state = sync::open_state(state_dir, &[&dst])?;
     let gens = match switched_home(&dst)? {
@@ -77,6 +80,7 @@ pub fn prune(
     state_dir: &Path,
     keep: usize,
     dry_run: bool,
+    force: bool,
 ) -> Result<PruneReport> {
     let dst = resolve_dst(dst, follow_dst)?;
     let state = sync::open_state(state_dir, &[&dst])?;
@@ -87,6 +91,7 @@ pub fn prune(
         removed: Vec::new(),
         kept: 0,
         freed: Usage::default(),
+        deferred: Vec::new(),
     };
     let Some(home) = Home::existing(&report.dst)? else {
         if state.tree_dir(&report.dst)?.join("cache").exists() {
@@ -103,12 +108,16 @@ pub fn prune(
     generation::recover(&home, Some(&state))?;
     let gens = sizes(&home, &report.dst)?;
     let cut = gens.len().saturating_sub(keep);
-    let doomed: Vec<PathBuf> = gens[..cut].iter().map(|s| s.io.clone()).collect();
-    report.freed = usage::held_only_by(&doomed, &live_set(&report.dst)?)?;
-    report.removed = gens[..cut].iter().map(|s| s.gen.id).collect();
-    report.kept = gens.len() - cut;
+    // A release programs still run from stays (unless forced): neither removed nor freed.
+    let (doomed, busy): (Vec<&GenReport>, Vec<&GenReport>) = gens[..cut]
+        .iter()
+        .partition(|g| force || !generation::runs_from(&home, g.gen.id));
+    let doomed_io: Vec<PathBuf> = doomed.iter().map(|s| s.io.clone()).collect();
+    report.freed = usage::held_only_by(&doomed_io, &live_set(&report.dst)?)?;
+    report.removed = doomed.iter().map(|s| s.gen.id).collect();
+    report.kept = gens.len() - cut + busy.len();
     if !dry_run {
-        generation::prune(&home, keep)?;
+        report.deferred = generation::prune_unless_used(&home, keep, force)?;
     }
     Ok(report)
 }
@@ -205,7 +214,7 @@ impl Rollback {
 fn refuse_nested(dsts: &[PathBuf]) -> Result<()> {
     let canon: Vec<PathBuf> = dsts
         .iter()
-        .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()))
+        .map(|d| crate::paths::canonical_tree(d).unwrap_or_else(|_| d.clone()))
         .collect();
     for a in &canon {
         if let Some(b) = canon.iter().find(|b| *b != a && a.starts_with(b)) {
@@ -246,7 +255,9 @@ fn sizes(home: &Home, dst: &Path) -> Result<Vec<GenReport>> {
     let live = live_set(dst).ok();
     let mut out = Vec::new();
     for gen in generation::list(home)? {
-        let io = home.io_path(&format!("gen-{}", gen.id));
+        let io = home.io_path(&String::from_utf8_lossy(
+            &home.tree_name(&crate::switch::Home::gen_name(gen.id)),
+        ));
         let usage = live
             .as_ref()
             .and_then(|l| usage::held_only_by(std::slice::from_ref(&io), l).ok());
@@ -351,17 +362,17 @@ mod tests {
         }
         let before = ids(&history(&s.dst, &s.state).unwrap());
         assert_eq!(before.len(), 3);
-        let dry = prune(&s.dst, false, &s.state, 1, true).unwrap();
+        let dry = prune(&s.dst, false, &s.state, 1, true, false).unwrap();
         assert_eq!(dry.removed, before[..2]);
         assert_eq!(dry.kept, 1);
         // The oldest is the tree before the first sync; the second holds v1's release alone.
         assert!(dry.freed.own >= 64 << 10, "{:?}", dry.freed);
         assert_eq!(ids(&history(&s.dst, &s.state).unwrap()), before, "dry run");
-        let done = prune(&s.dst, false, &s.state, 1, false).unwrap();
+        let done = prune(&s.dst, false, &s.state, 1, false, false).unwrap();
         assert_eq!(done.removed, dry.removed);
         assert_eq!(done.freed, dry.freed);
         assert_eq!(ids(&history(&s.dst, &s.state).unwrap()), before[2..]);
-        let again = prune(&s.dst, false, &s.state, 1, false).unwrap();
+        let again = prune(&s.dst, false, &s.state, 1, false, false).unwrap();
         assert!(again.removed.is_empty());
         assert_eq!(again.kept, 1);
     }
@@ -369,9 +380,9 @@ mod tests {
     #[test]
     fn prune_refuses_a_file_and_a_tree_never_synced() {
         let s = site();
-        let e = prune(&s.dst.join("etc/app.conf"), false, &s.state, 1, false).unwrap_err();
+        let e = prune(&s.dst.join("etc/app.conf"), false, &s.state, 1, false, false).unwrap_err();
         assert!(e.to_string().contains("not a directory"), "{e}");
-        let e = prune(&s.dst, false, &s.state, 0, false).unwrap_err();
+        let e = prune(&s.dst, false, &s.state, 0, false, false).unwrap_err();
         assert!(e.to_string().contains("never synced"), "{e}");
     }
 
@@ -485,7 +496,7 @@ mod tests {
         }
         let h = roots::history(&root, &s.state).unwrap();
         assert_eq!(h.pruned, [false, false]);
-        let r = prune(&usr, false, &s.state, 1, false).unwrap();
+        let r = prune(&usr, false, &s.state, 1, false, false).unwrap();
         assert_eq!(r.kept, 1);
         let h = roots::history(&root, &s.state).unwrap();
         assert_eq!(

@@ -50,8 +50,48 @@ pub fn is_reserved_top(name: &[u8]) -> bool {
     name.starts_with(b".jailsync-") || is_tmp_name(name)
 }
 
+/// Prefix of a release directory in a home whose destination is switched by symlink
+/// (`DST -> .jailsync-NAME/rel-N`): a tree stays under one real path from the moment it goes
+/// live until it is pruned, so a running program keeps resolving its own release's files.
+pub const REL_PREFIX: &[u8] = b"rel-";
+
+/// Whether `name` is a release directory's name: `rel-` then ASCII digits, letters and `-`.
+pub fn is_rel_name(name: &[u8]) -> bool {
+    name.strip_prefix(REL_PREFIX)
+        .is_some_and(|r| !r.is_empty() && r.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-'))
+}
+
+/// The target of the switch symlink `live_name` for its release `rel`: relative, through the
+/// home beside it (`.jailsync-NAME/rel-N`), so the pair can be moved or mounted elsewhere.
+pub fn link_target(live_name: &[u8], rel: &[u8]) -> Vec<u8> {
+    let mut t = home_name(live_name);
+    t.push(b'/');
+    t.extend_from_slice(rel);
+    t
+}
+
+/// The release a symlink's target names, if it is this program's switch link for a tree named
+/// `live_name` (exactly `.jailsync-NAME/rel-N`) or an alias in the home (`rel-N`, or the same
+/// full form a switch back to a directory leaves in the home). Anything else is not ours.
+pub fn rel_of_target<'t>(live_name: Option<&[u8]>, target: &'t [u8]) -> Option<&'t [u8]> {
+    let rel = match live_name {
+        Some(n) => target
+            .strip_prefix(home_name(n).as_slice())?
+            .strip_prefix(b"/")?,
+        None => match target.iter().rposition(|&b| b == b'/') {
+            Some(i) if target[..i].starts_with(b".jailsync-") && !target[..i].contains(&b'/') => {
+                &target[i + 1..]
+            }
+            Some(_) => return None,
+            None => target,
+        },
+    };
+    is_rel_name(rel).then_some(rel)
+}
+
 /// Whether `name` (with its `lstat`) is a home or store this program made: a directory named
-/// `.jailsync-*` that is private (no group or other bits) and ours — what `switch::private_dir`
+/// `.jailsync-*` that is private (no group or other read or write bits: a home whose releases
+/// are switched by symlink is traversable, 0711) and ours — what `switch::private_dir`
 /// makes and insists on. Such a directory is nobody's content at any depth (invariant 13): a
 /// nested tree's home (`usr/pkg/.jailsync-pkgdb`) is never synced, deleted or copied by the
 /// outer tree's run. An entry of that name we did not make is content like any other.
@@ -59,6 +99,6 @@ pub fn is_ours(name: &[u8], st: &rustix::fs::Stat) -> bool {
     name.starts_with(b".jailsync-")
         && !is_tmp_name(name)
         && st.st_mode as u32 & libc::S_IFMT as u32 == libc::S_IFDIR as u32
-        && st.st_mode & 0o077 == 0
+        && st.st_mode & 0o066 == 0
         && st.st_uid == rustix::process::geteuid().as_raw()
 }

@@ -36,6 +36,18 @@ pub struct SyncOpts {
     /// moved into the next tree as they are, not copied nor set again, and its stat cache is
     /// not written (the source goes when the run ends).
     pub move_source: bool,
+    /// How a destination is switched (`--switch`); `None`: as it is now.
+    pub switch: Option<SwitchBy>,
+}
+
+/// How the admin asked a destination to be switched (`--switch`); unasked, a destination
+/// keeps what it is (a directory is exchanged, a switch link is renamed over).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchBy {
+    /// The tree is a directory, exchanged with the next release.
+    Exchange,
+    /// The tree is a symlink to a release in its home, replaced by one rename.
+    Link,
 }
 
 impl SyncOpts {
@@ -84,6 +96,7 @@ impl Default for SyncOpts {
             stop: None,
             quick: false,
             move_source: false,
+            switch: None,
         }
     }
 }

@@ -209,6 +209,51 @@ pub fn resolve_beneath(
     last_name(&cur_shown, what, &cur, follow, 0)
 }
 
+/// Whether `p` is this program's switch link to a release in its home (see
+/// [`crate::fsx::open_tree`]).
+pub fn is_switch_link(p: &Path) -> bool {
+    let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+        return false;
+    };
+    let Ok(pfd) = crate::fsx::open_root(parent) else {
+        return false;
+    };
+    let name = name.as_encoded_bytes();
+    matches!(crate::fsx::switch_link_at(pfd.as_fd(), name), Ok(Some(_)))
+        && crate::fsx::open_tree_at(pfd.as_fd(), name).is_ok()
+}
+
+/// `p` canonical, as `fs::canonicalize` makes it, but a destination switched by symlink
+/// keeps its own name (the link is the destination; its target changes every switch).
+pub fn canonical_tree(p: &Path) -> io::Result<PathBuf> {
+    if let (Some(parent), Some(name)) = (p.parent(), p.file_name()) {
+        let parent = if parent.as_os_str().is_empty() {
+            std::env::current_dir()?
+        } else {
+            std::fs::canonicalize(parent)?
+        };
+        let full = parent.join(name);
+        if is_switch_link(&full) {
+            return Ok(full);
+        }
+    }
+    std::fs::canonicalize(p)
+}
+
+/// The real path of the release `p` names when it is this program's switch link
+/// (`PARENT/.jailsync-NAME/rel-N`).
+pub fn release_path(p: &Path) -> Option<PathBuf> {
+    let (parent, name) = (p.parent()?, p.file_name()?);
+    let pfd = crate::fsx::open_root(parent).ok()?;
+    let rel = crate::fsx::switch_link_at(pfd.as_fd(), name.as_encoded_bytes()).ok()??;
+    let home = crate::names::home_name(name.as_encoded_bytes());
+    Some(
+        parent
+            .join(crate::fsx::os(&home))
+            .join(crate::fsx::os(&rel)),
+    )
+}
+
 /// The last name of a directory argument: `full` (its parent canonical) as it is, a missing
 /// name as it will be, or a symlink's target when `follow` allows.
 fn last_name(
@@ -223,7 +268,9 @@ fn last_name(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(full.to_path_buf()),
         Err(e) => return Err(Error::io(shown, e)),
     };
-    if md.is_dir() {
+    // A destination switched by symlink is named by its link, whatever `follow` says: the
+    // link is this program's, and its release is opened through its home (`fsx::open_tree`).
+    if md.is_dir() || (md.file_type().is_symlink() && is_switch_link(full)) {
         return Ok(full.to_path_buf());
     }
     if !md.file_type().is_symlink() {
@@ -302,6 +349,9 @@ pub struct Loc {
 impl Loc {
     /// The identity of `p` (a canonical path, see [`resolve_dir`]).
     pub fn of(p: &Path) -> Result<Loc> {
+        // A destination switched by symlink is the release its link names.
+        let release = release_path(p);
+        let p = release.as_deref().unwrap_or(p);
         let mut tail = Vec::new();
         let mut cur = p;
         let fd = loop {

@@ -8,6 +8,7 @@
 //! per-file pipeline replaced shows as `(deleted)` under the live path).
 
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +91,71 @@ pub fn old_places(live: &Path) -> Vec<PathBuf> {
 /// them, or a deleted file below them (as needrestart and checkrestart look).
 pub fn restart_report(live: &[PathBuf]) -> Vec<ProcUse> {
     let old: Vec<PathBuf> = live.iter().flat_map(|t| old_places(t)).collect();
-    using(&old, live)
+    // A tree switched by symlink is live in its home: its release is not old.
+    let mut now = live.to_vec();
+    now.extend(live.iter().filter_map(|t| crate::paths::release_path(t)));
+    using(&old, &now)
+}
+
+/// Processes that run from `tree` (a release about to be pruned): one that maps a file of it,
+/// executes, works in (cwd) or is chrooted in it, holds one of its files open, or was started
+/// with one of its paths as an argument (an interpreter's script: Node, Python, a shell).
+pub fn running_from(tree: &Path) -> Vec<ProcUse> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for ent in dir.flatten() {
+        let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        if let Some(file) = uses_tree(&ent.path(), tree) {
+            let comm = fs::read_to_string(ent.path().join("comm"))
+                .map(|s| s.trim_end().to_string())
+                .unwrap_or_default();
+            let unit = fs::read_to_string(ent.path().join("cgroup"))
+                .ok()
+                .and_then(|c| unit_of(&c));
+            out.push(ProcUse {
+                pid,
+                comm,
+                file,
+                unit,
+            });
+        }
+    }
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
+/// The first path of `tree` the process at `proc` (`/proc/PID`) uses, if any.
+fn uses_tree(proc: &Path, tree: &Path) -> Option<PathBuf> {
+    let below = |p: &Path| p.starts_with(tree).then(|| p.to_path_buf());
+    let links = ["exe", "cwd", "root"]
+        .iter()
+        .filter_map(|n| fs::read_link(proc.join(n)).ok());
+    let fds = fs::read_dir(proc.join("fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| fs::read_link(e.path()).ok());
+    if let Some(p) = links.chain(fds).find_map(|p| below(&p)) {
+        return Some(p);
+    }
+    if let Some(p) = fs::read(proc.join("maps"))
+        .ok()
+        .and_then(|m| first_old_mapping(&m, &[tree.to_path_buf()], &[]))
+    {
+        return Some(p);
+    }
+    let argv = fs::read(proc.join("cmdline")).ok()?;
+    argv.split(|&b| b == 0)
+        .filter(|a| a.starts_with(b"/"))
+        .find_map(|a| below(Path::new(std::ffi::OsStr::from_bytes(a))))
 }
 
 /// The systemd service a process runs in, from its `/proc/PID/cgroup`: the innermost
@@ -135,9 +200,8 @@ fn first_old_mapping(maps: &[u8], old_trees: &[PathBuf], live: &[PathBuf]) -> Op
             continue;
         }
         let p = Path::new(p);
-        if old_trees.iter().any(|t| p.starts_with(t))
-            || (deleted && live.iter().any(|t| p.starts_with(t)))
-        {
+        let in_live = live.iter().any(|t| p.starts_with(t));
+        if (old_trees.iter().any(|t| p.starts_with(t)) && !in_live) || (deleted && in_live) {
             return Some(p.to_path_buf());
         }
     }

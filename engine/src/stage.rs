@@ -654,7 +654,7 @@ pub fn restore_meta(
         owner: fsx::geteuid_is_root(),
         xattrs,
     };
-    let root = fsx::open_root_nofollow(live).at(live)?;
+    let root = fsx::open_tree(live).at(live)?;
     // Grouped by directory, each opened once; metadata set on a child never moves its
     // directory's times, so the order is free.
     let mut order: Vec<usize> = (0..old.len()).collect();

@@ -45,9 +45,12 @@ pub use crate::steps::Bounds;
 use crate::steps::Steps;
 
 mod aside;
+mod link;
 mod mounts;
 
+pub use crate::opts::SwitchBy;
 pub use aside::restore_live_aside;
+use link::{cannot_link, LinkSwitch};
 pub use mounts::{first_mount_below, prepare_around_mounts};
 
 const NEXT: &[u8] = b"next";
@@ -62,6 +65,9 @@ pub enum Method {
     /// By subtrees, the home inside DST (DST is a mount point or `/`, or its parent is
     /// unusable).
     Entries,
+    /// One rename of a new symlink over DST, which names a release kept in the home (see
+    /// [`link`]).
+    Link,
 }
 
 impl Method {
@@ -71,6 +77,7 @@ impl Method {
             Method::Tree => "one exchange of the whole tree".into(),
             Method::Entries if !fsx::exchange_is_atomic() => "renames per subtree, each absent for one rename (no atomic exchange on this system; the tree is a mount point or `/`, or its parent cannot hold the staging area)".into(),
             Method::Entries => "one exchange per top-level entry, or per largest subtree around a mount point or immutable entry (the tree is a mount point or `/`, or its parent cannot hold the staging area)".into(),
+            Method::Link => "one rename of a new symlink over the tree, naming the release in its home (a running program keeps the release it started in)".into(),
         }
     }
 
@@ -78,6 +85,7 @@ impl Method {
         match self {
             Method::Tree => "tree",
             Method::Entries => "entries",
+            Method::Link => "link",
         }
     }
 }
@@ -148,7 +156,8 @@ pub fn private_dir(dir: &OwnedFd, name: &[u8], shown: &Path) -> Result<OwnedFd> 
         }
     })?;
     let st = fsx::fstat(fd.as_fd()).at(shown)?;
-    if st.st_uid != euid() || st.st_mode & 0o077 != 0 {
+    // 0711 is a home whose releases programs run from (see `link`).
+    if st.st_uid != euid() || st.st_mode & 0o066 != 0 {
         return Err(Error::bad(
             shown,
             format!(
@@ -201,10 +210,15 @@ impl Home {
     /// Picks the switch method for `live` (canonical, existing) and opens its home, finishing
     /// or discarding whatever a killed run left there.
     pub fn open(live: &Path) -> Result<Home> {
-        Self::open_with(live, true)
+        Self::open_with(live, true, None)
     }
 
-    fn open_with(live: &Path, probe: bool) -> Result<Home> {
+    /// [`Home::open`], switching the way the admin asked (`None`: as DST is now).
+    pub fn open_as(live: &Path, by: Option<SwitchBy>) -> Result<Home> {
+        Self::open_with(live, true, by)
+    }
+
+    fn open_with(live: &Path, probe: bool, by: Option<SwitchBy>) -> Result<Home> {
         // `/` has no parent to exchange it in: it switches by subtrees, its home inside it.
         let is_root = live.parent().is_none();
         let (parent, name) = match (live.parent(), live.file_name()) {
@@ -212,7 +226,8 @@ impl Home {
             _ => (live.to_path_buf(), b".".to_vec()),
         };
         let live_parent = fsx::open_root(&parent).at(&parent)?;
-        let live_fd = fsx::open_subdir(live_parent.as_fd(), &name).at(live)?;
+        let live_fd = fsx::open_tree_at(live_parent.as_fd(), &name).at(live)?;
+        let is_link = matches!(fsx::switch_link_at(live_parent.as_fd(), &name), Ok(Some(_)));
         let table = crate::jail::mountinfo::MountTable::current().ok();
         let st_live = fsx::fstat(live_fd.as_fd()).at(live)?;
         let st_parent = fsx::fstat(live_parent.as_fd()).at(&parent)?;
@@ -227,14 +242,19 @@ impl Home {
             found_home(&live_parent, &live_fd, &name, live)?,
             Some((Method::Entries, _, _))
         );
-        let mut method = if is_mount || inside || forced.as_deref() == Some("entries") {
-            Method::Entries
-        } else {
-            Method::Tree
+        let entries = is_mount || inside || forced.as_deref() == Some("entries");
+        let link = by.map_or(is_link, |b| b == SwitchBy::Link);
+        let mut method = match (entries, link) {
+            (true, false) => Method::Entries,
+            (true, true) if is_root => return Err(cannot_link(live, "it is `/`")),
+            (true, true) if is_mount => return Err(cannot_link(live, "it is a mount point")),
+            (true, true) => return Err(cannot_link(live, "its generations are kept inside it")),
+            (false, true) => Method::Link,
+            (false, false) => Method::Tree,
         };
         let mut home = None;
         let mut parent_mtime = None;
-        if method == Method::Tree {
+        if matches!(method, Method::Tree | Method::Link) {
             let hname = home_name(&name);
             let hpath = parent.join(OsStr::from_bytes(&hname));
             let before = mtime_of(&fsx::fstat(live_parent.as_fd()).at(&parent)?);
@@ -251,10 +271,11 @@ impl Home {
                 }
                 // A read-only or otherwise unusable parent: stage inside the tree instead.
                 Err(Error::Io { cause, .. })
-                    if matches!(
-                        cause.raw_os_error(),
-                        Some(libc::EROFS | libc::EACCES | libc::EPERM)
-                    ) =>
+                    if method == Method::Tree
+                        && matches!(
+                            cause.raw_os_error(),
+                            Some(libc::EROFS | libc::EACCES | libc::EPERM)
+                        ) =>
                 {
                     method = Method::Entries
                 }
@@ -280,8 +301,12 @@ impl Home {
             durable: false,
             path,
             fd,
-            layout: method.clone(),
-            parent_mtime: parent_mtime.filter(|_| method == Method::Tree),
+            layout: if method == Method::Link {
+                Method::Tree
+            } else {
+                method.clone()
+            },
+            parent_mtime: parent_mtime.filter(|_| method != Method::Entries),
             method,
             live: live.into(),
             live_parent,
@@ -290,6 +315,9 @@ impl Home {
         };
         // Recovery is not done here: only under the destination's lock (see `recover`).
         // (Renames emulating an exchange work everywhere: nothing to probe.)
+        if probe && h.layout == Method::Tree {
+            h.set_reach()?;
+        }
         if probe && fsx::exchange_is_atomic() && !h.exchange_works() {
             return Err(Error::bad(
                 live,
@@ -372,12 +400,14 @@ impl Home {
         format!("gen-{n}").into_bytes()
     }
 
+    /// Where generation `n`'s tree is: `gen-N`, or the release its alias names.
     pub fn gen_path(&self, n: u64) -> PathBuf {
-        self.path.join(OsStr::from_bytes(&Self::gen_name(n)))
+        self.path
+            .join(OsStr::from_bytes(&self.tree_name(&Self::gen_name(n))))
     }
 
     fn live_fd(&self) -> io::Result<OwnedFd> {
-        fsx::open_subdir(self.live_parent.as_fd(), &self.live_name)
+        fsx::open_tree_at(self.live_parent.as_fd(), &self.live_name)
     }
 
     /// Switches `next` in, making the old tree generation `n`. Never half: the journal is
@@ -418,7 +448,7 @@ impl Home {
     pub fn existing(live: &Path) -> Result<Option<Home>> {
         if Home::exists(live) {
             // No probe: a reader (history) must not write, and a sync made the home already.
-            return Home::open_with(live, false).map(Some);
+            return Home::open_with(live, false, None).map(Some);
         }
         Ok(None)
     }
@@ -426,8 +456,12 @@ impl Home {
     /// What stays where it is in this switch, read now (the last safe point): the mount
     /// points below the live tree and the entries this run found immutable or append-only.
     pub fn bounds_now(&self, pinned: &[Box<[u8]>]) -> Bounds {
-        let mut b = self.pinned.clone();
-        b.extend_from_slice(pinned);
+        let mut b = Vec::new();
+        // A switch by symlink moves nothing inside the tree: only a mount must stay.
+        if self.method != Method::Link {
+            b.extend_from_slice(&self.pinned);
+            b.extend_from_slice(pinned);
+        }
         b.extend(crate::jail::mountinfo::points_below(&self.live));
         Bounds::new(b)
     }
@@ -449,7 +483,7 @@ impl Home {
     /// The one choice of how a switch is made: the whole tree in one exchange where its home
     /// is beside it and nothing in it must stay, else by subtrees around what must.
     fn by_steps(&self, bounds: &Bounds) -> bool {
-        self.method != Method::Tree || !bounds.is_empty()
+        self.method == Method::Entries || !bounds.is_empty()
     }
 
     /// Plans and durably journals exchanging the tree at `home/from` with the live one (the
@@ -457,30 +491,49 @@ impl Home {
     /// can tell done from not done.
     fn prepare(&self, from: &[u8], to: &[u8], pinned: &[Box<[u8]>]) -> Result<Pending> {
         let jpath = self.path.join(JOURNAL);
-        let from_fd =
-            fsx::open_subdir(self.fd.as_fd(), from).at(self.path.join(OsStr::from_bytes(from)))?;
+        let from_fd = self.open_in(from)?;
         let root_ino = fsx::fstat(from_fd.as_fd()).at(&jpath)?.st_ino;
         let bounds = self.bounds_now(pinned);
+        let mut link = None;
         let steps = if self.by_steps(&bounds) {
             let live = self.live_fd().at(&self.live)?;
             let ours = |n: &[u8]| n == IN_TREE_HOME || n == fsx::STORE_NAME;
             Some(Steps::plan(live, from_fd, &bounds, &ours, &self.live)?)
         } else {
+            if self.method == Method::Link {
+                link = Some(self.prepare_link(from, to)?);
+            }
             None
+        };
+        let by = match (&steps, &link) {
+            (Some(_), _) => "steps",
+            (None, Some(_)) => "link",
+            (None, None) => "tree",
         };
         let mut j = Vec::new();
         let _ = writeln!(j, "from {}", hex(from));
         let _ = writeln!(j, "to {}", hex(to));
         let _ = writeln!(j, "ino {root_ino}");
-        let _ = writeln!(j, "by {}", if steps.is_some() { "steps" } else { "tree" });
+        let _ = writeln!(j, "by {by}");
+        let link = link.map(|(lines, l)| {
+            j.extend_from_slice(&lines);
+            l
+        });
         for i in steps.iter().flat_map(|s| &s.items) {
             let _ = writeln!(j, "{} {} {}", i.step.word(), hex(&i.path), i.ino);
         }
         write_file_at(&self.fd, JOURNAL, &j, &jpath, self.durable)?;
+        if let Some(l) = &link {
+            if let Err(e) = self.ready_link(from, l) {
+                let _ = self.unready_link(from, l);
+                return Err(e);
+            }
+        }
         Ok(Pending {
             from: from.to_vec(),
             to: to.to_vec(),
             steps,
+            link,
         })
     }
 
@@ -489,15 +542,19 @@ impl Home {
     /// old again) and the journal removed.
     pub fn exchange(&self, p: &Pending) -> Result<(Duration, usize)> {
         let t0 = Instant::now();
-        let r = match &p.steps {
-            None => self
+        let r = match (&p.steps, &p.link) {
+            (None, Some(l)) => self.swap_link(l).map_err(|e| Error::io(&self.live, e)),
+            (None, None) => self
                 .exchange_whole(&p.from)
                 .map_err(|e| Error::io(&self.live, e)),
-            Some(s) => s
+            (Some(s), _) => s
                 .run()
                 .map_err(|(path, e)| Error::io(self.live.join(fsx::os(&path)), e)),
         };
         if let Err(e) = r {
+            if let Some(l) = &p.link {
+                let _ = self.unready_link(&p.from, l);
+            }
             let _ = fsx::unlink_at(self.fd.as_fd(), JOURNAL.as_bytes());
             return Err(e);
         }
@@ -537,31 +594,41 @@ impl Home {
     /// Undoes an exchange made by [`Home::exchange`] (when a later tree of the same run could
     /// not be switched), and forgets the journal.
     pub fn unexchange(&self, p: &Pending) -> Result<()> {
-        let r = match &p.steps {
-            None => fsx::exchange_between(
+        let r = match (&p.steps, &p.link) {
+            (None, Some(l)) => {
+                self.unswap_link(&p.from, l)?;
+                Ok(())
+            }
+            (None, None) => fsx::exchange_between(
                 self.fd.as_fd(),
                 &p.from,
                 self.live_parent.as_fd(),
                 &self.live_name,
             ),
-            Some(s) => s.undo(),
+            (Some(s), _) => s.undo(),
         };
         r.at(&self.live)?;
         fsx::unlink_at(self.fd.as_fd(), JOURNAL.as_bytes()).at(self.path.join(JOURNAL))
     }
 
     /// Forgets a prepared switch that was not made.
-    pub fn cancel(&self, _p: Pending) {
+    pub fn cancel(&self, p: Pending) {
+        if let Some(l) = &p.link {
+            let _ = self.unready_link(&p.from, l);
+        }
         let _ = fsx::unlink_at(self.fd.as_fd(), JOURNAL.as_bytes());
     }
 
     /// Completes a made switch: the displaced tree takes its name, the journal goes.
     pub fn finish(&self, p: Pending) -> Result<Switched> {
-        self.finish_journal(&p.from, &p.to)?;
+        match &p.link {
+            Some(l) => self.finish_link(&p.from, &p.to, l)?,
+            None => self.finish_journal(&p.from, &p.to)?,
+        }
         Ok(Switched {
             window: Duration::ZERO,
             calls: p.calls(),
-            old: self.path.join(OsStr::from_bytes(&p.to)),
+            old: self.path.join(OsStr::from_bytes(&self.tree_name(&p.to))),
             method: p.method(),
         })
     }
@@ -590,9 +657,11 @@ impl Home {
                 )
                 .is_ok()
         };
-        let from_fd = fsx::open_subdir(self.fd.as_fd(), from).ok()?;
+        let from_fd = self.open_in(from).ok()?;
         let live = self.live_fd().ok()?;
         match self.method {
+            // Renames inside the home and of a symlink: no directory changes parent.
+            Method::Link => {}
             Method::Tree => {
                 if !writable(self.fd.as_fd(), from) {
                     return Some(self.path.join(OsStr::from_bytes(from)));
@@ -671,6 +740,8 @@ impl Home {
         let mut ino = None;
         // Journals written before the `by` line: as the home's layout switches.
         let mut by_steps = self.layout != Method::Tree;
+        let mut by_link = false;
+        let (mut rel, mut old) = (None, None);
         let mut steps = Vec::new();
         for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             let s = std::str::from_utf8(line).map_err(|_| bad())?;
@@ -679,7 +750,9 @@ impl Home {
                 "from" => from = Some(unhex(v).ok_or_else(bad)?),
                 "to" => to = Some(unhex(v).ok_or_else(bad)?),
                 "ino" => ino = Some(v.parse::<u64>().map_err(|_| bad())?),
-                "by" => by_steps = v == "steps",
+                "by" => (by_steps, by_link) = (v == "steps", v == "link"),
+                "rel" => rel = Some(unhex(v).ok_or_else(bad)?),
+                "old" => old = Some(v.to_string()),
                 w => {
                     let (n, i) = v.split_once(' ').ok_or_else(bad)?;
                     let i = i.parse::<u64>().map_err(|_| bad())?;
@@ -694,6 +767,10 @@ impl Home {
         let (Some(from), Some(to), Some(ino)) = (from, to, ino) else {
             return Err(bad());
         };
+        if by_link {
+            let l = Home::link_from_journal(rel, old.as_deref()).ok_or_else(bad)?;
+            return self.recover_link(&from, &to, &l);
+        }
         let live = self.live_fd().at(&self.live)?;
         if !by_steps {
             let now = fsx::fstat(live.as_fd()).at(&self.live)?.st_ino;
@@ -722,8 +799,7 @@ impl Home {
                     "is mounted inside a subtree a killed run was switching: unmount it, then run again to finish that switch",
                 ));
             }
-            let from_fd = fsx::open_subdir(self.fd.as_fd(), &from)
-                .at(self.path.join(OsStr::from_bytes(&from)))?;
+            let from_fd = self.open_in(&from)?;
             crate::steps::finish(live.as_fd(), from_fd.as_fd(), &steps, &self.live)?;
             self.finish_journal(&from, &to)?;
         }
@@ -738,14 +814,16 @@ pub struct Pending {
     from: Vec<u8>,
     to: Vec<u8>,
     steps: Option<Steps>,
+    link: Option<LinkSwitch>,
 }
 
 impl Pending {
     /// The switch's kind: the whole tree, or by subtrees.
     pub fn method(&self) -> Method {
-        match self.steps {
-            None => Method::Tree,
-            Some(_) => Method::Entries,
+        match (&self.steps, &self.link) {
+            (Some(_), _) => Method::Entries,
+            (None, Some(_)) => Method::Link,
+            (None, None) => Method::Tree,
         }
     }
 

@@ -68,6 +68,9 @@ pub struct Tree {
     /// The protection rules and the tree's root-relative name, for protected entries that
     /// appear after the scan (see `guard`).
     pub protect: Option<(crate::protect::Rules, Vec<u8>)>,
+    /// `--switch` asks for another kind than DST is (a directory to become a switch link, or
+    /// back): the tree is switched even with nothing to change.
+    pub converts: bool,
 }
 
 impl Tree {
@@ -199,6 +202,7 @@ fn prepare_impl(
         crate::quick::withdraw_content(&mut plan, q);
     }
     protect_unreadable(&mut plan, &d.entries, &protect);
+    let converts = converts(dst_path, opts);
     let home = home_for_plan(home, dst_path, (&s.entries, &d.entries), &plan, state, opts)?;
     let dst_holds_excluded = d.holds_excluded.clone();
     for p in crate::excluded::keep_excluded_parents(&mut plan, &d.entries, &d.holds_excluded) {
@@ -236,6 +240,7 @@ fn prepare_impl(
         source_label: None,
         guard: Vec::new(),
         protect: None,
+        converts,
     })
 }
 
@@ -438,6 +443,15 @@ fn hash_both(
     Ok((hashed_bytes, hashed))
 }
 
+/// Whether `--switch` asks `dst_path` to change kind (see [`Tree::converts`]).
+fn converts(dst_path: &Path, opts: &SyncOpts) -> bool {
+    let link = crate::paths::is_switch_link(dst_path);
+    !opts.dry_run
+        && opts
+            .switch
+            .is_some_and(|b| (b == crate::opts::SwitchBy::Link) != link)
+}
+
 /// The home once the plan is known: made now if the plan has something to switch and none
 /// exists yet. An immutable or append-only live directory the plan leaves alone is a bound
 /// the switch goes around; one the plan would change (or change below) is refused.
@@ -450,7 +464,8 @@ fn home_for_plan(
     opts: &SyncOpts,
 ) -> Result<Option<Home>> {
     let mut home = home;
-    if home.is_none() && state.is_some() && !opts.dry_run && !plan.is_empty() {
+    let switches = !plan.is_empty() || converts(dst_path, opts);
+    if home.is_none() && state.is_some() && !opts.dry_run && switches {
         home = Some(open_home(dst_path, opts, state)?);
     }
     if let Some(h) = home.as_mut().filter(|_| !plan.is_empty()) {
@@ -462,7 +477,7 @@ fn home_for_plan(
 /// Opens (making it if need be) the home of `dst_path`, finishing or discarding what a killed
 /// run left there.
 fn open_home(dst_path: &Path, opts: &SyncOpts, state: Option<&StateDir>) -> Result<Home> {
-    let mut h = Home::open(dst_path)?;
+    let mut h = Home::open_as(dst_path, opts.switch)?;
     h.durable = opts.fsync;
     crate::generation::recover(&h, state)?;
     crate::generation::prune_undone(&h)?;
@@ -567,6 +582,7 @@ pub fn prepare_from_manifest(
         xattrs: opts.xattrs,
     };
     let plan = plan::plan(&src, &d.entries, popts);
+    let converts = converts(dst_path, opts);
     Ok(Tree {
         src_path: manifest_path.into(),
         dst_path: dst_path.into(),
@@ -588,6 +604,7 @@ pub fn prepare_from_manifest(
         source_label: None,
         guard: Vec::new(),
         protect: None,
+        converts,
     })
 }
 
@@ -755,7 +772,7 @@ pub fn open_state(dir: &Path, trees: &[&Path]) -> Result<StateDir> {
 /// of the switch). One the plan changes, or changes anything below, and a file the plan
 /// changes that is, are refused: nothing can rename or replace them.
 fn pinned(root: &Path, (src, dst): (&Entries, &Entries), plan: &Plan) -> Result<Vec<Box<[u8]>>> {
-    let fd = fsx::open_root_nofollow(root).at(root)?;
+    let fd = fsx::open_tree(root).at(root)?;
     let mut touched = vec![false; dst.len()];
     for a in plan.actions.iter().filter(|a| a.dst != plan::NONE) {
         touched[a.dst as usize] = true;

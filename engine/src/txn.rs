@@ -196,12 +196,12 @@ pub fn stage<'t, 'c>(trees: &'t mut [Tree], cx: Ctx<'c>) -> Result<Step<Staged<'
         if !t.dst_leftovers.is_empty() {
             // Temporary names an older version's killed per-file run recorded and left: ours,
             // not the tree's.
-            let dfd = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
+            let dfd = fsx::open_tree(&t.dst_path).at(&t.dst_path)?;
             if clean_leftovers(dfd.as_fd(), &t.dst_leftovers).is_empty() {
                 let _ = cx.state.clear_staged(&t.dst_path);
             }
         }
-        if t.plan.is_empty() {
+        if t.plan.is_empty() && !t.converts {
             tx.staged.push(None);
             continue;
         }
@@ -251,7 +251,7 @@ fn stage_one(t: &Tree, cx: &Ctx<'_>) -> Result<std::result::Result<Built, crate:
     }
     let aopts = cx.aopts();
     let sfd = fsx::open_root(&t.src_path).at(&t.src_path)?;
-    let lfd = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
+    let lfd = fsx::open_tree(&t.dst_path).at(&t.dst_path)?;
     let b = crate::stage::Builder {
         src_root: sfd.as_fd(),
         live_root: lfd.as_fd(),
@@ -507,7 +507,7 @@ fn guard(tx: &Inner<'_, '_>) -> Result<()> {
             continue;
         }
         let home = tx.home(k);
-        let live = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
+        let live = fsx::open_tree(&t.dst_path).at(&t.dst_path)?;
         let next = fsx::open_root_nofollow(&home.next_path()).at(home.next_path())?;
         let changed = crate::guard::changed_since_scan(
             live.as_fd(),
@@ -670,7 +670,7 @@ impl Exchanged {
 /// A switch by subtrees leaves its spines in place (the root first): their metadata is the
 /// next tree's from now.
 fn set_spines_meta(t: &Tree, spines: &[Box<[u8]>], meta: MetaOpts) -> Result<()> {
-    let root = fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path)?;
+    let root = fsx::open_tree(&t.dst_path).at(&t.dst_path)?;
     for sp in spines {
         let Ok(i) = t.src.search(sp) else { continue };
         let at = t.dst_path.join(fsx::os(sp));
@@ -805,7 +805,7 @@ fn drop_old_trees(tx: &Inner<'_, '_>) {
         let (Some(id), Some(h)) = (tx.gens[k], t.home.as_ref()) else {
             continue;
         };
-        let _ = fsx::remove_tree_at(h.fd.as_fd(), &Home::gen_name(id));
+        let _ = h.remove_in(&Home::gen_name(id));
         if let (Some(parent), Some(name)) = (h.path.parent(), h.path.file_name()) {
             if let Ok(p) = fsx::open_root_nofollow(parent) {
                 let _ = fsx::rmdir_at(p.as_fd(), name.as_encoded_bytes());

@@ -303,7 +303,9 @@ pub fn strip_acls(fd: BorrowedFd<'_>) -> io::Result<bool> {
         }
     }
     if had {
-        rfs::fchmod(fd, Mode::from_raw_mode(0o700)).map_err(errno)?;
+        // Private, but still traversable where it was (a home releases run from: 0711).
+        let x = rfs::fstat(fd).map_err(errno)?.st_mode as u32 & 0o011;
+        rfs::fchmod(fd, Mode::from_raw_mode((0o700 | x) as _)).map_err(errno)?;
     }
     Ok(had)
 }

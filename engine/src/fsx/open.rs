@@ -35,6 +35,43 @@ pub fn open_root_nofollow(path: &Path) -> io::Result<OwnedFd> {
     .map_err(errno)
 }
 
+/// The release the destination `name` in `parent` is, when `name` is this program's switch
+/// symlink (`NAME -> .jailsync-NAME/rel-N`, made by root or the caller, see
+/// [`crate::names::rel_of_target`]); `None` for anything else.
+pub fn switch_link_at(parent: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    let c = cstr(name)?;
+    let st = lstat_at(parent, &c)?;
+    let me = rustix::process::geteuid().as_raw();
+    if kind_of(st.st_mode) != Kind::Symlink || (st.st_uid != 0 && st.st_uid != me) {
+        return Ok(None);
+    }
+    let target = read_link_at(parent, &c)?;
+    Ok(crate::names::rel_of_target(Some(name), &target).map(<[u8]>::to_vec))
+}
+
+/// Opens the destination tree `name` in `parent`: a directory, never through a symlink — but
+/// for this program's own switch link, whose release is opened through its home (checked to
+/// be ours), the one symlink a destination may be.
+pub fn open_tree_at(parent: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    let Some(rel) = switch_link_at(parent, name).unwrap_or(None) else {
+        return open_subdir(parent, name);
+    };
+    let hname = crate::names::home_name(name);
+    let home = open_subdir(parent, &hname)?;
+    if !crate::names::is_ours(&hname, &fstat(home.as_fd())?) {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    open_subdir(home.as_fd(), &rel)
+}
+
+/// [`open_tree_at`] for a destination's canonical path.
+pub fn open_tree(path: &Path) -> io::Result<OwnedFd> {
+    match (path.parent(), path.file_name()) {
+        (Some(p), Some(n)) => open_tree_at(open_root(p)?.as_fd(), n.as_encoded_bytes()),
+        _ => open_root_nofollow(path),
+    }
+}
+
 /// Opens the directory `rel` (relative, may be empty for the root itself) beneath `root`,
 /// refusing every symlink on the way.
 pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<OwnedFd> {

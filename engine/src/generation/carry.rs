@@ -67,12 +67,14 @@ pub(super) fn plan_carry(
     if excludes.is_empty() {
         return Ok(c);
     }
-    let live = fsx::open_root_nofollow(&home.live).at(&home.live)?;
+    let live = fsx::open_tree(&home.live).at(&home.live)?;
     let mut live_ex =
         crate::excluded::list(live.as_fd(), excludes, &holds).map_err(os_err(&home.live))?;
     live_ex.retain(|p| !programs_own(p));
     let gpath = home.gen_path(id);
-    let gio = home.io_path(&format!("gen-{id}"));
+    let gio = home.io_path(&String::from_utf8_lossy(
+        &home.tree_name(&Home::gen_name(id)),
+    ));
     let sopts = crate::scan::ScanOpts {
         excludes,
         xattrs: false,
@@ -81,7 +83,7 @@ pub(super) fn plan_carry(
         mounts: &[],
     };
     let gscan = crate::scan::scan_tree(&gio, pool, &sopts)?;
-    let gen = fsx::open_root_nofollow(&gio).at(&gpath)?;
+    let gen = home.open_in(&Home::gen_name(id))?;
     let mut gen_ex = crate::excluded::list(gen.as_fd(), excludes, &gscan.holds_excluded)
         .map_err(os_err(&gpath))?;
     gen_ex.retain(|p| !programs_own(p));
@@ -189,8 +191,8 @@ pub(super) fn carry(home: &Home, id: u64, c: &Carry) -> Result<()> {
         return Ok(());
     }
     let gpath = home.gen_path(id);
-    let gen = fsx::open_subdir(home.fd.as_fd(), &Home::gen_name(id)).at(&gpath)?;
-    let live = fsx::open_root_nofollow(&home.live).at(&home.live)?;
+    let gen = home.open_in(&Home::gen_name(id))?;
+    let live = fsx::open_tree(&home.live).at(&home.live)?;
     let meta = fsx::MetaOpts {
         owner: fsx::geteuid_is_root(),
         xattrs: true,
@@ -269,9 +271,8 @@ pub(super) fn guard_carry(home: &Home, id: u64, c: &Carry) -> Result<()> {
         .collect();
     let excludes =
         crate::scan::Excludes::new(&pats).map_err(|e| Error::bad(&home.live, e.to_string()))?;
-    let gpath = home.gen_path(id);
-    let gen = fsx::open_subdir(home.fd.as_fd(), &Home::gen_name(id)).at(&gpath)?;
-    let live = fsx::open_root_nofollow(&home.live).at(&home.live)?;
+    let gen = home.open_in(&Home::gen_name(id))?;
+    let live = fsx::open_tree(&home.live).at(&home.live)?;
     let changed = crate::guard::changed_since_scan(
         live.as_fd(),
         gen.as_fd(),

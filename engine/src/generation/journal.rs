@@ -142,7 +142,7 @@ pub(super) fn after_switch_back(
         let rec = format!("gen-{n}.d");
         let _ = fsx::remove_tree_at(home.fd.as_fd(), rec.as_bytes());
         if n != g {
-            let _ = fsx::remove_tree_at(home.fd.as_fd(), &Home::gen_name(n));
+            let _ = home.remove_in(&Home::gen_name(n));
         }
     }
     let shown = home.path.join(ROLLING_BACK);

@@ -40,7 +40,7 @@ pub fn decide(
         return Ok(out);
     }
     let sfd = fsx::open_root(src_root).at(src_root)?;
-    let dfd = fsx::open_root_nofollow(dst_root).at(dst_root)?;
+    let dfd = fsx::open_tree(dst_root).at(dst_root)?;
     let mut drop = vec![false; plan.actions.len()];
     // Live entries a kept entry needs: its directories, which the plan may delete.
     let mut undelete: Vec<Box<[u8]>> = Vec::new();
@@ -270,7 +270,7 @@ pub fn finish(
     let mut done = Finished::default();
     let old = Base::load(state, dst_root)?;
     let sfd = fsx::open_root(src_root).at(src_root)?;
-    let dfd = fsx::open_root_nofollow(dst_root).at(dst_root)?;
+    let dfd = fsx::open_tree(dst_root).at(dst_root)?;
     let mut held: HashSet<&[u8]> = unapplied.iter().map(|p| p.as_ref()).collect();
     held.extend(d.unapplied.iter().map(|p| p.as_ref()));
     for dec in d.list.iter().filter(|x| x.verdict == Verdict::KeptNew) {

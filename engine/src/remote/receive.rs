@@ -201,7 +201,7 @@ impl Session<'_> {
         let lp = t.dst.path(j);
         let shown = t.dst_path.join(fsx::os(lp));
         let read_old = || -> io::Result<Vec<u8>> {
-            let root = fsx::open_root_nofollow(&t.dst_path)?;
+            let root = fsx::open_tree(&t.dst_path)?;
             let (parent, name) = split_parent(lp);
             let d = fsx::open_dir_beneath(root.as_fd(), parent)?;
             let mut v = Vec::new();

@@ -34,7 +34,7 @@ pub(super) fn fill_shadows(
     let blobs = fsx::open_root_nofollow(blobs_dir).at(blobs_dir)?;
     let lives: Vec<OwnedFd> = trees
         .iter()
-        .map(|t| fsx::open_root_nofollow(&t.dst_path).at(&t.dst_path))
+        .map(|t| fsx::open_tree(&t.dst_path).at(&t.dst_path))
         .collect::<crate::Result<_>>()?;
     let mut left: HashMap<Hash, usize> = uses.clone();
     for (k, t) in trees.iter().enumerate() {
