@@ -157,7 +157,8 @@ pub struct SyncArgs {
 }
 
 /// `--switch`'s values.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum SwitchArg {
     Exchange,
     Link,

@@ -31,6 +31,7 @@ struct File {
     trees: Option<Spanned<Vec<PathBuf>>>,
     hosts: Option<Spanned<Vec<String>>>,
     ssh: Option<Spanned<String>>,
+    switch: Option<Spanned<crate::args::SwitchArg>>,
 }
 
 /// Where a setting came from.
@@ -78,6 +79,8 @@ pub struct Config {
     pub trees: Set<Vec<PathBuf>>,
     pub hosts: Set<Vec<String>>,
     pub ssh: Set<String>,
+    /// `--switch` unless given: how a destination is switched (none: as it is now).
+    pub switch: Set<Option<crate::args::SwitchArg>>,
 }
 
 fn line_of(text: &str, at: usize) -> usize {
@@ -145,6 +148,16 @@ pub fn load(g: &Global, read: bool) -> Result<Config> {
             from: From::Default,
         },
     };
+    let switch = match parsed.switch {
+        Some(s) => Set {
+            from: at(s.span()),
+            value: Some(s.into_inner()),
+        },
+        None => Set {
+            value: None,
+            from: From::Default,
+        },
+    };
     let c = Config {
         found: text.is_some(),
         state_dir: take(parsed.state_dir, PathBuf::from(DEFAULT_STATE_DIR), &at),
@@ -156,6 +169,7 @@ pub fn load(g: &Global, read: bool) -> Result<Config> {
         trees: take(parsed.trees, Vec::new(), &at),
         hosts: take(parsed.hosts, Vec::new(), &at),
         ssh: take(parsed.ssh, "ssh".to_string(), &at),
+        switch,
         file,
     };
     check(&c)?;
@@ -235,6 +249,14 @@ pub fn run_config(c: &Config, g: &Global) -> Result<u8> {
         ("trees", paths(&c.trees.value).into(), &c.trees.from),
         ("hosts", c.hosts.value.clone().into(), &c.hosts.from),
         ("ssh", c.ssh.value.clone().into(), &c.ssh.from),
+        (
+            "switch",
+            c.switch
+                .value
+                .map(|s| format!("{s:?}").to_lowercase())
+                .into(),
+            &c.switch.from,
+        ),
     ];
     if g.json {
         let v = serde_json::json!({"type": "config_file", "path": c.file.display().to_string(), "found": c.found});

@@ -322,6 +322,9 @@ fn settle_sync(
     if a.max_delete.is_none() {
         a.max_delete = conf.max_delete.value;
     }
+    if a.switch.is_none() {
+        a.switch = conf.switch.value;
+    }
     filters::settle(&mut a.exclude, &a.rules, m, file_rules(conf))
 }
 

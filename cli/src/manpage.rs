@@ -148,6 +148,10 @@ names none (nor \fB\-\-hosts\-from\fR).
 .TP
 \fBssh\fR = "ssh"
 as \fBpush \-\-ssh\fR.
+.TP
+\fBswitch\fR (not set)
+\fB"link"\fR or \fB"exchange"\fR, as \fB\-\-switch\fR for \fBsync\fR and \fBupgrade\fR; not set, each
+destination is switched as it is now (a directory by an exchange, a switch link by a rename).
 .RE
 .TP
 \fIJAIL\fB/jailsync.conf\fR

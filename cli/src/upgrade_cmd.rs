@@ -48,6 +48,7 @@ pub fn run_upgrade(c: UpgradeCmd, g: &Global) -> Result<u8> {
         follow_dst: c.args.follow_dst,
         max_delete: c.args.max_delete,
         state_dir: g.state_dir.clone(),
+        switch: crate::args::engine_opts(&c.args)?.switch,
     };
     let mut phases = Phases {
         ran: Ran {

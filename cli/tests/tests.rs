@@ -22,6 +22,7 @@ mod hostile_links;
 mod hostile_paths;
 mod hostile_rollback;
 mod jail;
+mod link_switch;
 mod moves;
 mod never_lacks;
 mod pkgsrc;

@@ -468,7 +468,7 @@ pub fn check(home: &Home, id: Option<u64>, pool: &rayon::ThreadPool) -> Result<R
     // Xattrs are compared when the sync recorded them (older records do not say: compared
     // without, as then).
     let xattrs = info_field(&info, "xattrs") == Some("1");
-    let mounts = crate::jail::mountinfo::points_below(&home.live);
+    let mounts = crate::jail::mountinfo::points_below(&home.live_real());
     let sopts = crate::scan::ScanOpts {
         excludes: &excludes,
         xattrs,

@@ -380,7 +380,15 @@ mod tests {
     #[test]
     fn prune_refuses_a_file_and_a_tree_never_synced() {
         let s = site();
-        let e = prune(&s.dst.join("etc/app.conf"), false, &s.state, 1, false, false).unwrap_err();
+        let e = prune(
+            &s.dst.join("etc/app.conf"),
+            false,
+            &s.state,
+            1,
+            false,
+            false,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("not a directory"), "{e}");
         let e = prune(&s.dst, false, &s.state, 0, false, false).unwrap_err();
         assert!(e.to_string().contains("never synced"), "{e}");

@@ -210,6 +210,21 @@ impl Layout {
         }
     }
 
+    /// Makes each nested database part of the tree holding it (that tree is switched by
+    /// symlink: one rename switches files and database at the same instant, so the database
+    /// needs no phase of its own).
+    pub fn merge_nested(&mut self) {
+        for (db, outer) in self.nested() {
+            self.trees.retain(|t| *t != db);
+            self.dbs.retain(|t| *t != db);
+            self.how.push(format!(
+                "package database /{} switched with /{} in one rename (switch by symlink)",
+                db.display(),
+                outer.display()
+            ));
+        }
+    }
+
     /// The database trees that lie inside another tree of the run, each with that tree.
     pub fn nested(&self) -> Vec<(PathBuf, PathBuf)> {
         let mut out = Vec::new();

@@ -462,7 +462,7 @@ impl Home {
             b.extend_from_slice(&self.pinned);
             b.extend_from_slice(pinned);
         }
-        b.extend(crate::jail::mountinfo::points_below(&self.live));
+        b.extend(crate::jail::mountinfo::points_below(&self.live_real()));
         Bounds::new(b)
     }
 

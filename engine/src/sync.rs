@@ -307,7 +307,9 @@ fn scan_both(
     progress: &dyn Progress,
 ) -> Result<Scanned> {
     // DST's mount points are another filesystem's: left out on both sides.
-    let mounts = crate::jail::mountinfo::points_below(dst_path);
+    let mounts = crate::jail::mountinfo::points_below(
+        &crate::paths::release_path(dst_path).unwrap_or_else(|| dst_path.to_path_buf()),
+    );
     let sopts = ScanOpts {
         excludes: &opts.excludes,
         xattrs: opts.xattrs,
@@ -559,7 +561,9 @@ pub fn prepare_from_manifest(
     progress: &dyn Progress,
 ) -> Result<Tree> {
     // `manifest::parse` made sure the root `.` is its first entry, a directory.
-    let mounts = crate::jail::mountinfo::points_below(dst_path);
+    let mounts = crate::jail::mountinfo::points_below(
+        &crate::paths::release_path(dst_path).unwrap_or_else(|| dst_path.to_path_buf()),
+    );
     let (mut d, stamp, mut scan_errors, cache_hits) =
         scan_one(dst_path, &mounts, state, opts, pools, progress)?;
     let mut src = m.entries;

@@ -38,6 +38,8 @@ pub struct UpgradeRequest {
     pub follow_dst: bool,
     pub max_delete: Option<u64>,
     pub state_dir: PathBuf,
+    /// How the trees are switched (`--switch`; `None`: as each is now).
+    pub switch: Option<crate::opts::SwitchBy>,
 }
 
 /// The refusals of an upgrade itself (the trees' own are the engine's [`Error`]).
@@ -151,8 +153,11 @@ pub fn upgrade<S: Steps>(req: &UpgradeRequest, steps: &mut S) -> Result<UpgradeR
     if !req.jail.is_dir() {
         return Err(UpgradeError::NoJail(req.jail.clone()).into());
     }
-    let (layout, conf_protect) =
+    let (mut layout, conf_protect) =
         layout_of(&req.jail, &req.trees).map_err(UpgradeFail::into_caller::<S::Error>)?;
+    if by_link(req, &layout) {
+        layout.merge_nested();
+    }
     steps.jail_excludes(&layout::read_conf_excludes(&req.jail)?);
     steps.layout(&layout.how);
     let rules = protect_rules(conf_protect, req)?;
@@ -256,6 +261,18 @@ fn check_not_a_jail(jail: &Path, root: &Path, trees: &[PathBuf]) -> Result<(), U
         marker: at.join(marker),
         swapped: (!jail_marked).then(|| jail.to_path_buf()),
     })
+}
+
+/// Whether the trees holding a nested database are switched by symlink: asked, or (unasked)
+/// already so. Such a tree switches its database with it, in the same rename.
+fn by_link(req: &UpgradeRequest, layout: &Layout) -> bool {
+    match req.switch {
+        Some(b) => b == crate::opts::SwitchBy::Link,
+        None => layout
+            .nested()
+            .iter()
+            .any(|(_, outer)| crate::paths::is_switch_link(&req.root.join(outer))),
+    }
 }
 
 /// Every tree and every overlap checked before anything is touched. A nested database

@@ -623,7 +623,12 @@ pub fn assert_same(a: &Path, b: &Path) {
 
 /// The canonical listing of a tree: lstat only, symlinks never followed.
 pub fn listing(root: &Path) -> Listing {
-    let fd = open_path(root);
+    // A destination switched by symlink is listed as the release it names.
+    let real = match std::fs::symlink_metadata(root) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(root).expect("resolve"),
+        _ => root.to_path_buf(),
+    };
+    let fd = open_path(&real);
     let mut out = BTreeMap::new();
     let mut inodes: Vec<(Vec<u8>, (u64, u64))> = Vec::new();
     let st = lstat_at(fd.as_raw_fd(), b".").expect("lstat root");

@@ -42,6 +42,13 @@ impl Home {
             .flatten()
     }
 
+    /// Where the live tree really is: DST, or the release its link names (where the kernel
+    /// shows what is mounted in it).
+    pub fn live_real(&self) -> std::path::PathBuf {
+        self.live_release()
+            .map_or_else(|| self.live.clone(), |r| self.path.join(fsx::os(&r)))
+    }
+
     /// The directory in the home that holds the tree `name` (`gen-N`, `undone-N`, `kept-N`):
     /// the release its alias names, or `name` itself.
     pub fn tree_name(&self, name: &[u8]) -> Vec<u8> {

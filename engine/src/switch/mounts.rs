@@ -84,7 +84,7 @@ impl Home {
     /// exchanges (or anywhere below the tree, for a whole-tree exchange) since it was planned.
     pub fn moves_a_mount(&self, p: &Pending) -> Option<PathBuf> {
         match &p.steps {
-            None => first_mount_below(&[&self.live]).map(|(_, m)| m),
+            None => first_mount_below(&[&self.live_real()]).map(|(_, m)| m),
             Some(s) => self.mount_inside(s.items.iter().map(|i| &i.path[..])),
         }
     }
@@ -96,12 +96,9 @@ impl Home {
     ) -> Option<PathBuf> {
         let table = crate::jail::mountinfo::MountTable::current().ok()?;
         let paths: Vec<&[u8]> = paths.collect();
-        let found = table.under(&self.live).map(|m| m.target.clone()).find(|m| {
-            let rel = m
-                .strip_prefix(&self.live)
-                .unwrap_or(m)
-                .as_os_str()
-                .as_bytes();
+        let live = self.live_real();
+        let found = table.under(&live).map(|m| m.target.clone()).find(|m| {
+            let rel = m.strip_prefix(&live).unwrap_or(m).as_os_str().as_bytes();
             paths.iter().any(|p| crate::entry::at_or_below(rel, p))
         });
         found
