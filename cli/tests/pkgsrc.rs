@@ -1021,3 +1021,53 @@ fn a_live_file_replaced_while_staging_never_gets_the_jails_metadata() {
     );
     assert_eq!(h.live("usr/pkg/bin/nginx").unwrap(), "nginx 1.26\n");
 }
+
+/// `upgrade --switch link`: the prefix becomes a symlink to its release and the nested
+/// database is switched with it in the same rename (no phase of its own); the next upgrade
+/// keeps the kind unasked, and `rollback --root` goes back across the conversion.
+#[test]
+fn upgrade_by_symlink_switches_the_prefix_and_its_database_in_one_rename() {
+    let h = Host::new();
+    modern(&h);
+    expect_code(&h.upgrade(&[]), 0);
+    let pkg = h.root.join("usr/pkg");
+    let first = contents(&pkg);
+    h.jail_file("usr/pkg/bin/nginx", "nginx 1.26\n");
+    fs::remove_dir_all(h.jail.join("usr/pkg/pkgdb/nginx-1.24")).unwrap();
+    h.jail_file("usr/pkg/pkgdb/nginx-1.26/+CONTENTS", "@name nginx-1.26\n");
+    let o = h.upgrade(&["--switch", "link", "-v"]);
+    expect_code(&o, 0);
+    assert!(
+        stderr(&o).contains("switched with /usr/pkg in one rename"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        fs::symlink_metadata(&pkg).unwrap().is_symlink(),
+        "usr/pkg is no link"
+    );
+    assert_eq!(h.live("usr/pkg/bin/nginx").unwrap(), "nginx 1.26\n");
+    assert!(h.root.join("usr/pkg/pkgdb/nginx-1.26/+CONTENTS").is_file());
+    assert!(!h.root.join("usr/pkg/pkgdb/nginx-1.24").exists());
+    let second = contents(&pkg);
+    // Unasked, the next upgrade keeps the link.
+    h.jail_file("usr/pkg/lib/libssl.so", "ssl 3.1\n");
+    let target = fs::read_link(&pkg).unwrap();
+    expect_code(&h.upgrade(&[]), 0);
+    assert_ne!(
+        fs::read_link(&pkg).unwrap(),
+        target,
+        "the link was not switched"
+    );
+    assert_eq!(h.live("usr/pkg/lib/libssl.so").unwrap(), "ssl 3.1\n");
+    // Nothing left to do through the link.
+    let again = h.upgrade(&["-n", "-i"]);
+    expect_code(&again, 0);
+    assert_eq!(stdout(&again), "");
+    // Back one upgrade, then one more: across the conversion.
+    expect_code(&h.js(&["rollback", "--root", h.root_s()]), 0);
+    assert_eq!(contents(&pkg), second);
+    let o = h.js(&["rollback", "--root", h.root_s()]);
+    expect_code(&o, 0);
+    assert_eq!(contents(&pkg), first, "{}", stderr(&o));
+}

@@ -268,3 +268,107 @@ pub(super) fn cannot_link(live: &std::path::Path, why: &str) -> Error {
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::super::SwitchBy;
+    use super::*;
+    use crate::testkit::write_tree as tree;
+
+    /// `P/live` switched by symlink once (release `rel-1`), and `next` staged for run 2.
+    fn linked() -> (tempfile::TempDir, std::path::PathBuf, Home) {
+        let t = tempfile::tempdir().unwrap();
+        let live = t.path().join("live");
+        tree(&live, &[("bin/tool", "old")]);
+        let home = Home::open_as(&live, Some(SwitchBy::Link)).unwrap();
+        home.make_next().unwrap();
+        tree(&home.next_path(), &[("bin/tool", "v1")]);
+        home.switch_in(1).unwrap();
+        assert_eq!(home.live_release().as_deref(), Some(&b"rel-1"[..]));
+        home.make_next().unwrap();
+        tree(&home.next_path(), &[("bin/tool", "v2")]);
+        (t, live, home)
+    }
+
+    fn read(p: std::path::PathBuf) -> String {
+        fs::read_to_string(p).unwrap()
+    }
+
+    #[test]
+    fn a_link_switch_killed_before_its_rename_is_undone() {
+        let (_t, live, home) = linked();
+        let p = home.prepare_in(2).unwrap();
+        assert_eq!(p.method(), Method::Link);
+        drop(p); // killed: journal written, release named, new link made, not renamed
+        home.recover().unwrap();
+        assert_eq!(read(live.join("bin/tool")), "v1");
+        assert_eq!(home.live_release().as_deref(), Some(&b"rel-1"[..]));
+        let names = fsx::list_dir(home.fd.as_fd()).unwrap();
+        for n in [&b"rel-2"[..], SWAP, JOURNAL.as_bytes(), NEXT] {
+            assert!(
+                !names.iter().any(|x| x == n),
+                "{} left",
+                String::from_utf8_lossy(n)
+            );
+        }
+    }
+
+    #[test]
+    fn a_link_switch_killed_after_its_rename_is_finished() {
+        let (_t, live, home) = linked();
+        let p = home.prepare_in(2).unwrap();
+        home.exchange(&p).unwrap();
+        drop(p); // killed before the old release got its alias
+        home.recover().unwrap();
+        assert_eq!(read(live.join("bin/tool")), "v2");
+        assert_eq!(home.tree_name(b"gen-2"), b"rel-1");
+        assert_eq!(read(home.gen_path(2).join("bin/tool")), "v1");
+        assert!(!home.io_path(JOURNAL).exists());
+    }
+
+    #[test]
+    fn a_failed_later_tree_unswaps_the_link_and_puts_next_back() {
+        let (_t, live, home) = linked();
+        let p = home.prepare_in(2).unwrap();
+        home.exchange(&p).unwrap();
+        home.unexchange(&p).unwrap();
+        assert_eq!(read(live.join("bin/tool")), "v1");
+        assert_eq!(read(home.next_path().join("bin/tool")), "v2");
+        assert!(home.unnamed_releases().is_empty());
+    }
+
+    #[test]
+    fn removing_an_alias_removes_its_release_unless_live() {
+        let (_t, _live, home) = linked();
+        home.switch_in(2).unwrap();
+        assert_eq!(home.tree_name(b"gen-2"), b"rel-1");
+        home.remove_in(b"gen-2").unwrap();
+        assert!(
+            !home.path.join("rel-1").exists(),
+            "an unnamed release was left"
+        );
+        assert!(
+            home.path.join("rel-2").is_dir(),
+            "the live release was removed"
+        );
+    }
+
+    #[test]
+    fn only_this_programs_link_forms_are_releases() {
+        assert_eq!(
+            rel_of_target(Some(b"pkg"), b".jailsync-pkg/rel-3"),
+            Some(&b"rel-3"[..])
+        );
+        assert_eq!(rel_of_target(Some(b"pkg"), b".jailsync-other/rel-3"), None);
+        assert_eq!(rel_of_target(Some(b"pkg"), b".jailsync-pkg/rel-3/.."), None);
+        assert_eq!(
+            rel_of_target(Some(b"pkg"), b"/abs/.jailsync-pkg/rel-3"),
+            None
+        );
+        assert_eq!(rel_of_target(None, b"rel-2-back"), Some(&b"rel-2-back"[..]));
+        assert_eq!(rel_of_target(None, b"../rel-2"), None);
+        assert!(!is_rel_name(b"rel-"));
+    }
+}
