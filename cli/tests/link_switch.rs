@@ -369,3 +369,51 @@ fn a_tree_that_cannot_be_a_link_is_refused() {
     assert_eq!(listing(e.dst()), before);
     let _ = std::fs::set_permissions(e.dst(), std::fs::Permissions::from_mode(0o755));
 }
+
+/// The restart report of a tree switched by symlink: a program running the live release is
+/// not reported (its release is in the home, as old ones are); once a switch leaves it on the
+/// old release, it is.
+#[test]
+fn the_restart_report_tells_the_live_release_from_old_ones() {
+    let Some(sleep) = ["/bin/sleep", "/usr/bin/sleep"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        eprintln!("skipped: no sleep binary to run from the tree");
+        return;
+    };
+    let bin = std::fs::read(sleep).unwrap();
+    let e = Env::new();
+    e.src.file("bin/sleeper", &bin).mode("bin/sleeper", 0o755);
+    e.sync(&["--switch", "link"]);
+    let mut child = Command::new(e.dst().join("bin/sleeper"))
+        .arg("30")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let pid = child.id().to_string();
+    let procs = |e: &Env| {
+        let o = e.js([
+            OsStr::new("--json"),
+            OsStr::new("procs"),
+            e.dst().as_os_str(),
+        ]);
+        stdout(&o)
+    };
+    let before = procs(&e);
+    let mut newer = bin.clone();
+    newer.extend_from_slice(b"new release");
+    e.src.file("bin/sleeper", &newer);
+    e.sync(&[]);
+    let after = procs(&e);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        !before.contains(&pid),
+        "the live release reported as old:\n{before}"
+    );
+    assert!(
+        after.contains(&pid),
+        "the old release's program not reported:\n{after}"
+    );
+}
