@@ -187,7 +187,8 @@ fn known_trees(state: &StateDir, root: &Path) -> Vec<PathBuf> {
 /// `jailsync conf-diff ROOT`: the pending `NAME.jailsync-new` files as unified diffs against
 /// the kept file. Exit 1 when some are pending (like diff), 0 when none.
 pub fn run_conf_diff(root: &Path, g: &Global) -> Result<u8> {
-    let root_c = std::fs::canonicalize(root).with_context(|| root.display().to_string())?;
+    let root_c =
+        jailsync_engine::paths::canonical_tree(root).with_context(|| root.display().to_string())?;
     let state = jailsync_engine::sync::open_state(&g.state_dir, &[&root_c])?;
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());

@@ -1511,3 +1511,37 @@ fn a_destination_reached_through_another_users_symlink_is_refused_everywhere() {
 
 mod delta;
 mod many;
+
+/// A host whose admin switched a tree to a symlink (`sync --switch link` on the host) keeps
+/// it: a push stages the next release in that tree's home and switches it by one rename of
+/// the link; `push --rollback` renames it back.
+#[test]
+fn a_hosts_tree_switched_by_symlink_stays_so_through_push_and_its_rollback() {
+    let Some(f) = Fleet::start(1) else { return };
+    f.jail.file("usr/pkg/bin/tool", b"v1\n");
+    f.jail.file("var/db/pkg/t-1/+CONTENTS", b"t-1\n");
+    expect_code(&f.push(&f.hosts(), &["-q"]), 0);
+    let pkg = f.root("h1").join("usr/pkg");
+    // The host's admin converts the tree (same content: only the kind changes).
+    let o = on_host(
+        &f,
+        &[
+            "sync".as_ref(),
+            "--switch".as_ref(),
+            "link".as_ref(),
+            f.jail.path("usr/pkg").as_os_str(),
+            pkg.as_os_str(),
+        ],
+    );
+    expect_code(&o, 0);
+    let first = std::fs::read_link(&pkg).expect("usr/pkg is a link");
+    f.jail.file("usr/pkg/bin/tool", b"v2\n");
+    expect_code(&f.push(&f.hosts(), &["-q"]), 0);
+    let second = std::fs::read_link(&pkg).expect("usr/pkg is still a link");
+    assert_ne!(first, second, "the link was not switched");
+    assert_eq!(std::fs::read(pkg.join("bin/tool")).unwrap(), b"v2\n");
+    same_as_jail(&f, "h1");
+    expect_code(&f.push(&f.hosts(), &["-q", "--rollback"]), 0);
+    assert_eq!(std::fs::read_link(&pkg).unwrap(), first);
+    assert_eq!(std::fs::read(pkg.join("bin/tool")).unwrap(), b"v1\n");
+}
