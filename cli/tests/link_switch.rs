@@ -273,8 +273,24 @@ fn prune_defers_a_release_a_program_runs_from() {
     assert!(std::fs::read_link(format!("/proc/{}/cwd", child.id()))
         .unwrap()
         .starts_with(&inside));
+    // An interpreter given a script by DST's path (as `node DST/app/main.js`), started while
+    // the release was live: it may still load from it. One started after the switch may not.
+    let by_path = |e: &Env| {
+        Command::new("sh")
+            .args(["-c", "sleep 60; :", "sh"])
+            .arg(e.dst().join("app/data"))
+            .current_dir(e.tmp.path())
+            .spawn()
+            .unwrap()
+    };
+    let mut before = by_path(&e);
+    // Start times have a resolution of a clock tick, the window a slack of 0.1 s each way.
+    std::thread::sleep(Duration::from_millis(400));
     release_tree(&e.src, "B");
     e.sync(&[]);
+    std::thread::sleep(Duration::from_millis(400));
+    let mut after = by_path(&e);
+    std::thread::sleep(Duration::from_millis(100));
     let o = e.js([
         OsStr::new("prune"),
         OsStr::new("--keep"),
@@ -283,6 +299,12 @@ fn prune_defers_a_release_a_program_runs_from() {
     ]);
     expect_code(&o, 0);
     let err = stderr(&o);
+    assert!(err.contains(&format!("{} (sh)", before.id())), "{err}");
+    assert!(!err.contains(&format!("{} (sh)", after.id())), "{err}");
+    for c in [&mut before, &mut after] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
     assert!(
         err.contains(&child.id().to_string()) && err.contains("prune --force"),
         "{err}"

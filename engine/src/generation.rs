@@ -169,7 +169,7 @@ fn in_use(home: &Home, name: &[u8]) -> Option<Deferred> {
         return None;
     }
     let tree = home.path.join(fsx::os(&real));
-    let procs = crate::procs::running_from(&tree);
+    let procs = crate::procs::running_from(&tree, live_via(home, name, &real).as_ref());
     (!procs.is_empty()).then(|| Deferred {
         name: String::from_utf8_lossy(name).into_owned(),
         tree,
@@ -180,6 +180,20 @@ fn in_use(home: &Home, name: &[u8]) -> Option<Deferred> {
 /// Whether programs still run from generation `n`'s release (see [`Deferred`]).
 pub fn runs_from(home: &Home, n: u64) -> bool {
     in_use(home, &Home::gen_name(n)).is_some()
+}
+
+/// When the release `real` (aliased by `name`) was live through DST's link: from its rename
+/// into place (its directory's ctime) to the alias made right after it was switched out (the
+/// alias's mtime). A rollback that made it live again since only widens the window.
+fn live_via(home: &Home, name: &[u8], real: &[u8]) -> Option<crate::procs::LiveVia> {
+    let at = |n: &[u8]| fsx::lstat_at(home.fd.as_fd(), &fsx::cstr(n).ok()?).ok();
+    let (rel, alias) = (at(real)?, at(name)?);
+    Some(crate::procs::LiveVia {
+        link: home.live.clone(),
+        // Slack: a file's times are the kernel's coarse clock, a start time is in ticks.
+        from: rel.st_ctime as f64 + rel.st_ctime_nsec as f64 / 1e9 - 0.1,
+        to: alias.st_mtime as f64 + alias.st_mtime_nsec as f64 / 1e9 + 0.1,
+    })
 }
 
 /// Removes records of switches that never happened, undone trees, and all but the newest
@@ -229,7 +243,7 @@ pub fn prune_unless_used(home: &Home, keep: usize, force: bool) -> Result<Vec<De
     }
     for rel in home.unnamed_releases() {
         let tree = home.path.join(fsx::os(&rel));
-        if force || crate::procs::running_from(&tree).is_empty() {
+        if force || crate::procs::running_from(&tree, None).is_empty() {
             fsx::remove_tree_at(home.fd.as_fd(), &rel).at(&tree)?;
         }
     }

@@ -97,10 +97,22 @@ pub fn restart_report(live: &[PathBuf]) -> Vec<ProcUse> {
     using(&old, &now)
 }
 
+/// The link a release was reached through while it was live, and when (seconds since the
+/// epoch, from its switch in to its switch out): a process started then with a path below the
+/// link as an argument may be running from the release (Node resolves its main module's real
+/// path once at start, and goes on loading from there).
+#[derive(Debug, Clone)]
+pub struct LiveVia {
+    pub link: PathBuf,
+    pub from: f64,
+    pub to: f64,
+}
+
 /// Processes that run from `tree` (a release about to be pruned): one that maps a file of it,
 /// executes, works in (cwd) or is chrooted in it, holds one of its files open, or was started
-/// with one of its paths as an argument (an interpreter's script: Node, Python, a shell).
-pub fn running_from(tree: &Path) -> Vec<ProcUse> {
+/// with one of its paths as an argument (an interpreter's script: Node, Python, a shell) —
+/// or with a path below `via`'s link while the release was live.
+pub fn running_from(tree: &Path, via: Option<&LiveVia>) -> Vec<ProcUse> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -113,7 +125,7 @@ pub fn running_from(tree: &Path) -> Vec<ProcUse> {
         if pid == me {
             continue;
         }
-        if let Some(file) = uses_tree(&ent.path(), tree) {
+        if let Some(file) = uses_tree(&ent.path(), tree, via) {
             let comm = fs::read_to_string(ent.path().join("comm"))
                 .map(|s| s.trim_end().to_string())
                 .unwrap_or_default();
@@ -133,7 +145,7 @@ pub fn running_from(tree: &Path) -> Vec<ProcUse> {
 }
 
 /// The first path of `tree` the process at `proc` (`/proc/PID`) uses, if any.
-fn uses_tree(proc: &Path, tree: &Path) -> Option<PathBuf> {
+fn uses_tree(proc: &Path, tree: &Path, via: Option<&LiveVia>) -> Option<PathBuf> {
     let below = |p: &Path| p.starts_with(tree).then(|| p.to_path_buf());
     let links = ["exe", "cwd", "root"]
         .iter()
@@ -153,9 +165,42 @@ fn uses_tree(proc: &Path, tree: &Path) -> Option<PathBuf> {
         return Some(p);
     }
     let argv = fs::read(proc.join("cmdline")).ok()?;
-    argv.split(|&b| b == 0)
+    let args: Vec<&Path> = argv
+        .split(|&b| b == 0)
         .filter(|a| a.starts_with(b"/"))
-        .find_map(|a| below(Path::new(std::ffi::OsStr::from_bytes(a))))
+        .map(|a| Path::new(std::ffi::OsStr::from_bytes(a)))
+        .collect();
+    if let Some(p) = args.iter().find_map(|a| below(a)) {
+        return Some(p);
+    }
+    let via = via?;
+    let through = args.iter().find(|a| a.starts_with(&via.link))?;
+    let t = started_at(proc)?;
+    (via.from <= t && t <= via.to).then(|| through.to_path_buf())
+}
+
+/// When the process at `proc` started, in seconds since the epoch: its start in clock ticks
+/// after boot (`/proc/PID/stat` field 22) placed on the wall clock by the offset between the
+/// two clocks now (not `btime`: whole seconds, and off by whatever the clock was stepped or
+/// slewed since boot).
+fn started_at(proc: &Path) -> Option<f64> {
+    let stat = fs::read_to_string(proc.join("stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after the last `)`.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let ticks: u64 = rest.split(' ').nth(19)?.parse().ok()?;
+    // SAFETY: sysconf only reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let now = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec to write.
+        let r = unsafe { libc::clock_gettime(clock, &mut ts) };
+        (r == 0).then(|| ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9)
+    };
+    let (boot, wall) = (now(libc::CLOCK_BOOTTIME)?, now(libc::CLOCK_REALTIME)?);
+    Some(wall - (boot - ticks as f64 / hz))
 }
 
 /// The systemd service a process runs in, from its `/proc/PID/cgroup`: the innermost
