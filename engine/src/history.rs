@@ -14,7 +14,12 @@ use crate::sync::{self, Pools};
 use crate::usage::{self, Usage};
 use crate::{fsx, paths};
 
+pub mod changes;
 pub mod roots;
+
+use crate::packages::PackageDiff;
+pub use changes::FileDiff;
+use changes::Span;
 
 /// One generation as `history` and `prune` show it.
 #[derive(Debug)]
@@ -24,6 +29,9 @@ pub struct GenReport {
     pub io: PathBuf,
     /// The space only it holds; `None` when it could not be measured.
     pub usage: Option<Usage>,
+    /// The packages its run changed, for a package tree (see [`crate::packages`]); a
+    /// database that cannot be read is an error here, not of the listing.
+    pub packages: Result<Option<PackageDiff>>,
 }
 
 /// A destination's generations (`history DST`).
@@ -59,7 +67,14 @@ pub fn history(dst: &Path, state_dir: &Path) -> Result<History> {
     // Checked as every command checks it, though the generations live in the home.
     let _state = sync::open_state(state_dir, &[&dst])?;
     let gens = match switched_home(&dst)? {
-        Some(home) => sizes(&home, &dst)?,
+        Some(home) => {
+            let mut gens = sizes(&home, &dst)?;
+            let list: Vec<Gen> = gens.iter().map(|g| g.gen.clone()).collect();
+            for g in &mut gens {
+                g.packages = Span::run(&home, &list, g.gen.id).and_then(|s| s.packages());
+            }
+            gens
+        }
         None => Vec::new(),
     };
     let removed_through = Home::existing(&dst)?
@@ -70,6 +85,21 @@ pub fn history(dst: &Path, state_dir: &Path) -> Result<History> {
         gens,
         removed_through,
     })
+}
+
+/// The files run `id` of `dst` changed (`history DST --gen N -i`): generation `id` against
+/// the tree that replaced it (see [`changes`]).
+pub fn gen_files(dst: &Path, state_dir: &Path, id: u64) -> Result<FileDiff> {
+    let dst = std::fs::canonicalize(dst).map_err(|e| Error::io(dst, e))?;
+    let _state = sync::open_state(state_dir, &[&dst])?;
+    let Some(home) = switched_home(&dst)? else {
+        return Err(Error::bad(
+            &dst,
+            format!("no generation {id}: nothing to roll back"),
+        ));
+    };
+    let gens = generation::list(&home)?;
+    Span::run(&home, &gens, id)?.files()
 }
 
 /// Removes all but the newest `keep` generations of `dst` (resolved as `sync` resolves a
@@ -187,6 +217,18 @@ impl Rollback {
         self.items.iter().map(|c| (c.home.live.as_path(), &c.r))
     }
 
+    /// What switching each tree back would change (`rollback -n -i`): its files and, for a
+    /// package tree, its packages, in the order given.
+    pub fn preview(&self) -> Result<Vec<(FileDiff, Option<PackageDiff>)>> {
+        let mut out = Vec::new();
+        for c in &self.items {
+            let gens = generation::list(&c.home)?;
+            let span = Span::rollback(&c.home, &gens, c.r.generation.id);
+            out.push((span.files()?, span.packages()?));
+        }
+        Ok(out)
+    }
+
     /// Entries changed since the sync, over every tree.
     pub fn changed(&self) -> usize {
         self.items.iter().map(|c| c.r.changed.len()).sum()
@@ -261,7 +303,12 @@ fn sizes(home: &Home, dst: &Path) -> Result<Vec<GenReport>> {
         let usage = live
             .as_ref()
             .and_then(|l| usage::held_only_by(std::slice::from_ref(&io), l).ok());
-        out.push(GenReport { gen, io, usage });
+        out.push(GenReport {
+            gen,
+            io,
+            usage,
+            packages: Ok(None),
+        });
     }
     Ok(out)
 }
