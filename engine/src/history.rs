@@ -330,6 +330,7 @@ mod tests {
     use crate::progress::Silent;
     use crate::sync::SyncOpts;
     use std::fs;
+    use std::os::unix::fs::MetadataExt;
 
     /// A source, a destination and a state dir apart from both, in one temp dir.
     struct Site {
@@ -399,6 +400,101 @@ mod tests {
             fs::read_to_string(newest.gen.tree.join("etc/app.conf")).unwrap(),
             "v1\n"
         );
+    }
+
+    /// The itemized paths of a diff, with their rsync-style codes.
+    fn items(d: &FileDiff) -> Vec<String> {
+        d.plan
+            .actions
+            .iter()
+            .map(|a| {
+                let p = d.plan.path(a, &d.after, &d.before);
+                format!(
+                    "{} {}",
+                    crate::plan::itemize(a, &d.after),
+                    String::from_utf8_lossy(p)
+                )
+            })
+            .collect()
+    }
+
+    /// Run 1 installs webd-2.2 and less; run 2 upgrades webd, adds jq, drops less and only
+    /// touches the mode of a file both releases share (set in place on the shared inode).
+    #[test]
+    fn history_names_the_packages_and_files_each_run_changed() {
+        use std::os::unix::fs::PermissionsExt;
+        let s = site();
+        let pkg = |name: &str| format!("@comment $NetBSD$\n@name {name}\n@cwd /usr/pkg\n");
+        let w = |files: &[(&str, &str)]| crate::testkit::write_tree(&s.src, files);
+        w(&[
+            ("pkgdb/webd-2.2/+CONTENTS", &pkg("webd-2.2")),
+            ("pkgdb/less-590/+CONTENTS", &pkg("less-590")),
+            ("bin/webd", "webd 2.2\n"),
+            ("bin/less", "less\n"),
+            ("share/doc", "same\n"),
+        ]);
+        sync_release(&s, &s.dst, "v1\n", 16);
+        fs::remove_dir_all(s.src.join("pkgdb/webd-2.2")).unwrap();
+        fs::remove_dir_all(s.src.join("pkgdb/less-590")).unwrap();
+        fs::remove_file(s.src.join("bin/less")).unwrap();
+        w(&[
+            ("pkgdb/webd-2.3/+CONTENTS", &pkg("webd-2.3")),
+            ("pkgdb/jq-1.7/+CONTENTS", &pkg("jq-1.7")),
+            ("bin/webd", "webd 2.3\n"),
+        ]);
+        fs::set_permissions(s.src.join("share/doc"), fs::Permissions::from_mode(0o600)).unwrap();
+        let doc_before = fs::metadata(s.dst.join("share/doc")).unwrap();
+        sync_release(&s, &s.dst, "v1\n", 16);
+        // The shared file's metadata changed in place: the generation's link shows the new mode.
+        let h = history(&s.dst, &s.state).unwrap();
+        let [first, second] = &h.gens[..] else {
+            panic!("{:?}", ids(&h))
+        };
+        let names = |g: &GenReport| g.packages.as_ref().unwrap().as_ref().map(|d| d.summary());
+        assert_eq!(names(first).as_deref(), Some("+less-590, +webd-2.2"));
+        assert_eq!(
+            names(second).as_deref(),
+            Some("webd-2.2 → webd-2.3, +jq-1.7, −less-590")
+        );
+        assert_eq!(
+            fs::metadata(second.gen.tree.join("share/doc"))
+                .unwrap()
+                .ino(),
+            doc_before.ino(),
+            "one inode, two trees"
+        );
+        let got = items(&gen_files(&s.dst, &s.state, second.gen.id).unwrap());
+        let has = |want: &str| got.iter().any(|l| l == want);
+        assert!(has(">fc.t...... bin/webd"), "{got:?}");
+        assert!(has("*deleting   bin/less"), "{got:?}");
+        assert!(has(".f...p..... share/doc"), "the mode as it was: {got:?}");
+        assert!(has("cd+++++++++ pkgdb/jq-1.7"), "{got:?}");
+        // One line per path, none for what neither run changed.
+        assert_eq!(got.len(), 15, "{got:?}");
+        // Rolling back to the second generation would undo exactly that, the other way.
+        let rb = check_trees(
+            std::slice::from_ref(&s.dst),
+            &s.state,
+            RollbackOpts {
+                dry_run: true,
+                ..RollbackOpts::default()
+            },
+        )
+        .unwrap();
+        let [(files, pkgs)] = &rb.preview().unwrap()[..] else {
+            panic!("one tree")
+        };
+        assert_eq!(
+            pkgs.as_ref().unwrap().summary(),
+            "webd-2.3 → webd-2.2, +less-590, −jq-1.7"
+        );
+        let back = items(files);
+        assert!(back.iter().any(|l| l == ">f+++++++++ bin/less"), "{back:?}");
+        assert!(
+            back.iter().any(|l| l == ".f...p..... share/doc"),
+            "{back:?}"
+        );
+        assert_eq!(back.len(), got.len(), "{back:?} vs {got:?}");
     }
 
     #[test]
