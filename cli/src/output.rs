@@ -9,6 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jailsync_engine::entry::{display_path, Ent, Entries, Kind};
+use jailsync_engine::packages::PackageDiff;
 use jailsync_engine::plan::{itemize, Action, Counts, Op, Plan};
 use jailsync_engine::progress::{Phase, Progress, Silent};
 use jailsync_engine::protect::{Decisions, Verdict, NEW_SUFFIX};
@@ -755,6 +756,31 @@ pub fn report_carry(
         );
     }
     Ok(())
+}
+
+/// A package diff as JSON: the database (path, format), the one-line summary, and each
+/// package's name with its version before and after (null: added, removed).
+pub fn packages_json(d: &PackageDiff, tree: &Path) -> Value {
+    let changes: Vec<Value> = d
+        .changes
+        .iter()
+        .map(|c| json!({"name": c.name, "old": c.old, "new": c.new}))
+        .collect();
+    json!({
+        "database": tree.join(jailsync_engine::fsx::os(&d.db.rel)).display().to_string(),
+        "format": d.db.format.name(),
+        "summary": d.summary(),
+        "changes": changes,
+    })
+}
+
+/// A package diff as one line: `packages: webd-2.2 → webd-2.3, +jq-1.7, −less-590`.
+pub fn packages_line(d: &PackageDiff) -> String {
+    if d.changes.is_empty() {
+        "packages: none changed".into()
+    } else {
+        format!("packages: {}", d.summary())
+    }
 }
 
 /// A run's summary: a JSON line on stdout, or a line on stderr (with the time of each phase

@@ -27,8 +27,9 @@ pub struct RollbackCmd {
     /// Show what would change; change nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
-    /// Print one rsync-style line per change on stdout.
-    #[arg(short, long)]
+    /// Print what the rollback changes (with -n: would change), one rsync-style line per
+    /// entry on stdout, and for a package tree the packages it takes back (see HISTORY).
+    #[arg(short, long, conflicts_with = "root")]
     pub itemize: bool,
     /// Roll back the target of a DST that is a symlink (only one owned by root or you).
     #[arg(long)]
@@ -99,6 +100,9 @@ fn rollback_trees(c: &RollbackCmd, g: &Global) -> Result<u8> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     report_checked(&rb, c, g, &mut out)?;
+    if c.itemize && !rb.refused() {
+        print_preview(&rb, g, &mut out)?;
+    }
     rb.switch_back()?;
     let errors = report_rolled_back(&rb, c, g, &mut out)?;
     out.flush()?;
@@ -121,6 +125,43 @@ fn report_checked(rb: &Rollback, c: &RollbackCmd, g: &Global, out: &mut impl Wri
     }
     for (live, r) in rb.trees() {
         report_carry(out, g, live, &r.carry, c.dry_run)?;
+    }
+    Ok(())
+}
+
+/// What switching back changes, tree by tree, before anything is switched: the itemized
+/// lines (paths prefixed with the tree when several are given) and the packages.
+fn print_preview(rb: &Rollback, g: &Global, out: &mut impl Write) -> Result<()> {
+    let previews = rb.preview()?;
+    let several = previews.len() > 1;
+    for ((live, _), (files, packages)) in rb.trees().zip(&previews) {
+        let prefix = if several {
+            live.as_os_str().as_encoded_bytes()
+        } else {
+            b""
+        };
+        output::print_changes(
+            out,
+            &files.plan,
+            &files.after,
+            &files.before,
+            prefix,
+            g.json,
+        )?;
+        for (p, e) in &files.errors {
+            report_error(out, g, &p.display().to_string(), "rollback preview", e)?;
+        }
+        let Some(p) = packages else { continue };
+        if g.json {
+            let mut v = output::packages_json(p, live);
+            v["type"] = serde_json::json!("packages");
+            v["path"] = serde_json::json!(live.display().to_string());
+            writeln!(out, "{v}")?;
+        } else if several {
+            writeln!(out, "{}: {}", live.display(), output::packages_line(p))?;
+        } else {
+            writeln!(out, "{}", output::packages_line(p))?;
+        }
     }
     Ok(())
 }
