@@ -24,7 +24,7 @@ pub struct HistoryCmd {
     pub gen: Option<u64>,
     /// Also print what each generation's run changed, one rsync-style line per entry on stdout
     /// (`*deleting` for removals): the generation's tree as it was live against the tree that
-    /// replaced it (the next generation, or the live tree). See HISTORY.
+    /// replaced it (the next generation, or the live tree). See "History" in jailsync(1).
     #[arg(short, long, conflicts_with = "root")]
     pub itemize: bool,
 }

@@ -28,7 +28,8 @@ pub struct RollbackCmd {
     #[arg(short = 'n', long)]
     pub dry_run: bool,
     /// Print what the rollback changes (with -n: would change), one rsync-style line per
-    /// entry on stdout, and for a package tree the packages it takes back (see HISTORY).
+    /// entry on stdout, and for a package tree the packages it takes back (see "History" in
+    /// jailsync(1)).
     #[arg(short, long, conflicts_with = "root")]
     pub itemize: bool,
     /// Roll back the target of a DST that is a symlink (only one owned by root or you).

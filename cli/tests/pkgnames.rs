@@ -393,3 +393,41 @@ fn dpkg_history_names_the_packages_a_sync_changed() {
     let out = site.ok(&["history", s(&admin_live)]);
     assert!(out.contains("packages: −jq=1.7.1-3"), "{out}");
 }
+
+/// The man pages say it: the top page's History section (the package rules), and the pages of
+/// `history` and `rollback` their options.
+#[test]
+fn man_pages_document_history_packages_and_itemizing() {
+    let d = tempfile::tempdir().unwrap();
+    let o = crate::common::run([
+        std::ffi::OsStr::new("man"),
+        "--dir".as_ref(),
+        d.path().as_os_str(),
+    ]);
+    expect_code(&o, 0);
+    let page = |n: &str| fs::read_to_string(d.path().join(n)).unwrap();
+    let top = page("jailsync.1");
+    for want in [
+        ".SS \"History\"",
+        "webd\\-2.2 \\(-> webd\\-2.3, +jq\\-1.7, \\(miless\\-590",
+        "\\fB@name\\fR",
+        "\\fBMACHINE_ARCH\\fR",
+        "\\fIvar/lib/dpkg/status\\fR",
+        "\\fIusr/pkg/pkgdb/\\fR",
+        "\\fBrollback \\-n \\-i DST\\fR",
+    ] {
+        assert!(top.contains(want), "{want:?} not in jailsync.1");
+    }
+    let history = page("jailsync-history.1");
+    for want in ["\\-\\-gen", "\\-\\-itemize", "rsync\\-style line per entry"] {
+        assert!(
+            history.contains(want),
+            "{want:?} not in jailsync-history.1:\n{history}"
+        );
+    }
+    let rollback = page("jailsync-rollback.1");
+    assert!(
+        rollback.contains("the packages it takes back"),
+        "{rollback}"
+    );
+}

@@ -126,19 +126,18 @@ impl<'h> Span<'h> {
             mounts: &bounds,
         };
         let mut errors = Vec::new();
-        let mut trees = Vec::new();
-        for side in [self.before, self.after] {
+        let mut scan_side = |side: Side| -> Result<Entries> {
             let shown = self.shown(side);
-            let mut s = scan::scan_tree(&self.io(side), &pools.walk, &sopts)?;
+            let s = scan::scan_tree(&self.io(side), &pools.walk, &sopts)?;
             errors.extend(
                 s.errors
-                    .drain(..)
+                    .into_iter()
                     .map(|(p, e)| (shown.join(fsx::os(&p)), e)),
             );
-            trees.push(s.entries);
-        }
+            Ok(s.entries)
+        };
+        let (mut before, mut after) = (scan_side(self.before)?, scan_side(self.after)?);
         bounds.extend(rec.pinned);
-        let [mut before, mut after]: [Entries; 2] = trees.try_into().ok().expect("two sides");
         for (side, entries) in [(self.before, &mut before), (self.after, &mut after)] {
             entries.retain(|e| !bounds.iter().any(|b| crate::entry::at_or_below(e.path, b)));
             self.as_it_was(side, entries, rec.xattrs)?;
