@@ -45,7 +45,8 @@ and entries it switched around. \fB\-\-json\fR gives each generation a \fBpackag
 (database, format, summary, and each package's \fBname\fR with its \fBold\fR and \fBnew\fR version,
 null when added or removed) and with \fB\-i\fR a \fBchange\fR object per entry.
 \fBrollback \-n \-i DST\fR prints what a rollback would change in the same lines, and the packages
-it would take back; \fBrollback \-i\fR prints them before it switches.
+it would take back; \fBrollback \-i\fR prints them before it switches. With several trees, or
+\fB\-\-root ROOT\fR, each line names its tree.
 .PP
 A tree is a package tree when it holds a package database, looked for on both sides, first
 found first: a pkgsrc database as the tree itself (its subdirectories hold \fB+CONTENTS\fR, as

@@ -783,6 +783,44 @@ pub fn packages_line(d: &PackageDiff) -> String {
     }
 }
 
+/// One tree's preview; `prefixed`: its paths (and packages line) name the tree.
+pub fn print_tree_preview(
+    out: &mut impl Write,
+    g: &Global,
+    live: &Path,
+    (files, packages): &(jailsync_engine::history::FileDiff, Option<PackageDiff>),
+    prefixed: bool,
+) -> anyhow::Result<()> {
+    let prefix = if prefixed {
+        live.as_os_str().as_encoded_bytes()
+    } else {
+        b""
+    };
+    print_changes(
+        out,
+        &files.plan,
+        &files.after,
+        &files.before,
+        prefix,
+        g.json,
+    )?;
+    for (p, e) in &files.errors {
+        report_error(out, g, &p.display().to_string(), "rollback preview", e)?;
+    }
+    let Some(p) = packages else { return Ok(()) };
+    if g.json {
+        let mut v = packages_json(p, live);
+        v["type"] = serde_json::json!("packages");
+        v["path"] = serde_json::json!(live.display().to_string());
+        writeln!(out, "{v}")?;
+    } else if prefixed {
+        writeln!(out, "{}: {}", live.display(), packages_line(p))?;
+    } else {
+        writeln!(out, "{}", packages_line(p))?;
+    }
+    Ok(())
+}
+
 /// A run's summary: a JSON line on stdout, or a line on stderr (with the time of each phase
 /// after it when `-v` asked for them).
 pub fn print_summary(summary: &Summary, verbose_phases: Option<&str>, g: &Global, stats: bool) {

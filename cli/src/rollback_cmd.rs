@@ -30,7 +30,7 @@ pub struct RollbackCmd {
     /// Print what the rollback changes (with -n: would change), one rsync-style line per
     /// entry on stdout, and for a package tree the packages it takes back (see "History" in
     /// jailsync(1)).
-    #[arg(short, long, conflicts_with = "root")]
+    #[arg(short, long)]
     pub itemize: bool,
     /// Roll back the target of a DST that is a symlink (only one owned by root or you).
     #[arg(long)]
@@ -48,7 +48,7 @@ pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
     // SIGKILL is finished by the next command (see `generation::recover`).
     let stop = (!c.dry_run).then(stop_on_signals);
     let code = if let Some(root) = &c.root {
-        crate::roots::rollback(root, c.force, c.dry_run, g)?
+        crate::roots::rollback(root, c.force, c.dry_run, c.itemize, g)?
     } else {
         rollback_trees(&c, g).map_err(|e| upgraded_root_hint(e, &c, g))?
     };
@@ -135,34 +135,8 @@ fn report_checked(rb: &Rollback, c: &RollbackCmd, g: &Global, out: &mut impl Wri
 fn print_preview(rb: &Rollback, g: &Global, out: &mut impl Write) -> Result<()> {
     let previews = rb.preview()?;
     let several = previews.len() > 1;
-    for ((live, _), (files, packages)) in rb.trees().zip(&previews) {
-        let prefix = if several {
-            live.as_os_str().as_encoded_bytes()
-        } else {
-            b""
-        };
-        output::print_changes(
-            out,
-            &files.plan,
-            &files.after,
-            &files.before,
-            prefix,
-            g.json,
-        )?;
-        for (p, e) in &files.errors {
-            report_error(out, g, &p.display().to_string(), "rollback preview", e)?;
-        }
-        let Some(p) = packages else { continue };
-        if g.json {
-            let mut v = output::packages_json(p, live);
-            v["type"] = serde_json::json!("packages");
-            v["path"] = serde_json::json!(live.display().to_string());
-            writeln!(out, "{v}")?;
-        } else if several {
-            writeln!(out, "{}: {}", live.display(), output::packages_line(p))?;
-        } else {
-            writeln!(out, "{}", output::packages_line(p))?;
-        }
+    for ((live, _), preview) in rb.trees().zip(&previews) {
+        output::print_tree_preview(out, g, live, preview, several)?;
     }
     Ok(())
 }

@@ -214,6 +214,15 @@ fn pkgsrc_history_names_the_packages_an_upgrade_changed() {
         "{out}"
     );
     assert!(out.lines().any(|l| l == "cd+++++++++ less-590/"), "{out}");
+    // The whole upgrade: each tree's lines name the tree.
+    let out = site.ok(&["rollback", "--root", s(&site.root), "-n", "-i"]);
+    let want = format!(
+        "{}: packages: webd-2.3 → webd-2.2, +less-590, −jq-1.7",
+        pkgdb.display()
+    );
+    assert!(out.lines().any(|l| l == want), "{want:?} in\n{out}");
+    let want = format!("*deleting   {}/bin/jq", usr_pkg.display());
+    assert!(out.lines().any(|l| l == want), "{want:?} in\n{out}");
     let after = listing(&site.root);
     assert!(
         before == after,

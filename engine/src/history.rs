@@ -102,6 +102,20 @@ pub fn gen_files(dst: &Path, state_dir: &Path, id: u64) -> Result<FileDiff> {
     Span::run(&home, &gens, id)?.files()
 }
 
+/// What switching `dst` back to generation `id` would change (`rollback --root ROOT -n -i`,
+/// tree by tree): read only, the rollback itself checks and switches.
+pub fn rollback_preview(dst: &Path, id: u64) -> Result<(FileDiff, Option<PackageDiff>)> {
+    let Some(home) = switched_home(dst)? else {
+        return Err(Error::bad(
+            dst,
+            format!("no generation {id}: nothing to roll back"),
+        ));
+    };
+    let gens = generation::list(&home)?;
+    let span = Span::rollback(&home, &gens, id);
+    Ok((span.files()?, span.packages()?))
+}
+
 /// Removes all but the newest `keep` generations of `dst` (resolved as `sync` resolves a
 /// destination), under its lock; a dry run only measures.
 pub fn prune(
