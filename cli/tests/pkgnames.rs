@@ -440,3 +440,49 @@ fn man_pages_document_history_packages_and_itemizing() {
         "{rollback}"
     );
 }
+
+/// A tree switched by subtrees (its home inside it, its root's metadata set in place): the
+/// home is no change, the root is not taken for one, and a mode set in place on a file both
+/// releases share is shown as it was.
+#[test]
+fn a_tree_switched_by_subtrees_is_itemized_as_it_was() {
+    let site = Site::new();
+    site.put("usr/pkg/bin/webd", "webd 2.2\n");
+    site.put("usr/pkg/share/doc", "same\n");
+    pkgsrc_package(&site, "usr/pkg/pkgdb", "webd", "2.2", &["bin/webd"]);
+    let (jail, live) = (site.jail.join("usr/pkg"), site.root.join("pkg"));
+    let src = format!("{}/", s(&jail));
+    let sync = || {
+        let o = Command::new(BIN)
+            .arg("--state-dir")
+            .arg(&site.state)
+            .args(["sync", &src, s(&live)])
+            .env_remove("JAILSYNC_STATE_DIR")
+            .env("JAILSYNC_SWITCH", "entries")
+            .output()
+            .unwrap();
+        expect_code(&o, 0);
+    };
+    sync();
+    fs::set_permissions(jail.join("share/doc"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::remove_dir_all(jail.join("pkgdb/webd-2.2")).unwrap();
+    pkgsrc_package(&site, "usr/pkg/pkgdb", "webd", "2.3", &["bin/webd"]);
+    site.put("usr/pkg/bin/webd", "webd 2.3\n");
+    sync();
+    assert!(live.join(".jailsync-gens").is_dir(), "switched by subtrees");
+    let n = newest(&site, &live);
+    let out = site.ok(&["history", s(&live), "--gen", &n.to_string(), "-i"]);
+    assert!(out.contains("packages: webd-2.2 → webd-2.3"), "{out}");
+    assert!(out.lines().any(|l| l == ".f...p..... share/doc"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(">fc") && l.ends_with(" bin/webd")),
+        "{out}"
+    );
+    // The generation's line says where its tree is; no itemized line is the home.
+    assert!(
+        out.lines().skip(1).all(|l| !l.contains(".jailsync")),
+        "the home is nobody's content: {out}"
+    );
+    assert!(!out.lines().any(|l| l.ends_with(" ./")), "the root: {out}");
+}
