@@ -113,7 +113,10 @@ fn print_gen(out: &mut impl Write, h: &History, r: &GenReport, g: &Global) -> Re
             "method": gen.method,
             "tree": gen.tree.display().to_string(),
             "size": size_json(*usage),
-            "packages": packages.map(|p| output::packages_json(p, &gen.tree)),
+            "packages": match &r.packages {
+                Ok(p) => p.as_ref().map(|p| output::packages_json(p, &gen.tree)),
+                Err(e) => Some(serde_json::json!({"error": e.to_string()})),
+            },
         });
         writeln!(out, "{v}")?;
         return Ok(failed);

@@ -401,6 +401,21 @@ fn dpkg_history_names_the_packages_a_sync_changed() {
     site.ok(&["sync", &src, s(&admin_live)]);
     let out = site.ok(&["history", s(&admin_live)]);
     assert!(out.contains("packages: −jq=1.7.1-3"), "{out}");
+    // A status file that is a symlink is not read: the listing goes on, the error names it.
+    fs::remove_file(admin_live.join("status")).unwrap();
+    std::os::unix::fs::symlink(admin.join("status"), admin_live.join("status")).unwrap();
+    let o = site.js(&["history", s(&admin_live)]);
+    expect_code(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains("packages not named")
+            && err.contains(&format!("{}/status: ", admin_live.display())),
+        "{err}"
+    );
+    // The older generation is compared with the newer, both readable.
+    let out = stdout(&o);
+    assert!(out.contains("packages: +jq=1.7.1-3, +webd=2.3-1"), "{out}");
+    assert_eq!(out.lines().count(), 3, "both generations listed: {out}");
 }
 
 /// The man pages say it: the top page's History section (the package rules), and the pages of

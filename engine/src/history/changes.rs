@@ -128,7 +128,8 @@ impl<'h> Span<'h> {
         let mut errors = Vec::new();
         let mut scan_side = |side: Side| -> Result<Entries> {
             let shown = self.shown(side);
-            let s = scan::scan_tree(&self.io(side), &pools.walk, &sopts)?;
+            let s = scan::scan_tree(&self.io(side), &pools.walk, &sopts)
+                .map_err(|e| e.map_path(|p| self.as_shown(side, p)))?;
             errors.extend(
                 s.errors
                     .into_iter()
@@ -151,8 +152,9 @@ impl<'h> Span<'h> {
         ] {
             let need = need.iter().map(|&i| i as usize);
             let (_, errs) =
-                crate::sync::hash_entries(&self.io(side), entries, need, &pools.work, &Silent)?;
-            errors.extend(errs);
+                crate::sync::hash_entries(&self.io(side), entries, need, &pools.work, &Silent)
+                    .map_err(|e| e.map_path(|p| self.as_shown(side, p)))?;
+            errors.extend(errs.into_iter().map(|(p, e)| (self.as_shown(side, p), e)));
         }
         let opts = PlanOpts {
             owner: true,
@@ -171,6 +173,14 @@ impl<'h> Span<'h> {
         match side {
             Side::Gen(n) => self.home.io_path(&format!("gen-{n}")),
             Side::Live => self.home.live.clone(),
+        }
+    }
+
+    /// A path read through the home's fd, as the admin knows it.
+    fn as_shown(&self, side: Side, p: PathBuf) -> PathBuf {
+        match p.strip_prefix(self.io(side)) {
+            Ok(rel) => self.shown(side).join(rel),
+            Err(_) => p,
         }
     }
 
