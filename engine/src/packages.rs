@@ -155,7 +155,7 @@ fn holds(root: BorrowedFd<'_>, db: &Db) -> bool {
     match db.format {
         Format::Pkgsrc => fsx::open_dir_beneath(root, &db.rel)
             .ok()
-            .is_some_and(|d| !pkgsrc_dirs(d.as_fd()).unwrap_or_default().is_empty()),
+            .is_some_and(|d| pkgsrc_dirs(d.as_fd(), true).is_ok_and(|p| !p.is_empty())),
         Format::Dpkg => {
             let (parent, name) = fsx::split_parent(&db.rel);
             // `status` alone is too common a name: dpkg's directory also holds `info/`.
@@ -193,8 +193,9 @@ fn absent(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
 }
 
-/// The subdirectories of a pkgsrc database that hold `+CONTENTS`, each open.
-fn pkgsrc_dirs(db: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, OwnedFd)>> {
+/// The subdirectories of a pkgsrc database that hold `+CONTENTS`, each open (only the
+/// first with `first`).
+fn pkgsrc_dirs(db: BorrowedFd<'_>, first: bool) -> io::Result<Vec<(Vec<u8>, OwnedFd)>> {
     let mut names = fsx::list_dir(db)?;
     names.sort();
     let mut out = Vec::new();
@@ -205,6 +206,9 @@ fn pkgsrc_dirs(db: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, OwnedFd)>> {
         };
         if open_file(d.as_fd(), b"+CONTENTS").is_ok() {
             out.push((name, d));
+            if first {
+                break;
+            }
         }
     }
     Ok(out)
@@ -212,17 +216,9 @@ fn pkgsrc_dirs(db: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, OwnedFd)>> {
 
 fn read_pkgsrc(db: BorrowedFd<'_>) -> io::Result<Vec<Package>> {
     let mut out = Vec::new();
-    for (dir_name, d) in pkgsrc_dirs(db)? {
-        let contents = read_text(d.as_fd(), b"+CONTENTS")?;
-        let pkgname = contents
-            .lines()
-            .find_map(|l| l.strip_prefix("@name "))
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .map_or_else(
-                || String::from_utf8_lossy(&dir_name).into_owned(),
-                String::from,
-            );
+    for (dir_name, d) in pkgsrc_dirs(db, false)? {
+        let pkgname =
+            at_name(d.as_fd())?.unwrap_or_else(|| String::from_utf8_lossy(&dir_name).into_owned());
         let arch = match read_text(d.as_fd(), b"+BUILD_INFO") {
             Ok(info) => info
                 .lines()
@@ -239,6 +235,29 @@ fn read_pkgsrc(db: BorrowedFd<'_>) -> io::Result<Vec<Package>> {
         });
     }
     Ok(out)
+}
+
+/// The `@name` of a package's `+CONTENTS`. It is in the header, before the first file: the
+/// rest (megabytes for the largest packages) is not read.
+fn at_name(pkg: BorrowedFd<'_>) -> io::Result<Option<String>> {
+    let f = std::fs::File::from(open_file(pkg, b"+CONTENTS")?);
+    let mut line = Vec::new();
+    let mut r = io::BufReader::new(f);
+    loop {
+        line.clear();
+        if io::BufRead::read_until(&mut r, b'\n', &mut line)? == 0 {
+            return Ok(None);
+        }
+        let l = String::from_utf8_lossy(&line);
+        let l = l.trim_end();
+        if let Some(n) = l.strip_prefix("@name ").map(str::trim) {
+            return Ok((!n.is_empty()).then(|| n.to_string()));
+        }
+        // Past the header: the first file.
+        if !l.starts_with('@') {
+            return Ok(None);
+        }
+    }
 }
 
 /// pkgsrc's `PKGNAME` is `PKGBASE-PKGVERSION`, and a version holds no `-`.
@@ -448,7 +467,15 @@ Version: 590-2
                     "pkgdb/webd-2.2/+BUILD_INFO",
                     "MACHINE_ARCH=x86_64\nOPSYS=NetBSD\n",
                 ),
-                ("pkgdb/less-590/+CONTENTS", "@cwd /usr/pkg\nbin/less\n"),
+                (
+                    "pkgdb/less-590/+CONTENTS",
+                    "@cwd /usr/pkg\nbin/less\n@name late-1\n",
+                ),
+                // The record's own name wins over its directory's.
+                (
+                    "pkgdb/jq-1.6/+CONTENTS",
+                    "@comment x\n@name jq-1.7nb1\n@cwd /usr/pkg\n",
+                ),
                 ("pkgdb/pkgdb.byfile.db", "not a package\n"),
                 ("bin/webd", "2.2\n"),
             ],
@@ -457,10 +484,10 @@ Version: 590-2
         let db = find_db(open(&a).as_fd(), open(&b).as_fd()).expect("found on one side");
         assert_eq!(db.rel, b"pkgdb");
         let d = diff_trees(&db, (open(&a).as_fd(), &a), (open(&b).as_fd(), &b)).unwrap();
-        // No @name: the directory's name.
-        assert_eq!(d.summary(), "−less-590, −webd-2.2");
+        // No @name before the first file: the directory's name.
+        assert_eq!(d.summary(), "−jq-1.7nb1, −less-590, −webd-2.2");
         let pkgs = read(open(&a).as_fd(), &db).unwrap();
-        assert_eq!(pkgs[1].arch.as_deref(), Some("x86_64"));
+        assert_eq!(pkgs[2].arch.as_deref(), Some("x86_64"));
         // The database as a tree of its own.
         let inner = a.join("pkgdb");
         let db = find_db(open(&inner).as_fd(), open(&inner).as_fd()).unwrap();
