@@ -501,3 +501,39 @@ fn a_tree_switched_by_subtrees_is_itemized_as_it_was() {
     );
     assert!(!out.lines().any(|l| l.ends_with(" ./")), "the root: {out}");
 }
+
+/// A tree switched by symlink (DST -> its home's release): the live tree is read where the
+/// link points, each generation through its alias.
+#[test]
+fn a_tree_switched_by_symlink_is_itemized_and_named() {
+    let site = Site::new();
+    site.put("usr/pkg/bin/webd", "webd 2.2\n");
+    pkgsrc_package(&site, "usr/pkg/pkgdb", "webd", "2.2", &["bin/webd"]);
+    let (jail, live) = (site.jail.join("usr/pkg"), site.root.join("pkg"));
+    let src = format!("{}/", s(&jail));
+    site.ok(&["sync", "--switch", "link", &src, s(&live)]);
+    fs::remove_dir_all(jail.join("pkgdb/webd-2.2")).unwrap();
+    pkgsrc_package(&site, "usr/pkg/pkgdb", "webd", "2.3", &["bin/webd"]);
+    site.put("usr/pkg/bin/webd", "webd 2.3\n");
+    site.put("usr/pkg/bin/jq", "jq 1.7\n");
+    site.ok(&["sync", &src, s(&live)]);
+    assert!(
+        fs::symlink_metadata(&live)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "switched by symlink"
+    );
+    let n = newest(&site, &live);
+    let out = site.ok(&["history", s(&live), "--gen", &n.to_string(), "-i"]);
+    assert!(out.contains("packages: webd-2.2 → webd-2.3"), "{out}");
+    assert!(out.lines().any(|l| l == ">f+++++++++ bin/jq"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(">fc") && l.ends_with(" bin/webd")),
+        "{out}"
+    );
+    let out = site.ok(&["rollback", "-n", "-i", s(&live)]);
+    assert!(out.contains("packages: webd-2.3 → webd-2.2"), "{out}");
+    assert!(out.lines().any(|l| l == "*deleting   bin/jq"), "{out}");
+}

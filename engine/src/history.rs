@@ -90,7 +90,7 @@ pub fn history(dst: &Path, state_dir: &Path) -> Result<History> {
 /// The files run `id` of `dst` changed (`history DST --gen N -i`): generation `id` against
 /// the tree that replaced it (see [`changes`]).
 pub fn gen_files(dst: &Path, state_dir: &Path, id: u64) -> Result<FileDiff> {
-    let dst = std::fs::canonicalize(dst).map_err(|e| Error::io(dst, e))?;
+    let dst = crate::paths::canonical_tree(dst).map_err(|e| Error::io(dst, e))?;
     let _state = sync::open_state(state_dir, &[&dst])?;
     let Some(home) = switched_home(&dst)? else {
         return Err(Error::bad(

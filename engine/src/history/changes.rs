@@ -117,7 +117,7 @@ impl<'h> Span<'h> {
     pub fn files(&self) -> Result<FileDiff> {
         let rec = self.records();
         let pools = Pools::new(0);
-        let mut bounds = crate::jail::mountinfo::points_below(&self.home.live);
+        let mut bounds = crate::jail::mountinfo::points_below(&self.home.live_real());
         let sopts = ScanOpts {
             excludes: &rec.excludes,
             xattrs: rec.xattrs,
@@ -171,8 +171,11 @@ impl<'h> Span<'h> {
     /// Where a side is read (a generation through the home's fd).
     fn io(&self, side: Side) -> PathBuf {
         match side {
-            Side::Gen(n) => self.home.io_path(&format!("gen-{n}")),
-            Side::Live => self.home.live.clone(),
+            Side::Gen(n) => self.home.io_path(&String::from_utf8_lossy(
+                &self.home.tree_name(&Home::gen_name(n)),
+            )),
+            // A tree switched by symlink is read where the link points.
+            Side::Live => self.home.live_real(),
         }
     }
 
@@ -194,10 +197,9 @@ impl<'h> Span<'h> {
 
     fn open(&self, side: Side) -> Result<OwnedFd> {
         match side {
-            Side::Gen(n) => fsx::open_subdir(self.home.fd.as_fd(), &Home::gen_name(n)),
-            Side::Live => fsx::open_root_nofollow(&self.home.live),
+            Side::Gen(n) => self.home.open_in(&Home::gen_name(n)),
+            Side::Live => fsx::open_root_nofollow(&self.home.live_real()).at(&self.home.live),
         }
-        .at(self.shown(side))
     }
 
     /// What the runs of the span recorded: their excluded patterns (all of them: a path one
@@ -243,7 +245,7 @@ impl<'h> Span<'h> {
             .map(|g| g.method.as_str());
         if by_path == Some("entries") && !entries.is_empty() {
             // Switched by subtrees, the root stayed live: gen-N's root is the home's.
-            let root = fsx::open_root_nofollow(&self.home.live).at(&self.home.live)?;
+            let root = fsx::open_root_nofollow(&self.home.live_real()).at(&self.home.live)?;
             let st = fsx::fstat(root.as_fd()).at(&self.home.live)?;
             let live = fsx::entry_from_stat(&st);
             set_meta(&mut entries[0], &live, false);
