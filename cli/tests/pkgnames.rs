@@ -262,6 +262,15 @@ fn a_database_inside_the_synced_tree_is_named_by_its_history() {
         2,
         "one generation, its packages: {out}"
     );
+    // -i without --gen: every generation, newest first, each followed by its lines.
+    let out = site.ok(&["history", s(&live), "-i"]);
+    let at = |needle: &str| {
+        out.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} in\n{out}"))
+    };
+    assert!(at("packages: webd-2.2 → webd-2.3") < at("*deleting   pkgdb/webd-2.2/+CONTENTS"));
+    assert!(at("*deleting   pkgdb/webd-2.2/+CONTENTS") < at("packages: +webd-2.2"));
+    assert!(at("packages: +webd-2.2") < at(">f+++++++++ pkgdb/webd-2.2/+CONTENTS"));
     let o = site.js(&["history", s(&live), "--gen", "999"]);
     expect_code(&o, 2);
     assert!(stderr(&o).contains("no generation 999"), "{}", stderr(&o));
@@ -385,6 +394,18 @@ fn dpkg_history_names_the_packages_a_sync_changed() {
     assert!(
         out.lines().any(|l| l == ">f+++++++++ usr/bin/less"),
         "{out}"
+    );
+    let json = site.ok(&["--json", "rollback", "-n", "-i", s(&site.root)]);
+    let p: serde_json::Value = json
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["type"] == "packages")
+        .expect(&json);
+    assert_eq!(p["format"], "dpkg");
+    assert_eq!(p["path"], s(&site.root));
+    assert_eq!(
+        p["changes"][0],
+        serde_json::json!({"name": "webd", "old": "2.3-1", "new": "2.2-1"})
     );
     let after = listing(&site.root);
     assert!(
