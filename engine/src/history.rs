@@ -92,19 +92,20 @@ pub fn history(dst: &Path, state_dir: &Path) -> Result<History> {
 pub fn gen_files(dst: &Path, state_dir: &Path, id: u64) -> Result<FileDiff> {
     let dst = crate::paths::canonical_tree(dst).map_err(|e| Error::io(dst, e))?;
     let _state = sync::open_state(state_dir, &[&dst])?;
-    let Some(home) = switched_home(&dst)? else {
-        return Err(Error::bad(
-            &dst,
-            format!("no generation {id}: nothing to roll back"),
-        ));
-    };
-    let gens = generation::list(&home)?;
+    let (home, gens) = generations(&dst, id)?;
     Span::run(&home, &gens, id)?.files()
 }
 
 /// What switching `dst` back to generation `id` would change (`rollback --root ROOT -n -i`,
 /// tree by tree): read only, the rollback itself checks and switches.
 pub fn rollback_preview(dst: &Path, id: u64) -> Result<(FileDiff, Option<PackageDiff>)> {
+    let (home, gens) = generations(dst, id)?;
+    let span = Span::rollback(&home, &gens, id);
+    Ok((span.files()?, span.packages()?))
+}
+
+/// The home of `dst` and its generations, for a report on generation `id`.
+fn generations(dst: &Path, id: u64) -> Result<(Home, Vec<Gen>)> {
     let Some(home) = switched_home(dst)? else {
         return Err(Error::bad(
             dst,
@@ -112,8 +113,7 @@ pub fn rollback_preview(dst: &Path, id: u64) -> Result<(FileDiff, Option<Package
         ));
     };
     let gens = generation::list(&home)?;
-    let span = Span::rollback(&home, &gens, id);
-    Ok((span.files()?, span.packages()?))
+    Ok((home, gens))
 }
 
 /// Removes all but the newest `keep` generations of `dst` (resolved as `sync` resolves a
