@@ -56,7 +56,8 @@ pub enum Cmd {
     Manifest(manifest_cmd::ManifestCmd),
     /// Undo the last sync of DST exactly (never lacking, whole or old).
     Rollback(rollback_cmd::RollbackCmd),
-    /// List the syncs of DST that can be rolled back.
+    /// List the syncs of DST that can be rolled back, with the packages each changed (and
+    /// with -i its files).
     History(history_cmd::HistoryCmd),
     /// Show the jail's versions of kept configuration files (`NAME.jailsync-new`) as unified
     /// diffs against the live ones (exit 1 when some are pending).

@@ -23,6 +23,43 @@ A live entry changed since the sync (an admin's edit) makes it refuse, naming th
 unless \fB\-\-force\fR, which keeps the tree it replaces whole as \fIHOME\fB/kept\-\fIN\fR. Excluded entries
 are the live system's: they are carried into the tree switched back. The newest \fB\-\-keep\fR
 generations are kept (\fBprune\fR removes older ones); \fB\-\-no\-rollback\fR keeps none.
+.SS "History"
+\fBjailsync history DST\fR lists the generations of DST, newest first, and under each the
+packages its run changed when DST is a package tree:
+.PP
+.RS 4
+.nf
+     7  2026\-05\-02T03:00:12Z       42 changes  ...  from /usr/pkg_jail/usr/pkg/pkgdb
+        packages: webd\-2.2 \(-> webd\-2.3, +jq\-1.7, \(miless\-590
+.fi
+.RE
+.PP
+Generation N is the tree as it was before run N, so what run N changed is generation N against
+the tree that replaced it: the next generation kept, or the live tree. \fB\-\-gen N\fR shows that
+generation only; \fB\-i\fR adds one line per entry the run changed, in the format of \fBsync \-i\fR
+(\fB>f+++++++++\fR created, \fB*deleting\fR removed, \fB.f...p.....\fR mode only), each generation's tree
+read as it was live: the metadata a run set in place on a file both trees share, and the
+setuid bits taken from a generation's old binaries, are put back from the generation's
+records. What a run did not look at is not listed: its excluded paths, mount points below DST,
+and entries it switched around. \fB\-\-json\fR gives each generation a \fBpackages\fR object
+(database, format, summary, and each package's \fBname\fR with its \fBold\fR and \fBnew\fR version,
+null when added or removed) and with \fB\-i\fR a \fBchange\fR object per entry.
+\fBrollback \-n \-i DST\fR prints what a rollback would change in the same lines, and the packages
+it would take back; \fBrollback \-i\fR prints them before it switches. With several trees, or
+\fB\-\-root ROOT\fR, each line names its tree.
+.PP
+A tree is a package tree when it holds a package database, looked for on both sides, first
+found first: a pkgsrc database as the tree itself (its subdirectories hold \fB+CONTENTS\fR, as
+\fBupgrade\fR switches \fIusr/pkg/pkgdb\fR or \fIvar/db/pkg\fR), or at \fIpkgdb/\fR, \fIusr/pkg/pkgdb/\fR or
+\fIvar/db/pkg/\fR inside it; dpkg's \fIvar/lib/dpkg/status\fR, or \fIstatus\fR when the tree is dpkg's
+directory (it holds \fIinfo/\fR). A pkgsrc package is named by the \fB@name\fR line of its \fB+CONTENTS\fR
+(its directory's name without one), its architecture by \fBMACHINE_ARCH\fR in \fB+BUILD_INFO\fR, and
+shown as \fINAME\fB\-\fIVERSION\fR; a dpkg package is a stanza whose \fBStatus\fR ends in \fBinstalled\fR,
+shown as apt spells it, \fINAME\fB=\fIVERSION\fR (\fINAME\fB:\fIARCH\fR where a name is installed for
+several architectures). A database a run excluded is not its tree's: after \fBupgrade\fR, whose
+prefix run excludes the package database switched on its own, the packages are named by the
+history of the database (\fBhistory /usr/pkg/pkgdb\fR), not of \fI/usr/pkg\fR. Nothing below a
+tree is read through a symlink.
 .SS "Configuration files"
 \fBupgrade\fR protects every tree's \fIetc/\fR (and \fB\-\-protect\fR globs, \fBprotect\fR lines of the
 jail's \fIjailsync.conf\fR), merging three-way with the jail's version it installed last time,

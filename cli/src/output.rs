@@ -9,6 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jailsync_engine::entry::{display_path, Ent, Entries, Kind};
+use jailsync_engine::packages::PackageDiff;
 use jailsync_engine::plan::{itemize, Action, Counts, Op, Plan};
 use jailsync_engine::progress::{Phase, Progress, Silent};
 use jailsync_engine::protect::{Decisions, Verdict, NEW_SUFFIX};
@@ -753,6 +754,69 @@ pub fn report_carry(
             live.display(),
             if n == 1 { "y" } else { "ies" }
         );
+    }
+    Ok(())
+}
+
+/// A package diff as JSON: the database (path, format), the one-line summary, and each
+/// package's name with its version before and after (null: added, removed).
+pub fn packages_json(d: &PackageDiff, tree: &Path) -> Value {
+    let changes: Vec<Value> = d
+        .changes
+        .iter()
+        .map(|c| json!({"name": c.name, "old": c.old, "new": c.new}))
+        .collect();
+    json!({
+        "database": tree.join(jailsync_engine::fsx::os(&d.db.rel)).display().to_string(),
+        "format": d.db.format.name(),
+        "summary": d.summary(),
+        "changes": changes,
+    })
+}
+
+/// A package diff as one line: `packages: webd-2.2 → webd-2.3, +jq-1.7, −less-590`.
+pub fn packages_line(d: &PackageDiff) -> String {
+    if d.changes.is_empty() {
+        "packages: none changed".into()
+    } else {
+        format!("packages: {}", d.summary())
+    }
+}
+
+/// One tree's preview; `prefixed`: its paths (and packages line) name the tree.
+pub fn print_tree_preview(
+    out: &mut impl Write,
+    g: &Global,
+    live: &Path,
+    (files, packages): &(jailsync_engine::history::FileDiff, Option<PackageDiff>),
+    prefixed: bool,
+) -> anyhow::Result<()> {
+    let prefix = if prefixed {
+        live.as_os_str().as_encoded_bytes()
+    } else {
+        b""
+    };
+    print_changes(
+        out,
+        &files.plan,
+        &files.after,
+        &files.before,
+        prefix,
+        g.json,
+    )?;
+    for (p, e) in &files.errors {
+        report_error(out, g, &p.display().to_string(), "rollback preview", e)?;
+    }
+    let Some(p) = packages else { return Ok(()) };
+    if g.json {
+        let mut v = packages_json(p, live);
+        v["type"] = serde_json::json!("packages");
+        v["path"] = serde_json::json!(live.display().to_string());
+        writeln!(out, "{v}")?;
+    } else if prefixed {
+        writeln!(out, "{}: {}", live.display(), packages_line(p))?;
+    } else {
+        writeln!(out, "{}", packages_line(p))?;
     }
     Ok(())
 }

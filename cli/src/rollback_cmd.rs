@@ -27,7 +27,9 @@ pub struct RollbackCmd {
     /// Show what would change; change nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
-    /// Print one rsync-style line per change on stdout.
+    /// Print what the rollback changes (with -n: would change), one rsync-style line per
+    /// entry on stdout, and for a package tree the packages it takes back (see "History" in
+    /// jailsync(1)).
     #[arg(short, long)]
     pub itemize: bool,
     /// Roll back the target of a DST that is a symlink (only one owned by root or you).
@@ -46,7 +48,7 @@ pub fn run_rollback(c: RollbackCmd, g: &Global) -> Result<u8> {
     // SIGKILL is finished by the next command (see `generation::recover`).
     let stop = (!c.dry_run).then(stop_on_signals);
     let code = if let Some(root) = &c.root {
-        crate::roots::rollback(root, c.force, c.dry_run, g)?
+        crate::roots::rollback(root, c.force, c.dry_run, c.itemize, g)?
     } else {
         rollback_trees(&c, g).map_err(|e| upgraded_root_hint(e, &c, g))?
     };
@@ -99,6 +101,9 @@ fn rollback_trees(c: &RollbackCmd, g: &Global) -> Result<u8> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     report_checked(&rb, c, g, &mut out)?;
+    if c.itemize && !rb.refused() {
+        print_preview(&rb, g, &mut out)?;
+    }
     rb.switch_back()?;
     let errors = report_rolled_back(&rb, c, g, &mut out)?;
     out.flush()?;
@@ -121,6 +126,17 @@ fn report_checked(rb: &Rollback, c: &RollbackCmd, g: &Global, out: &mut impl Wri
     }
     for (live, r) in rb.trees() {
         report_carry(out, g, live, &r.carry, c.dry_run)?;
+    }
+    Ok(())
+}
+
+/// What switching back changes, tree by tree, before anything is switched: the itemized
+/// lines (paths prefixed with the tree when several are given) and the packages.
+fn print_preview(rb: &Rollback, g: &Global, out: &mut impl Write) -> Result<()> {
+    let previews = rb.preview()?;
+    let several = previews.len() > 1;
+    for ((live, _), preview) in rb.trees().zip(&previews) {
+        output::print_tree_preview(out, g, live, preview, several)?;
     }
     Ok(())
 }

@@ -54,9 +54,15 @@ pub fn history(root: &Path, g: &Global) -> Result<u8> {
 }
 
 /// `rollback --root ROOT`: each step printed as the engine makes it.
-pub fn rollback(root: &Path, force: bool, dry_run: bool, g: &Global) -> Result<u8> {
+pub fn rollback(root: &Path, force: bool, dry_run: bool, itemize: bool, g: &Global) -> Result<u8> {
     let r = roots::rollback(root, &g.state_dir, force, dry_run, |step| {
-        print_step(&step, dry_run, g)
+        print_step(&step, dry_run, g)?;
+        match step {
+            // What each tree's switch changes: with -n when it would be made, else before any.
+            RootStep::Would { dst, id } if itemize => preview(dst, id, g),
+            RootStep::Checked { dst, r } if itemize && !dry_run => preview(dst, r.generation.id, g),
+            _ => Ok(()),
+        }
     })?;
     if r.refused {
         let changed = r.changed;
@@ -78,6 +84,14 @@ pub fn rollback(root: &Path, force: bool, dry_run: bool, g: &Global) -> Result<u
         );
     }
     Ok(exit::OK)
+}
+
+/// One tree's `-i` lines, its paths prefixed with the tree.
+fn preview(dst: &Path, id: u64, g: &Global) -> Result<()> {
+    let p = jailsync_engine::history::rollback_preview(dst, id)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    crate::output::print_tree_preview(&mut out, g, dst, &p, true)
 }
 
 fn print_step(step: &RootStep<'_>, dry_run: bool, g: &Global) -> Result<()> {

@@ -25,6 +25,7 @@ mod jail;
 mod link_switch;
 mod moves;
 mod never_lacks;
+mod pkgnames;
 mod pkgsrc;
 mod portable;
 mod push;

@@ -178,7 +178,8 @@ fn write_record(dir: &OwnedFd, at: &Path, fangs: &[&Fang], durable: bool) -> Res
     })
 }
 
-fn read_record(p: &Path) -> Result<Option<Vec<Fang>>> {
+/// What a generation's record (`gen-N.d/defanged`) says was taken; None: no record.
+pub fn read_record(p: &Path) -> Result<Option<Vec<Fang>>> {
     let text = match std::fs::read_to_string(p) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),

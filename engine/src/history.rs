@@ -14,7 +14,12 @@ use crate::sync::{self, Pools};
 use crate::usage::{self, Usage};
 use crate::{fsx, paths};
 
+pub mod changes;
 pub mod roots;
+
+use crate::packages::PackageDiff;
+pub use changes::FileDiff;
+use changes::Span;
 
 /// One generation as `history` and `prune` show it.
 #[derive(Debug)]
@@ -24,6 +29,9 @@ pub struct GenReport {
     pub io: PathBuf,
     /// The space only it holds; `None` when it could not be measured.
     pub usage: Option<Usage>,
+    /// The packages its run changed, for a package tree (see [`crate::packages`]); a
+    /// database that cannot be read is an error here, not of the listing.
+    pub packages: Result<Option<PackageDiff>>,
 }
 
 /// A destination's generations (`history DST`).
@@ -59,7 +67,14 @@ pub fn history(dst: &Path, state_dir: &Path) -> Result<History> {
     // Checked as every command checks it, though the generations live in the home.
     let _state = sync::open_state(state_dir, &[&dst])?;
     let gens = match switched_home(&dst)? {
-        Some(home) => sizes(&home, &dst)?,
+        Some(home) => {
+            let mut gens = sizes(&home, &dst)?;
+            let list: Vec<Gen> = gens.iter().map(|g| g.gen.clone()).collect();
+            for g in &mut gens {
+                g.packages = Span::run(&home, &list, g.gen.id).and_then(|s| s.packages());
+            }
+            gens
+        }
         None => Vec::new(),
     };
     let removed_through = Home::existing(&dst)?
@@ -70,6 +85,35 @@ pub fn history(dst: &Path, state_dir: &Path) -> Result<History> {
         gens,
         removed_through,
     })
+}
+
+/// The files run `id` of `dst` changed (`history DST --gen N -i`): generation `id` against
+/// the tree that replaced it (see [`changes`]).
+pub fn gen_files(dst: &Path, state_dir: &Path, id: u64) -> Result<FileDiff> {
+    let dst = crate::paths::canonical_tree(dst).map_err(|e| Error::io(dst, e))?;
+    let _state = sync::open_state(state_dir, &[&dst])?;
+    let (home, gens) = generations(&dst, id)?;
+    Span::run(&home, &gens, id)?.files()
+}
+
+/// What switching `dst` back to generation `id` would change (`rollback --root ROOT -n -i`,
+/// tree by tree): read only, the rollback itself checks and switches.
+pub fn rollback_preview(dst: &Path, id: u64) -> Result<(FileDiff, Option<PackageDiff>)> {
+    let (home, gens) = generations(dst, id)?;
+    let span = Span::rollback(&home, &gens, id);
+    Ok((span.files()?, span.packages()?))
+}
+
+/// The home of `dst` and its generations, for a report on generation `id`.
+fn generations(dst: &Path, id: u64) -> Result<(Home, Vec<Gen>)> {
+    let Some(home) = switched_home(dst)? else {
+        return Err(Error::bad(
+            dst,
+            format!("no generation {id}: nothing to roll back"),
+        ));
+    };
+    let gens = generation::list(&home)?;
+    Ok((home, gens))
 }
 
 /// Removes all but the newest `keep` generations of `dst` (resolved as `sync` resolves a
@@ -187,6 +231,18 @@ impl Rollback {
         self.items.iter().map(|c| (c.home.live.as_path(), &c.r))
     }
 
+    /// What switching each tree back would change (`rollback -n -i`): its files and, for a
+    /// package tree, its packages, in the order given.
+    pub fn preview(&self) -> Result<Vec<(FileDiff, Option<PackageDiff>)>> {
+        let mut out = Vec::new();
+        for c in &self.items {
+            let gens = generation::list(&c.home)?;
+            let span = Span::rollback(&c.home, &gens, c.r.generation.id);
+            out.push((span.files()?, span.packages()?));
+        }
+        Ok(out)
+    }
+
     /// Entries changed since the sync, over every tree.
     pub fn changed(&self) -> usize {
         self.items.iter().map(|c| c.r.changed.len()).sum()
@@ -261,7 +317,12 @@ fn sizes(home: &Home, dst: &Path) -> Result<Vec<GenReport>> {
         let usage = live
             .as_ref()
             .and_then(|l| usage::held_only_by(std::slice::from_ref(&io), l).ok());
-        out.push(GenReport { gen, io, usage });
+        out.push(GenReport {
+            gen,
+            io,
+            usage,
+            packages: Ok(None),
+        });
     }
     Ok(out)
 }
@@ -283,6 +344,7 @@ mod tests {
     use crate::progress::Silent;
     use crate::sync::SyncOpts;
     use std::fs;
+    use std::os::unix::fs::MetadataExt;
 
     /// A source, a destination and a state dir apart from both, in one temp dir.
     struct Site {
@@ -352,6 +414,101 @@ mod tests {
             fs::read_to_string(newest.gen.tree.join("etc/app.conf")).unwrap(),
             "v1\n"
         );
+    }
+
+    /// The itemized paths of a diff, with their rsync-style codes.
+    fn items(d: &FileDiff) -> Vec<String> {
+        d.plan
+            .actions
+            .iter()
+            .map(|a| {
+                let p = d.plan.path(a, &d.after, &d.before);
+                format!(
+                    "{} {}",
+                    crate::plan::itemize(a, &d.after),
+                    String::from_utf8_lossy(p)
+                )
+            })
+            .collect()
+    }
+
+    /// Run 1 installs webd-2.2 and less; run 2 upgrades webd, adds jq, drops less and only
+    /// touches the mode of a file both releases share (set in place on the shared inode).
+    #[test]
+    fn history_names_the_packages_and_files_each_run_changed() {
+        use std::os::unix::fs::PermissionsExt;
+        let s = site();
+        let pkg = |name: &str| format!("@comment $NetBSD$\n@name {name}\n@cwd /usr/pkg\n");
+        let w = |files: &[(&str, &str)]| crate::testkit::write_tree(&s.src, files);
+        w(&[
+            ("pkgdb/webd-2.2/+CONTENTS", &pkg("webd-2.2")),
+            ("pkgdb/less-590/+CONTENTS", &pkg("less-590")),
+            ("bin/webd", "webd 2.2\n"),
+            ("bin/less", "less\n"),
+            ("share/doc", "same\n"),
+        ]);
+        sync_release(&s, &s.dst, "v1\n", 16);
+        fs::remove_dir_all(s.src.join("pkgdb/webd-2.2")).unwrap();
+        fs::remove_dir_all(s.src.join("pkgdb/less-590")).unwrap();
+        fs::remove_file(s.src.join("bin/less")).unwrap();
+        w(&[
+            ("pkgdb/webd-2.3/+CONTENTS", &pkg("webd-2.3")),
+            ("pkgdb/jq-1.7/+CONTENTS", &pkg("jq-1.7")),
+            ("bin/webd", "webd 2.3\n"),
+        ]);
+        fs::set_permissions(s.src.join("share/doc"), fs::Permissions::from_mode(0o600)).unwrap();
+        let doc_before = fs::metadata(s.dst.join("share/doc")).unwrap();
+        sync_release(&s, &s.dst, "v1\n", 16);
+        // The shared file's metadata changed in place: the generation's link shows the new mode.
+        let h = history(&s.dst, &s.state).unwrap();
+        let [first, second] = &h.gens[..] else {
+            panic!("{:?}", ids(&h))
+        };
+        let names = |g: &GenReport| g.packages.as_ref().unwrap().as_ref().map(|d| d.summary());
+        assert_eq!(names(first).as_deref(), Some("+less-590, +webd-2.2"));
+        assert_eq!(
+            names(second).as_deref(),
+            Some("webd-2.2 → webd-2.3, +jq-1.7, −less-590")
+        );
+        assert_eq!(
+            fs::metadata(second.gen.tree.join("share/doc"))
+                .unwrap()
+                .ino(),
+            doc_before.ino(),
+            "one inode, two trees"
+        );
+        let got = items(&gen_files(&s.dst, &s.state, second.gen.id).unwrap());
+        let has = |want: &str| got.iter().any(|l| l == want);
+        assert!(has(">fc.t...... bin/webd"), "{got:?}");
+        assert!(has("*deleting   bin/less"), "{got:?}");
+        assert!(has(".f...p..... share/doc"), "the mode as it was: {got:?}");
+        assert!(has("cd+++++++++ pkgdb/jq-1.7"), "{got:?}");
+        // One line per path, none for what neither run changed.
+        assert_eq!(got.len(), 15, "{got:?}");
+        // Rolling back to the second generation would undo exactly that, the other way.
+        let rb = check_trees(
+            std::slice::from_ref(&s.dst),
+            &s.state,
+            RollbackOpts {
+                dry_run: true,
+                ..RollbackOpts::default()
+            },
+        )
+        .unwrap();
+        let [(files, pkgs)] = &rb.preview().unwrap()[..] else {
+            panic!("one tree")
+        };
+        assert_eq!(
+            pkgs.as_ref().unwrap().summary(),
+            "webd-2.3 → webd-2.2, +less-590, −jq-1.7"
+        );
+        let back = items(files);
+        assert!(back.iter().any(|l| l == ">f+++++++++ bin/less"), "{back:?}");
+        assert!(
+            back.iter().any(|l| l == ".f...p..... share/doc"),
+            "{back:?}"
+        );
+        assert_eq!(back.len(), got.len(), "{back:?} vs {got:?}");
     }
 
     #[test]

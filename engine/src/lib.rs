@@ -21,6 +21,7 @@ pub mod layout;
 pub mod manifest;
 pub mod names;
 pub mod opts;
+pub mod packages;
 pub mod paths;
 pub mod plan;
 pub mod procs;
