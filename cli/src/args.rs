@@ -149,8 +149,9 @@ pub struct SyncArgs {
     /// How DST is switched to the new release. `exchange`: DST is a directory, exchanged with
     /// the next tree in one `RENAME_EXCHANGE` (a program that loads code after the switch
     /// loads the new release's). `link`: DST becomes a symlink to the release in its home
-    /// (`DST -> .jailsync-NAME/rel-N`), replaced by one rename, so a running program keeps
-    /// loading from the release it started in; a directory DST is converted by one exchange.
+    /// (`DST -> .jailsync-NAME/rel-N`), replaced by one rename, so a running program that
+    /// resolved its real path (Node, `$ORIGIN`, `/proc/self/exe`) keeps loading from the
+    /// release it started in; a directory DST is converted by one exchange.
     /// Default: as DST is now (a directory is exchanged, a switch link renamed over).
     #[arg(long, value_name = "HOW")]
     pub switch: Option<SwitchArg>,

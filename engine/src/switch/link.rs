@@ -2,9 +2,10 @@
 //! its home, and a switch is one `rename(2)` of a new symlink over it — atomic on every POSIX
 //! system, with or without `RENAME_EXCHANGE`. A release keeps one real path from the moment it
 //! goes live until it is pruned: a program that resolved its own path (Node's main module,
-//! Python's prefix from a copied interpreter, `$ORIGIN`, `/proc/self/exe`) goes on loading
-//! from the release it started in, where an exchange would hand it the next release's files
-//! under the same path.
+//! `$ORIGIN`, `/proc/self/exe`, Python's script directory — not its prefix, which CPython
+//! takes from the executable's path with only a final symlink resolved) goes on loading from
+//! the release it started in, where an exchange would hand it the next release's files under
+//! the same path.
 //!
 //! Generations keep their ids and records: generation N's tree is the release its alias names
 //! (`gen-N -> rel-K` inside the home; likewise `undone-N`, `kept-N`), or a directory of that
