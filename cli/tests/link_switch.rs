@@ -439,3 +439,30 @@ fn the_restart_report_tells_the_live_release_from_old_ones() {
         "the old release's program not reported:\n{after}"
     );
 }
+
+/// Through the link, the live system's excluded entries stay: carried into each release.
+#[test]
+fn excluded_entries_go_with_each_release() {
+    let e = Env::new();
+    release_tree(&e.src, "A");
+    e.sync(&["--switch", "link"]);
+    // The live system writes a log the jail does not have.
+    std::fs::create_dir_all(e.dst().join("var/log")).unwrap();
+    std::fs::write(e.dst().join("var/log/app.log"), "log line\n").unwrap();
+    release_tree(&e.src, "B");
+    let before = release(e.dst());
+    e.sync(&["--exclude", "var/"]);
+    assert_ne!(release(e.dst()), before);
+    let read = |p: &str| std::fs::read_to_string(e.dst().join(p)).unwrap();
+    assert_eq!(
+        read("var/log/app.log"),
+        "log line\n",
+        "an excluded entry was lost"
+    );
+    assert_eq!(read("app/data"), "release B\n");
+    // And back on rollback: the live system's, not the generation's.
+    std::fs::write(e.dst().join("var/log/app.log"), "log line\nmore\n").unwrap();
+    expect_code(&e.js([OsStr::new("rollback"), e.dst().as_os_str()]), 0);
+    assert_eq!(read("app/data"), "release A\n");
+    assert_eq!(read("var/log/app.log"), "log line\nmore\n");
+}

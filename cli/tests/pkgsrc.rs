@@ -1024,7 +1024,8 @@ fn a_live_file_replaced_while_staging_never_gets_the_jails_metadata() {
 
 /// `upgrade --switch link`: the prefix becomes a symlink to its release and the nested
 /// database is switched with it in the same rename (no phase of its own); the next upgrade
-/// keeps the kind unasked, and `rollback --root` goes back across the conversion.
+/// keeps the kind unasked, `rollback --root` goes back across the conversion, and an admin's
+/// configuration edit is kept through the link.
 #[test]
 fn upgrade_by_symlink_switches_the_prefix_and_its_database_in_one_rename() {
     let h = Host::new();
@@ -1070,4 +1071,23 @@ fn upgrade_by_symlink_switches_the_prefix_and_its_database_in_one_rename() {
     let o = h.js(&["rollback", "--root", h.root_s()]);
     expect_code(&o, 0);
     assert_eq!(contents(&pkg), first, "{}", stderr(&o));
+    // The admin's edit is kept through the link, and conf-diff names the tree by it.
+    h.live_file(
+        "usr/pkg/etc/nginx/nginx.conf",
+        "worker_processes 4; # admin\n",
+    );
+    h.jail_file("usr/pkg/etc/nginx/nginx.conf", "worker_processes 2;\n");
+    expect_code(&h.upgrade(&["-q"]), 0);
+    assert!(fs::symlink_metadata(&pkg).unwrap().is_symlink());
+    assert_eq!(
+        h.live("usr/pkg/etc/nginx/nginx.conf").unwrap(),
+        "worker_processes 4; # admin\n"
+    );
+    let diff = h.js(&["conf-diff", pkg.to_str().unwrap()]);
+    expect_code(&diff, 1);
+    assert!(
+        stdout(&diff).contains("+worker_processes 2;"),
+        "{}",
+        stdout(&diff)
+    );
 }
