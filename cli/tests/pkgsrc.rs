@@ -1091,3 +1091,69 @@ fn upgrade_by_symlink_switches_the_prefix_and_its_database_in_one_rename() {
         stdout(&diff)
     );
 }
+
+/// Rollback keeps the admin's configuration work (issue 22): a protected file edited since
+/// the upgrade is carried into the restored tree instead of refusing the rollback; one the
+/// admin merged (both changed it) stays, with the restored release's version beside it as
+/// `NAME.jailsync-new` for `conf-diff`; a change to a file the release owns still refuses.
+#[test]
+fn rollback_carries_the_admins_configuration_across() {
+    let h = Host::new();
+    modern(&h);
+    expect_code(&h.upgrade(&["-q"]), 0);
+    // The admin edits nginx.conf; the next release changes mime.types and the program.
+    h.live_file(
+        "usr/pkg/etc/nginx/nginx.conf",
+        "worker_processes 4; # admin\n",
+    );
+    h.jail_file("usr/pkg/etc/nginx/mime.types", "text/html html htm;\n")
+        .jail_file("usr/pkg/bin/nginx", "nginx 1.26\n");
+    expect_code(&h.upgrade(&["-q"]), 0);
+    // Since: the admin merges mime.types' new defaults with an edit of their own (a new file
+    // renamed over it, as editors do) and edits nginx.conf again.
+    let etc = h.root.join("usr/pkg/etc/nginx");
+    fs::write(etc.join("tmp"), "text/html html htm; # admin\n").unwrap();
+    fs::rename(etc.join("tmp"), etc.join("mime.types")).unwrap();
+    h.live_file(
+        "usr/pkg/etc/nginx/nginx.conf",
+        "worker_processes 8; # admin\n",
+    );
+    let o = h.js(&["rollback", "--root", h.root_s()]);
+    expect_code(&o, 0);
+    assert_eq!(
+        h.live("usr/pkg/bin/nginx").unwrap(),
+        "nginx 1.24\n",
+        "not rolled back"
+    );
+    // The admin's files are live; the restored release's merged one is beside.
+    assert_eq!(
+        h.live("usr/pkg/etc/nginx/nginx.conf").unwrap(),
+        "worker_processes 8; # admin\n"
+    );
+    assert_eq!(
+        h.live("usr/pkg/etc/nginx/mime.types").unwrap(),
+        "text/html html htm; # admin\n"
+    );
+    assert_eq!(
+        h.live("usr/pkg/etc/nginx/mime.types.jailsync-new").unwrap(),
+        "text/html html;\n"
+    );
+    assert!(h
+        .live("usr/pkg/etc/nginx/nginx.conf.jailsync-new")
+        .is_none());
+    let diff = h.js(&["conf-diff", h.root.join("usr/pkg").to_str().unwrap()]);
+    expect_code(&diff, 1);
+    assert!(
+        stdout(&diff).contains("mime.types.jailsync-new"),
+        "{}",
+        stdout(&diff)
+    );
+    // A file the release owns, changed since: the rollback still refuses, nothing changed.
+    h.jail_file("usr/pkg/bin/nginx", "nginx 1.28\n");
+    expect_code(&h.upgrade(&["-q"]), 0);
+    h.live_file("usr/pkg/bin/nginx", "patched by hand\n");
+    let o = h.js(&["rollback", "--root", h.root_s()]);
+    expect_code(&o, 1);
+    assert!(stderr(&o).contains("bin/nginx"), "{}", stderr(&o));
+    assert_eq!(h.live("usr/pkg/bin/nginx").unwrap(), "patched by hand\n");
+}

@@ -36,11 +36,13 @@ use crate::manifest;
 use crate::switch::{self, Home};
 
 mod carry;
+mod conf;
 mod journal;
 mod record;
 
 pub use carry::Carry;
 use carry::{carry, guard_carry, plan_carry};
+pub use conf::ConfCarry;
 pub use journal::recover;
 use journal::{after_switch_back, write_rollback_journal, ROLLING_BACK};
 use record::{info_field, saved_base};
@@ -460,6 +462,9 @@ pub struct RolledBack {
     pub errors: Vec<(PathBuf, io::Error)>,
     /// Entries the undone syncs switched around: the switch back goes around them too.
     pub pinned: Vec<Box<[u8]>>,
+    /// Protected configuration the admin changed since the sync, carried into the
+    /// generation (see [`plan_conf`]).
+    pub conf: Vec<ConfCarry>,
 }
 
 /// Prepares switching generation `id` (default: the newest) back in: the live tree is
@@ -519,6 +524,7 @@ pub fn check(home: &Home, id: Option<u64>, pool: &rayon::ThreadPool) -> Result<R
         switched: None,
         kept_as: None,
         pinned,
+        conf: Vec::new(),
         errors: Vec::new(),
     })
 }
@@ -531,13 +537,22 @@ pub fn check(home: &Home, id: Option<u64>, pool: &rayon::ThreadPool) -> Result<R
 /// gets the live tree's current excluded entries (and loses those the live tree no longer
 /// has), and they are looked at once more right before the switch ([`guard_carried`]).
 pub fn carry_in(home: &Home, rb: &RolledBack) -> Result<()> {
-    carry(home, rb.generation.id, &rb.carry)
+    carry(home, rb.generation.id, &rb.carry)?;
+    conf::carry(home, rb.generation.id, &rb.conf)
+}
+
+/// Takes the protected configuration the admin changed since the sync out of the changes
+/// that refuse the rollback, to be carried across with the three-way rule of an upgrade (see
+/// [`conf`]).
+pub fn plan_conf(home: &Home, rb: &mut RolledBack, state: &StateDir) -> Result<()> {
+    conf::plan(home, rb, state)
 }
 
 /// The carried entries looked at once more: a change since the carry would be left in the
 /// tree switched away.
 pub fn guard_carried(home: &Home, rb: &RolledBack) -> Result<()> {
-    guard_carry(home, rb.generation.id, &rb.carry)
+    guard_carry(home, rb.generation.id, &rb.carry)?;
+    conf::guard(home, &rb.conf)
 }
 
 /// Journals the switch of the generation back in; the tree it replaces goes to `undone-<G>`,
@@ -600,6 +615,10 @@ pub fn after_back(
     rb.switched = Some(done);
     let errs = after_switch_back(home, state, g, &rb.undone)?;
     rb.errors.extend(errs);
+    // Under the base the rollback installed: the files kept with the release's version beside.
+    if let Some(state) = state {
+        conf::record_kept(state, home, &rb.conf)?;
+    }
     Ok(())
 }
 

@@ -214,7 +214,8 @@ pub fn check_trees(dsts: &[PathBuf], state_dir: &Path, opts: RollbackOpts) -> Re
                 "nothing to roll back: no generation recorded (a sync with --no-rollback or --keep 0 keeps none)",
             ));
         };
-        let r = generation::check(&home, opts.gen, &pools.walk)?;
+        let mut r = generation::check(&home, opts.gen, &pools.walk)?;
+        generation::plan_conf(&home, &mut r, &state)?;
         items.push(Checked {
             home,
             r,

@@ -62,8 +62,8 @@ mod diff;
 mod merge;
 
 pub use base::{
-    base_path, base_prev_exists, install_base, load_kept, undo_base, undo_base_once, Base, Kept,
-    GEN_BASE,
+    add_kept_new, base_path, base_prev_exists, install_base, load_kept, undo_base, undo_base_once,
+    Base, Kept, GEN_BASE,
 };
 pub use diff::unified_diff;
 pub use merge::{decide, finish, unapplied, Finished, SetAside};

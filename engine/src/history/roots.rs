@@ -325,6 +325,7 @@ pub fn rollback<E: From<Error>>(
         let home = Home::existing(dst)?.ok_or_else(|| Error::bad(dst, "its home is gone"))?;
         generation::recover(&home, Some(&state))?;
         let mut r = generation::check(&home, Some(*id), &pools.walk)?;
+        generation::plan_conf(&home, &mut r, &state)?;
         crate::txn::switch_back_all(&mut [(&home, &mut r)], Some(&state))?;
         let how = r.switched.as_ref().map_or(&home.method, |s| &s.method);
         on(RootStep::Done {
@@ -393,7 +394,8 @@ fn check_tree<E: From<Error>>(
         )
         .into());
     }
-    let r = generation::check(&home, Some(id), &pools.walk)?;
+    let mut r = generation::check(&home, Some(id), &pools.walk)?;
+    generation::plan_conf(&home, &mut r, state)?;
     on(&r)?;
     Ok(Some(id))
 }

@@ -164,6 +164,42 @@ pub fn load_kept(state: &StateDir, dst: &Path) -> Vec<Kept> {
     v1.chain(v2).collect()
 }
 
+/// Adds `kept` to `dst`'s kept list as kept with the jail's version beside
+/// (`NAME.jailsync-new`): a rollback that carried the admin's file across writes them, so
+/// `conf-diff` and `verify` know them as after a sync.
+pub fn add_kept_new(state: &StateDir, dst: &Path, kept: &[(Box<[u8]>, Print, Meta)]) -> Result<()> {
+    if kept.is_empty() {
+        return Ok(());
+    }
+    let mut all = load_kept(state, dst);
+    all.retain(|k| !kept.iter().any(|(p, _, _)| *p == k.path));
+    all.extend(kept.iter().map(|(p, print, m)| Kept {
+        verdict: Verdict::KeptNew,
+        path: p.clone(),
+        live: *print,
+        meta: Some(*m),
+    }));
+    let dir = state.tree_dir(dst)?;
+    let recs: Vec<(Vec<u8>, Hash, Vec<u8>)> = all
+        .iter()
+        .map(|k| {
+            let meta = k.meta.unwrap_or(Meta {
+                mode: 0,
+                uid: 0,
+                gid: 0,
+            });
+            let mut p = kept_meta_prefix(&meta);
+            p.extend_from_slice(&k.path);
+            (vec![k.verdict.code(), k.live.code()], k.live.digest, p)
+        })
+        .collect();
+    write_records(
+        &dir.join("conf-kept"),
+        KEPT_MAGIC,
+        recs.iter().map(|(c, h, p)| (c.clone(), h, p.clone())),
+    )
+}
+
 /// The name of the copy of the base a generation's record saves (see [`install_base`]).
 pub const GEN_BASE: &str = "conf-base";
 
