@@ -12,15 +12,28 @@ Each destination DST has a \fIhome\fR, a directory private to root beside it,
 excluded live entries linked across), records a rollback generation, then exchanges
 \fIHOME\fB/next\fR and DST with one \fBrenameat2(RENAME_EXCHANGE)\fR: a program starting at any
 instant sees the old release or the new one, never a mix, and no path is ever missing or
-partial. The old tree becomes \fIHOME\fB/gen\-\fIN\fR. Where the tree cannot be switched whole
-(another filesystem below it, a kernel without the exchange) it is applied file by file,
-each entry replaced by one rename, the replaced ones kept for rollback in a store on the same
-filesystem.
+partial. The old tree becomes \fIHOME\fB/gen\-\fIN\fR. Where something below DST must stay (a
+mount point, an immutable entry the release leaves alone) or DST is a mount point or \fB/\fR,
+the tree is switched by subtrees around it: one exchange per largest subtree, back to back.
+A filesystem without the exchange is refused (\fBJAILSYNC_FSX=portable\fR renames instead).
+.SS "Switch by symlink"
+With \fB\-\-switch link\fR (or \fBswitch = "link"\fR) DST becomes a symlink to its release in
+the home, \fIDST\fB \-> .jailsync\-\fINAME\fB/rel\-\fIN\fR, and each switch is one \fBrename\fR(2) of a new
+symlink over it: a running program that resolved its real path (Node, \fB$ORIGIN\fR,
+\fB/proc/self/exe\fR) keeps loading from the release it started in. A directory DST is
+converted by one exchange (\fB\-\-switch exchange\fR converts back). The home is 0711 while it
+holds releases; \fBprune\fR keeps a release processes still run from unless \fB\-\-force\fR.
+Tools that do not follow a symlink argument (\fBfind /usr/pkg\fR, \fBtar\fR, backups) see the
+link: use \fBfind /usr/pkg/\fR, \fBtar \-h\fR. A mount point or \fB/\fR keeps the exchange.
 .SS "Rollback"
 \fBjailsync rollback DST\fR switches the newest generation back the same way (\fB\-\-gen N\fR goes
 further back; \fBrollback \-\-root ROOT\fR undoes the last \fBupgrade\fR of ROOT, every tree of it).
-A live entry changed since the sync (an admin's edit) makes it refuse, naming the entry,
-unless \fB\-\-force\fR, which keeps the tree it replaces whole as \fIHOME\fB/kept\-\fIN\fR. Excluded entries
+Protected configuration the admin changed since the sync is carried into the tree switched
+back, by the three-way rule of an upgrade: the admin's file stays, and where the restored
+release's version differs from what the admin started from, that version is written beside
+it as \fINAME\fB.jailsync\-new\fR (\fBconf\-diff\fR shows it). Any other live entry changed since
+the sync makes it refuse, naming the entry, unless \fB\-\-force\fR, which keeps the tree it
+replaces whole as \fIHOME\fB/kept\-\fIN\fR. Excluded entries
 are the live system's: they are carried into the tree switched back. The newest \fB\-\-keep\fR
 generations are kept (\fBprune\fR removes older ones); \fB\-\-no\-rollback\fR keeps none.
 .SS "History"

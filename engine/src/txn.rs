@@ -805,6 +805,10 @@ fn drop_old_trees(tx: &Inner<'_, '_>) {
         let (Some(id), Some(h)) = (tx.gens[k], t.home.as_ref()) else {
             continue;
         };
+        // A release programs still run from (switch by symlink) stays until `prune`.
+        if generation::runs_from(h, id) {
+            continue;
+        }
         let _ = h.remove_in(&Home::gen_name(id));
         if let (Some(parent), Some(name)) = (h.path.parent(), h.path.file_name()) {
             if let Ok(p) = fsx::open_root_nofollow(parent) {
