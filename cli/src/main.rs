@@ -291,7 +291,7 @@ fn settle(cli: &mut Cli, m: &ArgMatches) -> anyhow::Result<config::Config> {
             if config::defaulted(sub, "ssh") {
                 c.ssh = conf.ssh.value.clone();
             }
-            c.exclude.extend(conf.exclude.value.iter().cloned());
+            filters::settle(&mut c.exclude, &c.rules, sub, file_rules(&conf))?;
             if c.tree.is_empty() {
                 c.tree = conf.trees.value.clone();
             }

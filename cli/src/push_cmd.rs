@@ -71,6 +71,8 @@ pub struct PushCmd {
     /// nor deleted (repeatable; `upgrade --exclude`'s syntax).
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
+    #[command(flatten)]
+    pub rules: crate::args::RuleArgs,
     /// Fail a host whose work does not move for SECS (its keepalive carries a work counter:
     /// a worker stuck in one read, as on a dead NFS mount, fails; a slow one that moves does
     /// not), or whose connection moves nothing either way for SECS; as any failure before the

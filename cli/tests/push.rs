@@ -1545,3 +1545,46 @@ fn a_hosts_tree_switched_by_symlink_stays_so_through_push_and_its_rollback() {
     assert_eq!(std::fs::read_link(&pkg).unwrap(), first);
     assert_eq!(std::fs::read(pkg.join("bin/tool")).unwrap(), b"v1\n");
 }
+
+/// `push` takes rsync's filter rules as `sync` does (`--include`, `--filter`, `--exclude-from`,
+/// the first matching rule deciding): what they exclude is neither sent nor changed on a host.
+#[test]
+fn push_takes_rsync_filter_rules() {
+    let Some(f) = Fleet::start(1) else { return };
+    f.jail
+        .file("usr/pkg/bin/tool", b"v1\n")
+        .file("usr/pkg/var/keep.log", b"from the jail\n")
+        .file("usr/pkg/var/noise.log", b"jail noise\n")
+        .file("var/db/pkg/t-1/+CONTENTS", b"t-1\n");
+    f.tree("h1")
+        .file("usr/pkg/var/noise.log", b"the host's own\n");
+    let rules = f.script("rules", "- *.tmp\n");
+    let o = f.push(
+        &f.hosts(),
+        &[
+            "-q",
+            "--include",
+            "keep.log",
+            "--filter",
+            "- *.log",
+            "--exclude-from",
+            rules.to_str().unwrap(),
+        ],
+    );
+    expect_code(&o, 0);
+    let host = f.root("h1");
+    assert_eq!(
+        std::fs::read(host.join("usr/pkg/bin/tool")).unwrap(),
+        b"v1\n"
+    );
+    assert_eq!(
+        std::fs::read(host.join("usr/pkg/var/keep.log")).unwrap(),
+        b"from the jail\n",
+        "an included file was not sent"
+    );
+    assert_eq!(
+        std::fs::read(host.join("usr/pkg/var/noise.log")).unwrap(),
+        b"the host's own\n",
+        "an excluded file was changed"
+    );
+}
