@@ -1148,9 +1148,22 @@ fn rollback_carries_the_admins_configuration_across() {
         "{}",
         stdout(&diff)
     );
+    // The next upgrade knows the rollback's `NAME.jailsync-new` for one of its own: the
+    // jail's new version takes its place (no `.1` copy aside).
+    h.jail_file(
+        "usr/pkg/etc/nginx/mime.types",
+        "text/html html htm shtml;\n",
+    );
     // A file the release owns, changed since: the rollback still refuses, nothing changed.
     h.jail_file("usr/pkg/bin/nginx", "nginx 1.28\n");
     expect_code(&h.upgrade(&["-q"]), 0);
+    assert_eq!(
+        h.live("usr/pkg/etc/nginx/mime.types.jailsync-new").unwrap(),
+        "text/html html htm shtml;\n"
+    );
+    assert!(h
+        .live("usr/pkg/etc/nginx/mime.types.jailsync-new.1")
+        .is_none());
     h.live_file("usr/pkg/bin/nginx", "patched by hand\n");
     let o = h.js(&["rollback", "--root", h.root_s()]);
     expect_code(&o, 1);

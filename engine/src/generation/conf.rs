@@ -38,6 +38,8 @@ pub struct ConfCarry {
     seen: (u64, i64, i64, i64),
     print: Print,
     meta: crate::protect::Meta,
+    /// The generation's version, written beside when `aside`.
+    beside: (Print, crate::protect::Meta),
 }
 
 /// Moves the protected files among `rb.changed` into `rb.conf`, deciding each by the rule
@@ -108,13 +110,14 @@ fn decide(
             .map(|(h, _)| Print::file(h))
     };
     let (ga, aa) = (hash(gdir.as_fd())?, hash(ldir.as_fd())?);
-    let e = fsx::entry_from_stat(&a);
+    let meta = |st: &rustix::fs::Stat| crate::protect::Meta::of(&fsx::entry_from_stat(st));
     Some(Some(ConfCarry {
         path: path.into(),
         aside: ga != *base,
         seen: seen(&a),
         print: aa,
-        meta: crate::protect::Meta::of(&e),
+        meta: meta(&a),
+        beside: (ga, meta(&g)),
     }))
 }
 
@@ -173,12 +176,16 @@ pub fn guard(home: &Home, conf: &[ConfCarry]) -> Result<()> {
 }
 
 /// After the switch: the files kept with the generation's version beside are listed as kept
-/// (`conf-diff` shows them), under the base the rollback installed.
+/// (`conf-diff` shows them), under the base the rollback installed; so is each
+/// `NAME.jailsync-new` written, under its own name, so that the next upgrade knows it for one
+/// of this program's and writes its own over it.
 pub fn record_kept(state: &StateDir, home: &Home, conf: &[ConfCarry]) -> Result<()> {
-    let kept: Vec<(Box<[u8]>, Print, crate::protect::Meta)> = conf
-        .iter()
-        .filter(|c| c.aside)
-        .map(|c| (c.path.clone(), c.print, c.meta))
-        .collect();
+    let mut kept: Vec<(Box<[u8]>, Print, crate::protect::Meta)> = Vec::new();
+    for c in conf.iter().filter(|c| c.aside) {
+        kept.push((c.path.clone(), c.print, c.meta));
+        let mut new = c.path.to_vec();
+        new.extend_from_slice(NEW_SUFFIX.as_bytes());
+        kept.push((new.into(), c.beside.0, c.beside.1));
+    }
     crate::protect::add_kept_new(state, &home.live, &kept)
 }

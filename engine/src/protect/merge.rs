@@ -269,6 +269,8 @@ pub fn finish(
 ) -> Result<Finished> {
     let mut done = Finished::default();
     let old = Base::load(state, dst_root)?;
+    // A `NAME.jailsync-new` a rollback wrote is listed as kept under its own name.
+    let kept = super::load_kept(state, dst_root);
     let sfd = fsx::open_root(src_root).at(src_root)?;
     let dfd = fsx::open_tree(dst_root).at(dst_root)?;
     let mut held: HashSet<&[u8]> = unapplied.iter().map(|p| p.as_ref()).collect();
@@ -277,7 +279,8 @@ pub fn finish(
         let (e, j) = dec.jail.as_ref().expect("kept-new has the jail's");
         let mut name = dec.path.to_vec();
         name.extend_from_slice(NEW_SUFFIX.as_bytes());
-        let ours = [old.get(&dec.path).copied(), Some(*j)];
+        let by_rollback = kept.iter().find(|k| *k.path == *name).map(|k| k.live);
+        let ours = [old.get(&dec.path).copied(), Some(*j), by_rollback];
         let w = NewWrite {
             sroot: sfd.as_fd(),
             droot: dfd.as_fd(),
