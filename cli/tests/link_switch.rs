@@ -466,3 +466,48 @@ fn excluded_entries_go_with_each_release() {
     assert_eq!(read("app/data"), "release A\n");
     assert_eq!(read("var/log/app.log"), "log line\nmore\n");
 }
+
+/// The portable layer converts by renames: a run killed after the first (DST's link moved
+/// aside into the home, DST absent) is put back by the next run, which then converges.
+#[test]
+fn a_portable_conversion_killed_with_the_link_aside_is_recovered() {
+    let e = Env::new();
+    release_tree(&e.src, "A");
+    e.sync(&["--switch", "link"]);
+    let h = home(&e);
+    // What the engine leaves there: a staged tree, its journal, the link renamed aside.
+    let next = h.join("next");
+    std::fs::create_dir(&next).unwrap();
+    std::fs::write(next.join("staged"), b"s").unwrap();
+    let ino = std::fs::metadata(&next).unwrap().ino();
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    std::fs::write(
+        h.join("switching"),
+        format!(
+            "from {}\nto {}\nino {ino}\nby tree\n",
+            hex("next"),
+            hex("gen-9")
+        ),
+    )
+    .unwrap();
+    std::fs::rename(e.dst(), h.join(".jailsync-tmp-4242-1125899906842624")).unwrap();
+    assert!(std::fs::symlink_metadata(e.dst()).is_err());
+    let o = Command::new(BIN)
+        .arg("--state-dir")
+        .arg(e.state())
+        .args(["sync", "--switch", "exchange"])
+        .arg(e.src())
+        .arg(e.dst())
+        .env("JAILSYNC_FSX", "portable")
+        .output()
+        .unwrap();
+    expect_code(&o, 0);
+    assert!(e.dst().is_dir() && !e.dst().is_symlink());
+    e.assert_synced();
+    let tmp: Vec<_> = std::fs::read_dir(&h)
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".jailsync-tmp-"))
+        .collect();
+    assert!(tmp.is_empty(), "left {tmp:?}");
+}

@@ -10,14 +10,15 @@ use super::{home_name, Home};
 use crate::error::{IoContext, Result};
 use crate::fsx;
 
-/// The one directory under a temporary name in `home`, if exactly one is there: where an
-/// exchange emulated by renames (no `RENAME_EXCHANGE`: the portable OS layer, see
-/// [`fsx::portable`]) keeps the live tree while the run that made it was killed.
-fn aside_in(home: BorrowedFd<'_>) -> Option<Vec<u8>> {
+/// The one directory (or switch link) under a temporary name in `home`, if exactly one is
+/// there: where an exchange emulated by renames (no `RENAME_EXCHANGE`: the portable OS layer,
+/// see [`fsx::portable`]) keeps the live tree while the run that made it was killed.
+pub(super) fn aside_in(home: BorrowedFd<'_>) -> Option<Vec<u8>> {
+    use crate::entry::Kind;
     let is_dir = |n: &[u8]| {
         fsx::cstr(n).is_ok_and(|c| {
             fsx::lstat_at(home, &c)
-                .is_ok_and(|st| fsx::kind_of(st.st_mode) == crate::entry::Kind::Dir)
+                .is_ok_and(|st| matches!(fsx::kind_of(st.st_mode), Kind::Dir | Kind::Symlink))
         })
     };
     let names: Vec<Vec<u8>> = fsx::list_dir(home)

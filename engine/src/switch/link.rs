@@ -224,7 +224,12 @@ impl Home {
                 let _ = fsx::remove_tree_at(home, to);
                 fsx::rename_at(home, SWAP, home, to).at(&shown)?;
             }
-            None => {}
+            // An emulated exchange killed before its last rename: the old tree is aside.
+            None => {
+                if let Some(aside) = super::aside::aside_in(home).filter(|_| !there(to)) {
+                    fsx::rename_at(home, &aside, home, to).at(&shown)?;
+                }
+            }
         }
         if from != NEXT && self.alias_of(from).as_ref() == Some(&l.rel) {
             fsx::unlink_at(home, from).at(self.path.join(fsx::os(from)))?;
