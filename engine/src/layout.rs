@@ -377,6 +377,19 @@ mod tests {
     }
 
     #[test]
+    fn a_nested_database_merged_into_a_linked_prefix_is_one_phase() {
+        let mut l = Layout::given(p(&["usr/pkg", "usr/pkg/pkgdb", "var/db/pkg"]));
+        l.merge_nested();
+        // The nested one goes with its prefix; one not nested stays a tree of its own, last.
+        assert_eq!(l.trees, p(&["usr/pkg", "var/db/pkg"]));
+        assert_eq!(l.phases(), vec![(p(&["usr/pkg", "var/db/pkg"]), vec![])]);
+        assert!(l
+            .how
+            .iter()
+            .any(|h| h.contains("/usr/pkg/pkgdb switched with /usr/pkg")));
+    }
+
+    #[test]
     fn layout_of_2005_is_one_phase() {
         let j = jail(&["usr/pkg", "var/db/pkg"], &[]);
         let l = Layout::detect(j.path()).unwrap();

@@ -189,6 +189,15 @@ pub fn resolve_beneath(
         cur.push(n);
         cur_shown.push(n);
         match std::fs::symlink_metadata(&cur) {
+            Ok(md) if md.file_type().is_symlink() && is_switch_link(&cur) => {
+                return Err(Error::bad(
+                    &cur_shown,
+                    format!(
+                        "is switched by symlink: {} inside it is part of its release, not a {what} switched on its own (`upgrade` switches both in one rename; `sync --switch exchange` makes it a directory again)",
+                        rel.display()
+                    ),
+                ))
+            }
             Ok(md) if md.file_type().is_symlink() => {
                 return Err(Error::bad(
                     &cur_shown,
