@@ -31,7 +31,8 @@ further back; \fBrollback \-\-root ROOT\fR undoes the last \fBupgrade\fR of ROOT
 Protected configuration the admin changed since the sync is carried into the tree switched
 back, by the three-way rule of an upgrade: the admin's file stays, and where the restored
 release's version differs from what the admin started from, that version is written beside
-it as \fINAME\fB.jailsync\-new\fR (\fBconf\-diff\fR shows it). Any other live entry changed since
+it as \fINAME\fB.jailsync\-new\fR (\fBconf\-diff\fR shows it); a new file the protection covers
+goes with it too. Any other live entry changed since
 the sync makes it refuse, naming the entry, unless \fB\-\-force\fR, which keeps the tree it
 replaces whole as \fIHOME\fB/kept\-\fIN\fR. Excluded entries
 are the live system's: they are carried into the tree switched back. The newest \fB\-\-keep\fR

@@ -1118,8 +1118,15 @@ fn rollback_carries_the_admins_configuration_across() {
         "usr/pkg/etc/nginx/nginx.conf",
         "worker_processes 8; # admin\n",
     );
+    // And creates a site configuration of their own (protected: under etc/).
+    h.live_file("usr/pkg/etc/nginx/site.conf", "server { listen 81; }\n");
     let o = h.js(&["rollback", "--root", h.root_s()]);
     expect_code(&o, 0);
+    assert_eq!(
+        h.live("usr/pkg/etc/nginx/site.conf").unwrap(),
+        "server { listen 81; }\n",
+        "the admin's new configuration file was not carried"
+    );
     assert_eq!(
         h.live("usr/pkg/bin/nginx").unwrap(),
         "nginx 1.24\n",

@@ -92,6 +92,8 @@ pub struct Rules {
     pub defaults: bool,
     globs: Excludes,
     have_globs: bool,
+    /// The globs as given (a generation records them: its rollback knows what is protected).
+    pub given: Vec<String>,
 }
 
 impl Rules {
@@ -102,6 +104,7 @@ impl Rules {
             defaults,
             globs: Excludes::new(globs)?,
             have_globs: !globs.is_empty(),
+            given: globs.to_vec(),
         })
     }
 

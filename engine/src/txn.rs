@@ -388,6 +388,7 @@ fn record_one(
                 xattrs: cx.opts.xattrs,
                 conf_base: &conf_base,
                 pinned: &home.pinned,
+                protect: t.protect.as_ref(),
             },
         )?;
     }

@@ -11,6 +11,10 @@
 //! - else both changed it: A takes G's place and G is kept beside it as
 //!   `NAME.jailsync-new`, listed for `conf-diff` after the switch.
 //!
+//! A file the admin created since, where the sync's protection rules (recorded with the
+//! generation) cover it, is linked into the generation too, when the generation has its
+//! directory and nothing of its own at that path.
+//!
 //! Anything else changed since the sync still refuses the rollback: only what the release
 //! owns can.
 
@@ -33,6 +37,8 @@ pub struct ConfCarry {
     pub path: Box<[u8]>,
     /// The generation's own version goes beside as `NAME.jailsync-new` (both changed it).
     pub aside: bool,
+    /// Created by the admin since the sync: the generation has nothing there.
+    pub new: bool,
     /// The admin's file as the check saw it (inode, size, mtime): looked at again before the
     /// switch (not its ctime: linking it into the generation moves that).
     seen: (u64, i64, i64, i64),
@@ -46,14 +52,19 @@ pub struct ConfCarry {
 /// above; the rest stay changes that refuse the rollback.
 pub fn plan(home: &Home, rb: &mut RolledBack, state: &StateDir) -> Result<()> {
     let base = Base::load(state, &home.live)?;
+    let rules = rules_of_last_sync(home);
     let live = fsx::open_tree(&home.live).at(&home.live)?;
     let Ok(gen) = home.open_in(&Home::gen_name(rb.generation.id)) else {
         return Ok(());
     };
     let mut rest = Vec::new();
     for ch in std::mem::take(&mut rb.changed) {
+        let covered = |p: &[u8]| rules.as_ref().is_some_and(|(r, pre)| r.covers(pre, p));
         let decided = match base.get(&ch.path) {
             Some(b) if is_content_change(&ch) => decide(live.as_fd(), gen.as_fd(), &ch.path, b),
+            _ if ch.what == "created since the sync" && covered(&ch.path) => {
+                decide_new(live.as_fd(), gen.as_fd(), &ch.path)
+            }
             _ => None,
         };
         match decided {
@@ -64,6 +75,47 @@ pub fn plan(home: &Home, rb: &mut RolledBack, state: &StateDir) -> Result<()> {
     }
     rb.changed = rest;
     Ok(())
+}
+
+/// The protection rules the newest sync recorded with its generation (none recorded: none).
+fn rules_of_last_sync(home: &Home) -> Option<(crate::protect::Rules, Vec<u8>)> {
+    let newest = super::list(home).ok()?.last()?.id;
+    let info = std::fs::read_to_string(super::meta_io(home, newest).join("info")).ok()?;
+    let field = |k: &'static str| info.lines().filter_map(move |l| l.strip_prefix(k));
+    let defaults = field("protect_defaults=").next()? == "1";
+    let prefix = crate::switch::unhex(field("protect_prefix=").next()?)?;
+    let globs: Vec<String> = field("protect=").map(String::from).collect();
+    let rules = crate::protect::Rules::new(defaults, &globs).ok()?;
+    Some((rules, prefix))
+}
+
+/// The carry of a protected file the admin created since the sync: a regular file, where the
+/// generation has its directory and nothing at its path (else None: it stays a change).
+fn decide_new(
+    live: std::os::fd::BorrowedFd<'_>,
+    gen: std::os::fd::BorrowedFd<'_>,
+    path: &[u8],
+) -> Option<Option<ConfCarry>> {
+    let (parent, name) = fsx::split_parent(path);
+    let c = fsx::cstr(name).ok()?;
+    let ldir = fsx::open_dir_beneath(live, parent).ok()?;
+    let gdir = fsx::open_dir_beneath(gen, parent).ok()?;
+    let a = fsx::lstat_at(ldir.as_fd(), &c).ok()?;
+    if fsx::kind_of(a.st_mode) != Kind::File || fsx::lstat_at(gdir.as_fd(), &c).is_ok() {
+        return None;
+    }
+    let fd = fsx::open_read_at(ldir.as_fd(), name).ok()?;
+    let print = Print::file(crate::hash::hash_fd(fd.as_fd(), 0).ok()?.0);
+    let meta = crate::protect::Meta::of(&fsx::entry_from_stat(&a));
+    Some(Some(ConfCarry {
+        path: path.into(),
+        aside: false,
+        new: true,
+        seen: seen(&a),
+        print,
+        meta,
+        beside: (print, meta),
+    }))
 }
 
 fn seen(st: &rustix::fs::Stat) -> (u64, i64, i64, i64) {
@@ -114,6 +166,7 @@ fn decide(
     Some(Some(ConfCarry {
         path: path.into(),
         aside: ga != *base,
+        new: false,
         seen: seen(&a),
         print: aa,
         meta: meta(&a),
@@ -146,7 +199,7 @@ pub fn carry(home: &Home, id: u64, conf: &[ConfCarry]) -> Result<()> {
         if c.aside {
             let _ = fsx::remove_tree_at(gdir.as_fd(), &new);
             fsx::rename_at(gdir.as_fd(), name, gdir.as_fd(), &new).at(&at)?;
-        } else {
+        } else if !c.new {
             fsx::unlink_at(gdir.as_fd(), name).at(&at)?;
         }
         crate::excluded::clone_at(ldir.as_fd(), gdir.as_fd(), name, meta).at(&at)?;

@@ -35,6 +35,9 @@ pub struct Record<'a> {
     /// Immutable or append-only entries the switch goes around (they stay live): a rollback
     /// goes around them too.
     pub pinned: &'a [Box<[u8]>],
+    /// The protection rules and the tree's root-relative name: a rollback carries the
+    /// admin's configuration by them.
+    pub protect: Option<&'a (crate::protect::Rules, Vec<u8>)>,
 }
 
 pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result<()> {
@@ -83,6 +86,13 @@ pub fn write_record(home: &Home, n: u64, method: &str, r: &Record<'_>) -> Result
     }
     for p in r.pinned {
         let _ = writeln!(info, "pinned={}", switch::hex(p));
+    }
+    if let Some((rules, prefix)) = r.protect {
+        let _ = writeln!(info, "protect_defaults={}", u8::from(rules.defaults));
+        let _ = writeln!(info, "protect_prefix={}", switch::hex(prefix));
+        for g in &rules.given {
+            let _ = writeln!(info, "protect={g}");
+        }
     }
     // `info` last: a record is complete when it is there.
     switch::write_file_at(&dir, "info", &info, &shown.join("info"), home.durable)
