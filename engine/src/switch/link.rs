@@ -154,7 +154,11 @@ impl Home {
         let here =
             |n: &[u8]| fsx::cstr(n).is_ok_and(|c| fsx::lstat_at(self.fd.as_fd(), &c).is_ok());
         let shown = self.path.join(fsx::os(&l.rel));
-        if !here(&l.rel) {
+        if self.alias_of(from).is_none() {
+            // A release of that name nothing names is a killed run's leftover: never reused.
+            if here(&l.rel) && self.live_release().as_ref() != Some(&l.rel) {
+                fsx::remove_tree_at(self.fd.as_fd(), &l.rel).at(&shown)?;
+            }
             fsx::rename_at(self.fd.as_fd(), from, self.fd.as_fd(), &l.rel).at(&shown)?;
             if from != NEXT {
                 fsx::symlink_at(&l.rel, self.fd.as_fd(), from).at(&shown)?;
