@@ -5,8 +5,12 @@
 //! instructions, zstd-compressed. The host rebuilds from its old file and checks the result's
 //! blake3 before using it: a wrong delta is an error, never a wrong file.
 //!
-//! Instruction stream (before compression): `0x00` COPY: first block `u32`, blocks `u32`;
-//! `0x01` LITERAL: length `u32`, the bytes.
+//! What is sent: the instructions' compressed length `u32`; the instructions, one zstd frame:
+//! `0x00` COPY: first block `u32`, blocks `u32`; `0x01` LITERAL: length `u32`; then the
+//! literals' bytes, one zstd frame compressed against the bytes the COPYs make (in their
+//! order) as its reference (as `--patch-from`): a literal like a copied region nearby (a
+//! rebuilt binary's changed addresses) costs little, as rsync's compressor, primed with the
+//! matched blocks, makes it.
 
 use std::collections::HashMap;
 use std::io;
@@ -153,16 +157,19 @@ impl Sig {
 
 /// Instructions being written: consecutive COPYs of consecutive blocks merged into one.
 #[derive(Default)]
-struct Ops {
-    out: Vec<u8>,
+pub struct Ops {
+    pub out: Vec<u8>,
+    /// The literals' bytes, in order.
+    pub lits: Vec<u8>,
+    /// The bytes the COPYs make, in order: the literals' reference.
+    pub known: Vec<u8>,
     /// The COPY being extended: (first block, blocks).
     run: Option<(u32, u32)>,
-    matched: u64,
 }
 
 impl Ops {
-    fn copy(&mut self, i: u32, len: usize) {
-        self.matched += len as u64;
+    fn copy(&mut self, i: u32, b: &[u8]) {
+        self.known.extend_from_slice(b);
         match &mut self.run {
             Some((first, n)) if *first + *n == i => *n += 1,
             _ => {
@@ -178,7 +185,7 @@ impl Ops {
         self.flush();
         self.out.push(LITERAL);
         self.out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-        self.out.extend_from_slice(b);
+        self.lits.extend_from_slice(b);
     }
     fn flush(&mut self) {
         if let Some((first, n)) = self.run.take() {
@@ -193,7 +200,7 @@ impl Ops {
 /// copy from it: a window of one block slides over `new`; where its weak checksum is a block's
 /// and its strong hash too, that block is copied and the window jumps past it. The old
 /// version's short last block is matched at the end of `new` only.
-pub fn diff(sig: &Sig, new: &[u8]) -> (Vec<u8>, u64) {
+pub fn diff(sig: &Sig, new: &[u8]) -> Ops {
     let mut ops = Ops::default();
     let l = sig.blen as usize;
     // Full blocks by weak checksum, each distinct (weak, strong) once (a file of zeros is one
@@ -227,7 +234,7 @@ pub fn diff(sig: &Sig, new: &[u8]) -> (Vec<u8>, u64) {
                 .copied();
             if let Some(i) = found {
                 ops.literal(&new[lit..pos]);
-                ops.copy(i, l);
+                ops.copy(i, &new[pos..pos + l]);
                 pos += l;
                 lit = pos;
                 if pos + l > new.len() {
@@ -254,38 +261,49 @@ pub fn diff(sig: &Sig, new: &[u8]) -> (Vec<u8>, u64) {
             && strong(&new[tail..]) == sig.strong[last - 1]
         {
             ops.literal(&new[lit..tail]);
-            ops.copy(last as u32 - 1, tl);
+            ops.copy(last as u32 - 1, &new[tail..]);
             lit = new.len();
         }
     }
     ops.literal(&new[lit..]);
     ops.flush();
-    (ops.out, ops.matched)
+    ops
 }
 
-/// The most an honest instruction stream for `size` bytes in blocks of `blen` can take: every
-/// byte once as a literal, and a COPY and a LITERAL head per block.
-pub fn stream_max(size: u64, blen: u32) -> u64 {
-    size + 14 * (size / u64::from(blen.max(1)) + 2) + 16
+/// The most an honest instruction stream for `size` bytes in blocks of `blen` can take: a
+/// COPY and a LITERAL per block.
+fn ops_max(size: u64, blen: u32) -> u64 {
+    14 * (size / u64::from(blen.max(1)) + 2)
 }
 
 /// `new` as compressed instructions against `sig`'s old version, or `None` when that does
-/// not pay: less than an eighth of it is found in the old version (its whole-file
+/// not pay: less than a sixteenth of it is found in the old version (its whole-file
 /// compression would then cost about as much).
 pub fn encode(sig: &Sig, new: &[u8], level: i32) -> io::Result<Option<Vec<u8>>> {
     if sig.is_none() {
         return Ok(None);
     }
-    let (ops, matched) = diff(sig, new);
-    if matched * 8 < new.len() as u64 {
+    let ops = diff(sig, new);
+    if ops.known.len() * 16 < new.len() {
         return Ok(None);
     }
-    zstd::bulk::compress(&ops, level).map(Some)
+    Ok(Some(pack(&ops, level)?))
 }
 
-/// The content compressed instructions `z` make from `old`: exactly `size` bytes, or an error
-/// (a stream that is undecodable, larger than an honest one, copies a block `old` does not
-/// have, or makes more or fewer bytes). The caller checks the hash.
+/// Instructions and literals as sent.
+pub fn pack(ops: &Ops, level: i32) -> io::Result<Vec<u8>> {
+    let z = zstd::bulk::compress(&ops.out, level)?;
+    let mut v = (z.len() as u32).to_le_bytes().to_vec();
+    v.extend_from_slice(&z);
+    if !ops.lits.is_empty() {
+        v.extend_from_slice(&super::delta::encode(&ops.known, &ops.lits, level)?);
+    }
+    Ok(v)
+}
+
+/// The content `z` makes from `old`: exactly `size` bytes, or an error (undecodable, larger
+/// than an honest one, a copy of a block `old` does not have, more or fewer bytes). The caller
+/// checks the hash.
 pub fn decode(old: &[u8], z: &[u8], size: u64) -> io::Result<Vec<u8>> {
     let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
     if size > super::delta::MAX {
@@ -295,36 +313,60 @@ pub fn decode(old: &[u8], z: &[u8], size: u64) -> io::Result<Vec<u8>> {
         )));
     }
     let blen = block_len(old.len() as u64) as usize;
-    let most = stream_max(size, blen as u32);
-    let ops = zstd::bulk::decompress(z, most as usize)
+    let mut d = Dec::new(z, "signature delta");
+    let n = d.u32()? as usize;
+    let most = ops_max(size, blen as u32);
+    let ops = zstd::bulk::decompress(d.raw(n)?, most as usize)
         .map_err(|e| bad(format!("bad instructions (or over {most} bytes): {e}")))?;
-    let mut d = Dec::new(&ops, "signature delta");
-    let mut out = Vec::with_capacity(size as usize);
-    while !d.is_empty() {
-        let part = match d.u8()? {
+    // Each piece: a copy (also the literals' reference), or a literal's length.
+    let mut parts: Vec<Result<&[u8], usize>> = Vec::new();
+    let (mut known, mut lits, mut total) = (Vec::new(), 0usize, 0u64);
+    let mut o = Dec::new(&ops, "signature delta");
+    while !o.is_empty() {
+        let part = match o.u8()? {
             COPY => {
-                let (first, n) = (d.u32()? as usize, d.u32()? as usize);
+                let (first, n) = (o.u32()? as usize, o.u32()? as usize);
                 let blocks = old.len().div_ceil(blen);
                 if n == 0 || first.saturating_add(n) > blocks {
                     return Err(bad(format!(
                         "a copy of blocks {first}+{n} the old version lacks"
                     )));
                 }
-                &old[first * blen..((first + n) * blen).min(old.len())]
+                let b = &old[first * blen..((first + n) * blen).min(old.len())];
+                known.extend_from_slice(b);
+                Ok(b)
             }
-            LITERAL => {
-                let n = d.u32()? as usize;
-                d.raw(n)?
-            }
+            LITERAL => Err(o.u32()? as usize),
             k => return Err(bad(format!("unknown instruction {k}"))),
         };
-        if (out.len() + part.len()) as u64 > size {
+        total += part.map_or_else(|n| n, <[u8]>::len) as u64;
+        if total > size {
             return Err(bad(format!("makes more than the {size} bytes announced")));
         }
-        out.extend_from_slice(part);
+        if let Err(n) = part {
+            lits += n;
+        }
+        parts.push(part);
     }
-    if out.len() as u64 != size {
-        return Err(bad(format!("{} bytes made, {size} announced", out.len())));
+    if total != size {
+        return Err(bad(format!("makes {total} bytes, {size} announced")));
+    }
+    let lits = match lits {
+        0 => {
+            d.end()?;
+            Vec::new()
+        }
+        n => super::delta::decode(&known, d.rest(), n as u64)?,
+    };
+    let (mut out, mut at) = (Vec::with_capacity(size as usize), 0);
+    for p in parts {
+        match p {
+            Ok(b) => out.extend_from_slice(b),
+            Err(n) => {
+                out.extend_from_slice(&lits[at..at + n]);
+                at += n;
+            }
+        }
     }
     Ok(out)
 }
@@ -380,23 +422,27 @@ mod tests {
             .map(|(h, s)| (s, h))
             .unwrap();
         assert_eq!(sig2, sig);
-        let (ops, matched) = diff(&sig, &new);
-        assert!(matched > new.len() as u64 * 9 / 10, "{matched}");
-        assert!(ops.len() < 16 << 10, "{} bytes of instructions", ops.len());
+        let ops = diff(&sig, &new);
+        assert!(ops.known.len() > new.len() * 9 / 10, "{}", ops.known.len());
+        assert!(
+            ops.lits.len() < 16 << 10,
+            "{} bytes of literals",
+            ops.lits.len()
+        );
         let z = encode(&sig, &new, 3).unwrap().expect("pays");
+        assert!(z.len() < 16 << 10, "{} bytes sent", z.len());
         assert_eq!(decode(&old, &z, new.len() as u64).unwrap(), new);
         // The same file again: all copies, its short last block included.
         let odd = &old[..old.len() - 5];
         let sig = Sig::of(odd);
-        let (ops, matched) = diff(&sig, odd);
-        assert_eq!(matched, odd.len() as u64);
-        assert!(ops.len() < 32, "{ops:?}");
+        let ops = diff(&sig, odd);
+        assert_eq!((ops.known.len(), ops.lits.len()), (odd.len(), 0));
+        assert!(ops.out.len() < 32, "{:?}", ops.out);
         let z = encode(&sig, odd, 3).unwrap().unwrap();
         assert_eq!(decode(odd, &z, odd.len() as u64).unwrap(), odd);
         // Small and empty files.
         for (o, n) in [(&b""[..], &b"new"[..]), (b"old", b""), (b"abc", b"abc")] {
-            let (ops, _) = diff(&Sig::of(o), n);
-            let z = zstd::bulk::compress(&ops, 3).unwrap();
+            let z = pack(&diff(&Sig::of(o), n), 3).unwrap();
             assert_eq!(decode(o, &z, n.len() as u64).unwrap(), n);
         }
     }
@@ -419,14 +465,19 @@ mod tests {
         }
         assert!(decode(&old, &z[..z.len() / 2], new.len() as u64).is_err());
         // A copy past the old version's blocks, an unknown instruction.
-        let past = zstd::bulk::compress(
-            &[&[COPY][..], &1000u32.to_le_bytes(), &1u32.to_le_bytes()].concat(),
-            3,
-        )
-        .unwrap();
+        let ops = |raw: &[u8]| {
+            let z = zstd::bulk::compress(raw, 3).unwrap();
+            [&(z.len() as u32).to_le_bytes()[..], &z].concat()
+        };
+        let past = ops(&[&[COPY][..], &1000u32.to_le_bytes(), &1u32.to_le_bytes()].concat());
         assert!(decode(&old, &past, 700).is_err());
-        let unknown = zstd::bulk::compress(&[9u8, 0, 0], 3).unwrap();
-        assert!(decode(&old, &unknown, 0).is_err());
+        let first = ops(&[&[COPY][..], &0u32.to_le_bytes(), &1u32.to_le_bytes()].concat());
+        assert_eq!(decode(&old, &first, 700).unwrap(), &old[..700]);
+        assert!(
+            decode(&old, &[&first[..], b"x"].concat(), 700).is_err(),
+            "extra bytes"
+        );
+        assert!(decode(&old, &ops(&[9u8, 0, 0]), 0).is_err());
         // A signature whose block length is not its size's, or with a block missing.
         let mut p = Sig::of(&old).encode(&[1; 32]);
         assert!(Sig::decode(&p[..p.len() - 1]).is_err());
