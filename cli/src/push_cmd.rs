@@ -733,6 +733,7 @@ fn staged_json(j: &mut serde_json::Value, st: &Staged) {
     j["stage_ms"] = (st.stage_time.as_millis() as u64).into();
     j["deltas"] = st.deltas.into();
     j["manifest_deltas"] = st.manifest_deltas.into();
+    j["sig_deltas"] = st.sig_deltas.into();
     j["protocol"] = st.protocol.into();
 }
 

@@ -1511,6 +1511,7 @@ fn a_destination_reached_through_another_users_symlink_is_refused_everywhere() {
 
 mod delta;
 mod many;
+mod sigs;
 
 /// A host whose admin switched a tree to a symlink (`sync --switch link` on the host) keeps
 /// it: a push stages the next release in that tree's home and switches it by one rename of

@@ -5,7 +5,7 @@
 use super::*;
 
 /// The library of `release`, edited as a rebuild does: a few blocks changed, a tail added.
-fn rebuilt(big: &[u8], seed: u64) -> Vec<u8> {
+pub(super) fn rebuilt(big: &[u8], seed: u64) -> Vec<u8> {
     let mut v = big.to_vec();
     for (k, at) in [100_000usize, 400_000, 900_000].iter().enumerate() {
         v[*at..at + 4096].copy_from_slice(&random(4096, seed + k as u64));
@@ -15,7 +15,7 @@ fn rebuilt(big: &[u8], seed: u64) -> Vec<u8> {
 }
 
 /// The jail's next release: the library rebuilt, the tool patched.
-fn patch_release(j: &Tree, big: &[u8]) {
+pub(super) fn patch_release(j: &Tree, big: &[u8]) {
     j.file("usr/pkg/lib/libbig.so.2", big)
         .file("usr/pkg/bin/tool", b"#!/bin/sh\necho newer\n")
         .mode("usr/pkg/bin/tool", 0o755)
@@ -45,7 +45,11 @@ fn a_delta_push_makes_the_exact_jail_on_hosts_whose_old_files_differ() {
         same_as_jail(&f, h);
     }
     let (h1, h2) = (host_line(&o, &f, "h1"), host_line(&o, &f, "h2"));
-    assert_eq!(h1["protocol"], 5, "{h1}");
+    assert_eq!(
+        h1["protocol"],
+        jailsync_engine::remote::wire::PROTOCOL,
+        "{h1}"
+    );
     // Both changed files went as deltas to h1: the library costs a few KiB, not a MiB.
     assert_eq!(h1["deltas"], 2, "{h1}");
     assert_eq!(h1["manifest_deltas"], 2, "{h1}");
@@ -54,10 +58,14 @@ fn a_delta_push_makes_the_exact_jail_on_hosts_whose_old_files_differ() {
         wire1 < 64 << 10,
         "h1 moved {wire1} bytes for a 1 MiB library: {h1}"
     );
-    // h2's library whole (random content: about its size), its tool as a delta.
-    assert_eq!(h2["deltas"], 1, "{h2}");
+    // h2's library by its block signatures (protocol 6: see sigs.rs), its tool as a delta.
+    assert_eq!(
+        (h2["deltas"].as_u64(), h2["sig_deltas"].as_u64()),
+        (Some(1), Some(1)),
+        "{h2}"
+    );
     let wire2 = h2["wire_bytes"].as_u64().unwrap();
-    assert!(wire2 > 1 << 20, "{h2}");
+    assert!(wire2 < 128 << 10, "{h2}");
 
     // A repeated push moves the manifests as deltas and nothing else.
     let o = f.push(&hosts, &["--json"]);
@@ -70,9 +78,10 @@ fn a_delta_push_makes_the_exact_jail_on_hosts_whose_old_files_differ() {
     assert!(h1["wire_bytes"].as_u64().unwrap() < 4096, "{h1}");
 }
 
-/// A transport that flips a byte in the middle of the first chunk of every delta it carries
-/// to the host (`--ssh`: it runs the real ssh with its stdin relayed frame by frame).
-fn corrupting_ssh(f: &Fleet) -> PathBuf {
+/// A transport that flips a byte in the middle of the first chunk of every delta of frame type
+/// `kind` (DELTA, SIG_DELTA) it carries to the host (`--ssh`: it runs the real ssh with its
+/// stdin relayed frame by frame).
+pub(super) fn corrupting_ssh(f: &Fleet, kind: u8) -> PathBuf {
     let script = format!(
         r#"#!/usr/bin/python3
 import struct, subprocess, sys
@@ -85,7 +94,7 @@ while True:
         break
     t, n = struct.unpack('<BI', h)
     body = bytearray(inp.read(n))
-    if t == 0x34:
+    if t == {kind}:
         after_delta = True
     elif t == 0x31 and after_delta and n > 0:
         body[n // 2] ^= 0xFF
@@ -96,7 +105,7 @@ sys.exit(p.wait())
 "#,
         ssh = f.ssh()
     );
-    f.script("ssh-corrupting", &script)
+    f.script(&format!("ssh-corrupting-{kind}"), &script)
 }
 
 #[test]
@@ -114,7 +123,7 @@ fn a_corrupted_delta_is_refused_and_the_host_left_untouched() {
 
     let o = f
         .push_to(&f.hosts())
-        .ssh(corrupting_ssh(&f))
+        .ssh(corrupting_ssh(&f, 0x34))
         .args(&["--json"])
         .run();
     expect_code(&o, 1);
@@ -132,7 +141,7 @@ fn a_corrupted_delta_is_refused_and_the_host_left_untouched() {
 }
 
 /// `jailsync` announcing protocol `p` (the previous release's feature set).
-fn speaking(f: &Fleet, p: u32) -> PathBuf {
+pub(super) fn speaking(f: &Fleet, p: u32) -> PathBuf {
     f.script(
         &format!("jailsync-protocol-{p}"),
         &format!("#!/bin/sh\nJAILSYNC_WIRE_PROTOCOL={p} exec {BIN} \"$@\"\n"),
@@ -162,13 +171,11 @@ fn a_host_one_protocol_apart_is_served_with_the_older_feature_set() {
     same_as_jail(&f, "h1");
     let h1 = host_line(&o, &f, "h1");
     assert_eq!(h1["protocol"], proto - 1, "{h1}");
+    // Version 5's deltas (against what this pusher pushed) are in the older feature set.
     assert_eq!(
-        (h1["deltas"].as_u64(), h1["manifest_deltas"].as_u64()),
-        (Some(0), Some(0))
-    );
-    assert!(
-        h1["wire_bytes"].as_u64().unwrap() > 200 << 10,
-        "sent whole: {h1}"
+        (h1["deltas"].as_u64(), h1["sig_deltas"].as_u64()),
+        (Some(2), Some(0)),
+        "{h1}"
     );
 
     // The other way round: an older pusher, a newer host.

@@ -25,6 +25,9 @@ use super::{RemoteError, Result};
 use crate::entry::{Entries, Hash, Kind};
 use crate::fsx::{self, split_parent};
 use crate::manifest::{self, Manifest};
+use sigs::{Sent, Sigs};
+
+mod sigs;
 
 /// The jail's trees as pushed to every host: manifests compressed once, and where each
 /// content hash can be read.
@@ -266,6 +269,8 @@ pub struct Status {
     /// Blobs sent as a delta against the host's old version, and manifests likewise.
     pub deltas: AtomicU64,
     pub manifest_deltas: AtomicU64,
+    /// (6) Blobs sent as instructions against the host's block signatures.
+    pub sig_deltas: AtomicU64,
     /// The protocol the session speaks (0 until HELLO).
     pub protocol: AtomicU64,
     /// All bytes both ways over the connection.
@@ -299,6 +304,8 @@ pub mod phase {
 pub struct Want {
     list: Vec<Hash>,
     bases: HashMap<Hash, Hash>,
+    /// (6) The host's block signatures of the old versions the store does not hold.
+    sigs: Sigs,
     pub files_needed: u64,
     pub found: u64,
 }
@@ -316,6 +323,8 @@ pub struct Staged {
     pub deltas: u64,
     /// Manifests sent as a delta against the one the host received last.
     pub manifest_deltas: u64,
+    /// (6) Blobs sent as instructions against the host's block signatures.
+    pub sig_deltas: u64,
     /// The protocol the session spoke.
     pub protocol: u32,
 }
@@ -642,9 +651,11 @@ impl Conn {
                 }
             }
         };
+        let sigs = self.ask_sigs(src, &want, &bases)?;
         Ok(Want {
             list: want,
             bases,
+            sigs,
             files_needed,
             found,
         })
@@ -656,6 +667,7 @@ impl Conn {
         let Want {
             list: mut want,
             bases,
+            sigs,
             files_needed,
             found,
         } = w;
@@ -672,15 +684,12 @@ impl Conn {
         // Path order within each tree reads the jail roughly in its directory order.
         want.sort_by_key(|h| src.by_hash[h]);
         let mut raw = vec![0u8; wire::CHUNK];
-        let mut deltas = 0;
+        let (mut deltas, mut sig_deltas) = (0, 0);
         for h in &want {
-            let d = bases.get(h).and_then(|b| Some((b, src.delta(h, b)?)));
-            match d {
-                Some((base, z)) => {
-                    self.send_delta(src, h, base, &z)?;
-                    deltas += 1;
-                }
-                None => self.send_blob(src, h, &mut raw)?,
+            match self.send_wanted(src, h, &bases, &sigs, &mut raw)? {
+                Sent::Delta => deltas += 1,
+                Sent::SigDelta => sig_deltas += 1,
+                Sent::Whole => {}
             }
             self.status.blobs_sent.fetch_add(1, Ordering::Relaxed);
         }
@@ -699,6 +708,7 @@ impl Conn {
             files_needed,
             stage_time: Duration::from_millis(ms),
             deltas,
+            sig_deltas,
             manifest_deltas: self.status.manifest_deltas.load(Ordering::Relaxed),
             protocol: self.proto,
         })

@@ -21,6 +21,7 @@ mod receive;
 pub mod serve;
 pub mod session;
 mod shadow;
+pub mod sig;
 pub mod store;
 mod sum;
 pub mod wire;

@@ -126,14 +126,25 @@ impl Session<'_> {
         opts: &SyncOpts,
     ) -> Result<()> {
         let mut got: HashSet<Hash> = HashSet::new();
+        // (6) The wanted hashes this host sent block signatures of.
+        let mut signed: HashSet<Hash> = HashSet::new();
         let dir = fsx::open_root_nofollow(&work.blobs).at(&work.blobs)?;
+        let mut first = true;
         loop {
             if let Some(sig) = opts.stop_signal() {
                 return Err(RemoteError::Aborted(format!(
                     "stopped by signal {sig} while receiving: nothing was switched"
                 )));
             }
-            match self.recv()? {
+            let kind = self.recv()?;
+            match kind {
+                t::SIG_ASK if self.proto >= 6 && std::mem::take(&mut first) => {
+                    signed = self.send_sigs(bases, trees)?;
+                    continue;
+                }
+                _ => first = false,
+            }
+            match kind {
                 t::BLOBS_DONE => break,
                 t::BLOB => {
                     let mut d = Dec::new(&self.buf, "BLOB");
@@ -148,12 +159,14 @@ impl Session<'_> {
                     self.receive_blob(dir.as_fd(), &h, size)?;
                     got.insert(h);
                 }
-                t::DELTA if self.proto >= 5 => {
-                    let mut d = Dec::new(&self.buf, "DELTA");
+                t::DELTA | t::SIG_DELTA if self.proto >= 5 => {
+                    let by_sig = kind == t::SIG_DELTA;
+                    let mut d = Dec::new(&self.buf, t::name(kind));
                     let (h, size, base) = (d.hash()?, d.u64()?, d.hash()?);
                     d.end()?;
                     let old = bases.get(&h).filter(|b| b.0 == base);
-                    let (Some(&(_, k, j)), false) = (old, got.contains(&h)) else {
+                    let asked = !by_sig || (self.proto >= 6 && signed.contains(&h));
+                    let (Some(&(_, k, j)), false, true) = (old, got.contains(&h), asked) else {
                         return Err(RemoteError::Protocol(format!(
                             "a delta of {} against {} was not asked for",
                             to_hex(&h),
@@ -164,7 +177,7 @@ impl Session<'_> {
                         return Err(RemoteError::Protocol("a delta of another size".into()));
                     }
                     let old = (&base, &trees[k], j);
-                    self.receive_delta(dir.as_fd(), &h, size, old)?;
+                    self.receive_delta(dir.as_fd(), &h, size, old, by_sig)?;
                     got.insert(h);
                 }
                 k => {
@@ -196,22 +209,12 @@ impl Session<'_> {
         h: &Hash,
         size: u64,
         old: (&Hash, &Tree, usize),
+        by_sig: bool,
     ) -> Result<()> {
         let (base, t, j) = old;
         let lp = t.dst.path(j);
         let shown = t.dst_path.join(fsx::os(lp));
-        let read_old = || -> io::Result<Vec<u8>> {
-            let root = fsx::open_tree(&t.dst_path)?;
-            let (parent, name) = split_parent(lp);
-            let d = fsx::open_dir_beneath(root.as_fd(), parent)?;
-            let mut v = Vec::new();
-            io::Read::read_to_end(
-                &mut fs::File::from(fsx::open_read_at(d.as_fd(), name)?),
-                &mut v,
-            )?;
-            Ok(v)
-        };
-        let old = read_old().at(&shown)?;
+        let old = read_live(&t.dst_path, lp).at(&shown)?;
         if blake3::hash(&old).as_bytes() != base {
             return Err(RemoteError::Refused(format!(
                 "{}: changed since it was scanned (the base of a delta); nothing was changed (run again)",
@@ -240,13 +243,23 @@ impl Session<'_> {
             }
         }
         let name = to_hex(h);
+        let how = if by_sig {
+            "a signature delta"
+        } else {
+            "a delta"
+        };
         let wrong = |why: String| {
             RemoteError::Refused(format!(
-                "blob {name}, sent as a delta against {}: {why}: nothing was changed",
+                "blob {name}, sent as {how} against {}: {why}: nothing was changed",
                 shown.display()
             ))
         };
-        let data = super::delta::decode(&old, &z, size).map_err(|e| wrong(e.to_string()))?;
+        let data = if by_sig {
+            super::sig::decode(&old, &z, size)
+        } else {
+            super::delta::decode(&old, &z, size)
+        };
+        let data = data.map_err(|e| wrong(e.to_string()))?;
         if blake3::hash(&data).as_bytes() != h {
             return Err(wrong("what it makes does not match its hash".into()));
         }
@@ -254,6 +267,54 @@ impl Session<'_> {
         write_runs(&f, &data, 0)?;
         f.set_len(size)?;
         Ok(())
+    }
+
+    /// (6) SIG_ASK: the block signatures of this host's old versions of the files asked (each
+    /// a wanted hash with an old version named in WANT), one SIG each, in the order asked. An
+    /// old version that cannot be read as named (changed since the scan) gets an empty one:
+    /// its file is sent whole. Returns the hashes signed, the ones a SIG_DELTA may come for.
+    fn send_sigs(
+        &mut self,
+        bases: &HashMap<Hash, (Hash, usize, usize)>,
+        trees: &[Tree],
+    ) -> Result<HashSet<Hash>> {
+        use rayon::prelude::*;
+        if self.buf.is_empty() || !self.buf.len().is_multiple_of(32) {
+            return Err(RemoteError::Protocol("SIG_ASK not a list of hashes".into()));
+        }
+        let mut asked = HashSet::new();
+        let mut files = Vec::new();
+        for c in self.buf.chunks(32) {
+            let h: Hash = c.try_into().expect("32");
+            let Some(&(base, k, j)) = bases.get(&h).filter(|_| asked.insert(h)) else {
+                return Err(RemoteError::Protocol(format!(
+                    "signatures asked for {}, not a wanted file with an old version (or twice)",
+                    to_hex(&h)
+                )));
+            };
+            files.push((
+                h,
+                base,
+                trees[k].dst_path.clone(),
+                trees[k].dst.path(j).to_vec(),
+            ));
+        }
+        self.out.doing(SIGNING, None);
+        let sigs: Vec<Vec<u8>> = files
+            .par_iter()
+            .map(|(h, base, root, lp)| {
+                let sig = match read_live(root, lp) {
+                    Ok(old) if blake3::hash(&old).as_bytes() == base => super::sig::Sig::of(&old),
+                    _ => super::sig::Sig::none(),
+                };
+                crate::progress::work(1);
+                sig.encode(h)
+            })
+            .collect();
+        for p in sigs {
+            self.send(t::SIG, &p)?;
+        }
+        Ok(asked)
     }
 
     /// One blob into `dir/HEX`: chunks decompressed (never past the size announced), zero
@@ -296,4 +357,22 @@ impl Session<'_> {
         }
         Ok(())
     }
+}
+
+/// What ALIVE says while the signatures are made.
+const SIGNING: &str = "reading its old files for block signatures";
+
+/// The live file `lp` of the tree at `root` (opened beneath it, no symlink followed), at most
+/// [`super::delta::MAX`] bytes (a base is never larger: more is an error).
+fn read_live(root: &std::path::Path, lp: &[u8]) -> io::Result<Vec<u8>> {
+    let r = fsx::open_tree(root)?;
+    let (parent, name) = split_parent(lp);
+    let d = fsx::open_dir_beneath(r.as_fd(), parent)?;
+    let f = fs::File::from(fsx::open_read_at(d.as_fd(), name)?);
+    let mut v = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(f, super::delta::MAX + 1), &mut v)?;
+    if v.len() as u64 > super::delta::MAX {
+        return Err(io::Error::other("larger than a delta's base may be"));
+    }
+    Ok(v)
 }

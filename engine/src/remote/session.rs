@@ -77,7 +77,7 @@ pub(super) struct Out {
 }
 
 impl Out {
-    fn doing(&self, what: &str, tree: Option<&Path>) {
+    pub(super) fn doing(&self, what: &str, tree: Option<&Path>) {
         *self.doing.lock().expect("poisoned") = (what.to_string(), tree.map(Path::to_path_buf));
     }
 
@@ -127,7 +127,7 @@ impl Progress for Beat {
 
 pub(super) struct Session<'a> {
     r: &'a mut dyn BufRead,
-    out: Arc<Out>,
+    pub(super) out: Arc<Out>,
     pub(super) buf: Vec<u8>,
     /// Dropped: the keepalive thread ends.
     alive: Option<mpsc::Sender<()>>,
@@ -140,7 +140,7 @@ pub(super) struct Session<'a> {
 }
 
 impl Session<'_> {
-    fn send(&mut self, kind: u8, p: &[u8]) -> Result<()> {
+    pub(super) fn send(&mut self, kind: u8, p: &[u8]) -> Result<()> {
         let mut w = self.out.w.lock().expect("poisoned");
         wire::write_frame(&mut *w, kind, p)?;
         w.flush()?;

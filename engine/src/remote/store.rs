@@ -7,8 +7,9 @@
 //! fleet and some disk here, and then every later delta is made once per distinct old version
 //! for every host that holds it, with zstd's full match finder rather than fixed blocks, and
 //! with no round trip of signatures (one per changed file per host with rsync). A host holding
-//! content the store no longer has (pushed from elsewhere, or evicted) gets whole files, as
-//! before: the store is a cache, never needed for correctness.
+//! content the store no longer has (pushed from elsewhere, or evicted) gets its files by block
+//! signatures (protocol 6, `sig.rs`) or whole: the store is a cache, never needed for
+//! correctness.
 //!
 //! Layout: `DIR/HEX`, one zstd frame of the whole content, written to a temporary name and
 //! renamed. Every read is checked against its hash (a damaged entry is removed and reads as

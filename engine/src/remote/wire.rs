@@ -19,9 +19,10 @@ use super::{RemoteError, Result};
 /// feature set (see [`negotiate`]); further apart is refused, naming both versions.
 /// 4: ALIVE carries the host's work counter and phase (it was empty).
 /// 5: deltas: HAVE, MANIFEST_DELTA, WANT entries naming the host's old version, DELTA.
-pub const PROTOCOL: u32 = 5;
-/// The oldest protocol this program still speaks.
-pub const MIN_PROTOCOL: u32 = 4;
+/// 6: block signatures: SIG_ASK, SIG, SIG_DELTA (for old versions the pusher does not hold).
+pub const PROTOCOL: u32 = 6;
+/// The oldest protocol this program still speaks (peers further than one apart are refused).
+pub const MIN_PROTOCOL: u32 = 5;
 
 /// The protocol this program announces: [`PROTOCOL`], or what `JAILSYNC_WIRE_PROTOCOL` says
 /// (an operator's switch to keep a fleet on the older feature set while it is upgraded, and
@@ -62,11 +63,14 @@ pub mod t {
     pub const MANIFEST_DELTA: u8 = 0x14;
     pub const WANT: u8 = 0x20;
     pub const WANT_END: u8 = 0x21;
+    pub const SIG_ASK: u8 = 0x22;
+    pub const SIG: u8 = 0x23;
     pub const BLOB: u8 = 0x30;
     pub const DATA: u8 = 0x31;
     pub const BLOB_END: u8 = 0x32;
     pub const BLOBS_DONE: u8 = 0x33;
     pub const DELTA: u8 = 0x34;
+    pub const SIG_DELTA: u8 = 0x35;
     pub const STAGED: u8 = 0x40;
     pub const SWITCH: u8 = 0x41;
     pub const ABORT: u8 = 0x42;
@@ -87,11 +91,14 @@ pub mod t {
             MANIFEST_DELTA => "MANIFEST_DELTA",
             WANT => "WANT",
             WANT_END => "WANT_END",
+            SIG_ASK => "SIG_ASK",
+            SIG => "SIG",
             BLOB => "BLOB",
             DATA => "DATA",
             BLOB_END => "BLOB_END",
             BLOBS_DONE => "BLOBS_DONE",
             DELTA => "DELTA",
+            SIG_DELTA => "SIG_DELTA",
             STAGED => "STAGED",
             SWITCH => "SWITCH",
             ABORT => "ABORT",
@@ -209,6 +216,9 @@ impl<'a> Dec<'a> {
     }
     pub fn hash(&mut self) -> io::Result<[u8; 32]> {
         Ok(self.take(32)?.try_into().expect("32"))
+    }
+    pub fn is_empty(&self) -> bool {
+        self.b.is_empty()
     }
     pub fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.b)
