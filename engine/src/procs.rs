@@ -32,11 +32,21 @@ pub fn using(old_trees: &[PathBuf], live: &[PathBuf]) -> Vec<ProcUse> {
     if !SUPPORTED {
         return Vec::new();
     }
-    let mut out = Vec::new();
+    each_process(|proc| {
+        crate::progress::work(1);
+        // A process may exit or refuse us (another user's, without root): skip it.
+        let maps = fs::read(proc.join("maps")).ok()?;
+        first_old_mapping(&maps, old_trees, live)
+    })
+}
+
+/// Every other process for which `uses` names a file, with its command and unit, by pid.
+fn each_process(mut uses: impl FnMut(&Path) -> Option<PathBuf>) -> Vec<ProcUse> {
     let Ok(dir) = fs::read_dir("/proc") else {
-        return out;
+        return Vec::new();
     };
     let me = std::process::id();
+    let mut out = Vec::new();
     for ent in dir.flatten() {
         let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
@@ -44,25 +54,20 @@ pub fn using(old_trees: &[PathBuf], live: &[PathBuf]) -> Vec<ProcUse> {
         if pid == me {
             continue;
         }
-        crate::progress::work(1);
-        // A process may exit or refuse us (another user's, without root): skip it.
-        let Ok(maps) = fs::read(ent.path().join("maps")) else {
-            continue;
-        };
-        if let Some(file) = first_old_mapping(&maps, old_trees, live) {
-            let comm = fs::read_to_string(ent.path().join("comm"))
-                .map(|s| s.trim_end().to_string())
-                .unwrap_or_default();
-            let unit = fs::read_to_string(ent.path().join("cgroup"))
-                .ok()
-                .and_then(|c| unit_of(&c));
-            out.push(ProcUse {
-                pid,
-                comm,
-                file,
-                unit,
-            });
-        }
+        let proc = ent.path();
+        let Some(file) = uses(&proc) else { continue };
+        let comm = fs::read_to_string(proc.join("comm"))
+            .map(|s| s.trim_end().to_string())
+            .unwrap_or_default();
+        let unit = fs::read_to_string(proc.join("cgroup"))
+            .ok()
+            .and_then(|c| unit_of(&c));
+        out.push(ProcUse {
+            pid,
+            comm,
+            file,
+            unit,
+        });
     }
     out.sort_by_key(|p| p.pid);
     out
@@ -113,35 +118,7 @@ pub struct LiveVia {
 /// with one of its paths as an argument (an interpreter's script: Node, Python, a shell) —
 /// or with a path below `via`'s link while the release was live.
 pub fn running_from(tree: &Path, via: Option<&LiveVia>) -> Vec<ProcUse> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let me = std::process::id();
-    let mut out = Vec::new();
-    for ent in dir.flatten() {
-        let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        if let Some(file) = uses_tree(&ent.path(), tree, via) {
-            let comm = fs::read_to_string(ent.path().join("comm"))
-                .map(|s| s.trim_end().to_string())
-                .unwrap_or_default();
-            let unit = fs::read_to_string(ent.path().join("cgroup"))
-                .ok()
-                .and_then(|c| unit_of(&c));
-            out.push(ProcUse {
-                pid,
-                comm,
-                file,
-                unit,
-            });
-        }
-    }
-    out.sort_by_key(|p| p.pid);
-    out
+    each_process(|proc| uses_tree(proc, tree, via))
 }
 
 /// The first path of `tree` the process at `proc` (`/proc/PID`) uses, if any.

@@ -61,9 +61,11 @@ pub fn plan(home: &Home, rb: &mut RolledBack, state: &StateDir) -> Result<()> {
     for ch in std::mem::take(&mut rb.changed) {
         let covered = |p: &[u8]| rules.as_ref().is_some_and(|(r, pre)| r.covers(pre, p));
         let decided = match base.get(&ch.path) {
-            Some(b) if is_content_change(&ch) => decide(live.as_fd(), gen.as_fd(), &ch.path, b),
+            Some(b) if is_content_change(&ch) => {
+                decide(live.as_fd(), gen.as_fd(), &ch.path, Some(b))
+            }
             _ if ch.what == "created since the sync" && covered(&ch.path) => {
-                decide_new(live.as_fd(), gen.as_fd(), &ch.path)
+                decide(live.as_fd(), gen.as_fd(), &ch.path, None)
             }
             _ => None,
         };
@@ -89,35 +91,6 @@ fn rules_of_last_sync(home: &Home) -> Option<(crate::protect::Rules, Vec<u8>)> {
     Some((rules, prefix))
 }
 
-/// The carry of a protected file the admin created since the sync: a regular file, where the
-/// generation has its directory and nothing at its path (else None: it stays a change).
-fn decide_new(
-    live: std::os::fd::BorrowedFd<'_>,
-    gen: std::os::fd::BorrowedFd<'_>,
-    path: &[u8],
-) -> Option<Option<ConfCarry>> {
-    let (parent, name) = fsx::split_parent(path);
-    let c = fsx::cstr(name).ok()?;
-    let ldir = fsx::open_dir_beneath(live, parent).ok()?;
-    let gdir = fsx::open_dir_beneath(gen, parent).ok()?;
-    let a = fsx::lstat_at(ldir.as_fd(), &c).ok()?;
-    if fsx::kind_of(a.st_mode) != Kind::File || fsx::lstat_at(gdir.as_fd(), &c).is_ok() {
-        return None;
-    }
-    let fd = fsx::open_read_at(ldir.as_fd(), name).ok()?;
-    let print = Print::file(crate::hash::hash_fd(fd.as_fd(), 0).ok()?.0);
-    let meta = crate::protect::Meta::of(&fsx::entry_from_stat(&a));
-    Some(Some(ConfCarry {
-        path: path.into(),
-        aside: false,
-        new: true,
-        seen: seen(&a),
-        print,
-        meta,
-        beside: (print, meta),
-    }))
-}
-
 fn seen(st: &rustix::fs::Stat) -> (u64, i64, i64, i64) {
     (
         st.st_ino as u64,
@@ -135,42 +108,51 @@ fn is_content_change(ch: &Changed) -> bool {
 }
 
 /// The carry of `path` (Some(None): nothing to carry), or None when it cannot be carried
-/// (not a regular file on both sides, unreadable): then it stays a change since the sync.
+/// (then it stays a change since the sync): the admin's regular file against the
+/// generation's, for a file the jail has (`base`, its print at the sync); for one the admin
+/// created (no base), where the generation has its directory and nothing at its path.
 fn decide(
     live: std::os::fd::BorrowedFd<'_>,
     gen: std::os::fd::BorrowedFd<'_>,
     path: &[u8],
-    base: &Print,
+    base: Option<&Print>,
 ) -> Option<Option<ConfCarry>> {
     let (parent, name) = fsx::split_parent(path);
     let c = fsx::cstr(name).ok()?;
     let ldir = fsx::open_dir_beneath(live, parent).ok()?;
     let gdir = fsx::open_dir_beneath(gen, parent).ok()?;
     let a = fsx::lstat_at(ldir.as_fd(), &c).ok()?;
-    let g = fsx::lstat_at(gdir.as_fd(), &c).ok()?;
+    let g = fsx::lstat_at(gdir.as_fd(), &c).ok();
     let file = |st: &rustix::fs::Stat| fsx::kind_of(st.st_mode) == Kind::File;
-    if !file(&a) || !file(&g) {
+    let print = |d: std::os::fd::BorrowedFd<'_>| -> Option<Print> {
+        let fd = fsx::open_read_at(d, name).ok()?;
+        let (h, _) = crate::hash::hash_fd(fd.as_fd(), 0).ok()?;
+        Some(Print::file(h))
+    };
+    let meta = |st: &rustix::fs::Stat| crate::protect::Meta::of(&fsx::entry_from_stat(st));
+    if !file(&a) {
         return None;
     }
-    if (a.st_dev, a.st_ino) == (g.st_dev, g.st_ino) {
-        return Some(None);
-    }
-    let hash = |d: std::os::fd::BorrowedFd<'_>| -> Option<Print> {
-        let fd = fsx::open_read_at(d, name).ok()?;
-        crate::hash::hash_fd(fd.as_fd(), 0)
-            .ok()
-            .map(|(h, _)| Print::file(h))
+    let theirs = match (base, &g) {
+        (None, None) => None,
+        (Some(_), Some(g)) if file(g) => {
+            // One inode (an edit in place of a file both trees share): already carried.
+            if (a.st_dev, a.st_ino) == (g.st_dev, g.st_ino) {
+                return Some(None);
+            }
+            Some((print(gdir.as_fd())?, meta(g)))
+        }
+        _ => return None,
     };
-    let (ga, aa) = (hash(gdir.as_fd())?, hash(ldir.as_fd())?);
-    let meta = |st: &rustix::fs::Stat| crate::protect::Meta::of(&fsx::entry_from_stat(st));
+    let ours = print(ldir.as_fd())?;
     Some(Some(ConfCarry {
         path: path.into(),
-        aside: ga != *base,
-        new: false,
+        aside: matches!((base, &theirs), (Some(b), Some((t, _))) if t != b),
+        new: base.is_none(),
         seen: seen(&a),
-        print: aa,
+        print: ours,
         meta: meta(&a),
-        beside: (ga, meta(&g)),
+        beside: theirs.unwrap_or((ours, meta(&a))),
     }))
 }
 
