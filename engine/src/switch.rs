@@ -396,6 +396,11 @@ impl Home {
         fsx::remove_tree_at(self.fd.as_fd(), NEXT).at(self.next_path())
     }
 
+    /// Whether the home holds an entry `name` (of any type, a dangling alias too).
+    pub(crate) fn holds(&self, name: &[u8]) -> bool {
+        fsx::cstr(name).is_ok_and(|c| fsx::lstat_at(self.fd.as_fd(), &c).is_ok())
+    }
+
     pub fn gen_name(n: u64) -> Vec<u8> {
         format!("gen-{n}").into_bytes()
     }
@@ -699,10 +704,7 @@ impl Home {
         }
         // A run killed after this rename but before the journal went finds `from` gone and
         // `to` in place: done already (and `to` must not be touched then).
-        let from_there = fsx::cstr(from)
-            .map(|c| fsx::lstat_at(self.fd.as_fd(), &c).is_ok())
-            .unwrap_or(false);
-        if from_there {
+        if self.holds(from) {
             let _ = fsx::remove_tree_at(self.fd.as_fd(), to);
             fsx::rename_at(self.fd.as_fd(), from, self.fd.as_fd(), to)
                 .at(self.path.join(OsStr::from_bytes(to)))?;
@@ -785,10 +787,7 @@ impl Home {
             }
         } else {
             // Killed after its last rename: only the journal is left to go.
-            let from_there = fsx::cstr(&from)
-                .map(|c| fsx::lstat_at(self.fd.as_fd(), &c).is_ok())
-                .unwrap_or(false);
-            if !from_there {
+            if !self.holds(&from) {
                 self.finish_journal(&from, &to)?;
                 return self.discard_next();
             }

@@ -62,13 +62,8 @@ impl Home {
     /// it goes to `from`, so the journal's last step makes it the generation as after a real
     /// exchange.
     pub(super) fn restore_from_aside(&self, from: &[u8], to: &[u8]) -> Result<()> {
-        let there = |n: &[u8]| {
-            fsx::cstr(n)
-                .map(|c| fsx::lstat_at(self.fd.as_fd(), &c).is_ok())
-                .unwrap_or(false)
-        };
         // Both absent only then: with `to` in place the exchange was finished and renamed.
-        if !there(from) && !there(to) {
+        if !self.holds(from) && !self.holds(to) {
             if let Some(aside) = aside_in(self.fd.as_fd()) {
                 fsx::rename_at(self.fd.as_fd(), &aside, self.fd.as_fd(), from)
                     .at(self.path.join(OsStr::from_bytes(from)))?;

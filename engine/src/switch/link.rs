@@ -151,12 +151,10 @@ impl Home {
 
     /// After the journal: the release gets its name, and the new link is made in the home.
     pub(super) fn ready_link(&self, from: &[u8], l: &LinkSwitch) -> Result<()> {
-        let here =
-            |n: &[u8]| fsx::cstr(n).is_ok_and(|c| fsx::lstat_at(self.fd.as_fd(), &c).is_ok());
         let shown = self.path.join(fsx::os(&l.rel));
         if self.alias_of(from).is_none() {
             // A release of that name nothing names is a killed run's leftover: never reused.
-            if here(&l.rel) && self.live_release().as_ref() != Some(&l.rel) {
+            if self.holds(&l.rel) && self.live_release().as_ref() != Some(&l.rel) {
                 fsx::remove_tree_at(self.fd.as_fd(), &l.rel).at(&shown)?;
             }
             fsx::rename_at(self.fd.as_fd(), from, self.fd.as_fd(), &l.rel).at(&shown)?;
@@ -199,8 +197,7 @@ impl Home {
     /// [`Home::ready_link`].
     pub(super) fn unready_link(&self, from: &[u8], l: &LinkSwitch) -> Result<()> {
         let _ = fsx::unlink_at(self.fd.as_fd(), SWAP);
-        let next_gone = fsx::cstr(NEXT).is_ok_and(|c| fsx::lstat_at(self.fd.as_fd(), &c).is_err());
-        if from == NEXT && next_gone && self.live_release().as_ref() != Some(&l.rel) {
+        if from == NEXT && !self.holds(NEXT) && self.live_release().as_ref() != Some(&l.rel) {
             let _ = fsx::rename_at(self.fd.as_fd(), &l.rel, self.fd.as_fd(), NEXT);
         }
         Ok(())
@@ -215,7 +212,6 @@ impl Home {
         if self.durable {
             fsx::fsync(self.live_parent.as_fd()).at(&self.live)?;
         }
-        let there = |n: &[u8]| fsx::cstr(n).is_ok_and(|c| fsx::lstat_at(home, &c).is_ok());
         match &l.old {
             Some(old) => {
                 if self.alias_of(to).as_ref() != Some(old) {
@@ -224,13 +220,13 @@ impl Home {
                 }
                 let _ = fsx::unlink_at(home, SWAP);
             }
-            None if there(SWAP) => {
+            None if self.holds(SWAP) => {
                 let _ = fsx::remove_tree_at(home, to);
                 fsx::rename_at(home, SWAP, home, to).at(&shown)?;
             }
             // An emulated exchange killed before its last rename: the old tree is aside.
             None => {
-                if let Some(aside) = super::aside::aside_in(home).filter(|_| !there(to)) {
+                if let Some(aside) = super::aside::aside_in(home).filter(|_| !self.holds(to)) {
                     fsx::rename_at(home, &aside, home, to).at(&shown)?;
                 }
             }
