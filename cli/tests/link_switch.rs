@@ -511,3 +511,42 @@ fn a_portable_conversion_killed_with_the_link_aside_is_recovered() {
         .collect();
     assert!(tmp.is_empty(), "left {tmp:?}");
 }
+
+/// A rollback by symlink killed at its switch is finished or undone by the next command: DST
+/// is the release it left or the one it restores, never a mix, and the home keeps its names.
+#[test]
+fn a_killed_link_rollback_is_old_or_new_and_recovered() {
+    let e = Env::new();
+    release_tree(&e.src, "A");
+    e.sync(&["--switch", "link"]);
+    let a = listing(e.dst());
+    release_tree(&e.src, "B");
+    e.sync(&[]);
+    let b = listing(e.dst());
+    let journal = home(&e).join("switching");
+    let mut killed = 0;
+    for i in 0..10u64 {
+        let mut c = Command::new(BIN);
+        c.arg("--state-dir")
+            .arg(e.state())
+            .arg("rollback")
+            .arg(e.dst());
+        let delay = Duration::from_micros(i * 30);
+        let (_, k, _) = crate::faultkit::run_and_kill_after(c, || journal.exists(), delay);
+        killed += usize::from(k);
+        let now = listing(e.dst());
+        assert!(
+            now == a || now == b,
+            "a killed rollback left a mix:\n{}",
+            a.diff(&now)
+        );
+        // The next command finishes or undoes it; a sync then makes B live again.
+        e.sync(&[]);
+        assert_eq!(listing(e.dst()), b);
+        for n in ["next", "swap", "switching"] {
+            assert!(!home(&e).join(n).exists(), "{n} left in the home");
+        }
+        assert!(home(&e).join(release(e.dst())).is_dir());
+    }
+    eprintln!("killed {killed} of 10 rollbacks");
+}
